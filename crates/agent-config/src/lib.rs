@@ -1,0 +1,21 @@
+//! Typed, validated settings for agent-server, layered with figment: embedded defaults, then an
+//! optional TOML file (`AGENT_CONFIG`), then the environment (tutorial names and `AGENT_*`).
+//!
+//! The crate reads environment variables and files, nothing else. Secrets stay
+//! [`secrecy::SecretString`] from here to the driver that uses them and are never printed.
+
+mod env;
+mod error;
+mod keys;
+mod load;
+mod settings;
+#[cfg(test)]
+mod tests;
+
+pub use error::ConfigError;
+pub use keys::{KEYS, Key};
+pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
+pub use settings::{
+    HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile, ServerSettings,
+    Settings, StorageSettings,
+};

@@ -1,0 +1,103 @@
+//! The typed settings the rest of the service receives. Every value here has been validated.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+/// Everything the service is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub profile: Profile,
+    pub log: LogSettings,
+    /// `ENABLE_STREAMING`: whether `POST /agent/stream` is served.
+    pub enable_streaming: bool,
+    /// `AGENT_API_KEYS`: bearer keys accepted by the API; empty means no authentication.
+    pub api_keys: Vec<SecretString>,
+    pub server: ServerSettings,
+    pub model: ModelSettings,
+    pub storage: StorageSettings,
+    pub health: HealthSettings,
+}
+
+/// `AGENT_PROFILE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// Falls back to in-memory storage and the offline model when they are not configured.
+    Dev,
+    /// Requires every dependency to be configured; never falls back.
+    Production,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// JSON when standard output is not a terminal, readable text when it is.
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `ENABLE_TRACING`: one extra log line per closed span, with its timings.
+    pub enable_tracing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// An IP address or `localhost`.
+    pub host: String,
+    /// 0 asks the OS for a free port (tests use it).
+    pub port: u16,
+    /// HTTP worker threads; at least 1.
+    pub workers: usize,
+    /// How long new connections are still accepted after shutdown begins.
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests get to finish after the listener closes.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub provider: ModelProvider,
+    /// `MODEL_NAME`.
+    pub name: String,
+    /// `TEMPERATURE`, 0 to 2.
+    pub temperature: f32,
+    /// `MAX_TOKENS`, per model call.
+    pub max_tokens: u32,
+    /// Upper bound for one model call.
+    pub request_timeout: Duration,
+}
+
+/// Which model the agent talks to.
+#[derive(Debug, Clone)]
+pub enum ModelProvider {
+    /// Any OpenAI-compatible server (OpenAI, vLLM, Ollama, llama.cpp, ...).
+    OpenAiCompatible {
+        /// Includes the `/v1` path segment.
+        base_url: Url,
+        /// Optional: local servers often need none.
+        api_key: Option<SecretString>,
+    },
+    /// The built-in deterministic model; dev profile only.
+    Offline,
+}
+
+#[derive(Debug, Clone)]
+pub struct StorageSettings {
+    /// `DATABASE_URL`; unset means in-memory conversations (dev profile only).
+    pub database_url: Option<SecretString>,
+    /// `REDIS_URL`; unset means in-process locks and rate limits (dev profile only).
+    pub redis_url: Option<SecretString>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// Upper bound for each readiness check.
+    pub check_timeout: Duration,
+    /// How long a readiness result is reused.
+    pub cache_ttl: Duration,
+}

@@ -1,0 +1,346 @@
+//! Tests of every configuration rule: layering, tutorial names, `_FILE` secrets, validation
+//! messages, profiles, redaction and unknown-variable warnings.
+
+use std::time::Duration;
+
+use figment::Jail;
+use secrecy::ExposeSecret;
+
+use crate::{ConfigError, LogFormat, Loaded, ModelProvider, Profile, load, load_from, load_server_address};
+
+fn load_with(vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
+    load_from(vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())))
+}
+
+fn settings(vars: &[(&str, &str)]) -> crate::Settings {
+    load_with(vars).unwrap_or_else(|error| panic!("{vars:?} should load: {error}")).settings
+}
+
+fn error(vars: &[(&str, &str)]) -> String {
+    match load_with(vars) {
+        Ok(_) => panic!("{vars:?} should be rejected"),
+        Err(error) => error.to_string(),
+    }
+}
+
+const PRODUCTION: &[(&str, &str)] = &[
+    ("AGENT_PROFILE", "production"),
+    ("DATABASE_URL", "postgres://agent:pw@db/agent"),
+    ("REDIS_URL", "redis://cache:6379"),
+    ("OPENAI_API_KEY", "sk-test"),
+];
+
+#[test]
+fn with_nothing_set_the_embedded_defaults_apply() {
+    let settings = settings(&[]);
+    assert_eq!(settings.profile, Profile::Dev);
+    assert_eq!(settings.server.host, "127.0.0.1");
+    assert_eq!(settings.server.port, 8000);
+    assert!(settings.server.workers >= 1);
+    assert_eq!(settings.server.shutdown_delay, Duration::from_secs(1));
+    assert_eq!(settings.server.drain_timeout, Duration::from_secs(8));
+    assert!(
+        settings.server.shutdown_delay + settings.server.drain_timeout < Duration::from_secs(10),
+        "delay + drain must fit in Docker's default 10 s stop timeout"
+    );
+    assert_eq!(settings.model.name, "gpt-4o-mini");
+    assert!(matches!(settings.model.provider, ModelProvider::Offline));
+    assert!(settings.storage.database_url.is_none());
+    assert!(settings.storage.redis_url.is_none());
+    assert!(settings.api_keys.is_empty());
+    assert!(settings.enable_streaming);
+    assert!(!settings.log.enable_tracing);
+    assert_eq!(settings.log.format, LogFormat::Auto);
+}
+
+#[test]
+fn the_tutorials_variable_names_work_unchanged() {
+    let settings = settings(&[
+        ("HOST", "0.0.0.0"),
+        ("PORT", "9001"),
+        ("WORKERS", "3"),
+        ("MODEL_NAME", "llama3"),
+        ("TEMPERATURE", "0.2"),
+        ("MAX_TOKENS", "512"),
+        ("ENABLE_STREAMING", "false"),
+        ("ENABLE_TRACING", "true"),
+        ("OPENAI_API_KEY", "sk-abc"),
+        ("OPENAI_BASE_URL", "http://localhost:11434/v1"),
+        ("DATABASE_URL", "postgres://u:p@localhost/db"),
+        ("REDIS_URL", "redis://localhost:6379"),
+    ]);
+    assert_eq!(settings.server.host, "0.0.0.0");
+    assert_eq!(settings.server.port, 9001);
+    assert_eq!(settings.server.workers, 3);
+    assert_eq!(settings.model.name, "llama3");
+    assert!((settings.model.temperature - 0.2).abs() < f32::EPSILON);
+    assert_eq!(settings.model.max_tokens, 512);
+    assert!(!settings.enable_streaming);
+    assert!(settings.log.enable_tracing);
+    let ModelProvider::OpenAiCompatible { base_url, api_key } = &settings.model.provider else {
+        panic!("a configured key selects the OpenAI-compatible model");
+    };
+    assert_eq!(base_url.as_str(), "http://localhost:11434/v1");
+    assert_eq!(api_key.as_ref().map(|key| key.expose_secret()), Some("sk-abc"));
+    let storage = &settings.storage;
+    assert_eq!(storage.database_url.as_ref().unwrap().expose_secret(), "postgres://u:p@localhost/db");
+    assert_eq!(storage.redis_url.as_ref().unwrap().expose_secret(), "redis://localhost:6379");
+}
+
+#[test]
+fn prefixed_names_reach_every_key_and_win_over_tutorial_names() {
+    let settings = settings(&[
+        ("PORT", "9001"),
+        ("AGENT_SERVER__PORT", "9002"),
+        ("AGENT_SERVER__DRAIN_TIMEOUT", "250ms"),
+        ("AGENT_HEALTH__CACHE_TTL", "0s"),
+        ("AGENT_LOG_FORMAT", "json"),
+    ]);
+    assert_eq!(settings.server.port, 9002);
+    assert_eq!(settings.server.drain_timeout, Duration::from_millis(250));
+    assert_eq!(settings.health.cache_ttl, Duration::ZERO);
+    assert_eq!(settings.log.format, LogFormat::Json);
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let settings = settings(&[("OPENAI_API_KEY", ""), ("DATABASE_URL", ""), ("PORT", "")]);
+    assert!(matches!(settings.model.provider, ModelProvider::Offline));
+    assert!(settings.storage.database_url.is_none());
+    assert_eq!(settings.server.port, 8000);
+}
+
+#[test]
+fn secrets_that_look_like_numbers_stay_verbatim() {
+    let settings = settings(&[("OPENAI_API_KEY", "007"), ("AGENT_API_KEYS", "12345,00042")]);
+    let ModelProvider::OpenAiCompatible { api_key: Some(key), .. } = &settings.model.provider else {
+        panic!("expected the OpenAI-compatible model");
+    };
+    assert_eq!(key.expose_secret(), "007");
+    let keys: Vec<&str> = settings.api_keys.iter().map(|key| key.expose_secret()).collect();
+    assert_eq!(keys, ["12345", "00042"]);
+}
+
+#[test]
+fn api_keys_are_comma_separated_and_none_may_be_empty() {
+    let keys = settings(&[("AGENT_API_KEYS", "first-key, second-key")]).api_keys;
+    let keys: Vec<&str> = keys.iter().map(|key| key.expose_secret()).collect();
+    assert_eq!(keys, ["first-key", "second-key"]);
+    assert!(error(&[("AGENT_API_KEYS", "a,,b")]).starts_with("AGENT_API_KEYS: "));
+}
+
+#[test]
+fn invalid_values_stop_loading_with_one_line_naming_the_variable() {
+    let cases = [
+        ("PORT", "abc", "PORT: 'abc' is not a port number"),
+        ("PORT", "70000", "PORT: '70000' is not a port number"),
+        ("AGENT_SERVER__PORT", "-1", "AGENT_SERVER__PORT: "),
+        ("HOST", "my host", "HOST: 'my host' is not an IP address"),
+        ("WORKERS", "2000", "WORKERS: 2000 is out of range"),
+        ("WORKERS", "many", "WORKERS: 'many' is not a whole number"),
+        ("TEMPERATURE", "3", "TEMPERATURE: must be a number from 0 to 2"),
+        ("TEMPERATURE", "hot", "TEMPERATURE: 'hot' is not a number"),
+        ("MAX_TOKENS", "0", "MAX_TOKENS: 0 is out of range"),
+        ("ENABLE_STREAMING", "maybe", "ENABLE_STREAMING: 'maybe' is not true or false"),
+        ("ENABLE_TRACING", "2", "ENABLE_TRACING: '2' is not true or false"),
+        ("AGENT_SERVER__DRAIN_TIMEOUT", "forever", "AGENT_SERVER__DRAIN_TIMEOUT: 'forever' is not a duration"),
+        ("AGENT_SERVER__SHUTDOWN_DELAY", "2h", "AGENT_SERVER__SHUTDOWN_DELAY: '2h' is out of range"),
+        ("AGENT_HEALTH__CHECK_TIMEOUT", "0s", "AGENT_HEALTH__CHECK_TIMEOUT: '0s' is out of range"),
+        ("AGENT_PROFILE", "staging", "AGENT_PROFILE: expected \"dev\" or \"production\""),
+        ("AGENT_LOG_FORMAT", "xml", "AGENT_LOG_FORMAT: expected auto, json or pretty"),
+        ("AGENT_MODEL__PROVIDER", "anthropic", "AGENT_MODEL__PROVIDER: expected auto, openai"),
+        ("OPENAI_BASE_URL", "ftp://models", "OPENAI_BASE_URL: 'ftp://models' is not an http(s) URL"),
+        ("MODEL_NAME", " ", "MODEL_NAME: must not be empty"),
+    ];
+    for (variable, value, expected) in cases {
+        let message = error(&[(variable, value)]);
+        assert!(message.starts_with(expected), "{variable}={value}: got {message:?}");
+        assert!(!message.contains('\n'), "{variable}={value}: not one line: {message:?}");
+    }
+}
+
+#[test]
+fn invalid_secrets_are_named_but_never_echoed() {
+    let cases = [
+        ("DATABASE_URL", "mysql://user:hunter2-secret@db/app", "DATABASE_URL: the scheme must be postgres://"),
+        ("DATABASE_URL", "hunter2-secret", "DATABASE_URL: not a valid URL"),
+        ("REDIS_URL", "http://:hunter2-secret@cache", "REDIS_URL: the scheme must be redis://"),
+        ("OPENAI_API_KEY", " hunter2-secret", "OPENAI_API_KEY: has leading or trailing white space"),
+    ];
+    for (variable, value, expected) in cases {
+        let message = error(&[(variable, value)]);
+        assert!(message.starts_with(expected), "{variable}: got {message:?}");
+        assert!(!message.contains("hunter2"), "{variable}: the secret leaked: {message:?}");
+    }
+}
+
+#[test]
+fn the_production_profile_refuses_every_fallback() {
+    let without = |name: &str| -> Vec<(&str, &str)> {
+        PRODUCTION.iter().copied().filter(|(variable, _)| *variable != name).collect()
+    };
+    let cases = [
+        ("DATABASE_URL", "DATABASE_URL is required in the production profile"),
+        ("REDIS_URL", "REDIS_URL is required in the production profile"),
+        ("OPENAI_API_KEY", "OPENAI_API_KEY is required in the production profile"),
+    ];
+    for (missing, expected) in cases {
+        let message = error(&without(missing));
+        assert!(message.starts_with(expected), "without {missing}: got {message:?}");
+    }
+    let mut explicit_offline = PRODUCTION.to_vec();
+    explicit_offline.push(("AGENT_MODEL__PROVIDER", "offline"));
+    assert!(error(&explicit_offline).contains("offline model is for dev only"));
+
+    let settings = settings(PRODUCTION);
+    assert_eq!(settings.profile, Profile::Production);
+    assert!(matches!(settings.model.provider, ModelProvider::OpenAiCompatible { .. }));
+}
+
+#[test]
+fn a_base_url_alone_selects_the_openai_compatible_model_without_a_key() {
+    let local = settings(&[("OPENAI_BASE_URL", "http://127.0.0.1:8080/v1")]);
+    let ModelProvider::OpenAiCompatible { base_url, api_key } = local.model.provider else {
+        panic!("a base URL selects the OpenAI-compatible model");
+    };
+    assert_eq!(base_url.as_str(), "http://127.0.0.1:8080/v1");
+    assert!(api_key.is_none());
+
+    let forced = settings(&[("OPENAI_API_KEY", "sk-x"), ("AGENT_MODEL__PROVIDER", "offline")]);
+    assert!(matches!(forced.model.provider, ModelProvider::Offline));
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_the_effective_listing() {
+    let mut vars = PRODUCTION.to_vec();
+    vars.push(("AGENT_API_KEYS", "service-key-hunter2"));
+    let loaded = load_with(&vars).unwrap();
+    let debug = format!("{:?}", loaded.settings);
+    for secret in ["sk-test", "pw@db", "cache:6379", "service-key-hunter2"] {
+        assert!(!debug.contains(secret), "{secret} leaked into {debug}");
+    }
+    let listing = format!("{:?}", loaded.effective);
+    assert!(!listing.contains("hunter2") && !listing.contains("sk-test"));
+    let database = loaded.effective.iter().find(|value| value.key == "storage.database_url");
+    let database = database.unwrap();
+    assert_eq!((database.value.as_str(), database.origin.as_str()), ("[redacted]", "DATABASE_URL"));
+    let port = loaded.effective.iter().find(|value| value.key == "server.port").unwrap();
+    assert_eq!((port.value.as_str(), port.origin.as_str()), ("8000", "default"));
+}
+
+#[test]
+fn unknown_agent_variables_are_reported_as_warnings() {
+    let loaded = load_with(&[
+        ("AGENT_SERVER__PROT", "9000"),
+        ("AGENT_CONFIG", ""),
+        ("AGENT_PROFILE", "dev"),
+        ("UNRELATED", "x"),
+    ])
+    .unwrap();
+    assert_eq!(loaded.warnings, ["unknown configuration variable AGENT_SERVER__PROT is ignored"]);
+}
+
+#[test]
+fn secrets_are_read_from_file_variables() {
+    Jail::expect_with(|jail| {
+        jail.create_file("openai-key", "sk-from-file\n")?;
+        jail.create_file("api-keys", "k1,k2")?;
+        jail.set_env("OPENAI_API_KEY_FILE", "openai-key");
+        jail.set_env("AGENT_API_KEYS_FILE", "api-keys");
+        let loaded = load().map_err(|error| error.to_string())?;
+        assert!(loaded.warnings.iter().all(|warning| !warning.contains("_FILE")));
+        let ModelProvider::OpenAiCompatible { api_key: Some(key), .. } = &loaded.settings.model.provider
+        else {
+            panic!("a key from a file selects the OpenAI-compatible model");
+        };
+        assert_eq!(key.expose_secret(), "sk-from-file", "one trailing newline is dropped");
+        assert_eq!(loaded.settings.api_keys.len(), 2);
+        let origin = loaded.effective.iter().find(|value| value.key == "model.api_key").unwrap();
+        assert_eq!(origin.origin, "OPENAI_API_KEY_FILE");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_secret_set_twice_or_from_a_missing_file_is_an_error() {
+    Jail::expect_with(|jail| {
+        jail.create_file("db-url", "postgres://u:p@h/d")?;
+        jail.set_env("DATABASE_URL", "postgres://u:p@h/d");
+        jail.set_env("DATABASE_URL_FILE", "db-url");
+        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
+        assert_eq!(message, "DATABASE_URL and DATABASE_URL_FILE are both set; set only one of them");
+        Ok(())
+    });
+    Jail::expect_with(|jail| {
+        jail.set_env("REDIS_URL_FILE", "/nonexistent/redis-url");
+        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
+        assert_eq!(message, "REDIS_URL_FILE: cannot read the secret file /nonexistent/redis-url");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_toml_file_overrides_defaults_and_the_environment_overrides_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "agent.toml",
+            r#"
+            profile = "dev"
+            [server]
+            port = 7000
+            workers = 2
+            [model]
+            name = "from-file"
+            temperature = 1
+            [mystery]
+            setting = true
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        jail.set_env("MODEL_NAME", "from-env");
+        let loaded = load().map_err(|error| error.to_string())?;
+        assert_eq!(loaded.settings.server.port, 7000);
+        assert_eq!(loaded.settings.server.workers, 2);
+        assert_eq!(loaded.settings.model.name, "from-env");
+        assert!((loaded.settings.model.temperature - 1.0).abs() < f32::EPSILON);
+        assert_eq!(
+            loaded.warnings,
+            ["unknown configuration key mystery.setting in agent.toml is ignored"]
+        );
+        let port = loaded.effective.iter().find(|value| value.key == "server.port").unwrap();
+        assert!(port.origin.ends_with("agent.toml"), "{port:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn an_invalid_value_in_the_file_names_the_key_and_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("agent.toml", "[server]\nport = \"eighty\"\n")?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
+        assert!(message.starts_with("server.port in "), "{message}");
+        assert!(message.contains("agent.toml: 'eighty' is not a port number"), "{message}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_missing_or_malformed_config_file_is_an_error() {
+    let message = error(&[("AGENT_CONFIG", "/nonexistent/agent.toml")]);
+    assert_eq!(message, "AGENT_CONFIG: cannot use the configuration file /nonexistent/agent.toml");
+    Jail::expect_with(|jail| {
+        jail.create_file("broken.toml", "[server\nport = 1")?;
+        jail.set_env("AGENT_CONFIG", "broken.toml");
+        let error = load().err().ok_or("a malformed file must be rejected")?;
+        assert!(error.to_string().starts_with("AGENT_CONFIG: "), "{error}");
+        Ok(())
+    });
+}
+
+#[test]
+fn the_listen_address_loads_even_when_other_settings_do_not() {
+    let vars = [("TEMPERATURE", "hot"), ("HOST", "0.0.0.0"), ("PORT", "8123")];
+    let owned = vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned()));
+    assert_eq!(load_server_address(owned).unwrap(), ("0.0.0.0".to_owned(), 8123));
+}

@@ -1,0 +1,107 @@
+//! The command line: serve (the default), `healthcheck`, `config check`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// A production-grade LLM agent service.
+#[derive(Debug, Parser)]
+#[command(name = "agent-server", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the HTTP API (what runs with no subcommand).
+    Serve,
+    /// Ask the local server whether it is healthy: exit 0 if so, 1 if not. This is what the
+    /// container's HEALTHCHECK runs, since the image has no shell and no curl.
+    Healthcheck(HealthcheckArgs),
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct HealthcheckArgs {
+    /// Ask `/ready` instead of `/health`.
+    #[arg(long)]
+    pub ready: bool,
+    /// Give up after this long (humantime, e.g. "2s").
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// The server's base URL; by default derived from HOST and PORT.
+    #[arg(long)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the configuration and print every effective value (secrets redacted) and where
+    /// it came from. Exits 1 if the configuration is invalid.
+    Check,
+}
+
+/// `agent-server healthcheck`.
+pub async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
+    let base = match &args.url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None => match agent_config::load_server_address(std::env::vars()) {
+            Ok((host, port)) => format!("http://{}:{port}", local_host(&host)),
+            Err(error) => return fail(&format!("invalid configuration: {error}")),
+        },
+    };
+    let url = format!("{base}/{}", if args.ready { "ready" } else { "health" });
+    let client = match reqwest::Client::builder().timeout(args.timeout).no_proxy().build() {
+        Ok(client) => client,
+        Err(error) => return fail(&format!("cannot build an HTTP client: {error}")),
+    };
+    match client.get(&url).send().await {
+        Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
+        Ok(response) => fail(&format!("{url} answered {}", response.status())),
+        Err(error) => fail(&format!("{url}: {}", crate::error::error_chain(&error))),
+    }
+}
+
+/// The address to reach a server listening on `host` from the same machine.
+fn local_host(host: &str) -> String {
+    match host {
+        "0.0.0.0" | "localhost" => "127.0.0.1".to_owned(),
+        "::" => "[::1]".to_owned(),
+        ip if ip.contains(':') => format!("[{ip}]"),
+        ip => ip.to_owned(),
+    }
+}
+
+/// `agent-server config check`.
+pub fn config_check() -> ExitCode {
+    let loaded = match agent_config::load() {
+        Ok(loaded) => loaded,
+        Err(error) => return fail(&format!("invalid configuration: {}", crate::error::error_chain(&error))),
+    };
+    let mut out = std::io::stdout().lock();
+    let width = loaded.effective.iter().map(|value| value.key.len()).max().unwrap_or(0);
+    let mut lines = vec![format!("configuration is valid (profile: {:?})", loaded.settings.profile)];
+    lines.extend(loaded.warnings.iter().map(|warning| format!("warning: {warning}")));
+    lines.extend(loaded.effective.iter().map(|value| {
+        format!("{:width$} = {}  # {}", value.key, value.value, value.origin)
+    }));
+    for line in lines {
+        if writeln!(out, "{line}").is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints one line to stderr and answers failure.
+pub fn fail(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "agent-server: {message}");
+    ExitCode::FAILURE
+}

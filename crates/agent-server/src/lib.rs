@@ -1,0 +1,14 @@
+//! agent-server as a library: the application factory, routes, middleware and telemetry, so that
+//! the binary and the API tests start exactly the same server.
+
+pub mod cli;
+mod error;
+mod middleware;
+mod routes;
+mod shutdown;
+mod startup;
+pub mod telemetry;
+
+pub use error::{ApiError, StartupError, error_chain};
+pub use shutdown::ShutdownTrigger;
+pub use startup::Application;

@@ -1,0 +1,42 @@
+//! The `agent-server` binary: parses the command line, loads the configuration, and serves.
+
+use std::process::ExitCode;
+
+use agent_server::cli::{self, Cli, Command, ConfigAction};
+use agent_server::{Application, error_chain as chain, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve().await,
+        Command::Healthcheck(args) => cli::healthcheck(&args).await,
+        Command::Config { action: ConfigAction::Check } => cli::config_check(),
+    }
+}
+
+async fn serve() -> ExitCode {
+    let loaded = match agent_config::load() {
+        Ok(loaded) => loaded,
+        Err(error) => return cli::fail(&format!("invalid configuration: {}", chain(&error))),
+    };
+    telemetry::init(&loaded.settings.log);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let application = match Application::build(loaded.settings).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(error = %chain(&error), "startup failed");
+            return cli::fail(&chain(&error));
+        }
+    };
+    match application.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %chain(&error), "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Liveness (`/health`), readiness (`/ready`) and startup (`/startup`) probes.
+
+use std::collections::BTreeMap;
+
+use actix_web::http::header::CacheControl;
+use actix_web::{HttpResponse, web};
+use agent_health::{CheckOutcome, Criticality, Health, NotReadyReason, ReadinessStatus};
+use serde::Serialize;
+
+/// Liveness: answers while the process can serve HTTP; touches no dependency.
+pub(super) async fn health() -> HttpResponse {
+    no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "healthy" }))
+}
+
+/// Startup: 503 until configuration, migrations and pools are done, then 200 forever.
+pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
+    if health.is_started() {
+        no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "started" }))
+    } else {
+        no_store(&mut HttpResponse::ServiceUnavailable()).json(serde_json::json!({ "status": "starting" }))
+    }
+}
+
+/// Readiness: every dependency check with its result and latency; 503 when not ready.
+pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
+    let readiness = health.readiness().await;
+    let (mut response, status, reason) = match readiness.status {
+        ReadinessStatus::Ready => (HttpResponse::Ok(), "ready", None),
+        ReadinessStatus::Degraded => (HttpResponse::Ok(), "degraded", None),
+        ReadinessStatus::NotReady(reason) => {
+            let reason = match reason {
+                NotReadyReason::Starting => "starting",
+                NotReadyReason::Draining => "draining",
+                NotReadyReason::CheckFailed => "critical_check_failed",
+            };
+            (HttpResponse::ServiceUnavailable(), "not ready", Some(reason))
+        }
+    };
+    let body = ReadinessBody {
+        status,
+        reason,
+        checks: readiness.checks.iter().map(|check| (check.name.clone(), check.into())).collect(),
+        checked_ms_ago: readiness.checked_at.elapsed().as_millis() as u64,
+    };
+    no_store(&mut response).json(body)
+}
+
+fn no_store(response: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
+    response.insert_header(CacheControl(vec![actix_web::http::header::CacheDirective::NoStore]))
+}
+
+#[derive(Debug, Serialize)]
+struct ReadinessBody {
+    /// "ready", "degraded" or "not ready".
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    checks: BTreeMap<String, CheckBody>,
+    /// How old the check results are (they are cached briefly).
+    checked_ms_ago: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckBody {
+    /// "up" or "down".
+    status: &'static str,
+    /// "critical" or "optional".
+    criticality: &'static str,
+    latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+impl From<&CheckOutcome> for CheckBody {
+    fn from(outcome: &CheckOutcome) -> Self {
+        Self {
+            status: if outcome.result.is_ok() { "up" } else { "down" },
+            criticality: match outcome.criticality {
+                Criticality::Critical => "critical",
+                Criticality::Optional => "optional",
+            },
+            latency_ms: (outcome.latency.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            error: outcome.result.as_ref().err().map(ToString::to_string),
+        }
+    }
+}

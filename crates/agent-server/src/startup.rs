@@ -1,0 +1,147 @@
+//! The application factory: builds the dependencies from [`Settings`], binds the listener, and
+//! runs the server until a graceful shutdown completes.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+use agent_config::{ModelProvider, Settings, StorageSettings};
+use agent_health::{Health, HealthCheck};
+
+use crate::error::{StartupError, json_error_shape};
+use crate::middleware::request_context;
+use crate::routes;
+use crate::shutdown::ShutdownTrigger;
+
+/// A built, bound, not yet running server.
+pub struct Application {
+    server: Server,
+    port: u16,
+    health: Health,
+    shutdown: ShutdownTrigger,
+    shutdown_delay: Duration,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds every dependency and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_checks(settings, Vec::new()).await
+    }
+
+    /// Like [`Self::build`], with extra readiness checks (for embedders and tests).
+    pub async fn build_with_checks(
+        settings: Settings,
+        extra_checks: Vec<HealthCheck>,
+    ) -> Result<Self, StartupError> {
+        log_fallbacks(&settings);
+        let health = Health::new(extra_checks, settings.health.cache_ttl);
+        let address = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&address)
+            .map_err(|source| StartupError::Bind { address: address.clone(), source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { address: address.clone(), source })?
+            .port();
+
+        let app_health = web::Data::new(health.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_health.clone())
+                .configure(routes::configure)
+                .default_service(web::to(routes::not_found))
+                .wrap(ErrorHandlers::new().default_handler(json_error_shape))
+                .wrap(from_fn(request_context))
+        })
+        .workers(settings.server.workers)
+        // Signals are handled in `run_until_stopped`, which turns readiness off first.
+        .disable_signals()
+        .shutdown_timeout(settings.server.drain_timeout.as_secs().max(1))
+        .listen(listener)
+        .map_err(|source| StartupError::Bind { address: address.clone(), source })?
+        .run();
+
+        // Everything the service needs is in place: open the startup gate.
+        health.mark_started();
+        tracing::info!(%address, port, workers = settings.server.workers, "listening");
+        Ok(Self {
+            server,
+            port,
+            health,
+            shutdown: ShutdownTrigger::default(),
+            shutdown_delay: settings.server.shutdown_delay,
+            drain_timeout: settings.server.drain_timeout,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// A handle that begins the same graceful shutdown as SIGTERM.
+    pub fn shutdown_trigger(&self) -> ShutdownTrigger {
+        self.shutdown.clone()
+    }
+
+    /// Serves until SIGTERM, SIGINT or the trigger, then shuts down gracefully: readiness fails
+    /// at once, the listener stays open for the shutdown delay, in-flight requests get the drain
+    /// window, then it returns.
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let cause = tokio::select! {
+            finished = &mut server => return flatten(finished),
+            cause = self.shutdown.requested() => cause,
+        };
+        self.health.begin_draining();
+        tracing::info!(
+            cause,
+            shutdown_delay = ?self.shutdown_delay,
+            drain_timeout = ?self.drain_timeout,
+            "shutdown began: readiness now fails"
+        );
+        tokio::time::sleep(self.shutdown_delay).await;
+        tracing::info!("listener closed; draining in-flight requests");
+        if tokio::time::timeout(self.drain_timeout, handle.stop(true)).await.is_err() {
+            tracing::warn!("drain window elapsed; closing the remaining connections");
+            handle.stop(false).await;
+        }
+        let result = flatten(server.await);
+        tracing::info!("stopped");
+        result
+    }
+}
+
+fn flatten(
+    finished: Result<std::io::Result<()>, tokio::task::JoinError>,
+) -> Result<(), StartupError> {
+    match finished {
+        Ok(result) => result.map_err(StartupError::Server),
+        Err(join_error) => Err(StartupError::Server(std::io::Error::other(join_error))),
+    }
+}
+
+/// The embedded defaults must never be mistaken for a production setup: say so loudly.
+fn log_fallbacks(settings: &Settings) {
+    let StorageSettings { database_url, redis_url } = &settings.storage;
+    if database_url.is_none() {
+        tracing::warn!("DATABASE_URL is not set: conversations are kept in memory and lost on exit");
+    }
+    if redis_url.is_none() {
+        tracing::warn!("REDIS_URL is not set: locks and rate limits are local to this process");
+    }
+    if let ModelProvider::Offline = settings.model.provider {
+        tracing::warn!(
+            "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
+        );
+    }
+}

@@ -1,0 +1,33 @@
+//! Logging and spans: `RUST_LOG` filtering, JSON lines in containers, readable text on a terminal.
+
+use std::io::IsTerminal;
+
+use agent_config::{LogFormat, LogSettings};
+use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Installs the global subscriber. `RUST_LOG` wins over the default filter (`info`).
+pub fn init(settings: &LogSettings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match settings.format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    // ENABLE_TRACING adds a line when each span closes, with its busy and idle time.
+    let span_events = if settings.enable_tracing { FmtSpan::CLOSE } else { FmtSpan::NONE };
+    let layer = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_span_events(span_events)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer().with_span_events(span_events).boxed()
+    };
+    // A second initialisation (several apps in one test process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+}
