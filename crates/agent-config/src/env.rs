@@ -100,7 +100,9 @@ fn insert_nested(dict: &mut Dict, path: &str, value: Value) {
             dict.insert(path.to_owned(), value);
         }
         Some((head, rest)) => {
-            let child = dict.entry(head.to_owned()).or_insert_with(|| Value::from(Dict::new()));
+            let child = dict
+                .entry(head.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
             if let Value::Dict(_, child) = child {
                 insert_nested(child, rest, value);
             }

@@ -15,16 +15,27 @@ pub struct Key {
 
 impl Key {
     const fn plain(path: &'static str, aliases: &'static [&'static str]) -> Self {
-        Self { path, aliases, secret: false }
+        Self {
+            path,
+            aliases,
+            secret: false,
+        }
     }
 
     const fn secret(path: &'static str, aliases: &'static [&'static str]) -> Self {
-        Self { path, aliases, secret: true }
+        Self {
+            path,
+            aliases,
+            secret: true,
+        }
     }
 
     /// The prefixed environment name: `AGENT_` + path in upper case with `__` for nesting.
     pub fn prefixed_env_name(&self) -> String {
-        format!("AGENT_{}", self.path.replace('.', "__").to_ascii_uppercase())
+        format!(
+            "AGENT_{}",
+            self.path.replace('.', "__").to_ascii_uppercase()
+        )
     }
 
     /// Every environment name for this key, the prefixed one first (it wins over an alias).

@@ -51,7 +51,11 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let layers = Layers::new(vars.into_iter().collect())?;
     let settings = layers.settings()?;
     let effective = layers.effective();
-    Ok(Loaded { settings, warnings: layers.warnings, effective })
+    Ok(Loaded {
+        settings,
+        warnings: layers.warnings,
+        effective,
+    })
 }
 
 /// Loads only the listen address, for `agent-server healthcheck`, which must work even where
@@ -60,7 +64,10 @@ pub fn load_server_address(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(String, u16), ConfigError> {
     let layers = Layers::new(vars.into_iter().collect())?;
-    Ok((layers.host()?, layers.parse("server.port", "a port number (0-65535)")?))
+    Ok((
+        layers.host()?,
+        layers.parse("server.port", "a port number (0-65535)")?,
+    ))
 }
 
 /// The merged layers, with enough bookkeeping to name where each value came from.
@@ -80,7 +87,10 @@ impl Layers {
             .map(|name| format!("unknown configuration variable {name} is ignored"))
             .collect();
         let mut figment = Figment::from(Toml::string(DEFAULTS));
-        if let Some(path) = vars.get(CONFIG_FILE_VARIABLE).filter(|path| !path.is_empty()) {
+        if let Some(path) = vars
+            .get(CONFIG_FILE_VARIABLE)
+            .filter(|path| !path.is_empty())
+        {
             let file_error = |source: figment::Error| ConfigError::File {
                 path: path.clone(),
                 source: Box::new(source),
@@ -91,9 +101,11 @@ impl Layers {
             let file = Toml::file(path);
             let data = figment::Provider::data(&file).map_err(file_error)?;
             for table in data.values() {
-                warnings.extend(unknown_file_keys(table, "").into_iter().map(|key| {
-                    format!("unknown configuration key {key} in {path} is ignored")
-                }));
+                warnings.extend(
+                    unknown_file_keys(table, "")
+                        .into_iter()
+                        .map(|key| format!("unknown configuration key {key} in {path} is ignored")),
+                );
             }
             figment = figment.merge(file);
         }
@@ -102,7 +114,12 @@ impl Layers {
             path: vars.get(CONFIG_FILE_VARIABLE).cloned().unwrap_or_default(),
             source: Box::new(source),
         })?;
-        Ok(Self { merged, figment, env, warnings })
+        Ok(Self {
+            merged,
+            figment,
+            env,
+            warnings,
+        })
     }
 
     fn settings(&self) -> Result<Settings, ConfigError> {
@@ -120,7 +137,10 @@ impl Layers {
         let workers = self.int_in("server.workers", 0, 1024)?;
         let settings = Settings {
             profile,
-            log: LogSettings { format, enable_tracing: self.boolean("enable_tracing")? },
+            log: LogSettings {
+                format,
+                enable_tracing: self.boolean("enable_tracing")?,
+            },
             enable_streaming: self.boolean("enable_streaming")?,
             api_keys: self.api_keys()?,
             server: ServerSettings {
@@ -136,7 +156,8 @@ impl Layers {
             },
             model: self.model(profile)?,
             storage: StorageSettings {
-                database_url: self.url_secret("storage.database_url", &["postgres", "postgresql"])?,
+                database_url: self
+                    .url_secret("storage.database_url", &["postgres", "postgresql"])?,
                 redis_url: self.url_secret("storage.redis_url", &["redis", "rediss"])?,
             },
             health: HealthSettings {
@@ -204,12 +225,20 @@ impl Layers {
     }
 
     fn api_keys(&self) -> Result<Vec<SecretString>, ConfigError> {
-        let Some(text) = self.raw("api_keys") else { return Ok(Vec::new()) };
+        let Some(text) = self.raw("api_keys") else {
+            return Ok(Vec::new());
+        };
         let keys: Vec<&str> = text.split(',').map(str::trim).collect();
         if keys.iter().any(|key| key.is_empty()) {
-            return Err(self.invalid("api_keys", "contains an empty key (keys are comma-separated)"));
+            return Err(self.invalid(
+                "api_keys",
+                "contains an empty key (keys are comma-separated)",
+            ));
         }
-        Ok(keys.into_iter().map(|key| SecretString::from(key.to_owned())).collect())
+        Ok(keys
+            .into_iter()
+            .map(|key| SecretString::from(key.to_owned()))
+            .collect())
     }
 
     fn host(&self) -> Result<String, ConfigError> {
@@ -217,7 +246,10 @@ impl Layers {
         if host == "localhost" || IpAddr::from_str(&host).is_ok() {
             Ok(host)
         } else {
-            Err(self.invalid("server.host", &format!("'{host}' is not an IP address or localhost")))
+            Err(self.invalid(
+                "server.host",
+                &format!("'{host}' is not an IP address or localhost"),
+            ))
         }
     }
 
@@ -252,7 +284,10 @@ impl Layers {
         if (min..=max).contains(&value) {
             Ok(value)
         } else {
-            Err(self.invalid(path, &format!("{value} is out of range: expected {expected}")))
+            Err(self.invalid(
+                path,
+                &format!("{value} is out of range: expected {expected}"),
+            ))
         }
     }
 
@@ -268,7 +303,10 @@ impl Layers {
     fn duration(&self, path: &str, min_ms: u64, max_secs: u64) -> Result<Duration, ConfigError> {
         let text = self.text(path);
         let value = humantime::parse_duration(text.trim()).map_err(|_| {
-            self.invalid(path, &format!("'{text}' is not a duration (like \"500ms\" or \"5s\")"))
+            self.invalid(
+                path,
+                &format!("'{text}' is not a duration (like \"500ms\" or \"5s\")"),
+            )
         })?;
         let (min, max) = (Duration::from_millis(min_ms), Duration::from_secs(max_secs));
         if value < min || value > max {
@@ -292,8 +330,14 @@ impl Layers {
     }
 
     /// A secret URL: validated for its scheme, and never echoed in the error.
-    fn url_secret(&self, path: &str, schemes: &[&str]) -> Result<Option<SecretString>, ConfigError> {
-        let Some(secret) = self.secret(path)? else { return Ok(None) };
+    fn url_secret(
+        &self,
+        path: &str,
+        schemes: &[&str],
+    ) -> Result<Option<SecretString>, ConfigError> {
+        let Some(secret) = self.secret(path)? else {
+            return Ok(None);
+        };
         let parsed = Url::parse(secrecy::ExposeSecret::expose_secret(&secret));
         match parsed {
             Ok(url) if schemes.contains(&url.scheme()) => Ok(Some(secret)),
@@ -321,11 +365,17 @@ impl Layers {
     }
 
     fn invalid(&self, path: &str, problem: &str) -> ConfigError {
-        ConfigError::Invalid { origin: self.origin(path), problem: problem.to_owned() }
+        ConfigError::Invalid {
+            origin: self.origin(path),
+            problem: problem.to_owned(),
+        }
     }
 
     fn missing(&self, path: &str, hint: &str) -> ConfigError {
-        ConfigError::Missing { origin: self.origin(path), hint: hint.to_owned() }
+        ConfigError::Missing {
+            origin: self.origin(path),
+            hint: hint.to_owned(),
+        }
     }
 
     fn effective(&self) -> Vec<EffectiveValue> {
@@ -344,7 +394,11 @@ impl Layers {
                 } else {
                     "default".to_owned()
                 };
-                EffectiveValue { key: key.path, value, origin }
+                EffectiveValue {
+                    key: key.path,
+                    value,
+                    origin,
+                }
             })
             .collect()
     }
@@ -357,9 +411,13 @@ fn value_text(value: &Value) -> Option<String> {
         Value::Char(_, character) => Some(character.to_string()),
         Value::Bool(_, flag) => Some(flag.to_string()),
         Value::Num(_, number) => Some(num_text(*number)),
-        Value::Array(_, items) => {
-            Some(items.iter().filter_map(value_text).collect::<Vec<_>>().join(","))
-        }
+        Value::Array(_, items) => Some(
+            items
+                .iter()
+                .filter_map(value_text)
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
         Value::Empty(..) => Some(String::new()),
         Value::Dict(..) => None,
     }
@@ -371,7 +429,10 @@ fn num_text(number: Num) -> String {
     } else if let Some(signed) = number.to_i128() {
         signed.to_string()
     } else {
-        number.to_f64().map(|float| float.to_string()).unwrap_or_default()
+        number
+            .to_f64()
+            .map(|float| float.to_string())
+            .unwrap_or_default()
     }
 }
 
@@ -379,7 +440,11 @@ fn num_text(number: Num) -> String {
 fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
     let mut unknown = Vec::new();
     for (name, value) in table {
-        let path = if prefix.is_empty() { name.clone() } else { format!("{prefix}.{name}") };
+        let path = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}.{name}")
+        };
         match value {
             Value::Dict(_, child) if keys::find(&path).is_none() => {
                 unknown.extend(unknown_file_keys(child, &path));

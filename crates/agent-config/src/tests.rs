@@ -6,14 +6,21 @@ use std::time::Duration;
 use figment::Jail;
 use secrecy::ExposeSecret;
 
-use crate::{ConfigError, LogFormat, Loaded, ModelProvider, Profile, load, load_from, load_server_address};
+use crate::{
+    ConfigError, Loaded, LogFormat, ModelProvider, Profile, load, load_from, load_server_address,
+};
 
 fn load_with(vars: &[(&str, &str)]) -> Result<Loaded, ConfigError> {
-    load_from(vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned())))
+    load_from(
+        vars.iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned())),
+    )
 }
 
 fn settings(vars: &[(&str, &str)]) -> crate::Settings {
-    load_with(vars).unwrap_or_else(|error| panic!("{vars:?} should load: {error}")).settings
+    load_with(vars)
+        .unwrap_or_else(|error| panic!("{vars:?} should load: {error}"))
+        .settings
 }
 
 fn error(vars: &[(&str, &str)]) -> String {
@@ -81,10 +88,19 @@ fn the_tutorials_variable_names_work_unchanged() {
         panic!("a configured key selects the OpenAI-compatible model");
     };
     assert_eq!(base_url.as_str(), "http://localhost:11434/v1");
-    assert_eq!(api_key.as_ref().map(|key| key.expose_secret()), Some("sk-abc"));
+    assert_eq!(
+        api_key.as_ref().map(|key| key.expose_secret()),
+        Some("sk-abc")
+    );
     let storage = &settings.storage;
-    assert_eq!(storage.database_url.as_ref().unwrap().expose_secret(), "postgres://u:p@localhost/db");
-    assert_eq!(storage.redis_url.as_ref().unwrap().expose_secret(), "redis://localhost:6379");
+    assert_eq!(
+        storage.database_url.as_ref().unwrap().expose_secret(),
+        "postgres://u:p@localhost/db"
+    );
+    assert_eq!(
+        storage.redis_url.as_ref().unwrap().expose_secret(),
+        "redis://localhost:6379"
+    );
 }
 
 #[test]
@@ -113,11 +129,18 @@ fn empty_values_count_as_unset() {
 #[test]
 fn secrets_that_look_like_numbers_stay_verbatim() {
     let settings = settings(&[("OPENAI_API_KEY", "007"), ("AGENT_API_KEYS", "12345,00042")]);
-    let ModelProvider::OpenAiCompatible { api_key: Some(key), .. } = &settings.model.provider else {
+    let ModelProvider::OpenAiCompatible {
+        api_key: Some(key), ..
+    } = &settings.model.provider
+    else {
         panic!("expected the OpenAI-compatible model");
     };
     assert_eq!(key.expose_secret(), "007");
-    let keys: Vec<&str> = settings.api_keys.iter().map(|key| key.expose_secret()).collect();
+    let keys: Vec<&str> = settings
+        .api_keys
+        .iter()
+        .map(|key| key.expose_secret())
+        .collect();
     assert_eq!(keys, ["12345", "00042"]);
 }
 
@@ -138,55 +161,136 @@ fn invalid_values_stop_loading_with_one_line_naming_the_variable() {
         ("HOST", "my host", "HOST: 'my host' is not an IP address"),
         ("WORKERS", "2000", "WORKERS: 2000 is out of range"),
         ("WORKERS", "many", "WORKERS: 'many' is not a whole number"),
-        ("TEMPERATURE", "3", "TEMPERATURE: must be a number from 0 to 2"),
+        (
+            "TEMPERATURE",
+            "3",
+            "TEMPERATURE: must be a number from 0 to 2",
+        ),
         ("TEMPERATURE", "hot", "TEMPERATURE: 'hot' is not a number"),
         ("MAX_TOKENS", "0", "MAX_TOKENS: 0 is out of range"),
-        ("ENABLE_STREAMING", "maybe", "ENABLE_STREAMING: 'maybe' is not true or false"),
-        ("ENABLE_TRACING", "2", "ENABLE_TRACING: '2' is not true or false"),
-        ("AGENT_SERVER__DRAIN_TIMEOUT", "forever", "AGENT_SERVER__DRAIN_TIMEOUT: 'forever' is not a duration"),
-        ("AGENT_SERVER__SHUTDOWN_DELAY", "2h", "AGENT_SERVER__SHUTDOWN_DELAY: '2h' is out of range"),
-        ("AGENT_HEALTH__CHECK_TIMEOUT", "0s", "AGENT_HEALTH__CHECK_TIMEOUT: '0s' is out of range"),
-        ("AGENT_PROFILE", "staging", "AGENT_PROFILE: expected \"dev\" or \"production\""),
-        ("AGENT_LOG_FORMAT", "xml", "AGENT_LOG_FORMAT: expected auto, json or pretty"),
-        ("AGENT_MODEL__PROVIDER", "anthropic", "AGENT_MODEL__PROVIDER: expected auto, openai"),
-        ("OPENAI_BASE_URL", "ftp://models", "OPENAI_BASE_URL: 'ftp://models' is not an http(s) URL"),
+        (
+            "ENABLE_STREAMING",
+            "maybe",
+            "ENABLE_STREAMING: 'maybe' is not true or false",
+        ),
+        (
+            "ENABLE_TRACING",
+            "2",
+            "ENABLE_TRACING: '2' is not true or false",
+        ),
+        (
+            "AGENT_SERVER__DRAIN_TIMEOUT",
+            "forever",
+            "AGENT_SERVER__DRAIN_TIMEOUT: 'forever' is not a duration",
+        ),
+        (
+            "AGENT_SERVER__SHUTDOWN_DELAY",
+            "2h",
+            "AGENT_SERVER__SHUTDOWN_DELAY: '2h' is out of range",
+        ),
+        (
+            "AGENT_HEALTH__CHECK_TIMEOUT",
+            "0s",
+            "AGENT_HEALTH__CHECK_TIMEOUT: '0s' is out of range",
+        ),
+        (
+            "AGENT_PROFILE",
+            "staging",
+            "AGENT_PROFILE: expected \"dev\" or \"production\"",
+        ),
+        (
+            "AGENT_LOG_FORMAT",
+            "xml",
+            "AGENT_LOG_FORMAT: expected auto, json or pretty",
+        ),
+        (
+            "AGENT_MODEL__PROVIDER",
+            "anthropic",
+            "AGENT_MODEL__PROVIDER: expected auto, openai",
+        ),
+        (
+            "OPENAI_BASE_URL",
+            "ftp://models",
+            "OPENAI_BASE_URL: 'ftp://models' is not an http(s) URL",
+        ),
         ("MODEL_NAME", " ", "MODEL_NAME: must not be empty"),
     ];
     for (variable, value, expected) in cases {
         let message = error(&[(variable, value)]);
-        assert!(message.starts_with(expected), "{variable}={value}: got {message:?}");
-        assert!(!message.contains('\n'), "{variable}={value}: not one line: {message:?}");
+        assert!(
+            message.starts_with(expected),
+            "{variable}={value}: got {message:?}"
+        );
+        assert!(
+            !message.contains('\n'),
+            "{variable}={value}: not one line: {message:?}"
+        );
     }
 }
 
 #[test]
 fn invalid_secrets_are_named_but_never_echoed() {
     let cases = [
-        ("DATABASE_URL", "mysql://user:hunter2-secret@db/app", "DATABASE_URL: the scheme must be postgres://"),
-        ("DATABASE_URL", "hunter2-secret", "DATABASE_URL: not a valid URL"),
-        ("REDIS_URL", "http://:hunter2-secret@cache", "REDIS_URL: the scheme must be redis://"),
-        ("OPENAI_API_KEY", " hunter2-secret", "OPENAI_API_KEY: has leading or trailing white space"),
+        (
+            "DATABASE_URL",
+            "mysql://user:hunter2-secret@db/app",
+            "DATABASE_URL: the scheme must be postgres://",
+        ),
+        (
+            "DATABASE_URL",
+            "hunter2-secret",
+            "DATABASE_URL: not a valid URL",
+        ),
+        (
+            "REDIS_URL",
+            "http://:hunter2-secret@cache",
+            "REDIS_URL: the scheme must be redis://",
+        ),
+        (
+            "OPENAI_API_KEY",
+            " hunter2-secret",
+            "OPENAI_API_KEY: has leading or trailing white space",
+        ),
     ];
     for (variable, value, expected) in cases {
         let message = error(&[(variable, value)]);
         assert!(message.starts_with(expected), "{variable}: got {message:?}");
-        assert!(!message.contains("hunter2"), "{variable}: the secret leaked: {message:?}");
+        assert!(
+            !message.contains("hunter2"),
+            "{variable}: the secret leaked: {message:?}"
+        );
     }
 }
 
 #[test]
 fn the_production_profile_refuses_every_fallback() {
     let without = |name: &str| -> Vec<(&str, &str)> {
-        PRODUCTION.iter().copied().filter(|(variable, _)| *variable != name).collect()
+        PRODUCTION
+            .iter()
+            .copied()
+            .filter(|(variable, _)| *variable != name)
+            .collect()
     };
     let cases = [
-        ("DATABASE_URL", "DATABASE_URL is required in the production profile"),
-        ("REDIS_URL", "REDIS_URL is required in the production profile"),
-        ("OPENAI_API_KEY", "OPENAI_API_KEY is required in the production profile"),
+        (
+            "DATABASE_URL",
+            "DATABASE_URL is required in the production profile",
+        ),
+        (
+            "REDIS_URL",
+            "REDIS_URL is required in the production profile",
+        ),
+        (
+            "OPENAI_API_KEY",
+            "OPENAI_API_KEY is required in the production profile",
+        ),
     ];
     for (missing, expected) in cases {
         let message = error(&without(missing));
-        assert!(message.starts_with(expected), "without {missing}: got {message:?}");
+        assert!(
+            message.starts_with(expected),
+            "without {missing}: got {message:?}"
+        );
     }
     let mut explicit_offline = PRODUCTION.to_vec();
     explicit_offline.push(("AGENT_MODEL__PROVIDER", "offline"));
@@ -194,7 +298,10 @@ fn the_production_profile_refuses_every_fallback() {
 
     let settings = settings(PRODUCTION);
     assert_eq!(settings.profile, Profile::Production);
-    assert!(matches!(settings.model.provider, ModelProvider::OpenAiCompatible { .. }));
+    assert!(matches!(
+        settings.model.provider,
+        ModelProvider::OpenAiCompatible { .. }
+    ));
 }
 
 #[test]
@@ -206,7 +313,10 @@ fn a_base_url_alone_selects_the_openai_compatible_model_without_a_key() {
     assert_eq!(base_url.as_str(), "http://127.0.0.1:8080/v1");
     assert!(api_key.is_none());
 
-    let forced = settings(&[("OPENAI_API_KEY", "sk-x"), ("AGENT_MODEL__PROVIDER", "offline")]);
+    let forced = settings(&[
+        ("OPENAI_API_KEY", "sk-x"),
+        ("AGENT_MODEL__PROVIDER", "offline"),
+    ]);
     assert!(matches!(forced.model.provider, ModelProvider::Offline));
 }
 
@@ -221,11 +331,24 @@ fn secrets_never_appear_in_debug_output_or_the_effective_listing() {
     }
     let listing = format!("{:?}", loaded.effective);
     assert!(!listing.contains("hunter2") && !listing.contains("sk-test"));
-    let database = loaded.effective.iter().find(|value| value.key == "storage.database_url");
+    let database = loaded
+        .effective
+        .iter()
+        .find(|value| value.key == "storage.database_url");
     let database = database.unwrap();
-    assert_eq!((database.value.as_str(), database.origin.as_str()), ("[redacted]", "DATABASE_URL"));
-    let port = loaded.effective.iter().find(|value| value.key == "server.port").unwrap();
-    assert_eq!((port.value.as_str(), port.origin.as_str()), ("8000", "default"));
+    assert_eq!(
+        (database.value.as_str(), database.origin.as_str()),
+        ("[redacted]", "DATABASE_URL")
+    );
+    let port = loaded
+        .effective
+        .iter()
+        .find(|value| value.key == "server.port")
+        .unwrap();
+    assert_eq!(
+        (port.value.as_str(), port.origin.as_str()),
+        ("8000", "default")
+    );
 }
 
 #[test]
@@ -237,7 +360,10 @@ fn unknown_agent_variables_are_reported_as_warnings() {
         ("UNRELATED", "x"),
     ])
     .unwrap();
-    assert_eq!(loaded.warnings, ["unknown configuration variable AGENT_SERVER__PROT is ignored"]);
+    assert_eq!(
+        loaded.warnings,
+        ["unknown configuration variable AGENT_SERVER__PROT is ignored"]
+    );
 }
 
 #[test]
@@ -248,14 +374,29 @@ fn secrets_are_read_from_file_variables() {
         jail.set_env("OPENAI_API_KEY_FILE", "openai-key");
         jail.set_env("AGENT_API_KEYS_FILE", "api-keys");
         let loaded = load().map_err(|error| error.to_string())?;
-        assert!(loaded.warnings.iter().all(|warning| !warning.contains("_FILE")));
-        let ModelProvider::OpenAiCompatible { api_key: Some(key), .. } = &loaded.settings.model.provider
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|warning| !warning.contains("_FILE"))
+        );
+        let ModelProvider::OpenAiCompatible {
+            api_key: Some(key), ..
+        } = &loaded.settings.model.provider
         else {
             panic!("a key from a file selects the OpenAI-compatible model");
         };
-        assert_eq!(key.expose_secret(), "sk-from-file", "one trailing newline is dropped");
+        assert_eq!(
+            key.expose_secret(),
+            "sk-from-file",
+            "one trailing newline is dropped"
+        );
         assert_eq!(loaded.settings.api_keys.len(), 2);
-        let origin = loaded.effective.iter().find(|value| value.key == "model.api_key").unwrap();
+        let origin = loaded
+            .effective
+            .iter()
+            .find(|value| value.key == "model.api_key")
+            .unwrap();
         assert_eq!(origin.origin, "OPENAI_API_KEY_FILE");
         Ok(())
     });
@@ -267,14 +408,26 @@ fn a_secret_set_twice_or_from_a_missing_file_is_an_error() {
         jail.create_file("db-url", "postgres://u:p@h/d")?;
         jail.set_env("DATABASE_URL", "postgres://u:p@h/d");
         jail.set_env("DATABASE_URL_FILE", "db-url");
-        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
-        assert_eq!(message, "DATABASE_URL and DATABASE_URL_FILE are both set; set only one of them");
+        let message = load()
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            message,
+            "DATABASE_URL and DATABASE_URL_FILE are both set; set only one of them"
+        );
         Ok(())
     });
     Jail::expect_with(|jail| {
         jail.set_env("REDIS_URL_FILE", "/nonexistent/redis-url");
-        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
-        assert_eq!(message, "REDIS_URL_FILE: cannot read the secret file /nonexistent/redis-url");
+        let message = load()
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            message,
+            "REDIS_URL_FILE: cannot read the secret file /nonexistent/redis-url"
+        );
         Ok(())
     });
 }
@@ -307,7 +460,11 @@ fn a_toml_file_overrides_defaults_and_the_environment_overrides_the_file() {
             loaded.warnings,
             ["unknown configuration key mystery.setting in agent.toml is ignored"]
         );
-        let port = loaded.effective.iter().find(|value| value.key == "server.port").unwrap();
+        let port = loaded
+            .effective
+            .iter()
+            .find(|value| value.key == "server.port")
+            .unwrap();
         assert!(port.origin.ends_with("agent.toml"), "{port:?}");
         Ok(())
     });
@@ -318,9 +475,15 @@ fn an_invalid_value_in_the_file_names_the_key_and_the_file() {
     Jail::expect_with(|jail| {
         jail.create_file("agent.toml", "[server]\nport = \"eighty\"\n")?;
         jail.set_env("AGENT_CONFIG", "agent.toml");
-        let message = load().err().map(|error| error.to_string()).unwrap_or_default();
+        let message = load()
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
         assert!(message.starts_with("server.port in "), "{message}");
-        assert!(message.contains("agent.toml: 'eighty' is not a port number"), "{message}");
+        assert!(
+            message.contains("agent.toml: 'eighty' is not a port number"),
+            "{message}"
+        );
         Ok(())
     });
 }
@@ -328,7 +491,10 @@ fn an_invalid_value_in_the_file_names_the_key_and_the_file() {
 #[test]
 fn a_missing_or_malformed_config_file_is_an_error() {
     let message = error(&[("AGENT_CONFIG", "/nonexistent/agent.toml")]);
-    assert_eq!(message, "AGENT_CONFIG: cannot use the configuration file /nonexistent/agent.toml");
+    assert_eq!(
+        message,
+        "AGENT_CONFIG: cannot use the configuration file /nonexistent/agent.toml"
+    );
     Jail::expect_with(|jail| {
         jail.create_file("broken.toml", "[server\nport = 1")?;
         jail.set_env("AGENT_CONFIG", "broken.toml");
@@ -340,7 +506,16 @@ fn a_missing_or_malformed_config_file_is_an_error() {
 
 #[test]
 fn the_listen_address_loads_even_when_other_settings_do_not() {
-    let vars = [("TEMPERATURE", "hot"), ("HOST", "0.0.0.0"), ("PORT", "8123")];
-    let owned = vars.iter().map(|(name, value)| ((*name).to_owned(), (*value).to_owned()));
-    assert_eq!(load_server_address(owned).unwrap(), ("0.0.0.0".to_owned(), 8123));
+    let vars = [
+        ("TEMPERATURE", "hot"),
+        ("HOST", "0.0.0.0"),
+        ("PORT", "8123"),
+    ];
+    let owned = vars
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()));
+    assert_eq!(
+        load_server_address(owned).unwrap(),
+        ("0.0.0.0".to_owned(), 8123)
+    );
 }

@@ -58,7 +58,12 @@ impl HealthCheck {
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         let probe: Arc<CheckFn> = Arc::new(move || Box::pin(probe()) as CheckFuture);
-        Self { name: name.into(), criticality, timeout, probe }
+        Self {
+            name: name.into(),
+            criticality,
+            timeout,
+            probe,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -72,7 +77,10 @@ impl HealthCheck {
     /// Runs the check once, bounded by its timeout; a panic inside it is reported, not raised.
     pub(crate) async fn run(&self) -> CheckOutcome {
         let started = Instant::now();
-        let bounded = tokio::time::timeout(self.timeout, AssertUnwindSafe((self.probe)()).catch_unwind());
+        let bounded = tokio::time::timeout(
+            self.timeout,
+            AssertUnwindSafe((self.probe)()).catch_unwind(),
+        );
         let result = match bounded.await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(message))) => Err(CheckError::Failed(message)),

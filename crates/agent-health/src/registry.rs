@@ -120,7 +120,11 @@ impl Health {
         } else {
             fold(&checks)
         };
-        Readiness { status, checks, checked_at }
+        Readiness {
+            status,
+            checks,
+            checked_at,
+        }
     }
 
     async fn outcomes(&self) -> (Instant, Arc<Vec<CheckOutcome>>) {
@@ -139,7 +143,9 @@ impl Health {
 
 fn fold(outcomes: &[CheckOutcome]) -> ReadinessStatus {
     let failing = |criticality| {
-        outcomes.iter().any(|outcome| outcome.criticality == criticality && outcome.result.is_err())
+        outcomes
+            .iter()
+            .any(|outcome| outcome.criticality == criticality && outcome.result.is_err())
     };
     if failing(Criticality::Critical) {
         ReadinessStatus::NotReady(NotReadyReason::CheckFailed)

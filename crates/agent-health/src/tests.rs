@@ -19,10 +19,15 @@ fn check(name: &str, criticality: Criticality, result: Result<(), &str>) -> Heal
 }
 
 fn counting_check(counter: Arc<AtomicUsize>) -> HealthCheck {
-    HealthCheck::new("counted", Criticality::Critical, Duration::from_secs(1), move || {
-        counter.fetch_add(1, Ordering::SeqCst);
-        async { Ok(()) }
-    })
+    HealthCheck::new(
+        "counted",
+        Criticality::Critical,
+        Duration::from_secs(1),
+        move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok(()) }
+        },
+    )
 }
 
 async fn status_of(checks: Vec<HealthCheck>) -> ReadinessStatus {
@@ -35,7 +40,10 @@ async fn status_of(checks: Vec<HealthCheck>) -> ReadinessStatus {
 async fn readiness_folds_check_results_by_criticality() {
     let cases = [
         (vec![], ReadinessStatus::Ready),
-        (vec![check("db", Criticality::Critical, Ok(()))], ReadinessStatus::Ready),
+        (
+            vec![check("db", Criticality::Critical, Ok(()))],
+            ReadinessStatus::Ready,
+        ),
         (
             vec![check("db", Criticality::Critical, Err("down"))],
             ReadinessStatus::NotReady(NotReadyReason::CheckFailed),
@@ -63,10 +71,20 @@ async fn readiness_folds_check_results_by_criticality() {
 
 #[tokio::test]
 async fn readiness_is_not_ready_until_the_startup_gate_opens() {
-    let health = Health::new(vec![check("db", Criticality::Critical, Ok(()))], Duration::ZERO);
+    let health = Health::new(
+        vec![check("db", Criticality::Critical, Ok(()))],
+        Duration::ZERO,
+    );
     let before = health.readiness().await;
-    assert_eq!(before.status, ReadinessStatus::NotReady(NotReadyReason::Starting));
-    assert_eq!(before.checks.len(), 1, "checks still run while starting, to show why");
+    assert_eq!(
+        before.status,
+        ReadinessStatus::NotReady(NotReadyReason::Starting)
+    );
+    assert_eq!(
+        before.checks.len(),
+        1,
+        "checks still run while starting, to show why"
+    );
     health.mark_started();
     assert!(health.is_started());
     assert_eq!(health.readiness().await.status, ReadinessStatus::Ready);
@@ -79,7 +97,10 @@ async fn draining_fails_readiness_without_running_checks() {
     health.mark_started();
     health.begin_draining();
     let readiness = health.readiness().await;
-    assert_eq!(readiness.status, ReadinessStatus::NotReady(NotReadyReason::Draining));
+    assert_eq!(
+        readiness.status,
+        ReadinessStatus::NotReady(NotReadyReason::Draining)
+    );
     assert!(readiness.checks.is_empty());
     assert_eq!(counter.load(Ordering::SeqCst), 0);
 }
@@ -94,8 +115,14 @@ async fn a_hanging_check_times_out_and_is_reported() {
     let health = Health::new(vec![hanging], Duration::ZERO);
     health.mark_started();
     let readiness = health.readiness().await;
-    assert_eq!(readiness.status, ReadinessStatus::NotReady(NotReadyReason::CheckFailed));
-    assert_eq!(readiness.checks[0].result, Err(CheckError::TimedOut(timeout)));
+    assert_eq!(
+        readiness.status,
+        ReadinessStatus::NotReady(NotReadyReason::CheckFailed)
+    );
+    assert_eq!(
+        readiness.checks[0].result,
+        Err(CheckError::TimedOut(timeout))
+    );
 }
 
 #[tokio::test]
@@ -118,13 +145,18 @@ async fn checks_run_concurrently() {
     let checks = (0..2)
         .map(|index| {
             let barrier = Arc::clone(&barrier);
-            HealthCheck::new(format!("c{index}"), Criticality::Critical, LONG, move || {
-                let barrier = Arc::clone(&barrier);
-                async move {
-                    barrier.wait().await;
-                    Ok(())
-                }
-            })
+            HealthCheck::new(
+                format!("c{index}"),
+                Criticality::Critical,
+                LONG,
+                move || {
+                    let barrier = Arc::clone(&barrier);
+                    async move {
+                        barrier.wait().await;
+                        Ok(())
+                    }
+                },
+            )
         })
         .collect();
     assert_eq!(status_of(checks).await, ReadinessStatus::Ready);
@@ -140,7 +172,10 @@ async fn results_are_reused_within_the_cache_interval() {
     assert_eq!(counter.load(Ordering::SeqCst), 1);
 
     let uncached_counter = Arc::new(AtomicUsize::new(0));
-    let uncached = Health::new(vec![counting_check(Arc::clone(&uncached_counter))], Duration::ZERO);
+    let uncached = Health::new(
+        vec![counting_check(Arc::clone(&uncached_counter))],
+        Duration::ZERO,
+    );
     for _ in 0..5 {
         uncached.readiness().await;
     }

@@ -58,7 +58,11 @@ pub async fn healthcheck(args: &HealthcheckArgs) -> ExitCode {
         },
     };
     let url = format!("{base}/{}", if args.ready { "ready" } else { "health" });
-    let client = match reqwest::Client::builder().timeout(args.timeout).no_proxy().build() {
+    let client = match reqwest::Client::builder()
+        .timeout(args.timeout)
+        .no_proxy()
+        .build()
+    {
         Ok(client) => client,
         Err(error) => return fail(&format!("cannot build an HTTP client: {error}")),
     };
@@ -83,15 +87,36 @@ fn local_host(host: &str) -> String {
 pub fn config_check() -> ExitCode {
     let loaded = match agent_config::load() {
         Ok(loaded) => loaded,
-        Err(error) => return fail(&format!("invalid configuration: {}", crate::error::error_chain(&error))),
+        Err(error) => {
+            return fail(&format!(
+                "invalid configuration: {}",
+                crate::error::error_chain(&error)
+            ));
+        }
     };
     let mut out = std::io::stdout().lock();
-    let width = loaded.effective.iter().map(|value| value.key.len()).max().unwrap_or(0);
-    let mut lines = vec![format!("configuration is valid (profile: {:?})", loaded.settings.profile)];
-    lines.extend(loaded.warnings.iter().map(|warning| format!("warning: {warning}")));
-    lines.extend(loaded.effective.iter().map(|value| {
-        format!("{:width$} = {}  # {}", value.key, value.value, value.origin)
-    }));
+    let width = loaded
+        .effective
+        .iter()
+        .map(|value| value.key.len())
+        .max()
+        .unwrap_or(0);
+    let mut lines = vec![format!(
+        "configuration is valid (profile: {:?})",
+        loaded.settings.profile
+    )];
+    lines.extend(
+        loaded
+            .warnings
+            .iter()
+            .map(|warning| format!("warning: {warning}")),
+    );
+    lines.extend(
+        loaded
+            .effective
+            .iter()
+            .map(|value| format!("{:width$} = {}  # {}", value.key, value.value, value.origin)),
+    );
     for line in lines {
         if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;

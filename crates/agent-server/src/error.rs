@@ -68,7 +68,12 @@ struct ErrorDetail {
 
 impl ErrorBody {
     pub(crate) fn new(code: &str, message: &str) -> Self {
-        Self { error: ErrorDetail { code: code.to_owned(), message: message.to_owned() } }
+        Self {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: message.to_owned(),
+            },
+        }
     }
 }
 
@@ -82,7 +87,9 @@ pub(crate) fn json_error_shape<B: MessageBody + 'static>(
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
     if is_json {
-        return Ok(ErrorHandlerResponse::Response(response.map_into_left_body()));
+        return Ok(ErrorHandlerResponse::Response(
+            response.map_into_left_body(),
+        ));
     }
     let status = response.status();
     let (request, old) = response.into_parts();
@@ -99,11 +106,15 @@ pub(crate) fn json_error_shape<B: MessageBody + 'static>(
     let mut replacement = HttpResponse::build(status).json(ErrorBody::new(&code, &message));
     for (name, value) in old.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            replacement.headers_mut().append(name.clone(), value.clone());
+            replacement
+                .headers_mut()
+                .append(name.clone(), value.clone());
         }
     }
     let response = ServiceResponse::new(request, replacement);
-    Ok(ErrorHandlerResponse::Response(response.map_into_right_body()))
+    Ok(ErrorHandlerResponse::Response(
+        response.map_into_right_body(),
+    ))
 }
 
 /// The error and its sources on one line, for the log.

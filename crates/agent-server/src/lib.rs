@@ -11,4 +11,4 @@ pub mod telemetry;
 
 pub use error::{ApiError, StartupError, error_chain};
 pub use shutdown::ShutdownTrigger;
-pub use startup::Application;
+pub use startup::{Application, ApplicationBuilder};

@@ -12,7 +12,9 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Healthcheck(args) => cli::healthcheck(&args).await,
-        Command::Config { action: ConfigAction::Check } => cli::config_check(),
+        Command::Config {
+            action: ConfigAction::Check,
+        } => cli::config_check(),
     }
 }
 

@@ -51,7 +51,9 @@ pub(crate) async fn request_context(
 /// A client's id is kept if it is short printable ASCII, so it cannot forge log lines.
 fn is_acceptable_request_id(value: &str) -> bool {
     (1..=128).contains(&value.len())
-        && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"-_.:/+=".contains(&byte))
+        && value
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"-_.:/+=".contains(&byte))
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! runs the server until a graceful shutdown completes.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::Server;
+use actix_web::dev::ServerHandle;
+use tokio::task::JoinHandle;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use agent_config::{ModelProvider, Settings, StorageSettings};
@@ -15,48 +17,70 @@ use crate::middleware::request_context;
 use crate::routes;
 use crate::shutdown::ShutdownTrigger;
 
-/// A built, bound, not yet running server.
-pub struct Application {
-    server: Server,
-    port: u16,
-    health: Health,
-    shutdown: ShutdownTrigger,
-    shutdown_delay: Duration,
-    drain_timeout: Duration,
+type RouteFn = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// Collects what an [`Application`] is built from.
+pub struct ApplicationBuilder {
+    settings: Settings,
+    checks: Vec<HealthCheck>,
+    routes: Vec<RouteFn>,
 }
 
-impl std::fmt::Debug for Application {
+impl std::fmt::Debug for ApplicationBuilder {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("Application").field("port", &self.port).finish_non_exhaustive()
+        formatter
+            .debug_struct("ApplicationBuilder")
+            .field("checks", &self.checks)
+            .finish_non_exhaustive()
     }
 }
 
-impl Application {
-    /// Builds every dependency and binds the listener (port 0 picks a free port).
-    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        Self::build_with_checks(settings, Vec::new()).await
+impl ApplicationBuilder {
+    /// Adds a readiness check besides the ones built from the settings.
+    pub fn with_check(mut self, check: HealthCheck) -> Self {
+        self.checks.push(check);
+        self
     }
 
-    /// Like [`Self::build`], with extra readiness checks (for embedders and tests).
-    pub async fn build_with_checks(
-        settings: Settings,
-        extra_checks: Vec<HealthCheck>,
-    ) -> Result<Self, StartupError> {
+    /// Adds routes of the embedder's own; they get the same middleware and error shape.
+    pub fn with_routes(
+        mut self,
+        routes: impl Fn(&mut web::ServiceConfig) + Send + Sync + 'static,
+    ) -> Self {
+        self.routes.push(Arc::new(routes));
+        self
+    }
+
+    /// Builds every dependency, binds the listener (port 0 picks a free port) and starts
+    /// answering; the startup gate opens in [`Application::run_until_stopped`].
+    pub async fn build(self) -> Result<Application, StartupError> {
+        let Self {
+            settings,
+            checks,
+            routes: extra_routes,
+        } = self;
         log_fallbacks(&settings);
-        let health = Health::new(extra_checks, settings.health.cache_ttl);
+        let health = Health::new(checks, settings.health.cache_ttl);
         let address = format!("{}:{}", settings.server.host, settings.server.port);
-        let listener = TcpListener::bind(&address)
-            .map_err(|source| StartupError::Bind { address: address.clone(), source })?;
+        let listener = TcpListener::bind(&address).map_err(|source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        })?;
         let port = listener
             .local_addr()
-            .map_err(|source| StartupError::Bind { address: address.clone(), source })?
+            .map_err(|source| StartupError::Bind {
+                address: address.clone(),
+                source,
+            })?
             .port();
 
         let app_health = web::Data::new(health.clone());
         let server = HttpServer::new(move || {
+            let extra_routes = extra_routes.clone();
             App::new()
                 .app_data(app_health.clone())
                 .configure(routes::configure)
+                .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
                 .wrap(ErrorHandlers::new().default_handler(json_error_shape))
                 .wrap(from_fn(request_context))
@@ -66,20 +90,61 @@ impl Application {
         .disable_signals()
         .shutdown_timeout(settings.server.drain_timeout.as_secs().max(1))
         .listen(listener)
-        .map_err(|source| StartupError::Bind { address: address.clone(), source })?
+        .map_err(|source| StartupError::Bind {
+            address: address.clone(),
+            source,
+        })?
         .run();
+        let handle = server.handle();
+        // Serve from now on: liveness and the startup probe answer while the rest starts.
+        let server = tokio::spawn(server);
 
-        // Everything the service needs is in place: open the startup gate.
-        health.mark_started();
         tracing::info!(%address, port, workers = settings.server.workers, "listening");
-        Ok(Self {
+        Ok(Application {
             server,
+            handle,
             port,
             health,
             shutdown: ShutdownTrigger::default(),
             shutdown_delay: settings.server.shutdown_delay,
             drain_timeout: settings.server.drain_timeout,
         })
+    }
+}
+
+/// A built server, already answering; its startup gate opens in `run_until_stopped`.
+pub struct Application {
+    server: JoinHandle<std::io::Result<()>>,
+    handle: ServerHandle,
+    port: u16,
+    health: Health,
+    shutdown: ShutdownTrigger,
+    shutdown_delay: Duration,
+    drain_timeout: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Application")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Builds every dependency and binds the listener (port 0 picks a free port).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::builder(settings).build().await
+    }
+
+    /// A builder, for embedders and tests that add readiness checks or routes.
+    pub fn builder(settings: Settings) -> ApplicationBuilder {
+        ApplicationBuilder {
+            settings,
+            checks: Vec::new(),
+            routes: Vec::new(),
+        }
     }
 
     /// The bound port (useful with port 0).
@@ -96,8 +161,10 @@ impl Application {
     /// at once, the listener stays open for the shutdown delay, in-flight requests get the drain
     /// window, then it returns.
     pub async fn run_until_stopped(self) -> Result<(), StartupError> {
-        let handle = self.server.handle();
-        let mut server = tokio::spawn(self.server);
+        // Everything the service needs was built: open the startup gate.
+        self.health.mark_started();
+        let handle = self.handle;
+        let mut server = self.server;
         let cause = tokio::select! {
             finished = &mut server => return flatten(finished),
             cause = self.shutdown.requested() => cause,
@@ -111,7 +178,10 @@ impl Application {
         );
         tokio::time::sleep(self.shutdown_delay).await;
         tracing::info!("listener closed; draining in-flight requests");
-        if tokio::time::timeout(self.drain_timeout, handle.stop(true)).await.is_err() {
+        if tokio::time::timeout(self.drain_timeout, handle.stop(true))
+            .await
+            .is_err()
+        {
             tracing::warn!("drain window elapsed; closing the remaining connections");
             handle.stop(false).await;
         }
@@ -132,9 +202,14 @@ fn flatten(
 
 /// The embedded defaults must never be mistaken for a production setup: say so loudly.
 fn log_fallbacks(settings: &Settings) {
-    let StorageSettings { database_url, redis_url } = &settings.storage;
+    let StorageSettings {
+        database_url,
+        redis_url,
+    } = &settings.storage;
     if database_url.is_none() {
-        tracing::warn!("DATABASE_URL is not set: conversations are kept in memory and lost on exit");
+        tracing::warn!(
+            "DATABASE_URL is not set: conversations are kept in memory and lost on exit"
+        );
     }
     if redis_url.is_none() {
         tracing::warn!("REDIS_URL is not set: locks and rate limits are local to this process");

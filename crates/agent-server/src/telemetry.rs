@@ -17,7 +17,11 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Auto => !std::io::stdout().is_terminal(),
     };
     // ENABLE_TRACING adds a line when each span closes, with its busy and idle time.
-    let span_events = if settings.enable_tracing { FmtSpan::CLOSE } else { FmtSpan::NONE };
+    let span_events = if settings.enable_tracing {
+        FmtSpan::CLOSE
+    } else {
+        FmtSpan::NONE
+    };
     let layer = if json {
         tracing_subscriber::fmt::layer()
             .json()
@@ -26,8 +30,13 @@ pub fn init(settings: &LogSettings) {
             .with_span_events(span_events)
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_span_events(span_events).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_span_events(span_events)
+            .boxed()
     };
     // A second initialisation (several apps in one test process) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(layer)
+        .try_init();
 }

@@ -30,10 +30,16 @@ where
 }
 
 fn method_not_allowed(method: &Method, allow: &'static str) -> ApiError {
-    ApiError::MethodNotAllowed { method: method.clone(), allow }
+    ApiError::MethodNotAllowed {
+        method: method.clone(),
+        allow,
+    }
 }
 
 /// The answer for any path without a route.
 pub(crate) async fn not_found(request: HttpRequest) -> Result<&'static str, ApiError> {
-    Err(ApiError::NotFound { method: request.method().clone(), path: request.path().to_owned() })
+    Err(ApiError::NotFound {
+        method: request.method().clone(),
+        path: request.path().to_owned(),
+    })
 }

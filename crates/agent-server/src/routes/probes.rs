@@ -17,7 +17,8 @@ pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
     if health.is_started() {
         no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "started" }))
     } else {
-        no_store(&mut HttpResponse::ServiceUnavailable()).json(serde_json::json!({ "status": "starting" }))
+        no_store(&mut HttpResponse::ServiceUnavailable())
+            .json(serde_json::json!({ "status": "starting" }))
     }
 }
 
@@ -33,20 +34,30 @@ pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
                 NotReadyReason::Draining => "draining",
                 NotReadyReason::CheckFailed => "critical_check_failed",
             };
-            (HttpResponse::ServiceUnavailable(), "not ready", Some(reason))
+            (
+                HttpResponse::ServiceUnavailable(),
+                "not ready",
+                Some(reason),
+            )
         }
     };
     let body = ReadinessBody {
         status,
         reason,
-        checks: readiness.checks.iter().map(|check| (check.name.clone(), check.into())).collect(),
+        checks: readiness
+            .checks
+            .iter()
+            .map(|check| (check.name.clone(), check.into()))
+            .collect(),
         checked_ms_ago: readiness.checked_at.elapsed().as_millis() as u64,
     };
     no_store(&mut response).json(body)
 }
 
 fn no_store(response: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
-    response.insert_header(CacheControl(vec![actix_web::http::header::CacheDirective::NoStore]))
+    response.insert_header(CacheControl(vec![
+        actix_web::http::header::CacheDirective::NoStore,
+    ]))
 }
 
 #[derive(Debug, Serialize)]

@@ -1,0 +1,224 @@
+//! Black-box tests of the built binary: `healthcheck`, configuration errors, `config check`, and
+//! the SIGTERM sequence of a real process.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::helpers::{builder, client, spawn_app};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_agent-server");
+
+/// The binary with an empty environment plus `vars`, so the host's settings cannot leak in.
+fn agent_server(args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_clear().envs(vars.iter().copied());
+    command
+}
+
+fn output(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    agent_server(args, vars).output().expect("the binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A port on which nothing listens.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_exits_0_against_a_live_server_and_1_against_nothing() {
+    let app = spawn_app().await;
+    let port = app.port.to_string();
+    let by_url = output(&["healthcheck", "--url", &app.address], &[]);
+    assert!(by_url.status.success(), "{}", stderr(&by_url));
+    let by_port = output(&["healthcheck"], &[("PORT", &port)]);
+    assert!(by_port.status.success(), "{}", stderr(&by_port));
+    let by_ready = output(
+        &["healthcheck", "--ready"],
+        &[("PORT", &port), ("HOST", "0.0.0.0")],
+    );
+    assert!(by_ready.status.success(), "{}", stderr(&by_ready));
+
+    let nothing = free_port().to_string();
+    let refused = output(&["healthcheck", "--timeout", "1s"], &[("PORT", &nothing)]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains(&format!("127.0.0.1:{nothing}/health")),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn healthcheck_ready_exits_1_while_the_server_is_not_ready() {
+    // Built but not running: the startup gate is closed, so /ready is 503 and /health is 200.
+    let application = builder(&[]).build().await.unwrap();
+    let url = format!("http://127.0.0.1:{}", application.port());
+    assert!(
+        output(&["healthcheck", "--url", &url], &[])
+            .status
+            .success()
+    );
+    let not_ready = output(&["healthcheck", "--ready", "--url", &url], &[]);
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(stderr(&not_ready).contains("503"), "{}", stderr(&not_ready));
+}
+
+#[test]
+fn an_invalid_value_exits_non_zero_with_one_line_naming_the_variable() {
+    let cases = [
+        (vec![("PORT", "abc")], "PORT: 'abc' is not a port number"),
+        (
+            vec![("TEMPERATURE", "9")],
+            "TEMPERATURE: must be a number from 0 to 2",
+        ),
+        (
+            vec![("AGENT_PROFILE", "production"), ("OPENAI_API_KEY", "sk-x")],
+            "DATABASE_URL is required in the production profile",
+        ),
+        (
+            vec![("DATABASE_URL", "mysql://root:hunter2@db")],
+            "DATABASE_URL: the scheme must be postgres://",
+        ),
+    ];
+    for (vars, expected) in cases {
+        let failed = output(&[], &vars);
+        let message = stderr(&failed);
+        assert!(!failed.status.success(), "{vars:?} must fail");
+        assert!(message.contains(expected), "{vars:?}: {message}");
+        assert_eq!(
+            message.trim_end().lines().count(),
+            1,
+            "{vars:?}: one line: {message}"
+        );
+        assert!(!message.contains("hunter2"), "a secret leaked: {message}");
+    }
+}
+
+#[test]
+fn config_check_prints_effective_values_with_secrets_redacted() {
+    let checked = output(
+        &["config", "check"],
+        &[
+            ("OPENAI_API_KEY", "sk-hunter2"),
+            ("PORT", "9100"),
+            ("AGENT_SERVR__PORT", "1"),
+        ],
+    );
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(stdout.contains("configuration is valid"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("server.port") && line.contains("= 9100  # PORT")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|line| line.starts_with("model.api_key") && line.contains("[redacted]")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: unknown configuration variable AGENT_SERVR__PORT"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+
+    let invalid = output(&["config", "check"], &[("WORKERS", "lots")]);
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(stderr(&invalid).contains("WORKERS"));
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    let version = output(&["--version"], &[]);
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("agent-server {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
+    let mut child = agent_server(
+        &[],
+        &[
+            ("PORT", "0"),
+            ("AGENT_LOG_FORMAT", "json"),
+            ("AGENT_SERVER__SHUTDOWN_DELAY", "1s"),
+            ("AGENT_HEALTH__CACHE_TTL", "0s"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the server logs that it listens")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if entry["fields"]["message"] == "listening" {
+            break entry["fields"]["port"].as_u64().unwrap();
+        }
+    };
+    let address = format!("http://127.0.0.1:{port}");
+    assert_eq!(
+        client()
+            .get(format!("{address}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Within the one-second shutdown delay readiness answers 503 while liveness still answers.
+    let mut saw_draining = false;
+    for _ in 0..50 {
+        match client().get(format!("{address}/ready")).send().await {
+            Ok(response) if response.status() == 503 => {
+                saw_draining = true;
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(error) => panic!("the listener closed before readiness turned off: {error}"),
+        }
+    }
+    assert!(saw_draining, "readiness never answered 503 after SIGTERM");
+
+    let logged: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{logged:?}");
+    let messages: Vec<&str> = logged
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter_map(|entry| entry["fields"]["message"].as_str().map(str::to_owned))
+        .map(|message| {
+            if message.starts_with("shutdown began") {
+                "shutdown began"
+            } else if message == "stopped" {
+                "stopped"
+            } else {
+                ""
+            }
+        })
+        .filter(|message| !message.is_empty())
+        .collect();
+    assert_eq!(messages, ["shutdown began", "stopped"]);
+}

@@ -1,0 +1,8 @@
+//! API tests: each test starts the real application in-process on port 0 (see `helpers`), or
+//! runs the built binary as a black box (see `cli`).
+
+mod cli;
+mod errors;
+mod helpers;
+mod probes;
+mod shutdown;
