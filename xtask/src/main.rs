@@ -1,6 +1,12 @@
 //! `cargo xtask`: the project's automation, one binary with subcommands.
 
+// Printing results is what this binary is for.
+#![allow(clippy::print_stdout)]
+
+mod startup_time;
 mod test;
+#[cfg(test)]
+mod tidy;
 
 use clap::{Parser, Subcommand};
 
@@ -19,6 +25,14 @@ enum Command {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Measure process start to the first 200 on /health (median of several runs).
+    StartupTime {
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Measure the release build instead of the debug build.
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -27,6 +41,7 @@ fn main() -> anyhow::Result<()> {
     shell.change_dir(project_root());
     match cli.command {
         Command::Test { cargo_args } => test::run(&shell, &cargo_args),
+        Command::StartupTime { runs, release } => startup_time::run(&shell, runs, release),
     }
 }
 

@@ -1,6 +1,9 @@
 //! Tests of every configuration rule: layering, tutorial names, `_FILE` secrets, validation
 //! messages, profiles, redaction and unknown-variable warnings.
 
+// figment::Jail closures return figment::Error, which is large; that is figment's API.
+#![allow(clippy::result_large_err)]
+
 use std::time::Duration;
 
 use figment::Jail;
@@ -518,4 +521,38 @@ fn the_listen_address_loads_even_when_other_settings_do_not() {
         load_server_address(owned).unwrap(),
         ("0.0.0.0".to_owned(), 8123)
     );
+}
+
+#[test]
+fn env_example_lists_every_key_and_only_known_variables() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let listed: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.starts_with('#') && line.contains('='))
+        .filter_map(|line| line.split('=').next())
+        .collect();
+    for key in crate::KEYS {
+        assert!(
+            listed.contains(&key.display_name().as_str()),
+            "{} is missing",
+            key.display_name()
+        );
+    }
+    let known: Vec<String> = crate::KEYS.iter().map(crate::Key::display_name).collect();
+    for name in listed {
+        let is_known =
+            known.iter().any(|known| known == name) || ["AGENT_CONFIG", "RUST_LOG"].contains(&name);
+        assert!(
+            is_known,
+            "{name} in .env.example is not a configuration variable"
+        );
+    }
+    // Loading the example as it is must work: it is what `cargo xtask up` starts from.
+    let vars = text
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| (name.to_owned(), value.to_owned()));
+    load_from(vars).unwrap();
 }

@@ -129,10 +129,10 @@ impl Health {
 
     async fn outcomes(&self) -> (Instant, Arc<Vec<CheckOutcome>>) {
         let mut cache = self.inner.cache.lock().await;
-        if let Some((checked_at, outcomes)) = cache.as_ref() {
-            if checked_at.elapsed() < self.inner.cache_ttl {
-                return (*checked_at, Arc::clone(outcomes));
-            }
+        if let Some((checked_at, outcomes)) = cache.as_ref()
+            && checked_at.elapsed() < self.inner.cache_ttl
+        {
+            return (*checked_at, Arc::clone(outcomes));
         }
         let outcomes = Arc::new(join_all(self.inner.checks.iter().map(HealthCheck::run)).await);
         let checked_at = Instant::now();

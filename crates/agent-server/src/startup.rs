@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use tokio::task::JoinHandle;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use agent_config::{ModelProvider, Settings, StorageSettings};
 use agent_health::{Health, HealthCheck};
+use tokio::task::JoinHandle;
 
 use crate::error::{StartupError, json_error_shape};
 use crate::middleware::request_context;

@@ -1,6 +1,9 @@
 //! API tests: each test starts the real application in-process on port 0 (see `helpers`), or
 //! runs the built binary as a black box (see `cli`).
 
+// Helpers outside #[test] functions may unwrap too: a failure there is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cli;
 mod errors;
 mod helpers;

@@ -1,0 +1,58 @@
+//! Tidy tests: repository-wide rules that are cheap to check and easy to forget.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(directory: &Path, found: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name == ".git" || name == "vendor" {
+            continue;
+        }
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc_comment() {
+    let mut files = Vec::new();
+    rust_files(&crate::project_root(), &mut files);
+    assert!(files.len() > 10, "found only {files:?}");
+    let undocumented: Vec<_> = files
+        .iter()
+        .filter(|path| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            !text.trim_start().starts_with("//!")
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "files without a leading //! line: {undocumented:?}"
+    );
+}
+
+#[test]
+fn no_test_is_ignored() {
+    let mut files = Vec::new();
+    rust_files(&crate::project_root(), &mut files);
+    let marker = ["#[", "ignore"].concat();
+    let ignored: Vec<_> = files
+        .iter()
+        .filter(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .contains(&marker)
+        })
+        .collect();
+    assert!(
+        ignored.is_empty(),
+        "ignored tests never run in CI: {ignored:?}"
+    );
+}
