@@ -11,7 +11,11 @@ use xshell::{Shell, cmd};
 
 pub(crate) fn run(shell: &Shell, runs: usize, release: bool) -> anyhow::Result<()> {
     let profile_flag = release.then_some("--release");
-    cmd!(shell, "cargo build --package agent-server {profile_flag...}").run()?;
+    cmd!(
+        shell,
+        "cargo build --package agent-server {profile_flag...}"
+    )
+    .run()?;
     let binary = crate::project_root()
         .join("target")
         .join(if release { "release" } else { "debug" })
@@ -52,7 +56,9 @@ fn measure_once(binary: &std::path::Path, port: u16) -> anyhow::Result<Duration>
         }
         std::thread::sleep(Duration::from_micros(200));
     };
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
     let status = child.wait()?;
     if !status.success() {
         bail!("agent-server exited with {status} after SIGTERM");
@@ -61,7 +67,9 @@ fn measure_once(binary: &std::path::Path, port: u16) -> anyhow::Result<Duration>
 }
 
 fn health_is_ok(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let request = "GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let mut response = String::new();
     stream.write_all(request.as_bytes()).is_ok()
