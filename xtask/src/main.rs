@@ -3,6 +3,7 @@
 // Printing results is what this binary is for.
 #![allow(clippy::print_stdout)]
 
+mod services;
 mod startup_time;
 mod test;
 #[cfg(test)]

@@ -1,18 +1,28 @@
-//! `cargo xtask test`: builds, then runs every test of the workspace.
+//! `cargo xtask test`: makes Postgres and Redis available, then runs every test of the workspace.
 
 use anyhow::Context;
 use xshell::{Shell, cmd};
 
 pub(crate) fn run(shell: &Shell, cargo_args: &[String]) -> anyhow::Result<()> {
+    // Build first, so compile time does not count against the servers' lifetime.
     cmd!(
         shell,
-        "cargo test --workspace --all-targets --no-fail-fast {cargo_args...}"
+        "cargo test --workspace --all-targets --no-run --locked"
+    )
+    .run()?;
+    let services = crate::services::start()?;
+    let _database = shell.push_env("DATABASE_URL", &services.database_url);
+    let _redis = shell.push_env("REDIS_URL", &services.redis_url);
+    let tests = cmd!(
+        shell,
+        "cargo test --workspace --all-targets --no-fail-fast --locked {cargo_args...}"
     )
     .run()
-    .context("the workspace tests failed")?;
+    .context("the workspace tests failed");
     // Doctests are not part of --all-targets.
-    cmd!(shell, "cargo test --workspace --doc")
+    let doctests = cmd!(shell, "cargo test --workspace --doc --locked")
         .run()
-        .context("the doctests failed")?;
-    Ok(())
+        .context("the doctests failed");
+    drop(services);
+    tests.and(doctests)
 }

@@ -372,6 +372,8 @@ fn unknown_agent_variables_are_reported_as_warnings() {
 #[test]
 fn secrets_are_read_from_file_variables() {
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.create_file("openai-key", "sk-from-file\n")?;
         jail.create_file("api-keys", "k1,k2")?;
         jail.set_env("OPENAI_API_KEY_FILE", "openai-key");
@@ -408,6 +410,8 @@ fn secrets_are_read_from_file_variables() {
 #[test]
 fn a_secret_set_twice_or_from_a_missing_file_is_an_error() {
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.create_file("db-url", "postgres://u:p@h/d")?;
         jail.set_env("DATABASE_URL", "postgres://u:p@h/d");
         jail.set_env("DATABASE_URL_FILE", "db-url");
@@ -422,6 +426,8 @@ fn a_secret_set_twice_or_from_a_missing_file_is_an_error() {
         Ok(())
     });
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.set_env("REDIS_URL_FILE", "/nonexistent/redis-url");
         let message = load()
             .err()
@@ -438,6 +444,8 @@ fn a_secret_set_twice_or_from_a_missing_file_is_an_error() {
 #[test]
 fn a_toml_file_overrides_defaults_and_the_environment_overrides_the_file() {
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.create_file(
             "agent.toml",
             r#"
@@ -476,6 +484,8 @@ fn a_toml_file_overrides_defaults_and_the_environment_overrides_the_file() {
 #[test]
 fn an_invalid_value_in_the_file_names_the_key_and_the_file() {
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.create_file("agent.toml", "[server]\nport = \"eighty\"\n")?;
         jail.set_env("AGENT_CONFIG", "agent.toml");
         let message = load()
@@ -499,6 +509,8 @@ fn a_missing_or_malformed_config_file_is_an_error() {
         "AGENT_CONFIG: cannot use the configuration file /nonexistent/agent.toml"
     );
     Jail::expect_with(|jail| {
+        // The suite runs with DATABASE_URL and REDIS_URL set; start from an empty environment.
+        jail.clear_env();
         jail.create_file("broken.toml", "[server\nport = 1")?;
         jail.set_env("AGENT_CONFIG", "broken.toml");
         let error = load().err().ok_or("a malformed file must be rejected")?;

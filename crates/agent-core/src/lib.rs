@@ -1,4 +1,10 @@
-//! The agent: conversation types (`Message`, `ToolCall`, `Turn`), the `ChatModel` and `Tool`
-//! ports, and the bounded tool-calling loop over any OpenAI-compatible model.
+//! The agent: conversation types (`Message`, `ToolCall`, `Turn`), and (with the agent-core issue)
+//! the `ChatModel` and `Tool` ports and the bounded tool-calling loop.
 //!
-//! It knows no HTTP framework, no SQL and no Redis. Its contents arrive with the agent-core issue.
+//! It knows no HTTP framework, no SQL and no Redis.
+
+mod conversation;
+mod session_id;
+
+pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
+pub use session_id::{InvalidSessionId, SessionId};

@@ -1,4 +1,37 @@
-//! Storage behind traits: the conversation store (Postgres), per-session locks and rate limits
-//! (Redis), idempotency records, and in-memory implementations of each.
+//! Storage behind traits: the conversation store and idempotency records (Postgres, durable), the
+//! per-session lock and the rate limiter (Redis, shared, may be lost), and in-memory
+//! implementations of all four for the embedded default and fast tests.
 //!
-//! No diesel or redis type appears in its public API. Its contents arrive with the storage issue.
+//! No diesel or redis type appears in this crate's public API: callers see the traits, the
+//! domain types of `agent-core`, and [`StorageError`].
+
+mod error;
+mod lock;
+mod memory;
+mod model;
+mod postgres;
+mod redis;
+mod traits;
+
+pub use error::StorageError;
+pub use lock::{LockGuard, acquire_lock};
+pub use memory::MemoryStorage;
+pub use model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
+pub use redis::{RedisCoordination, RedisOptions};
+pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
+
+/// The error and its sources on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The most messages one history read may return.
+pub const MAX_HISTORY_WINDOW: usize = 1000;

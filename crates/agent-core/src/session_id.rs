@@ -1,0 +1,63 @@
+//! Session ids: server-generated UUIDs, or a client's own id of 1 to 128 of `[A-Za-z0-9._-]`.
+
+use std::fmt;
+
+/// A validated session id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(String);
+
+/// Why a text is not a session id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a session id is 1 to 128 characters of A-Z, a-z, 0-9, '.', '_' and '-'")]
+pub struct InvalidSessionId;
+
+impl SessionId {
+    pub const MAX_LENGTH: usize = 128;
+
+    pub fn parse(text: &str) -> Result<Self, InvalidSessionId> {
+        let valid = (1..=Self::MAX_LENGTH).contains(&text.len())
+            && text
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte));
+        if valid {
+            Ok(Self(text.to_owned()))
+        } else {
+            Err(InvalidSessionId)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SessionId;
+
+    #[test]
+    fn session_ids_are_short_and_made_of_safe_characters() {
+        let cases = [
+            ("3f2c9a1e-5b7d-4c1a-9e8f-0a1b2c3d4e5f", true),
+            ("user_42.chat-1", true),
+            ("a", true),
+            ("", false),
+            ("../etc/passwd", false),
+            ("x'; DROP TABLE sessions; --", false),
+            ("white space", false),
+            ("é", false),
+            ("nul\0byte", false),
+        ];
+        for (text, valid) in cases {
+            assert_eq!(SessionId::parse(text).is_ok(), valid, "{text:?}");
+        }
+        assert!(SessionId::parse(&"a".repeat(128)).is_ok());
+        assert!(SessionId::parse(&"a".repeat(129)).is_err());
+    }
+}

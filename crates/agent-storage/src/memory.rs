@@ -1,0 +1,274 @@
+//! In-memory implementations of every storage trait, for the embedded default and fast tests.
+//! Data lives as long as the value; nothing is shared between processes.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use agent_core::{SessionId, TokenUsage, Turn};
+use async_trait::async_trait;
+
+use crate::error::StorageError;
+use crate::model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
+
+/// All four stores in one value.
+#[derive(Debug, Default)]
+pub struct MemoryStorage {
+    sessions: Mutex<HashMap<SessionId, Session>>,
+    locks: Mutex<HashMap<SessionId, HeldLock>>,
+    fencing: Mutex<HashMap<SessionId, u64>>,
+    windows: Mutex<HashMap<String, Window>>,
+    idempotency: Mutex<HashMap<String, Record>>,
+}
+
+#[derive(Debug)]
+struct Session {
+    info: SessionInfo,
+    messages: Vec<StoredMessage>,
+}
+
+#[derive(Debug)]
+struct HeldLock {
+    owner: String,
+    expires: Instant,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Instant,
+    count: u32,
+}
+
+#[derive(Debug)]
+struct Record {
+    fingerprint: String,
+    response: Option<String>,
+    expires: Instant,
+}
+
+/// A poisoned lock only means another thread panicked mid-update of plain data; keep going.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl MemoryStorage {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl ConversationStore for MemoryStorage {
+    async fn ensure_session(&self, id: &SessionId) -> Result<SessionInfo, StorageError> {
+        let mut sessions = lock(&self.sessions);
+        let session = sessions.entry(id.clone()).or_insert_with(|| {
+            let now = SystemTime::now();
+            Session {
+                info: SessionInfo {
+                    id: id.clone(),
+                    created_at: now,
+                    updated_at: now,
+                    next_sequence: 0,
+                    turn_count: 0,
+                    usage: TokenUsage::default(),
+                },
+                messages: Vec::new(),
+            }
+        });
+        Ok(session.info.clone())
+    }
+
+    async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError> {
+        Ok(lock(&self.sessions)
+            .get(id)
+            .map(|session| session.info.clone()))
+    }
+
+    async fn recent_messages(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let sessions = lock(&self.sessions);
+        let Some(session) = sessions.get(id) else {
+            return Ok(Vec::new());
+        };
+        let limit = limit.min(crate::MAX_HISTORY_WINDOW);
+        let start = session.messages.len().saturating_sub(limit);
+        Ok(session.messages[start..].to_vec())
+    }
+
+    async fn append_turn(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+    ) -> Result<SessionInfo, StorageError> {
+        let mut sessions = lock(&self.sessions);
+        let session = sessions
+            .get_mut(id)
+            .ok_or_else(|| StorageError::SessionNotFound(id.to_string()))?;
+        if session.info.next_sequence != expected_next_sequence {
+            return Err(StorageError::Conflict {
+                session: id.to_string(),
+                expected: expected_next_sequence,
+                actual: session.info.next_sequence,
+            });
+        }
+        let now = SystemTime::now();
+        let last = turn.messages.len().saturating_sub(1);
+        for (index, message) in turn.messages.iter().enumerate() {
+            session.messages.push(StoredMessage {
+                sequence: expected_next_sequence + index as u64,
+                message: message.clone(),
+                tokens: (index == last).then(|| turn.usage.total()),
+                created_at: now,
+            });
+        }
+        let info = &mut session.info;
+        info.next_sequence += turn.messages.len() as u64;
+        info.turn_count += 1;
+        info.usage += turn.usage;
+        info.updated_at = now;
+        Ok(info.clone())
+    }
+
+    async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
+        Ok(lock(&self.sessions).remove(id).is_some())
+    }
+}
+
+#[async_trait]
+impl SessionLocks for MemoryStorage {
+    async fn try_acquire(
+        &self,
+        session: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StorageError> {
+        let mut locks = lock(&self.locks);
+        let now = Instant::now();
+        if locks.get(session).is_some_and(|held| held.expires > now) {
+            return Ok(None);
+        }
+        let owner = uuid::Uuid::new_v4().to_string();
+        locks.insert(
+            session.clone(),
+            HeldLock {
+                owner: owner.clone(),
+                expires: now + ttl,
+            },
+        );
+        let mut fencing = lock(&self.fencing);
+        let token = fencing.entry(session.clone()).or_insert(0);
+        *token += 1;
+        Ok(Some(LockLease {
+            session: session.clone(),
+            owner,
+            fencing_token: *token,
+            ttl,
+        }))
+    }
+
+    async fn release(&self, lease: &LockLease) -> Result<bool, StorageError> {
+        let mut locks = lock(&self.locks);
+        let owned = locks
+            .get(&lease.session)
+            .is_some_and(|held| held.owner == lease.owner && held.expires > Instant::now());
+        if owned {
+            locks.remove(&lease.session);
+        }
+        Ok(owned)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for MemoryStorage {
+    async fn check(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StorageError> {
+        let mut windows = lock(&self.windows);
+        let now = Instant::now();
+        // Drop finished windows now and then so the map stays bounded by active keys.
+        if windows.len() > 10_000 {
+            windows.retain(|_, counted| now.duration_since(counted.started) < window);
+        }
+        let counted = windows.entry(key.to_owned()).or_insert(Window {
+            started: now,
+            count: 0,
+        });
+        if now.duration_since(counted.started) >= window {
+            *counted = Window {
+                started: now,
+                count: 0,
+            };
+        }
+        counted.count += 1;
+        if counted.count <= limit {
+            Ok(RateDecision::Allowed {
+                remaining: limit - counted.count,
+            })
+        } else {
+            let retry_after = window.saturating_sub(now.duration_since(counted.started));
+            Ok(RateDecision::Limited { retry_after })
+        }
+    }
+}
+
+#[async_trait]
+impl IdempotencyStore for MemoryStorage {
+    async fn begin(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<IdempotencyBegin, StorageError> {
+        let mut records = lock(&self.idempotency);
+        let now = Instant::now();
+        match records.get(key) {
+            Some(record) if record.expires > now => Ok(if record.fingerprint != fingerprint {
+                IdempotencyBegin::Mismatch
+            } else if let Some(response) = &record.response {
+                IdempotencyBegin::Completed(response.clone())
+            } else {
+                IdempotencyBegin::InProgress
+            }),
+            _ => {
+                let record = Record {
+                    fingerprint: fingerprint.to_owned(),
+                    response: None,
+                    expires: now + lease,
+                };
+                records.insert(key.to_owned(), record);
+                Ok(IdempotencyBegin::Started)
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        key: &str,
+        response: &str,
+        retention: Duration,
+    ) -> Result<(), StorageError> {
+        if let Some(record) = lock(&self.idempotency).get_mut(key) {
+            record.response = Some(response.to_owned());
+            record.expires = Instant::now() + retention;
+        }
+        Ok(())
+    }
+
+    async fn abandon(&self, key: &str) -> Result<(), StorageError> {
+        let mut records = lock(&self.idempotency);
+        if records
+            .get(key)
+            .is_some_and(|record| record.response.is_none())
+        {
+            records.remove(key);
+        }
+        Ok(())
+    }
+}

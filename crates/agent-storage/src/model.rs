@@ -1,0 +1,60 @@
+//! Values the stores return.
+
+use std::time::{Duration, SystemTime};
+
+use agent_core::{Message, SessionId, TokenUsage};
+
+/// A session's metadata and totals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+    /// The sequence number the next stored message gets; also the message count.
+    pub next_sequence: u64,
+    pub turn_count: u64,
+    /// Tokens used by all turns of the session.
+    pub usage: TokenUsage,
+}
+
+/// A message as stored, with its position in the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// 0, 1, 2, ... without gaps within a session.
+    pub sequence: u64,
+    pub message: Message,
+    /// On the last message of each turn: the tokens the whole turn used.
+    pub tokens: Option<u64>,
+    pub created_at: SystemTime,
+}
+
+/// A held session lock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockLease {
+    pub session: SessionId,
+    /// Random per acquisition; only the owner can release.
+    pub owner: String,
+    /// Strictly increasing per session across acquisitions: a later holder has a larger token.
+    pub fencing_token: u64,
+    pub ttl: Duration,
+}
+
+/// The answer of a rate limiter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed { remaining: u32 },
+    Limited { retry_after: Duration },
+}
+
+/// The answer to "may I run the request with this idempotency key?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// The key is new (or its record expired): run the request, then `complete` or `abandon`.
+    Started,
+    /// Another request with this key and body is running.
+    InProgress,
+    /// A request with this key and body completed: here is its stored response.
+    Completed(String),
+    /// The key was used with a different request body.
+    Mismatch,
+}

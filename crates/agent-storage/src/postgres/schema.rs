@@ -1,0 +1,39 @@
+//! The diesel table definitions, matching `migrations/`.
+
+diesel::table! {
+    sessions (id) {
+        id -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        next_sequence -> Int8,
+        turn_count -> Int8,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
+    }
+}
+
+diesel::table! {
+    messages (session_id, sequence) {
+        session_id -> Text,
+        sequence -> Int8,
+        role -> Text,
+        content -> Text,
+        tool_calls -> Nullable<Jsonb>,
+        tool_call_id -> Nullable<Text>,
+        tokens -> Nullable<Int8>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    idempotency_records (key) {
+        key -> Text,
+        fingerprint -> Text,
+        response -> Nullable<Text>,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(messages -> sessions (session_id));
+diesel::allow_tables_to_appear_in_same_query!(sessions, messages);

@@ -1,0 +1,88 @@
+//! The storage ports. Each is implemented in memory, and by Postgres or Redis.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use agent_core::{SessionId, Turn};
+use async_trait::async_trait;
+
+use crate::error::StorageError;
+use crate::model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+
+/// Durable conversations.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + Debug {
+    /// Returns the session, creating it empty if it does not exist.
+    async fn ensure_session(&self, id: &SessionId) -> Result<SessionInfo, StorageError>;
+
+    async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError>;
+
+    /// The last `limit` messages in order (`limit` is capped at [`crate::MAX_HISTORY_WINDOW`]).
+    async fn recent_messages(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// Stores a whole turn atomically, numbering its messages from `expected_next_sequence`,
+    /// which must be the session's current `next_sequence` (else [`StorageError::Conflict`]).
+    async fn append_turn(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+    ) -> Result<SessionInfo, StorageError>;
+
+    /// Deletes the session and all its messages; answers whether it existed.
+    async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;
+}
+
+/// Per-session mutual exclusion across replicas. Use [`crate::acquire_lock`] to wait for one.
+#[async_trait]
+pub trait SessionLocks: Send + Sync + Debug {
+    /// Takes the lock if it is free; it expires after `ttl` if never released.
+    async fn try_acquire(
+        &self,
+        session: &SessionId,
+        ttl: Duration,
+    ) -> Result<Option<LockLease>, StorageError>;
+
+    /// Releases the lock if `lease` still owns it; answers whether it did.
+    async fn release(&self, lease: &LockLease) -> Result<bool, StorageError>;
+}
+
+/// Counts requests per key in fixed windows, atomically across replicas.
+#[async_trait]
+pub trait RateLimiter: Send + Sync + Debug {
+    /// Counts one request for `key` and answers whether it is within `limit` per `window`.
+    async fn check(
+        &self,
+        key: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<RateDecision, StorageError>;
+}
+
+/// Records of requests made with an `Idempotency-Key`.
+#[async_trait]
+pub trait IdempotencyStore: Send + Sync + Debug {
+    /// Claims `key` for a request whose body hashes to `fingerprint`. A claim that is neither
+    /// completed nor abandoned lapses after `lease`, so a crashed request does not block retries.
+    async fn begin(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        lease: Duration,
+    ) -> Result<IdempotencyBegin, StorageError>;
+
+    /// Stores the response of a claimed key, kept for `retention`.
+    async fn complete(
+        &self,
+        key: &str,
+        response: &str,
+        retention: Duration,
+    ) -> Result<(), StorageError>;
+
+    /// Drops an uncompleted claim (the request failed), so a retry runs again.
+    async fn abandon(&self, key: &str) -> Result<(), StorageError>;
+}

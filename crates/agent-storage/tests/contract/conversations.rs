@@ -1,0 +1,300 @@
+//! The `ConversationStore` contract.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Message, Role, SessionId, TokenUsage, ToolCall, Turn};
+use agent_storage::{
+    ConversationStore, MAX_HISTORY_WINDOW, MemoryStorage, SessionLocks, StorageError, acquire_lock,
+};
+
+use crate::backend;
+
+type Stores = (Arc<dyn ConversationStore>, Arc<dyn SessionLocks>);
+
+fn session(name: &str) -> SessionId {
+    SessionId::parse(&format!("{name}-{}", uuid_suffix())).unwrap()
+}
+
+fn uuid_suffix() -> String {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        .to_string()
+}
+
+fn tool_turn(question: &str) -> Turn {
+    Turn {
+        messages: vec![
+            Message::user(question),
+            Message::assistant_tool_calls(
+                "",
+                vec![ToolCall {
+                    id: "call_1".into(),
+                    name: "calculator".into(),
+                    arguments: r#"{"expression":"2+3*4"}"#.into(),
+                }],
+            ),
+            Message::tool_result("call_1", "14"),
+            Message::assistant("2+3*4 is 14."),
+        ],
+        usage: TokenUsage {
+            prompt_tokens: 120,
+            completion_tokens: 30,
+        },
+    }
+}
+
+fn simple_turn(text: &str) -> Turn {
+    Turn {
+        messages: vec![
+            Message::user(text),
+            Message::assistant(format!("echo: {text}")),
+        ],
+        usage: TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+        },
+    }
+}
+
+async fn memory() -> Stores {
+    let storage = Arc::new(MemoryStorage::new());
+    (storage.clone(), storage)
+}
+
+async fn postgres() -> Stores {
+    (
+        Arc::new(test_support::postgres_store().await),
+        Arc::new(test_support::redis_coordination()),
+    )
+}
+
+backend!(memory_backend, memory().await;
+    ensure_session_creates_an_empty_session_once,
+    a_turn_is_stored_in_order_with_tool_calls_and_usage,
+    a_stale_sequence_is_a_conflict_and_stores_nothing,
+    appending_to_a_missing_session_is_not_found,
+    recent_messages_returns_the_last_n_in_order,
+    delete_removes_the_session_and_its_messages,
+    fifty_concurrent_appends_through_the_lock_lose_nothing,
+);
+backend!(postgres_backend, postgres().await;
+    ensure_session_creates_an_empty_session_once,
+    a_turn_is_stored_in_order_with_tool_calls_and_usage,
+    a_stale_sequence_is_a_conflict_and_stores_nothing,
+    appending_to_a_missing_session_is_not_found,
+    recent_messages_returns_the_last_n_in_order,
+    delete_removes_the_session_and_its_messages,
+    fifty_concurrent_appends_through_the_lock_lose_nothing,
+);
+
+async fn ensure_session_creates_an_empty_session_once((store, _): Stores) {
+    let id = session("new");
+    assert_eq!(store.session(&id).await.unwrap(), None);
+    let created = store.ensure_session(&id).await.unwrap();
+    assert_eq!(
+        (created.next_sequence, created.turn_count, created.usage),
+        (0, 0, TokenUsage::default())
+    );
+    let again = store.ensure_session(&id).await.unwrap();
+    assert_eq!(again, created, "a second ensure returns the same session");
+    assert_eq!(store.session(&id).await.unwrap(), Some(created));
+}
+
+async fn a_turn_is_stored_in_order_with_tool_calls_and_usage((store, _): Stores) {
+    let id = session("turn");
+    store.ensure_session(&id).await.unwrap();
+    let turn = tool_turn("what is 2+3*4?");
+    let info = store.append_turn(&id, 0, &turn).await.unwrap();
+    assert_eq!((info.next_sequence, info.turn_count), (4, 1));
+    assert_eq!(
+        info.usage,
+        TokenUsage {
+            prompt_tokens: 120,
+            completion_tokens: 30
+        }
+    );
+
+    let second = simple_turn("thanks");
+    let info = store.append_turn(&id, 4, &second).await.unwrap();
+    assert_eq!(
+        (info.next_sequence, info.turn_count, info.usage.total()),
+        (6, 2, 165)
+    );
+
+    let stored = store.recent_messages(&id, 100).await.unwrap();
+    let sequences: Vec<u64> = stored.iter().map(|message| message.sequence).collect();
+    assert_eq!(sequences, [0, 1, 2, 3, 4, 5]);
+    let messages: Vec<Message> = stored
+        .iter()
+        .map(|message| message.message.clone())
+        .collect();
+    let expected: Vec<Message> = turn
+        .messages
+        .iter()
+        .chain(&second.messages)
+        .cloned()
+        .collect();
+    assert_eq!(
+        messages, expected,
+        "roles, content, tool calls and tool call ids round-trip"
+    );
+    let tokens: Vec<Option<u64>> = stored.iter().map(|message| message.tokens).collect();
+    assert_eq!(
+        tokens,
+        [None, None, None, Some(150), None, Some(15)],
+        "a turn's tokens on its last message"
+    );
+    assert_eq!(stored[1].message.role, Role::Assistant);
+}
+
+async fn a_stale_sequence_is_a_conflict_and_stores_nothing((store, _): Stores) {
+    let id = session("stale");
+    store.ensure_session(&id).await.unwrap();
+    store
+        .append_turn(&id, 0, &simple_turn("first"))
+        .await
+        .unwrap();
+    let error = store
+        .append_turn(&id, 0, &simple_turn("stale"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            StorageError::Conflict {
+                expected: 0,
+                actual: 2,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let info = store.session(&id).await.unwrap().unwrap();
+    assert_eq!((info.next_sequence, info.turn_count), (2, 1));
+    assert_eq!(store.recent_messages(&id, 100).await.unwrap().len(), 2);
+}
+
+async fn appending_to_a_missing_session_is_not_found((store, _): Stores) {
+    let id = session("missing");
+    let error = store
+        .append_turn(&id, 0, &simple_turn("hello"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, StorageError::SessionNotFound(_)),
+        "{error:?}"
+    );
+    assert_eq!(store.session(&id).await.unwrap(), None);
+}
+
+async fn recent_messages_returns_the_last_n_in_order((store, _): Stores) {
+    let id = session("window");
+    store.ensure_session(&id).await.unwrap();
+    for turn in 0..5 {
+        store
+            .append_turn(&id, turn * 2, &simple_turn(&format!("m{turn}")))
+            .await
+            .unwrap();
+    }
+    let last_three: Vec<u64> = store
+        .recent_messages(&id, 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|message| message.sequence)
+        .collect();
+    assert_eq!(last_three, [7, 8, 9]);
+    assert!(store.recent_messages(&id, 0).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .recent_messages(&id, MAX_HISTORY_WINDOW * 10)
+            .await
+            .unwrap()
+            .len(),
+        10
+    );
+    assert!(
+        store
+            .recent_messages(&session("none"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn delete_removes_the_session_and_its_messages((store, _): Stores) {
+    let id = session("delete");
+    let other = session("keep");
+    for session in [&id, &other] {
+        store.ensure_session(session).await.unwrap();
+        store
+            .append_turn(session, 0, &simple_turn("hello"))
+            .await
+            .unwrap();
+    }
+    assert!(store.delete_session(&id).await.unwrap());
+    assert_eq!(store.session(&id).await.unwrap(), None);
+    assert!(store.recent_messages(&id, 10).await.unwrap().is_empty());
+    assert!(
+        !store.delete_session(&id).await.unwrap(),
+        "a second delete finds nothing"
+    );
+    assert_eq!(
+        store.recent_messages(&other, 10).await.unwrap().len(),
+        2,
+        "other sessions stay"
+    );
+    // The id can be used again from scratch.
+    assert_eq!(store.ensure_session(&id).await.unwrap().next_sequence, 0);
+}
+
+async fn fifty_concurrent_appends_through_the_lock_lose_nothing((store, locks): Stores) {
+    let id = session("concurrent");
+    store.ensure_session(&id).await.unwrap();
+    let writers: Vec<_> = (0..50)
+        .map(|writer| {
+            let (store, locks, id) = (Arc::clone(&store), Arc::clone(&locks), id.clone());
+            tokio::spawn(async move {
+                let guard = acquire_lock(
+                    &locks,
+                    &id,
+                    Duration::from_secs(10),
+                    Duration::from_secs(60),
+                )
+                .await
+                .unwrap();
+                let next = store.session(&id).await.unwrap().unwrap().next_sequence;
+                store
+                    .append_turn(&id, next, &simple_turn(&format!("writer {writer}")))
+                    .await
+                    .unwrap();
+                assert!(
+                    guard.release().await.unwrap(),
+                    "the lock was held throughout"
+                );
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let info = store.session(&id).await.unwrap().unwrap();
+    assert_eq!((info.turn_count, info.next_sequence), (50, 100));
+    let stored = store.recent_messages(&id, 1000).await.unwrap();
+    let sequences: Vec<u64> = stored.iter().map(|message| message.sequence).collect();
+    assert_eq!(
+        sequences,
+        (0..100).collect::<Vec<u64>>(),
+        "consecutive, no gaps"
+    );
+    let writers: BTreeSet<String> = stored
+        .iter()
+        .filter(|message| message.message.role == Role::User)
+        .map(|message| message.message.content.clone())
+        .collect();
+    assert_eq!(writers.len(), 50, "every writer's turn is there once");
+}

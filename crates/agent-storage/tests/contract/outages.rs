@@ -1,0 +1,110 @@
+//! Backends that are down, stopped mid-test, or drop connections: typed `Unavailable` errors,
+//! never a panic or a hang, and service resumes when they return.
+
+use std::time::Duration;
+
+use agent_core::SessionId;
+use agent_storage::{
+    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, SessionLocks,
+};
+use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
+
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn id() -> SessionId {
+    SessionId::parse("outage").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgres_is_unavailable() {
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
+    let store = PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
+    let error = store.ensure_session(&id()).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert!(store.health_check().await.is_err());
+    let error = store.migrate().await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_redis_is_unavailable() {
+    let url = format!("redis://127.0.0.1:{}", closed_port());
+    let redis = RedisCoordination::connect(&test_support::redis_options(&url)).unwrap();
+    let error = redis
+        .try_acquire(&id(), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    let error = redis
+        .check("k", 1, Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert!(redis.health_check().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_postgres_gives_unavailable_and_service_resumes_when_it_returns() {
+    let server = test_support::ThrowawayPostgres::start();
+    let url = test_support::create_database_on(&server.url()).await;
+    let store = PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
+    store.migrate().await.unwrap();
+    store.ensure_session(&id()).await.unwrap();
+    assert_eq!(store.health_check().await, Ok(()));
+
+    server.stop();
+    let error = store.session(&id()).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert!(store.health_check().await.is_err());
+
+    server.pg_ctl_start();
+    let mut resumed = None;
+    // Connections broken by the stop are dropped by the pool; the first calls may still meet one.
+    for _ in 0..5 {
+        match store.session(&id()).await {
+            Ok(session) => {
+                resumed = session;
+                break;
+            }
+            Err(error) => assert!(error.is_unavailable(), "{error:?}"),
+        }
+    }
+    assert!(
+        resumed.is_some(),
+        "the store works again without being rebuilt"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_terminated_by_the_server_are_replaced() {
+    let url = test_support::fresh_database_url().await;
+    let store = PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
+    store.migrate().await.unwrap();
+    store.ensure_session(&id()).await.unwrap();
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = AsyncPgConnection::establish(&test_support::database_url())
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        ))
+        .await
+        .unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        outcomes.push(store.session(&id()).await.map(|session| session.is_some()));
+    }
+    for outcome in &outcomes {
+        if let Err(error) = outcome {
+            assert!(
+                error.is_unavailable(),
+                "a dropped connection is Unavailable: {error:?}"
+            );
+        }
+    }
+    assert!(matches!(outcomes.last(), Some(Ok(true))), "{outcomes:?}");
+}

@@ -1,0 +1,136 @@
+//! A throwaway Postgres server in a temporary directory, for tests that stop and restart it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A Postgres server of the test's own, on a free port; stopped and deleted on drop.
+#[derive(Debug)]
+pub struct ThrowawayPostgres {
+    directory: PathBuf,
+    bin: PathBuf,
+    port: u16,
+}
+
+impl ThrowawayPostgres {
+    /// Initialises and starts a server from the installed binaries.
+    pub fn start() -> Self {
+        let bin = postgres_bin().expect(
+            "no Postgres binaries under /usr/lib/postgresql/*/bin: apt-get install postgresql",
+        );
+        let directory =
+            std::env::temp_dir().join(format!("agent-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&directory).unwrap();
+        if is_root() {
+            // initdb refuses to run as root; the server runs as the postgres user.
+            run(Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&directory));
+        }
+        let port = free_port();
+        let server = Self {
+            directory,
+            bin,
+            port,
+        };
+        run(server
+            .as_postgres(&server.bin.join("initdb"))
+            .args([
+                "--auth=trust",
+                "--username=postgres",
+                "--no-sync",
+                "--encoding=UTF8",
+                "-D",
+            ])
+            .arg(server.data()));
+        server.pg_ctl_start();
+        server
+    }
+
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Stops the server (fast shutdown: open connections are closed).
+    pub fn stop(&self) {
+        run(&mut self.pg_ctl(&["stop", "-m", "fast", "-w"]));
+    }
+
+    /// Starts it again on the same port with the same data.
+    pub fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -k {} -h 127.0.0.1 -F",
+            self.port,
+            self.directory.display()
+        );
+        let log = self.directory.join("server.log");
+        let mut command = self.pg_ctl(&["start", "-w", "-o", &options, "-l"]);
+        run(command.arg(log));
+    }
+
+    fn data(&self) -> PathBuf {
+        self.directory.join("data")
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut command = self.as_postgres(&self.bin.join("pg_ctl"));
+        command.arg("-D").arg(self.data()).args(args);
+        command
+    }
+
+    fn as_postgres(&self, program: &Path) -> Command {
+        if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(program);
+            command
+        } else {
+            Command::new(program)
+        }
+    }
+}
+
+impl Drop for ThrowawayPostgres {
+    fn drop(&mut self) {
+        let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]).output();
+        let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+fn run(command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("{command:?}: {error}"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// The newest installed `/usr/lib/postgresql/<version>/bin`.
+fn postgres_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("initdb").exists().then_some((version, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
