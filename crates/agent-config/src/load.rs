@@ -159,6 +159,14 @@ impl Layers {
                 database_url: self
                     .url_secret("storage.database_url", &["postgres", "postgresql"])?,
                 redis_url: self.url_secret("storage.redis_url", &["redis", "rediss"])?,
+                pool_size: self.int_in("storage.pool_size", 1, 1000)? as usize,
+                connect_timeout: self.duration("storage.connect_timeout", 1, 300)?,
+                statement_timeout: self.duration("storage.statement_timeout", 1, 3600)?,
+                run_migrations: self.boolean("storage.run_migrations")?,
+                startup_timeout: self.duration("storage.startup_timeout", 0, 3600)?,
+                redis_pool_size: self.int_in("storage.redis_pool_size", 1, 1000)? as usize,
+                redis_timeout: self.duration("storage.redis_timeout", 1, 300)?,
+                redis_key_prefix: self.text("storage.redis_key_prefix"),
             },
             health: HealthSettings {
                 check_timeout: self.duration("health.check_timeout", 1, 60)?,

@@ -92,6 +92,17 @@ pub struct StorageSettings {
     pub database_url: Option<SecretString>,
     /// `REDIS_URL`; unset means in-process locks and rate limits (dev profile only).
     pub redis_url: Option<SecretString>,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub statement_timeout: Duration,
+    /// Run pending migrations at startup.
+    pub run_migrations: bool,
+    /// How long startup keeps retrying Postgres.
+    pub startup_timeout: Duration,
+    pub redis_pool_size: usize,
+    /// Bound on each Redis command.
+    pub redis_timeout: Duration,
+    pub redis_key_prefix: String,
 }
 
 #[derive(Debug, Clone)]

@@ -21,6 +21,8 @@ pub enum Command {
     /// Ask the local server whether it is healthy: exit 0 if so, 1 if not. This is what the
     /// container's HEALTHCHECK runs, since the image has no shell and no curl.
     Healthcheck(HealthcheckArgs),
+    /// Run the pending database migrations (under an advisory lock) and exit.
+    Migrate,
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -80,6 +82,35 @@ fn local_host(host: &str) -> String {
         "::" => "[::1]".to_owned(),
         ip if ip.contains(':') => format!("[{ip}]"),
         ip => ip.to_owned(),
+    }
+}
+
+/// `agent-server migrate`.
+pub async fn migrate() -> ExitCode {
+    let loaded = match agent_config::load() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            return fail(&format!(
+                "invalid configuration: {}",
+                crate::error::error_chain(&error)
+            ));
+        }
+    };
+    crate::telemetry::init(&loaded.settings.log, crate::telemetry::LogTarget::Stderr);
+    match crate::backends::migrate(&loaded.settings.storage).await {
+        Ok(applied) => {
+            let summary = if applied.is_empty() {
+                format!(
+                    "the schema is up to date ({})",
+                    agent_storage::latest_schema_version()
+                )
+            } else {
+                format!("applied migrations: {}", applied.join(", "))
+            };
+            let _ = writeln!(std::io::stdout(), "{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(&crate::error::error_chain(&error)),
     }
 }
 

@@ -140,4 +140,12 @@ pub enum StartupError {
     },
     #[error("the HTTP server failed")]
     Server(#[source] std::io::Error),
+    #[error("cannot {what}")]
+    Storage {
+        what: &'static str,
+        #[source]
+        source: agent_storage::StorageError,
+    },
+    #[error("DATABASE_URL is not set: there is no database to migrate")]
+    NoDatabase,
 }

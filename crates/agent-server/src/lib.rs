@@ -1,6 +1,7 @@
 //! agent-server as a library: the application factory, routes, middleware and telemetry, so that
 //! the binary and the API tests start exactly the same server.
 
+mod backends;
 pub mod cli;
 mod error;
 mod middleware;
@@ -9,6 +10,7 @@ mod shutdown;
 mod startup;
 pub mod telemetry;
 
+pub use backends::{Backends, migrate};
 pub use error::{ApiError, StartupError, error_chain};
 pub use shutdown::ShutdownTrigger;
 pub use startup::{Application, ApplicationBuilder};

@@ -12,6 +12,7 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve().await,
         Command::Healthcheck(args) => cli::healthcheck(&args).await,
+        Command::Migrate => cli::migrate().await,
         Command::Config {
             action: ConfigAction::Check,
         } => cli::config_check(),
@@ -23,7 +24,7 @@ async fn serve() -> ExitCode {
         Ok(loaded) => loaded,
         Err(error) => return cli::fail(&format!("invalid configuration: {}", chain(&error))),
     };
-    telemetry::init(&loaded.settings.log);
+    telemetry::init(&loaded.settings.log, telemetry::LogTarget::Stdout);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

@@ -12,6 +12,7 @@ use agent_config::{ModelProvider, Settings, StorageSettings};
 use agent_health::{Health, HealthCheck};
 use tokio::task::JoinHandle;
 
+use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
 use crate::middleware::request_context;
 use crate::routes;
@@ -60,7 +61,10 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
-        let health = Health::new(checks, settings.health.cache_ttl);
+        let (backends, mut storage_checks) =
+            backends::build(&settings.storage, &settings.health).await?;
+        storage_checks.extend(checks);
+        let health = Health::new(storage_checks, settings.health.cache_ttl);
         let address = format!("{}:{}", settings.server.host, settings.server.port);
         let listener = TcpListener::bind(&address).map_err(|source| StartupError::Bind {
             address: address.clone(),
@@ -75,10 +79,12 @@ impl ApplicationBuilder {
             .port();
 
         let app_health = web::Data::new(health.clone());
+        let app_backends = web::Data::new(backends.clone());
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
             App::new()
                 .app_data(app_health.clone())
+                .app_data(app_backends.clone())
                 .configure(routes::configure)
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
@@ -101,6 +107,7 @@ impl ApplicationBuilder {
 
         tracing::info!(%address, port, workers = settings.server.workers, "listening");
         Ok(Application {
+            backends,
             server,
             handle,
             port,
@@ -114,6 +121,7 @@ impl ApplicationBuilder {
 
 /// A built server, already answering; its startup gate opens in `run_until_stopped`.
 pub struct Application {
+    backends: Backends,
     server: JoinHandle<std::io::Result<()>>,
     handle: ServerHandle,
     port: u16,
@@ -145,6 +153,11 @@ impl Application {
             checks: Vec::new(),
             routes: Vec::new(),
         }
+    }
+
+    /// The storage the server runs on (tests inspect it).
+    pub fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     /// The bound port (useful with port 0).
@@ -205,6 +218,7 @@ fn log_fallbacks(settings: &Settings) {
     let StorageSettings {
         database_url,
         redis_url,
+        ..
     } = &settings.storage;
     if database_url.is_none() {
         tracing::warn!(

@@ -8,13 +8,25 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// Where log lines go: standard output for the server (the container log stream), standard
+/// error for one-shot commands whose standard output is their result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+}
+
 /// Installs the global subscriber. `RUST_LOG` wins over the default filter (`info`).
-pub fn init(settings: &LogSettings) {
+pub fn init(settings: &LogSettings, target: LogTarget) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let terminal = match target {
+        LogTarget::Stdout => std::io::stdout().is_terminal(),
+        LogTarget::Stderr => std::io::stderr().is_terminal(),
+    };
     let json = match settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => !terminal,
     };
     // ENABLE_TRACING adds a line when each span closes, with its busy and idle time.
     let span_events = if settings.enable_tracing {
@@ -22,8 +34,15 @@ pub fn init(settings: &LogSettings) {
     } else {
         FmtSpan::NONE
     };
+    let writer = move || -> Box<dyn std::io::Write> {
+        match target {
+            LogTarget::Stdout => Box::new(std::io::stdout()),
+            LogTarget::Stderr => Box::new(std::io::stderr()),
+        }
+    };
     let layer = if json {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer)
             .json()
             .with_current_span(true)
             .with_span_list(false)
@@ -31,6 +50,8 @@ pub fn init(settings: &LogSettings) {
             .boxed()
     } else {
         tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_ansi(terminal)
             .with_span_events(span_events)
             .boxed()
     };

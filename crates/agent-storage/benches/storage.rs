@@ -15,14 +15,30 @@ use tokio::runtime::Runtime;
 
 fn turn() -> Turn {
     Turn {
-        messages: vec![Message::user("What is 2+3*4?"), Message::assistant("2+3*4 is 14.")],
-        usage: TokenUsage { prompt_tokens: 42, completion_tokens: 7 },
+        messages: vec![
+            Message::user("What is 2+3*4?"),
+            Message::assistant("2+3*4 is 14."),
+        ],
+        usage: TokenUsage {
+            prompt_tokens: 42,
+            completion_tokens: 7,
+        },
     }
 }
 
-fn bench_conversations(criterion: &mut Criterion, runtime: &Runtime, name: &str, store: Arc<dyn ConversationStore>) {
+fn bench_conversations(
+    criterion: &mut Criterion,
+    runtime: &Runtime,
+    name: &str,
+    store: Arc<dyn ConversationStore>,
+) {
     let append_id = SessionId::parse("bench-append").unwrap();
-    let next = Arc::new(AtomicU64::new(runtime.block_on(store.ensure_session(&append_id)).unwrap().next_sequence));
+    let next = Arc::new(AtomicU64::new(
+        runtime
+            .block_on(store.ensure_session(&append_id))
+            .unwrap()
+            .next_sequence,
+    ));
     criterion.bench_function(&format!("{name}/append_turn"), |bencher| {
         bencher.to_async(runtime).iter(|| {
             let (store, id, next) = (Arc::clone(&store), append_id.clone(), Arc::clone(&next));
@@ -37,7 +53,10 @@ fn bench_conversations(criterion: &mut Criterion, runtime: &Runtime, name: &str,
     runtime.block_on(async {
         store.ensure_session(&read_id).await.unwrap();
         for index in 0..50 {
-            store.append_turn(&read_id, index * 2, &turn()).await.unwrap();
+            store
+                .append_turn(&read_id, index * 2, &turn())
+                .await
+                .unwrap();
         }
     });
     criterion.bench_function(&format!("{name}/read_last_20_of_100"), |bencher| {
@@ -60,7 +79,11 @@ fn bench_coordination(
         bencher.to_async(runtime).iter(|| {
             let (locks, id) = (Arc::clone(&locks), id.clone());
             async move {
-                let lease = locks.try_acquire(&id, Duration::from_secs(10)).await.unwrap().unwrap();
+                let lease = locks
+                    .try_acquire(&id, Duration::from_secs(10))
+                    .await
+                    .unwrap()
+                    .unwrap();
                 assert!(locks.release(&lease).await.unwrap());
             }
         });
@@ -68,7 +91,12 @@ fn bench_coordination(
     criterion.bench_function(&format!("{name}/rate_limit_check"), |bencher| {
         bencher.to_async(runtime).iter(|| {
             let limiter = Arc::clone(&limiter);
-            async move { limiter.check("bench-client", u32::MAX, Duration::from_secs(60)).await.unwrap() }
+            async move {
+                limiter
+                    .check("bench-client", u32::MAX, Duration::from_secs(60))
+                    .await
+                    .unwrap()
+            }
         });
     });
 }

@@ -9,3 +9,4 @@ mod errors;
 mod helpers;
 mod probes;
 mod shutdown;
+mod storage;

@@ -1,0 +1,220 @@
+//! The storage wiring: backends chosen from configuration, migrations at startup (once, under an
+//! advisory lock, even with two processes racing), `agent-server migrate`, and storage checks.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use crate::helpers::{builder, client, spawn};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_agent-server");
+
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_postgres_and_redis_readiness_reports_both() {
+    let database = test_support::fresh_database_url().await;
+    let redis = test_support::redis_url();
+    let app = spawn(builder(&[
+        ("DATABASE_URL", &database),
+        ("REDIS_URL", &redis),
+    ]))
+    .await;
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!((status, &body["status"]), (200, &"ready".into()), "{body}");
+    assert_eq!(body["checks"]["postgres"]["status"], "up");
+    assert_eq!(body["checks"]["postgres"]["criticality"], "critical");
+    assert_eq!(body["checks"]["redis"]["status"], "up");
+    assert_eq!(body["checks"]["redis"]["criticality"], "optional");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_redis_the_service_is_ready_but_degraded() {
+    let database = test_support::fresh_database_url().await;
+    let nowhere = format!("redis://127.0.0.1:{}", closed_port());
+    let app = spawn(builder(&[
+        ("DATABASE_URL", &database),
+        ("REDIS_URL", &nowhere),
+    ]))
+    .await;
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &"degraded".into()),
+        "{body}"
+    );
+    assert_eq!(body["checks"]["redis"]["status"], "down");
+    assert_eq!(body["checks"]["postgres"]["status"], "up");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_behind_the_schema_is_not_ready() {
+    let database = test_support::fresh_database_url().await;
+    let app = spawn(builder(&[
+        ("DATABASE_URL", &database),
+        ("AGENT_STORAGE__RUN_MIGRATIONS", "false"),
+    ]))
+    .await;
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["checks"]["postgres"]["status"], "down");
+    assert_eq!(
+        body["checks"]["postgres"]["error"],
+        "the schema is not migrated"
+    );
+
+    let migrated = Command::new(BINARY)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &database)
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    assert!(String::from_utf8_lossy(&migrated.stdout).starts_with("applied migrations: "));
+    let (status, body) = app.get_json("/ready").await;
+    assert_eq!(
+        status, 200,
+        "ready once migrated, without a restart: {body}"
+    );
+
+    let again = Command::new(BINARY)
+        .arg("migrate")
+        .env_clear()
+        .env("DATABASE_URL", &database)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&again.stdout).starts_with("the schema is up to date"));
+}
+
+#[test]
+fn migrate_without_a_database_fails_clearly() {
+    let output = Command::new(BINARY)
+        .arg("migrate")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("DATABASE_URL is not set"));
+}
+
+#[test]
+fn an_unreachable_database_stops_startup_after_the_startup_timeout() {
+    let url = format!(
+        "postgres://postgres:hunter2@127.0.0.1:{}/agent",
+        closed_port()
+    );
+    let output = Command::new(BINARY)
+        .env_clear()
+        .envs([
+            ("PORT", "0"),
+            ("DATABASE_URL", url.as_str()),
+            ("AGENT_STORAGE__STARTUP_TIMEOUT", "1s"),
+            ("AGENT_LOG_FORMAT", "json"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot migrate the database: postgres is unavailable"),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stderr.contains("hunter2") && !stdout.contains("hunter2"),
+        "the password leaked"
+    );
+}
+
+/// Starts the binary on a free port and returns it once it logs that it listens.
+fn start_server(
+    database: &str,
+) -> (
+    std::process::Child,
+    u16,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    let mut child = Command::new(BINARY)
+        .env_clear()
+        .envs([
+            ("PORT", "0"),
+            ("DATABASE_URL", database),
+            ("AGENT_LOG_FORMAT", "json"),
+            ("AGENT_SERVER__SHUTDOWN_DELAY", "0s"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        seen.push(
+            entry["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        if entry["fields"]["message"] == "listening" {
+            break entry["fields"]["port"].as_u64().unwrap() as u16;
+        }
+    };
+    let rest = std::thread::spawn(move || {
+        seen.extend(lines.map_while(Result::ok));
+        seen
+    });
+    (child, port, rest)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_servers_starting_together_on_an_empty_database_migrate_once_and_both_become_ready() {
+    let database = test_support::fresh_database_url().await;
+    let (first, second) = {
+        let (a, b) = (database.clone(), database.clone());
+        let first = std::thread::spawn(move || start_server(&a));
+        let second = std::thread::spawn(move || start_server(&b));
+        (first.join().unwrap(), second.join().unwrap())
+    };
+    let mut logs = Vec::new();
+    for (mut child, port, rest) in [first, second] {
+        let ready = client()
+            .get(format!("http://127.0.0.1:{port}/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 200);
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        logs.push(rest.join().unwrap());
+    }
+    let applied = logs
+        .iter()
+        .filter(|log| log.iter().any(|line| line == "applied database migrations"))
+        .count();
+    let current = logs
+        .iter()
+        .filter(|log| {
+            log.iter()
+                .any(|line| line == "database schema is up to date")
+        })
+        .count();
+    assert_eq!(
+        (applied, current),
+        (1, 1),
+        "exactly one process ran the migrations: {logs:?}"
+    );
+}
