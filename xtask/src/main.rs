@@ -3,6 +3,7 @@
 // Printing results is what this binary is for.
 #![allow(clippy::print_stdout)]
 
+mod bench;
 mod services;
 mod startup_time;
 mod test;
@@ -20,12 +21,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run every test of the workspace (what CI runs).
+    /// Run every test of the workspace (what CI runs), with Postgres and Redis: those named by
+    /// DATABASE_URL and REDIS_URL if they answer, else throwaway servers started and stopped here.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
+    /// Storage benchmarks (criterion) against real Postgres and Redis, memory as the baseline.
+    BenchStorage,
     /// Measure process start to the first 200 on /health (median of several runs).
     StartupTime {
         #[arg(long, default_value_t = 5)]
@@ -43,6 +47,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Test { cargo_args } => test::run(&shell, &cargo_args),
         Command::StartupTime { runs, release } => startup_time::run(&shell, runs, release),
+        Command::BenchStorage => bench::storage(&shell),
     }
 }
 
