@@ -89,6 +89,7 @@ impl IdempotencyStore for PostgresStore {
         retention: Duration,
     ) -> Result<(), StorageError> {
         bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
             diesel::sql_query(
                 "UPDATE idempotency_records \
                  SET response = $2, expires_at = now() + make_interval(secs => $3) WHERE key = $1",
@@ -96,9 +97,13 @@ impl IdempotencyStore for PostgresStore {
             .bind::<Text, _>(key)
             .bind::<Text, _>(response)
             .bind::<Double, _>(retention.as_secs_f64())
-            .execute(&mut self.connection().await?)
+            .execute(&mut connection)
             .await
             .map_err(query_error)?;
+            // Now and then, purge expired records so the table stays bounded.
+            if rand::random_ratio(1, 100) {
+                purge_expired(&mut connection).await?;
+            }
             Ok(())
         })
         .await
@@ -115,15 +120,20 @@ impl IdempotencyStore for PostgresStore {
             .execute(&mut connection)
             .await
             .map_err(query_error)?;
-            // Expired records are purged here, off the hot path of begin.
-            diesel::sql_query(
-                "DELETE FROM idempotency_records WHERE expires_at < now() - interval '1 hour'",
-            )
-            .execute(&mut connection)
-            .await
-            .map_err(query_error)?;
-            Ok(())
+            purge_expired(&mut connection).await
         })
         .await
     }
+}
+
+async fn purge_expired(
+    connection: &mut diesel_async::AsyncPgConnection,
+) -> Result<(), StorageError> {
+    diesel::sql_query(
+        "DELETE FROM idempotency_records WHERE expires_at < now() - interval '1 hour'",
+    )
+    .execute(connection)
+    .await
+    .map_err(query_error)?;
+    Ok(())
 }
