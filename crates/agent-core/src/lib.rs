@@ -1,10 +1,27 @@
-//! The agent: conversation types (`Message`, `ToolCall`, `Turn`), and (with the agent-core issue)
-//! the `ChatModel` and `Tool` ports and the bounded tool-calling loop.
+//! The agent: conversation types (`Message`, `ToolCall`, `Turn`), the `ChatModel` and `Tool`
+//! ports, the OpenAI-compatible and offline models, and the bounded tool-calling loop.
 //!
-//! It knows no HTTP framework, no SQL and no Redis.
+//! It knows no HTTP framework, no SQL and no Redis: it receives history and returns what a turn
+//! produced. (The OpenAI client and HTTP tools make outbound HTTP calls; no server is here.)
 
+mod agent;
 mod conversation;
+mod error;
+mod model;
+mod offline;
+mod openai;
 mod session_id;
+mod tools;
 
+pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
+pub use error::{AgentError, ModelError, ToolError};
+pub use model::{
+    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelReply, ReplyAssembler, ToolSpec,
+};
+pub use offline::OfflineModel;
+pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};
+pub use tools::{
+    Calculator, CurrentTime, HttpTool, HttpToolOptions, Tool, ToolOutcome, ToolRegistry,
+};

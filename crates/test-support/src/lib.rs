@@ -1,5 +1,6 @@
-//! Test helpers shared by the workspace's tests: a fresh migrated database per test, a random
-//! Redis key prefix per test, and throwaway Postgres servers for outage tests.
+//! Test helpers shared by the workspace's tests: a fake OpenAI-compatible server, a fresh
+//! migrated database per test, a random Redis key prefix per test, and throwaway Postgres
+//! servers for outage tests.
 //!
 //! Tests that need Postgres or Redis find them through `DATABASE_URL` and `REDIS_URL`, which
 //! `cargo xtask test` sets (starting throwaway servers when none is given). They never skip.
@@ -7,6 +8,7 @@
 // Helpers panic with a message on purpose: a failure here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod fake_openai;
 mod services;
 
 use std::time::Duration;

@@ -1,0 +1,296 @@
+//! The agent loop: history plus the new user message go to the model; tool calls run
+//! concurrently up to a bound and their results are appended in call order; repeat until the
+//! model answers. Bounded by a step limit, token budgets per turn and per session, and a
+//! whole-turn deadline. Dropping the turn's future (or its event stream) cancels everything it
+//! started: tool calls run inside it, never in spawned tasks.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::{Stream, StreamExt};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
+use crate::error::AgentError;
+use crate::model::{ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, ToolSpec};
+use crate::tools::ToolRegistry;
+
+/// The bounds of every turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Model calls per turn.
+    pub max_steps: usize,
+    /// Tool calls running at once.
+    pub max_parallel_tools: usize,
+    /// Tokens one turn may use, over all its model calls.
+    pub turn_token_budget: u64,
+    /// Tokens a whole session may use.
+    pub session_token_budget: u64,
+    /// Wall time for the whole turn.
+    pub turn_deadline: Duration,
+}
+
+/// What a turn starts from.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    /// Earlier messages of the session, oldest first.
+    pub history: Vec<Message>,
+    pub user_message: String,
+    /// Tokens the session used before this turn.
+    pub session_tokens_used: u64,
+}
+
+/// A finished turn: the messages to store and the answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnResult {
+    /// The user message, then every assistant and tool message, with the summed usage.
+    pub turn: Turn,
+    /// The final assistant text.
+    pub response: String,
+    /// Model calls made.
+    pub steps: usize,
+}
+
+/// What a streaming turn reports, in order; `Done` or `Failed` comes last.
+#[derive(Debug)]
+pub enum AgentEvent {
+    TextDelta(String),
+    ToolCallStarted(ToolCall),
+    ToolResult {
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    },
+    Done(TurnResult),
+    Failed(AgentError),
+}
+
+/// A model, its tools, and limits. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    model: Arc<dyn ChatModel>,
+    tools: Arc<ToolRegistry>,
+    specs: Arc<[ToolSpec]>,
+    limits: AgentLimits,
+    system_prompt: Option<Arc<str>>,
+}
+
+impl Agent {
+    pub fn new(
+        model: Arc<dyn ChatModel>,
+        tools: Arc<ToolRegistry>,
+        limits: AgentLimits,
+        system_prompt: Option<String>,
+    ) -> Self {
+        let specs = tools.specs().into();
+        let system_prompt = system_prompt
+            .filter(|prompt| !prompt.trim().is_empty())
+            .map(Arc::from);
+        Self {
+            model,
+            tools,
+            specs,
+            limits,
+            system_prompt,
+        }
+    }
+
+    pub fn limits(&self) -> AgentLimits {
+        self.limits
+    }
+
+    /// Runs a turn to its end.
+    pub async fn run_turn(&self, request: TurnRequest) -> Result<TurnResult, AgentError> {
+        self.run(request, None).await
+    }
+
+    /// Runs a turn, reporting text deltas and tool calls as they happen. The turn runs while the
+    /// stream is polled; dropping the stream cancels it.
+    pub fn run_turn_streaming(&self, request: TurnRequest) -> TurnEvents {
+        let (sender, receiver) = unbounded_channel();
+        let agent = self.clone();
+        let driver = Box::pin(async move { agent.run(request, Some(&sender)).await });
+        TurnEvents {
+            driver: Some(driver),
+            receiver,
+            outcome: None,
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(history = request.history.len()))]
+    async fn run(
+        &self,
+        request: TurnRequest,
+        events: Option<&UnboundedSender<AgentEvent>>,
+    ) -> Result<TurnResult, AgentError> {
+        let budget = self.limits.session_token_budget;
+        if request.session_tokens_used >= budget {
+            return Err(AgentError::SessionBudgetExceeded {
+                used: request.session_tokens_used,
+                budget,
+            });
+        }
+        let deadline = self.limits.turn_deadline;
+        match tokio::time::timeout(deadline, self.steps(request, events)).await {
+            Ok(result) => result,
+            Err(_) => Err(AgentError::DeadlineExceeded(deadline)),
+        }
+    }
+
+    async fn steps(
+        &self,
+        request: TurnRequest,
+        events: Option<&UnboundedSender<AgentEvent>>,
+    ) -> Result<TurnResult, AgentError> {
+        let user = Message::user(request.user_message);
+        let mut context = Vec::with_capacity(request.history.len() + 8);
+        if let Some(prompt) = &self.system_prompt {
+            context.push(Message::system(prompt.as_ref()));
+        }
+        context.extend(request.history);
+        context.push(user.clone());
+        let mut produced = vec![user];
+        let mut usage = TokenUsage::default();
+
+        for step in 1..=self.limits.max_steps {
+            let model_request = ChatRequest {
+                messages: &context,
+                tools: &self.specs,
+            };
+            let reply = match events {
+                None => self.model.complete(model_request).await?,
+                Some(events) => self.streamed_step(model_request, events).await?,
+            };
+            usage += reply.usage;
+            self.check_budgets(usage, request.session_tokens_used)?;
+            let calls = reply.message.tool_calls.clone();
+            context.push(reply.message.clone());
+            produced.push(reply.message.clone());
+            if calls.is_empty() {
+                tracing::debug!(step, tokens = usage.total(), "turn finished");
+                return Ok(TurnResult {
+                    response: reply.message.content,
+                    turn: Turn {
+                        messages: produced,
+                        usage,
+                    },
+                    steps: step,
+                });
+            }
+            for call in &calls {
+                send(events, AgentEvent::ToolCallStarted(call.clone()));
+            }
+            // `buffered` runs up to the bound at once and yields results in call order.
+            let pending: Vec<_> = calls.iter().map(|call| self.tools.call(call)).collect();
+            let outcomes: Vec<_> = futures_util::stream::iter(pending)
+                .buffered(self.limits.max_parallel_tools.max(1))
+                .collect()
+                .await;
+            for (call, outcome) in calls.iter().zip(outcomes) {
+                send(
+                    events,
+                    AgentEvent::ToolResult {
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        content: outcome.content.clone(),
+                        is_error: outcome.is_error,
+                    },
+                );
+                let result = Message::tool_result(call.id.clone(), outcome.content);
+                context.push(result.clone());
+                produced.push(result);
+            }
+        }
+        Err(AgentError::StepLimit(self.limits.max_steps))
+    }
+
+    async fn streamed_step(
+        &self,
+        request: ChatRequest<'_>,
+        events: &UnboundedSender<AgentEvent>,
+    ) -> Result<ModelReply, AgentError> {
+        let mut deltas = self.model.stream(request).await?;
+        let mut assembler = ReplyAssembler::default();
+        while let Some(delta) = deltas.next().await {
+            let delta = delta?;
+            if let ModelDelta::Text(text) = &delta {
+                send(Some(events), AgentEvent::TextDelta(text.clone()));
+            }
+            assembler.push(delta);
+        }
+        Ok(assembler.finish()?)
+    }
+
+    fn check_budgets(&self, usage: TokenUsage, session_before: u64) -> Result<(), AgentError> {
+        let (turn_budget, session_budget) = (
+            self.limits.turn_token_budget,
+            self.limits.session_token_budget,
+        );
+        if usage.total() > turn_budget {
+            return Err(AgentError::TurnBudgetExceeded {
+                used: usage.total(),
+                budget: turn_budget,
+            });
+        }
+        let session_used = session_before + usage.total();
+        if session_used > session_budget {
+            return Err(AgentError::SessionBudgetExceeded {
+                used: session_used,
+                budget: session_budget,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn send(events: Option<&UnboundedSender<AgentEvent>>, event: AgentEvent) {
+    if let Some(events) = events {
+        // A closed receiver means the stream was dropped; the turn is being cancelled anyway.
+        let _ = events.send(event);
+    }
+}
+
+/// The events of a streaming turn. Polling it runs the turn.
+pub struct TurnEvents {
+    driver: Option<BoxFuture<'static, Result<TurnResult, AgentError>>>,
+    receiver: UnboundedReceiver<AgentEvent>,
+    outcome: Option<AgentEvent>,
+}
+
+impl std::fmt::Debug for TurnEvents {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("TurnEvents")
+            .field("running", &self.driver.is_some())
+            .finish()
+    }
+}
+
+impl Stream for TurnEvents {
+    type Item = AgentEvent;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<AgentEvent>> {
+        let this = self.get_mut();
+        if let Some(driver) = this.driver.as_mut()
+            && let Poll::Ready(result) = driver.as_mut().poll(context)
+        {
+            // Dropping the driver drops its sender, so the queue below ends once drained.
+            this.driver = None;
+            this.outcome = Some(match result {
+                Ok(result) => AgentEvent::Done(result),
+                Err(error) => AgentEvent::Failed(error),
+            });
+        }
+        if let Poll::Ready(Some(event)) = this.receiver.poll_recv(context) {
+            return Poll::Ready(Some(event));
+        }
+        if this.driver.is_none() {
+            return Poll::Ready(this.outcome.take());
+        }
+        Poll::Pending
+    }
+}

@@ -1,0 +1,57 @@
+//! Why a model call or a turn failed, classified so the API can answer precisely.
+
+use std::time::Duration;
+
+/// A failed model call.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The model server kept answering 429 past the retry budget.
+    #[error("the model server is rate limiting us")]
+    RateLimited { retry_after: Option<Duration> },
+    /// The model server failed (5xx, refused connection, reset) past the retry budget.
+    #[error("the model server failed")]
+    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The model server did not answer in time.
+    #[error("the model server did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The model server refused our credentials (401/403): a configuration problem.
+    #[error("the model server refused our credentials")]
+    Authentication(String),
+    /// The model server answered something we cannot use: malformed JSON, a cut stream, no choice.
+    #[error("the model server answered something unusable: {0}")]
+    Unusable(String),
+    /// The model server rejected the request (4xx other than 401/403/429).
+    #[error("the model server rejected the request: {0}")]
+    Rejected(String),
+}
+
+/// Why a turn ended without an answer. The turn stores nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The model kept calling tools for the whole step budget.
+    #[error("the agent did not finish within {0} steps")]
+    StepLimit(usize),
+    /// This turn used more tokens than one turn may.
+    #[error("the turn used {used} tokens, over its budget of {budget}")]
+    TurnBudgetExceeded { used: u64, budget: u64 },
+    /// The session has used its token budget.
+    #[error("the session used {used} tokens, over its budget of {budget}")]
+    SessionBudgetExceeded { used: u64, budget: u64 },
+    /// The whole turn took longer than its deadline.
+    #[error("the turn did not finish within {0:?}")]
+    DeadlineExceeded(Duration),
+}
+
+/// Why a tool could not be registered or did not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ToolError {
+    #[error("a tool named {0} is already registered")]
+    Duplicate(String),
+    #[error("tool {name} has an invalid argument schema: {problem}")]
+    InvalidSchema { name: String, problem: String },
+    /// The tool ran and failed; the message is shown to the model.
+    #[error("{0}")]
+    Failed(String),
+}

@@ -1,0 +1,144 @@
+//! The `ChatModel` port: messages and tool schemas in; an assistant message with tool calls and
+//! token usage out, whole or as a stream of deltas.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+use futures_util::stream::BoxStream;
+
+use crate::conversation::{Message, TokenUsage, ToolCall};
+use crate::error::ModelError;
+
+/// A tool as the model sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: serde_json::Value,
+}
+
+/// One model call's input.
+#[derive(Debug, Clone, Copy)]
+pub struct ChatRequest<'a> {
+    pub messages: &'a [Message],
+    pub tools: &'a [ToolSpec],
+}
+
+/// One model call's output: an assistant message (text, tool calls, or both) and its usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelReply {
+    pub message: Message,
+    pub usage: TokenUsage,
+}
+
+/// A piece of a streamed reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelDelta {
+    Text(String),
+    /// A fragment of tool call number `index`; its id and name come in the first fragment,
+    /// its arguments may be split across many.
+    ToolCall {
+        index: u32,
+        id: Option<String>,
+        name: Option<String>,
+        arguments: String,
+    },
+    Usage(TokenUsage),
+    /// The model finished its message.
+    Finished,
+}
+
+pub type DeltaStream = BoxStream<'static, Result<ModelDelta, ModelError>>;
+
+/// A chat model: the OpenAI-compatible client, the offline model, or a test double.
+#[async_trait]
+pub trait ChatModel: Send + Sync + Debug {
+    /// The model's answer, whole.
+    async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError>;
+
+    /// The model's answer as deltas, ending with [`ModelDelta::Finished`]. The default streams
+    /// the whole answer of [`ChatModel::complete`] at once.
+    async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
+        let reply = self.complete(request).await?;
+        let mut deltas = Vec::new();
+        if !reply.message.content.is_empty() {
+            deltas.push(Ok(ModelDelta::Text(reply.message.content)));
+        }
+        for (index, call) in reply.message.tool_calls.into_iter().enumerate() {
+            deltas.push(Ok(ModelDelta::ToolCall {
+                index: index as u32,
+                id: Some(call.id),
+                name: Some(call.name),
+                arguments: call.arguments,
+            }));
+        }
+        deltas.push(Ok(ModelDelta::Usage(reply.usage)));
+        deltas.push(Ok(ModelDelta::Finished));
+        Ok(Box::pin(futures_util::stream::iter(deltas)))
+    }
+}
+
+/// Joins deltas into a [`ModelReply`]; tool-call fragments are joined by their index.
+#[derive(Debug, Default)]
+pub struct ReplyAssembler {
+    text: String,
+    calls: BTreeMap<u32, ToolCall>,
+    usage: TokenUsage,
+    finished: bool,
+}
+
+impl ReplyAssembler {
+    pub fn push(&mut self, delta: ModelDelta) {
+        match delta {
+            ModelDelta::Text(text) => self.text.push_str(&text),
+            ModelDelta::ToolCall {
+                index,
+                id,
+                name,
+                arguments,
+            } => {
+                let call = self.calls.entry(index).or_insert_with(|| ToolCall {
+                    id: String::new(),
+                    name: String::new(),
+                    arguments: String::new(),
+                });
+                if let Some(id) = id.filter(|id| !id.is_empty()) {
+                    call.id = id;
+                }
+                if let Some(name) = name.filter(|name| !name.is_empty()) {
+                    call.name = name;
+                }
+                call.arguments.push_str(&arguments);
+            }
+            ModelDelta::Usage(usage) => self.usage = usage,
+            ModelDelta::Finished => self.finished = true,
+        }
+    }
+
+    /// The reply, or `Unusable` if the stream ended before the model finished.
+    pub fn finish(self) -> Result<ModelReply, ModelError> {
+        if !self.finished {
+            return Err(ModelError::Unusable(
+                "the stream ended before the model finished".into(),
+            ));
+        }
+        let mut tool_calls = Vec::with_capacity(self.calls.len());
+        for (index, mut call) in self.calls {
+            if call.name.is_empty() {
+                return Err(ModelError::Unusable(format!(
+                    "tool call {index} has no name"
+                )));
+            }
+            if call.id.is_empty() {
+                call.id = format!("call_{index}");
+            }
+            tool_calls.push(call);
+        }
+        Ok(ModelReply {
+            message: Message::assistant_tool_calls(self.text, tool_calls),
+            usage: self.usage,
+        })
+    }
+}

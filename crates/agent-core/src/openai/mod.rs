@@ -1,0 +1,154 @@
+//! The OpenAI-compatible `ChatModel`: any server speaking `/v1/chat/completions` (OpenAI, vLLM,
+//! Ollama, llama.cpp). Requests go through async-openai's client on our retrying transport;
+//! responses are read into lenient types, as local servers omit fields OpenAI always sends.
+
+mod retry;
+mod wire;
+
+use std::time::Duration;
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use retry::RetryPolicy;
+use retry::{RetryingTransport, TransportFailure};
+
+use crate::error::ModelError;
+use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelReply};
+
+/// How to reach and call the model.
+#[derive(Debug, Clone)]
+pub struct OpenAiOptions {
+    /// Including `/v1`.
+    pub base_url: String,
+    pub api_key: Option<SecretString>,
+    pub model: String,
+    pub temperature: f32,
+    pub max_tokens: u32,
+    /// Bound on one attempt until the response starts, and on any pause while it streams.
+    pub request_timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// A chat model behind an OpenAI-compatible HTTP API.
+#[derive(Debug, Clone)]
+pub struct OpenAiModel {
+    client: Client<OpenAIConfig>,
+    options: OpenAiOptions,
+}
+
+impl OpenAiModel {
+    pub fn new(options: OpenAiOptions) -> Result<Self, ModelError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
+            // A read timeout, not a total one: a long stream must not be cut, a stalled one must.
+            .read_timeout(options.request_timeout)
+            .build()
+            .map_err(|error| {
+                ModelError::Rejected(format!("cannot build the HTTP client: {error}"))
+            })?;
+        // Key and base URL are always set explicitly: OpenAIConfig::new() reads OPENAI_* itself.
+        let api_key = options
+            .api_key
+            .as_ref()
+            .map(|key| key.expose_secret().to_owned())
+            .unwrap_or_default();
+        let config = OpenAIConfig::new()
+            .with_api_base(options.base_url.trim_end_matches('/'))
+            .with_api_key(api_key);
+        let transport = RetryingTransport {
+            http: http.clone(),
+            policy: options.retry,
+            attempt_timeout: options.request_timeout,
+        };
+        let client = Client::build(http, config).with_http_service(transport);
+        Ok(Self { client, options })
+    }
+
+    fn classify(&self, error: OpenAIError) -> ModelError {
+        match error {
+            OpenAIError::Boxed(boxed) => match boxed.downcast::<TransportFailure>() {
+                Ok(failure) => match *failure {
+                    TransportFailure::Status {
+                        status: 429,
+                        retry_after,
+                        ..
+                    } => ModelError::RateLimited { retry_after },
+                    TransportFailure::Status {
+                        status: 401 | 403,
+                        body,
+                        ..
+                    } => ModelError::Authentication(body),
+                    TransportFailure::Status { status, body, .. } if status < 500 => {
+                        ModelError::Rejected(format!("{status}: {body}"))
+                    }
+                    TransportFailure::Timeout(limit) => ModelError::Timeout(limit),
+                    failure => ModelError::Upstream(Box::new(failure)),
+                },
+                Err(other) => ModelError::Upstream(other),
+            },
+            OpenAIError::ApiError(api) => {
+                let message = api.api_error.message.clone();
+                match api.status_code.as_u16() {
+                    401 | 403 => ModelError::Authentication(message),
+                    429 => ModelError::RateLimited { retry_after: None },
+                    status if status >= 500 => ModelError::Upstream(message.into()),
+                    status => ModelError::Rejected(format!("{status}: {message}")),
+                }
+            }
+            OpenAIError::Reqwest(error) if error.is_timeout() => {
+                ModelError::Timeout(self.options.request_timeout)
+            }
+            OpenAIError::Reqwest(error) if error.is_decode() || error.is_body() => {
+                ModelError::Unusable(format!("the response could not be read: {error}"))
+            }
+            OpenAIError::Reqwest(error) => ModelError::Upstream(Box::new(error)),
+            OpenAIError::JSONDeserialize(error, _) => {
+                ModelError::Unusable(format!("malformed JSON: {error}"))
+            }
+            OpenAIError::StreamError(error) => {
+                ModelError::Unusable(format!("broken stream: {error}"))
+            }
+            other => ModelError::Rejected(other.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl ChatModel for OpenAiModel {
+    #[tracing::instrument(skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
+    async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
+        let body = wire::request_body(&self.options, request, false);
+        let response: wire::CompletionResponse = self
+            .client
+            .chat()
+            .create_byot(body)
+            .await
+            .map_err(|error| self.classify(error))?;
+        response.into_reply()
+    }
+
+    #[tracing::instrument(skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
+    async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
+        let body = wire::request_body(&self.options, request, true);
+        let chunks = self
+            .client
+            .chat()
+            .create_stream_byot::<_, wire::CompletionChunk>(body)
+            .await
+            .map_err(|error| self.classify(error))?;
+        let model = self.clone();
+        let deltas = chunks.flat_map(move |chunk| {
+            let deltas = match chunk {
+                Ok(chunk) => chunk.into_deltas().into_iter().map(Ok).collect(),
+                Err(error) => vec![Err(model.classify(error))],
+            };
+            futures_util::stream::iter(deltas)
+        });
+        Ok(Box::pin(deltas))
+    }
+}

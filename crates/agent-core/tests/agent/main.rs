@@ -1,0 +1,10 @@
+//! agent-core tests: the loop with a scripted model (limits, concurrency, cancellation, tool
+//! errors), the OpenAI-compatible model through the real async-openai client against a fake
+//! server, and the offline model.
+
+#![allow(clippy::unwrap_used)]
+
+mod agent_loop;
+mod offline;
+mod openai;
+mod scripted;
