@@ -6,6 +6,7 @@
 
 mod env;
 mod error;
+mod http_tools;
 mod keys;
 mod load;
 mod settings;
@@ -16,6 +17,6 @@ pub use error::ConfigError;
 pub use keys::{KEYS, Key};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
-    HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile, ServerSettings,
-    Settings, StorageSettings,
+    HealthSettings, HttpToolSettings, LogFormat, LogSettings, ModelProvider, ModelSettings,
+    Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
 };

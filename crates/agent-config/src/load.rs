@@ -16,7 +16,7 @@ use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS};
 use crate::settings::{
     HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile, ServerSettings,
-    Settings, StorageSettings,
+    Settings, StorageSettings, TurnSettings,
 };
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -74,6 +74,8 @@ pub fn load_server_address(
 struct Layers {
     merged: Dict,
     figment: Figment,
+    /// The TOML file, if one was given.
+    file: Option<String>,
     env: EnvValues,
     warnings: Vec<String>,
 }
@@ -114,9 +116,14 @@ impl Layers {
             path: vars.get(CONFIG_FILE_VARIABLE).cloned().unwrap_or_default(),
             source: Box::new(source),
         })?;
+        let file = vars
+            .get(CONFIG_FILE_VARIABLE)
+            .filter(|path| !path.is_empty())
+            .cloned();
         Ok(Self {
             merged,
             figment,
+            file,
             env,
             warnings,
         })
@@ -155,6 +162,29 @@ impl Layers {
                 drain_timeout: self.duration("server.drain_timeout", 0, 600)?,
             },
             model: self.model(profile)?,
+            turn: TurnSettings {
+                max_steps: self.int_in("turn.max_steps", 1, 100)? as usize,
+                max_parallel_tools: self.int_in("turn.max_parallel_tools", 1, 64)? as usize,
+                turn_token_budget: self.int_in("turn.turn_token_budget", 1, u64::MAX / 4)?,
+                session_token_budget: self.int_in("turn.session_token_budget", 1, u64::MAX / 4)?,
+                turn_deadline: self.duration("turn.turn_deadline", 1, 3600)?,
+                tool_timeout: self.duration("turn.tool_timeout", 1, 600)?,
+                history_window: self.int_in("turn.history_window", 0, 1000)? as usize,
+                system_prompt: self.text("turn.system_prompt"),
+            },
+            http_tools: crate::http_tools::load(
+                &self.figment,
+                self.file.as_deref().unwrap_or_default(),
+                crate::http_tools::Defaults {
+                    method: self.text("http_tool_defaults.method"),
+                    timeout: self.duration("http_tool_defaults.timeout", 1, 600)?,
+                    max_response_bytes: self.int_in(
+                        "http_tool_defaults.max_response_bytes",
+                        1,
+                        64 << 20,
+                    )? as usize,
+                },
+            )?,
             storage: StorageSettings {
                 database_url: self
                     .url_secret("storage.database_url", &["postgres", "postgresql"])?,
@@ -229,6 +259,10 @@ impl Layers {
             temperature,
             max_tokens: self.int_in("model.max_tokens", 1, 1_000_000)? as u32,
             request_timeout: self.duration("model.request_timeout", 1, 3600)?,
+            max_attempts: self.int_in("model.max_attempts", 1, 20)? as u32,
+            retry_base_delay: self.duration("model.retry_base_delay", 1, 60)?,
+            retry_max_delay: self.duration("model.retry_max_delay", 1, 600)?,
+            retry_budget: self.duration("model.retry_budget", 0, 3600)?,
         })
     }
 
@@ -453,6 +487,9 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
         } else {
             format!("{prefix}.{name}")
         };
+        if path == crate::http_tools::FILE_KEY {
+            continue;
+        }
         match value {
             Value::Dict(_, child) if keys::find(&path).is_none() => {
                 unknown.extend(unknown_file_keys(child, &path));

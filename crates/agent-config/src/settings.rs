@@ -16,6 +16,9 @@ pub struct Settings {
     pub api_keys: Vec<SecretString>,
     pub server: ServerSettings,
     pub model: ModelSettings,
+    pub turn: TurnSettings,
+    /// Operator-declared HTTP tools (from the TOML file only).
+    pub http_tools: Vec<HttpToolSettings>,
     pub storage: StorageSettings,
     pub health: HealthSettings,
 }
@@ -70,6 +73,42 @@ pub struct ModelSettings {
     pub max_tokens: u32,
     /// Upper bound for one model call.
     pub request_timeout: Duration,
+    /// Attempts in all for one model call (1 = no retry).
+    pub max_attempts: u32,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+    /// No retry starts after this long.
+    pub retry_budget: Duration,
+}
+
+/// The bounds of the agent loop.
+#[derive(Debug, Clone)]
+pub struct TurnSettings {
+    pub max_steps: usize,
+    pub max_parallel_tools: usize,
+    pub turn_token_budget: u64,
+    pub session_token_budget: u64,
+    pub turn_deadline: Duration,
+    pub tool_timeout: Duration,
+    /// Messages of earlier history sent with each turn.
+    pub history_window: usize,
+    pub system_prompt: String,
+}
+
+/// An HTTP tool declared by the operator.
+#[derive(Debug, Clone)]
+pub struct HttpToolSettings {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: serde_json::Value,
+    pub url: Url,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// Header values; those given as `{ file = "..." }` are read from the file.
+    pub headers: Vec<(String, SecretString)>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
 }
 
 /// Which model the agent talks to.

@@ -568,3 +568,116 @@ fn env_example_lists_every_key_and_only_known_variables() {
         .map(|(name, value)| (name.to_owned(), value.to_owned()));
     load_from(vars).unwrap();
 }
+
+#[test]
+fn turn_limits_and_retry_settings_load_with_their_defaults_and_overrides() {
+    let defaults = settings(&[]);
+    assert_eq!(
+        (defaults.turn.max_steps, defaults.turn.max_parallel_tools),
+        (8, 4)
+    );
+    assert_eq!(defaults.model.max_attempts, 3);
+    assert!(defaults.http_tools.is_empty());
+    let custom = settings(&[
+        ("AGENT_TURN__MAX_STEPS", "3"),
+        ("AGENT_MODEL__RETRY_BUDGET", "0s"),
+    ]);
+    assert_eq!(custom.turn.max_steps, 3);
+    assert_eq!(custom.model.retry_budget, Duration::ZERO);
+    assert!(
+        error(&[("AGENT_TURN__MAX_PARALLEL_TOOLS", "0")])
+            .starts_with("AGENT_TURN__MAX_PARALLEL_TOOLS: 0 is out of range")
+    );
+}
+
+#[test]
+fn http_tools_are_read_from_the_file_with_secret_headers_from_files() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("weather-key", "key-from-file\n")?;
+        jail.create_file(
+            "agent.toml",
+            r#"
+            [[http_tools]]
+            name = "weather"
+            description = "Weather for a city."
+            url = "https://weather.example/api"
+            parameters = '{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]}'
+            headers = { "X-Api-Key" = { file = "weather-key" }, Accept = "application/json" }
+
+            [[http_tools]]
+            name = "stock"
+            description = "A stock price."
+            url = "http://stocks.internal/price"
+            method = "get"
+            timeout = "2s"
+            parameters = { type = "object", properties = { symbol = { type = "string" } } }
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let loaded = load().map_err(|error| error.to_string())?;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let tools = &loaded.settings.http_tools;
+        assert_eq!(tools.len(), 2);
+        assert_eq!(
+            (tools[0].method.as_str(), tools[0].timeout),
+            ("POST", Duration::from_secs(10))
+        );
+        assert_eq!(tools[0].parameters["required"][0], "city");
+        let key = tools[0]
+            .headers
+            .iter()
+            .find(|(name, _)| name == "X-Api-Key")
+            .unwrap();
+        assert_eq!(key.1.expose_secret(), "key-from-file");
+        assert_eq!(
+            (tools[1].method.as_str(), tools[1].timeout),
+            ("GET", Duration::from_secs(2))
+        );
+        assert_eq!(
+            tools[1].parameters["properties"]["symbol"]["type"],
+            "string"
+        );
+        assert!(!format!("{:?}", loaded.settings).contains("key-from-file"));
+        Ok(())
+    });
+}
+
+#[test]
+fn invalid_http_tools_name_the_tool_and_the_problem() {
+    let cases = [
+        (
+            "name = \"bad name\"\nurl = \"https://x.example\"",
+            "name must be 1 to 64",
+        ),
+        (
+            "name = \"t\"\nurl = \"file:///etc/passwd\"",
+            "is not an http(s) URL",
+        ),
+        (
+            "name = \"t\"\nurl = \"https://x.example\"\nmethod = \"DELETE\"",
+            "is not GET or POST",
+        ),
+        (
+            "name = \"t\"\nurl = \"https://x.example\"\nheaders = { A = { file = \"/nonexistent\" } }",
+            "header A: cannot read",
+        ),
+    ];
+    for (body, expected) in cases {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            let table = format!(
+                "[[http_tools]]\n{body}\ndescription = \"d\"\nparameters = {{ type = \"object\" }}\n"
+            );
+            jail.create_file("agent.toml", &table)?;
+            jail.set_env("AGENT_CONFIG", "agent.toml");
+            let message = load()
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(message.starts_with("http_tools[0]"), "{message}");
+            assert!(message.contains(expected), "{message}");
+            Ok(())
+        });
+    }
+}

@@ -148,4 +148,8 @@ pub enum StartupError {
     },
     #[error("DATABASE_URL is not set: there is no database to migrate")]
     NoDatabase,
+    #[error("cannot set up the model client")]
+    Model(#[source] agent_core::ModelError),
+    #[error("cannot set up the tools")]
+    Tools(#[source] agent_core::ToolError),
 }

@@ -1,6 +1,7 @@
 //! agent-server as a library: the application factory, routes, middleware and telemetry, so that
 //! the binary and the API tests start exactly the same server.
 
+mod agent_factory;
 mod backends;
 pub mod cli;
 mod error;

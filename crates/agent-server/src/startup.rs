@@ -12,6 +12,7 @@ use agent_config::{ModelProvider, Settings, StorageSettings};
 use agent_health::{Health, HealthCheck};
 use tokio::task::JoinHandle;
 
+use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
 use crate::middleware::request_context;
@@ -61,6 +62,7 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
+        let agent = web::Data::new(agent_factory::build(&settings)?);
         let (backends, mut storage_checks) =
             backends::build(&settings.storage, &settings.health).await?;
         storage_checks.extend(checks);
@@ -85,6 +87,7 @@ impl ApplicationBuilder {
             App::new()
                 .app_data(app_health.clone())
                 .app_data(app_backends.clone())
+                .app_data(agent.clone())
                 .configure(routes::configure)
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_loop;
+mod http_tools;
 mod offline;
 mod openai;
 mod scripted;
