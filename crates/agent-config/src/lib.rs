@@ -17,6 +17,6 @@ pub use error::ConfigError;
 pub use keys::{KEYS, Key};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
-    HealthSettings, HttpToolSettings, LogFormat, LogSettings, ModelProvider, ModelSettings,
-    Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
+    ApiSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings, ModelProvider,
+    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
 };

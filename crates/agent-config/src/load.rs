@@ -15,8 +15,8 @@ use crate::env::EnvValues;
 use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS};
 use crate::settings::{
-    HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile, ServerSettings,
-    Settings, StorageSettings, TurnSettings,
+    ApiSettings, HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile,
+    ServerSettings, Settings, StorageSettings, TurnSettings,
 };
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -150,6 +150,21 @@ impl Layers {
             },
             enable_streaming: self.boolean("enable_streaming")?,
             api_keys: self.api_keys()?,
+            api: ApiSettings {
+                max_body_bytes: self.int_in("api.max_body_bytes", 1024, 64 << 20)? as usize,
+                max_message_chars: self.int_in("api.max_message_chars", 1, 1 << 20)? as usize,
+                lock_wait: self.duration("api.lock_wait", 0, 600)?,
+                idempotency_retention: self.duration(
+                    "api.idempotency_retention",
+                    1000,
+                    30 * 24 * 3600,
+                )?,
+                sse_keepalive: self.duration("api.sse_keepalive", 100, 600)?,
+                metrics_require_auth: self.boolean("api.metrics_require_auth")?,
+                trust_forwarded_for: self.boolean("api.trust_forwarded_for")?,
+                rate_limit_requests: self.int_in("rate_limit.requests", 0, 1_000_000_000)? as u32,
+                rate_limit_window: self.duration("rate_limit.window", 1, 24 * 3600)?,
+            },
             server: ServerSettings {
                 host: self.host()?,
                 port: self.parse("server.port", "a port number (0-65535)")?,

@@ -14,6 +14,7 @@ pub struct Settings {
     pub enable_streaming: bool,
     /// `AGENT_API_KEYS`: bearer keys accepted by the API; empty means no authentication.
     pub api_keys: Vec<SecretString>,
+    pub api: ApiSettings,
     pub server: ServerSettings,
     pub model: ModelSettings,
     pub turn: TurnSettings,
@@ -46,6 +47,21 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// `ENABLE_TRACING`: one extra log line per closed span, with its timings.
     pub enable_tracing: bool,
+}
+
+/// Limits and behaviour of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub max_body_bytes: usize,
+    pub max_message_chars: usize,
+    pub lock_wait: Duration,
+    pub idempotency_retention: Duration,
+    pub sse_keepalive: Duration,
+    pub metrics_require_auth: bool,
+    pub trust_forwarded_for: bool,
+    /// Requests per window per client; 0 means no limit.
+    pub rate_limit_requests: u32,
+    pub rate_limit_window: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -1,5 +1,7 @@
-//! API errors and their one JSON shape, `{"error":{"code":"...","message":"..."}}`, plus the
-//! errors that stop startup.
+//! API errors and their one JSON shape, `{"error":{"code":"...","message":"..."}}`, the mapping
+//! from storage and agent failures to statuses, and the errors that stop startup.
+
+use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -7,6 +9,8 @@ use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
+use agent_core::{AgentError, ModelError};
+use agent_storage::StorageError;
 use serde::Serialize;
 
 /// An error answered to an HTTP client.
@@ -16,17 +20,65 @@ pub enum ApiError {
     NotFound { method: Method, path: String },
     #[error("{method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: Method, allow: &'static str },
+    /// The client's request is wrong: 400, 413, 415 or 422 with a specific code.
+    #[error("{message}")]
+    Invalid {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
+    #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
+    Unauthorized,
+    #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: Duration },
+    #[error("session {0} was not found")]
+    SessionNotFound(String),
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// A dependency is down or saturated; retrying later may work.
+    #[error("{message}")]
+    Unavailable {
+        code: &'static str,
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// The model server failed (502) or timed out (504).
+    #[error("{message}")]
+    Upstream {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     /// A failure of ours; the body reveals nothing, the cause chain goes to the log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
 impl ApiError {
+    pub(crate) fn invalid(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
     /// The stable, machine-readable code in the body.
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Invalid { code, .. }
+            | Self::Conflict { code, .. }
+            | Self::Unavailable { code, .. }
+            | Self::Upstream { code, .. } => code,
+            Self::Unauthorized => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::SessionNotFound(_) => "session_not_found",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -35,8 +87,13 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::NotFound { .. } | Self::SessionNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Invalid { status, .. } | Self::Upstream { status, .. } => *status,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -44,25 +101,129 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let status = self.status_code();
         if status.is_server_error() {
-            tracing::error!(error = %error_chain(self), "request failed");
+            let chain = match self {
+                Self::Internal(error) => format!("{error:#}"),
+                other => error_chain(other),
+            };
+            tracing::error!(status = status.as_u16(), code = self.code(), error = %chain, "request failed");
         }
         let mut response = HttpResponse::build(status);
-        if let Self::MethodNotAllowed { allow, .. } = self {
-            response.insert_header((header::ALLOW, *allow));
+        match self {
+            Self::MethodNotAllowed { allow, .. } => {
+                response.insert_header((header::ALLOW, *allow));
+            }
+            Self::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::RateLimited { retry_after }
+            | Self::Unavailable {
+                retry_after: Some(retry_after),
+                ..
+            } => {
+                response.insert_header((
+                    header::RETRY_AFTER,
+                    retry_after.as_secs_f64().ceil().max(1.0).to_string(),
+                ));
+            }
+            _ => {}
         }
-        response.json(ErrorBody::new(self.code(), &self.to_string()))
+        let message = if matches!(self, Self::Internal(_)) {
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        response.json(ErrorBody::new(self.code(), &message))
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(error: StorageError) -> Self {
+        match error {
+            StorageError::SessionNotFound(session) => Self::SessionNotFound(session),
+            StorageError::Locked(session) => Self::Conflict {
+                code: "session_busy",
+                message: format!(
+                    "session {session} is busy with another request; retry when it finishes"
+                ),
+            },
+            StorageError::Conflict { session, .. } => Self::Conflict {
+                code: "session_conflict",
+                message: format!(
+                    "session {session} changed while this turn ran; nothing was stored"
+                ),
+            },
+            StorageError::Unavailable { backend, .. } => {
+                tracing::warn!(error = %error_chain(&error), "storage unavailable");
+                Self::Unavailable {
+                    code: "storage_unavailable",
+                    message: format!("{backend} is unavailable; nothing was stored, retry later"),
+                    retry_after: Some(Duration::from_secs(1)),
+                }
+            }
+            other => Self::Internal(anyhow::Error::new(other)),
+        }
+    }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(error: AgentError) -> Self {
+        let message = error.to_string();
+        let limit = |code| {
+            Self::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                code,
+                format!("{message}; nothing was stored"),
+            )
+        };
+        let gateway = |code| Self::Upstream {
+            status: StatusCode::BAD_GATEWAY,
+            code,
+            message: message.clone(),
+        };
+        match error {
+            AgentError::StepLimit(_) => limit("step_limit_exceeded"),
+            AgentError::TurnBudgetExceeded { .. } => limit("turn_token_budget_exceeded"),
+            AgentError::SessionBudgetExceeded { .. } => limit("session_token_budget_exceeded"),
+            AgentError::DeadlineExceeded(_) => Self::Upstream {
+                status: StatusCode::GATEWAY_TIMEOUT,
+                code: "turn_deadline_exceeded",
+                message,
+            },
+            AgentError::Model(model) => {
+                tracing::warn!(error = %error_chain(&model), "model call failed");
+                match model {
+                    ModelError::RateLimited { retry_after } => Self::Unavailable {
+                        code: "model_rate_limited",
+                        message: "the model server is rate limiting this service; retry later"
+                            .into(),
+                        retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
+                    },
+                    ModelError::Timeout(_) => Self::Upstream {
+                        status: StatusCode::GATEWAY_TIMEOUT,
+                        code: "model_timeout",
+                        message,
+                    },
+                    ModelError::Upstream(_) => gateway("model_unavailable"),
+                    ModelError::Authentication(_) => gateway("model_authentication_failed"),
+                    ModelError::Unusable(_) => gateway("model_bad_response"),
+                    ModelError::Rejected(_) => gateway("model_rejected_request"),
+                }
+            }
+        }
     }
 }
 
 /// The body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody {
     error: ErrorDetail,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `invalid_request`, `session_busy`, `model_timeout`.
     code: String,
+    /// What went wrong, for humans.
     message: String,
 }
 
@@ -144,12 +305,12 @@ pub enum StartupError {
     Storage {
         what: &'static str,
         #[source]
-        source: agent_storage::StorageError,
+        source: StorageError,
     },
     #[error("DATABASE_URL is not set: there is no database to migrate")]
     NoDatabase,
     #[error("cannot set up the model client")]
-    Model(#[source] agent_core::ModelError),
+    Model(#[source] ModelError),
     #[error("cannot set up the tools")]
     Tools(#[source] agent_core::ToolError),
 }

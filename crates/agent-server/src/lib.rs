@@ -1,15 +1,20 @@
 //! agent-server as a library: the application factory, routes, middleware and telemetry, so that
 //! the binary and the API tests start exactly the same server.
 
+mod access;
 mod agent_factory;
 mod backends;
 pub mod cli;
+mod dto;
 mod error;
+mod idempotency;
+mod metrics;
 mod middleware;
 mod routes;
 mod shutdown;
 mod startup;
 pub mod telemetry;
+mod turn;
 
 pub use backends::{Backends, migrate};
 pub use error::{ApiError, StartupError, error_chain};

@@ -32,8 +32,16 @@ pub(crate) async fn request_context(
         path = %request.path(),
     );
     let quiet = QUIET_PATHS.contains(&request.path());
+    let method = request.method().to_string();
     let started = Instant::now();
+    let in_flight = crate::metrics::InFlight::start();
     let mut response = next.call(request).instrument(span.clone()).await?;
+    drop(in_flight);
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    crate::metrics::record_request(route, &method, response.status().as_u16(), started);
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(REQUEST_ID, value);
     }

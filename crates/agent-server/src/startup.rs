@@ -10,14 +10,17 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use agent_config::{ModelProvider, Settings, StorageSettings};
 use agent_health::{Health, HealthCheck};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::access::{self, AccessPolicy};
 use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
 use crate::middleware::request_context;
 use crate::routes;
 use crate::shutdown::ShutdownTrigger;
+use crate::turn::Turns;
 
 type RouteFn = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
@@ -62,9 +65,16 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
-        let agent = web::Data::new(agent_factory::build(&settings)?);
+        crate::metrics::handle();
+        let agent = agent_factory::build(&settings)?;
         let (backends, mut storage_checks) =
             backends::build(&settings.storage, &settings.health).await?;
+        let turns = web::Data::new(Turns::new(agent, backends.clone(), &settings));
+        let access = web::Data::new(AccessPolicy::new(&settings, backends.rate_limiter.clone()));
+        let (drain_sender, drain_receiver) = watch::channel(false);
+        let drain_receiver = web::Data::new(drain_receiver);
+        let payload_limit = settings.api.max_body_bytes;
+        let app_settings = web::Data::new(settings.clone());
         storage_checks.extend(checks);
         let health = Health::new(storage_checks, settings.health.cache_ttl);
         let address = format!("{}:{}", settings.server.host, settings.server.port);
@@ -87,10 +97,15 @@ impl ApplicationBuilder {
             App::new()
                 .app_data(app_health.clone())
                 .app_data(app_backends.clone())
-                .app_data(agent.clone())
+                .app_data(turns.clone())
+                .app_data(access.clone())
+                .app_data(drain_receiver.clone())
+                .app_data(app_settings.clone())
+                .app_data(web::PayloadConfig::new(payload_limit))
                 .configure(routes::configure)
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
+                .wrap(from_fn(access::access))
                 .wrap(ErrorHandlers::new().default_handler(json_error_shape))
                 .wrap(from_fn(request_context))
         })
@@ -110,6 +125,7 @@ impl ApplicationBuilder {
 
         tracing::info!(%address, port, workers = settings.server.workers, "listening");
         Ok(Application {
+            drain: drain_sender,
             backends,
             server,
             handle,
@@ -124,6 +140,8 @@ impl ApplicationBuilder {
 
 /// A built server, already answering; its startup gate opens in `run_until_stopped`.
 pub struct Application {
+    /// Tells open event streams that the drain window is ending.
+    drain: watch::Sender<bool>,
     backends: Backends,
     server: JoinHandle<std::io::Result<()>>,
     handle: ServerHandle,
@@ -194,10 +212,17 @@ impl Application {
         );
         tokio::time::sleep(self.shutdown_delay).await;
         tracing::info!("listener closed; draining in-flight requests");
-        if tokio::time::timeout(self.drain_timeout, handle.stop(true))
-            .await
-            .is_err()
-        {
+        // Streams still open shortly before the window ends get a last `shutdown` event.
+        let margin = (self.drain_timeout / 4).min(Duration::from_secs(1));
+        let drain = self.drain;
+        let until = self.drain_timeout.saturating_sub(margin);
+        let warn_streams = tokio::spawn(async move {
+            tokio::time::sleep(until).await;
+            let _ = drain.send(true);
+        });
+        let drained = tokio::time::timeout(self.drain_timeout, handle.stop(true)).await;
+        warn_streams.abort();
+        if drained.is_err() {
             tracing::warn!("drain window elapsed; closing the remaining connections");
             handle.stop(false).await;
         }

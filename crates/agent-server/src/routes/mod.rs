@@ -1,6 +1,9 @@
 //! The route table. Handlers are thin: extract, call, map errors.
 
+mod agent;
+mod docs;
 mod probes;
+mod sessions;
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, web};
@@ -10,9 +13,35 @@ use crate::error::ApiError;
 /// Registers every route.
 pub(crate) fn configure(config: &mut web::ServiceConfig) {
     config
+        .service(post_only("/agent", agent::post_agent))
+        .service(post_only("/agent/stream", agent::post_agent_stream))
+        .service(
+            web::resource("/sessions/{id}")
+                .route(web::get().to(sessions::get_session))
+                .route(web::delete().to(sessions::delete_session))
+                .default_service(web::to(|request: HttpRequest| async move {
+                    Err::<&str, _>(method_not_allowed(request.method(), "GET, DELETE"))
+                })),
+        )
         .service(get_only("/health", probes::health))
         .service(get_only("/ready", probes::ready))
-        .service(get_only("/startup", probes::startup));
+        .service(get_only("/startup", probes::startup))
+        .service(get_only("/metrics", docs::metrics))
+        .service(get_only("/openapi.json", docs::openapi_json));
+}
+
+/// A resource answering POST with `handler` and any other method with a JSON 405 and `Allow`.
+fn post_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::post().to(handler))
+        .default_service(web::to(|request: HttpRequest| async move {
+            Err::<&str, _>(method_not_allowed(request.method(), "POST"))
+        }))
 }
 
 /// A resource answering GET with `handler` and any other method with a JSON 405 and `Allow`.

@@ -8,11 +8,16 @@ use agent_health::{CheckOutcome, Criticality, Health, NotReadyReason, ReadinessS
 use serde::Serialize;
 
 /// Liveness: answers while the process can serve HTTP; touches no dependency.
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "`{\"status\":\"healthy\"}`")))]
 pub(super) async fn health() -> HttpResponse {
     no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "healthy" }))
 }
 
 /// Startup: 503 until configuration, migrations and pools are done, then 200 forever.
+#[utoipa::path(get, path = "/startup", tag = "probes", responses(
+    (status = 200, description = "`{\"status\":\"started\"}`"),
+    (status = 503, description = "`{\"status\":\"starting\"}`"),
+))]
 pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
     if health.is_started() {
         no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "started" }))
@@ -23,6 +28,10 @@ pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
 }
 
 /// Readiness: every dependency check with its result and latency; 503 when not ready.
+#[utoipa::path(get, path = "/ready", tag = "probes", responses(
+    (status = 200, description = "Ready or degraded, with every check's status, criticality, latency and error"),
+    (status = 503, description = "Not ready: starting, draining, or a critical check failed"),
+))]
 pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
     let readiness = health.readiness().await;
     let (mut response, status, reason) = match readiness.status {

@@ -1,0 +1,142 @@
+//! Access control for every route but the probes: bearer API keys (compared in constant time,
+//! never logged) and rate limits per key, or per client address without keys, counted in the
+//! shared rate limiter (Redis across replicas).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, ResponseError, web};
+use agent_config::Settings;
+use agent_storage::{RateDecision, RateLimiter};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// Who is calling: a short digest of their API key, or their address. Never the key itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Caller(pub(crate) String);
+
+#[derive(Debug)]
+pub(crate) struct AccessPolicy {
+    keys: Vec<SecretString>,
+    metrics_require_auth: bool,
+    trust_forwarded_for: bool,
+    limiter: Arc<dyn RateLimiter>,
+    requests: u32,
+    window: Duration,
+}
+
+impl AccessPolicy {
+    pub(crate) fn new(settings: &Settings, limiter: Arc<dyn RateLimiter>) -> Self {
+        Self {
+            keys: settings.api_keys.clone(),
+            metrics_require_auth: settings.api.metrics_require_auth,
+            trust_forwarded_for: settings.api.trust_forwarded_for,
+            limiter,
+            requests: settings.api.rate_limit_requests,
+            window: settings.api.rate_limit_window,
+        }
+    }
+
+    fn is_open(&self, path: &str) -> bool {
+        matches!(path, "/health" | "/ready" | "/startup")
+            || (path == "/metrics" && !self.metrics_require_auth)
+    }
+
+    /// The caller, or `Unauthorized` when keys are configured and none matches.
+    fn caller(&self, request: &ServiceRequest) -> Result<Caller, ApiError> {
+        if self.keys.is_empty() {
+            let info = request.connection_info();
+            let address = if self.trust_forwarded_for {
+                info.realip_remote_addr()
+            } else {
+                info.peer_addr()
+            };
+            // The port changes per connection; the client is the address.
+            let address = address.unwrap_or("unknown");
+            let host = address
+                .parse::<std::net::SocketAddr>()
+                .map_or_else(|_| address.to_owned(), |socket| socket.ip().to_string());
+            return Ok(Caller(format!("addr:{host}")));
+        }
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or(ApiError::Unauthorized)?;
+        // Every key is compared, whatever matches, so timing says nothing about which one did.
+        let mut matched: Option<&SecretString> = None;
+        for key in &self.keys {
+            if bool::from(key.expose_secret().as_bytes().ct_eq(presented.as_bytes())) {
+                matched = Some(key);
+            }
+        }
+        let key = matched.ok_or(ApiError::Unauthorized)?;
+        let digest = Sha256::digest(key.expose_secret().as_bytes());
+        Ok(Caller(
+            format!("key:{:x}", digest).chars().take(20).collect(),
+        ))
+    }
+
+    async fn check_rate(&self, caller: &Caller) -> Result<(), ApiError> {
+        if self.requests == 0 {
+            return Ok(());
+        }
+        match self
+            .limiter
+            .check(&caller.0, self.requests, self.window)
+            .await
+        {
+            Ok(RateDecision::Allowed { .. }) => Ok(()),
+            Ok(RateDecision::Limited { retry_after }) => Err(ApiError::RateLimited { retry_after }),
+            // Fail closed: without the shared counter, limits cannot be enforced.
+            Err(error) => Err(ApiError::Unavailable {
+                code: "rate_limiter_unavailable",
+                message: format!("cannot check rate limits: {error}; retry later"),
+                retry_after: Some(Duration::from_secs(1)),
+            }),
+        }
+    }
+}
+
+/// The middleware: authenticate, rate-limit, then record the caller for the handlers.
+pub(crate) async fn access(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
+    let Some(policy) = request.app_data::<web::Data<AccessPolicy>>().cloned() else {
+        return next
+            .call(request)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    };
+    if policy.is_open(request.path()) {
+        return next
+            .call(request)
+            .await
+            .map(ServiceResponse::map_into_left_body);
+    }
+    let checked = match policy.caller(&request) {
+        Ok(caller) => policy.check_rate(&caller).await.map(|()| caller),
+        Err(error) => Err(error),
+    };
+    match checked {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.call(request)
+                .await
+                .map(ServiceResponse::map_into_left_body)
+        }
+        Err(error) => Ok(request
+            .into_response(error.error_response())
+            .map_into_right_body()),
+    }
+}

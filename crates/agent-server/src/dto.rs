@@ -1,0 +1,227 @@
+//! The JSON shapes of the API (the tutorial's `/agent` contract kept exactly), and the strict
+//! parsing of request bodies into them: 415 for a wrong content type, 400 for malformed JSON,
+//! 422 naming the field for wrong types, missing, unknown or invalid fields.
+
+use std::time::SystemTime;
+
+use actix_web::HttpRequest;
+use actix_web::http::{StatusCode, header};
+use agent_core::SessionId;
+use agent_storage::{SessionInfo, StoredMessage};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+
+/// `POST /agent` and `POST /agent/stream`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AgentRequest {
+    /// The user's message.
+    pub(crate) message: String,
+    /// An existing session, or a new id of your choosing (`[A-Za-z0-9._-]{1,128}`); null or absent
+    /// starts a new session with a server-made UUID.
+    #[serde(default)]
+    pub(crate) session_id: Option<String>,
+}
+
+/// The answer of a turn (also the `done` event of a stream).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AgentResponse {
+    pub(crate) response: String,
+    pub(crate) session_id: String,
+    /// Tokens this turn used, over all its model calls.
+    pub(crate) tokens_used: u64,
+}
+
+/// `GET /sessions/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionView {
+    session_id: String,
+    /// RFC 3339, UTC.
+    created_at: String,
+    updated_at: String,
+    turn_count: u64,
+    tokens: TokenTotals,
+    /// The most recent messages (up to `limit`), oldest first.
+    messages: Vec<MessageView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct TokenTotals {
+    prompt: u64,
+    completion: u64,
+    total: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct MessageView {
+    sequence: u64,
+    /// `user`, `assistant`, `tool` or `system`.
+    role: String,
+    content: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<ToolCallView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<String>,
+    /// On the last message of each turn: the tokens of the whole turn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tokens: Option<u64>,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ToolCallView {
+    id: String,
+    name: String,
+    /// The JSON text of the arguments as the model produced it.
+    arguments: String,
+}
+
+fn timestamp(time: SystemTime) -> String {
+    humantime::format_rfc3339_millis(time).to_string()
+}
+
+impl SessionView {
+    pub(crate) fn new(info: SessionInfo, messages: Vec<StoredMessage>) -> Self {
+        Self {
+            session_id: info.id.to_string(),
+            created_at: timestamp(info.created_at),
+            updated_at: timestamp(info.updated_at),
+            turn_count: info.turn_count,
+            tokens: TokenTotals {
+                prompt: info.usage.prompt_tokens,
+                completion: info.usage.completion_tokens,
+                total: info.usage.total(),
+            },
+            messages: messages
+                .into_iter()
+                .map(|stored| MessageView {
+                    sequence: stored.sequence,
+                    role: stored.message.role.as_str().to_owned(),
+                    content: stored.message.content,
+                    tool_calls: stored
+                        .message
+                        .tool_calls
+                        .into_iter()
+                        .map(|call| ToolCallView {
+                            id: call.id,
+                            name: call.name,
+                            arguments: call.arguments,
+                        })
+                        .collect(),
+                    tool_call_id: stored.message.tool_call_id,
+                    tokens: stored.tokens,
+                    created_at: timestamp(stored.created_at),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Parses a JSON body strictly, with errors that name the field.
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    request: &HttpRequest,
+    body: &[u8],
+) -> Result<T, ApiError> {
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "application/json" {
+        return Err(ApiError::invalid(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be JSON, sent with `Content-Type: application/json`",
+        ));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." {
+                    String::new()
+                } else {
+                    format!("{path}: ")
+                };
+                ApiError::invalid(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    format!("{field}{inner}"),
+                )
+            }
+            _ => ApiError::invalid(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {inner}"),
+            ),
+        }
+    })?;
+    deserializer.end().map_err(|error| {
+        ApiError::invalid(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    Ok(value)
+}
+
+/// A validated `/agent` request.
+#[derive(Debug)]
+pub(crate) struct ValidTurn {
+    pub(crate) session: SessionId,
+    pub(crate) message: String,
+}
+
+impl AgentRequest {
+    pub(crate) fn validate(self, max_message_chars: usize) -> Result<ValidTurn, ApiError> {
+        let unprocessable = |message: String| {
+            ApiError::invalid(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        };
+        if self.message.trim().is_empty() {
+            return Err(unprocessable("message: must not be empty".into()));
+        }
+        if self.message.chars().count() > max_message_chars {
+            return Err(unprocessable(format!(
+                "message: longer than {max_message_chars} characters"
+            )));
+        }
+        if self.message.contains('\0') {
+            return Err(unprocessable(
+                "message: must not contain NUL characters".into(),
+            ));
+        }
+        let session = match self.session_id {
+            None => SessionId::parse(&uuid::Uuid::new_v4().to_string())
+                .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?,
+            Some(text) => SessionId::parse(&text)
+                .map_err(|error| unprocessable(format!("session_id: {error}")))?,
+        };
+        Ok(ValidTurn {
+            session,
+            message: self.message,
+        })
+    }
+}
+
+/// Parses a session id from a path.
+pub(crate) fn session_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).map_err(|error| {
+        ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("session_id: {error}"),
+        )
+    })
+}

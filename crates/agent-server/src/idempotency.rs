@@ -1,0 +1,123 @@
+//! `Idempotency-Key` on `POST /agent`: the same key with the same body runs the turn once and
+//! replays its stored response, also to a retry that arrives while the first is still running;
+//! the same key with another body is 422.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use agent_storage::{IdempotencyBegin, IdempotencyStore};
+use sha2::{Digest, Sha256};
+
+use crate::dto::AgentResponse;
+use crate::error::ApiError;
+
+/// How often a retry checks whether the first request finished.
+const POLL: Duration = Duration::from_millis(100);
+
+/// The header value, validated: 1 to 255 visible ASCII characters.
+pub(crate) fn parse_key(value: &str) -> Result<String, ApiError> {
+    let valid =
+        (1..=255).contains(&value.len()) && value.bytes().all(|byte| byte.is_ascii_graphic());
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(ApiError::invalid(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        ))
+    }
+}
+
+/// A stable digest of what makes two requests "the same".
+pub(crate) fn fingerprint(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    format!("{:x}", hasher.finalize())
+}
+
+/// A claimed key; dropping it unfinished (error, client gone) abandons the claim in the
+/// background so that a retry runs the turn again.
+struct Claim {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    settled: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        let (store, key) = (Arc::clone(&self.store), std::mem::take(&mut self.key));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = store.abandon(&key).await {
+                    tracing::warn!(%error, "abandoning an idempotency claim failed; its lease will lapse");
+                }
+            });
+        }
+    }
+}
+
+/// Runs `turn` at most once per key: answers its response and whether it was replayed.
+pub(crate) async fn run_once<F, Fut>(
+    store: &Arc<dyn IdempotencyStore>,
+    key: &str,
+    fingerprint: &str,
+    lease: Duration,
+    retention: Duration,
+    turn: F,
+) -> Result<(AgentResponse, bool), ApiError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<AgentResponse, ApiError>>,
+{
+    let deadline = Instant::now() + lease;
+    loop {
+        match store.begin(key, fingerprint, lease).await? {
+            IdempotencyBegin::Started => {
+                let mut claim = Claim {
+                    store: Arc::clone(store),
+                    key: key.to_owned(),
+                    settled: false,
+                };
+                let response = turn().await?;
+                let stored = serde_json::to_string(&response)
+                    .map_err(|error| ApiError::Internal(error.into()))?;
+                if let Err(error) = store.complete(key, &stored, retention).await {
+                    // The turn is stored; only replays of this key are lost.
+                    tracing::warn!(%error, "storing the idempotent response failed");
+                }
+                claim.settled = true;
+                return Ok((response, false));
+            }
+            IdempotencyBegin::Completed(stored) => {
+                let response = serde_json::from_str(&stored)
+                    .map_err(|error| ApiError::Internal(error.into()))?;
+                return Ok((response, true));
+            }
+            IdempotencyBegin::Mismatch => {
+                return Err(ApiError::invalid(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key was used with a different request body",
+                ));
+            }
+            IdempotencyBegin::InProgress if Instant::now() < deadline => {
+                tokio::time::sleep(POLL).await
+            }
+            IdempotencyBegin::InProgress => {
+                return Err(ApiError::Conflict {
+                    code: "idempotency_key_in_progress",
+                    message: "a request with this Idempotency-Key is still running; retry later"
+                        .into(),
+                });
+            }
+        }
+    }
+}

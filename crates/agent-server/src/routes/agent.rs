@@ -1,0 +1,185 @@
+//! `POST /agent` and `POST /agent/stream`: run a turn and answer with its result, whole or as
+//! server-sent events.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use agent_config::Settings;
+use agent_core::AgentEvent;
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::access::Caller;
+use crate::backends::Backends;
+use crate::dto::{AgentRequest, AgentResponse, parse_json};
+use crate::error::{ApiError, ErrorBody};
+use crate::idempotency;
+use crate::turn::Turns;
+
+/// Run one turn of the agent.
+#[utoipa::path(
+    post,
+    path = "/agent",
+    tag = "agent",
+    request_body = AgentRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Run at most once; a retry with the same key and body gets the stored response")),
+    responses(
+        (status = 200, description = "The turn ran and was stored", body = AgentResponse),
+        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
+        (status = 409, description = "The session is busy with another request", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field, reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
+        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 502, description = "The model server failed", body = ErrorBody),
+        (status = 503, description = "Storage, Redis or the model server's rate limit", body = ErrorBody),
+        (status = 504, description = "The model or the turn timed out", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn post_agent(
+    request: HttpRequest,
+    body: Bytes,
+    turns: Data<Turns>,
+    backends: Data<Backends>,
+    settings: Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let parsed: AgentRequest = parse_json(&request, &body)?;
+    let idempotency_key = match request.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => Some(idempotency::parse_key(value.to_str().unwrap_or(""))?),
+    };
+    let fingerprint = idempotency::fingerprint(&[
+        &parsed.message,
+        parsed.session_id.as_deref().unwrap_or("\0none"),
+    ]);
+    let turn = parsed.validate(settings.api.max_message_chars)?;
+    let Some(key) = idempotency_key else {
+        return Ok(HttpResponse::Ok().json(turns.run(turn).await?));
+    };
+    let caller = request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_owned(), |caller| caller.0.clone());
+    // A retry may wait for the first request's lock and turn.
+    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
+    let (response, replayed) = idempotency::run_once(
+        &backends.idempotency,
+        &format!("{caller}:{key}"),
+        &fingerprint,
+        lease,
+        settings.api.idempotency_retention,
+        || turns.run(turn),
+    )
+    .await?;
+    let mut answer = HttpResponse::Ok();
+    if replayed {
+        answer.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(answer.json(response))
+}
+
+/// Run one turn, streaming its progress as server-sent events.
+#[utoipa::path(
+    post,
+    path = "/agent/stream",
+    tag = "agent",
+    request_body = AgentRequest,
+    responses(
+        (status = 200, description = "`text/event-stream` of events: `delta` {text}, `tool_call` {id, name, arguments}, \
+            `tool_result` {id, name, content, is_error}, `done` (the /agent response), `error` (the error body), and \
+            `shutdown` {message, stored} when the server stops before the turn ends", content_type = "text/event-stream"),
+        (status = 404, description = "Streaming is turned off (ENABLE_STREAMING=false)", body = ErrorBody),
+        (status = 409, description = "The session is busy with another request", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn post_agent_stream(
+    request: HttpRequest,
+    body: Bytes,
+    turns: Data<Turns>,
+    settings: Data<Settings>,
+    drain: Data<watch::Receiver<bool>>,
+) -> Result<HttpResponse, ApiError> {
+    if !settings.enable_streaming {
+        return Err(ApiError::invalid(
+            StatusCode::NOT_FOUND,
+            "streaming_disabled",
+            "streaming is turned off on this server (ENABLE_STREAMING=false); use POST /agent",
+        ));
+    }
+    let parsed: AgentRequest = parse_json(&request, &body)?;
+    let turn = parsed.validate(settings.api.max_message_chars)?;
+    // Errors up to here are plain JSON answers; from here on they are `error` events.
+    let prepared = turns.prepare(turn).await?;
+    let turns = turns.into_inner();
+    let mut drain = drain.get_ref().clone();
+    let keepalive = settings.api.sse_keepalive;
+    let events = async_stream::stream! {
+        let mut events = turns.agent.run_turn_streaming(prepared.request.clone());
+        let mut prepared = Some(prepared);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(AgentEvent::TextDelta(text)) => yield sse("delta", &json!({ "text": text })),
+                    Some(AgentEvent::ToolCallStarted(call)) => {
+                        yield sse("tool_call", &json!({ "id": call.id, "name": call.name, "arguments": call.arguments }));
+                    }
+                    Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
+                        yield sse("tool_result", &json!({ "id": call_id, "name": name, "content": content, "is_error": is_error }));
+                    }
+                    Some(AgentEvent::Done(result)) => {
+                        let Some(prepared) = prepared.take() else { break };
+                        match turns.store(prepared, result).await {
+                            Ok(response) => yield sse("done", &json!(response)),
+                            Err(error) => yield error_event(&error),
+                        }
+                        break;
+                    }
+                    Some(AgentEvent::Failed(error)) => {
+                        metrics::counter!("agent_turns_total", "outcome" => crate::turn::outcome(&error)).increment(1);
+                        yield error_event(&ApiError::from(error));
+                        break;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                changed = drain.changed() => {
+                    if changed.is_ok() && *drain.borrow() {
+                        tracing::info!("closing a stream: the drain window is ending");
+                        yield sse("shutdown", &json!({
+                            "message": "the server is shutting down; this turn was cancelled",
+                            "stored": false,
+                        }));
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events))
+}
+
+fn sse(event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
+    Ok(Bytes::from(format!("event: {event}\ndata: {data}\n\n")))
+}
+
+fn error_event(error: &ApiError) -> Result<Bytes, actix_web::Error> {
+    if actix_web::ResponseError::status_code(error).is_server_error() {
+        tracing::warn!(code = error.code(), error = %crate::error::error_chain(error), "streamed turn failed");
+    }
+    sse(
+        "error",
+        &json!(ErrorBody::new(error.code(), &error.to_string())),
+    )
+}

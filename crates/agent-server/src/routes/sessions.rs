@@ -1,0 +1,93 @@
+//! `GET /sessions/{id}` (history and token totals) and `DELETE /sessions/{id}`.
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use actix_web::web::{Data, Path, Query};
+use agent_storage::{MAX_HISTORY_WINDOW, acquire_lock};
+use serde::Deserialize;
+
+use crate::backends::Backends;
+use crate::dto::{SessionView, session_id};
+use crate::error::{ApiError, ErrorBody};
+use crate::turn::Turns;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HistoryQuery {
+    /// How many of the most recent messages to return (1 to 1000, default 1000).
+    limit: Option<usize>,
+}
+
+/// A session's messages and token totals.
+#[utoipa::path(
+    get,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id"), HistoryQuery),
+    responses(
+        (status = 200, body = SessionView),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 422, description = "Invalid id or limit", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_session(
+    id: Path<String>,
+    query: Query<HistoryQuery>,
+    backends: Data<Backends>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&id)?;
+    let limit = query.limit.unwrap_or(MAX_HISTORY_WINDOW);
+    if !(1..=MAX_HISTORY_WINDOW).contains(&limit) {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("limit: must be from 1 to {MAX_HISTORY_WINDOW}"),
+        ));
+    }
+    let info = backends
+        .conversations
+        .session(&id)
+        .await?
+        .ok_or_else(|| ApiError::SessionNotFound(id.to_string()))?;
+    let messages = backends.conversations.recent_messages(&id, limit).await?;
+    Ok(HttpResponse::Ok().json(SessionView::new(info, messages)))
+}
+
+/// Erase a session and all its messages. Waits for a turn in progress on it.
+#[utoipa::path(
+    delete,
+    path = "/sessions/{id}",
+    tag = "sessions",
+    params(("id" = String, Path, description = "The session id")),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 404, description = "No such session", body = ErrorBody),
+        (status = 409, description = "A turn on the session did not finish in time", body = ErrorBody),
+        (status = 422, description = "Invalid id", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete_session(
+    id: Path<String>,
+    backends: Data<Backends>,
+    turns: Data<Turns>,
+) -> Result<HttpResponse, ApiError> {
+    let id = session_id(&id)?;
+    let guard = acquire_lock(
+        &backends.locks,
+        &id,
+        std::time::Duration::from_secs(30),
+        turns.lock_wait(),
+    )
+    .await?;
+    let deleted = backends.conversations.delete_session(&id).await;
+    let _ = guard.release().await;
+    if deleted? {
+        Ok(HttpResponse::NoContent().finish())
+    } else {
+        Err(ApiError::SessionNotFound(id.to_string()))
+    }
+}
