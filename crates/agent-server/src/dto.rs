@@ -143,35 +143,33 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
             "the body must be JSON, sent with `Content-Type: application/json`",
         ));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-        let path = error.path().to_string();
-        let inner = error.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Data => {
-                let field = if path == "." {
-                    String::new()
-                } else {
-                    format!("{path}: ")
-                };
-                ApiError::invalid(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    format!("{field}{inner}"),
-                )
-            }
-            _ => ApiError::invalid(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {inner}"),
-            ),
-        }
-    })?;
-    deserializer.end().map_err(|error| {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::invalid(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("the body is not valid JSON: {error}"),
+        )
+    })?;
+    // serde would also read a struct from an array, positionally; the API takes objects only.
+    if !value.is_object() {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "the body must be a JSON object",
+        ));
+    }
+    let value = serde_path_to_error::deserialize(value).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let field = if path == "." {
+            String::new()
+        } else {
+            format!("{path}: ")
+        };
+        ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("{field}{inner}"),
         )
     })?;
     Ok(value)

@@ -110,6 +110,9 @@ impl ApplicationBuilder {
                 .wrap(from_fn(request_context))
         })
         .workers(settings.server.workers)
+        // A client that closes its side has gone away: drop its request's future, which cancels
+        // the turn (nothing is stored). HTTP clients do not half-close while awaiting an answer.
+        .h1_allow_half_closed(false)
         // Signals are handled in `run_until_stopped`, which turns readiness off first.
         .disable_signals()
         .shutdown_timeout(settings.server.drain_timeout.as_secs().max(1))

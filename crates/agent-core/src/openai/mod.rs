@@ -134,13 +134,17 @@ impl ChatModel for OpenAiModel {
 
     #[tracing::instrument(skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
     async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
+        let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, true);
         let chunks = self
             .client
             .chat()
             .create_stream_byot::<_, wire::CompletionChunk>(body)
-            .await
-            .map_err(|error| self.classify(error))?;
+            .await;
+        let chunks = chunks.map_err(|error| self.classify(error));
+        // For a stream, the duration is until it starts.
+        record_call("stream", started, chunks.as_ref().err());
+        let chunks = chunks?;
         let model = self.clone();
         let deltas = chunks.flat_map(move |chunk| {
             let deltas = match chunk {
@@ -150,5 +154,22 @@ impl ChatModel for OpenAiModel {
             futures_util::stream::iter(deltas)
         });
         Ok(Box::pin(deltas))
+    }
+}
+
+/// Model-call metrics: latency by mode, errors by kind.
+fn record_call(mode: &'static str, started: std::time::Instant, error: Option<&ModelError>) {
+    metrics::histogram!("model_call_duration_seconds", "mode" => mode)
+        .record(started.elapsed().as_secs_f64());
+    if let Some(error) = error {
+        let kind = match error {
+            ModelError::RateLimited { .. } => "rate_limited",
+            ModelError::Upstream(_) => "upstream",
+            ModelError::Timeout(_) => "timeout",
+            ModelError::Authentication(_) => "authentication",
+            ModelError::Unusable(_) => "unusable",
+            ModelError::Rejected(_) => "rejected",
+        };
+        metrics::counter!("model_call_errors_total", "kind" => kind).increment(1);
     }
 }

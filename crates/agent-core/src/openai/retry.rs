@@ -118,6 +118,7 @@ impl RetryingTransport {
                 return Err(boxed(failure));
             }
             tracing::warn!(attempt, retry_in = ?pause, error = %failure, "model call failed; retrying");
+            metrics::counter!("model_call_retries_total").increment(1);
             tokio::time::sleep(pause).await;
         }
     }

@@ -17,6 +17,7 @@ const TEST_VARS: &[(&str, &str)] = &[
 ];
 
 pub(crate) struct TestApp {
+    pub(crate) backends: agent_server::Backends,
     pub(crate) address: String,
     pub(crate) port: u16,
     pub(crate) client: reqwest::Client,
@@ -62,9 +63,11 @@ pub(crate) async fn spawn(builder: ApplicationBuilder) -> TestApp {
 
 pub(crate) fn run(application: Application) -> TestApp {
     let port = application.port();
+    let backends = application.backends().clone();
     let shutdown = application.shutdown_trigger();
     let server = tokio::spawn(application.run_until_stopped());
     TestApp {
+        backends,
         address: format!("http://127.0.0.1:{port}"),
         port,
         client: client(),
@@ -80,6 +83,68 @@ pub(crate) fn client() -> reqwest::Client {
         .no_proxy()
         .build()
         .expect("the client builds")
+}
+
+/// A server on a fresh Postgres database, a fresh Redis prefix and a fake model answering
+/// `script`, plus `extra` settings.
+pub(crate) async fn spawn_full(
+    script: Vec<test_support::fake_openai::Scripted>,
+    extra: &[(&str, &str)],
+) -> (TestApp, test_support::fake_openai::FakeOpenAi) {
+    let fake = test_support::fake_openai::FakeOpenAi::start(script).await;
+    (spawn_with_model(&fake, extra).await, fake)
+}
+
+pub(crate) async fn spawn_with_model(
+    fake: &test_support::fake_openai::FakeOpenAi,
+    extra: &[(&str, &str)],
+) -> TestApp {
+    let database = test_support::fresh_database_url().await;
+    let redis = test_support::redis_url();
+    let prefix = format!("test:{}:", uuid_like());
+    let base_url = fake.base_url();
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("DATABASE_URL", &database),
+        ("REDIS_URL", &redis),
+        ("AGENT_STORAGE__REDIS_KEY_PREFIX", &prefix),
+        ("OPENAI_BASE_URL", &base_url),
+        ("AGENT_MODEL__REQUEST_TIMEOUT", "2s"),
+        ("AGENT_MODEL__RETRY_BASE_DELAY", "10ms"),
+    ];
+    vars.extend_from_slice(extra);
+    spawn(builder(&vars)).await
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+impl TestApp {
+    /// `POST /agent` with a JSON body.
+    pub(crate) async fn agent(&self, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/agent", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
+    /// The stored messages of a session (none if it does not exist).
+    pub(crate) async fn stored(&self, session: &str) -> Vec<agent_storage::StoredMessage> {
+        let id = agent_core::SessionId::parse(session).unwrap();
+        self.backends
+            .conversations
+            .recent_messages(&id, 1000)
+            .await
+            .unwrap()
+    }
 }
 
 /// Asserts the one error shape and returns the code.

@@ -4,9 +4,12 @@
 // Helpers outside #[test] functions may unwrap too: a failure there is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod agent;
+mod bad_input;
 mod cli;
 mod errors;
 mod helpers;
+mod openapi;
 mod probes;
 mod shutdown;
 mod storage;
