@@ -1,6 +1,15 @@
-//! `cargo xtask bench-storage`: the storage criterion benchmarks against real Postgres and
-//! Redis (started like `cargo xtask test` does), with the in-memory stores as the baseline.
+//! Benchmarks. `cargo xtask bench-storage`: the storage criterion benchmarks against real
+//! Postgres and Redis. `cargo xtask bench`: the HTTP benchmark — the release server (memory, then
+//! Postgres + Redis), fake models on loopback (instant and 200 ms) and a bare actix-web baseline
+//! built in the same run, driven by wrk on 127.0.0.1 for a bounded time each.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
@@ -18,4 +27,445 @@ pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
     )
     .run()?;
     Ok(())
+}
+
+/// One row of the report.
+#[derive(Debug)]
+struct Measurement {
+    scenario: String,
+    requests: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_ms_per_request: f64,
+    peak_rss_mib: f64,
+    model_in_flight: Option<u64>,
+}
+
+pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is not installed: apt-get install wrk");
+    }
+    cmd!(
+        shell,
+        "cargo build --release --locked --package agent-server --package test-support --bins"
+    )
+    .run()?;
+    let bin = crate::project_root().join("target/release");
+    let services = crate::services::start()?;
+    let instant_port = free_port()?;
+    let slow_port = free_port()?;
+    let _instant = Spawned::start(Command::new(bin.join("fake-openai")).args([
+        "--port",
+        &instant_port.to_string(),
+        "--delay-ms",
+        "0",
+    ]))?;
+    let _slow = Spawned::start(Command::new(bin.join("fake-openai")).args([
+        "--port",
+        &slow_port.to_string(),
+        "--delay-ms",
+        "200",
+    ]))?;
+    wait_until_ok(instant_port, "/health")?;
+    wait_until_ok(slow_port, "/health")?;
+
+    let scratch = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let post = scratch.join("post.lua");
+    std::fs::write(
+        &post,
+        "wrk.method = \"POST\"\nwrk.body = '{\"message\":\"what is the answer?\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
+    )?;
+    let duration = Duration::from_secs(seconds);
+    let memory: Vec<(&str, String)> = Vec::new();
+    let durable = vec![
+        ("DATABASE_URL", services.database_url.clone()),
+        ("REDIS_URL", services.redis_url.clone()),
+    ];
+    let mut rows = Vec::new();
+
+    // /health: the bare baseline and the server alternately, twice each.
+    for round in 1..=2 {
+        rows.push(run_bare(&bin, duration, round)?);
+        rows.push(run_agent(
+            &bin,
+            &format!("GET /health @64, agent-server (round {round})"),
+            &memory,
+            instant_port,
+            None,
+            64,
+            duration,
+            None,
+        )?);
+    }
+    rows.push(run_agent(
+        &bin,
+        "POST /agent @64, instant model, memory",
+        &memory,
+        instant_port,
+        Some(&post),
+        64,
+        duration,
+        None,
+    )?);
+    rows.push(run_agent(
+        &bin,
+        "POST /agent @64, instant model, Postgres + Redis",
+        &durable,
+        instant_port,
+        Some(&post),
+        64,
+        duration,
+        None,
+    )?);
+    rows.push(run_agent(
+        &bin,
+        "POST /agent @256, 200 ms model, Postgres + Redis",
+        &durable,
+        slow_port,
+        Some(&post),
+        256,
+        duration,
+        Some(slow_port),
+    )?);
+    let _ = std::fs::remove_dir_all(&scratch);
+    drop(services);
+
+    println!(
+        "\n| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | peak RSS MiB | model calls in flight (max) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for row in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.4} | {:.1} | {} |",
+            row.scenario,
+            row.requests,
+            row.per_second,
+            row.p50_ms,
+            row.p99_ms,
+            row.errors,
+            row.cpu_ms_per_request,
+            row.peak_rss_mib,
+            row.model_in_flight
+                .map_or_else(|| "-".to_owned(), |count| count.to_string())
+        );
+    }
+    let cpu = |prefix: &str| -> f64 {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|row| row.scenario.starts_with(prefix))
+            .map(|row| row.cpu_ms_per_request)
+            .collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
+    println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
+    Ok(())
+}
+
+fn run_bare(bin: &Path, duration: Duration, round: u32) -> anyhow::Result<Measurement> {
+    let port = free_port()?;
+    let server = Spawned::start(Command::new(bin.join("bare-health")).args([
+        "--port",
+        &port.to_string(),
+        "--workers",
+        "2",
+    ]))?;
+    wait_until_ok(port, "/health")?;
+    measure(
+        &format!("GET /health @64, bare actix-web (round {round})"),
+        &server,
+        port,
+        "/health",
+        None,
+        64,
+        duration,
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_agent(
+    bin: &Path,
+    scenario: &str,
+    extra: &[(&str, String)],
+    model_port: u16,
+    post: Option<&Path>,
+    connections: u32,
+    duration: Duration,
+    stats_port: Option<u16>,
+) -> anyhow::Result<Measurement> {
+    let port = free_port()?;
+    let mut command = Command::new(bin.join("agent-server"));
+    command
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("WORKERS", "2")
+        .env("AGENT_LOG_FORMAT", "json")
+        .env("AGENT_SERVER__SHUTDOWN_DELAY", "0s")
+        .env("AGENT_RATE_LIMIT__REQUESTS", "1000000000")
+        .env(
+            "OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{model_port}/v1"),
+        )
+        .env("AGENT_STORAGE__POOL_SIZE", "32");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    let server = Spawned::start(&mut command)?;
+    wait_until_ok(port, "/ready")?;
+    let path = if post.is_some() { "/agent" } else { "/health" };
+    measure(
+        scenario,
+        &server,
+        port,
+        path,
+        post,
+        connections,
+        duration,
+        stats_port,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn measure(
+    scenario: &str,
+    server: &Spawned,
+    port: u16,
+    path: &str,
+    script: Option<&Path>,
+    connections: u32,
+    duration: Duration,
+    stats_port: Option<u16>,
+) -> anyhow::Result<Measurement> {
+    println!("xtask: {scenario} for {} s", duration.as_secs());
+    let cpu_before = cpu_ticks(server.id())?;
+    let mut wrk = Command::new("wrk");
+    wrk.args([
+        "-t1",
+        &format!("-c{connections}"),
+        &format!("-d{}s", duration.as_secs()),
+        "--latency",
+        "--timeout",
+        "5s",
+    ]);
+    if let Some(script) = script {
+        wrk.arg("-s").arg(script);
+    }
+    let output = wrk
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .context("wrk failed to run")?;
+    let cpu_after = cpu_ticks(server.id())?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let report = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
+    let ticks_per_second = clock_ticks_per_second();
+    let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
+    let model_in_flight = match stats_port {
+        Some(port) => Some(fake_max_in_flight(port)?),
+        None => None,
+    };
+    Ok(Measurement {
+        scenario: scenario.to_owned(),
+        requests: report.requests,
+        per_second: report.per_second,
+        p50_ms: report.p50_ms,
+        p99_ms: report.p99_ms,
+        errors: report.errors,
+        cpu_ms_per_request: cpu_ms / report.requests.max(1) as f64,
+        peak_rss_mib: peak_rss_kib(server.id())? as f64 / 1024.0,
+        model_in_flight,
+    })
+}
+
+struct WrkReport {
+    requests: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+fn parse_wrk(text: &str) -> Option<WrkReport> {
+    let millis = |value: &str| -> Option<f64> {
+        let value = value.trim();
+        let (number, scale) = if let Some(number) = value.strip_suffix("us") {
+            (number, 0.001)
+        } else if let Some(number) = value.strip_suffix("ms") {
+            (number, 1.0)
+        } else if let Some(number) = value.strip_suffix('s') {
+            (number, 1000.0)
+        } else {
+            (value, 1.0)
+        };
+        number.parse::<f64>().ok().map(|number| number * scale)
+    };
+    let percentile = |label: &str| {
+        text.lines().find_map(|line| {
+            line.trim()
+                .strip_prefix(label)
+                .and_then(&millis)
+        })
+    };
+    let requests = text.lines().find_map(|line| {
+        let line = line.trim();
+        line.contains(" requests in ")
+            .then(|| line.split_whitespace().next()?.parse().ok())
+            .flatten()
+    })?;
+    let per_second = text.lines().find_map(|line| {
+        line.trim()
+            .strip_prefix("Requests/sec:")?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    let non_2xx: u64 = text
+        .lines()
+        .find_map(|line| {
+            line.trim()
+                .strip_prefix("Non-2xx or 3xx responses:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let socket_errors: u64 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Socket errors:"))
+        .map(|rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0);
+    Some(WrkReport {
+        requests,
+        per_second,
+        p50_ms: percentile("50%")?,
+        p99_ms: percentile("99%")?,
+        errors: non_2xx + socket_errors,
+    })
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let field = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(field(11) + field(12))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    Ok(status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("VmHWM:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0))
+}
+
+fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
+    let body = http_get(port, "/stats")?.1;
+    let json = body
+        .split("\"max_in_flight\":")
+        .nth(1)
+        .context("no max_in_flight in /stats")?;
+    Ok(json
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()?)
+}
+
+fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if matches!(http_get(port, path), Ok((200, _))) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A child process stopped with SIGTERM (then waited for) when dropped.
+struct Spawned(Child);
+
+impl Spawned {
+    fn start(command: &mut Command) -> anyhow::Result<Self> {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        Ok(Self(child))
+    }
+
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }

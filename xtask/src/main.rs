@@ -30,6 +30,12 @@ enum Command {
     },
     /// Storage benchmarks (criterion) against real Postgres and Redis, memory as the baseline.
     BenchStorage,
+    /// HTTP benchmark of the release server against a bare actix-web baseline (needs wrk).
+    Bench {
+        /// Seconds each scenario runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// Measure process start to the first 200 on /health (median of several runs).
     StartupTime {
         #[arg(long, default_value_t = 5)]
@@ -48,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test { cargo_args } => test::run(&shell, &cargo_args),
         Command::StartupTime { runs, release } => startup_time::run(&shell, runs, release),
         Command::BenchStorage => bench::storage(&shell),
+        Command::Bench { seconds } => bench::http(&shell, seconds),
     }
 }
 

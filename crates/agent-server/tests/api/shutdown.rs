@@ -75,7 +75,11 @@ async fn shutdown_fails_readiness_at_once_and_lets_the_slow_request_finish() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() {
     use test_support::fake_openai::{FakeOpenAi, Scripted};
-    let fake = FakeOpenAi::repeating(Scripted::Slow(Duration::from_secs(10), Box::new(Scripted::text("too late")))).await;
+    let fake = FakeOpenAi::repeating(Scripted::Slow(
+        Duration::from_secs(10),
+        Box::new(Scripted::text("too late")),
+    ))
+    .await;
     let app = crate::helpers::spawn_with_model(
         &fake,
         &[
@@ -95,10 +99,18 @@ async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() 
     assert_eq!(response.status(), 200);
     app.shutdown.trigger();
     let body = response.text().await.unwrap();
-    let last_event = body.lines().filter_map(|line| line.strip_prefix("event: ")).last();
+    let last_event = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .last();
     assert_eq!(last_event, Some("shutdown"), "{body}");
-    let data: serde_json::Value =
-        serde_json::from_str(body.lines().filter_map(|line| line.strip_prefix("data: ")).last().unwrap()).unwrap();
+    let data: serde_json::Value = serde_json::from_str(
+        body.lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
     assert_eq!(data["stored"], false);
     let stored = app.stored("draining").await;
     assert!(stored.is_empty(), "the cancelled turn stored nothing");

@@ -1,0 +1,130 @@
+//! A standalone fake OpenAI-compatible model server for benchmarks and end-to-end tests: every
+//! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay, as JSON
+//! or as a stream. `GET /stats` reports requests in flight, the most at once, and the total.
+//!
+//! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
+//! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
+
+#![allow(clippy::print_stdout)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+#[derive(Default)]
+struct Stats {
+    in_flight: AtomicU64,
+    most: AtomicU64,
+    total: AtomicU64,
+}
+
+struct Counted(Arc<Stats>);
+
+impl Counted {
+    fn start(stats: &Arc<Stats>) -> Self {
+        let now = stats.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.most.fetch_max(now, Ordering::SeqCst);
+        stats.total.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(stats))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn completions(
+    body: web::Json<Value>,
+    stats: web::Data<Arc<Stats>>,
+    delay: web::Data<Duration>,
+) -> HttpResponse {
+    let _counted = Counted::start(&stats);
+    if !delay.is_zero() {
+        tokio::time::sleep(**delay).await;
+    }
+    let last_user = body["messages"]
+        .as_array()
+        .and_then(|messages| {
+            messages
+                .iter()
+                .rev()
+                .find(|message| message["role"] == "user")
+        })
+        .and_then(|message| message["content"].as_str())
+        .unwrap_or("");
+    let text = format!("echo: {last_user}");
+    let usage = json!({ "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 });
+    if body["stream"].as_bool() == Some(true) {
+        let chunk = |delta: Value, finish: Value| {
+            json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+        };
+        let mut events = String::new();
+        for piece in text.split_inclusive(' ') {
+            events.push_str(&format!(
+                "data: {}\n\n",
+                chunk(json!({ "content": piece }), Value::Null)
+            ));
+        }
+        events.push_str(&format!("data: {}\n\n", chunk(json!({}), json!("stop"))));
+        events.push_str(&format!("data: {}\n\n", json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake", "choices": [], "usage": usage })));
+        events.push_str("data: [DONE]\n\n");
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body(events);
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+        "usage": usage,
+    }))
+}
+
+async fn stats(stats: web::Data<Arc<Stats>>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "in_flight": stats.in_flight.load(Ordering::SeqCst),
+        "max_in_flight": stats.most.load(Ordering::SeqCst),
+        "total": stats.total.load(Ordering::SeqCst),
+    }))
+}
+
+fn argument(name: &str) -> Option<u64> {
+    let arguments: Vec<String> = std::env::args().collect();
+    arguments
+        .iter()
+        .position(|argument| argument == name)
+        .and_then(|index| arguments.get(index + 1)?.parse().ok())
+}
+
+#[actix_web::main]
+async fn main() -> std::io::Result<()> {
+    let port = argument("--port").unwrap_or(8080) as u16;
+    let delay = Duration::from_millis(argument("--delay-ms").unwrap_or(0));
+    let host = std::env::var("FAKE_OPENAI_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let shared = web::Data::new(Arc::new(Stats::default()));
+    let delay = web::Data::new(delay);
+    println!("fake-openai listening on {host}:{port}");
+    HttpServer::new(move || {
+        App::new()
+            .app_data(shared.clone())
+            .app_data(delay.clone())
+            .app_data(web::JsonConfig::default().limit(16 << 20))
+            .route("/v1/chat/completions", web::post().to(completions))
+            .route("/stats", web::get().to(stats))
+            .route(
+                "/health",
+                web::get().to(|| async { HttpResponse::Ok().body("ok") }),
+            )
+    })
+    .workers(2)
+    .max_connections(4096)
+    .backlog(4096)
+    .bind((host.as_str(), port))?
+    .run()
+    .await
+}
