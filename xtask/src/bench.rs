@@ -303,11 +303,8 @@ fn parse_wrk(text: &str) -> Option<WrkReport> {
         number.parse::<f64>().ok().map(|number| number * scale)
     };
     let percentile = |label: &str| {
-        text.lines().find_map(|line| {
-            line.trim()
-                .strip_prefix(label)
-                .and_then(&millis)
-        })
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(label).and_then(&millis))
     };
     let requests = text.lines().find_map(|line| {
         let line = line.trim();

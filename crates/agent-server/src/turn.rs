@@ -61,12 +61,15 @@ impl Turns {
         .await?;
         let conversations = &self.backends.conversations;
         let info = conversations.ensure_session(&session).await?;
-        let mut history: Vec<_> = conversations
-            .recent_messages(&session, self.history_window)
-            .await?
-            .into_iter()
-            .map(|stored| stored.message)
-            .collect();
+        // A new session has no history: skip the read.
+        let stored = if info.next_sequence == 0 {
+            Vec::new()
+        } else {
+            conversations
+                .recent_messages(&session, self.history_window)
+                .await?
+        };
+        let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
         // A window may start inside an earlier turn; tool results without their call are invalid.
         let first_kept = history
             .iter()

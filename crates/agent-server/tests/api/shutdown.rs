@@ -102,12 +102,12 @@ async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() 
     let last_event = body
         .lines()
         .filter_map(|line| line.strip_prefix("event: "))
-        .last();
+        .next_back();
     assert_eq!(last_event, Some("shutdown"), "{body}");
     let data: serde_json::Value = serde_json::from_str(
         body.lines()
             .filter_map(|line| line.strip_prefix("data: "))
-            .last()
+            .next_back()
             .unwrap(),
     )
     .unwrap();

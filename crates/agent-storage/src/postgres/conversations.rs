@@ -119,7 +119,7 @@ impl ConversationStore for PostgresStore {
                 return Ok(info);
             }
             let now = Utc::now();
-            diesel::insert_into(sessions::table)
+            let inserted = diesel::insert_into(sessions::table)
                 .values((
                     sessions::id.eq(id.as_str()),
                     sessions::created_at.eq(now),
@@ -127,12 +127,18 @@ impl ConversationStore for PostgresStore {
                 ))
                 .on_conflict(sessions::id)
                 .do_nothing()
-                .execute(&mut connection)
+                .returning(SessionRow::as_returning())
+                .get_result(&mut connection)
                 .await
+                .optional()
                 .map_err(query_error)?;
-            Self::load_session(&mut connection, id)
-                .await?
-                .ok_or_else(|| StorageError::SessionNotFound(id.to_string()))
+            match inserted {
+                Some(row) => SessionInfo::try_from(row),
+                // Another request created it in between.
+                None => Self::load_session(&mut connection, id)
+                    .await?
+                    .ok_or_else(|| StorageError::SessionNotFound(id.to_string())),
+            }
         })
         .await
     }
