@@ -1,9 +1,12 @@
 //! Prometheus metrics: the process-wide recorder, and per-request counters, latency histograms
 //! and the in-flight gauge, labelled by route pattern (never by raw path).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 const BUCKETS: &[f64] = &[
@@ -28,28 +31,56 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
 }
 
 /// Counts a request in flight until dropped (also when the client goes away).
-pub(crate) struct InFlight;
+pub(crate) struct InFlight(metrics::Gauge);
 
 impl InFlight {
     pub(crate) fn start() -> Self {
-        metrics::gauge!("http_requests_in_flight").increment(1.0);
-        Self
+        thread_local! {
+            static GAUGE: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
+        }
+        let gauge = GAUGE.with(Clone::clone);
+        gauge.increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::gauge!("http_requests_in_flight").decrement(1.0);
+        self.0.decrement(1.0);
     }
 }
 
+/// (route pattern, method, status).
+type RequestLabels = (String, String, u16);
+
+thread_local! {
+    /// Metric handles per label set, so the hot path does not rebuild and hash label sets.
+    static REQUEST_METRICS: RefCell<HashMap<RequestLabels, (Counter, Histogram)>> = RefCell::new(HashMap::new());
+}
+
 pub(crate) fn record_request(route: String, method: &str, status: u16, started: Instant) {
-    let labels = [
-        ("route", route.clone()),
-        ("method", method.to_owned()),
-        ("status", status.to_string()),
-    ];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", "route" => route, "method" => method.to_owned())
-        .record(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed().as_secs_f64();
+    REQUEST_METRICS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        let key = (route, method.to_owned(), status);
+        let (counter, histogram) =
+            cache
+                .entry(key)
+                .or_insert_with_key(|(route, method, status)| {
+                    let labels = [
+                        ("route", route.clone()),
+                        ("method", method.clone()),
+                        ("status", status.to_string()),
+                    ];
+                    let counter = metrics::counter!("http_requests_total", &labels);
+                    let histogram = metrics::histogram!(
+                        "http_request_duration_seconds",
+                        "route" => route.clone(),
+                        "method" => method.clone()
+                    );
+                    (counter, histogram)
+                });
+        counter.increment(1);
+        histogram.record(elapsed);
+    });
 }

@@ -25,13 +25,14 @@ pub(crate) async fn request_context(
         .and_then(|value| value.to_str().ok())
         .filter(|value| is_acceptable_request_id(value))
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let span = tracing::info_span!(
-        "request",
-        request_id = %request_id,
-        method = %request.method(),
-        path = %request.path(),
-    );
     let quiet = QUIET_PATHS.contains(&request.path());
+    // Probe requests log nothing at info, so their span is debug-level: with the default filter
+    // it costs nothing, and with RUST_LOG=debug their lines carry the request id too.
+    let span = if quiet {
+        tracing::debug_span!("request", request_id = %request_id, method = %request.method(), path = %request.path())
+    } else {
+        tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.path())
+    };
     let method = request.method().to_string();
     let started = Instant::now();
     let in_flight = crate::metrics::InFlight::start();
