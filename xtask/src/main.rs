@@ -4,7 +4,10 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod docker;
+mod image;
 mod services;
+mod stack;
 mod startup_time;
 mod test;
 #[cfg(test)]
@@ -36,6 +39,38 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Build the container image from docker/Dockerfile (hermetic: vendored dependencies).
+    Image {
+        #[arg(long)]
+        tag: Option<String>,
+        /// The builder base image (default $RUST_IMAGE, else rust:1.95-slim-bookworm).
+        #[arg(long)]
+        rust_image: Option<String>,
+        /// The runtime base image (default $RUNTIME_IMAGE, else gcr.io/distroless/cc-debian12:nonroot).
+        #[arg(long)]
+        runtime_image: Option<String>,
+    },
+    /// Start the Compose stack (creates .env and .secrets/ when missing) and wait until healthy.
+    Up {
+        /// Rebuild the image first.
+        #[arg(long)]
+        build: bool,
+        /// Also start the nginx reverse proxy (the `nginx` profile).
+        #[arg(long)]
+        nginx: bool,
+    },
+    /// Stop and remove the stack's containers.
+    Down {
+        /// Also remove its volumes (all stored data).
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// Show the stack's logs.
+    Logs { service: Option<String> },
+    /// List the stack's containers.
+    Ps,
+    /// Build the image, run the stack with the fake model, check it end to end, tear it down.
+    E2e,
     /// Measure process start to the first 200 on /health (median of several runs).
     StartupTime {
         #[arg(long, default_value_t = 5)]
@@ -54,6 +89,19 @@ fn main() -> anyhow::Result<()> {
         Command::Test { cargo_args } => test::run(&shell, &cargo_args),
         Command::StartupTime { runs, release } => startup_time::run(&shell, runs, release),
         Command::BenchStorage => bench::storage(&shell),
+        Command::Up { build, nginx } => stack::up(&shell, build, nginx),
+        Command::Down { volumes } => stack::down(volumes),
+        Command::Logs { service } => stack::logs(service),
+        Command::Ps => stack::ps(),
+        Command::E2e => stack::e2e(&shell),
+        Command::Image {
+            tag,
+            rust_image,
+            runtime_image,
+        } => image::build(
+            &shell,
+            &image::ImageOptions::new(tag, rust_image, runtime_image),
+        ),
         Command::Bench { seconds } => bench::http(&shell, seconds),
     }
 }

@@ -63,6 +63,7 @@ impl EnvValues {
 
 fn is_known(name: &str) -> bool {
     name == CONFIG_FILE_VARIABLE
+        || crate::keys::DEPLOYMENT_VARIABLES.contains(&name)
         || KEYS.iter().any(|key| {
             let prefixed = key.prefixed_env_name();
             name == prefixed || (key.secret && name.strip_suffix("_FILE") == Some(&prefixed))

@@ -111,6 +111,21 @@ pub const KEYS: &[Key] = &[
     Key::plain("health.cache_ttl", &[]),
 ];
 
+/// Variables of the deployment tooling (Compose, `cargo xtask`), not of the service; they may
+/// share the prefix without being reported as unknown.
+pub(crate) const DEPLOYMENT_VARIABLES: &[&str] = &[
+    "POSTGRES_PASSWORD",
+    "AGENT_IMAGE",
+    "POSTGRES_IMAGE",
+    "REDIS_IMAGE",
+    "NGINX_IMAGE",
+    "RUST_IMAGE",
+    "RUNTIME_IMAGE",
+    "AGENT_BIND_ADDRESS",
+    "AGENT_PORT",
+    "NGINX_PORT",
+];
+
 /// The variable naming the optional TOML file.
 pub(crate) const CONFIG_FILE_VARIABLE: &str = "AGENT_CONFIG";
 

@@ -553,8 +553,9 @@ fn env_example_lists_every_key_and_only_known_variables() {
     }
     let known: Vec<String> = crate::KEYS.iter().map(crate::Key::display_name).collect();
     for name in listed {
-        let is_known =
-            known.iter().any(|known| known == name) || ["AGENT_CONFIG", "RUST_LOG"].contains(&name);
+        let is_known = known.iter().any(|known| known == name)
+            || ["AGENT_CONFIG", "RUST_LOG"].contains(&name)
+            || crate::keys::DEPLOYMENT_VARIABLES.contains(&name);
         assert!(
             is_known,
             "{name} in .env.example is not a configuration variable"

@@ -1,6 +1,6 @@
 //! A standalone fake OpenAI-compatible model server for benchmarks and end-to-end tests: every
-//! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay, as JSON
-//! or as a stream. `GET /stats` reports requests in flight, the most at once, and the total.
+//! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay (or the
+//! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total.
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
