@@ -8,6 +8,7 @@ mod docker;
 mod image;
 mod services;
 mod stack;
+mod standin;
 mod startup_time;
 mod test;
 #[cfg(test)]
@@ -71,6 +72,8 @@ enum Command {
     Ps,
     /// Build the image, run the stack with the fake model, check it end to end, tear it down.
     E2e,
+    /// Build a local nginx stand-in (Debian's nginx) for machines with no registry.
+    NginxStandin,
     /// Measure process start to the first 200 on /health (median of several runs).
     StartupTime {
         #[arg(long, default_value_t = 5)]
@@ -94,6 +97,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logs { service } => stack::logs(service),
         Command::Ps => stack::ps(),
         Command::E2e => stack::e2e(&shell),
+        Command::NginxStandin => standin::nginx(),
         Command::Image {
             tag,
             rust_image,
