@@ -339,15 +339,17 @@ pub(crate) fn e2e(shell: &Shell) -> anyhow::Result<()> {
 
 /// The fake model image: the project's fake OpenAI server on the runtime base image.
 fn build_fake_model(shell: &Shell, root: &Path, runtime_image: &str) -> anyhow::Result<String> {
+    // The dev build, with the test suite's features: `cargo xtask test` has already built it
+    // (building test-support alone would resolve other features and recompile everything).
     cmd!(
         shell,
-        "cargo build --release --locked --package test-support --bin fake-openai"
+        "cargo test --workspace --all-targets --no-run --locked"
     )
     .run()?;
     let context = root.join("target/fake-model-context");
     std::fs::create_dir_all(&context)?;
     std::fs::copy(
-        root.join("target/release/fake-openai"),
+        root.join("target/debug/fake-openai"),
         context.join("fake-openai"),
     )?;
     std::fs::write(

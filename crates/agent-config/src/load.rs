@@ -282,7 +282,8 @@ impl Layers {
     }
 
     fn api_keys(&self) -> Result<Vec<SecretString>, ConfigError> {
-        let Some(text) = self.raw("api_keys") else {
+        // An empty value (or an empty key file) means no keys, as for every other secret.
+        let Some(text) = self.raw("api_keys").filter(|text| !text.trim().is_empty()) else {
             return Ok(Vec::new());
         };
         let keys: Vec<&str> = text.split(',').map(str::trim).collect();

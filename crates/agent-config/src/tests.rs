@@ -376,6 +376,7 @@ fn secrets_are_read_from_file_variables() {
         jail.clear_env();
         jail.create_file("openai-key", "sk-from-file\n")?;
         jail.create_file("api-keys", "k1,k2")?;
+        jail.create_file("empty-keys", "\n")?;
         jail.set_env("OPENAI_API_KEY_FILE", "openai-key");
         jail.set_env("AGENT_API_KEYS_FILE", "api-keys");
         let loaded = load().map_err(|error| error.to_string())?;
@@ -397,6 +398,15 @@ fn secrets_are_read_from_file_variables() {
             "one trailing newline is dropped"
         );
         assert_eq!(loaded.settings.api_keys.len(), 2);
+        jail.set_env("AGENT_API_KEYS_FILE", "empty-keys");
+        assert!(
+            load()
+                .map_err(|error| error.to_string())?
+                .settings
+                .api_keys
+                .is_empty(),
+            "an empty key file means no keys"
+        );
         let origin = loaded
             .effective
             .iter()

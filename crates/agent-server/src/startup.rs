@@ -259,6 +259,9 @@ fn log_fallbacks(settings: &Settings) {
     if redis_url.is_none() {
         tracing::warn!("REDIS_URL is not set: locks and rate limits are local to this process");
     }
+    if settings.api_keys.is_empty() {
+        tracing::warn!("AGENT_API_KEYS is not set: the API is open to anyone who can reach it");
+    }
     if let ModelProvider::Offline = settings.model.provider {
         tracing::warn!(
             "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
