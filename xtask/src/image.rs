@@ -70,7 +70,7 @@ pub(crate) fn build(shell: &Shell, options: &ImageOptions) -> anyhow::Result<()>
     } = options;
     cmd!(
         shell,
-        "docker build --tag {tag} --file {context}/Dockerfile
+        "docker build --network none --tag {tag} --file {context}/Dockerfile
             --build-arg RUST_IMAGE={rust_image} --build-arg RUNTIME_IMAGE={runtime_image}
             --build-arg VERSION={version} --build-arg REVISION={revision} --build-arg CREATED={created}
             {context}"
@@ -93,7 +93,8 @@ pub(crate) fn build(shell: &Shell, options: &ImageOptions) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Lays out `context`: Dockerfile, cargo-config.toml, vendor/, stubs/ and workspace/.
+/// Lays out `context`: Dockerfile, cargo-config.toml, vendor/, stubs/, libs/ and server/
+/// (workspace/ is the full copy they are made from).
 fn stage(shell: &Shell, root: &Path, context: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(context)?;
     let lock = std::fs::read_to_string(root.join("Cargo.lock"))?;
@@ -139,13 +140,36 @@ fn stage(shell: &Shell, root: &Path, context: &Path) -> anyhow::Result<()> {
     for manifest in manifests(&workspace)? {
         let relative = manifest.strip_prefix(&workspace)?;
         copy_file(&manifest, &stubs.join(relative))?;
-        let crate_dir = manifest.parent().context("a manifest has a directory")?;
-        for root_file in crate_roots(crate_dir)? {
-            let stub = stubs.join(root_file.strip_prefix(&workspace)?);
-            let is_library = root_file.ends_with("src/lib.rs");
-            std::fs::create_dir_all(stub.parent().context("a file has a directory")?)?;
-            std::fs::write(&stub, if is_library { "" } else { "fn main() {}\n" })?;
-        }
+        write_stub_roots(
+            &workspace,
+            manifest.parent().context("a manifest has a directory")?,
+            &stubs,
+        )?;
+    }
+
+    // libs/: the workspace with agent-server stubbed; server/: agent-server's sources.
+    let libs = context.join("libs");
+    let _ = std::fs::remove_dir_all(&libs);
+    copy_tree(&workspace, &libs)?;
+    let server_in_libs = libs.join("crates/agent-server");
+    for directory in ["src", "tests"] {
+        let _ = std::fs::remove_dir_all(server_in_libs.join(directory));
+    }
+    write_stub_roots(&workspace, &workspace.join("crates/agent-server"), &libs)?;
+    let server = context.join("server");
+    let _ = std::fs::remove_dir_all(&server);
+    copy_tree(&workspace.join("crates/agent-server/src"), &server)?;
+    std::fs::remove_dir_all(&workspace)?;
+    Ok(())
+}
+
+/// Writes, under `into`, an empty version of each target root of the crate in `crate_dir`.
+fn write_stub_roots(workspace: &Path, crate_dir: &Path, into: &Path) -> anyhow::Result<()> {
+    for root_file in crate_roots(crate_dir)? {
+        let stub = into.join(root_file.strip_prefix(workspace)?);
+        let is_library = root_file.ends_with("src/lib.rs");
+        std::fs::create_dir_all(stub.parent().context("a file has a directory")?)?;
+        std::fs::write(&stub, if is_library { "" } else { "fn main() {}\n" })?;
     }
     Ok(())
 }
