@@ -24,7 +24,8 @@ pub(crate) struct Caller(pub(crate) String);
 
 #[derive(Debug)]
 pub(crate) struct AccessPolicy {
-    keys: Vec<SecretString>,
+    /// Each key with its caller identity (a digest prefix), computed once.
+    keys: Vec<(SecretString, Caller)>,
     metrics_require_auth: bool,
     trust_forwarded_for: bool,
     limiter: Arc<dyn RateLimiter>,
@@ -35,7 +36,14 @@ pub(crate) struct AccessPolicy {
 impl AccessPolicy {
     pub(crate) fn new(settings: &Settings, limiter: Arc<dyn RateLimiter>) -> Self {
         Self {
-            keys: settings.api_keys.clone(),
+            keys: settings
+                .api_keys
+                .iter()
+                .map(|key| {
+                    let digest = format!("{:x}", Sha256::digest(key.expose_secret().as_bytes()));
+                    (key.clone(), Caller(format!("key:{}", &digest[..16])))
+                })
+                .collect(),
             metrics_require_auth: settings.api.metrics_require_auth,
             trust_forwarded_for: settings.api.trust_forwarded_for,
             limiter,
@@ -73,17 +81,13 @@ impl AccessPolicy {
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
         // Every key is compared, whatever matches, so timing says nothing about which one did.
-        let mut matched: Option<&SecretString> = None;
-        for key in &self.keys {
+        let mut matched: Option<&Caller> = None;
+        for (key, caller) in &self.keys {
             if bool::from(key.expose_secret().as_bytes().ct_eq(presented.as_bytes())) {
-                matched = Some(key);
+                matched = Some(caller);
             }
         }
-        let key = matched.ok_or(ApiError::Unauthorized)?;
-        let digest = Sha256::digest(key.expose_secret().as_bytes());
-        Ok(Caller(
-            format!("key:{:x}", digest).chars().take(20).collect(),
-        ))
+        matched.cloned().ok_or(ApiError::Unauthorized)
     }
 
     async fn check_rate(&self, caller: &Caller) -> Result<(), ApiError> {

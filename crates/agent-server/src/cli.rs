@@ -87,14 +87,9 @@ fn local_host(host: &str) -> String {
 
 /// `agent-server migrate`.
 pub async fn migrate() -> ExitCode {
-    let loaded = match agent_config::load() {
+    let loaded = match load_settings() {
         Ok(loaded) => loaded,
-        Err(error) => {
-            return fail(&format!(
-                "invalid configuration: {}",
-                crate::error::error_chain(&error)
-            ));
-        }
+        Err(exit) => return exit,
     };
     crate::telemetry::init(&loaded.settings.log, crate::telemetry::LogTarget::Stderr);
     match crate::backends::migrate(&loaded.settings.storage).await {
@@ -116,14 +111,9 @@ pub async fn migrate() -> ExitCode {
 
 /// `agent-server config check`.
 pub fn config_check() -> ExitCode {
-    let loaded = match agent_config::load() {
+    let loaded = match load_settings() {
         Ok(loaded) => loaded,
-        Err(error) => {
-            return fail(&format!(
-                "invalid configuration: {}",
-                crate::error::error_chain(&error)
-            ));
-        }
+        Err(exit) => return exit,
     };
     let mut out = std::io::stdout().lock();
     let width = loaded
@@ -154,6 +144,16 @@ pub fn config_check() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Loads the configuration, or prints why it is invalid (one line) and answers the exit code.
+pub fn load_settings() -> Result<agent_config::Loaded, ExitCode> {
+    agent_config::load().map_err(|error| {
+        fail(&format!(
+            "invalid configuration: {}",
+            crate::error::error_chain(&error)
+        ))
+    })
 }
 
 /// Prints one line to stderr and answers failure.

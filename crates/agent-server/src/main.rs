@@ -20,9 +20,9 @@ async fn main() -> ExitCode {
 }
 
 async fn serve() -> ExitCode {
-    let loaded = match agent_config::load() {
+    let loaded = match cli::load_settings() {
         Ok(loaded) => loaded,
-        Err(error) => return cli::fail(&format!("invalid configuration: {}", chain(&error))),
+        Err(exit) => return exit,
     };
     telemetry::init(&loaded.settings.log, telemetry::LogTarget::Stdout);
     for warning in &loaded.warnings {

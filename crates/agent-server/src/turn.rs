@@ -22,10 +22,16 @@ pub(crate) struct Turns {
     lock_ttl: Duration,
 }
 
-/// A session locked and read, ready for the agent.
+/// A session locked and read: the request for the agent, and the held session for `store`.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) request: TurnRequest,
+    pub(crate) held: HeldSession,
+}
+
+/// The locked session a turn will be stored into.
+#[derive(Debug)]
+pub(crate) struct HeldSession {
     session: agent_core::SessionId,
     info: SessionInfo,
     guard: LockGuard,
@@ -83,10 +89,12 @@ impl Turns {
         };
         Ok(Prepared {
             request,
-            session,
-            info,
-            guard,
-            started,
+            held: HeldSession {
+                session,
+                info,
+                guard,
+                started,
+            },
         })
     }
 
@@ -94,16 +102,15 @@ impl Turns {
     /// going away cannot interrupt it half-way (it is one transaction either way).
     pub(crate) async fn store(
         &self,
-        prepared: Prepared,
+        held: HeldSession,
         result: TurnResult,
     ) -> Result<AgentResponse, ApiError> {
-        let Prepared {
+        let HeldSession {
             session,
             info,
             guard,
             started,
-            ..
-        } = prepared;
+        } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let tokens_used = result.turn.usage.total();
         record_turn(&result, started);
@@ -128,15 +135,11 @@ impl Turns {
 
     /// The whole non-streaming turn.
     pub(crate) async fn run(&self, turn: ValidTurn) -> Result<AgentResponse, ApiError> {
-        let prepared = self.prepare(turn).await?;
-        let result = self
-            .agent
-            .run_turn(prepared.request.clone())
-            .await
-            .inspect_err(|error| {
-                metrics::counter!("agent_turns_total", "outcome" => outcome(error)).increment(1);
-            })?;
-        self.store(prepared, result).await
+        let Prepared { request, held } = self.prepare(turn).await?;
+        let result = self.agent.run_turn(request).await.inspect_err(|error| {
+            metrics::counter!("agent_turns_total", "outcome" => outcome(error)).increment(1);
+        })?;
+        self.store(held, result).await
     }
 }
 

@@ -17,7 +17,7 @@ use crate::backends::Backends;
 use crate::dto::{AgentRequest, AgentResponse, parse_json};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
-use crate::turn::Turns;
+use crate::turn::{Prepared, Turns};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -116,13 +116,16 @@ pub(crate) async fn post_agent_stream(
     let parsed: AgentRequest = parse_json(&request, &body)?;
     let turn = parsed.validate(settings.api.max_message_chars)?;
     // Errors up to here are plain JSON answers; from here on they are `error` events.
-    let prepared = turns.prepare(turn).await?;
+    let Prepared {
+        request: turn_request,
+        held,
+    } = turns.prepare(turn).await?;
     let turns = turns.into_inner();
     let mut drain = drain.get_ref().clone();
     let keepalive = settings.api.sse_keepalive;
     let events = async_stream::stream! {
-        let mut events = turns.agent.run_turn_streaming(prepared.request.clone());
-        let mut prepared = Some(prepared);
+        let mut events = turns.agent.run_turn_streaming(turn_request);
+        let mut held = Some(held);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
         loop {
             tokio::select! {
@@ -135,8 +138,8 @@ pub(crate) async fn post_agent_stream(
                         yield sse("tool_result", &json!({ "id": call_id, "name": name, "content": content, "is_error": is_error }));
                     }
                     Some(AgentEvent::Done(result)) => {
-                        let Some(prepared) = prepared.take() else { break };
-                        match turns.store(prepared, result).await {
+                        let Some(held) = held.take() else { break };
+                        match turns.store(held, result).await {
                             Ok(response) => yield sse("done", &json!(response)),
                             Err(error) => yield error_event(&error),
                         }

@@ -19,7 +19,16 @@ pub(crate) async fn metrics() -> HttpResponse {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")), security(("bearer" = [])))]
 pub(crate) async fn openapi_json() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
+    // The document never changes while the process runs: serialise it once.
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .unwrap_or_else(|_| "{}".to_owned())
+    });
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(document.as_str())
 }
 
 #[derive(OpenApi)]
