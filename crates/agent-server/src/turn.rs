@@ -65,16 +65,11 @@ impl Turns {
             self.lock_wait,
         )
         .await?;
-        let conversations = &self.backends.conversations;
-        let info = conversations.ensure_session(&session).await?;
-        // A new session has no history: skip the read.
-        let stored = if info.next_sequence == 0 {
-            Vec::new()
-        } else {
-            conversations
-                .recent_messages(&session, self.history_window)
-                .await?
-        };
+        let (info, stored) = self
+            .backends
+            .conversations
+            .open_session(&session, self.history_window)
+            .await?;
         let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
         // A window may start inside an earlier turn; tool results without their call are invalid.
         let first_kept = history

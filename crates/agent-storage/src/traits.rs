@@ -17,6 +17,23 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError>;
 
+    /// Opens a session for a turn: [`ensure_session`](Self::ensure_session), then the last
+    /// `limit` messages. Backends override it to do both in one round trip.
+    async fn open_session(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<(SessionInfo, Vec<StoredMessage>), StorageError> {
+        let info = self.ensure_session(id).await?;
+        // A new session has no history: skip the read.
+        let messages = if info.next_sequence == 0 {
+            Vec::new()
+        } else {
+            self.recent_messages(id, limit).await?
+        };
+        Ok((info, messages))
+    }
+
     /// The last `limit` messages in order (`limit` is capped at [`crate::MAX_HISTORY_WINDOW`]).
     async fn recent_messages(
         &self,

@@ -1,13 +1,14 @@
-//! `ConversationStore` on Postgres. A turn is one transaction guarded by the expected sequence.
+//! `ConversationStore` on Postgres. A turn is one statement guarded by the expected sequence.
 
 use agent_core::{Message, Role, SessionId, TokenUsage, ToolCall, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, sessions};
-use super::{BACKEND, PostgresStore, TransactionError, query_error};
+use super::statements::{AppendTurn, EnsureSession, MessageColumns};
+use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{SessionInfo, StoredMessage};
 use crate::traits::ConversationStore;
@@ -24,7 +25,7 @@ struct SessionRow {
     completion_tokens: i64,
 }
 
-#[derive(Debug, Queryable, Selectable, Insertable)]
+#[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = messages, check_for_backend(diesel::pg::Pg))]
 struct MessageRow {
     session_id: String,
@@ -95,18 +96,90 @@ impl TryFrom<MessageRow> for StoredMessage {
 
 impl PostgresStore {
     async fn load_session(
-        connection: &mut diesel_async::AsyncPgConnection,
+        mut connection: &AsyncPgConnection,
         id: &SessionId,
     ) -> Result<Option<SessionInfo>, StorageError> {
         let row = sessions::table
             .find(id.as_str())
             .select(SessionRow::as_select())
-            .first(connection)
+            .first(&mut connection)
             .await
             .optional()
             .map_err(query_error)?;
         row.map(SessionInfo::try_from).transpose()
     }
+
+    /// Creates the session if needed and returns it; one round trip unless another request
+    /// created it at the same moment.
+    async fn ensure(
+        mut connection: &AsyncPgConnection,
+        id: &SessionId,
+    ) -> Result<SessionInfo, StorageError> {
+        let statement = EnsureSession {
+            id: id.as_str(),
+            now: Utc::now(),
+        };
+        let row: Option<SessionRow> = statement
+            .get_result(&mut connection)
+            .await
+            .optional()
+            .map_err(query_error)?;
+        match row {
+            Some(row) => SessionInfo::try_from(row),
+            // Created by another transaction after this statement's snapshot: read it now.
+            None => Self::load_session(connection, id)
+                .await?
+                .ok_or_else(|| StorageError::SessionNotFound(id.to_string())),
+        }
+    }
+
+    async fn recent(
+        mut connection: &AsyncPgConnection,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let limit = limit.min(crate::MAX_HISTORY_WINDOW) as i64;
+        let mut rows = messages::table
+            .filter(messages::session_id.eq(id.as_str()))
+            .order(messages::sequence.desc())
+            .limit(limit)
+            .select(MessageRow::as_select())
+            .load(&mut connection)
+            .await
+            .map_err(query_error)?;
+        rows.reverse();
+        rows.into_iter().map(StoredMessage::try_from).collect()
+    }
+}
+
+/// A turn's messages as the columns the insert unnests.
+fn message_columns(turn: &Turn, first_sequence: u64) -> Result<MessageColumns<'_>, StorageError> {
+    let last = turn.messages.len().saturating_sub(1);
+    let mut columns = MessageColumns::default();
+    for (index, message) in turn.messages.iter().enumerate() {
+        let tool_calls = if message.tool_calls.is_empty() {
+            None
+        } else {
+            let value = serde_json::to_value(&message.tool_calls).map_err(|error| {
+                StorageError::Backend {
+                    backend: BACKEND,
+                    source: error.into(),
+                }
+            })?;
+            Some(value)
+        };
+        columns
+            .sequences
+            .push(signed(first_sequence + index as u64));
+        columns.roles.push(message.role.as_str());
+        columns.contents.push(&message.content);
+        columns.tool_calls.push(tool_calls);
+        columns.tool_call_ids.push(message.tool_call_id.as_deref());
+        columns
+            .tokens
+            .push((index == last).then(|| signed(turn.usage.total())));
+    }
+    Ok(columns)
 }
 
 #[async_trait]
@@ -114,31 +187,8 @@ impl ConversationStore for PostgresStore {
     #[tracing::instrument(skip(self), fields(backend = BACKEND))]
     async fn ensure_session(&self, id: &SessionId) -> Result<SessionInfo, StorageError> {
         bounded(BACKEND, self.call_limit, async {
-            let mut connection = self.connection().await?;
-            if let Some(info) = Self::load_session(&mut connection, id).await? {
-                return Ok(info);
-            }
-            let now = Utc::now();
-            let inserted = diesel::insert_into(sessions::table)
-                .values((
-                    sessions::id.eq(id.as_str()),
-                    sessions::created_at.eq(now),
-                    sessions::updated_at.eq(now),
-                ))
-                .on_conflict(sessions::id)
-                .do_nothing()
-                .returning(SessionRow::as_returning())
-                .get_result(&mut connection)
-                .await
-                .optional()
-                .map_err(query_error)?;
-            match inserted {
-                Some(row) => SessionInfo::try_from(row),
-                // Another request created it in between.
-                None => Self::load_session(&mut connection, id)
-                    .await?
-                    .ok_or_else(|| StorageError::SessionNotFound(id.to_string())),
-            }
+            let connection = self.connection().await?;
+            Self::ensure(&connection, id).await
         })
         .await
     }
@@ -146,8 +196,25 @@ impl ConversationStore for PostgresStore {
     #[tracing::instrument(skip(self), fields(backend = BACKEND))]
     async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError> {
         bounded(BACKEND, self.call_limit, async {
-            let mut connection = self.connection().await?;
-            Self::load_session(&mut connection, id).await
+            let connection = self.connection().await?;
+            Self::load_session(&connection, id).await
+        })
+        .await
+    }
+
+    /// The ensure and the history read are pipelined on one connection: one round trip.
+    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    async fn open_session(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<(SessionInfo, Vec<StoredMessage>), StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let connection = self.connection().await?;
+            futures_util::try_join!(
+                Self::ensure(&connection, id),
+                Self::recent(&connection, id, limit)
+            )
         })
         .await
     }
@@ -158,19 +225,9 @@ impl ConversationStore for PostgresStore {
         id: &SessionId,
         limit: usize,
     ) -> Result<Vec<StoredMessage>, StorageError> {
-        let limit = limit.min(crate::MAX_HISTORY_WINDOW) as i64;
         bounded(BACKEND, self.call_limit, async {
-            let mut connection = self.connection().await?;
-            let mut rows = messages::table
-                .filter(messages::session_id.eq(id.as_str()))
-                .order(messages::sequence.desc())
-                .limit(limit)
-                .select(MessageRow::as_select())
-                .load(&mut connection)
-                .await
-                .map_err(query_error)?;
-            rows.reverse();
-            rows.into_iter().map(StoredMessage::try_from).collect()
+            let connection = self.connection().await?;
+            Self::recent(&connection, id, limit).await
         })
         .await
     }
@@ -182,88 +239,41 @@ impl ConversationStore for PostgresStore {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
-        let now = Utc::now();
-        let last = turn.messages.len().saturating_sub(1);
-        let rows = turn
-            .messages
-            .iter()
-            .enumerate()
-            .map(|(index, message)| {
-                let tool_calls = if message.tool_calls.is_empty() {
-                    None
-                } else {
-                    let value = serde_json::to_value(&message.tool_calls).map_err(|error| {
-                        StorageError::Backend {
-                            backend: BACKEND,
-                            source: error.into(),
-                        }
-                    })?;
-                    Some(value)
-                };
-                Ok(MessageRow {
-                    session_id: id.as_str().to_owned(),
-                    sequence: signed(expected_next_sequence + index as u64),
-                    role: message.role.as_str().to_owned(),
-                    content: message.content.clone(),
-                    tool_calls,
-                    tool_call_id: message.tool_call_id.clone(),
-                    tokens: (index == last).then(|| signed(turn.usage.total())),
-                    created_at: now,
-                })
-            })
-            .collect::<Result<Vec<_>, StorageError>>()?;
-        let added = signed(turn.messages.len() as u64);
-        let expected = signed(expected_next_sequence);
-        let usage = turn.usage;
+        let statement = AppendTurn {
+            id: id.as_str(),
+            expected: signed(expected_next_sequence),
+            added: signed(turn.messages.len() as u64),
+            prompt_tokens: signed(turn.usage.prompt_tokens),
+            completion_tokens: signed(turn.usage.completion_tokens),
+            now: Utc::now(),
+            messages: message_columns(turn, expected_next_sequence)?,
+        };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            let row = connection
-                .transaction(async |connection| {
-                    // The WHERE on next_sequence makes a stale writer update nothing; the row lock
-                    // makes concurrent writers of one session wait for each other.
-                    let updated = diesel::update(
-                        sessions::table
-                            .find(id.as_str())
-                            .filter(sessions::next_sequence.eq(expected)),
-                    )
-                    .set((
-                        sessions::next_sequence.eq(sessions::next_sequence + added),
-                        sessions::turn_count.eq(sessions::turn_count + 1),
-                        sessions::prompt_tokens
-                            .eq(sessions::prompt_tokens + signed(usage.prompt_tokens)),
-                        sessions::completion_tokens
-                            .eq(sessions::completion_tokens + signed(usage.completion_tokens)),
-                        sessions::updated_at.eq(now),
-                    ))
-                    .returning(SessionRow::as_returning())
-                    .get_result(connection)
-                    .await
-                    .optional()?;
-                    let Some(row) = updated else {
-                        let actual: Option<i64> = sessions::table
-                            .find(id.as_str())
-                            .select(sessions::next_sequence)
-                            .first(connection)
-                            .await
-                            .optional()?;
-                        return Err(TransactionError::Storage(match actual {
-                            None => StorageError::SessionNotFound(id.to_string()),
-                            Some(actual) => StorageError::Conflict {
-                                session: id.to_string(),
-                                expected: expected_next_sequence,
-                                actual: unsigned(actual),
-                            },
-                        }));
-                    };
-                    diesel::insert_into(messages::table)
-                        .values(&rows)
-                        .execute(connection)
-                        .await?;
-                    Ok::<_, TransactionError>(row)
-                })
+            let updated: Option<SessionRow> = statement
+                .get_result(&mut *connection)
                 .await
-                .map_err(StorageError::from)?;
-            SessionInfo::try_from(row)
+                .optional()
+                .map_err(query_error)?;
+            if let Some(row) = updated {
+                return SessionInfo::try_from(row);
+            }
+            // Nothing was written; say why.
+            let actual: Option<i64> = sessions::table
+                .find(id.as_str())
+                .select(sessions::next_sequence)
+                .first(&mut *connection)
+                .await
+                .optional()
+                .map_err(query_error)?;
+            Err(match actual {
+                None => StorageError::SessionNotFound(id.to_string()),
+                Some(actual) => StorageError::Conflict {
+                    session: id.to_string(),
+                    expected: expected_next_sequence,
+                    actual: unsigned(actual),
+                },
+            })
         })
         .await
     }

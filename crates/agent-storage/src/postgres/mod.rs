@@ -4,6 +4,7 @@
 mod conversations;
 mod idempotency;
 mod schema;
+mod statements;
 
 use std::time::Duration;
 
@@ -236,28 +237,6 @@ pub(crate) fn query_error(error: DieselError) -> StorageError {
         StorageError::Backend {
             backend: BACKEND,
             source: error.into(),
-        }
-    }
-}
-
-/// An error inside a transaction: a query failure, or a decision of ours that rolls it back.
-#[derive(Debug)]
-pub(crate) enum TransactionError {
-    Query(DieselError),
-    Storage(StorageError),
-}
-
-impl From<DieselError> for TransactionError {
-    fn from(error: DieselError) -> Self {
-        Self::Query(error)
-    }
-}
-
-impl From<TransactionError> for StorageError {
-    fn from(error: TransactionError) -> Self {
-        match error {
-            TransactionError::Query(error) => query_error(error),
-            TransactionError::Storage(error) => error,
         }
     }
 }

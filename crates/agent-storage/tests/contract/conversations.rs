@@ -74,6 +74,8 @@ async fn postgres() -> Stores {
 
 backend!(memory_backend, memory().await;
     ensure_session_creates_an_empty_session_once,
+    concurrent_ensures_of_a_new_session_agree,
+    open_session_creates_then_returns_the_window,
     a_turn_is_stored_in_order_with_tool_calls_and_usage,
     a_stale_sequence_is_a_conflict_and_stores_nothing,
     appending_to_a_missing_session_is_not_found,
@@ -83,6 +85,8 @@ backend!(memory_backend, memory().await;
 );
 backend!(postgres_backend, postgres().await;
     ensure_session_creates_an_empty_session_once,
+    concurrent_ensures_of_a_new_session_agree,
+    open_session_creates_then_returns_the_window,
     a_turn_is_stored_in_order_with_tool_calls_and_usage,
     a_stale_sequence_is_a_conflict_and_stores_nothing,
     appending_to_a_missing_session_is_not_found,
@@ -102,6 +106,48 @@ async fn ensure_session_creates_an_empty_session_once((store, _): Stores) {
     let again = store.ensure_session(&id).await.unwrap();
     assert_eq!(again, created, "a second ensure returns the same session");
     assert_eq!(store.session(&id).await.unwrap(), Some(created));
+}
+
+async fn concurrent_ensures_of_a_new_session_agree((store, _): Stores) {
+    let id = session("race");
+    let calls: Vec<_> = (0..20)
+        .map(|call| {
+            let (store, id) = (Arc::clone(&store), id.clone());
+            tokio::spawn(async move {
+                if call % 2 == 0 {
+                    store.ensure_session(&id).await.unwrap()
+                } else {
+                    store.open_session(&id, 10).await.unwrap().0
+                }
+            })
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for call in calls {
+        let info = call.await.unwrap();
+        assert_eq!(info.next_sequence, 0);
+        seen.insert(info.created_at);
+    }
+    assert_eq!(seen.len(), 1, "every caller sees the one session created");
+}
+
+async fn open_session_creates_then_returns_the_window((store, _): Stores) {
+    let id = session("open");
+    let (created, history) = store.open_session(&id, 3).await.unwrap();
+    assert_eq!((created.next_sequence, history.len()), (0, 0));
+    assert_eq!(store.session(&id).await.unwrap(), Some(created));
+    for turn in 0..3 {
+        store
+            .append_turn(&id, turn * 2, &simple_turn(&format!("m{turn}")))
+            .await
+            .unwrap();
+    }
+    let (info, history) = store.open_session(&id, 3).await.unwrap();
+    assert_eq!((info.next_sequence, info.turn_count), (6, 3));
+    let sequences: Vec<u64> = history.iter().map(|message| message.sequence).collect();
+    assert_eq!(sequences, [3, 4, 5]);
+    assert_eq!(history[2].message, Message::assistant("echo: m2"));
+    assert_eq!(store.session(&id).await.unwrap(), Some(info));
 }
 
 async fn a_turn_is_stored_in_order_with_tool_calls_and_usage((store, _): Stores) {
@@ -175,6 +221,29 @@ async fn a_stale_sequence_is_a_conflict_and_stores_nothing((store, _): Stores) {
     );
     let info = store.session(&id).await.unwrap().unwrap();
     assert_eq!((info.next_sequence, info.turn_count), (2, 1));
+    assert_eq!(store.recent_messages(&id, 100).await.unwrap().len(), 2);
+}
+
+/// Postgres only: text cannot hold NUL, so the second message's insert fails. The session row
+/// must not have advanced (the update and the insert are one statement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failed_insert_leaves_the_session_unchanged() {
+    let (store, _) = postgres().await;
+    let id = session("atomic");
+    store.ensure_session(&id).await.unwrap();
+    store
+        .append_turn(&id, 0, &simple_turn("first"))
+        .await
+        .unwrap();
+    let mut broken = tool_turn("second");
+    broken.messages[3].content = "nul \0 inside".into();
+    let error = store.append_turn(&id, 2, &broken).await.unwrap_err();
+    assert!(matches!(error, StorageError::Backend { .. }), "{error:?}");
+    let info = store.session(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (info.next_sequence, info.turn_count, info.usage.total()),
+        (2, 1, 15)
+    );
     assert_eq!(store.recent_messages(&id, 100).await.unwrap().len(), 2);
 }
 

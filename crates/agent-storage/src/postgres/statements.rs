@@ -1,0 +1,141 @@
+//! The two statements on a turn's path, each written as one round trip: creating-or-reading a
+//! session, and storing a whole turn (session update and message rows in one statement).
+//!
+//! They are hand-written query fragments rather than `sql_query` so that they have a static query
+//! id: diesel then keeps them as prepared statements per connection (`sql_query` is re-prepared,
+//! one more round trip, on every call).
+
+use chrono::{DateTime, Utc};
+use diesel::QueryResult;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
+
+/// The SQL types of a `sessions` row, in `SESSION_COLUMNS` order.
+pub(super) type SessionRowType = (
+    Text,
+    Timestamptz,
+    Timestamptz,
+    BigInt,
+    BigInt,
+    BigInt,
+    BigInt,
+);
+
+const SESSION_COLUMNS: &str =
+    "id, created_at, updated_at, next_sequence, turn_count, prompt_tokens, completion_tokens";
+
+/// Inserts the session if it does not exist and returns its row, in one statement. Returns no
+/// row only when another transaction created the session after this statement's snapshot.
+#[derive(Debug)]
+pub(super) struct EnsureSession<'a> {
+    pub(super) id: &'a str,
+    pub(super) now: DateTime<Utc>,
+}
+
+impl QueryId for EnsureSession<'_> {
+    type QueryId = EnsureSession<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for EnsureSession<'_> {
+    type SqlType = SessionRowType;
+}
+
+impl QueryFragment<Pg> for EnsureSession<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "WITH inserted AS (INSERT INTO sessions (id, created_at, updated_at) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(self.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(") ON CONFLICT (id) DO NOTHING RETURNING ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(") SELECT ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(" FROM inserted UNION ALL SELECT ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(" FROM sessions WHERE id = ");
+        out.push_bind_param::<Text, _>(self.id)?;
+        Ok(())
+    }
+}
+
+/// A turn's messages as columns, for `unnest`.
+#[derive(Debug, Default)]
+pub(super) struct MessageColumns<'a> {
+    pub(super) sequences: Vec<i64>,
+    pub(super) roles: Vec<&'a str>,
+    pub(super) contents: Vec<&'a str>,
+    pub(super) tool_calls: Vec<Option<serde_json::Value>>,
+    pub(super) tool_call_ids: Vec<Option<&'a str>>,
+    pub(super) tokens: Vec<Option<i64>>,
+}
+
+/// Advances the session by a whole turn and inserts its messages, in one statement (so
+/// atomically, without a transaction's extra round trips). The update only matches while the
+/// session's `next_sequence` is `expected`, and the insert only runs on the updated row, so a
+/// stale writer changes nothing and gets no row back.
+#[derive(Debug)]
+pub(super) struct AppendTurn<'a> {
+    pub(super) id: &'a str,
+    pub(super) expected: i64,
+    pub(super) added: i64,
+    pub(super) prompt_tokens: i64,
+    pub(super) completion_tokens: i64,
+    pub(super) now: DateTime<Utc>,
+    pub(super) messages: MessageColumns<'a>,
+}
+
+impl QueryId for AppendTurn<'_> {
+    type QueryId = AppendTurn<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for AppendTurn<'_> {
+    type SqlType = SessionRowType;
+}
+
+impl QueryFragment<Pg> for AppendTurn<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH updated AS (UPDATE sessions SET next_sequence = next_sequence + ");
+        out.push_bind_param::<BigInt, _>(&self.added)?;
+        out.push_sql(", turn_count = turn_count + 1, prompt_tokens = prompt_tokens + ");
+        out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
+        out.push_sql(", completion_tokens = completion_tokens + ");
+        out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<Text, _>(self.id)?;
+        out.push_sql(" AND next_sequence = ");
+        out.push_bind_param::<BigInt, _>(&self.expected)?;
+        out.push_sql(" RETURNING ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(
+            "), inserted AS (INSERT INTO messages \
+             (session_id, sequence, role, content, tool_calls, tool_call_id, tokens, created_at) \
+             SELECT updated.id, m.sequence, m.role, m.content, m.tool_calls, m.tool_call_id, \
+             m.tokens, updated.updated_at FROM updated CROSS JOIN unnest(",
+        );
+        let columns = &self.messages;
+        out.push_bind_param::<Array<BigInt>, _>(&columns.sequences)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&columns.roles)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Text>, _>(&columns.contents)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&columns.tool_calls)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<Text>>, _>(&columns.tool_call_ids)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.tokens)?;
+        out.push_sql(") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)) SELECT ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(" FROM updated");
+        Ok(())
+    }
+}
