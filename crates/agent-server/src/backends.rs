@@ -23,37 +23,133 @@ pub struct Backends {
     pub rate_limiter: Arc<dyn RateLimiter>,
 }
 
-/// Connects (and migrates) what is configured; answers the backends and their readiness checks.
+/// What each worker builds its own storage clients from. A connection's driver task runs on the
+/// thread that opened it, so a pool shared by all workers makes most queries hop threads (two
+/// wake-ups per round trip); a pool per worker keeps each query on its worker's thread. In-memory
+/// storage is one store shared by all.
+#[derive(Debug, Clone)]
+pub(crate) struct BackendsRecipe {
+    postgres: Option<PostgresOptions>,
+    redis: Option<RedisOptions>,
+    memory: Arc<MemoryStorage>,
+}
+
+impl BackendsRecipe {
+    fn new(storage: &StorageSettings) -> Self {
+        Self {
+            postgres: storage.database_url.as_ref().map(|url| PostgresOptions {
+                url: url.clone(),
+                pool_size: storage.pool_size,
+                connect_timeout: storage.connect_timeout,
+                statement_timeout: storage.statement_timeout,
+            }),
+            redis: storage.redis_url.as_ref().map(|url| RedisOptions {
+                url: url.clone(),
+                pool_size: storage.redis_pool_size,
+                timeout: storage.redis_timeout,
+                key_prefix: storage.redis_key_prefix.clone(),
+            }),
+            memory: Arc::new(MemoryStorage::new()),
+        }
+    }
+
+    /// The backends of one of `workers` workers: each gets its share of the configured pool
+    /// sizes (at least one connection).
+    pub(crate) fn for_worker(&self, workers: usize) -> Result<Backends, StartupError> {
+        let share = |size: usize| size.div_ceil(workers.max(1)).max(1);
+        let postgres = self
+            .postgres
+            .as_ref()
+            .map(|options| {
+                connect_postgres(&PostgresOptions {
+                    pool_size: share(options.pool_size),
+                    ..options.clone()
+                })
+            })
+            .transpose()?;
+        let redis = self
+            .redis
+            .as_ref()
+            .map(|options| {
+                connect_redis(&RedisOptions {
+                    pool_size: share(options.pool_size),
+                    ..options.clone()
+                })
+            })
+            .transpose()?;
+        Ok(self.assemble(postgres, redis))
+    }
+
+    fn assemble(
+        &self,
+        postgres: Option<PostgresStore>,
+        redis: Option<RedisCoordination>,
+    ) -> Backends {
+        let (conversations, idempotency): (Arc<dyn ConversationStore>, Arc<dyn IdempotencyStore>) =
+            match postgres {
+                Some(store) => {
+                    let store = Arc::new(store);
+                    (store.clone(), store)
+                }
+                None => (self.memory.clone(), self.memory.clone()),
+            };
+        let (locks, rate_limiter): (Arc<dyn SessionLocks>, Arc<dyn RateLimiter>) = match redis {
+            Some(redis) => {
+                let redis = Arc::new(redis);
+                (redis.clone(), redis)
+            }
+            None => (self.memory.clone(), self.memory.clone()),
+        };
+        Backends {
+            conversations,
+            idempotency,
+            locks,
+            rate_limiter,
+        }
+    }
+}
+
+/// Connections the process-wide backends keep: they serve the readiness checks, migrations and
+/// embedders; requests use the workers' own pools.
+const SHARED_POOL_SIZE: usize = 2;
+
+/// Connects (and migrates) what is configured. Answers the process-wide backends, their readiness
+/// checks, and the recipe each worker builds its own backends from.
 pub(crate) async fn build(
     storage: &StorageSettings,
     health: &HealthSettings,
-) -> Result<(Backends, Vec<HealthCheck>), StartupError> {
-    let memory = Arc::new(MemoryStorage::new());
+) -> Result<(Backends, Vec<HealthCheck>, BackendsRecipe), StartupError> {
+    let recipe = BackendsRecipe::new(storage);
     let mut checks = Vec::new();
-    let (conversations, idempotency): (Arc<dyn ConversationStore>, Arc<dyn IdempotencyStore>) =
-        match postgres(storage)? {
-            Some(store) => {
-                if storage.run_migrations {
-                    migrate_with_retries(&store, storage.startup_timeout).await?;
-                }
-                let checked = store.clone();
-                checks.push(HealthCheck::new(
-                    "postgres",
-                    Criticality::Critical,
-                    health.check_timeout,
-                    move || {
-                        let store = checked.clone();
-                        async move { store.health_check().await }
-                    },
-                ));
-                let store = Arc::new(store);
-                (store.clone(), store)
+    let postgres = match &recipe.postgres {
+        Some(options) => {
+            let store = connect_postgres(&PostgresOptions {
+                pool_size: SHARED_POOL_SIZE,
+                ..options.clone()
+            })?;
+            if storage.run_migrations {
+                migrate_with_retries(&store, storage.startup_timeout).await?;
             }
-            None => (memory.clone(), memory.clone()),
-        };
-    let (locks, rate_limiter): (Arc<dyn SessionLocks>, Arc<dyn RateLimiter>) = match redis(storage)?
-    {
-        Some(redis) => {
+            let checked = store.clone();
+            checks.push(HealthCheck::new(
+                "postgres",
+                Criticality::Critical,
+                health.check_timeout,
+                move || {
+                    let store = checked.clone();
+                    async move { store.health_check().await }
+                },
+            ));
+            Some(store)
+        }
+        None => None,
+    };
+    let redis = match &recipe.redis {
+        Some(options) => {
+            let redis = connect_redis(&RedisOptions {
+                pool_size: SHARED_POOL_SIZE,
+                ..options.clone()
+            })?;
             let checked = redis.clone();
             // Optional: while Redis is down the instance stays ready (degraded) and /agent answers
             // 503 itself, rather than every replica leaving the load balancer at once.
@@ -66,62 +162,38 @@ pub(crate) async fn build(
                     async move { redis.health_check().await }
                 },
             ));
-            let redis = Arc::new(redis);
-            (redis.clone(), redis)
+            Some(redis)
         }
-        None => (memory.clone(), memory),
+        None => None,
     };
-    Ok((
-        Backends {
-            conversations,
-            idempotency,
-            locks,
-            rate_limiter,
-        },
-        checks,
-    ))
+    let backends = recipe.assemble(postgres, redis);
+    Ok((backends, checks, recipe))
 }
 
 /// `agent-server migrate`: runs the pending migrations; answers the versions applied.
 pub async fn migrate(storage: &StorageSettings) -> Result<Vec<String>, StartupError> {
-    let store = postgres(storage)?.ok_or(StartupError::NoDatabase)?;
+    let options = BackendsRecipe::new(storage)
+        .postgres
+        .ok_or(StartupError::NoDatabase)?;
+    let store = connect_postgres(&PostgresOptions {
+        pool_size: 1,
+        ..options
+    })?;
     migrate_with_retries(&store, storage.startup_timeout).await
 }
 
-fn postgres(storage: &StorageSettings) -> Result<Option<PostgresStore>, StartupError> {
-    let Some(url) = &storage.database_url else {
-        return Ok(None);
-    };
-    let options = PostgresOptions {
-        url: url.clone(),
-        pool_size: storage.pool_size,
-        connect_timeout: storage.connect_timeout,
-        statement_timeout: storage.statement_timeout,
-    };
-    PostgresStore::connect(&options)
-        .map(Some)
-        .map_err(|source| StartupError::Storage {
-            what: "connect to Postgres",
-            source,
-        })
+fn connect_postgres(options: &PostgresOptions) -> Result<PostgresStore, StartupError> {
+    PostgresStore::connect(options).map_err(|source| StartupError::Storage {
+        what: "connect to Postgres",
+        source,
+    })
 }
 
-fn redis(storage: &StorageSettings) -> Result<Option<RedisCoordination>, StartupError> {
-    let Some(url) = &storage.redis_url else {
-        return Ok(None);
-    };
-    let options = RedisOptions {
-        url: url.clone(),
-        pool_size: storage.redis_pool_size,
-        timeout: storage.redis_timeout,
-        key_prefix: storage.redis_key_prefix.clone(),
-    };
-    RedisCoordination::connect(&options)
-        .map(Some)
-        .map_err(|source| StartupError::Storage {
-            what: "connect to Redis",
-            source,
-        })
+fn connect_redis(options: &RedisOptions) -> Result<RedisCoordination, StartupError> {
+    RedisCoordination::connect(options).map_err(|source| StartupError::Storage {
+        what: "connect to Redis",
+        source,
+    })
 }
 
 /// Migrates, retrying while Postgres is unavailable (it may start after us) for up to `patience`.

@@ -24,6 +24,34 @@ use crate::turn::Turns;
 
 type RouteFn = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
+/// What one worker serves requests with.
+#[derive(Clone)]
+struct WorkerState {
+    backends: web::Data<Backends>,
+    turns: web::Data<Turns>,
+    access: web::Data<AccessPolicy>,
+}
+
+impl WorkerState {
+    fn build(settings: &Settings, backends: Backends) -> Result<Self, StartupError> {
+        let agent = agent_factory::build(settings)?;
+        Ok(Self {
+            turns: web::Data::new(Turns::new(agent, backends.clone(), settings)),
+            access: web::Data::new(AccessPolicy::new(settings, backends.rate_limiter.clone())),
+            backends: web::Data::new(backends),
+        })
+    }
+}
+
+/// The number of workers: as configured, or one per available CPU (actix-web's own default).
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
 /// Collects what an [`Application`] is built from.
 pub struct ApplicationBuilder {
     settings: Settings,
@@ -66,11 +94,12 @@ impl ApplicationBuilder {
         } = self;
         log_fallbacks(&settings);
         crate::metrics::handle();
-        let agent = agent_factory::build(&settings)?;
-        let (backends, mut storage_checks) =
+        let workers = worker_count(settings.server.workers);
+        let (backends, mut storage_checks, recipe) =
             backends::build(&settings.storage, &settings.health).await?;
-        let turns = web::Data::new(Turns::new(agent, backends.clone(), &settings));
-        let access = web::Data::new(AccessPolicy::new(&settings, backends.rate_limiter.clone()));
+        // Built once here to fail fast on bad settings; each worker then builds its own (its
+        // connections live on its thread) and falls back to this one if that fails.
+        let shared = WorkerState::build(&settings, backends.clone())?;
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
@@ -91,14 +120,20 @@ impl ApplicationBuilder {
             .port();
 
         let app_health = web::Data::new(health.clone());
-        let app_backends = web::Data::new(backends.clone());
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
+            let worker = recipe
+                .for_worker(workers)
+                .and_then(|backends| WorkerState::build(&app_settings, backends))
+                .unwrap_or_else(|error| {
+                    tracing::error!(error = %crate::error_chain(&error), "cannot build a worker's own clients; it uses the shared ones");
+                    shared.clone()
+                });
             App::new()
                 .app_data(app_health.clone())
-                .app_data(app_backends.clone())
-                .app_data(turns.clone())
-                .app_data(access.clone())
+                .app_data(worker.backends)
+                .app_data(worker.turns)
+                .app_data(worker.access)
                 .app_data(drain_receiver.clone())
                 .app_data(app_settings.clone())
                 .app_data(web::PayloadConfig::new(payload_limit))
@@ -109,7 +144,7 @@ impl ApplicationBuilder {
                 .wrap(ErrorHandlers::new().default_handler(json_error_shape))
                 .wrap(from_fn(request_context))
         })
-        .workers(settings.server.workers)
+        .workers(workers)
         // A client that closes its side has gone away: drop its request's future, which cancels
         // the turn (nothing is stored). HTTP clients do not half-close while awaiting an answer.
         .h1_allow_half_closed(false)
@@ -126,7 +161,7 @@ impl ApplicationBuilder {
         // Serve from now on: liveness and the startup probe answer while the rest starts.
         let server = tokio::spawn(server);
 
-        tracing::info!(%address, port, workers = settings.server.workers, "listening");
+        tracing::info!(%address, port, workers, "listening");
         Ok(Application {
             drain: drain_sender,
             backends,

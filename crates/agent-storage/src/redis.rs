@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use agent_core::SessionId;
 use async_trait::async_trait;
-use deadpool_redis::{Config, Connection, Pool, Runtime};
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
+use deadpool_redis::Runtime;
+use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -52,6 +54,40 @@ static COUNT: LazyLock<Script> = LazyLock::new(|| {
           return {count, ttl}",
     )
 });
+
+/// Connections checked out again within this time are trusted without a PING.
+const VERIFY_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// deadpool-redis's manager with a cheaper recycle. deadpool-redis PINGs on every checkout, one
+/// extra round trip per command; here a connection is PINGed only when it sat idle for
+/// [`VERIFY_AFTER_IDLE`], and a connection whose command failed is discarded instead of being
+/// returned (see [`RedisCoordination::run`]).
+#[derive(Debug)]
+struct Manager {
+    inner: deadpool_redis::Manager,
+}
+
+impl managed::Manager for Manager {
+    type Type = MultiplexedConnection;
+    type Error = RedisError;
+
+    async fn create(&self) -> Result<MultiplexedConnection, RedisError> {
+        self.inner.create().await
+    }
+
+    async fn recycle(
+        &self,
+        connection: &mut MultiplexedConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<RedisError> {
+        if metrics.last_used() < VERIFY_AFTER_IDLE {
+            return Ok(());
+        }
+        self.inner.recycle(connection, metrics).await
+    }
+}
+
+type Pool = managed::Pool<Manager>;
 
 /// How to reach Redis.
 #[derive(Debug, Clone)]
@@ -101,12 +137,13 @@ fn redis_error(error: RedisError) -> StorageError {
 impl RedisCoordination {
     /// Builds the pool; connections open on first use, so this succeeds while Redis is down.
     pub fn connect(options: &RedisOptions) -> Result<Self, StorageError> {
-        let pool = Config::from_url(options.url.expose_secret())
-            .builder()
-            .map_err(|error| StorageError::Backend {
+        let inner = deadpool_redis::Manager::new(options.url.expose_secret()).map_err(|error| {
+            StorageError::Backend {
                 backend: BACKEND,
                 source: error.into(),
-            })?
+            }
+        })?;
+        let pool = Pool::builder(Manager { inner })
             .max_size(options.pool_size)
             .wait_timeout(Some(options.timeout))
             .create_timeout(Some(options.timeout))
@@ -124,22 +161,36 @@ impl RedisCoordination {
         })
     }
 
-    async fn connection(&self) -> Result<Connection, StorageError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|error| StorageError::unavailable(BACKEND, error))
+    /// Runs one command on a pooled connection, bounded by the timeout. A connection whose
+    /// command failed at the connection level is dropped rather than returned to the pool.
+    async fn run<T>(
+        &self,
+        command: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> Result<T, StorageError> {
+        bounded(BACKEND, self.timeout, async {
+            let mut connection = self
+                .pool
+                .get()
+                .await
+                .map_err(|error| StorageError::unavailable(BACKEND, error))?;
+            let result = command(&mut connection).await;
+            if let Err(error) = &result
+                && (error.is_io_error()
+                    || error.is_connection_dropped()
+                    || error.is_unrecoverable_error()
+                    || error.is_timeout())
+            {
+                drop(Object::take(connection));
+            }
+            result.map_err(redis_error)
+        })
+        .await
     }
 
     /// The readiness check: PING.
     pub async fn health_check(&self) -> Result<(), String> {
-        let ping = bounded(BACKEND, self.timeout, async {
-            let mut connection = self.connection().await?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut connection)
-                .await
-                .map_err(redis_error)
-        });
+        let ping =
+            self.run(async |connection| redis::cmd("PING").query_async::<String>(connection).await);
         match ping.await {
             Ok(answer) if answer == "PONG" => Ok(()),
             Ok(answer) => Err(format!("PING answered {answer:?}")),
@@ -173,19 +224,18 @@ impl SessionLocks for RedisCoordination {
         ttl: Duration,
     ) -> Result<Option<LockLease>, StorageError> {
         let owner = uuid::Uuid::new_v4().to_string();
-        let token: Option<u64> = bounded(BACKEND, self.timeout, async {
-            let mut connection = self.connection().await?;
-            ACQUIRE
-                .key(self.lock_key(session))
-                .key(format!("{}fence:{session}", self.prefix))
-                .arg(&owner)
-                .arg(millis(ttl))
-                .arg(FENCE_RETENTION_MS)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(redis_error)
-        })
-        .await?;
+        let token: Option<u64> = self
+            .run(async |connection| {
+                ACQUIRE
+                    .key(self.lock_key(session))
+                    .key(format!("{}fence:{session}", self.prefix))
+                    .arg(&owner)
+                    .arg(millis(ttl))
+                    .arg(FENCE_RETENTION_MS)
+                    .invoke_async(connection)
+                    .await
+            })
+            .await?;
         Ok(token.map(|fencing_token| LockLease {
             session: session.clone(),
             owner,
@@ -196,16 +246,15 @@ impl SessionLocks for RedisCoordination {
 
     #[tracing::instrument(skip(self, lease), fields(backend = BACKEND, session = %lease.session))]
     async fn release(&self, lease: &LockLease) -> Result<bool, StorageError> {
-        let deleted: u64 = bounded(BACKEND, self.timeout, async {
-            let mut connection = self.connection().await?;
-            RELEASE
-                .key(self.lock_key(&lease.session))
-                .arg(&lease.owner)
-                .invoke_async(&mut connection)
-                .await
-                .map_err(redis_error)
-        })
-        .await?;
+        let deleted: u64 = self
+            .run(async |connection| {
+                RELEASE
+                    .key(self.lock_key(&lease.session))
+                    .arg(&lease.owner)
+                    .invoke_async(connection)
+                    .await
+            })
+            .await?;
         Ok(deleted == 1)
     }
 }
@@ -219,16 +268,15 @@ impl RateLimiter for RedisCoordination {
         limit: u32,
         window: Duration,
     ) -> Result<RateDecision, StorageError> {
-        let (count, remaining_ms): (u64, u64) = bounded(BACKEND, self.timeout, async {
-            let mut connection = self.connection().await?;
-            COUNT
-                .key(format!("{}rate:{key}", self.prefix))
-                .arg(millis(window))
-                .invoke_async(&mut connection)
-                .await
-                .map_err(redis_error)
-        })
-        .await?;
+        let (count, remaining_ms): (u64, u64) = self
+            .run(async |connection| {
+                COUNT
+                    .key(format!("{}rate:{key}", self.prefix))
+                    .arg(millis(window))
+                    .invoke_async(connection)
+                    .await
+            })
+            .await?;
         Ok(if count <= u64::from(limit) {
             RateDecision::Allowed {
                 remaining: limit - count as u32,

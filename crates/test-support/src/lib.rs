@@ -17,7 +17,7 @@ use agent_storage::{PostgresOptions, PostgresStore, RedisCoordination, RedisOpti
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::SecretString;
 
-pub use services::ThrowawayPostgres;
+pub use services::{ThrowawayPostgres, ThrowawayRedis};
 
 const HOW_TO_START: &str = "run the tests with `cargo xtask test`, which starts Postgres and \
     Redis (install them with `apt-get install postgresql redis-server`), or set DATABASE_URL and \
@@ -50,6 +50,37 @@ pub async fn create_database_on(server_url: &str) -> String {
         .expect("CREATE DATABASE");
     let mut url = url::Url::parse(server_url).expect("DATABASE_URL is a URL");
     url.set_path(&name);
+    url.to_string()
+}
+
+/// How many connections are open to the database of `database_url` (as Postgres counts them).
+pub async fn open_connections(database_url: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        count: i64,
+    }
+    let name = url::Url::parse(database_url)
+        .expect("a database URL")
+        .path()
+        .trim_start_matches('/')
+        .to_owned();
+    let mut admin = AsyncPgConnection::establish(&database_url_of_server(database_url))
+        .await
+        .expect("connect to the server");
+    let query =
+        diesel::sql_query("SELECT count(*) AS count FROM pg_stat_activity WHERE datname = $1")
+            .bind::<diesel::sql_types::Text, _>(name);
+    let count: Count = diesel_async::RunQueryDsl::get_result(query, &mut admin)
+        .await
+        .expect("count connections");
+    count.count
+}
+
+/// The URL of the `postgres` database on the same server.
+fn database_url_of_server(database_url: &str) -> String {
+    let mut url = url::Url::parse(database_url).expect("a database URL");
+    url.set_path("postgres");
     url.to_string()
 }
 

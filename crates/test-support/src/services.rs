@@ -1,7 +1,7 @@
-//! A throwaway Postgres server in a temporary directory, for tests that stop and restart it.
+//! Throwaway Postgres and Redis servers of a test's own, for tests that stop and restart them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 /// A Postgres server of the test's own, on a free port; stopped and deleted on drop.
 #[derive(Debug)]
@@ -93,6 +93,66 @@ impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
         let _ = self.pg_ctl(&["stop", "-m", "immediate", "-w"]).output();
         let _ = std::fs::remove_dir_all(&self.directory);
+    }
+}
+
+/// A Redis server of the test's own, on a free port, without persistence; killed on drop.
+#[derive(Debug)]
+pub struct ThrowawayRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl ThrowawayRedis {
+    /// Starts `redis-server` from the PATH and waits until it accepts connections.
+    pub fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its connections are closed).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty: there is no persistence).
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port.to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed: apt-get install redis-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ThrowawayRedis {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

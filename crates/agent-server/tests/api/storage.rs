@@ -218,3 +218,75 @@ async fn two_servers_starting_together_on_an_empty_database_migrate_once_and_bot
         "exactly one process ran the migrations: {logs:?}"
     );
 }
+
+/// Each worker has its own pools (connections stay on its thread), sized as its share of the
+/// configured size: however requests spread over the workers, the process opens at most the
+/// configured number of request connections (plus the small shared pool of the probes).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_workers_together_stay_within_the_configured_pool_size() {
+    let fake = test_support::fake_openai::FakeOpenAi::repeating(
+        test_support::fake_openai::Scripted::text("ok"),
+    )
+    .await;
+    let database = test_support::fresh_database_url().await;
+    let redis = test_support::redis_url();
+    let base_url = fake.base_url();
+    let app = spawn(builder(&[
+        ("DATABASE_URL", &database),
+        ("REDIS_URL", &redis),
+        ("OPENAI_BASE_URL", &base_url),
+        ("WORKERS", "4"),
+        ("AGENT_STORAGE__POOL_SIZE", "4"),
+        ("AGENT_STORAGE__REDIS_POOL_SIZE", "4"),
+    ]))
+    .await;
+    // Fresh connections, so the accepted sockets are spread over every worker.
+    let requests: Vec<_> = (0..40)
+        .map(|_| {
+            let address = app.address.clone();
+            tokio::spawn(async move {
+                client()
+                    .post(format!("{address}/agent"))
+                    .json(&serde_json::json!({ "message": "hello" }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            })
+        })
+        .collect();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    let (status, _) = app.get_json("/ready").await;
+    assert_eq!(status, 200);
+    let open = test_support::open_connections(&database).await;
+    assert!(
+        (2..=4 + 2).contains(&open),
+        "{open} connections: at most 4 for requests (1 per worker) + 2 shared"
+    );
+}
+
+/// In memory, the workers share one store: a session written through one worker is read back
+/// through every other.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_memory_storage_every_worker_sees_the_same_sessions() {
+    let app = spawn(builder(&[("WORKERS", "4")])).await;
+    let response = app
+        .agent(serde_json::json!({ "message": "what is 2+3*4", "session_id": "shared-memory" }))
+        .await;
+    assert_eq!(response.status(), 200);
+    for _ in 0..12 {
+        // A new client each time: a new connection, accepted by the next worker in turn.
+        let response = client()
+            .get(format!("{}/sessions/shared-memory", app.address))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["messages"].as_array().map(Vec::len), Some(4), "{body}");
+    }
+}

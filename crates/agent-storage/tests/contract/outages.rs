@@ -78,6 +78,55 @@ async fn stopping_postgres_gives_unavailable_and_service_resumes_when_it_returns
     );
 }
 
+/// Pooled Redis connections are reused without a PING while recently used, so a restart must be
+/// noticed by the failing command itself: the broken connection is discarded, not returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() {
+    let mut server = test_support::ThrowawayRedis::start();
+    let options = test_support::redis_options(&server.url());
+    let pool_size = options.pool_size;
+    let redis = RedisCoordination::connect(&options).unwrap();
+    // Open several pooled connections.
+    let checks: Vec<_> = (0..pool_size)
+        .map(|_| redis.check("outage", 1000, Duration::from_secs(60)))
+        .collect();
+    for check in futures_util::future::join_all(checks).await {
+        check.unwrap();
+    }
+    assert_eq!(redis.health_check().await, Ok(()));
+
+    server.stop();
+    let error = redis
+        .check("outage", 1000, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    assert!(redis.health_check().await.is_err());
+
+    server.restart();
+    let mut failures = 0;
+    for _ in 0..20 {
+        match redis.check("outage", 1000, Duration::from_secs(60)).await {
+            Ok(_) => {}
+            Err(error) => {
+                assert!(error.is_unavailable(), "{error:?}");
+                failures += 1;
+            }
+        }
+    }
+    assert!(
+        failures <= pool_size,
+        "each broken connection fails at most one command: {failures} failures"
+    );
+    let lease = redis
+        .try_acquire(&id(), Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the lock is free on the restarted server");
+    assert!(redis.release(&lease).await.unwrap());
+    assert_eq!(redis.health_check().await, Ok(()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_terminated_by_the_server_are_replaced() {
     let url = test_support::fresh_database_url().await;
