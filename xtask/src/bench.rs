@@ -29,6 +29,9 @@ pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Load before each measured run, not counted: it opens the connections a steady state has.
+const WARM_UP: Duration = Duration::from_secs(2);
+
 /// One row of the report.
 #[derive(Debug)]
 struct Measurement {
@@ -240,24 +243,31 @@ fn measure(
     duration: Duration,
     stats_port: Option<u16>,
 ) -> anyhow::Result<Measurement> {
-    println!("xtask: {scenario} for {} s", duration.as_secs());
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let wrk = |seconds: u64| {
+        let mut wrk = Command::new("wrk");
+        wrk.args([
+            "-t1",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "--timeout",
+            "5s",
+        ]);
+        if let Some(script) = script {
+            wrk.arg("-s").arg(script);
+        }
+        wrk.arg(&url).output().context("wrk failed to run")
+    };
+    // Steady state is what is measured: connections (client, pools, model) are opened first.
+    println!(
+        "xtask: {scenario}: {} s warm-up, then {} s measured",
+        WARM_UP.as_secs(),
+        duration.as_secs()
+    );
+    wrk(WARM_UP.as_secs())?;
     let cpu_before = cpu_ticks(server.id())?;
-    let mut wrk = Command::new("wrk");
-    wrk.args([
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{}s", duration.as_secs()),
-        "--latency",
-        "--timeout",
-        "5s",
-    ]);
-    if let Some(script) = script {
-        wrk.arg("-s").arg(script);
-    }
-    let output = wrk
-        .arg(format!("http://127.0.0.1:{port}{path}"))
-        .output()
-        .context("wrk failed to run")?;
+    let output = wrk(duration.as_secs())?;
     let cpu_after = cpu_ticks(server.id())?;
     let text = String::from_utf8_lossy(&output.stdout).into_owned();
     let report = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;

@@ -116,18 +116,16 @@ pub(crate) async fn access(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
-    let Some(policy) = request.app_data::<web::Data<AccessPolicy>>().cloned() else {
+    let policy = request
+        .app_data::<web::Data<AccessPolicy>>()
+        .filter(|policy| !policy.is_open(request.path()))
+        .cloned();
+    let Some(policy) = policy else {
         return next
             .call(request)
             .await
             .map(ServiceResponse::map_into_left_body);
     };
-    if policy.is_open(request.path()) {
-        return next
-            .call(request)
-            .await
-            .map(ServiceResponse::map_into_left_body);
-    }
     let checked = match policy.caller(&request) {
         Ok(caller) => policy.check_rate(&caller).await.map(|()| caller),
         Err(error) => Err(error),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use actix_web::http::Method;
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -50,36 +51,48 @@ impl Drop for InFlight {
     }
 }
 
-/// (route pattern, method, status).
-type RequestLabels = (String, String, u16);
+/// The handles of one route: per (method, status), its counter and latency histogram.
+type RouteMetrics = Vec<((Method, u16), (Counter, Histogram))>;
 
 thread_local! {
-    /// Metric handles per label set, so the hot path does not rebuild and hash label sets.
-    static REQUEST_METRICS: RefCell<HashMap<RequestLabels, (Counter, Histogram)>> = RefCell::new(HashMap::new());
+    /// Metric handles per label set, so the hot path neither rebuilds nor hashes label sets, and
+    /// allocates nothing once a route, method and status have been seen.
+    static REQUEST_METRICS: RefCell<HashMap<String, RouteMetrics>> = RefCell::new(HashMap::new());
 }
 
-pub(crate) fn record_request(route: String, method: &str, status: u16, started: Instant) {
+pub(crate) fn record_request(route: &str, method: &Method, status: u16, started: Instant) {
     let elapsed = started.elapsed().as_secs_f64();
     REQUEST_METRICS.with(|cache| {
         let mut cache = cache.borrow_mut();
-        let key = (route, method.to_owned(), status);
-        let (counter, histogram) =
-            cache
-                .entry(key)
-                .or_insert_with_key(|(route, method, status)| {
-                    let labels = [
-                        ("route", route.clone()),
-                        ("method", method.clone()),
-                        ("status", status.to_string()),
-                    ];
-                    let counter = metrics::counter!("http_requests_total", &labels);
-                    let histogram = metrics::histogram!(
-                        "http_request_duration_seconds",
-                        "route" => route.clone(),
-                        "method" => method.clone()
-                    );
-                    (counter, histogram)
-                });
+        if !cache.contains_key(route) {
+            cache.insert(route.to_owned(), Vec::new());
+        }
+        let Some(handles) = cache.get_mut(route) else {
+            return;
+        };
+        let index = match handles
+            .iter()
+            .position(|((known_method, known_status), _)| {
+                known_method == method && *known_status == status
+            }) {
+            Some(index) => index,
+            None => {
+                let labels = [
+                    ("route", route.to_owned()),
+                    ("method", method.as_str().to_owned()),
+                    ("status", status.to_string()),
+                ];
+                let counter = metrics::counter!("http_requests_total", &labels);
+                let histogram = metrics::histogram!(
+                    "http_request_duration_seconds",
+                    "route" => route.to_owned(),
+                    "method" => method.as_str().to_owned()
+                );
+                handles.push(((method.clone(), status), (counter, histogram)));
+                handles.len() - 1
+            }
+        };
+        let (_, (counter, histogram)) = &handles[index];
         counter.increment(1);
         histogram.record(elapsed);
     });

@@ -1,12 +1,15 @@
 //! Request context: the `x-request-id` (accepted from the client or generated), a tracing span
 //! carrying it around the whole request, and one completion line per request.
 
+use std::cell::RefCell;
 use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use tracing::Instrument;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -22,39 +25,60 @@ pub(crate) async fn request_context(
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
-        .and_then(|value| value.to_str().ok())
-        .filter(|value| is_acceptable_request_id(value))
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let quiet = QUIET_PATHS.contains(&request.path());
+        .filter(|value| value.to_str().is_ok_and(is_acceptable_request_id))
+        .cloned()
+        .unwrap_or_else(new_request_id);
+    let id = request_id.to_str().unwrap_or_default();
+    // Probe paths are their own route label: no pattern lookup for them.
+    let quiet = QUIET_PATHS
+        .iter()
+        .find(|path| **path == request.path())
+        .copied();
     // Probe requests log nothing at info, so their span is debug-level: with the default filter
     // it costs nothing, and with RUST_LOG=debug their lines carry the request id too.
-    let span = if quiet {
-        tracing::debug_span!("request", request_id = %request_id, method = %request.method(), path = %request.path())
+    let span = if quiet.is_some() {
+        tracing::debug_span!("request", request_id = %id, method = %request.method(), path = %request.path())
     } else {
-        tracing::info_span!("request", request_id = %request_id, method = %request.method(), path = %request.path())
+        tracing::info_span!("request", request_id = %id, method = %request.method(), path = %request.path())
     };
-    let method = request.method().to_string();
+    let method = request.method().clone();
     let started = Instant::now();
     let in_flight = crate::metrics::InFlight::start();
     let mut response = next.call(request).instrument(span.clone()).await?;
     drop(in_flight);
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_owned());
-    crate::metrics::record_request(route, &method, response.status().as_u16(), started);
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert(REQUEST_ID, value);
-    }
-    let _entered = span.enter();
     let status = response.status().as_u16();
+    match quiet {
+        Some(path) => crate::metrics::record_request(path, &method, status, started),
+        None => {
+            let route = response.request().match_pattern();
+            let route = route.as_deref().unwrap_or("unmatched");
+            crate::metrics::record_request(route, &method, status, started);
+        }
+    }
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    let _entered = span.enter();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if quiet {
+    if quiet.is_some() {
         tracing::debug!(status, latency_ms, "request completed");
     } else {
         tracing::info!(status, latency_ms, "request completed");
     }
     Ok(response)
+}
+
+/// A random UUID v4 from a per-thread generator seeded by the OS (ids must be unique, not
+/// secret), formatted without an intermediate `String`.
+fn new_request_id() -> HeaderValue {
+    thread_local! {
+        static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
+    }
+    let bytes: [u8; 16] = RNG.with(|rng| rng.borrow_mut().random());
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let formatted = uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(&mut buffer);
+    HeaderValue::from_str(formatted).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// A client's id is kept if it is short printable ASCII, so it cannot forge log lines.

@@ -12,9 +12,16 @@ use crate::error::ApiError;
 
 /// Registers every route.
 pub(crate) fn configure(config: &mut web::ServiceConfig) {
+    // Probes first: they are the most frequent requests, and routes are tried in order (a
+    // pattern with a parameter runs a regex on every path it is tried against).
     config
+        .service(get_only("/health", probes::health))
+        .service(get_only("/ready", probes::ready))
+        .service(get_only("/startup", probes::startup))
+        .service(get_only("/metrics", docs::metrics))
         .service(post_only("/agent", agent::post_agent))
         .service(post_only("/agent/stream", agent::post_agent_stream))
+        .service(get_only("/openapi.json", docs::openapi_json))
         .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))
@@ -22,12 +29,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
                 .default_service(web::to(|request: HttpRequest| async move {
                     Err::<&str, _>(method_not_allowed(request.method(), "GET, DELETE"))
                 })),
-        )
-        .service(get_only("/health", probes::health))
-        .service(get_only("/ready", probes::ready))
-        .service(get_only("/startup", probes::startup))
-        .service(get_only("/metrics", docs::metrics))
-        .service(get_only("/openapi.json", docs::openapi_json));
+        );
 }
 
 /// A resource answering POST with `handler` and any other method with a JSON 405 and `Allow`.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use actix_web::http::header::CacheControl;
+use actix_web::http::header::{CACHE_CONTROL, HeaderValue};
 use actix_web::{HttpResponse, web};
 use agent_health::{CheckOutcome, Criticality, Health, NotReadyReason, ReadinessStatus};
 use serde::Serialize;
@@ -10,7 +10,10 @@ use serde::Serialize;
 /// Liveness: answers while the process can serve HTTP; touches no dependency.
 #[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "`{\"status\":\"healthy\"}`")))]
 pub(super) async fn health() -> HttpResponse {
-    no_store(&mut HttpResponse::Ok()).json(serde_json::json!({ "status": "healthy" }))
+    // A constant body: probes hit this every few seconds, from every orchestrator and balancer.
+    no_store(&mut HttpResponse::Ok())
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(r#"{"status":"healthy"}"#)
 }
 
 /// Startup: 503 until configuration, migrations and pools are done, then 200 forever.
@@ -64,9 +67,7 @@ pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
 }
 
 fn no_store(response: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::HttpResponseBuilder {
-    response.insert_header(CacheControl(vec![
-        actix_web::http::header::CacheDirective::NoStore,
-    ]))
+    response.insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 
 #[derive(Debug, Serialize)]
