@@ -5,11 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::ServiceRequest;
 use actix_web::http::header;
-use actix_web::middleware::Next;
-use actix_web::{HttpMessage, ResponseError, web};
+use actix_web::{HttpMessage, web};
 use agent_config::Settings;
 use agent_storage::{RateDecision, RateLimiter};
 use secrecy::{ExposeSecret, SecretString};
@@ -111,34 +109,18 @@ impl AccessPolicy {
     }
 }
 
-/// The middleware: authenticate, rate-limit, then record the caller for the handlers.
-pub(crate) async fn access(
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
-    let policy = request
+/// Admits a request: authenticates it and counts it against its caller's rate limit, then records
+/// the caller for the handlers. Probes (and `/metrics` unless configured) are always admitted.
+/// Called by the request middleware, inside the request's span.
+pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
+    let Some(policy) = request
         .app_data::<web::Data<AccessPolicy>>()
         .filter(|policy| !policy.is_open(request.path()))
-        .cloned();
-    let Some(policy) = policy else {
-        return next
-            .call(request)
-            .await
-            .map(ServiceResponse::map_into_left_body);
+    else {
+        return Ok(());
     };
-    let checked = match policy.caller(&request) {
-        Ok(caller) => policy.check_rate(&caller).await.map(|()| caller),
-        Err(error) => Err(error),
-    };
-    match checked {
-        Ok(caller) => {
-            request.extensions_mut().insert(caller);
-            next.call(request)
-                .await
-                .map(ServiceResponse::map_into_left_body)
-        }
-        Err(error) => Ok(request
-            .into_response(error.error_response())
-            .map_into_right_body()),
-    }
+    let caller = policy.caller(request)?;
+    policy.check_rate(&caller).await?;
+    request.extensions_mut().insert(caller);
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! Request context: the `x-request-id` (accepted from the client or generated), a tracing span
-//! carrying it around the whole request, and one completion line per request.
+//! carrying it around the whole request, access control (`crate::access`), metrics, and one
+//! completion line per request.
 
 use std::cell::RefCell;
 use std::time::Instant;
 
+use actix_web::ResponseError;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -20,8 +22,8 @@ const QUIET_PATHS: &[&str] = &["/health", "/ready", "/startup", "/metrics"];
 /// Wraps every request: one request id, one span, one completion line, the id echoed back.
 pub(crate) async fn request_context(
     request: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let request_id = request
         .headers()
         .get(&REQUEST_ID)
@@ -44,7 +46,21 @@ pub(crate) async fn request_context(
     let method = request.method().clone();
     let started = Instant::now();
     let in_flight = crate::metrics::InFlight::start();
-    let mut response = next.call(request).instrument(span.clone()).await?;
+    // Access control runs here rather than as a middleware of its own: one layer less per
+    // request. Its refusals are already JSON errors.
+    let mut response = async {
+        match crate::access::admit(&request).await {
+            Ok(()) => next
+                .call(request)
+                .await
+                .map(ServiceResponse::map_into_left_body),
+            Err(error) => Ok(request
+                .into_response(error.error_response())
+                .map_into_right_body()),
+        }
+    }
+    .instrument(span.clone())
+    .await?;
     drop(in_flight);
     let status = response.status().as_u16();
     match quiet {

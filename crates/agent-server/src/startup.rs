@@ -13,7 +13,7 @@ use agent_health::{Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::{self, AccessPolicy};
+use crate::access::AccessPolicy;
 use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
@@ -140,7 +140,6 @@ impl ApplicationBuilder {
                 .configure(routes::configure)
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
-                .wrap(from_fn(access::access))
                 .wrap(ErrorHandlers::new().default_handler(json_error_shape))
                 .wrap(from_fn(request_context))
         })
