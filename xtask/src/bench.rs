@@ -266,6 +266,11 @@ fn measure(
         duration.as_secs()
     );
     wrk(WARM_UP.as_secs())?;
+    if let Some(port) = stats_port {
+        // Let the warm-up's model calls finish, then count only the measured window's.
+        std::thread::sleep(Duration::from_millis(500));
+        http_request(port, "DELETE", "/stats")?;
+    }
     let cpu_before = cpu_ticks(server.id())?;
     let output = wrk(duration.as_secs())?;
     let cpu_after = cpu_ticks(server.id())?;
@@ -414,11 +419,15 @@ fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
 }
 
 fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+    http_request(port, "GET", path)
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use deadpool::managed::{self, Metrics, Object, RecycleResult};
 use deadpool_redis::Runtime;
 use redis::aio::MultiplexedConnection;
+use redis::io::tcp::TcpSettings;
 use redis::{RedisError, Script};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -137,12 +138,16 @@ fn redis_error(error: RedisError) -> StorageError {
 impl RedisCoordination {
     /// Builds the pool; connections open on first use, so this succeeds while Redis is down.
     pub fn connect(options: &RedisOptions) -> Result<Self, StorageError> {
-        let inner = deadpool_redis::Manager::new(options.url.expose_secret()).map_err(|error| {
-            StorageError::Backend {
-                backend: BACKEND,
-                source: error.into(),
-            }
-        })?;
+        let backend_error = |error: RedisError| StorageError::Backend {
+            backend: BACKEND,
+            source: error.into(),
+        };
+        // Commands of concurrent requests share a multiplexed connection: without TCP_NODELAY
+        // a command written while another is unanswered waits for its ACK (Nagle).
+        let info = redis::IntoConnectionInfo::into_connection_info(options.url.expose_secret())
+            .map_err(backend_error)?;
+        let info = info.set_tcp_settings(TcpSettings::default().set_nodelay(true));
+        let inner = deadpool_redis::Manager::new(info).map_err(backend_error)?;
         let pool = Pool::builder(Manager { inner })
             .max_size(options.pool_size)
             .wait_timeout(Some(options.timeout))

@@ -1,6 +1,7 @@
 //! A standalone fake OpenAI-compatible model server for benchmarks and end-to-end tests: every
 //! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay (or the
-//! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total.
+//! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total;
+//! `DELETE /stats` restarts the most-at-once count.
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -93,6 +94,15 @@ async fn stats(stats: web::Data<Arc<Stats>>) -> HttpResponse {
     }))
 }
 
+/// `DELETE /stats`: the most in flight restarts from the current count (a benchmark measures
+/// its own window).
+async fn reset_stats(stats: web::Data<Arc<Stats>>) -> HttpResponse {
+    stats
+        .most
+        .store(stats.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
+    HttpResponse::NoContent().finish()
+}
+
 fn argument(name: &str) -> Option<u64> {
     let arguments: Vec<String> = std::env::args().collect();
     arguments
@@ -116,6 +126,7 @@ async fn main() -> std::io::Result<()> {
             .app_data(web::JsonConfig::default().limit(16 << 20))
             .route("/v1/chat/completions", web::post().to(completions))
             .route("/stats", web::get().to(stats))
+            .route("/stats", web::delete().to(reset_stats))
             .route(
                 "/health",
                 web::get().to(|| async { HttpResponse::Ok().body("ok") }),
