@@ -121,7 +121,7 @@ impl Agent {
         }
     }
 
-    #[tracing::instrument(skip_all, fields(history = request.history.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(history = request.history.len()))]
     async fn run(
         &self,
         request: TurnRequest,

@@ -16,9 +16,17 @@ pub enum LogTarget {
     Stderr,
 }
 
-/// Installs the global subscriber. `RUST_LOG` wins over the default filter (`info`).
+/// Installs the global subscriber. `RUST_LOG` wins over the default filter: `info`, and with
+/// ENABLE_TRACING also the debug-level spans of the agent's steps and storage operations.
 pub fn init(settings: &LogSettings, target: LogTarget) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The per-operation spans are debug-level: formatting their fields costs every request a few
+    // microseconds, worth paying only when their timings are wanted.
+    let default = if settings.enable_tracing {
+        "info,agent_core=debug,agent_storage=debug"
+    } else {
+        "info"
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let terminal = match target {
         LogTarget::Stdout => std::io::stdout().is_terminal(),
         LogTarget::Stderr => std::io::stderr().is_terminal(),

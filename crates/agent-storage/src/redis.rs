@@ -1,7 +1,7 @@
 //! Redis: the per-session lock (SET NX PX with an owner token, compare-and-delete release, a
 //! fencing counter) and the fixed-window rate limiter, each one atomic script.
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use agent_core::SessionId;
@@ -101,10 +101,14 @@ pub struct RedisOptions {
     pub key_prefix: String,
 }
 
-/// Locks and rate limits in Redis. Cheap to clone.
+/// Locks and rate limits in Redis. Cheap to clone (clones share the pool and its connection).
 #[derive(Clone)]
 pub struct RedisCoordination {
     pool: Pool,
+    /// The pooled connection concurrent commands share. A multiplexed connection is made to be
+    /// shared: commands in flight together go out in one write and their replies come back in
+    /// one read, where a connection per command costs a write and a read each.
+    shared: Arc<tokio::sync::Mutex<Option<Arc<Object<Manager>>>>>,
     prefix: String,
     timeout: Duration,
 }
@@ -161,35 +165,72 @@ impl RedisCoordination {
             })?;
         Ok(Self {
             pool,
+            shared: Arc::new(tokio::sync::Mutex::new(None)),
             prefix: options.key_prefix.clone(),
             timeout: options.timeout,
         })
     }
 
-    /// Runs one command on a pooled connection, bounded by the timeout. A connection whose
-    /// command failed at the connection level is dropped rather than returned to the pool.
+    /// Runs one command on the shared connection, bounded by the timeout. A connection whose
+    /// command failed at the connection level is dropped, not shared or pooled again.
     async fn run<T>(
         &self,
         command: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, StorageError> {
-        bounded(BACKEND, self.timeout, async {
-            let mut connection = self
-                .pool
-                .get()
-                .await
-                .map_err(|error| StorageError::unavailable(BACKEND, error))?;
-            let result = command(&mut connection).await;
-            if let Err(error) = &result
-                && (error.is_io_error()
+        let object = bounded(BACKEND, self.timeout, self.shared_connection()).await?;
+        let mut connection = MultiplexedConnection::clone(&object);
+        match tokio::time::timeout(self.timeout, command(&mut connection)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                if error.is_io_error()
                     || error.is_connection_dropped()
                     || error.is_unrecoverable_error()
-                    || error.is_timeout())
-            {
-                drop(Object::take(connection));
+                    || error.is_timeout()
+                {
+                    self.discard(object).await;
+                }
+                Err(redis_error(error))
             }
-            result.map_err(redis_error)
-        })
-        .await
+            // No answer in time: the connection may be half-open; stop sharing it.
+            Err(_) => {
+                self.discard(object).await;
+                Err(StorageError::unavailable(
+                    BACKEND,
+                    format!("no answer within {:?}", self.timeout),
+                ))
+            }
+        }
+    }
+
+    /// The shared connection, checked out of the pool when there is none. The slot stays
+    /// locked during the checkout, so concurrent first commands wait for one checkout instead of
+    /// each taking (and waiting for) a pooled connection of its own.
+    async fn shared_connection(&self) -> Result<Arc<Object<Manager>>, StorageError> {
+        let mut slot = self.shared.lock().await;
+        if let Some(object) = slot.as_ref() {
+            return Ok(Arc::clone(object));
+        }
+        let object = Arc::new(
+            self.pool
+                .get()
+                .await
+                .map_err(|error| StorageError::unavailable(BACKEND, error))?,
+        );
+        *slot = Some(Arc::clone(&object));
+        Ok(object)
+    }
+
+    /// Stops sharing a broken connection; the last user drops it out of the pool.
+    async fn discard(&self, object: Arc<Object<Manager>>) {
+        {
+            let mut slot = self.shared.lock().await;
+            if slot.as_ref().is_some_and(|shared| Arc::ptr_eq(shared, &object)) {
+                *slot = None;
+            }
+        }
+        if let Ok(object) = Arc::try_unwrap(object) {
+            drop(Object::take(object));
+        }
     }
 
     /// The readiness check: PING.
@@ -222,7 +263,7 @@ fn millis(duration: Duration) -> u64 {
 
 #[async_trait]
 impl SessionLocks for RedisCoordination {
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn try_acquire(
         &self,
         session: &SessionId,
@@ -249,7 +290,7 @@ impl SessionLocks for RedisCoordination {
         }))
     }
 
-    #[tracing::instrument(skip(self, lease), fields(backend = BACKEND, session = %lease.session))]
+    #[tracing::instrument(level = "debug", skip(self, lease), fields(backend = BACKEND, session = %lease.session))]
     async fn release(&self, lease: &LockLease) -> Result<bool, StorageError> {
         let deleted: u64 = self
             .run(async |connection| {
@@ -266,7 +307,7 @@ impl SessionLocks for RedisCoordination {
 
 #[async_trait]
 impl RateLimiter for RedisCoordination {
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn check(
         &self,
         key: &str,

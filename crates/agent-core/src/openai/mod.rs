@@ -120,7 +120,7 @@ impl OpenAiModel {
 
 #[async_trait]
 impl ChatModel for OpenAiModel {
-    #[tracing::instrument(skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let body = wire::request_body(&self.options, request, false);
         let response: wire::CompletionResponse = self
@@ -132,7 +132,7 @@ impl ChatModel for OpenAiModel {
         response.into_reply()
     }
 
-    #[tracing::instrument(skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
     async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
         let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, true);

@@ -108,7 +108,7 @@ impl ToolRegistry {
 
     /// Runs one call. Unknown tools, invalid JSON, schema violations, failures and timeouts
     /// all become an error outcome the model can read and correct.
-    #[tracing::instrument(skip(self, call), fields(tool = %call.name, call_id = %call.id))]
+    #[tracing::instrument(level = "debug", skip(self, call), fields(tool = %call.name, call_id = %call.id))]
     pub async fn call(&self, call: &ToolCall) -> ToolOutcome {
         let result = self.run(call).await;
         match result {

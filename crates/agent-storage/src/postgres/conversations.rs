@@ -184,7 +184,7 @@ fn message_columns(turn: &Turn, first_sequence: u64) -> Result<MessageColumns<'_
 
 #[async_trait]
 impl ConversationStore for PostgresStore {
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn ensure_session(&self, id: &SessionId) -> Result<SessionInfo, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let connection = self.connection().await?;
@@ -193,7 +193,7 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let connection = self.connection().await?;
@@ -203,7 +203,7 @@ impl ConversationStore for PostgresStore {
     }
 
     /// The ensure and the history read are pipelined on one connection: one round trip.
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn open_session(
         &self,
         id: &SessionId,
@@ -219,7 +219,7 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn recent_messages(
         &self,
         id: &SessionId,
@@ -232,7 +232,7 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self, turn), fields(backend = BACKEND, messages = turn.messages.len()))]
+    #[tracing::instrument(level = "debug", skip(self, turn), fields(backend = BACKEND, messages = turn.messages.len()))]
     async fn append_turn(
         &self,
         id: &SessionId,
@@ -278,7 +278,7 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;

@@ -35,7 +35,7 @@ struct RecordRow {
 
 #[async_trait]
 impl IdempotencyStore for PostgresStore {
-    #[tracing::instrument(skip(self, fingerprint), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self, fingerprint), fields(backend = BACKEND))]
     async fn begin(
         &self,
         key: &str,
@@ -81,7 +81,7 @@ impl IdempotencyStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self, response), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self, response), fields(backend = BACKEND))]
     async fn complete(
         &self,
         key: &str,
@@ -109,7 +109,7 @@ impl IdempotencyStore for PostgresStore {
         .await
     }
 
-    #[tracing::instrument(skip(self), fields(backend = BACKEND))]
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn abandon(&self, key: &str) -> Result<(), StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
