@@ -224,7 +224,10 @@ impl RedisCoordination {
     async fn discard(&self, object: Arc<Object<Manager>>) {
         {
             let mut slot = self.shared.lock().await;
-            if slot.as_ref().is_some_and(|shared| Arc::ptr_eq(shared, &object)) {
+            if slot
+                .as_ref()
+                .is_some_and(|shared| Arc::ptr_eq(shared, &object))
+            {
                 *slot = None;
             }
         }
