@@ -6,11 +6,6 @@ use agent_server::cli::{self, Cli, Command, ConfigAction};
 use agent_server::{Application, error_chain as chain, telemetry};
 use clap::Parser;
 
-/// mimalloc instead of glibc's malloc: a request allocates and frees many small buffers across
-/// threads, where glibc spent measurable time in its free lists and in trimming the heap.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
