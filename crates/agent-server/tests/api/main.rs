@@ -11,5 +11,6 @@ mod errors;
 mod helpers;
 mod openapi;
 mod probes;
+mod properties;
 mod shutdown;
 mod storage;
