@@ -419,7 +419,7 @@ fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
+pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     http_request(port, "GET", path)
 }
 
@@ -444,7 +444,7 @@ fn http_request(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, Str
     Ok((status, body))
 }
 
-fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
+pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         if matches!(http_get(port, path), Ok((200, _))) {
@@ -455,16 +455,16 @@ fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
     bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A child process stopped with SIGTERM (then waited for) when dropped.
-struct Spawned(Child);
+pub(crate) struct Spawned(Child);
 
 impl Spawned {
-    fn start(command: &mut Command) -> anyhow::Result<Self> {
+    pub(crate) fn start(command: &mut Command) -> anyhow::Result<Self> {
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -473,7 +473,7 @@ impl Spawned {
         Ok(Self(child))
     }
 
-    fn id(&self) -> u32 {
+    pub(crate) fn id(&self) -> u32 {
         self.0.id()
     }
 }

@@ -7,6 +7,7 @@ mod bench;
 mod docker;
 mod image;
 mod services;
+mod soak;
 mod stack;
 mod standin;
 mod startup_time;
@@ -39,6 +40,13 @@ enum Command {
         /// Seconds each scenario runs.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Steady multi-turn load on the release server with Postgres and Redis; fails when memory,
+    /// descriptors or connections grow past their bounds after the warm-up.
+    Soak {
+        /// Minutes the load runs.
+        #[arg(long, default_value_t = 2)]
+        minutes: u64,
     },
     /// Build the container image from docker/Dockerfile (hermetic: vendored dependencies).
     Image {
@@ -107,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             &image::ImageOptions::new(tag, rust_image, runtime_image),
         ),
         Command::Bench { seconds } => bench::http(&shell, seconds),
+        Command::Soak { minutes } => soak::run(&shell, minutes),
     }
 }
 
