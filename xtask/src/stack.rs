@@ -330,8 +330,10 @@ pub(crate) fn e2e(shell: &Shell) -> anyhow::Result<()> {
     let took = compose.wait_healthy(Duration::from_secs(120))?;
     println!("xtask: e2e stack healthy after {:.1} s", took.as_secs_f64());
     let container = compose.output(&["ps", "-q", "agent"])?.trim().to_owned();
-    smoke(port, &api_key)?;
+    let wrong_key = format!("wrong-key-{}", random_secret()?);
+    smoke(port, &api_key, &wrong_key)?;
     inspect_container(&container, &options.tag, &[&password, &api_key])?;
+    logs_leak_nothing(&container, &[&password, &api_key, &wrong_key])?;
     stop_during_stream(port, &api_key, &container)?;
     println!("xtask: e2e passed");
     Ok(())
@@ -367,7 +369,7 @@ fn build_fake_model(shell: &Shell, root: &Path, runtime_image: &str) -> anyhow::
 }
 
 /// HTTP checks of the running stack.
-fn smoke(port: u16, api_key: &str) -> anyhow::Result<()> {
+fn smoke(port: u16, api_key: &str, wrong_key: &str) -> anyhow::Result<()> {
     let auth = format!("Bearer {api_key}");
     for path in ["/health", "/ready", "/startup"] {
         let (status, body) = request(port, "GET", path, None, None)?;
@@ -378,6 +380,18 @@ fn smoke(port: u16, api_key: &str) -> anyhow::Result<()> {
     ensure!(
         status == 401,
         "an unauthenticated request answered {status}"
+    );
+    let wrong = format!("Bearer {wrong_key}");
+    let (status, body) = request(
+        port,
+        "POST",
+        "/agent",
+        Some(&wrong),
+        Some(r#"{"message":"hi"}"#),
+    )?;
+    ensure!(
+        status == 401 && body.contains("\"error\""),
+        "a wrong API key answered {status}: {body}"
     );
     let (status, body) = request(
         port,
@@ -422,7 +436,31 @@ fn smoke(port: u16, api_key: &str) -> anyhow::Result<()> {
         status == 200 && body.contains("http_requests_total"),
         "metrics: {status}"
     );
-    println!("xtask: smoke tests passed (probes, auth, two turns, history, stream, metrics)");
+    println!(
+        "xtask: smoke tests passed (probes, no key and a wrong key refused, two turns, history, stream, metrics)"
+    );
+    Ok(())
+}
+
+/// No secret, and not the wrong key a client tried, appears in any line the agent logged.
+fn logs_leak_nothing(container: &str, secrets: &[&str]) -> anyhow::Result<()> {
+    let output = Command::new("docker").args(["logs", container]).output()?;
+    let logs = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        logs.lines().count() > 3,
+        "the agent logged almost nothing: {logs}"
+    );
+    for secret in secrets {
+        ensure!(
+            !logs.contains(secret),
+            "a secret or a presented API key appears in the agent's logs"
+        );
+    }
+    println!(
+        "xtask: no secret and no presented API key in the agent's {} log lines",
+        logs.lines().count()
+    );
     Ok(())
 }
 
@@ -447,6 +485,10 @@ fn inspect_container(container: &str, image: &str, secrets: &[&str]) -> anyhow::
         inspect("{{.HostConfig.ReadonlyRootfs}}", container)? == "true",
         "the root filesystem is writable"
     );
+    let shell = Command::new("docker")
+        .args(["exec", container, "/bin/sh", "-c", "true"])
+        .output()?;
+    ensure!(!shell.status.success(), "the image has a shell");
     let exposed = [
         inspect("{{json .Config.Env}}", container)?,
         inspect("{{json .Config.Labels}}", container)?,
@@ -465,7 +507,7 @@ fn inspect_container(container: &str, image: &str, secrets: &[&str]) -> anyhow::
         );
     }
     println!(
-        "xtask: the agent runs as 65532 with a read-only root, a healthcheck, and no secret in env, labels or history"
+        "xtask: the agent runs as 65532 with a read-only root, no shell, a healthcheck, and no secret in env, labels or history"
     );
     Ok(())
 }
