@@ -50,29 +50,10 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: apt-get install wrk");
     }
-    cmd!(
-        shell,
-        "cargo build --release --locked --package agent-server --package test-support --bins"
-    )
-    .run()?;
-    let bin = crate::project_root().join("target/release");
+    let bin = build_release(shell)?;
     let services = crate::services::start()?;
-    let instant_port = free_port()?;
-    let slow_port = free_port()?;
-    let _instant = Spawned::start(Command::new(bin.join("fake-openai")).args([
-        "--port",
-        &instant_port.to_string(),
-        "--delay-ms",
-        "0",
-    ]))?;
-    let _slow = Spawned::start(Command::new(bin.join("fake-openai")).args([
-        "--port",
-        &slow_port.to_string(),
-        "--delay-ms",
-        "200",
-    ]))?;
-    wait_until_ok(instant_port, "/health")?;
-    wait_until_ok(slow_port, "/health")?;
+    let (_instant, instant_port) = fake_model(&bin, 0)?;
+    let (_slow, slow_port) = fake_model(&bin, 200)?;
 
     let scratch = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -417,6 +398,29 @@ fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
         .take_while(char::is_ascii_digit)
         .collect::<String>()
         .parse()?)
+}
+
+/// Builds the release server and the test binaries; answers their directory.
+pub(crate) fn build_release(shell: &Shell) -> anyhow::Result<std::path::PathBuf> {
+    cmd!(
+        shell,
+        "cargo build --release --locked --package agent-server --package test-support --bins"
+    )
+    .run()?;
+    Ok(crate::project_root().join("target/release"))
+}
+
+/// Starts the fake model server answering after `delay_ms`; answers it and its port.
+pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, u16)> {
+    let port = free_port()?;
+    let model = Spawned::start(Command::new(bin.join("fake-openai")).args([
+        "--port",
+        &port.to_string(),
+        "--delay-ms",
+        &delay_ms.to_string(),
+    ]))?;
+    wait_until_ok(port, "/health")?;
+    Ok((model, port))
 }
 
 pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {

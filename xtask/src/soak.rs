@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use xshell::{Shell, cmd};
+use xshell::Shell;
 
 use crate::bench::{Spawned, free_port, wait_until_ok};
 
@@ -42,21 +42,9 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
             bail!("{tool} is not installed: apt-get install wrk postgresql-client redis-tools");
         }
     }
-    cmd!(
-        shell,
-        "cargo build --release --locked --package agent-server --package test-support --bins"
-    )
-    .run()?;
-    let bin = crate::project_root().join("target/release");
+    let bin = crate::bench::build_release(shell)?;
     let services = crate::services::start()?;
-    let model_port = free_port()?;
-    let _model = Spawned::start(Command::new(bin.join("fake-openai")).args([
-        "--port",
-        &model_port.to_string(),
-        "--delay-ms",
-        "5",
-    ]))?;
-    wait_until_ok(model_port, "/health")?;
+    let (_model, model_port) = crate::bench::fake_model(&bin, 5)?;
 
     let port = free_port()?;
     let separator = if services.database_url.contains('?') {
@@ -164,16 +152,16 @@ end
 fn verdict(samples: &[Sample], warm_up: Duration, report: &str) -> anyhow::Result<()> {
     let (warming, steady): (Vec<Sample>, Vec<Sample>) =
         samples.iter().partition(|sample| sample.at <= warm_up);
-    if warming.len() < 3 || steady.len() < 3 {
+    if warming.is_empty() || steady.len() < 3 {
         bail!("too few samples ({}) for a verdict", samples.len());
     }
-    // Medians of three at either end: one sample can catch a connection being replaced.
+    // Medians of (up to) three at either end: one sample can catch a connection being replaced.
     let median = |window: &[Sample], field: fn(&Sample) -> u64| {
         let mut values: Vec<u64> = window.iter().map(field).collect();
         values.sort_unstable();
         values[values.len() / 2]
     };
-    let base = &warming[warming.len() - 3..];
+    let base = &warming[warming.len().saturating_sub(3)..];
     let end = &steady[steady.len() - 3..];
     let rss_base = median(base, |sample| sample.rss_kib);
     let rss_end = median(end, |sample| sample.rss_kib);
