@@ -183,19 +183,8 @@ fn run_agent(
     stats_port: Option<u16>,
 ) -> anyhow::Result<Measurement> {
     let port = free_port()?;
-    let mut command = Command::new(bin.join("agent-server"));
-    command
-        .env_clear()
-        .env("PORT", port.to_string())
-        .env("WORKERS", "2")
-        .env("AGENT_LOG_FORMAT", "json")
-        .env("AGENT_SERVER__SHUTDOWN_DELAY", "0s")
-        .env("AGENT_RATE_LIMIT__REQUESTS", "1000000000")
-        .env(
-            "OPENAI_BASE_URL",
-            format!("http://127.0.0.1:{model_port}/v1"),
-        )
-        .env("AGENT_STORAGE__POOL_SIZE", "32");
+    let mut command = server_command(bin, port, model_port);
+    command.env("AGENT_STORAGE__POOL_SIZE", "32");
     for (name, value) in extra {
         command.env(name, value);
     }
@@ -408,6 +397,24 @@ pub(crate) fn build_release(shell: &Shell) -> anyhow::Result<std::path::PathBuf>
     )
     .run()?;
     Ok(crate::project_root().join("target/release"))
+}
+
+/// The release server on `port` with a clean environment: two workers, JSON logs, no shutdown
+/// delay, rate limits out of the way, the model at `model_port`. Callers add storage settings.
+pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command {
+    let mut command = Command::new(bin.join("agent-server"));
+    command
+        .env_clear()
+        .env("PORT", port.to_string())
+        .env("WORKERS", "2")
+        .env("AGENT_LOG_FORMAT", "json")
+        .env("AGENT_SERVER__SHUTDOWN_DELAY", "0s")
+        .env("AGENT_RATE_LIMIT__REQUESTS", "1000000000")
+        .env(
+            "OPENAI_BASE_URL",
+            format!("http://127.0.0.1:{model_port}/v1"),
+        );
+    command
 }
 
 /// Starts the fake model server answering after `delay_ms`; answers it and its port.

@@ -57,21 +57,11 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
         services.database_url
     );
     let server = Spawned::start(
-        Command::new(bin.join("agent-server"))
-            .env_clear()
-            .env("PORT", port.to_string())
-            .env("WORKERS", "2")
-            .env("AGENT_LOG_FORMAT", "json")
-            .env("AGENT_SERVER__SHUTDOWN_DELAY", "0s")
-            .env("AGENT_RATE_LIMIT__REQUESTS", "1000000000")
+        crate::bench::server_command(&bin, port, model_port)
             .env("AGENT_STORAGE__POOL_SIZE", POOL_SIZE.to_string())
             .env(
                 "AGENT_STORAGE__REDIS_POOL_SIZE",
                 REDIS_POOL_SIZE.to_string(),
-            )
-            .env(
-                "OPENAI_BASE_URL",
-                format!("http://127.0.0.1:{model_port}/v1"),
             )
             .env("DATABASE_URL", &database_url)
             .env("REDIS_URL", &services.redis_url),

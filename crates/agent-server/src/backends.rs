@@ -37,12 +37,7 @@ pub(crate) struct BackendsRecipe {
 impl BackendsRecipe {
     fn new(storage: &StorageSettings) -> Self {
         Self {
-            postgres: storage.database_url.as_ref().map(|url| PostgresOptions {
-                url: url.clone(),
-                pool_size: storage.pool_size,
-                connect_timeout: storage.connect_timeout,
-                statement_timeout: storage.statement_timeout,
-            }),
+            postgres: postgres_options(storage),
             redis: storage.redis_url.as_ref().map(|url| RedisOptions {
                 url: url.clone(),
                 pool_size: storage.redis_pool_size,
@@ -172,14 +167,21 @@ pub(crate) async fn build(
 
 /// `agent-server migrate`: runs the pending migrations; answers the versions applied.
 pub async fn migrate(storage: &StorageSettings) -> Result<Vec<String>, StartupError> {
-    let options = BackendsRecipe::new(storage)
-        .postgres
-        .ok_or(StartupError::NoDatabase)?;
+    let options = postgres_options(storage).ok_or(StartupError::NoDatabase)?;
     let store = connect_postgres(&PostgresOptions {
         pool_size: 1,
         ..options
     })?;
     migrate_with_retries(&store, storage.startup_timeout).await
+}
+
+fn postgres_options(storage: &StorageSettings) -> Option<PostgresOptions> {
+    storage.database_url.as_ref().map(|url| PostgresOptions {
+        url: url.clone(),
+        pool_size: storage.pool_size,
+        connect_timeout: storage.connect_timeout,
+        statement_timeout: storage.statement_timeout,
+    })
 }
 
 fn connect_postgres(options: &PostgresOptions) -> Result<PostgresStore, StartupError> {
