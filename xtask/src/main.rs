@@ -4,7 +4,9 @@
 #![allow(clippy::print_stdout)]
 
 mod bench;
+mod chaos;
 mod docker;
+mod http;
 mod image;
 mod services;
 mod soak;
@@ -80,6 +82,13 @@ enum Command {
     Ps,
     /// Build the image, run the stack with the fake model, check it end to end, tear it down.
     E2e,
+    /// Break the running stack on purpose under load (Redis and Postgres stopped, model faults,
+    /// SIGTERM and SIGKILL of the agent) and check that no acknowledged turn was lost.
+    Chaos {
+        /// Run only the scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Build a local nginx stand-in (Debian's nginx) for machines with no registry.
     NginxStandin,
     /// Measure process start to the first 200 on /health (median of several runs).
@@ -105,6 +114,7 @@ fn main() -> anyhow::Result<()> {
         Command::Logs { service } => stack::logs(service),
         Command::Ps => stack::ps(),
         Command::E2e => stack::e2e(&shell),
+        Command::Chaos { only } => chaos::run(&shell, only),
         Command::NginxStandin => standin::nginx(),
         Command::Image {
             tag,

@@ -2,8 +2,7 @@
 //! runs the stack with the fake model, checks it over HTTP and with `docker inspect`, and always
 //! tears it down.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -11,13 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use xshell::{Shell, cmd};
 
-use crate::docker;
+use crate::{docker, http};
 
 const PROJECT: &str = "agent-server";
 const E2E_PROJECT: &str = "agent-e2e";
 
 /// A Compose invocation for one project and set of files.
-struct Compose {
+pub(crate) struct Compose {
     program: String,
     leading: Vec<String>,
     project: String,
@@ -37,7 +36,7 @@ impl Compose {
         })
     }
 
-    fn command(&self, arguments: &[&str]) -> Command {
+    pub(crate) fn command(&self, arguments: &[&str]) -> Command {
         let mut command = Command::new(&self.program);
         command.args(&self.leading).args(["-p", &self.project]);
         for file in &self.files {
@@ -52,7 +51,7 @@ impl Compose {
         command
     }
 
-    fn run(&self, arguments: &[&str]) -> anyhow::Result<()> {
+    pub(crate) fn run(&self, arguments: &[&str]) -> anyhow::Result<()> {
         let status = self
             .command(arguments)
             .status()
@@ -61,7 +60,7 @@ impl Compose {
         Ok(())
     }
 
-    fn output(&self, arguments: &[&str]) -> anyhow::Result<String> {
+    pub(crate) fn output(&self, arguments: &[&str]) -> anyhow::Result<String> {
         let output = self.command(arguments).stderr(Stdio::inherit()).output()?;
         ensure!(
             output.status.success(),
@@ -73,7 +72,7 @@ impl Compose {
 
     /// Waits until every container of the project is healthy (or running, without a
     /// healthcheck); on timeout prints the logs of the others and fails.
-    fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<Duration> {
+    pub(crate) fn wait_healthy(&self, timeout: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         loop {
             let ids: Vec<String> = self
@@ -272,69 +271,103 @@ pub(crate) fn ps() -> anyhow::Result<()> {
     main_compose()?.run(&["ps"])
 }
 
-/// Tears the e2e stack down however the test ends.
-struct Teardown<'a>(&'a Compose);
+/// A throwaway Compose project running the image with the fake model (e2e, chaos): random
+/// secrets, a free port, torn down with its volumes when dropped.
+pub(crate) struct TestStack {
+    pub(crate) compose: Compose,
+    pub(crate) port: u16,
+    pub(crate) password: String,
+    pub(crate) api_key: String,
+    pub(crate) image: String,
+}
 
-impl Drop for Teardown<'_> {
+impl TestStack {
+    /// Builds the image and the fake model, starts `project` from compose.yaml,
+    /// docker/compose.e2e.yaml and `overrides` (relative to the root) with `env` added, and waits
+    /// until every service is healthy.
+    pub(crate) fn start(
+        shell: &Shell,
+        project: &str,
+        overrides: &[&str],
+        env: Vec<(String, String)>,
+    ) -> anyhow::Result<Self> {
+        docker::require_engine()?;
+        let root = crate::project_root();
+        let options = crate::image::ImageOptions::new(None, None, None);
+        crate::image::build(shell, &options)?;
+        let fake_image = build_fake_model(shell, &root, &options.runtime_image)?;
+        let secrets = root.join("target").join(project).join("secrets");
+        let password = random_secret()?;
+        let api_key = format!("{project}-key-{}", random_secret()?);
+        write_secrets(&secrets, &password, "", &api_key)?;
+        let port = http::free_port()?;
+        let mut all_env: Vec<(String, String)> = vec![
+            ("POSTGRES_PASSWORD".into(), password.clone()),
+            ("AGENT_PORT".into(), port.to_string()),
+            ("AGENT_IMAGE".into(), options.tag.clone()),
+            ("FAKE_MODEL_IMAGE".into(), fake_image),
+            ("TEST_SECRETS_DIR".into(), secrets.display().to_string()),
+        ];
+        for name in [
+            "POSTGRES_IMAGE",
+            "REDIS_IMAGE",
+            "NGINX_IMAGE",
+            "RUST_IMAGE",
+            "RUNTIME_IMAGE",
+        ] {
+            if let Ok(value) = std::env::var(name) {
+                all_env.push((name.into(), value));
+            }
+        }
+        all_env.extend(env);
+        let mut files = vec![
+            root.join("compose.yaml"),
+            root.join("docker/compose.e2e.yaml"),
+        ];
+        files.extend(overrides.iter().map(|file| root.join(file)));
+        let stack = Self {
+            compose: Compose::new(project, files, all_env)?,
+            port,
+            password,
+            api_key,
+            image: options.tag,
+        };
+        stack.compose.run(&["up", "-d"])?;
+        let took = stack.compose.wait_healthy(Duration::from_secs(120))?;
+        println!("xtask: {project} stack healthy after {:.1} s", took.as_secs_f64());
+        Ok(stack)
+    }
+
+    /// The container id of a service.
+    pub(crate) fn container(&self, service: &str) -> anyhow::Result<String> {
+        let id = self.compose.output(&["ps", "-q", service])?.trim().to_owned();
+        ensure!(!id.is_empty(), "no container for the service {service}");
+        Ok(id)
+    }
+}
+
+impl Drop for TestStack {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = self.0.command(&["logs", "--tail", "100"]).status();
+            let _ = self.compose.command(&["logs", "--tail", "100"]).status();
         }
         let _ = self
-            .0
+            .compose
             .command(&["down", "--volumes", "--remove-orphans"])
             .status();
-        println!("xtask: e2e stack removed");
+        println!("xtask: {} stack removed", self.compose.project);
     }
 }
 
 pub(crate) fn e2e(shell: &Shell) -> anyhow::Result<()> {
-    docker::require_engine()?;
-    let root = crate::project_root();
-    let options = crate::image::ImageOptions::new(None, None, None);
-    crate::image::build(shell, &options)?;
-    let fake_image = build_fake_model(shell, &root, &options.runtime_image)?;
-
-    let scratch = root.join("target/e2e");
-    let password = random_secret()?;
-    let api_key = format!("e2e-key-{}", random_secret()?);
-    write_secrets(&scratch.join("secrets"), &password, "", &api_key)?;
-    let port = free_port()?;
-    let mut env: Vec<(String, String)> = vec![
-        ("POSTGRES_PASSWORD".into(), password.clone()),
-        ("AGENT_PORT".into(), port.to_string()),
-        ("AGENT_IMAGE".into(), options.tag.clone()),
-        ("FAKE_MODEL_IMAGE".into(), fake_image),
-    ];
-    for name in [
-        "POSTGRES_IMAGE",
-        "REDIS_IMAGE",
-        "NGINX_IMAGE",
-        "RUST_IMAGE",
-        "RUNTIME_IMAGE",
-    ] {
-        if let Ok(value) = std::env::var(name) {
-            env.push((name.into(), value));
-        }
-    }
-    let compose = Compose::new(
-        E2E_PROJECT,
-        vec![
-            root.join("compose.yaml"),
-            root.join("docker/compose.e2e.yaml"),
-        ],
-        env,
-    )?;
-    let _teardown = Teardown(&compose);
-    compose.run(&["up", "-d"])?;
-    let took = compose.wait_healthy(Duration::from_secs(120))?;
-    println!("xtask: e2e stack healthy after {:.1} s", took.as_secs_f64());
-    let container = compose.output(&["ps", "-q", "agent"])?.trim().to_owned();
+    let stack = TestStack::start(shell, E2E_PROJECT, &[], Vec::new())?;
+    let (port, password, api_key) = (stack.port, &stack.password, &stack.api_key);
+    let container = stack.container("agent")?;
     let wrong_key = format!("wrong-key-{}", random_secret()?);
-    smoke(port, &api_key, &wrong_key)?;
-    inspect_container(&container, &options.tag, &[&password, &api_key])?;
-    logs_leak_nothing(&container, &[&password, &api_key, &wrong_key])?;
-    stop_during_stream(port, &api_key, &container)?;
+    smoke(port, api_key, &wrong_key)?;
+    inspect_container(&container, &stack.image, &[password, api_key])?;
+    logs_leak_nothing(&container, &[password, api_key, &wrong_key])?;
+    stop_during_stream(port, api_key, &container)?;
     println!("xtask: e2e passed");
     Ok(())
 }
@@ -554,12 +587,7 @@ fn stop_during_stream(port: u16, api_key: &str, container: &str) -> anyhow::Resu
     Ok(())
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A minimal HTTP/1.1 client (Connection: close): answers the status and the decoded body.
+/// A request with the e2e defaults: an optional bearer token, a 30 s timeout.
 fn request(
     port: u16,
     method: &str,
@@ -567,55 +595,9 @@ fn request(
     authorization: Option<&str>,
     json: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-    if let Some(authorization) = authorization {
-        head.push_str(&format!("Authorization: {authorization}\r\n"));
-    }
-    let body = json.unwrap_or("");
-    if json.is_some() {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body.as_bytes())?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    ))
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut decoded = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        decoded.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
-    }
-    decoded
+    let headers: Vec<(&str, &str)> = authorization
+        .map(|value| ("Authorization", value))
+        .into_iter()
+        .collect();
+    Ok(http::call(port, method, path, &headers, json, Duration::from_secs(30))?)
 }

@@ -114,7 +114,7 @@ impl Turns {
                 .append_turn(&session, info.next_sequence, &result.turn)
                 .await;
             if let Err(error) = guard.release().await {
-                tracing::warn!(%error, "releasing the session lock failed; its TTL will free it");
+                tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
             stored.map(|_| AgentResponse {
                 response: result.response,

@@ -11,7 +11,10 @@ use crate::model::LockLease;
 use crate::traits::SessionLocks;
 
 /// A held session lock. Release it with [`LockGuard::release`]; if it is dropped instead, the
-/// release runs in the background, and the TTL frees it if even that fails.
+/// release runs in the background. A release that fails because the backend is unreachable is
+/// retried in the background until it succeeds or the lock's TTL has passed: a lock store that
+/// comes back with the lock still in it (Redis restarted from its snapshot) frees it at once
+/// instead of keeping the session busy for the rest of the TTL.
 #[derive(Debug)]
 pub struct LockGuard {
     locks: Arc<dyn SessionLocks>,
@@ -23,11 +26,44 @@ impl LockGuard {
         self.lease.as_ref().map_or(0, |lease| lease.fencing_token)
     }
 
-    /// Releases the lock; answers false if it had already expired and been lost.
+    /// Releases the lock; answers false if it had already expired and been lost. When the lock
+    /// store is unreachable, answers the error and keeps retrying in the background.
     pub async fn release(mut self) -> Result<bool, StorageError> {
-        match self.lease.take() {
-            Some(lease) => self.locks.release(&lease).await,
-            None => Ok(false),
+        let Some(lease) = self.lease.take() else {
+            return Ok(false);
+        };
+        let answer = self.locks.release(&lease).await;
+        if matches!(&answer, Err(error) if error.is_unavailable()) {
+            let locks = Arc::clone(&self.locks);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(retry_release(locks, lease));
+            }
+        }
+        answer
+    }
+}
+
+/// The first retry's delay; it doubles up to [`RETRY_MAX_DELAY`].
+const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
+const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Retries a release that failed because the lock store was unreachable, until it succeeds,
+/// fails otherwise, or the lease's TTL has passed (the lock has expired by itself then).
+async fn retry_release(locks: Arc<dyn SessionLocks>, lease: LockLease) {
+    let give_up = Instant::now() + lease.ttl;
+    let mut delay = RETRY_FIRST_DELAY;
+    while Instant::now() + delay < give_up {
+        tokio::time::sleep(delay).await;
+        match locks.release(&lease).await {
+            Ok(_) => {
+                tracing::info!(session = %lease.session, "released a session lock after the lock store came back");
+                return;
+            }
+            Err(error) if error.is_unavailable() => delay = (delay * 2).min(RETRY_MAX_DELAY),
+            Err(error) => {
+                tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
+                return;
+            }
         }
     }
 }
@@ -40,8 +76,12 @@ impl Drop for LockGuard {
         let locks = Arc::clone(&self.locks);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                if let Err(error) = locks.release(&lease).await {
-                    tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
+                match locks.release(&lease).await {
+                    Err(error) if error.is_unavailable() => retry_release(locks, lease).await,
+                    Err(error) => {
+                        tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
+                    }
+                    Ok(_) => {}
                 }
             });
         }

@@ -96,11 +96,14 @@ impl Drop for ThrowawayPostgres {
     }
 }
 
-/// A Redis server of the test's own, on a free port, without persistence; killed on drop.
+/// A Redis server of the test's own, on a free port, without persistence (or with, to restart
+/// with its keys as a Redis container does); killed on drop.
 #[derive(Debug)]
 pub struct ThrowawayRedis {
     port: u16,
     child: Option<Child>,
+    /// Where a persistent server writes its snapshot.
+    directory: Option<PathBuf>,
 }
 
 impl ThrowawayRedis {
@@ -109,6 +112,22 @@ impl ThrowawayRedis {
         let mut server = Self {
             port: free_port(),
             child: None,
+            directory: None,
+        };
+        server.restart();
+        server
+    }
+
+    /// Like [`ThrowawayRedis::start`], but `stop` shuts down as `docker stop` does (SIGTERM, which
+    /// saves a snapshot) and `restart` loads it: keys survive a restart.
+    pub fn start_persistent() -> Self {
+        let directory =
+            std::env::temp_dir().join(format!("agent-redis-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&directory).expect("a temporary directory for Redis");
+        let mut server = Self {
+            port: free_port(),
+            child: None,
+            directory: Some(directory),
         };
         server.restart();
         server
@@ -119,21 +138,33 @@ impl ThrowawayRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server (its connections are closed).
+    /// Stops the server (its connections are closed; a persistent one saves its keys first).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            if self.directory.is_some() {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &child.id().to_string()])
+                    .status();
+            } else {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
     }
 
-    /// Starts it again on the same port (empty: there is no persistence).
+    /// Starts it again on the same port (empty unless it is persistent).
     pub fn restart(&mut self) {
         self.stop();
         let port = self.port.to_string();
-        let child = Command::new("redis-server")
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
-            .args(["--appendonly", "no"])
+        let mut command = Command::new("redis-server");
+        command.args(["--port", &port, "--bind", "127.0.0.1", "--appendonly", "no"]);
+        match &self.directory {
+            Some(directory) => command
+                .args(["--save", "3600 1", "--dir"])
+                .arg(directory),
+            None => command.args(["--save", ""]),
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -152,7 +183,13 @@ impl ThrowawayRedis {
 
 impl Drop for ThrowawayRedis {
     fn drop(&mut self) {
-        self.stop();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(directory) = &self.directory {
+            let _ = std::fs::remove_dir_all(directory);
+        }
     }
 }
 

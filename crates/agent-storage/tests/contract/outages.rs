@@ -1,11 +1,12 @@
 //! Backends that are down, stopped mid-test, or drop connections: typed `Unavailable` errors,
 //! never a panic or a hang, and service resumes when they return.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::SessionId;
 use agent_storage::{
-    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, SessionLocks,
+    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, SessionLocks, acquire_lock,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
@@ -125,6 +126,39 @@ async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() 
         .expect("the lock is free on the restarted server");
     assert!(redis.release(&lease).await.unwrap());
     assert_eq!(redis.health_check().await, Ok(()));
+}
+
+/// Found by `cargo xtask chaos`: a turn took its lock, Redis stopped (saving the lock in its
+/// snapshot), the release failed; the restarted Redis kept the session busy for the whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
+    let mut server = test_support::ThrowawayRedis::start_persistent();
+    let redis: Arc<dyn SessionLocks> = Arc::new(
+        RedisCoordination::connect(&test_support::redis_options(&server.url())).unwrap(),
+    );
+    let ttl = Duration::from_secs(60);
+    let guard = acquire_lock(&redis, &id(), ttl, Duration::ZERO).await.unwrap();
+
+    server.stop();
+    let error = guard.release().await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    server.restart();
+    assert!(
+        redis.try_acquire(&id(), ttl).await.ok().flatten().is_none(),
+        "the snapshot kept the lock, as a restarted Redis container does"
+    );
+
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(lease)) = redis.try_acquire(&id(), ttl).await {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the background retry released the lock long before its 60 s TTL");
+    assert!(redis.release(&freed).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! A standalone fake OpenAI-compatible model server for benchmarks and end-to-end tests: every
 //! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay (or the
 //! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total;
-//! `DELETE /stats` restarts the most-at-once count.
+//! `DELETE /stats` restarts the most-at-once count. `PUT /fault/{mode}` makes every completion
+//! fail until `PUT /fault/none`: `429` (with `Retry-After: 1`), `500`, or `timeout` (no answer
+//! for 120 s), for chaos tests.
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -9,11 +11,17 @@
 #![allow(clippy::print_stdout)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
+
+/// The injected fault: 0 none, an HTTP status, or `HANG`.
+#[derive(Default)]
+struct Fault(AtomicU16);
+
+const HANG: u16 = 1;
 
 #[derive(Default)]
 struct Stats {
@@ -43,10 +51,22 @@ async fn completions(
     body: web::Json<Value>,
     stats: web::Data<Arc<Stats>>,
     delay: web::Data<Duration>,
+    fault: web::Data<Fault>,
 ) -> HttpResponse {
     let _counted = Counted::start(&stats);
-    if !delay.is_zero() {
-        tokio::time::sleep(**delay).await;
+    match fault.0.load(Ordering::SeqCst) {
+        0 => {}
+        HANG => {
+            tokio::time::sleep(Duration::from_secs(120)).await;
+            return HttpResponse::GatewayTimeout().body("the fake model hung");
+        }
+        status => {
+            let status = actix_web::http::StatusCode::from_u16(status)
+                .unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
+            return HttpResponse::build(status)
+                .insert_header(("retry-after", "1"))
+                .body(format!("fake fault {status}"));
+        }
     }
     let last_user = body["messages"]
         .as_array()
@@ -58,6 +78,10 @@ async fn completions(
         })
         .and_then(|message| message["content"].as_str())
         .unwrap_or("");
+    let delay = requested_delay(last_user).unwrap_or(**delay);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     let text = format!("echo: {last_user}");
     let usage = json!({ "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 });
     if body["stream"].as_bool() == Some(true) {
@@ -103,6 +127,27 @@ async fn reset_stats(stats: web::Data<Arc<Stats>>) -> HttpResponse {
     HttpResponse::NoContent().finish()
 }
 
+/// The delay a message starting "sleep <ms>" asks for.
+fn requested_delay(message: &str) -> Option<Duration> {
+    let milliseconds = message.strip_prefix("sleep ")?.split_whitespace().next()?;
+    milliseconds.parse().ok().map(Duration::from_millis)
+}
+
+/// `PUT /fault/{mode}`: `none`, `timeout`, or an HTTP error status (400-599).
+async fn set_fault(mode: web::Path<String>, fault: web::Data<Fault>) -> HttpResponse {
+    let value = match mode.as_str() {
+        "none" => 0,
+        "timeout" => HANG,
+        status => match status.parse::<u16>() {
+            Ok(status) if (400..600).contains(&status) => status,
+            _ => return HttpResponse::BadRequest().body("mode: none, timeout or a status 400-599"),
+        },
+    };
+    fault.0.store(value, Ordering::SeqCst);
+    println!("fake-openai: fault {mode}");
+    HttpResponse::NoContent().finish()
+}
+
 fn argument(name: &str) -> Option<u64> {
     let arguments: Vec<String> = std::env::args().collect();
     arguments
@@ -118,15 +163,18 @@ async fn main() -> std::io::Result<()> {
     let host = std::env::var("FAKE_OPENAI_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let shared = web::Data::new(Arc::new(Stats::default()));
     let delay = web::Data::new(delay);
+    let fault = web::Data::new(Fault::default());
     println!("fake-openai listening on {host}:{port}");
     HttpServer::new(move || {
         App::new()
             .app_data(shared.clone())
             .app_data(delay.clone())
+            .app_data(fault.clone())
             .app_data(web::JsonConfig::default().limit(16 << 20))
             .route("/v1/chat/completions", web::post().to(completions))
             .route("/stats", web::get().to(stats))
             .route("/stats", web::delete().to(reset_stats))
+            .route("/fault/{mode}", web::put().to(set_fault))
             .route(
                 "/health",
                 web::get().to(|| async { HttpResponse::Ok().body("ok") }),
