@@ -300,7 +300,10 @@ fn stream_outcome(events: &str, message: &str) -> (String, Decision) {
                 .lines()
                 .find_map(|line| line.strip_prefix("data: "))
                 .unwrap_or("{}");
-            Some((name, serde_json::from_str::<Value>(data).unwrap_or_default()))
+            Some((
+                name,
+                serde_json::from_str::<Value>(data).unwrap_or_default(),
+            ))
         })
         .last();
     match last {
@@ -377,7 +380,10 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
     let log = Arc::new(Mutex::new(BufWriter::new(File::create(&log_path)?)));
     let mut rows = Vec::new();
     for fault in Fault::ALL {
-        if only.as_deref().is_some_and(|only| !fault.name().contains(only)) {
+        if only
+            .as_deref()
+            .is_some_and(|only| !fault.name().contains(only))
+        {
             continue;
         }
         println!("xtask: chaos scenario {}", fault.name());
@@ -478,7 +484,10 @@ fn scenario(
                     None,
                     Duration::from_secs(5),
                 )?;
-                ensure!(status == 204, "the fake model refused fault {mode}: {status}");
+                ensure!(
+                    status == 204,
+                    "the fake model refused fault {mode}: {status}"
+                );
                 std::thread::sleep(Duration::from_secs(seconds));
             }
         }
@@ -494,7 +503,9 @@ fn scenario(
             );
             let exit = exit_codes(&agent, since)?;
             if fault == Fault::Term && exit.first().map(String::as_str) != Some("0") {
-                problems.push(format!("after SIGTERM the agent exited with {exit:?}, not 0"));
+                problems.push(format!(
+                    "after SIGTERM the agent exited with {exit:?}, not 0"
+                ));
             }
             if fault == Fault::Term {
                 let logs = docker_output(&["logs", &agent])?;
@@ -681,9 +692,7 @@ fn check_database(
     )?;
     let sessions = psql(
         &postgres,
-        &format!(
-            "SELECT id, next_sequence, turn_count FROM sessions WHERE id LIKE '{prefix}-%'"
-        ),
+        &format!("SELECT id, next_sequence, turn_count FROM sessions WHERE id LIKE '{prefix}-%'"),
     )?;
     let mut by_session: HashMap<&str, Vec<(i64, &str, &str)>> = HashMap::new();
     for fields in &messages {
@@ -724,7 +733,11 @@ fn check_database(
         }
     }
     if !by_session.is_empty() {
-        broken.extend(by_session.keys().map(|id| format!("{id} (messages without a session row)")));
+        broken.extend(
+            by_session
+                .keys()
+                .map(|id| format!("{id} (messages without a session row)")),
+        );
     }
     for turn in turns {
         let count = stored.remove(turn.message.as_str()).unwrap_or(0);
@@ -747,7 +760,10 @@ fn check_database(
         problems.push(format!("{} acknowledged turns are not stored", row.lost));
     }
     if row.duplicated > 0 {
-        problems.push(format!("{} turns are stored more than once", row.duplicated));
+        problems.push(format!(
+            "{} turns are stored more than once",
+            row.duplicated
+        ));
     }
     if !broken.is_empty() {
         problems.push(format!(
@@ -830,7 +846,11 @@ fn wait_restarted(container: &str, before: &str, timeout: Duration) -> anyhow::R
 fn wait_healthy(container: &str, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < timeout {
-        if inspect(container, "{{if .State.Health}}{{.State.Health.Status}}{{end}}")? == "healthy" {
+        if inspect(
+            container,
+            "{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+        )? == "healthy"
+        {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(100));

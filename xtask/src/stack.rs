@@ -334,13 +334,20 @@ impl TestStack {
         };
         stack.compose.run(&["up", "-d"])?;
         let took = stack.compose.wait_healthy(Duration::from_secs(120))?;
-        println!("xtask: {project} stack healthy after {:.1} s", took.as_secs_f64());
+        println!(
+            "xtask: {project} stack healthy after {:.1} s",
+            took.as_secs_f64()
+        );
         Ok(stack)
     }
 
     /// The container id of a service.
     pub(crate) fn container(&self, service: &str) -> anyhow::Result<String> {
-        let id = self.compose.output(&["ps", "-q", service])?.trim().to_owned();
+        let id = self
+            .compose
+            .output(&["ps", "-q", service])?
+            .trim()
+            .to_owned();
         ensure!(!id.is_empty(), "no container for the service {service}");
         Ok(id)
     }
@@ -599,5 +606,12 @@ fn request(
         .map(|value| ("Authorization", value))
         .into_iter()
         .collect();
-    Ok(http::call(port, method, path, &headers, json, Duration::from_secs(30))?)
+    Ok(http::call(
+        port,
+        method,
+        path,
+        &headers,
+        json,
+        Duration::from_secs(30),
+    )?)
 }

@@ -64,7 +64,9 @@ impl Drop for Claim {
     }
 }
 
-/// Runs `turn` at most once per key: answers its response and whether it was replayed.
+/// Runs `turn` at most once per key: answers its response and whether it was replayed. `turn`
+/// answers its response and whether it completed the claim itself (atomically with the turn);
+/// if not, the claim is completed here.
 pub(crate) async fn run_once<F, Fut>(
     store: &Arc<dyn IdempotencyStore>,
     key: &str,
@@ -75,7 +77,7 @@ pub(crate) async fn run_once<F, Fut>(
 ) -> Result<(AgentResponse, bool), ApiError>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<AgentResponse, ApiError>>,
+    Fut: Future<Output = Result<(AgentResponse, bool), ApiError>>,
 {
     let deadline = Instant::now() + lease;
     loop {
@@ -86,14 +88,16 @@ where
                     key: key.to_owned(),
                     settled: false,
                 };
-                let response = turn().await?;
-                let stored = serde_json::to_string(&response)
-                    .map_err(|error| ApiError::Internal(error.into()))?;
-                if let Err(error) = store.complete(key, &stored, retention).await {
-                    // The turn is stored; only replays of this key are lost.
-                    tracing::warn!(%error, "storing the idempotent response failed");
-                }
+                let (response, completed) = turn().await?;
                 claim.settled = true;
+                if !completed {
+                    let stored = serde_json::to_string(&response)
+                        .map_err(|error| ApiError::Internal(error.into()))?;
+                    if let Err(error) = store.complete(key, &stored, retention).await {
+                        // The turn is stored; only replays of this key are lost.
+                        tracing::warn!(%error, "storing the idempotent response failed");
+                    }
+                }
                 return Ok((response, false));
             }
             IdempotencyBegin::Completed(stored) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use agent_config::Settings;
 use agent_core::{Agent, Role, TurnRequest, TurnResult};
-use agent_storage::{LockGuard, SessionInfo, acquire_lock};
+use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, acquire_lock};
 
 use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
@@ -94,12 +94,16 @@ impl Turns {
     }
 
     /// Stores a finished turn and releases the lock. The store runs in its own task, so a client
-    /// going away cannot interrupt it half-way (it is one transaction either way).
+    /// going away cannot interrupt it half-way (it is one transaction either way). With `claim`,
+    /// the idempotency claim is completed with the response in the same transaction where the
+    /// store can (answered true), so a crash cannot leave a stored turn behind a claim that a
+    /// retry would run again.
     pub(crate) async fn store(
         &self,
         held: HeldSession,
         result: TurnResult,
-    ) -> Result<AgentResponse, ApiError> {
+        claim: Option<ClaimToComplete>,
+    ) -> Result<(AgentResponse, bool), ApiError> {
         let HeldSession {
             session,
             info,
@@ -109,33 +113,63 @@ impl Turns {
         let conversations = Arc::clone(&self.backends.conversations);
         let tokens_used = result.turn.usage.total();
         record_turn(&result, started);
+        let TurnResult { turn, response, .. } = result;
+        let response = AgentResponse {
+            response,
+            session_id: session.to_string(),
+            tokens_used,
+        };
         let stored = tokio::spawn(async move {
-            let stored = conversations
-                .append_turn(&session, info.next_sequence, &result.turn)
-                .await;
+            let stored = match &claim {
+                None => conversations
+                    .append_turn(&session, info.next_sequence, &turn)
+                    .await
+                    .map(|_| false),
+                Some(claim) => {
+                    let replay = serde_json::to_string(&response)
+                        .map_err(|error| ApiError::Internal(error.into()))?;
+                    let completion = IdempotencyCompletion {
+                        key: &claim.key,
+                        response: &replay,
+                        retention: claim.retention,
+                    };
+                    conversations
+                        .append_turn_completing(&session, info.next_sequence, &turn, completion)
+                        .await
+                        .map(|(_, completed)| completed)
+                }
+            };
             if let Err(error) = guard.release().await {
                 tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
-            stored.map(|_| AgentResponse {
-                response: result.response,
-                session_id: session.to_string(),
-                tokens_used,
-            })
+            Ok::<_, ApiError>((response, stored?))
         });
-        let response = stored
+        stored
             .await
-            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))??;
-        Ok(response)
+            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?
     }
 
-    /// The whole non-streaming turn.
-    pub(crate) async fn run(&self, turn: ValidTurn) -> Result<AgentResponse, ApiError> {
+    /// The whole non-streaming turn; answers the response and whether `claim` was completed
+    /// with it.
+    pub(crate) async fn run(
+        &self,
+        turn: ValidTurn,
+        claim: Option<ClaimToComplete>,
+    ) -> Result<(AgentResponse, bool), ApiError> {
         let Prepared { request, held } = self.prepare(turn).await?;
         let result = self.agent.run_turn(request).await.inspect_err(|error| {
             metrics::counter!("agent_turns_total", "outcome" => outcome(error)).increment(1);
         })?;
-        self.store(held, result).await
+        self.store(held, result, claim).await
     }
+}
+
+/// An idempotency claim the turn's store should complete: the claimed key and how long its
+/// response is kept.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimToComplete {
+    pub(crate) key: String,
+    pub(crate) retention: Duration,
 }
 
 /// The metric label of a failed turn.

@@ -16,7 +16,9 @@ mod traits;
 pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
-pub use model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+pub use model::{
+    IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionInfo, StoredMessage,
+};
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};
 pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};

@@ -58,3 +58,12 @@ pub enum IdempotencyBegin {
     /// The key was used with a different request body.
     Mismatch,
 }
+
+/// An idempotency claim to complete in the same transaction as the turn it ran: the response to
+/// replay, kept for `retention`.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyCompletion<'a> {
+    pub key: &'a str,
+    pub response: &'a str,
+    pub retention: std::time::Duration,
+}

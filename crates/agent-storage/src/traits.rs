@@ -7,7 +7,9 @@ use agent_core::{SessionId, Turn};
 use async_trait::async_trait;
 
 use crate::error::StorageError;
-use crate::model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+use crate::model::{
+    IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionInfo, StoredMessage,
+};
 
 /// Durable conversations.
 #[async_trait]
@@ -49,6 +51,23 @@ pub trait ConversationStore: Send + Sync + Debug {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError>;
+
+    /// [`append_turn`](Self::append_turn) that also completes an idempotency claim with the
+    /// turn's response in the same transaction, so a crash between the two cannot let a retry
+    /// run the turn again. Answers whether the claim was completed with the turn; the default,
+    /// for stores that keep idempotency records elsewhere, completes nothing and answers false
+    /// (the caller then completes the claim itself).
+    async fn append_turn_completing(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+        completion: IdempotencyCompletion<'_>,
+    ) -> Result<(SessionInfo, bool), StorageError> {
+        let _ = completion;
+        let info = self.append_turn(id, expected_next_sequence, turn).await?;
+        Ok((info, false))
+    }
 
     /// Deletes the session and all its messages; answers whether it existed.
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;

@@ -159,9 +159,7 @@ impl ThrowawayRedis {
         let mut command = Command::new("redis-server");
         command.args(["--port", &port, "--bind", "127.0.0.1", "--appendonly", "no"]);
         match &self.directory {
-            Some(directory) => command
-                .args(["--save", "3600 1", "--dir"])
-                .arg(directory),
+            Some(directory) => command.args(["--save", "3600 1", "--dir"]).arg(directory),
             None => command.args(["--save", ""]),
         };
         let child = command

@@ -17,7 +17,7 @@ use crate::backends::Backends;
 use crate::dto::{AgentRequest, AgentResponse, parse_json};
 use crate::error::{ApiError, ErrorBody};
 use crate::idempotency;
-use crate::turn::{Prepared, Turns};
+use crate::turn::{ClaimToComplete, Prepared, Turns};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -59,7 +59,7 @@ pub(crate) async fn post_agent(
     ]);
     let turn = parsed.validate(settings.api.max_message_chars)?;
     let Some(key) = idempotency_key else {
-        return Ok(HttpResponse::Ok().json(turns.run(turn).await?));
+        return Ok(HttpResponse::Ok().json(turns.run(turn, None).await?.0));
     };
     let caller = request
         .extensions()
@@ -67,13 +67,18 @@ pub(crate) async fn post_agent(
         .map_or_else(|| "anonymous".to_owned(), |caller| caller.0.clone());
     // A retry may wait for the first request's lock and turn.
     let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
+    let key = format!("{caller}:{key}");
+    let claim = ClaimToComplete {
+        key: key.clone(),
+        retention: settings.api.idempotency_retention,
+    };
     let (response, replayed) = idempotency::run_once(
         &backends.idempotency,
-        &format!("{caller}:{key}"),
+        &key,
         &fingerprint,
         lease,
         settings.api.idempotency_retention,
-        || turns.run(turn),
+        || turns.run(turn, Some(claim)),
     )
     .await?;
     let mut answer = HttpResponse::Ok();
@@ -139,8 +144,8 @@ pub(crate) async fn post_agent_stream(
                     }
                     Some(AgentEvent::Done(result)) => {
                         let Some(held) = held.take() else { break };
-                        match turns.store(held, result).await {
-                            Ok(response) => yield sse("done", &json!(response)),
+                        match turns.store(held, result, None).await {
+                            Ok((response, _)) => yield sse("done", &json!(response)),
                             Err(error) => yield error_event(&error),
                         }
                         break;

@@ -10,7 +10,7 @@ use super::schema::{messages, sessions};
 use super::statements::{AppendTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
-use crate::model::{SessionInfo, StoredMessage};
+use crate::model::{IdempotencyCompletion, SessionInfo, StoredMessage};
 use crate::traits::ConversationStore;
 
 #[derive(Debug, Queryable, Selectable)]
@@ -239,6 +239,46 @@ impl ConversationStore for PostgresStore {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
+        self.append(id, expected_next_sequence, turn, None).await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, turn, completion), fields(backend = BACKEND, messages = turn.messages.len()))]
+    async fn append_turn_completing(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+        completion: IdempotencyCompletion<'_>,
+    ) -> Result<(SessionInfo, bool), StorageError> {
+        let info = self
+            .append(id, expected_next_sequence, turn, Some(completion))
+            .await?;
+        Ok((info, true))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            let deleted = diesel::delete(sessions::table.find(id.as_str()))
+                .execute(&mut connection)
+                .await
+                .map_err(query_error)?;
+            Ok(deleted > 0)
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    /// The turn's one statement, completing `completion` with it when given.
+    async fn append(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+        completion: Option<IdempotencyCompletion<'_>>,
+    ) -> Result<SessionInfo, StorageError> {
         let statement = AppendTurn {
             id: id.as_str(),
             expected: signed(expected_next_sequence),
@@ -247,6 +287,10 @@ impl ConversationStore for PostgresStore {
             completion_tokens: signed(turn.usage.completion_tokens),
             now: Utc::now(),
             messages: message_columns(turn, expected_next_sequence)?,
+            idempotency_key: completion.map(|completion| completion.key),
+            idempotency_response: completion.map(|completion| completion.response),
+            retention_seconds: completion
+                .map_or(0.0, |completion| completion.retention.as_secs_f64()),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
@@ -274,19 +318,6 @@ impl ConversationStore for PostgresStore {
                     actual: unsigned(actual),
                 },
             })
-        })
-        .await
-    }
-
-    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
-    async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
-        bounded(BACKEND, self.call_limit, async {
-            let mut connection = self.connection().await?;
-            let deleted = diesel::delete(sessions::table.find(id.as_str()))
-                .execute(&mut connection)
-                .await
-                .map_err(query_error)?;
-            Ok(deleted > 0)
         })
         .await
     }

@@ -1,5 +1,6 @@
 //! The two statements on a turn's path, each written as one round trip: creating-or-reading a
-//! session, and storing a whole turn (session update and message rows in one statement).
+//! session, and storing a whole turn (session update, message rows and the completion of its
+//! idempotency claim in one statement).
 //!
 //! They are hand-written query fragments rather than `sql_query` so that they have a static query
 //! id: diesel then keeps them as prepared statements per connection (`sql_query` is re-prepared,
@@ -9,7 +10,7 @@ use chrono::{DateTime, Utc};
 use diesel::QueryResult;
 use diesel::pg::Pg;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Array, BigInt, Jsonb, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Double, Jsonb, Nullable, Text, Timestamptz};
 
 /// The SQL types of a `sessions` row, in `SESSION_COLUMNS` order.
 pub(super) type SessionRowType = (
@@ -78,7 +79,8 @@ pub(super) struct MessageColumns<'a> {
 /// Advances the session by a whole turn and inserts its messages, in one statement (so
 /// atomically, without a transaction's extra round trips). The update only matches while the
 /// session's `next_sequence` is `expected`, and the insert only runs on the updated row, so a
-/// stale writer changes nothing and gets no row back.
+/// stale writer changes nothing and gets no row back. With an idempotency key, the key's record
+/// gets the response in the same statement (only when the turn is stored).
 #[derive(Debug)]
 pub(super) struct AppendTurn<'a> {
     pub(super) id: &'a str,
@@ -88,6 +90,11 @@ pub(super) struct AppendTurn<'a> {
     pub(super) completion_tokens: i64,
     pub(super) now: DateTime<Utc>,
     pub(super) messages: MessageColumns<'a>,
+    /// The idempotency claim to complete (none: the update matches no row), its response, and
+    /// how long it is kept, in seconds.
+    pub(super) idempotency_key: Option<&'a str>,
+    pub(super) idempotency_response: Option<&'a str>,
+    pub(super) retention_seconds: f64,
 }
 
 impl QueryId for AppendTurn<'_> {
@@ -133,7 +140,16 @@ impl QueryFragment<Pg> for AppendTurn<'_> {
         out.push_bind_param::<Array<Nullable<Text>>, _>(&columns.tool_call_ids)?;
         out.push_sql(", ");
         out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.tokens)?;
-        out.push_sql(") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)) SELECT ");
+        out.push_sql(
+            ") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)), \
+             completed AS (UPDATE idempotency_records SET response = ",
+        );
+        out.push_bind_param::<Nullable<Text>, _>(&self.idempotency_response)?;
+        out.push_sql(", expires_at = now() + make_interval(secs => ");
+        out.push_bind_param::<Double, _>(&self.retention_seconds)?;
+        out.push_sql(") WHERE key = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.idempotency_key)?;
+        out.push_sql(" AND EXISTS (SELECT 1 FROM updated)) SELECT ");
         out.push_sql(SESSION_COLUMNS);
         out.push_sql(" FROM updated");
         Ok(())

@@ -3,7 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_storage::{IdempotencyBegin, IdempotencyStore, MemoryStorage};
+use agent_core::{Message, SessionId, TokenUsage, Turn};
+use agent_storage::{
+    ConversationStore, IdempotencyBegin, IdempotencyCompletion, IdempotencyStore, MemoryStorage,
+    StorageError,
+};
 
 use crate::backend;
 
@@ -34,6 +38,94 @@ backend!(postgres_backend, postgres().await;
     a_claim_whose_request_vanished_lapses_after_its_lease,
     concurrent_claims_of_one_key_start_exactly_once,
 );
+
+/// One store holding both conversations and idempotency records.
+type Both = (Arc<dyn ConversationStore>, Records);
+
+async fn memory_both() -> Both {
+    let store = Arc::new(MemoryStorage::new());
+    (store.clone(), store)
+}
+
+async fn postgres_both() -> Both {
+    let store = Arc::new(test_support::postgres_store().await);
+    (store.clone(), store)
+}
+
+backend!(memory_with_turns, memory_both().await; a_turn_stored_with_its_claim_completes_it_or_says_it_did_not);
+backend!(postgres_with_turns, postgres_both().await; a_turn_stored_with_its_claim_completes_it_or_says_it_did_not);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_completes_the_claim_in_the_turns_own_statement() {
+    let (conversations, records) = postgres_both().await;
+    let (_, completed) = store_with_claim(&conversations, &records, "pg-atomic").await;
+    assert!(
+        completed,
+        "Postgres completes the claim with the turn: a crash between the two cannot run it twice"
+    );
+}
+
+/// Stores a one-exchange turn in a new session while holding a claim on `key`.
+async fn store_with_claim(
+    conversations: &Arc<dyn ConversationStore>,
+    records: &Records,
+    key: &str,
+) -> (SessionId, bool) {
+    let session = SessionId::parse(&format!("{key}-{}", uuid::Uuid::new_v4().simple())).unwrap();
+    conversations.ensure_session(&session).await.unwrap();
+    assert_eq!(
+        records.begin(key, "body", LEASE).await.unwrap(),
+        IdempotencyBegin::Started
+    );
+    let turn = Turn {
+        messages: vec![Message::user("hello"), Message::assistant("hi")],
+        usage: TokenUsage::default(),
+    };
+    let completion = IdempotencyCompletion {
+        key,
+        response: r#"{"response":"hi"}"#,
+        retention: RETENTION,
+    };
+    // A stale writer stores nothing and completes nothing.
+    let stale = conversations
+        .append_turn_completing(&session, 5, &turn, completion)
+        .await
+        .unwrap_err();
+    assert!(matches!(stale, StorageError::Conflict { .. }), "{stale:?}");
+    assert_eq!(
+        records.begin(key, "body", LEASE).await.unwrap(),
+        IdempotencyBegin::InProgress
+    );
+    let (info, completed) = conversations
+        .append_turn_completing(&session, 0, &turn, completion)
+        .await
+        .unwrap();
+    assert_eq!(info.next_sequence, 2);
+    (session, completed)
+}
+
+async fn a_turn_stored_with_its_claim_completes_it_or_says_it_did_not(
+    (conversations, records): Both,
+) {
+    let (session, completed) = store_with_claim(&conversations, &records, "with-turn").await;
+    let expected = if completed {
+        IdempotencyBegin::Completed(r#"{"response":"hi"}"#.into())
+    } else {
+        IdempotencyBegin::InProgress
+    };
+    assert_eq!(
+        records.begin("with-turn", "body", LEASE).await.unwrap(),
+        expected
+    );
+    assert_eq!(
+        conversations
+            .recent_messages(&session, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+}
 
 async fn a_key_goes_from_started_to_in_progress_to_completed(records: Records) {
     assert_eq!(

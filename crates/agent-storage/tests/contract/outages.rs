@@ -133,11 +133,12 @@ async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
     let mut server = test_support::ThrowawayRedis::start_persistent();
-    let redis: Arc<dyn SessionLocks> = Arc::new(
-        RedisCoordination::connect(&test_support::redis_options(&server.url())).unwrap(),
-    );
+    let redis: Arc<dyn SessionLocks> =
+        Arc::new(RedisCoordination::connect(&test_support::redis_options(&server.url())).unwrap());
     let ttl = Duration::from_secs(60);
-    let guard = acquire_lock(&redis, &id(), ttl, Duration::ZERO).await.unwrap();
+    let guard = acquire_lock(&redis, &id(), ttl, Duration::ZERO)
+        .await
+        .unwrap();
 
     server.stop();
     let error = guard.release().await.unwrap_err();
