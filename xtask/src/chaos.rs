@@ -86,11 +86,13 @@ impl Fault {
                     || label.starts_with("stream error turn_deadline")
             }
             Self::Term => {
-                matches!(label, "connect" | "reset" | "stream shutdown stored=false")
-                    || status == "503"
+                matches!(
+                    label,
+                    "connect" | "no answer" | "reset" | "stream shutdown stored=false"
+                ) || status == "503"
             }
             Self::Kill => {
-                matches!(label, "connect" | "reset" | "stream reset")
+                matches!(label, "connect" | "no answer" | "reset" | "stream reset")
                     || label.starts_with("stream cut")
                     || matches!(status, "409" | "503")
             }
@@ -270,7 +272,11 @@ impl Load {
         ) {
             Ok((200, events)) => stream_outcome(&events, message),
             Ok((status, answer)) => error_answer(status, &answer),
-            Err(error @ CallError::Connect(_)) => (error.label().into(), Decision::Retry),
+            // Without a byte of answer the server never sent the stream's head, which it does
+            // before the model is even called: nothing can have been stored.
+            Err(error @ (CallError::Connect(_) | CallError::NoAnswer(_))) => {
+                (error.label().into(), Decision::Retry)
+            }
             Err(error) => (format!("stream {}", error.label()), Decision::Unknown),
         }
     }

@@ -11,15 +11,24 @@ use std::time::Duration;
 pub(crate) enum CallError {
     /// The connection was refused or could not be made: the server never saw the request.
     Connect(std::io::Error),
-    /// The connection broke or timed out after the request may have been sent.
+    /// The connection closed or broke before a single byte of answer: the server never began
+    /// to answer (a proxy in front of a stopped server closes connections this way).
+    NoAnswer(std::io::Error),
+    /// The connection broke or timed out after the answer had begun.
     Io(std::io::Error),
 }
 
 impl CallError {
-    /// A short label for reports: `connect`, `timeout` or `reset`.
+    /// A short label for reports: `connect`, `no answer`, `timeout` or `reset`.
     pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
+            Self::NoAnswer(error)
+                if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                "timeout"
+            }
+            Self::NoAnswer(_) => "no answer",
             Self::Io(error)
                 if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
@@ -34,6 +43,7 @@ impl std::fmt::Display for CallError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Connect(error) => write!(formatter, "cannot connect: {error}"),
+            Self::NoAnswer(error) => write!(formatter, "no answer: {error}"),
             Self::Io(error) => write!(formatter, "connection failed: {error}"),
         }
     }
@@ -54,7 +64,8 @@ pub(crate) fn call(
     let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream =
         TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(CallError::Connect)?;
-    let exchange = |stream: &mut TcpStream| -> std::io::Result<Vec<u8>> {
+    let mut response = Vec::new();
+    let mut exchange = |stream: &mut TcpStream| -> std::io::Result<()> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         let mut head =
@@ -72,17 +83,27 @@ pub(crate) fn call(
         head.push_str("\r\n");
         stream.write_all(head.as_bytes())?;
         stream.write_all(body.as_bytes())?;
-        let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
-        Ok(response)
+        Ok(())
     };
-    let response = exchange(&mut stream).map_err(CallError::Io)?;
+    if let Err(error) = exchange(&mut stream) {
+        return Err(if response.is_empty() {
+            CallError::NoAnswer(error)
+        } else {
+            CallError::Io(error)
+        });
+    }
     let text = String::from_utf8_lossy(&response).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        return Err(CallError::Io(std::io::Error::new(
+        let error = std::io::Error::new(
             ErrorKind::UnexpectedEof,
             "the connection closed before a complete response head",
-        )));
+        );
+        return Err(if response.is_empty() {
+            CallError::NoAnswer(error)
+        } else {
+            CallError::Io(error)
+        });
     };
     let status = head
         .split_whitespace()
