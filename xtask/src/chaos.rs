@@ -658,7 +658,7 @@ fn scenario(
             ));
         }
         println!(
-            "xtask:   after SIGKILL: {} session locks left by the dead process, longest {} ms to live (TTL {} ms)",
+            "xtask:   right after the restart: {} session locks in Redis (the dead process's and new ones), longest {} ms to live (TTL {} ms)",
             lock_ttls.len(),
             lock_ttls.iter().max().unwrap_or(&0),
             LOCK_TTL.as_millis()

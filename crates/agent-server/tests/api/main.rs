@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod errors;
 mod helpers;
+mod manifests;
 mod openapi;
 mod probes;
 mod properties;
