@@ -29,7 +29,7 @@ const AFTER: Duration = Duration::from_secs(10);
 const OUTAGE: Duration = Duration::from_secs(10);
 /// The session lock's TTL in the chaos stack: turn deadline (8 s, docker/compose.chaos.yaml)
 /// plus the server's fixed 30 s margin.
-const LOCK_TTL: Duration = Duration::from_secs(38);
+pub(crate) const LOCK_TTL: Duration = Duration::from_secs(38);
 /// How long a client keeps retrying one turn before it counts as failed.
 const GIVE_UP: Duration = Duration::from_secs(90);
 /// A client's bound on one request (an idempotent retry may wait out the first claim's lease).
@@ -39,7 +39,7 @@ const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 
 /// What a scenario breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Fault {
+pub(crate) enum Fault {
     Redis,
     Postgres,
     Model,
@@ -74,7 +74,7 @@ impl Fault {
     /// (README: Redis down → 503, Postgres down → 503, model failures → 502/503/504, a draining
     /// server refuses new connections and ends streams with `shutdown`, a crashed holder's lock
     /// answers 409 until its TTL).
-    fn allows(self, label: &str) -> bool {
+    pub(crate) fn allows(self, label: &str) -> bool {
         let status = label.split(' ').next().unwrap_or("");
         match self {
             Self::Redis | Self::Postgres => {
@@ -124,15 +124,15 @@ enum Decision {
 }
 
 #[derive(Debug)]
-struct AttemptRecord {
+pub(crate) struct AttemptRecord {
     start: Duration,
     end: Duration,
-    label: String,
+    pub(crate) label: String,
     decision: Decision,
 }
 
 #[derive(Debug)]
-struct TurnRecord {
+pub(crate) struct TurnRecord {
     message: String,
     acked: bool,
     gave_up: bool,
@@ -282,6 +282,67 @@ impl Load {
     }
 }
 
+/// A running load: the clients' threads and what they share.
+pub(crate) struct LoadRun {
+    load: Arc<Load>,
+    clients: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl LoadRun {
+    /// Starts [`CLIENTS`] clients on 127.0.0.1:`port` (every fourth streams), on sessions named
+    /// `<prefix>-c<client>-s<n>`, recording every attempt into `log`.
+    pub(crate) fn start(
+        port: u16,
+        api_key: &str,
+        prefix: &str,
+        scenario: &'static str,
+        log: &Arc<Mutex<BufWriter<File>>>,
+    ) -> Self {
+        let load = Arc::new(Load {
+            port,
+            authorization: format!("Bearer {api_key}"),
+            prefix: prefix.to_owned(),
+            scenario,
+            began: Instant::now(),
+            stop: AtomicBool::new(false),
+            attempts: Mutex::new(Vec::new()),
+            turns: Mutex::new(Vec::new()),
+            log: Arc::clone(log),
+        });
+        let clients = (0..CLIENTS)
+            .map(|client| {
+                let load = Arc::clone(&load);
+                std::thread::spawn(move || load.client(client, client % 4 == 0))
+            })
+            .collect();
+        Self { load, clients }
+    }
+
+    /// Time since the load started.
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.load.elapsed()
+    }
+
+    fn began(&self) -> Instant {
+        self.load.began
+    }
+
+    /// Stops the clients after their current turn (retries included) and answers every
+    /// attempt and every turn.
+    pub(crate) fn finish(self) -> anyhow::Result<(Vec<AttemptRecord>, Vec<TurnRecord>)> {
+        self.load.stop.store(true, Ordering::SeqCst);
+        for client in self.clients {
+            client
+                .join()
+                .map_err(|_| anyhow::anyhow!("a load client panicked"))?;
+        }
+        self.load.log.lock().expect("log").flush()?;
+        let attempts = std::mem::take(&mut *self.load.attempts.lock().expect("attempts"));
+        let turns = std::mem::take(&mut *self.load.turns.lock().expect("turns"));
+        Ok((attempts, turns))
+    }
+}
+
 /// A JSON error answer: `<status> <code>`; retried when it says "later".
 fn error_answer(status: u16, answer: &str) -> (String, Decision) {
     let answer: Value = serde_json::from_str(answer).unwrap_or_default();
@@ -360,16 +421,16 @@ fn monitor(port: u16, began: Instant, stop: &AtomicBool) -> Vec<ProbeRecord> {
 
 /// One row of the final table, with what went wrong.
 #[derive(Debug, Default)]
-struct Row {
-    scenario: &'static str,
-    requests: usize,
-    ok: usize,
-    expected: usize,
-    unexpected: usize,
-    lost: usize,
-    duplicated: usize,
-    broken_sessions: usize,
-    problems: Vec<String>,
+pub(crate) struct Row {
+    pub(crate) scenario: &'static str,
+    pub(crate) requests: usize,
+    pub(crate) ok: usize,
+    pub(crate) expected: usize,
+    pub(crate) unexpected: usize,
+    pub(crate) lost: usize,
+    pub(crate) duplicated: usize,
+    pub(crate) broken_sessions: usize,
+    pub(crate) problems: Vec<String>,
 }
 
 pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
@@ -379,6 +440,7 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
         PROJECT,
         &["docker/compose.chaos.yaml"],
         vec![("FAKE_MODEL_PORT".into(), fake_port.to_string())],
+        &["up", "-d"],
     )?;
     let directory = crate::project_root().join("target").join(PROJECT);
     std::fs::create_dir_all(&directory)?;
@@ -440,28 +502,18 @@ fn scenario(
 ) -> anyhow::Result<Row> {
     let agent = stack.container("agent")?;
     let restarts_before = inspect(&agent, "{{.RestartCount}}")?;
-    let load = Arc::new(Load {
-        port: stack.port,
-        authorization: format!("Bearer {}", stack.api_key),
-        prefix: fault.prefix(),
-        scenario: fault.name(),
-        began: Instant::now(),
-        stop: AtomicBool::new(false),
-        attempts: Mutex::new(Vec::new()),
-        turns: Mutex::new(Vec::new()),
-        log: Arc::clone(log),
-    });
+    let load = LoadRun::start(
+        stack.port,
+        &stack.api_key,
+        &fault.prefix(),
+        fault.name(),
+        log,
+    );
     let probes_stop = Arc::new(AtomicBool::new(false));
     let monitor_thread = {
-        let (stop, began, port) = (Arc::clone(&probes_stop), load.began, stack.port);
+        let (stop, began, port) = (Arc::clone(&probes_stop), load.began(), stack.port);
         std::thread::spawn(move || monitor(port, began, &stop))
     };
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|client| {
-            let load = Arc::clone(&load);
-            std::thread::spawn(move || load.client(client, client % 4 == 0))
-        })
-        .collect();
 
     std::thread::sleep(BEFORE);
     let mut problems = Vec::new();
@@ -532,72 +584,32 @@ fn scenario(
         AFTER
     };
     std::thread::sleep(settle);
-    load.stop.store(true, Ordering::SeqCst);
-    for client in clients {
-        client
-            .join()
-            .map_err(|_| anyhow::anyhow!("a load client panicked"))?;
-    }
+    let (attempts, turns) = load.finish()?;
     probes_stop.store(true, Ordering::SeqCst);
     let probes = monitor_thread
         .join()
         .map_err(|_| anyhow::anyhow!("the probe monitor panicked"))?;
-    load.log.lock().expect("log").flush()?;
 
     // Requests: every error must be one the fault allows, inside the fault's window.
-    let attempts = std::mem::take(&mut *load.attempts.lock().expect("attempts"));
-    let turns = std::mem::take(&mut *load.turns.lock().expect("turns"));
     let mut row = Row {
         scenario: fault.name(),
-        requests: attempts.len(),
         ..Row::default()
     };
-    let mut unexpected_examples = Vec::new();
-    for attempt in &attempts {
-        if attempt.decision == Decision::Ack {
-            row.ok += 1;
-            continue;
-        }
-        let in_window = attempt.end >= window.0 && attempt.start <= window.1;
-        let slow_error = matches!(fault, Fault::Redis | Fault::Postgres)
-            && attempt.end - attempt.start > ERROR_DEADLINE;
-        if in_window && fault.allows(&attempt.label) && !slow_error {
-            row.expected += 1;
-        } else {
-            row.unexpected += 1;
-            if unexpected_examples.len() < 8 {
-                unexpected_examples.push(format!(
-                    "{} at {:.1} s (took {:.1} s)",
-                    attempt.label,
-                    attempt.start.as_secs_f64(),
-                    (attempt.end - attempt.start).as_secs_f64()
-                ));
-            }
-        }
-    }
-    if row.unexpected > 0 {
-        problems.push(format!(
-            "{} unexpected errors (window {:.1}-{:.1} s), e.g. {}",
-            row.unexpected,
-            window.0.as_secs_f64(),
-            window.1.as_secs_f64(),
-            unexpected_examples.join("; ")
-        ));
-    }
+    let slow_errors_matter = matches!(fault, Fault::Redis | Fault::Postgres);
+    count_attempts(
+        &attempts,
+        &turns,
+        window,
+        recovered,
+        |attempt| {
+            fault.allows(&attempt.label)
+                && !(slow_errors_matter && attempt.end - attempt.start > ERROR_DEADLINE)
+        },
+        &mut row,
+        &mut problems,
+    );
     if row.expected == 0 && fault != Fault::Term {
         problems.push("the fault caused no error at all: did it happen?".into());
-    }
-    if !attempts
-        .iter()
-        .any(|attempt| attempt.decision == Decision::Ack && attempt.start > recovered)
-    {
-        problems.push("no turn succeeded after the fault ended".into());
-    }
-    let gave_up = turns.iter().filter(|turn| turn.gave_up).count();
-    if gave_up > 0 {
-        problems.push(format!(
-            "{gave_up} turns still failing after {GIVE_UP:?} of retries"
-        ));
     }
 
     // Probes.
@@ -673,22 +685,78 @@ fn scenario(
     }
 
     // Postgres: the stored conversations against what the clients were told.
-    check_database(stack, fault, &turns, &mut row, &mut problems)?;
+    check_database(stack, &fault.prefix(), &turns, &mut row, &mut problems)?;
     row.problems = problems;
     Ok(row)
 }
 
+/// Counts `attempts` into `row`: acknowledged, errors `allowed` inside `window`, and the rest as
+/// unexpected; a problem when anything was unexpected, when no turn succeeded after
+/// `recovered`, or when a turn was still failing when its client gave up.
+pub(crate) fn count_attempts(
+    attempts: &[AttemptRecord],
+    turns: &[TurnRecord],
+    window: (Duration, Duration),
+    recovered: Duration,
+    allowed: impl Fn(&AttemptRecord) -> bool,
+    row: &mut Row,
+    problems: &mut Vec<String>,
+) {
+    row.requests = attempts.len();
+    let mut unexpected_examples = Vec::new();
+    for attempt in attempts {
+        if attempt.decision == Decision::Ack {
+            row.ok += 1;
+            continue;
+        }
+        let in_window = attempt.end >= window.0 && attempt.start <= window.1;
+        if in_window && allowed(attempt) {
+            row.expected += 1;
+        } else {
+            row.unexpected += 1;
+            if unexpected_examples.len() < 8 {
+                unexpected_examples.push(format!(
+                    "{} at {:.1} s (took {:.1} s)",
+                    attempt.label,
+                    attempt.start.as_secs_f64(),
+                    (attempt.end - attempt.start).as_secs_f64()
+                ));
+            }
+        }
+    }
+    if row.unexpected > 0 {
+        problems.push(format!(
+            "{} unexpected errors (window {:.1}-{:.1} s), e.g. {}",
+            row.unexpected,
+            window.0.as_secs_f64(),
+            window.1.as_secs_f64(),
+            unexpected_examples.join("; ")
+        ));
+    }
+    if !attempts
+        .iter()
+        .any(|attempt| attempt.decision == Decision::Ack && attempt.start > recovered)
+    {
+        problems.push("no turn succeeded after the fault ended".into());
+    }
+    let gave_up = turns.iter().filter(|turn| turn.gave_up).count();
+    if gave_up > 0 {
+        problems.push(format!(
+            "{gave_up} turns still failing after {GIVE_UP:?} of retries"
+        ));
+    }
+}
+
 /// Every acknowledged turn is stored exactly once; no turn twice; every session is whole: no
 /// gap in the sequence, user/assistant pairs that match, counters that agree.
-fn check_database(
+pub(crate) fn check_database(
     stack: &TestStack,
-    fault: Fault,
+    prefix: &str,
     turns: &[TurnRecord],
     row: &mut Row,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let postgres = stack.container("postgres")?;
-    let prefix = fault.prefix();
     let messages = psql(
         &postgres,
         &format!(
@@ -801,7 +869,7 @@ fn psql(container: &str, query: &str) -> anyhow::Result<Vec<Vec<String>>> {
 }
 
 /// The time to live of every session lock in Redis, in milliseconds.
-fn lock_ttls_ms(stack: &TestStack) -> anyhow::Result<Vec<u64>> {
+pub(crate) fn lock_ttls_ms(stack: &TestStack) -> anyhow::Result<Vec<u64>> {
     let redis = stack.container("redis")?;
     let keys = docker_output(&[
         "exec",
@@ -827,7 +895,7 @@ fn lock_ttls_ms(stack: &TestStack) -> anyhow::Result<Vec<u64>> {
 
 /// Sends a signal to the agent's process from the host, as the kernel's OOM killer or a crash
 /// would: `docker kill` counts as a manual stop, after which Docker never restarts a container.
-fn signal_agent(container: &str, signal: &str) -> anyhow::Result<()> {
+pub(crate) fn signal_agent(container: &str, signal: &str) -> anyhow::Result<()> {
     let pid = inspect(container, "{{.State.Pid}}")?;
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &pid])
@@ -836,7 +904,11 @@ fn signal_agent(container: &str, signal: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn wait_restarted(container: &str, before: &str, timeout: Duration) -> anyhow::Result<Duration> {
+pub(crate) fn wait_restarted(
+    container: &str,
+    before: &str,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if inspect(container, "{{.RestartCount}}")? != before
@@ -849,7 +921,7 @@ fn wait_restarted(container: &str, before: &str, timeout: Duration) -> anyhow::R
     bail!("the agent was not restarted within {timeout:?}")
 }
 
-fn wait_healthy(container: &str, timeout: Duration) -> anyhow::Result<()> {
+pub(crate) fn wait_healthy(container: &str, timeout: Duration) -> anyhow::Result<()> {
     let started = Instant::now();
     while started.elapsed() < timeout {
         if inspect(
@@ -882,13 +954,13 @@ fn exit_codes(container: &str, since: u64) -> anyhow::Result<Vec<String>> {
     Ok(output.lines().map(str::to_owned).collect())
 }
 
-fn unix_seconds() -> u64 {
+pub(crate) fn unix_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_secs())
 }
 
-fn inspect(container: &str, format: &str) -> anyhow::Result<String> {
+pub(crate) fn inspect(container: &str, format: &str) -> anyhow::Result<String> {
     Ok(docker_output(&["inspect", "--format", format, container])?
         .trim()
         .to_owned())
@@ -898,7 +970,7 @@ fn docker(arguments: &[&str]) -> anyhow::Result<()> {
     docker_output(arguments).map(|_| ())
 }
 
-fn docker_output(arguments: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn docker_output(arguments: &[&str]) -> anyhow::Result<String> {
     let output = Command::new("docker").args(arguments).output()?;
     ensure!(
         output.status.success(),

@@ -8,6 +8,7 @@ mod chaos;
 mod docker;
 mod http;
 mod image;
+mod replicas;
 mod services;
 mod soak;
 mod stack;
@@ -89,6 +90,9 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Three agent replicas behind nginx sharing Postgres and Redis: shared history, serialised
+    /// concurrent turns, a replica killed under load, a rate limit across replicas.
+    Replicas,
     /// Build a local nginx stand-in (Debian's nginx) for machines with no registry.
     NginxStandin,
     /// Measure process start to the first 200 on /health (median of several runs).
@@ -115,6 +119,7 @@ fn main() -> anyhow::Result<()> {
         Command::Ps => stack::ps(),
         Command::E2e => stack::e2e(&shell),
         Command::Chaos { only } => chaos::run(&shell, only),
+        Command::Replicas => replicas::run(&shell),
         Command::NginxStandin => standin::nginx(),
         Command::Image {
             tag,

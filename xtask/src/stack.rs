@@ -21,7 +21,7 @@ pub(crate) struct Compose {
     leading: Vec<String>,
     project: String,
     files: Vec<PathBuf>,
-    env: Vec<(String, String)>,
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl Compose {
@@ -283,13 +283,14 @@ pub(crate) struct TestStack {
 
 impl TestStack {
     /// Builds the image and the fake model, starts `project` from compose.yaml,
-    /// docker/compose.e2e.yaml and `overrides` (relative to the root) with `env` added, and waits
-    /// until every service is healthy.
+    /// docker/compose.e2e.yaml and `overrides` (relative to the root) with `env` added and `up`
+    /// as the Compose arguments, and waits until every service is healthy.
     pub(crate) fn start(
         shell: &Shell,
         project: &str,
         overrides: &[&str],
         env: Vec<(String, String)>,
+        up: &[&str],
     ) -> anyhow::Result<Self> {
         docker::require_engine()?;
         let root = crate::project_root();
@@ -332,7 +333,7 @@ impl TestStack {
             api_key,
             image: options.tag,
         };
-        stack.compose.run(&["up", "-d"])?;
+        stack.compose.run(up)?;
         let took = stack.compose.wait_healthy(Duration::from_secs(120))?;
         println!(
             "xtask: {project} stack healthy after {:.1} s",
@@ -343,13 +344,24 @@ impl TestStack {
 
     /// The container id of a service.
     pub(crate) fn container(&self, service: &str) -> anyhow::Result<String> {
-        let id = self
+        let ids = self.containers(service)?;
+        ensure!(
+            ids.len() == 1,
+            "{} containers for the service {service}",
+            ids.len()
+        );
+        Ok(ids[0].clone())
+    }
+
+    /// The container ids of a service's replicas.
+    pub(crate) fn containers(&self, service: &str) -> anyhow::Result<Vec<String>> {
+        Ok(self
             .compose
             .output(&["ps", "-q", service])?
-            .trim()
-            .to_owned();
-        ensure!(!id.is_empty(), "no container for the service {service}");
-        Ok(id)
+            .lines()
+            .map(str::to_owned)
+            .filter(|id| !id.is_empty())
+            .collect())
     }
 }
 
@@ -367,7 +379,7 @@ impl Drop for TestStack {
 }
 
 pub(crate) fn e2e(shell: &Shell) -> anyhow::Result<()> {
-    let stack = TestStack::start(shell, E2E_PROJECT, &[], Vec::new())?;
+    let stack = TestStack::start(shell, E2E_PROJECT, &[], Vec::new(), &["up", "-d"])?;
     let (port, password, api_key) = (stack.port, &stack.password, &stack.api_key);
     let container = stack.container("agent")?;
     let wrong_key = format!("wrong-key-{}", random_secret()?);

@@ -22,7 +22,10 @@ fn yaml_files(directory: &Path) -> Vec<PathBuf> {
         let path = entry.unwrap().path();
         if path.is_dir() {
             files.extend(yaml_files(&path));
-        } else if path.extension().is_some_and(|extension| extension == "yaml") {
+        } else if path
+            .extension()
+            .is_some_and(|extension| extension == "yaml")
+        {
             files.push(path);
         }
     }
@@ -51,7 +54,9 @@ fn documents() -> Vec<(PathBuf, Value)> {
 fn base(kind: &str) -> Value {
     let found: Vec<Value> = documents()
         .into_iter()
-        .filter(|(path, document)| path.parent().unwrap().ends_with("base") && document["kind"] == kind)
+        .filter(|(path, document)| {
+            path.parent().unwrap().ends_with("base") && document["kind"] == kind
+        })
         .map(|(_, document)| document)
         .collect();
     assert_eq!(found.len(), 1, "exactly one {kind} in the base");
@@ -139,7 +144,9 @@ async fn every_probe_is_a_server_route_on_the_port_the_server_listens_on() {
     // a 503 with a reason instead of a probe timeout.
     let loaded = agent_config::load_from(loadable_environment()).unwrap();
     assert!(
-        container["readinessProbe"]["timeoutSeconds"].as_u64().unwrap()
+        container["readinessProbe"]["timeoutSeconds"]
+            .as_u64()
+            .unwrap()
             > loaded.settings.health.check_timeout.as_secs()
     );
 }
@@ -150,10 +157,13 @@ fn loadable_environment() -> Vec<(String, String)> {
     environment()
         .into_iter()
         .map(|(name, value)| match name.strip_suffix("_FILE") {
-            Some(secret) if secret == "DATABASE_URL" => {
-                (secret.to_owned(), "postgres://agent:x@postgres/agent".into())
+            Some(secret) if secret == "DATABASE_URL" => (
+                secret.to_owned(),
+                "postgres://agent:x@postgres/agent".into(),
+            ),
+            Some(secret) if secret == "REDIS_URL" => {
+                (secret.to_owned(), "redis://redis:6379".into())
             }
-            Some(secret) if secret == "REDIS_URL" => (secret.to_owned(), "redis://redis:6379".into()),
             Some(secret) => (secret.to_owned(), "stand-in".into()),
             None => (name, value),
         })
@@ -162,10 +172,9 @@ fn loadable_environment() -> Vec<(String, String)> {
 
 #[test]
 fn every_environment_name_is_documented_and_the_configuration_loads() {
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example"),
-    )
-    .unwrap();
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.env.example"))
+            .unwrap();
     let documented: BTreeSet<&str> = example
         .lines()
         .filter(|line| !line.starts_with('#'))
@@ -342,14 +351,21 @@ fn the_objects_refer_to_each_other_and_kustomize_lists_every_file() {
         .collect();
     assert_eq!(listed, present);
     let overlay = deploy().join("overlays/example");
-    let overlay_kustomization: Value =
-        serde_norway::from_str(&std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap())
-            .unwrap();
+    let overlay_kustomization: Value = serde_norway::from_str(
+        &std::fs::read_to_string(overlay.join("kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
     for resource in overlay_kustomization["resources"].as_array().unwrap() {
-        assert!(overlay.join(resource.as_str().unwrap()).exists(), "{resource}");
+        assert!(
+            overlay.join(resource.as_str().unwrap()).exists(),
+            "{resource}"
+        );
     }
     for patch in overlay_kustomization["patches"].as_array().unwrap() {
-        assert!(overlay.join(patch["path"].as_str().unwrap()).exists(), "{patch}");
+        assert!(
+            overlay.join(patch["path"].as_str().unwrap()).exists(),
+            "{patch}"
+        );
     }
 }
 
@@ -368,7 +384,9 @@ fn the_manifests_match_the_kubernetes_schemas() {
         .output();
     match output {
         Err(error) if std::env::var_os("CI").is_none() => {
-            eprintln!("skipped: kubernetes-validate is not installed ({error}); pip install kubernetes-validate");
+            eprintln!(
+                "skipped: kubernetes-validate is not installed ({error}); pip install kubernetes-validate"
+            );
         }
         Err(error) => panic!("kubernetes-validate is required in CI: {error}"),
         Ok(output) => assert!(

@@ -1,0 +1,319 @@
+//! `cargo xtask replicas`: three agent replicas behind nginx, sharing Postgres and Redis (the
+//! Compose stack with `--scale agent=3`), proving that replicas are interchangeable: a session
+//! continues on another replica, concurrent turns on one session through different replicas are
+//! serialised, a replica killed under load loses no turn for clients that retry through nginx,
+//! and a rate limit holds across the replicas together.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use xshell::Shell;
+
+use crate::chaos::{self, Fault, LoadRun, Row};
+use crate::http;
+use crate::stack::TestStack;
+
+const PROJECT: &str = "agent-replicas";
+const REPLICAS: usize = 3;
+/// The rate limit of the last check: requests per 60 s window, per API key.
+const RATE_LIMIT: usize = 30;
+
+pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
+    let nginx_port = http::free_port()?;
+    let env = |rate_limit: usize| -> Vec<(String, String)> {
+        vec![
+            ("NGINX_PORT".into(), nginx_port.to_string()),
+            // Empty: each replica publishes on a free host port.
+            ("AGENT_PORT".into(), String::new()),
+            ("REPLICAS_RATE_LIMIT".into(), rate_limit.to_string()),
+        ]
+    };
+    let up = [
+        "--profile",
+        "nginx",
+        "up",
+        "-d",
+        "--scale",
+        &format!("agent={REPLICAS}"),
+    ];
+    let mut stack = TestStack::start(
+        shell,
+        PROJECT,
+        &["docker/compose.replicas.yaml"],
+        env(0),
+        &up,
+    )?;
+    let ports = replica_ports(&stack)?;
+    println!("xtask: replicas on ports {ports:?}, nginx on {nginx_port}");
+    let auth = format!("Bearer {}", stack.api_key);
+
+    a_session_continues_on_another_replica(&ports, &auth)?;
+    concurrent_turns_through_different_replicas_are_serialised(&ports, &auth)?;
+    let row = a_replica_killed_under_load_loses_no_turn(&stack, nginx_port)?;
+
+    // The rate limit: the agents are recreated with it turned on.
+    stack
+        .compose
+        .env
+        .retain(|(name, _)| name != "REPLICAS_RATE_LIMIT");
+    stack.compose.env.extend(env(RATE_LIMIT));
+    stack.compose.run(&up)?;
+    stack.compose.wait_healthy(Duration::from_secs(120))?;
+    a_rate_limit_holds_across_the_replicas(&replica_ports(&stack)?, &auth)?;
+
+    println!();
+    println!(
+        "| scenario | requests | ok | expected errors | unexpected errors | turns lost | duplicated | broken sessions |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        row.scenario,
+        row.requests,
+        row.ok,
+        row.expected,
+        row.unexpected,
+        row.lost,
+        row.duplicated,
+        row.broken_sessions
+    );
+    println!("xtask: replicas passed");
+    Ok(())
+}
+
+/// The host port each agent replica publishes, in container order.
+fn replica_ports(stack: &TestStack) -> anyhow::Result<Vec<u16>> {
+    let containers = stack.containers("agent")?;
+    ensure!(
+        containers.len() == REPLICAS,
+        "{} agent replicas, not {REPLICAS}",
+        containers.len()
+    );
+    containers
+        .iter()
+        .map(|container| {
+            let mapping = chaos::docker_output(&["port", container, "8000"])?;
+            mapping
+                .lines()
+                .next()
+                .and_then(|line| line.rsplit(':').next())
+                .and_then(|port| port.trim().parse().ok())
+                .with_context(|| format!("no published port for {container}: {mapping:?}"))
+        })
+        .collect()
+}
+
+fn post_turn(port: u16, auth: &str, session: &str, message: &str) -> anyhow::Result<(u16, Value)> {
+    let body = json!({ "message": message, "session_id": session }).to_string();
+    let (status, answer) = http::call(
+        port,
+        "POST",
+        "/agent",
+        &[("Authorization", auth)],
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    Ok((status, serde_json::from_str(&answer).unwrap_or_default()))
+}
+
+/// A session's messages as (role, content), in sequence order, checked gap-free.
+fn history(port: u16, auth: &str, session: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let (status, body) = http::call(
+        port,
+        "GET",
+        &format!("/sessions/{session}"),
+        &[("Authorization", auth)],
+        None,
+        Duration::from_secs(30),
+    )?;
+    ensure!(status == 200, "GET /sessions/{session}: {status} {body}");
+    let body: Value = serde_json::from_str(&body)?;
+    let messages = body["messages"].as_array().context("no messages")?;
+    for (index, message) in messages.iter().enumerate() {
+        ensure!(
+            message["sequence"] == index as u64,
+            "a gap in {session}: {message}"
+        );
+    }
+    Ok(messages
+        .iter()
+        .map(|message| {
+            (
+                message["role"].as_str().unwrap_or("").to_owned(),
+                message["content"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect())
+}
+
+fn a_session_continues_on_another_replica(ports: &[u16], auth: &str) -> anyhow::Result<()> {
+    let session = "replicas-shared-history";
+    let (status, answer) = post_turn(ports[0], auth, session, "first, on replica A")?;
+    ensure!(status == 200, "turn 1 on A: {status} {answer}");
+    let (status, answer) = post_turn(ports[1], auth, session, "second, on replica B")?;
+    ensure!(status == 200, "turn 2 on B: {status} {answer}");
+    let seen = history(ports[2], auth, session)?;
+    let expected = [
+        ("user", "first, on replica A"),
+        ("assistant", "echo: first, on replica A"),
+        ("user", "second, on replica B"),
+        ("assistant", "echo: second, on replica B"),
+    ];
+    ensure!(
+        seen.iter()
+            .map(|(role, content)| (role.as_str(), content.as_str()))
+            .eq(expected),
+        "replica C sees {seen:?}"
+    );
+    println!(
+        "xtask: turn 1 on replica A, turn 2 on replica B: replica C reads the same 4 messages"
+    );
+    Ok(())
+}
+
+fn concurrent_turns_through_different_replicas_are_serialised(
+    ports: &[u16],
+    auth: &str,
+) -> anyhow::Result<()> {
+    const TURNS: usize = 30;
+    let session = "replicas-concurrent";
+    let threads: Vec<_> = (0..TURNS)
+        .map(|turn| {
+            let (port, auth) = (ports[turn % ports.len()], auth.to_owned());
+            std::thread::spawn(move || {
+                post_turn(port, &auth, session, &format!("concurrent {turn}"))
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (status, answer) = thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        ensure!(
+            status == 200,
+            "a concurrent turn answered {status}: {answer}"
+        );
+    }
+    let seen = history(ports[0], auth, session)?;
+    ensure!(
+        seen.len() == 2 * TURNS,
+        "{} messages, not {}",
+        seen.len(),
+        2 * TURNS
+    );
+    let mut users = Vec::new();
+    for pair in seen.chunks(2) {
+        let [(user_role, user), (assistant_role, assistant)] = pair else {
+            bail!("a half turn: {pair:?}");
+        };
+        ensure!(
+            user_role == "user"
+                && assistant_role == "assistant"
+                && *assistant == format!("echo: {user}"),
+            "turns interleaved: {pair:?}"
+        );
+        users.push(user.clone());
+    }
+    users.sort();
+    let mut sent: Vec<String> = (0..TURNS)
+        .map(|turn| format!("concurrent {turn}"))
+        .collect();
+    sent.sort();
+    ensure!(users == sent, "stored turns differ from the sent ones");
+    println!(
+        "xtask: {TURNS} concurrent turns on one session through {} replicas: all 200, stored whole, one after another",
+        ports.len()
+    );
+    Ok(())
+}
+
+fn a_replica_killed_under_load_loses_no_turn(
+    stack: &TestStack,
+    nginx_port: u16,
+) -> anyhow::Result<Row> {
+    let directory = crate::project_root().join("target").join(PROJECT);
+    std::fs::create_dir_all(&directory)?;
+    let log = Arc::new(Mutex::new(BufWriter::new(File::create(
+        directory.join("requests.jsonl"),
+    )?)));
+    let prefix = "replicas-kill";
+    let load = LoadRun::start(
+        nginx_port,
+        &stack.api_key,
+        prefix,
+        "replica-killed-behind-nginx",
+        &log,
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    let victim = stack.containers("agent")?[1].clone();
+    let restarts = chaos::inspect(&victim, "{{.RestartCount}}")?;
+    let killed = load.elapsed();
+    chaos::signal_agent(&victim, "KILL")?;
+    chaos::wait_restarted(&victim, &restarts, Duration::from_secs(60))?;
+    chaos::wait_healthy(&victim, Duration::from_secs(60))?;
+    let recovered = load.elapsed();
+    println!(
+        "xtask: SIGKILL of one replica at {:.1} s; restarted and healthy at {:.1} s",
+        killed.as_secs_f64(),
+        recovered.as_secs_f64()
+    );
+    // The dead replica's locks expire; the clients retry their turns until then.
+    std::thread::sleep(chaos::LOCK_TTL + Duration::from_secs(5));
+    let (attempts, turns) = load.finish()?;
+    let mut row = Row {
+        scenario: "replica-killed-behind-nginx",
+        ..Row::default()
+    };
+    let mut problems = Vec::new();
+    chaos::count_attempts(
+        &attempts,
+        &turns,
+        (
+            killed,
+            recovered + chaos::LOCK_TTL + Duration::from_secs(10),
+        ),
+        recovered,
+        // nginx answers 502 for a request the dead replica had taken; the rest as in chaos.
+        |attempt| attempt.label.starts_with("502 ") || Fault::Kill.allows(&attempt.label),
+        &mut row,
+        &mut problems,
+    );
+    chaos::check_database(stack, prefix, &turns, &mut row, &mut problems)?;
+    if !problems.is_empty() {
+        bail!("a replica killed under load: {}", problems.join("; "));
+    }
+    println!(
+        "xtask: one replica killed under load through nginx: {} turns acknowledged, none lost or stored twice",
+        row.ok
+    );
+    Ok(row)
+}
+
+fn a_rate_limit_holds_across_the_replicas(ports: &[u16], auth: &str) -> anyhow::Result<()> {
+    // Three times the limit, spread over the replicas, well within one 60 s window (it starts
+    // with the first request).
+    let mut allowed = 0;
+    let mut limited = 0;
+    for request in 0..3 * RATE_LIMIT {
+        let port = ports[request % ports.len()];
+        let (status, answer) = post_turn(port, auth, "replicas-rate", &format!("rate {request}"))?;
+        match status {
+            200 => allowed += 1,
+            429 if answer["error"]["code"] == "rate_limited" => limited += 1,
+            other => bail!("request {request} answered {other}: {answer}"),
+        }
+    }
+    ensure!(
+        allowed == RATE_LIMIT && limited == 2 * RATE_LIMIT,
+        "{allowed} allowed and {limited} limited; the limit is {RATE_LIMIT} across all replicas"
+    );
+    println!(
+        "xtask: rate limit {RATE_LIMIT}/60 s across {} replicas: {allowed} allowed, {limited} answered 429",
+        ports.len()
+    );
+    Ok(())
+}
