@@ -277,12 +277,22 @@ fn a_replica_killed_under_load_loses_no_turn(
             recovered + chaos::LOCK_TTL + Duration::from_secs(10),
         ),
         recovered,
-        // nginx answers 502 for a request the dead replica had taken; the rest as in chaos.
-        |attempt| attempt.label.starts_with("502 ") || Fault::Kill.allows(&attempt.label),
+        // nginx answers 502 (in the JSON error shape) for a request the dead replica had
+        // taken; the rest as in chaos.
+        |attempt| attempt.label == "502 upstream_unavailable" || Fault::Kill.allows(&attempt.label),
         &mut row,
         &mut problems,
     );
     chaos::check_database(stack, prefix, &turns, &mut row, &mut problems)?;
+    // nginx spread the load: every replica completed turns (the killed one since its restart).
+    let served: Vec<u64> = replica_ports(stack)?
+        .into_iter()
+        .map(turns_completed)
+        .collect::<anyhow::Result<_>>()?;
+    println!("xtask: turns completed per replica (from /metrics): {served:?}");
+    if served.contains(&0) {
+        problems.push(format!("a replica served no turn: {served:?}"));
+    }
     if !problems.is_empty() {
         bail!("a replica killed under load: {}", problems.join("; "));
     }
@@ -291,6 +301,18 @@ fn a_replica_killed_under_load_loses_no_turn(
         row.ok
     );
     Ok(row)
+}
+
+/// `agent_turns_total{outcome="completed"}` of one replica.
+fn turns_completed(port: u16) -> anyhow::Result<u64> {
+    let (status, metrics) =
+        http::call(port, "GET", "/metrics", &[], None, Duration::from_secs(10))?;
+    ensure!(status == 200, "GET /metrics answered {status}");
+    Ok(metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("agent_turns_total{outcome=\"completed\"} "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64))
 }
 
 fn a_rate_limit_holds_across_the_replicas(ports: &[u16], auth: &str) -> anyhow::Result<()> {
