@@ -462,12 +462,28 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
         rows.push(row);
     }
     log.lock().expect("log").flush()?;
+    print_table(&rows);
+    println!("xtask: every request is recorded in {}", log_path.display());
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|row| !row.problems.is_empty())
+        .map(|row| row.scenario)
+        .collect();
+    if !failed.is_empty() {
+        bail!("chaos failed in: {}", failed.join(", "));
+    }
+    println!("xtask: chaos passed");
+    Ok(())
+}
+
+/// The results as a Markdown table.
+pub(crate) fn print_table(rows: &[Row]) {
     println!();
     println!(
         "| scenario | requests | ok | expected errors | unexpected errors | turns lost | duplicated | broken sessions |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for row in &rows {
+    for row in rows {
         println!(
             "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.scenario,
@@ -480,17 +496,6 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
             row.broken_sessions
         );
     }
-    println!("xtask: every request is recorded in {}", log_path.display());
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|row| !row.problems.is_empty())
-        .map(|row| row.scenario)
-        .collect();
-    if !failed.is_empty() {
-        bail!("chaos failed in: {}", failed.join(", "));
-    }
-    println!("xtask: chaos passed");
-    Ok(())
 }
 
 /// Runs the load, breaks the stack during it, lets it recover, then checks everything.
@@ -612,43 +617,7 @@ fn scenario(
         problems.push("the fault caused no error at all: did it happen?".into());
     }
 
-    // Probes.
-    let health_failures: Vec<&ProbeRecord> = probes
-        .iter()
-        .filter(|probe| probe.path == "/health" && probe.label != "200")
-        .collect();
-    let ready: Vec<&ProbeRecord> = probes
-        .iter()
-        .filter(|probe| probe.path == "/ready")
-        .collect();
-    match fault {
-        Fault::Redis | Fault::Postgres | Fault::Model if !health_failures.is_empty() => {
-            problems.push(format!(
-                "/health failed {} times, first {} at {:.1} s",
-                health_failures.len(),
-                health_failures[0].label,
-                health_failures[0].at.as_secs_f64()
-            ));
-        }
-        _ => {}
-    }
-    let ready_not_200 = ready.iter().filter(|probe| probe.label != "200").count();
-    match fault {
-        Fault::Redis | Fault::Model if ready_not_200 > 0 => problems.push(format!(
-            "/ready was not 200 {ready_not_200} times (Redis is optional: degraded, still ready)"
-        )),
-        Fault::Postgres
-            if !ready.iter().any(|probe| {
-                probe.label == "503" && probe.at >= fault_start && probe.at <= recovered
-            }) =>
-        {
-            problems.push("/ready never answered 503 while Postgres was down".into());
-        }
-        _ => {}
-    }
-    if ready.last().is_none_or(|probe| probe.label != "200") {
-        problems.push("/ready is not 200 at the end".into());
-    }
+    check_probes(fault, &probes, (fault_start, recovered), &mut problems);
     let restarts_after = inspect(&agent, "{{.RestartCount}}")?;
     match fault {
         Fault::Term | Fault::Kill if restarts_after == restarts_before => {
@@ -688,6 +657,52 @@ fn scenario(
     check_database(stack, &fault.prefix(), &turns, &mut row, &mut problems)?;
     row.problems = problems;
     Ok(row)
+}
+
+/// /health never fails while a dependency is down; /ready follows the documented policy (Redis
+/// and the model are not readiness conditions, Postgres is) and is 200 at the end.
+fn check_probes(
+    fault: Fault,
+    probes: &[ProbeRecord],
+    outage: (Duration, Duration),
+    problems: &mut Vec<String>,
+) {
+    let health_failures: Vec<&ProbeRecord> = probes
+        .iter()
+        .filter(|probe| probe.path == "/health" && probe.label != "200")
+        .collect();
+    let ready: Vec<&ProbeRecord> = probes
+        .iter()
+        .filter(|probe| probe.path == "/ready")
+        .collect();
+    match fault {
+        Fault::Redis | Fault::Postgres | Fault::Model if !health_failures.is_empty() => {
+            problems.push(format!(
+                "/health failed {} times, first {} at {:.1} s",
+                health_failures.len(),
+                health_failures[0].label,
+                health_failures[0].at.as_secs_f64()
+            ));
+        }
+        _ => {}
+    }
+    let ready_not_200 = ready.iter().filter(|probe| probe.label != "200").count();
+    match fault {
+        Fault::Redis | Fault::Model if ready_not_200 > 0 => problems.push(format!(
+            "/ready was not 200 {ready_not_200} times (Redis is optional: degraded, still ready)"
+        )),
+        Fault::Postgres
+            if !ready.iter().any(|probe| {
+                probe.label == "503" && probe.at >= outage.0 && probe.at <= outage.1
+            }) =>
+        {
+            problems.push("/ready never answered 503 while Postgres was down".into());
+        }
+        _ => {}
+    }
+    if ready.last().is_none_or(|probe| probe.label != "200") {
+        problems.push("/ready is not 200 at the end".into());
+    }
 }
 
 /// Counts `attempts` into `row`: acknowledged, errors `allowed` inside `window`, and the rest as

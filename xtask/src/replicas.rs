@@ -65,22 +65,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     stack.compose.wait_healthy(Duration::from_secs(120))?;
     a_rate_limit_holds_across_the_replicas(&replica_ports(&stack)?, &auth)?;
 
-    println!();
-    println!(
-        "| scenario | requests | ok | expected errors | unexpected errors | turns lost | duplicated | broken sessions |"
-    );
-    println!("|---|---|---|---|---|---|---|---|");
-    println!(
-        "| {} | {} | {} | {} | {} | {} | {} | {} |",
-        row.scenario,
-        row.requests,
-        row.ok,
-        row.expected,
-        row.unexpected,
-        row.lost,
-        row.duplicated,
-        row.broken_sessions
-    );
+    chaos::print_table(&[row]);
     println!("xtask: replicas passed");
     Ok(())
 }
