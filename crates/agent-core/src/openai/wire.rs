@@ -1,65 +1,134 @@
 //! The JSON of `/v1/chat/completions`: the request we send, and lenient response types that
 //! accept what local servers send (missing ids, `null` lists, no usage).
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::OpenAiOptions;
 use crate::conversation::{Message, Role, TokenUsage, ToolCall};
 use crate::error::ModelError;
 use crate::model::{ChatRequest, ModelDelta, ModelReply};
 
-pub(super) fn request_body(
-    options: &OpenAiOptions,
-    request: ChatRequest<'_>,
+/// The body of `/v1/chat/completions`, borrowing the conversation and the tool schemas: a model
+/// call serialises them straight into the request, without copying them into a JSON tree first.
+#[derive(Debug, Serialize)]
+pub(super) struct RequestBody<'a> {
+    model: &'a str,
+    messages: Vec<WireMessage<'a>>,
+    temperature: f32,
+    max_tokens: u32,
     stream: bool,
-) -> Value {
-    let mut body = json!({
-        "model": options.model,
-        "messages": request.messages.iter().map(message_json).collect::<Vec<_>>(),
-        "temperature": options.temperature,
-        "max_tokens": options.max_tokens,
-        "stream": stream,
-    });
-    if stream {
-        body["stream_options"] = json!({ "include_usage": true });
-    }
-    if !request.tools.is_empty() {
-        body["tools"] = request
-            .tools
-            .iter()
-            .map(|tool| {
-                json!({
-                    "type": "function",
-                    "function": {
-                        "name": tool.name,
-                        "description": tool.description,
-                        "parameters": tool.parameters,
-                    },
-                })
-            })
-            .collect();
-    }
-    body
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tools: Vec<WireTool<'a>>,
 }
 
-fn message_json(message: &Message) -> Value {
+#[derive(Debug, Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+/// A message as the API wants it: `content` is null only for an assistant message that only
+/// calls tools.
+#[derive(Debug, Serialize)]
+struct WireMessage<'a> {
+    role: &'a str,
+    content: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<WireToolCall<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<&'a str>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireToolCall<'a> {
+    id: &'a str,
+    r#type: &'static str,
+    function: WireFunctionCall<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireFunctionCall<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+struct WireTool<'a> {
+    r#type: &'static str,
+    function: WireFunction<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct WireFunction<'a> {
+    name: &'a str,
+    description: &'a str,
+    parameters: &'a Value,
+}
+
+pub(super) fn request_body<'a>(
+    options: &'a OpenAiOptions,
+    request: ChatRequest<'a>,
+    stream: bool,
+) -> RequestBody<'a> {
+    RequestBody {
+        model: &options.model,
+        messages: request.messages.iter().map(message_json).collect(),
+        temperature: options.temperature,
+        max_tokens: options.max_tokens,
+        stream,
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+        tools: request
+            .tools
+            .iter()
+            .map(|tool| WireTool {
+                r#type: "function",
+                function: WireFunction {
+                    name: &tool.name,
+                    description: &tool.description,
+                    parameters: &tool.parameters,
+                },
+            })
+            .collect(),
+    }
+}
+
+fn message_json(message: &Message) -> WireMessage<'_> {
     match message.role {
-        Role::Assistant if !message.tool_calls.is_empty() => json!({
-            "role": "assistant",
-            "content": if message.content.is_empty() { Value::Null } else { json!(message.content) },
-            "tool_calls": message.tool_calls.iter().map(|call| json!({
-                "id": call.id,
-                "type": "function",
-                "function": { "name": call.name, "arguments": call.arguments },
-            })).collect::<Vec<_>>(),
-        }),
-        Role::Tool => json!({
-            "role": "tool",
-            "tool_call_id": message.tool_call_id.clone().unwrap_or_default(),
-            "content": message.content,
-        }),
-        role => json!({ "role": role.as_str(), "content": message.content }),
+        Role::Assistant if !message.tool_calls.is_empty() => WireMessage {
+            role: "assistant",
+            content: (!message.content.is_empty()).then_some(message.content.as_str()),
+            tool_calls: Some(
+                message
+                    .tool_calls
+                    .iter()
+                    .map(|call| WireToolCall {
+                        id: &call.id,
+                        r#type: "function",
+                        function: WireFunctionCall {
+                            name: &call.name,
+                            arguments: &call.arguments,
+                        },
+                    })
+                    .collect(),
+            ),
+            tool_call_id: None,
+        },
+        Role::Tool => WireMessage {
+            role: "tool",
+            content: Some(&message.content),
+            tool_calls: None,
+            tool_call_id: Some(message.tool_call_id.as_deref().unwrap_or_default()),
+        },
+        role => WireMessage {
+            role: role.as_str(),
+            content: Some(&message.content),
+            tool_calls: None,
+            tool_call_id: None,
+        },
     }
 }
 
