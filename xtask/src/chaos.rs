@@ -616,6 +616,31 @@ fn scenario(
     if row.expected == 0 && fault != Fault::Term {
         problems.push("the fault caused no error at all: did it happen?".into());
     }
+    if fault == Fault::Term {
+        // Requests in flight when the signal arrived must complete (the drain).
+        let in_flight: Vec<&AttemptRecord> = attempts
+            .iter()
+            .filter(|attempt| attempt.start < fault_start && attempt.end > fault_start)
+            .collect();
+        let streams = in_flight
+            .iter()
+            .filter(|attempt| attempt.label.starts_with("stream"))
+            .count();
+        let unfinished = in_flight
+            .iter()
+            .filter(|attempt| attempt.decision != Decision::Ack)
+            .count();
+        println!(
+            "xtask:   in flight at SIGTERM: {} requests ({streams} streams), {unfinished} not completed",
+            in_flight.len()
+        );
+        if streams == 0 || unfinished > 0 {
+            problems.push(format!(
+                "{} requests in flight at SIGTERM ({streams} streams), {unfinished} not completed",
+                in_flight.len()
+            ));
+        }
+    }
 
     check_probes(fault, &probes, (fault_start, recovered), &mut problems);
     let restarts_after = inspect(&agent, "{{.RestartCount}}")?;
