@@ -43,9 +43,11 @@ impl LockGuard {
     }
 }
 
-/// The first retry's delay; it doubles up to [`RETRY_MAX_DELAY`].
+/// The first retry's delay; it doubles up to [`RETRY_MAX_DELAY`], which is short so that a lock
+/// store coming back frees its orphaned locks well within a waiting request's lock wait (the
+/// first command after the outage may still fail on a broken pooled connection).
 const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
-const RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
+const RETRY_MAX_DELAY: Duration = Duration::from_millis(400);
 
 /// Retries a release that failed because the lock store was unreachable, until it succeeds,
 /// fails otherwise, or the lease's TTL has passed (the lock has expired by itself then).
