@@ -3,8 +3,6 @@
 //! Postgres + Redis), fake models on loopback (instant and 200 ms) and a bare actix-web baseline
 //! built in the same run, driven by wrk on 127.0.0.1 for a bounded time each.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -151,7 +149,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
 }
 
 fn run_bare(bin: &Path, duration: Duration, round: u32) -> anyhow::Result<Measurement> {
-    let port = free_port()?;
+    let port = crate::http::free_port()?;
     let server = Spawned::start(Command::new(bin.join("bare-health")).args([
         "--port",
         &port.to_string(),
@@ -182,7 +180,7 @@ fn run_agent(
     duration: Duration,
     stats_port: Option<u16>,
 ) -> anyhow::Result<Measurement> {
-    let port = free_port()?;
+    let port = crate::http::free_port()?;
     let mut command = server_command(bin, port, model_port);
     command.env("AGENT_STORAGE__POOL_SIZE", "32");
     for (name, value) in extra {
@@ -240,7 +238,7 @@ fn measure(
     if let Some(port) = stats_port {
         // Let the warm-up's model calls finish, then count only the measured window's.
         std::thread::sleep(Duration::from_millis(500));
-        http_request(port, "DELETE", "/stats")?;
+        crate::http::call(port, "DELETE", "/stats", &[], None, Duration::from_secs(5))?;
     }
     let cpu_before = cpu_ticks(server.id())?;
     let output = wrk(duration.as_secs())?;
@@ -419,7 +417,7 @@ pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command 
 
 /// Starts the fake model server answering after `delay_ms`; answers it and its port.
 pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, u16)> {
-    let port = free_port()?;
+    let port = crate::http::free_port()?;
     let model = Spawned::start(Command::new(bin.join("fake-openai")).args([
         "--port",
         &port.to_string(),
@@ -430,29 +428,16 @@ pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, 
     Ok((model, port))
 }
 
+/// `GET` on 127.0.0.1 with the shared client and a 5 s bound.
 pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    http_request(port, "GET", path)
-}
-
-fn http_request(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    Ok(crate::http::call(
+        port,
+        "GET",
+        path,
+        &[],
+        None,
+        Duration::from_secs(5),
+    )?)
 }
 
 pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
@@ -464,11 +449,6 @@ pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
-}
-
-pub(crate) fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 /// A child process stopped with SIGTERM (then waited for) when dropped.

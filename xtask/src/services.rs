@@ -88,7 +88,7 @@ impl Postgres {
         let postgres = Self {
             directory,
             bin,
-            port: free_port()?,
+            port: crate::http::free_port()?,
         };
         let data = postgres.directory.join("data");
         run(postgres
@@ -167,7 +167,7 @@ struct Redis {
 impl Redis {
     fn start() -> anyhow::Result<Self> {
         let directory = temporary_directory("redis")?;
-        let port = free_port()?;
+        let port = crate::http::free_port()?;
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -235,11 +235,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|output| String::from_utf8_lossy(&output.stdout).trim() == "0")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }
 
 fn wait_for_port(port: u16) -> anyhow::Result<()> {

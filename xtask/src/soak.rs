@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use xshell::Shell;
 
-use crate::bench::{Spawned, free_port, wait_until_ok};
+use crate::bench::{Spawned, wait_until_ok};
 
 const CONNECTIONS: u32 = 16;
 const POOL_SIZE: u64 = 8;
@@ -46,7 +46,7 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
     let services = crate::services::start()?;
     let (_model, model_port) = crate::bench::fake_model(&bin, 5)?;
 
-    let port = free_port()?;
+    let port = crate::http::free_port()?;
     let separator = if services.database_url.contains('?') {
         '&'
     } else {

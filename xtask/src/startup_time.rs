@@ -20,7 +20,7 @@ pub(crate) fn run(shell: &Shell, runs: usize, release: bool) -> anyhow::Result<(
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("agent-server");
-    let port = free_port()?;
+    let port = crate::http::free_port()?;
     let mut samples = Vec::new();
     for run in 1..=runs {
         let elapsed = measure_once(&binary, port)?;
@@ -75,9 +75,4 @@ fn health_is_ok(port: u16) -> bool {
     stream.write_all(request.as_bytes()).is_ok()
         && stream.read_to_string(&mut response).is_ok()
         && response.starts_with("HTTP/1.1 200")
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
 }

@@ -36,7 +36,7 @@ impl LockGuard {
         if matches!(&answer, Err(error) if error.is_unavailable()) {
             let locks = Arc::clone(&self.locks);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(retry_release(locks, lease));
+                runtime.spawn(release_until_done(locks, lease, RETRY_FIRST_DELAY));
             }
         }
         answer
@@ -49,19 +49,22 @@ impl LockGuard {
 const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
 const RETRY_MAX_DELAY: Duration = Duration::from_millis(400);
 
-/// Retries a release that failed because the lock store was unreachable, until it succeeds,
+/// Releases after `delay`, retrying while the lock store is unreachable, until it succeeds,
 /// fails otherwise, or the lease's TTL has passed (the lock has expired by itself then).
-async fn retry_release(locks: Arc<dyn SessionLocks>, lease: LockLease) {
+async fn release_until_done(locks: Arc<dyn SessionLocks>, lease: LockLease, mut delay: Duration) {
     let give_up = Instant::now() + lease.ttl;
-    let mut delay = RETRY_FIRST_DELAY;
     while Instant::now() + delay < give_up {
         tokio::time::sleep(delay).await;
         match locks.release(&lease).await {
             Ok(_) => {
-                tracing::info!(session = %lease.session, "released a session lock after the lock store came back");
+                if !delay.is_zero() {
+                    tracing::info!(session = %lease.session, "released a session lock after the lock store came back");
+                }
                 return;
             }
-            Err(error) if error.is_unavailable() => delay = (delay * 2).min(RETRY_MAX_DELAY),
+            Err(error) if error.is_unavailable() => {
+                delay = (delay * 2).clamp(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
+            }
             Err(error) => {
                 tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
                 return;
@@ -75,17 +78,12 @@ impl Drop for LockGuard {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        let locks = Arc::clone(&self.locks);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                match locks.release(&lease).await {
-                    Err(error) if error.is_unavailable() => retry_release(locks, lease).await,
-                    Err(error) => {
-                        tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
-                    }
-                    Ok(_) => {}
-                }
-            });
+            runtime.spawn(release_until_done(
+                Arc::clone(&self.locks),
+                lease,
+                Duration::ZERO,
+            ));
         }
     }
 }
