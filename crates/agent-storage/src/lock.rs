@@ -26,18 +26,15 @@ impl LockGuard {
         self.lease.as_ref().map_or(0, |lease| lease.fencing_token)
     }
 
-    /// Releases the lock; answers false if it had already expired and been lost. When the lock
-    /// store is unreachable, answers the error and keeps retrying in the background.
+    /// Releases the lock; answers false if it had already expired and been lost. When the
+    /// release fails, answers the error and keeps retrying in the background.
     pub async fn release(mut self) -> Result<bool, StorageError> {
         let Some(lease) = self.lease.take() else {
             return Ok(false);
         };
         let answer = self.locks.release(&lease).await;
-        if matches!(&answer, Err(error) if error.is_unavailable()) {
-            let locks = Arc::clone(&self.locks);
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(release_until_done(locks, lease, RETRY_FIRST_DELAY));
-            }
+        if answer.is_err() {
+            release_in_background(Arc::clone(&self.locks), lease, RETRY_FIRST_DELAY);
         }
         answer
     }
@@ -49,8 +46,20 @@ impl LockGuard {
 const RETRY_FIRST_DELAY: Duration = Duration::from_millis(100);
 const RETRY_MAX_DELAY: Duration = Duration::from_millis(400);
 
-/// Releases after `delay`, retrying while the lock store is unreachable, until it succeeds,
-/// fails otherwise, or the lease's TTL has passed (the lock has expired by itself then).
+/// Releases `lease` in a background task after `delay`, retrying (a release is a
+/// compare-and-delete by owner, so retrying is always safe) until it succeeds or the lease's TTL
+/// has passed and the lock has expired by itself. Lock stores also use it for a lock whose
+/// acquisition may have happened although its answer was lost.
+pub(crate) fn release_in_background(
+    locks: Arc<dyn SessionLocks>,
+    lease: LockLease,
+    delay: Duration,
+) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(release_until_done(locks, lease, delay));
+    }
+}
+
 async fn release_until_done(locks: Arc<dyn SessionLocks>, lease: LockLease, mut delay: Duration) {
     let give_up = Instant::now() + lease.ttl;
     while Instant::now() + delay < give_up {
@@ -58,19 +67,17 @@ async fn release_until_done(locks: Arc<dyn SessionLocks>, lease: LockLease, mut 
         match locks.release(&lease).await {
             Ok(_) => {
                 if !delay.is_zero() {
-                    tracing::info!(session = %lease.session, "released a session lock after the lock store came back");
+                    tracing::info!(session = %lease.session, "released a session lock after a failed attempt");
                 }
                 return;
             }
-            Err(error) if error.is_unavailable() => {
-                delay = (delay * 2).clamp(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
-            }
             Err(error) => {
-                tracing::warn!(session = %lease.session, %error, "lock release failed; the TTL will free it");
-                return;
+                tracing::debug!(session = %lease.session, %error, "lock release failed; retrying");
+                delay = (delay * 2).clamp(RETRY_FIRST_DELAY, RETRY_MAX_DELAY);
             }
         }
     }
+    tracing::warn!(session = %lease.session, "lock release kept failing; its TTL has freed it");
 }
 
 impl Drop for LockGuard {
@@ -78,13 +85,7 @@ impl Drop for LockGuard {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(release_until_done(
-                Arc::clone(&self.locks),
-                lease,
-                Duration::ZERO,
-            ));
-        }
+        release_in_background(Arc::clone(&self.locks), lease, Duration::ZERO);
     }
 }
 

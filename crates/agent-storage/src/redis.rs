@@ -284,7 +284,18 @@ impl SessionLocks for RedisCoordination {
                     .invoke_async(connection)
                     .await
             })
-            .await?;
+            .await
+            .inspect_err(|_| {
+                // The script may have run with its answer lost (a timeout, Redis stopping): the
+                // lock would then be held by no one until its TTL. Release it by owner.
+                let orphan = LockLease {
+                    session: session.clone(),
+                    owner: owner.clone(),
+                    fencing_token: 0,
+                    ttl,
+                };
+                crate::lock::release_in_background(Arc::new(self.clone()), orphan, Duration::ZERO);
+            })?;
         Ok(token.map(|fencing_token| LockLease {
             session: session.clone(),
             owner,
