@@ -60,6 +60,22 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         &post,
         "wrk.method = \"POST\"\nwrk.body = '{\"message\":\"what is the answer?\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
     )?;
+    // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
+    // (no lock waits) and each turn takes the lock and reads a growing history.
+    let continuing = scratch.join("continuing.lua");
+    std::fs::write(
+        &continuing,
+        format!(
+            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
+             local counter = 0\n\
+             request = function()\n\
+             \x20 counter = counter + 1\n\
+             \x20 local body = '{{\"message\":\"what is the answer?\",\"session_id\":\"bench-{}-' .. (counter % 4096) .. '\"}}'\n\
+             \x20 return wrk.format(nil, nil, nil, body)\n\
+             end\n",
+            std::process::id()
+        ),
+    )?;
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
     let durable = vec![
@@ -95,7 +111,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     )?);
     rows.push(run_agent(
         &bin,
-        "POST /agent @64, instant model, Postgres + Redis",
+        "POST /agent @64, instant model, Postgres + Redis, first turns",
         &durable,
         instant_port,
         Some(&post),
@@ -105,7 +121,17 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     )?);
     rows.push(run_agent(
         &bin,
-        "POST /agent @256, 200 ms model, Postgres + Redis",
+        "POST /agent @64, instant model, Postgres + Redis, continuing sessions",
+        &durable,
+        instant_port,
+        Some(&continuing),
+        64,
+        duration,
+        None,
+    )?);
+    rows.push(run_agent(
+        &bin,
+        "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
         &durable,
         slow_port,
         Some(&post),

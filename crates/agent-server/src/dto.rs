@@ -180,6 +180,8 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
 pub(crate) struct ValidTurn {
     pub(crate) session: SessionId,
     pub(crate) message: String,
+    /// The request named no session, so `session` was made here: nobody else can know it yet.
+    pub(crate) new_session: bool,
 }
 
 impl AgentRequest {
@@ -200,15 +202,16 @@ impl AgentRequest {
                 "message: must not contain NUL characters".into(),
             ));
         }
-        let session = match self.session_id {
+        let session = match &self.session_id {
             None => SessionId::parse(&uuid::Uuid::new_v4().to_string())
                 .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?,
-            Some(text) => SessionId::parse(&text)
+            Some(text) => SessionId::parse(text)
                 .map_err(|error| unprocessable(format!("session_id: {error}")))?,
         };
         Ok(ValidTurn {
             session,
             message: self.message,
+            new_session: self.session_id.is_none(),
         })
     }
 }

@@ -3,6 +3,7 @@
 
 use std::net::TcpListener;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
@@ -33,10 +34,15 @@ struct WorkerState {
 }
 
 impl WorkerState {
-    fn build(settings: &Settings, backends: Backends) -> Result<Self, StartupError> {
+    fn build(
+        settings: &Settings,
+        backends: Backends,
+        store_failing: &Arc<AtomicBool>,
+    ) -> Result<Self, StartupError> {
         let agent = agent_factory::build(settings)?;
+        let turns = Turns::new(agent, backends.clone(), settings, Arc::clone(store_failing));
         Ok(Self {
-            turns: web::Data::new(Turns::new(agent, backends.clone(), settings)),
+            turns: web::Data::new(turns),
             access: web::Data::new(AccessPolicy::new(settings, backends.rate_limiter.clone())),
             backends: web::Data::new(backends),
         })
@@ -99,7 +105,9 @@ impl ApplicationBuilder {
             backends::build(&settings.storage, &settings.health).await?;
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
-        let shared = WorkerState::build(&settings, backends.clone())?;
+        // Whether the conversation store is failing is known process-wide, not per worker.
+        let store_failing = Arc::new(AtomicBool::new(false));
+        let shared = WorkerState::build(&settings, backends.clone(), &store_failing)?;
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
@@ -124,7 +132,7 @@ impl ApplicationBuilder {
             let extra_routes = extra_routes.clone();
             let worker = recipe
                 .for_worker(workers)
-                .and_then(|backends| WorkerState::build(&app_settings, backends))
+                .and_then(|backends| WorkerState::build(&app_settings, backends, &store_failing))
                 .unwrap_or_else(|error| {
                     tracing::error!(error = %crate::error_chain(&error), "cannot build a worker's own clients; it uses the shared ones");
                     shared.clone()

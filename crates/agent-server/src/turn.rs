@@ -1,12 +1,17 @@
 //! A turn as the API runs it: take the session lock (bounded wait), read the history window, run
-//! the agent, store the whole turn atomically, release. A turn that fails stores nothing.
+//! the agent, store the whole turn atomically, release. A turn that fails stores nothing. The
+//! first turn of a session the server names skips the lock and the read: nobody else can know
+//! the id before the turn answers, and the store creates the session with the turn. While the
+//! conversation store is failing, such a turn takes the full path instead, so it fails before the
+//! model call rather than after it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::Settings;
 use agent_core::{Agent, Role, TurnRequest, TurnResult};
-use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, acquire_lock};
+use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError, acquire_lock};
 
 use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
@@ -20,6 +25,9 @@ pub(crate) struct Turns {
     history_window: usize,
     lock_wait: Duration,
     lock_ttl: Duration,
+    /// Set when the conversation store last answered "unavailable", cleared when it last
+    /// answered at all: a first turn then opens its session first (see the module doc).
+    store_failing: Arc<AtomicBool>,
 }
 
 /// A session locked and read: the request for the agent, and the held session for `store`.
@@ -34,12 +42,19 @@ pub(crate) struct Prepared {
 pub(crate) struct HeldSession {
     session: agent_core::SessionId,
     info: SessionInfo,
-    guard: LockGuard,
+    /// None for a session named by this turn (see the module doc).
+    guard: Option<LockGuard>,
     started: Instant,
 }
 
 impl Turns {
-    pub(crate) fn new(agent: Agent, backends: Backends, settings: &Settings) -> Self {
+    /// `store_failing` is shared by the process's workers.
+    pub(crate) fn new(
+        agent: Agent,
+        backends: Backends,
+        settings: &Settings,
+        store_failing: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             agent,
             backends,
@@ -47,6 +62,7 @@ impl Turns {
             lock_wait: settings.api.lock_wait,
             // The lock outlives the turn's deadline, so only a crashed holder lets it expire.
             lock_ttl: settings.turn.turn_deadline + Duration::from_secs(30),
+            store_failing,
         }
     }
 
@@ -54,10 +70,31 @@ impl Turns {
         self.lock_wait
     }
 
-    /// Locks the session, creates it if new, and reads its history window.
+    /// Locks the session, creates it if new, and reads its history window. A session the server
+    /// just named is neither locked nor read: it is empty, and its first store creates it.
     pub(crate) async fn prepare(&self, turn: ValidTurn) -> Result<Prepared, ApiError> {
         let started = Instant::now();
-        let ValidTurn { session, message } = turn;
+        let ValidTurn {
+            session,
+            message,
+            new_session,
+        } = turn;
+        if new_session && !self.store_failing.load(Ordering::Relaxed) {
+            let info = SessionInfo::empty(session.clone(), SystemTime::now());
+            return Ok(Prepared {
+                request: TurnRequest {
+                    history: Vec::new(),
+                    user_message: message,
+                    session_tokens_used: 0,
+                },
+                held: HeldSession {
+                    session,
+                    info,
+                    guard: None,
+                    started,
+                },
+            });
+        }
         let guard = acquire_lock(
             &self.backends.locks,
             &session,
@@ -65,11 +102,12 @@ impl Turns {
             self.lock_wait,
         )
         .await?;
-        let (info, stored) = self
+        let opened = self
             .backends
             .conversations
             .open_session(&session, self.history_window)
-            .await?;
+            .await;
+        let (info, stored) = observe(&self.store_failing, opened)?;
         let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
         // A window may start inside an earlier turn; tool results without their call are invalid.
         let first_kept = history
@@ -87,7 +125,7 @@ impl Turns {
             held: HeldSession {
                 session,
                 info,
-                guard,
+                guard: Some(guard),
                 started,
             },
         })
@@ -111,6 +149,7 @@ impl Turns {
             started,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
+        let store_failing = Arc::clone(&self.store_failing);
         let tokens_used = result.turn.usage.total();
         record_turn(&result, started);
         let TurnResult { turn, response, .. } = result;
@@ -121,10 +160,14 @@ impl Turns {
         };
         let stored = tokio::spawn(async move {
             let stored = match &claim {
-                None => conversations
-                    .append_turn(&session, info.next_sequence, &turn)
-                    .await
-                    .map(|_| false),
+                None => observe(
+                    &store_failing,
+                    conversations
+                        .append_turn(&session, info.next_sequence, &turn)
+                        .await,
+                )
+                .map(|_| false)
+                .map_err(ApiError::from),
                 Some(claim) => {
                     let replay = serde_json::to_string(&response)
                         .map_err(|error| ApiError::Internal(error.into()))?;
@@ -133,13 +176,19 @@ impl Turns {
                         response: &replay,
                         retention: claim.retention,
                     };
-                    conversations
-                        .append_turn_completing(&session, info.next_sequence, &turn, completion)
-                        .await
-                        .map(|(_, completed)| completed)
+                    observe(
+                        &store_failing,
+                        conversations
+                            .append_turn_completing(&session, info.next_sequence, &turn, completion)
+                            .await,
+                    )
+                    .map(|(_, completed)| completed)
+                    .map_err(ApiError::from)
                 }
             };
-            if let Err(error) = guard.release().await {
+            if let Some(guard) = guard
+                && let Err(error) = guard.release().await
+            {
                 tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
             Ok::<_, ApiError>((response, stored?))
@@ -170,6 +219,17 @@ impl Turns {
 pub(crate) struct ClaimToComplete {
     pub(crate) key: String,
     pub(crate) retention: Duration,
+}
+
+/// Notes in `failing` whether the conversation store answered or was unavailable.
+fn observe<T>(failing: &AtomicBool, result: Result<T, StorageError>) -> Result<T, StorageError> {
+    match &result {
+        Err(StorageError::Unavailable { .. }) => failing.store(true, Ordering::Relaxed),
+        // Any other answer means it is reachable; a load first keeps the line unshared.
+        _ if failing.load(Ordering::Relaxed) => failing.store(false, Ordering::Relaxed),
+        _ => {}
+    }
+    result
 }
 
 /// The metric label of a failed turn.

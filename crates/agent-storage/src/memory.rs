@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_core::{SessionId, TokenUsage, Turn};
+use agent_core::{SessionId, Turn};
 use async_trait::async_trait;
 
 use crate::error::StorageError;
@@ -26,6 +26,15 @@ pub struct MemoryStorage {
 struct Session {
     info: SessionInfo,
     messages: Vec<StoredMessage>,
+}
+
+impl Session {
+    fn empty(id: &SessionId) -> Self {
+        Self {
+            info: SessionInfo::empty(id.clone(), SystemTime::now()),
+            messages: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -62,20 +71,9 @@ impl MemoryStorage {
 impl ConversationStore for MemoryStorage {
     async fn ensure_session(&self, id: &SessionId) -> Result<SessionInfo, StorageError> {
         let mut sessions = lock(&self.sessions);
-        let session = sessions.entry(id.clone()).or_insert_with(|| {
-            let now = SystemTime::now();
-            Session {
-                info: SessionInfo {
-                    id: id.clone(),
-                    created_at: now,
-                    updated_at: now,
-                    next_sequence: 0,
-                    turn_count: 0,
-                    usage: TokenUsage::default(),
-                },
-                messages: Vec::new(),
-            }
-        });
+        let session = sessions
+            .entry(id.clone())
+            .or_insert_with(|| Session::empty(id));
         Ok(session.info.clone())
     }
 
@@ -106,6 +104,9 @@ impl ConversationStore for MemoryStorage {
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
         let mut sessions = lock(&self.sessions);
+        if expected_next_sequence == 0 && !sessions.contains_key(id) {
+            sessions.insert(id.clone(), Session::empty(id));
+        }
         let session = sessions
             .get_mut(id)
             .ok_or_else(|| StorageError::SessionNotFound(id.to_string()))?;

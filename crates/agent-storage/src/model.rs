@@ -17,6 +17,20 @@ pub struct SessionInfo {
     pub usage: TokenUsage,
 }
 
+impl SessionInfo {
+    /// A session with no turn yet, created `now`.
+    pub fn empty(id: SessionId, now: SystemTime) -> Self {
+        Self {
+            id,
+            created_at: now,
+            updated_at: now,
+            next_sequence: 0,
+            turn_count: 0,
+            usage: TokenUsage::default(),
+        }
+    }
+}
+
 /// A message as stored, with its position in the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredMessage {

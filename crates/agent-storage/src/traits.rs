@@ -45,6 +45,9 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     /// Stores a whole turn atomically, numbering its messages from `expected_next_sequence`,
     /// which must be the session's current `next_sequence` (else [`StorageError::Conflict`]).
+    /// A first turn (`expected_next_sequence` 0) creates its session if it does not exist, in
+    /// the same atomic step; a later one on a missing session is
+    /// [`StorageError::SessionNotFound`].
     async fn append_turn(
         &self,
         id: &SessionId,

@@ -436,41 +436,103 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
     let no_redis = format!("redis://127.0.0.1:{closed}");
     let base_url = fake.base_url();
     let database = test_support::fresh_database_url().await;
+    // Each case: settings, the session named by the request, the expected code, and how many
+    // model calls its two requests may make.
     let cases = [
+        // A first turn on a server-named session touches Postgres only to store: the first
+        // request spends its model call and fails at the store; the next one, knowing the store
+        // is failing, opens its session first and fails before calling the model.
         (
             vec![
                 ("DATABASE_URL", no_postgres.as_str()),
                 ("AGENT_STORAGE__RUN_MIGRATIONS", "false"),
             ],
+            None,
             "storage_unavailable",
+            1,
+        ),
+        (
+            vec![
+                ("DATABASE_URL", no_postgres.as_str()),
+                ("AGENT_STORAGE__RUN_MIGRATIONS", "false"),
+            ],
+            Some("chosen"),
+            "storage_unavailable",
+            0,
         ),
         (
             vec![
                 ("DATABASE_URL", database.as_str()),
                 ("REDIS_URL", no_redis.as_str()),
             ],
+            None,
             "rate_limiter_unavailable",
+            0,
         ),
+        // A named session needs its lock in Redis.
         (
             vec![
                 ("DATABASE_URL", database.as_str()),
                 ("REDIS_URL", no_redis.as_str()),
                 ("AGENT_RATE_LIMIT__REQUESTS", "0"),
             ],
+            Some("chosen"),
             "storage_unavailable",
+            0,
         ),
     ];
-    for (vars, code) in cases {
+    for (vars, session, code, model_calls) in cases {
         let mut vars = vars.clone();
         vars.push(("OPENAI_BASE_URL", &base_url));
         let app = spawn(builder(&vars)).await;
-        let response = app.agent(json!({ "message": "hi" })).await;
-        assert_eq!(response.status(), 503, "{code}");
-        assert!(response.headers().contains_key("retry-after"));
-        assert_eq!(error_code(&response.json().await.unwrap()), code);
+        let before = fake.requests().await.len();
+        for _ in 0..2 {
+            let response = app
+                .agent(json!({ "message": "hi", "session_id": session }))
+                .await;
+            assert_eq!(response.status(), 503, "{code}");
+            assert!(response.headers().contains_key("retry-after"));
+            assert_eq!(error_code(&response.json().await.unwrap()), code);
+        }
+        assert_eq!(fake.requests().await.len() - before, model_calls, "{code}");
         assert_eq!(app.get("/health").await.status(), 200);
     }
-    assert!(fake.requests().await.is_empty(), "no turn ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_turn_needs_no_lock_so_it_works_while_redis_is_down() {
+    let fake = FakeOpenAi::repeating(text("stored anyway")).await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let no_redis = format!("redis://127.0.0.1:{closed}");
+    let database = test_support::fresh_database_url().await;
+    let base_url = fake.base_url();
+    let app = spawn(builder(&[
+        ("DATABASE_URL", database.as_str()),
+        ("REDIS_URL", no_redis.as_str()),
+        ("AGENT_RATE_LIMIT__REQUESTS", "0"),
+        ("OPENAI_BASE_URL", base_url.as_str()),
+    ]))
+    .await;
+    let response = app.agent(json!({ "message": "hi" })).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let session = body["session_id"].as_str().unwrap().to_owned();
+    assert_eq!(body["response"], "stored anyway");
+    let stored = app.stored(&session).await;
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    // Its next turn names the session, so it needs the lock Redis cannot give.
+    let response = app
+        .agent(json!({ "message": "again", "session_id": session }))
+        .await;
+    assert_eq!(response.status(), 503);
+    assert_eq!(
+        error_code(&response.json().await.unwrap()),
+        "storage_unavailable"
+    );
+    assert_eq!(app.stored(&session).await.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, sessions};
-use super::statements::{AppendTurn, EnsureSession, MessageColumns};
+use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{IdempotencyCompletion, SessionInfo, StoredMessage};
@@ -294,11 +294,14 @@ impl PostgresStore {
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            let updated: Option<SessionRow> = statement
-                .get_result(&mut *connection)
-                .await
-                .optional()
-                .map_err(query_error)?;
+            // A first turn creates its session if needed, in the same statement.
+            let updated: Option<SessionRow> = if expected_next_sequence == 0 {
+                CreateTurn(statement).get_result(&mut *connection).await
+            } else {
+                statement.get_result(&mut *connection).await
+            }
+            .optional()
+            .map_err(query_error)?;
             if let Some(row) = updated {
                 return SessionInfo::try_from(row);
             }

@@ -1,6 +1,6 @@
-//! The two statements on a turn's path, each written as one round trip: creating-or-reading a
-//! session, and storing a whole turn (session update, message rows and the completion of its
-//! idempotency claim in one statement).
+//! The statements on a turn's path, each written as one round trip: creating-or-reading a
+//! session, and storing a whole turn (session update or creation, message rows and the completion
+//! of its idempotency claim in one statement).
 //!
 //! They are hand-written query fragments rather than `sql_query` so that they have a static query
 //! id: diesel then keeps them as prepared statements per connection (`sql_query` is re-prepared,
@@ -80,7 +80,8 @@ pub(super) struct MessageColumns<'a> {
 /// atomically, without a transaction's extra round trips). The update only matches while the
 /// session's `next_sequence` is `expected`, and the insert only runs on the updated row, so a
 /// stale writer changes nothing and gets no row back. With an idempotency key, the key's record
-/// gets the response in the same statement (only when the turn is stored).
+/// gets the response in the same statement (only when the turn is stored). For a session's first
+/// turn, see [`CreateTurn`].
 #[derive(Debug)]
 pub(super) struct AppendTurn<'a> {
     pub(super) id: &'a str,
@@ -107,51 +108,108 @@ impl Query for AppendTurn<'_> {
 }
 
 impl QueryFragment<Pg> for AppendTurn<'_> {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql("WITH updated AS (UPDATE sessions SET next_sequence = next_sequence + ");
-        out.push_bind_param::<BigInt, _>(&self.added)?;
-        out.push_sql(", turn_count = turn_count + 1, prompt_tokens = prompt_tokens + ");
-        out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
-        out.push_sql(", completion_tokens = completion_tokens + ");
-        out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
-        out.push_sql(", updated_at = ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(" WHERE id = ");
-        out.push_bind_param::<Text, _>(self.id)?;
-        out.push_sql(" AND next_sequence = ");
-        out.push_bind_param::<BigInt, _>(&self.expected)?;
-        out.push_sql(" RETURNING ");
-        out.push_sql(SESSION_COLUMNS);
-        out.push_sql(
-            "), inserted AS (INSERT INTO messages \
-             (session_id, sequence, role, content, tool_calls, tool_call_id, tokens, created_at) \
-             SELECT updated.id, m.sequence, m.role, m.content, m.tool_calls, m.tool_call_id, \
-             m.tokens, updated.updated_at FROM updated CROSS JOIN unnest(",
-        );
-        let columns = &self.messages;
-        out.push_bind_param::<Array<BigInt>, _>(&columns.sequences)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&columns.roles)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Text>, _>(&columns.contents)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&columns.tool_calls)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<Text>>, _>(&columns.tool_call_ids)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.tokens)?;
-        out.push_sql(
-            ") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)), \
-             completed AS (UPDATE idempotency_records SET response = ",
-        );
-        out.push_bind_param::<Nullable<Text>, _>(&self.idempotency_response)?;
-        out.push_sql(", expires_at = now() + make_interval(secs => ");
-        out.push_bind_param::<Double, _>(&self.retention_seconds)?;
-        out.push_sql(") WHERE key = ");
-        out.push_bind_param::<Nullable<Text>, _>(&self.idempotency_key)?;
-        out.push_sql(" AND EXISTS (SELECT 1 FROM updated)) SELECT ");
-        out.push_sql(SESSION_COLUMNS);
-        out.push_sql(" FROM updated");
-        Ok(())
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        walk_turn(self, false, out)
     }
+}
+
+/// A session's first turn: [`AppendTurn`] with `expected` 0 that also creates the session when it
+/// does not exist yet (an upsert whose update only matches an empty session), so a new session
+/// costs no statement of its own. Two first turns racing on one id: one is stored, the other
+/// gets no row back.
+#[derive(Debug)]
+pub(super) struct CreateTurn<'a>(pub(super) AppendTurn<'a>);
+
+impl QueryId for CreateTurn<'_> {
+    type QueryId = CreateTurn<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for CreateTurn<'_> {
+    type SqlType = SessionRowType;
+}
+
+impl QueryFragment<Pg> for CreateTurn<'_> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        walk_turn(&self.0, true, out)
+    }
+}
+
+/// The turn statement; `create` makes its first part the upsert of [`CreateTurn`].
+fn walk_turn<'b>(
+    turn: &'b AppendTurn<'_>,
+    create: bool,
+    mut out: AstPass<'_, 'b, Pg>,
+) -> QueryResult<()> {
+    if create {
+        out.push_sql(
+            "WITH updated AS (INSERT INTO sessions AS s (id, created_at, updated_at, \
+             next_sequence, turn_count, prompt_tokens, completion_tokens) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(turn.id)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&turn.now)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&turn.now)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&turn.added)?;
+        out.push_sql(", 1, ");
+        out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+        out.push_sql(
+            ") ON CONFLICT (id) DO UPDATE SET \
+             next_sequence = s.next_sequence + EXCLUDED.next_sequence, \
+             turn_count = s.turn_count + 1, \
+             prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens, \
+             completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens, \
+             updated_at = EXCLUDED.updated_at WHERE s.next_sequence = 0 RETURNING ",
+        );
+    } else {
+        out.push_sql("WITH updated AS (UPDATE sessions SET next_sequence = next_sequence + ");
+        out.push_bind_param::<BigInt, _>(&turn.added)?;
+        out.push_sql(", turn_count = turn_count + 1, prompt_tokens = prompt_tokens + ");
+        out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
+        out.push_sql(", completion_tokens = completion_tokens + ");
+        out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+        out.push_sql(", updated_at = ");
+        out.push_bind_param::<Timestamptz, _>(&turn.now)?;
+        out.push_sql(" WHERE id = ");
+        out.push_bind_param::<Text, _>(turn.id)?;
+        out.push_sql(" AND next_sequence = ");
+        out.push_bind_param::<BigInt, _>(&turn.expected)?;
+        out.push_sql(" RETURNING ");
+    }
+    out.push_sql(SESSION_COLUMNS);
+    out.push_sql(
+        "), inserted AS (INSERT INTO messages \
+         (session_id, sequence, role, content, tool_calls, tool_call_id, tokens, created_at) \
+         SELECT updated.id, m.sequence, m.role, m.content, m.tool_calls, m.tool_call_id, \
+         m.tokens, updated.updated_at FROM updated CROSS JOIN unnest(",
+    );
+    let columns = &turn.messages;
+    out.push_bind_param::<Array<BigInt>, _>(&columns.sequences)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&columns.roles)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Text>, _>(&columns.contents)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Jsonb>>, _>(&columns.tool_calls)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<Text>>, _>(&columns.tool_call_ids)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.tokens)?;
+    out.push_sql(
+        ") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)), \
+         completed AS (UPDATE idempotency_records SET response = ",
+    );
+    out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_response)?;
+    out.push_sql(", expires_at = now() + make_interval(secs => ");
+    out.push_bind_param::<Double, _>(&turn.retention_seconds)?;
+    out.push_sql(") WHERE key = ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_key)?;
+    out.push_sql(" AND EXISTS (SELECT 1 FROM updated)) SELECT ");
+    out.push_sql(SESSION_COLUMNS);
+    out.push_sql(" FROM updated");
+    Ok(())
 }

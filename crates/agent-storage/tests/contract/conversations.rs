@@ -78,7 +78,9 @@ backend!(memory_backend, memory().await;
     open_session_creates_then_returns_the_window,
     a_turn_is_stored_in_order_with_tool_calls_and_usage,
     a_stale_sequence_is_a_conflict_and_stores_nothing,
-    appending_to_a_missing_session_is_not_found,
+    a_first_turn_creates_its_session,
+    a_later_turn_on_a_missing_session_is_not_found,
+    racing_first_turns_of_a_new_session_store_one,
     recent_messages_returns_the_last_n_in_order,
     delete_removes_the_session_and_its_messages,
     fifty_concurrent_appends_through_the_lock_lose_nothing,
@@ -89,7 +91,9 @@ backend!(postgres_backend, postgres().await;
     open_session_creates_then_returns_the_window,
     a_turn_is_stored_in_order_with_tool_calls_and_usage,
     a_stale_sequence_is_a_conflict_and_stores_nothing,
-    appending_to_a_missing_session_is_not_found,
+    a_first_turn_creates_its_session,
+    a_later_turn_on_a_missing_session_is_not_found,
+    racing_first_turns_of_a_new_session_store_one,
     recent_messages_returns_the_last_n_in_order,
     delete_removes_the_session_and_its_messages,
     fifty_concurrent_appends_through_the_lock_lose_nothing,
@@ -247,10 +251,34 @@ async fn postgres_a_failed_insert_leaves_the_session_unchanged() {
     assert_eq!(store.recent_messages(&id, 100).await.unwrap().len(), 2);
 }
 
-async fn appending_to_a_missing_session_is_not_found((store, _): Stores) {
+async fn a_first_turn_creates_its_session((store, _): Stores) {
+    let id = session("created-by-its-turn");
+    let info = store
+        .append_turn(&id, 0, &tool_turn("hello"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.next_sequence, info.turn_count, info.usage.total()),
+        (4, 1, 150)
+    );
+    assert_eq!(store.session(&id).await.unwrap(), Some(info));
+    let stored = store.recent_messages(&id, 100).await.unwrap();
+    let sequences: Vec<u64> = stored.iter().map(|message| message.sequence).collect();
+    assert_eq!(sequences, [0, 1, 2, 3]);
+    assert_eq!(stored[1].message.tool_calls.len(), 1);
+    assert_eq!(stored[3].tokens, Some(150));
+    // The next turn continues it as usual.
+    let info = store
+        .append_turn(&id, 4, &simple_turn("again"))
+        .await
+        .unwrap();
+    assert_eq!((info.next_sequence, info.turn_count), (6, 2));
+}
+
+async fn a_later_turn_on_a_missing_session_is_not_found((store, _): Stores) {
     let id = session("missing");
     let error = store
-        .append_turn(&id, 0, &simple_turn("hello"))
+        .append_turn(&id, 2, &simple_turn("hello"))
         .await
         .unwrap_err();
     assert!(
@@ -258,6 +286,49 @@ async fn appending_to_a_missing_session_is_not_found((store, _): Stores) {
         "{error:?}"
     );
     assert_eq!(store.session(&id).await.unwrap(), None);
+}
+
+async fn racing_first_turns_of_a_new_session_store_one((store, _): Stores) {
+    let id = session("racing-first-turns");
+    let attempts = (0..10).map(|index| {
+        let store = Arc::clone(&store);
+        let id = id.clone();
+        tokio::spawn(async move {
+            store
+                .append_turn(&id, 0, &simple_turn(&format!("first {index}")))
+                .await
+        })
+    });
+    let results: Vec<_> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let stored: Vec<_> = results.iter().filter(|result| result.is_ok()).collect();
+    assert_eq!(stored.len(), 1, "{results:?}");
+    for result in &results {
+        if let Err(error) = result {
+            assert!(
+                matches!(
+                    error,
+                    StorageError::Conflict {
+                        expected: 0,
+                        actual: 2,
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+        }
+    }
+    let messages = store.recent_messages(&id, 100).await.unwrap();
+    assert_eq!(messages.len(), 2);
+    assert_eq!(
+        messages[1].message.content,
+        format!("echo: {}", messages[0].message.content)
+    );
+    let info = store.session(&id).await.unwrap().unwrap();
+    assert_eq!((info.next_sequence, info.turn_count), (2, 1));
 }
 
 async fn recent_messages_returns_the_last_n_in_order((store, _): Stores) {

@@ -52,27 +52,39 @@ async fn postgres_both() -> Both {
     (store.clone(), store)
 }
 
-backend!(memory_with_turns, memory_both().await; a_turn_stored_with_its_claim_completes_it_or_says_it_did_not);
-backend!(postgres_with_turns, postgres_both().await; a_turn_stored_with_its_claim_completes_it_or_says_it_did_not);
+backend!(memory_with_turns, memory_both().await;
+    a_turn_stored_with_its_claim_completes_it_or_says_it_did_not,
+    a_first_turn_creating_its_session_completes_its_claim_too,
+);
+backend!(postgres_with_turns, postgres_both().await;
+    a_turn_stored_with_its_claim_completes_it_or_says_it_did_not,
+    a_first_turn_creating_its_session_completes_its_claim_too,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_completes_the_claim_in_the_turns_own_statement() {
     let (conversations, records) = postgres_both().await;
-    let (_, completed) = store_with_claim(&conversations, &records, "pg-atomic").await;
-    assert!(
-        completed,
-        "Postgres completes the claim with the turn: a crash between the two cannot run it twice"
-    );
+    for (key, ensure) in [("pg-atomic", true), ("pg-atomic-new", false)] {
+        let (_, completed) = store_with_claim(&conversations, &records, key, ensure).await;
+        assert!(
+            completed,
+            "Postgres completes the claim with the turn: a crash between the two cannot run it twice"
+        );
+    }
 }
 
-/// Stores a one-exchange turn in a new session while holding a claim on `key`.
+/// Stores a one-exchange turn in a new session while holding a claim on `key`; with `ensure` the
+/// session is created first, else the turn creates it.
 async fn store_with_claim(
     conversations: &Arc<dyn ConversationStore>,
     records: &Records,
     key: &str,
+    ensure: bool,
 ) -> (SessionId, bool) {
     let session = SessionId::parse(&format!("{key}-{}", uuid::Uuid::new_v4().simple())).unwrap();
-    conversations.ensure_session(&session).await.unwrap();
+    if ensure {
+        conversations.ensure_session(&session).await.unwrap();
+    }
     assert_eq!(
         records.begin(key, "body", LEASE).await.unwrap(),
         IdempotencyBegin::Started
@@ -91,7 +103,13 @@ async fn store_with_claim(
         .append_turn_completing(&session, 5, &turn, completion)
         .await
         .unwrap_err();
-    assert!(matches!(stale, StorageError::Conflict { .. }), "{stale:?}");
+    assert!(
+        matches!(
+            stale,
+            StorageError::Conflict { .. } | StorageError::SessionNotFound(_)
+        ),
+        "{stale:?}"
+    );
     assert_eq!(
         records.begin(key, "body", LEASE).await.unwrap(),
         IdempotencyBegin::InProgress
@@ -107,16 +125,26 @@ async fn store_with_claim(
 async fn a_turn_stored_with_its_claim_completes_it_or_says_it_did_not(
     (conversations, records): Both,
 ) {
-    let (session, completed) = store_with_claim(&conversations, &records, "with-turn").await;
+    claim_follows_the_turn(&conversations, &records, "with-turn", true).await;
+}
+
+async fn a_first_turn_creating_its_session_completes_its_claim_too((conversations, records): Both) {
+    claim_follows_the_turn(&conversations, &records, "creating-turn", false).await;
+}
+
+async fn claim_follows_the_turn(
+    conversations: &Arc<dyn ConversationStore>,
+    records: &Records,
+    key: &str,
+    ensure: bool,
+) {
+    let (session, completed) = store_with_claim(conversations, records, key, ensure).await;
     let expected = if completed {
         IdempotencyBegin::Completed(r#"{"response":"hi"}"#.into())
     } else {
         IdempotencyBegin::InProgress
     };
-    assert_eq!(
-        records.begin("with-turn", "body", LEASE).await.unwrap(),
-        expected
-    );
+    assert_eq!(records.begin(key, "body", LEASE).await.unwrap(), expected);
     assert_eq!(
         conversations
             .recent_messages(&session, 10)
