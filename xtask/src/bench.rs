@@ -109,6 +109,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         duration,
         None,
     )?);
+    settle(&services.database_url)?;
     rows.push(run_agent(
         &bin,
         "POST /agent @64, instant model, Postgres + Redis, first turns",
@@ -119,6 +120,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         duration,
         None,
     )?);
+    settle(&services.database_url)?;
     rows.push(run_agent(
         &bin,
         "POST /agent @64, instant model, Postgres + Redis, continuing sessions",
@@ -129,6 +131,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         duration,
         None,
     )?);
+    settle(&services.database_url)?;
     rows.push(run_agent(
         &bin,
         "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
@@ -171,6 +174,27 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     };
     let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
     println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
+    Ok(())
+}
+
+/// Vacuums, analyzes and checkpoints the database, so that the background work a scenario's
+/// writes leave behind (autovacuum, checkpoint) is not measured in the next one.
+fn settle(database_url: &str) -> anyhow::Result<()> {
+    let output = Command::new("psql")
+        .args([
+            database_url,
+            "-X",
+            "-q",
+            "-c",
+            "VACUUM ANALYZE",
+            "-c",
+            "CHECKPOINT",
+        ])
+        .output()
+        .context("psql failed to run (apt-get install postgresql-client)")?;
+    if !output.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
     Ok(())
 }
 

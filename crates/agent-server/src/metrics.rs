@@ -48,23 +48,25 @@ pub(crate) fn handle() -> &'static PrometheusHandle {
     })
 }
 
+thread_local! {
+    /// The in-flight gauge's handle, per thread: using it in place (no clone) spares two atomic
+    /// reference-count updates per request on a line the workers share.
+    static IN_FLIGHT: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
+}
+
 /// Counts a request in flight until dropped (also when the client goes away).
-pub(crate) struct InFlight(metrics::Gauge);
+pub(crate) struct InFlight(());
 
 impl InFlight {
     pub(crate) fn start() -> Self {
-        thread_local! {
-            static GAUGE: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
-        }
-        let gauge = GAUGE.with(Clone::clone);
-        gauge.increment(1.0);
-        Self(gauge)
+        IN_FLIGHT.with(|gauge| gauge.increment(1.0));
+        Self(())
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.decrement(1.0);
+        IN_FLIGHT.with(|gauge| gauge.decrement(1.0));
     }
 }
 
