@@ -1,6 +1,6 @@
 //! Test helpers shared by the workspace's tests: a fake OpenAI-compatible server, a fresh
-//! migrated database per test, a random Redis key prefix per test, and throwaway Postgres
-//! servers for outage tests.
+//! migrated database per test, a random Redis key prefix per test, throwaway Postgres and Redis
+//! servers for outage tests, and a proxy that loses replies.
 //!
 //! Tests that need Postgres or Redis find them through `DATABASE_URL` and `REDIS_URL`, which
 //! `cargo xtask test` sets (starting throwaway servers when none is given). They never skip.
@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod fake_openai;
+mod proxy;
 mod services;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use agent_storage::{PostgresOptions, PostgresStore, RedisCoordination, RedisOpti
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::SecretString;
 
+pub use proxy::LossyProxy;
 pub use services::{ThrowawayPostgres, ThrowawayRedis};
 
 const HOW_TO_START: &str = "run the tests with `cargo xtask test`, which starts Postgres and \

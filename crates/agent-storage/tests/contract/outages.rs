@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use agent_core::SessionId;
 use agent_storage::{
-    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, SessionLocks, acquire_lock,
+    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, RedisOptions, SessionLocks,
+    acquire_lock,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
@@ -160,6 +161,47 @@ async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
     .await
     .expect("the background retry released the lock long before its 60 s TTL");
     assert!(redis.release(&freed).await.unwrap());
+}
+
+/// Seen once by `cargo xtask chaos`: an acquire's script ran in Redis but its answer was lost, so
+/// the caller, told "unavailable", never knew it held the lock, and the session stayed busy for
+/// the lock's whole TTL. The caller now releases by owner in the background.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acquire_whose_answer_was_lost_does_not_leave_the_lock_held() {
+    let (proxy, url) = test_support::LossyProxy::in_front_of(&test_support::redis_url());
+    let mut options = test_support::redis_options(&url);
+    options.timeout = Duration::from_millis(300);
+    let direct = RedisCoordination::connect(&RedisOptions {
+        url: test_support::redis_options(&test_support::redis_url()).url,
+        ..options.clone()
+    })
+    .unwrap();
+    let redis = RedisCoordination::connect(&options).unwrap();
+    let ttl = Duration::from_secs(60);
+    let first = redis.try_acquire(&id(), ttl).await.unwrap().unwrap();
+    assert!(redis.release(&first).await.unwrap());
+
+    proxy.lose_replies(true);
+    let error = redis.try_acquire(&id(), ttl).await.unwrap_err();
+    assert!(error.is_unavailable(), "{error:?}");
+    proxy.lose_replies(false);
+
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(lease)) = direct.try_acquire(&id(), ttl).await {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the lock the lost acquire took was released long before its 60 s TTL");
+    assert_eq!(
+        freed.fencing_token,
+        first.fencing_token + 2,
+        "the lost acquire's script did run (it took the token in between)"
+    );
+    assert!(direct.release(&freed).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
