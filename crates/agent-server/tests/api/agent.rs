@@ -9,7 +9,9 @@ use futures_util::future::join_all;
 use serde_json::{Value, json};
 use test_support::fake_openai::{FakeOpenAi, Scripted};
 
-use crate::helpers::{builder, client, error_code, spawn, spawn_full, spawn_with_model};
+use crate::helpers::{
+    builder, client, closed_port, error_code, spawn, spawn_full, spawn_with_model,
+};
 
 fn text(answer: &str) -> Scripted {
     Scripted::text(answer)
@@ -428,10 +430,7 @@ async fn model_failures_give_502_or_504_and_store_nothing() {
 #[tokio::test(flavor = "multi_thread")]
 async fn storage_or_redis_down_gives_503_with_the_json_error() {
     let fake = FakeOpenAi::repeating(text("unused")).await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let no_postgres = format!("postgres://postgres@127.0.0.1:{closed}/none");
     let no_redis = format!("redis://127.0.0.1:{closed}");
     let base_url = fake.base_url();
@@ -502,10 +501,7 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_first_turn_needs_no_lock_so_it_works_while_redis_is_down() {
     let fake = FakeOpenAi::repeating(text("stored anyway")).await;
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let no_redis = format!("redis://127.0.0.1:{closed}");
     let database = test_support::fresh_database_url().await;
     let base_url = fake.base_url();

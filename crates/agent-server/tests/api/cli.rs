@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{builder, client, spawn_app};
+use crate::helpers::{builder, client, closed_port, spawn_app};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_agent-server");
 
@@ -24,12 +24,6 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A port on which nothing listens.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn healthcheck_exits_0_against_a_live_server_and_1_against_nothing() {
     let app = spawn_app().await;
@@ -44,7 +38,7 @@ async fn healthcheck_exits_0_against_a_live_server_and_1_against_nothing() {
     );
     assert!(by_ready.status.success(), "{}", stderr(&by_ready));
 
-    let nothing = free_port().to_string();
+    let nothing = closed_port().to_string();
     let refused = output(&["healthcheck", "--timeout", "1s"], &[("PORT", &nothing)]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(

@@ -4,14 +4,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use crate::helpers::{builder, client, spawn};
+use crate::helpers::{builder, client, closed_port, spawn};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_agent-server");
-
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn with_postgres_and_redis_readiness_reports_both() {

@@ -20,6 +20,22 @@ fn id() -> SessionId {
     SessionId::parse("outage").unwrap()
 }
 
+/// The lock of [`id`], taken as soon as it is free within 10 s (a TTL here is 60 s).
+async fn acquired_within(
+    locks: &dyn SessionLocks,
+    ttl: Duration,
+) -> Result<agent_storage::LockLease, tokio::time::error::Elapsed> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(Some(lease)) = locks.try_acquire(&id(), ttl).await {
+                return lease;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_postgres_is_unavailable() {
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", closed_port());
@@ -150,16 +166,9 @@ async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
         "the snapshot kept the lock, as a restarted Redis container does"
     );
 
-    let freed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(Some(lease)) = redis.try_acquire(&id(), ttl).await {
-                return lease;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the background retry released the lock long before its 60 s TTL");
+    let freed = acquired_within(redis.as_ref(), ttl)
+        .await
+        .expect("the background retry released the lock long before its 60 s TTL");
     assert!(redis.release(&freed).await.unwrap());
 }
 
@@ -186,16 +195,9 @@ async fn an_acquire_whose_answer_was_lost_does_not_leave_the_lock_held() {
     assert!(error.is_unavailable(), "{error:?}");
     proxy.lose_replies(false);
 
-    let freed = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(Some(lease)) = direct.try_acquire(&id(), ttl).await {
-                return lease;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("the lock the lost acquire took was released long before its 60 s TTL");
+    let freed = acquired_within(&direct, ttl)
+        .await
+        .expect("the lock the lost acquire took was released long before its 60 s TTL");
     assert_eq!(
         freed.fencing_token,
         first.fencing_token + 2,
