@@ -1,14 +1,19 @@
 //! Benchmarks. `cargo xtask bench-storage`: the storage criterion benchmarks against real
 //! Postgres and Redis. `cargo xtask bench`: the HTTP benchmark — the release server (memory, then
 //! Postgres + Redis), fake models on loopback (instant and 200 ms) and a bare actix-web baseline
-//! built in the same run, driven by wrk on 127.0.0.1 for a bounded time each.
+//! built in the same run, driven on 127.0.0.1 for a bounded time each: `GET /health` by wrk,
+//! `POST /agent` by `crate::load` on connections kept open from the warm-up into the measured
+//! window.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
+
+use crate::load::{Body, Load};
 
 pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
     cmd!(
@@ -53,29 +58,16 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     let (_instant, instant_port) = fake_model(&bin, 0)?;
     let (_slow, slow_port) = fake_model(&bin, 200)?;
 
-    let scratch = std::env::temp_dir().join(format!("agent-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let post = scratch.join("post.lua");
-    std::fs::write(
-        &post,
-        "wrk.method = \"POST\"\nwrk.body = '{\"message\":\"what is the answer?\"}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n",
-    )?;
+    let first_turn: Arc<Body> = Arc::new(|_| r#"{"message":"what is the answer?"}"#.to_owned());
     // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
     // (no lock waits) and each turn takes the lock and reads a growing history.
-    let continuing = scratch.join("continuing.lua");
-    std::fs::write(
-        &continuing,
+    let run_id = std::process::id();
+    let continuing: Arc<Body> = Arc::new(move |n| {
         format!(
-            "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\n\
-             local counter = 0\n\
-             request = function()\n\
-             \x20 counter = counter + 1\n\
-             \x20 local body = '{{\"message\":\"what is the answer?\",\"session_id\":\"bench-{}-' .. (counter % 4096) .. '\"}}'\n\
-             \x20 return wrk.format(nil, nil, nil, body)\n\
-             end\n",
-            std::process::id()
-        ),
-    )?;
+            r#"{{"message":"what is the answer?","session_id":"bench-{run_id}-{}"}}"#,
+            n % 4096
+        )
+    });
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
     let durable = vec![
@@ -84,9 +76,9 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     ];
     let mut rows = Vec::new();
 
-    // /health: the bare baseline and the server alternately, three times each (rounds differ by a
+    // /health: the bare baseline and the server alternately, five times each (rounds differ by a
     // few per cent on a shared machine; the ratio is of the means).
-    for round in 1..=3 {
+    for round in 1..=5 {
         rows.push(run_bare(&bin, duration, round)?);
         rows.push(run_agent(
             &bin,
@@ -99,50 +91,60 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
             None,
         )?);
     }
-    rows.push(run_agent(
-        &bin,
-        "POST /agent @64, instant model, memory",
-        &memory,
-        instant_port,
-        Some(&post),
-        64,
-        duration,
-        None,
-    )?);
-    settle(&services.database_url)?;
-    rows.push(run_agent(
-        &bin,
-        "POST /agent @64, instant model, Postgres + Redis, first turns",
-        &durable,
-        instant_port,
-        Some(&post),
-        64,
-        duration,
-        None,
-    )?);
-    settle(&services.database_url)?;
-    rows.push(run_agent(
-        &bin,
-        "POST /agent @64, instant model, Postgres + Redis, continuing sessions",
-        &durable,
-        instant_port,
-        Some(&continuing),
-        64,
-        duration,
-        None,
-    )?);
-    settle(&services.database_url)?;
-    rows.push(run_agent(
-        &bin,
-        "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
-        &durable,
-        slow_port,
-        Some(&post),
-        256,
-        duration,
-        Some(slow_port),
-    )?);
-    let _ = std::fs::remove_dir_all(&scratch);
+    // The /agent scenarios: name, Postgres + Redis or memory, model port, body script,
+    // connections, and whether to read the model's most calls in flight.
+    let scenarios = [
+        (
+            "POST /agent @64, instant model, memory",
+            false,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, first turns",
+            true,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, continuing sessions",
+            true,
+            instant_port,
+            &continuing,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
+            true,
+            slow_port,
+            &first_turn,
+            256,
+            true,
+        ),
+    ];
+    for (scenario, durable_storage, model_port, script, connections, in_flight) in scenarios {
+        let storage = if durable_storage {
+            settle(&services.database_url)?;
+            &durable
+        } else {
+            &memory
+        };
+        rows.push(run_agent(
+            &bin,
+            scenario,
+            storage,
+            model_port,
+            Some(Arc::clone(script)),
+            connections,
+            duration,
+            in_flight.then_some(model_port),
+        )?);
+    }
     drop(services);
 
     println!(
@@ -225,7 +227,7 @@ fn run_agent(
     scenario: &str,
     extra: &[(&str, String)],
     model_port: u16,
-    post: Option<&Path>,
+    post: Option<Arc<Body>>,
     connections: u32,
     duration: Duration,
     stats_port: Option<u16>,
@@ -251,52 +253,65 @@ fn run_agent(
     )
 }
 
+/// Measures one scenario: `GET path` with wrk, or `POST path` with [`Load`] when `post` gives
+/// the bodies. Either way a warm-up runs first (connections and pools open), and the server's
+/// CPU is read around the measured window only.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     scenario: &str,
     server: &Spawned,
     port: u16,
     path: &str,
-    script: Option<&Path>,
+    post: Option<Arc<Body>>,
     connections: u32,
     duration: Duration,
     stats_port: Option<u16>,
 ) -> anyhow::Result<Measurement> {
-    let url = format!("http://127.0.0.1:{port}{path}");
-    let wrk = |seconds: u64| {
-        let mut wrk = Command::new("wrk");
-        wrk.args([
-            "-t1",
-            &format!("-c{connections}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-            "--timeout",
-            "5s",
-        ]);
-        if let Some(script) = script {
-            wrk.arg("-s").arg(script);
-        }
-        wrk.arg(&url).output().context("wrk failed to run")
-    };
-    // Steady state is what is measured: connections (client, pools, model) are opened first.
     println!(
         "xtask: {scenario}: {} s warm-up, then {} s measured",
         WARM_UP.as_secs(),
         duration.as_secs()
     );
-    wrk(WARM_UP.as_secs())?;
-    if let Some(port) = stats_port {
-        // Let the warm-up's model calls finish, then count only the measured window's.
-        std::thread::sleep(Duration::from_millis(500));
-        crate::http::call(port, "DELETE", "/stats", &[], None, Duration::from_secs(5))?;
-    }
-    let cpu_before = cpu_ticks(server.id())?;
-    let output = wrk(duration.as_secs())?;
-    let cpu_after = cpu_ticks(server.id())?;
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let report = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
-    let ticks_per_second = clock_ticks_per_second();
-    let cpu_ms = (cpu_after - cpu_before) as f64 * 1000.0 / ticks_per_second;
+    let (report, cpu_ticks_used) = match post {
+        None => measure_get(server, port, path, connections, duration)?,
+        Some(body) => {
+            let load = Load::start(port, path, body, connections as usize)?;
+            let (mut before, mut after) = (0, 0);
+            let report = load.measure(
+                WARM_UP,
+                duration,
+                || {
+                    if let Some(port) = stats_port {
+                        crate::http::call(
+                            port,
+                            "DELETE",
+                            "/stats",
+                            &[],
+                            None,
+                            Duration::from_secs(5),
+                        )?;
+                    }
+                    before = cpu_ticks(server.id())?;
+                    Ok(())
+                },
+                || {
+                    after = cpu_ticks(server.id())?;
+                    Ok(())
+                },
+            )?;
+            (
+                WrkReport {
+                    requests: report.requests,
+                    per_second: report.per_second,
+                    p50_ms: report.p50_ms,
+                    p99_ms: report.p99_ms,
+                    errors: report.errors,
+                },
+                after - before,
+            )
+        }
+    };
+    let cpu_ms = cpu_ticks_used as f64 * 1000.0 / clock_ticks_per_second();
     let model_in_flight = match stats_port {
         Some(port) => Some(fake_max_in_flight(port)?),
         None => None,
@@ -312,6 +327,40 @@ fn measure(
         peak_rss_mib: peak_rss_kib(server.id())? as f64 / 1024.0,
         model_in_flight,
     })
+}
+
+/// `GET path` with wrk (its event loop keeps up with /health's rate where a thread per
+/// connection would not): a warm-up run, then the measured run; answers its report and the
+/// server's CPU ticks during it.
+fn measure_get(
+    server: &Spawned,
+    port: u16,
+    path: &str,
+    connections: u32,
+    duration: Duration,
+) -> anyhow::Result<(WrkReport, u64)> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let wrk = |seconds: u64| {
+        Command::new("wrk")
+            .args([
+                "-t1",
+                &format!("-c{connections}"),
+                &format!("-d{seconds}s"),
+                "--latency",
+                "--timeout",
+                "5s",
+                &url,
+            ])
+            .output()
+            .context("wrk failed to run")
+    };
+    wrk(WARM_UP.as_secs())?;
+    let cpu_before = cpu_ticks(server.id())?;
+    let output = wrk(duration.as_secs())?;
+    let cpu_after = cpu_ticks(server.id())?;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let report = parse_wrk(&text).with_context(|| format!("cannot read wrk's output:\n{text}"))?;
+    Ok((report, cpu_after - cpu_before))
 }
 
 struct WrkReport {

@@ -8,6 +8,7 @@ mod chaos;
 mod docker;
 mod http;
 mod image;
+mod load;
 mod replicas;
 mod services;
 mod soak;
