@@ -136,6 +136,8 @@ pub(crate) struct TurnRecord {
     message: String,
     acked: bool,
     gave_up: bool,
+    /// The session id the acknowledging answer named, when it said one.
+    session: Option<String>,
 }
 
 /// What the clients of one scenario share.
@@ -157,48 +159,69 @@ impl Load {
     }
 
     /// One client: sessions of a few turns each, until told to stop; streams when `streaming`.
+    /// Every other session starts without an id, as a tutorial client does: the server names it
+    /// in the first answer (its first turn takes no lock), and the client continues with that
+    /// id; if the first turn is not acknowledged with an id, the client starts a new session.
     fn client(&self, client: usize, streaming: bool) {
-        for session_number in 0.. {
-            let session = format!("{}-c{client:02}-s{session_number}", self.prefix);
+        for session_number in 0_u64.. {
+            let label = format!("{}-c{client:02}-s{session_number}", self.prefix);
+            let mut session = session_number.is_multiple_of(2).then(|| label.clone());
             for turn in 1..=TURNS_PER_SESSION {
                 if self.stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let record = self.turn(client, &session, turn, streaming);
+                let record = self.turn(client, &label, session.as_deref(), turn, streaming);
+                let named = record.acked.then(|| record.session.clone()).flatten();
                 self.turns.lock().expect("turns").push(record);
+                if session.is_none() {
+                    match named {
+                        Some(id) => session = Some(id),
+                        None => break,
+                    }
+                }
             }
         }
     }
 
-    fn turn(&self, client: usize, session: &str, turn: usize, streaming: bool) -> TurnRecord {
+    /// One turn of the session labelled `label` (the label is in every message, so the stored
+    /// turns can be found by content), sent with `session` as its id or none.
+    fn turn(
+        &self,
+        client: usize,
+        label: &str,
+        session: Option<&str>,
+        turn: usize,
+        streaming: bool,
+    ) -> TurnRecord {
         // Streams stay open a while, so SIGTERM finds some in flight.
         let message = if streaming {
-            format!("sleep 300 {session} turn {turn}")
+            format!("sleep 300 {label} turn {turn}")
         } else {
-            format!("{session} turn {turn}")
+            format!("{label} turn {turn}")
         };
         let body = json!({ "message": message, "session_id": session }).to_string();
-        let key = format!("{session}-t{turn}");
+        let key = format!("{label}-t{turn}");
         let begun = Instant::now();
         for attempt in 1.. {
             let start = self.elapsed();
-            let (label, decision) = if streaming {
+            let (outcome, decision, named) = if streaming {
                 self.stream_attempt(&body, &message)
             } else {
                 self.agent_attempt(&body, &key, &message)
             };
             let end = self.elapsed();
             let line = json!({
-                "scenario": self.scenario, "client": client, "session": session, "turn": turn,
+                "scenario": self.scenario, "client": client, "session": label,
+                "session_id": session.map(str::to_owned).or_else(|| named.clone()), "turn": turn,
                 "attempt": attempt, "endpoint": if streaming { "/agent/stream" } else { "/agent" },
                 "start_ms": start.as_millis() as u64, "elapsed_ms": (end - start).as_millis() as u64,
-                "result": label, "decision": format!("{decision:?}"),
+                "result": outcome, "decision": format!("{decision:?}"),
             });
             let _ = writeln!(self.log.lock().expect("log"), "{line}");
             self.attempts.lock().expect("attempts").push(AttemptRecord {
                 start,
                 end,
-                label,
+                label: outcome,
                 decision,
             });
             match decision {
@@ -207,6 +230,7 @@ impl Load {
                         message,
                         acked: true,
                         gave_up: false,
+                        session: named,
                     };
                 }
                 Decision::Unknown => break,
@@ -215,6 +239,7 @@ impl Load {
                         message,
                         acked: false,
                         gave_up: true,
+                        session: None,
                     };
                 }
                 Decision::Retry => {
@@ -226,11 +251,13 @@ impl Load {
             message,
             acked: false,
             gave_up: false,
+            session: None,
         }
     }
 
-    /// `POST /agent` with an Idempotency-Key, so every failure can be retried safely.
-    fn agent_attempt(&self, body: &str, key: &str, message: &str) -> (String, Decision) {
+    /// `POST /agent` with an Idempotency-Key, so every failure can be retried safely. Answers
+    /// the outcome, what to do, and the session id an acknowledgement named.
+    fn agent_attempt(&self, body: &str, key: &str, message: &str) -> Attempt {
         let headers = [
             ("Authorization", self.authorization.as_str()),
             ("Idempotency-Key", key),
@@ -246,18 +273,22 @@ impl Load {
             Ok((200, answer)) => {
                 let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
                 if answer["response"].as_str() == Some(&format!("echo: {message}")) {
-                    ("200".into(), Decision::Ack)
+                    ("200".into(), Decision::Ack, named_session(&answer))
                 } else {
-                    (format!("200 unexpected body {answer}"), Decision::Unknown)
+                    (
+                        format!("200 unexpected body {answer}"),
+                        Decision::Unknown,
+                        None,
+                    )
                 }
             }
-            Ok((status, answer)) => error_answer(status, &answer),
-            Err(error) => (error.label().into(), Decision::Retry),
+            Ok((status, answer)) => with_no_session(error_answer(status, &answer)),
+            Err(error) => (error.label().into(), Decision::Retry, None),
         }
     }
 
     /// `POST /agent/stream`: acknowledged by `done` (or `shutdown` with `stored: true`).
-    fn stream_attempt(&self, body: &str, message: &str) -> (String, Decision) {
+    fn stream_attempt(&self, body: &str, message: &str) -> Attempt {
         let headers = [
             ("Authorization", self.authorization.as_str()),
             ("Accept", "text/event-stream"),
@@ -271,13 +302,13 @@ impl Load {
             REQUEST_TIMEOUT,
         ) {
             Ok((200, events)) => stream_outcome(&events, message),
-            Ok((status, answer)) => error_answer(status, &answer),
+            Ok((status, answer)) => with_no_session(error_answer(status, &answer)),
             // Without a byte of answer the server never sent the stream's head, which it does
             // before the model is even called: nothing can have been stored.
             Err(error @ (CallError::Connect(_) | CallError::NoAnswer(_))) => {
-                (error.label().into(), Decision::Retry)
+                (error.label().into(), Decision::Retry, None)
             }
-            Err(error) => (format!("stream {}", error.label()), Decision::Unknown),
+            Err(error) => (format!("stream {}", error.label()), Decision::Unknown, None),
         }
     }
 }
@@ -356,7 +387,19 @@ fn error_answer(status: u16, answer: &str) -> (String, Decision) {
 }
 
 /// The last event of a stream decides.
-fn stream_outcome(events: &str, message: &str) -> (String, Decision) {
+/// An attempt's outcome for the report, what to do next, and the session id its
+/// acknowledgement named.
+type Attempt = (String, Decision, Option<String>);
+
+fn with_no_session((outcome, decision): (String, Decision)) -> Attempt {
+    (outcome, decision, None)
+}
+
+fn named_session(answer: &Value) -> Option<String> {
+    answer["session_id"].as_str().map(str::to_owned)
+}
+
+fn stream_outcome(events: &str, message: &str) -> Attempt {
     let last = events
         .split("\n\n")
         .filter_map(|event| {
@@ -375,22 +418,23 @@ fn stream_outcome(events: &str, message: &str) -> (String, Decision) {
         .last();
     match last {
         Some(("done", data)) if data["response"].as_str() == Some(&format!("echo: {message}")) => {
-            ("stream done".into(), Decision::Ack)
+            ("stream done".into(), Decision::Ack, named_session(&data))
         }
-        Some(("done", data)) => (format!("stream done with {data}"), Decision::Unknown),
+        Some(("done", data)) => (format!("stream done with {data}"), Decision::Unknown, None),
         Some(("shutdown", data)) if data["stored"] == true => {
-            ("stream shutdown stored=true".into(), Decision::Ack)
+            ("stream shutdown stored=true".into(), Decision::Ack, None)
         }
-        Some(("shutdown", _)) => ("stream shutdown stored=false".into(), Decision::Retry),
+        Some(("shutdown", _)) => ("stream shutdown stored=false".into(), Decision::Retry, None),
         Some(("error", data)) => (
             format!(
                 "stream error {}",
                 data["error"]["code"].as_str().unwrap_or("?")
             ),
             Decision::Retry,
+            None,
         ),
-        Some((name, _)) => (format!("stream cut after {name}"), Decision::Unknown),
-        None => ("stream cut".into(), Decision::Unknown),
+        Some((name, _)) => (format!("stream cut after {name}"), Decision::Unknown, None),
+        None => ("stream cut".into(), Decision::Unknown, None),
     }
 }
 
@@ -797,16 +841,22 @@ pub(crate) fn check_database(
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let postgres = stack.container("postgres")?;
+    // The load's sessions: named with the prefix, or named by the server and holding a message
+    // that carries the prefix.
+    let ours = format!(
+        "(SELECT id FROM sessions WHERE id LIKE '{prefix}-%' UNION SELECT session_id FROM messages \
+         WHERE role = 'user' AND content LIKE '%{prefix}-%')"
+    );
     let messages = psql(
         &postgres,
         &format!(
             "SELECT session_id, sequence, role, content FROM messages \
-             WHERE session_id LIKE '{prefix}-%' ORDER BY session_id, sequence"
+             WHERE session_id IN {ours} ORDER BY session_id, sequence"
         ),
     )?;
     let sessions = psql(
         &postgres,
-        &format!("SELECT id, next_sequence, turn_count FROM sessions WHERE id LIKE '{prefix}-%'"),
+        &format!("SELECT id, next_sequence, turn_count FROM sessions WHERE id IN {ours}"),
     )?;
     let mut by_session: HashMap<&str, Vec<(i64, &str, &str)>> = HashMap::new();
     for fields in &messages {
@@ -888,9 +938,13 @@ pub(crate) fn check_database(
     }
     let acked = turns.iter().filter(|turn| turn.acked).count();
     println!(
-        "xtask:   {} turns acknowledged, {} sessions checked in Postgres",
+        "xtask:   {} turns acknowledged, {} sessions checked in Postgres ({} named by the server)",
         acked,
-        sessions.len()
+        sessions.len(),
+        sessions
+            .iter()
+            .filter(|fields| !fields[0].starts_with(&format!("{prefix}-")))
+            .count()
     );
     Ok(())
 }
