@@ -160,14 +160,10 @@ impl Turns {
         };
         let stored = tokio::spawn(async move {
             let stored = match &claim {
-                None => observe(
-                    &store_failing,
-                    conversations
-                        .append_turn(&session, info.next_sequence, &turn)
-                        .await,
-                )
-                .map(|_| false)
-                .map_err(ApiError::from),
+                None => conversations
+                    .append_turn(&session, info.next_sequence, &turn)
+                    .await
+                    .map(|_| false),
                 Some(claim) => {
                     let replay = serde_json::to_string(&response)
                         .map_err(|error| ApiError::Internal(error.into()))?;
@@ -176,16 +172,13 @@ impl Turns {
                         response: &replay,
                         retention: claim.retention,
                     };
-                    observe(
-                        &store_failing,
-                        conversations
-                            .append_turn_completing(&session, info.next_sequence, &turn, completion)
-                            .await,
-                    )
-                    .map(|(_, completed)| completed)
-                    .map_err(ApiError::from)
+                    conversations
+                        .append_turn_completing(&session, info.next_sequence, &turn, completion)
+                        .await
+                        .map(|(_, completed)| completed)
                 }
             };
+            let stored = observe(&store_failing, stored);
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
             {
