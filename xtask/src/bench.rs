@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
-use crate::load::{Body, Load};
+use crate::load::{Body, Load, Report};
 
 pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
     cmd!(
@@ -299,16 +299,7 @@ fn measure(
                     Ok(())
                 },
             )?;
-            (
-                WrkReport {
-                    requests: report.requests,
-                    per_second: report.per_second,
-                    p50_ms: report.p50_ms,
-                    p99_ms: report.p99_ms,
-                    errors: report.errors,
-                },
-                after - before,
-            )
+            (report, after - before)
         }
     };
     let cpu_ms = cpu_ticks_used as f64 * 1000.0 / clock_ticks_per_second();
@@ -338,7 +329,7 @@ fn measure_get(
     path: &str,
     connections: u32,
     duration: Duration,
-) -> anyhow::Result<(WrkReport, u64)> {
+) -> anyhow::Result<(Report, u64)> {
     let url = format!("http://127.0.0.1:{port}{path}");
     let wrk = |seconds: u64| {
         Command::new("wrk")
@@ -363,15 +354,7 @@ fn measure_get(
     Ok((report, cpu_after - cpu_before))
 }
 
-struct WrkReport {
-    requests: u64,
-    per_second: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
-fn parse_wrk(text: &str) -> Option<WrkReport> {
+fn parse_wrk(text: &str) -> Option<Report> {
     let millis = |value: &str| -> Option<f64> {
         let value = value.trim();
         let (number, scale) = if let Some(number) = value.strip_suffix("us") {
@@ -421,7 +404,7 @@ fn parse_wrk(text: &str) -> Option<WrkReport> {
                 .sum()
         })
         .unwrap_or(0);
-    Some(WrkReport {
+    Some(Report {
         requests,
         per_second,
         p50_ms: percentile("50%")?,

@@ -33,7 +33,7 @@ struct Tally {
     errors: u64,
 }
 
-/// The measured window's requests.
+/// The measured window's requests (also what the benchmark reads from wrk's output).
 pub(crate) struct Report {
     pub(crate) requests: u64,
     pub(crate) errors: u64,

@@ -79,42 +79,33 @@ impl Turns {
             message,
             new_session,
         } = turn;
-        if new_session && !self.store_failing.load(Ordering::Relaxed) {
+        let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
-            return Ok(Prepared {
-                request: TurnRequest {
-                    history: Vec::new(),
-                    user_message: message,
-                    session_tokens_used: 0,
-                },
-                held: HeldSession {
-                    session,
-                    info,
-                    guard: None,
-                    started,
-                },
-            });
-        }
-        let guard = acquire_lock(
-            &self.backends.locks,
-            &session,
-            self.lock_ttl,
-            self.lock_wait,
-        )
-        .await?;
-        let opened = self
-            .backends
-            .conversations
-            .open_session(&session, self.history_window)
-            .await;
-        let (info, stored) = observe(&self.store_failing, opened)?;
-        let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
-        // A window may start inside an earlier turn; tool results without their call are invalid.
-        let first_kept = history
-            .iter()
-            .position(|message| message.role != Role::Tool)
-            .unwrap_or(history.len());
-        history.drain(..first_kept);
+            (None, info, Vec::new())
+        } else {
+            let guard = acquire_lock(
+                &self.backends.locks,
+                &session,
+                self.lock_ttl,
+                self.lock_wait,
+            )
+            .await?;
+            let opened = self
+                .backends
+                .conversations
+                .open_session(&session, self.history_window)
+                .await;
+            let (info, stored) = observe(&self.store_failing, opened)?;
+            let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
+            // A window may start inside an earlier turn; tool results without their call
+            // are invalid.
+            let first_kept = history
+                .iter()
+                .position(|message| message.role != Role::Tool)
+                .unwrap_or(history.len());
+            history.drain(..first_kept);
+            (Some(guard), info, history)
+        };
         let request = TurnRequest {
             history,
             user_message: message,
@@ -125,7 +116,7 @@ impl Turns {
             held: HeldSession {
                 session,
                 info,
-                guard: Some(guard),
+                guard,
                 started,
             },
         })
