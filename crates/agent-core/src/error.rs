@@ -55,3 +55,16 @@ pub enum ToolError {
     #[error("{0}")]
     Failed(String),
 }
+
+/// An error and its sources on one line (`outer: cause: root cause`), for logs and reports. The
+/// one implementation in the workspace: storage and the server use it too.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

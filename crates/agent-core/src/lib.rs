@@ -7,6 +7,7 @@
 mod agent;
 mod conversation;
 mod error;
+pub mod metrics;
 mod model;
 mod offline;
 mod openai;
@@ -15,7 +16,7 @@ mod tools;
 
 pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
-pub use error::{AgentError, ModelError, ToolError};
+pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use model::{
     ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelReply, ReplyAssembler, ToolSpec,
 };
@@ -23,5 +24,6 @@ pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};
 pub use tools::{
-    Calculator, CurrentTime, HttpTool, HttpToolOptions, Tool, ToolOutcome, ToolRegistry,
+    Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolOutcome,
+    ToolRegistry,
 };

@@ -75,8 +75,7 @@ impl AccessPolicy {
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(bearer_token)
             .ok_or(ApiError::Unauthorized)?;
         // Every key is compared, whatever matches, so timing says nothing about which one did.
         let mut matched: Option<&Caller> = None;
@@ -104,9 +103,20 @@ impl AccessPolicy {
                 code: "rate_limiter_unavailable",
                 message: format!("cannot check rate limits: {error}; retry later"),
                 retry_after: Some(Duration::from_secs(1)),
+                cause: Some(Box::new(error)),
             }),
         }
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
+/// (RFC 9110 §11.1): some clients send `bearer`.
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// Admits a request: authenticates it and counts it against its caller's rate limit, then records
@@ -123,4 +133,25 @@ pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
     policy.check_rate(&caller).await?;
     request.extensions_mut().insert(caller);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_is_trimmed() {
+        let cases = [
+            ("Bearer k1", Some("k1")),
+            ("bearer k1", Some("k1")),
+            ("BEARER  k1 ", Some("k1")),
+            ("Basic k1", None),
+            ("Bearer", None),
+            ("Bearer ", None),
+            ("Bearerk1", None),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(bearer_token(value), expected, "{value:?}");
+        }
+    }
 }

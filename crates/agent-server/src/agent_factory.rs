@@ -5,31 +5,40 @@ use std::sync::Arc;
 
 use agent_config::{HttpToolSettings, ModelProvider, Settings};
 use agent_core::{
-    Agent, AgentLimits, ChatModel, HttpTool, HttpToolOptions, OfflineModel, OpenAiModel,
-    OpenAiOptions, RetryPolicy, ToolRegistry,
+    Agent, AgentLimits, ChatModel, HttpTool, HttpToolMethod, HttpToolOptions, OfflineModel,
+    OpenAiModel, OpenAiOptions, RetryPolicy, ToolRegistry,
 };
+
+use agent_core::metrics::ModelMetrics;
 
 use crate::error::StartupError;
 
-pub(crate) fn build(settings: &Settings) -> Result<Agent, StartupError> {
+/// The agent, its model client recording into `model_metrics`.
+pub(crate) fn build(
+    settings: &Settings,
+    model_metrics: &ModelMetrics,
+) -> Result<Agent, StartupError> {
     let model = settings.model.clone();
     let chat_model: Arc<dyn ChatModel> = match model.provider {
         ModelProvider::Offline => Arc::new(OfflineModel),
         ModelProvider::OpenAiCompatible { base_url, api_key } => Arc::new(
-            OpenAiModel::new(OpenAiOptions {
-                base_url: base_url.to_string(),
-                api_key,
-                model: model.name,
-                temperature: model.temperature,
-                max_tokens: model.max_tokens,
-                request_timeout: model.request_timeout,
-                retry: RetryPolicy {
-                    max_attempts: model.max_attempts,
-                    base_delay: model.retry_base_delay,
-                    max_delay: model.retry_max_delay,
-                    budget: model.retry_budget,
+            OpenAiModel::new(
+                OpenAiOptions {
+                    base_url: base_url.to_string(),
+                    api_key,
+                    model: model.name,
+                    temperature: model.temperature,
+                    max_tokens: model.max_tokens,
+                    request_timeout: model.request_timeout,
+                    retry: RetryPolicy {
+                        max_attempts: model.max_attempts,
+                        base_delay: model.retry_base_delay,
+                        max_delay: model.retry_max_delay,
+                        budget: model.retry_budget,
+                    },
                 },
-            })
+                model_metrics.clone(),
+            )
             .map_err(StartupError::Model)?,
         ),
     };
@@ -64,9 +73,9 @@ fn http_tool_options(declared: &HttpToolSettings) -> HttpToolOptions {
         parameters: declared.parameters.clone(),
         url: declared.url.clone(),
         method: if declared.method == "GET" {
-            reqwest::Method::GET
+            HttpToolMethod::Get
         } else {
-            reqwest::Method::POST
+            HttpToolMethod::Post
         },
         headers: declared.headers.clone(),
         timeout: declared.timeout,

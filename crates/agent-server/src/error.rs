@@ -13,6 +13,9 @@ use agent_core::{AgentError, ModelError};
 use agent_storage::StorageError;
 use serde::Serialize;
 
+/// What caused a 5xx answer, kept for the log line.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// An error answered to an HTTP client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -35,12 +38,15 @@ pub enum ApiError {
     SessionNotFound(String),
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    /// A dependency is down or saturated; retrying later may work.
+    /// A dependency is down or saturated; retrying later may work. The cause is logged, once,
+    /// where the response is made.
     #[error("{message}")]
     Unavailable {
         code: &'static str,
         message: String,
         retry_after: Option<Duration>,
+        #[source]
+        cause: Option<Cause>,
     },
     /// The model server failed (502) or timed out (504).
     #[error("{message}")]
@@ -48,6 +54,8 @@ pub enum ApiError {
         status: StatusCode,
         code: &'static str,
         message: String,
+        #[source]
+        cause: Option<Cause>,
     },
     /// A failure of ours; the body reveals nothing, the cause chain goes to the log.
     #[error("internal error")]
@@ -64,6 +72,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+        }
+    }
+
+    /// Logs a 5xx with its cause chain: the one place such failures are logged (a 5xx body reveals
+    /// nothing). A dependency's failure is a warning, a failure of ours an error.
+    pub(crate) fn log_if_ours(&self) {
+        let status = self.status_code();
+        match self {
+            Self::Internal(error) => {
+                tracing::error!(status = status.as_u16(), code = self.code(), error = %format!("{error:#}"), "request failed");
+            }
+            _ if status.is_server_error() => {
+                tracing::warn!(status = status.as_u16(), code = self.code(), error = %error_chain(self), "request failed");
+            }
+            _ => {}
         }
     }
 
@@ -100,13 +123,7 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let status = self.status_code();
-        if status.is_server_error() {
-            let chain = match self {
-                Self::Internal(error) => format!("{error:#}"),
-                other => error_chain(other),
-            };
-            tracing::error!(status = status.as_u16(), code = self.code(), error = %chain, "request failed");
-        }
+        self.log_if_ours();
         let mut response = HttpResponse::build(status);
         match self {
             Self::MethodNotAllowed { allow, .. } => {
@@ -152,14 +169,12 @@ impl From<StorageError> for ApiError {
                     "session {session} changed while this turn ran; nothing was stored"
                 ),
             },
-            StorageError::Unavailable { backend, .. } => {
-                tracing::warn!(error = %error_chain(&error), "storage unavailable");
-                Self::Unavailable {
-                    code: "storage_unavailable",
-                    message: format!("{backend} is unavailable; nothing was stored, retry later"),
-                    retry_after: Some(Duration::from_secs(1)),
-                }
-            }
+            StorageError::Unavailable { backend, .. } => Self::Unavailable {
+                code: "storage_unavailable",
+                message: format!("{backend} is unavailable; nothing was stored, retry later"),
+                retry_after: Some(Duration::from_secs(1)),
+                cause: Some(Box::new(error)),
+            },
             other => Self::Internal(anyhow::Error::new(other)),
         }
     }
@@ -175,10 +190,11 @@ impl From<AgentError> for ApiError {
                 format!("{message}; nothing was stored"),
             )
         };
-        let gateway = |code| Self::Upstream {
-            status: StatusCode::BAD_GATEWAY,
+        let upstream = |status, code, cause: ModelError| Self::Upstream {
+            status,
             code,
             message: message.clone(),
+            cause: Some(Box::new(cause)),
         };
         match error {
             AgentError::StepLimit(_) => limit("step_limit_exceeded"),
@@ -188,27 +204,33 @@ impl From<AgentError> for ApiError {
                 status: StatusCode::GATEWAY_TIMEOUT,
                 code: "turn_deadline_exceeded",
                 message,
+                cause: None,
             },
-            AgentError::Model(model) => {
-                tracing::warn!(error = %error_chain(&model), "model call failed");
-                match model {
-                    ModelError::RateLimited { retry_after } => Self::Unavailable {
-                        code: "model_rate_limited",
-                        message: "the model server is rate limiting this service; retry later"
-                            .into(),
-                        retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
-                    },
-                    ModelError::Timeout(_) => Self::Upstream {
-                        status: StatusCode::GATEWAY_TIMEOUT,
-                        code: "model_timeout",
-                        message,
-                    },
-                    ModelError::Upstream(_) => gateway("model_unavailable"),
-                    ModelError::Authentication(_) => gateway("model_authentication_failed"),
-                    ModelError::Unusable(_) => gateway("model_bad_response"),
-                    ModelError::Rejected(_) => gateway("model_rejected_request"),
+            AgentError::Model(model) => match model {
+                ModelError::RateLimited { retry_after } => Self::Unavailable {
+                    code: "model_rate_limited",
+                    message: "the model server is rate limiting this service; retry later".into(),
+                    retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
+                    cause: Some(Box::new(model)),
+                },
+                ModelError::Timeout(_) => {
+                    upstream(StatusCode::GATEWAY_TIMEOUT, "model_timeout", model)
                 }
-            }
+                ModelError::Upstream(_) => {
+                    upstream(StatusCode::BAD_GATEWAY, "model_unavailable", model)
+                }
+                ModelError::Authentication(_) => upstream(
+                    StatusCode::BAD_GATEWAY,
+                    "model_authentication_failed",
+                    model,
+                ),
+                ModelError::Unusable(_) => {
+                    upstream(StatusCode::BAD_GATEWAY, "model_bad_response", model)
+                }
+                ModelError::Rejected(_) => {
+                    upstream(StatusCode::BAD_GATEWAY, "model_rejected_request", model)
+                }
+            },
         }
     }
 }
@@ -278,17 +300,7 @@ pub(crate) fn json_error_shape<B: MessageBody + 'static>(
     ))
 }
 
-/// The error and its sources on one line, for the log.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub use agent_core::error_chain;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

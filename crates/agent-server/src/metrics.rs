@@ -1,88 +1,227 @@
-//! Prometheus metrics: the process-wide recorder, and per-request counters, latency histograms
-//! and the in-flight gauge, labelled by route pattern (never by raw path).
+//! Prometheus metrics: one recorder per application, never a process-wide one, so that two
+//! applications in one process (the API tests) count only their own requests. Per-request
+//! counters, latency histograms and the in-flight gauge are labelled by route pattern (never by
+//! raw path); the turn and model metrics are registered once, with every label value up front.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::OnceLock;
-use std::time::Instant;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use agent_core::metrics::{ModelMetrics, counter, histogram};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
 /// How often histogram samples are folded into their buckets.
-const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// The recorder's handle; installed on first use, once per process.
-pub(crate) fn handle() -> &'static PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE.get_or_init(|| {
+/// The application's recorder and the handles every worker shares.
+pub(crate) struct AppMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    in_flight: Gauge,
+    pub(crate) turns: TurnMetrics,
+    pub(crate) model: ModelMetrics,
+    /// Workers that could not build their own storage clients and use the shared ones.
+    pub(crate) worker_fallbacks: Counter,
+}
+
+impl std::fmt::Debug for AppMetrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.debug_struct("AppMetrics").finish_non_exhaustive()
+    }
+}
+
+impl AppMetrics {
+    pub(crate) fn new() -> Arc<Self> {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets(BUCKETS)
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
-        let handle = recorder.handle();
-        if metrics::set_global_recorder(recorder).is_err() {
-            tracing::warn!("another metrics recorder is installed; /metrics will be empty");
-        }
-        // Histograms keep every sample until upkeep folds them into their buckets; without it
-        // memory grows with each request until /metrics is scraped (found by `cargo xtask soak`).
-        let upkept = handle.clone();
-        let spawned = std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_EVERY);
-                    upkept.run_upkeep();
-                }
-            });
-        if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start the metrics upkeep thread; memory grows until /metrics is scraped");
-        }
-        handle
-    })
-}
+        Arc::new(Self {
+            handle: recorder.handle(),
+            in_flight: recorder
+                .register_gauge(&Key::from_name("http_requests_in_flight"), &metadata()),
+            turns: TurnMetrics::register(&recorder),
+            model: ModelMetrics::register(&recorder),
+            worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
+            recorder,
+        })
+    }
 
-thread_local! {
-    /// The in-flight gauge's handle, per thread: using it in place (no clone) spares two atomic
-    /// reference-count updates per request on a line the workers share.
-    static IN_FLIGHT: metrics::Gauge = metrics::gauge!("http_requests_in_flight");
-}
+    /// The Prometheus text of everything recorded so far.
+    pub(crate) fn render(&self) -> String {
+        self.handle.render()
+    }
 
-/// Counts a request in flight until dropped (also when the client goes away).
-pub(crate) struct InFlight(());
-
-impl InFlight {
-    pub(crate) fn start() -> Self {
-        IN_FLIGHT.with(|gauge| gauge.increment(1.0));
-        Self(())
+    /// Histograms keep every sample until upkeep folds them into their buckets; without it memory
+    /// grows with each request until /metrics is scraped (found by `cargo xtask soak`). Runs
+    /// until the returned task is aborted.
+    pub(crate) fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                ticks.tick().await;
+                handle.run_upkeep();
+            }
+        })
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        IN_FLIGHT.with(|gauge| gauge.decrement(1.0));
+fn metadata() -> metrics::Metadata<'static> {
+    metrics::Metadata::new("agent_server", metrics::Level::INFO, Some(module_path!()))
+}
+
+/// How a turn ended: the `outcome` label of `agent_turns_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TurnOutcome {
+    /// Answered and stored.
+    Completed,
+    /// The agent answered, but storing the turn failed (nothing was stored).
+    StoreFailed,
+    ModelError,
+    StepLimit,
+    TurnBudget,
+    SessionBudget,
+    Deadline,
+}
+
+impl TurnOutcome {
+    const ALL: [Self; 7] = [
+        Self::Completed,
+        Self::StoreFailed,
+        Self::ModelError,
+        Self::StepLimit,
+        Self::TurnBudget,
+        Self::SessionBudget,
+        Self::Deadline,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::StoreFailed => "store_failed",
+            Self::ModelError => "model_error",
+            Self::StepLimit => "step_limit",
+            Self::TurnBudget => "turn_budget",
+            Self::SessionBudget => "session_budget",
+            Self::Deadline => "deadline",
+        }
+    }
+}
+
+/// The turn metrics: outcomes, duration, model calls, tokens and tool calls.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnMetrics {
+    /// In the order of [`TurnOutcome::ALL`].
+    outcomes: [Counter; TurnOutcome::ALL.len()],
+    duration: Histogram,
+    model_calls: Counter,
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    tool_calls: Counter,
+}
+
+impl TurnMetrics {
+    fn register(recorder: &dyn Recorder) -> Self {
+        Self {
+            outcomes: TurnOutcome::ALL.map(|outcome| {
+                counter(
+                    recorder,
+                    "agent_turns_total",
+                    &[("outcome", outcome.label())],
+                )
+            }),
+            duration: histogram(recorder, "agent_turn_duration_seconds", &[]),
+            model_calls: counter(recorder, "agent_model_calls_total", &[]),
+            prompt_tokens: counter(recorder, "agent_tokens_total", &[("kind", "prompt")]),
+            completion_tokens: counter(recorder, "agent_tokens_total", &[("kind", "completion")]),
+            tool_calls: counter(recorder, "agent_tool_calls_total", &[]),
+        }
+    }
+
+    /// Counts a turn that ended without being stored.
+    pub(crate) fn failed(&self, outcome: TurnOutcome) {
+        self.outcome(outcome).increment(1);
+    }
+
+    /// Counts a turn whose work was done: its cost whatever happened next, and its outcome
+    /// (completed only once it is stored).
+    pub(crate) fn finished(
+        &self,
+        outcome: TurnOutcome,
+        started: Instant,
+        model_calls: usize,
+        usage: agent_core::TokenUsage,
+        tool_calls: usize,
+    ) {
+        self.outcome(outcome).increment(1);
+        self.duration.record(started.elapsed().as_secs_f64());
+        self.model_calls.increment(model_calls as u64);
+        self.prompt_tokens.increment(usage.prompt_tokens);
+        self.completion_tokens.increment(usage.completion_tokens);
+        self.tool_calls.increment(tool_calls as u64);
+    }
+
+    fn outcome(&self, outcome: TurnOutcome) -> &Counter {
+        let index = TurnOutcome::ALL
+            .iter()
+            .position(|known| *known == outcome)
+            .unwrap_or(0);
+        &self.outcomes[index]
     }
 }
 
 /// The handles of one route: per (method, status), its counter and latency histogram.
 type RouteMetrics = Vec<((Method, u16), (Counter, Histogram))>;
 
-thread_local! {
-    /// Metric handles per label set, so the hot path neither rebuilds nor hashes label sets, and
-    /// allocates nothing once a route, method and status have been seen.
-    static REQUEST_METRICS: RefCell<HashMap<String, RouteMetrics>> = RefCell::new(HashMap::new());
+/// One worker's view of the metrics: the application's, plus a cache of per-route handles so the
+/// hot path neither rebuilds nor hashes label sets, and allocates nothing once a route, method and
+/// status have been seen. Lives on its worker's thread (an `Rc` in the worker's app data).
+pub(crate) struct WorkerMetrics {
+    app: Arc<AppMetrics>,
+    routes: RefCell<HashMap<String, RouteMetrics>>,
 }
 
-pub(crate) fn record_request(route: &str, method: &Method, status: u16, started: Instant) {
-    let elapsed = started.elapsed().as_secs_f64();
-    REQUEST_METRICS.with(|cache| {
-        let mut cache = cache.borrow_mut();
+impl std::fmt::Debug for WorkerMetrics {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("WorkerMetrics")
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerMetrics {
+    pub(crate) fn new(app: Arc<AppMetrics>) -> Rc<Self> {
+        Rc::new(Self {
+            app,
+            routes: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Counts a request in flight until the guard is dropped (also when the client goes away).
+    pub(crate) fn in_flight(self: &Rc<Self>) -> InFlight {
+        self.app.in_flight.increment(1.0);
+        InFlight(Rc::clone(self))
+    }
+
+    pub(crate) fn record_request(
+        &self,
+        route: &str,
+        method: &Method,
+        status: u16,
+        started: Instant,
+    ) {
+        let elapsed = started.elapsed().as_secs_f64();
+        let mut cache = self.routes.borrow_mut();
         if !cache.contains_key(route) {
             cache.insert(route.to_owned(), Vec::new());
         }
@@ -96,23 +235,46 @@ pub(crate) fn record_request(route: &str, method: &Method, status: u16, started:
             }) {
             Some(index) => index,
             None => {
-                let labels = [
-                    ("route", route.to_owned()),
-                    ("method", method.as_str().to_owned()),
-                    ("status", status.to_string()),
-                ];
-                let counter = metrics::counter!("http_requests_total", &labels);
-                let histogram = metrics::histogram!(
-                    "http_request_duration_seconds",
-                    "route" => route.to_owned(),
-                    "method" => method.as_str().to_owned()
-                );
-                handles.push(((method.clone(), status), (counter, histogram)));
+                handles.push((
+                    (method.clone(), status),
+                    self.register(route, method, status),
+                ));
                 handles.len() - 1
             }
         };
         let (_, (counter, histogram)) = &handles[index];
         counter.increment(1);
         histogram.record(elapsed);
-    });
+    }
+
+    fn register(&self, route: &str, method: &Method, status: u16) -> (Counter, Histogram) {
+        let route = Label::new("route", route.to_owned());
+        let method = Label::new("method", method.as_str().to_owned());
+        let recorder = &self.app.recorder;
+        let counter = recorder.register_counter(
+            &Key::from_parts(
+                "http_requests_total",
+                vec![
+                    route.clone(),
+                    method.clone(),
+                    Label::new("status", status.to_string()),
+                ],
+            ),
+            &metadata(),
+        );
+        let histogram = recorder.register_histogram(
+            &Key::from_parts("http_request_duration_seconds", vec![route, method]),
+            &metadata(),
+        );
+        (counter, histogram)
+    }
+}
+
+/// A request in flight; see [`WorkerMetrics::in_flight`].
+pub(crate) struct InFlight(Rc<WorkerMetrics>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.app.in_flight.decrement(1.0);
+    }
 }

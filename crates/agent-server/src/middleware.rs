@@ -3,6 +3,7 @@
 //! completion line per request.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Instant;
 
 use actix_web::ResponseError;
@@ -13,6 +14,8 @@ use actix_web::middleware::Next;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::Instrument;
+
+use crate::metrics::WorkerMetrics;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -45,7 +48,8 @@ pub(crate) async fn request_context(
     };
     let method = request.method().clone();
     let started = Instant::now();
-    let in_flight = crate::metrics::InFlight::start();
+    let metrics = request.app_data::<Rc<WorkerMetrics>>().cloned();
+    let in_flight = metrics.as_ref().map(WorkerMetrics::in_flight);
     // Access control runs here rather than as a middleware of its own: one layer less per
     // request. Its refusals are already JSON errors.
     let mut response = async {
@@ -63,12 +67,14 @@ pub(crate) async fn request_context(
     .await?;
     drop(in_flight);
     let status = response.status().as_u16();
-    match quiet {
-        Some(path) => crate::metrics::record_request(path, &method, status, started),
-        None => {
-            let route = response.request().match_pattern();
-            let route = route.as_deref().unwrap_or("unmatched");
-            crate::metrics::record_request(route, &method, status, started);
+    if let Some(metrics) = metrics {
+        match quiet {
+            Some(path) => metrics.record_request(path, &method, status, started),
+            None => {
+                let route = response.request().match_pattern();
+                let route = route.as_deref().unwrap_or("unmatched");
+                metrics.record_request(route, &method, status, started);
+            }
         }
     }
     response.headers_mut().insert(REQUEST_ID, request_id);

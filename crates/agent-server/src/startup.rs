@@ -18,6 +18,7 @@ use crate::access::AccessPolicy;
 use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
+use crate::metrics::{AppMetrics, WorkerMetrics};
 use crate::middleware::request_context;
 use crate::routes;
 use crate::shutdown::ShutdownTrigger;
@@ -38,15 +39,40 @@ impl WorkerState {
         settings: &Settings,
         backends: Backends,
         store_failing: &Arc<AtomicBool>,
+        metrics: &AppMetrics,
     ) -> Result<Self, StartupError> {
-        let agent = agent_factory::build(settings)?;
-        let turns = Turns::new(agent, backends.clone(), settings, Arc::clone(store_failing));
+        let agent = agent_factory::build(settings, &metrics.model)?;
+        let turns = Turns::new(
+            agent,
+            backends.clone(),
+            settings,
+            Arc::clone(store_failing),
+            metrics.turns.clone(),
+        );
         Ok(Self {
             turns: web::Data::new(turns),
             access: web::Data::new(AccessPolicy::new(settings, backends.rate_limiter.clone())),
             backends: web::Data::new(backends),
         })
     }
+}
+
+/// A worker's own state, or the shared one when its own could not be built: counted in
+/// `agent_worker_pool_fallbacks_total`, and logged for the first worker only (the others fail
+/// for the same reason).
+fn own_or_shared(
+    own: Result<WorkerState, StartupError>,
+    shared: &WorkerState,
+    metrics: &AppMetrics,
+) -> WorkerState {
+    own.unwrap_or_else(|error| {
+        metrics.worker_fallbacks.increment(1);
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| {
+            tracing::error!(error = %crate::error_chain(&error), "cannot build a worker's own storage clients; workers use the shared ones (see agent_worker_pool_fallbacks_total)");
+        });
+        shared.clone()
+    })
 }
 
 /// The number of workers: as configured, or one per available CPU (actix-web's own default).
@@ -99,7 +125,7 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
-        crate::metrics::handle();
+        let metrics = AppMetrics::new();
         let workers = worker_count(settings.server.workers);
         let (backends, mut storage_checks, recipe) =
             backends::build(&settings.storage, &settings.health).await?;
@@ -107,7 +133,7 @@ impl ApplicationBuilder {
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
         let store_failing = Arc::new(AtomicBool::new(false));
-        let shared = WorkerState::build(&settings, backends.clone(), &store_failing)?;
+        let shared = WorkerState::build(&settings, backends.clone(), &store_failing, &metrics)?;
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
@@ -128,17 +154,17 @@ impl ApplicationBuilder {
             .port();
 
         let app_health = web::Data::new(health.clone());
+        let app_metrics = web::Data::from(Arc::clone(&metrics));
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
-            let worker = recipe
-                .for_worker(workers)
-                .and_then(|backends| WorkerState::build(&app_settings, backends, &store_failing))
-                .unwrap_or_else(|error| {
-                    tracing::error!(error = %crate::error_chain(&error), "cannot build a worker's own clients; it uses the shared ones");
-                    shared.clone()
-                });
+            let own = recipe.for_worker(workers).and_then(|backends| {
+                WorkerState::build(&app_settings, backends, &store_failing, &app_metrics)
+            });
+            let worker = own_or_shared(own, &shared, &app_metrics);
             App::new()
                 .app_data(app_health.clone())
+                .app_data(app_metrics.clone())
+                .app_data(WorkerMetrics::new(app_metrics.clone().into_inner()))
                 .app_data(worker.backends)
                 .app_data(worker.turns)
                 .app_data(worker.access)
@@ -170,6 +196,7 @@ impl ApplicationBuilder {
 
         tracing::info!(%address, port, workers, "listening");
         Ok(Application {
+            metrics_upkeep: metrics.spawn_upkeep(),
             drain: drain_sender,
             backends,
             server,
@@ -185,6 +212,8 @@ impl ApplicationBuilder {
 
 /// A built server, already answering; its startup gate opens in `run_until_stopped`.
 pub struct Application {
+    /// Folds histogram samples into buckets until the application stops.
+    metrics_upkeep: JoinHandle<()>,
     /// Tells open event streams that the drain window is ending.
     drain: watch::Sender<bool>,
     backends: Backends,
@@ -245,7 +274,10 @@ impl Application {
         let handle = self.handle;
         let mut server = self.server;
         let cause = tokio::select! {
-            finished = &mut server => return flatten(finished),
+            finished = &mut server => {
+                self.metrics_upkeep.abort();
+                return flatten(finished);
+            }
             cause = self.shutdown.requested() => cause,
         };
         self.health.begin_draining();
@@ -272,6 +304,7 @@ impl Application {
             handle.stop(false).await;
         }
         let result = flatten(server.await);
+        self.metrics_upkeep.abort();
         tracing::info!("stopped");
         result
     }
@@ -307,6 +340,50 @@ fn log_fallbacks(settings: &Settings) {
     if let ModelProvider::Offline = settings.model.provider {
         tracing::warn!(
             "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker whose own clients cannot be built serves with the shared ones, and says so in a
+    /// metric (every such worker) and the log (once).
+    #[tokio::test]
+    async fn a_worker_without_its_own_clients_uses_the_shared_ones_and_is_counted() {
+        let loaded = agent_config::load_from(Vec::<(String, String)>::new()).unwrap();
+        let settings = loaded.settings;
+        let metrics = AppMetrics::new();
+        let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
+            .await
+            .unwrap();
+        let store_failing = Arc::new(AtomicBool::new(false));
+        let shared = WorkerState::build(&settings, backends, &store_failing, &metrics).unwrap();
+        let own = WorkerState::build(
+            &settings,
+            shared.backends.get_ref().clone(),
+            &store_failing,
+            &metrics,
+        )
+        .unwrap();
+        let kept = own_or_shared(Ok(own.clone()), &shared, &metrics);
+        assert!(Arc::ptr_eq(
+            &kept.turns.clone().into_inner(),
+            &own.turns.clone().into_inner()
+        ));
+        for _ in 0..2 {
+            let failed = Err(StartupError::NoDatabase);
+            let used = own_or_shared(failed, &shared, &metrics);
+            assert!(Arc::ptr_eq(
+                &used.turns.clone().into_inner(),
+                &shared.turns.clone().into_inner()
+            ));
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("agent_worker_pool_fallbacks_total 2"),
+            "{text}"
         );
     }
 }

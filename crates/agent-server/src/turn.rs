@@ -16,6 +16,7 @@ use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError,
 use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
 use crate::error::ApiError;
+use crate::metrics::{TurnMetrics, TurnOutcome};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -28,6 +29,7 @@ pub(crate) struct Turns {
     /// Set when the conversation store last answered "unavailable", cleared when it last
     /// answered at all: a first turn then opens its session first (see the module doc).
     store_failing: Arc<AtomicBool>,
+    metrics: TurnMetrics,
 }
 
 /// A session locked and read: the request for the agent, and the held session for `store`.
@@ -54,6 +56,7 @@ impl Turns {
         backends: Backends,
         settings: &Settings,
         store_failing: Arc<AtomicBool>,
+        metrics: TurnMetrics,
     ) -> Self {
         Self {
             agent,
@@ -63,6 +66,7 @@ impl Turns {
             // The lock outlives the turn's deadline, so only a crashed holder lets it expire.
             lock_ttl: settings.turn.turn_deadline + Duration::from_secs(30),
             store_failing,
+            metrics,
         }
     }
 
@@ -142,7 +146,7 @@ impl Turns {
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
         let tokens_used = result.turn.usage.total();
-        record_turn(&result, started);
+        let cost = TurnCost::of(&result);
         let TurnResult { turn, response, .. } = result;
         let response = AgentResponse {
             response,
@@ -177,9 +181,28 @@ impl Turns {
             }
             Ok::<_, ApiError>((response, stored?))
         });
-        stored
+        let stored = stored
             .await
-            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?
+            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))
+            .and_then(|stored| stored);
+        // Completed only once stored: a turn whose store failed answered nothing.
+        let outcome = match stored {
+            Ok(_) => TurnOutcome::Completed,
+            Err(_) => TurnOutcome::StoreFailed,
+        };
+        self.metrics.finished(
+            outcome,
+            started,
+            cost.model_calls,
+            cost.usage,
+            cost.tool_calls,
+        );
+        stored
+    }
+
+    /// Counts a turn the agent could not finish.
+    pub(crate) fn record_failure(&self, error: &agent_core::AgentError) {
+        self.metrics.failed(outcome(error));
     }
 
     /// The whole non-streaming turn; answers the response and whether `claim` was completed
@@ -190,9 +213,11 @@ impl Turns {
         claim: Option<ClaimToComplete>,
     ) -> Result<(AgentResponse, bool), ApiError> {
         let Prepared { request, held } = self.prepare(turn).await?;
-        let result = self.agent.run_turn(request).await.inspect_err(|error| {
-            metrics::counter!("agent_turns_total", "outcome" => outcome(error)).increment(1);
-        })?;
+        let result = self
+            .agent
+            .run_turn(request)
+            .await
+            .inspect_err(|error| self.record_failure(error))?;
         self.store(held, result, claim).await
     }
 }
@@ -216,31 +241,36 @@ fn observe<T>(failing: &AtomicBool, result: Result<T, StorageError>) -> Result<T
     result
 }
 
-/// The metric label of a failed turn.
-pub(crate) fn outcome(error: &agent_core::AgentError) -> &'static str {
+/// The metric outcome of a turn the agent could not finish.
+fn outcome(error: &agent_core::AgentError) -> TurnOutcome {
     match error {
-        agent_core::AgentError::Model(_) => "model_error",
-        agent_core::AgentError::StepLimit(_) => "step_limit",
-        agent_core::AgentError::TurnBudgetExceeded { .. } => "turn_budget",
-        agent_core::AgentError::SessionBudgetExceeded { .. } => "session_budget",
-        agent_core::AgentError::DeadlineExceeded(_) => "deadline",
+        agent_core::AgentError::Model(_) => TurnOutcome::ModelError,
+        agent_core::AgentError::StepLimit(_) => TurnOutcome::StepLimit,
+        agent_core::AgentError::TurnBudgetExceeded { .. } => TurnOutcome::TurnBudget,
+        agent_core::AgentError::SessionBudgetExceeded { .. } => TurnOutcome::SessionBudget,
+        agent_core::AgentError::DeadlineExceeded(_) => TurnOutcome::Deadline,
     }
 }
 
-fn record_turn(result: &TurnResult, started: Instant) {
-    metrics::counter!("agent_turns_total", "outcome" => "completed").increment(1);
-    metrics::histogram!("agent_turn_duration_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("agent_model_calls_total").increment(result.steps as u64);
-    metrics::counter!("agent_tokens_total", "kind" => "prompt")
-        .increment(result.turn.usage.prompt_tokens);
-    metrics::counter!("agent_tokens_total", "kind" => "completion")
-        .increment(result.turn.usage.completion_tokens);
-    // No tool-name label: a model can invent names, and labels must stay bounded.
-    let tool_calls: usize = result
-        .turn
-        .messages
-        .iter()
-        .map(|message| message.tool_calls.len())
-        .sum();
-    metrics::counter!("agent_tool_calls_total").increment(tool_calls as u64);
+/// What a finished turn cost, counted whether or not it is stored.
+struct TurnCost {
+    model_calls: usize,
+    usage: agent_core::TokenUsage,
+    tool_calls: usize,
+}
+
+impl TurnCost {
+    fn of(result: &TurnResult) -> Self {
+        Self {
+            model_calls: result.steps,
+            usage: result.turn.usage,
+            // No tool-name label: a model can invent names, and labels must stay bounded.
+            tool_calls: result
+                .turn
+                .messages
+                .iter()
+                .map(|message| message.tool_calls.len())
+                .sum(),
+        }
+    }
 }

@@ -23,17 +23,7 @@ pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};
 pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
-/// The error and its sources on one line.
-pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+pub(crate) use agent_core::error_chain;
 
 /// The most messages one history read may return.
 pub const MAX_HISTORY_WINDOW: usize = 1000;

@@ -18,6 +18,7 @@ pub use retry::RetryPolicy;
 use retry::{RetryingTransport, TransportFailure};
 
 use crate::error::ModelError;
+use crate::metrics::{CallMode, ModelMetrics};
 use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelReply};
 
 /// How to reach and call the model.
@@ -39,10 +40,12 @@ pub struct OpenAiOptions {
 pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
     options: OpenAiOptions,
+    metrics: ModelMetrics,
 }
 
 impl OpenAiModel {
-    pub fn new(options: OpenAiOptions) -> Result<Self, ModelError> {
+    /// A client recording into `metrics` (see [`ModelMetrics::register`]).
+    pub fn new(options: OpenAiOptions, metrics: ModelMetrics) -> Result<Self, ModelError> {
         let http = reqwest::Client::builder()
             .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
             // A read timeout, not a total one: a long stream must not be cut, a stalled one must.
@@ -64,9 +67,14 @@ impl OpenAiModel {
             http: http.clone(),
             policy: options.retry,
             attempt_timeout: options.request_timeout,
+            retries: metrics.retries.clone(),
         };
         let client = Client::build(http, config).with_http_service(transport);
-        Ok(Self { client, options })
+        Ok(Self {
+            client,
+            options,
+            metrics,
+        })
     }
 
     fn classify(&self, error: OpenAIError) -> ModelError {
@@ -122,14 +130,18 @@ impl OpenAiModel {
 impl ChatModel for OpenAiModel {
     #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
+        let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, false);
-        let response: wire::CompletionResponse = self
+        let reply = self
             .client
             .chat()
-            .create_byot(body)
+            .create_byot::<_, wire::CompletionResponse>(body)
             .await
-            .map_err(|error| self.classify(error))?;
-        response.into_reply()
+            .map_err(|error| self.classify(error))
+            .and_then(wire::CompletionResponse::into_reply);
+        self.metrics
+            .record_call(CallMode::Complete, started, reply.as_ref().err());
+        reply
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
@@ -143,7 +155,8 @@ impl ChatModel for OpenAiModel {
             .await;
         let chunks = chunks.map_err(|error| self.classify(error));
         // For a stream, the duration is until it starts.
-        record_call("stream", started, chunks.as_ref().err());
+        self.metrics
+            .record_call(CallMode::Stream, started, chunks.as_ref().err());
         let chunks = chunks?;
         let model = self.clone();
         let deltas = chunks.flat_map(move |chunk| {
@@ -154,22 +167,5 @@ impl ChatModel for OpenAiModel {
             futures_util::stream::iter(deltas)
         });
         Ok(Box::pin(deltas))
-    }
-}
-
-/// Model-call metrics: latency by mode, errors by kind.
-fn record_call(mode: &'static str, started: std::time::Instant, error: Option<&ModelError>) {
-    metrics::histogram!("model_call_duration_seconds", "mode" => mode)
-        .record(started.elapsed().as_secs_f64());
-    if let Some(error) = error {
-        let kind = match error {
-            ModelError::RateLimited { .. } => "rate_limited",
-            ModelError::Upstream(_) => "upstream",
-            ModelError::Timeout(_) => "timeout",
-            ModelError::Authentication(_) => "authentication",
-            ModelError::Unusable(_) => "unusable",
-            ModelError::Rejected(_) => "rejected",
-        };
-        metrics::counter!("model_call_errors_total", "kind" => kind).increment(1);
     }
 }

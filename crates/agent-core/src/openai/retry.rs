@@ -44,6 +44,7 @@ pub(crate) struct RetryingTransport {
     pub(crate) http: reqwest::Client,
     pub(crate) policy: RetryPolicy,
     pub(crate) attempt_timeout: Duration,
+    pub(crate) retries: metrics::Counter,
 }
 
 impl tower_service::Service<HttpRequestFactory> for RetryingTransport {
@@ -118,7 +119,7 @@ impl RetryingTransport {
                 return Err(boxed(failure));
             }
             tracing::warn!(attempt, retry_in = ?pause, error = %failure, "model call failed; retrying");
-            metrics::counter!("model_call_retries_total").increment(1);
+            self.retries.increment(1);
             tokio::time::sleep(pause).await;
         }
     }

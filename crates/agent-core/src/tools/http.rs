@@ -19,12 +19,21 @@ pub struct HttpToolOptions {
     pub description: String,
     pub parameters: Value,
     pub url: Url,
-    /// `GET` sends the arguments as query parameters, `POST` as a JSON body.
-    pub method: reqwest::Method,
+    pub method: HttpToolMethod,
     /// Header values may be secrets (read from `_FILE` by the configuration).
     pub headers: Vec<(String, SecretString)>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
+}
+
+/// How an HTTP tool sends the model's arguments. Our own type: the HTTP client is an
+/// implementation detail of this crate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpToolMethod {
+    /// The arguments as query parameters.
+    Get,
+    /// The arguments as a JSON body.
+    Post,
 }
 
 /// Calls one configured URL with the model's arguments.
@@ -64,10 +73,12 @@ impl Tool for HttpTool {
     }
 
     async fn call(&self, arguments: Value) -> Result<String, ToolError> {
-        let mut request = self
-            .http
-            .request(self.options.method.clone(), self.options.url.clone());
-        request = if self.options.method == reqwest::Method::GET {
+        let method = match self.options.method {
+            HttpToolMethod::Get => reqwest::Method::GET,
+            HttpToolMethod::Post => reqwest::Method::POST,
+        };
+        let mut request = self.http.request(method, self.options.url.clone());
+        request = if self.options.method == HttpToolMethod::Get {
             let pairs: Vec<(String, String)> = arguments
                 .as_object()
                 .into_iter()

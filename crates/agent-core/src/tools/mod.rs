@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use builtin::{Calculator, CurrentTime};
-pub use http::{HttpTool, HttpToolOptions};
+pub use http::{HttpTool, HttpToolMethod, HttpToolOptions};
 
 use crate::conversation::ToolCall;
 use crate::error::ToolError;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::{HttpTool, HttpToolOptions, ToolCall, ToolRegistry};
+use agent_core::{HttpTool, HttpToolMethod, HttpToolOptions, ToolCall, ToolRegistry};
 use serde_json::json;
 use wiremock::matchers::{body_json, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-fn options(server: &MockServer, method: reqwest::Method) -> HttpToolOptions {
+fn options(server: &MockServer, method: HttpToolMethod) -> HttpToolOptions {
     HttpToolOptions {
         name: "weather".into(),
         description: "Weather for a city.".into(),
@@ -56,7 +56,7 @@ async fn post_tools_send_the_arguments_as_json_with_their_headers() {
         .mount(&server)
         .await;
     let outcome = call(
-        options(&server, reqwest::Method::POST),
+        options(&server, HttpToolMethod::Post),
         json!({ "city": "Lyon" }),
     )
     .await;
@@ -77,7 +77,7 @@ async fn get_tools_send_the_arguments_as_query_parameters() {
         .mount(&server)
         .await;
     let outcome = call(
-        options(&server, reqwest::Method::GET),
+        options(&server, HttpToolMethod::Get),
         json!({ "city": "Oslo" }),
     )
     .await;
@@ -93,7 +93,7 @@ async fn invalid_arguments_never_reach_the_service() {
         .mount(&server)
         .await;
     let outcome = call(
-        options(&server, reqwest::Method::POST),
+        options(&server, HttpToolMethod::Post),
         json!({ "town": "Lyon" }),
     )
     .await;
@@ -120,7 +120,7 @@ async fn redirects_are_not_followed_and_large_or_failed_answers_are_errors() {
         .mount(&server)
         .await;
     let redirected = call(
-        options(&server, reqwest::Method::POST),
+        options(&server, HttpToolMethod::Post),
         json!({ "city": "Lyon" }),
     )
     .await;
@@ -135,7 +135,7 @@ async fn redirects_are_not_followed_and_large_or_failed_answers_are_errors() {
         .mount(&big)
         .await;
     let capped = call(
-        options(&big, reqwest::Method::POST),
+        options(&big, HttpToolMethod::Post),
         json!({ "city": "Lyon" }),
     )
     .await;
@@ -150,7 +150,7 @@ async fn redirects_are_not_followed_and_large_or_failed_answers_are_errors() {
         .mount(&failing)
         .await;
     let failed = call(
-        options(&failing, reqwest::Method::POST),
+        options(&failing, HttpToolMethod::Post),
         json!({ "city": "Lyon" }),
     )
     .await;
@@ -165,7 +165,7 @@ async fn redirects_are_not_followed_and_large_or_failed_answers_are_errors() {
         .mount(&slow)
         .await;
     let timed_out = call(
-        options(&slow, reqwest::Method::POST),
+        options(&slow, HttpToolMethod::Post),
         json!({ "city": "Lyon" }),
     )
     .await;

@@ -5,11 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::metrics::ModelMetrics;
 use agent_core::{
     AgentError, AgentEvent, ChatModel, ChatRequest, Message, ModelError, OpenAiModel,
     OpenAiOptions, RetryPolicy, Role, TurnRequest,
 };
 use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
 use test_support::fake_openai::{COMPLETION_TOKENS, FakeOpenAi, PROMPT_TOKENS, Scripted};
 
@@ -23,15 +25,22 @@ const RETRY: RetryPolicy = RetryPolicy {
 };
 
 fn model(fake: &FakeOpenAi, retry: RetryPolicy) -> OpenAiModel {
-    OpenAiModel::new(OpenAiOptions {
-        base_url: fake.base_url(),
-        api_key: Some("sk-test".to_owned().into()),
-        model: "fake-model".into(),
-        temperature: 0.2,
-        max_tokens: 256,
-        request_timeout: Duration::from_secs(2),
-        retry,
-    })
+    model_recording(fake, retry, ModelMetrics::disabled())
+}
+
+fn model_recording(fake: &FakeOpenAi, retry: RetryPolicy, metrics: ModelMetrics) -> OpenAiModel {
+    OpenAiModel::new(
+        OpenAiOptions {
+            base_url: fake.base_url(),
+            api_key: Some("sk-test".to_owned().into()),
+            model: "fake-model".into(),
+            temperature: 0.2,
+            max_tokens: 256,
+            request_timeout: Duration::from_secs(2),
+            retry,
+        },
+        metrics,
+    )
     .unwrap()
 }
 
@@ -272,16 +281,62 @@ async fn an_unreachable_server_is_retried_then_reported_as_upstream() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     drop(listener);
-    let model = OpenAiModel::new(OpenAiOptions {
-        base_url: format!("http://127.0.0.1:{port}/v1"),
-        api_key: None,
-        model: "m".into(),
-        temperature: 0.0,
-        max_tokens: 10,
-        request_timeout: Duration::from_secs(2),
-        retry: RETRY,
-    })
+    let model = OpenAiModel::new(
+        OpenAiOptions {
+            base_url: format!("http://127.0.0.1:{port}/v1"),
+            api_key: None,
+            model: "m".into(),
+            temperature: 0.0,
+            max_tokens: 10,
+            request_timeout: Duration::from_secs(2),
+            retry: RETRY,
+        },
+        ModelMetrics::disabled(),
+    )
     .unwrap();
     let error = complete(&model).await.unwrap_err();
     assert!(matches!(error, ModelError::Upstream(_)), "{error:?}");
+}
+
+/// The recorder is the test's own, so other tests (in this binary or running at the same time)
+/// cannot make these counts pass or fail.
+#[tokio::test]
+async fn complete_and_stream_both_record_latency_errors_and_retries() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let metrics = ModelMetrics::register(&recorder);
+    let fake = FakeOpenAi::start(vec![
+        Scripted::text("one"),
+        Scripted::status(503),
+        Scripted::status(400),
+        Scripted::text("streamed"),
+    ])
+    .await;
+    let model = model_recording(
+        &fake,
+        RetryPolicy {
+            max_attempts: 2,
+            ..RETRY
+        },
+        metrics,
+    );
+    complete(&model).await.unwrap();
+    let error = complete(&model).await.unwrap_err();
+    assert!(matches!(error, ModelError::Rejected(_)), "{error:?}");
+    let mut stream = model
+        .stream(ChatRequest {
+            messages: &[Message::user("hi")],
+            tools: &[],
+        })
+        .await
+        .unwrap();
+    while stream.next().await.is_some() {}
+    let text = recorder.handle().render();
+    for line in [
+        "model_call_duration_seconds_count{mode=\"complete\"} 2",
+        "model_call_duration_seconds_count{mode=\"stream\"} 1",
+        "model_call_errors_total{kind=\"rejected\"} 1",
+        "model_call_retries_total 1",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
 }

@@ -151,7 +151,7 @@ pub(crate) async fn post_agent_stream(
                         break;
                     }
                     Some(AgentEvent::Failed(error)) => {
-                        metrics::counter!("agent_turns_total", "outcome" => crate::turn::outcome(&error)).increment(1);
+                        turns.record_failure(&error);
                         yield error_event(&ApiError::from(error));
                         break;
                     }
@@ -183,9 +183,8 @@ fn sse(event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error>
 }
 
 fn error_event(error: &ApiError) -> Result<Bytes, actix_web::Error> {
-    if actix_web::ResponseError::status_code(error).is_server_error() {
-        tracing::warn!(code = error.code(), error = %crate::error::error_chain(error), "streamed turn failed");
-    }
+    // An event stream's edge: its errors are logged here, as error_response logs the others.
+    error.log_if_ours();
     sse(
         "error",
         &json!(ErrorBody::new(error.code(), &error.to_string())),

@@ -1,19 +1,20 @@
 //! `GET /metrics` (Prometheus text format) and `GET /openapi.json` (OpenAPI 3, generated from the
 //! handlers' annotations).
 
-use actix_web::HttpResponse;
+use actix_web::{HttpResponse, web};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::dto::{AgentRequest, AgentResponse, SessionView};
 use crate::error::ErrorBody;
+use crate::metrics::AppMetrics;
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub(crate) async fn metrics() -> HttpResponse {
+pub(crate) async fn metrics(metrics: web::Data<AppMetrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(crate::metrics::handle().render())
+        .body(metrics.render())
 }
 
 /// This document.

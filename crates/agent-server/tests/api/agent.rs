@@ -231,7 +231,7 @@ async fn a_failed_idempotent_turn_can_be_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_api_keys_every_route_but_the_probes_needs_one() {
     let (app, _fake) = spawn_full(
-        vec![text("hi")],
+        vec![text("hi"), text("hi again")],
         &[(
             "AGENT_API_KEYS",
             "first-key-0123456789,second-key-0123456789",
@@ -258,6 +258,19 @@ async fn with_api_keys_every_route_but_the_probes_needs_one() {
         post(Some("second-key-0123456789")).await.unwrap().status(),
         200,
         "every configured key works"
+    );
+    let lower_case_scheme = app
+        .client
+        .post(format!("{}/agent", app.address))
+        .header("authorization", "bearer first-key-0123456789")
+        .json(&json!({ "message": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        lower_case_scheme.status(),
+        200,
+        "the scheme is case-insensitive"
     );
     for path in ["/sessions/anything", "/openapi.json", "/nope"] {
         assert_eq!(app.get(path).await.status(), 401, "{path}");
@@ -436,7 +449,7 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
     let base_url = fake.base_url();
     let database = test_support::fresh_database_url().await;
     // Each case: settings, the session named by the request, the expected code, and how many
-    // model calls its two requests may make.
+    // model calls its two requests may make (each such turn is counted as failed at the store).
     let cases = [
         // A first turn on a server-named session touches Postgres only to store: the first
         // request spends its model call and fails at the store; the next one, knowing the store
@@ -494,6 +507,16 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
             assert_eq!(error_code(&response.json().await.unwrap()), code);
         }
         assert_eq!(fake.requests().await.len() - before, model_calls, "{code}");
+        let metrics = app.get("/metrics").await.text().await.unwrap();
+        for line in [
+            format!("agent_turns_total{{outcome=\"store_failed\"}} {model_calls}"),
+            "agent_turns_total{outcome=\"completed\"} 0".to_owned(),
+        ] {
+            assert!(
+                metrics.contains(&line),
+                "{code}: {line} missing from:\n{metrics}"
+            );
+        }
         assert_eq!(app.get("/health").await.status(), 200);
     }
 }
@@ -576,6 +599,8 @@ async fn sessions_can_be_read_and_deleted() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_count_requests_turns_and_tokens() {
+    // The app records into a recorder of its own: these counts are exact whatever other tests
+    // run in this process, before or at the same time.
     let (app, _fake) = spawn_full(vec![text("hi")], &[]).await;
     app.agent(json!({ "message": "hello" })).await;
     let metrics = client()
@@ -587,14 +612,17 @@ async fn metrics_count_requests_turns_and_tokens() {
         .await
         .unwrap();
     for name in [
-        "http_requests_total{route=\"/agent\",method=\"POST\",status=\"200\"}",
+        "http_requests_total{route=\"/agent\",method=\"POST\",status=\"200\"} 1\n",
         "http_request_duration_seconds_bucket",
         "http_requests_in_flight",
-        "agent_turns_total{outcome=\"completed\"}",
-        "agent_tokens_total{kind=\"prompt\"}",
-        "agent_turn_duration_seconds_bucket",
-        "agent_model_calls_total",
-        "model_call_duration_seconds_bucket",
+        "agent_turns_total{outcome=\"completed\"} 1\n",
+        "agent_turns_total{outcome=\"store_failed\"} 0\n",
+        "agent_tokens_total{kind=\"prompt\"} 10\n",
+        "agent_turn_duration_seconds_count 1\n",
+        "agent_model_calls_total 1\n",
+        // POST /agent calls the model without streaming: its latency is recorded too.
+        "model_call_duration_seconds_count{mode=\"complete\"} 1\n",
+        "model_call_duration_seconds_count{mode=\"stream\"} 0\n",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }
