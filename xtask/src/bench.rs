@@ -6,12 +6,14 @@
 //! window.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
+
+use dev_harness::Spawned;
 
 use crate::load::{Body, Load, Report};
 
@@ -21,7 +23,7 @@ pub(crate) fn storage(shell: &Shell) -> anyhow::Result<()> {
         "cargo bench --package agent-storage --bench storage --no-run --locked"
     )
     .run()?;
-    let services = crate::services::start()?;
+    let services = dev_harness::Services::start_or_reuse()?;
     let _database = shell.push_env("DATABASE_URL", &services.database_url);
     let _redis = shell.push_env("REDIS_URL", &services.redis_url);
     cmd!(
@@ -54,7 +56,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         bail!("wrk is not installed: apt-get install wrk");
     }
     let bin = build_release(shell)?;
-    let services = crate::services::start()?;
+    let services = dev_harness::Services::start_or_reuse()?;
     let (_instant, instant_port) = fake_model(&bin, 0)?;
     let (_slow, slow_port) = fake_model(&bin, 200)?;
 
@@ -201,7 +203,7 @@ fn settle(database_url: &str) -> anyhow::Result<()> {
 }
 
 fn run_bare(bin: &Path, duration: Duration, round: u32) -> anyhow::Result<Measurement> {
-    let port = crate::http::free_port()?;
+    let port = dev_harness::free_port()?;
     let server = Spawned::start(Command::new(bin.join("bare-health")).args([
         "--port",
         &port.to_string(),
@@ -232,7 +234,7 @@ fn run_agent(
     duration: Duration,
     stats_port: Option<u16>,
 ) -> anyhow::Result<Measurement> {
-    let port = crate::http::free_port()?;
+    let port = dev_harness::free_port()?;
     let mut command = server_command(bin, port, model_port);
     command.env("AGENT_STORAGE__POOL_SIZE", "32");
     for (name, value) in extra {
@@ -282,7 +284,7 @@ fn measure(
                 duration,
                 || {
                     if let Some(port) = stats_port {
-                        crate::http::call(
+                        dev_harness::http::call(
                             port,
                             "DELETE",
                             "/stats",
@@ -473,7 +475,7 @@ fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
 pub(crate) fn build_release(shell: &Shell) -> anyhow::Result<std::path::PathBuf> {
     cmd!(
         shell,
-        "cargo build --release --locked --package agent-server --package test-support --bins"
+        "cargo build --release --locked --package agent-server --package test-support --package fake-openai --bins"
     )
     .run()?;
     Ok(crate::project_root().join("target/release"))
@@ -499,7 +501,7 @@ pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command 
 
 /// Starts the fake model server answering after `delay_ms`; answers it and its port.
 pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, u16)> {
-    let port = crate::http::free_port()?;
+    let port = dev_harness::free_port()?;
     let model = Spawned::start(Command::new(bin.join("fake-openai")).args([
         "--port",
         &port.to_string(),
@@ -512,7 +514,7 @@ pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, 
 
 /// `GET` on 127.0.0.1 with the shared client and a 5 s bound.
 pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    Ok(crate::http::call(
+    Ok(dev_harness::http::call(
         port,
         "GET",
         path,
@@ -531,31 +533,4 @@ pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
-}
-
-/// A child process stopped with SIGTERM (then waited for) when dropped.
-pub(crate) struct Spawned(Child);
-
-impl Spawned {
-    pub(crate) fn start(command: &mut Command) -> anyhow::Result<Self> {
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {command:?}"))?;
-        Ok(Self(child))
-    }
-
-    pub(crate) fn id(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
 }

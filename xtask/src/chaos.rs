@@ -16,8 +16,8 @@ use anyhow::{bail, ensure};
 use serde_json::{Value, json};
 use xshell::Shell;
 
-use crate::http::{self, CallError};
 use crate::stack::TestStack;
+use dev_harness::http::{self, CallError};
 
 const PROJECT: &str = "agent-chaos";
 const CLIENTS: usize = 32;
@@ -478,7 +478,7 @@ pub(crate) struct Row {
 }
 
 pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
-    let fake_port = http::free_port()?;
+    let fake_port = dev_harness::free_port()?;
     let stack = TestStack::start(
         shell,
         PROJECT,

@@ -6,11 +6,9 @@
 mod bench;
 mod chaos;
 mod docker;
-mod http;
 mod image;
 mod load;
 mod replicas;
-mod services;
 mod soak;
 mod stack;
 mod standin;

@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use xshell::Shell;
 
 use crate::chaos::{self, Fault, LoadRun, Row};
-use crate::http;
 use crate::stack::TestStack;
+use dev_harness::http;
 
 const PROJECT: &str = "agent-replicas";
 const REPLICAS: usize = 3;
@@ -23,7 +23,7 @@ const REPLICAS: usize = 3;
 const RATE_LIMIT: usize = 30;
 
 pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
-    let nginx_port = http::free_port()?;
+    let nginx_port = dev_harness::free_port()?;
     let env = |rate_limit: usize| -> Vec<(String, String)> {
         vec![
             ("NGINX_PORT".into(), nginx_port.to_string()),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use xshell::Shell;
 
-use crate::bench::{Spawned, wait_until_ok};
+use dev_harness::Spawned;
+
+use crate::bench::wait_until_ok;
 
 const CONNECTIONS: u32 = 16;
 const POOL_SIZE: u64 = 8;
@@ -43,10 +45,10 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
         }
     }
     let bin = crate::bench::build_release(shell)?;
-    let services = crate::services::start()?;
+    let services = dev_harness::Services::start_or_reuse()?;
     let (_model, model_port) = crate::bench::fake_model(&bin, 5)?;
 
-    let port = crate::http::free_port()?;
+    let port = dev_harness::free_port()?;
     let separator = if services.database_url.contains('?') {
         '&'
     } else {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use xshell::{Shell, cmd};
 
-use crate::{docker, http};
+use dev_harness::http;
+
+use crate::docker;
 
 const PROJECT: &str = "agent-server";
 const E2E_PROJECT: &str = "agent-e2e";
@@ -301,7 +303,7 @@ impl TestStack {
         let password = random_secret()?;
         let api_key = format!("{project}-key-{}", random_secret()?);
         write_secrets(&secrets, &password, "", &api_key)?;
-        let port = http::free_port()?;
+        let port = dev_harness::free_port()?;
         let mut all_env: Vec<(String, String)> = vec![
             ("POSTGRES_PASSWORD".into(), password.clone()),
             ("AGENT_PORT".into(), port.to_string()),
@@ -394,7 +396,7 @@ pub(crate) fn e2e(shell: &Shell) -> anyhow::Result<()> {
 /// The fake model image: the project's fake OpenAI server on the runtime base image.
 fn build_fake_model(shell: &Shell, root: &Path, runtime_image: &str) -> anyhow::Result<String> {
     // The dev build, with the test suite's features: `cargo xtask test` has already built it
-    // (building test-support alone would resolve other features and recompile everything).
+    // (building fake-openai alone would resolve other features and recompile everything).
     cmd!(
         shell,
         "cargo test --workspace --all-targets --no-run --locked"

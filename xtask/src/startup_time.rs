@@ -20,7 +20,7 @@ pub(crate) fn run(shell: &Shell, runs: usize, release: bool) -> anyhow::Result<(
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("agent-server");
-    let port = crate::http::free_port()?;
+    let port = dev_harness::free_port()?;
     let mut samples = Vec::new();
     for run in 1..=runs {
         let elapsed = measure_once(&binary, port)?;

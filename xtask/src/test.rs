@@ -10,7 +10,7 @@ pub(crate) fn run(shell: &Shell, cargo_args: &[String]) -> anyhow::Result<()> {
         "cargo test --workspace --all-targets --no-run --locked"
     )
     .run()?;
-    let services = crate::services::start()?;
+    let services = dev_harness::Services::start_or_reuse()?;
     let _database = shell.push_env("DATABASE_URL", &services.database_url);
     let _redis = shell.push_env("REDIS_URL", &services.redis_url);
     let tests = cmd!(

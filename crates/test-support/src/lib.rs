@@ -1,6 +1,6 @@
-//! Test helpers shared by the workspace's tests: a fake OpenAI-compatible server, a fresh
-//! migrated database per test, a random Redis key prefix per test, throwaway Postgres and Redis
-//! servers for outage tests, and a proxy that loses replies.
+//! Test helpers shared by the workspace's tests: a fresh migrated database per test, a random
+//! Redis key prefix per test, throwaway Postgres and Redis servers for outage tests (from
+//! `dev-harness`), and a proxy that loses replies. The fake model servers are `fake-openai`.
 //!
 //! Tests that need Postgres or Redis find them through `DATABASE_URL` and `REDIS_URL`, which
 //! `cargo xtask test` sets (starting throwaway servers when none is given). They never skip.
@@ -8,9 +8,7 @@
 // Helpers panic with a message on purpose: a failure here is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod fake_openai;
 mod proxy;
-mod services;
 
 use std::time::Duration;
 
@@ -18,8 +16,8 @@ use agent_storage::{PostgresOptions, PostgresStore, RedisCoordination, RedisOpti
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::SecretString;
 
+pub use dev_harness::{ThrowawayPostgres, ThrowawayRedis};
 pub use proxy::LossyProxy;
-pub use services::{ThrowawayPostgres, ThrowawayRedis};
 
 const HOW_TO_START: &str = "run the tests with `cargo xtask test`, which starts Postgres and \
     Redis (install them with `apt-get install postgresql redis-server`), or set DATABASE_URL and \

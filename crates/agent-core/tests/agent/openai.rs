@@ -10,10 +10,10 @@ use agent_core::{
     AgentError, AgentEvent, ChatModel, ChatRequest, Message, ModelError, OpenAiModel,
     OpenAiOptions, RetryPolicy, Role, TurnRequest,
 };
+use fake_openai::{COMPLETION_TOKENS, FakeOpenAi, PROMPT_TOKENS, Scripted};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use serde_json::json;
-use test_support::fake_openai::{COMPLETION_TOKENS, FakeOpenAi, PROMPT_TOKENS, Scripted};
 
 use crate::scripted::{LIMITS, agent};
 

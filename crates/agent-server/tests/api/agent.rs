@@ -5,9 +5,9 @@
 use std::time::Duration;
 
 use agent_core::Role;
+use fake_openai::{FakeOpenAi, Scripted};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
-use test_support::fake_openai::{FakeOpenAi, Scripted};
 
 use crate::helpers::{
     builder, client, closed_port, error_code, spawn, spawn_full, spawn_with_model,

@@ -1,8 +1,8 @@
 //! Table-driven bad input: every malformed request gets a 4xx with the JSON error shape, and
 //! nothing is stored and no turn runs.
 
+use fake_openai::Scripted;
 use serde_json::{Value, json};
-use test_support::fake_openai::Scripted;
 
 use crate::helpers::{error_code, spawn_full};
 

@@ -88,15 +88,15 @@ pub(crate) fn client() -> reqwest::Client {
 /// A server on a fresh Postgres database, a fresh Redis prefix and a fake model answering
 /// `script`, plus `extra` settings.
 pub(crate) async fn spawn_full(
-    script: Vec<test_support::fake_openai::Scripted>,
+    script: Vec<fake_openai::Scripted>,
     extra: &[(&str, &str)],
-) -> (TestApp, test_support::fake_openai::FakeOpenAi) {
-    let fake = test_support::fake_openai::FakeOpenAi::start(script).await;
+) -> (TestApp, fake_openai::FakeOpenAi) {
+    let fake = fake_openai::FakeOpenAi::start(script).await;
     (spawn_with_model(&fake, extra).await, fake)
 }
 
 pub(crate) async fn spawn_with_model(
-    fake: &test_support::fake_openai::FakeOpenAi,
+    fake: &fake_openai::FakeOpenAi,
     extra: &[(&str, &str)],
 ) -> TestApp {
     let database = test_support::fresh_database_url().await;

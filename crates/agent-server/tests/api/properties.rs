@@ -4,10 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use fake_openai::{FakeOpenAi, Scripted};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
-use test_support::fake_openai::{FakeOpenAi, Scripted};
 
 use crate::helpers::{TestApp, spawn_with_model};
 

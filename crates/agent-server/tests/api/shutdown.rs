@@ -74,7 +74,7 @@ async fn shutdown_fails_readiness_at_once_and_lets_the_slow_request_finish() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() {
-    use test_support::fake_openai::{FakeOpenAi, Scripted};
+    use fake_openai::{FakeOpenAi, Scripted};
     let fake = FakeOpenAi::repeating(Scripted::Slow(
         Duration::from_secs(10),
         Box::new(Scripted::text("too late")),

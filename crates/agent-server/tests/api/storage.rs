@@ -219,10 +219,7 @@ async fn two_servers_starting_together_on_an_empty_database_migrate_once_and_bot
 /// configured number of request connections (plus the small shared pool of the probes).
 #[tokio::test(flavor = "multi_thread")]
 async fn the_workers_together_stay_within_the_configured_pool_size() {
-    let fake = test_support::fake_openai::FakeOpenAi::repeating(
-        test_support::fake_openai::Scripted::text("ok"),
-    )
-    .await;
+    let fake = fake_openai::FakeOpenAi::repeating(fake_openai::Scripted::text("ok")).await;
     let database = test_support::fresh_database_url().await;
     let redis = test_support::redis_url();
     let base_url = fake.base_url();

@@ -66,19 +66,19 @@ async fn an_unreachable_redis_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_postgres_gives_unavailable_and_service_resumes_when_it_returns() {
-    let server = test_support::ThrowawayPostgres::start();
+    let server = test_support::ThrowawayPostgres::start().unwrap();
     let url = test_support::create_database_on(&server.url()).await;
     let store = PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
     store.migrate().await.unwrap();
     store.ensure_session(&id()).await.unwrap();
     assert_eq!(store.health_check().await, Ok(()));
 
-    server.stop();
+    server.stop().unwrap();
     let error = store.session(&id()).await.unwrap_err();
     assert!(error.is_unavailable(), "{error:?}");
     assert!(store.health_check().await.is_err());
 
-    server.pg_ctl_start();
+    server.start_again().unwrap();
     let mut resumed = None;
     // Connections broken by the stop are dropped by the pool; the first calls may still meet one.
     for _ in 0..5 {
@@ -100,7 +100,7 @@ async fn stopping_postgres_gives_unavailable_and_service_resumes_when_it_returns
 /// noticed by the failing command itself: the broken connection is discarded, not returned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() {
-    let mut server = test_support::ThrowawayRedis::start();
+    let mut server = test_support::ThrowawayRedis::start().unwrap();
     let options = test_support::redis_options(&server.url());
     let pool_size = options.pool_size;
     let redis = RedisCoordination::connect(&options).unwrap();
@@ -121,7 +121,7 @@ async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() 
     assert!(error.is_unavailable(), "{error:?}");
     assert!(redis.health_check().await.is_err());
 
-    server.restart();
+    server.restart().unwrap();
     let mut failures = 0;
     for _ in 0..20 {
         match redis.check("outage", 1000, Duration::from_secs(60)).await {
@@ -149,7 +149,7 @@ async fn stopping_redis_gives_unavailable_and_service_resumes_when_it_returns() 
 /// snapshot), the release failed; the restarted Redis kept the session busy for the whole TTL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
-    let mut server = test_support::ThrowawayRedis::start_persistent();
+    let mut server = test_support::ThrowawayRedis::start_persistent().unwrap();
     let redis: Arc<dyn SessionLocks> =
         Arc::new(RedisCoordination::connect(&test_support::redis_options(&server.url())).unwrap());
     let ttl = Duration::from_secs(60);
@@ -160,7 +160,7 @@ async fn a_release_that_failed_while_redis_was_down_happens_when_it_returns() {
     server.stop();
     let error = guard.release().await.unwrap_err();
     assert!(error.is_unavailable(), "{error:?}");
-    server.restart();
+    server.restart().unwrap();
     assert!(
         redis.try_acquire(&id(), ttl).await.ok().flatten().is_none(),
         "the snapshot kept the lock, as a restarted Redis container does"

@@ -1,6 +1,6 @@
 //! A minimal blocking HTTP/1.1 client (one connection per request, `Connection: close`) for the
-//! end-to-end and chaos checks: it tells "could not connect" (nothing was sent, safe to retry)
-//! apart from failures after the request may have reached the server.
+//! end-to-end and chaos checks and the binaries' tests: it tells "could not connect" (nothing was
+//! sent, safe to retry) apart from failures after the request may have reached the server.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 /// Why a request got no HTTP answer.
 #[derive(Debug)]
-pub(crate) enum CallError {
+pub enum CallError {
     /// The connection was refused or could not be made: the server never saw the request.
     Connect(std::io::Error),
     /// The connection closed or broke before a single byte of answer: the server never began
@@ -20,7 +20,7 @@ pub(crate) enum CallError {
 
 impl CallError {
     /// A short label for reports: `connect`, `no answer`, `timeout` or `reset`.
-    pub(crate) fn label(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Self::Connect(_) => "connect",
             Self::NoAnswer(error)
@@ -53,7 +53,7 @@ impl std::error::Error for CallError {}
 
 /// Sends one request to 127.0.0.1:`port`; answers the status and the decoded body. A body is
 /// sent as JSON.
-pub(crate) fn call(
+pub fn call(
     port: u16,
     method: &str,
     path: &str,
@@ -93,8 +93,7 @@ pub(crate) fn call(
             CallError::Io(error)
         });
     }
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+    let Some(head_end) = response.windows(4).position(|window| window == b"\r\n\r\n") else {
         let error = std::io::Error::new(
             ErrorKind::UnexpectedEof,
             "the connection closed before a complete response head",
@@ -105,6 +104,8 @@ pub(crate) fn call(
             CallError::Io(error)
         });
     };
+    let head = String::from_utf8_lossy(&response[..head_end]);
+    let body = &response[head_end + 4..];
     let status = head
         .split_whitespace()
         .nth(1)
@@ -113,34 +114,53 @@ pub(crate) fn call(
     let chunked = head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked");
-    Ok((
-        status,
-        if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    ))
+    // De-chunked as bytes, then decoded: a chunk boundary may split a UTF-8 character.
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_vec()
+    };
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
 /// The payload of a chunked body (as far as it arrived).
-fn dechunk(mut body: &str) -> String {
-    let mut decoded = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut decoded = Vec::new();
+    while let Some(line_end) = body.windows(2).position(|window| window == b"\r\n") {
+        let size = std::str::from_utf8(&body[..line_end])
+            .ok()
+            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok());
+        let rest = &body[line_end + 2..];
+        let Some(size) = size.filter(|size| *size > 0 && rest.len() >= *size) else {
             break;
         };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        decoded.push_str(&rest[..size]);
-        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+        decoded.extend_from_slice(&rest[..size]);
+        body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
     }
     decoded
 }
 
-/// The free TCP port the kernel hands out next on 127.0.0.1.
-pub(crate) fn free_port() -> std::io::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    fn check(body: &[u8], expected: &str) {
+        assert_eq!(String::from_utf8_lossy(&dechunk(body)), expected);
+    }
+
+    #[test]
+    fn chunks_are_joined_up_to_the_last_chunk_or_as_far_as_they_arrived() {
+        check(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world");
+        check(b"5\r\nhello\r\n6\r\n wo", "hello");
+        check(b"A\r\n0123456789\r\n0\r\n\r\n", "0123456789");
+        check(b"", "");
+        check(b"zz\r\nhello\r\n", "");
+    }
+
+    #[test]
+    fn a_chunk_boundary_inside_a_utf8_character_neither_panics_nor_mangles_it() {
+        // "é" is two bytes, split across two chunks; "→" is three, split 1 + 2.
+        let body = b"2\r\na\xc3\r\n3\r\n\xa9 \xe2\r\n2\r\n\x86\x92\r\n0\r\n\r\n";
+        check(body, "aé →");
+    }
 }

@@ -1,0 +1,13 @@
+//! The dev-only harness of the tests and the system checks (`cargo xtask`): throwaway Postgres
+//! and Redis servers, child processes stopped on drop, and a minimal blocking HTTP client. It
+//! depends on no other workspace crate, so xtask stays quick to build.
+
+// Progress lines are what a developer watching `cargo xtask test` wants to see.
+#![allow(clippy::print_stdout)]
+
+pub mod http;
+pub mod process;
+pub mod services;
+
+pub use process::{Spawned, free_port, wait_for_port};
+pub use services::{Services, ThrowawayPostgres, ThrowawayRedis};

@@ -1,0 +1,49 @@
+//! The standalone fake model the benchmark and the end-to-end tests run: it answers chat
+//! completions (JSON and streamed) and counts requests. (This test also makes `cargo test` build
+//! it, which `cargo xtask e2e` relies on.)
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::time::Duration;
+
+use dev_harness::http::call;
+use dev_harness::{Spawned, free_port, wait_for_port};
+
+fn post(port: u16, body: &str) -> (u16, String) {
+    call(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[],
+        Some(body),
+        Duration::from_secs(10),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_fake_model_echoes_the_last_user_message_and_counts_requests() {
+    let port = free_port().unwrap();
+    let _server = Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
+    )
+    .unwrap();
+    wait_for_port(port).unwrap();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"x"},{"role":"user","content":"hello thére"}]}"#;
+    let (status, answer) = post(port, body);
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer.contains(r#""content":"echo: hello thére""#),
+        "{answer}"
+    );
+    let streamed = body.replace(r#""model":"m""#, r#""model":"m","stream":true"#);
+    let (status, stream) = post(port, &streamed);
+    assert_eq!(status, 200, "{stream}");
+    assert!(stream.contains("data: [DONE]"), "{stream}");
+    let (_, stats) = call(port, "GET", "/stats", &[], None, Duration::from_secs(10)).unwrap();
+    assert!(
+        stats.contains(r#""total":2"#) && stats.contains(r#""in_flight":0"#),
+        "{stats}"
+    );
+}
