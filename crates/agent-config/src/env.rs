@@ -30,7 +30,7 @@ impl EnvValues {
             for name in key.env_names() {
                 let direct = vars.get(&name).filter(|value| !value.is_empty());
                 let file_name = format!("{name}_FILE");
-                let from_file = if key.secret {
+                let from_file = if key.is_secret() {
                     vars.get(&file_name).filter(|value| !value.is_empty())
                 } else {
                     None
@@ -66,7 +66,7 @@ fn is_known(name: &str) -> bool {
         || crate::keys::DEPLOYMENT_VARIABLES.contains(&name)
         || KEYS.iter().any(|key| {
             let prefixed = key.prefixed_env_name();
-            name == prefixed || (key.secret && name.strip_suffix("_FILE") == Some(&prefixed))
+            name == prefixed || (key.is_secret() && name.strip_suffix("_FILE") == Some(&prefixed))
         })
 }
 
@@ -95,7 +95,7 @@ impl Provider for EnvValues {
     }
 }
 
-fn insert_nested(dict: &mut Dict, path: &str, value: Value) {
+pub(crate) fn insert_nested(dict: &mut Dict, path: &str, value: Value) {
     match path.split_once('.') {
         None => {
             dict.insert(path.to_owned(), value);

@@ -1,33 +1,64 @@
-//! The table of every configuration key: its path, the tutorial's environment names for it, and
-//! whether it is a secret. Loading, `_FILE` support, unknown-variable warnings and `config check`
-//! are all driven by this one table.
+//! The declaration of every configuration key, each in one place: its TOML path, its type and
+//! bounds, its built-in default, the tutorial's environment names for it, whether it is a secret
+//! (secrets accept `<NAME>_FILE` and are never printed) and what it does. Loading, validation,
+//! `_FILE` support, unknown-variable warnings, `config check` and the configuration reference in
+//! `docs/configuration.md` are all driven by this one table; `load.rs` reads a key by its
+//! constant (`keys::SERVER_PORT`), so a mistyped key does not compile.
+
+use std::time::Duration;
 
 /// One configuration key.
 #[derive(Debug, Clone, Copy)]
 pub struct Key {
     /// Dotted path in the TOML file, e.g. `server.port`.
     pub path: &'static str,
+    /// What values it takes; secrets are the `Secret*` kinds.
+    pub kind: Kind,
+    /// The built-in default as text, or `None` when unset by default.
+    pub default: Option<&'static str>,
     /// Unprefixed environment names kept from the Python tutorial, e.g. `PORT`.
     pub aliases: &'static [&'static str],
-    /// Secrets accept `<NAME>_FILE` and are never printed.
-    pub secret: bool,
+    /// What the key does, for the configuration reference.
+    pub doc: &'static str,
+}
+
+/// The type and bounds of a key's value. Every value arrives as text (the environment's
+/// provider keeps strings, so `007` stays `007`) and is typed by the validation in `load.rs`.
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    /// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+    Bool,
+    /// A whole number within the bounds.
+    Int { min: u64, max: u64 },
+    /// A number within the bounds.
+    Float { min: f32, max: f32 },
+    /// A humantime duration (`250ms`, `5s`, `24h`) within the bounds.
+    Duration { min: Duration, max: Duration },
+    /// Free text.
+    Text,
+    /// One of the names, case-insensitive; `a|b` accepts `b` as another name for `a`.
+    Choice(&'static [&'static str]),
+    /// An IP address or `localhost`.
+    Host,
+    /// A port number; 0 asks the OS for a free one.
+    Port,
+    /// An `http(s)` URL.
+    HttpUrl,
+    /// A secret string.
+    Secret,
+    /// A secret, comma-separated list.
+    SecretList,
+    /// A secret URL with one of the schemes (the first is the one to suggest).
+    SecretUrl(&'static [&'static str]),
 }
 
 impl Key {
-    const fn plain(path: &'static str, aliases: &'static [&'static str]) -> Self {
-        Self {
-            path,
-            aliases,
-            secret: false,
-        }
-    }
-
-    const fn secret(path: &'static str, aliases: &'static [&'static str]) -> Self {
-        Self {
-            path,
-            aliases,
-            secret: true,
-        }
+    /// Secrets accept `<NAME>_FILE` and are never printed.
+    pub fn is_secret(&self) -> bool {
+        matches!(
+            self.kind,
+            Kind::Secret | Kind::SecretList | Kind::SecretUrl(_)
+        )
     }
 
     /// The prefixed environment name: `AGENT_` + path in upper case with `__` for nesting.
@@ -54,62 +85,216 @@ impl Key {
     }
 }
 
-/// Every key the service understands.
-pub const KEYS: &[Key] = &[
-    Key::plain("profile", &[]),
-    Key::plain("log_format", &[]),
-    Key::plain("enable_tracing", &["ENABLE_TRACING"]),
-    Key::plain("enable_streaming", &["ENABLE_STREAMING"]),
-    Key::secret("api_keys", &[]),
-    Key::plain("api.max_body_bytes", &[]),
-    Key::plain("api.max_message_chars", &[]),
-    Key::plain("api.lock_wait", &[]),
-    Key::plain("api.idempotency_retention", &[]),
-    Key::plain("api.sse_keepalive", &[]),
-    Key::plain("api.metrics_require_auth", &[]),
-    Key::plain("api.trust_forwarded_for", &[]),
-    Key::plain("rate_limit.requests", &[]),
-    Key::plain("rate_limit.window", &[]),
-    Key::plain("server.host", &["HOST"]),
-    Key::plain("server.port", &["PORT"]),
-    Key::plain("server.workers", &["WORKERS"]),
-    Key::plain("server.shutdown_delay", &[]),
-    Key::plain("server.drain_timeout", &[]),
-    Key::plain("model.provider", &[]),
-    Key::plain("model.base_url", &["OPENAI_BASE_URL"]),
-    Key::secret("model.api_key", &["OPENAI_API_KEY"]),
-    Key::plain("model.name", &["MODEL_NAME"]),
-    Key::plain("model.temperature", &["TEMPERATURE"]),
-    Key::plain("model.max_tokens", &["MAX_TOKENS"]),
-    Key::plain("model.request_timeout", &[]),
-    Key::plain("model.max_attempts", &[]),
-    Key::plain("model.retry_base_delay", &[]),
-    Key::plain("model.retry_max_delay", &[]),
-    Key::plain("model.retry_budget", &[]),
-    Key::plain("turn.max_steps", &[]),
-    Key::plain("turn.max_parallel_tools", &[]),
-    Key::plain("turn.turn_token_budget", &[]),
-    Key::plain("turn.session_token_budget", &[]),
-    Key::plain("turn.turn_deadline", &[]),
-    Key::plain("turn.tool_timeout", &[]),
-    Key::plain("turn.history_window", &[]),
-    Key::plain("turn.system_prompt", &[]),
-    Key::plain("http_tool_defaults.method", &[]),
-    Key::plain("http_tool_defaults.timeout", &[]),
-    Key::plain("http_tool_defaults.max_response_bytes", &[]),
-    Key::secret("storage.database_url", &["DATABASE_URL"]),
-    Key::secret("storage.redis_url", &["REDIS_URL"]),
-    Key::plain("storage.pool_size", &[]),
-    Key::plain("storage.connect_timeout", &[]),
-    Key::plain("storage.statement_timeout", &[]),
-    Key::plain("storage.run_migrations", &[]),
-    Key::plain("storage.startup_timeout", &[]),
-    Key::plain("storage.redis_pool_size", &[]),
-    Key::plain("storage.redis_timeout", &[]),
-    Key::plain("storage.redis_key_prefix", &[]),
-    Key::plain("health.check_timeout", &[]),
-    Key::plain("health.cache_ttl", &[]),
-];
+impl Kind {
+    /// The values it takes, in words, for the configuration reference.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Bool => "true or false".to_owned(),
+            Self::Int { min, max } => format!("whole number, {min} to {max}"),
+            Self::Float { min, max } => format!("number, {min} to {max}"),
+            Self::Duration { min, max } => format!(
+                "duration, {} to {}",
+                humantime::format_duration(*min),
+                humantime::format_duration(*max)
+            ),
+            Self::Text => "text".to_owned(),
+            Self::Choice(names) => names
+                .iter()
+                .map(|name| match name.split_once('|') {
+                    Some((name, others)) => {
+                        format!("`{name}` (or `{}`)", others.replace('|', "`, `"))
+                    }
+                    None => format!("`{name}`"),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Self::Host => "IP address or `localhost`".to_owned(),
+            Self::Port => "port, 0 to 65535 (0: any free port)".to_owned(),
+            Self::HttpUrl => "http(s) URL".to_owned(),
+            Self::Secret => "secret".to_owned(),
+            Self::SecretList => "secret, comma-separated".to_owned(),
+            Self::SecretUrl(schemes) => format!("secret URL ({}://)", schemes.join("://, ")),
+        }
+    }
+}
+
+const fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+const fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
+}
+
+/// Declares each key once, as a constant for `load.rs`, and lists them all in [`KEYS`].
+macro_rules! declare_keys {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident = $path:literal, $kind:expr, default: $default:expr, aliases: [$($alias:literal),*];
+    )+) => {
+        $(
+            $(#[doc = $doc])+
+            pub const $name: Key = Key {
+                path: $path,
+                kind: $kind,
+                default: $default,
+                aliases: &[$($alias),*],
+                doc: concat!($($doc),+),
+            };
+        )+
+
+        /// Every key the service understands, in the order of the configuration reference.
+        pub const KEYS: &[Key] = &[$($name),+];
+    };
+}
+
+declare_keys! {
+    /// `dev` falls back to in-memory storage and the offline model when nothing is configured;
+    /// `production` refuses to start without `DATABASE_URL`, `REDIS_URL` and a model.
+    PROFILE = "profile", Kind::Choice(&["dev|development", "production|prod"]), default: Some("dev"), aliases: [];
+    /// `auto`: JSON when standard output is not a terminal, readable text when it is.
+    LOG_FORMAT = "log_format", Kind::Choice(&["auto", "json", "pretty|text"]), default: Some("auto"), aliases: [];
+    /// Adds one log line per closed span with its busy and idle time.
+    ENABLE_TRACING = "enable_tracing", Kind::Bool, default: Some("false"), aliases: ["ENABLE_TRACING"];
+    /// Serves `POST /agent/stream`.
+    ENABLE_STREAMING = "enable_streaming", Kind::Bool, default: Some("true"), aliases: ["ENABLE_STREAMING"];
+    /// Bearer keys accepted by the API (several allow rotation); when set, every route except
+    /// the probes (and `/metrics` unless `api.metrics_require_auth`) needs one. Unset: no auth.
+    API_KEYS = "api_keys", Kind::SecretList, default: None, aliases: [];
+    /// Largest request body in bytes (413 above it).
+    API_MAX_BODY_BYTES = "api.max_body_bytes", Kind::Int { min: 1024, max: 64 << 20 }, default: Some("65536"), aliases: [];
+    /// Longest user message in characters (422 above it).
+    API_MAX_MESSAGE_CHARS = "api.max_message_chars", Kind::Int { min: 1, max: 1 << 20 }, default: Some("32000"), aliases: [];
+    /// How long a request waits for another request on the same session before answering 409.
+    API_LOCK_WAIT = "api.lock_wait", Kind::Duration { min: Duration::ZERO, max: secs(600) }, default: Some("10s"), aliases: [];
+    /// How long a completed `Idempotency-Key`'s response is kept for replays.
+    API_IDEMPOTENCY_RETENTION = "api.idempotency_retention", Kind::Duration { min: secs(1), max: secs(30 * 24 * 3600) }, default: Some("24h"), aliases: [];
+    /// Comment lines sent on idle event streams so proxies keep them open.
+    API_SSE_KEEPALIVE = "api.sse_keepalive", Kind::Duration { min: ms(100), max: secs(600) }, default: Some("15s"), aliases: [];
+    /// Whether `GET /metrics` needs an API key too (the probes never do).
+    API_METRICS_REQUIRE_AUTH = "api.metrics_require_auth", Kind::Bool, default: Some("false"), aliases: [];
+    /// Take the client address for rate limits from `X-Forwarded-For` (only behind a trusted
+    /// proxy).
+    API_TRUST_FORWARDED_FOR = "api.trust_forwarded_for", Kind::Bool, default: Some("false"), aliases: [];
+    /// Requests per window per API key (or per client address without keys), shared across
+    /// replicas through Redis; 0 turns rate limits off.
+    RATE_LIMIT_REQUESTS = "rate_limit.requests", Kind::Int { min: 0, max: 1_000_000_000 }, default: Some("120"), aliases: [];
+    /// The rate-limit window.
+    RATE_LIMIT_WINDOW = "rate_limit.window", Kind::Duration { min: ms(1), max: secs(24 * 3600) }, default: Some("60s"), aliases: [];
+    /// Listen address (the container image sets `0.0.0.0`).
+    SERVER_HOST = "server.host", Kind::Host, default: Some("127.0.0.1"), aliases: ["HOST"];
+    /// Listen port.
+    SERVER_PORT = "server.port", Kind::Port, default: Some("8000"), aliases: ["PORT"];
+    /// HTTP worker threads; 0 means one per available CPU.
+    SERVER_WORKERS = "server.workers", Kind::Int { min: 0, max: 1024 }, default: Some("0"), aliases: ["WORKERS"];
+    /// After SIGTERM, readiness fails at once; new connections are still accepted for this long
+    /// so load balancers can notice, then the listener closes.
+    SERVER_SHUTDOWN_DELAY = "server.shutdown_delay", Kind::Duration { min: Duration::ZERO, max: secs(60) }, default: Some("1s"), aliases: [];
+    /// Then in-flight requests get this long to finish. Keep delay + drain under the
+    /// orchestrator's grace period (Docker: 10 s).
+    SERVER_DRAIN_TIMEOUT = "server.drain_timeout", Kind::Duration { min: Duration::ZERO, max: secs(600) }, default: Some("8s"), aliases: [];
+    /// `auto`: an OpenAI-compatible server when `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set,
+    /// otherwise the built-in offline model (dev profile only). `openai` or `offline` force one.
+    MODEL_PROVIDER = "model.provider", Kind::Choice(&["auto", "openai", "offline"]), default: Some("auto"), aliases: [];
+    /// The OpenAI-compatible server, including `/v1` (e.g. `http://localhost:11434/v1` for
+    /// Ollama).
+    MODEL_BASE_URL = "model.base_url", Kind::HttpUrl, default: Some("https://api.openai.com/v1"), aliases: ["OPENAI_BASE_URL"];
+    /// The model server's key; optional for local servers (vLLM, Ollama, llama.cpp).
+    MODEL_API_KEY = "model.api_key", Kind::Secret, default: None, aliases: ["OPENAI_API_KEY"];
+    /// The model name sent with each call.
+    MODEL_NAME = "model.name", Kind::Text, default: Some("gpt-4o-mini"), aliases: ["MODEL_NAME"];
+    /// Sampling temperature.
+    MODEL_TEMPERATURE = "model.temperature", Kind::Float { min: 0.0, max: 2.0 }, default: Some("0.7"), aliases: ["TEMPERATURE"];
+    /// Most tokens one model call may produce.
+    MODEL_MAX_TOKENS = "model.max_tokens", Kind::Int { min: 1, max: 1_000_000 }, default: Some("1000"), aliases: ["MAX_TOKENS"];
+    /// Bound on one model call until it starts answering, and on any pause while it streams.
+    MODEL_REQUEST_TIMEOUT = "model.request_timeout", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("60s"), aliases: [];
+    /// Attempts in all for one model call on 429, 5xx and connection failures (1: no retry).
+    MODEL_MAX_ATTEMPTS = "model.max_attempts", Kind::Int { min: 1, max: 20 }, default: Some("3"), aliases: [];
+    /// The first backoff between attempts (doubling, with jitter; a `Retry-After` header wins).
+    MODEL_RETRY_BASE_DELAY = "model.retry_base_delay", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("250ms"), aliases: [];
+    /// The longest backoff.
+    MODEL_RETRY_MAX_DELAY = "model.retry_max_delay", Kind::Duration { min: ms(1), max: secs(600) }, default: Some("5s"), aliases: [];
+    /// No retry starts after this long.
+    MODEL_RETRY_BUDGET = "model.retry_budget", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("20s"), aliases: [];
+    /// Model calls per turn.
+    TURN_MAX_STEPS = "turn.max_steps", Kind::Int { min: 1, max: 100 }, default: Some("8"), aliases: [];
+    /// Tool calls running at once.
+    TURN_MAX_PARALLEL_TOOLS = "turn.max_parallel_tools", Kind::Int { min: 1, max: 64 }, default: Some("4"), aliases: [];
+    /// Tokens one turn may use.
+    TURN_TURN_TOKEN_BUDGET = "turn.turn_token_budget", Kind::Int { min: 1, max: u64::MAX / 4 }, default: Some("50000"), aliases: [];
+    /// Tokens one session may use in all.
+    TURN_SESSION_TOKEN_BUDGET = "turn.session_token_budget", Kind::Int { min: 1, max: u64::MAX / 4 }, default: Some("1000000"), aliases: [];
+    /// Wall time per turn.
+    TURN_TURN_DEADLINE = "turn.turn_deadline", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("120s"), aliases: [];
+    /// Wall time per tool call.
+    TURN_TOOL_TIMEOUT = "turn.tool_timeout", Kind::Duration { min: ms(1), max: secs(600) }, default: Some("10s"), aliases: [];
+    /// Messages of earlier history sent with each turn.
+    TURN_HISTORY_WINDOW = "turn.history_window", Kind::Int { min: 0, max: 1000 }, default: Some("50"), aliases: [];
+    /// The system prompt of every turn.
+    TURN_SYSTEM_PROMPT = "turn.system_prompt", Kind::Text, default: Some("You are a helpful assistant. Use the tools when they help, and answer concisely."), aliases: [];
+    /// The method of an `[[http_tools]]` entry that sets none.
+    HTTP_TOOL_DEFAULTS_METHOD = "http_tool_defaults.method", Kind::Choice(&["POST", "GET"]), default: Some("POST"), aliases: [];
+    /// The timeout of an `[[http_tools]]` entry that sets none.
+    HTTP_TOOL_DEFAULTS_TIMEOUT = "http_tool_defaults.timeout", Kind::Duration { min: ms(1), max: secs(600) }, default: Some("10s"), aliases: [];
+    /// The response size cap of an `[[http_tools]]` entry that sets none.
+    HTTP_TOOL_DEFAULTS_MAX_RESPONSE_BYTES = "http_tool_defaults.max_response_bytes", Kind::Int { min: 1, max: 64 << 20 }, default: Some("65536"), aliases: [];
+    /// Postgres for conversations and idempotency records; unset means in memory (dev profile
+    /// only).
+    STORAGE_DATABASE_URL = "storage.database_url", Kind::SecretUrl(&["postgres", "postgresql"]), default: None, aliases: ["DATABASE_URL"];
+    /// Redis for session locks and rate limits; unset means in-process (dev profile only).
+    STORAGE_REDIS_URL = "storage.redis_url", Kind::SecretUrl(&["redis", "rediss"]), default: None, aliases: ["REDIS_URL"];
+    /// Postgres connections per process.
+    STORAGE_POOL_SIZE = "storage.pool_size", Kind::Int { min: 1, max: 1000 }, default: Some("16"), aliases: [];
+    /// Bound on opening a Postgres connection or waiting for a free one.
+    STORAGE_CONNECT_TIMEOUT = "storage.connect_timeout", Kind::Duration { min: ms(1), max: secs(300) }, default: Some("3s"), aliases: [];
+    /// Server-side bound on each SQL statement.
+    STORAGE_STATEMENT_TIMEOUT = "storage.statement_timeout", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("5s"), aliases: [];
+    /// Run pending migrations at startup (under an advisory lock); `false` leaves them to
+    /// `agent-server migrate` (a Kubernetes Job, say).
+    STORAGE_RUN_MIGRATIONS = "storage.run_migrations", Kind::Bool, default: Some("true"), aliases: [];
+    /// How long startup keeps retrying Postgres (migrations, schema check) before giving up.
+    STORAGE_STARTUP_TIMEOUT = "storage.startup_timeout", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("30s"), aliases: [];
+    /// Redis connections per process.
+    STORAGE_REDIS_POOL_SIZE = "storage.redis_pool_size", Kind::Int { min: 1, max: 1000 }, default: Some("16"), aliases: [];
+    /// Bound on each Redis command.
+    STORAGE_REDIS_TIMEOUT = "storage.redis_timeout", Kind::Duration { min: ms(1), max: secs(300) }, default: Some("1s"), aliases: [];
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    STORAGE_REDIS_KEY_PREFIX = "storage.redis_key_prefix", Kind::Text, default: Some("agent:"), aliases: [];
+    /// Upper bound for each readiness check.
+    HEALTH_CHECK_TIMEOUT = "health.check_timeout", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("2s"), aliases: [];
+    /// Readiness results are reused for this long so probe storms do not hammer dependencies.
+    HEALTH_CACHE_TTL = "health.cache_ttl", Kind::Duration { min: Duration::ZERO, max: secs(60) }, default: Some("1s"), aliases: [];
+}
+
+/// The configuration reference: one Markdown table row per key, generated from the
+/// declarations (`docs/configuration.md` holds it between markers; a test keeps it in step).
+pub fn reference_table() -> String {
+    let mut table = String::from(
+        "| Variable | TOML key | Values | Default | What it does |\n| --- | --- | --- | --- | --- |\n",
+    );
+    for key in KEYS {
+        let mut names = vec![format!("`{}`", key.prefixed_env_name())];
+        names.extend(key.aliases.iter().map(|alias| format!("`{alias}`")));
+        if key.is_secret() {
+            names.push("(`_FILE` too)".to_owned());
+        }
+        let default = match key.default {
+            Some("") | None => "(unset)".to_owned(),
+            Some(default) => format!("`{default}`"),
+        };
+        let doc = key.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        table.push_str(&format!(
+            "| {} | `{}` | {} | {} | {} |\n",
+            names.join(" "),
+            key.path,
+            key.kind.describe(),
+            default,
+            doc.replace('|', "\\|")
+        ));
+    }
+    table
+}
 
 /// Variables of the deployment tooling (Compose, `cargo xtask`), not of the service; they may
 /// share the prefix without being reported as unknown.

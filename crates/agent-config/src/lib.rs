@@ -7,14 +7,14 @@
 mod env;
 mod error;
 mod http_tools;
-mod keys;
+pub mod keys;
 mod load;
 mod settings;
 #[cfg(test)]
 mod tests;
 
 pub use error::ConfigError;
-pub use keys::{KEYS, Key};
+pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
     ApiSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings, ModelProvider,

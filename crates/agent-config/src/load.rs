@@ -6,20 +6,37 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
-use figment::value::{Dict, Num, Value};
-use figment::{Figment, Source};
+use figment::value::{Dict, Map, Num, Value};
+use figment::{Figment, Metadata, Provider, Source};
 use secrecy::SecretString;
 use url::Url;
 
 use crate::env::EnvValues;
 use crate::error::ConfigError;
-use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS};
+use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
     ApiSettings, HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile,
     ServerSettings, Settings, StorageSettings, TurnSettings,
 };
 
-const DEFAULTS: &str = include_str!("defaults.toml");
+/// The built-in defaults, from the keys' declarations, as figment's first layer.
+struct Defaults;
+
+impl Provider for Defaults {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("built-in default")
+    }
+
+    fn data(&self) -> Result<Map<figment::Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for key in KEYS {
+            if let Some(default) = key.default {
+                crate::env::insert_nested(&mut root, key.path, Value::from(default.to_owned()));
+            }
+        }
+        Ok(figment::Profile::Default.collect(root))
+    }
+}
 
 /// The result of loading: the settings, and what the caller should tell the operator.
 #[derive(Debug)]
@@ -64,10 +81,7 @@ pub fn load_server_address(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<(String, u16), ConfigError> {
     let layers = Layers::new(vars.into_iter().collect())?;
-    Ok((
-        layers.host()?,
-        layers.parse("server.port", "a port number (0-65535)")?,
-    ))
+    Ok((layers.host()?, layers.port(&keys::SERVER_PORT)?))
 }
 
 /// The merged layers, with enough bookkeeping to name where each value came from.
@@ -88,7 +102,7 @@ impl Layers {
             .iter()
             .map(|name| format!("unknown configuration variable {name} is ignored"))
             .collect();
-        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        let mut figment = Figment::from(Defaults);
         if let Some(path) = vars
             .get(CONFIG_FILE_VARIABLE)
             .filter(|path| !path.is_empty())
@@ -130,168 +144,151 @@ impl Layers {
     }
 
     fn settings(&self) -> Result<Settings, ConfigError> {
-        let profile = match self.text("profile").to_ascii_lowercase().as_str() {
-            "dev" | "development" => Profile::Dev,
-            "production" | "prod" => Profile::Production,
-            _ => return Err(self.invalid("profile", "expected \"dev\" or \"production\"")),
+        let profile = match self.choice(&keys::PROFILE)? {
+            "production" => Profile::Production,
+            _ => Profile::Dev,
         };
-        let format = match self.text("log_format").to_ascii_lowercase().as_str() {
-            "auto" => LogFormat::Auto,
+        let format = match self.choice(&keys::LOG_FORMAT)? {
             "json" => LogFormat::Json,
-            "pretty" | "text" => LogFormat::Pretty,
-            _ => return Err(self.invalid("log_format", "expected auto, json or pretty")),
+            "pretty" => LogFormat::Pretty,
+            _ => LogFormat::Auto,
         };
-        let workers = self.int_in("server.workers", 0, 1024)?;
+        let workers = self.int(&keys::SERVER_WORKERS)?;
         let settings = Settings {
             profile,
             log: LogSettings {
                 format,
-                enable_tracing: self.boolean("enable_tracing")?,
+                enable_tracing: self.boolean(&keys::ENABLE_TRACING)?,
             },
-            enable_streaming: self.boolean("enable_streaming")?,
+            enable_streaming: self.boolean(&keys::ENABLE_STREAMING)?,
             api_keys: self.api_keys()?,
             api: ApiSettings {
-                max_body_bytes: self.int_in("api.max_body_bytes", 1024, 64 << 20)? as usize,
-                max_message_chars: self.int_in("api.max_message_chars", 1, 1 << 20)? as usize,
-                lock_wait: self.duration("api.lock_wait", 0, 600)?,
-                idempotency_retention: self.duration(
-                    "api.idempotency_retention",
-                    1000,
-                    30 * 24 * 3600,
-                )?,
-                sse_keepalive: self.duration("api.sse_keepalive", 100, 600)?,
-                metrics_require_auth: self.boolean("api.metrics_require_auth")?,
-                trust_forwarded_for: self.boolean("api.trust_forwarded_for")?,
-                rate_limit_requests: self.int_in("rate_limit.requests", 0, 1_000_000_000)? as u32,
-                rate_limit_window: self.duration("rate_limit.window", 1, 24 * 3600)?,
+                max_body_bytes: self.int(&keys::API_MAX_BODY_BYTES)? as usize,
+                max_message_chars: self.int(&keys::API_MAX_MESSAGE_CHARS)? as usize,
+                lock_wait: self.duration(&keys::API_LOCK_WAIT)?,
+                idempotency_retention: self.duration(&keys::API_IDEMPOTENCY_RETENTION)?,
+                sse_keepalive: self.duration(&keys::API_SSE_KEEPALIVE)?,
+                metrics_require_auth: self.boolean(&keys::API_METRICS_REQUIRE_AUTH)?,
+                trust_forwarded_for: self.boolean(&keys::API_TRUST_FORWARDED_FOR)?,
+                rate_limit_requests: self.int(&keys::RATE_LIMIT_REQUESTS)? as u32,
+                rate_limit_window: self.duration(&keys::RATE_LIMIT_WINDOW)?,
             },
             server: ServerSettings {
                 host: self.host()?,
-                port: self.parse("server.port", "a port number (0-65535)")?,
+                port: self.port(&keys::SERVER_PORT)?,
                 workers: if workers == 0 {
                     std::thread::available_parallelism().map_or(1, |count| count.get())
                 } else {
                     workers as usize
                 },
-                shutdown_delay: self.duration("server.shutdown_delay", 0, 60)?,
-                drain_timeout: self.duration("server.drain_timeout", 0, 600)?,
+                shutdown_delay: self.duration(&keys::SERVER_SHUTDOWN_DELAY)?,
+                drain_timeout: self.duration(&keys::SERVER_DRAIN_TIMEOUT)?,
             },
             model: self.model(profile)?,
             turn: TurnSettings {
-                max_steps: self.int_in("turn.max_steps", 1, 100)? as usize,
-                max_parallel_tools: self.int_in("turn.max_parallel_tools", 1, 64)? as usize,
-                turn_token_budget: self.int_in("turn.turn_token_budget", 1, u64::MAX / 4)?,
-                session_token_budget: self.int_in("turn.session_token_budget", 1, u64::MAX / 4)?,
-                turn_deadline: self.duration("turn.turn_deadline", 1, 3600)?,
-                tool_timeout: self.duration("turn.tool_timeout", 1, 600)?,
-                history_window: self.int_in("turn.history_window", 0, 1000)? as usize,
-                system_prompt: self.text("turn.system_prompt"),
+                max_steps: self.int(&keys::TURN_MAX_STEPS)? as usize,
+                max_parallel_tools: self.int(&keys::TURN_MAX_PARALLEL_TOOLS)? as usize,
+                turn_token_budget: self.int(&keys::TURN_TURN_TOKEN_BUDGET)?,
+                session_token_budget: self.int(&keys::TURN_SESSION_TOKEN_BUDGET)?,
+                turn_deadline: self.duration(&keys::TURN_TURN_DEADLINE)?,
+                tool_timeout: self.duration(&keys::TURN_TOOL_TIMEOUT)?,
+                history_window: self.int(&keys::TURN_HISTORY_WINDOW)? as usize,
+                system_prompt: self.text(&keys::TURN_SYSTEM_PROMPT)?,
             },
             http_tools: crate::http_tools::load(
                 &self.figment,
                 self.file.as_deref().unwrap_or_default(),
                 crate::http_tools::Defaults {
-                    method: self.text("http_tool_defaults.method"),
-                    timeout: self.duration("http_tool_defaults.timeout", 1, 600)?,
-                    max_response_bytes: self.int_in(
-                        "http_tool_defaults.max_response_bytes",
-                        1,
-                        64 << 20,
-                    )? as usize,
+                    method: self.choice(&keys::HTTP_TOOL_DEFAULTS_METHOD)?.to_owned(),
+                    timeout: self.duration(&keys::HTTP_TOOL_DEFAULTS_TIMEOUT)?,
+                    max_response_bytes: self.int(&keys::HTTP_TOOL_DEFAULTS_MAX_RESPONSE_BYTES)?
+                        as usize,
                 },
             )?,
             storage: StorageSettings {
-                database_url: self
-                    .url_secret("storage.database_url", &["postgres", "postgresql"])?,
-                redis_url: self.url_secret("storage.redis_url", &["redis", "rediss"])?,
-                pool_size: self.int_in("storage.pool_size", 1, 1000)? as usize,
-                connect_timeout: self.duration("storage.connect_timeout", 1, 300)?,
-                statement_timeout: self.duration("storage.statement_timeout", 1, 3600)?,
-                run_migrations: self.boolean("storage.run_migrations")?,
-                startup_timeout: self.duration("storage.startup_timeout", 0, 3600)?,
-                redis_pool_size: self.int_in("storage.redis_pool_size", 1, 1000)? as usize,
-                redis_timeout: self.duration("storage.redis_timeout", 1, 300)?,
-                redis_key_prefix: self.text("storage.redis_key_prefix"),
+                database_url: self.url_secret(&keys::STORAGE_DATABASE_URL)?,
+                redis_url: self.url_secret(&keys::STORAGE_REDIS_URL)?,
+                pool_size: self.int(&keys::STORAGE_POOL_SIZE)? as usize,
+                connect_timeout: self.duration(&keys::STORAGE_CONNECT_TIMEOUT)?,
+                statement_timeout: self.duration(&keys::STORAGE_STATEMENT_TIMEOUT)?,
+                run_migrations: self.boolean(&keys::STORAGE_RUN_MIGRATIONS)?,
+                startup_timeout: self.duration(&keys::STORAGE_STARTUP_TIMEOUT)?,
+                redis_pool_size: self.int(&keys::STORAGE_REDIS_POOL_SIZE)? as usize,
+                redis_timeout: self.duration(&keys::STORAGE_REDIS_TIMEOUT)?,
+                redis_key_prefix: self.text(&keys::STORAGE_REDIS_KEY_PREFIX)?,
             },
             health: HealthSettings {
-                check_timeout: self.duration("health.check_timeout", 1, 60)?,
-                cache_ttl: self.duration("health.cache_ttl", 0, 60)?,
+                check_timeout: self.duration(&keys::HEALTH_CHECK_TIMEOUT)?,
+                cache_ttl: self.duration(&keys::HEALTH_CACHE_TTL)?,
             },
         };
         if profile == Profile::Production {
             let storage = &settings.storage;
             if storage.database_url.is_none() {
-                return Err(self.missing("storage.database_url", "conversations need Postgres"));
+                return Err(
+                    self.missing(&keys::STORAGE_DATABASE_URL, "conversations need Postgres")
+                );
             }
             if storage.redis_url.is_none() {
-                return Err(self.missing("storage.redis_url", "locks and rate limits need Redis"));
+                return Err(
+                    self.missing(&keys::STORAGE_REDIS_URL, "locks and rate limits need Redis")
+                );
             }
         }
         Ok(settings)
     }
 
     fn model(&self, profile: Profile) -> Result<ModelSettings, ConfigError> {
-        let api_key = self.secret("model.api_key")?;
-        let base_url_set = self.env.variable_for("model.base_url").is_some()
-            || self.file_origin("model.base_url").is_some();
-        let provider = match self.text("model.provider").to_ascii_lowercase().as_str() {
+        let api_key = self.secret(&keys::MODEL_API_KEY)?;
+        let base_url_key = &keys::MODEL_BASE_URL;
+        let base_url_set = self.env.variable_for(base_url_key.path).is_some()
+            || self.file_origin(base_url_key.path).is_some();
+        let provider = match self.choice(&keys::MODEL_PROVIDER)? {
             "offline" => "offline",
             "openai" => "openai",
-            "auto" if api_key.is_some() || base_url_set => "openai",
-            "auto" => "offline",
-            _ => return Err(self.invalid("model.provider", "expected auto, openai or offline")),
+            _ if api_key.is_some() || base_url_set => "openai",
+            _ => "offline",
         };
         let provider = match (provider, profile) {
             ("offline", Profile::Production) => {
                 return Err(self.missing(
-                    "model.api_key",
+                    &keys::MODEL_API_KEY,
                     "set OPENAI_API_KEY and/or OPENAI_BASE_URL (the offline model is for dev only)",
                 ));
             }
             ("offline", Profile::Dev) => ModelProvider::Offline,
-            _ => {
-                let text = self.text("model.base_url");
-                let base_url = Url::parse(&text)
-                    .ok()
-                    .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
-                    .ok_or_else(|| {
-                        self.invalid("model.base_url", &format!("'{text}' is not an http(s) URL"))
-                    })?;
-                ModelProvider::OpenAiCompatible { base_url, api_key }
-            }
+            _ => ModelProvider::OpenAiCompatible {
+                base_url: self.http_url(base_url_key)?,
+                api_key,
+            },
         };
-        let name = self.text("model.name");
+        let name = self.text(&keys::MODEL_NAME)?;
         if name.trim().is_empty() {
-            return Err(self.invalid("model.name", "must not be empty"));
-        }
-        let temperature: f32 = self.parse("model.temperature", "a number from 0 to 2")?;
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(self.invalid("model.temperature", "must be a number from 0 to 2"));
+            return Err(self.invalid(&keys::MODEL_NAME, "must not be empty"));
         }
         Ok(ModelSettings {
             provider,
             name,
-            temperature,
-            max_tokens: self.int_in("model.max_tokens", 1, 1_000_000)? as u32,
-            request_timeout: self.duration("model.request_timeout", 1, 3600)?,
-            max_attempts: self.int_in("model.max_attempts", 1, 20)? as u32,
-            retry_base_delay: self.duration("model.retry_base_delay", 1, 60)?,
-            retry_max_delay: self.duration("model.retry_max_delay", 1, 600)?,
-            retry_budget: self.duration("model.retry_budget", 0, 3600)?,
+            temperature: self.float(&keys::MODEL_TEMPERATURE)?,
+            max_tokens: self.int(&keys::MODEL_MAX_TOKENS)? as u32,
+            request_timeout: self.duration(&keys::MODEL_REQUEST_TIMEOUT)?,
+            max_attempts: self.int(&keys::MODEL_MAX_ATTEMPTS)? as u32,
+            retry_base_delay: self.duration(&keys::MODEL_RETRY_BASE_DELAY)?,
+            retry_max_delay: self.duration(&keys::MODEL_RETRY_MAX_DELAY)?,
+            retry_budget: self.duration(&keys::MODEL_RETRY_BUDGET)?,
         })
     }
 
     fn api_keys(&self) -> Result<Vec<SecretString>, ConfigError> {
+        let key = &keys::API_KEYS;
+        self.expect_kind(key, matches!(key.kind, Kind::SecretList))?;
         // An empty value (or an empty key file) means no keys, as for every other secret.
-        let Some(text) = self.raw("api_keys").filter(|text| !text.trim().is_empty()) else {
+        let Some(text) = self.raw(key.path).filter(|text| !text.trim().is_empty()) else {
             return Ok(Vec::new());
         };
         let keys: Vec<&str> = text.split(',').map(str::trim).collect();
         if keys.iter().any(|key| key.is_empty()) {
-            return Err(self.invalid(
-                "api_keys",
-                "contains an empty key (keys are comma-separated)",
-            ));
+            return Err(self.invalid(key, "contains an empty key (keys are comma-separated)"));
         }
         Ok(keys
             .into_iter()
@@ -300,14 +297,13 @@ impl Layers {
     }
 
     fn host(&self) -> Result<String, ConfigError> {
-        let host = self.text("server.host");
+        let key = &keys::SERVER_HOST;
+        self.expect_kind(key, matches!(key.kind, Kind::Host))?;
+        let host = self.raw(key.path).unwrap_or_default();
         if host == "localhost" || IpAddr::from_str(&host).is_ok() {
             Ok(host)
         } else {
-            Err(self.invalid(
-                "server.host",
-                &format!("'{host}' is not an IP address or localhost"),
-            ))
+            Err(self.invalid(key, &format!("'{host}' is not an IP address or localhost")))
         }
     }
 
@@ -324,83 +320,155 @@ impl Layers {
         value.and_then(value_text)
     }
 
-    /// The raw text of a key that has a built-in default.
-    fn text(&self, path: &str) -> String {
-        self.raw(path).unwrap_or_default()
+    /// A key read as a kind it is not declared as: a mistake in this file, which the tests that
+    /// load the defaults catch.
+    fn expect_kind(&self, key: &Key, declared: bool) -> Result<(), ConfigError> {
+        if declared {
+            Ok(())
+        } else {
+            Err(self.invalid(key, &format!("is declared as {:?}", key.kind)))
+        }
     }
 
-    fn parse<T: FromStr>(&self, path: &str, expected: &str) -> Result<T, ConfigError> {
-        let text = self.text(path);
+    /// The raw text of a key (its default when no layer sets it).
+    fn text(&self, key: &Key) -> Result<String, ConfigError> {
+        self.expect_kind(key, matches!(key.kind, Kind::Text))?;
+        Ok(self.raw(key.path).unwrap_or_default())
+    }
+
+    fn parse<T: FromStr>(&self, key: &Key, expected: &str) -> Result<T, ConfigError> {
+        let text = self.raw(key.path).unwrap_or_default();
         text.trim()
             .parse()
-            .map_err(|_| self.invalid(path, &format!("'{text}' is not {expected}")))
+            .map_err(|_| self.invalid(key, &format!("'{text}' is not {expected}")))
     }
 
-    fn int_in(&self, path: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+    fn int(&self, key: &Key) -> Result<u64, ConfigError> {
+        let Kind::Int { min, max } = key.kind else {
+            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+        };
         let expected = format!("a whole number from {min} to {max}");
-        let value: u64 = self.parse(path, &expected)?;
+        let value: u64 = self.parse(key, &expected)?;
         if (min..=max).contains(&value) {
             Ok(value)
         } else {
             Err(self.invalid(
-                path,
+                key,
                 &format!("{value} is out of range: expected {expected}"),
             ))
         }
     }
 
-    fn boolean(&self, path: &str) -> Result<bool, ConfigError> {
-        let text = self.text(path);
-        match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Ok(true),
-            "false" | "0" | "no" | "off" => Ok(false),
-            _ => Err(self.invalid(path, &format!("'{text}' is not true or false"))),
+    fn float(&self, key: &Key) -> Result<f32, ConfigError> {
+        let Kind::Float { min, max } = key.kind else {
+            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+        };
+        let expected = format!("a number from {min} to {max}");
+        let value: f32 = self.parse(key, &expected)?;
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(key, &format!("must be {expected}")))
         }
     }
 
-    fn duration(&self, path: &str, min_ms: u64, max_secs: u64) -> Result<Duration, ConfigError> {
-        let text = self.text(path);
+    fn port(&self, key: &Key) -> Result<u16, ConfigError> {
+        self.expect_kind(key, matches!(key.kind, Kind::Port))?;
+        self.parse(key, "a port number (0-65535)")
+    }
+
+    fn boolean(&self, key: &Key) -> Result<bool, ConfigError> {
+        self.expect_kind(key, matches!(key.kind, Kind::Bool))?;
+        let text = self.raw(key.path).unwrap_or_default();
+        match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(self.invalid(key, &format!("'{text}' is not true or false"))),
+        }
+    }
+
+    /// The canonical name of the choice the value names (case-insensitive; `a|b` declares `b` as
+    /// another name for `a`).
+    fn choice(&self, key: &Key) -> Result<&'static str, ConfigError> {
+        let Kind::Choice(names) = key.kind else {
+            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+        };
+        let text = self.raw(key.path).unwrap_or_default();
+        let wanted = text.trim().to_ascii_lowercase();
+        names
+            .iter()
+            .find(|names| {
+                names
+                    .split('|')
+                    .any(|name| name.eq_ignore_ascii_case(&wanted))
+            })
+            .map(|names| names.split('|').next().unwrap_or(names))
+            .ok_or_else(|| {
+                let canonical: Vec<&str> = names
+                    .iter()
+                    .map(|names| names.split('|').next().unwrap_or(names))
+                    .collect();
+                self.invalid(
+                    key,
+                    &format!("'{text}' is not one of: {}", canonical.join(", ")),
+                )
+            })
+    }
+
+    fn duration(&self, key: &Key) -> Result<Duration, ConfigError> {
+        let Kind::Duration { min, max } = key.kind else {
+            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+        };
+        let text = self.raw(key.path).unwrap_or_default();
         let value = humantime::parse_duration(text.trim()).map_err(|_| {
             self.invalid(
-                path,
+                key,
                 &format!("'{text}' is not a duration (like \"500ms\" or \"5s\")"),
             )
         })?;
-        let (min, max) = (Duration::from_millis(min_ms), Duration::from_secs(max_secs));
         if value < min || value > max {
             return Err(self.invalid(
-                path,
+                key,
                 &format!("'{text}' is out of range: expected {min:?} to {max:?}"),
             ));
         }
         Ok(value)
     }
 
-    fn secret(&self, path: &str) -> Result<Option<SecretString>, ConfigError> {
-        match self.raw(path) {
+    fn http_url(&self, key: &Key) -> Result<Url, ConfigError> {
+        self.expect_kind(key, matches!(key.kind, Kind::HttpUrl))?;
+        let text = self.raw(key.path).unwrap_or_default();
+        Url::parse(&text)
+            .ok()
+            .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+            .ok_or_else(|| self.invalid(key, &format!("'{text}' is not an http(s) URL")))
+    }
+
+    fn secret(&self, key: &Key) -> Result<Option<SecretString>, ConfigError> {
+        self.expect_kind(key, key.is_secret())?;
+        match self.raw(key.path) {
             None => Ok(None),
             Some(text) if text.trim().is_empty() => Ok(None),
             Some(text) if text.trim() != text => {
-                Err(self.invalid(path, "has leading or trailing white space"))
+                Err(self.invalid(key, "has leading or trailing white space"))
             }
             Some(text) => Ok(Some(SecretString::from(text))),
         }
     }
 
     /// A secret URL: validated for its scheme, and never echoed in the error.
-    fn url_secret(
-        &self,
-        path: &str,
-        schemes: &[&str],
-    ) -> Result<Option<SecretString>, ConfigError> {
-        let Some(secret) = self.secret(path)? else {
+    fn url_secret(&self, key: &Key) -> Result<Option<SecretString>, ConfigError> {
+        let Kind::SecretUrl(schemes) = key.kind else {
+            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+        };
+        let Some(secret) = self.secret(key)? else {
             return Ok(None);
         };
         let parsed = Url::parse(secrecy::ExposeSecret::expose_secret(&secret));
         match parsed {
             Ok(url) if schemes.contains(&url.scheme()) => Ok(Some(secret)),
-            Ok(_) => Err(self.invalid(path, &format!("the scheme must be {}://", schemes[0]))),
-            Err(error) => Err(self.invalid(path, &format!("not a valid URL ({error})"))),
+            Ok(_) => Err(self.invalid(key, &format!("the scheme must be {}://", schemes[0]))),
+            Err(error) => Err(self.invalid(key, &format!("not a valid URL ({error})"))),
         }
     }
 
@@ -422,16 +490,16 @@ impl Layers {
         }
     }
 
-    fn invalid(&self, path: &str, problem: &str) -> ConfigError {
+    fn invalid(&self, key: &Key, problem: &str) -> ConfigError {
         ConfigError::Invalid {
-            origin: self.origin(path),
+            origin: self.origin(key.path),
             problem: problem.to_owned(),
         }
     }
 
-    fn missing(&self, path: &str, hint: &str) -> ConfigError {
+    fn missing(&self, key: &Key, hint: &str) -> ConfigError {
         ConfigError::Missing {
-            origin: self.origin(path),
+            origin: self.origin(key.path),
             hint: hint.to_owned(),
         }
     }
@@ -442,7 +510,7 @@ impl Layers {
                 let value = match self.raw(key.path) {
                     None => "(unset)".to_owned(),
                     Some(text) if text.is_empty() => "(unset)".to_owned(),
-                    Some(_) if key.secret => "[redacted]".to_owned(),
+                    Some(_) if key.is_secret() => "[redacted]".to_owned(),
                     Some(text) => text,
                 };
                 let origin = if self.env.variable_for(key.path).is_some() {

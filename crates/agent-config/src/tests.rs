@@ -199,17 +199,17 @@ fn invalid_values_stop_loading_with_one_line_naming_the_variable() {
         (
             "AGENT_PROFILE",
             "staging",
-            "AGENT_PROFILE: expected \"dev\" or \"production\"",
+            "AGENT_PROFILE: 'staging' is not one of: dev, production",
         ),
         (
             "AGENT_LOG_FORMAT",
             "xml",
-            "AGENT_LOG_FORMAT: expected auto, json or pretty",
+            "AGENT_LOG_FORMAT: 'xml' is not one of: auto, json, pretty",
         ),
         (
             "AGENT_MODEL__PROVIDER",
             "anthropic",
-            "AGENT_MODEL__PROVIDER: expected auto, openai",
+            "AGENT_MODEL__PROVIDER: 'anthropic' is not one of: auto, openai, offline",
         ),
         (
             "OPENAI_BASE_URL",
@@ -561,6 +561,18 @@ fn env_example_lists_every_key_and_only_known_variables() {
             key.display_name()
         );
     }
+    // Where the example gives a value, it is the declared default.
+    for line in text.lines().filter(|line| !line.starts_with('#')) {
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        let Some(key) = crate::KEYS.iter().find(|key| key.display_name() == name) else {
+            continue;
+        };
+        if !value.is_empty() {
+            assert_eq!(Some(value), key.default, "{name} in .env.example");
+        }
+    }
     let known: Vec<String> = crate::KEYS.iter().map(crate::Key::display_name).collect();
     for name in listed {
         let is_known = known.iter().any(|known| known == name)
@@ -690,5 +702,77 @@ fn invalid_http_tools_name_the_tool_and_the_problem() {
             assert!(message.contains(expected), "{message}");
             Ok(())
         });
+    }
+}
+
+/// Every declared key is read and validated under its own name: a key declared but never read,
+/// or read as another kind than declared, fails here.
+#[test]
+fn every_declared_key_is_validated_under_its_own_name() {
+    use crate::keys::Kind;
+    for key in crate::KEYS {
+        let bad = match key.kind {
+            Kind::Bool => "maybe",
+            Kind::Int { .. } | Kind::Float { .. } | Kind::Port => "not-a-number",
+            Kind::Duration { .. } => "forever",
+            Kind::Choice(_) => "none-of-these",
+            Kind::Host => "no such host",
+            Kind::HttpUrl => "ftp://example.com",
+            Kind::SecretUrl(_) => "nope://example.com",
+            Kind::SecretList => "a,,b",
+            // Any text is valid; a secret with surrounding blanks is refused.
+            Kind::Secret => " padded ",
+            Kind::Text => continue,
+        };
+        let name = key.prefixed_env_name();
+        // The base URL is only read when a model server is configured.
+        let message = error(&[(name.as_str(), bad), ("OPENAI_API_KEY", "sk-test")]);
+        assert!(
+            message.starts_with(&format!("{name}: ")),
+            "{name}={bad:?}: got {message:?}"
+        );
+    }
+}
+
+#[test]
+fn every_key_with_a_default_loads_it_and_config_check_shows_it() {
+    let loaded = load_from(Vec::<(String, String)>::new()).unwrap();
+    for key in crate::KEYS {
+        let shown = loaded
+            .effective
+            .iter()
+            .find(|value| value.key == key.path)
+            .unwrap();
+        match key.default {
+            Some(default) => assert_eq!(
+                (shown.value.as_str(), shown.origin.as_str()),
+                (default, "default"),
+                "{}",
+                key.path
+            ),
+            None => assert_eq!(shown.value, "(unset)", "{}", key.path),
+        }
+    }
+}
+
+/// `docs/configuration.md` holds the reference generated from the declarations. With
+/// `UPDATE_DOCS=1` this test rewrites it instead of failing.
+#[test]
+fn the_configuration_reference_matches_the_declarations() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- keys:begin -->\n", "<!-- keys:end -->");
+    let start = text.find(begin).expect("the begin marker") + begin.len();
+    let stop = text.find(end).expect("the end marker");
+    let expected = crate::reference_table();
+    if text[start..stop] != expected {
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            let updated = format!("{}{expected}{}", &text[..start], &text[stop..]);
+            std::fs::write(&path, updated).unwrap();
+        } else {
+            panic!(
+                "docs/configuration.md is out of date: run `UPDATE_DOCS=1 cargo test -p agent-config`"
+            );
+        }
     }
 }

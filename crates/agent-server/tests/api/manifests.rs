@@ -183,14 +183,8 @@ fn every_environment_name_is_documented_and_the_configuration_loads() {
     // A secret is named by its aliases or AGENT_<PATH> (dots as double underscores).
     let secrets: BTreeSet<String> = agent_config::KEYS
         .iter()
-        .filter(|key| key.secret)
-        .flat_map(|key| {
-            let prefixed = format!("AGENT_{}", key.path.replace('.', "__").to_uppercase());
-            key.aliases
-                .iter()
-                .map(|alias| (*alias).to_owned())
-                .chain([prefixed])
-        })
+        .filter(|key| key.is_secret())
+        .flat_map(|key| key.env_names())
         .collect();
     for name in environment().keys() {
         match name.strip_suffix("_FILE") {
