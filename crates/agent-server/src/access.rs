@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// Who is calling: a short digest of their API key, or their address. Never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +100,7 @@ impl AccessPolicy {
             Ok(RateDecision::Limited { retry_after }) => Err(ApiError::RateLimited { retry_after }),
             // Fail closed: without the shared counter, limits cannot be enforced.
             Err(error) => Err(ApiError::Unavailable {
-                code: "rate_limiter_unavailable",
+                code: ErrorCode::RateLimiterUnavailable,
                 message: format!("cannot check rate limits: {error}; retry later"),
                 retry_after: Some(Duration::from_secs(1)),
                 cause: Some(Box::new(error)),

@@ -12,18 +12,61 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+
+#[cfg(test)]
+mod tests;
+
+/// What a message must be, as a regular expression: no NUL character, and at least one that is
+/// not white space (Unicode's White_Space set, which is what `str::trim` removes). Its length
+/// bound is the configured `api.max_message_chars`; `/openapi.json` publishes both.
+pub(crate) const MESSAGE_PATTERN: &str = r"^[^\u0000]*[^\u0000\t-\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
 
 /// `POST /agent` and `POST /agent/stream`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AgentRequest {
-    /// The user's message.
+    /// The user's message: not blank, no NUL character, at most `maxLength` characters (the
+    /// whole body is also bounded in bytes: 413 above it).
     pub(crate) message: String,
-    /// An existing session, or a new id of your choosing (`[A-Za-z0-9._-]{1,128}`); null or absent
-    /// starts a new session with a server-made UUID.
+    /// An existing session, or a new id of your choosing; null or absent starts a new session
+    /// with a server-made UUID.
     #[serde(default)]
+    #[schema(nullable)]
     pub(crate) session_id: Option<String>,
+}
+
+/// `event: delta` of `POST /agent/stream`: a piece of the answer's text.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct DeltaEvent {
+    pub(crate) text: String,
+}
+
+/// `event: tool_call`: the agent calls a tool.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ToolCallEvent {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    /// The JSON text of the arguments as the model produced it.
+    pub(crate) arguments: String,
+}
+
+/// `event: tool_result`: what a tool answered (or why it failed, with `is_error`).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ToolResultEvent {
+    /// The `id` of the `tool_call` event it answers.
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) content: String,
+    pub(crate) is_error: bool,
+}
+
+/// `event: shutdown`: the server is stopping before the turn ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ShutdownEvent {
+    pub(crate) message: String,
+    /// Whether the turn was stored (always false: a cancelled turn stores nothing).
+    pub(crate) stored: bool,
 }
 
 /// The answer of a turn (also the `done` event of a stream).
@@ -139,14 +182,14 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     if essence != "application/json" {
         return Err(ApiError::invalid(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "the body must be JSON, sent with `Content-Type: application/json`",
         ));
     }
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|error| {
         ApiError::invalid(
             StatusCode::BAD_REQUEST,
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {error}"),
         )
     })?;
@@ -154,7 +197,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     if !value.is_object() {
         return Err(ApiError::invalid(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             "the body must be a JSON object",
         ));
     }
@@ -168,7 +211,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
         };
         ApiError::invalid(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("{field}{inner}"),
         )
     })?;
@@ -187,8 +230,13 @@ pub(crate) struct ValidTurn {
 impl AgentRequest {
     pub(crate) fn validate(self, max_message_chars: usize) -> Result<ValidTurn, ApiError> {
         let unprocessable = |message: String| {
-            ApiError::invalid(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+            ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                message,
+            )
         };
+        // The same rule as MESSAGE_PATTERN (a test checks they agree).
         if self.message.trim().is_empty() {
             return Err(unprocessable("message: must not be empty".into()));
         }
@@ -221,7 +269,7 @@ pub(crate) fn session_id(text: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(text).map_err(|error| {
         ApiError::invalid(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("session_id: {error}"),
         )
     })

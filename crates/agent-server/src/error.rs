@@ -12,6 +12,135 @@ use actix_web::{HttpResponse, ResponseError};
 use agent_core::{AgentError, ModelError};
 use agent_storage::StorageError;
 use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Every error code the API answers with, in the `code` of the error body. Stable: clients may
+/// match on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// No route for this method and path.
+    NotFound,
+    /// The path exists, the method does not (see `Allow`).
+    MethodNotAllowed,
+    /// The request could not be read as HTTP (actix-web's own 400).
+    BadRequest,
+    /// The body is not valid JSON.
+    MalformedJson,
+    /// A field is missing, unknown, of the wrong type or invalid (the message names it).
+    InvalidRequest,
+    /// `Idempotency-Key` is not 1 to 255 visible ASCII characters.
+    InvalidIdempotencyKey,
+    /// The `Idempotency-Key` was used with a different body.
+    IdempotencyKeyReused,
+    /// A request with this `Idempotency-Key` is still running.
+    IdempotencyKeyInProgress,
+    /// No API key, or a wrong one.
+    Unauthorized,
+    /// The body is larger than the configured limit.
+    PayloadTooLarge,
+    /// The body is not sent as `application/json`.
+    UnsupportedMediaType,
+    /// The request line is too long.
+    UriTooLong,
+    /// The headers are too large.
+    RequestHeaderFieldsTooLarge,
+    /// The request was not received in time.
+    RequestTimeout,
+    /// Too many requests from this caller; see `Retry-After`.
+    RateLimited,
+    /// No such session.
+    SessionNotFound,
+    /// Another request is running a turn on this session.
+    SessionBusy,
+    /// The session changed while this turn ran; nothing was stored.
+    SessionConflict,
+    /// Streaming is turned off on this server.
+    StreamingDisabled,
+    /// The turn reached its limit of model calls; nothing was stored.
+    StepLimitExceeded,
+    /// The turn reached its token budget; nothing was stored.
+    TurnTokenBudgetExceeded,
+    /// The session reached its token budget; nothing was stored.
+    SessionTokenBudgetExceeded,
+    /// Postgres or Redis is unavailable; nothing was stored.
+    StorageUnavailable,
+    /// The shared rate limiter (Redis) is unavailable.
+    RateLimiterUnavailable,
+    /// The model server is rate limiting this service.
+    ModelRateLimited,
+    /// The model server failed.
+    ModelUnavailable,
+    /// The model server refused this service's credentials.
+    ModelAuthenticationFailed,
+    /// The model server answered something unusable.
+    ModelBadResponse,
+    /// The model server rejected the request.
+    ModelRejectedRequest,
+    /// The model server did not answer in time.
+    ModelTimeout,
+    /// The turn did not finish within its deadline.
+    TurnDeadlineExceeded,
+    /// A failure of the server's own; the body reveals nothing.
+    InternalError,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::BadRequest => "bad_request",
+            Self::MalformedJson => "malformed_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
+            Self::Unauthorized => "unauthorized",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::UriTooLong => "uri_too_long",
+            Self::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::RateLimited => "rate_limited",
+            Self::SessionNotFound => "session_not_found",
+            Self::SessionBusy => "session_busy",
+            Self::SessionConflict => "session_conflict",
+            Self::StreamingDisabled => "streaming_disabled",
+            Self::StepLimitExceeded => "step_limit_exceeded",
+            Self::TurnTokenBudgetExceeded => "turn_token_budget_exceeded",
+            Self::SessionTokenBudgetExceeded => "session_token_budget_exceeded",
+            Self::StorageUnavailable => "storage_unavailable",
+            Self::RateLimiterUnavailable => "rate_limiter_unavailable",
+            Self::ModelRateLimited => "model_rate_limited",
+            Self::ModelUnavailable => "model_unavailable",
+            Self::ModelAuthenticationFailed => "model_authentication_failed",
+            Self::ModelBadResponse => "model_bad_response",
+            Self::ModelRejectedRequest => "model_rejected_request",
+            Self::ModelTimeout => "model_timeout",
+            Self::TurnDeadlineExceeded => "turn_deadline_exceeded",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    /// The code of an error response actix-web made itself, by its status.
+    fn of_status(status: StatusCode) -> Self {
+        match status.as_u16() {
+            400 => Self::BadRequest,
+            401 => Self::Unauthorized,
+            404 => Self::NotFound,
+            405 => Self::MethodNotAllowed,
+            408 => Self::RequestTimeout,
+            413 => Self::PayloadTooLarge,
+            414 => Self::UriTooLong,
+            415 => Self::UnsupportedMediaType,
+            429 => Self::RateLimited,
+            431 => Self::RequestHeaderFieldsTooLarge,
+            status if status < 500 => Self::InvalidRequest,
+            _ => Self::InternalError,
+        }
+    }
+}
 
 /// What caused a 5xx answer, kept for the log line.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
@@ -27,7 +156,7 @@ pub enum ApiError {
     #[error("{message}")]
     Invalid {
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: String,
     },
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
@@ -37,12 +166,12 @@ pub enum ApiError {
     #[error("session {0} was not found")]
     SessionNotFound(String),
     #[error("{message}")]
-    Conflict { code: &'static str, message: String },
+    Conflict { code: ErrorCode, message: String },
     /// A dependency is down or saturated; retrying later may work. The cause is logged, once,
     /// where the response is made.
     #[error("{message}")]
     Unavailable {
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         retry_after: Option<Duration>,
         #[source]
@@ -52,7 +181,7 @@ pub enum ApiError {
     #[error("{message}")]
     Upstream {
         status: StatusCode,
-        code: &'static str,
+        code: ErrorCode,
         message: String,
         #[source]
         cause: Option<Cause>,
@@ -63,11 +192,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn invalid(
-        status: StatusCode,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
+    pub(crate) fn invalid(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Invalid {
             status,
             code,
@@ -81,28 +206,28 @@ impl ApiError {
         let status = self.status_code();
         match self {
             Self::Internal(error) => {
-                tracing::error!(status = status.as_u16(), code = self.code(), error = %format!("{error:#}"), "request failed");
+                tracing::error!(status = status.as_u16(), code = self.code().as_str(), error = %format!("{error:#}"), "request failed");
             }
             _ if status.is_server_error() => {
-                tracing::warn!(status = status.as_u16(), code = self.code(), error = %error_chain(self), "request failed");
+                tracing::warn!(status = status.as_u16(), code = self.code().as_str(), error = %error_chain(self), "request failed");
             }
             _ => {}
         }
     }
 
     /// The stable, machine-readable code in the body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Self::NotFound { .. } => "not_found",
-            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::NotFound { .. } => ErrorCode::NotFound,
+            Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::Invalid { code, .. }
             | Self::Conflict { code, .. }
             | Self::Unavailable { code, .. }
-            | Self::Upstream { code, .. } => code,
-            Self::Unauthorized => "unauthorized",
-            Self::RateLimited { .. } => "rate_limited",
-            Self::SessionNotFound(_) => "session_not_found",
-            Self::Internal(_) => "internal_error",
+            | Self::Upstream { code, .. } => *code,
+            Self::Unauthorized => ErrorCode::Unauthorized,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::SessionNotFound(_) => ErrorCode::SessionNotFound,
+            Self::Internal(_) => ErrorCode::InternalError,
         }
     }
 }
@@ -158,19 +283,19 @@ impl From<StorageError> for ApiError {
         match error {
             StorageError::SessionNotFound(session) => Self::SessionNotFound(session),
             StorageError::Locked(session) => Self::Conflict {
-                code: "session_busy",
+                code: ErrorCode::SessionBusy,
                 message: format!(
                     "session {session} is busy with another request; retry when it finishes"
                 ),
             },
             StorageError::Conflict { session, .. } => Self::Conflict {
-                code: "session_conflict",
+                code: ErrorCode::SessionConflict,
                 message: format!(
                     "session {session} changed while this turn ran; nothing was stored"
                 ),
             },
             StorageError::Unavailable { backend, .. } => Self::Unavailable {
-                code: "storage_unavailable",
+                code: ErrorCode::StorageUnavailable,
                 message: format!("{backend} is unavailable; nothing was stored, retry later"),
                 retry_after: Some(Duration::from_secs(1)),
                 cause: Some(Box::new(error)),
@@ -197,39 +322,43 @@ impl From<AgentError> for ApiError {
             cause: Some(Box::new(cause)),
         };
         match error {
-            AgentError::StepLimit(_) => limit("step_limit_exceeded"),
-            AgentError::TurnBudgetExceeded { .. } => limit("turn_token_budget_exceeded"),
-            AgentError::SessionBudgetExceeded { .. } => limit("session_token_budget_exceeded"),
+            AgentError::StepLimit(_) => limit(ErrorCode::StepLimitExceeded),
+            AgentError::TurnBudgetExceeded { .. } => limit(ErrorCode::TurnTokenBudgetExceeded),
+            AgentError::SessionBudgetExceeded { .. } => {
+                limit(ErrorCode::SessionTokenBudgetExceeded)
+            }
             AgentError::DeadlineExceeded(_) => Self::Upstream {
                 status: StatusCode::GATEWAY_TIMEOUT,
-                code: "turn_deadline_exceeded",
+                code: ErrorCode::TurnDeadlineExceeded,
                 message,
                 cause: None,
             },
             AgentError::Model(model) => match model {
                 ModelError::RateLimited { retry_after } => Self::Unavailable {
-                    code: "model_rate_limited",
+                    code: ErrorCode::ModelRateLimited,
                     message: "the model server is rate limiting this service; retry later".into(),
                     retry_after: Some(retry_after.unwrap_or(Duration::from_secs(5))),
                     cause: Some(Box::new(model)),
                 },
                 ModelError::Timeout(_) => {
-                    upstream(StatusCode::GATEWAY_TIMEOUT, "model_timeout", model)
+                    upstream(StatusCode::GATEWAY_TIMEOUT, ErrorCode::ModelTimeout, model)
                 }
                 ModelError::Upstream(_) => {
-                    upstream(StatusCode::BAD_GATEWAY, "model_unavailable", model)
+                    upstream(StatusCode::BAD_GATEWAY, ErrorCode::ModelUnavailable, model)
                 }
                 ModelError::Authentication(_) => upstream(
                     StatusCode::BAD_GATEWAY,
-                    "model_authentication_failed",
+                    ErrorCode::ModelAuthenticationFailed,
                     model,
                 ),
                 ModelError::Unusable(_) => {
-                    upstream(StatusCode::BAD_GATEWAY, "model_bad_response", model)
+                    upstream(StatusCode::BAD_GATEWAY, ErrorCode::ModelBadResponse, model)
                 }
-                ModelError::Rejected(_) => {
-                    upstream(StatusCode::BAD_GATEWAY, "model_rejected_request", model)
-                }
+                ModelError::Rejected(_) => upstream(
+                    StatusCode::BAD_GATEWAY,
+                    ErrorCode::ModelRejectedRequest,
+                    model,
+                ),
             },
         }
     }
@@ -242,18 +371,18 @@ pub(crate) struct ErrorBody {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `invalid_request`, `session_busy`, `model_timeout`.
-    code: String,
+pub(crate) struct ErrorDetail {
+    /// Stable machine-readable code.
+    code: ErrorCode,
     /// What went wrong, for humans.
     message: String,
 }
 
 impl ErrorBody {
-    pub(crate) fn new(code: &str, message: &str) -> Self {
+    pub(crate) fn new(code: ErrorCode, message: &str) -> Self {
         Self {
             error: ErrorDetail {
-                code: code.to_owned(),
+                code,
                 message: message.to_owned(),
             },
         }
@@ -276,17 +405,13 @@ pub(crate) fn json_error_shape<B: MessageBody + 'static>(
     }
     let status = response.status();
     let (request, old) = response.into_parts();
-    let code = status
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_ascii_lowercase()
-        .replace([' ', '-'], "_");
+    let code = ErrorCode::of_status(status);
     let message = if status.is_server_error() {
         "the server failed to answer this request".to_owned()
     } else {
         format!("{} {}: {}", request.method(), request.path(), status)
     };
-    let mut replacement = HttpResponse::build(status).json(ErrorBody::new(&code, &message));
+    let mut replacement = HttpResponse::build(status).json(ErrorBody::new(code, &message));
     for (name, value) in old.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             replacement

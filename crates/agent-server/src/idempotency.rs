@@ -10,10 +10,14 @@ use agent_storage::{IdempotencyBegin, IdempotencyStore};
 use sha2::{Digest, Sha256};
 
 use crate::dto::AgentResponse;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 
 /// How often a retry checks whether the first request finished.
 const POLL: Duration = Duration::from_millis(100);
+
+/// What `parse_key` accepts, as published in `/openapi.json`: 1 to 255 visible ASCII
+/// characters (`!` to `~`).
+pub(crate) const KEY_PATTERN: &str = "^[!-~]{1,255}$";
 
 /// The header value, validated: 1 to 255 visible ASCII characters.
 pub(crate) fn parse_key(value: &str) -> Result<String, ApiError> {
@@ -24,7 +28,7 @@ pub(crate) fn parse_key(value: &str) -> Result<String, ApiError> {
     } else {
         Err(ApiError::invalid(
             StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
+            ErrorCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         ))
     }
@@ -108,7 +112,7 @@ where
             IdempotencyBegin::Mismatch => {
                 return Err(ApiError::invalid(
                     StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
+                    ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was used with a different request body",
                 ));
             }
@@ -117,7 +121,7 @@ where
             }
             IdempotencyBegin::InProgress => {
                 return Err(ApiError::Conflict {
-                    code: "idempotency_key_in_progress",
+                    code: ErrorCode::IdempotencyKeyInProgress,
                     message: "a request with this Idempotency-Key is still running; retry later"
                         .into(),
                 });

@@ -17,6 +17,6 @@ pub mod telemetry;
 mod turn;
 
 pub use backends::{Backends, migrate};
-pub use error::{ApiError, Cause, StartupError, error_chain};
+pub use error::{ApiError, Cause, ErrorCode, StartupError, error_chain};
 pub use shutdown::ShutdownTrigger;
 pub use startup::{Application, ApplicationBuilder};

@@ -155,6 +155,7 @@ impl ApplicationBuilder {
 
         let app_health = web::Data::new(health.clone());
         let app_metrics = web::Data::from(Arc::clone(&metrics));
+        let document = web::Data::new(routes::Document(routes::document(&settings)));
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
             let own = recipe.for_worker(workers).and_then(|backends| {
@@ -164,6 +165,7 @@ impl ApplicationBuilder {
             App::new()
                 .app_data(app_health.clone())
                 .app_data(app_metrics.clone())
+                .app_data(document.clone())
                 .app_data(WorkerMetrics::new(app_metrics.clone().into_inner()))
                 .app_data(worker.backends)
                 .app_data(worker.turns)

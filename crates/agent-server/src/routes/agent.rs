@@ -9,13 +9,15 @@ use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::AgentEvent;
 use futures_util::StreamExt;
-use serde_json::json;
 use tokio::sync::watch;
 
 use crate::access::Caller;
 use crate::backends::Backends;
-use crate::dto::{AgentRequest, AgentResponse, parse_json};
-use crate::error::{ApiError, ErrorBody};
+use crate::dto::{
+    AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
+    parse_json,
+};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
 use crate::turn::{ClaimToComplete, Prepared, Turns};
 
@@ -28,18 +30,17 @@ use crate::turn::{ClaimToComplete, Prepared, Turns};
     params(("Idempotency-Key" = Option<String>, Header, description = "Run at most once; a retry with the same key and body gets the stored response")),
     responses(
         (status = 200, description = "The turn ran and was stored", body = AgentResponse),
-        (status = 400, description = "Malformed JSON or Idempotency-Key", body = ErrorBody),
-        (status = 401, description = "Missing or wrong API key", body = ErrorBody),
-        (status = 409, description = "The session is busy with another request", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 422, description = "Invalid field, reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
-        (status = 429, description = "Rate limited; see Retry-After", body = ErrorBody),
+        (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
+        (status = 404, description = "The session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
+        (status = 409, description = "The session is busy with another request (`session_busy`, `session_conflict`, `idempotency_key_in_progress`)", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "Invalid field (`invalid_request`), reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
         (status = 502, description = "The model server failed", body = ErrorBody),
-        (status = 503, description = "Storage, Redis or the model server's rate limit", body = ErrorBody),
+        (status = 503, description = "Storage unavailable, or the model server's rate limit; see Retry-After", body = ErrorBody),
         (status = 504, description = "The model or the turn timed out", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+    )
 )]
 pub(crate) async fn post_agent(
     request: HttpRequest,
@@ -95,14 +96,18 @@ pub(crate) async fn post_agent(
     tag = "agent",
     request_body = AgentRequest,
     responses(
-        (status = 200, description = "`text/event-stream` of events: `delta` {text}, `tool_call` {id, name, arguments}, \
-            `tool_result` {id, name, content, is_error}, `done` (the /agent response), `error` (the error body), and \
-            `shutdown` {message, stored} when the server stops before the turn ends", content_type = "text/event-stream"),
-        (status = 404, description = "Streaming is turned off (ENABLE_STREAMING=false)", body = ErrorBody),
-        (status = 409, description = "The session is busy with another request", body = ErrorBody),
-        (status = 422, description = "Invalid field", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 200, description = "`text/event-stream` of events, each `event: <name>` and `data: <JSON>`: `delta` \
+            (DeltaEvent), `tool_call` (ToolCallEvent), `tool_result` (ToolResultEvent), then `done` (AgentResponse: \
+            stored) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
+            first; `x-sse-events` maps each name to its schema", content_type = "text/event-stream"),
+        (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
+        (status = 409, description = "The session is busy with another request (`session_busy`)", body = ErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
+        (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
+        (status = 422, description = "Invalid field (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`); see Retry-After", body = ErrorBody),
+    )
 )]
 pub(crate) async fn post_agent_stream(
     request: HttpRequest,
@@ -114,7 +119,7 @@ pub(crate) async fn post_agent_stream(
     if !settings.enable_streaming {
         return Err(ApiError::invalid(
             StatusCode::NOT_FOUND,
-            "streaming_disabled",
+            ErrorCode::StreamingDisabled,
             "streaming is turned off on this server (ENABLE_STREAMING=false); use POST /agent",
         ));
     }
@@ -135,17 +140,17 @@ pub(crate) async fn post_agent_stream(
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(AgentEvent::TextDelta(text)) => yield sse("delta", &json!({ "text": text })),
+                    Some(AgentEvent::TextDelta(text)) => yield sse("delta", &DeltaEvent { text }),
                     Some(AgentEvent::ToolCallStarted(call)) => {
-                        yield sse("tool_call", &json!({ "id": call.id, "name": call.name, "arguments": call.arguments }));
+                        yield sse("tool_call", &ToolCallEvent { id: call.id, name: call.name, arguments: call.arguments });
                     }
                     Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
-                        yield sse("tool_result", &json!({ "id": call_id, "name": name, "content": content, "is_error": is_error }));
+                        yield sse("tool_result", &ToolResultEvent { id: call_id, name, content, is_error });
                     }
                     Some(AgentEvent::Done(result)) => {
                         let Some(held) = held.take() else { break };
                         match turns.store(held, result, None).await {
-                            Ok((response, _)) => yield sse("done", &json!(response)),
+                            Ok((response, _)) => yield sse("done", &response),
                             Err(error) => yield error_event(&error),
                         }
                         break;
@@ -161,10 +166,10 @@ pub(crate) async fn post_agent_stream(
                 changed = drain.changed() => {
                     if changed.is_ok() && *drain.borrow() {
                         tracing::info!("closing a stream: the drain window is ending");
-                        yield sse("shutdown", &json!({
-                            "message": "the server is shutting down; this turn was cancelled",
-                            "stored": false,
-                        }));
+                        yield sse("shutdown", &ShutdownEvent {
+                            message: "the server is shutting down; this turn was cancelled".to_owned(),
+                            stored: false,
+                        });
                         break;
                     }
                 }
@@ -178,15 +183,14 @@ pub(crate) async fn post_agent_stream(
         .streaming(events))
 }
 
-fn sse(event: &str, data: &serde_json::Value) -> Result<Bytes, actix_web::Error> {
+/// One server-sent event: its name and its payload, one of the event types in the document.
+fn sse(event: &str, data: &impl serde::Serialize) -> Result<Bytes, actix_web::Error> {
+    let data = serde_json::to_string(data).map_err(actix_web::error::ErrorInternalServerError)?;
     Ok(Bytes::from(format!("event: {event}\ndata: {data}\n\n")))
 }
 
 fn error_event(error: &ApiError) -> Result<Bytes, actix_web::Error> {
     // An event stream's edge: its errors are logged here, as error_response logs the others.
     error.log_if_ours();
-    sse(
-        "error",
-        &json!(ErrorBody::new(error.code(), &error.to_string())),
-    )
+    sse("error", &ErrorBody::new(error.code(), &error.to_string()))
 }

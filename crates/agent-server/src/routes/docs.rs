@@ -1,12 +1,21 @@
-//! `GET /metrics` (Prometheus text format) and `GET /openapi.json` (OpenAPI 3, generated from the
-//! handlers' annotations).
+//! `GET /metrics` (Prometheus text format) and `GET /openapi.json` (OpenAPI 3), generated from
+//! the handlers' annotations and the request types, then fitted to the running configuration:
+//! security only when API keys are set, 401/429 where access control answers them, the
+//! configured limits, the streaming route only when it is served. The constraints come from the
+//! constants the validation itself uses, so the document cannot promise what the server refuses.
 
 use actix_web::{HttpResponse, web};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use agent_config::Settings;
+use agent_core::SessionId;
+use serde_json::{Value, json};
+use utoipa::OpenApi;
 
-use crate::dto::{AgentRequest, AgentResponse, SessionView};
-use crate::error::ErrorBody;
+use crate::dto::{
+    AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, SessionView, ShutdownEvent,
+    ToolCallEvent, ToolResultEvent,
+};
+use crate::error::{ErrorBody, ErrorCode};
+use crate::idempotency::KEY_PATTERN;
 use crate::metrics::AppMetrics;
 
 /// Prometheus metrics.
@@ -17,24 +26,24 @@ pub(crate) async fn metrics(metrics: web::Data<AppMetrics>) -> HttpResponse {
         .body(metrics.render())
 }
 
+/// The OpenAPI document, rendered once at startup for the running configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct Document(pub(crate) String);
+
 /// This document.
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document")), security(("bearer" = [])))]
-pub(crate) async fn openapi_json() -> HttpResponse {
-    // The document never changes while the process runs: serialise it once.
-    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let document = DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .unwrap_or_else(|_| "{}".to_owned())
-    });
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3 document of this server as configured")))]
+pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
-        .body(document.as_str())
+        .body(document.0.clone())
 }
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "agent-server", description = "An LLM agent over any OpenAI-compatible model, with durable sessions."),
+    info(
+        title = "agent-server",
+        description = "An LLM agent over any OpenAI-compatible model, with durable sessions."
+    ),
     paths(
         super::agent::post_agent,
         super::agent::post_agent_stream,
@@ -46,19 +55,136 @@ pub(crate) async fn openapi_json() -> HttpResponse {
         metrics,
         openapi_json,
     ),
-    components(schemas(AgentRequest, AgentResponse, SessionView, ErrorBody)),
-    modifiers(&BearerAuth)
+    components(schemas(
+        AgentRequest,
+        AgentResponse,
+        SessionView,
+        ErrorBody,
+        ErrorCode,
+        DeltaEvent,
+        ToolCallEvent,
+        ToolResultEvent,
+        ShutdownEvent,
+    ))
 )]
-pub(crate) struct ApiDoc;
+struct ApiDoc;
 
-struct BearerAuth;
+/// Paths that access control never refuses (`crate::access`); `/metrics` too unless configured.
+const OPEN_PATHS: &[&str] = &["/health", "/ready", "/startup"];
 
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
+/// The document for `settings`, as JSON text.
+pub(crate) fn document(settings: &Settings) -> String {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    fit(&mut document, settings);
+    document.to_string()
+}
+
+/// Fits the generated document to the configuration (see the module doc).
+fn fit(document: &mut Value, settings: &Settings) {
+    document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let schemas = &mut document["components"]["schemas"];
+    let message = &mut schemas["AgentRequest"]["properties"]["message"];
+    message["minLength"] = json!(1);
+    message["maxLength"] = json!(settings.api.max_message_chars);
+    message["pattern"] = json!(MESSAGE_PATTERN);
+    let session = &mut schemas["AgentRequest"]["properties"]["session_id"];
+    session["minLength"] = json!(1);
+    session["maxLength"] = json!(SessionId::MAX_LENGTH);
+    session["pattern"] = json!(SessionId::PATTERN);
+    let with_keys = !settings.api_keys.is_empty();
+    if with_keys {
+        document["components"]["securitySchemes"] =
+            json!({ "bearer": { "type": "http", "scheme": "bearer" } });
     }
+    let Some(paths) = document["paths"].as_object_mut() else {
+        return;
+    };
+    if !settings.enable_streaming {
+        paths.remove("/agent/stream");
+    }
+    if let Some(stream) = paths.get_mut("/agent/stream") {
+        stream["post"]["responses"]["200"]["content"]["text/event-stream"]["x-sse-events"] = json!({
+            "delta": { "$ref": "#/components/schemas/DeltaEvent" },
+            "tool_call": { "$ref": "#/components/schemas/ToolCallEvent" },
+            "tool_result": { "$ref": "#/components/schemas/ToolResultEvent" },
+            "done": { "$ref": "#/components/schemas/AgentResponse" },
+            "error": { "$ref": "#/components/schemas/ErrorBody" },
+            "shutdown": { "$ref": "#/components/schemas/ShutdownEvent" },
+        });
+    }
+    let body_limit = settings.api.max_body_bytes;
+    for (path, item) in paths.iter_mut() {
+        let admitted = !OPEN_PATHS.contains(&path.as_str())
+            && (path != "/metrics" || settings.api.metrics_require_auth);
+        let Some(operations) = item.as_object_mut() else {
+            continue;
+        };
+        for operation in operations.values_mut() {
+            for parameter in operation
+                .get_mut("parameters")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if parameter["in"] == "header" && parameter["name"] == "Idempotency-Key" {
+                    parameter["schema"] = json!({ "type": "string", "pattern": KEY_PATTERN });
+                }
+            }
+            if path.starts_with("/sessions/") {
+                for parameter in operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if parameter["in"] == "path" && parameter["name"] == "id" {
+                        parameter["schema"] = json!({
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": SessionId::MAX_LENGTH,
+                            "pattern": SessionId::PATTERN,
+                        });
+                    }
+                }
+            }
+            let responses = &mut operation["responses"];
+            if let Some(too_large) = responses.get_mut("413") {
+                too_large["description"] = json!(format!(
+                    "The body is larger than {body_limit} bytes (`payload_too_large`)"
+                ));
+            }
+            if !admitted {
+                continue;
+            }
+            if with_keys {
+                responses["401"] = error_response(
+                    "No API key, or a wrong one (`unauthorized`): send `Authorization: Bearer <key>`",
+                );
+            }
+            if settings.api.rate_limit_requests > 0 {
+                responses["429"] = error_response(
+                    "Too many requests from this caller (`rate_limited`); see Retry-After",
+                );
+                let unavailable =
+                    "The shared rate limiter is unavailable (`rate_limiter_unavailable`)";
+                match responses.get_mut("503") {
+                    Some(existing) => {
+                        let described = existing["description"].as_str().unwrap_or_default();
+                        existing["description"] = json!(format!("{described}; or: {unavailable}"));
+                    }
+                    None => responses["503"] = error_response(unavailable),
+                }
+            }
+            if with_keys {
+                operation["security"] = json!([{ "bearer": [] }]);
+            }
+        }
+    }
+}
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
+    })
 }

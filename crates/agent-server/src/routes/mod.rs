@@ -8,10 +8,21 @@ mod sessions;
 use actix_web::http::Method;
 use actix_web::{HttpRequest, web};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
+
+pub(crate) use docs::{Document, document};
 
 /// Registers every route.
 pub(crate) fn configure(config: &mut web::ServiceConfig) {
+    // A query string that does not fit its handler is an invalid field, as in a body: 422.
+    config.app_data(web::QueryConfig::default().error_handler(|error, _| {
+        ApiError::invalid(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            format!("query: {error}"),
+        )
+        .into()
+    }));
     // Probes first: they are the most frequent requests, and routes are tried in order (a
     // pattern with a parameter runs a regex on every path it is tried against).
     config

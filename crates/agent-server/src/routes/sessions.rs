@@ -8,13 +8,15 @@ use serde::Deserialize;
 
 use crate::backends::Backends;
 use crate::dto::{SessionView, session_id};
-use crate::error::{ApiError, ErrorBody};
+use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::turn::Turns;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
-    /// How many of the most recent messages to return (1 to 1000, default 1000).
+    /// How many of the most recent messages to return (default 1000).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -26,11 +28,11 @@ pub(crate) struct HistoryQuery {
     params(("id" = String, Path, description = "The session id"), HistoryQuery),
     responses(
         (status = 200, body = SessionView),
-        (status = 404, description = "No such session", body = ErrorBody),
-        (status = 422, description = "Invalid id or limit", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 404, description = "No such session (`session_not_found`)", body = ErrorBody),
+        (status = 422, description = "Invalid id or query (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn get_session(
     id: Path<String>,
@@ -42,7 +44,7 @@ pub(crate) async fn get_session(
     if !(1..=MAX_HISTORY_WINDOW).contains(&limit) {
         return Err(ApiError::invalid(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             format!("limit: must be from 1 to {MAX_HISTORY_WINDOW}"),
         ));
     }
@@ -63,12 +65,12 @@ pub(crate) async fn get_session(
     params(("id" = String, Path, description = "The session id")),
     responses(
         (status = 204, description = "Erased"),
-        (status = 404, description = "No such session", body = ErrorBody),
-        (status = 409, description = "A turn on the session did not finish in time", body = ErrorBody),
-        (status = 422, description = "Invalid id", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
-    ),
-    security(("bearer" = []))
+        (status = 404, description = "No such session (`session_not_found`)", body = ErrorBody),
+        (status = 409, description = "A turn on the session did not finish in time (`session_busy`)", body = ErrorBody),
+        (status = 422, description = "Invalid id (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
+    )
 )]
 pub(crate) async fn delete_session(
     id: Path<String>,

@@ -276,13 +276,22 @@ fn cases() -> Vec<Case> {
         code: "invalid_request",
     });
     cases.push(Case {
-        name: "unknown session query field",
+        name: "a session query value of the wrong type",
         method: "GET",
         path: "/sessions/abc?limit=x".into(),
         content_type: None,
         body: Vec::new(),
-        status: 400,
-        code: "bad_request",
+        status: 422,
+        code: "invalid_request",
+    });
+    cases.push(Case {
+        name: "an unknown session query field",
+        method: "GET",
+        path: "/sessions/abc?lmit=5".into(),
+        content_type: None,
+        body: Vec::new(),
+        status: 422,
+        code: "invalid_request",
     });
     cases
 }

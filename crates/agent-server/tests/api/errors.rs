@@ -51,7 +51,7 @@ async fn a_plain_error_response_gets_the_json_shape_and_keeps_its_headers() {
     assert_eq!(response.headers()["retry-after"], "7");
     assert_eq!(response.headers()["content-type"], "application/json");
     let body: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(error_code(&body), "too_many_requests");
+    assert_eq!(error_code(&body), "rate_limited");
 }
 
 #[tokio::test]

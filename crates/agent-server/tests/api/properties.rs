@@ -1,6 +1,7 @@
 //! Property-based bad input: arbitrary bodies, content types, headers, methods and path segments
 //! on `/agent`, `/agent/stream` and `/sessions/{id}` never get a 5xx, are refused with the JSON
-//! error shape, and a refused request runs no turn and changes no session.
+//! error shape and a status and code `/openapi.json` documents, and a refused request runs no
+//! turn and changes no session.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +11,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 
 use crate::helpers::{TestApp, spawn_with_model};
+use crate::openapi::Contract;
 
 /// Any JSON value, a few levels deep, with keys that sometimes are the API's own.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -128,30 +130,29 @@ async fn named_session(app: &TestApp, body: &[u8]) -> Option<(String, Option<u64
     Some((id.to_string(), state))
 }
 
-/// A refusal is a 4xx whose body is `{"error": {"code": "...", "message": "..."}}`.
-async fn check_refusal(response: reqwest::Response) -> Result<u16, TestCaseError> {
+/// A refusal is a 4xx whose body is `{"error": {"code": "...", "message": "..."}}`; every answer
+/// is documented for its operation.
+async fn check_refusal(
+    contract: &Contract,
+    method: &reqwest::Method,
+    template: &str,
+    response: reqwest::Response,
+) -> Result<u16, TestCaseError> {
     let status = response.status().as_u16();
     prop_assert!(status < 500, "a client's request got {status}");
     prop_assert!(response.headers().contains_key("x-request-id"));
+    // Accepted or not, the whole answer is read (a stream ends with its last event).
+    let body = response.bytes().await.expect("the body arrives");
+    contract.check(method.as_str(), template, status, &body)?;
     if status >= 400 {
-        let body = response.bytes().await.expect("the body arrives");
         let json: Value = serde_json::from_slice(&body)
             .map_err(|_| TestCaseError::fail(format!("{status} without a JSON body: {body:?}")))?;
-        prop_assert!(
-            json["error"]["code"]
-                .as_str()
-                .is_some_and(|code| !code.is_empty()),
-            "{json}"
-        );
         prop_assert!(
             json["error"]["message"]
                 .as_str()
                 .is_some_and(|text| !text.is_empty()),
             "{json}"
         );
-    } else {
-        // Accepted: read the whole answer (a stream ends with its last event).
-        let _ = response.bytes().await;
     }
     Ok(status)
 }
@@ -167,6 +168,7 @@ struct AgentCase {
 async fn agent_case(
     app: &TestApp,
     fake: &FakeOpenAi,
+    contract: &Contract,
     case: AgentCase,
 ) -> Result<(), TestCaseError> {
     let path = if case.stream {
@@ -178,7 +180,7 @@ async fn agent_case(
     let model_calls_before = fake.requests().await.len();
     let mut request = app
         .client
-        .request(case.method, format!("{}{path}", app.address))
+        .request(case.method.clone(), format!("{}{path}", app.address))
         .body(case.body.clone());
     if let Some(content_type) = &case.content_type {
         request = request.header("content-type", content_type);
@@ -186,7 +188,8 @@ async fn agent_case(
     if let Some((name, value)) = &case.header {
         request = request.header(name, value);
     }
-    let status = check_refusal(request.send().await.expect("the server answers")).await?;
+    let response = request.send().await.expect("the server answers");
+    let status = check_refusal(contract, &case.method, path, response).await?;
     if status >= 400 {
         prop_assert_eq!(
             fake.requests().await.len(),
@@ -208,18 +211,24 @@ async fn agent_case(
 
 async fn session_case(
     app: &TestApp,
+    contract: &Contract,
     method: reqwest::Method,
     segment: &str,
 ) -> Result<(), TestCaseError> {
     let url = format!("{}/sessions/{}", app.address, path_segment(segment));
-    check_refusal(
-        app.client
-            .request(method, url)
-            .send()
-            .await
-            .expect("the server answers"),
-    )
-    .await?;
+    let response = app
+        .client
+        .request(method.clone(), url)
+        .send()
+        .await
+        .expect("the server answers");
+    // An empty segment is the path `/sessions/`, which has no route.
+    let template = if segment.is_empty() {
+        "/sessions/"
+    } else {
+        "/sessions/{id}"
+    };
+    check_refusal(contract, &method, template, response).await?;
     Ok(())
 }
 
@@ -235,7 +244,7 @@ fn runner(cases: u32) -> TestRunner {
 #[test]
 fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let (app, fake) = runtime.block_on(async {
+    let (app, fake, contract) = runtime.block_on(async {
         let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
         let app = spawn_with_model(
             &fake,
@@ -246,7 +255,8 @@ fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
             ],
         )
         .await;
-        (app, fake)
+        let contract = Contract::of(&app).await;
+        (app, fake, contract)
     });
     let strategy = (
         any::<bool>(),
@@ -264,7 +274,7 @@ fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
                 header,
                 body,
             };
-            runtime.block_on(agent_case(&app, &fake, case))
+            runtime.block_on(agent_case(&app, &fake, &contract, case))
         })
         .unwrap();
 }
@@ -272,10 +282,11 @@ fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
 #[test]
 fn arbitrary_session_paths_get_no_5xx_and_a_json_error() {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let (app, _fake) = runtime.block_on(async {
+    let (app, _fake, contract) = runtime.block_on(async {
         let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
         let app = spawn_with_model(&fake, &[("AGENT_RATE_LIMIT__REQUESTS", "1000000")]).await;
-        (app, fake)
+        let contract = Contract::of(&app).await;
+        (app, fake, contract)
     });
     let segment = prop_oneof![any::<String>(), "[A-Za-z0-9._-]{1,130}", ".{0,600}"];
     let method = prop_oneof![
@@ -286,7 +297,7 @@ fn arbitrary_session_paths_get_no_5xx_and_a_json_error() {
     ];
     runner(300)
         .run(&(method, segment), |(method, segment)| {
-            runtime.block_on(session_case(&app, method, &segment))
+            runtime.block_on(session_case(&app, &contract, method, &segment))
         })
         .unwrap();
 }

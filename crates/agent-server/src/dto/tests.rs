@@ -1,0 +1,37 @@
+//! The published request rules (`/openapi.json`) agree with the validation.
+
+use super::{AgentRequest, MESSAGE_PATTERN};
+
+fn accepted(message: &str) -> bool {
+    AgentRequest {
+        message: message.to_owned(),
+        session_id: None,
+    }
+    .validate(100)
+    .is_ok()
+}
+
+#[test]
+fn the_message_pattern_says_exactly_what_validation_accepts() {
+    let pattern = regex::Regex::new(MESSAGE_PATTERN).unwrap();
+    // Every White_Space character, characters other validators call white space but Unicode
+    // does not (BOM, information separators, zero-width space), NUL, and plain text.
+    let mut characters: Vec<char> = (0..=0x3000_u32)
+        .filter_map(char::from_u32)
+        .filter(|c| c.is_whitespace())
+        .collect();
+    characters.extend([
+        '\u{feff}', '\u{1c}', '\u{1f}', '\u{200b}', '\0', 'a', 'é', '😀',
+    ]);
+    for first in &characters {
+        for second in &characters {
+            for message in [first.to_string(), format!("{first}{second}")] {
+                assert_eq!(
+                    pattern.is_match(&message),
+                    accepted(&message),
+                    "{message:?}"
+                );
+            }
+        }
+    }
+}
