@@ -71,7 +71,7 @@ impl Fault {
     }
 
     /// Whether an attempt's result is what the documented behaviour allows during this fault
-    /// (README: Redis down → 503, Postgres down → 503, model failures → 502/503/504, a draining
+    /// (docs/api.md: Redis down → 503, Postgres down → 503, model failures → 502/503/504, a draining
     /// server refuses new connections and ends streams with `shutdown`, a crashed holder's lock
     /// answers 409 until its TTL).
     pub(crate) fn allows(self, label: &str) -> bool {

@@ -56,3 +56,32 @@ fn no_test_is_ignored() {
         "ignored tests never run in CI: {ignored:?}"
     );
 }
+
+/// Relative links in README.md, ARCHITECTURE.md and docs/ lead to files that exist.
+#[test]
+fn documentation_links_lead_somewhere() {
+    let root = crate::project_root();
+    let mut pages = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
+        pages.extend(entries.flatten().map(|entry| entry.path()));
+    }
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap_or_default();
+        for (at, _) in text.match_indices("](") {
+            let Some(target) = text[at + 2..].split(')').next() else {
+                continue;
+            };
+            let file = target.split('#').next().unwrap_or_default();
+            if file.is_empty() || file.contains("://") {
+                continue;
+            }
+            let resolved = page.parent().unwrap_or(&root).join(file);
+            if !resolved.exists() {
+                broken.push(format!("{}: {target}", page.display()));
+            }
+        }
+    }
+    assert!(pages.len() > 3, "found only {pages:?}");
+    assert!(broken.is_empty(), "broken links: {broken:?}");
+}

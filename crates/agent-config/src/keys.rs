@@ -154,7 +154,9 @@ declare_keys! {
     PROFILE = "profile", Kind::Choice(&["dev|development", "production|prod"]), default: Some("dev"), aliases: [];
     /// `auto`: JSON when standard output is not a terminal, readable text when it is.
     LOG_FORMAT = "log_format", Kind::Choice(&["auto", "json", "pretty|text"]), default: Some("auto"), aliases: [];
-    /// Adds one log line per closed span with its busy and idle time.
+    /// Adds one log line each time a span closes, with its busy and idle time: the request, and
+    /// (debug-level spans, enabled by this switch unless `RUST_LOG` is set) the turn, each model
+    /// call, each tool call and each storage operation. A lightweight trace in the logs.
     ENABLE_TRACING = "enable_tracing", Kind::Bool, default: Some("false"), aliases: ["ENABLE_TRACING"];
     /// Serves `POST /agent/stream`.
     ENABLE_STREAMING = "enable_streaming", Kind::Bool, default: Some("true"), aliases: ["ENABLE_STREAMING"];
@@ -211,15 +213,16 @@ declare_keys! {
     MODEL_REQUEST_TIMEOUT = "model.request_timeout", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("60s"), aliases: [];
     /// Attempts in all for one model call on 429, 5xx and connection failures (1: no retry).
     MODEL_MAX_ATTEMPTS = "model.max_attempts", Kind::Int { min: 1, max: 20 }, default: Some("3"), aliases: [];
-    /// The first backoff between attempts (doubling, with jitter; a `Retry-After` header wins).
+    /// The first backoff between attempts (doubling, with ±50 % jitter; a `Retry-After` or
+    /// `retry-after-ms` header wins).
     MODEL_RETRY_BASE_DELAY = "model.retry_base_delay", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("250ms"), aliases: [];
     /// The longest backoff.
     MODEL_RETRY_MAX_DELAY = "model.retry_max_delay", Kind::Duration { min: ms(1), max: secs(600) }, default: Some("5s"), aliases: [];
-    /// No retry starts after this long.
+    /// No retry starts after this long; a `Retry-After` beyond it gives up at once.
     MODEL_RETRY_BUDGET = "model.retry_budget", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("20s"), aliases: [];
     /// Model calls per turn.
     TURN_MAX_STEPS = "turn.max_steps", Kind::Int { min: 1, max: 100 }, default: Some("8"), aliases: [];
-    /// Tool calls running at once.
+    /// Tool calls of one step running at once (their results keep call order).
     TURN_MAX_PARALLEL_TOOLS = "turn.max_parallel_tools", Kind::Int { min: 1, max: 64 }, default: Some("4"), aliases: [];
     /// Tokens one turn may use.
     TURN_TURN_TOKEN_BUDGET = "turn.turn_token_budget", Kind::Int { min: 1, max: u64::MAX / 4 }, default: Some("50000"), aliases: [];
@@ -244,18 +247,23 @@ declare_keys! {
     STORAGE_DATABASE_URL = "storage.database_url", Kind::SecretUrl(&["postgres", "postgresql"]), default: None, aliases: ["DATABASE_URL"];
     /// Redis for session locks and rate limits; unset means in-process (dev profile only).
     STORAGE_REDIS_URL = "storage.redis_url", Kind::SecretUrl(&["redis", "rediss"]), default: None, aliases: ["REDIS_URL"];
-    /// Postgres connections per process.
+    /// Postgres connections for requests per process, split evenly between the workers (each
+    /// keeps its own pool, at least one connection); two more serve the probes and migrations.
     STORAGE_POOL_SIZE = "storage.pool_size", Kind::Int { min: 1, max: 1000 }, default: Some("16"), aliases: [];
     /// Bound on opening a Postgres connection or waiting for a free one.
     STORAGE_CONNECT_TIMEOUT = "storage.connect_timeout", Kind::Duration { min: ms(1), max: secs(300) }, default: Some("3s"), aliases: [];
     /// Server-side bound on each SQL statement.
     STORAGE_STATEMENT_TIMEOUT = "storage.statement_timeout", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("5s"), aliases: [];
     /// Run pending migrations at startup (under an advisory lock); `false` leaves them to
-    /// `agent-server migrate` (a Kubernetes Job, say).
+    /// `agent-server migrate` (a Kubernetes Job, say), and readiness fails while the schema is
+    /// behind.
     STORAGE_RUN_MIGRATIONS = "storage.run_migrations", Kind::Bool, default: Some("true"), aliases: [];
-    /// How long startup keeps retrying Postgres (migrations, schema check) before giving up.
+    /// How long startup keeps retrying an unavailable Postgres (migrations, schema check) before
+    /// exiting non-zero.
     STORAGE_STARTUP_TIMEOUT = "storage.startup_timeout", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("30s"), aliases: [];
-    /// Redis connections per process.
+    /// Upper bound on Redis connections for requests per process, split between the workers like
+    /// the Postgres pool; two more serve the probes. Each worker shares one multiplexed
+    /// connection among its requests and takes another from its pool only to replace a broken one.
     STORAGE_REDIS_POOL_SIZE = "storage.redis_pool_size", Kind::Int { min: 1, max: 1000 }, default: Some("16"), aliases: [];
     /// Bound on each Redis command.
     STORAGE_REDIS_TIMEOUT = "storage.redis_timeout", Kind::Duration { min: ms(1), max: secs(300) }, default: Some("1s"), aliases: [];

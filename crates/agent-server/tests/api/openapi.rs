@@ -464,3 +464,17 @@ async fn schemathesis_finds_nothing() {
         assert!(report.contains("No issues found"), "{report}");
     }
 }
+
+/// docs/api.md names every error code the document lists.
+#[tokio::test]
+async fn every_error_code_is_explained_in_the_api_docs() {
+    let contract = Contract::of(&spawn(builder(&[])).await).await;
+    let docs = include_str!("../../../../docs/api.md");
+    for code in contract.schema("ErrorCode")["enum"].as_array().unwrap() {
+        let code = code.as_str().unwrap();
+        assert!(
+            docs.contains(&format!("`{code}`")),
+            "docs/api.md does not explain {code}"
+        );
+    }
+}
