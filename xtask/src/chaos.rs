@@ -522,14 +522,17 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
 
 /// The results as a Markdown table.
 pub(crate) fn print_table(rows: &[Row]) {
-    println!();
-    println!(
-        "| scenario | requests | ok | expected errors | unexpected errors | turns lost | duplicated | broken sessions |"
+    println!("\n{}", table(rows));
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut text = String::from(
+        "| scenario | requests | ok | expected errors | unexpected errors | turns lost | duplicated | broken sessions |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
-    println!("|---|---|---|---|---|---|---|---|");
     for row in rows {
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        text.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             row.scenario,
             row.requests,
             row.ok,
@@ -538,8 +541,9 @@ pub(crate) fn print_table(rows: &[Row]) {
             row.lost,
             row.duplicated,
             row.broken_sessions
-        );
+        ));
     }
+    text
 }
 
 /// Runs the load, breaks the stack during it, lets it recover, then checks everything.
@@ -1073,4 +1077,116 @@ pub(crate) fn docker_output(arguments: &[&str]) -> anyhow::Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Decision, Row, error_answer, stream_outcome, table};
+
+    fn events(pairs: &[(&str, &str)]) -> String {
+        pairs
+            .iter()
+            .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_last_event_of_a_stream_decides() {
+        let done = r#"{"response":"echo: hi","session_id":"s1","tokens_used":3}"#;
+        let cases = [
+            (
+                events(&[("delta", r#"{"text":"echo"}"#), ("done", done)]),
+                "stream done",
+                Decision::Ack,
+                Some("s1"),
+            ),
+            (
+                events(&[("done", r#"{"response":"something else"}"#)]),
+                "stream done with",
+                Decision::Unknown,
+                None,
+            ),
+            (
+                events(&[("shutdown", r#"{"message":"bye","stored":false}"#)]),
+                "stream shutdown stored=false",
+                Decision::Retry,
+                None,
+            ),
+            (
+                events(&[("shutdown", r#"{"message":"bye","stored":true}"#)]),
+                "stream shutdown stored=true",
+                Decision::Ack,
+                None,
+            ),
+            (
+                events(&[(
+                    "error",
+                    r#"{"error":{"code":"model_timeout","message":"x"}}"#,
+                )]),
+                "stream error model_timeout",
+                Decision::Retry,
+                None,
+            ),
+            (
+                events(&[("delta", r#"{"text":"ec"}"#)]),
+                "stream cut after delta",
+                Decision::Unknown,
+                None,
+            ),
+            (
+                ": keep-alive\n\n".to_owned(),
+                "stream cut",
+                Decision::Unknown,
+                None,
+            ),
+            (String::new(), "stream cut", Decision::Unknown, None),
+        ];
+        for (stream, label, decision, session) in cases {
+            let (outcome, decided, named) = stream_outcome(&stream, "hi");
+            assert!(outcome.starts_with(label), "{stream:?}: {outcome}");
+            assert_eq!(
+                (decided, named.as_deref()),
+                (decision, session),
+                "{stream:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_answers_are_retried_only_when_they_say_later() {
+        let body = |code: &str| format!(r#"{{"error":{{"code":"{code}","message":"m"}}}}"#);
+        for (status, code, decision) in [
+            (503, "storage_unavailable", Decision::Retry),
+            (409, "session_busy", Decision::Retry),
+            (429, "rate_limited", Decision::Retry),
+            (502, "upstream_unavailable", Decision::Retry),
+            (504, "model_timeout", Decision::Retry),
+            (422, "invalid_request", Decision::Unknown),
+            (500, "internal_error", Decision::Unknown),
+        ] {
+            assert_eq!(
+                error_answer(status, &body(code)),
+                (format!("{status} {code}"), decision)
+            );
+        }
+        assert_eq!(
+            error_answer(502, "<html>bad gateway</html>").0,
+            "502 no-json-error"
+        );
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_scenario() {
+        let rows = [Row {
+            scenario: "redis-stopped-10s",
+            requests: 10,
+            ok: 8,
+            expected: 2,
+            ..Row::default()
+        }];
+        assert_eq!(
+            table(&rows).lines().last(),
+            Some("| redis-stopped-10s | 10 | 8 | 2 | 0 | 0 | 0 | 0 |")
+        );
+    }
 }

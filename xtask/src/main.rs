@@ -7,7 +7,6 @@ mod bench;
 mod chaos;
 mod docker;
 mod image;
-mod load;
 mod replicas;
 mod soak;
 mod stack;

@@ -7,14 +7,17 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use anyhow::{Context, bail};
 use xshell::Shell;
 
 use dev_harness::Spawned;
+use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::bench::wait_until_ok;
 
-const CONNECTIONS: u32 = 16;
+const CONNECTIONS: usize = 16;
 const POOL_SIZE: u64 = 8;
 const REDIS_POOL_SIZE: u64 = 8;
 /// Besides the request pools: the process-wide pools of the probes (see backends.rs).
@@ -35,13 +38,13 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
     if minutes == 0 {
         bail!("--minutes must be at least 1");
     }
-    for tool in ["wrk", "psql", "redis-cli"] {
+    for tool in ["psql", "redis-cli"] {
         if Command::new("which")
             .arg(tool)
             .output()
             .map_or(true, |output| !output.status.success())
         {
-            bail!("{tool} is not installed: apt-get install wrk postgresql-client redis-tools");
+            bail!("{tool} is not installed: apt-get install postgresql-client redis-tools");
         }
     }
     let bin = crate::bench::build_release(shell)?;
@@ -70,21 +73,6 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
     )?;
     wait_until_ok(port, "/ready")?;
 
-    let scratch = std::env::temp_dir().join(format!("agent-soak-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
-    let script = scratch.join("turns.lua");
-    // Multi-turn: each request continues one of 200 sessions, so histories grow to the window.
-    std::fs::write(
-        &script,
-        r#"math.randomseed(os.time())
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  local body = string.format('{"message":"turn %d","session_id":"soak-%d"}', math.random(1, 1000000), math.random(1, 200))
-  return wrk.format(nil, "/agent", nil, body)
-end
-"#,
-    )?;
     let duration = Duration::from_secs(minutes * 60);
     // A quarter of the run, at most a minute: pools, caches and allocator arenas fill up.
     let warm_up = (duration / 4).min(Duration::from_secs(60));
@@ -92,29 +80,23 @@ end
         "xtask: soak for {minutes} min ({} s warm-up), {CONNECTIONS} connections, pools {POOL_SIZE} + {REDIS_POOL_SIZE}",
         warm_up.as_secs()
     );
-    let mut wrk = Command::new("wrk")
-        .args([
-            "-t1",
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{}s", duration.as_secs()),
-            "--latency",
-            "--timeout",
-            "10s",
-            "-s",
-        ])
-        .arg(&script)
-        .arg(format!("http://127.0.0.1:{port}/agent"))
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot start wrk")?;
-
+    // Multi-turn: each request continues one of 200 sessions, so histories grow to the window.
+    let turns: Arc<RequestFn> = Arc::new(|n| {
+        Request::post_json(
+            "/agent",
+            format!(
+                r#"{{"message":"turn {n}","session_id":"soak-{}"}}"#,
+                n % 200
+            ),
+        )
+    });
+    let load = Load::start(port, Plan::clients(CONNECTIONS), turns)?;
+    // Every request of the run counts: a failure during the warm-up is a failure too.
+    load.begin_measuring();
     let started = Instant::now();
     let mut samples = Vec::new();
-    while wrk.try_wait()?.is_none() {
+    while started.elapsed() + SAMPLE_EVERY <= duration {
         std::thread::sleep(SAMPLE_EVERY);
-        if wrk.try_wait()?.is_some() {
-            break;
-        }
         let sample = Sample {
             at: started.elapsed(),
             rss_kib: status_kib(server.id(), "VmRSS:")?,
@@ -132,24 +114,48 @@ end
         );
         samples.push(sample);
     }
-    let output = wrk.wait_with_output()?;
-    let report = String::from_utf8_lossy(&output.stdout).into_owned();
-    let _ = std::fs::remove_dir_all(&scratch);
+    let report = load.report()?;
     drop(server);
     drop(services);
-    println!("{report}");
-    verdict(&samples, warm_up, &report)
+    println!(
+        "xtask: {} requests ({:.0}/s), p50 {:.2} ms, p99 {:.2} ms, answers by status {:?}, {} without an answer",
+        report.requests,
+        report.per_second,
+        report.p50_ms,
+        report.p99_ms,
+        report.statuses,
+        report.failures
+    );
+    let judged = judge(&samples, warm_up, report.errors);
+    println!("\n{}", judged.table);
+    if !judged.failures.is_empty() {
+        bail!("soak failed: {}", judged.failures.join("; "));
+    }
+    println!("xtask: soak passed");
+    Ok(())
 }
 
-fn verdict(samples: &[Sample], warm_up: Duration, report: &str) -> anyhow::Result<()> {
-    let (warming, steady): (Vec<Sample>, Vec<Sample>) =
+/// The soak's verdict: its table, and what broke a bound.
+#[derive(Debug)]
+struct Verdict {
+    table: String,
+    failures: Vec<String>,
+}
+
+/// Judges the samples: RSS may grow at most 5 % and descriptors not at all after the warm-up,
+/// connections stay within the pools, no request fails.
+fn judge(samples: &[Sample], warm_up: Duration, failed_requests: u64) -> Verdict {
+    let (warming, steady): (Vec<&Sample>, Vec<&Sample>) =
         samples.iter().partition(|sample| sample.at <= warm_up);
     if warming.is_empty() || steady.len() < 3 {
-        bail!("too few samples ({}) for a verdict", samples.len());
+        return Verdict {
+            table: String::new(),
+            failures: vec![format!("too few samples ({}) for a verdict", samples.len())],
+        };
     }
     // Medians of (up to) three at either end: one sample can catch a connection being replaced.
-    let median = |window: &[Sample], field: fn(&Sample) -> u64| {
-        let mut values: Vec<u64> = window.iter().map(field).collect();
+    let median = |window: &[&Sample], field: fn(&Sample) -> u64| {
+        let mut values: Vec<u64> = window.iter().map(|sample| field(sample)).collect();
         values.sort_unstable();
         values[values.len() / 2]
     };
@@ -157,7 +163,7 @@ fn verdict(samples: &[Sample], warm_up: Duration, report: &str) -> anyhow::Resul
     let end = &steady[steady.len() - 3..];
     let rss_base = median(base, |sample| sample.rss_kib);
     let rss_end = median(end, |sample| sample.rss_kib);
-    let growth = (rss_end as f64 - rss_base as f64) / rss_base as f64 * 100.0;
+    let growth = (rss_end as f64 - rss_base as f64) / rss_base.max(1) as f64 * 100.0;
     let fds_base = median(base, |sample| sample.fds);
     let fds_end = median(end, |sample| sample.fds);
     let postgres_max = samples
@@ -166,27 +172,17 @@ fn verdict(samples: &[Sample], warm_up: Duration, report: &str) -> anyhow::Resul
         .max()
         .unwrap_or(0);
     let redis_max = samples.iter().map(|sample| sample.redis).max().unwrap_or(0);
-    let non_2xx = report
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("Non-2xx or 3xx responses:"))
-        .map_or(0, |count| count.trim().parse::<u64>().unwrap_or(u64::MAX));
-    let socket_errors = report.contains("Socket errors:");
-    println!(
-        "\n| figure | value | bound |\n| --- | ---: | ---: |\n\
+    let table = format!(
+        "| figure | value | bound |\n| --- | ---: | ---: |\n\
          | RSS after warm-up → end | {:.1} → {:.1} MiB ({growth:+.1} %) | ≤ +5 % |\n\
          | open descriptors after warm-up → end | {fds_base} → {fds_end} | no growth |\n\
          | Postgres connections (most) | {postgres_max} | ≤ {} |\n\
          | Redis connections (most) | {redis_max} | ≤ {} |\n\
-         | failed requests | {non_2xx}{} | 0 |",
+         | failed requests | {failed_requests} | 0 |",
         rss_base as f64 / 1024.0,
         rss_end as f64 / 1024.0,
         POOL_SIZE + SHARED_POOL,
         REDIS_POOL_SIZE + SHARED_POOL,
-        if socket_errors {
-            " + socket errors"
-        } else {
-            ""
-        },
     );
     let mut failures = Vec::new();
     if growth > 5.0 {
@@ -203,14 +199,10 @@ fn verdict(samples: &[Sample], warm_up: Duration, report: &str) -> anyhow::Resul
     if redis_max > REDIS_POOL_SIZE + SHARED_POOL {
         failures.push(format!("{redis_max} Redis connections"));
     }
-    if non_2xx > 0 || socket_errors {
-        failures.push("requests failed".to_owned());
+    if failed_requests > 0 {
+        failures.push(format!("{failed_requests} requests failed"));
     }
-    if !failures.is_empty() {
-        bail!("soak failed: {}", failures.join("; "));
-    }
-    println!("xtask: soak passed");
-    Ok(())
+    Verdict { table, failures }
 }
 
 fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
@@ -264,4 +256,89 @@ fn redis_connections(redis_url: &str) -> anyhow::Result<u64> {
         .filter(|line| line.starts_with("id=") && !line.contains("cmd=client|list"))
         .count();
     Ok(clients as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Sample, judge};
+
+    /// Samples every 5 s for a minute: RSS in KiB and descriptors from the functions given,
+    /// connections within the pools.
+    fn samples(rss: impl Fn(u64) -> u64, fds: impl Fn(u64) -> u64) -> Vec<Sample> {
+        (1..=12)
+            .map(|index| Sample {
+                at: Duration::from_secs(index * 5),
+                rss_kib: rss(index),
+                fds: fds(index),
+                postgres: 9,
+                redis: 3,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_flat_run_passes() {
+        let verdict = judge(&samples(|_| 16_000, |_| 66), Duration::from_secs(15), 0);
+        assert!(verdict.failures.is_empty(), "{verdict:?}");
+        assert!(
+            verdict.table.contains("| failed requests | 0 | 0 |"),
+            "{}",
+            verdict.table
+        );
+    }
+
+    #[test]
+    fn growth_after_the_warm_up_fails_and_growth_during_it_does_not() {
+        let warming_only = judge(
+            &samples(|i| if i == 1 { 8_000 } else { 16_000 }, |_| 66),
+            Duration::from_secs(15),
+            0,
+        );
+        assert!(warming_only.failures.is_empty(), "{warming_only:?}");
+        let leaking = judge(
+            &samples(|i| 16_000 + i * 300, |i| 60 + i),
+            Duration::from_secs(15),
+            0,
+        );
+        assert_eq!(leaking.failures.len(), 2, "{leaking:?}");
+        assert!(leaking.failures[0].starts_with("RSS grew"), "{leaking:?}");
+        assert!(
+            leaking.failures[1].starts_with("open descriptors grew"),
+            "{leaking:?}"
+        );
+    }
+
+    #[test]
+    fn one_outlier_sample_at_either_end_does_not_decide() {
+        let verdict = judge(
+            &samples(|i| if i == 12 { 40_000 } else { 16_000 }, |_| 66),
+            Duration::from_secs(15),
+            0,
+        );
+        assert!(verdict.failures.is_empty(), "{verdict:?}");
+    }
+
+    #[test]
+    fn failed_requests_excess_connections_and_too_few_samples_fail() {
+        let mut many = samples(|_| 16_000, |_| 66);
+        many[5].postgres = 11;
+        many[6].redis = 11;
+        let verdict = judge(&many, Duration::from_secs(15), 2);
+        assert_eq!(
+            verdict.failures,
+            vec![
+                "11 Postgres connections",
+                "11 Redis connections",
+                "2 requests failed"
+            ]
+        );
+        let few = judge(
+            &samples(|_| 16_000, |_| 66)[..4],
+            Duration::from_secs(15),
+            0,
+        );
+        assert!(few.failures[0].starts_with("too few samples"), "{few:?}");
+    }
 }

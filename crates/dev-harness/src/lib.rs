@@ -1,11 +1,13 @@
 //! The dev-only harness of the tests and the system checks (`cargo xtask`): throwaway Postgres
-//! and Redis servers, child processes stopped on drop, and a minimal blocking HTTP client. It
-//! depends on no other workspace crate, so xtask stays quick to build.
+//! and Redis servers, child processes stopped on drop, a minimal blocking HTTP client, and the
+//! one load generator (async, thousands of connections). It depends on no other workspace crate,
+//! so xtask stays quick to build.
 
 // Progress lines are what a developer watching `cargo xtask test` wants to see.
 #![allow(clippy::print_stdout)]
 
 pub mod http;
+pub mod load;
 pub mod process;
 pub mod services;
 
