@@ -3,16 +3,8 @@
 // Printing results is what this binary is for.
 #![allow(clippy::print_stdout)]
 
-mod bench;
-mod chaos;
-mod docker;
-mod image;
-mod replicas;
-mod soak;
-mod stack;
-mod standin;
-mod startup_time;
-mod test;
+mod checks;
+mod tasks;
 #[cfg(test)]
 mod tidy;
 
@@ -108,27 +100,27 @@ fn main() -> anyhow::Result<()> {
     let shell = xshell::Shell::new()?;
     shell.change_dir(project_root());
     match cli.command {
-        Command::Test { cargo_args } => test::run(&shell, &cargo_args),
-        Command::StartupTime { runs, release } => startup_time::run(&shell, runs, release),
-        Command::BenchStorage => bench::storage(&shell),
-        Command::Up { build, nginx } => stack::up(&shell, build, nginx),
-        Command::Down { volumes } => stack::down(volumes),
-        Command::Logs { service } => stack::logs(service),
-        Command::Ps => stack::ps(),
-        Command::E2e => stack::e2e(&shell),
-        Command::Chaos { only } => chaos::run(&shell, only),
-        Command::Replicas => replicas::run(&shell),
-        Command::NginxStandin => standin::nginx(),
+        Command::Test { cargo_args } => tasks::test::run(&shell, &cargo_args),
+        Command::StartupTime { runs, release } => checks::startup_time::run(&shell, runs, release),
+        Command::BenchStorage => checks::bench::storage(&shell),
+        Command::Up { build, nginx } => tasks::compose::up(&shell, build, nginx),
+        Command::Down { volumes } => tasks::compose::down(volumes),
+        Command::Logs { service } => tasks::compose::logs(service),
+        Command::Ps => tasks::compose::ps(),
+        Command::E2e => checks::e2e::run(&shell),
+        Command::Chaos { only } => checks::chaos::run(&shell, only),
+        Command::Replicas => checks::replicas::run(&shell),
+        Command::NginxStandin => tasks::standin::nginx(),
         Command::Image {
             tag,
             rust_image,
             runtime_image,
-        } => image::build(
+        } => tasks::image::build(
             &shell,
-            &image::ImageOptions::new(tag, rust_image, runtime_image),
+            &tasks::image::ImageOptions::new(tag, rust_image, runtime_image),
         ),
-        Command::Bench { seconds } => bench::http(&shell, seconds),
-        Command::Soak { minutes } => soak::run(&shell, minutes),
+        Command::Bench { seconds } => checks::bench::http(&shell, seconds),
+        Command::Soak { minutes } => checks::soak::run(&shell, minutes),
     }
 }
 

@@ -15,7 +15,9 @@ use xshell::Shell;
 use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
-use crate::bench::wait_until_ok;
+use crate::checks::harness::{
+    build_release, fake_model, server_command, status_kib, wait_until_ok,
+};
 
 const CONNECTIONS: usize = 16;
 const POOL_SIZE: u64 = 8;
@@ -47,9 +49,9 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
             bail!("{tool} is not installed: apt-get install postgresql-client redis-tools");
         }
     }
-    let bin = crate::bench::build_release(shell)?;
+    let bin = build_release(shell)?;
     let services = dev_harness::Services::start_or_reuse()?;
-    let (_model, model_port) = crate::bench::fake_model(&bin, 5)?;
+    let (_model, model_port) = fake_model(&bin, 5)?;
 
     let port = dev_harness::free_port()?;
     let separator = if services.database_url.contains('?') {
@@ -62,7 +64,7 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
         services.database_url
     );
     let server = Spawned::start(
-        crate::bench::server_command(&bin, port, model_port)
+        server_command(&bin, port, model_port)
             .env("AGENT_STORAGE__POOL_SIZE", POOL_SIZE.to_string())
             .env(
                 "AGENT_STORAGE__REDIS_POOL_SIZE",
@@ -203,21 +205,6 @@ fn judge(samples: &[Sample], warm_up: Duration, failed_requests: u64) -> Verdict
         failures.push(format!("{failed_requests} requests failed"));
     }
     Verdict { table, failures }
-}
-
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
 }
 
 /// The server's connections, recognised by the application name it was given.

@@ -13,8 +13,8 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use xshell::Shell;
 
-use crate::chaos::{self, Fault, LoadRun, Row};
-use crate::stack::TestStack;
+use crate::checks::chaos::{self, Fault, LoadRun, Row};
+use crate::checks::stack::TestStack;
 use dev_harness::http;
 
 const PROJECT: &str = "agent-replicas";

@@ -11,7 +11,7 @@ use anyhow::{Context, ensure};
 pub(crate) const NGINX_STANDIN: &str = "local/nginx:1.27-standin";
 
 pub(crate) fn nginx() -> anyhow::Result<()> {
-    crate::docker::require_engine()?;
+    crate::tasks::docker::require_engine()?;
     let cache = PathBuf::from(
         std::env::var("STANDINS_CACHE").unwrap_or_else(|_| "/var/cache/agent-standins".into()),
     );

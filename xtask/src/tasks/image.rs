@@ -52,7 +52,7 @@ impl ImageOptions {
 }
 
 pub(crate) fn build(shell: &Shell, options: &ImageOptions) -> anyhow::Result<()> {
-    crate::docker::require_engine()?;
+    crate::tasks::docker::require_engine()?;
     let started = Instant::now();
     let root = crate::project_root();
     let context = root.join("target/docker-context");

@@ -8,12 +8,17 @@
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use xshell::{Shell, cmd};
 
 use dev_harness::Spawned;
+
+use crate::checks::harness::{
+    build_release, clock_ticks_per_second, cpu_ticks, fake_model, http_get, peak_rss_kib,
+    server_command, wait_until_ok,
+};
 
 use dev_harness::load::{Load, Plan, Report, Request, RequestFn};
 
@@ -424,49 +429,6 @@ fn parse_wrk(text: &str) -> Option<Report> {
     })
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let field = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(field(11) + field(12))
-}
-
-fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("VmHWM:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0))
-}
-
 fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
     let body = http_get(port, "/stats")?.1;
     let json = body
@@ -478,70 +440,6 @@ fn fake_max_in_flight(port: u16) -> anyhow::Result<u64> {
         .take_while(char::is_ascii_digit)
         .collect::<String>()
         .parse()?)
-}
-
-/// Builds the release server and the test binaries; answers their directory.
-pub(crate) fn build_release(shell: &Shell) -> anyhow::Result<std::path::PathBuf> {
-    cmd!(
-        shell,
-        "cargo build --release --locked --package agent-server --package test-support --package fake-openai --bins"
-    )
-    .run()?;
-    Ok(crate::project_root().join("target/release"))
-}
-
-/// The release server on `port` with a clean environment: two workers, JSON logs, no shutdown
-/// delay, rate limits out of the way, the model at `model_port`. Callers add storage settings.
-pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command {
-    let mut command = Command::new(bin.join("agent-server"));
-    command
-        .env_clear()
-        .env("PORT", port.to_string())
-        .env("WORKERS", "2")
-        .env("AGENT_LOG_FORMAT", "json")
-        .env("AGENT_SERVER__SHUTDOWN_DELAY", "0s")
-        .env("AGENT_RATE_LIMIT__REQUESTS", "1000000000")
-        .env(
-            "OPENAI_BASE_URL",
-            format!("http://127.0.0.1:{model_port}/v1"),
-        );
-    command
-}
-
-/// Starts the fake model server answering after `delay_ms`; answers it and its port.
-pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, u16)> {
-    let port = dev_harness::free_port()?;
-    let model = Spawned::start(Command::new(bin.join("fake-openai")).args([
-        "--port",
-        &port.to_string(),
-        "--delay-ms",
-        &delay_ms.to_string(),
-    ]))?;
-    wait_until_ok(port, "/health")?;
-    Ok((model, port))
-}
-
-/// `GET` on 127.0.0.1 with the shared client and a 5 s bound.
-pub(crate) fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
-    Ok(dev_harness::http::call(
-        port,
-        "GET",
-        path,
-        &[],
-        None,
-        Duration::from_secs(5),
-    )?)
-}
-
-pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if matches!(http_get(port, path), Ok((200, _))) {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
 }
 
 #[cfg(test)]
