@@ -1,10 +1,17 @@
-//! A minimal blocking HTTP/1.1 client (one connection per request, `Connection: close`) for the
-//! end-to-end and chaos checks and the binaries' tests: it tells "could not connect" (nothing was
-//! sent, safe to retry) apart from failures after the request may have reached the server.
+//! The harness's HTTP/1.1 client, on hyper: [`send`] makes one request on a connection of its own
+//! (`Connection: close`) and tells "could not connect" (nothing was sent, safe to retry) apart from
+//! failures after the request may have reached the server; [`call`] is the same for blocking code
+//! (e2e, probes, one-off checks). The load generator (`crate::load`) drives the same hyper client
+//! on kept-alive connections.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
+use std::io::ErrorKind;
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+use crate::load::Request;
 
 /// Why a request got no HTTP answer.
 #[derive(Debug)]
@@ -51,116 +58,108 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-/// Sends one request to 127.0.0.1:`port`; answers the status and the decoded body. A body is
-/// sent as JSON.
+/// An answer: its status and its whole body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The body as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Sends one request to 127.0.0.1:`port` on a new connection and reads the whole answer, all
+/// within `timeout`.
+pub async fn send(port: u16, request: &Request, timeout: Duration) -> Result<Reply, CallError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let timed_out = || std::io::Error::new(ErrorKind::TimedOut, "no answer in time");
+    let connect = async {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let _ = stream.set_nodelay(true);
+        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(std::io::Error::other)
+    };
+    let (mut sender, connection) =
+        match tokio::time::timeout(Duration::from_secs(5).min(timeout), connect).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(error)) => return Err(CallError::Connect(error)),
+            Err(_) => return Err(CallError::Connect(timed_out())),
+        };
+    tokio::spawn(connection);
+    let request = request
+        .to_hyper(true)
+        .map_err(|error| CallError::Connect(std::io::Error::other(error)))?;
+    let response = match tokio::time::timeout_at(deadline, sender.send_request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => return Err(CallError::NoAnswer(std::io::Error::other(error))),
+        Err(_) => return Err(CallError::NoAnswer(timed_out())),
+    };
+    let status = response.status().as_u16();
+    match tokio::time::timeout_at(deadline, response.into_body().collect()).await {
+        Ok(Ok(body)) => Ok(Reply {
+            status,
+            body: body.to_bytes(),
+        }),
+        Ok(Err(error)) => Err(CallError::Io(std::io::Error::other(error))),
+        Err(_) => Err(CallError::Io(timed_out())),
+    }
+}
+
+/// [`send`] for blocking code: `method path` with `headers` and an optional JSON body; answers
+/// the status and the body as text.
 pub fn call(
     port: u16,
-    method: &str,
+    method: &'static str,
     path: &str,
-    headers: &[(&str, &str)],
+    headers: &[(&'static str, &str)],
     json: Option<&str>,
     timeout: Duration,
 ) -> Result<(u16, String), CallError> {
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(5)).map_err(CallError::Connect)?;
-    let mut response = Vec::new();
-    let mut exchange = |stream: &mut TcpStream| -> std::io::Result<()> {
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let mut head =
-            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        let body = json.unwrap_or("");
-        if json.is_some() {
-            head.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        head.push_str("\r\n");
-        stream.write_all(head.as_bytes())?;
-        stream.write_all(body.as_bytes())?;
-        stream.read_to_end(&mut response)?;
-        Ok(())
+    let request = Request {
+        method,
+        path: path.to_owned(),
+        headers: headers
+            .iter()
+            .map(|(name, value)| (*name, (*value).to_owned()))
+            .collect(),
+        json: json.map(str::to_owned),
     };
-    if let Err(error) = exchange(&mut stream) {
-        return Err(if response.is_empty() {
-            CallError::NoAnswer(error)
-        } else {
-            CallError::Io(error)
-        });
-    }
-    let Some(head_end) = response.windows(4).position(|window| window == b"\r\n\r\n") else {
-        let error = std::io::Error::new(
-            ErrorKind::UnexpectedEof,
-            "the connection closed before a complete response head",
-        );
-        return Err(if response.is_empty() {
-            CallError::NoAnswer(error)
-        } else {
-            CallError::Io(error)
-        });
-    };
-    let head = String::from_utf8_lossy(&response[..head_end]);
-    let body = &response[head_end + 4..];
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    // De-chunked as bytes, then decoded: a chunk boundary may split a UTF-8 character.
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_vec()
-    };
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(CallError::Connect)?;
+    let reply = runtime.block_on(send(port, &request, timeout))?;
+    Ok((reply.status, reply.text()))
 }
 
-/// The payload of a chunked body (as far as it arrived).
-fn dechunk(mut body: &[u8]) -> Vec<u8> {
-    let mut decoded = Vec::new();
-    while let Some(line_end) = body.windows(2).position(|window| window == b"\r\n") {
-        let size = std::str::from_utf8(&body[..line_end])
-            .ok()
-            .and_then(|size| usize::from_str_radix(size.trim(), 16).ok());
-        let rest = &body[line_end + 2..];
-        let Some(size) = size.filter(|size| *size > 0 && rest.len() >= *size) else {
-            break;
+impl Request {
+    /// The hyper request; `close` asks the server to close the connection after answering.
+    pub(crate) fn to_hyper(&self, close: bool) -> anyhow::Result<hyper::Request<Full<Bytes>>> {
+        let mut builder = hyper::Request::builder()
+            .method(self.method)
+            .uri(&self.path)
+            .header("host", "127.0.0.1");
+        if close {
+            builder = builder.header("connection", "close");
+        }
+        for (name, value) in &self.headers {
+            builder = builder.header(*name, value);
+        }
+        let body = match &self.json {
+            Some(json) => {
+                builder = builder.header("content-type", "application/json");
+                Full::new(Bytes::from(json.clone()))
+            }
+            None => Full::new(Bytes::new()),
         };
-        decoded.extend_from_slice(&rest[..size]);
-        body = rest[size..].strip_prefix(b"\r\n").unwrap_or(&rest[size..]);
+        Ok(builder.body(body)?)
     }
-    decoded
 }
 
 #[cfg(test)]
-mod tests {
-    use super::dechunk;
-
-    fn check(body: &[u8], expected: &str) {
-        assert_eq!(String::from_utf8_lossy(&dechunk(body)), expected);
-    }
-
-    #[test]
-    fn chunks_are_joined_up_to_the_last_chunk_or_as_far_as_they_arrived() {
-        check(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", "hello world");
-        check(b"5\r\nhello\r\n6\r\n wo", "hello");
-        check(b"A\r\n0123456789\r\n0\r\n\r\n", "0123456789");
-        check(b"", "");
-        check(b"zz\r\nhello\r\n", "");
-    }
-
-    #[test]
-    fn a_chunk_boundary_inside_a_utf8_character_neither_panics_nor_mangles_it() {
-        // "é" is two bytes, split across two chunks; "→" is three, split 1 + 2.
-        let body = b"2\r\na\xc3\r\n3\r\n\xa9 \xe2\r\n2\r\n\x86\x92\r\n0\r\n\r\n";
-        check(body, "aé →");
-    }
-}
+mod tests;

@@ -9,6 +9,10 @@
 //! Phases: [`Load::start`] opens the clients and lets them run unrecorded;
 //! [`Load::begin_measuring`] starts the window; [`Load::stop`] ends it; [`Load::report`]
 //! answers the window's requests (those begun and answered inside it).
+//!
+//! Clients are closed loops of independent requests ([`Load::start`]: bench, soak), or programs
+//! of their own ([`Load::start_programs`]: chaos's multi-turn conversations with retries), which
+//! run on the same runtime, ramp and connection accounting and send through [`Client::send`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,6 +63,59 @@ impl Request {
 
 /// Makes the `n`-th request of the run (numbered across all clients).
 pub type RequestFn = dyn Fn(u64) -> Request + Send + Sync;
+
+/// A client's own program, given its handle; it should return soon after [`Client::stopped`].
+pub type Program =
+    dyn Fn(Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync;
+
+/// A program's handle on the run.
+#[derive(Clone)]
+pub struct Client {
+    /// Which client this is, from 0.
+    pub index: usize,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Client")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Whether the run was told to stop.
+    pub fn stopped(&self) -> bool {
+        self.shared.phase.load(Ordering::Relaxed) == STOPPED
+    }
+
+    /// Waits without holding a thread (between retries, say).
+    pub async fn pause(&self, duration: Duration) {
+        tokio::time::sleep(duration).await;
+    }
+
+    /// One request on a connection of its own (see [`crate::http::send`] for what its errors
+    /// say about whether the server saw it), counted among the open connections while it runs.
+    pub async fn send(
+        &self,
+        request: &Request,
+        timeout: Duration,
+    ) -> Result<crate::http::Reply, crate::http::CallError> {
+        let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.most_open.fetch_max(open, Ordering::Relaxed);
+        let reply = crate::http::send(self.shared.port, request, timeout).await;
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        reply
+    }
+}
+
+/// What every client runs.
+enum Behaviour {
+    ClosedLoop(Arc<RequestFn>),
+    Program(Arc<Program>),
+}
 
 /// How the clients run.
 #[derive(Debug, Clone, Copy)]
@@ -141,6 +198,16 @@ impl Load {
     /// `request` makes one after the other as fast as answers come; unrecorded until
     /// [`Load::begin_measuring`].
     pub fn start(port: u16, plan: Plan, request: Arc<RequestFn>) -> anyhow::Result<Self> {
+        Self::launch(port, plan, Behaviour::ClosedLoop(request))
+    }
+
+    /// Starts `plan.clients` clients each running `program` until it returns (programs check
+    /// [`Client::stopped`]); the report counts no requests of theirs, only connections.
+    pub fn start_programs(port: u16, plan: Plan, program: Arc<Program>) -> anyhow::Result<Self> {
+        Self::launch(port, plan, Behaviour::Program(program))
+    }
+
+    fn launch(port: u16, plan: Plan, behaviour: Behaviour) -> anyhow::Result<Self> {
         let phase = Arc::new(AtomicU8::new(WARMING));
         let open = Arc::new(AtomicUsize::new(0));
         let most_open = Arc::new(AtomicUsize::new(0));
@@ -152,7 +219,7 @@ impl Load {
             .context("cannot start the load generator's runtime")?;
         let shared = Shared {
             port,
-            request,
+            behaviour,
             counter: AtomicU64::new(0),
             phase: Arc::clone(&phase),
             open: Arc::clone(&open),
@@ -171,7 +238,7 @@ impl Load {
                             } else {
                                 Duration::ZERO
                             };
-                            tokio::spawn(client(Arc::clone(&shared), delay))
+                            tokio::spawn(run_client(Arc::clone(&shared), index, delay))
                         })
                         .collect();
                     let mut tallies = Vec::with_capacity(clients.len());
@@ -254,7 +321,7 @@ impl Load {
 /// What the clients share.
 struct Shared {
     port: u16,
-    request: Arc<RequestFn>,
+    behaviour: Behaviour,
     counter: AtomicU64,
     phase: Arc<AtomicU8>,
     open: Arc<AtomicUsize>,
@@ -291,16 +358,32 @@ async fn connect(shared: &Shared) -> Option<Connection> {
     })
 }
 
-/// One client's loop: a request after the other on its connection; reconnects after a failure
-/// (counted when measured).
-async fn client(shared: Arc<Shared>, delay: Duration) -> Tally {
+/// One client, after its ramp delay.
+async fn run_client(shared: Arc<Shared>, index: usize, delay: Duration) -> Tally {
     tokio::time::sleep(delay).await;
+    match &shared.behaviour {
+        Behaviour::ClosedLoop(request) => closed_loop(&shared, Arc::clone(request)).await,
+        Behaviour::Program(program) => {
+            let program = Arc::clone(program);
+            program(Client {
+                index,
+                shared: Arc::clone(&shared),
+            })
+            .await;
+            Tally::default()
+        }
+    }
+}
+
+/// One closed-loop client: a request after the other on its connection; reconnects after a
+/// failure (counted when measured).
+async fn closed_loop(shared: &Arc<Shared>, make: Arc<RequestFn>) -> Tally {
     let mut tally = Tally::default();
     let mut connection: Option<Connection> = None;
     while shared.phase.load(Ordering::Relaxed) != STOPPED {
         let mut open = match connection.take() {
             Some(open) => open,
-            None => match connect(&shared).await {
+            None => match connect(shared).await {
                 Some(open) => open,
                 None => {
                     if shared.phase.load(Ordering::Relaxed) == MEASURING {
@@ -311,7 +394,7 @@ async fn client(shared: Arc<Shared>, delay: Duration) -> Tally {
                 }
             },
         };
-        let request = (shared.request)(shared.counter.fetch_add(1, Ordering::Relaxed));
+        let request = make(shared.counter.fetch_add(1, Ordering::Relaxed));
         let measured = shared.phase.load(Ordering::Relaxed) == MEASURING;
         let sent = Instant::now();
         let outcome = tokio::time::timeout(shared.timeout, exchange(&mut open, &request)).await;
@@ -347,22 +430,9 @@ struct Answer {
 /// Sends one request and reads its whole answer, frame by frame, keeping only its size.
 async fn exchange(connection: &mut Connection, request: &Request) -> anyhow::Result<Answer> {
     connection.sender.ready().await?;
-    let mut builder = hyper::Request::builder()
-        .method(request.method)
-        .uri(&request.path)
-        .header("host", "127.0.0.1");
-    for (name, value) in &request.headers {
-        builder = builder.header(*name, value);
-    }
-    let body = match &request.json {
-        Some(json) => {
-            builder = builder.header("content-type", "application/json");
-            Full::new(Bytes::from(json.clone()))
-        }
-        None => Full::new(Bytes::new()),
-    };
+    let request = request.to_hyper(false)?;
     let sent = Instant::now();
-    let response = connection.sender.send_request(builder.body(body)?).await?;
+    let response = connection.sender.send_request(request).await?;
     let first_byte = sent.elapsed();
     let status = response.status().as_u16();
     let mut body = response.into_body();

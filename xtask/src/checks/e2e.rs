@@ -215,12 +215,12 @@ fn stop_during_stream(port: u16, api_key: &str, container: &str) -> anyhow::Resu
 /// A request with the e2e defaults: an optional bearer token, a 30 s timeout.
 fn request(
     port: u16,
-    method: &str,
+    method: &'static str,
     path: &str,
     authorization: Option<&str>,
     json: Option<&str>,
 ) -> anyhow::Result<(u16, String)> {
-    let headers: Vec<(&str, &str)> = authorization
+    let headers: Vec<(&'static str, &str)> = authorization
         .map(|value| ("Authorization", value))
         .into_iter()
         .collect();

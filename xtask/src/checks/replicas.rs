@@ -233,7 +233,7 @@ fn a_replica_killed_under_load_loses_no_turn(
         prefix,
         "replica-killed-behind-nginx",
         &log,
-    );
+    )?;
     std::thread::sleep(Duration::from_secs(5));
     let victim = stack.containers("agent")?[1].clone();
     let restarts = chaos::inspect(&victim, "{{.RestartCount}}")?;

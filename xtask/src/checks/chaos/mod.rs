@@ -134,7 +134,7 @@ fn scenario(
         &fault.prefix(),
         fault.name(),
         log,
-    );
+    )?;
     let probes_stop = Arc::new(AtomicBool::new(false));
     let monitor_thread = {
         let (stop, began, port) = (Arc::clone(&probes_stop), load.began(), stack.port);

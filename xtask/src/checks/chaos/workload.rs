@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dev_harness::http::{self, CallError};
+use dev_harness::load::{Client, Load, Plan, Program, Request};
 use serde_json::{Value, json};
 
 use super::faults::*;
@@ -42,36 +43,37 @@ pub(crate) struct TurnRecord {
 }
 
 /// What the clients of one scenario share.
-pub(super) struct Load {
-    pub(super) port: u16,
+pub(super) struct Conversations {
     pub(super) authorization: String,
     pub(super) prefix: String,
     pub(super) scenario: &'static str,
     pub(super) began: Instant,
-    pub(super) stop: AtomicBool,
     pub(super) attempts: Mutex<Vec<AttemptRecord>>,
     pub(super) turns: Mutex<Vec<TurnRecord>>,
     pub(super) log: Arc<Mutex<BufWriter<File>>>,
 }
 
-impl Load {
+impl Conversations {
     pub(super) fn elapsed(&self) -> Duration {
         self.began.elapsed()
     }
 
-    /// One client: sessions of a few turns each, until told to stop; streams when `streaming`.
-    /// Every other session starts without an id, as a tutorial client does: the server names it
-    /// in the first answer (its first turn takes no lock), and the client continues with that
-    /// id; if the first turn is not acknowledged with an id, the client starts a new session.
-    pub(super) fn client(&self, client: usize, streaming: bool) {
+    /// One client's program: sessions of a few turns each, until the run stops; streams when
+    /// `streaming`. Every other session starts without an id, as a tutorial client does: the
+    /// server names it in the first answer (its first turn takes no lock), and the client
+    /// continues with that id; if the first turn is not acknowledged with an id, the client
+    /// starts a new session.
+    pub(super) async fn client(&self, client: &Client, streaming: bool) {
         for session_number in 0_u64.. {
-            let label = format!("{}-c{client:02}-s{session_number}", self.prefix);
+            let label = format!("{}-c{:02}-s{session_number}", self.prefix, client.index);
             let mut session = session_number.is_multiple_of(2).then(|| label.clone());
             for turn in 1..=TURNS_PER_SESSION {
-                if self.stop.load(Ordering::SeqCst) {
+                if client.stopped() {
                     return;
                 }
-                let record = self.turn(client, &label, session.as_deref(), turn, streaming);
+                let record = self
+                    .turn(client, &label, session.as_deref(), turn, streaming)
+                    .await;
                 let named = record.acked.then(|| record.session.clone()).flatten();
                 self.turns.lock().expect("turns").push(record);
                 if session.is_none() {
@@ -86,9 +88,9 @@ impl Load {
 
     /// One turn of the session labelled `label` (the label is in every message, so the stored
     /// turns can be found by content), sent with `session` as its id or none.
-    pub(super) fn turn(
+    pub(super) async fn turn(
         &self,
-        client: usize,
+        client: &Client,
         label: &str,
         session: Option<&str>,
         turn: usize,
@@ -106,13 +108,13 @@ impl Load {
         for attempt in 1.. {
             let start = self.elapsed();
             let (outcome, decision, named) = if streaming {
-                self.stream_attempt(&body, &message)
+                self.stream_attempt(client, &body, &message).await
             } else {
-                self.agent_attempt(&body, &key, &message)
+                self.agent_attempt(client, &body, &key, &message).await
             };
             let end = self.elapsed();
             let line = json!({
-                "scenario": self.scenario, "client": client, "session": label,
+                "scenario": self.scenario, "client": client.index, "session": label,
                 "session_id": session.map(str::to_owned).or_else(|| named.clone()), "turn": turn,
                 "attempt": attempt, "endpoint": if streaming { "/agent/stream" } else { "/agent" },
                 "start_ms": start.as_millis() as u64, "elapsed_ms": (end - start).as_millis() as u64,
@@ -144,7 +146,9 @@ impl Load {
                     };
                 }
                 Decision::Retry => {
-                    std::thread::sleep(Duration::from_millis(200 * attempt.min(5) as u64));
+                    client
+                        .pause(Duration::from_millis(200 * attempt.min(5) as u64))
+                        .await;
                 }
             }
         }
@@ -156,23 +160,31 @@ impl Load {
         }
     }
 
+    fn request(&self, path: &str, body: &str, extra: (&'static str, &str)) -> Request {
+        Request {
+            method: "POST",
+            path: path.to_owned(),
+            headers: vec![
+                ("authorization", self.authorization.clone()),
+                (extra.0, extra.1.to_owned()),
+            ],
+            json: Some(body.to_owned()),
+        }
+    }
+
     /// `POST /agent` with an Idempotency-Key, so every failure can be retried safely. Answers
     /// the outcome, what to do, and the session id an acknowledgement named.
-    pub(super) fn agent_attempt(&self, body: &str, key: &str, message: &str) -> Attempt {
-        let headers = [
-            ("Authorization", self.authorization.as_str()),
-            ("Idempotency-Key", key),
-        ];
-        match http::call(
-            self.port,
-            "POST",
-            "/agent",
-            &headers,
-            Some(body),
-            REQUEST_TIMEOUT,
-        ) {
-            Ok((200, answer)) => {
-                let answer: Value = serde_json::from_str(&answer).unwrap_or_default();
+    pub(super) async fn agent_attempt(
+        &self,
+        client: &Client,
+        body: &str,
+        key: &str,
+        message: &str,
+    ) -> Attempt {
+        let request = self.request("/agent", body, ("idempotency-key", key));
+        match client.send(&request, REQUEST_TIMEOUT).await {
+            Ok(reply) if reply.status == 200 => {
+                let answer: Value = serde_json::from_slice(&reply.body).unwrap_or_default();
                 if answer["response"].as_str() == Some(&format!("echo: {message}")) {
                     ("200".into(), Decision::Ack, named_session(&answer))
                 } else {
@@ -183,27 +195,22 @@ impl Load {
                     )
                 }
             }
-            Ok((status, answer)) => with_no_session(error_answer(status, &answer)),
+            Ok(reply) => with_no_session(error_answer(reply.status, &reply.text())),
             Err(error) => (error.label().into(), Decision::Retry, None),
         }
     }
 
     /// `POST /agent/stream`: acknowledged by `done` (or `shutdown` with `stored: true`).
-    pub(super) fn stream_attempt(&self, body: &str, message: &str) -> Attempt {
-        let headers = [
-            ("Authorization", self.authorization.as_str()),
-            ("Accept", "text/event-stream"),
-        ];
-        match http::call(
-            self.port,
-            "POST",
-            "/agent/stream",
-            &headers,
-            Some(body),
-            REQUEST_TIMEOUT,
-        ) {
-            Ok((200, events)) => stream_outcome(&events, message),
-            Ok((status, answer)) => with_no_session(error_answer(status, &answer)),
+    pub(super) async fn stream_attempt(
+        &self,
+        client: &Client,
+        body: &str,
+        message: &str,
+    ) -> Attempt {
+        let request = self.request("/agent/stream", body, ("accept", "text/event-stream"));
+        match client.send(&request, REQUEST_TIMEOUT).await {
+            Ok(reply) if reply.status == 200 => stream_outcome(&reply.text(), message),
+            Ok(reply) => with_no_session(error_answer(reply.status, &reply.text())),
             // Without a byte of answer the server never sent the stream's head, which it does
             // before the model is even called: nothing can have been stored.
             Err(error @ (CallError::Connect(_) | CallError::NoAnswer(_))) => {
@@ -214,10 +221,11 @@ impl Load {
     }
 }
 
-/// A running load: the clients' threads and what they share.
+/// A running load: the conversation clients on the harness's load generator, and what they
+/// share.
 pub(crate) struct LoadRun {
-    pub(super) load: Arc<Load>,
-    pub(super) clients: Vec<std::thread::JoinHandle<()>>,
+    conversations: Arc<Conversations>,
+    load: Load,
 }
 
 impl LoadRun {
@@ -229,48 +237,51 @@ impl LoadRun {
         prefix: &str,
         scenario: &'static str,
         log: &Arc<Mutex<BufWriter<File>>>,
-    ) -> Self {
-        let load = Arc::new(Load {
-            port,
+    ) -> anyhow::Result<Self> {
+        let conversations = Arc::new(Conversations {
             authorization: format!("Bearer {api_key}"),
             prefix: prefix.to_owned(),
             scenario,
             began: Instant::now(),
-            stop: AtomicBool::new(false),
             attempts: Mutex::new(Vec::new()),
             turns: Mutex::new(Vec::new()),
             log: Arc::clone(log),
         });
-        let clients = (0..CLIENTS)
-            .map(|client| {
-                let load = Arc::clone(&load);
-                std::thread::spawn(move || load.client(client, client % 4 == 0))
+        let shared = Arc::clone(&conversations);
+        let program: Arc<Program> = Arc::new(move |client: Client| {
+            let conversations = Arc::clone(&shared);
+            Box::pin(async move {
+                let streaming = client.index.is_multiple_of(4);
+                conversations.client(&client, streaming).await;
             })
-            .collect();
-        Self { load, clients }
+        });
+        let plan = Plan {
+            timeout: REQUEST_TIMEOUT,
+            ..Plan::clients(CLIENTS)
+        };
+        let load = Load::start_programs(port, plan, program)?;
+        Ok(Self {
+            conversations,
+            load,
+        })
     }
 
     /// Time since the load started.
     pub(crate) fn elapsed(&self) -> Duration {
-        self.load.elapsed()
+        self.conversations.elapsed()
     }
 
     pub(super) fn began(&self) -> Instant {
-        self.load.began
+        self.conversations.began
     }
 
     /// Stops the clients after their current turn (retries included) and answers every
     /// attempt and every turn.
     pub(crate) fn finish(self) -> anyhow::Result<(Vec<AttemptRecord>, Vec<TurnRecord>)> {
-        self.load.stop.store(true, Ordering::SeqCst);
-        for client in self.clients {
-            client
-                .join()
-                .map_err(|_| anyhow::anyhow!("a load client panicked"))?;
-        }
-        self.load.log.lock().expect("log").flush()?;
-        let attempts = std::mem::take(&mut *self.load.attempts.lock().expect("attempts"));
-        let turns = std::mem::take(&mut *self.load.turns.lock().expect("turns"));
+        self.load.report()?;
+        self.conversations.log.lock().expect("log").flush()?;
+        let attempts = std::mem::take(&mut *self.conversations.attempts.lock().expect("attempts"));
+        let turns = std::mem::take(&mut *self.conversations.turns.lock().expect("turns"));
         Ok((attempts, turns))
     }
 }
