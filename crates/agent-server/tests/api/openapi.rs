@@ -267,7 +267,9 @@ fn from_schema(schema: &Value) -> BoxedStrategy<String> {
         .boxed()
 }
 
-fn runner(cases: u32) -> TestRunner {
+/// A property runner: `cases` cases, the failing input printed, no regression files written
+/// into the tree.
+pub(crate) fn runner(cases: u32) -> TestRunner {
     TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -275,24 +277,29 @@ fn runner(cases: u32) -> TestRunner {
     })
 }
 
+/// For property tests (proptest's runner is synchronous): a runtime, a server with `extra`
+/// settings on a fake model answering "fine", the fake, and the server's document.
+pub(crate) fn app_for_properties(
+    extra: &[(&str, &str)],
+) -> (tokio::runtime::Runtime, TestApp, FakeOpenAi, Contract) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (app, fake, contract) = runtime.block_on(async {
+        let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
+        let app = spawn_with_model(&fake, extra).await;
+        let contract = Contract::of(&app).await;
+        (app, fake, contract)
+    });
+    (runtime, app, fake, contract)
+}
+
 /// Every body the schema allows is accepted, runs a turn and is stored; the answers are
 /// documented.
 #[test]
 fn requests_generated_from_the_document_are_accepted() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let (app, _fake, contract) = runtime.block_on(async {
-        let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
-        let app = spawn_with_model(
-            &fake,
-            &[
-                ("AGENT_API__MAX_MESSAGE_CHARS", "300"),
-                ("AGENT_RATE_LIMIT__REQUESTS", "0"),
-            ],
-        )
-        .await;
-        let contract = Contract::of(&app).await;
-        (app, fake, contract)
-    });
+    let (runtime, app, _fake, contract) = app_for_properties(&[
+        ("AGENT_API__MAX_MESSAGE_CHARS", "300"),
+        ("AGENT_RATE_LIMIT__REQUESTS", "0"),
+    ]);
     let request = contract.schema("AgentRequest")["properties"].clone();
     let strategy = (
         from_schema(&request["message"]),

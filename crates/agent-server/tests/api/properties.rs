@@ -5,13 +5,13 @@
 
 use std::collections::BTreeMap;
 
-use fake_openai::{FakeOpenAi, Scripted};
+use fake_openai::FakeOpenAi;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::Value;
 
-use crate::helpers::{TestApp, spawn_with_model};
-use crate::openapi::Contract;
+use crate::helpers::TestApp;
+use crate::openapi::{Contract, app_for_properties, runner};
 
 /// Any JSON value, a few levels deep, with keys that sometimes are the API's own.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -232,32 +232,13 @@ async fn session_case(
     Ok(())
 }
 
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        // The failing input is printed; no regression files are written into the tree.
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
-
 #[test]
 fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let (app, fake, contract) = runtime.block_on(async {
-        let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
-        let app = spawn_with_model(
-            &fake,
-            &[
-                ("AGENT_API__MAX_MESSAGE_CHARS", "200"),
-                // Rate limiting has tests of its own; here it would refuse most cases.
-                ("AGENT_RATE_LIMIT__REQUESTS", "1000000"),
-            ],
-        )
-        .await;
-        let contract = Contract::of(&app).await;
-        (app, fake, contract)
-    });
+    let (runtime, app, fake, contract) = app_for_properties(&[
+        ("AGENT_API__MAX_MESSAGE_CHARS", "200"),
+        // Rate limiting has tests of its own; here it would refuse most cases.
+        ("AGENT_RATE_LIMIT__REQUESTS", "1000000"),
+    ]);
     let strategy = (
         any::<bool>(),
         method(),
@@ -281,13 +262,8 @@ fn arbitrary_agent_requests_get_no_5xx_and_refusals_change_nothing() {
 
 #[test]
 fn arbitrary_session_paths_get_no_5xx_and_a_json_error() {
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    let (app, _fake, contract) = runtime.block_on(async {
-        let fake = FakeOpenAi::repeating(Scripted::text("fine")).await;
-        let app = spawn_with_model(&fake, &[("AGENT_RATE_LIMIT__REQUESTS", "1000000")]).await;
-        let contract = Contract::of(&app).await;
-        (app, fake, contract)
-    });
+    let (runtime, app, _fake, contract) =
+        app_for_properties(&[("AGENT_RATE_LIMIT__REQUESTS", "1000000")]);
     let segment = prop_oneof![any::<String>(), "[A-Za-z0-9._-]{1,130}", ".{0,600}"];
     let method = prop_oneof![
         4 => Just(reqwest::Method::GET),
