@@ -86,43 +86,6 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
-            Self::BadRequest => "bad_request",
-            Self::MalformedJson => "malformed_json",
-            Self::InvalidRequest => "invalid_request",
-            Self::InvalidIdempotencyKey => "invalid_idempotency_key",
-            Self::IdempotencyKeyReused => "idempotency_key_reused",
-            Self::IdempotencyKeyInProgress => "idempotency_key_in_progress",
-            Self::Unauthorized => "unauthorized",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::UnsupportedMediaType => "unsupported_media_type",
-            Self::UriTooLong => "uri_too_long",
-            Self::RequestHeaderFieldsTooLarge => "request_header_fields_too_large",
-            Self::RequestTimeout => "request_timeout",
-            Self::RateLimited => "rate_limited",
-            Self::SessionNotFound => "session_not_found",
-            Self::SessionBusy => "session_busy",
-            Self::SessionConflict => "session_conflict",
-            Self::StreamingDisabled => "streaming_disabled",
-            Self::StepLimitExceeded => "step_limit_exceeded",
-            Self::TurnTokenBudgetExceeded => "turn_token_budget_exceeded",
-            Self::SessionTokenBudgetExceeded => "session_token_budget_exceeded",
-            Self::StorageUnavailable => "storage_unavailable",
-            Self::RateLimiterUnavailable => "rate_limiter_unavailable",
-            Self::ModelRateLimited => "model_rate_limited",
-            Self::ModelUnavailable => "model_unavailable",
-            Self::ModelAuthenticationFailed => "model_authentication_failed",
-            Self::ModelBadResponse => "model_bad_response",
-            Self::ModelRejectedRequest => "model_rejected_request",
-            Self::ModelTimeout => "model_timeout",
-            Self::TurnDeadlineExceeded => "turn_deadline_exceeded",
-            Self::InternalError => "internal_error",
-        }
-    }
-
     /// The code of an error response actix-web made itself, by its status.
     fn of_status(status: StatusCode) -> Self {
         match status.as_u16() {
@@ -138,6 +101,16 @@ impl ErrorCode {
             431 => Self::RequestHeaderFieldsTooLarge,
             status if status < 500 => Self::InvalidRequest,
             _ => Self::InternalError,
+        }
+    }
+}
+
+/// The code as the body spells it: its serde name, the one place the spelling lives.
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::String(code)) => formatter.write_str(&code),
+            _ => write!(formatter, "{self:?}"),
         }
     }
 }
@@ -206,10 +179,10 @@ impl ApiError {
         let status = self.status_code();
         match self {
             Self::Internal(error) => {
-                tracing::error!(status = status.as_u16(), code = self.code().as_str(), error = %format!("{error:#}"), "request failed");
+                tracing::error!(status = status.as_u16(), code = %self.code(), error = %format!("{error:#}"), "request failed");
             }
             _ if status.is_server_error() => {
-                tracing::warn!(status = status.as_u16(), code = self.code().as_str(), error = %error_chain(self), "request failed");
+                tracing::warn!(status = status.as_u16(), code = %self.code(), error = %error_chain(self), "request failed");
             }
             _ => {}
         }
@@ -450,4 +423,18 @@ pub enum StartupError {
     Model(#[source] ModelError),
     #[error("cannot set up the tools")]
     Tools(#[source] agent_core::ToolError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn a_code_reads_in_logs_as_in_bodies() {
+        assert_eq!(ErrorCode::SessionBusy.to_string(), "session_busy");
+        assert_eq!(
+            serde_json::to_value(ErrorCode::RequestHeaderFieldsTooLarge).unwrap(),
+            "request_header_fields_too_large"
+        );
+    }
 }

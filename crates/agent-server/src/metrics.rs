@@ -95,6 +95,7 @@ pub(crate) enum TurnOutcome {
 }
 
 impl TurnOutcome {
+    /// Every outcome, in declaration order.
     const ALL: [Self; 7] = [
         Self::Completed,
         Self::StoreFailed,
@@ -172,11 +173,8 @@ impl TurnMetrics {
     }
 
     fn outcome(&self, outcome: TurnOutcome) -> &Counter {
-        let index = TurnOutcome::ALL
-            .iter()
-            .position(|known| *known == outcome)
-            .unwrap_or(0);
-        &self.outcomes[index]
+        // ALL lists the variants in declaration order, so a variant's discriminant is its index.
+        &self.outcomes[outcome as usize]
     }
 }
 
