@@ -6,8 +6,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 
-pub(super) const CLIENTS: usize = 32;
-pub(super) const TURNS_PER_SESSION: usize = 4;
 /// Load before the fault starts, and after the stack has recovered.
 pub(super) const BEFORE: Duration = Duration::from_secs(5);
 pub(super) const AFTER: Duration = Duration::from_secs(10);
@@ -16,10 +14,6 @@ pub(super) const OUTAGE: Duration = Duration::from_secs(10);
 /// The session lock's TTL in the chaos stack: turn deadline (8 s, docker/compose.chaos.yaml)
 /// plus the server's fixed 30 s margin.
 pub(crate) const LOCK_TTL: Duration = Duration::from_secs(38);
-/// How long a client keeps retrying one turn before it counts as failed.
-pub(super) const GIVE_UP: Duration = Duration::from_secs(90);
-/// A client's bound on one request (an idempotent retry may wait out the first claim's lease).
-pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
 /// The longest an error answer may take while a backend is down (connect timeout 2 s, pool wait).
 pub(super) const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 

@@ -24,15 +24,17 @@ use xshell::Shell;
 
 use crate::checks::stack::TestStack;
 
-use faults::*;
 pub(crate) use faults::{
     Fault, LOCK_TTL, docker_output, inspect, signal_agent, unix_seconds, wait_healthy,
     wait_restarted,
 };
-use verdicts::*;
+
 pub(crate) use verdicts::{check_database, count_attempts, lock_ttls_ms};
 pub(crate) use workload::LoadRun;
-use workload::*;
+
+use faults::{AFTER, BEFORE, ERROR_DEADLINE, OUTAGE, docker, exit_codes};
+use verdicts::check_probes;
+use workload::{AttemptRecord, Decision, monitor};
 
 const PROJECT: &str = "agent-chaos";
 

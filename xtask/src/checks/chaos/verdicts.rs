@@ -9,8 +9,8 @@ use anyhow::bail;
 use crate::checks::stack::TestStack;
 
 use super::Row;
-use super::faults::*;
-use super::workload::*;
+use super::faults::{Fault, docker_output};
+use super::workload::{AttemptRecord, Decision, GIVE_UP, ProbeRecord, TurnRecord};
 
 /// /health never fails while a dependency is down; /ready follows the documented policy (Redis
 /// and the model are not readiness conditions, Postgres is) and is 200 at the end.

@@ -10,9 +10,15 @@ use std::time::{Duration, Instant};
 
 use dev_harness::http::{self, CallError};
 use dev_harness::load::{Client, Load, Plan, Program, Request};
-use serde_json::{Value, json};
 
-use super::faults::*;
+/// Clients, each holding sessions of this many turns.
+pub(super) const CLIENTS: usize = 32;
+pub(super) const TURNS_PER_SESSION: usize = 4;
+/// How long a client keeps retrying one turn before it counts as failed.
+pub(super) const GIVE_UP: Duration = Duration::from_secs(90);
+/// A client's bound on one request (an idempotent retry may wait out the first claim's lease).
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(40);
+use serde_json::{Value, json};
 
 /// What a client does with the outcome of one attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
