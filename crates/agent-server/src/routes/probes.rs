@@ -8,7 +8,7 @@ use agent_health::{CheckOutcome, Criticality, Health, NotReadyReason, ReadinessS
 use serde::Serialize;
 
 /// Liveness: answers while the process can serve HTTP; touches no dependency.
-#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "`{\"status\":\"healthy\"}`")))]
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, description = "`{\"status\":\"healthy\"}`", body = ProbeStatus)))]
 pub(super) async fn health() -> HttpResponse {
     // A constant body: probes hit this every few seconds, from every orchestrator and balancer.
     no_store(&mut HttpResponse::Ok())
@@ -18,8 +18,8 @@ pub(super) async fn health() -> HttpResponse {
 
 /// Startup: 503 until configuration, migrations and pools are done, then 200 forever.
 #[utoipa::path(get, path = "/startup", tag = "probes", responses(
-    (status = 200, description = "`{\"status\":\"started\"}`"),
-    (status = 503, description = "`{\"status\":\"starting\"}`"),
+    (status = 200, description = "`{\"status\":\"started\"}`", body = ProbeStatus),
+    (status = 503, description = "`{\"status\":\"starting\"}`", body = ProbeStatus),
 ))]
 pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
     if health.is_started() {
@@ -32,8 +32,8 @@ pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
 
 /// Readiness: every dependency check with its result and latency; 503 when not ready.
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
-    (status = 200, description = "Ready or degraded, with every check's status, criticality, latency and error"),
-    (status = 503, description = "Not ready: starting, draining, or a critical check failed"),
+    (status = 200, description = "Ready or degraded, with every check's status, criticality, latency and error", body = ReadinessBody),
+    (status = 503, description = "Not ready: starting, draining, or a critical check failed", body = ReadinessBody),
 ))]
 pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
     let readiness = health.readiness().await;
@@ -70,10 +70,19 @@ fn no_store(response: &mut actix_web::HttpResponseBuilder) -> &mut actix_web::Ht
     response.insert_header((CACHE_CONTROL, HeaderValue::from_static("no-store")))
 }
 
-#[derive(Debug, Serialize)]
-struct ReadinessBody {
+/// The body of `/health` and `/startup`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ProbeStatus {
+    /// `healthy` (liveness), `started` or `starting` (startup).
+    status: String,
+}
+
+/// The body of `/ready`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct ReadinessBody {
     /// "ready", "degraded" or "not ready".
     status: &'static str,
+    /// Why not ready: "starting", "draining" or "critical_check_failed".
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'static str>,
     checks: BTreeMap<String, CheckBody>,
@@ -81,13 +90,15 @@ struct ReadinessBody {
     checked_ms_ago: u64,
 }
 
-#[derive(Debug, Serialize)]
-struct CheckBody {
+/// One readiness check's result.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CheckBody {
     /// "up" or "down".
     status: &'static str,
     /// "critical" or "optional".
     criticality: &'static str,
     latency_ms: f64,
+    /// Why the check failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
