@@ -177,7 +177,22 @@ impl RedisCoordination {
         &self,
         command: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
     ) -> Result<T, StorageError> {
-        let object = bounded(BACKEND, self.timeout, self.shared_connection()).await?;
+        let object = self.checkout().await?;
+        self.run_on(object, command).await
+    }
+
+    /// The shared connection, within the command timeout. Failing here, a command never
+    /// reached Redis.
+    async fn checkout(&self) -> Result<Arc<Object<Manager>>, StorageError> {
+        bounded(BACKEND, self.timeout, self.shared_connection()).await
+    }
+
+    /// Runs `command` on a checked-out connection; a connection that fails is discarded.
+    async fn run_on<T>(
+        &self,
+        object: Arc<Object<Manager>>,
+        command: impl AsyncFnOnce(&mut MultiplexedConnection) -> Result<T, RedisError>,
+    ) -> Result<T, StorageError> {
         let mut connection = MultiplexedConnection::clone(&object);
         match tokio::time::timeout(self.timeout, command(&mut connection)).await {
             Ok(Ok(value)) => Ok(value),
@@ -273,8 +288,12 @@ impl SessionLocks for RedisCoordination {
         ttl: Duration,
     ) -> Result<Option<LockLease>, StorageError> {
         let owner = uuid::Uuid::new_v4().to_string();
+        // Without a connection the script never reached Redis: nothing to release. (Every
+        // failed acquire used to leave a release retrying for the lock's whole TTL, so a Redis
+        // outage under load held memory without bound.)
+        let object = self.checkout().await?;
         let token: Option<u64> = self
-            .run(async |connection| {
+            .run_on(object, async |connection| {
                 ACQUIRE
                     .key(self.lock_key(session))
                     .key(format!("{}fence:{session}", self.prefix))

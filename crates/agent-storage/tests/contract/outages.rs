@@ -236,3 +236,34 @@ async fn connections_terminated_by_the_server_are_replaced() {
     }
     assert!(matches!(outcomes.last(), Some(Ok(true))), "{outcomes:?}");
 }
+
+/// An acquire that never reached Redis leaves nothing behind: a storm of them during an outage
+/// must not leave a background release per request, each retrying for the lock's whole TTL (how
+/// a Redis outage under load once held memory without bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquires_that_never_reached_redis_leave_no_background_work() {
+    let redis = RedisCoordination::connect(&RedisOptions {
+        timeout: Duration::from_millis(300),
+        ..test_support::redis_options(&format!("redis://127.0.0.1:{}", closed_port()))
+    })
+    .unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    for _ in 0..300 {
+        let error = redis
+            .try_acquire(&id(), Duration::from_secs(120))
+            .await
+            .unwrap_err();
+        assert!(error.is_unavailable(), "{error:?}");
+    }
+    let after = tasks();
+    assert!(
+        after <= before + 2,
+        "{} tasks were left behind by 300 failed acquires",
+        after - before
+    );
+}
