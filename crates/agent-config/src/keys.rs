@@ -154,6 +154,10 @@ declare_keys! {
     PROFILE = "profile", Kind::Choice(&["dev|development", "production|prod"]), default: Some("dev"), aliases: [];
     /// `auto`: JSON when standard output is not a terminal, readable text when it is.
     LOG_FORMAT = "log_format", Kind::Choice(&["auto", "json", "pretty|text"]), default: Some("auto"), aliases: [];
+    /// The cause chain of a failed request (5xx) is logged once per distinct failure per
+    /// interval, with the request id of the first and how many were suppressed since; metrics
+    /// and the access lines still count every one. 0s logs every one.
+    LOG_REPEAT_INTERVAL = "log_repeat_interval", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("10s"), aliases: [];
     /// Adds one log line each time a span closes, with its busy and idle time: the request, and
     /// (debug-level spans, enabled by this switch unless `RUST_LOG` is set) the turn, each model
     /// call, each tool call and each storage operation. A lightweight trace in the logs.

@@ -159,6 +159,7 @@ impl Layers {
             log: LogSettings {
                 format,
                 enable_tracing: self.boolean(&keys::ENABLE_TRACING)?,
+                repeat_interval: self.duration(&keys::LOG_REPEAT_INTERVAL)?,
             },
             enable_streaming: self.boolean(&keys::ENABLE_STREAMING)?,
             api_keys: self.api_keys()?,

@@ -47,6 +47,8 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// `ENABLE_TRACING`: one extra log line per closed span, with its timings.
     pub enable_tracing: bool,
+    /// A failure's cause chain is logged once per distinct failure per this long (zero: always).
+    pub repeat_interval: Duration,
 }
 
 /// Limits and behaviour of the HTTP API.

@@ -14,9 +14,11 @@ use agent_storage::StorageError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::failure_log::Failure;
+
 /// Every error code the API answers with, in the `code` of the error body. Stable: clients may
 /// match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No route for this method and path.
@@ -173,19 +175,23 @@ impl ApiError {
         }
     }
 
-    /// Logs a 5xx with its cause chain: the one place such failures are logged (a 5xx body reveals
-    /// nothing). A dependency's failure is a warning, a failure of ours an error.
-    pub(crate) fn log_if_ours(&self) {
+    /// A 5xx's failure with its cause chain, for the failure log (a 5xx body reveals nothing):
+    /// logged once, at the edge, by `crate::failure_log`. None for a client's error.
+    pub(crate) fn failure(&self) -> Option<Failure> {
         let status = self.status_code();
-        match self {
-            Self::Internal(error) => {
-                tracing::error!(status = status.as_u16(), code = %self.code(), error = %format!("{error:#}"), "request failed");
-            }
-            _ if status.is_server_error() => {
-                tracing::warn!(status = status.as_u16(), code = %self.code(), error = %error_chain(self), "request failed");
-            }
-            _ => {}
+        if !status.is_server_error() {
+            return None;
         }
+        let (chain, ours) = match self {
+            Self::Internal(error) => (format!("{error:#}"), true),
+            other => (error_chain(other), false),
+        };
+        Some(Failure {
+            status: status.as_u16(),
+            code: self.code(),
+            chain,
+            ours,
+        })
     }
 
     /// The stable, machine-readable code in the body.
@@ -221,8 +227,11 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let status = self.status_code();
-        self.log_if_ours();
         let mut response = HttpResponse::build(status);
+        // The request middleware logs it, bounded, in the request's span.
+        if let Some(failure) = self.failure() {
+            response.extensions_mut().insert(failure);
+        }
         match self {
             Self::MethodNotAllowed { allow, .. } => {
                 response.insert_header((header::ALLOW, *allow));

@@ -7,6 +7,7 @@ mod backends;
 pub mod cli;
 mod dto;
 mod error;
+mod failure_log;
 mod idempotency;
 mod metrics;
 mod middleware;

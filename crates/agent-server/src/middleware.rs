@@ -11,10 +11,12 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tracing::Instrument;
 
+use crate::failure_log::{Failure, FailureLog};
 use crate::metrics::WorkerMetrics;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -79,6 +81,12 @@ pub(crate) async fn request_context(
     }
     response.headers_mut().insert(REQUEST_ID, request_id);
     let _entered = span.enter();
+    if let (Some(failure), Some(log)) = (
+        response.response().extensions().get::<Failure>(),
+        response.request().app_data::<web::Data<FailureLog>>(),
+    ) {
+        log.log(failure);
+    }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if quiet.is_some() {
         tracing::debug!(status, latency_ms, "request completed");

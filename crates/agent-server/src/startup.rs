@@ -18,6 +18,7 @@ use crate::access::AccessPolicy;
 use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
+use crate::failure_log::FailureLog;
 use crate::metrics::{AppMetrics, WorkerMetrics};
 use crate::middleware::request_context;
 use crate::routes;
@@ -156,6 +157,7 @@ impl ApplicationBuilder {
         let app_health = web::Data::new(health.clone());
         let app_metrics = web::Data::from(Arc::clone(&metrics));
         let document = web::Data::new(routes::Document(routes::document(&settings)));
+        let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
             let own = recipe.for_worker(workers).and_then(|backends| {
@@ -166,6 +168,7 @@ impl ApplicationBuilder {
                 .app_data(app_health.clone())
                 .app_data(app_metrics.clone())
                 .app_data(document.clone())
+                .app_data(failures.clone())
                 .app_data(WorkerMetrics::new(app_metrics.clone().into_inner()))
                 .app_data(worker.backends)
                 .app_data(worker.turns)

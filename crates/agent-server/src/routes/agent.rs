@@ -18,6 +18,7 @@ use crate::dto::{
     parse_json,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::failure_log::FailureLog;
 use crate::idempotency;
 use crate::turn::{ClaimToComplete, Prepared, Turns};
 
@@ -115,6 +116,7 @@ pub(crate) async fn post_agent_stream(
     turns: Data<Turns>,
     settings: Data<Settings>,
     drain: Data<watch::Receiver<bool>>,
+    failures: Data<FailureLog>,
 ) -> Result<HttpResponse, ApiError> {
     if !settings.enable_streaming {
         return Err(ApiError::invalid(
@@ -151,13 +153,13 @@ pub(crate) async fn post_agent_stream(
                         let Some(held) = held.take() else { break };
                         match turns.store(held, result, None).await {
                             Ok((response, _)) => yield sse("done", &response),
-                            Err(error) => yield error_event(&error),
+                            Err(error) => yield error_event(&error, &failures),
                         }
                         break;
                     }
                     Some(AgentEvent::Failed(error)) => {
                         turns.record_failure(&error);
-                        yield error_event(&ApiError::from(error));
+                        yield error_event(&ApiError::from(error), &failures);
                         break;
                     }
                     None => break,
@@ -189,8 +191,10 @@ fn sse(event: &str, data: &impl serde::Serialize) -> Result<Bytes, actix_web::Er
     Ok(Bytes::from(format!("event: {event}\ndata: {data}\n\n")))
 }
 
-fn error_event(error: &ApiError) -> Result<Bytes, actix_web::Error> {
-    // An event stream's edge: its errors are logged here, as error_response logs the others.
-    error.log_if_ours();
+fn error_event(error: &ApiError, failures: &FailureLog) -> Result<Bytes, actix_web::Error> {
+    // An event stream's edge: its failures are logged here, as the middleware logs the others.
+    if let Some(failure) = error.failure() {
+        failures.log(&failure);
+    }
     sse("error", &ErrorBody::new(error.code(), &error.to_string()))
 }

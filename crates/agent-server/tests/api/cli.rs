@@ -216,3 +216,74 @@ async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
         .collect();
     assert_eq!(messages, ["shutdown began", "stopped"]);
 }
+
+/// A storm of identical failures is one line with its cause per interval, not a line each:
+/// 40 turns fail the same way (the model server refuses connections), and the process logs 40
+/// access lines but the cause once.
+#[tokio::test]
+async fn a_storm_of_identical_failures_logs_its_cause_once_per_interval() {
+    let model = format!("http://127.0.0.1:{}/v1", closed_port());
+    let mut child = agent_server(
+        &[],
+        &[
+            ("PORT", "0"),
+            ("AGENT_LOG_FORMAT", "json"),
+            ("AGENT_SERVER__SHUTDOWN_DELAY", "0s"),
+            ("OPENAI_BASE_URL", &model),
+            ("AGENT_MODEL__MAX_ATTEMPTS", "1"),
+            ("AGENT_LOG_REPEAT_INTERVAL", "1h"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("the binary starts");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port = loop {
+        let line = lines
+            .next()
+            .expect("the server logs that it listens")
+            .unwrap();
+        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
+        if entry["fields"]["message"] == "listening" {
+            break entry["fields"]["port"].as_u64().unwrap();
+        }
+    };
+    for _ in 0..40 {
+        let status = client()
+            .post(format!("http://127.0.0.1:{port}/agent"))
+            .json(&serde_json::json!({ "message": "hi" }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 502);
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let entries: Vec<serde_json::Value> = lines
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str(&line).ok())
+        .collect();
+    child.wait().unwrap();
+    let count = |message: &str| {
+        entries
+            .iter()
+            .filter(|entry| entry["fields"]["message"] == message)
+            .count()
+    };
+    assert_eq!(count("request completed"), 40, "{entries:?}");
+    let failed: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|entry| entry["fields"]["message"] == "request failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(
+        failed[0]["fields"]["code"], "model_unavailable",
+        "{failed:?}"
+    );
+    assert!(failed[0]["span"]["request_id"].is_string(), "{failed:?}");
+}
