@@ -115,10 +115,13 @@ impl RetryingTransport {
             };
             if attempt >= self.policy.max_attempts || started.elapsed() + pause > self.policy.budget
             {
-                tracing::warn!(attempt, error = %failure, "model call failed; giving up");
+                // Debug: the failure reaches the API's edge, which logs it (bounded, per distinct
+                // failure and interval); a line per call here would be a line per request.
+                tracing::debug!(attempt, error = %failure, "model call failed; giving up");
                 return Err(boxed(failure));
             }
-            tracing::warn!(attempt, retry_in = ?pause, error = %failure, "model call failed; retrying");
+            // Debug too: `model_call_retries_total` counts every retry.
+            tracing::debug!(attempt, retry_in = ?pause, error = %failure, "model call failed; retrying");
             self.retries.increment(1);
             tokio::time::sleep(pause).await;
         }
