@@ -140,21 +140,22 @@ fn version_prints_the_package_version() {
     );
 }
 
-#[tokio::test]
-async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
-    let mut child = agent_server(
-        &[],
-        &[
-            ("PORT", "0"),
-            ("AGENT_LOG_FORMAT", "json"),
-            ("AGENT_SERVER__SHUTDOWN_DELAY", "1s"),
-            ("AGENT_HEALTH__CACHE_TTL", "0s"),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("the binary starts");
+/// The binary serving with JSON logs on a free port and `vars`: the process, its log lines
+/// still to read, and its port (read from its "listening" line).
+fn serve_logging_json(
+    vars: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    u64,
+) {
+    let mut all = vec![("PORT", "0"), ("AGENT_LOG_FORMAT", "json")];
+    all.extend_from_slice(vars);
+    let mut child = agent_server(&[], &all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let port = loop {
         let line = lines
@@ -166,6 +167,15 @@ async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
             break entry["fields"]["port"].as_u64().unwrap();
         }
     };
+    (child, lines, port)
+}
+
+#[tokio::test]
+async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
+    let (mut child, lines, port) = serve_logging_json(&[
+        ("AGENT_SERVER__SHUTDOWN_DELAY", "1s"),
+        ("AGENT_HEALTH__CACHE_TTL", "0s"),
+    ]);
     let address = format!("http://127.0.0.1:{port}");
     assert_eq!(
         client()
@@ -223,32 +233,12 @@ async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
 #[tokio::test]
 async fn a_storm_of_identical_failures_logs_its_cause_once_per_interval() {
     let model = format!("http://127.0.0.1:{}/v1", closed_port());
-    let mut child = agent_server(
-        &[],
-        &[
-            ("PORT", "0"),
-            ("AGENT_LOG_FORMAT", "json"),
-            ("AGENT_SERVER__SHUTDOWN_DELAY", "0s"),
-            ("OPENAI_BASE_URL", &model),
-            ("AGENT_MODEL__MAX_ATTEMPTS", "1"),
-            ("AGENT_LOG_REPEAT_INTERVAL", "1h"),
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("the binary starts");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("the server logs that it listens")
-            .unwrap();
-        let entry: serde_json::Value = serde_json::from_str(&line).expect("log lines are JSON");
-        if entry["fields"]["message"] == "listening" {
-            break entry["fields"]["port"].as_u64().unwrap();
-        }
-    };
+    let (mut child, lines, port) = serve_logging_json(&[
+        ("AGENT_SERVER__SHUTDOWN_DELAY", "0s"),
+        ("OPENAI_BASE_URL", &model),
+        ("AGENT_MODEL__MAX_ATTEMPTS", "1"),
+        ("AGENT_LOG_REPEAT_INTERVAL", "1h"),
+    ]);
     for _ in 0..40 {
         let status = client()
             .post(format!("http://127.0.0.1:{port}/agent"))
