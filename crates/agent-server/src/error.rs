@@ -194,6 +194,32 @@ impl ApiError {
         })
     }
 
+    /// When a retry is the right move, after how many whole seconds (at least 1): the
+    /// `Retry-After` header, and `retry_after` in the body for clients that read no headers (a
+    /// stream's `error` event).
+    pub(crate) fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after }
+            | Self::Unavailable {
+                retry_after: Some(retry_after),
+                ..
+            } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        }
+    }
+
+    /// The error body: code, message (nothing internal for a failure of ours) and retry hint.
+    pub(crate) fn body(&self) -> ErrorBody {
+        let message = if matches!(self, Self::Internal(_)) {
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        let mut body = ErrorBody::new(self.code(), &message);
+        body.error.retry_after = self.retry_after_seconds();
+        body
+    }
+
     /// The stable, machine-readable code in the body.
     pub fn code(&self) -> ErrorCode {
         match self {
@@ -239,24 +265,12 @@ impl ResponseError for ApiError {
             Self::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            Self::RateLimited { retry_after }
-            | Self::Unavailable {
-                retry_after: Some(retry_after),
-                ..
-            } => {
-                response.insert_header((
-                    header::RETRY_AFTER,
-                    retry_after.as_secs_f64().ceil().max(1.0).to_string(),
-                ));
-            }
             _ => {}
         }
-        let message = if matches!(self, Self::Internal(_)) {
-            "internal error".to_owned()
-        } else {
-            self.to_string()
-        };
-        response.json(ErrorBody::new(self.code(), &message))
+        if let Some(seconds) = self.retry_after_seconds() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(self.body())
     }
 }
 
@@ -358,6 +372,11 @@ pub(crate) struct ErrorDetail {
     code: ErrorCode,
     /// What went wrong, for humans.
     message: String,
+    /// Seconds to wait before retrying, when a retry is the right move (the same as the
+    /// `Retry-After` header; in a stream's `error` event, the only place it is said).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    retry_after: Option<u64>,
 }
 
 impl ErrorBody {
@@ -366,6 +385,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code,
                 message: message.to_owned(),
+                retry_after: None,
             },
         }
     }

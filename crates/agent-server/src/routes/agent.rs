@@ -196,5 +196,5 @@ fn error_event(error: &ApiError, failures: &FailureLog) -> Result<Bytes, actix_w
     if let Some(failure) = error.failure() {
         failures.log(&failure);
     }
-    sse("error", &ErrorBody::new(error.code(), &error.to_string()))
+    sse("error", &error.body())
 }

@@ -175,10 +175,27 @@ fn fit(document: &mut Value, settings: &Settings) {
                     None => responses["503"] = error_response(unavailable),
                 }
             }
+            // Every API refusal that asks for a retry says when (the probes' 503 is a state).
+            retry_after_on(responses, "429");
+            retry_after_on(responses, "503");
             if with_keys {
                 operation["security"] = json!([{ "bearer": [] }]);
             }
         }
+    }
+}
+
+/// Documents the `Retry-After` header every API 429 and 503 carries (also `retry_after` in the
+/// body).
+fn retry_after_on(responses: &mut Value, status: &str) {
+    if let Some(response) = responses.get_mut(status) {
+        response["headers"] = json!({
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (also `retry_after` in the body)",
+                "required": true,
+                "schema": { "type": "integer", "minimum": 1 },
+            }
+        });
     }
 }
 

@@ -435,9 +435,45 @@ async fn model_failures_give_502_or_504_and_store_nothing() {
             .agent(json!({ "message": "hi", "session_id": "failing" }))
             .await;
         assert_eq!(response.status(), status, "{code}");
-        assert_eq!(error_code(&response.json().await.unwrap()), code);
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .map(|value| value.to_str().unwrap().to_owned());
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(error_code(&body), code);
+        // The model server said when (Retry-After: 120): so do we, in the header and the body.
+        let expected = (status == 503).then(|| "120".to_owned());
+        assert_eq!(retry_after, expected, "{code}");
+        assert_eq!(
+            body["error"]["retry_after"]
+                .as_u64()
+                .map(|seconds| seconds.to_string()),
+            expected,
+            "{code}"
+        );
         assert!(app.stored("failing").await.is_empty(), "{code}");
     }
+}
+
+/// A stream cannot send a header once it began: its `error` event says when to retry.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_error_event_says_when_to_retry() {
+    let fake = FakeOpenAi::repeating(Scripted::rate_limited("30")).await;
+    let app = spawn_with_model(&fake, &[("AGENT_MODEL__MAX_ATTEMPTS", "1")]).await;
+    let body = app
+        .client
+        .post(format!("{}/agent/stream", app.address))
+        .json(&json!({ "message": "hi" }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("event: error"), "{body}");
+    let error: Value = serde_json::from_str(body.lines().last_data()).unwrap();
+    assert_eq!(error_code(&error), "model_rate_limited");
+    assert_eq!(error["error"]["retry_after"], 30, "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

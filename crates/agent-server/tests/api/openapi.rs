@@ -202,6 +202,21 @@ async fn the_document_describes_the_running_configuration() {
     }
     assert!(open.statuses("post", "/agent").contains(&429));
     assert!(!open.statuses("get", "/health").contains(&429));
+    // Every API 429 and 503 says when to retry; the probes' 503 is a state, not a refusal.
+    for (method, template, status, documented) in [
+        ("post", "/agent", "429", true),
+        ("post", "/agent", "503", true),
+        ("post", "/agent/stream", "503", true),
+        ("get", "/sessions/{id}", "503", true),
+        ("get", "/ready", "503", false),
+    ] {
+        let header = &open.operation(method, template).unwrap()["responses"][status]["headers"]["Retry-After"];
+        assert_eq!(
+            header.is_object(),
+            documented,
+            "{method} {template} {status}"
+        );
+    }
     let message = &open.schema("AgentRequest")["properties"]["message"];
     assert_eq!(
         (&message["minLength"], &message["maxLength"]),
