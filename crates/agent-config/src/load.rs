@@ -327,8 +327,12 @@ impl Layers {
         if declared {
             Ok(())
         } else {
-            Err(self.invalid(key, &format!("is declared as {:?}", key.kind)))
+            Err(self.misread(key))
         }
+    }
+
+    fn misread(&self, key: &Key) -> ConfigError {
+        self.invalid(key, &format!("is declared as {:?}", key.kind))
     }
 
     /// The raw text of a key (its default when no layer sets it).
@@ -346,7 +350,7 @@ impl Layers {
 
     fn int(&self, key: &Key) -> Result<u64, ConfigError> {
         let Kind::Int { min, max } = key.kind else {
-            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+            return Err(self.misread(key));
         };
         let expected = format!("a whole number from {min} to {max}");
         let value: u64 = self.parse(key, &expected)?;
@@ -362,7 +366,7 @@ impl Layers {
 
     fn float(&self, key: &Key) -> Result<f32, ConfigError> {
         let Kind::Float { min, max } = key.kind else {
-            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+            return Err(self.misread(key));
         };
         let expected = format!("a number from {min} to {max}");
         let value: f32 = self.parse(key, &expected)?;
@@ -392,7 +396,7 @@ impl Layers {
     /// another name for `a`).
     fn choice(&self, key: &Key) -> Result<&'static str, ConfigError> {
         let Kind::Choice(names) = key.kind else {
-            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+            return Err(self.misread(key));
         };
         let text = self.raw(key.path).unwrap_or_default();
         let wanted = text.trim().to_ascii_lowercase();
@@ -418,7 +422,7 @@ impl Layers {
 
     fn duration(&self, key: &Key) -> Result<Duration, ConfigError> {
         let Kind::Duration { min, max } = key.kind else {
-            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+            return Err(self.misread(key));
         };
         let text = self.raw(key.path).unwrap_or_default();
         let value = humantime::parse_duration(text.trim()).map_err(|_| {
@@ -460,7 +464,7 @@ impl Layers {
     /// A secret URL: validated for its scheme, and never echoed in the error.
     fn url_secret(&self, key: &Key) -> Result<Option<SecretString>, ConfigError> {
         let Kind::SecretUrl(schemes) = key.kind else {
-            return Err(self.invalid(key, &format!("is declared as {:?}", key.kind)));
+            return Err(self.misread(key));
         };
         let Some(secret) = self.secret(key)? else {
             return Ok(None);

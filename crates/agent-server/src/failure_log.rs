@@ -5,6 +5,7 @@
 //! metrics count every one.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,8 @@ pub(crate) struct Failure {
 #[derive(Debug)]
 pub(crate) struct FailureLog {
     interval: Duration,
-    windows: Mutex<HashMap<(ErrorCode, String), Window>>,
+    /// Per (code, hash of the cause chain): a storm allocates no key per failure.
+    windows: Mutex<HashMap<(ErrorCode, u64), Window>>,
 }
 
 #[derive(Debug)]
@@ -73,9 +75,11 @@ impl FailureLog {
             windows.retain(|_, window| now.duration_since(window.started) < self.interval);
         }
         let key = if windows.len() >= MAX_KINDS {
-            (code, String::new())
+            (code, 0)
         } else {
-            (code, chain.to_owned())
+            let mut hasher = DefaultHasher::new();
+            chain.hash(&mut hasher);
+            (code, hasher.finish())
         };
         match windows.get_mut(&key) {
             Some(window) if now.duration_since(window.started) < self.interval => {

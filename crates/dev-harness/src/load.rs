@@ -103,11 +103,8 @@ impl Client {
         request: &Request,
         timeout: Duration,
     ) -> Result<crate::http::Reply, crate::http::CallError> {
-        let open = self.shared.open.fetch_add(1, Ordering::Relaxed) + 1;
-        self.shared.most_open.fetch_max(open, Ordering::Relaxed);
-        let reply = crate::http::send(self.shared.port, request, timeout).await;
-        self.shared.open.fetch_sub(1, Ordering::Relaxed);
-        reply
+        let _open = self.shared.opened();
+        crate::http::send(self.shared.port, request, timeout).await
     }
 }
 
@@ -144,10 +141,9 @@ impl Plan {
 
 /// Load running against one port; see the module doc for its phases.
 pub struct Load {
-    phase: Arc<AtomicU8>,
-    window: Arc<std::sync::Mutex<(Option<Instant>, Option<Duration>)>>,
-    open: Arc<AtomicUsize>,
-    most_open: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+    /// When the measured window began, and how long it lasted once stopped.
+    window: std::sync::Mutex<(Option<Instant>, Option<Duration>)>,
     driver: std::thread::JoinHandle<anyhow::Result<Vec<Tally>>>,
 }
 
@@ -208,25 +204,22 @@ impl Load {
     }
 
     fn launch(port: u16, plan: Plan, behaviour: Behaviour) -> anyhow::Result<Self> {
-        let phase = Arc::new(AtomicU8::new(WARMING));
-        let open = Arc::new(AtomicUsize::new(0));
-        let most_open = Arc::new(AtomicUsize::new(0));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(plan.threads.max(1))
             .thread_name("load")
             .enable_all()
             .build()
             .context("cannot start the load generator's runtime")?;
-        let shared = Shared {
+        let shared = Arc::new(Shared {
             port,
             behaviour,
             counter: AtomicU64::new(0),
-            phase: Arc::clone(&phase),
-            open: Arc::clone(&open),
-            most_open: Arc::clone(&most_open),
+            phase: AtomicU8::new(WARMING),
+            open: AtomicUsize::new(0),
+            most_open: AtomicUsize::new(0),
             timeout: plan.timeout,
-        };
-        let shared = Arc::new(shared);
+        });
+        let driven = Arc::clone(&shared);
         let driver = std::thread::Builder::new()
             .name("load-driver".into())
             .spawn(move || {
@@ -238,7 +231,7 @@ impl Load {
                             } else {
                                 Duration::ZERO
                             };
-                            tokio::spawn(run_client(Arc::clone(&shared), index, delay))
+                            tokio::spawn(run_client(Arc::clone(&driven), index, delay))
                         })
                         .collect();
                     let mut tallies = Vec::with_capacity(clients.len());
@@ -250,17 +243,10 @@ impl Load {
             })
             .context("cannot start the load generator")?;
         Ok(Self {
-            phase,
-            window: Arc::new(std::sync::Mutex::new((None, None))),
-            open,
-            most_open,
+            shared,
+            window: std::sync::Mutex::new((None, None)),
             driver,
         })
-    }
-
-    /// Connections open now.
-    pub fn open_connections(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
     }
 
     /// Starts the measured window.
@@ -268,12 +254,12 @@ impl Load {
         if let Ok(mut window) = self.window.lock() {
             window.0 = Some(Instant::now());
         }
-        self.phase.store(MEASURING, Ordering::SeqCst);
+        self.shared.phase.store(MEASURING, Ordering::SeqCst);
     }
 
     /// Ends the measured window; clients finish their request in flight (uncounted) and stop.
     pub fn stop(&self) {
-        self.phase.store(STOPPED, Ordering::SeqCst);
+        self.shared.phase.store(STOPPED, Ordering::SeqCst);
         if let Ok(mut window) = self.window.lock() {
             window.1 = window.0.map(|began| began.elapsed());
         }
@@ -295,7 +281,7 @@ impl Load {
         Ok(summarise(
             tallies,
             elapsed,
-            self.most_open.load(Ordering::Relaxed),
+            self.shared.most_open.load(Ordering::Relaxed),
         ))
     }
 
@@ -323,25 +309,37 @@ struct Shared {
     port: u16,
     behaviour: Behaviour,
     counter: AtomicU64,
-    phase: Arc<AtomicU8>,
-    open: Arc<AtomicUsize>,
-    most_open: Arc<AtomicUsize>,
+    phase: AtomicU8,
+    open: AtomicUsize,
+    most_open: AtomicUsize,
     timeout: Duration,
 }
 
-/// An open connection, counted while it lives.
-struct Connection {
-    sender: SendRequest<Full<Bytes>>,
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+impl Shared {
+    /// Counts a connection as open until the guard drops.
+    fn opened(self: &Arc<Self>) -> Opened {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.most_open.fetch_max(open, Ordering::Relaxed);
+        Opened(Arc::clone(self))
     }
 }
 
-async fn connect(shared: &Shared) -> Option<Connection> {
+/// A connection counted as open.
+struct Opened(Arc<Shared>);
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A kept-alive connection of a closed-loop client.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    _open: Opened,
+}
+
+async fn connect(shared: &Arc<Shared>) -> Option<Connection> {
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", shared.port))
         .await
         .ok()?;
@@ -350,11 +348,9 @@ async fn connect(shared: &Shared) -> Option<Connection> {
         .await
         .ok()?;
     tokio::spawn(connection);
-    let open = shared.open.fetch_add(1, Ordering::Relaxed) + 1;
-    shared.most_open.fetch_max(open, Ordering::Relaxed);
     Some(Connection {
         sender,
-        open: Arc::clone(&shared.open),
+        _open: shared.opened(),
     })
 }
 

@@ -322,12 +322,8 @@ async fn a_stream_sends_its_events_in_order_and_stores_the_turn() {
     )
     .await;
     let response = app
-        .client
-        .post(format!("{}/agent/stream", app.address))
-        .json(&json!({ "message": "6*7?", "session_id": "streamed" }))
-        .send()
-        .await
-        .unwrap();
+        .stream(json!({ "message": "6*7?", "session_id": "streamed" }))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     assert_eq!(response.headers()["cache-control"], "no-cache");
@@ -369,13 +365,7 @@ impl<'a, I: Iterator<Item = &'a str>> LastData<'a> for I {
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_can_be_turned_off() {
     let (app, _fake) = spawn_full(vec![text("unused")], &[("ENABLE_STREAMING", "false")]).await;
-    let response = app
-        .client
-        .post(format!("{}/agent/stream", app.address))
-        .json(&json!({ "message": "hi" }))
-        .send()
-        .await
-        .unwrap();
+    let response = app.stream(json!({ "message": "hi" })).await;
     assert_eq!(response.status(), 404);
     assert_eq!(
         error_code(&response.json().await.unwrap()),
@@ -461,12 +451,8 @@ async fn a_stream_error_event_says_when_to_retry() {
     let fake = FakeOpenAi::repeating(Scripted::rate_limited("30")).await;
     let app = spawn_with_model(&fake, &[("AGENT_MODEL__MAX_ATTEMPTS", "1")]).await;
     let body = app
-        .client
-        .post(format!("{}/agent/stream", app.address))
-        .json(&json!({ "message": "hi" }))
-        .send()
+        .stream(json!({ "message": "hi" }))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

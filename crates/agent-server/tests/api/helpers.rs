@@ -136,6 +136,16 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// `POST /agent/stream` with a JSON body.
+    pub(crate) async fn stream(&self, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/agent/stream", self.address))
+            .json(&body)
+            .send()
+            .await
+            .expect("request failed")
+    }
+
     /// The stored messages of a session (none if it does not exist).
     pub(crate) async fn stored(&self, session: &str) -> Vec<agent_storage::StoredMessage> {
         let id = agent_core::SessionId::parse(session).unwrap();

@@ -90,12 +90,8 @@ async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() 
     )
     .await;
     let response = app
-        .client
-        .post(format!("{}/agent/stream", app.address))
-        .json(&serde_json::json!({ "message": "long story", "session_id": "draining" }))
-        .send()
-        .await
-        .unwrap();
+        .stream(serde_json::json!({ "message": "long story", "session_id": "draining" }))
+        .await;
     assert_eq!(response.status(), 200);
     app.shutdown.trigger();
     let body = response.text().await.unwrap();
