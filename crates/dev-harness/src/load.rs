@@ -260,7 +260,10 @@ impl Load {
     /// Ends the measured window; clients finish their request in flight (uncounted) and stop.
     pub fn stop(&self) {
         self.shared.phase.store(STOPPED, Ordering::SeqCst);
-        if let Ok(mut window) = self.window.lock() {
+        // The first stop ends the window; `report` stops again, which must not lengthen it.
+        if let Ok(mut window) = self.window.lock()
+            && window.1.is_none()
+        {
             window.1 = window.0.map(|began| began.elapsed());
         }
     }
