@@ -1,7 +1,7 @@
 //! The metrics agent-core records, as handles registered with the recorder its embedder passes
 //! in. There is no process-wide recorder: each application (and each test) counts its own.
 
-use metrics::{Counter, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 
 use crate::error::ModelError;
 
@@ -14,6 +14,15 @@ pub fn counter(
     labels: &[(&'static str, &'static str)],
 ) -> Counter {
     recorder.register_counter(&key(name, labels), &METADATA)
+}
+
+/// Registers the gauge `name{labels}` with `recorder`.
+pub fn gauge(
+    recorder: &dyn Recorder,
+    name: &'static str,
+    labels: &[(&'static str, &'static str)],
+) -> Gauge {
+    recorder.register_gauge(&key(name, labels), &METADATA)
 }
 
 /// Registers the histogram `name{labels}` with `recorder`.

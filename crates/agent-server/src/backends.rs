@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use agent_config::{HealthSettings, StorageSettings};
 use agent_health::{Criticality, HealthCheck};
 use agent_storage::{
-    ConversationStore, IdempotencyStore, MemoryStorage, PostgresOptions, PostgresStore,
-    RateLimiter, RedisCoordination, RedisOptions, SessionLocks,
+    BackgroundWork, ConversationStore, IdempotencyStore, MemoryStorage, PostgresOptions,
+    PostgresStore, RateLimiter, RedisCoordination, RedisOptions, SessionLocks,
 };
 
 use crate::error::StartupError;
@@ -21,6 +21,9 @@ pub struct Backends {
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub locks: Arc<dyn SessionLocks>,
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// The slots of the process's background work (lock releases, abandoned idempotency
+    /// claims), shared by every worker's stores.
+    pub background: Arc<BackgroundWork>,
 }
 
 /// What each worker builds its own storage clients from. A connection's driver task runs on the
@@ -32,10 +35,12 @@ pub(crate) struct BackendsRecipe {
     postgres: Option<PostgresOptions>,
     redis: Option<RedisOptions>,
     memory: Arc<MemoryStorage>,
+    background: Arc<BackgroundWork>,
 }
 
 impl BackendsRecipe {
     fn new(storage: &StorageSettings) -> Self {
+        let background = Arc::new(BackgroundWork::default());
         Self {
             postgres: postgres_options(storage),
             redis: storage.redis_url.as_ref().map(|url| RedisOptions {
@@ -44,7 +49,8 @@ impl BackendsRecipe {
                 timeout: storage.redis_timeout,
                 key_prefix: storage.redis_key_prefix.clone(),
             }),
-            memory: Arc::new(MemoryStorage::new()),
+            memory: Arc::new(MemoryStorage::new().with_background(Arc::clone(&background))),
+            background,
         }
     }
 
@@ -66,7 +72,7 @@ impl BackendsRecipe {
             .redis
             .as_ref()
             .map(|options| {
-                connect_redis(&RedisOptions {
+                self.connect_redis(&RedisOptions {
                     pool_size: share(options.pool_size),
                     ..options.clone()
                 })
@@ -100,7 +106,17 @@ impl BackendsRecipe {
             idempotency,
             locks,
             rate_limiter,
+            background: Arc::clone(&self.background),
         }
+    }
+
+    fn connect_redis(&self, options: &RedisOptions) -> Result<RedisCoordination, StartupError> {
+        RedisCoordination::connect(options)
+            .map(|redis| redis.with_background(Arc::clone(&self.background)))
+            .map_err(|source| StartupError::Storage {
+                what: "connect to Redis",
+                source,
+            })
     }
 }
 
@@ -141,7 +157,7 @@ pub(crate) async fn build(
     };
     let redis = match &recipe.redis {
         Some(options) => {
-            let redis = connect_redis(&RedisOptions {
+            let redis = recipe.connect_redis(&RedisOptions {
                 pool_size: SHARED_POOL_SIZE,
                 ..options.clone()
             })?;
@@ -187,13 +203,6 @@ fn postgres_options(storage: &StorageSettings) -> Option<PostgresOptions> {
 fn connect_postgres(options: &PostgresOptions) -> Result<PostgresStore, StartupError> {
     PostgresStore::connect(options).map_err(|source| StartupError::Storage {
         what: "connect to Postgres",
-        source,
-    })
-}
-
-fn connect_redis(options: &RedisOptions) -> Result<RedisCoordination, StartupError> {
-    RedisCoordination::connect(options).map_err(|source| StartupError::Storage {
-        what: "connect to Redis",
         source,
     })
 }

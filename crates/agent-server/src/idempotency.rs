@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
-use agent_storage::{IdempotencyBegin, IdempotencyStore};
+use agent_storage::{BackgroundWork, IdempotencyBegin, IdempotencyStore};
 use sha2::{Digest, Sha256};
 
+use crate::backends::Backends;
 use crate::dto::AgentResponse;
 use crate::error::{ApiError, ErrorCode};
 
@@ -45,9 +46,11 @@ pub(crate) fn fingerprint(parts: &[&str]) -> String {
 }
 
 /// A claimed key; dropping it unfinished (error, client gone) abandons the claim in the
-/// background so that a retry runs the turn again.
+/// background so that a retry runs the turn again. With no background slot free the claim is
+/// left to its lease, after which a retry runs the turn.
 struct Claim {
     store: Arc<dyn IdempotencyStore>,
+    background: Arc<BackgroundWork>,
     key: String,
     settled: bool,
 }
@@ -58,13 +61,11 @@ impl Drop for Claim {
             return;
         }
         let (store, key) = (Arc::clone(&self.store), std::mem::take(&mut self.key));
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = store.abandon(&key).await {
-                    tracing::warn!(%error, "abandoning an idempotency claim failed; its lease will lapse");
-                }
-            });
-        }
+        self.background.spawn("idempotency claim abandon", async move {
+            if let Err(error) = store.abandon(&key).await {
+                tracing::warn!(%error, "abandoning an idempotency claim failed; its lease will lapse");
+            }
+        });
     }
 }
 
@@ -72,7 +73,7 @@ impl Drop for Claim {
 /// answers its response and whether it completed the claim itself (atomically with the turn);
 /// if not, the claim is completed here.
 pub(crate) async fn run_once<F, Fut>(
-    store: &Arc<dyn IdempotencyStore>,
+    backends: &Backends,
     key: &str,
     fingerprint: &str,
     lease: Duration,
@@ -83,12 +84,14 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(AgentResponse, bool), ApiError>>,
 {
+    let store = &backends.idempotency;
     let deadline = Instant::now() + lease;
     loop {
         match store.begin(key, fingerprint, lease).await? {
             IdempotencyBegin::Started => {
                 let mut claim = Claim {
                     store: Arc::clone(store),
+                    background: Arc::clone(&backends.background),
                     key: key.to_owned(),
                     settled: false,
                 };

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use agent_core::metrics::{ModelMetrics, counter, histogram};
+use agent_core::metrics::{ModelMetrics, counter, gauge, histogram};
+use agent_storage::BackgroundWork;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -30,6 +31,34 @@ pub(crate) struct AppMetrics {
     pub(crate) model: ModelMetrics,
     /// Workers that could not build their own storage clients and use the shared ones.
     pub(crate) worker_fallbacks: Counter,
+    background: BackgroundMetrics,
+}
+
+/// The process's background work, read when `/metrics` is scraped.
+struct BackgroundMetrics {
+    work: Arc<BackgroundWork>,
+    pending: Gauge,
+    started: Counter,
+    dropped: Counter,
+}
+
+impl BackgroundMetrics {
+    fn register(recorder: &dyn Recorder, work: Arc<BackgroundWork>) -> Self {
+        let limit = gauge(recorder, "agent_background_tasks_limit", &[]);
+        limit.set(work.limit() as f64);
+        Self {
+            work,
+            pending: gauge(recorder, "agent_background_tasks", &[]),
+            started: counter(recorder, "agent_background_tasks_started_total", &[]),
+            dropped: counter(recorder, "agent_background_tasks_dropped_total", &[]),
+        }
+    }
+
+    fn refresh(&self) {
+        self.pending.set(self.work.pending() as f64);
+        self.started.absolute(self.work.started());
+        self.dropped.absolute(self.work.dropped());
+    }
 }
 
 impl std::fmt::Debug for AppMetrics {
@@ -39,7 +68,8 @@ impl std::fmt::Debug for AppMetrics {
 }
 
 impl AppMetrics {
-    pub(crate) fn new() -> Arc<Self> {
+    /// A recorder that also reports `background`'s slots.
+    pub(crate) fn new(background: Arc<BackgroundWork>) -> Arc<Self> {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets(BUCKETS)
@@ -52,12 +82,14 @@ impl AppMetrics {
             turns: TurnMetrics::register(&recorder),
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
+            background: BackgroundMetrics::register(&recorder, background),
             recorder,
         })
     }
 
     /// The Prometheus text of everything recorded so far.
     pub(crate) fn render(&self) -> String {
+        self.background.refresh();
         self.handle.render()
     }
 

@@ -126,10 +126,10 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
-        let metrics = AppMetrics::new();
         let workers = worker_count(settings.server.workers);
         let (backends, mut storage_checks, recipe) =
             backends::build(&settings.storage, &settings.health).await?;
+        let metrics = AppMetrics::new(Arc::clone(&backends.background));
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
@@ -359,7 +359,7 @@ mod tests {
     async fn a_worker_without_its_own_clients_uses_the_shared_ones_and_is_counted() {
         let loaded = agent_config::load_from(Vec::<(String, String)>::new()).unwrap();
         let settings = loaded.settings;
-        let metrics = AppMetrics::new();
+        let metrics = AppMetrics::new(Arc::default());
         let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
             .await
             .unwrap();

@@ -5,6 +5,7 @@
 //! No diesel or redis type appears in this crate's public API: callers see the traits, the
 //! domain types of `agent-core`, and [`StorageError`].
 
+mod background;
 mod error;
 mod lock;
 mod memory;
@@ -13,6 +14,7 @@ mod postgres;
 mod redis;
 mod traits;
 
+pub use background::BackgroundWork;
 pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;

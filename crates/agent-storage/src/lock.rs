@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use agent_core::SessionId;
 use rand::Rng;
 
+use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::LockLease;
 use crate::traits::SessionLocks;
@@ -14,7 +15,9 @@ use crate::traits::SessionLocks;
 /// release runs in the background. A release that fails because the backend is unreachable is
 /// retried in the background until it succeeds or the lock's TTL has passed: a lock store that
 /// comes back with the lock still in it (Redis restarted from its snapshot) frees it at once
-/// instead of keeping the session busy for the rest of the TTL.
+/// instead of keeping the session busy for the rest of the TTL. Background releases take a slot
+/// of the store's [`BackgroundWork`]; with none free the release is dropped and the TTL frees the
+/// lock.
 #[derive(Debug)]
 pub struct LockGuard {
     locks: Arc<dyn SessionLocks>,
@@ -34,7 +37,7 @@ impl LockGuard {
         };
         let answer = self.locks.release(&lease).await;
         if answer.is_err() {
-            release_in_background(Arc::clone(&self.locks), lease, RETRY_FIRST_DELAY);
+            release_in_background(&self.locks, lease, RETRY_FIRST_DELAY);
         }
         answer
     }
@@ -49,15 +52,18 @@ const RETRY_MAX_DELAY: Duration = Duration::from_millis(400);
 /// Releases `lease` in a background task after `delay`, retrying (a release is a
 /// compare-and-delete by owner, so retrying is always safe) until it succeeds or the lease's TTL
 /// has passed and the lock has expired by itself. Lock stores also use it for a lock whose
-/// acquisition may have happened although its answer was lost.
+/// acquisition may have happened although its answer was lost. Dropped (and counted) when the
+/// store's [`BackgroundWork`] has no free slot.
 pub(crate) fn release_in_background(
-    locks: Arc<dyn SessionLocks>,
+    locks: &Arc<dyn SessionLocks>,
     lease: LockLease,
     delay: Duration,
 ) {
-    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(release_until_done(locks, lease, delay));
-    }
+    let work: &BackgroundWork = locks.background();
+    work.spawn(
+        "lock release",
+        release_until_done(Arc::clone(locks), lease, delay),
+    );
 }
 
 async fn release_until_done(locks: Arc<dyn SessionLocks>, lease: LockLease, mut delay: Duration) {
@@ -85,7 +91,7 @@ impl Drop for LockGuard {
         let Some(lease) = self.lease.take() else {
             return;
         };
-        release_in_background(Arc::clone(&self.locks), lease, Duration::ZERO);
+        release_in_background(&self.locks, lease, Duration::ZERO);
     }
 }
 

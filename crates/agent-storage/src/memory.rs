@@ -2,12 +2,13 @@
 //! Data lives as long as the value; nothing is shared between processes.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_core::{SessionId, Turn};
 use async_trait::async_trait;
 
+use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
 use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
@@ -20,6 +21,7 @@ pub struct MemoryStorage {
     fencing: Mutex<HashMap<SessionId, u64>>,
     windows: Mutex<HashMap<String, Window>>,
     idempotency: Mutex<HashMap<String, Record>>,
+    background: Arc<BackgroundWork>,
 }
 
 #[derive(Debug)]
@@ -64,6 +66,13 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 impl MemoryStorage {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Runs background lock releases (of dropped guards) in `work` instead of slots of its own.
+    #[must_use]
+    pub fn with_background(mut self, work: Arc<BackgroundWork>) -> Self {
+        self.background = work;
+        self
     }
 }
 
@@ -180,6 +189,10 @@ impl SessionLocks for MemoryStorage {
             locks.remove(&lease.session);
         }
         Ok(owned)
+    }
+
+    fn background(&self) -> &BackgroundWork {
+        &self.background
     }
 }
 

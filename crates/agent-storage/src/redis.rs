@@ -13,6 +13,7 @@ use redis::io::tcp::TcpSettings;
 use redis::{RedisError, Script};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::background::BackgroundWork;
 use crate::error::{StorageError, bounded};
 use crate::model::{LockLease, RateDecision};
 use crate::traits::{RateLimiter, SessionLocks};
@@ -111,6 +112,7 @@ pub struct RedisCoordination {
     shared: Arc<tokio::sync::Mutex<Option<Arc<Object<Manager>>>>>,
     prefix: String,
     timeout: Duration,
+    background: Arc<BackgroundWork>,
 }
 
 impl std::fmt::Debug for RedisCoordination {
@@ -168,7 +170,16 @@ impl RedisCoordination {
             shared: Arc::new(tokio::sync::Mutex::new(None)),
             prefix: options.key_prefix.clone(),
             timeout: options.timeout,
+            background: Arc::default(),
         })
+    }
+
+    /// Runs background lock releases in `work` (shared by the workers of a process) instead of
+    /// slots of its own.
+    #[must_use]
+    pub fn with_background(mut self, work: Arc<BackgroundWork>) -> Self {
+        self.background = work;
+        self
     }
 
     /// Runs one command on the shared connection, bounded by the timeout. A connection whose
@@ -313,7 +324,8 @@ impl SessionLocks for RedisCoordination {
                     fencing_token: 0,
                     ttl,
                 };
-                crate::lock::release_in_background(Arc::new(self.clone()), orphan, Duration::ZERO);
+                let locks: Arc<dyn SessionLocks> = Arc::new(self.clone());
+                crate::lock::release_in_background(&locks, orphan, Duration::ZERO);
             })?;
         Ok(token.map(|fencing_token| LockLease {
             session: session.clone(),
@@ -335,6 +347,10 @@ impl SessionLocks for RedisCoordination {
             })
             .await?;
         Ok(deleted == 1)
+    }
+
+    fn background(&self) -> &BackgroundWork {
+        &self.background
     }
 }
 

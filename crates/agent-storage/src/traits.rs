@@ -6,6 +6,7 @@ use std::time::Duration;
 use agent_core::{SessionId, Turn};
 use async_trait::async_trait;
 
+use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
     IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionInfo, StoredMessage,
@@ -88,6 +89,10 @@ pub trait SessionLocks: Send + Sync + Debug {
 
     /// Releases the lock if `lease` still owns it; answers whether it did.
     async fn release(&self, lease: &LockLease) -> Result<bool, StorageError>;
+
+    /// Where releases that cannot run now (a dropped guard, a failed release, an acquire whose
+    /// answer was lost) are retried, within a fixed number of slots.
+    fn background(&self) -> &BackgroundWork;
 }
 
 /// Counts requests per key in fixed windows, atomically across replicas.

@@ -75,7 +75,7 @@ pub(crate) async fn post_agent(
         retention: settings.api.idempotency_retention,
     };
     let (response, replayed) = idempotency::run_once(
-        &backends.idempotency,
+        &backends,
         &key,
         &fingerprint,
         lease,

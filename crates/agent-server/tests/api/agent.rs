@@ -645,6 +645,10 @@ async fn metrics_count_requests_turns_and_tokens() {
         // POST /agent calls the model without streaming: its latency is recorded too.
         "model_call_duration_seconds_count{mode=\"complete\"} 1\n",
         "model_call_duration_seconds_count{mode=\"stream\"} 0\n",
+        // Background work (lock releases, abandoned claims) is bounded and reported.
+        "agent_background_tasks 0\n",
+        "agent_background_tasks_limit 1024\n",
+        "agent_background_tasks_dropped_total 0\n",
     ] {
         assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agent_core::SessionId;
 use agent_storage::{
-    ConversationStore, PostgresStore, RateLimiter, RedisCoordination, RedisOptions, SessionLocks,
-    acquire_lock,
+    BackgroundWork, ConversationStore, PostgresStore, RateLimiter, RedisCoordination, RedisOptions,
+    SessionLocks, acquire_lock,
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
@@ -247,12 +247,6 @@ async fn acquires_that_never_reached_redis_leave_no_background_work() {
         ..test_support::redis_options(&format!("redis://127.0.0.1:{}", closed_port()))
     })
     .unwrap();
-    let tasks = || {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    };
-    let before = tasks();
     for _ in 0..300 {
         let error = redis
             .try_acquire(&id(), Duration::from_secs(120))
@@ -260,10 +254,63 @@ async fn acquires_that_never_reached_redis_leave_no_background_work() {
             .unwrap_err();
         assert!(error.is_unavailable(), "{error:?}");
     }
-    let after = tasks();
+    let work = redis.background();
+    assert_eq!(
+        (work.started(), work.pending(), work.dropped()),
+        (0, 0, 0),
+        "300 failed acquires left background work behind"
+    );
+}
+
+/// Releases that cannot run (guards dropped while Redis is down) wait in the background within
+/// a fixed number of slots; the rest are dropped and counted, and their TTL frees the locks. The
+/// ones that waited release their locks when Redis returns, and give their slots back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn releases_waiting_for_redis_are_bounded_and_the_rest_dropped() {
+    let mut server = test_support::ThrowawayRedis::start_persistent().unwrap();
+    let work = Arc::new(BackgroundWork::new(4));
+    let redis: Arc<dyn SessionLocks> = Arc::new(
+        RedisCoordination::connect(&test_support::redis_options(&server.url()))
+            .unwrap()
+            .with_background(Arc::clone(&work)),
+    );
+    let ttl = Duration::from_secs(60);
+    let sessions: Vec<SessionId> = (0..10)
+        .map(|n| SessionId::parse(&format!("bounded-{n}")).unwrap())
+        .collect();
+    let mut guards = Vec::new();
+    for session in &sessions {
+        guards.push(
+            acquire_lock(&redis, session, ttl, Duration::ZERO)
+                .await
+                .unwrap(),
+        );
+    }
+
+    server.stop();
+    drop(guards);
+    assert_eq!((work.pending(), work.started(), work.dropped()), (4, 4, 6));
+    server.restart().unwrap();
+
+    let freed = tokio::time::timeout(Duration::from_secs(10), async {
+        while work.pending() > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert!(
-        after <= before + 2,
-        "{} tasks were left behind by 300 failed acquires",
-        after - before
+        freed.is_ok(),
+        "the waiting releases finished once Redis returned"
+    );
+    let mut still_held = 0;
+    for session in &sessions {
+        match redis.try_acquire(session, ttl).await.unwrap() {
+            Some(lease) => assert!(redis.release(&lease).await.unwrap()),
+            None => still_held += 1,
+        }
+    }
+    assert_eq!(
+        still_held, 6,
+        "the four queued releases ran; the six dropped locks wait for their TTL"
     );
 }
