@@ -199,6 +199,16 @@ declare_keys! {
     /// Then in-flight requests get this long to finish. Keep delay + drain under the
     /// orchestrator's grace period (Docker: 10 s).
     SERVER_DRAIN_TIMEOUT = "server.drain_timeout", Kind::Duration { min: Duration::ZERO, max: secs(600) }, default: Some("8s"), aliases: [];
+    /// Connections served at once; beyond it a connection's requests (except the probes and
+    /// `/metrics`) get `503 overloaded` with `Retry-After` and the connection is closed. 0: sized
+    /// from the descriptor limit, after the pools, the upstream calls of the turns in flight and
+    /// a band for refusing (see docs/operations.md). Lowered to fit the descriptors if need be.
+    SERVER_MAX_CONNECTIONS = "server.max_connections", Kind::Int { min: 0, max: 1_000_000 }, default: Some("0"), aliases: [];
+    /// Turns (`POST /agent`, `POST /agent/stream`) running at once; beyond it a turn gets
+    /// `503 overloaded` with `Retry-After`. 0: half the connection limit, at most 10,000.
+    SERVER_MAX_TURNS_IN_FLIGHT = "server.max_turns_in_flight", Kind::Int { min: 0, max: 1_000_000 }, default: Some("0"), aliases: [];
+    /// The `Retry-After` of an `overloaded` answer.
+    SERVER_OVERLOAD_RETRY_AFTER = "server.overload_retry_after", Kind::Duration { min: secs(1), max: secs(3600) }, default: Some("1s"), aliases: [];
     /// `auto`: an OpenAI-compatible server when `OPENAI_API_KEY` or `OPENAI_BASE_URL` is set,
     /// otherwise the built-in offline model (dev profile only). `openai` or `offline` force one.
     MODEL_PROVIDER = "model.provider", Kind::Choice(&["auto", "openai", "offline"]), default: Some("auto"), aliases: [];

@@ -184,6 +184,9 @@ impl Layers {
                 },
                 shutdown_delay: self.duration(&keys::SERVER_SHUTDOWN_DELAY)?,
                 drain_timeout: self.duration(&keys::SERVER_DRAIN_TIMEOUT)?,
+                max_connections: self.int(&keys::SERVER_MAX_CONNECTIONS)? as usize,
+                max_turns_in_flight: self.int(&keys::SERVER_MAX_TURNS_IN_FLIGHT)? as usize,
+                overload_retry_after: self.duration(&keys::SERVER_OVERLOAD_RETRY_AFTER)?,
             },
             model: self.model(profile)?,
             turn: TurnSettings {

@@ -78,6 +78,12 @@ pub struct ServerSettings {
     pub shutdown_delay: Duration,
     /// How long in-flight requests get to finish after the listener closes.
     pub drain_timeout: Duration,
+    /// Connections served at once; 0: sized from the descriptor limit at startup.
+    pub max_connections: usize,
+    /// Turns running at once; 0: derived from the connection limit at startup.
+    pub max_turns_in_flight: usize,
+    /// The `Retry-After` of an `overloaded` answer (whole seconds, at least 1).
+    pub overload_retry_after: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -25,6 +25,18 @@ pub enum ModelError {
     Rejected(String),
 }
 
+impl ModelError {
+    /// How long the model server asked us to wait (`Retry-After` or `retry-after-ms` on its
+    /// last answer), when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } => *retry_after,
+            Self::Upstream(source) => crate::openai::retry_after_said_by(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
 /// Why a turn ended without an answer. The turn stores nothing.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {

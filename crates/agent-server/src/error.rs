@@ -83,6 +83,8 @@ pub enum ErrorCode {
     ModelTimeout,
     /// The turn did not finish within its deadline.
     TurnDeadlineExceeded,
+    /// This instance is at its limit of connections or turns in flight; see `Retry-After`.
+    Overloaded,
     /// A failure of the server's own; the body reveals nothing.
     InternalError,
 }
@@ -152,12 +154,14 @@ pub enum ApiError {
         #[source]
         cause: Option<Cause>,
     },
-    /// The model server failed (502) or timed out (504).
+    /// The model server failed (502) or timed out (504); `retry_after` when it said when to
+    /// come back.
     #[error("{message}")]
     Upstream {
         status: StatusCode,
         code: ErrorCode,
         message: String,
+        retry_after: Option<Duration>,
         #[source]
         cause: Option<Cause>,
     },
@@ -201,6 +205,10 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after }
             | Self::Unavailable {
+                retry_after: Some(retry_after),
+                ..
+            }
+            | Self::Upstream {
                 retry_after: Some(retry_after),
                 ..
             } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
@@ -315,6 +323,7 @@ impl From<AgentError> for ApiError {
             status,
             code,
             message: message.clone(),
+            retry_after: cause.retry_after(),
             cause: Some(Box::new(cause)),
         };
         match error {
@@ -327,6 +336,7 @@ impl From<AgentError> for ApiError {
                 status: StatusCode::GATEWAY_TIMEOUT,
                 code: ErrorCode::TurnDeadlineExceeded,
                 message,
+                retry_after: None,
                 cause: None,
             },
             AgentError::Model(model) => match model {

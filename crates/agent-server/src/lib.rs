@@ -2,6 +2,7 @@
 //! the binary and the API tests start exactly the same server.
 
 mod access;
+mod admission;
 mod agent_factory;
 mod backends;
 pub mod cli;

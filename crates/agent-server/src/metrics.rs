@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use actix_web::http::Method;
 use agent_core::metrics::{ModelMetrics, counter, gauge, histogram};
 use agent_storage::BackgroundWork;
+
+use crate::admission::Admission;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -32,6 +34,46 @@ pub(crate) struct AppMetrics {
     /// Workers that could not build their own storage clients and use the shared ones.
     pub(crate) worker_fallbacks: Counter,
     background: BackgroundMetrics,
+    admission: AdmissionMetrics,
+}
+
+/// Connections and turns against their limits, read when `/metrics` is scraped.
+struct AdmissionMetrics {
+    admission: Arc<Admission>,
+    connections: Gauge,
+    turns: Gauge,
+    refused_connections: Counter,
+    refused_turns: Counter,
+}
+
+impl AdmissionMetrics {
+    fn register(recorder: &dyn Recorder, admission: Arc<Admission>) -> Self {
+        let limits = *admission.limits();
+        gauge(recorder, "agent_connections_limit", &[]).set(limits.connections as f64);
+        gauge(recorder, "agent_turns_in_flight_limit", &[]).set(limits.turns as f64);
+        let refused = |reason| {
+            counter(
+                recorder,
+                "agent_overload_refusals_total",
+                &[("reason", reason)],
+            )
+        };
+        Self {
+            connections: gauge(recorder, "agent_connections_open", &[]),
+            turns: gauge(recorder, "agent_turns_in_flight", &[]),
+            refused_connections: refused("connections"),
+            refused_turns: refused("turns"),
+            admission,
+        }
+    }
+
+    fn refresh(&self) {
+        let (connections, turns, refused_connections, refused_turns) = self.admission.figures();
+        self.connections.set(connections as f64);
+        self.turns.set(turns as f64);
+        self.refused_connections.absolute(refused_connections);
+        self.refused_turns.absolute(refused_turns);
+    }
 }
 
 /// The process's background work, read when `/metrics` is scraped.
@@ -68,8 +110,8 @@ impl std::fmt::Debug for AppMetrics {
 }
 
 impl AppMetrics {
-    /// A recorder that also reports `background`'s slots.
-    pub(crate) fn new(background: Arc<BackgroundWork>) -> Arc<Self> {
+    /// A recorder that also reports `background`'s slots and `admission`'s counts.
+    pub(crate) fn new(background: Arc<BackgroundWork>, admission: Arc<Admission>) -> Arc<Self> {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets(BUCKETS)
@@ -83,6 +125,7 @@ impl AppMetrics {
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
             background: BackgroundMetrics::register(&recorder, background),
+            admission: AdmissionMetrics::register(&recorder, admission),
             recorder,
         })
     }
@@ -90,6 +133,7 @@ impl AppMetrics {
     /// The Prometheus text of everything recorded so far.
     pub(crate) fn render(&self) -> String {
         self.background.refresh();
+        self.admission.refresh();
         self.handle.render()
     }
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use actix_web::ResponseError;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::ConnectionType;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::web;
@@ -21,8 +22,9 @@ use crate::metrics::WorkerMetrics;
 
 pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Paths that probes and scrapers hit every few seconds; their completion lines are debug-level.
-const QUIET_PATHS: &[&str] = &["/health", "/ready", "/startup", "/metrics"];
+/// Paths that probes and scrapers hit every few seconds; their completion lines are debug-level,
+/// and admission control never refuses them.
+pub(crate) const QUIET_PATHS: &[&str] = &["/health", "/ready", "/startup", "/metrics"];
 
 /// Wraps every request: one request id, one span, one completion line, the id echoed back.
 pub(crate) async fn request_context(
@@ -54,15 +56,33 @@ pub(crate) async fn request_context(
     let in_flight = metrics.as_ref().map(WorkerMetrics::in_flight);
     // Access control runs here rather than as a middleware of its own: one layer less per
     // request. Its refusals are already JSON errors.
+    // A connection accepted beyond the served limit gets `503 overloaded` and is closed; the
+    // probes and /metrics always answer.
+    let refused = match quiet {
+        None => crate::admission::refusal(&request),
+        Some(_) => None,
+    };
     let mut response = async {
-        match crate::access::admit(&request).await {
+        let admitted = match refused {
+            Some(refusal) => Err((refusal, true)),
+            None => crate::access::admit(&request)
+                .await
+                .map_err(|error| (error, false)),
+        };
+        match admitted {
             Ok(()) => next
                 .call(request)
                 .await
                 .map(ServiceResponse::map_into_left_body),
-            Err(error) => Ok(request
-                .into_response(error.error_response())
-                .map_into_right_body()),
+            Err((error, close)) => {
+                let mut response = error.error_response();
+                if close {
+                    response
+                        .head_mut()
+                        .set_connection_type(ConnectionType::Close);
+                }
+                Ok(request.into_response(response).map_into_right_body())
+            }
         }
     }
     .instrument(span.clone())

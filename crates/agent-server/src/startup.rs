@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::access::AccessPolicy;
+use crate::admission::{Admission, Descriptors, Limits};
 use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
@@ -41,6 +42,7 @@ impl WorkerState {
         backends: Backends,
         store_failing: &Arc<AtomicBool>,
         metrics: &AppMetrics,
+        admission: &Arc<Admission>,
     ) -> Result<Self, StartupError> {
         let agent = agent_factory::build(settings, &metrics.model)?;
         let turns = Turns::new(
@@ -49,6 +51,7 @@ impl WorkerState {
             settings,
             Arc::clone(store_failing),
             metrics.turns.clone(),
+            Arc::clone(admission),
         );
         Ok(Self {
             turns: web::Data::new(turns),
@@ -127,14 +130,21 @@ impl ApplicationBuilder {
         } = self;
         log_fallbacks(&settings);
         let workers = worker_count(settings.server.workers);
+        let admission = Admission::new(plan_admission(&settings));
         let (backends, mut storage_checks, recipe) =
             backends::build(&settings.storage, &settings.health).await?;
-        let metrics = AppMetrics::new(Arc::clone(&backends.background));
+        let metrics = AppMetrics::new(Arc::clone(&backends.background), Arc::clone(&admission));
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
         let store_failing = Arc::new(AtomicBool::new(false));
-        let shared = WorkerState::build(&settings, backends.clone(), &store_failing, &metrics)?;
+        let shared = WorkerState::build(
+            &settings,
+            backends.clone(),
+            &store_failing,
+            &metrics,
+            &admission,
+        )?;
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
@@ -158,10 +168,19 @@ impl ApplicationBuilder {
         let app_metrics = web::Data::from(Arc::clone(&metrics));
         let document = web::Data::new(routes::Document(routes::document(&settings)));
         let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
+        let per_worker_accepted = admission.limits().per_worker_accepted(workers);
+        let connections = Arc::clone(&admission);
+        let app_admission = web::Data::from(Arc::clone(&admission));
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
             let own = recipe.for_worker(workers).and_then(|backends| {
-                WorkerState::build(&app_settings, backends, &store_failing, &app_metrics)
+                WorkerState::build(
+                    &app_settings,
+                    backends,
+                    &store_failing,
+                    &app_metrics,
+                    &admission,
+                )
             });
             let worker = own_or_shared(own, &shared, &app_metrics);
             App::new()
@@ -169,6 +188,7 @@ impl ApplicationBuilder {
                 .app_data(app_metrics.clone())
                 .app_data(document.clone())
                 .app_data(failures.clone())
+                .app_data(app_admission.clone())
                 .app_data(WorkerMetrics::new(app_metrics.clone().into_inner()))
                 .app_data(worker.backends)
                 .app_data(worker.turns)
@@ -183,6 +203,12 @@ impl ApplicationBuilder {
                 .wrap(from_fn(request_context))
         })
         .workers(workers)
+        // Beyond the served connections and the refusal band, stop accepting (the backlog holds
+        // the rest) rather than let `accept` fail for want of descriptors.
+        .max_connections(per_worker_accepted)
+        .on_connect(move |_, data| {
+            data.insert(connections.connection_opened());
+        })
         // A client that closes its side has gone away: drop its request's future, which cancels
         // the turn (nothing is stored). HTTP clients do not half-close while awaiting an answer.
         .h1_allow_half_closed(false)
@@ -324,6 +350,34 @@ fn flatten(
     }
 }
 
+/// Raises the descriptor limit and sizes the admission limits within it; logs both.
+fn plan_admission(settings: &Settings) -> Limits {
+    let descriptors = Descriptors::raise();
+    let limits = Limits::plan(settings, descriptors.soft);
+    tracing::info!(
+        soft_before = descriptors.soft_before,
+        soft = descriptors.soft,
+        hard = descriptors.hard,
+        "descriptor limit"
+    );
+    if limits.lowered {
+        tracing::warn!(
+            max_connections = limits.connections,
+            max_turns_in_flight = limits.turns,
+            descriptors = descriptors.soft,
+            "the configured connection and turn limits do not fit the descriptor limit; lowered to fit"
+        );
+    }
+    tracing::info!(
+        max_connections = limits.connections,
+        refusal_band = limits.refusal_band,
+        max_turns_in_flight = limits.turns,
+        reserved_descriptors = limits.reserved,
+        "admission limits"
+    );
+    limits
+}
+
 /// The embedded defaults must never be mistaken for a production setup: say so loudly.
 fn log_fallbacks(settings: &Settings) {
     let StorageSettings {
@@ -359,17 +413,20 @@ mod tests {
     async fn a_worker_without_its_own_clients_uses_the_shared_ones_and_is_counted() {
         let loaded = agent_config::load_from(Vec::<(String, String)>::new()).unwrap();
         let settings = loaded.settings;
-        let metrics = AppMetrics::new(Arc::default());
+        let admission = Admission::new(Limits::plan(&settings, 1024));
+        let metrics = AppMetrics::new(Arc::default(), Arc::clone(&admission));
         let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
             .await
             .unwrap();
         let store_failing = Arc::new(AtomicBool::new(false));
-        let shared = WorkerState::build(&settings, backends, &store_failing, &metrics).unwrap();
+        let shared =
+            WorkerState::build(&settings, backends, &store_failing, &metrics, &admission).unwrap();
         let own = WorkerState::build(
             &settings,
             shared.backends.get_ref().clone(),
             &store_failing,
             &metrics,
+            &admission,
         )
         .unwrap();
         let kept = own_or_shared(Ok(own.clone()), &shared, &metrics);

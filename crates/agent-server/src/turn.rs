@@ -13,6 +13,7 @@ use agent_config::Settings;
 use agent_core::{Agent, Role, TurnRequest, TurnResult};
 use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError, acquire_lock};
 
+use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
 use crate::error::ApiError;
@@ -30,6 +31,7 @@ pub(crate) struct Turns {
     /// answered at all: a first turn then opens its session first (see the module doc).
     store_failing: Arc<AtomicBool>,
     metrics: TurnMetrics,
+    admission: Arc<Admission>,
 }
 
 /// A session locked and read: the request for the agent, and the held session for `store`.
@@ -47,6 +49,8 @@ pub(crate) struct HeldSession {
     /// None for a session named by this turn (see the module doc).
     guard: Option<LockGuard>,
     started: Instant,
+    /// The turn's admission, held until it is stored (or fails).
+    slot: TurnSlot,
 }
 
 impl Turns {
@@ -57,6 +61,7 @@ impl Turns {
         settings: &Settings,
         store_failing: Arc<AtomicBool>,
         metrics: TurnMetrics,
+        admission: Arc<Admission>,
     ) -> Self {
         Self {
             agent,
@@ -67,7 +72,14 @@ impl Turns {
             lock_ttl: settings.turn.turn_deadline + Duration::from_secs(30),
             store_failing,
             metrics,
+            admission,
         }
+    }
+
+    /// A slot among the turns in flight, or `503 overloaded`. Taken after the request is
+    /// validated and before anything is claimed, locked or read.
+    pub(crate) fn admit(&self) -> Result<TurnSlot, ApiError> {
+        self.admission.begin_turn()
     }
 
     pub(crate) fn lock_wait(&self) -> Duration {
@@ -76,7 +88,11 @@ impl Turns {
 
     /// Locks the session, creates it if new, and reads its history window. A session the server
     /// just named is neither locked nor read: it is empty, and its first store creates it.
-    pub(crate) async fn prepare(&self, turn: ValidTurn) -> Result<Prepared, ApiError> {
+    pub(crate) async fn prepare(
+        &self,
+        turn: ValidTurn,
+        slot: TurnSlot,
+    ) -> Result<Prepared, ApiError> {
         let started = Instant::now();
         let ValidTurn {
             session,
@@ -122,6 +138,7 @@ impl Turns {
                 info,
                 guard,
                 started,
+                slot,
             },
         })
     }
@@ -142,6 +159,7 @@ impl Turns {
             info,
             guard,
             started,
+            slot,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
@@ -179,6 +197,7 @@ impl Turns {
             {
                 tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
+            drop(slot);
             Ok::<_, ApiError>((response, stored?))
         });
         let stored = stored
@@ -210,9 +229,10 @@ impl Turns {
     pub(crate) async fn run(
         &self,
         turn: ValidTurn,
+        slot: TurnSlot,
         claim: Option<ClaimToComplete>,
     ) -> Result<(AgentResponse, bool), ApiError> {
-        let Prepared { request, held } = self.prepare(turn).await?;
+        let Prepared { request, held } = self.prepare(turn, slot).await?;
         let result = self
             .agent
             .run_turn(request)

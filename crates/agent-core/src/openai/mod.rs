@@ -17,6 +17,16 @@ use secrecy::{ExposeSecret, SecretString};
 pub use retry::RetryPolicy;
 use retry::{RetryingTransport, TransportFailure};
 
+/// The wait a failed answer of the model server asked for, if `source` is such an answer.
+pub(crate) fn retry_after_said_by(
+    source: &(dyn std::error::Error + Send + Sync + 'static),
+) -> Option<Duration> {
+    match source.downcast_ref::<TransportFailure>()? {
+        TransportFailure::Status { retry_after, .. } => *retry_after,
+        _ => None,
+    }
+}
+
 use crate::error::ModelError;
 use crate::metrics::{CallMode, ModelMetrics};
 use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelReply};

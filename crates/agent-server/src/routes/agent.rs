@@ -60,8 +60,9 @@ pub(crate) async fn post_agent(
         parsed.session_id.as_deref().unwrap_or("\0none"),
     ]);
     let turn = parsed.validate(settings.api.max_message_chars)?;
+    let slot = turns.admit()?;
     let Some(key) = idempotency_key else {
-        return Ok(HttpResponse::Ok().json(turns.run(turn, None).await?.0));
+        return Ok(HttpResponse::Ok().json(turns.run(turn, slot, None).await?.0));
     };
     let caller = request
         .extensions()
@@ -80,7 +81,7 @@ pub(crate) async fn post_agent(
         &fingerprint,
         lease,
         settings.api.idempotency_retention,
-        || turns.run(turn, Some(claim)),
+        || turns.run(turn, slot, Some(claim)),
     )
     .await?;
     let mut answer = HttpResponse::Ok();
@@ -127,11 +128,12 @@ pub(crate) async fn post_agent_stream(
     }
     let parsed: AgentRequest = parse_json(&request, &body)?;
     let turn = parsed.validate(settings.api.max_message_chars)?;
+    let slot = turns.admit()?;
     // Errors up to here are plain JSON answers; from here on they are `error` events.
     let Prepared {
         request: turn_request,
         held,
-    } = turns.prepare(turn).await?;
+    } = turns.prepare(turn, slot).await?;
     let turns = turns.into_inner();
     let mut drain = drain.get_ref().clone();
     let keepalive = settings.api.sse_keepalive;

@@ -17,6 +17,7 @@ use crate::dto::{
 use crate::error::{ErrorBody, ErrorCode};
 use crate::idempotency::KEY_PATTERN;
 use crate::metrics::AppMetrics;
+use crate::middleware::QUIET_PATHS;
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
@@ -153,46 +154,61 @@ fn fit(document: &mut Value, settings: &Settings) {
                     "The body is larger than {body_limit} bytes (`payload_too_large`)"
                 ));
             }
-            if !admitted {
-                continue;
-            }
-            if with_keys {
-                responses["401"] = error_response(
-                    "No API key, or a wrong one (`unauthorized`): send `Authorization: Bearer <key>`",
+            if !QUIET_PATHS.contains(&path.as_str()) {
+                add_unavailable(
+                    responses,
+                    "This instance is at its limit of connections or turns in flight (`overloaded`)",
                 );
             }
-            if settings.api.rate_limit_requests > 0 {
-                responses["429"] = error_response(
-                    "Too many requests from this caller (`rate_limited`); see Retry-After",
-                );
-                let unavailable =
-                    "The shared rate limiter is unavailable (`rate_limiter_unavailable`)";
-                match responses.get_mut("503") {
-                    Some(existing) => {
-                        let described = existing["description"].as_str().unwrap_or_default();
-                        existing["description"] = json!(format!("{described}; or: {unavailable}"));
-                    }
-                    None => responses["503"] = error_response(unavailable),
+            if admitted {
+                if with_keys {
+                    responses["401"] = error_response(
+                        "No API key, or a wrong one (`unauthorized`): send `Authorization: Bearer <key>`",
+                    );
+                }
+                if settings.api.rate_limit_requests > 0 {
+                    responses["429"] = error_response(
+                        "Too many requests from this caller (`rate_limited`); see Retry-After",
+                    );
+                    add_unavailable(
+                        responses,
+                        "The shared rate limiter is unavailable (`rate_limiter_unavailable`)",
+                    );
                 }
             }
-            // Every API refusal that asks for a retry says when (the probes' 503 is a state).
-            retry_after_on(responses, "429");
-            retry_after_on(responses, "503");
-            if with_keys {
+            // Every API refusal that asks for a retry says when (the probes' 503 is a state);
+            // a model failure says when if the model server did.
+            if admitted || !QUIET_PATHS.contains(&path.as_str()) {
+                retry_after_on(responses, "429", true);
+                retry_after_on(responses, "503", true);
+                retry_after_on(responses, "502", false);
+            }
+            if admitted && with_keys {
                 operation["security"] = json!([{ "bearer": [] }]);
             }
         }
     }
 }
 
-/// Documents the `Retry-After` header every API 429 and 503 carries (also `retry_after` in the
-/// body).
-fn retry_after_on(responses: &mut Value, status: &str) {
+/// Adds `description` to the operation's 503 answer, creating it if need be.
+fn add_unavailable(responses: &mut Value, description: &str) {
+    match responses.get_mut("503") {
+        Some(existing) => {
+            let described = existing["description"].as_str().unwrap_or_default();
+            existing["description"] = json!(format!("{described}; or: {description}"));
+        }
+        None => responses["503"] = error_response(description),
+    }
+}
+
+/// Documents the `Retry-After` header of a refusal (also `retry_after` in the body): always
+/// sent on API 429 and 503, sent on 502 when the model server said when.
+fn retry_after_on(responses: &mut Value, status: &str, required: bool) {
     if let Some(response) = responses.get_mut(status) {
         response["headers"] = json!({
             "Retry-After": {
                 "description": "Seconds to wait before retrying (also `retry_after` in the body)",
-                "required": true,
+                "required": required,
                 "schema": { "type": "integer", "minimum": 1 },
             }
         });

@@ -407,18 +407,36 @@ async fn a_client_disconnecting_mid_turn_leaves_no_partial_turn() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn model_failures_give_502_or_504_and_store_nothing() {
+    let unavailable_for = |seconds: &str| Scripted::Status {
+        status: 503,
+        retry_after: Some(seconds.to_owned()),
+        body: "down for maintenance".into(),
+    };
     let cases = [
-        (Scripted::status(500), 502, "model_unavailable"),
-        (Scripted::status(401), 502, "model_authentication_failed"),
-        (Scripted::Malformed, 502, "model_bad_response"),
+        (Scripted::status(500), 502, "model_unavailable", None),
+        (
+            Scripted::status(401),
+            502,
+            "model_authentication_failed",
+            None,
+        ),
+        (Scripted::Malformed, 502, "model_bad_response", None),
         (
             Scripted::Slow(Duration::from_secs(4), Box::new(text("late"))),
             504,
             "model_timeout",
+            None,
         ),
-        (Scripted::rate_limited("120"), 503, "model_rate_limited"),
+        (
+            Scripted::rate_limited("120"),
+            503,
+            "model_rate_limited",
+            Some("120"),
+        ),
+        // A failing model server that says when it is back: so do we, on the 502.
+        (unavailable_for("45"), 502, "model_unavailable", Some("45")),
     ];
-    for (answer, status, code) in cases {
+    for (answer, status, code, expected) in cases {
         let fake = FakeOpenAi::repeating(answer).await;
         let app = spawn_with_model(&fake, &[("AGENT_MODEL__MAX_ATTEMPTS", "2")]).await;
         let response = app
@@ -431,8 +449,8 @@ async fn model_failures_give_502_or_504_and_store_nothing() {
             .map(|value| value.to_str().unwrap().to_owned());
         let body: Value = response.json().await.unwrap();
         assert_eq!(error_code(&body), code);
-        // The model server said when (Retry-After: 120): so do we, in the header and the body.
-        let expected = (status == 503).then(|| "120".to_owned());
+        // When the model server said when, so do we, in the header and the body.
+        let expected = expected.map(str::to_owned);
         assert_eq!(retry_after, expected, "{code}");
         assert_eq!(
             body["error"]["retry_after"]

@@ -149,14 +149,41 @@ fn serve_logging_json(
     std::io::Lines<BufReader<std::process::ChildStdout>>,
     u64,
 ) {
+    let (child, lines, port, _) = serve_with_limits(None, vars);
+    (child, lines, port)
+}
+
+/// [`serve_logging_json`] under `prlimit --nofile=<soft:hard>` when given; also answers the
+/// log entries before "listening".
+fn serve_with_limits(
+    nofile: Option<&str>,
+    vars: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+    u64,
+    Vec<serde_json::Value>,
+) {
     let mut all = vec![("PORT", "0"), ("AGENT_LOG_FORMAT", "json")];
     all.extend_from_slice(vars);
-    let mut child = agent_server(&[], &all)
+    let mut command = match nofile {
+        None => agent_server(&[], &all),
+        Some(limits) => {
+            let mut command = Command::new("prlimit");
+            command
+                .args([&format!("--nofile={limits}"), BINARY])
+                .env_clear()
+                .envs(all.iter().copied());
+            command
+        }
+    };
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary starts");
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut startup = Vec::new();
     let port = loop {
         let line = lines
             .next()
@@ -166,8 +193,55 @@ fn serve_logging_json(
         if entry["fields"]["message"] == "listening" {
             break entry["fields"]["port"].as_u64().unwrap();
         }
+        startup.push(entry);
     };
-    (child, lines, port)
+    (child, lines, port, startup)
+}
+
+/// The soft descriptor limit is raised to the hard one, both are logged, and the admission
+/// limits fit within it, pools included.
+#[test]
+fn the_descriptor_limit_is_raised_and_the_admission_limits_fit_within_it() {
+    let (mut child, _lines, _port, startup) = serve_with_limits(
+        Some("1000:3000"),
+        &[
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1:1/unused"),
+            ("AGENT_STORAGE__RUN_MIGRATIONS", "false"),
+        ],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let find = |message: &str| {
+        startup
+            .iter()
+            .find(|entry| entry["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} line in {startup:?}"))["fields"]
+            .clone()
+    };
+    let descriptors = find("descriptor limit");
+    assert_eq!(
+        (
+            &descriptors["soft_before"],
+            &descriptors["soft"],
+            &descriptors["hard"]
+        ),
+        (
+            &serde_json::json!(1000),
+            &serde_json::json!(3000),
+            &serde_json::json!(3000)
+        )
+    );
+    let limits = find("admission limits");
+    let used: u64 = [
+        "max_connections",
+        "refusal_band",
+        "max_turns_in_flight",
+        "reserved_descriptors",
+    ]
+    .iter()
+    .map(|field| limits[field].as_u64().unwrap())
+    .sum();
+    assert!((2800..=3000).contains(&used), "{limits}");
 }
 
 #[tokio::test]

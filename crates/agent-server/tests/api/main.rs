@@ -11,6 +11,7 @@ mod errors;
 mod helpers;
 mod manifests;
 mod openapi;
+mod overload;
 mod probes;
 mod properties;
 mod shutdown;
