@@ -41,6 +41,17 @@ enum Command {
         #[arg(long, default_value_t = 2)]
         minutes: u64,
     },
+    /// The release server through storms: Redis down under load (rate limits off and on), more
+    /// streaming clients than descriptors, an overload at twice the turn limit, and the log
+    /// volume of a model outage; asserts bounded memory, live probes, nothing lost, resumption.
+    Storm {
+        /// Seconds each storm lasts (the descriptors one at most 30).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Run only the scenarios whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// Build the container image from docker/Dockerfile (hermetic: vendored dependencies).
     Image {
         #[arg(long)]
@@ -121,6 +132,7 @@ fn main() -> anyhow::Result<()> {
         ),
         Command::Bench { seconds } => checks::bench::http(&shell, seconds),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
+        Command::Storm { seconds, only } => checks::storm::run(&shell, seconds, only),
     }
 }
 

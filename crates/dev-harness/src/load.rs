@@ -164,6 +164,8 @@ struct Tally {
     /// Connection failures and timeouts (no complete answer).
     failures: u64,
     body_bytes: u64,
+    /// The numbers of the requests answered 2xx.
+    acknowledged: Vec<u64>,
 }
 
 /// The measured window.
@@ -187,6 +189,9 @@ pub struct Report {
     pub body_bytes: u64,
     /// The most connections open at once, over the whole run.
     pub most_open: usize,
+    /// The numbers (as given to the [`RequestFn`]) of the requests answered 2xx, sorted: what
+    /// the server acknowledged, for checks that nothing acknowledged was lost.
+    pub acknowledged: Vec<u64>,
 }
 
 impl Load {
@@ -393,14 +398,18 @@ async fn closed_loop(shared: &Arc<Shared>, make: Arc<RequestFn>) -> Tally {
                 }
             },
         };
-        let request = make(shared.counter.fetch_add(1, Ordering::Relaxed));
+        let number = shared.counter.fetch_add(1, Ordering::Relaxed);
+        let request = make(number);
         let measured = shared.phase.load(Ordering::Relaxed) == MEASURING;
         let sent = Instant::now();
         let outcome = tokio::time::timeout(shared.timeout, exchange(&mut open, &request)).await;
         let counted = measured && shared.phase.load(Ordering::Relaxed) == MEASURING;
         match outcome {
             Ok(Ok(answer)) => {
-                connection = Some(open);
+                // A server refusing work may close the connection after its answer.
+                if !answer.closes {
+                    connection = Some(open);
+                }
                 if counted {
                     *tally.statuses.entry(answer.status).or_default() += 1;
                     tally
@@ -409,6 +418,7 @@ async fn closed_loop(shared: &Arc<Shared>, make: Arc<RequestFn>) -> Tally {
                     tally.body_bytes += answer.body_bytes;
                     if (200..300).contains(&answer.status) {
                         tally.latencies_us.push(sent.elapsed().as_micros() as u64);
+                        tally.acknowledged.push(number);
                     }
                 }
             }
@@ -424,6 +434,8 @@ struct Answer {
     status: u16,
     first_byte: Duration,
     body_bytes: u64,
+    /// The server said `Connection: close`.
+    closes: bool,
 }
 
 /// Sends one request and reads its whole answer, frame by frame, keeping only its size.
@@ -434,6 +446,10 @@ async fn exchange(connection: &mut Connection, request: &Request) -> anyhow::Res
     let response = connection.sender.send_request(request).await?;
     let first_byte = sent.elapsed();
     let status = response.status().as_u16();
+    let closes = response
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
     let mut body = response.into_body();
     let mut body_bytes = 0;
     while let Some(frame) = body.frame().await {
@@ -445,6 +461,7 @@ async fn exchange(connection: &mut Connection, request: &Request) -> anyhow::Res
         status,
         first_byte,
         body_bytes,
+        closes,
     })
 }
 
@@ -469,12 +486,14 @@ fn summarise(tallies: Vec<Tally>, elapsed: Duration, most_open: usize) -> Report
         first_bytes.extend(tally.first_byte_us);
         report.failures += tally.failures;
         report.body_bytes += tally.body_bytes;
+        report.acknowledged.extend(tally.acknowledged);
         for (status, count) in tally.statuses {
             *report.statuses.entry(status).or_default() += count;
         }
     }
     latencies.sort_unstable();
     first_bytes.sort_unstable();
+    report.acknowledged.sort_unstable();
     let answered: u64 = report.statuses.values().sum();
     let not_ok: u64 = report
         .statuses

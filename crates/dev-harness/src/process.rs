@@ -25,7 +25,7 @@ pub fn wait_for_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing answered on 127.0.0.1:{port} within 30 s")
 }
 
-/// A child process (output discarded) stopped with SIGTERM, then waited for, when dropped.
+/// A child process (output discarded, or kept in a file) stopped with SIGTERM, then waited for, when dropped.
 #[derive(Debug)]
 pub struct Spawned(Child);
 
@@ -34,6 +34,21 @@ impl Spawned {
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {command:?}"))?;
+        Ok(Self(child))
+    }
+
+    /// Like [`Spawned::start`], with standard output and error appended to `log`.
+    pub fn start_logging(command: &mut Command, log: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
+        let child = command
+            .stdout(file.try_clone()?)
+            .stderr(file)
             .spawn()
             .with_context(|| format!("cannot start {command:?}"))?;
         Ok(Self(child))

@@ -80,6 +80,38 @@ pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command 
     command
 }
 
+/// `command` run under `prlimit` with both descriptor limits at `nofile`, so it cannot raise its
+/// own (prlimit execs it: the process id stays the same).
+pub(crate) fn with_descriptor_limit(command: &Command, nofile: u64) -> Command {
+    let mut limited = Command::new("prlimit");
+    limited
+        .arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(command.get_program())
+        .args(command.get_args())
+        .env_clear();
+    for (name, value) in command.get_envs() {
+        if let Some(value) = value {
+            limited.env(name, value);
+        }
+    }
+    limited
+}
+
+/// Runs `query` with psql against `database_url`; answers its rows, one line each (`-At`).
+pub(crate) fn psql(database_url: &str, query: &str) -> anyhow::Result<Vec<String>> {
+    let output = Command::new("psql")
+        .args([database_url, "-At", "-c", query])
+        .output()
+        .context("psql failed to run (apt-get install postgresql-client)")?;
+    if !output.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Starts the fake model server answering after `delay_ms`; answers it and its port.
 pub(crate) fn fake_model(bin: &Path, delay_ms: u64) -> anyhow::Result<(Spawned, u16)> {
     let port = dev_harness::free_port()?;

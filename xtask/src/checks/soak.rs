@@ -16,7 +16,7 @@ use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::checks::harness::{
-    build_release, fake_model, server_command, status_kib, wait_until_ok,
+    build_release, fake_model, psql, server_command, status_kib, wait_until_ok,
 };
 
 const CONNECTIONS: usize = 16;
@@ -209,24 +209,19 @@ fn judge(samples: &[Sample], warm_up: Duration, failed_requests: u64) -> Verdict
 
 /// The server's connections, recognised by the application name it was given.
 fn postgres_connections(database_url: &str) -> anyhow::Result<u64> {
-    let output = Command::new("psql")
-        .args([
-            database_url,
-            "-At",
-            "-c",
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION_NAME}'"
-            ),
-        ])
-        .output()
-        .context("psql failed to run")?;
-    if !output.status.success() {
-        bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().parse()?)
+    let rows = psql(
+        database_url,
+        &format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{APPLICATION_NAME}'"
+        ),
+    )?;
+    Ok(rows
+        .first()
+        .context("psql answered no row")?
+        .trim()
+        .parse()?)
 }
 
-/// Redis's clients other than this query itself (the soak's Redis serves only the server).
 fn redis_connections(redis_url: &str) -> anyhow::Result<u64> {
     let output = Command::new("redis-cli")
         .args(["-u", redis_url, "CLIENT", "LIST"])

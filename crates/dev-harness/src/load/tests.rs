@@ -13,7 +13,8 @@ use hyper_util::rt::TokioIo;
 use super::{Load, Plan, Request, percentile_ms};
 
 /// Serves on a free port from a thread of its own: `/stream` answers three chunks 50 ms apart,
-/// `/teapot` a 418, anything else closes the connection without an answer.
+/// `/teapot` a 418, `/refuse` a 503 with `Connection: close` (and closes), anything else closes
+/// the connection without an answer.
 fn serve() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -31,7 +32,7 @@ fn serve() -> u16 {
                     let service = hyper::service::service_fn(
                         |request: hyper::Request<hyper::body::Incoming>| async move {
                             let path = request.uri().path().to_owned();
-                            if path != "/stream" && path != "/teapot" {
+                            if !["/stream", "/teapot", "/refuse"].contains(&path.as_str()) {
                                 return Err("no answer");
                             }
                             let chunks = if path == "/stream" { 3 } else { 1 };
@@ -52,6 +53,13 @@ fn serve() -> u16 {
                             let mut response = hyper::Response::new(StreamBody::new(stream));
                             if path == "/teapot" {
                                 *response.status_mut() = hyper::StatusCode::IM_A_TEAPOT;
+                            }
+                            if path == "/refuse" {
+                                *response.status_mut() = hyper::StatusCode::SERVICE_UNAVAILABLE;
+                                response.headers_mut().insert(
+                                    hyper::header::CONNECTION,
+                                    hyper::header::HeaderValue::from_static("close"),
+                                );
                             }
                             Ok(response)
                         },
@@ -146,4 +154,29 @@ fn percentiles_take_the_value_at_or_above_the_fraction() {
     assert_eq!(percentile_ms(&sorted, 1.0), 100.0);
     assert_eq!(percentile_ms(&[7000], 0.99), 7.0);
     assert_eq!(percentile_ms(&[], 0.5), 0.0);
+}
+
+/// A refusal that closes its connection is an answer, not a failure: the client reconnects. The
+/// requests answered 2xx are reported by number.
+#[test]
+fn refusals_that_close_the_connection_are_answers_and_acknowledged_requests_are_listed() {
+    let port = serve();
+    let load = Load::start(
+        port,
+        Plan::clients(4),
+        Arc::new(|n| Request::get(if n % 2 == 0 { "/refuse" } else { "/stream" })),
+    )
+    .unwrap();
+    load.begin_measuring();
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.report().unwrap();
+    assert_eq!(report.failures, 0, "{report:?}");
+    let refused = report.statuses.get(&503).copied().unwrap_or(0);
+    let served = report.statuses.get(&200).copied().unwrap_or(0);
+    assert!(refused > 0 && served > 0, "{report:?}");
+    assert_eq!(report.acknowledged.len() as u64, served, "{report:?}");
+    assert!(
+        report.acknowledged.iter().all(|number| number % 2 == 1),
+        "{report:?}"
+    );
 }
