@@ -2,7 +2,8 @@
 //! descriptor limit, and the fast `503 overloaded` beyond them.
 //!
 //! Every descriptor is budgeted: the pools (Postgres, Redis, probes), a fixed reserve (listener,
-//! epoll, logs), one upstream call per turn in flight, the served connections, and a band of
+//! epoll, logs), each worker's idle model connections, one upstream call per turn in flight (plus
+//! its parallel tool calls when HTTP tools are configured), the served connections, and a band of
 //! connections accepted only to be refused. actix-web stops accepting at the sum (the kernel's
 //! backlog holds the rest), so `accept` never fails with EMFILE and a pool can always reconnect.
 //! A connection accepted beyond the served limit gets `503 overloaded` with `Retry-After` to its
@@ -78,7 +79,10 @@ impl Limits {
         } else {
             0
         };
-        let fixed = pools + FIXED_RESERVE + PER_WORKER * settings.server.workers as u64;
+        // Each worker keeps up to this many idle connections to the model server.
+        let idle_upstream = agent_core::OpenAiModel::IDLE_CONNECTIONS as u64;
+        let fixed =
+            pools + FIXED_RESERVE + (PER_WORKER + idle_upstream) * settings.server.workers as u64;
         let available = descriptors.saturating_sub(fixed) as usize;
         // Each turn may hold one model call, plus its parallel tool calls when tools call out.
         let per_turn = 1 + if settings.http_tools.is_empty() {
@@ -277,7 +281,9 @@ mod tests {
             used as u64 + limits.reserved > 4000,
             "the budget is used: {limits:?}"
         );
-        assert_eq!(limits.reserved, 18 + 18 + 64 + 8);
+        // The pools with their probe connections, the fixed reserve, and per worker its runtime
+        // and its idle model connections.
+        assert_eq!(limits.reserved, 18 + 18 + 64 + 2 * (4 + 64));
         assert_eq!(limits.turns, limits.connections / 2);
         assert!(!limits.lowered);
         let big = Limits::plan(&settings, 1 << 20);

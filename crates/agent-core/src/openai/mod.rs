@@ -45,10 +45,7 @@ pub struct OpenAiOptions {
     pub retry: RetryPolicy,
 }
 
-/// Idle keep-alive connections kept to the model server (per client: one per worker). Without a
-/// bound every connection of a burst stayed open, idle, for 90 s: after 6,000 streaming clients
-/// (`cargo xtask storm --only descriptors`) that was about 1,200 sockets and 90 MiB.
-const IDLE_CONNECTIONS: usize = 64;
+/// How long an idle keep-alive connection to the model server is kept.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A chat model behind an OpenAI-compatible HTTP API.
@@ -60,13 +57,18 @@ pub struct OpenAiModel {
 }
 
 impl OpenAiModel {
+    /// Idle keep-alive connections one client (one per worker) keeps to the model server.
+    /// Without a bound every connection of a burst stayed open, idle, for 90 s: after 6,000
+    /// streaming clients (`cargo xtask storm --only descriptors`), about 1,200 sockets.
+    pub const IDLE_CONNECTIONS: usize = 64;
+
     /// A client recording into `metrics` (see [`ModelMetrics::register`]).
     pub fn new(options: OpenAiOptions, metrics: ModelMetrics) -> Result<Self, ModelError> {
         let http = reqwest::Client::builder()
             .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
             // A read timeout, not a total one: a long stream must not be cut, a stalled one must.
             .read_timeout(options.request_timeout)
-            .pool_max_idle_per_host(IDLE_CONNECTIONS)
+            .pool_max_idle_per_host(Self::IDLE_CONNECTIONS)
             .pool_idle_timeout(IDLE_TIMEOUT)
             .build()
             .map_err(|error| {
