@@ -54,10 +54,9 @@ pub(crate) async fn request_context(
     let started = Instant::now();
     let metrics = request.app_data::<Rc<WorkerMetrics>>().cloned();
     let in_flight = metrics.as_ref().map(WorkerMetrics::in_flight);
-    // Access control runs here rather than as a middleware of its own: one layer less per
-    // request. Its refusals are already JSON errors.
-    // A connection accepted beyond the served limit gets `503 overloaded` and is closed; the
-    // probes and /metrics always answer.
+    // Admission (a connection accepted beyond the served limit gets `503 overloaded` and is
+    // closed; the probes and /metrics always answer) and access control run here rather than as
+    // middleware of their own: one layer less per request. Their refusals are JSON errors.
     let refused = match quiet {
         None => crate::admission::refusal(&request),
         Some(_) => None,

@@ -80,6 +80,20 @@ pub(crate) fn server_command(bin: &Path, port: u16, model_port: u16) -> Command 
     command
 }
 
+/// Fails naming the Debian package of the first of `tools` (command, package) not on the PATH.
+pub(crate) fn require_tools(tools: &[(&str, &str)]) -> anyhow::Result<()> {
+    for (tool, package) in tools {
+        let found = Command::new("which")
+            .arg(tool)
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if !found {
+            bail!("{tool} is not installed: apt-get install {package}");
+        }
+    }
+    Ok(())
+}
+
 /// `command` run under `prlimit` with both descriptor limits at `nofile`, so it cannot raise its
 /// own (prlimit execs it: the process id stays the same).
 pub(crate) fn with_descriptor_limit(command: &Command, nofile: u64) -> Command {

@@ -16,7 +16,7 @@ use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::checks::harness::{
-    build_release, fake_model, psql, server_command, status_kib, wait_until_ok,
+    build_release, fake_model, psql, require_tools, server_command, status_kib, wait_until_ok,
 };
 
 const CONNECTIONS: usize = 16;
@@ -40,15 +40,7 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
     if minutes == 0 {
         bail!("--minutes must be at least 1");
     }
-    for tool in ["psql", "redis-cli"] {
-        if Command::new("which")
-            .arg(tool)
-            .output()
-            .map_or(true, |output| !output.status.success())
-        {
-            bail!("{tool} is not installed: apt-get install postgresql-client redis-tools");
-        }
-    }
+    require_tools(&[("psql", "postgresql-client"), ("redis-cli", "redis-tools")])?;
     let bin = build_release(shell)?;
     let services = dev_harness::Services::start_or_reuse()?;
     let (_model, model_port) = fake_model(&bin, 5)?;

@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,7 +26,7 @@ use dev_harness::load::{Client, Load, Plan, Program, Report, Request, RequestFn}
 use dev_harness::{Spawned, ThrowawayRedis};
 
 use crate::checks::harness::{
-    build_release, fake_model, psql, server_command, status_kib, wait_until_ok,
+    build_release, fake_model, psql, require_tools, server_command, status_kib, wait_until_ok,
     with_descriptor_limit,
 };
 
@@ -76,16 +75,28 @@ struct Row {
     problems: Vec<String>,
 }
 
-pub(crate) fn run(shell: &Shell, seconds: u64, only: Option<String>) -> anyhow::Result<()> {
-    for tool in ["psql", "prlimit"] {
-        if Command::new("which")
-            .arg(tool)
-            .output()
-            .map_or(true, |output| !output.status.success())
-        {
-            bail!("{tool} is not installed: apt-get install postgresql-client util-linux");
-        }
+impl Row {
+    /// A row for the server `pid` as it is now (its idle RSS), held to `peak_bound_mib`, and to
+    /// [`AFTER_STORM_FACTOR`] × idle after the storm when `after_bounded`.
+    fn idle(pid: u32, peak_bound_mib: f64, after_bounded: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            idle_rss_mib: mib(status_kib(pid, "VmRSS:")?),
+            peak_bound_mib,
+            after_bounded,
+            ..Self::default()
+        })
     }
+
+    /// Takes in what the watch saw.
+    fn watched(&mut self, watched: Watched) {
+        self.peak_rss_mib = mib(watched.peak_rss_kib);
+        self.probes = watched.probes;
+        self.probe_failures = watched.probe_failures;
+    }
+}
+
+pub(crate) fn run(shell: &Shell, seconds: u64, only: Option<String>) -> anyhow::Result<()> {
+    require_tools(&[("psql", "postgresql-client"), ("prlimit", "util-linux")])?;
     // Thousands of client connections need descriptors of our own.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let bin = build_release(shell)?;
@@ -199,9 +210,35 @@ impl Storm<'_> {
         })
     }
 
+    /// Counts in `row` the requests of `scenario` that `reports` acknowledged, and those of them
+    /// not stored.
+    fn check_stored(
+        &self,
+        row: &mut Row,
+        scenario: &str,
+        reports: &[&Report],
+    ) -> anyhow::Result<()> {
+        let acknowledged: Vec<u64> = reports
+            .iter()
+            .flat_map(|report| report.acknowledged.iter().copied())
+            .collect();
+        row.acknowledged = acknowledged.len();
+        row.lost = self.lost(scenario, &acknowledged)?;
+        Ok(())
+    }
+
     /// How many of `acknowledged` (request numbers of `scenario`) are not stored.
     fn lost(&self, scenario: &str, acknowledged: &[u64]) -> anyhow::Result<usize> {
         let prefix = format!("{}-{scenario}", self.tag);
+        let messages: Vec<String> = acknowledged
+            .iter()
+            .map(|n| format!("{prefix} {n}"))
+            .collect();
+        self.not_stored(&prefix, &messages)
+    }
+
+    /// How many of `messages`, each starting with `prefix` and a space, no stored turn has.
+    fn not_stored(&self, prefix: &str, messages: &[String]) -> anyhow::Result<usize> {
         let stored: HashSet<String> = psql(
             self.database_url,
             &format!(
@@ -210,9 +247,9 @@ impl Storm<'_> {
         )?
         .into_iter()
         .collect();
-        Ok(acknowledged
+        Ok(messages
             .iter()
-            .filter(|n| !stored.contains(&format!("{prefix} {n}")))
+            .filter(|message| !stored.contains(*message))
             .count())
     }
 }
@@ -344,12 +381,7 @@ fn redis_down(context: &Storm<'_>, limits_on: bool) -> anyhow::Result<Row> {
     std::thread::sleep(Duration::from_secs(3));
     let warm = warm.report()?;
     std::thread::sleep(Duration::from_secs(2));
-    let mut row = Row {
-        idle_rss_mib: mib(status_kib(server.id(), "VmRSS:")?),
-        peak_bound_mib: REDIS_DOWN_PEAK_MIB,
-        after_bounded: true,
-        ..Row::default()
-    };
+    let mut row = Row::idle(server.id(), REDIS_DOWN_PEAK_MIB, true)?;
 
     redis.stop();
     let began = Instant::now();
@@ -368,18 +400,8 @@ fn redis_down(context: &Storm<'_>, limits_on: bool) -> anyhow::Result<Row> {
     row.resumed_after = time_to_resume(port, &format!("{}-{name}-resume", context.tag));
     // Memory 30 s after the storm, while the probes go on.
     row.after_rss_mib = Some(rss_30_s_after(server.id(), ended)?);
-    let watched = watch.finish();
-    row.peak_rss_mib = mib(watched.peak_rss_kib);
-    row.probes = watched.probes;
-    row.probe_failures = watched.probe_failures;
-    let acknowledged: Vec<u64> = warm
-        .acknowledged
-        .iter()
-        .chain(&report.acknowledged)
-        .copied()
-        .collect();
-    row.acknowledged = acknowledged.len();
-    row.lost = context.lost(name, &acknowledged)?;
+    row.watched(watch.finish());
+    context.check_stored(&mut row, name, &[&warm, &report])?;
     row.notes.push(format!(
         "{} requests in {} s while Redis was down ({:.0} refused/s)",
         report.requests,
@@ -416,13 +438,9 @@ fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
         &[("AGENT_RATE_LIMIT__REQUESTS", "0")],
         Some(DESCRIPTOR_LIMIT),
     )?;
-    let mut row = Row {
-        idle_rss_mib: mib(status_kib(server.id(), "VmRSS:")?),
-        // About 1,200 streams held at once (the turn limit at 4,096 descriptors) and 2,500
-        // connections; what the allocator keeps of them afterwards is reported (issue 20).
-        peak_bound_mib: 256.0,
-        ..Row::default()
-    };
+    // About 1,200 streams held at once (the turn limit at 4,096 descriptors) and 2,500
+    // connections; what the allocator keeps of them afterwards is reported (issue 20).
+    let mut row = Row::idle(server.id(), 256.0, false)?;
     let seen = Arc::new(Mutex::new(Streams::default()));
     let prefix = format!("{}-descriptors", context.tag);
     let program: Arc<Program> = {
@@ -456,30 +474,17 @@ fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
             .unwrap_or("?")
             .trim()
     ));
-    let watched = watch.finish();
-    row.peak_rss_mib = mib(watched.peak_rss_kib);
-    row.probes = watched.probes;
-    row.probe_failures = watched.probe_failures;
+    row.watched(watch.finish());
     drop(server);
 
     let seen = std::mem::take(&mut *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     row.statuses = seen.statuses.clone();
     row.failures = seen.failures.clone();
     row.acknowledged = seen.done.len();
-    let stored: HashSet<String> = psql(
-        context.database_url,
-        &format!(
-            "SELECT content FROM messages WHERE role = 'user' AND content LIKE 'sleep 2000 {}-descriptors %'",
-            context.tag
-        ),
-    )?
-    .into_iter()
-    .collect();
-    row.lost = seen
-        .done
-        .iter()
-        .filter(|message| !stored.contains(*message))
-        .count();
+    row.lost = context.not_stored(
+        &format!("sleep 2000 {}-descriptors", context.tag),
+        &seen.done,
+    )?;
     let mut shed = seen.shed_ms.clone();
     shed.sort_by(f64::total_cmp);
     let p99 = shed
@@ -594,12 +599,7 @@ fn overload(context: &Storm<'_>) -> anyhow::Result<Row> {
         || Ok(()),
         || Ok(()),
     )?;
-    let mut row = Row {
-        idle_rss_mib: mib(status_kib(server.id(), "VmRSS:")?),
-        peak_bound_mib: 64.0,
-        after_bounded: true,
-        ..Row::default()
-    };
+    let mut row = Row::idle(server.id(), 64.0, true)?;
     let began = Instant::now();
     let watch = Watch::start(server.id(), port, began);
     let report = Load::start(port, Plan::clients(2 * OVERLOAD_TURNS), Arc::clone(&turns))?
@@ -607,19 +607,9 @@ fn overload(context: &Storm<'_>) -> anyhow::Result<Row> {
     let ended = Instant::now();
     row.resumed_after = time_to_resume(port, &format!("{}-overload-resume", context.tag));
     row.after_rss_mib = Some(rss_30_s_after(server.id(), ended)?);
-    let watched = watch.finish();
+    row.watched(watch.finish());
     record(&mut row, &report, window);
-    row.peak_rss_mib = mib(watched.peak_rss_kib);
-    row.probes = watched.probes;
-    row.probe_failures = watched.probe_failures;
-    let acknowledged: Vec<u64> = capacity
-        .acknowledged
-        .iter()
-        .chain(&report.acknowledged)
-        .copied()
-        .collect();
-    row.acknowledged = acknowledged.len();
-    row.lost = context.lost("overload", &acknowledged)?;
+    context.check_stored(&mut row, "overload", &[&capacity, &report])?;
     let served = report.statuses.get(&200).copied().unwrap_or(0) as f64 / window.as_secs_f64();
     row.notes.push(format!(
         "capacity {:.0} turns/s (p99 {:.1} ms) at {OVERLOAD_TURNS} clients; at {} clients: {served:.0} served/s (p99 {:.1} ms, {:.0} % of capacity), {:.0} refused/s",
@@ -670,25 +660,16 @@ fn model_outage_logs(context: &Storm<'_>) -> anyhow::Result<Row> {
         Ok((report, after.get().saturating_sub(before.get())))
     };
     let (healthy, healthy_bytes) = measure(Duration::from_secs(2))?;
-    let mut row = Row {
-        idle_rss_mib: mib(status_kib(server.id(), "VmRSS:")?),
-        peak_bound_mib: 64.0,
-        after_bounded: true,
-        ..Row::default()
-    };
+    let mut row = Row::idle(server.id(), 64.0, true)?;
     let began = Instant::now();
     let watch = Watch::start(server.id(), port, began);
     fault(model_port, "500")?;
     let (outage, outage_bytes) = measure(Duration::from_secs(1))?;
     fault(model_port, "none")?;
     row.resumed_after = time_to_resume(port, &format!("{}-logs-resume", context.tag));
-    let watched = watch.finish();
+    row.watched(watch.finish());
     record(&mut row, &outage, window);
-    row.peak_rss_mib = mib(watched.peak_rss_kib);
-    row.probes = watched.probes;
-    row.probe_failures = watched.probe_failures;
-    row.acknowledged = healthy.acknowledged.len();
-    row.lost = context.lost("logs", &healthy.acknowledged)?;
+    context.check_stored(&mut row, "logs", &[&healthy])?;
     let per_request = |bytes: u64, report: &Report| bytes as f64 / report.requests.max(1) as f64;
     let (healthy_per, outage_per) = (
         per_request(healthy_bytes, &healthy),

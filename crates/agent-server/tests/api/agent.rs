@@ -9,9 +9,7 @@ use fake_openai::{FakeOpenAi, Scripted};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    builder, client, closed_port, error_code, spawn, spawn_full, spawn_with_model,
-};
+use crate::helpers::{builder, closed_port, error_code, spawn, spawn_full, spawn_with_model};
 
 fn text(answer: &str) -> Scripted {
     Scripted::text(answer)
@@ -643,14 +641,7 @@ async fn metrics_count_requests_turns_and_tokens() {
     // run in this process, before or at the same time.
     let (app, _fake) = spawn_full(vec![text("hi")], &[]).await;
     app.agent(json!({ "message": "hello" })).await;
-    let metrics = client()
-        .get(format!("{}/metrics", app.address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     for name in [
         "http_requests_total{route=\"/agent\",method=\"POST\",status=\"200\"} 1\n",
         "http_request_duration_seconds_bucket",

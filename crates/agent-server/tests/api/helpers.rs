@@ -34,6 +34,15 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// The Prometheus text of `GET /metrics`.
+    pub(crate) async fn metrics(&self) -> String {
+        self.get("/metrics")
+            .await
+            .text()
+            .await
+            .expect("the metrics are text")
+    }
+
     pub(crate) async fn get_json(&self, path: &str) -> (u16, serde_json::Value) {
         let response = self.get(path).await;
         let status = response.status().as_u16();

@@ -9,21 +9,12 @@ use std::time::Duration;
 use fake_openai::{FakeOpenAi, Scripted};
 use serde_json::{Value, json};
 
-use crate::helpers::{builder, error_code, spawn, spawn_with_model};
+use crate::helpers::{TestApp, builder, error_code, spawn, spawn_with_model};
 
-/// Polls `/metrics` (over a connection of its own) until it contains `line`.
-async fn wait_for_metric(address: &str, line: &str) {
-    let client = crate::helpers::client();
+/// Polls `/metrics` until it contains `line`.
+async fn wait_for_metric(app: &TestApp, line: &str) {
     for _ in 0..100 {
-        let text = client
-            .get(format!("{address}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains(line) {
+        if app.metrics().await.contains(line) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -57,7 +48,7 @@ async fn turns_beyond_the_limit_get_503_overloaded_and_the_probes_still_answer()
                 .unwrap()
         })
     };
-    wait_for_metric(&app.address, "agent_turns_in_flight 1\n").await;
+    wait_for_metric(&app, "agent_turns_in_flight 1\n").await;
 
     let refused = app
         .agent(json!({ "message": "second", "session_id": "refused" }))
@@ -75,11 +66,7 @@ async fn turns_beyond_the_limit_get_503_overloaded_and_the_probes_still_answer()
     for probe in ["/health", "/ready", "/metrics"] {
         assert_eq!(app.get(probe).await.status(), 200, "{probe}");
     }
-    wait_for_metric(
-        &app.address,
-        "agent_overload_refusals_total{reason=\"turns\"} 2\n",
-    )
-    .await;
+    wait_for_metric(&app, "agent_overload_refusals_total{reason=\"turns\"} 2\n").await;
 
     assert_eq!(first.await.unwrap().status(), 200);
     assert!(app.stored("refused").await.is_empty());
@@ -147,7 +134,7 @@ async fn connections_beyond_the_limit_are_refused_after_the_request_line_and_clo
     });
     checks.await.unwrap();
     wait_for_metric(
-        &app.address,
+        &app,
         "agent_overload_refusals_total{reason=\"connections\"}",
     )
     .await;
