@@ -98,16 +98,16 @@ impl Row {
 pub(crate) fn run(shell: &Shell, seconds: u64, only: Option<String>) -> anyhow::Result<()> {
     require_tools(&[("psql", "postgresql-client"), ("prlimit", "util-linux")])?;
     // Thousands of client connections need descriptors of our own.
-    let descriptors = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+    let own_limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
     let needed = STREAMING_CLIENTS as u64 + 1024;
-    if descriptors < needed
+    if own_limit < needed
         && only
             .as_deref()
             .is_none_or(|only| "descriptors".contains(only))
     {
         bail!(
             "the descriptors scenario's {STREAMING_CLIENTS} clients need {needed} descriptors; this \
-             process may have {descriptors} (raise the hard limit: ulimit -Hn)"
+             process may have {own_limit} (raise the hard limit: ulimit -Hn)"
         );
     }
     let bin = build_release(shell)?;
