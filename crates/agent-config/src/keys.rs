@@ -164,8 +164,9 @@ declare_keys! {
     ENABLE_TRACING = "enable_tracing", Kind::Bool, default: Some("false"), aliases: ["ENABLE_TRACING"];
     /// Serves `POST /agent/stream`.
     ENABLE_STREAMING = "enable_streaming", Kind::Bool, default: Some("true"), aliases: ["ENABLE_STREAMING"];
-    /// Bearer keys accepted by the API (several allow rotation); when set, every route except
-    /// the probes (and `/metrics` unless `api.metrics_require_auth`) needs one. Unset: no auth.
+    /// Bearer keys accepted by the API, each `name:key` (keys sharing a caller name are one
+    /// caller: rotation) or a plain `key` (a caller of its own); when set, every route except the
+    /// probes (and `/metrics` unless `api.metrics_require_auth`) needs one. Unset: no auth.
     API_KEYS = "api_keys", Kind::SecretList, default: None, aliases: [];
     /// Largest request body in bytes (413 above it).
     API_MAX_BODY_BYTES = "api.max_body_bytes", Kind::Int { min: 1024, max: 64 << 20 }, default: Some("65536"), aliases: [];

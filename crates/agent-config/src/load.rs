@@ -15,8 +15,8 @@ use crate::env::EnvValues;
 use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
-    ApiSettings, HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings, Profile,
-    ServerSettings, Settings, StorageSettings, TurnSettings,
+    ApiKey, ApiSettings, HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings,
+    Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -283,21 +283,35 @@ impl Layers {
         })
     }
 
-    fn api_keys(&self) -> Result<Vec<SecretString>, ConfigError> {
+    /// `key` or `name:key` entries, comma-separated: an entry is named when the text before its
+    /// first `:` is a caller name ([`ApiKey::is_caller_name`]); otherwise it is all key.
+    fn api_keys(&self) -> Result<Vec<ApiKey>, ConfigError> {
         let key = &keys::API_KEYS;
         self.expect_kind(key, matches!(key.kind, Kind::SecretList))?;
         // An empty value (or an empty key file) means no keys, as for every other secret.
         let Some(text) = self.raw(key.path).filter(|text| !text.trim().is_empty()) else {
             return Ok(Vec::new());
         };
-        let keys: Vec<&str> = text.split(',').map(str::trim).collect();
-        if keys.iter().any(|key| key.is_empty()) {
-            return Err(self.invalid(key, "contains an empty key (keys are comma-separated)"));
+        let mut parsed = Vec::new();
+        for entry in text.split(',').map(str::trim) {
+            let (caller, secret) = match entry.split_once(':') {
+                Some((name, secret)) if ApiKey::is_caller_name(name) => {
+                    (Some(name.to_owned()), secret.trim())
+                }
+                _ => (None, entry),
+            };
+            if secret.is_empty() {
+                return Err(self.invalid(
+                    key,
+                    "contains an empty key (entries are `key` or `name:key`, comma-separated)",
+                ));
+            }
+            parsed.push(ApiKey {
+                caller,
+                secret: SecretString::from(secret.to_owned()),
+            });
         }
-        Ok(keys
-            .into_iter()
-            .map(|key| SecretString::from(key.to_owned()))
-            .collect())
+        Ok(parsed)
     }
 
     fn host(&self) -> Result<String, ConfigError> {

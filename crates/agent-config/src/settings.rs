@@ -12,8 +12,9 @@ pub struct Settings {
     pub log: LogSettings,
     /// `ENABLE_STREAMING`: whether `POST /agent/stream` is served.
     pub enable_streaming: bool,
-    /// `AGENT_API_KEYS`: bearer keys accepted by the API; empty means no authentication.
-    pub api_keys: Vec<SecretString>,
+    /// `AGENT_API_KEYS`: bearer keys accepted by the API, each with its caller's name when given;
+    /// empty means no authentication.
+    pub api_keys: Vec<ApiKey>,
     pub api: ApiSettings,
     pub server: ServerSettings,
     pub model: ModelSettings,
@@ -22,6 +23,25 @@ pub struct Settings {
     pub http_tools: Vec<HttpToolSettings>,
     pub storage: StorageSettings,
     pub health: HealthSettings,
+}
+
+/// An API key, and the name of the caller it identifies (`name:key`). Keys sharing a name are one
+/// caller, so a key can be rotated without losing access; a key without a name is a caller of its
+/// own.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub caller: Option<String>,
+    pub secret: SecretString,
+}
+
+impl ApiKey {
+    /// What a caller name may be: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub fn is_caller_name(name: &str) -> bool {
+        (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"._-".contains(&byte))
+    }
 }
 
 /// `AGENT_PROFILE`.

@@ -142,7 +142,7 @@ fn secrets_that_look_like_numbers_stay_verbatim() {
     let keys: Vec<&str> = settings
         .api_keys
         .iter()
-        .map(|key| key.expose_secret())
+        .map(|key| key.secret.expose_secret())
         .collect();
     assert_eq!(keys, ["12345", "00042"]);
 }
@@ -150,9 +150,47 @@ fn secrets_that_look_like_numbers_stay_verbatim() {
 #[test]
 fn api_keys_are_comma_separated_and_none_may_be_empty() {
     let keys = settings(&[("AGENT_API_KEYS", "first-key, second-key")]).api_keys;
-    let keys: Vec<&str> = keys.iter().map(|key| key.expose_secret()).collect();
-    assert_eq!(keys, ["first-key", "second-key"]);
+    let keys: Vec<(Option<&str>, &str)> = keys
+        .iter()
+        .map(|key| (key.caller.as_deref(), key.secret.expose_secret()))
+        .collect();
+    assert_eq!(keys, [(None, "first-key"), (None, "second-key")]);
     assert!(error(&[("AGENT_API_KEYS", "a,,b")]).starts_with("AGENT_API_KEYS: "));
+    assert!(error(&[("AGENT_API_KEYS", "alice:")]).starts_with("AGENT_API_KEYS: "));
+}
+
+/// `name:key` names the caller; keys sharing a name are one caller. Text before a `:` that is not
+/// a caller name is part of the key.
+#[test]
+fn api_keys_may_name_their_caller() {
+    let keys = settings(&[(
+        "AGENT_API_KEYS",
+        "alice:key1, alice:key2,ci-bot:key:with:colons, plain, not a name:key",
+    )])
+    .api_keys;
+    let keys: Vec<(Option<&str>, &str)> = keys
+        .iter()
+        .map(|key| (key.caller.as_deref(), key.secret.expose_secret()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            (Some("alice"), "key1"),
+            (Some("alice"), "key2"),
+            (Some("ci-bot"), "key:with:colons"),
+            (None, "plain"),
+            (None, "not a name:key"),
+        ]
+    );
+    for (name, valid) in [
+        ("a", true),
+        ("A.b_c-9", true),
+        ("", false),
+        ("a b", false),
+        (&"x".repeat(65), false),
+    ] {
+        assert_eq!(crate::ApiKey::is_caller_name(name), valid, "{name:?}");
+    }
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Access control for every route but the probes: bearer API keys (compared in constant time,
-//! never logged) and rate limits per key, or per client address without keys, counted in the
-//! shared rate limiter (Redis across replicas).
+//! never logged), each naming its caller, and rate limits per caller, or per client address
+//! without keys, counted in the shared rate limiter (Redis across replicas).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,13 +16,32 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ErrorCode};
 
-/// Who is calling: a short digest of their API key, or their address. Never the key itself.
+/// Who is calling. Never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Caller(pub(crate) String);
+pub(crate) struct Caller {
+    /// The key's caller name, `key-<digest prefix>` for a key without one, `anonymous` without
+    /// keys: what logs see.
+    pub(crate) name: String,
+    /// What rate limits and idempotency keys are counted by: `caller:<name>` with keys, the
+    /// client's address without.
+    pub(crate) scope: String,
+}
+
+/// The caller of every request when no keys are configured.
+pub(crate) const ANONYMOUS: &str = "anonymous";
+
+impl Caller {
+    fn named(name: String) -> Self {
+        Self {
+            scope: format!("caller:{name}"),
+            name,
+        }
+    }
+}
 
 #[derive(Debug)]
 pub(crate) struct AccessPolicy {
-    /// Each key with its caller identity (a digest prefix), computed once.
+    /// Each key with its caller, computed once.
     keys: Vec<(SecretString, Caller)>,
     metrics_require_auth: bool,
     trust_forwarded_for: bool,
@@ -38,8 +57,11 @@ impl AccessPolicy {
                 .api_keys
                 .iter()
                 .map(|key| {
-                    let digest = format!("{:x}", Sha256::digest(key.expose_secret().as_bytes()));
-                    (key.clone(), Caller(format!("key:{}", &digest[..16])))
+                    let name = key.caller.clone().unwrap_or_else(|| {
+                        let digest = Sha256::digest(key.secret.expose_secret().as_bytes());
+                        format!("key-{}", &format!("{digest:x}")[..16])
+                    });
+                    (key.secret.clone(), Caller::named(name))
                 })
                 .collect(),
             metrics_require_auth: settings.api.metrics_require_auth,
@@ -69,7 +91,10 @@ impl AccessPolicy {
             let host = address
                 .parse::<std::net::SocketAddr>()
                 .map_or_else(|_| address.to_owned(), |socket| socket.ip().to_string());
-            return Ok(Caller(format!("addr:{host}")));
+            return Ok(Caller {
+                name: ANONYMOUS.to_owned(),
+                scope: format!("addr:{host}"),
+            });
         }
         let presented = request
             .headers()
@@ -93,7 +118,7 @@ impl AccessPolicy {
         }
         match self
             .limiter
-            .check(&caller.0, self.requests, self.window)
+            .check(&caller.scope, self.requests, self.window)
             .await
         {
             Ok(RateDecision::Allowed { .. }) => Ok(()),
@@ -120,7 +145,8 @@ fn bearer_token(value: &str) -> Option<&str> {
 }
 
 /// Admits a request: authenticates it and counts it against its caller's rate limit, then records
-/// the caller for the handlers. Probes (and `/metrics` unless configured) are always admitted.
+/// the caller for the handlers (and its name in the request's span, so every log line of the
+/// request carries it). Probes (and `/metrics` unless configured) are always admitted.
 /// Called by the request middleware, inside the request's span.
 pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
     let Some(policy) = request
@@ -130,6 +156,7 @@ pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
         return Ok(());
     };
     let caller = policy.caller(request)?;
+    tracing::Span::current().record("caller", caller.name.as_str());
     policy.check_rate(&caller).await?;
     request.extensions_mut().insert(caller);
     Ok(())

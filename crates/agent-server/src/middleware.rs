@@ -48,7 +48,7 @@ pub(crate) async fn request_context(
     let span = if quiet.is_some() {
         tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
     } else {
-        tracing::info_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
+        tracing::info_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path(), caller = tracing::field::Empty)
     };
     let method = request.method().clone();
     let started = Instant::now();

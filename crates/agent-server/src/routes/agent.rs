@@ -11,7 +11,7 @@ use agent_core::AgentEvent;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::access::Caller;
+use crate::access::{ANONYMOUS, Caller};
 use crate::backends::Backends;
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
@@ -67,7 +67,7 @@ pub(crate) async fn post_agent(
     let caller = request
         .extensions()
         .get::<Caller>()
-        .map_or_else(|| "anonymous".to_owned(), |caller| caller.0.clone());
+        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
     // A retry may wait for the first request's lock and turn.
     let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
     let key = format!("{caller}:{key}");

@@ -351,3 +351,39 @@ async fn a_storm_of_identical_failures_logs_its_cause_once_per_interval() {
     );
     assert!(failed[0]["span"]["request_id"].is_string(), "{failed:?}");
 }
+
+/// The caller's name, never its key, is in every log line of its requests.
+#[tokio::test]
+async fn log_lines_name_the_caller_and_never_show_its_key() {
+    let (mut child, lines, port) = serve_logging_json(&[
+        ("AGENT_SERVER__SHUTDOWN_DELAY", "0s"),
+        ("AGENT_API_KEYS", "alice:secret-key-0123456789"),
+    ]);
+    let status = client()
+        .post(format!("http://127.0.0.1:{port}/agent"))
+        .header("authorization", "Bearer secret-key-0123456789")
+        .json(&serde_json::json!({ "message": "hi" }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let logged: Vec<String> = lines.map_while(Result::ok).collect();
+    child.wait().unwrap();
+    assert!(
+        logged.iter().all(|line| !line.contains("secret-key")),
+        "{logged:?}"
+    );
+    let completed: Vec<serde_json::Value> = logged
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|entry| entry["fields"]["message"] == "request completed")
+        .collect();
+    assert_eq!(completed.len(), 1, "{logged:?}");
+    assert_eq!(completed[0]["span"]["caller"], "alice", "{completed:?}");
+}

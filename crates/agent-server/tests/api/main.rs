@@ -6,6 +6,7 @@
 
 mod agent;
 mod bad_input;
+mod callers;
 mod cli;
 mod errors;
 mod helpers;
