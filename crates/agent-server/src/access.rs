@@ -28,7 +28,15 @@ pub(crate) struct Caller {
 }
 
 /// The caller of every request when no keys are configured.
-pub(crate) const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = agent_core::SessionId::ANONYMOUS;
+
+/// The name of the caller `admit` recorded for `request` (anonymous for a route it left open).
+pub(crate) fn caller_name(request: &actix_web::HttpRequest) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.name.clone())
+}
 
 impl Caller {
     fn named(name: String) -> Self {

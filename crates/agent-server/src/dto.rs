@@ -29,8 +29,9 @@ pub(crate) struct AgentRequest {
     /// The user's message: not blank, no NUL character, at most `maxLength` characters (the
     /// whole body is also bounded in bytes: 413 above it).
     pub(crate) message: String,
-    /// An existing session, or a new id of your choosing; null or absent starts a new session
-    /// with a server-made UUID.
+    /// An existing session of this caller, or a new id of your choosing; null or absent starts
+    /// a new session with a server-made UUID. Ids are per caller: another caller's session of the
+    /// same id is another session.
     #[serde(default)]
     #[schema(nullable)]
     pub(crate) session_id: Option<String>,
@@ -129,7 +130,7 @@ fn timestamp(time: SystemTime) -> String {
 impl SessionView {
     pub(crate) fn new(info: SessionInfo, messages: Vec<StoredMessage>) -> Self {
         Self {
-            session_id: info.id.to_string(),
+            session_id: info.id.local().to_owned(),
             created_at: timestamp(info.created_at),
             updated_at: timestamp(info.updated_at),
             turn_count: info.turn_count,
@@ -228,7 +229,12 @@ pub(crate) struct ValidTurn {
 }
 
 impl AgentRequest {
-    pub(crate) fn validate(self, max_message_chars: usize) -> Result<ValidTurn, ApiError> {
+    /// The turn, in `owner`'s session (see [`SessionId::owned_by`]).
+    pub(crate) fn validate(
+        self,
+        max_message_chars: usize,
+        owner: &str,
+    ) -> Result<ValidTurn, ApiError> {
         let unprocessable = |message: String| {
             ApiError::invalid(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -257,20 +263,22 @@ impl AgentRequest {
                 .map_err(|error| unprocessable(format!("session_id: {error}")))?,
         };
         Ok(ValidTurn {
-            session,
+            session: session.owned_by(owner),
             message: self.message,
             new_session: self.session_id.is_none(),
         })
     }
 }
 
-/// Parses a session id from a path.
-pub(crate) fn session_id(text: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(text).map_err(|error| {
-        ApiError::invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRequest,
-            format!("session_id: {error}"),
-        )
-    })
+/// Parses a session id from a path, as `owner`'s.
+pub(crate) fn session_id(text: &str, owner: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text)
+        .map(|id| id.owned_by(owner))
+        .map_err(|error| {
+            ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                format!("session_id: {error}"),
+            )
+        })
 }

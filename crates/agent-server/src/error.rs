@@ -9,7 +9,7 @@ use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
-use agent_core::{AgentError, ModelError};
+use agent_core::{AgentError, ModelError, SessionId};
 use agent_storage::StorageError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -285,17 +285,21 @@ impl ResponseError for ApiError {
 impl From<StorageError> for ApiError {
     fn from(error: StorageError) -> Self {
         match error {
-            StorageError::SessionNotFound(session) => Self::SessionNotFound(session),
+            StorageError::SessionNotFound(session) => {
+                Self::SessionNotFound(SessionId::local_part(&session).to_owned())
+            }
             StorageError::Locked(session) => Self::Conflict {
                 code: ErrorCode::SessionBusy,
                 message: format!(
-                    "session {session} is busy with another request; retry when it finishes"
+                    "session {} is busy with another request; retry when it finishes",
+                    SessionId::local_part(&session)
                 ),
             },
             StorageError::Conflict { session, .. } => Self::Conflict {
                 code: ErrorCode::SessionConflict,
                 message: format!(
-                    "session {session} changed while this turn ran; nothing was stored"
+                    "session {} changed while this turn ran; nothing was stored",
+                    SessionId::local_part(&session)
                 ),
             },
             StorageError::Unavailable { backend, .. } => Self::Unavailable {

@@ -168,7 +168,7 @@ impl Turns {
         let TurnResult { turn, response, .. } = result;
         let response = AgentResponse {
             response,
-            session_id: session.to_string(),
+            session_id: session.local().to_owned(),
             tokens_used,
         };
         let stored = tokio::spawn(async move {

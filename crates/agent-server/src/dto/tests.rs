@@ -7,7 +7,7 @@ fn accepted(message: &str) -> bool {
         message: message.to_owned(),
         session_id: None,
     }
-    .validate(100)
+    .validate(100, "anonymous")
     .is_ok()
 }
 

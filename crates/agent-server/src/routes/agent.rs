@@ -11,7 +11,7 @@ use agent_core::AgentEvent;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use crate::access::{ANONYMOUS, Caller};
+use crate::access::{ANONYMOUS, Caller, caller_name};
 use crate::backends::Backends;
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
@@ -59,7 +59,7 @@ pub(crate) async fn post_agent(
         &parsed.message,
         parsed.session_id.as_deref().unwrap_or("\0none"),
     ]);
-    let turn = parsed.validate(settings.api.max_message_chars)?;
+    let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
     let slot = turns.admit()?;
     let Some(key) = idempotency_key else {
         return Ok(HttpResponse::Ok().json(turns.run(turn, slot, None).await?.0));
@@ -127,7 +127,7 @@ pub(crate) async fn post_agent_stream(
         ));
     }
     let parsed: AgentRequest = parse_json(&request, &body)?;
-    let turn = parsed.validate(settings.api.max_message_chars)?;
+    let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
     let slot = turns.admit()?;
     // Errors up to here are plain JSON answers; from here on they are `error` events.
     let Prepared {

@@ -1,11 +1,12 @@
 //! `GET /sessions/{id}` (history and token totals) and `DELETE /sessions/{id}`.
 
-use actix_web::HttpResponse;
 use actix_web::http::StatusCode;
 use actix_web::web::{Data, Path, Query};
+use actix_web::{HttpRequest, HttpResponse};
 use agent_storage::{MAX_HISTORY_WINDOW, acquire_lock};
 use serde::Deserialize;
 
+use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::{SessionView, session_id};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
@@ -28,18 +29,19 @@ pub(crate) struct HistoryQuery {
     params(("id" = String, Path, description = "The session id"), HistoryQuery),
     responses(
         (status = 200, body = SessionView),
-        (status = 404, description = "No such session (`session_not_found`)", body = ErrorBody),
+        (status = 404, description = "No such session of this caller (`session_not_found`); another caller's session is not found either", body = ErrorBody),
         (status = 422, description = "Invalid id or query (`invalid_request`)", body = ErrorBody),
         (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
         (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
     )
 )]
 pub(crate) async fn get_session(
+    request: HttpRequest,
     id: Path<String>,
     query: Query<HistoryQuery>,
     backends: Data<Backends>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = session_id(&id)?;
+    let id = session_id(&id, &caller_name(&request))?;
     let limit = query.limit.unwrap_or(MAX_HISTORY_WINDOW);
     if !(1..=MAX_HISTORY_WINDOW).contains(&limit) {
         return Err(ApiError::invalid(
@@ -52,7 +54,7 @@ pub(crate) async fn get_session(
         .conversations
         .session(&id)
         .await?
-        .ok_or_else(|| ApiError::SessionNotFound(id.to_string()))?;
+        .ok_or_else(|| ApiError::SessionNotFound(id.local().to_owned()))?;
     let messages = backends.conversations.recent_messages(&id, limit).await?;
     Ok(HttpResponse::Ok().json(SessionView::new(info, messages)))
 }
@@ -65,7 +67,7 @@ pub(crate) async fn get_session(
     params(("id" = String, Path, description = "The session id")),
     responses(
         (status = 204, description = "Erased"),
-        (status = 404, description = "No such session (`session_not_found`)", body = ErrorBody),
+        (status = 404, description = "No such session of this caller (`session_not_found`); another caller's session is not found either", body = ErrorBody),
         (status = 409, description = "A turn on the session did not finish in time (`session_busy`)", body = ErrorBody),
         (status = 422, description = "Invalid id (`invalid_request`)", body = ErrorBody),
         (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
@@ -73,11 +75,12 @@ pub(crate) async fn get_session(
     )
 )]
 pub(crate) async fn delete_session(
+    request: HttpRequest,
     id: Path<String>,
     backends: Data<Backends>,
     turns: Data<Turns>,
 ) -> Result<HttpResponse, ApiError> {
-    let id = session_id(&id)?;
+    let id = session_id(&id, &caller_name(&request))?;
     let guard = acquire_lock(
         &backends.locks,
         &id,
@@ -90,6 +93,6 @@ pub(crate) async fn delete_session(
     if deleted? {
         Ok(HttpResponse::NoContent().finish())
     } else {
-        Err(ApiError::SessionNotFound(id.to_string()))
+        Err(ApiError::SessionNotFound(id.local().to_owned()))
     }
 }

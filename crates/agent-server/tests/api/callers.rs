@@ -65,3 +65,179 @@ async fn keys_sharing_a_name_are_one_caller_for_idempotency_and_rate_limits() {
         "bob has his own limit"
     );
 }
+
+const KEYS: &str = "alice:alice-0123456789,bob:bob-0123456789";
+
+/// `method path` as the holder of `key`, with an optional JSON body.
+async fn call_as(
+    app: &TestApp,
+    key: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> reqwest::Response {
+    let mut request = app
+        .client
+        .request(method, format!("{}{path}", app.address))
+        .header("authorization", format!("Bearer {key}"));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    request.send().await.unwrap()
+}
+
+/// Alice's session cannot be read, continued, deleted or replayed by Bob: to him it does not
+/// exist, with the same answers as an id nobody used; his turns on the same id make a session of
+/// his own.
+async fn sessions_belong_to_their_callers(app: &TestApp) {
+    use reqwest::Method;
+    let (alice, bob) = ("alice-0123456789", "bob-0123456789");
+    let turn = |message: &str| json!({ "message": message, "session_id": "plans" });
+    let created = call_as(app, alice, Method::POST, "/agent", Some(turn("alice 1"))).await;
+    assert_eq!(created.status(), 200);
+    assert_eq!(
+        created.json::<Value>().await.unwrap()["session_id"],
+        "plans"
+    );
+    // A server-named session is its creator's too.
+    let named = call_as(
+        app,
+        alice,
+        Method::POST,
+        "/agent",
+        Some(json!({ "message": "hi" })),
+    )
+    .await;
+    let named = named.json::<Value>().await.unwrap()["session_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for id in ["plans", named.as_str(), "never-used"] {
+        let path = format!("/sessions/{id}");
+        let read = call_as(app, bob, Method::GET, &path, None).await;
+        assert_eq!(read.status(), 404, "{id}");
+        let body: Value = read.json().await.unwrap();
+        assert_eq!(error_code(&body), "session_not_found");
+        assert_eq!(
+            body["error"]["message"],
+            format!("session {id} was not found")
+        );
+        let deleted = call_as(app, bob, Method::DELETE, &path, None).await;
+        assert_eq!(deleted.status(), 404, "{id}");
+    }
+    // Bob "continuing" Alice's id starts a session of his own.
+    let bobs = call_as(app, bob, Method::POST, "/agent", Some(turn("bob 1"))).await;
+    assert_eq!(bobs.status(), 200);
+    let view: Value = call_as(app, bob, Method::GET, "/sessions/plans", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let contents: Vec<&str> = view["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["bob 1"]);
+    // Alice's is untouched, and hers to continue and delete.
+    let continued = call_as(app, alice, Method::POST, "/agent", Some(turn("alice 2"))).await;
+    assert_eq!(continued.status(), 200);
+    let view: Value = call_as(app, alice, Method::GET, "/sessions/plans", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["session_id"], "plans");
+    assert_eq!(view["turn_count"], 2);
+    let stream = call_as(app, bob, Method::POST, "/agent/stream", Some(turn("bob 2"))).await;
+    assert!(stream.text().await.unwrap().contains("event: done"));
+    assert_eq!(
+        call_as(app, alice, Method::GET, "/sessions/plans", None)
+            .await
+            .json::<Value>()
+            .await
+            .unwrap()["turn_count"],
+        2,
+        "bob's stream went to his own session"
+    );
+    assert_eq!(
+        call_as(app, alice, Method::DELETE, "/sessions/plans", None)
+            .await
+            .status(),
+        204
+    );
+    assert_eq!(
+        call_as(app, bob, Method::GET, "/sessions/plans", None)
+            .await
+            .status(),
+        200,
+        "bob's own session is still there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_belong_to_their_callers_in_postgres() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let app = spawn_with_model(&fake, &[("AGENT_API_KEYS", KEYS)]).await;
+    sessions_belong_to_their_callers(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_belong_to_their_callers_in_memory() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let base_url = fake.base_url();
+    let app = crate::helpers::spawn(crate::helpers::builder(&[
+        ("AGENT_API_KEYS", KEYS),
+        ("OPENAI_BASE_URL", &base_url),
+    ]))
+    .await;
+    sessions_belong_to_their_callers(&app).await;
+}
+
+/// Sessions made without keys (and every session made before callers had names) are the
+/// anonymous caller's: once keys are on, a key named `anonymous` reaches them, no other does.
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_made_without_keys_stay_the_anonymous_callers() {
+    use reqwest::Method;
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let database = test_support::fresh_database_url().await;
+    let base_url = fake.base_url();
+    let storage = [
+        ("DATABASE_URL", database.as_str()),
+        ("OPENAI_BASE_URL", &base_url),
+    ];
+    let before = crate::helpers::spawn(crate::helpers::builder(&storage)).await;
+    let made = before
+        .agent(json!({ "message": "before keys", "session_id": "old" }))
+        .await;
+    assert_eq!(made.status(), 200);
+    before.shutdown.trigger();
+
+    let mut with_keys = storage.to_vec();
+    with_keys.push((
+        "AGENT_API_KEYS",
+        "anonymous:legacy-0123456789,alice:alice-0123456789",
+    ));
+    let after = crate::helpers::spawn(crate::helpers::builder(&with_keys)).await;
+    let legacy = call_as(
+        &after,
+        "legacy-0123456789",
+        Method::GET,
+        "/sessions/old",
+        None,
+    )
+    .await;
+    assert_eq!(legacy.status(), 200);
+    let alice = call_as(
+        &after,
+        "alice-0123456789",
+        Method::GET,
+        "/sessions/old",
+        None,
+    )
+    .await;
+    assert_eq!(alice.status(), 404);
+}

@@ -51,7 +51,7 @@ impl TryFrom<SessionRow> for SessionInfo {
 
     fn try_from(row: SessionRow) -> Result<Self, StorageError> {
         Ok(Self {
-            id: SessionId::parse(&row.id)
+            id: SessionId::parse_stored(&row.id)
                 .map_err(|_| StorageError::Corrupt(format!("session id {:?}", row.id)))?,
             created_at: row.created_at.into(),
             updated_at: row.updated_at.into(),

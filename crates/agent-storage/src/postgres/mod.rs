@@ -26,6 +26,8 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::error::{StorageError, bounded};
 
 const BACKEND: &str = "postgres";
+// Embedded at compile time: after adding a migration, touch this file so an incremental build
+// embeds it (a clean build always does).
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// The advisory lock that serialises migrations across replicas starting together.
 const MIGRATION_LOCK: i64 = 0x6167_656e_745f_6462; // "agent_db"

@@ -125,11 +125,11 @@ pub(crate) fn check_database(
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let postgres = stack.container("postgres")?;
-    // The load's sessions: named with the prefix, or named by the server and holding a message
-    // that carries the prefix.
+    // The load's sessions: named with the prefix (stored as `caller:id` for a caller with an API
+    // key), or named by the server and holding a message that carries the prefix.
     let ours = format!(
-        "(SELECT id FROM sessions WHERE id LIKE '{prefix}-%' UNION SELECT session_id FROM messages \
-         WHERE role = 'user' AND content LIKE '%{prefix}-%')"
+        "(SELECT id FROM sessions WHERE id LIKE '{prefix}-%' OR id LIKE '%:{prefix}-%' \
+         UNION SELECT session_id FROM messages WHERE role = 'user' AND content LIKE '%{prefix}-%')"
     );
     let messages = psql(
         &postgres,
@@ -227,7 +227,10 @@ pub(crate) fn check_database(
         sessions.len(),
         sessions
             .iter()
-            .filter(|fields| !fields[0].starts_with(&format!("{prefix}-")))
+            .filter(|fields| {
+                let local = fields[0].rsplit(':').next().unwrap_or_default();
+                !local.starts_with(&format!("{prefix}-"))
+            })
             .count()
     );
     Ok(())
