@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use actix_web::HttpRequest;
 use actix_web::http::{StatusCode, header};
 use agent_core::SessionId;
-use agent_storage::{SessionInfo, StoredMessage};
+use agent_storage::{SessionCursor, SessionInfo, StoredMessage};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -79,15 +79,46 @@ pub(crate) struct AgentResponse {
     pub(crate) tokens_used: u64,
 }
 
-/// `GET /sessions/{id}`.
+/// A session's id, times and totals (an entry of `GET /sessions`).
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct SessionView {
+pub(crate) struct SessionSummary {
     session_id: String,
     /// RFC 3339, UTC.
     created_at: String,
     updated_at: String,
     turn_count: u64,
     tokens: TokenTotals,
+}
+
+impl From<SessionInfo> for SessionSummary {
+    fn from(info: SessionInfo) -> Self {
+        Self {
+            session_id: info.id.local().to_owned(),
+            created_at: timestamp(info.created_at),
+            updated_at: timestamp(info.updated_at),
+            turn_count: info.turn_count,
+            tokens: TokenTotals {
+                prompt: info.usage.prompt_tokens,
+                completion: info.usage.completion_tokens,
+                total: info.usage.total(),
+            },
+        }
+    }
+}
+
+/// `GET /sessions`: the caller's sessions, newest created first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionList {
+    pub(crate) sessions: Vec<SessionSummary>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// `GET /sessions/{id}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SessionView {
+    #[serde(flatten)]
+    summary: SessionSummary,
     /// The most recent messages (up to `limit`), oldest first.
     messages: Vec<MessageView>,
 }
@@ -130,15 +161,7 @@ fn timestamp(time: SystemTime) -> String {
 impl SessionView {
     pub(crate) fn new(info: SessionInfo, messages: Vec<StoredMessage>) -> Self {
         Self {
-            session_id: info.id.local().to_owned(),
-            created_at: timestamp(info.created_at),
-            updated_at: timestamp(info.updated_at),
-            turn_count: info.turn_count,
-            tokens: TokenTotals {
-                prompt: info.usage.prompt_tokens,
-                completion: info.usage.completion_tokens,
-                total: info.usage.total(),
-            },
+            summary: SessionSummary::from(info),
             messages: messages
                 .into_iter()
                 .map(|stored| MessageView {
@@ -268,6 +291,39 @@ impl AgentRequest {
             new_session: self.session_id.is_none(),
         })
     }
+}
+
+/// What [`parse_cursor`] accepts, as published in `/openapi.json`: up to 19 digits (fits a
+/// `u64`), `.`, and a session id.
+pub(crate) static CURSOR_PATTERN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!(r"^[0-9]{{1,19}}\.{}", &SessionId::PATTERN[1..]));
+
+/// A listing's cursor as the client sees it: the session's creation time in nanoseconds since
+/// the Unix epoch, `.`, and its id.
+pub(crate) fn cursor_text(cursor: &SessionCursor) -> String {
+    let nanos = cursor
+        .created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{nanos}.{}", cursor.id.local())
+}
+
+/// A cursor [`cursor_text`] made, in `owner`'s sessions.
+pub(crate) fn parse_cursor(text: &str, owner: &str) -> Result<SessionCursor, ApiError> {
+    let invalid = || {
+        ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            "cursor: not a next_cursor this server gave",
+        )
+    };
+    let (nanos, id) = text.split_once('.').ok_or_else(invalid)?;
+    let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
+    let id = SessionId::parse(id).map_err(|_| invalid())?;
+    Ok(SessionCursor {
+        created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
+        id: id.owned_by(owner),
+    })
 }
 
 /// Parses a session id from a path, as `owner`'s.

@@ -10,7 +10,9 @@ use async_trait::async_trait;
 
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
-use crate::model::{IdempotencyBegin, LockLease, RateDecision, SessionInfo, StoredMessage};
+use crate::model::{
+    IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo, StoredMessage,
+};
 use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
 /// All four stores in one value.
@@ -146,6 +148,25 @@ impl ConversationStore for MemoryStorage {
 
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
         Ok(lock(&self.sessions).remove(id).is_some())
+    }
+
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        after: Option<&SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, StorageError> {
+        let sessions = lock(&self.sessions);
+        let mut listed: Vec<SessionInfo> = sessions
+            .values()
+            .map(|session| &session.info)
+            .filter(|info| info.id.owner() == owner)
+            .filter(|info| after.is_none_or(|cursor| info.is_after(cursor)))
+            .cloned()
+            .collect();
+        listed.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
+        listed.truncate(limit);
+        Ok(listed)
     }
 }
 

@@ -17,7 +17,29 @@ pub struct SessionInfo {
     pub usage: TokenUsage,
 }
 
+/// Where a listing of sessions continues: after this session, in the order newest created first
+/// (creation times never change, so pages neither skip nor repeat while sessions are created or
+/// continued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionCursor {
+    pub created_at: SystemTime,
+    pub id: SessionId,
+}
+
 impl SessionInfo {
+    /// The cursor that continues a listing after this session.
+    pub fn cursor(&self) -> SessionCursor {
+        SessionCursor {
+            created_at: self.created_at,
+            id: self.id.clone(),
+        }
+    }
+
+    /// Whether this session comes after `cursor` in a listing.
+    pub fn is_after(&self, cursor: &SessionCursor) -> bool {
+        (self.created_at, &self.id) < (cursor.created_at, &cursor.id)
+    }
+
     /// A session with no turn yet, created `now`.
     pub fn empty(id: SessionId, now: SystemTime) -> Self {
         Self {

@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionInfo, StoredMessage,
+    IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionCursor, SessionInfo,
+    StoredMessage,
 };
 
 /// Durable conversations.
@@ -75,6 +76,15 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     /// Deletes the session and all its messages; answers whether it existed.
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;
+
+    /// Up to `limit` sessions of `owner` ([`SessionId::owner`]), newest created first (ties by id,
+    /// descending), after `after` when given.
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        after: Option<&SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, StorageError>;
 }
 
 /// Per-session mutual exclusion across replicas. Use [`crate::acquire_lock`] to wait for one.

@@ -35,3 +35,32 @@ fn the_message_pattern_says_exactly_what_validation_accepts() {
         }
     }
 }
+
+#[test]
+fn the_cursor_pattern_says_exactly_what_parse_cursor_accepts_and_cursors_round_trip() {
+    use super::{CURSOR_PATTERN, cursor_text, parse_cursor};
+    let pattern = regex::Regex::new(&CURSOR_PATTERN).unwrap();
+    let cases = [
+        "1764460000123456789.plans",
+        "0.a",
+        "9999999999999999999.x",
+        "99999999999999999999.x",
+        "1.",
+        ".plans",
+        "1.plans.v2",
+        "1..",
+        "1.a b",
+        "abc.plans",
+        "",
+    ];
+    for text in cases {
+        assert_eq!(
+            pattern.is_match(text),
+            parse_cursor(text, "alice").is_ok(),
+            "{text:?}"
+        );
+    }
+    let cursor = parse_cursor("1764460000123456789.plans", "alice").unwrap();
+    assert_eq!(cursor.id.as_str(), "alice:plans");
+    assert_eq!(cursor_text(&cursor), "1764460000123456789.plans");
+}

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 
 use crate::dto::{
-    AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, SessionView, ShutdownEvent,
-    ToolCallEvent, ToolResultEvent,
+    AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, SessionList, SessionSummary,
+    SessionView, ShutdownEvent, ToolCallEvent, ToolResultEvent,
 };
 use crate::error::{ErrorBody, ErrorCode};
 use crate::idempotency::KEY_PATTERN;
@@ -48,6 +48,7 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
     paths(
         super::agent::post_agent,
         super::agent::post_agent_stream,
+        super::sessions::list_sessions,
         super::sessions::get_session,
         super::sessions::delete_session,
         super::probes::health,
@@ -60,6 +61,8 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         AgentRequest,
         AgentResponse,
         SessionView,
+        SessionSummary,
+        SessionList,
         ErrorBody,
         ErrorCode,
         DeltaEvent,
@@ -129,6 +132,18 @@ fn fit(document: &mut Value, settings: &Settings) {
             {
                 if parameter["in"] == "header" && parameter["name"] == "Idempotency-Key" {
                     parameter["schema"] = json!({ "type": "string", "pattern": KEY_PATTERN });
+                }
+            }
+            if path == "/sessions" {
+                for parameter in operation
+                    .get_mut("parameters")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if parameter["in"] == "query" && parameter["name"] == "cursor" {
+                        parameter["schema"] = json!({ "type": "string", "pattern": crate::dto::CURSOR_PATTERN.as_str() });
+                    }
                 }
             }
             if path.starts_with("/sessions/") {

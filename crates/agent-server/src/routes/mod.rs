@@ -33,6 +33,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
         .service(post_only("/agent", agent::post_agent))
         .service(post_only("/agent/stream", agent::post_agent_stream))
         .service(get_only("/openapi.json", docs::openapi_json))
+        .service(get_only("/sessions", sessions::list_sessions))
         .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))

@@ -1,4 +1,5 @@
-//! `GET /sessions/{id}` (history and token totals) and `DELETE /sessions/{id}`.
+//! `GET /sessions` (the caller's sessions), `GET /sessions/{id}` (history and token totals) and
+//! `DELETE /sessions/{id}`.
 
 use actix_web::http::StatusCode;
 use actix_web::web::{Data, Path, Query};
@@ -8,7 +9,7 @@ use serde::Deserialize;
 
 use crate::access::caller_name;
 use crate::backends::Backends;
-use crate::dto::{SessionView, session_id};
+use crate::dto::{SessionList, SessionSummary, SessionView, cursor_text, parse_cursor, session_id};
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::turn::Turns;
 
@@ -19,6 +20,69 @@ pub(crate) struct HistoryQuery {
     /// How many of the most recent messages to return (default 1000).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListQuery {
+    /// How many sessions to return (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// The most sessions one page lists.
+const MAX_PAGE: usize = 100;
+
+/// The caller's sessions, newest created first, a page at a time. Pages neither skip nor repeat
+/// sessions while others are created or continued.
+#[utoipa::path(
+    get,
+    path = "/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    responses(
+        (status = 200, body = SessionList),
+        (status = 422, description = "Invalid query, or a cursor this server did not give (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_sessions(
+    request: HttpRequest,
+    query: Query<ListQuery>,
+    backends: Data<Backends>,
+) -> Result<HttpResponse, ApiError> {
+    let owner = caller_name(&request);
+    let limit = query.limit.unwrap_or(20);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            format!("limit: must be from 1 to {MAX_PAGE}"),
+        ));
+    }
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|text| parse_cursor(text, &owner))
+        .transpose()?;
+    // One more than asked says whether there is a next page.
+    let mut sessions = backends
+        .conversations
+        .list_sessions(&owner, after.as_ref(), limit + 1)
+        .await?;
+    let more = sessions.len() > limit;
+    sessions.truncate(limit);
+    let next_cursor = more
+        .then(|| sessions.last().map(|last| cursor_text(&last.cursor())))
+        .flatten();
+    Ok(HttpResponse::Ok().json(SessionList {
+        sessions: sessions.into_iter().map(SessionSummary::from).collect(),
+        next_cursor,
+    }))
 }
 
 /// A session's messages and token totals.

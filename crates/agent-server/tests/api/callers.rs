@@ -241,3 +241,68 @@ async fn sessions_made_without_keys_stay_the_anonymous_callers() {
     .await;
     assert_eq!(alice.status(), 404);
 }
+
+/// `GET /sessions` lists the caller's own sessions, newest first, a page at a time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_lists_its_own_sessions_in_pages() {
+    use reqwest::Method;
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let app = spawn_with_model(&fake, &[("AGENT_API_KEYS", KEYS)]).await;
+    let (alice, bob) = ("alice-0123456789", "bob-0123456789");
+    for n in 0..5 {
+        let body = json!({ "message": "hi", "session_id": format!("a{n}") });
+        assert_eq!(
+            call_as(&app, alice, Method::POST, "/agent", Some(body))
+                .await
+                .status(),
+            200
+        );
+    }
+    let body = json!({ "message": "hi", "session_id": "b0" });
+    assert_eq!(
+        call_as(&app, bob, Method::POST, "/agent", Some(body))
+            .await
+            .status(),
+        200
+    );
+
+    let mut listed = Vec::new();
+    let mut path = "/sessions?limit=2".to_owned();
+    loop {
+        let page: Value = call_as(&app, alice, Method::GET, &path, None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        for session in page["sessions"].as_array().unwrap() {
+            assert_eq!(session["turn_count"], 1, "{session}");
+            assert_eq!(session["tokens"]["total"], 15, "{session}");
+            listed.push(session["session_id"].as_str().unwrap().to_owned());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/sessions?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(listed, ["a4", "a3", "a2", "a1", "a0"]);
+    let bobs: Value = call_as(&app, bob, Method::GET, "/sessions", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(bobs["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(bobs["sessions"][0]["session_id"], "b0");
+    assert_eq!(bobs["next_cursor"], Value::Null);
+    for bad in [
+        "/sessions?cursor=nonsense",
+        "/sessions?limit=0",
+        "/sessions?limit=101",
+    ] {
+        let answer = call_as(&app, alice, Method::GET, bad, None).await;
+        assert_eq!(answer.status(), 422, "{bad}");
+        assert_eq!(
+            error_code(&answer.json::<Value>().await.unwrap()),
+            "invalid_request"
+        );
+    }
+}

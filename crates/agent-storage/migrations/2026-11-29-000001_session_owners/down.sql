@@ -1,4 +1,4 @@
-DROP INDEX sessions_owner_updated_at;
+DROP INDEX sessions_owner_created_at;
 ALTER TABLE sessions DROP COLUMN owner;
 DELETE FROM sessions WHERE strpos(id, ':') > 0;
 ALTER TABLE sessions DROP CONSTRAINT sessions_id_check;

@@ -6,5 +6,5 @@ ALTER TABLE sessions ADD CONSTRAINT sessions_id_check
 ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL GENERATED ALWAYS AS (
     CASE WHEN strpos(id, ':') > 0 THEN split_part(id, ':', 1) ELSE 'anonymous' END
 ) STORED;
--- A caller's sessions, newest first.
-CREATE INDEX sessions_owner_updated_at ON sessions (owner, updated_at DESC, id);
+-- A caller's sessions, newest created first (GET /sessions).
+CREATE INDEX sessions_owner_created_at ON sessions (owner, created_at DESC, id DESC);

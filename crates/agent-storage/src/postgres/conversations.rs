@@ -10,7 +10,7 @@ use super::schema::{messages, sessions};
 use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
-use crate::model::{IdempotencyCompletion, SessionInfo, StoredMessage};
+use crate::model::{IdempotencyCompletion, SessionCursor, SessionInfo, StoredMessage};
 use crate::traits::ConversationStore;
 
 #[derive(Debug, Queryable, Selectable)]
@@ -265,6 +265,38 @@ impl ConversationStore for PostgresStore {
                 .await
                 .map_err(query_error)?;
             Ok(deleted > 0)
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, after), fields(backend = BACKEND))]
+    async fn list_sessions(
+        &self,
+        owner: &str,
+        after: Option<&SessionCursor>,
+        limit: usize,
+    ) -> Result<Vec<SessionInfo>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            let mut query = sessions::table
+                .filter(sessions::owner.eq(owner))
+                .into_boxed();
+            if let Some(cursor) = after {
+                let created: DateTime<Utc> = cursor.created_at.into();
+                query = query.filter(
+                    sessions::created_at.lt(created).or(sessions::created_at
+                        .eq(created)
+                        .and(sessions::id.lt(cursor.id.as_str().to_owned()))),
+                );
+            }
+            let rows = query
+                .order((sessions::created_at.desc(), sessions::id.desc()))
+                .limit(signed(limit as u64))
+                .select(SessionRow::as_select())
+                .load(&mut connection)
+                .await
+                .map_err(query_error)?;
+            rows.into_iter().map(SessionInfo::try_from).collect()
         })
         .await
     }

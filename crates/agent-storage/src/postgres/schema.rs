@@ -9,6 +9,8 @@ diesel::table! {
         turn_count -> Int8,
         prompt_tokens -> Int8,
         completion_tokens -> Int8,
+        /// Generated from `id`: the caller before `:`, else `anonymous`.
+        owner -> Text,
     }
 }
 

@@ -73,6 +73,7 @@ async fn postgres() -> Stores {
 }
 
 backend!(memory_backend, memory().await;
+    sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
     concurrent_ensures_of_a_new_session_agree,
     open_session_creates_then_returns_the_window,
@@ -86,6 +87,7 @@ backend!(memory_backend, memory().await;
     fifty_concurrent_appends_through_the_lock_lose_nothing,
 );
 backend!(postgres_backend, postgres().await;
+    sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
     concurrent_ensures_of_a_new_session_agree,
     open_session_creates_then_returns_the_window,
@@ -437,4 +439,57 @@ async fn fifty_concurrent_appends_through_the_lock_lose_nothing((store, locks): 
         .map(|message| message.message.content.clone())
         .collect();
     assert_eq!(writers.len(), 50, "every writer's turn is there once");
+}
+
+/// Pages of a listing neither skip nor repeat sessions while new ones are created and old ones
+/// continued between pages; only the owner's sessions are listed.
+async fn sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing(
+    (store, _): Stores,
+) {
+    let suffix = uuid_suffix();
+    let (owner, other) = (format!("lister{suffix}"), format!("other{suffix}"));
+    let owned = |owner: &str, n: usize| SessionId::parse(&format!("s{n}")).unwrap().owned_by(owner);
+    let mut created = Vec::new();
+    for n in 0..12 {
+        let id = owned(&owner, n);
+        store.append_turn(&id, 0, &simple_turn("hi")).await.unwrap();
+        created.push(id);
+        if n % 4 == 0 {
+            store
+                .append_turn(&owned(&other, n), 0, &simple_turn("hi"))
+                .await
+                .unwrap();
+        }
+    }
+    let mut listed = Vec::new();
+    let mut after = None;
+    for page in 0.. {
+        let sessions = store
+            .list_sessions(&owner, after.as_ref(), 5)
+            .await
+            .unwrap();
+        assert!(sessions.len() <= 5);
+        // Between pages: a new session, and the oldest one continued.
+        store
+            .append_turn(&owned(&owner, 100 + page), 0, &simple_turn("new"))
+            .await
+            .unwrap();
+        let oldest = store.session(&created[0]).await.unwrap().unwrap();
+        store
+            .append_turn(&created[0], oldest.next_sequence, &simple_turn("again"))
+            .await
+            .unwrap();
+        let Some(last) = sessions.last() else { break };
+        after = Some(last.cursor());
+        listed.extend(sessions.into_iter().map(|info| info.id));
+    }
+    created.reverse();
+    assert_eq!(listed, created, "newest first, each once, the owner's only");
+    assert!(
+        store
+            .list_sessions("nobody", None, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
