@@ -183,6 +183,17 @@ declare_keys! {
     /// Take the client address for rate limits from `X-Forwarded-For` (only behind a trusted
     /// proxy).
     API_TRUST_FORWARDED_FOR = "api.trust_forwarded_for", Kind::Bool, default: Some("false"), aliases: [];
+    /// Browser origins allowed to call the API (CORS), comma-separated (`https://app.example.com`),
+    /// or `*` for any; unset: CORS is off and preflights are refused.
+    API_CORS_ALLOWED_ORIGINS = "api.cors_allowed_origins", Kind::Text, default: None, aliases: [];
+    /// Methods a cross-origin request may use.
+    API_CORS_ALLOWED_METHODS = "api.cors_allowed_methods", Kind::Text, default: Some("GET, POST, DELETE"), aliases: [];
+    /// Request headers a cross-origin request may send.
+    API_CORS_ALLOWED_HEADERS = "api.cors_allowed_headers", Kind::Text, default: Some("authorization, content-type, idempotency-key, x-request-id"), aliases: [];
+    /// Whether browsers may send credentials (cookies, HTTP auth) cross-origin; never with `*`.
+    API_CORS_ALLOW_CREDENTIALS = "api.cors_allow_credentials", Kind::Bool, default: Some("false"), aliases: [];
+    /// How long browsers may cache a preflight's answer.
+    API_CORS_MAX_AGE = "api.cors_max_age", Kind::Duration { min: Duration::ZERO, max: secs(24 * 3600) }, default: Some("10m"), aliases: [];
     /// Requests per window per API key (or per client address without keys), shared across
     /// replicas through Redis; 0 turns rate limits off.
     RATE_LIMIT_REQUESTS = "rate_limit.requests", Kind::Int { min: 0, max: 1_000_000_000 }, default: Some("120"), aliases: [];

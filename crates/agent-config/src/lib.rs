@@ -17,6 +17,6 @@ pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
-    ApiKey, ApiSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings, ModelProvider,
-    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
+    ApiKey, ApiSettings, CorsSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings,
+    ModelProvider, ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
 };

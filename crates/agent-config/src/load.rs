@@ -15,8 +15,8 @@ use crate::env::EnvValues;
 use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
-    ApiKey, ApiSettings, HealthSettings, LogFormat, LogSettings, ModelProvider, ModelSettings,
-    Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
+    ApiKey, ApiSettings, CorsSettings, HealthSettings, LogFormat, LogSettings, ModelProvider,
+    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -173,6 +173,7 @@ impl Layers {
                 trust_forwarded_for: self.boolean(&keys::API_TRUST_FORWARDED_FOR)?,
                 rate_limit_requests: self.int(&keys::RATE_LIMIT_REQUESTS)? as u32,
                 rate_limit_window: self.duration(&keys::RATE_LIMIT_WINDOW)?,
+                cors: self.cors()?,
             },
             server: ServerSettings {
                 host: self.host()?,
@@ -312,6 +313,74 @@ impl Layers {
             });
         }
         Ok(parsed)
+    }
+
+    /// CORS, when origins are configured: `*` or exact origins, never `*` with credentials.
+    fn cors(&self) -> Result<Option<CorsSettings>, ConfigError> {
+        let key = &keys::API_CORS_ALLOWED_ORIGINS;
+        let list = |text: String| -> Vec<String> {
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let origins = list(self.text(key)?);
+        // Every key is validated, whether CORS is on or not.
+        let allow_credentials = self.boolean(&keys::API_CORS_ALLOW_CREDENTIALS)?;
+        let methods = list(self.text(&keys::API_CORS_ALLOWED_METHODS)?);
+        let headers = list(self.text(&keys::API_CORS_ALLOWED_HEADERS)?);
+        let max_age = self.duration(&keys::API_CORS_MAX_AGE)?;
+        // HTTP tokens (RFC 9110 §5.6.2): what a method or a header name may be.
+        let is_token = |text: &str| {
+            !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte))
+        };
+        for (key, items) in [
+            (&keys::API_CORS_ALLOWED_METHODS, &methods),
+            (&keys::API_CORS_ALLOWED_HEADERS, &headers),
+        ] {
+            if let Some(bad) = items.iter().find(|item| !is_token(item)) {
+                return Err(self.invalid(key, &format!("'{bad}' is not an HTTP token")));
+            }
+        }
+        if origins.is_empty() {
+            return Ok(None);
+        }
+        let any = origins.iter().any(|origin| origin == "*");
+        if any && origins.len() > 1 {
+            return Err(self.invalid(key, "`*` stands alone: any origin, or a list without it"));
+        }
+        if any && allow_credentials {
+            return Err(self.invalid(
+                key,
+                "`*` cannot be combined with AGENT_API__CORS_ALLOW_CREDENTIALS=true: list the origins",
+            ));
+        }
+        for origin in origins.iter().filter(|origin| *origin != "*") {
+            let parsed = url::Url::parse(origin).ok().filter(|url| {
+                matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && url.path() == "/"
+                    && !origin.ends_with('/')
+                    && url.query().is_none()
+            });
+            if parsed.is_none() {
+                return Err(self.invalid(
+                    key,
+                    &format!("'{origin}' is not an origin (scheme://host[:port], no path)"),
+                ));
+            }
+        }
+        Ok(Some(CorsSettings {
+            origins: if any { Vec::new() } else { origins },
+            methods,
+            headers,
+            allow_credentials,
+            max_age,
+        }))
     }
 
     fn host(&self) -> Result<String, ConfigError> {

@@ -84,6 +84,26 @@ pub struct ApiSettings {
     /// Requests per window per client; 0 means no limit.
     pub rate_limit_requests: u32,
     pub rate_limit_window: Duration,
+    /// CORS for browser clients; None: off.
+    pub cors: Option<CorsSettings>,
+}
+
+/// Which browser origins may call the API, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorsSettings {
+    /// Exact origins (`scheme://host[:port]`); empty means any (`*`).
+    pub origins: Vec<String>,
+    pub methods: Vec<String>,
+    pub headers: Vec<String>,
+    pub allow_credentials: bool,
+    pub max_age: Duration,
+}
+
+impl CorsSettings {
+    /// Whether a browser at `origin` may call the API.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.is_empty() || self.origins.iter().any(|allowed| allowed == origin)
+    }
 }
 
 #[derive(Debug, Clone)]

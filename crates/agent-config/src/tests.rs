@@ -814,3 +814,52 @@ fn the_configuration_reference_matches_the_declarations() {
         }
     }
 }
+
+#[test]
+fn cors_is_off_unless_origins_are_listed_and_never_any_origin_with_credentials() {
+    assert_eq!(settings(&[]).api.cors, None);
+    let cors = settings(&[(
+        "AGENT_API__CORS_ALLOWED_ORIGINS",
+        "https://app.example.com, http://localhost:3000",
+    )])
+    .api
+    .cors
+    .unwrap();
+    assert_eq!(
+        cors.origins,
+        ["https://app.example.com", "http://localhost:3000"]
+    );
+    assert!(cors.allows("http://localhost:3000") && !cors.allows("https://evil.example"));
+    assert_eq!(cors.methods, ["GET", "POST", "DELETE"]);
+    let any = settings(&[("AGENT_API__CORS_ALLOWED_ORIGINS", "*")])
+        .api
+        .cors
+        .unwrap();
+    assert!(any.allows("https://anything.example"));
+    for (origins, credentials) in [
+        ("*", "true"),
+        ("*, https://a.example", "false"),
+        ("https://a.example/path", "false"),
+        ("ftp://a.example", "false"),
+        ("a.example", "false"),
+    ] {
+        let problem = error(&[
+            ("AGENT_API__CORS_ALLOWED_ORIGINS", origins),
+            ("AGENT_API__CORS_ALLOW_CREDENTIALS", credentials),
+        ]);
+        assert!(
+            problem.starts_with("AGENT_API__CORS_ALLOWED_ORIGINS: "),
+            "{origins}: {problem}"
+        );
+    }
+    for (name, value) in [
+        ("AGENT_API__CORS_ALLOWED_METHODS", "GET, PO ST"),
+        (
+            "AGENT_API__CORS_ALLOWED_HEADERS",
+            "authorization, bad:header",
+        ),
+    ] {
+        let problem = error(&[(name, value), ("AGENT_API__CORS_ALLOWED_ORIGINS", "*")]);
+        assert!(problem.starts_with(&format!("{name}: ")), "{problem}");
+    }
+}

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::ServiceRequest;
-use actix_web::http::header;
+use actix_web::ResponseError;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{StatusCode, header};
+use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use agent_config::Settings;
 use agent_storage::{RateDecision, RateLimiter};
@@ -56,6 +59,7 @@ pub(crate) struct AccessPolicy {
     limiter: Arc<dyn RateLimiter>,
     requests: u32,
     window: Duration,
+    cors: Option<agent_config::CorsSettings>,
 }
 
 impl AccessPolicy {
@@ -77,6 +81,7 @@ impl AccessPolicy {
             limiter,
             requests: settings.api.rate_limit_requests,
             window: settings.api.rate_limit_window,
+            cors: settings.api.cors.clone(),
         }
     }
 
@@ -142,6 +147,21 @@ impl AccessPolicy {
     }
 }
 
+/// The `Origin` of a CORS preflight (`OPTIONS` with `Access-Control-Request-Method`).
+fn preflight_origin(request: &ServiceRequest) -> Option<&str> {
+    if request.method() != actix_web::http::Method::OPTIONS
+        || !request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        return None;
+    }
+    request
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|origin| origin.to_str().ok())
+}
+
 /// The token of an `Authorization: Bearer <token>` value. The scheme is case-insensitive
 /// (RFC 9110 §11.1): some clients send `bearer`.
 fn bearer_token(value: &str) -> Option<&str> {
@@ -152,11 +172,54 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|token| !token.is_empty())
 }
 
-/// Admits a request: authenticates it and counts it against its caller's rate limit, then records
-/// the caller for the handlers (and its name in the request's span, so every log line of the
-/// request carries it). Probes (and `/metrics` unless configured) are always admitted.
-/// Called by the request middleware, inside the request's span.
+/// Admits a request: refuses a CORS preflight from an origin that may not call, authenticates
+/// anything else and counts it against its caller's rate limit ([`authorize`]). Called by the
+/// request middleware, inside the request's span. With CORS on, the middleware calls only
+/// [`admit_preflight`] and [`layer`] authorizes inside the CORS layer, so that refusals (401,
+/// 429, 503) carry CORS headers a browser can read.
 pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
+    if admit_preflight(request)? {
+        return Ok(());
+    }
+    authorize(request).await
+}
+
+/// Whether CORS is on (then [`layer`] authorizes, inside the CORS layer).
+pub(crate) fn cors_is_on(request: &ServiceRequest) -> bool {
+    request
+        .app_data::<web::Data<AccessPolicy>>()
+        .is_some_and(|policy| policy.cors.is_some())
+}
+
+/// A browser's CORS preflight carries no credentials and counts against no rate limit: answers
+/// true for one from an allowed origin (the CORS layer answers it), refuses one from any other
+/// origin (or any, with CORS off), and answers false for anything that is not a preflight.
+pub(crate) fn admit_preflight(request: &ServiceRequest) -> Result<bool, ApiError> {
+    let Some(origin) = preflight_origin(request) else {
+        return Ok(false);
+    };
+    let cors = request
+        .app_data::<web::Data<AccessPolicy>>()
+        .and_then(|policy| policy.cors.as_ref());
+    match cors {
+        Some(cors) if cors.allows(origin) => Ok(true),
+        Some(_) => Err(ApiError::invalid(
+            StatusCode::FORBIDDEN,
+            ErrorCode::OriginNotAllowed,
+            format!("origin {origin} may not call this API (AGENT_API__CORS_ALLOWED_ORIGINS)"),
+        )),
+        None => Err(ApiError::invalid(
+            StatusCode::FORBIDDEN,
+            ErrorCode::OriginNotAllowed,
+            "CORS is off on this server: no browser origin may call it (AGENT_API__CORS_ALLOWED_ORIGINS)",
+        )),
+    }
+}
+
+/// Authenticates a request and counts it against its caller's rate limit, then records the
+/// caller for the handlers (and its name in the request's span, so every log line of the request
+/// carries it). Probes (and `/metrics` unless configured) are always admitted.
+async fn authorize(request: &ServiceRequest) -> Result<(), ApiError> {
     let Some(policy) = request
         .app_data::<web::Data<AccessPolicy>>()
         .filter(|policy| !policy.is_open(request.path()))
@@ -168,6 +231,22 @@ pub(crate) async fn admit(request: &ServiceRequest) -> Result<(), ApiError> {
     policy.check_rate(&caller).await?;
     request.extensions_mut().insert(caller);
     Ok(())
+}
+
+/// [`authorize`] as a middleware inside the CORS layer (used only with CORS on).
+pub(crate) async fn layer(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    match authorize(&request).await {
+        Ok(()) => next
+            .call(request)
+            .await
+            .map(ServiceResponse::map_into_left_body),
+        Err(error) => Ok(request
+            .into_response(error.error_response())
+            .map_into_right_body()),
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     IdempotencyKeyInProgress,
     /// No API key, or a wrong one.
     Unauthorized,
+    /// A browser's CORS preflight from an origin that may not call this API.
+    OriginNotAllowed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The body is not sent as `application/json`.

@@ -64,6 +64,10 @@ pub(crate) async fn request_context(
     let mut response = async {
         let admitted = match refused {
             Some(refusal) => Err((refusal, true)),
+            // With CORS on, authorization runs inside the CORS layer (`access::layer`).
+            None if crate::access::cors_is_on(&request) => crate::access::admit_preflight(&request)
+                .map(|_| ())
+                .map_err(|error| (error, false)),
             None => crate::access::admit(&request)
                 .await
                 .map_err(|error| (error, false)),

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use actix_cors::Cors;
 use actix_web::dev::ServerHandle;
-use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::middleware::{Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use agent_config::{ModelProvider, Settings, StorageSettings};
+use agent_config::{CorsSettings, ModelProvider, Settings, StorageSettings};
 use agent_health::{Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -183,6 +184,7 @@ impl ApplicationBuilder {
                 )
             });
             let worker = own_or_shared(own, &shared, &app_metrics);
+            let cors = app_settings.api.cors.clone();
             App::new()
                 .app_data(app_health.clone())
                 .app_data(app_metrics.clone())
@@ -199,6 +201,11 @@ impl ApplicationBuilder {
                 .configure(routes::configure)
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
+                .wrap(Condition::new(
+                    cors.is_some(),
+                    from_fn(crate::access::layer),
+                ))
+                .wrap(Condition::new(cors.is_some(), cors_layer(cors.as_ref())))
                 .wrap(ErrorHandlers::new().default_handler(json_error_shape))
                 .wrap(from_fn(request_context))
         })
@@ -348,6 +355,34 @@ fn flatten(
         Ok(result) => result.map_err(StartupError::Server),
         Err(join_error) => Err(StartupError::Server(std::io::Error::other(join_error))),
     }
+}
+
+/// The CORS layer for `settings` (a closed one when CORS is off: `Condition` leaves it out).
+/// Requests from unlisted origins pass without CORS headers (the browser stops them; other
+/// clients are unaffected); their preflights are refused by `access::admit_preflight`. Inside
+/// it, `access::layer` authorizes, so its refusals carry CORS headers too.
+fn cors_layer(settings: Option<&CorsSettings>) -> Cors {
+    let Some(settings) = settings else {
+        return Cors::default();
+    };
+    let mut cors = Cors::default()
+        .allowed_methods(settings.methods.iter().map(String::as_str))
+        .allowed_headers(settings.headers.iter().map(String::as_str))
+        .expose_headers(["x-request-id", "retry-after", "idempotent-replayed"])
+        .max_age(usize::try_from(settings.max_age.as_secs()).ok())
+        .block_on_origin_mismatch(false);
+    cors = if settings.origins.is_empty() {
+        cors.allow_any_origin().send_wildcard()
+    } else {
+        settings
+            .origins
+            .iter()
+            .fold(cors, |cors, origin| cors.allowed_origin(origin))
+    };
+    if settings.allow_credentials {
+        cors = cors.supports_credentials();
+    }
+    cors
 }
 
 /// Raises the descriptor limit and sizes the admission limits within it; logs both.

@@ -8,6 +8,7 @@ mod agent;
 mod bad_input;
 mod callers;
 mod cli;
+mod cors;
 mod errors;
 mod helpers;
 mod manifests;
