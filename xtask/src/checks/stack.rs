@@ -39,7 +39,9 @@ impl TestStack {
         let secrets = root.join("target").join(project).join("secrets");
         let password = random_secret()?;
         let api_key = format!("{project}-key-{}", random_secret()?);
-        write_secrets(&secrets, &password, "", &api_key)?;
+        // A named key, as a team would configure it: the load's sessions are the caller
+        // `loadtest`'s (stored `loadtest:<id>`).
+        write_secrets(&secrets, &password, "", &format!("loadtest:{api_key}"))?;
         let port = dev_harness::free_port()?;
         let mut all_env: Vec<(String, String)> = vec![
             ("POSTGRES_PASSWORD".into(), password.clone()),
