@@ -183,6 +183,9 @@ declare_keys! {
     /// Take the client address for rate limits from `X-Forwarded-For` (only behind a trusted
     /// proxy).
     API_TRUST_FORWARDED_FOR = "api.trust_forwarded_for", Kind::Bool, default: Some("false"), aliases: [];
+    /// Callers (API key names) who may read every caller's usage at `GET /usage`,
+    /// comma-separated; everyone else reads their own.
+    API_USAGE_READERS = "api.usage_readers", Kind::Text, default: None, aliases: [];
     /// Browser origins allowed to call the API (CORS), comma-separated (`https://app.example.com`),
     /// or `*` for any; unset: CORS is off and preflights are refused.
     API_CORS_ALLOWED_ORIGINS = "api.cors_allowed_origins", Kind::Text, default: None, aliases: [];

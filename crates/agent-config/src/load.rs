@@ -174,6 +174,7 @@ impl Layers {
                 rate_limit_requests: self.int(&keys::RATE_LIMIT_REQUESTS)? as u32,
                 rate_limit_window: self.duration(&keys::RATE_LIMIT_WINDOW)?,
                 cors: self.cors()?,
+                usage_readers: self.usage_readers()?,
             },
             server: ServerSettings {
                 host: self.host()?,
@@ -313,6 +314,22 @@ impl Layers {
             });
         }
         Ok(parsed)
+    }
+
+    /// Caller names, comma-separated.
+    fn usage_readers(&self) -> Result<Vec<String>, ConfigError> {
+        let key = &keys::API_USAGE_READERS;
+        let names: Vec<String> = self
+            .text(key)?
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if let Some(bad) = names.iter().find(|name| !ApiKey::is_caller_name(name)) {
+            return Err(self.invalid(key, &format!("'{bad}' is not a caller name")));
+        }
+        Ok(names)
     }
 
     /// CORS, when origins are configured: `*` or exact origins, never `*` with credentials.

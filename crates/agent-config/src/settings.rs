@@ -86,6 +86,8 @@ pub struct ApiSettings {
     pub rate_limit_window: Duration,
     /// CORS for browser clients; None: off.
     pub cors: Option<CorsSettings>,
+    /// Callers who may read every caller's usage.
+    pub usage_readers: Vec<String>,
 }
 
 /// Which browser origins may call the API, and how.

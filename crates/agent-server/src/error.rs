@@ -41,6 +41,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// A browser's CORS preflight from an origin that may not call this API.
     OriginNotAllowed,
+    /// This caller may not do this (read another caller's usage).
+    Forbidden,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
     /// The body is not sent as `application/json`.

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_core::{SessionId, Turn};
+use agent_core::{SessionId, TokenUsage, Turn};
 use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
 
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo, StoredMessage,
+    DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
+    StoredMessage,
 };
 use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
@@ -23,6 +25,8 @@ pub struct MemoryStorage {
     fencing: Mutex<HashMap<SessionId, u64>>,
     windows: Mutex<HashMap<String, Window>>,
     idempotency: Mutex<HashMap<String, Record>>,
+    /// Turns and tokens per (caller, UTC day).
+    usage: Mutex<HashMap<(String, NaiveDate), (u64, TokenUsage)>>,
     background: Arc<BackgroundWork>,
 }
 
@@ -143,11 +147,39 @@ impl ConversationStore for MemoryStorage {
         info.turn_count += 1;
         info.usage += turn.usage;
         info.updated_at = now;
+        let day = DateTime::<Utc>::from(now).date_naive();
+        let mut usage = lock(&self.usage);
+        let counted = usage.entry((id.owner().to_owned(), day)).or_default();
+        counted.0 += 1;
+        counted.1 += turn.usage;
         Ok(info.clone())
     }
 
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
         Ok(lock(&self.sessions).remove(id).is_some())
+    }
+
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<DailyUsage>, StorageError> {
+        let usage = lock(&self.usage);
+        let mut rows: Vec<DailyUsage> = usage
+            .iter()
+            .filter(|((who, day), _)| {
+                owner.is_none_or(|owner| owner == who) && (from..=to).contains(day)
+            })
+            .map(|((who, day), (turns, tokens))| DailyUsage {
+                owner: who.clone(),
+                day: *day,
+                turns: *turns,
+                usage: *tokens,
+            })
+            .collect();
+        rows.sort_by(|a, b| (a.day, &a.owner).cmp(&(b.day, &b.owner)));
+        Ok(rows)
     }
 
     async fn list_sessions(

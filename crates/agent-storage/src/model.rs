@@ -17,6 +17,15 @@ pub struct SessionInfo {
     pub usage: TokenUsage,
 }
 
+/// A caller's turns and tokens on one UTC day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyUsage {
+    pub owner: String,
+    pub day: chrono::NaiveDate,
+    pub turns: u64,
+    pub usage: TokenUsage,
+}
+
 /// Where a listing of sessions continues: after this session, in the order newest created first
 /// (creation times never change, so pages neither skip nor repeat while sessions are created or
 /// continued).

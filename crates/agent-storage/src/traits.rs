@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionCursor, SessionInfo,
-    StoredMessage,
+    DailyUsage, IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionCursor,
+    SessionInfo, StoredMessage,
 };
 
 /// Durable conversations.
@@ -76,6 +76,16 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     /// Deletes the session and all its messages; answers whether it existed.
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;
+
+    /// Stored turns and their tokens per caller per UTC day, from `from` to `to` inclusive, for
+    /// `owner` only or every caller; ordered by day, then caller. Counted with each turn, in the
+    /// same atomic step.
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<DailyUsage>, StorageError>;
 
     /// Up to `limit` sessions of `owner` ([`SessionId::owner`]), newest created first (ties by id,
     /// descending), after `after` when given.

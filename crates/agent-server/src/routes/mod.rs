@@ -4,6 +4,7 @@ mod agent;
 mod docs;
 mod probes;
 mod sessions;
+mod usage;
 
 use actix_web::http::Method;
 use actix_web::{HttpRequest, web};
@@ -34,6 +35,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
         .service(post_only("/agent/stream", agent::post_agent_stream))
         .service(get_only("/openapi.json", docs::openapi_json))
         .service(get_only("/sessions", sessions::list_sessions))
+        .service(get_only("/usage", usage::get_usage))
         .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))

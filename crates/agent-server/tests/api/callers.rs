@@ -306,3 +306,85 @@ async fn a_caller_lists_its_own_sessions_in_pages() {
         );
     }
 }
+
+/// `GET /usage`: each caller reads its own turns and tokens per day; a usage reader reads
+/// everyone's; counted by the turns' own statements, so it adds up after concurrent turns.
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_per_caller_adds_up_and_only_readers_see_everyone() {
+    use reqwest::Method;
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let app = spawn_with_model(
+        &fake,
+        &[
+            (
+                "AGENT_API_KEYS",
+                "alice:alice-0123456789,bob:bob-0123456789,ops:ops-0123456789",
+            ),
+            ("AGENT_API__USAGE_READERS", "ops"),
+        ],
+    )
+    .await;
+    let (alice, bob, ops) = ("alice-0123456789", "bob-0123456789", "ops-0123456789");
+    let turns = (0..20).map(|n| {
+        let key = if n % 4 == 0 { bob } else { alice };
+        let body = json!({ "message": format!("turn {n}") });
+        call_as(&app, key, Method::POST, "/agent", Some(body))
+    });
+    for answer in futures_util::future::join_all(turns).await {
+        assert_eq!(answer.status(), 200);
+    }
+    let totals = |report: &Value, caller: &str| -> (u64, u64) {
+        report["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|row| row["caller"] == caller)
+            .fold((0, 0), |(turns, tokens), row| {
+                (
+                    turns + row["turns"].as_u64().unwrap(),
+                    tokens + row["total_tokens"].as_u64().unwrap(),
+                )
+            })
+    };
+    let own: Value = call_as(&app, alice, Method::GET, "/usage", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(totals(&own, "alice"), (15, 15 * 15));
+    assert_eq!(totals(&own, "bob"), (0, 0), "alice sees only her own");
+    let forbidden = call_as(&app, alice, Method::GET, "/usage?caller=bob", None).await;
+    assert_eq!(forbidden.status(), 403);
+    assert_eq!(
+        error_code(&forbidden.json::<Value>().await.unwrap()),
+        "forbidden"
+    );
+    let everyone: Value = call_as(&app, ops, Method::GET, "/usage", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(totals(&everyone, "alice"), (15, 225));
+    assert_eq!(totals(&everyone, "bob"), (5, 75));
+    let only_bob: Value = call_as(&app, ops, Method::GET, "/usage?caller=bob", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(totals(&only_bob, "alice"), (0, 0));
+    assert_eq!(totals(&only_bob, "bob"), (5, 75));
+    let long_ago = call_as(
+        &app,
+        alice,
+        Method::GET,
+        "/usage?from=2020-01-01&to=2020-01-31",
+        None,
+    )
+    .await
+    .json::<Value>()
+    .await
+    .unwrap();
+    assert_eq!(long_ago["usage"], json!([]));
+    let invalid = call_as(&app, alice, Method::GET, "/usage?from=yesterday", None).await;
+    assert_eq!(invalid.status(), 422);
+}

@@ -2,15 +2,15 @@
 
 use agent_core::{Message, Role, SessionId, TokenUsage, ToolCall, Turn};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{messages, sessions};
+use super::schema::{messages, sessions, usage_daily};
 use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
-use crate::model::{IdempotencyCompletion, SessionCursor, SessionInfo, StoredMessage};
+use crate::model::{DailyUsage, IdempotencyCompletion, SessionCursor, SessionInfo, StoredMessage};
 use crate::traits::ConversationStore;
 
 #[derive(Debug, Queryable, Selectable)]
@@ -265,6 +265,52 @@ impl ConversationStore for PostgresStore {
                 .await
                 .map_err(query_error)?;
             Ok(deleted > 0)
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn usage(
+        &self,
+        owner: Option<&str>,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<DailyUsage>, StorageError> {
+        use diesel::dsl::sql;
+        use diesel::sql_types::BigInt;
+        // Sums of BIGINT are NUMERIC in Postgres: cast back (a day's sums stay far below 2^63).
+        let total = |column: &str| sql::<BigInt>(&format!("sum({column})::bigint"));
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            let mut query = usage_daily::table
+                .filter(usage_daily::day.between(from, to))
+                .group_by((usage_daily::day, usage_daily::owner))
+                .select((
+                    usage_daily::day,
+                    usage_daily::owner,
+                    total("turns"),
+                    total("prompt_tokens"),
+                    total("completion_tokens"),
+                ))
+                .order((usage_daily::day, usage_daily::owner))
+                .into_boxed();
+            if let Some(owner) = owner {
+                query = query.filter(usage_daily::owner.eq(owner.to_owned()));
+            }
+            let rows: Vec<(NaiveDate, String, i64, i64, i64)> =
+                query.load(&mut connection).await.map_err(query_error)?;
+            Ok(rows
+                .into_iter()
+                .map(|(day, owner, turns, prompt, completion)| DailyUsage {
+                    owner,
+                    day,
+                    turns: unsigned(turns),
+                    usage: TokenUsage {
+                        prompt_tokens: unsigned(prompt),
+                        completion_tokens: unsigned(completion),
+                    },
+                })
+                .collect())
         })
         .await
     }

@@ -37,5 +37,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    usage_daily (owner, day, shard) {
+        owner -> Text,
+        day -> Date,
+        shard -> Int2,
+        turns -> Int8,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
+    }
+}
+
 diesel::joinable!(messages -> sessions (session_id));
-diesel::allow_tables_to_appear_in_same_query!(sessions, messages);
+diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily);

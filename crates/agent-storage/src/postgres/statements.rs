@@ -208,7 +208,23 @@ fn walk_turn<'b>(
     out.push_bind_param::<Double, _>(&turn.retention_seconds)?;
     out.push_sql(") WHERE key = ");
     out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_key)?;
-    out.push_sql(" AND EXISTS (SELECT 1 FROM updated)) SELECT ");
+    out.push_sql(" AND EXISTS (SELECT 1 FROM updated)), ");
+    // The caller's usage of the day, in the same statement (see the usage_daily migration).
+    out.push_sql(
+        "counted AS (INSERT INTO usage_daily AS u \
+         (owner, day, shard, turns, prompt_tokens, completion_tokens) \
+         SELECT CASE WHEN strpos(updated.id, ':') > 0 THEN split_part(updated.id, ':', 1) \
+         ELSE 'anonymous' END, (updated.updated_at AT TIME ZONE 'UTC')::date, \
+         (hashtext(updated.id) & 63)::smallint, 1, ",
+    );
+    out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+    out.push_sql(
+        " FROM updated ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
+         prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
+         completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens) SELECT ",
+    );
     out.push_sql(SESSION_COLUMNS);
     out.push_sql(" FROM updated");
     Ok(())

@@ -73,6 +73,7 @@ async fn postgres() -> Stores {
 }
 
 backend!(memory_backend, memory().await;
+    usage_per_caller_adds_up_to_the_stored_turns,
     sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
     concurrent_ensures_of_a_new_session_agree,
@@ -87,6 +88,7 @@ backend!(memory_backend, memory().await;
     fifty_concurrent_appends_through_the_lock_lose_nothing,
 );
 backend!(postgres_backend, postgres().await;
+    usage_per_caller_adds_up_to_the_stored_turns,
     sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
     concurrent_ensures_of_a_new_session_agree,
@@ -488,6 +490,65 @@ async fn sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repea
     assert!(
         store
             .list_sessions("nobody", None, 5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Usage is counted with each stored turn: after 50 concurrent turns of two callers (some of them
+/// refused as conflicts, which count nothing), each caller's day adds up to its sessions' totals.
+async fn usage_per_caller_adds_up_to_the_stored_turns((store, _): Stores) {
+    let suffix = uuid_suffix();
+    let callers = [format!("payer{suffix}"), format!("other{suffix}")];
+    let turns = (0..50).map(|n| {
+        let store = Arc::clone(&store);
+        let id = SessionId::parse(&format!("u{}", n % 10))
+            .unwrap()
+            .owned_by(&callers[n % 2]);
+        async move {
+            // Racing first turns of a session: one of them is stored, the rest conflict.
+            store
+                .append_turn(&id, 0, &simple_turn("count me"))
+                .await
+                .is_ok()
+        }
+    });
+    let stored = futures_util::future::join_all(turns)
+        .await
+        .into_iter()
+        .filter(|stored| *stored)
+        .count();
+    assert_eq!(stored, 10, "one first turn per session");
+    let today = chrono::Utc::now().date_naive();
+    let day_before = today.pred_opt().unwrap();
+    for caller in &callers {
+        // (Yesterday too: the turns may straddle midnight UTC.)
+        let rows = store.usage(Some(caller), day_before, today).await.unwrap();
+        assert!(rows.iter().all(|row| &row.owner == caller), "{rows:?}");
+        let mut counted = (0, TokenUsage::default());
+        for row in &rows {
+            counted.0 += row.turns;
+            counted.1 += row.usage;
+        }
+        let mut expected = (0, TokenUsage::default());
+        for listed in store.list_sessions(caller, None, 100).await.unwrap() {
+            expected.0 += listed.turn_count;
+            expected.1 += listed.usage;
+        }
+        assert_eq!(counted, expected, "{caller}");
+        assert_eq!(counted.0, 5, "{caller}");
+    }
+    let everyone = store.usage(None, day_before, today).await.unwrap();
+    assert!(
+        callers
+            .iter()
+            .all(|caller| everyone.iter().any(|row| &row.owner == caller))
+    );
+    let long_ago = today - chrono::Days::new(30);
+    assert!(
+        store
+            .usage(Some(&callers[0]), long_ago, long_ago)
             .await
             .unwrap()
             .is_empty()

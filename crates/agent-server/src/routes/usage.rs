@@ -1,0 +1,103 @@
+//! `GET /usage`: stored turns and tokens per caller per UTC day, counted with each turn.
+
+use actix_web::http::StatusCode;
+use actix_web::web::{Data, Query};
+use actix_web::{HttpRequest, HttpResponse};
+use agent_config::Settings;
+use chrono::{Days, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::access::caller_name;
+use crate::backends::Backends;
+use crate::error::{ApiError, ErrorBody, ErrorCode};
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct UsageQuery {
+    /// The first day (UTC), default 29 days before `to`.
+    #[param(value_type = Option<String>, format = Date)]
+    from: Option<NaiveDate>,
+    /// The last day (UTC), default today.
+    #[param(value_type = Option<String>, format = Date)]
+    to: Option<NaiveDate>,
+    /// One caller only: yours, or anyone's for a caller named in `AGENT_API__USAGE_READERS`.
+    #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    caller: Option<String>,
+}
+
+/// `GET /usage`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct UsageReport {
+    /// One row per caller and day with stored turns, by day then caller.
+    usage: Vec<UsageRow>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct UsageRow {
+    caller: String,
+    /// `YYYY-MM-DD`, UTC.
+    day: String,
+    turns: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+/// Stored turns and tokens per caller per UTC day: your own, or every caller's for the callers
+/// named in `AGENT_API__USAGE_READERS`.
+#[utoipa::path(
+    get,
+    path = "/usage",
+    tag = "sessions",
+    params(UsageQuery),
+    responses(
+        (status = 200, body = UsageReport),
+        (status = 403, description = "Another caller's usage, asked by a caller not allowed to read it (`forbidden`)", body = ErrorBody),
+        (status = 422, description = "Invalid query (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn get_usage(
+    request: HttpRequest,
+    query: Query<UsageQuery>,
+    backends: Data<Backends>,
+    settings: Data<Settings>,
+) -> Result<HttpResponse, ApiError> {
+    let me = caller_name(&request);
+    let reader = settings.api.usage_readers.contains(&me);
+    let owner = match (&query.caller, reader) {
+        (Some(caller), true) => Some(caller.clone()),
+        (None, true) => None,
+        (Some(caller), false) if *caller != me => {
+            return Err(ApiError::invalid(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                "only the callers named in AGENT_API__USAGE_READERS read other callers' usage",
+            ));
+        }
+        (_, false) => Some(me),
+    };
+    let to = query.to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = query
+        .from
+        .unwrap_or_else(|| to.checked_sub_days(Days::new(29)).unwrap_or(to));
+    let rows = backends
+        .conversations
+        .usage(owner.as_deref(), from, to)
+        .await?;
+    Ok(HttpResponse::Ok().json(UsageReport {
+        usage: rows
+            .into_iter()
+            .map(|row| UsageRow {
+                caller: row.owner,
+                day: row.day.format("%Y-%m-%d").to_string(),
+                turns: row.turns,
+                prompt_tokens: row.usage.prompt_tokens,
+                completion_tokens: row.usage.completion_tokens,
+                total_tokens: row.usage.total(),
+            })
+            .collect(),
+    }))
+}
