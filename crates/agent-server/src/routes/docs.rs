@@ -126,44 +126,29 @@ fn fit(document: &mut Value, settings: &Settings) {
             continue;
         };
         for operation in operations.values_mut() {
+            // Patterns from the constants the validation uses.
+            let session_id = json!({
+                "type": "string",
+                "minLength": 1,
+                "maxLength": SessionId::MAX_LENGTH,
+                "pattern": SessionId::PATTERN,
+            });
+            let cursor =
+                json!({ "type": "string", "pattern": crate::dto::CURSOR_PATTERN.as_str() });
+            let key = json!({ "type": "string", "pattern": KEY_PATTERN });
             for parameter in operation
                 .get_mut("parameters")
                 .and_then(Value::as_array_mut)
                 .into_iter()
                 .flatten()
             {
-                if parameter["in"] == "header" && parameter["name"] == "Idempotency-Key" {
-                    parameter["schema"] = json!({ "type": "string", "pattern": KEY_PATTERN });
-                }
-            }
-            if path == "/sessions" {
-                for parameter in operation
-                    .get_mut("parameters")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    if parameter["in"] == "query" && parameter["name"] == "cursor" {
-                        parameter["schema"] = json!({ "type": "string", "pattern": crate::dto::CURSOR_PATTERN.as_str() });
-                    }
-                }
-            }
-            if path.starts_with("/sessions/") {
-                for parameter in operation
-                    .get_mut("parameters")
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
-                    if parameter["in"] == "path" && parameter["name"] == "id" {
-                        parameter["schema"] = json!({
-                            "type": "string",
-                            "minLength": 1,
-                            "maxLength": SessionId::MAX_LENGTH,
-                            "pattern": SessionId::PATTERN,
-                        });
-                    }
-                }
+                let schema = match (parameter["in"].as_str(), parameter["name"].as_str()) {
+                    (Some("header"), Some("Idempotency-Key")) => &key,
+                    (Some("query"), Some("cursor")) if path == "/sessions" => &cursor,
+                    (Some("path"), Some("id")) if path.starts_with("/sessions/") => &session_id,
+                    _ => continue,
+                };
+                parameter["schema"] = schema.clone();
             }
             let responses = &mut operation["responses"];
             if let Some(too_large) = responses.get_mut("413") {

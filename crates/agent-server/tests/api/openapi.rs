@@ -456,7 +456,10 @@ async fn schemathesis_finds_nothing() {
         let url = format!("{}/openapi.json", app.address);
         let output = tokio::process::Command::new("st")
             .args(["--config-file", config, "run", &url, "--checks", "all"])
-            .args(["--max-examples", "60", "--seed", "1", "--workers", "2"])
+            // One worker: with two, Hypothesis's `ast.parse` of Schemathesis's own source from two
+            // threads at once hits a CPython 3.11.7 bug now and then ("AST constructor recursion
+            // depth mismatch", an internal error of the fuzzer, not a finding).
+            .args(["--max-examples", "60", "--seed", "1", "--workers", "1"])
             .args(&headers)
             .env("NO_COLOR", "1")
             .current_dir(std::env::temp_dir())
