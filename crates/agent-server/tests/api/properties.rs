@@ -222,11 +222,13 @@ async fn session_case(
         .send()
         .await
         .expect("the server answers");
-    // An empty segment is the path `/sessions/`, which has no route.
-    let template = if segment.is_empty() {
-        "/sessions/"
-    } else {
-        "/sessions/{id}"
+    // An empty segment is the path `/sessions/`, which has no route; so are `.` and `..` once
+    // the client's URL parser has removed them as dot segments (even percent-encoded), giving
+    // `/sessions/` and `/`.
+    let template = match segment {
+        "" | "." => "/sessions/",
+        ".." => "/",
+        _ => "/sessions/{id}",
     };
     check_refusal(contract, &method, template, response).await?;
     Ok(())
