@@ -33,6 +33,20 @@ pub(crate) struct ListQuery {
     cursor: Option<String>,
 }
 
+/// A `limit` query parameter: `default` when absent, else 1 to `max` (422 otherwise).
+fn limit_within(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if (1..=max).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            format!("limit: must be from 1 to {max}"),
+        ))
+    }
+}
+
 /// The most sessions one page lists.
 const MAX_PAGE: usize = 100;
 
@@ -56,14 +70,7 @@ pub(crate) async fn list_sessions(
     backends: Data<Backends>,
 ) -> Result<HttpResponse, ApiError> {
     let owner = caller_name(&request);
-    let limit = query.limit.unwrap_or(20);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRequest,
-            format!("limit: must be from 1 to {MAX_PAGE}"),
-        ));
-    }
+    let limit = limit_within(query.limit, 20, MAX_PAGE)?;
     let after = query
         .cursor
         .as_deref()
@@ -106,14 +113,7 @@ pub(crate) async fn get_session(
     backends: Data<Backends>,
 ) -> Result<HttpResponse, ApiError> {
     let id = session_id(&id, &caller_name(&request))?;
-    let limit = query.limit.unwrap_or(MAX_HISTORY_WINDOW);
-    if !(1..=MAX_HISTORY_WINDOW).contains(&limit) {
-        return Err(ApiError::invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRequest,
-            format!("limit: must be from 1 to {MAX_HISTORY_WINDOW}"),
-        ));
-    }
+    let limit = limit_within(query.limit, MAX_HISTORY_WINDOW, MAX_HISTORY_WINDOW)?;
     let info = backends
         .conversations
         .session(&id)
