@@ -186,6 +186,18 @@ declare_keys! {
     /// Callers (API key names) who may read every caller's usage at `GET /usage`,
     /// comma-separated; everyone else reads their own.
     API_USAGE_READERS = "api.usage_readers", Kind::Text, default: None, aliases: [];
+    /// Tokens (prompt and completion) each caller may use per UTC day, counted from its stored
+    /// turns across every replica; a caller at its quota gets `429 quota_exceeded` with
+    /// `Retry-After` until the next UTC midnight. Turns already running when it is reached finish
+    /// and are counted. 0: no quota.
+    API_DAILY_TOKEN_QUOTA = "api.daily_token_quota", Kind::Int { min: 0, max: u64::MAX / 4 }, default: Some("0"), aliases: [];
+    /// Quotas of named callers, overriding `api.daily_token_quota`: `name:tokens`,
+    /// comma-separated (`ci:200000,alice:0`; 0: no quota for that caller).
+    API_DAILY_TOKEN_QUOTAS = "api.daily_token_quotas", Kind::Text, default: None, aliases: [];
+    /// Adds a `caller` label (the key's name, never the key) to the turn and token metrics. The
+    /// callers are the configured key names (plus `anonymous`), so the labels stay bounded; off
+    /// by default because each caller multiplies those series.
+    API_METRICS_CALLER_LABELS = "api.metrics_caller_labels", Kind::Bool, default: Some("false"), aliases: [];
     /// Browser origins allowed to call the API (CORS), comma-separated (`https://app.example.com`),
     /// or `*` for any; unset: CORS is off and preflights are refused.
     API_CORS_ALLOWED_ORIGINS = "api.cors_allowed_origins", Kind::Text, default: None, aliases: [];
@@ -298,6 +310,14 @@ declare_keys! {
     STORAGE_REDIS_TIMEOUT = "storage.redis_timeout", Kind::Duration { min: ms(1), max: secs(300) }, default: Some("1s"), aliases: [];
     /// Prefix of every Redis key, so several deployments can share one Redis.
     STORAGE_REDIS_KEY_PREFIX = "storage.redis_key_prefix", Kind::Text, default: Some("agent:"), aliases: [];
+    /// Sessions idle (no turn stored) for longer than this are deleted, with their messages, by
+    /// a background sweep: in batches, one replica at a time (a Postgres advisory lock), never a
+    /// session with a turn in progress (it takes the session's lock). Usage counts are kept.
+    /// 0: sessions are kept forever.
+    STORAGE_SESSION_RETENTION = "storage.session_retention", Kind::Duration { min: Duration::ZERO, max: secs(100 * 365 * 24 * 3600) }, default: Some("0s"), aliases: [];
+    /// How often the retention sweep runs (each run deletes until no idle session is left or
+    /// a bounded number of batches is done).
+    STORAGE_RETENTION_SWEEP_INTERVAL = "storage.retention_sweep_interval", Kind::Duration { min: ms(100), max: secs(24 * 3600) }, default: Some("1m"), aliases: [];
     /// Upper bound for each readiness check.
     HEALTH_CHECK_TIMEOUT = "health.check_timeout", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("2s"), aliases: [];
     /// Readiness results are reused for this long so probe storms do not hammer dependencies.

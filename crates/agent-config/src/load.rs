@@ -16,7 +16,7 @@ use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, LogFormat, LogSettings, ModelProvider,
-    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TurnSettings,
+    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TokenQuotas, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -175,6 +175,8 @@ impl Layers {
                 rate_limit_window: self.duration(&keys::RATE_LIMIT_WINDOW)?,
                 cors: self.cors()?,
                 usage_readers: self.usage_readers()?,
+                quotas: self.quotas()?,
+                metrics_caller_labels: self.boolean(&keys::API_METRICS_CALLER_LABELS)?,
             },
             server: ServerSettings {
                 host: self.host()?,
@@ -222,6 +224,9 @@ impl Layers {
                 redis_pool_size: self.int(&keys::STORAGE_REDIS_POOL_SIZE)? as usize,
                 redis_timeout: self.duration(&keys::STORAGE_REDIS_TIMEOUT)?,
                 redis_key_prefix: self.text(&keys::STORAGE_REDIS_KEY_PREFIX)?,
+                session_retention: Some(self.duration(&keys::STORAGE_SESSION_RETENTION)?)
+                    .filter(|retention| !retention.is_zero()),
+                retention_sweep_interval: self.duration(&keys::STORAGE_RETENTION_SWEEP_INTERVAL)?,
             },
             health: HealthSettings {
                 check_timeout: self.duration(&keys::HEALTH_CHECK_TIMEOUT)?,
@@ -330,6 +335,35 @@ impl Layers {
             return Err(self.invalid(key, &format!("'{bad}' is not a caller name")));
         }
         Ok(names)
+    }
+
+    /// The default quota, and `name:tokens` entries, comma-separated.
+    fn quotas(&self) -> Result<TokenQuotas, ConfigError> {
+        let key = &keys::API_DAILY_TOKEN_QUOTAS;
+        let mut callers = Vec::new();
+        for entry in self.text(key)?.split(',').map(str::trim) {
+            if entry.is_empty() {
+                continue;
+            }
+            let parsed = entry.split_once(':').and_then(|(name, tokens)| {
+                let tokens = tokens.trim().parse::<u64>().ok()?;
+                ApiKey::is_caller_name(name.trim()).then(|| (name.trim().to_owned(), tokens))
+            });
+            let Some((name, tokens)) = parsed else {
+                return Err(self.invalid(
+                    key,
+                    &format!("'{entry}' is not `name:tokens` (a caller name, a whole number)"),
+                ));
+            };
+            if callers.iter().any(|(known, _)| *known == name) {
+                return Err(self.invalid(key, &format!("names caller '{name}' twice")));
+            }
+            callers.push((name, tokens));
+        }
+        Ok(TokenQuotas {
+            default: self.int(&keys::API_DAILY_TOKEN_QUOTA)?,
+            callers,
+        })
     }
 
     /// CORS, when origins are configured: `*` or exact origins, never `*` with credentials.

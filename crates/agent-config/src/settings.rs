@@ -88,6 +88,36 @@ pub struct ApiSettings {
     pub cors: Option<CorsSettings>,
     /// Callers who may read every caller's usage.
     pub usage_readers: Vec<String>,
+    /// Daily token quotas per caller.
+    pub quotas: TokenQuotas,
+    /// Whether the turn metrics carry a `caller` label.
+    pub metrics_caller_labels: bool,
+}
+
+/// Tokens each caller may use per UTC day.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenQuotas {
+    /// For callers without their own; 0: none.
+    pub default: u64,
+    /// Named callers' own quotas (0: none for that caller).
+    pub callers: Vec<(String, u64)>,
+}
+
+impl TokenQuotas {
+    /// The quota of `caller`, if it has one.
+    pub fn of(&self, caller: &str) -> Option<u64> {
+        let tokens = self
+            .callers
+            .iter()
+            .find(|(name, _)| name == caller)
+            .map_or(self.default, |(_, tokens)| *tokens);
+        (tokens > 0).then_some(tokens)
+    }
+
+    /// Whether any caller has a quota.
+    pub fn any(&self) -> bool {
+        self.default > 0 || self.callers.iter().any(|(_, tokens)| *tokens > 0)
+    }
 }
 
 /// Which browser origins may call the API, and how.
@@ -208,6 +238,9 @@ pub struct StorageSettings {
     /// Bound on each Redis command.
     pub redis_timeout: Duration,
     pub redis_key_prefix: String,
+    /// Sessions idle longer are deleted; None: kept forever.
+    pub session_retention: Option<Duration>,
+    pub retention_sweep_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

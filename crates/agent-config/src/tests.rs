@@ -863,3 +863,56 @@ fn cors_is_off_unless_origins_are_listed_and_never_any_origin_with_credentials()
         assert!(problem.starts_with(&format!("{name}: ")), "{problem}");
     }
 }
+
+#[test]
+fn quotas_have_a_default_and_named_callers_may_have_their_own() {
+    let none = settings(&[]).api.quotas;
+    assert!(!none.any() && none.of("alice").is_none());
+    let quotas = settings(&[
+        ("AGENT_API__DAILY_TOKEN_QUOTA", "1000"),
+        ("AGENT_API__DAILY_TOKEN_QUOTAS", "ci:50, ops:0"),
+    ])
+    .api
+    .quotas;
+    assert_eq!(quotas.of("alice"), Some(1000));
+    assert_eq!(quotas.of("ci"), Some(50));
+    assert_eq!(quotas.of("ops"), None, "0 is no quota for that caller");
+    let only_named = settings(&[("AGENT_API__DAILY_TOKEN_QUOTAS", "ci:50")])
+        .api
+        .quotas;
+    assert!(only_named.any());
+    assert_eq!(
+        (only_named.of("ci"), only_named.of("alice")),
+        (Some(50), None)
+    );
+    for value in ["ci", "ci:many", "bad name:5", "ci:5,ci:6", "ci:-1"] {
+        let problem = error(&[("AGENT_API__DAILY_TOKEN_QUOTAS", value)]);
+        assert!(
+            problem.starts_with("AGENT_API__DAILY_TOKEN_QUOTAS: "),
+            "{value}: {problem}"
+        );
+    }
+}
+
+#[test]
+fn retention_is_off_by_default_and_zero_turns_it_off() {
+    let storage = settings(&[]).storage;
+    assert_eq!(storage.session_retention, None);
+    assert_eq!(storage.retention_sweep_interval, Duration::from_secs(60));
+    assert_eq!(
+        settings(&[("AGENT_STORAGE__SESSION_RETENTION", "0s")])
+            .storage
+            .session_retention,
+        None
+    );
+    let storage = settings(&[
+        ("AGENT_STORAGE__SESSION_RETENTION", "30d"),
+        ("AGENT_STORAGE__RETENTION_SWEEP_INTERVAL", "5m"),
+    ])
+    .storage;
+    assert_eq!(
+        storage.session_retention,
+        Some(Duration::from_secs(30 * 24 * 3600))
+    );
+    assert_eq!(storage.retention_sweep_interval, Duration::from_secs(300));
+}

@@ -55,6 +55,8 @@ pub enum ErrorCode {
     RequestTimeout,
     /// Too many requests from this caller; see `Retry-After`.
     RateLimited,
+    /// The caller has used its daily token quota; see `Retry-After` (the next UTC midnight).
+    QuotaExceeded,
     /// No such session.
     SessionNotFound,
     /// Another request is running a turn on this session.
@@ -144,6 +146,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("too many requests; retry in {} s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    /// 429 `quota_exceeded`: the caller's daily token quota is used up until `retry_after`.
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("session {0} was not found")]
     SessionNotFound(String),
     #[error("{message}")]
@@ -208,6 +216,7 @@ impl ApiError {
     pub(crate) fn retry_after_seconds(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after }
+            | Self::QuotaExceeded { retry_after, .. }
             | Self::Unavailable {
                 retry_after: Some(retry_after),
                 ..
@@ -243,6 +252,7 @@ impl ApiError {
             | Self::Upstream { code, .. } => *code,
             Self::Unauthorized => ErrorCode::Unauthorized,
             Self::RateLimited { .. } => ErrorCode::RateLimited,
+            Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::SessionNotFound(_) => ErrorCode::SessionNotFound,
             Self::Internal(_) => ErrorCode::InternalError,
         }
@@ -256,7 +266,7 @@ impl ResponseError for ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Invalid { status, .. } | Self::Upstream { status, .. } => *status,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -12,6 +12,7 @@ mod failure_log;
 mod idempotency;
 mod metrics;
 mod middleware;
+mod quota;
 mod routes;
 mod shutdown;
 mod startup;

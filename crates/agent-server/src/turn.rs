@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use agent_config::Settings;
+use agent_config::{Settings, TokenQuotas};
 use agent_core::{Agent, Role, TurnRequest, TurnResult};
 use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError, acquire_lock};
 
@@ -18,6 +18,7 @@ use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
 use crate::error::ApiError;
 use crate::metrics::{TurnMetrics, TurnOutcome};
+use crate::quota::QuotaStatus;
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -32,6 +33,7 @@ pub(crate) struct Turns {
     store_failing: Arc<AtomicBool>,
     metrics: TurnMetrics,
     admission: Arc<Admission>,
+    quotas: Arc<TokenQuotas>,
 }
 
 /// A session locked and read: the request for the agent, and the held session for `store`.
@@ -73,6 +75,7 @@ impl Turns {
             store_failing,
             metrics,
             admission,
+            quotas: Arc::new(settings.api.quotas.clone()),
         }
     }
 
@@ -99,6 +102,7 @@ impl Turns {
             message,
             new_session,
         } = turn;
+        self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
             (None, info, Vec::new())
@@ -141,6 +145,18 @@ impl Turns {
                 slot,
             },
         })
+    }
+
+    /// `429 quota_exceeded` when `caller` has a daily token quota and its stored turns of today
+    /// (UTC) have used it. Turns already running when the quota is reached finish and are
+    /// counted.
+    async fn check_quota(&self, caller: &str) -> Result<(), ApiError> {
+        let status =
+            QuotaStatus::of(&self.quotas, self.backends.conversations.as_ref(), caller).await;
+        match observe(&self.store_failing, status)? {
+            Some(status) => status.check(caller),
+            None => Ok(()),
+        }
     }
 
     /// Stores a finished turn and releases the lock. The store runs in its own task, so a client

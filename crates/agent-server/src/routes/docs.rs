@@ -77,6 +77,8 @@ struct ApiDoc;
 
 /// Paths that access control never refuses (`crate::access`); `/metrics` too unless configured.
 const OPEN_PATHS: &[&str] = &["/health", "/ready", "/startup"];
+/// The routes that run turns (and so count against quotas).
+const TURN_PATHS: &[&str] = &["/agent", "/agent/stream"];
 
 /// The document for `settings`, as JSON text.
 pub(crate) fn document(settings: &Settings) -> String {
@@ -157,8 +159,9 @@ fn fit(document: &mut Value, settings: &Settings) {
                 ));
             }
             if !QUIET_PATHS.contains(&path.as_str()) {
-                add_unavailable(
+                add_answer(
                     responses,
+                    "503",
                     "This instance is at its limit of connections or turns in flight (`overloaded`)",
                 );
             }
@@ -169,14 +172,24 @@ fn fit(document: &mut Value, settings: &Settings) {
                     );
                 }
                 if settings.api.rate_limit_requests > 0 {
-                    responses["429"] = error_response(
-                        "Too many requests from this caller (`rate_limited`); see Retry-After",
-                    );
-                    add_unavailable(
+                    add_answer(
                         responses,
+                        "429",
+                        "Too many requests from this caller (`rate_limited`)",
+                    );
+                    add_answer(
+                        responses,
+                        "503",
                         "The shared rate limiter is unavailable (`rate_limiter_unavailable`)",
                     );
                 }
+            }
+            if TURN_PATHS.contains(&path.as_str()) && settings.api.quotas.any() {
+                add_answer(
+                    responses,
+                    "429",
+                    "The caller has used its daily token quota (`quota_exceeded`) until the next UTC midnight",
+                );
             }
             // Every API refusal that asks for a retry says when (the probes' 503 is a state);
             // a model failure says when if the model server did.
@@ -192,14 +205,14 @@ fn fit(document: &mut Value, settings: &Settings) {
     }
 }
 
-/// Adds `description` to the operation's 503 answer, creating it if need be.
-fn add_unavailable(responses: &mut Value, description: &str) {
-    match responses.get_mut("503") {
+/// Adds `description` to the operation's answer with `status`, creating it if need be.
+fn add_answer(responses: &mut Value, status: &str, description: &str) {
+    match responses.get_mut(status) {
         Some(existing) => {
             let described = existing["description"].as_str().unwrap_or_default();
             existing["description"] = json!(format!("{described}; or: {description}"));
         }
-        None => responses["503"] = error_response(description),
+        None => responses[status] = error_response(description),
     }
 }
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::quota::QuotaStatus;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -17,10 +18,10 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 pub(crate) struct UsageQuery {
     /// The first day (UTC), default 29 days before `to`.
     #[param(value_type = Option<String>, format = Date)]
-    from: Option<NaiveDate>,
-    /// The last day (UTC), default today.
+    from: Option<String>,
+    /// The last day (UTC), default today (before `from`: no days, no rows).
     #[param(value_type = Option<String>, format = Date)]
-    to: Option<NaiveDate>,
+    to: Option<String>,
     /// One caller only: yours, or anyone's for a caller named in `AGENT_API__USAGE_READERS`.
     #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     caller: Option<String>,
@@ -31,6 +32,20 @@ pub(crate) struct UsageQuery {
 pub(crate) struct UsageReport {
     /// One row per caller and day with stored turns, by day then caller.
     usage: Vec<UsageRow>,
+    /// Your own daily token quota, when you have one (`AGENT_API__DAILY_TOKEN_QUOTA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaView>,
+}
+
+/// A caller's daily token quota and what it has used today.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct QuotaView {
+    /// Tokens per UTC day.
+    daily_tokens: u64,
+    /// Tokens of today's stored turns; at `daily_tokens` or more, turns get 429 `quota_exceeded`.
+    used_today: u64,
+    /// The next UTC midnight (RFC 3339), when the count starts again.
+    resets_at: String,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -77,17 +92,24 @@ pub(crate) async fn get_usage(
                 "only the callers named in AGENT_API__USAGE_READERS read other callers' usage",
             ));
         }
-        (_, false) => Some(me),
+        (_, false) => Some(me.clone()),
     };
-    let to = query.to.unwrap_or_else(|| Utc::now().date_naive());
-    let from = query
-        .from
+    let to = day("to", query.to.as_deref())?.unwrap_or_else(|| Utc::now().date_naive());
+    let from = day("from", query.from.as_deref())?
         .unwrap_or_else(|| to.checked_sub_days(Days::new(29)).unwrap_or(to));
     let rows = backends
         .conversations
         .usage(owner.as_deref(), from, to)
         .await?;
+    let quota = QuotaStatus::of(&settings.api.quotas, backends.conversations.as_ref(), &me)
+        .await?
+        .map(|status| QuotaView {
+            daily_tokens: status.daily_tokens,
+            used_today: status.used_today,
+            resets_at: status.resets_at.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        });
     Ok(HttpResponse::Ok().json(UsageReport {
+        quota,
         usage: rows
             .into_iter()
             .map(|row| UsageRow {
@@ -100,4 +122,18 @@ pub(crate) async fn get_usage(
             })
             .collect(),
     }))
+}
+
+/// A query parameter that is a day, `YYYY-MM-DD`; the error names the parameter.
+fn day(name: &str, text: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
+    text.map(|text| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                format!("query: {name}: '{text}' is not a day (YYYY-MM-DD)"),
+            )
+        })
+    })
+    .transpose()
 }

@@ -385,6 +385,96 @@ async fn usage_per_caller_adds_up_and_only_readers_see_everyone() {
     .await
     .unwrap();
     assert_eq!(long_ago["usage"], json!([]));
-    let invalid = call_as(&app, alice, Method::GET, "/usage?from=yesterday", None).await;
-    assert_eq!(invalid.status(), 422);
+    for (query, names) in [
+        (
+            "from=yesterday",
+            "from: 'yesterday' is not a day (YYYY-MM-DD)",
+        ),
+        ("to=2026-13-01", "to: '2026-13-01' is not a day"),
+    ] {
+        let invalid = call_as(&app, alice, Method::GET, &format!("/usage?{query}"), None).await;
+        assert_eq!(invalid.status(), 422, "{query}");
+        let body: Value = invalid.json().await.unwrap();
+        assert_eq!(error_code(&body), "invalid_request");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{query}: {message}");
+    }
+}
+
+/// A daily token quota stops its caller once today's stored turns have used it, on every
+/// replica (the count is shared in Postgres), with `Retry-After` until the next UTC midnight;
+/// other callers are not affected, and `GET /usage` shows the caller its quota.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quota_stops_its_caller_at_the_limit_across_replicas() {
+    use reqwest::Method;
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let replicas = crate::helpers::spawn_replicas(
+        &fake,
+        &[
+            ("AGENT_API_KEYS", KEYS),
+            ("AGENT_API__DAILY_TOKEN_QUOTAS", "alice:40"),
+        ],
+        2,
+    )
+    .await;
+    let (alice, bob) = ("alice-0123456789", "bob-0123456789");
+    let turn = || Some(json!({ "message": "count me" }));
+    // 15 tokens a turn: 0, 15 and 30 are under 40, so three turns run, alternating replicas.
+    for n in 0..3 {
+        let answer = call_as(&replicas[n % 2], alice, Method::POST, "/agent", turn()).await;
+        assert_eq!(answer.status(), 200, "turn {n}");
+    }
+    let model_calls = fake.requests().await.len();
+    for app in &replicas {
+        for path in ["/agent", "/agent/stream"] {
+            let refused = call_as(app, alice, Method::POST, path, turn()).await;
+            assert_eq!(refused.status(), 429, "{path}");
+            let retry_after: u64 = refused.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            let now = chrono::Utc::now();
+            let midnight = (now.date_naive() + chrono::Days::new(1))
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc();
+            let until_midnight = (midnight - now).num_seconds() as u64;
+            assert!(
+                retry_after.abs_diff(until_midnight) <= 2,
+                "Retry-After {retry_after}, midnight in {until_midnight} s"
+            );
+            let body: Value = refused.json().await.unwrap();
+            assert_eq!(error_code(&body), "quota_exceeded");
+            assert_eq!(body["error"]["retry_after"], retry_after);
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("used 45 of its 40 tokens"),
+                "{body}"
+            );
+        }
+    }
+    assert_eq!(
+        fake.requests().await.len(),
+        model_calls,
+        "a refused turn never reaches the model"
+    );
+    let bob_turn = call_as(&replicas[1], bob, Method::POST, "/agent", turn()).await;
+    assert_eq!(bob_turn.status(), 200, "bob has no quota");
+    let usage: Value = call_as(&replicas[0], alice, Method::GET, "/usage", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(usage["quota"]["daily_tokens"], 40);
+    assert_eq!(usage["quota"]["used_today"], 45);
+    assert_eq!(usage["usage"][0]["turns"], 3);
+    let bob_usage: Value = call_as(&replicas[0], bob, Method::GET, "/usage", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(bob_usage.get("quota").is_none(), "{bob_usage}");
 }

@@ -108,6 +108,17 @@ pub(crate) async fn spawn_with_model(
     fake: &fake_openai::FakeOpenAi,
     extra: &[(&str, &str)],
 ) -> TestApp {
+    let mut replicas = spawn_replicas(fake, extra, 1).await;
+    replicas.remove(0)
+}
+
+/// `count` servers sharing one fresh Postgres database and one fresh Redis prefix (replicas of
+/// one deployment), with a fake model, plus `extra` settings.
+pub(crate) async fn spawn_replicas(
+    fake: &fake_openai::FakeOpenAi,
+    extra: &[(&str, &str)],
+    count: usize,
+) -> Vec<TestApp> {
     let database = test_support::fresh_database_url().await;
     let redis = test_support::redis_url();
     let prefix = format!("test:{}:", uuid_like());
@@ -121,7 +132,11 @@ pub(crate) async fn spawn_with_model(
         ("AGENT_MODEL__RETRY_BASE_DELAY", "10ms"),
     ];
     vars.extend_from_slice(extra);
-    spawn(builder(&vars)).await
+    let mut replicas = Vec::with_capacity(count);
+    for _ in 0..count {
+        replicas.push(spawn(builder(&vars)).await);
+    }
+    replicas
 }
 
 fn uuid_like() -> String {

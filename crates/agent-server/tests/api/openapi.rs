@@ -265,6 +265,34 @@ async fn the_document_describes_the_running_configuration() {
             "{method} {template}"
         );
     }
+
+    // Quotas without rate limits: a 429 on the routes that run turns, and only there.
+    let quotas = spawn(builder(&[
+        ("AGENT_API__DAILY_TOKEN_QUOTA", "1000"),
+        ("AGENT_RATE_LIMIT__REQUESTS", "0"),
+    ]))
+    .await;
+    let quotas = Contract::of(&quotas).await;
+    for (method, template, refused) in [
+        ("post", "/agent", true),
+        ("post", "/agent/stream", true),
+        ("get", "/sessions", false),
+        ("get", "/usage", false),
+    ] {
+        let operation = quotas.operation(method, template).unwrap();
+        let answer = &operation["responses"]["429"];
+        assert_eq!(answer.is_object(), refused, "{method} {template}");
+        if refused {
+            assert!(
+                answer["description"]
+                    .as_str()
+                    .unwrap()
+                    .contains("quota_exceeded"),
+                "{answer}"
+            );
+            assert!(answer["headers"]["Retry-After"].is_object());
+        }
+    }
 }
 
 /// A string the document's pattern and length bounds allow, from the pattern itself.
