@@ -41,6 +41,23 @@ pub(crate) fn caller_name(request: &actix_web::HttpRequest) -> String {
         .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.name.clone())
 }
 
+/// The caller name of `key`: its own name, or `key-<digest prefix>` for a plain key.
+fn key_caller(key: &agent_config::ApiKey) -> String {
+    key.caller.clone().unwrap_or_else(|| {
+        let digest = Sha256::digest(key.secret.expose_secret().as_bytes());
+        format!("key-{}", &format!("{digest:x}")[..16])
+    })
+}
+
+/// Every caller name the configuration allows: the keys' (each once), and `anonymous`.
+pub(crate) fn caller_names(settings: &Settings) -> Vec<String> {
+    let mut names: Vec<String> = settings.api_keys.iter().map(key_caller).collect();
+    names.push(ANONYMOUS.to_owned());
+    names.sort();
+    names.dedup();
+    names
+}
+
 impl Caller {
     fn named(name: String) -> Self {
         Self {
@@ -68,13 +85,7 @@ impl AccessPolicy {
             keys: settings
                 .api_keys
                 .iter()
-                .map(|key| {
-                    let name = key.caller.clone().unwrap_or_else(|| {
-                        let digest = Sha256::digest(key.secret.expose_secret().as_bytes());
-                        format!("key-{}", &format!("{digest:x}")[..16])
-                    });
-                    (key.secret.clone(), Caller::named(name))
-                })
+                .map(|key| (key.secret.clone(), Caller::named(key_caller(key))))
                 .collect(),
             metrics_require_auth: settings.api.metrics_require_auth,
             trust_forwarded_for: settings.api.trust_forwarded_for,

@@ -110,8 +110,13 @@ impl std::fmt::Debug for AppMetrics {
 }
 
 impl AppMetrics {
-    /// A recorder that also reports `background`'s slots and `admission`'s counts.
-    pub(crate) fn new(background: Arc<BackgroundWork>, admission: Arc<Admission>) -> Arc<Self> {
+    /// A recorder that also reports `background`'s slots and `admission`'s counts; with
+    /// `callers`, the turn metrics are labelled by caller.
+    pub(crate) fn new(
+        background: Arc<BackgroundWork>,
+        admission: Arc<Admission>,
+        callers: Option<&[String]>,
+    ) -> Arc<Self> {
         let builder = PrometheusBuilder::new();
         let builder = builder
             .set_buckets(BUCKETS)
@@ -121,7 +126,7 @@ impl AppMetrics {
             handle: recorder.handle(),
             in_flight: recorder
                 .register_gauge(&Key::from_name("http_requests_in_flight"), &metadata()),
-            turns: TurnMetrics::register(&recorder),
+            turns: TurnMetrics::register(&recorder, callers),
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
             background: BackgroundMetrics::register(&recorder, background),
@@ -195,62 +200,140 @@ impl TurnOutcome {
     }
 }
 
-/// The turn metrics: outcomes, duration, model calls, tokens and tool calls.
+/// The turn metrics: outcomes, duration, model calls, tokens and tool calls; the outcomes, tokens
+/// and quota refusals per caller when `api.metrics_caller_labels` is on.
 #[derive(Debug, Clone)]
 pub(crate) struct TurnMetrics {
-    /// In the order of [`TurnOutcome::ALL`].
-    outcomes: [Counter; TurnOutcome::ALL.len()],
+    /// Each configured caller's counters, labelled `caller`; empty when the labels are off.
+    callers: Arc<HashMap<String, CallerCounters>>,
+    /// Everyone's counters when the labels are off, else the anonymous caller's.
+    unlabelled: CallerCounters,
     duration: Histogram,
     model_calls: Counter,
-    prompt_tokens: Counter,
-    completion_tokens: Counter,
     tool_calls: Counter,
 }
 
-impl TurnMetrics {
-    fn register(recorder: &dyn Recorder) -> Self {
+/// The counters a caller label splits.
+#[derive(Debug, Clone)]
+struct CallerCounters {
+    /// In the order of [`TurnOutcome::ALL`].
+    outcomes: [Counter; TurnOutcome::ALL.len()],
+    prompt_tokens: Counter,
+    completion_tokens: Counter,
+    quota_refusals: Counter,
+}
+
+impl CallerCounters {
+    fn register(recorder: &dyn Recorder, caller: Option<&str>) -> Self {
+        let with_caller = |label: Option<(&'static str, &'static str)>| -> Vec<Label> {
+            label
+                .map(|(name, value)| Label::new(name, value))
+                .into_iter()
+                .chain(caller.map(|caller| Label::new("caller", caller.to_owned())))
+                .collect()
+        };
+        let counter = |name: &'static str, label| {
+            recorder.register_counter(&Key::from_parts(name, with_caller(label)), &metadata())
+        };
         Self {
-            outcomes: TurnOutcome::ALL.map(|outcome| {
-                counter(
-                    recorder,
-                    "agent_turns_total",
-                    &[("outcome", outcome.label())],
+            outcomes: TurnOutcome::ALL
+                .map(|outcome| counter("agent_turns_total", Some(("outcome", outcome.label())))),
+            prompt_tokens: counter("agent_tokens_total", Some(("kind", "prompt"))),
+            completion_tokens: counter("agent_tokens_total", Some(("kind", "completion"))),
+            quota_refusals: counter("agent_quota_refusals_total", None),
+        }
+    }
+}
+
+impl TurnMetrics {
+    /// With `callers` (every caller name the configuration allows), the per-caller counters
+    /// carry a `caller` label; else they are unlabelled.
+    fn register(recorder: &dyn Recorder, callers: Option<&[String]>) -> Self {
+        let labelled: HashMap<String, CallerCounters> = callers
+            .unwrap_or_default()
+            .iter()
+            .map(|caller| {
+                (
+                    caller.clone(),
+                    CallerCounters::register(recorder, Some(caller)),
                 )
-            }),
+            })
+            .collect();
+        let unlabelled = match labelled.get(crate::access::ANONYMOUS) {
+            Some(anonymous) if callers.is_some() => anonymous.clone(),
+            _ if callers.is_some() => {
+                CallerCounters::register(recorder, Some(crate::access::ANONYMOUS))
+            }
+            _ => CallerCounters::register(recorder, None),
+        };
+        Self {
+            callers: Arc::new(labelled),
+            unlabelled,
             duration: histogram(recorder, "agent_turn_duration_seconds", &[]),
             model_calls: counter(recorder, "agent_model_calls_total", &[]),
-            prompt_tokens: counter(recorder, "agent_tokens_total", &[("kind", "prompt")]),
-            completion_tokens: counter(recorder, "agent_tokens_total", &[("kind", "completion")]),
             tool_calls: counter(recorder, "agent_tool_calls_total", &[]),
         }
     }
 
-    /// Counts a turn that ended without being stored.
-    pub(crate) fn failed(&self, outcome: TurnOutcome) {
-        self.outcome(outcome).increment(1);
+    fn of(&self, caller: &str) -> &CallerCounters {
+        self.callers.get(caller).unwrap_or(&self.unlabelled)
     }
 
-    /// Counts a turn whose work was done: its cost whatever happened next, and its outcome
-    /// (completed only once it is stored).
-    pub(crate) fn finished(
-        &self,
-        outcome: TurnOutcome,
-        started: Instant,
-        model_calls: usize,
-        usage: agent_core::TokenUsage,
-        tool_calls: usize,
-    ) {
-        self.outcome(outcome).increment(1);
-        self.duration.record(started.elapsed().as_secs_f64());
-        self.model_calls.increment(model_calls as u64);
-        self.prompt_tokens.increment(usage.prompt_tokens);
-        self.completion_tokens.increment(usage.completion_tokens);
-        self.tool_calls.increment(tool_calls as u64);
+    /// Counts a turn of `caller` that ended without being stored.
+    pub(crate) fn failed(&self, caller: &str, outcome: TurnOutcome) {
+        self.of(caller).outcome(outcome).increment(1);
     }
 
+    /// Counts a turn refused because `caller` used its daily token quota.
+    pub(crate) fn quota_refused(&self, caller: &str) {
+        self.of(caller).quota_refusals.increment(1);
+    }
+
+    /// Counts a turn of `caller` whose work was done: its cost whatever happened next, and its
+    /// outcome (completed only once it is stored).
+    pub(crate) fn finished(&self, caller: &str, outcome: TurnOutcome, cost: &TurnCost) {
+        let counters = self.of(caller);
+        counters.outcome(outcome).increment(1);
+        self.duration.record(cost.started.elapsed().as_secs_f64());
+        self.model_calls.increment(cost.model_calls as u64);
+        counters.prompt_tokens.increment(cost.usage.prompt_tokens);
+        counters
+            .completion_tokens
+            .increment(cost.usage.completion_tokens);
+        self.tool_calls.increment(cost.tool_calls as u64);
+    }
+}
+
+impl CallerCounters {
     fn outcome(&self, outcome: TurnOutcome) -> &Counter {
         // ALL lists the variants in declaration order, so a variant's discriminant is its index.
         &self.outcomes[outcome as usize]
+    }
+}
+
+/// What a finished turn cost, counted whether or not it is stored.
+#[derive(Debug)]
+pub(crate) struct TurnCost {
+    pub(crate) started: Instant,
+    pub(crate) model_calls: usize,
+    pub(crate) usage: agent_core::TokenUsage,
+    pub(crate) tool_calls: usize,
+}
+
+impl TurnCost {
+    pub(crate) fn of(result: &agent_core::TurnResult, started: Instant) -> Self {
+        Self {
+            started,
+            model_calls: result.steps,
+            usage: result.turn.usage,
+            // No tool-name label: a model can invent names, and labels must stay bounded.
+            tool_calls: result
+                .turn
+                .messages
+                .iter()
+                .map(|message| message.tool_calls.len())
+                .sum(),
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use agent_health::{Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::access::AccessPolicy;
+use crate::access::{AccessPolicy, caller_names};
 use crate::admission::{Admission, Descriptors, Limits};
 use crate::agent_factory;
 use crate::backends::{self, Backends};
@@ -134,7 +134,15 @@ impl ApplicationBuilder {
         let admission = Admission::new(plan_admission(&settings));
         let (backends, mut storage_checks, recipe) =
             backends::build(&settings.storage, &settings.health).await?;
-        let metrics = AppMetrics::new(Arc::clone(&backends.background), Arc::clone(&admission));
+        let callers = caller_names(&settings);
+        let metrics = AppMetrics::new(
+            Arc::clone(&backends.background),
+            Arc::clone(&admission),
+            settings
+                .api
+                .metrics_caller_labels
+                .then_some(callers.as_slice()),
+        );
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
@@ -449,7 +457,7 @@ mod tests {
         let loaded = agent_config::load_from(Vec::<(String, String)>::new()).unwrap();
         let settings = loaded.settings;
         let admission = Admission::new(Limits::plan(&settings, 1024));
-        let metrics = AppMetrics::new(Arc::default(), Arc::clone(&admission));
+        let metrics = AppMetrics::new(Arc::default(), Arc::clone(&admission), None);
         let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
             .await
             .unwrap();

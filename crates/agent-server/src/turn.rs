@@ -17,7 +17,7 @@ use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
 use crate::dto::{AgentResponse, ValidTurn};
 use crate::error::ApiError;
-use crate::metrics::{TurnMetrics, TurnOutcome};
+use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
@@ -151,10 +151,16 @@ impl Turns {
     /// (UTC) have used it. Turns already running when the quota is reached finish and are
     /// counted.
     async fn check_quota(&self, caller: &str) -> Result<(), ApiError> {
+        if self.quotas.of(caller).is_none() {
+            // Nothing was asked of the store: `observe` must not take it for an answer.
+            return Ok(());
+        }
         let status =
             QuotaStatus::of(&self.quotas, self.backends.conversations.as_ref(), caller).await;
         match observe(&self.store_failing, status)? {
-            Some(status) => status.check(caller),
+            Some(status) => status
+                .check(caller)
+                .inspect_err(|_| self.metrics.quota_refused(caller)),
             None => Ok(()),
         }
     }
@@ -180,7 +186,8 @@ impl Turns {
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
         let tokens_used = result.turn.usage.total();
-        let cost = TurnCost::of(&result);
+        let cost = TurnCost::of(&result, started);
+        let caller = session.owner().to_owned();
         let TurnResult { turn, response, .. } = result;
         let response = AgentResponse {
             response,
@@ -225,19 +232,13 @@ impl Turns {
             Ok(_) => TurnOutcome::Completed,
             Err(_) => TurnOutcome::StoreFailed,
         };
-        self.metrics.finished(
-            outcome,
-            started,
-            cost.model_calls,
-            cost.usage,
-            cost.tool_calls,
-        );
+        self.metrics.finished(&caller, outcome, &cost);
         stored
     }
 
     /// Counts a turn the agent could not finish.
-    pub(crate) fn record_failure(&self, error: &agent_core::AgentError) {
-        self.metrics.failed(outcome(error));
+    pub(crate) fn record_failure(&self, held: &HeldSession, error: &agent_core::AgentError) {
+        self.metrics.failed(held.session.owner(), outcome(error));
     }
 
     /// The whole non-streaming turn; answers the response and whether `claim` was completed
@@ -253,7 +254,7 @@ impl Turns {
             .agent
             .run_turn(request)
             .await
-            .inspect_err(|error| self.record_failure(error))?;
+            .inspect_err(|error| self.record_failure(&held, error))?;
         self.store(held, result, claim).await
     }
 }
@@ -285,28 +286,5 @@ fn outcome(error: &agent_core::AgentError) -> TurnOutcome {
         agent_core::AgentError::TurnBudgetExceeded { .. } => TurnOutcome::TurnBudget,
         agent_core::AgentError::SessionBudgetExceeded { .. } => TurnOutcome::SessionBudget,
         agent_core::AgentError::DeadlineExceeded(_) => TurnOutcome::Deadline,
-    }
-}
-
-/// What a finished turn cost, counted whether or not it is stored.
-struct TurnCost {
-    model_calls: usize,
-    usage: agent_core::TokenUsage,
-    tool_calls: usize,
-}
-
-impl TurnCost {
-    fn of(result: &TurnResult) -> Self {
-        Self {
-            model_calls: result.steps,
-            usage: result.turn.usage,
-            // No tool-name label: a model can invent names, and labels must stay bounded.
-            tool_calls: result
-                .turn
-                .messages
-                .iter()
-                .map(|message| message.tool_calls.len())
-                .sum(),
-        }
     }
 }

@@ -160,7 +160,9 @@ pub(crate) async fn post_agent_stream(
                         break;
                     }
                     Some(AgentEvent::Failed(error)) => {
-                        turns.record_failure(&error);
+                        if let Some(held) = &held {
+                            turns.record_failure(held, &error);
+                        }
                         yield error_event(&ApiError::from(error), &failures);
                         break;
                     }

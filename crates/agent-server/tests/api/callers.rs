@@ -478,3 +478,48 @@ async fn a_quota_stops_its_caller_at_the_limit_across_replicas() {
         .unwrap();
     assert!(bob_usage.get("quota").is_none(), "{bob_usage}");
 }
+
+/// With `AGENT_API__METRICS_CALLER_LABELS=true` the turn, token and quota counters are split by
+/// caller name (never the key); by default no series carries a caller.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_carry_the_caller_only_when_configured() {
+    use reqwest::Method;
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let (alice, bob) = ("alice-0123456789", "bob-0123456789");
+    let settings = [
+        ("AGENT_API_KEYS", KEYS),
+        ("AGENT_API__DAILY_TOKEN_QUOTAS", "bob:1"),
+    ];
+    let unlabelled = crate::helpers::spawn_with_model(&fake, &settings).await;
+    let turn = || Some(json!({ "message": "count me" }));
+    assert_eq!(
+        call_as(&unlabelled, alice, Method::POST, "/agent", turn())
+            .await
+            .status(),
+        200
+    );
+    let text = unlabelled.metrics().await;
+    assert!(
+        text.contains("agent_turns_total{outcome=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("caller="), "{text}");
+
+    let mut labelled = settings.to_vec();
+    labelled.push(("AGENT_API__METRICS_CALLER_LABELS", "true"));
+    let app = crate::helpers::spawn_with_model(&fake, &labelled).await;
+    for key in [alice, alice, bob, bob] {
+        call_as(&app, key, Method::POST, "/agent", turn()).await;
+    }
+    let text = app.metrics().await;
+    for series in [
+        "agent_turns_total{outcome=\"completed\",caller=\"alice\"} 2",
+        "agent_turns_total{outcome=\"completed\",caller=\"bob\"} 1",
+        "agent_tokens_total{kind=\"completion\",caller=\"alice\"} 10",
+        "agent_quota_refusals_total{caller=\"bob\"} 1",
+        "agent_quota_refusals_total{caller=\"alice\"} 0",
+    ] {
+        assert!(text.contains(series), "{series} in\n{text}");
+    }
+    assert!(!text.contains("0123456789"), "no key in a label");
+}
