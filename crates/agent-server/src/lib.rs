@@ -13,6 +13,7 @@ mod idempotency;
 mod metrics;
 mod middleware;
 mod quota;
+mod retention;
 mod routes;
 mod shutdown;
 mod startup;

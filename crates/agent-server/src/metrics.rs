@@ -14,6 +14,7 @@ use agent_core::metrics::{ModelMetrics, counter, gauge, histogram};
 use agent_storage::BackgroundWork;
 
 use crate::admission::Admission;
+use crate::retention::RetentionMetrics;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
@@ -33,6 +34,7 @@ pub(crate) struct AppMetrics {
     pub(crate) model: ModelMetrics,
     /// Workers that could not build their own storage clients and use the shared ones.
     pub(crate) worker_fallbacks: Counter,
+    pub(crate) retention: RetentionMetrics,
     background: BackgroundMetrics,
     admission: AdmissionMetrics,
 }
@@ -122,6 +124,13 @@ impl AppMetrics {
             .set_buckets(BUCKETS)
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
+        let sweeps = |outcome| {
+            counter(
+                &recorder,
+                "agent_retention_sweeps_total",
+                &[("outcome", outcome)],
+            )
+        };
         Arc::new(Self {
             handle: recorder.handle(),
             in_flight: recorder
@@ -129,6 +138,12 @@ impl AppMetrics {
             turns: TurnMetrics::register(&recorder, callers),
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
+            retention: RetentionMetrics {
+                expired: counter(&recorder, "agent_sessions_expired_total", &[]),
+                swept: sweeps("swept"),
+                skipped: sweeps("skipped"),
+                failed: sweeps("failed"),
+            },
             background: BackgroundMetrics::register(&recorder, background),
             admission: AdmissionMetrics::register(&recorder, admission),
             recorder,

@@ -23,6 +23,7 @@ use crate::error::{StartupError, json_error_shape};
 use crate::failure_log::FailureLog;
 use crate::metrics::{AppMetrics, WorkerMetrics};
 use crate::middleware::request_context;
+use crate::retention;
 use crate::routes;
 use crate::shutdown::ShutdownTrigger;
 use crate::turn::Turns;
@@ -241,8 +242,18 @@ impl ApplicationBuilder {
         let server = tokio::spawn(server);
 
         tracing::info!(%address, port, workers, "listening");
+        let mut tasks = vec![metrics.spawn_upkeep()];
+        if let Some(retention) = settings.storage.session_retention {
+            tasks.push(retention::spawn(
+                retention,
+                settings.storage.retention_sweep_interval,
+                Arc::clone(&backends.conversations),
+                Arc::clone(&backends.locks),
+                metrics.retention.clone(),
+            ));
+        }
         Ok(Application {
-            metrics_upkeep: metrics.spawn_upkeep(),
+            tasks,
             drain: drain_sender,
             backends,
             server,
@@ -258,8 +269,8 @@ impl ApplicationBuilder {
 
 /// A built server, already answering; its startup gate opens in `run_until_stopped`.
 pub struct Application {
-    /// Folds histogram samples into buckets until the application stops.
-    metrics_upkeep: JoinHandle<()>,
+    /// The process's periodic jobs (metrics upkeep, the retention sweep), stopped with it.
+    tasks: Vec<JoinHandle<()>>,
     /// Tells open event streams that the drain window is ending.
     drain: watch::Sender<bool>,
     backends: Backends,
@@ -321,7 +332,7 @@ impl Application {
         let mut server = self.server;
         let cause = tokio::select! {
             finished = &mut server => {
-                self.metrics_upkeep.abort();
+                self.tasks.iter().for_each(JoinHandle::abort);
                 return flatten(finished);
             }
             cause = self.shutdown.requested() => cause,
@@ -350,7 +361,7 @@ impl Application {
             handle.stop(false).await;
         }
         let result = flatten(server.await);
-        self.metrics_upkeep.abort();
+        self.tasks.iter().for_each(JoinHandle::abort);
         tracing::info!("stopped");
         result
     }

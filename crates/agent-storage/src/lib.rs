@@ -12,6 +12,7 @@ mod memory;
 mod model;
 mod postgres;
 mod redis;
+mod retention;
 mod traits;
 
 pub use background::BackgroundWork;
@@ -24,6 +25,7 @@ pub use model::{
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};
+pub use retention::Sweep;
 pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
 pub(crate) use agent_core::error_chain;

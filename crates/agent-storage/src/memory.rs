@@ -15,6 +15,7 @@ use crate::model::{
     DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
     StoredMessage,
 };
+use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
 /// All four stores in one value.
@@ -157,6 +158,45 @@ impl ConversationStore for MemoryStorage {
 
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
         Ok(lock(&self.sessions).remove(id).is_some())
+    }
+
+    async fn sweep_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        locks: &Arc<dyn SessionLocks>,
+    ) -> Result<Option<Sweep>, StorageError> {
+        let idle = |session: &Session| session.info.updated_at < idle_before;
+        let candidates: Vec<SessionId> = {
+            let sessions = lock(&self.sessions);
+            let mut idle: Vec<&Session> =
+                sessions.values().filter(|session| idle(session)).collect();
+            idle.sort_by_key(|session| session.info.updated_at);
+            idle.iter()
+                .take(limit)
+                .map(|session| session.info.id.clone())
+                .collect()
+        };
+        let found = candidates.len();
+        let held = SweepLocks::take(locks, candidates).await?;
+        let mut deleted = 0;
+        {
+            let mut sessions = lock(&self.sessions);
+            for id in held.sessions() {
+                // Still idle: a turn may have been stored since the candidates were read.
+                if sessions.get(id).is_some_and(idle) {
+                    sessions.remove(id);
+                    deleted += 1;
+                }
+            }
+        }
+        let busy = held.busy;
+        held.release().await;
+        Ok(Some(Sweep {
+            candidates: found,
+            deleted,
+            busy,
+        }))
     }
 
     async fn usage(

@@ -1,7 +1,8 @@
 //! The storage ports. Each is implemented in memory, and by Postgres or Redis.
 
 use std::fmt::Debug;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use agent_core::{SessionId, Turn};
 use async_trait::async_trait;
@@ -12,6 +13,7 @@ use crate::model::{
     DailyUsage, IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionCursor,
     SessionInfo, StoredMessage,
 };
+use crate::retention::Sweep;
 
 /// Durable conversations.
 #[async_trait]
@@ -86,6 +88,18 @@ pub trait ConversationStore: Send + Sync + Debug {
         from: chrono::NaiveDate,
         to: chrono::NaiveDate,
     ) -> Result<Vec<DailyUsage>, StorageError>;
+
+    /// One batch of the retention sweep: deletes, with their messages, up to `limit` sessions
+    /// whose last turn was stored (or that were created, if none was) before `idle_before`,
+    /// oldest first. Each is locked in `locks` first, without waiting: one with a turn in
+    /// progress is skipped (counted `busy`). None when another replica is sweeping (Postgres:
+    /// an advisory lock held for the batch). Usage counts are kept.
+    async fn sweep_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        locks: &Arc<dyn SessionLocks>,
+    ) -> Result<Option<Sweep>, StorageError>;
 
     /// Up to `limit` sessions of `owner` ([`SessionId::owner`]), newest created first (ties by id,
     /// descending), after `after` when given.

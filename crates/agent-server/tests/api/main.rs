@@ -16,5 +16,6 @@ mod openapi;
 mod overload;
 mod probes;
 mod properties;
+mod retention;
 mod shutdown;
 mod storage;

@@ -1,17 +1,21 @@
 //! `ConversationStore` on Postgres. A turn is one statement guarded by the expected sequence.
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
 use agent_core::{Message, Role, SessionId, TokenUsage, ToolCall, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, sessions, usage_daily};
 use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{DailyUsage, IdempotencyCompletion, SessionCursor, SessionInfo, StoredMessage};
-use crate::traits::ConversationStore;
+use crate::retention::{Sweep, SweepLocks};
+use crate::traits::{ConversationStore, SessionLocks};
 
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = sessions, check_for_backend(diesel::pg::Pg))]
@@ -315,6 +319,74 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip(self, locks), fields(backend = BACKEND))]
+    async fn sweep_idle(
+        &self,
+        idle_before: SystemTime,
+        limit: usize,
+        locks: &Arc<dyn SessionLocks>,
+    ) -> Result<Option<Sweep>, StorageError> {
+        let cutoff: DateTime<Utc> = idle_before.into();
+        // Bounded like any call, plus the lock store's part (one round of lock attempts and one
+        // of releases, run concurrently).
+        bounded(BACKEND, self.call_limit * 2, async {
+            let mut connection = self.connection().await?;
+            let outcome = connection
+                .transaction(async |connection| {
+                    let SweepLockRow { held } =
+                        diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS held")
+                            .bind::<diesel::sql_types::BigInt, _>(Self::RETENTION_LOCK)
+                            .get_result(connection)
+                            .await?;
+                    if !held {
+                        return Ok(None);
+                    }
+                    let candidates: Vec<String> = sessions::table
+                        .filter(sessions::updated_at.lt(cutoff))
+                        .order(sessions::updated_at.asc())
+                        .limit(signed(limit as u64))
+                        .select(sessions::id)
+                        .load(connection)
+                        .await?;
+                    let found = candidates.len();
+                    let ids = candidates
+                        .iter()
+                        .filter_map(|id| SessionId::parse_stored(id).ok())
+                        .collect();
+                    let held = SweepLocks::take(locks, ids)
+                        .await
+                        .map_err(SweepFailure::Storage)?;
+                    let locked: Vec<&str> = held.sessions().map(SessionId::as_str).collect();
+                    // Still idle: a turn may have been stored since the candidates were read.
+                    let deleted = diesel::delete(
+                        sessions::table
+                            .filter(sessions::id.eq_any(&locked))
+                            .filter(sessions::updated_at.lt(cutoff)),
+                    )
+                    .execute(connection)
+                    .await?;
+                    Ok(Some((found, deleted as u64, held)))
+                })
+                .await;
+            // The locks are released once the deletion is committed (or rolled back).
+            match outcome {
+                Ok(None) => Ok(None),
+                Ok(Some((candidates, deleted, held))) => {
+                    let busy = held.busy;
+                    held.release().await;
+                    Ok(Some(Sweep {
+                        candidates,
+                        deleted,
+                        busy,
+                    }))
+                }
+                Err(SweepFailure::Query(error)) => Err(query_error(error)),
+                Err(SweepFailure::Storage(error)) => Err(error),
+            }
+        })
+        .await
+    }
+
     #[tracing::instrument(level = "debug", skip(self, after), fields(backend = BACKEND))]
     async fn list_sessions(
         &self,
@@ -345,6 +417,24 @@ impl ConversationStore for PostgresStore {
             rows.into_iter().map(SessionInfo::try_from).collect()
         })
         .await
+    }
+}
+
+#[derive(QueryableByName)]
+struct SweepLockRow {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    held: bool,
+}
+
+/// Why a sweep's transaction failed: a query, or the lock store.
+enum SweepFailure {
+    Query(diesel::result::Error),
+    Storage(StorageError),
+}
+
+impl From<diesel::result::Error> for SweepFailure {
+    fn from(error: diesel::result::Error) -> Self {
+        Self::Query(error)
     }
 }
 

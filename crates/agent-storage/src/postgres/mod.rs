@@ -126,6 +126,10 @@ impl PostgresStore {
         })
     }
 
+    /// The advisory lock (a transaction's) a replica holds while it sweeps a batch of idle
+    /// sessions, so one replica sweeps at a time.
+    pub const RETENTION_LOCK: i64 = 0x6167_656e_745f_7277; // "agent_rw"
+
     /// Runs the pending embedded migrations under a Postgres advisory lock, so replicas starting
     /// together run each migration exactly once. Answers the versions it applied.
     pub async fn migrate(&self) -> Result<Vec<String>, StorageError> {

@@ -73,6 +73,8 @@ async fn postgres() -> Stores {
 }
 
 backend!(memory_backend, memory().await;
+    the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
+    the_sweep_deletes_the_oldest_first_in_batches,
     usage_per_caller_adds_up_to_the_stored_turns,
     sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
@@ -88,6 +90,8 @@ backend!(memory_backend, memory().await;
     fifty_concurrent_appends_through_the_lock_lose_nothing,
 );
 backend!(postgres_backend, postgres().await;
+    the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
+    the_sweep_deletes_the_oldest_first_in_batches,
     usage_per_caller_adds_up_to_the_stored_turns,
     sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
     ensure_session_creates_an_empty_session_once,
@@ -553,4 +557,136 @@ async fn usage_per_caller_adds_up_to_the_stored_turns((store, _): Stores) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// The retention sweep deletes the sessions idle since before the cutoff, with their messages,
+/// and no other: not one continued since, not one with a turn in progress (its lock held, as a
+/// request holds it), which the next sweep deletes once it is free. Usage is kept, and the sweep
+/// leaves no lock behind.
+async fn the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress(
+    (store, locks): Stores,
+) {
+    let turn = || simple_turn("keep me?");
+    let [idle_one, idle_two, continued, in_progress, fresh] =
+        ["idle1", "idle2", "continued", "busy", "fresh"].map(session);
+    for id in [&idle_one, &idle_two, &continued, &in_progress] {
+        store.append_turn(id, 0, &turn()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    store.append_turn(&continued, 2, &turn()).await.unwrap();
+    store.append_turn(&fresh, 0, &turn()).await.unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let usage_before = store
+        .usage(None, today.pred_opt().unwrap(), today)
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let turn_in_progress = acquire_lock(&locks, &in_progress, ttl, Duration::ZERO)
+        .await
+        .unwrap();
+
+    let sweep = store
+        .sweep_idle(cutoff, 100, &locks)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((sweep.candidates, sweep.deleted, sweep.busy), (3, 2, 1));
+    for id in [&idle_one, &idle_two] {
+        assert_eq!(store.session(id).await.unwrap(), None, "{id}");
+        assert!(store.recent_messages(id, 100).await.unwrap().is_empty());
+        let relocked = acquire_lock(&locks, id, ttl, Duration::ZERO).await;
+        assert!(relocked.is_ok(), "the sweep released the lock of {id}");
+    }
+    assert_eq!(
+        store.session(&continued).await.unwrap().unwrap().turn_count,
+        2
+    );
+    assert_eq!(
+        store.recent_messages(&continued, 100).await.unwrap().len(),
+        4
+    );
+    for id in [&in_progress, &fresh] {
+        assert!(store.session(id).await.unwrap().is_some(), "{id}");
+    }
+    let usage_after = store
+        .usage(None, today.pred_opt().unwrap(), today)
+        .await
+        .unwrap();
+    assert_eq!(usage_after, usage_before, "usage outlives its sessions");
+
+    turn_in_progress.release().await.unwrap();
+    let sweep = store
+        .sweep_idle(cutoff, 100, &locks)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((sweep.candidates, sweep.deleted, sweep.busy), (1, 1, 0));
+    assert_eq!(store.session(&in_progress).await.unwrap(), None);
+    let sweep = store
+        .sweep_idle(cutoff, 100, &locks)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        sweep,
+        agent_storage::Sweep::default(),
+        "nothing idle is left"
+    );
+}
+
+/// A batch deletes at most its limit, the longest idle first.
+async fn the_sweep_deletes_the_oldest_first_in_batches((store, locks): Stores) {
+    let ids: Vec<SessionId> = (0..5).map(|n| session(&format!("old{n}"))).collect();
+    for id in &ids {
+        store.append_turn(id, 0, &simple_turn("old")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let cutoff = std::time::SystemTime::now();
+    let first = store.sweep_idle(cutoff, 2, &locks).await.unwrap().unwrap();
+    assert_eq!((first.candidates, first.deleted), (2, 2));
+    let remaining: Vec<bool> = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| async { store.session(id).await.unwrap().is_some() }),
+    )
+    .await;
+    assert_eq!(remaining, [false, false, true, true, true]);
+    let second = store.sweep_idle(cutoff, 2, &locks).await.unwrap().unwrap();
+    let third = store.sweep_idle(cutoff, 2, &locks).await.unwrap().unwrap();
+    assert_eq!((second.deleted, third.candidates, third.deleted), (2, 1, 1));
+}
+
+/// While another replica holds the sweep's advisory lock, a sweep does nothing and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replica_sweeps_at_a_time_in_postgres() {
+    use diesel::sql_types::BigInt;
+    use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+    let url = test_support::fresh_database_url().await;
+    let store =
+        agent_storage::PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
+    store.migrate().await.unwrap();
+    let locks: Arc<dyn SessionLocks> = Arc::new(test_support::redis_coordination());
+    let idle = session("idle");
+    store
+        .append_turn(&idle, 0, &simple_turn("old"))
+        .await
+        .unwrap();
+    let cutoff = std::time::SystemTime::now();
+    let mut other_replica = AsyncPgConnection::establish(&url).await.unwrap();
+    let lock = |sql| {
+        diesel::sql_query(sql).bind::<BigInt, _>(agent_storage::PostgresStore::RETENTION_LOCK)
+    };
+    lock("SELECT pg_advisory_lock($1)")
+        .execute(&mut other_replica)
+        .await
+        .unwrap();
+    assert_eq!(store.sweep_idle(cutoff, 10, &locks).await.unwrap(), None);
+    assert!(store.session(&idle).await.unwrap().is_some());
+    lock("SELECT pg_advisory_unlock($1)")
+        .execute(&mut other_replica)
+        .await
+        .unwrap();
+    let sweep = store.sweep_idle(cutoff, 10, &locks).await.unwrap().unwrap();
+    assert_eq!(sweep.deleted, 1);
 }

@@ -1,0 +1,1 @@
+DROP INDEX sessions_updated_at;
