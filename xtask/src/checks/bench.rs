@@ -70,22 +70,32 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     });
     // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
     // (no lock waits) and each turn takes the lock and reads a growing history.
+    // Each scenario of continuing turns has sessions of its own, so each starts from empty ones.
     let run_id = std::process::id();
-    let continuing: Arc<RequestFn> = Arc::new(move |n| {
-        Request::post_json(
-            "/agent",
-            format!(
-                r#"{{"message":"what is the answer?","session_id":"bench-{run_id}-{}"}}"#,
-                n % 4096
-            ),
-        )
-    });
+    let continuing_in = |scenario: &'static str| -> Arc<RequestFn> {
+        Arc::new(move |n| {
+            Request::post_json(
+                "/agent",
+                format!(
+                    r#"{{"message":"what is the answer?","session_id":"bench-{run_id}-{scenario}-{}"}}"#,
+                    n % 4096
+                ),
+            )
+        })
+    };
+    let continuing = continuing_in("plain");
+    let continuing_tenancy = continuing_in("tenancy");
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
     let durable = vec![
         ("DATABASE_URL", services.database_url.clone()),
         ("REDIS_URL", services.redis_url.clone()),
     ];
+    // The same, with every caller's turns checked against a daily token quota (one read of the
+    // day's usage per turn) and the metrics split by caller: the cost of tenancy's options.
+    let mut tenancy = durable.clone();
+    tenancy.push(("AGENT_API__DAILY_TOKEN_QUOTA", "1000000000000".to_owned()));
+    tenancy.push(("AGENT_API__METRICS_CALLER_LABELS", "true".to_owned()));
     let mut rows = Vec::new();
 
     // /health: the bare baseline and the server alternately, five times each (rounds differ by a
@@ -103,12 +113,12 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
             None,
         )?);
     }
-    // The /agent scenarios: name, Postgres + Redis or memory, model port, body script,
-    // connections, and whether to read the model's most calls in flight.
+    // The /agent scenarios: name, settings (memory, or Postgres + Redis), model port, body
+    // script, connections, and whether to read the model's most calls in flight.
     let scenarios = [
         (
             "POST /agent @64, instant model, memory",
-            false,
+            &memory,
             instant_port,
             &first_turn,
             64,
@@ -116,7 +126,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         ),
         (
             "POST /agent @64, instant model, Postgres + Redis, first turns",
-            true,
+            &durable,
             instant_port,
             &first_turn,
             64,
@@ -124,28 +134,33 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         ),
         (
             "POST /agent @64, instant model, Postgres + Redis, continuing sessions",
-            true,
+            &durable,
             instant_port,
             &continuing,
             64,
             false,
         ),
         (
+            "POST /agent @64, instant model, Postgres + Redis, continuing sessions, quota + caller labels",
+            &tenancy,
+            instant_port,
+            &continuing_tenancy,
+            64,
+            false,
+        ),
+        (
             "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
-            true,
+            &durable,
             slow_port,
             &first_turn,
             256,
             true,
         ),
     ];
-    for (scenario, durable_storage, model_port, script, connections, in_flight) in scenarios {
-        let storage = if durable_storage {
+    for (scenario, storage, model_port, script, connections, in_flight) in scenarios {
+        if !storage.is_empty() {
             settle(&services.database_url)?;
-            &durable
-        } else {
-            &memory
-        };
+        }
         rows.push(run_agent(
             &bin,
             scenario,
