@@ -92,6 +92,7 @@ fn agent_loop(criterion: &mut Criterion) {
                     history: history.clone(),
                     user_message: "2+3*4?".into(),
                     session_tokens_used: 0,
+                    sampling: Default::default(),
                 };
                 let agent = agent.clone();
                 async move { agent.run_turn(request).await.unwrap() }
@@ -111,6 +112,7 @@ fn agent_loop(criterion: &mut Criterion) {
                             .complete(ChatRequest {
                                 messages: &messages,
                                 tools: &[],
+                                sampling: &Default::default(),
                             })
                             .await
                             .unwrap();

@@ -15,7 +15,9 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::AgentError;
-use crate::model::{ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, ToolSpec};
+use crate::model::{
+    ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, Sampling, ToolSpec,
+};
 use crate::tools::ToolRegistry;
 
 /// The bounds of every turn.
@@ -41,6 +43,8 @@ pub struct TurnRequest {
     pub user_message: String,
     /// Tokens the session used before this turn.
     pub session_tokens_used: u64,
+    /// The client's sampling choices for every model call of the turn.
+    pub sampling: Sampling,
 }
 
 /// A finished turn: the messages to store and the answer.
@@ -160,6 +164,7 @@ impl Agent {
             let model_request = ChatRequest {
                 messages: &context,
                 tools: &self.specs,
+                sampling: &request.sampling,
             };
             let reply = match events {
                 None => self.model.complete(model_request).await?,

@@ -23,6 +23,30 @@ pub enum ModelError {
     /// The model server rejected the request (4xx other than 401/403/429).
     #[error("the model server rejected the request: {0}")]
     Rejected(String),
+    /// The conversation is longer than the model's context window (a 400 whose body says so:
+    /// OpenAI's `context_length_exceeded`, vLLM's and llama.cpp's "maximum context length").
+    #[error("the conversation does not fit the model's context window: {0}")]
+    ContextLength(String),
+}
+
+impl ModelError {
+    /// A 4xx refusal of the request: a context-length refusal if its body says so.
+    pub(crate) fn rejected(status: u16, body: &str) -> Self {
+        let lower = body.to_ascii_lowercase();
+        let too_long = status == 400
+            && [
+                "context_length_exceeded",
+                "maximum context length",
+                "context window",
+            ]
+            .iter()
+            .any(|needle| lower.contains(needle));
+        if too_long {
+            Self::ContextLength(body.to_owned())
+        } else {
+            Self::Rejected(format!("{status}: {body}"))
+        }
+    }
 }
 
 impl ModelError {

@@ -18,7 +18,7 @@ pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnRes
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use model::{
-    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelReply, ReplyAssembler, ToolSpec,
+    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelReply, ReplyAssembler, Sampling, ToolSpec,
 };
 pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};

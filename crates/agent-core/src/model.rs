@@ -24,6 +24,23 @@ pub struct ToolSpec {
 pub struct ChatRequest<'a> {
     pub messages: &'a [Message],
     pub tools: &'a [ToolSpec],
+    /// The caller's sampling choices; what it leaves unset, the model's configuration decides.
+    pub sampling: &'a Sampling,
+}
+
+/// Sampling parameters a client may choose per turn (the OpenAI-compatible API passes them on),
+/// each within the bounds the server checked. Unset: the model's configuration (temperature,
+/// max tokens) or the model server's default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    /// Most tokens each model call may produce (at most the configured `model.max_tokens`).
+    pub max_tokens: Option<u32>,
+    pub seed: Option<i64>,
+    pub stop: Vec<String>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
 }
 
 /// One model call's output: an assistant message (text, tool calls, or both) and its usage.

@@ -85,6 +85,8 @@ pub enum ErrorCode {
     ModelBadResponse,
     /// The model server rejected the request.
     ModelRejectedRequest,
+    /// The conversation does not fit the model's context window; nothing was stored.
+    ContextLengthExceeded,
     /// The model server did not answer in time.
     ModelTimeout,
     /// The turn did not finish within its deadline.
@@ -382,6 +384,12 @@ impl From<AgentError> for ApiError {
                     StatusCode::BAD_GATEWAY,
                     ErrorCode::ModelRejectedRequest,
                     model,
+                ),
+                ModelError::ContextLength(_) => Self::invalid(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ContextLengthExceeded,
+                    "the conversation is longer than the model's context window; nothing was \
+                     stored (send fewer or shorter messages, or lower AGENT_TURN__HISTORY_WINDOW)",
                 ),
             },
         }

@@ -134,6 +134,7 @@ impl Turns {
             history,
             user_message: message,
             session_tokens_used: info.usage.total(),
+            sampling: Default::default(),
         };
         Ok(Prepared {
             request,

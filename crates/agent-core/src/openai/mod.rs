@@ -112,7 +112,7 @@ impl OpenAiModel {
                         ..
                     } => ModelError::Authentication(body),
                     TransportFailure::Status { status, body, .. } if status < 500 => {
-                        ModelError::Rejected(format!("{status}: {body}"))
+                        ModelError::rejected(status, &body)
                     }
                     TransportFailure::Timeout(limit) => ModelError::Timeout(limit),
                     failure => ModelError::Upstream(Box::new(failure)),
@@ -125,7 +125,14 @@ impl OpenAiModel {
                     401 | 403 => ModelError::Authentication(message),
                     429 => ModelError::RateLimited { retry_after: None },
                     status if status >= 500 => ModelError::Upstream(message.into()),
-                    status => ModelError::Rejected(format!("{status}: {message}")),
+                    status => {
+                        let said =
+                            format!("{} {message}", api.api_error.code.as_deref().unwrap_or(""));
+                        match ModelError::rejected(status, &said) {
+                            ModelError::ContextLength(_) => ModelError::ContextLength(message),
+                            _ => ModelError::Rejected(format!("{status}: {message}")),
+                        }
+                    }
                 }
             }
             OpenAIError::Reqwest(error) if error.is_timeout() => {

@@ -17,6 +17,16 @@ pub(super) struct RequestBody<'a> {
     messages: Vec<WireMessage<'a>>,
     temperature: f32,
     max_tokens: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<i64>,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    stop: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    presence_penalty: Option<f32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    frequency_penalty: Option<f32>,
     stream: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     stream_options: Option<StreamOptions>,
@@ -75,8 +85,16 @@ pub(super) fn request_body<'a>(
     RequestBody {
         model: &options.model,
         messages: request.messages.iter().map(message_json).collect(),
-        temperature: options.temperature,
-        max_tokens: options.max_tokens,
+        temperature: request.sampling.temperature.unwrap_or(options.temperature),
+        max_tokens: request
+            .sampling
+            .max_tokens
+            .map_or(options.max_tokens, |tokens| tokens.min(options.max_tokens)),
+        top_p: request.sampling.top_p,
+        seed: request.sampling.seed,
+        stop: &request.sampling.stop,
+        presence_penalty: request.sampling.presence_penalty,
+        frequency_penalty: request.sampling.frequency_penalty,
         stream,
         stream_options: stream.then_some(StreamOptions {
             include_usage: true,

@@ -20,6 +20,7 @@ fn request(text: &str) -> TurnRequest {
         history: Vec::new(),
         user_message: text.into(),
         session_tokens_used: 0,
+        sampling: Default::default(),
     }
 }
 

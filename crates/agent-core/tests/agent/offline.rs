@@ -11,6 +11,7 @@ async fn ask(question: &str) -> agent_core::TurnResult {
         history: Vec::new(),
         user_message: question.into(),
         session_tokens_used: 0,
+        sampling: Default::default(),
     };
     agent(Arc::new(OfflineModel), Vec::new(), LIMITS)
         .run_turn(request)

@@ -49,6 +49,7 @@ fn request(text: &str) -> TurnRequest {
         history: vec![Message::user("earlier"), Message::assistant("noted")],
         user_message: text.into(),
         session_tokens_used: 0,
+        sampling: Default::default(),
     }
 }
 
@@ -57,6 +58,7 @@ async fn complete(model: &OpenAiModel) -> Result<agent_core::ModelReply, ModelEr
         .complete(ChatRequest {
             messages: &[Message::user("hi")],
             tools: &[],
+            sampling: &Default::default(),
         })
         .await
 }
@@ -326,6 +328,7 @@ async fn complete_and_stream_both_record_latency_errors_and_retries() {
         .stream(ChatRequest {
             messages: &[Message::user("hi")],
             tools: &[],
+            sampling: &Default::default(),
         })
         .await
         .unwrap();
@@ -339,4 +342,83 @@ async fn complete_and_stream_both_record_latency_errors_and_retries() {
     ] {
         assert!(text.contains(line), "{line} missing from:\n{text}");
     }
+}
+
+/// A turn's sampling choices go to the model server with every call; what it leaves unset is the
+/// configuration's, and `max_tokens` never exceeds the configured one.
+#[tokio::test]
+async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() {
+    let fake = FakeOpenAi::repeating(Scripted::text("ok")).await;
+    let model = model(&fake, RETRY);
+    let sampling = agent_core::Sampling {
+        temperature: Some(1.5),
+        top_p: Some(0.5),
+        max_tokens: Some(64),
+        seed: Some(7),
+        stop: vec!["END".into()],
+        presence_penalty: Some(0.25),
+        frequency_penalty: Some(-0.5),
+    };
+    let call = |sampling| {
+        let model = model.clone();
+        async move {
+            model
+                .complete(ChatRequest {
+                    messages: &[Message::user("hi")],
+                    tools: &[],
+                    sampling: &sampling,
+                })
+                .await
+                .unwrap()
+        }
+    };
+    call(sampling).await;
+    call(agent_core::Sampling {
+        max_tokens: Some(100_000),
+        ..Default::default()
+    })
+    .await;
+    let requests = fake.requests().await;
+    let chosen = &requests[0];
+    assert_eq!(chosen["temperature"], 1.5);
+    assert_eq!(chosen["top_p"], 0.5);
+    assert_eq!(chosen["max_tokens"], 64);
+    assert_eq!(chosen["seed"], 7);
+    assert_eq!(chosen["stop"], json!(["END"]));
+    assert_eq!(chosen["presence_penalty"], 0.25);
+    assert_eq!(chosen["frequency_penalty"], -0.5);
+    let defaults = &requests[1];
+    assert_eq!(defaults["temperature"], 0.2);
+    assert_eq!(defaults["max_tokens"], 256, "capped at the configured 256");
+    for unset in [
+        "top_p",
+        "seed",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
+        assert!(defaults.get(unset).is_none(), "{unset}");
+    }
+}
+
+/// A 400 saying the conversation is too long (OpenAI's code, vLLM's message) is a context-length
+/// error, not a generic rejection.
+#[tokio::test]
+async fn a_context_length_refusal_is_recognised() {
+    for body in [
+        json!({"error": {"message": "This model's maximum context length is 8192 tokens.", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}).to_string(),
+        "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens".to_owned(),
+    ] {
+        let fake = FakeOpenAi::repeating(Scripted::Status {
+            status: 400,
+            retry_after: None,
+            body,
+        })
+        .await;
+        let error = complete(&model(&fake, RETRY)).await.unwrap_err();
+        assert!(matches!(error, ModelError::ContextLength(_)), "{error:?}");
+    }
+    let fake = FakeOpenAi::repeating(Scripted::status(400)).await;
+    let error = complete(&model(&fake, RETRY)).await.unwrap_err();
+    assert!(matches!(error, ModelError::Rejected(_)), "{error:?}");
 }
