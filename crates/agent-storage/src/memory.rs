@@ -71,6 +71,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryStorage {
+    /// Adds a turn and its tokens to `owner`'s usage of the UTC day of `at`.
+    fn count(&self, owner: &str, at: SystemTime, tokens: TokenUsage) {
+        let day = DateTime::<Utc>::from(at).date_naive();
+        let mut usage = lock(&self.usage);
+        let counted = usage.entry((owner.to_owned(), day)).or_default();
+        counted.0 += 1;
+        counted.1 += tokens;
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -148,12 +157,14 @@ impl ConversationStore for MemoryStorage {
         info.turn_count += 1;
         info.usage += turn.usage;
         info.updated_at = now;
-        let day = DateTime::<Utc>::from(now).date_naive();
-        let mut usage = lock(&self.usage);
-        let counted = usage.entry((id.owner().to_owned(), day)).or_default();
-        counted.0 += 1;
-        counted.1 += turn.usage;
-        Ok(info.clone())
+        let info = info.clone();
+        self.count(id.owner(), now, turn.usage);
+        Ok(info)
+    }
+
+    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
+        self.count(owner, SystemTime::now(), usage);
+        Ok(())
     }
 
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {

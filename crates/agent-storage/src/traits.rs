@@ -4,7 +4,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agent_core::{SessionId, Turn};
+use agent_core::{SessionId, TokenUsage, Turn};
 use async_trait::async_trait;
 
 use crate::background::BackgroundWork;
@@ -88,6 +88,10 @@ pub trait ConversationStore: Send + Sync + Debug {
         from: chrono::NaiveDate,
         to: chrono::NaiveDate,
     ) -> Result<Vec<DailyUsage>, StorageError>;
+
+    /// Counts a turn that stored no messages (a stateless turn of the OpenAI-compatible API) in
+    /// `owner`'s usage of today (UTC), as a stored turn counts itself.
+    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError>;
 
     /// One batch of the retention sweep: deletes, with their messages, up to `limit` sessions
     /// whose last turn was stored (or that were created, if none was) before `idle_before`,

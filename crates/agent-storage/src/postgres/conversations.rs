@@ -319,6 +319,39 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
+        use usage_daily::dsl;
+        // A random one of the caller-day's 64 rows, so concurrent turns rarely wait on one.
+        let shard: i16 = rand::random_range(0..64);
+        let row = (
+            dsl::owner.eq(owner),
+            dsl::day.eq(Utc::now().date_naive()),
+            dsl::shard.eq(shard),
+            dsl::turns.eq(1_i64),
+            dsl::prompt_tokens.eq(signed(usage.prompt_tokens)),
+            dsl::completion_tokens.eq(signed(usage.completion_tokens)),
+        );
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            diesel::insert_into(usage_daily::table)
+                .values(row)
+                .on_conflict((dsl::owner, dsl::day, dsl::shard))
+                .do_update()
+                .set((
+                    dsl::turns.eq(dsl::turns + 1),
+                    dsl::prompt_tokens.eq(dsl::prompt_tokens + signed(usage.prompt_tokens)),
+                    dsl::completion_tokens
+                        .eq(dsl::completion_tokens + signed(usage.completion_tokens)),
+                ))
+                .execute(&mut connection)
+                .await
+                .map_err(query_error)?;
+            Ok(())
+        })
+        .await
+    }
+
     #[tracing::instrument(level = "debug", skip(self, locks), fields(backend = BACKEND))]
     async fn sweep_idle(
         &self,

@@ -73,6 +73,7 @@ async fn postgres() -> Stores {
 }
 
 backend!(memory_backend, memory().await;
+    turns_that_store_nothing_are_counted_too,
     the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
     the_sweep_deletes_the_oldest_first_in_batches,
     usage_per_caller_adds_up_to_the_stored_turns,
@@ -90,6 +91,7 @@ backend!(memory_backend, memory().await;
     fifty_concurrent_appends_through_the_lock_lose_nothing,
 );
 backend!(postgres_backend, postgres().await;
+    turns_that_store_nothing_are_counted_too,
     the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
     the_sweep_deletes_the_oldest_first_in_batches,
     usage_per_caller_adds_up_to_the_stored_turns,
@@ -689,4 +691,32 @@ async fn one_replica_sweeps_at_a_time_in_postgres() {
         .unwrap();
     let sweep = store.sweep_idle(cutoff, 10, &locks).await.unwrap().unwrap();
     assert_eq!(sweep.deleted, 1);
+}
+
+/// A turn that stores no messages (stateless) still counts in its caller's usage of the day,
+/// beside stored turns.
+async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
+    let caller = format!("stateless{}", uuid_suffix());
+    let tokens = TokenUsage {
+        prompt_tokens: 100,
+        completion_tokens: 7,
+    };
+    let counts = (0..20).map(|_| store.count_usage(&caller, tokens));
+    for counted in futures_util::future::join_all(counts).await {
+        counted.unwrap();
+    }
+    let stored = SessionId::parse("kept").unwrap().owned_by(&caller);
+    store
+        .append_turn(&stored, 0, &simple_turn("stored"))
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let rows = store
+        .usage(Some(&caller), today.pred_opt().unwrap(), today)
+        .await
+        .unwrap();
+    let turns: u64 = rows.iter().map(|row| row.turns).sum();
+    let prompt: u64 = rows.iter().map(|row| row.usage.prompt_tokens).sum();
+    let completion: u64 = rows.iter().map(|row| row.usage.completion_tokens).sum();
+    assert_eq!((turns, prompt, completion), (21, 2010, 145));
 }
