@@ -209,6 +209,14 @@ declare_keys! {
     API_CORS_ALLOW_CREDENTIALS = "api.cors_allow_credentials", Kind::Bool, default: Some("false"), aliases: [];
     /// How long browsers may cache a preflight's answer.
     API_CORS_MAX_AGE = "api.cors_max_age", Kind::Duration { min: Duration::ZERO, max: secs(24 * 3600) }, default: Some("10m"), aliases: [];
+    /// The model id the OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`) presents the
+    /// agent as; requests naming another model get 404 `model_not_found`.
+    OPENAI_API_MODEL_ID = "openai_api.model_id", Kind::Text, default: Some("agent"), aliases: [];
+    /// Largest request body of the `/v1/*` routes in bytes: OpenAI clients send whole histories.
+    OPENAI_API_MAX_BODY_BYTES = "openai_api.max_body_bytes", Kind::Int { min: 1024, max: 64 << 20 }, default: Some("1048576"), aliases: [];
+    /// What a `system` or `developer` message of a `/v1/chat/completions` request does: `follow`
+    /// (kept where the client put it, after the server's system prompt) or `refuse` (400).
+    OPENAI_API_SYSTEM_MESSAGES = "openai_api.system_messages", Kind::Choice(&["follow", "refuse"]), default: Some("follow"), aliases: [];
     /// Requests per window per API key (or per client address without keys), shared across
     /// replicas through Redis; 0 turns rate limits off.
     RATE_LIMIT_REQUESTS = "rate_limit.requests", Kind::Int { min: 0, max: 1_000_000_000 }, default: Some("120"), aliases: [];

@@ -18,6 +18,6 @@ pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings,
-    ModelProvider, ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TokenQuotas,
-    TurnSettings,
+    ModelProvider, ModelSettings, OpenAiApiSettings, Profile, ServerSettings, Settings,
+    StorageSettings, TokenQuotas, TurnSettings,
 };

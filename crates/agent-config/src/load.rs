@@ -16,7 +16,8 @@ use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, LogFormat, LogSettings, ModelProvider,
-    ModelSettings, Profile, ServerSettings, Settings, StorageSettings, TokenQuotas, TurnSettings,
+    ModelSettings, OpenAiApiSettings, Profile, ServerSettings, Settings, StorageSettings,
+    TokenQuotas, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -178,6 +179,11 @@ impl Layers {
                 quotas: self.quotas()?,
                 metrics_caller_labels: self.boolean(&keys::API_METRICS_CALLER_LABELS)?,
             },
+            openai_api: OpenAiApiSettings {
+                model_id: self.model_id()?,
+                max_body_bytes: self.int(&keys::OPENAI_API_MAX_BODY_BYTES)? as usize,
+                follow_system_messages: self.choice(&keys::OPENAI_API_SYSTEM_MESSAGES)? == "follow",
+            },
             server: ServerSettings {
                 host: self.host()?,
                 port: self.port(&keys::SERVER_PORT)?,
@@ -335,6 +341,19 @@ impl Layers {
             return Err(self.invalid(key, &format!("'{bad}' is not a caller name")));
         }
         Ok(names)
+    }
+
+    /// 1 to 256 visible ASCII characters: it travels in URL paths and JSON.
+    fn model_id(&self) -> Result<String, ConfigError> {
+        let key = &keys::OPENAI_API_MODEL_ID;
+        let id = self.text(key)?;
+        if !(1..=256).contains(&id.len()) || !id.bytes().all(|byte| byte.is_ascii_graphic()) {
+            return Err(self.invalid(
+                key,
+                &format!("'{id}' is not 1 to 256 visible ASCII characters"),
+            ));
+        }
+        Ok(id)
     }
 
     /// The default quota, and `name:tokens` entries, comma-separated.

@@ -16,6 +16,7 @@ pub struct Settings {
     /// empty means no authentication.
     pub api_keys: Vec<ApiKey>,
     pub api: ApiSettings,
+    pub openai_api: OpenAiApiSettings,
     pub server: ServerSettings,
     pub model: ModelSettings,
     pub turn: TurnSettings,
@@ -92,6 +93,17 @@ pub struct ApiSettings {
     pub quotas: TokenQuotas,
     /// Whether the turn metrics carry a `caller` label.
     pub metrics_caller_labels: bool,
+}
+
+/// The OpenAI-compatible API (`/v1/*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenAiApiSettings {
+    /// The id the agent is presented as.
+    pub model_id: String,
+    pub max_body_bytes: usize,
+    /// Whether a request's own `system`/`developer` messages are kept (after the server's
+    /// system prompt) or refused.
+    pub follow_system_messages: bool,
 }
 
 /// Tokens each caller may use per UTC day.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::turn::Finished;
 
 #[cfg(test)]
 mod tests;
@@ -77,6 +78,16 @@ pub(crate) struct AgentResponse {
     pub(crate) session_id: String,
     /// Tokens this turn used, over all its model calls.
     pub(crate) tokens_used: u64,
+}
+
+impl From<&Finished> for AgentResponse {
+    fn from(finished: &Finished) -> Self {
+        Self {
+            response: finished.text.clone(),
+            session_id: finished.session.clone().unwrap_or_default(),
+            tokens_used: finished.usage.total(),
+        }
+    }
 }
 
 /// A session's id, times and totals (an entry of `GET /sessions`).
@@ -228,15 +239,18 @@ pub(crate) fn parse_json<T: DeserializeOwned>(
     let value = serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let inner = error.into_inner();
-        let field = if path == "." {
-            String::new()
-        } else {
-            format!("{path}: ")
-        };
-        ApiError::invalid(
+        if path == "." {
+            return ApiError::invalid(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                inner.to_string(),
+            );
+        }
+        ApiError::invalid_param(
             StatusCode::UNPROCESSABLE_ENTITY,
             ErrorCode::InvalidRequest,
-            format!("{field}{inner}"),
+            path.clone(),
+            format!("{path}: {inner}"),
         )
     })?;
     Ok(value)

@@ -137,12 +137,14 @@ pub enum ApiError {
     NotFound { method: Method, path: String },
     #[error("{method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed { method: Method, allow: &'static str },
-    /// The client's request is wrong: 400, 413, 415 or 422 with a specific code.
+    /// The client's request is wrong: 400, 413, 415 or 422 with a specific code; `param` names
+    /// the request parameter at fault where one is (OpenAI's error shape says it).
     #[error("{message}")]
     Invalid {
         status: StatusCode,
         code: ErrorCode,
         message: String,
+        param: Option<String>,
     },
     #[error("a valid API key is required: send `Authorization: Bearer <key>`")]
     Unauthorized,
@@ -190,6 +192,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            param: None,
+        }
+    }
+
+    /// An [`ApiError::Invalid`] naming the request parameter at fault.
+    pub(crate) fn invalid_param(
+        status: StatusCode,
+        code: ErrorCode,
+        param: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::Invalid {
+            status,
+            code,
+            message: message.into(),
+            param: Some(param.into()),
         }
     }
 
@@ -294,7 +312,16 @@ impl ResponseError for ApiError {
         if let Some(seconds) = self.retry_after_seconds() {
             response.insert_header((header::RETRY_AFTER, seconds.to_string()));
         }
-        response.json(self.body())
+        let body = self.body();
+        response.extensions_mut().insert(ErrorFacts {
+            code: self.code(),
+            message: body.error.message.clone(),
+            param: match self {
+                Self::Invalid { param, .. } => param.clone(),
+                _ => None,
+            },
+        });
+        response.json(body)
     }
 }
 
@@ -396,6 +423,15 @@ impl From<AgentError> for ApiError {
     }
 }
 
+/// What an error response said, kept in its extensions: the OpenAI-compatible routes answer it
+/// in OpenAI's error shape instead (`crate::routes::openai`).
+#[derive(Debug, Clone)]
+pub(crate) struct ErrorFacts {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+    pub(crate) param: Option<String>,
+}
+
 /// The body of every error response.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct ErrorBody {
@@ -450,6 +486,11 @@ pub(crate) fn json_error_shape<B: MessageBody + 'static>(
         format!("{} {}: {}", request.method(), request.path(), status)
     };
     let mut replacement = HttpResponse::build(status).json(ErrorBody::new(code, &message));
+    replacement.extensions_mut().insert(ErrorFacts {
+        code,
+        message,
+        param: None,
+    });
     for (name, value) in old.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
             replacement

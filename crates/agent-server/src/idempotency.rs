@@ -1,4 +1,4 @@
-//! `Idempotency-Key` on `POST /agent`: the same key with the same body runs the turn once and
+//! `Idempotency-Key` on the routes that run turns: the same key with the same body runs the turn once and
 //! replays its stored response, also to a retry that arrives while the first is still running;
 //! the same key with another body is 422.
 
@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use agent_storage::{BackgroundWork, IdempotencyBegin, IdempotencyStore};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::backends::Backends;
-use crate::dto::AgentResponse;
 use crate::error::{ApiError, ErrorCode};
 
 /// How often a retry checks whether the first request finished.
@@ -72,17 +73,18 @@ impl Drop for Claim {
 /// Runs `turn` at most once per key: answers its response and whether it was replayed. `turn`
 /// answers its response and whether it completed the claim itself (atomically with the turn);
 /// if not, the claim is completed here.
-pub(crate) async fn run_once<F, Fut>(
+pub(crate) async fn run_once<R, F, Fut>(
     backends: &Backends,
     key: &str,
     fingerprint: &str,
     lease: Duration,
     retention: Duration,
     turn: F,
-) -> Result<(AgentResponse, bool), ApiError>
+) -> Result<(R, bool), ApiError>
 where
+    R: Serialize + DeserializeOwned,
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<(AgentResponse, bool), ApiError>>,
+    Fut: Future<Output = Result<(R, bool), ApiError>>,
 {
     let store = &backends.idempotency;
     let deadline = Instant::now() + lease;

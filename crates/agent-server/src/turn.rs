@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Role, TurnRequest, TurnResult};
+use agent_core::{Agent, Message, Role, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
 use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError, acquire_lock};
 
 use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
-use crate::dto::{AgentResponse, ValidTurn};
+use crate::dto::ValidTurn;
 use crate::error::ApiError;
 use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
@@ -36,23 +36,106 @@ pub(crate) struct Turns {
     quotas: Arc<TokenQuotas>,
 }
 
-/// A session locked and read: the request for the agent, and the held session for `store`.
+/// What a turn runs on, and its new user message.
+#[derive(Debug)]
+pub(crate) struct TurnInput {
+    pub(crate) conversation: Conversation,
+    pub(crate) message: String,
+    /// The client's sampling choices (the OpenAI-compatible API's), already within bounds.
+    pub(crate) sampling: Sampling,
+}
+
+/// The conversation a turn continues.
+#[derive(Debug)]
+pub(crate) enum Conversation {
+    /// A stored session: locked, its history window read, the turn stored into it.
+    Session {
+        session: SessionId,
+        /// The request named no session, so `session` was made here: nobody else can know it.
+        new_session: bool,
+    },
+    /// A conversation the client sent whole (the OpenAI-compatible API without a session): used
+    /// as given, nothing stored but the turn's usage, counted for `caller`.
+    Given {
+        caller: String,
+        history: Vec<Message>,
+    },
+}
+
+impl From<ValidTurn> for TurnInput {
+    fn from(turn: ValidTurn) -> Self {
+        Self {
+            conversation: Conversation::Session {
+                session: turn.session,
+                new_session: turn.new_session,
+            },
+            message: turn.message,
+            sampling: Sampling::default(),
+        }
+    }
+}
+
+/// A turn ready to run: the request for the agent, and the held session for `store`.
 #[derive(Debug)]
 pub(crate) struct Prepared {
     pub(crate) request: TurnRequest,
     pub(crate) held: HeldSession,
 }
 
-/// The locked session a turn will be stored into.
+/// What a turn will be stored into: a locked session, or (for a given conversation) only its
+/// caller's usage.
 #[derive(Debug)]
 pub(crate) struct HeldSession {
-    session: agent_core::SessionId,
-    info: SessionInfo,
-    /// None for a session named by this turn (see the module doc).
-    guard: Option<LockGuard>,
+    target: Held,
     started: Instant,
     /// The turn's admission, held until it is stored (or fails).
     slot: TurnSlot,
+}
+
+#[derive(Debug)]
+enum Held {
+    Session {
+        session: SessionId,
+        info: SessionInfo,
+        /// None for a session named by this turn (see the module doc).
+        guard: Option<LockGuard>,
+    },
+    Given {
+        caller: String,
+    },
+}
+
+impl HeldSession {
+    /// The caller the turn is counted for.
+    pub(crate) fn caller(&self) -> &str {
+        match &self.target {
+            Held::Session { session, .. } => session.owner(),
+            Held::Given { caller } => caller,
+        }
+    }
+}
+
+/// A stored turn: what every route answers, in its own shape.
+#[derive(Debug, Clone)]
+pub(crate) struct Finished {
+    /// Unique per turn (the OpenAI-compatible API's completion id).
+    pub(crate) id: uuid::Uuid,
+    /// When it was stored, in seconds since the Unix epoch.
+    pub(crate) created: u64,
+    /// The final assistant text.
+    pub(crate) text: String,
+    /// The session's id as its owner knows it; None for a given conversation.
+    pub(crate) session: Option<String>,
+    /// Tokens over all the turn's model calls.
+    pub(crate) usage: TokenUsage,
+}
+
+/// The replay text of `R` for a turn: what an idempotency claim is completed with.
+pub(crate) fn render_as<R>(finished: &Finished) -> serde_json::Result<String>
+where
+    R: serde::Serialize + for<'a> From<&'a Finished>,
+{
+    serde_json::to_string(&R::from(finished))
 }
 
 impl Turns {
@@ -90,18 +173,43 @@ impl Turns {
     }
 
     /// Locks the session, creates it if new, and reads its history window. A session the server
-    /// just named is neither locked nor read: it is empty, and its first store creates it.
+    /// just named is neither locked nor read: it is empty, and its first store creates it. A
+    /// given conversation is neither: it is the history.
     pub(crate) async fn prepare(
         &self,
-        turn: ValidTurn,
+        input: TurnInput,
         slot: TurnSlot,
     ) -> Result<Prepared, ApiError> {
         let started = Instant::now();
-        let ValidTurn {
-            session,
+        let TurnInput {
+            conversation,
             message,
-            new_session,
-        } = turn;
+            sampling,
+        } = input;
+        let (session, new_session) = match conversation {
+            Conversation::Session {
+                session,
+                new_session,
+            } => (session, new_session),
+            Conversation::Given { caller, history } => {
+                self.check_quota(&caller).await?;
+                let request = TurnRequest {
+                    history,
+                    user_message: message,
+                    session_tokens_used: 0,
+                    sampling,
+                };
+                let target = Held::Given { caller };
+                return Ok(Prepared {
+                    request,
+                    held: HeldSession {
+                        target,
+                        started,
+                        slot,
+                    },
+                });
+            }
+        };
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
@@ -134,14 +242,16 @@ impl Turns {
             history,
             user_message: message,
             session_tokens_used: info.usage.total(),
-            sampling: Default::default(),
+            sampling,
         };
         Ok(Prepared {
             request,
             held: HeldSession {
-                session,
-                info,
-                guard,
+                target: Held::Session {
+                    session,
+                    info,
+                    guard,
+                },
                 started,
                 slot,
             },
@@ -166,55 +276,87 @@ impl Turns {
         }
     }
 
-    /// Stores a finished turn and releases the lock. The store runs in its own task, so a client
-    /// going away cannot interrupt it half-way (it is one transaction either way). With `claim`,
-    /// the idempotency claim is completed with the response in the same transaction where the
-    /// store can (answered true), so a crash cannot leave a stored turn behind a claim that a
-    /// retry would run again.
+    /// Stores a finished turn and releases the lock (for a given conversation: counts its
+    /// usage). The store runs in its own task, so a client going away cannot interrupt it
+    /// half-way (it is one transaction either way). With `claim`, the idempotency claim is
+    /// completed with the response in the same transaction where the store can (answered true),
+    /// so a crash cannot leave a stored turn behind a claim that a retry would run again.
     pub(crate) async fn store(
         &self,
         held: HeldSession,
         result: TurnResult,
         claim: Option<ClaimToComplete>,
-    ) -> Result<(AgentResponse, bool), ApiError> {
+    ) -> Result<(Finished, bool), ApiError> {
         let HeldSession {
-            session,
-            info,
-            guard,
+            target,
             started,
             slot,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
-        let tokens_used = result.turn.usage.total();
         let cost = TurnCost::of(&result, started);
-        let caller = session.owner().to_owned();
         let TurnResult { turn, response, .. } = result;
-        let response = AgentResponse {
-            response,
-            session_id: session.local().to_owned(),
-            tokens_used,
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let caller = match &target {
+            Held::Session { session, .. } => session.owner().to_owned(),
+            Held::Given { caller } => caller.clone(),
+        };
+        let finished = Finished {
+            id: uuid::Uuid::new_v4(),
+            created,
+            text: response,
+            session: match &target {
+                Held::Session { session, .. } => Some(session.local().to_owned()),
+                Held::Given { .. } => None,
+            },
+            usage: turn.usage,
         };
         let stored = tokio::spawn(async move {
-            let stored = match &claim {
-                None => conversations
-                    .append_turn(&session, info.next_sequence, &turn)
-                    .await
-                    .map(|_| false),
-                Some(claim) => {
-                    let replay = serde_json::to_string(&response)
+            let stored = match (target, &claim) {
+                (Held::Given { caller }, _) => {
+                    let counted = conversations.count_usage(&caller, turn.usage).await;
+                    drop(slot);
+                    return Ok((finished, observe(&store_failing, counted).map(|()| false)?));
+                }
+                (
+                    Held::Session {
+                        session,
+                        info,
+                        guard,
+                    },
+                    None,
+                ) => {
+                    let stored = conversations
+                        .append_turn(&session, info.next_sequence, &turn)
+                        .await
+                        .map(|_| false);
+                    (stored, guard)
+                }
+                (
+                    Held::Session {
+                        session,
+                        info,
+                        guard,
+                    },
+                    Some(claim),
+                ) => {
+                    let replay = (claim.render)(&finished)
                         .map_err(|error| ApiError::Internal(error.into()))?;
                     let completion = IdempotencyCompletion {
                         key: &claim.key,
                         response: &replay,
                         retention: claim.retention,
                     };
-                    conversations
+                    let stored = conversations
                         .append_turn_completing(&session, info.next_sequence, &turn, completion)
                         .await
-                        .map(|(_, completed)| completed)
+                        .map(|(_, completed)| completed);
+                    (stored, guard)
                 }
             };
+            let (stored, guard) = stored;
             let stored = observe(&store_failing, stored);
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
@@ -222,7 +364,7 @@ impl Turns {
                 tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
             drop(slot);
-            Ok::<_, ApiError>((response, stored?))
+            Ok::<_, ApiError>((finished, stored?))
         });
         let stored = stored
             .await
@@ -239,18 +381,17 @@ impl Turns {
 
     /// Counts a turn the agent could not finish.
     pub(crate) fn record_failure(&self, held: &HeldSession, error: &agent_core::AgentError) {
-        self.metrics.failed(held.session.owner(), outcome(error));
+        self.metrics.failed(held.caller(), outcome(error));
     }
 
-    /// The whole non-streaming turn; answers the response and whether `claim` was completed
-    /// with it.
+    /// The whole non-streaming turn; answers it and whether `claim` was completed with it.
     pub(crate) async fn run(
         &self,
-        turn: ValidTurn,
+        input: TurnInput,
         slot: TurnSlot,
         claim: Option<ClaimToComplete>,
-    ) -> Result<(AgentResponse, bool), ApiError> {
-        let Prepared { request, held } = self.prepare(turn, slot).await?;
+    ) -> Result<(Finished, bool), ApiError> {
+        let Prepared { request, held } = self.prepare(input, slot).await?;
         let result = self
             .agent
             .run_turn(request)
@@ -260,12 +401,13 @@ impl Turns {
     }
 }
 
-/// An idempotency claim the turn's store should complete: the claimed key and how long its
-/// response is kept.
+/// An idempotency claim the turn's store should complete: the claimed key, how long its
+/// response is kept, and how the route renders its response (see [`render_as`]).
 #[derive(Debug, Clone)]
 pub(crate) struct ClaimToComplete {
     pub(crate) key: String,
     pub(crate) retention: Duration,
+    pub(crate) render: fn(&Finished) -> serde_json::Result<String>,
 }
 
 /// Notes in `failing` whether the conversation store answered or was unavailable.

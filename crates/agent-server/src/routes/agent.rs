@@ -7,8 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpMessage, HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::AgentEvent;
-use futures_util::StreamExt;
+use agent_core::ToolCall;
 use tokio::sync::watch;
 
 use crate::access::{ANONYMOUS, Caller, caller_name};
@@ -20,7 +19,8 @@ use crate::dto::{
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
-use crate::turn::{ClaimToComplete, Prepared, Turns};
+use crate::routes::turn_stream::{self, EventFormat, sse};
+use crate::turn::{ClaimToComplete, Finished, Turns, render_as};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -62,7 +62,8 @@ pub(crate) async fn post_agent(
     let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
     let slot = turns.admit()?;
     let Some(key) = idempotency_key else {
-        return Ok(HttpResponse::Ok().json(turns.run(turn, slot, None).await?.0));
+        let (finished, _) = turns.run(turn.into(), slot, None).await?;
+        return Ok(HttpResponse::Ok().json(AgentResponse::from(&finished)));
     };
     let caller = request
         .extensions()
@@ -74,6 +75,7 @@ pub(crate) async fn post_agent(
     let claim = ClaimToComplete {
         key: key.clone(),
         retention: settings.api.idempotency_retention,
+        render: render_as::<AgentResponse>,
     };
     let (response, replayed) = idempotency::run_once(
         &backends,
@@ -81,7 +83,10 @@ pub(crate) async fn post_agent(
         &fingerprint,
         lease,
         settings.api.idempotency_retention,
-        || turns.run(turn, slot, Some(claim)),
+        || async {
+            let (finished, completed) = turns.run(turn.into(), slot, Some(claim)).await?;
+            Ok((AgentResponse::from(&finished), completed))
+        },
     )
     .await?;
     let mut answer = HttpResponse::Ok();
@@ -130,75 +135,63 @@ pub(crate) async fn post_agent_stream(
     let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
     let slot = turns.admit()?;
     // Errors up to here are plain JSON answers; from here on they are `error` events.
-    let Prepared {
-        request: turn_request,
-        held,
-    } = turns.prepare(turn, slot).await?;
-    let turns = turns.into_inner();
-    let mut drain = drain.get_ref().clone();
-    let keepalive = settings.api.sse_keepalive;
-    let events = async_stream::stream! {
-        let mut events = turns.agent.run_turn_streaming(turn_request);
-        let mut held = Some(held);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        loop {
-            tokio::select! {
-                event = events.next() => match event {
-                    Some(AgentEvent::TextDelta(text)) => yield sse("delta", &DeltaEvent { text }),
-                    Some(AgentEvent::ToolCallStarted(call)) => {
-                        yield sse("tool_call", &ToolCallEvent { id: call.id, name: call.name, arguments: call.arguments });
-                    }
-                    Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
-                        yield sse("tool_result", &ToolResultEvent { id: call_id, name, content, is_error });
-                    }
-                    Some(AgentEvent::Done(result)) => {
-                        let Some(held) = held.take() else { break };
-                        match turns.store(held, result, None).await {
-                            Ok((response, _)) => yield sse("done", &response),
-                            Err(error) => yield error_event(&error, &failures),
-                        }
-                        break;
-                    }
-                    Some(AgentEvent::Failed(error)) => {
-                        if let Some(held) = &held {
-                            turns.record_failure(held, &error);
-                        }
-                        yield error_event(&ApiError::from(error), &failures);
-                        break;
-                    }
-                    None => break,
-                },
-                _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
-                changed = drain.changed() => {
-                    if changed.is_ok() && *drain.borrow() {
-                        tracing::info!("closing a stream: the drain window is ending");
-                        yield sse("shutdown", &ShutdownEvent {
-                            message: "the server is shutting down; this turn was cancelled".to_owned(),
-                            stored: false,
-                        });
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(events))
+    let prepared = turns.prepare(turn.into(), slot).await?;
+    Ok(turn_stream::respond(
+        turns.into_inner(),
+        prepared,
+        drain.get_ref().clone(),
+        settings.api.sse_keepalive,
+        failures.into_inner(),
+        AgentEvents,
+    ))
 }
 
-/// One server-sent event: its name and its payload, one of the event types in the document.
-fn sse(event: &str, data: &impl serde::Serialize) -> Result<Bytes, actix_web::Error> {
-    let data = serde_json::to_string(data).map_err(actix_web::error::ErrorInternalServerError)?;
-    Ok(Bytes::from(format!("event: {event}\ndata: {data}\n\n")))
-}
+/// `/agent/stream`'s events: named, each with its payload type.
+struct AgentEvents;
 
-fn error_event(error: &ApiError, failures: &FailureLog) -> Result<Bytes, actix_web::Error> {
-    // An event stream's edge: its failures are logged here, as the middleware logs the others.
-    if let Some(failure) = error.failure() {
-        failures.log(&failure);
+impl EventFormat for AgentEvents {
+    fn delta(&mut self, text: String) -> Option<Bytes> {
+        Some(sse(Some("delta"), &DeltaEvent { text }))
     }
-    sse("error", &error.body())
+
+    fn tool_call(&mut self, call: ToolCall) -> Option<Bytes> {
+        let event = ToolCallEvent {
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        };
+        Some(sse(Some("tool_call"), &event))
+    }
+
+    fn tool_result(
+        &mut self,
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    ) -> Option<Bytes> {
+        let event = ToolResultEvent {
+            id: call_id,
+            name,
+            content,
+            is_error,
+        };
+        Some(sse(Some("tool_result"), &event))
+    }
+
+    fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
+        vec![sse(Some("done"), &AgentResponse::from(finished))]
+    }
+
+    fn error(&mut self, error: &ApiError) -> Bytes {
+        sse(Some("error"), &error.body())
+    }
+
+    fn shutdown(&mut self) -> Bytes {
+        let event = ShutdownEvent {
+            message: "the server is shutting down; this turn was cancelled".to_owned(),
+            stored: false,
+        };
+        sse(Some("shutdown"), &event)
+    }
 }

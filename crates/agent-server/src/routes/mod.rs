@@ -4,6 +4,7 @@ mod agent;
 mod docs;
 mod probes;
 mod sessions;
+mod turn_stream;
 mod usage;
 
 use actix_web::http::Method;

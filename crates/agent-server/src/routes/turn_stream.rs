@@ -1,0 +1,135 @@
+//! A turn as a stream of server-sent events, for every route that streams one: the agent's
+//! events as they happen, keep-alive comments while it is quiet (tools running), the store at
+//! the end, and the end of the drain window on shutdown. Each route renders these in its own
+//! event format ([`EventFormat`]); the driving is written once, here. Dropping the stream (the
+//! client went away) cancels the turn: nothing is stored.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::web::Bytes;
+use agent_core::{AgentEvent, ToolCall};
+use futures_util::{Stream, StreamExt};
+use tokio::sync::watch;
+
+use crate::error::ApiError;
+use crate::failure_log::FailureLog;
+use crate::turn::{Finished, Prepared, Turns};
+
+/// How a route writes a turn's events. Each method answers the bytes to send (whole events).
+pub(crate) trait EventFormat: Send + 'static {
+    /// Before anything else happens.
+    fn start(&mut self) -> Option<Bytes> {
+        None
+    }
+    fn delta(&mut self, text: String) -> Option<Bytes>;
+    fn tool_call(&mut self, call: ToolCall) -> Option<Bytes>;
+    fn tool_result(
+        &mut self,
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    ) -> Option<Bytes>;
+    /// The turn is stored.
+    fn done(&mut self, finished: &Finished) -> Vec<Bytes>;
+    /// The turn failed (nothing stored).
+    fn error(&mut self, error: &ApiError) -> Bytes;
+    /// The drain window is ending: the turn is cancelled (nothing stored).
+    fn shutdown(&mut self) -> Bytes;
+}
+
+/// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event.
+pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
+    // Serialising our own event types cannot fail; were it to, the event says so.
+    let data = serde_json::to_string(data)
+        .unwrap_or_else(|error| format!(r#"{{"error":"unserialisable event: {error}"}}"#));
+    match event {
+        Some(event) => Bytes::from(format!("event: {event}\ndata: {data}\n\n")),
+        None => Bytes::from(format!("data: {data}\n\n")),
+    }
+}
+
+/// The response streaming `prepared`'s turn in `format`.
+pub(crate) fn respond(
+    turns: Arc<Turns>,
+    prepared: Prepared,
+    mut drain: watch::Receiver<bool>,
+    keepalive: Duration,
+    failures: Arc<FailureLog>,
+    mut format: impl EventFormat,
+) -> HttpResponse {
+    let Prepared { request, held } = prepared;
+    let events = async_stream::stream! {
+        if let Some(start) = format.start() {
+            yield Ok::<_, actix_web::Error>(start);
+        }
+        let mut events = turns.agent.run_turn_streaming(request);
+        let mut held = Some(held);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(AgentEvent::TextDelta(text)) => if let Some(bytes) = format.delta(text) {
+                        yield Ok(bytes);
+                    },
+                    Some(AgentEvent::ToolCallStarted(call)) => if let Some(bytes) = format.tool_call(call) {
+                        yield Ok(bytes);
+                    },
+                    Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
+                        if let Some(bytes) = format.tool_result(call_id, name, content, is_error) {
+                            yield Ok(bytes);
+                        }
+                    }
+                    Some(AgentEvent::Done(result)) => {
+                        let Some(held) = held.take() else { break };
+                        match turns.store(held, result, None).await {
+                            Ok((finished, _)) => for bytes in format.done(&finished) {
+                                yield Ok(bytes);
+                            },
+                            Err(error) => yield Ok(error_event(&mut format, &error, &failures)),
+                        }
+                        break;
+                    }
+                    Some(AgentEvent::Failed(error)) => {
+                        if let Some(held) = &held {
+                            turns.record_failure(held, &error);
+                        }
+                        yield Ok(error_event(&mut format, &ApiError::from(error), &failures));
+                        break;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                changed = drain.changed() => {
+                    if changed.is_ok() && *drain.borrow() {
+                        tracing::info!("closing a stream: the drain window is ending");
+                        yield Ok(format.shutdown());
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    stream_response(events)
+}
+
+/// A `text/event-stream` answer that proxies pass on unbuffered.
+pub(crate) fn stream_response(
+    events: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(events)
+}
+
+fn error_event(format: &mut impl EventFormat, error: &ApiError, failures: &FailureLog) -> Bytes {
+    // An event stream's edge: its failures are logged here, as the middleware logs the others.
+    if let Some(failure) = error.failure() {
+        failures.log(&failure);
+    }
+    format.error(error)
+}
