@@ -279,19 +279,8 @@ impl AgentRequest {
                 message,
             )
         };
-        // The same rule as MESSAGE_PATTERN (a test checks they agree).
-        if self.message.trim().is_empty() {
-            return Err(unprocessable("message: must not be empty".into()));
-        }
-        if self.message.chars().count() > max_message_chars {
-            return Err(unprocessable(format!(
-                "message: longer than {max_message_chars} characters"
-            )));
-        }
-        if self.message.contains('\0') {
-            return Err(unprocessable(
-                "message: must not contain NUL characters".into(),
-            ));
+        if let Some(problem) = message_problem(&self.message, max_message_chars) {
+            return Err(unprocessable(format!("message: {problem}")));
         }
         let session = match &self.session_id {
             None => SessionId::parse(&uuid::Uuid::new_v4().to_string())
@@ -305,6 +294,21 @@ impl AgentRequest {
             new_session: self.session_id.is_none(),
         })
     }
+}
+
+/// What is wrong with a turn's user message, if anything: the same rule as [`MESSAGE_PATTERN`]
+/// (a test checks they agree), and at most `max_chars` characters.
+pub(crate) fn message_problem(text: &str, max_chars: usize) -> Option<String> {
+    if text.trim().is_empty() {
+        return Some("must not be empty".into());
+    }
+    if text.chars().count() > max_chars {
+        return Some(format!("longer than {max_chars} characters"));
+    }
+    if text.contains('\0') {
+        return Some("must not contain NUL characters".into());
+    }
+    None
 }
 
 /// What [`parse_cursor`] accepts, as published in `/openapi.json`: up to 19 digits (fits a

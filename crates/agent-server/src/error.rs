@@ -87,6 +87,8 @@ pub enum ErrorCode {
     ModelRejectedRequest,
     /// The conversation does not fit the model's context window; nothing was stored.
     ContextLengthExceeded,
+    /// The OpenAI-compatible API was asked for a model other than the agent.
+    ModelNotFound,
     /// The model server did not answer in time.
     ModelTimeout,
     /// The turn did not finish within its deadline.
@@ -251,14 +253,26 @@ impl ApiError {
 
     /// The error body: code, message (nothing internal for a failure of ours) and retry hint.
     pub(crate) fn body(&self) -> ErrorBody {
-        let message = if matches!(self, Self::Internal(_)) {
+        let mut body = ErrorBody::new(self.code(), &self.message());
+        body.error.retry_after = self.retry_after_seconds();
+        body
+    }
+
+    /// What the client is told: nothing internal for a failure of ours.
+    pub(crate) fn message(&self) -> String {
+        if matches!(self, Self::Internal(_)) {
             "internal error".to_owned()
         } else {
             self.to_string()
-        };
-        let mut body = ErrorBody::new(self.code(), &message);
-        body.error.retry_after = self.retry_after_seconds();
-        body
+        }
+    }
+
+    /// The request parameter at fault, when the error names one.
+    pub(crate) fn param(&self) -> Option<&str> {
+        match self {
+            Self::Invalid { param, .. } => param.as_deref(),
+            _ => None,
+        }
     }
 
     /// The stable, machine-readable code in the body.

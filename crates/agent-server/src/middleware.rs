@@ -116,7 +116,16 @@ pub(crate) async fn request_context(
     } else {
         tracing::info!(status, latency_ms, "request completed");
     }
-    Ok(response)
+    // The OpenAI-compatible routes answer their errors (refusals here included) in OpenAI's shape.
+    if response
+        .request()
+        .path()
+        .starts_with(crate::routes::openai::PREFIX)
+    {
+        Ok(crate::routes::openai::reshape(response))
+    } else {
+        Ok(response.map_into_left_body())
+    }
 }
 
 /// A random UUID v4 from a per-thread generator seeded by the OS (ids must be unique, not

@@ -158,6 +158,7 @@ impl ApplicationBuilder {
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
+        let openai_body_limit = settings.openai_api.max_body_bytes;
         let app_settings = web::Data::new(settings.clone());
         storage_checks.extend(checks);
         let health = Health::new(storage_checks, settings.health.cache_ttl);
@@ -207,7 +208,7 @@ impl ApplicationBuilder {
                 .app_data(drain_receiver.clone())
                 .app_data(app_settings.clone())
                 .app_data(web::PayloadConfig::new(payload_limit))
-                .configure(routes::configure)
+                .configure(|config| routes::configure(config, openai_body_limit))
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
                 .wrap(Condition::new(

@@ -130,12 +130,14 @@ pub(crate) struct Finished {
     pub(crate) usage: TokenUsage,
 }
 
-/// The replay text of `R` for a turn: what an idempotency claim is completed with.
-pub(crate) fn render_as<R>(finished: &Finished) -> serde_json::Result<String>
-where
-    R: serde::Serialize + for<'a> From<&'a Finished>,
-{
-    serde_json::to_string(&R::from(finished))
+/// How a route writes a stored turn's answer as the replay text of its idempotency claim.
+pub(crate) type Render = Arc<dyn Fn(&Finished) -> serde_json::Result<String> + Send + Sync>;
+
+/// A [`Render`] of the answer `answer` makes.
+pub(crate) fn render_as<R: serde::Serialize>(
+    answer: impl Fn(&Finished) -> R + Send + Sync + 'static,
+) -> Render {
+    Arc::new(move |finished| serde_json::to_string(&answer(finished)))
 }
 
 impl Turns {
@@ -403,11 +405,21 @@ impl Turns {
 
 /// An idempotency claim the turn's store should complete: the claimed key, how long its
 /// response is kept, and how the route renders its response (see [`render_as`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct ClaimToComplete {
     pub(crate) key: String,
     pub(crate) retention: Duration,
-    pub(crate) render: fn(&Finished) -> serde_json::Result<String>,
+    pub(crate) render: Render,
+}
+
+impl std::fmt::Debug for ClaimToComplete {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("ClaimToComplete")
+            .field("key", &self.key)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Notes in `failing` whether the conversation store answered or was unavailable.

@@ -75,7 +75,7 @@ pub(crate) async fn post_agent(
     let claim = ClaimToComplete {
         key: key.clone(),
         retention: settings.api.idempotency_retention,
-        render: render_as::<AgentResponse>,
+        render: render_as(|finished: &Finished| AgentResponse::from(finished)),
     };
     let (response, replayed) = idempotency::run_once(
         &backends,

@@ -52,6 +52,9 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::sessions::get_session,
         super::sessions::delete_session,
         super::usage::get_usage,
+        super::openai::list_models,
+        super::openai::get_model,
+        super::openai::post_chat_completions,
         super::probes::health,
         super::probes::ready,
         super::probes::startup,
@@ -65,6 +68,8 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         SessionSummary,
         SessionList,
         super::usage::UsageReport,
+        super::openai::OpenAiErrorBody,
+        super::openai::ChatCompletionChunk,
         ErrorBody,
         ErrorCode,
         DeltaEvent,
@@ -78,7 +83,7 @@ struct ApiDoc;
 /// Paths that access control never refuses (`crate::access`); `/metrics` too unless configured.
 const OPEN_PATHS: &[&str] = &["/health", "/ready", "/startup"];
 /// The routes that run turns (and so count against quotas).
-const TURN_PATHS: &[&str] = &["/agent", "/agent/stream"];
+const TURN_PATHS: &[&str] = &["/agent", "/agent/stream", "/v1/chat/completions"];
 
 /// The document for `settings`, as JSON text.
 pub(crate) fn document(settings: &Settings) -> String {
@@ -95,6 +100,7 @@ fn fit(document: &mut Value, settings: &Settings) {
     message["minLength"] = json!(1);
     message["maxLength"] = json!(settings.api.max_message_chars);
     message["pattern"] = json!(MESSAGE_PATTERN);
+    fit_openai(schemas, settings);
     let session = &mut schemas["AgentRequest"]["properties"]["session_id"];
     session["minLength"] = json!(1);
     session["maxLength"] = json!(SessionId::MAX_LENGTH);
@@ -148,14 +154,21 @@ fn fit(document: &mut Value, settings: &Settings) {
                     (Some("header"), Some("Idempotency-Key")) => &key,
                     (Some("query"), Some("cursor")) if path == "/sessions" => &cursor,
                     (Some("path"), Some("id")) if path.starts_with("/sessions/") => &session_id,
+                    (Some("header"), Some("X-Session-Id")) => &session_id,
                     _ => continue,
                 };
                 parameter["schema"] = schema.clone();
             }
             let responses = &mut operation["responses"];
+            let openai = path.starts_with(super::openai::PREFIX);
             if let Some(too_large) = responses.get_mut("413") {
+                let limit = if openai {
+                    settings.openai_api.max_body_bytes
+                } else {
+                    body_limit
+                };
                 too_large["description"] = json!(format!(
-                    "The body is larger than {body_limit} bytes (`payload_too_large`)"
+                    "The body is larger than {limit} bytes (`payload_too_large`)"
                 ));
             }
             if !QUIET_PATHS.contains(&path.as_str()) {
@@ -198,10 +211,39 @@ fn fit(document: &mut Value, settings: &Settings) {
                 retry_after_on(responses, "503", true);
                 retry_after_on(responses, "502", false);
             }
+            if openai {
+                in_openai_shape(responses);
+            }
             if admitted && with_keys {
                 operation["security"] = json!([{ "bearer": [] }]);
             }
         }
+    }
+}
+
+/// The OpenAI-compatible routes answer errors in OpenAI's shape: every error body they document
+/// is [`super::openai::OpenAiErrorBody`] (the added refusals, the bodies of Retry-After answers).
+fn in_openai_shape(responses: &mut Value) {
+    let Some(responses) = responses.as_object_mut() else {
+        return;
+    };
+    for (status, response) in responses.iter_mut() {
+        if status.starts_with('2') {
+            continue;
+        }
+        let schema = &mut response["content"]["application/json"]["schema"];
+        if schema.is_object() {
+            *schema = json!({ "$ref": "#/components/schemas/OpenAiErrorBody" });
+        }
+    }
+}
+
+/// The OpenAI-compatible API as configured: the one model id, and the roles a request may use.
+fn fit_openai(schemas: &mut Value, settings: &Settings) {
+    let request = &mut schemas["ChatCompletionRequest"]["properties"];
+    request["model"]["enum"] = json!([settings.openai_api.model_id]);
+    if !settings.openai_api.follow_system_messages {
+        schemas["ChatRole"]["enum"] = json!(["user", "assistant"]);
     }
 }
 

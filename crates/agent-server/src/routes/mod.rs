@@ -2,6 +2,7 @@
 
 mod agent;
 mod docs;
+pub(crate) mod openai;
 mod probes;
 mod sessions;
 mod turn_stream;
@@ -14,8 +15,8 @@ use crate::error::{ApiError, ErrorCode};
 
 pub(crate) use docs::{Document, document};
 
-/// Registers every route.
-pub(crate) fn configure(config: &mut web::ServiceConfig) {
+/// Registers every route; `/v1/*` bodies are bounded by `openai_body_limit`.
+pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usize) {
     // A query string that does not fit its handler is an invalid field, as in a body: 422.
     config.app_data(web::QueryConfig::default().error_handler(|error, _| {
         ApiError::invalid(
@@ -37,6 +38,12 @@ pub(crate) fn configure(config: &mut web::ServiceConfig) {
         .service(get_only("/openapi.json", docs::openapi_json))
         .service(get_only("/sessions", sessions::list_sessions))
         .service(get_only("/usage", usage::get_usage))
+        .service(get_only("/v1/models", openai::list_models))
+        .service(get_only("/v1/models/{model}", openai::get_model))
+        .service(
+            post_only("/v1/chat/completions", openai::post_chat_completions)
+                .app_data(web::PayloadConfig::new(openai_body_limit)),
+        )
         .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))

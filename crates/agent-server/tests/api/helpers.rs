@@ -172,7 +172,7 @@ impl TestApp {
 
     /// The stored messages of a session (none if it does not exist).
     pub(crate) async fn stored(&self, session: &str) -> Vec<agent_storage::StoredMessage> {
-        let id = agent_core::SessionId::parse(session).unwrap();
+        let id = agent_core::SessionId::parse_stored(session).unwrap();
         self.backends
             .conversations
             .recent_messages(&id, 1000)

@@ -1,0 +1,884 @@
+//! `POST /v1/chat/completions`: a turn of the agent behind OpenAI's chat completion shapes.
+//! Without a session the request's `messages` are the conversation, used as given, and nothing
+//! is stored but the usage; with one (`X-Session-Id`, or `metadata.session_id`) only the last
+//! user message is taken and the turn runs on that stored session exactly as `POST /agent` runs
+//! it. Server-side tool calls never reach the client: it would try to run them.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use agent_config::Settings;
+use agent_core::{Message, Sampling, ToolCall};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
+use crate::access::{ANONYMOUS, Caller, caller_name};
+use crate::backends::Backends;
+use crate::dto::{message_problem, parse_json, session_id};
+use crate::error::{ApiError, ErrorCode};
+use crate::failure_log::FailureLog;
+use crate::idempotency;
+use crate::routes::turn_stream::{self, EventFormat, sse};
+use crate::turn::{ClaimToComplete, Conversation, Finished, TurnInput, Turns, render_as};
+
+/// The header naming the stored session a chat completion continues (also answered).
+pub(crate) const SESSION_HEADER: &str = "x-session-id";
+
+/// A chat completion request, as far as the agent takes it. Fields OpenAI clients send routinely
+/// and this table does not list are ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ChatCompletionRequest {
+    /// The agent's model id (`GET /v1/models`).
+    model: String,
+    /// The conversation, oldest first, ending with the user's new message. With a session,
+    /// only that last message is taken (the session holds the rest).
+    #[schema(min_items = 1)]
+    messages: Vec<ChatMessage>,
+    /// Answer as `chat.completion.chunk` server-sent events, ending with `data: [DONE]`.
+    #[serde(default)]
+    #[schema(nullable)]
+    stream: Option<bool>,
+    #[serde(default)]
+    #[schema(nullable)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    #[schema(nullable, minimum = 0, maximum = 2)]
+    temperature: Option<f32>,
+    #[serde(default)]
+    #[schema(nullable, minimum = 0, maximum = 1)]
+    top_p: Option<f32>,
+    /// Most tokens each model call of the turn may produce (at most the server's
+    /// `AGENT_MODEL__MAX_TOKENS`). Deprecated by OpenAI in favour of `max_completion_tokens`.
+    #[serde(default)]
+    #[schema(nullable, minimum = 1)]
+    max_tokens: Option<u32>,
+    /// As `max_tokens`; wins when both are set.
+    #[serde(default)]
+    #[schema(nullable, minimum = 1)]
+    max_completion_tokens: Option<u32>,
+    /// Only 1.
+    #[serde(default)]
+    #[schema(nullable, minimum = 1, maximum = 1)]
+    n: Option<u32>,
+    #[serde(default)]
+    #[schema(nullable)]
+    seed: Option<i64>,
+    /// Up to 4 sequences where the model stops.
+    #[serde(default)]
+    #[schema(nullable)]
+    stop: Option<Stop>,
+    #[serde(default)]
+    #[schema(nullable, minimum = -2, maximum = 2)]
+    presence_penalty: Option<f32>,
+    #[serde(default)]
+    #[schema(nullable, minimum = -2, maximum = 2)]
+    frequency_penalty: Option<f32>,
+    /// The end user, for the client's own tracking; not used.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    user: Option<String>,
+    /// `session_id` names a stored session to continue (like `X-Session-Id`); the rest is
+    /// not used.
+    #[serde(default)]
+    #[schema(nullable)]
+    metadata: Option<HashMap<String, String>>,
+    /// Not used: a turn on a session is always stored, one without never is.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    store: Option<bool>,
+    /// Not used (the agent's own tools are called as its configuration says).
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    parallel_tool_calls: Option<bool>,
+    /// Refused: the agent runs its own tools on the server.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
+    tools: Option<Vec<Value>>,
+    /// Only `auto` or `none`: the client offers no tools.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
+    tool_choice: Option<Value>,
+    /// Refused (the agent runs its own tools).
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
+    functions: Option<Vec<Value>>,
+    /// Only `auto` or `none`.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
+    function_call: Option<Value>,
+    /// Only false: log probabilities are not available.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<bool>, pattern = "^false$")]
+    logprobs: Option<bool>,
+    /// Refused (no log probabilities).
+    #[serde(default)]
+    #[schema(nullable, minimum = 0, maximum = 0)]
+    top_logprobs: Option<u32>,
+    /// Refused: text only.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Object>)]
+    audio: Option<Value>,
+    /// Only `["text"]`.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    modalities: Option<Vec<Modality>>,
+    /// Only `{"type": "text"}`: the agent's answer is text.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    response_format: Option<ResponseFormat>,
+    /// Refused (not passed on).
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Object>)]
+    logit_bias: Option<HashMap<String, Value>>,
+}
+
+/// `stream_options`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct StreamOptions {
+    /// Send a last chunk with the turn's usage (every other chunk has `"usage": null`).
+    #[serde(default)]
+    #[schema(nullable)]
+    include_usage: Option<bool>,
+}
+
+/// `stop`: one sequence or a list of them.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum Stop {
+    One(String),
+    /// At most 4.
+    Many(Vec<String>),
+}
+
+/// The only modality: text.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Modality {
+    Text,
+}
+
+/// `response_format`: only text.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ResponseFormat {
+    #[serde(rename = "type")]
+    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
+    kind: Modality,
+}
+
+/// A message of the conversation.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ChatMessage {
+    /// `system` and `developer` messages follow the server's system prompt, where they are, or
+    /// are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`).
+    role: ChatRole,
+    /// Text, or text parts. Null only for an assistant message (then it is skipped).
+    #[serde(default)]
+    #[schema(nullable)]
+    content: Option<MessageContent>,
+    /// Not used.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    name: Option<String>,
+    /// Refused: the client's own tool calls (the agent runs its own tools).
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
+    tool_calls: Option<Vec<Value>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+}
+
+/// A message's content: text, or a list of text parts (joined).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+/// A part of a message's content: only text parts (images, audio and files are refused).
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ContentPart {
+    #[serde(rename = "type")]
+    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
+    kind: Modality,
+    text: String,
+}
+
+/// A chat completion request, checked: the turn to run and how to answer it.
+struct ValidChat {
+    input: TurnInput,
+    stream: bool,
+    include_usage: bool,
+    /// The stored session's id as the caller knows it, when there is one.
+    session: Option<String>,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(
+        StatusCode::BAD_REQUEST,
+        ErrorCode::InvalidRequest,
+        param,
+        message,
+    )
+}
+
+/// OpenAI answers an invalid field with 400; ours say 422 elsewhere.
+fn as_bad_request(error: ApiError) -> ApiError {
+    match error {
+        ApiError::Invalid {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code,
+            message,
+            param,
+        } => ApiError::Invalid {
+            status: StatusCode::BAD_REQUEST,
+            code,
+            message,
+            param,
+        },
+        other => other,
+    }
+}
+
+impl MessageContent {
+    /// The text; a parts list is joined with newlines.
+    fn text(&self) -> String {
+        match self {
+            Self::Text(text) => text.clone(),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|part| part.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+impl ChatCompletionRequest {
+    /// The turn: `caller`'s, on the session `header` or `metadata.session_id` names, if any.
+    fn validate(
+        self,
+        settings: &Settings,
+        caller: &str,
+        header: Option<&str>,
+    ) -> Result<ValidChat, ApiError> {
+        check_model(&self.model, settings)?;
+        self.refuse_unsupported()?;
+        let sampling = self.sampling(settings)?;
+        let named = self
+            .metadata
+            .as_ref()
+            .and_then(|metadata| metadata.get("session_id"))
+            .map(String::as_str);
+        let session = match (header, named) {
+            (Some(header), Some(named)) if header != named => {
+                return Err(bad(
+                    "metadata.session_id",
+                    "X-Session-Id and metadata.session_id name different sessions",
+                ));
+            }
+            (Some(text), _) | (None, Some(text)) => {
+                Some(session_id(text, caller).map_err(|_| {
+                    bad(
+                        "metadata.session_id",
+                        format!(
+                            "session id '{text}' is not 1 to 128 of [A-Za-z0-9._-] (not . or ..)"
+                        ),
+                    )
+                })?)
+            }
+            (None, None) => None,
+        };
+        let last = self
+            .messages
+            .len()
+            .checked_sub(1)
+            .ok_or_else(|| bad("messages", "messages must hold at least the user's message"))?;
+        let mut history = Vec::with_capacity(last);
+        let mut message = String::new();
+        for (index, chat) in self.messages.iter().enumerate() {
+            let param = |field: &str| format!("messages[{index}]{field}");
+            if chat
+                .tool_calls
+                .as_ref()
+                .is_some_and(|calls| !calls.is_empty())
+            {
+                return Err(bad(
+                    &param(".tool_calls"),
+                    "tool calls of the client are not supported: the agent runs its own tools",
+                ));
+            }
+            let text = chat.content.as_ref().map(MessageContent::text);
+            if index == last {
+                if chat.role != ChatRole::User {
+                    return Err(bad(
+                        &param(".role"),
+                        "the last message must be the user's (the one the agent answers)",
+                    ));
+                }
+                message = text.unwrap_or_default();
+                if let Some(problem) = message_problem(&message, settings.api.max_message_chars) {
+                    return Err(bad(
+                        &param(".content"),
+                        format!("the user's message {problem}"),
+                    ));
+                }
+                continue;
+            }
+            if session.is_some() {
+                // The session holds the history; earlier messages are not used.
+                continue;
+            }
+            let Some(text) = text else {
+                if chat.role == ChatRole::Assistant {
+                    continue;
+                }
+                return Err(bad(&param(".content"), "content must not be null"));
+            };
+            history.push(match chat.role {
+                ChatRole::User => Message::user(text),
+                ChatRole::Assistant => Message::assistant(text),
+                ChatRole::System | ChatRole::Developer
+                    if settings.openai_api.follow_system_messages =>
+                {
+                    Message::system(text)
+                }
+                ChatRole::System | ChatRole::Developer => {
+                    return Err(bad(
+                        &param(".role"),
+                        "system and developer messages are refused by this server \
+                         (AGENT_OPENAI_API__SYSTEM_MESSAGES=refuse); its own system prompt applies",
+                    ));
+                }
+            });
+        }
+        let include_usage = self
+            .stream_options
+            .as_ref()
+            .and_then(|options| options.include_usage)
+            .unwrap_or(false);
+        let local = session.as_ref().map(|session| session.local().to_owned());
+        let conversation = match session {
+            Some(session) => Conversation::Session {
+                session,
+                new_session: false,
+            },
+            None => Conversation::Given {
+                caller: caller.to_owned(),
+                history,
+            },
+        };
+        Ok(ValidChat {
+            input: TurnInput {
+                conversation,
+                message,
+                sampling,
+            },
+            stream: self.stream.unwrap_or(false),
+            include_usage,
+            session: local,
+        })
+    }
+
+    /// 400 naming the first parameter the agent cannot honour.
+    fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        let choice_is_free = |choice: &Option<Value>| {
+            choice
+                .as_ref()
+                .is_none_or(|choice| choice == "auto" || choice == "none")
+        };
+        let refusals = [
+            (
+                self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
+                "tools",
+                "client-side tools are not supported: the agent runs its own tools on the server",
+            ),
+            (
+                self.functions
+                    .as_ref()
+                    .is_some_and(|functions| !functions.is_empty()),
+                "functions",
+                "client-side functions are not supported: the agent runs its own tools on the server",
+            ),
+            (
+                !choice_is_free(&self.tool_choice),
+                "tool_choice",
+                "only `auto` or `none`: the client offers no tools",
+            ),
+            (
+                !choice_is_free(&self.function_call),
+                "function_call",
+                "only `auto` or `none`: the client offers no functions",
+            ),
+            (
+                self.n.is_some_and(|n| n != 1),
+                "n",
+                "only one choice (n = 1) is supported",
+            ),
+            (
+                self.logprobs == Some(true),
+                "logprobs",
+                "log probabilities are not available",
+            ),
+            (
+                self.top_logprobs.is_some_and(|top| top > 0),
+                "top_logprobs",
+                "log probabilities are not available",
+            ),
+            (
+                self.audio.as_ref().is_some_and(|audio| !audio.is_null()),
+                "audio",
+                "audio is not supported: text only",
+            ),
+            (
+                self.logit_bias
+                    .as_ref()
+                    .is_some_and(|bias| !bias.is_empty()),
+                "logit_bias",
+                "logit_bias is not supported",
+            ),
+        ];
+        match refusals.into_iter().find(|(refused, _, _)| *refused) {
+            Some((_, param, message)) => Err(bad(param, message)),
+            None => Ok(()),
+        }
+    }
+
+    /// The sampling choices, each within its bounds (400 naming it otherwise).
+    fn sampling(&self, settings: &Settings) -> Result<Sampling, ApiError> {
+        let within = |param: &str, value: Option<f32>, low: f32, high: f32| match value {
+            Some(value) if !(low..=high).contains(&value) => Err(bad(
+                param,
+                format!("{param} must be between {low} and {high}"),
+            )),
+            _ => Ok(value),
+        };
+        let configured = settings.model.max_tokens;
+        let (param, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
+            (Some(tokens), _) => ("max_completion_tokens", Some(tokens)),
+            (None, tokens) => ("max_tokens", tokens),
+        };
+        if let Some(tokens) = max_tokens
+            && !(1..=configured).contains(&tokens)
+        {
+            return Err(bad(
+                param,
+                format!("{param} must be between 1 and {configured} (AGENT_MODEL__MAX_TOKENS)"),
+            ));
+        }
+        let stop = match &self.stop {
+            None => Vec::new(),
+            Some(Stop::One(one)) => vec![one.clone()],
+            Some(Stop::Many(many)) if many.len() > 4 => {
+                return Err(bad("stop", "at most 4 stop sequences"));
+            }
+            Some(Stop::Many(many)) => many.clone(),
+        };
+        if stop.iter().any(String::is_empty) {
+            return Err(bad("stop", "a stop sequence must not be empty"));
+        }
+        Ok(Sampling {
+            temperature: within("temperature", self.temperature, 0.0, 2.0)?,
+            top_p: within("top_p", self.top_p, 0.0, 1.0)?,
+            max_tokens,
+            seed: self.seed,
+            stop,
+            presence_penalty: within("presence_penalty", self.presence_penalty, -2.0, 2.0)?,
+            frequency_penalty: within("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?,
+        })
+    }
+}
+
+/// `chat.completion`: the agent's final answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ChatCompletion {
+    /// `chatcmpl-` and the turn's id.
+    id: String,
+    /// Always `chat.completion`.
+    object: String,
+    /// Seconds since the Unix epoch.
+    created: u64,
+    model: String,
+    /// One choice.
+    choices: Vec<Choice>,
+    /// The whole turn's tokens, over all its model calls.
+    usage: CompletionUsage,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct Choice {
+    index: u32,
+    message: AssistantMessage,
+    /// Always null.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
+    /// `stop`.
+    finish_reason: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+struct AssistantMessage {
+    /// Always `assistant`.
+    role: String,
+    content: String,
+    /// Always null.
+    refusal: Option<String>,
+}
+
+/// Tokens of the whole turn (all its model calls).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CompletionUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+impl CompletionUsage {
+    fn of(finished: &Finished) -> Self {
+        Self {
+            prompt_tokens: finished.usage.prompt_tokens,
+            completion_tokens: finished.usage.completion_tokens,
+            total_tokens: finished.usage.total(),
+        }
+    }
+}
+
+impl ChatCompletion {
+    fn of(finished: &Finished, model: &str) -> Self {
+        Self {
+            id: format!("chatcmpl-{}", finished.id.simple()),
+            object: "chat.completion".into(),
+            created: finished.created,
+            model: model.to_owned(),
+            choices: vec![Choice {
+                index: 0,
+                message: AssistantMessage {
+                    role: "assistant".into(),
+                    content: finished.text.clone(),
+                    refusal: None,
+                },
+                logprobs: None,
+                finish_reason: "stop".into(),
+            }],
+            usage: CompletionUsage::of(finished),
+        }
+    }
+}
+
+/// Run a turn of the agent, answered as an OpenAI chat completion.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    tag = "openai",
+    request_body = ChatCompletionRequest,
+    params(
+        ("X-Session-Id" = Option<String>, Header, description = "A stored session of yours to continue (created if new): only the last message is taken. Also `metadata.session_id`."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Run at most once; a retry with the same key and body gets the stored response (not with `stream`)"),
+    ),
+    responses(
+        (status = 200, description = "`application/json`: the `chat.completion`; with `stream: true`, `text/event-stream` of `data: <chat.completion.chunk>` events ending with `data: [DONE]`, or with `data: {\"error\": …}` (nothing stored) if the turn fails after the stream began. Continuing a session, `X-Session-Id` names it.",
+            content(
+                (ChatCompletion = "application/json"),
+                (ChatCompletionChunk = "text/event-stream"),
+            ),
+            headers(("X-Session-Id" = String, description = "The session continued, when one was named"))),
+        (status = 400, description = "Malformed JSON, an invalid or unsupported parameter (`param` names it), or a conversation longer than the model's context window (`context_length_exceeded`)", body = OpenAiErrorBody),
+        (status = 404, description = "No such model (`model_not_found`)", body = OpenAiErrorBody),
+        (status = 409, description = "The session is busy with another request (`session_busy`, `session_conflict`, `idempotency_key_in_progress`)", body = OpenAiErrorBody),
+        (status = 413, description = "Body too large (`payload_too_large`)", body = OpenAiErrorBody),
+        (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = OpenAiErrorBody),
+        (status = 422, description = "A turn limit reached, or a reused Idempotency-Key", body = OpenAiErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = OpenAiErrorBody),
+        (status = 502, description = "The model server failed", body = OpenAiErrorBody),
+        (status = 503, description = "Storage unavailable, or the model server's rate limit; see Retry-After", body = OpenAiErrorBody),
+        (status = 504, description = "The model or the turn timed out", body = OpenAiErrorBody),
+    )
+)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn post_chat_completions(
+    request: HttpRequest,
+    body: Bytes,
+    turns: Data<Turns>,
+    backends: Data<Backends>,
+    settings: Data<Settings>,
+    drain: Data<watch::Receiver<bool>>,
+    failures: Data<FailureLog>,
+) -> Result<HttpResponse, ApiError> {
+    let parsed: ChatCompletionRequest = parse_json(&request, &body).map_err(as_bad_request)?;
+    let idempotency_key = match request.headers().get("idempotency-key") {
+        None => None,
+        Some(value) => Some(idempotency::parse_key(value.to_str().unwrap_or(""))?),
+    };
+    let header = match request.headers().get(SESSION_HEADER) {
+        None => None,
+        Some(value) => Some(value.to_str().map_err(|_| {
+            bad(
+                "X-Session-Id",
+                "X-Session-Id must be 1 to 128 of [A-Za-z0-9._-]",
+            )
+        })?),
+    };
+    let caller = caller_name(&request);
+    let chat = parsed.validate(&settings, &caller, header)?;
+    let model = settings.openai_api.model_id.clone();
+    if chat.stream && idempotency_key.is_some() {
+        return Err(bad(
+            "Idempotency-Key",
+            "Idempotency-Key is not supported with stream: true (a stream cannot be replayed)",
+        ));
+    }
+    let slot = turns.admit()?;
+    let session = chat.session.clone();
+    let answer = |mut response: HttpResponse| {
+        if let Some(session) = &session
+            && let Ok(value) = actix_web::http::header::HeaderValue::from_str(session)
+        {
+            response.headers_mut().insert(
+                actix_web::http::header::HeaderName::from_static(SESSION_HEADER),
+                value,
+            );
+        }
+        response
+    };
+    if chat.stream {
+        let prepared = turns.prepare(chat.input, slot).await?;
+        let format = Chunks::new(model, chat.include_usage);
+        return Ok(answer(turn_stream::respond(
+            turns.into_inner(),
+            prepared,
+            drain.get_ref().clone(),
+            settings.api.sse_keepalive,
+            failures.into_inner(),
+            format,
+        )));
+    }
+    let Some(key) = idempotency_key else {
+        let (finished, _) = turns.run(chat.input, slot, None).await?;
+        return Ok(answer(
+            HttpResponse::Ok().json(ChatCompletion::of(&finished, &model)),
+        ));
+    };
+    let scope = request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
+    let key = format!("{scope}:chat:{key}");
+    let fingerprint =
+        idempotency::fingerprint(&[&String::from_utf8_lossy(&body), header.unwrap_or("\0none")]);
+    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
+    let rendered = model.clone();
+    let claim = ClaimToComplete {
+        key: key.clone(),
+        retention: settings.api.idempotency_retention,
+        render: render_as(move |finished| ChatCompletion::of(finished, &rendered)),
+    };
+    let (completion, replayed) = idempotency::run_once(
+        &backends,
+        &key,
+        &fingerprint,
+        lease,
+        settings.api.idempotency_retention,
+        || async {
+            let (finished, completed) = turns.run(chat.input, slot, Some(claim)).await?;
+            Ok((ChatCompletion::of(&finished, &model), completed))
+        },
+    )
+    .await?;
+    let mut response = HttpResponse::Ok();
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(answer(response.json(completion)))
+}
+
+/// `chat.completion.chunk`: a piece of the answer as it streams.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ChatCompletionChunk {
+    /// The same for every chunk of a response.
+    id: String,
+    /// Always `chat.completion.chunk`.
+    object: &'static str,
+    created: u64,
+    model: String,
+    /// One choice; none in the usage chunk.
+    choices: Vec<ChunkChoice>,
+    /// With `stream_options.include_usage`: null, then the turn's usage in a last chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<CompletionUsage>, nullable)]
+    usage: Option<Option<CompletionUsage>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ChunkChoice {
+    index: u32,
+    delta: ChunkDelta,
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
+    /// Null until the last choice chunk: `stop`.
+    finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+struct ChunkDelta {
+    /// `assistant`, in the first chunk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content: Option<String>,
+}
+
+/// The events of a streamed chat completion. Text the model writes before calling tools is
+/// streamed too (as `/agent/stream` does), set apart from the next step's text by a blank line;
+/// the tool calls themselves are not sent.
+struct Chunks {
+    id: String,
+    created: u64,
+    model: String,
+    include_usage: bool,
+    /// The current step has sent text.
+    wrote: bool,
+    /// A step that sent text ended in tool calls: the next text starts after a blank line.
+    separate: bool,
+}
+
+impl Chunks {
+    fn new(model: String, include_usage: bool) -> Self {
+        Self {
+            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+            created: unix_now(),
+            model,
+            include_usage,
+            wrote: false,
+            separate: false,
+        }
+    }
+
+    fn chunk(&self, delta: ChunkDelta, finish_reason: Option<&'static str>) -> Bytes {
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk",
+            created: self.created,
+            model: self.model.clone(),
+            choices: vec![ChunkChoice {
+                index: 0,
+                delta,
+                logprobs: None,
+                finish_reason,
+            }],
+            usage: self.include_usage.then_some(None),
+        };
+        sse(None, &chunk)
+    }
+}
+
+impl EventFormat for Chunks {
+    fn start(&mut self) -> Option<Bytes> {
+        let delta = ChunkDelta {
+            role: Some("assistant"),
+            content: Some(String::new()),
+        };
+        Some(self.chunk(delta, None))
+    }
+
+    fn delta(&mut self, text: String) -> Option<Bytes> {
+        if text.is_empty() {
+            return None;
+        }
+        let content = if std::mem::take(&mut self.separate) {
+            format!("\n\n{text}")
+        } else {
+            text
+        };
+        self.wrote = true;
+        let delta = ChunkDelta {
+            role: None,
+            content: Some(content),
+        };
+        Some(self.chunk(delta, None))
+    }
+
+    fn tool_call(&mut self, _call: ToolCall) -> Option<Bytes> {
+        if std::mem::take(&mut self.wrote) {
+            self.separate = true;
+        }
+        None
+    }
+
+    fn tool_result(&mut self, _: String, _: String, _: String, _: bool) -> Option<Bytes> {
+        None
+    }
+
+    fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
+        let mut events = vec![self.chunk(ChunkDelta::default(), Some("stop"))];
+        if self.include_usage {
+            let usage = ChatCompletionChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk",
+                created: self.created,
+                model: self.model.clone(),
+                choices: Vec::new(),
+                usage: Some(Some(CompletionUsage::of(finished))),
+            };
+            events.push(sse(None, &usage));
+        }
+        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+        events
+    }
+
+    fn error(&mut self, error: &ApiError) -> Bytes {
+        sse(
+            None,
+            &OpenAiErrorBody {
+                error: OpenAiError::from_api(error),
+            },
+        )
+    }
+
+    fn shutdown(&mut self) -> Bytes {
+        let error = OpenAiError {
+            message: "the server is shutting down; this turn was cancelled and nothing was stored"
+                .into(),
+            kind: "server_error".into(),
+            param: None,
+            code: Some("server_shutting_down".into()),
+        };
+        sse(None, &OpenAiErrorBody { error })
+    }
+}
