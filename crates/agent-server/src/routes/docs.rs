@@ -238,13 +238,41 @@ fn in_openai_shape(responses: &mut Value) {
     }
 }
 
-/// The OpenAI-compatible API as configured: the one model id, and the roles a request may use.
+/// The OpenAI-compatible API as configured: the one model id, the roles a request may use, the
+/// token bound, and the fields accepted only when they ask for nothing unsupported.
 fn fit_openai(schemas: &mut Value, settings: &Settings) {
     let request = &mut schemas["ChatCompletionRequest"]["properties"];
     request["model"]["enum"] = json!([settings.openai_api.model_id]);
+    for tokens in ["max_tokens", "max_completion_tokens"] {
+        request[tokens]["maximum"] = json!(settings.model.max_tokens);
+    }
+    request["audio"] = json!({ "type": "null", "description": "Refused: text only." });
+    request["logprobs"] = json!({
+        "type": ["boolean", "null"],
+        "enum": [false, null],
+        "description": "Only false: log probabilities are not available.",
+    });
+    request["logit_bias"]["maxProperties"] = json!(0);
+    request["stop"] = json!({
+        "description": "Up to 4 sequences where the model stops.",
+        "oneOf": [
+            { "type": "null" },
+            { "type": "string", "minLength": 1 },
+            { "type": "array", "items": { "type": "string", "minLength": 1 }, "maxItems": 4 },
+        ],
+    });
     if !settings.openai_api.follow_system_messages {
         schemas["ChatRole"]["enum"] = json!(["user", "assistant"]);
     }
+    let text = json!({ "type": "string", "pattern": MESSAGE_PATTERN });
+    schemas["ContentPart"]["properties"]["text"] = text.clone();
+    schemas["MessageContent"] = json!({
+        "description": "Text, or text parts (joined with newlines): not blank, no NUL character.",
+        "oneOf": [
+            text,
+            { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/ContentPart" } },
+        ],
+    });
 }
 
 /// Adds `description` to the operation's answer with `status`, creating it if need be.

@@ -320,7 +320,7 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
         (
             with(
                 "messages",
-                json!([{ "role": "assistant", "content": null, "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] }, user("hi")]),
+                json!([{ "role": "assistant", "content": "calling", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] }, user("hi")]),
             ),
             "messages[0].tool_calls",
         ),
@@ -558,6 +558,7 @@ async fn a_failing_stream_ends_with_an_error_event_and_stores_nothing() {
 }
 
 /// A client that goes away mid-stream cancels the turn: nothing is stored, the session is free.
+/// The server notices at its next write (a keep-alive comment at the latest).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_leaving_mid_stream_stores_nothing() {
     let fake = FakeOpenAi::start(vec![
@@ -569,7 +570,14 @@ async fn a_client_leaving_mid_stream_stores_nothing() {
         Scripted::text("next"),
     ])
     .await;
-    let app = spawn_with_model(&fake, &[("AGENT_API_KEYS", KEY)]).await;
+    let app = spawn_with_model(
+        &fake,
+        &[
+            ("AGENT_API_KEYS", KEY),
+            ("AGENT_API__SSE_KEEPALIVE", "100ms"),
+        ],
+    )
+    .await;
     let response = chat_with(
         &app,
         json!({ "model": "agent", "messages": [user("hi")], "stream": true }),

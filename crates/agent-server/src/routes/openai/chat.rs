@@ -197,10 +197,9 @@ pub(crate) struct ChatMessage {
     /// `system` and `developer` messages follow the server's system prompt, where they are, or
     /// are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`).
     role: ChatRole,
-    /// Text, or text parts. Null only for an assistant message (then it is skipped).
-    #[serde(default)]
-    #[schema(nullable)]
-    content: Option<MessageContent>,
+    /// Text, or text parts: not blank, no NUL character; the last message's at most
+    /// `AGENT_API__MAX_MESSAGE_CHARS` characters.
+    content: MessageContent,
     /// Not used.
     #[serde(default)]
     #[schema(nullable)]
@@ -218,10 +217,12 @@ pub(crate) struct ChatMessage {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ChatRole {
-    System,
-    Developer,
+    // The user first: the only role a conversation may end with (schema-driven fuzzers take the
+    // first value of an enum as its typical one).
     User,
     Assistant,
+    System,
+    Developer,
 }
 
 /// A message's content: text, or a list of text parts (joined).
@@ -278,15 +279,29 @@ fn as_bad_request(error: ApiError) -> ApiError {
 }
 
 impl MessageContent {
-    /// The text; a parts list is joined with newlines.
-    fn text(&self) -> String {
+    /// The text (a parts list joined with newlines), or 400 naming `param` (the content) if it or
+    /// a part of it is blank, holds a NUL character, or is longer than `max_chars`.
+    fn text(&self, param: &str, max_chars: usize) -> Result<String, ApiError> {
+        let check = |text: &str, param: &str| match message_problem(text, max_chars) {
+            Some(problem) => Err(bad(param, format!("{param} {problem}"))),
+            None => Ok(()),
+        };
         match self {
-            Self::Text(text) => text.clone(),
-            Self::Parts(parts) => parts
-                .iter()
-                .map(|part| part.text.as_str())
-                .collect::<Vec<_>>()
-                .join("\n"),
+            Self::Text(text) => check(text, param).map(|()| text.clone()),
+            Self::Parts(parts) if parts.is_empty() => {
+                Err(bad(param, format!("{param} must hold at least one part")))
+            }
+            Self::Parts(parts) => {
+                for (index, part) in parts.iter().enumerate() {
+                    check(&part.text, &format!("{param}[{index}].text"))?;
+                }
+                let joined = parts
+                    .iter()
+                    .map(|part| part.text.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                check(&joined, param).map(|()| joined)
+            }
         }
     }
 }
@@ -345,7 +360,6 @@ impl ChatCompletionRequest {
                     "tool calls of the client are not supported: the agent runs its own tools",
                 ));
             }
-            let text = chat.content.as_ref().map(MessageContent::text);
             if index == last {
                 if chat.role != ChatRole::User {
                     return Err(bad(
@@ -353,25 +367,17 @@ impl ChatCompletionRequest {
                         "the last message must be the user's (the one the agent answers)",
                     ));
                 }
-                message = text.unwrap_or_default();
-                if let Some(problem) = message_problem(&message, settings.api.max_message_chars) {
-                    return Err(bad(
-                        &param(".content"),
-                        format!("the user's message {problem}"),
-                    ));
-                }
+                message = chat
+                    .content
+                    .text(&param(".content"), settings.api.max_message_chars)?;
                 continue;
             }
+            // Checked as the document says even when a session leaves them unused.
+            let text = chat.content.text(&param(".content"), usize::MAX)?;
             if session.is_some() {
                 // The session holds the history; earlier messages are not used.
                 continue;
             }
-            let Some(text) = text else {
-                if chat.role == ChatRole::Assistant {
-                    continue;
-                }
-                return Err(bad(&param(".content"), "content must not be null"));
-            };
             history.push(match chat.role {
                 ChatRole::User => Message::user(text),
                 ChatRole::Assistant => Message::assistant(text),
