@@ -30,12 +30,7 @@ impl QuotaStatus {
         };
         let now = Utc::now();
         let today = now.date_naive();
-        let used_today = conversations
-            .usage(Some(caller), today, today)
-            .await?
-            .iter()
-            .map(|row| row.usage.total())
-            .sum();
+        let used_today = conversations.tokens_used(caller, today).await?;
         let resets_at = today
             .succ_opt()
             .and_then(|tomorrow| tomorrow.and_hms_opt(0, 0, 0))

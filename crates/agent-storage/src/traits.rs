@@ -89,6 +89,13 @@ pub trait ConversationStore: Send + Sync + Debug {
         to: chrono::NaiveDate,
     ) -> Result<Vec<DailyUsage>, StorageError>;
 
+    /// Tokens `owner`'s turns used on `day` (UTC): what a daily quota is checked against, once
+    /// per turn. Backends override it with one lean query.
+    async fn tokens_used(&self, owner: &str, day: chrono::NaiveDate) -> Result<u64, StorageError> {
+        let rows = self.usage(Some(owner), day, day).await?;
+        Ok(rows.iter().map(|row| row.usage.total()).sum())
+    }
+
     /// Counts a turn that stored no messages (a stateless turn of the OpenAI-compatible API) in
     /// `owner`'s usage of today (UTC), as a stored turn counts itself.
     async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError>;

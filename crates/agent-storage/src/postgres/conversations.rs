@@ -320,6 +320,28 @@ impl ConversationStore for PostgresStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn tokens_used(&self, owner: &str, day: NaiveDate) -> Result<u64, StorageError> {
+        use usage_daily::dsl;
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            // The caller-day's rows (at most 64), summed here: a query with a static id, so it
+            // stays prepared on the connection (a `sum(...)::bigint` fragment would not).
+            let rows: Vec<(i64, i64)> = usage_daily::table
+                .filter(dsl::owner.eq(owner))
+                .filter(dsl::day.eq(day))
+                .select((dsl::prompt_tokens, dsl::completion_tokens))
+                .load(&mut connection)
+                .await
+                .map_err(query_error)?;
+            Ok(rows
+                .iter()
+                .map(|(prompt, completion)| unsigned(*prompt) + unsigned(*completion))
+                .sum())
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
         use usage_daily::dsl;
         // A random one of the caller-day's 64 rows, so concurrent turns rarely wait on one.

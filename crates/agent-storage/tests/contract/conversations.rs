@@ -719,4 +719,11 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
     let prompt: u64 = rows.iter().map(|row| row.usage.prompt_tokens).sum();
     let completion: u64 = rows.iter().map(|row| row.usage.completion_tokens).sum();
     assert_eq!((turns, prompt, completion), (21, 2010, 145));
+    // (Yesterday too: the turns may straddle midnight UTC.)
+    let used = store.tokens_used(&caller, today).await.unwrap()
+        + store
+            .tokens_used(&caller, today.pred_opt().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(used, 2010 + 145);
 }
