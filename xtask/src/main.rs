@@ -52,6 +52,9 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// The official OpenAI SDKs (Python from PyPI, Node from npm) against the release server's
+    /// OpenAI-compatible API on Postgres and Redis.
+    Sdk,
     /// Build the container image from docker/Dockerfile (hermetic: vendored dependencies).
     Image {
         #[arg(long)]
@@ -132,6 +135,7 @@ fn main() -> anyhow::Result<()> {
         ),
         Command::Bench { seconds } => checks::bench::http(&shell, seconds),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
+        Command::Sdk => checks::sdk::run(&shell),
         Command::Storm { seconds, only } => checks::storm::run(&shell, seconds, only),
     }
 }

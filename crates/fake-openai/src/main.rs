@@ -1,5 +1,6 @@
 //! A standalone fake OpenAI-compatible model server for benchmarks and end-to-end tests: every
-//! `POST /v1/chat/completions` answers "echo: <last user message>" after a fixed delay (or the
+//! `POST /v1/chat/completions` answers "echo: <last user message>" (or, to a message starting
+//! with "recall", "you said earlier: <the user message before it>") after a fixed delay (or the
 //! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total;
 //! `DELETE /stats` restarts the most-at-once count. `PUT /fault/{mode}` makes every completion
 //! fail until `PUT /fault/none`: `429` (with `Retry-After: 1`), `500`, or `timeout` (no answer
@@ -68,21 +69,29 @@ async fn completions(
                 .body(format!("fake fault {status}"));
         }
     }
-    let last_user = body["messages"]
+    // The user messages, newest first.
+    let users: Vec<&str> = body["messages"]
         .as_array()
-        .and_then(|messages| {
-            messages
-                .iter()
-                .rev()
-                .find(|message| message["role"] == "user")
-        })
-        .and_then(|message| message["content"].as_str())
-        .unwrap_or("");
+        .into_iter()
+        .flatten()
+        .rev()
+        .filter(|message| message["role"] == "user")
+        .filter_map(|message| message["content"].as_str())
+        .collect();
+    let last_user = users.first().copied().unwrap_or("");
     let delay = requested_delay(last_user).unwrap_or(**delay);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    let text = format!("echo: {last_user}");
+    // "recall ..." shows what the model was sent before: the user's previous message.
+    let text = if last_user.starts_with("recall") {
+        format!(
+            "you said earlier: {}",
+            users.get(1).copied().unwrap_or("nothing")
+        )
+    } else {
+        format!("echo: {last_user}")
+    };
     let usage = json!({ "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 });
     if body["stream"].as_bool() == Some(true) {
         let chunk = |delta: Value, finish: Value| {

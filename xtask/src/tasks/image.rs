@@ -215,7 +215,8 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let path = entry.path();
-        if entry.file_name() == "target" {
+        // Build output, and the SDK checks' npm packages (xtask/sdk/node): not sources.
+        if entry.file_name() == "target" || entry.file_name() == "node_modules" {
             continue;
         }
         if path.is_dir() {

@@ -1,0 +1,150 @@
+"""The official `openai` Python SDK (3.x), unchanged, against agent-server's OpenAI-compatible API.
+
+Run by `cargo xtask sdk`, which starts the release server on Postgres and Redis with a fake model
+that answers "echo: <message>" (and "you said earlier: <previous message>" to "recall ...") and
+sets: AGENT_URL (the server), AGENT_KEY (a key of caller `sdk`), AGENT_QUOTA_KEY (a key of caller
+`thrifty`, whose daily quota one turn uses up), AGENT_LIMITED_URL (a second server allowing two
+requests per minute) and FAKE_MODEL_URL (the fake model's fault switch).
+"""
+
+import json
+import os
+import urllib.request
+import uuid
+
+import openai
+from openai import OpenAI
+
+URL = os.environ["AGENT_URL"]
+KEY = os.environ["AGENT_KEY"]
+# No retries: each check sees the first answer.
+client = OpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+checks = 0
+
+
+def check(condition, what):
+    global checks
+    if not condition:
+        raise SystemExit(f"python sdk: FAILED: {what}")
+    checks += 1
+
+
+def raises(error_class, call, what):
+    try:
+        call()
+    except error_class as error:
+        check(True, what)
+        return error
+    except Exception as error:  # noqa: BLE001 - report what was raised instead
+        raise SystemExit(f"python sdk: FAILED: {what}: raised {type(error).__name__}: {error}")
+    raise SystemExit(f"python sdk: FAILED: {what}: nothing raised")
+
+
+def http(method, url, key=None):
+    """A plain HTTP call with the standard library (the SDK's HTTP client is its own business)."""
+    request = urllib.request.Request(url, method=method)
+    if key:
+        request.add_header("Authorization", f"Bearer {key}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        body = response.read()
+    return json.loads(body) if body else None
+
+
+def user(text):
+    return [{"role": "user", "content": text}]
+
+
+# The agent is the one model.
+models = list(client.models.list())
+check([model.id for model in models] == ["agent"], f"models.list: {models}")
+check(client.models.retrieve("agent").owned_by == "agent-server", "models.retrieve")
+
+# A plain completion (stateless).
+completion = client.chat.completions.create(model="agent", messages=user("hello"), temperature=0.2)
+check(completion.object == "chat.completion", f"object: {completion}")
+check(completion.choices[0].message.content == "echo: hello", f"content: {completion}")
+check(completion.choices[0].finish_reason == "stop", "finish_reason")
+check(completion.usage.total_tokens == 15, f"usage: {completion.usage}")
+
+# Streamed, with the usage chunk: the SDK parses every chunk.
+stream = client.chat.completions.create(
+    model="agent",
+    messages=[{"role": "system", "content": "be brief"}] + user("stream me"),
+    stream=True,
+    stream_options={"include_usage": True},
+)
+text, usage, chunks = "", None, 0
+for chunk in stream:
+    chunks += 1
+    check(chunk.object == "chat.completion.chunk", f"chunk: {chunk}")
+    if chunk.choices:
+        text += chunk.choices[0].delta.content or ""
+    if chunk.usage:
+        usage = chunk.usage
+check(text == "echo: stream me", f"streamed text: {text!r}")
+check(usage is not None and usage.total_tokens == 15, f"streamed usage: {usage}")
+check(chunks >= 4, f"chunks: {chunks}")
+
+# Stateful: a session named by X-Session-Id, then by metadata.session_id.
+session = f"sdk-py-{uuid.uuid4().hex[:12]}"
+client.chat.completions.create(
+    model="agent", messages=user("my name is Ada"), extra_headers={"X-Session-Id": session}
+)
+raw = client.chat.completions.with_raw_response.create(
+    model="agent", messages=user("recall my name"), extra_headers={"X-Session-Id": session}
+)
+check(raw.headers.get("x-session-id") == session, f"X-Session-Id: {raw.headers}")
+second = raw.parse()
+check(
+    second.choices[0].message.content == "you said earlier: my name is Ada",
+    f"the second turn remembers the first: {second.choices[0].message.content!r}",
+)
+third = client.chat.completions.create(
+    model="agent", messages=user("recall again"), metadata={"session_id": session}
+)
+check(third.choices[0].message.content == "you said earlier: recall my name", f"metadata: {third}")
+stored = http("GET", f"{URL}/sessions/{session}", KEY)
+check(stored["turn_count"] == 3, f"GET /sessions/{session}: {stored}")
+
+# Errors become the SDK's exception classes.
+wrong = OpenAI(base_url=f"{URL}/v1", api_key="not-a-key-0123456789", max_retries=0)
+raises(openai.AuthenticationError, wrong.models.list, "a wrong key")
+missing = raises(
+    openai.NotFoundError,
+    lambda: client.chat.completions.create(model="gpt-4o", messages=user("hi")),
+    "an unknown model",
+)
+check(missing.code == "model_not_found", f"code: {missing.code}")
+bad = raises(
+    openai.BadRequestError,
+    lambda: client.chat.completions.create(model="agent", messages=user("hi"), n=2),
+    "n = 2",
+)
+check(bad.param == "n", f"param: {bad.param}")
+
+# A quota used up, and a rate limit: RateLimitError; the quota says not to retry.
+thrifty = OpenAI(base_url=f"{URL}/v1", api_key=os.environ["AGENT_QUOTA_KEY"])
+thrifty.chat.completions.create(model="agent", messages=user("spend it"))
+quota = raises(
+    openai.RateLimitError,
+    lambda: thrifty.chat.completions.create(model="agent", messages=user("more")),
+    "a quota used up (default retries: x-should-retry false stops them)",
+)
+check(quota.code == "insufficient_quota", f"quota code: {quota.code}")
+limited = OpenAI(base_url=f"{os.environ['AGENT_LIMITED_URL']}/v1", api_key=KEY, max_retries=0)
+limited.models.list()
+limited.models.list()
+rate = raises(openai.RateLimitError, limited.models.list, "the third request of two a minute")
+check(rate.code == "rate_limit_exceeded", f"rate limit code: {rate.code}")
+check(int(rate.response.headers["retry-after"]) >= 1, "Retry-After")
+
+# A failure after the stream began: the SDK raises the error event.
+fault = os.environ["FAKE_MODEL_URL"]
+http("PUT", f"{fault}/fault/500")
+try:
+    broken = client.chat.completions.create(model="agent", messages=user("fail"), stream=True)
+    raises(openai.APIError, lambda: [chunk for chunk in broken], "an error event mid-stream")
+finally:
+    http("PUT", f"{fault}/fault/none")
+
+print(f"python sdk {openai.__version__}: {checks} checks passed")

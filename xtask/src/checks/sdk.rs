@@ -1,0 +1,121 @@
+//! `cargo xtask sdk`: the official OpenAI SDKs, unchanged, against the release server's
+//! OpenAI-compatible API on Postgres and Redis: the Python SDK (`openai` 3.x from PyPI) runs
+//! `xtask/sdk/python/check_openai.py`, the Node SDK (`openai` 6.x from npm, installed in
+//! `xtask/sdk/node`) runs `xtask/sdk/node/check_openai.mjs`. Each script makes its own checks
+//! (models, plain and streamed completions, a remembered session, each error class) and exits
+//! non-zero on the first failure. A second server allowing two requests a minute gives the
+//! scripts a rate limit to hit.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use xshell::Shell;
+
+use dev_harness::Spawned;
+
+use crate::checks::harness::{
+    build_release, fake_model, psql, require_tools, server_command, wait_until_ok,
+};
+
+/// Caller `sdk`'s key, and caller `thrifty`'s, whose daily quota one turn uses up.
+const KEY: &str = "sdk-key-0123456789";
+const QUOTA_KEY: &str = "thrifty-key-0123456789";
+
+pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
+    let root = crate::project_root();
+    let python = root.join("xtask/sdk/python/check_openai.py");
+    let node = root.join("xtask/sdk/node");
+    require_tools(&[("psql", "postgresql-client"), ("node", "nodejs")])?;
+    check_installed(&node)?;
+    let bin = build_release(shell)?;
+    let services = dev_harness::Services::start_or_reuse()?;
+    // A database of this run's own: the sessions and usage of earlier runs stay out of it.
+    let name = format!("agent_sdk_{}", std::process::id());
+    psql(
+        &services.database_url,
+        &format!("DROP DATABASE IF EXISTS {name}"),
+    )?;
+    psql(&services.database_url, &format!("CREATE DATABASE {name}"))?;
+    let database = match services.database_url.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => bail!("cannot read the database URL {}", services.database_url),
+    };
+    let (_model, model_port) = fake_model(&bin, 0)?;
+    let keys = format!("sdk:{KEY},thrifty:{QUOTA_KEY}");
+    let start = |rate_limit: &str| -> anyhow::Result<(Spawned, u16)> {
+        let port = dev_harness::free_port()?;
+        let server = Spawned::start(
+            server_command(&bin, port, model_port)
+                .env("DATABASE_URL", &database)
+                .env("REDIS_URL", &services.redis_url)
+                // Each server counts its own rate limits.
+                .env(
+                    "AGENT_STORAGE__REDIS_KEY_PREFIX",
+                    format!("sdk-{}-{port}:", std::process::id()),
+                )
+                .env("AGENT_API_KEYS", &keys)
+                .env("AGENT_API__DAILY_TOKEN_QUOTAS", "thrifty:1")
+                .env("AGENT_RATE_LIMIT__REQUESTS", rate_limit)
+                .env("AGENT_MODEL__MAX_ATTEMPTS", "1"),
+        )?;
+        wait_until_ok(port, "/ready")?;
+        Ok((server, port))
+    };
+    let (_server, port) = start("1000000")?;
+    let (_limited, limited_port) = start("2")?;
+    let environment = [
+        ("AGENT_URL", format!("http://127.0.0.1:{port}")),
+        ("AGENT_KEY", KEY.to_owned()),
+        ("AGENT_QUOTA_KEY", QUOTA_KEY.to_owned()),
+        (
+            "AGENT_LIMITED_URL",
+            format!("http://127.0.0.1:{limited_port}"),
+        ),
+        ("FAKE_MODEL_URL", format!("http://127.0.0.1:{model_port}")),
+    ];
+    let scripts = [
+        ("python", {
+            let mut command = Command::new("python3");
+            command.arg(&python);
+            command
+        }),
+        ("node", {
+            let mut command = Command::new("node");
+            command.arg("check_openai.mjs").current_dir(&node);
+            command
+        }),
+    ];
+    for (name, mut command) in scripts {
+        println!("xtask: the {name} SDK against the server");
+        let status = command
+            .envs(environment.iter().map(|(key, value)| (*key, value)))
+            .status()
+            .with_context(|| format!("running the {name} SDK checks"))?;
+        if !status.success() {
+            bail!("the {name} SDK checks failed ({status})");
+        }
+    }
+    Ok(())
+}
+
+/// The SDKs come from the registries (`.ci/run` installs them); say how when they are missing.
+fn check_installed(node: &Path) -> anyhow::Result<()> {
+    let python = Command::new("python3")
+        .args([
+            "-c",
+            "import openai, sys; sys.exit(0 if openai.__version__.startswith('3.') else 1)",
+        ])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !python {
+        bail!("the openai Python SDK 3.x is not installed: python3 -m pip install 'openai>=3,<4'");
+    }
+    if !node.join("node_modules/openai/package.json").exists() {
+        bail!(
+            "the openai Node SDK is not installed: npm ci --prefix {}",
+            node.display()
+        );
+    }
+    Ok(())
+}
