@@ -2,8 +2,8 @@
 //! Postgres and Redis. `cargo xtask bench`: the HTTP benchmark — the release server (memory, then
 //! Postgres + Redis), fake models on loopback (instant and 200 ms) and a bare actix-web baseline
 //! built in the same run, driven on 127.0.0.1 for a bounded time each: `GET /health` by wrk,
-//! `POST /agent` by `crate::load` on connections kept open from the warm-up into the measured
-//! window.
+//! `POST /agent` and `POST /v1/chat/completions` by `crate::load` on connections kept open from
+//! the warm-up into the measured window.
 
 use std::path::Path;
 use std::process::Command;
@@ -68,6 +68,14 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     let first_turn: Arc<RequestFn> = Arc::new(|_| {
         Request::post_json("/agent", r#"{"message":"what is the answer?"}"#.to_owned())
     });
+    // The same question through the OpenAI-compatible API, stateless: a short conversation sent
+    // whole (nothing stored; Postgres counts its usage).
+    let openai_turn: Arc<RequestFn> = Arc::new(|_| {
+        Request::post_json(
+            "/v1/chat/completions",
+            r#"{"model":"agent","messages":[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"what is the answer?"}]}"#.to_owned(),
+        )
+    });
     // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
     // (no lock waits) and each turn takes the lock and reads a growing history.
     // Each scenario of continuing turns has sessions of its own, so each starts from empty ones.
@@ -125,10 +133,26 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
             false,
         ),
         (
+            "POST /v1/chat/completions @64, instant model, memory, stateless",
+            &memory,
+            instant_port,
+            &openai_turn,
+            64,
+            false,
+        ),
+        (
             "POST /agent @64, instant model, Postgres + Redis, first turns",
             &durable,
             instant_port,
             &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /v1/chat/completions @64, instant model, Postgres + Redis, stateless",
+            &durable,
+            instant_port,
+            &openai_turn,
             64,
             false,
         ),

@@ -52,6 +52,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let auth = format!("Bearer {}", stack.api_key);
 
     a_session_continues_on_another_replica(&ports, &auth)?;
+    an_openai_stream_of_a_long_conversation_passes_nginx(nginx_port, &auth)?;
     concurrent_turns_through_different_replicas_are_serialised(&ports, &auth)?;
     let row = a_replica_killed_under_load_loses_no_turn(&stack, nginx_port)?;
 
@@ -104,6 +105,52 @@ fn post_turn(port: u16, auth: &str, session: &str, message: &str) -> anyhow::Res
         Duration::from_secs(30),
     )?;
     Ok((status, serde_json::from_str(&answer).unwrap_or_default()))
+}
+
+/// `POST /v1/chat/completions` through nginx: a conversation over `/agent`'s 64 KiB body limit
+/// but within `/v1`'s is accepted, and its streamed answer arrives whole, ending with `[DONE]`.
+fn an_openai_stream_of_a_long_conversation_passes_nginx(
+    nginx_port: u16,
+    auth: &str,
+) -> anyhow::Result<()> {
+    let body = json!({
+        "model": "agent",
+        "stream": true,
+        "messages": [
+            { "role": "user", "content": "x".repeat(100_000) },
+            { "role": "assistant", "content": "noted" },
+            { "role": "user", "content": "stream please" },
+        ],
+    })
+    .to_string();
+    let (status, answer) = http::call(
+        nginx_port,
+        "POST",
+        "/v1/chat/completions",
+        &[("Authorization", auth)],
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        status == 200,
+        "a 100 kB /v1 body through nginx: {status} {answer}"
+    );
+    let text: String = answer
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| {
+            chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    ensure!(
+        text == "echo: stream please" && answer.trim_end().ends_with("data: [DONE]"),
+        "the /v1 stream through nginx: {text:?} in {answer}"
+    );
+    println!("xtask: a 100 kB OpenAI-compatible conversation streamed through nginx");
+    Ok(())
 }
 
 /// A session's messages as (role, content), in sequence order, checked gap-free.
