@@ -68,12 +68,13 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     let first_turn: Arc<RequestFn> = Arc::new(|_| {
         Request::post_json("/agent", r#"{"message":"what is the answer?"}"#.to_owned())
     });
-    // The same question through the OpenAI-compatible API, stateless: a short conversation sent
-    // whole (nothing stored; Postgres counts its usage).
+    // The same first turn through the OpenAI-compatible API, stateless: the same model call, in
+    // OpenAI's shapes (nothing stored; Postgres counts its usage).
     let openai_turn: Arc<RequestFn> = Arc::new(|_| {
         Request::post_json(
             "/v1/chat/completions",
-            r#"{"model":"agent","messages":[{"role":"user","content":"hello"},{"role":"assistant","content":"hi"},{"role":"user","content":"what is the answer?"}]}"#.to_owned(),
+            r#"{"model":"agent","messages":[{"role":"user","content":"what is the answer?"}]}"#
+                .to_owned(),
         )
     });
     // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
