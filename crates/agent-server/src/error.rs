@@ -89,6 +89,11 @@ pub enum ErrorCode {
     ContextLengthExceeded,
     /// The OpenAI-compatible API was asked for a model other than the agent.
     ModelNotFound,
+    /// No stored response of this caller has this id (`previous_response_id`,
+    /// `GET /v1/responses/{id}`).
+    ResponseNotFound,
+    /// `previous_response_id` names a response the conversation already went on from.
+    ResponseNotLatest,
     /// The model server did not answer in time.
     ModelTimeout,
     /// The turn did not finish within its deadline.

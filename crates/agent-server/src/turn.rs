@@ -11,12 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
 use agent_core::{Agent, Message, Role, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
-use agent_storage::{IdempotencyCompletion, LockGuard, SessionInfo, StorageError, acquire_lock};
+use agent_storage::{
+    IdempotencyCompletion, LockGuard, ResponseRecord, SessionInfo, StorageError, TurnRecord,
+    acquire_lock,
+};
 
 use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
 use crate::dto::ValidTurn;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
 
@@ -43,6 +46,9 @@ pub(crate) struct TurnInput {
     pub(crate) message: String,
     /// The client's sampling choices (the OpenAI-compatible API's), already within bounds.
     pub(crate) sampling: Sampling,
+    /// System messages for this turn only, after the server's system prompt and before the
+    /// history (the Responses API's `instructions`); never stored.
+    pub(crate) instructions: Vec<Message>,
 }
 
 /// The conversation a turn continues.
@@ -53,6 +59,10 @@ pub(crate) enum Conversation {
         session: SessionId,
         /// The request named no session, so `session` was made here: nobody else can know it.
         new_session: bool,
+        /// The session must still be where the client last saw it (its `next_sequence`), or the
+        /// turn is refused (409 `response_not_latest`): `previous_response_id` continues from
+        /// the latest response only.
+        continues_from: Option<u64>,
     },
     /// A conversation the client sent whole (the OpenAI-compatible API without a session): used
     /// as given, nothing stored but the turn's usage, counted for `caller`.
@@ -68,9 +78,11 @@ impl From<ValidTurn> for TurnInput {
             conversation: Conversation::Session {
                 session: turn.session,
                 new_session: turn.new_session,
+                continues_from: None,
             },
             message: turn.message,
             sampling: Sampling::default(),
+            instructions: Vec::new(),
         }
     }
 }
@@ -187,16 +199,18 @@ impl Turns {
             conversation,
             message,
             sampling,
+            instructions,
         } = input;
-        let (session, new_session) = match conversation {
+        let (session, new_session, continues_from) = match conversation {
             Conversation::Session {
                 session,
                 new_session,
-            } => (session, new_session),
+                continues_from,
+            } => (session, new_session, continues_from),
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
                 let request = TurnRequest {
-                    history,
+                    history: instructions.into_iter().chain(history).collect(),
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
@@ -238,10 +252,20 @@ impl Turns {
                 .position(|message| message.role != Role::Tool)
                 .unwrap_or(history.len());
             history.drain(..first_kept);
+            if let Some(expected) = continues_from
+                && info.next_sequence != expected
+            {
+                return Err(ApiError::Conflict {
+                    code: ErrorCode::ResponseNotLatest,
+                    message: "the conversation went on after this previous_response_id: \
+                              continue from its latest response"
+                        .into(),
+                });
+            }
             (Some(guard), info, history)
         };
         let request = TurnRequest {
-            history,
+            history: instructions.into_iter().chain(history).collect(),
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
@@ -280,14 +304,15 @@ impl Turns {
 
     /// Stores a finished turn and releases the lock (for a given conversation: counts its
     /// usage). The store runs in its own task, so a client going away cannot interrupt it
-    /// half-way (it is one transaction either way). With `claim`, the idempotency claim is
-    /// completed with the response in the same transaction where the store can (answered true),
-    /// so a crash cannot leave a stored turn behind a claim that a retry would run again.
+    /// half-way (it is one transaction either way). With a claim in `extras`, the idempotency
+    /// claim is completed with the response in the same transaction where the store can
+    /// (answered true), so a crash cannot leave a stored turn behind a claim that a retry would
+    /// run again; a response object to keep is written by the same statement.
     pub(crate) async fn store(
         &self,
         held: HeldSession,
         result: TurnResult,
-        claim: Option<ClaimToComplete>,
+        extras: Extras,
     ) -> Result<(Finished, bool), ApiError> {
         let HeldSession {
             target,
@@ -316,48 +341,49 @@ impl Turns {
             usage: turn.usage,
         };
         let stored = tokio::spawn(async move {
-            let stored = match (target, &claim) {
-                (Held::Given { caller }, _) => {
+            let (session, info, guard) = match target {
+                Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
                     drop(slot);
                     return Ok((finished, observe(&store_failing, counted).map(|()| false)?));
                 }
-                (
-                    Held::Session {
-                        session,
-                        info,
-                        guard,
-                    },
-                    None,
-                ) => {
-                    let stored = conversations
-                        .append_turn(&session, info.next_sequence, &turn)
-                        .await
-                        .map(|_| false);
-                    (stored, guard)
-                }
-                (
-                    Held::Session {
-                        session,
-                        info,
-                        guard,
-                    },
-                    Some(claim),
-                ) => {
-                    let replay = (claim.render)(&finished)
-                        .map_err(|error| ApiError::Internal(error.into()))?;
-                    let completion = IdempotencyCompletion {
-                        key: &claim.key,
-                        response: &replay,
-                        retention: claim.retention,
-                    };
-                    let stored = conversations
-                        .append_turn_completing(&session, info.next_sequence, &turn, completion)
-                        .await
-                        .map(|(_, completed)| completed);
-                    (stored, guard)
-                }
+                Held::Session {
+                    session,
+                    info,
+                    guard,
+                } => (session, info, guard),
             };
+            let render = |render: &Render| {
+                render(&finished).map_err(|error| ApiError::Internal(error.into()))
+            };
+            let replay = extras
+                .claim
+                .as_ref()
+                .map(|claim| render(&claim.render))
+                .transpose()?;
+            let response = extras
+                .response
+                .as_ref()
+                .map(|kept| render(&kept.render).map(|body| (kept.id.clone(), body)))
+                .transpose()?;
+            let record =
+                TurnRecord {
+                    idempotency: extras.claim.as_ref().zip(replay.as_deref()).map(
+                        |(claim, replay)| IdempotencyCompletion {
+                            key: &claim.key,
+                            response: replay,
+                            retention: claim.retention,
+                        },
+                    ),
+                    response: response
+                        .as_ref()
+                        .map(|(id, body)| ResponseRecord { id, body }),
+                };
+            let stored = conversations
+                .append_turn_recording(&session, info.next_sequence, &turn, record)
+                .await
+                .map(|(_, completed)| completed);
+            let stored = (stored, guard);
             let (stored, guard) = stored;
             let stored = observe(&store_failing, stored);
             if let Some(guard) = guard
@@ -386,12 +412,13 @@ impl Turns {
         self.metrics.failed(held.caller(), outcome(error));
     }
 
-    /// The whole non-streaming turn; answers it and whether `claim` was completed with it.
+    /// The whole non-streaming turn; answers it and whether the claim of `extras` was completed
+    /// with it.
     pub(crate) async fn run(
         &self,
         input: TurnInput,
         slot: TurnSlot,
-        claim: Option<ClaimToComplete>,
+        extras: Extras,
     ) -> Result<(Finished, bool), ApiError> {
         let Prepared { request, held } = self.prepare(input, slot).await?;
         let result = self
@@ -399,7 +426,31 @@ impl Turns {
             .run_turn(request)
             .await
             .inspect_err(|error| self.record_failure(&held, error))?;
-        self.store(held, result, claim).await
+        self.store(held, result, extras).await
+    }
+}
+
+/// What a turn's store writes besides the turn (of a stored session; a given conversation's
+/// turn stores nothing).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Extras {
+    pub(crate) claim: Option<ClaimToComplete>,
+    pub(crate) response: Option<KeepResponse>,
+}
+
+/// A response object to keep under `id` (the Responses API), rendered from the stored turn.
+#[derive(Clone)]
+pub(crate) struct KeepResponse {
+    pub(crate) id: String,
+    pub(crate) render: Render,
+}
+
+impl std::fmt::Debug for KeepResponse {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("KeepResponse")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

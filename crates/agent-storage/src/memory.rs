@@ -13,7 +13,7 @@ use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
     DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
-    StoredMessage,
+    StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
@@ -26,6 +26,8 @@ pub struct MemoryStorage {
     fencing: Mutex<HashMap<SessionId, u64>>,
     windows: Mutex<HashMap<String, Window>>,
     idempotency: Mutex<HashMap<String, Record>>,
+    /// Response objects by id.
+    responses: Mutex<HashMap<String, StoredResponse>>,
     /// Turns and tokens per (caller, UTC day).
     usage: Mutex<HashMap<(String, NaiveDate), (u64, TokenUsage)>>,
     background: Arc<BackgroundWork>,
@@ -167,8 +169,39 @@ impl ConversationStore for MemoryStorage {
         Ok(())
     }
 
+    async fn append_turn_recording(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+        record: TurnRecord<'_>,
+    ) -> Result<(SessionInfo, bool), StorageError> {
+        let info = self.append_turn(id, expected_next_sequence, turn).await?;
+        if let Some(response) = record.response {
+            lock(&self.responses).insert(
+                response.id.to_owned(),
+                StoredResponse {
+                    id: response.id.to_owned(),
+                    session: id.clone(),
+                    sequence: info.next_sequence,
+                    body: response.body.to_owned(),
+                },
+            );
+        }
+        // Idempotency records live in the idempotency store: the caller completes the claim.
+        Ok((info, false))
+    }
+
+    async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError> {
+        let response = lock(&self.responses).get(id).cloned();
+        // Deleted with its session, as in Postgres.
+        Ok(response.filter(|response| lock(&self.sessions).contains_key(&response.session)))
+    }
+
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
-        Ok(lock(&self.sessions).remove(id).is_some())
+        let existed = lock(&self.sessions).remove(id).is_some();
+        lock(&self.responses).retain(|_, response| response.session != *id);
+        Ok(existed)
     }
 
     async fn sweep_idle(

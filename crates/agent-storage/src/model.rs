@@ -112,3 +112,29 @@ pub struct IdempotencyCompletion<'a> {
     pub response: &'a str,
     pub retention: std::time::Duration,
 }
+
+/// What a turn's store writes with it, in the same atomic step.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TurnRecord<'a> {
+    /// An idempotency claim to complete with the turn's response.
+    pub idempotency: Option<IdempotencyCompletion<'a>>,
+    /// A response object (the OpenAI-compatible Responses API) to keep under its id.
+    pub response: Option<ResponseRecord<'a>>,
+}
+
+/// A response object to keep: its id and its JSON.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseRecord<'a> {
+    pub id: &'a str,
+    pub body: &'a str,
+}
+
+/// A kept response object: the session its turn was stored in, the session's `next_sequence`
+/// once it was (its place in the conversation), and its JSON. Deleted with its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredResponse {
+    pub id: String,
+    pub session: SessionId,
+    pub sequence: u64,
+    pub body: String,
+}

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, SessionCursor,
-    SessionInfo, StoredMessage,
+    DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
+    StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 
@@ -59,22 +59,21 @@ pub trait ConversationStore: Send + Sync + Debug {
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError>;
 
-    /// [`append_turn`](Self::append_turn) that also completes an idempotency claim with the
-    /// turn's response in the same transaction, so a crash between the two cannot let a retry
-    /// run the turn again. Answers whether the claim was completed with the turn; the default,
-    /// for stores that keep idempotency records elsewhere, completes nothing and answers false
-    /// (the caller then completes the claim itself).
-    async fn append_turn_completing(
+    /// [`append_turn`](Self::append_turn) that also writes `record` in the same atomic step: an
+    /// idempotency claim completed with the turn's response (so a crash between the two cannot
+    /// let a retry run the turn again) and a response object kept under its id. Answers whether
+    /// the claim was completed with the turn; a store that keeps idempotency records elsewhere
+    /// answers false (the caller then completes the claim itself).
+    async fn append_turn_recording(
         &self,
         id: &SessionId,
         expected_next_sequence: u64,
         turn: &Turn,
-        completion: IdempotencyCompletion<'_>,
-    ) -> Result<(SessionInfo, bool), StorageError> {
-        let _ = completion;
-        let info = self.append_turn(id, expected_next_sequence, turn).await?;
-        Ok((info, false))
-    }
+        record: TurnRecord<'_>,
+    ) -> Result<(SessionInfo, bool), StorageError>;
+
+    /// The response object kept under `id`, if any (whoever's: the caller checks the owner).
+    async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError>;
 
     /// Deletes the session and all its messages; answers whether it existed.
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;

@@ -20,7 +20,7 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
 use crate::routes::turn_stream::{self, EventFormat, sse};
-use crate::turn::{ClaimToComplete, Finished, Turns, render_as};
+use crate::turn::{ClaimToComplete, Extras, Finished, Turns, render_as};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -62,7 +62,7 @@ pub(crate) async fn post_agent(
     let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
     let slot = turns.admit()?;
     let Some(key) = idempotency_key else {
-        let (finished, _) = turns.run(turn.into(), slot, None).await?;
+        let (finished, _) = turns.run(turn.into(), slot, Extras::default()).await?;
         return Ok(HttpResponse::Ok().json(AgentResponse::from(&finished)));
     };
     let caller = request
@@ -84,7 +84,16 @@ pub(crate) async fn post_agent(
         lease,
         settings.api.idempotency_retention,
         || async {
-            let (finished, completed) = turns.run(turn.into(), slot, Some(claim)).await?;
+            let (finished, completed) = turns
+                .run(
+                    turn.into(),
+                    slot,
+                    Extras {
+                        claim: Some(claim),
+                        response: None,
+                    },
+                )
+                .await?;
             Ok((AgentResponse::from(&finished), completed))
         },
     )
@@ -139,6 +148,7 @@ pub(crate) async fn post_agent_stream(
     Ok(turn_stream::respond(
         turns.into_inner(),
         prepared,
+        Extras::default(),
         drain.get_ref().clone(),
         settings.api.sse_keepalive,
         failures.into_inner(),

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::error::ApiError;
 use crate::failure_log::FailureLog;
-use crate::turn::{Finished, Prepared, Turns};
+use crate::turn::{Extras, Finished, Prepared, Turns};
 
 /// How a route writes a turn's events. Each method answers the bytes to send (whole events).
 pub(crate) trait EventFormat: Send + 'static {
@@ -51,10 +51,11 @@ pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
     }
 }
 
-/// The response streaming `prepared`'s turn in `format`.
+/// The response streaming `prepared`'s turn in `format`, stored with `extras`.
 pub(crate) fn respond(
     turns: Arc<Turns>,
     prepared: Prepared,
+    extras: Extras,
     mut drain: watch::Receiver<bool>,
     keepalive: Duration,
     failures: Arc<FailureLog>,
@@ -84,7 +85,7 @@ pub(crate) fn respond(
                     }
                     Some(AgentEvent::Done(result)) => {
                         let Some(held) = held.take() else { break };
-                        match turns.store(held, result, None).await {
+                        match turns.store(held, result, extras.clone()).await {
                             Ok((finished, _)) => for bytes in format.done(&finished) {
                                 yield Ok(bytes);
                             },

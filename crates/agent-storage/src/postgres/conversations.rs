@@ -9,11 +9,13 @@ use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{messages, sessions, usage_daily};
+use super::schema::{messages, responses, sessions, usage_daily};
 use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
-use crate::model::{DailyUsage, IdempotencyCompletion, SessionCursor, SessionInfo, StoredMessage};
+use crate::model::{
+    DailyUsage, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+};
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{ConversationStore, SessionLocks};
 
@@ -243,21 +245,53 @@ impl ConversationStore for PostgresStore {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
-        self.append(id, expected_next_sequence, turn, None).await
+        self.append(id, expected_next_sequence, turn, TurnRecord::default())
+            .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self, turn, completion), fields(backend = BACKEND, messages = turn.messages.len()))]
-    async fn append_turn_completing(
+    #[tracing::instrument(level = "debug", skip(self, turn, record), fields(backend = BACKEND, messages = turn.messages.len()))]
+    async fn append_turn_recording(
         &self,
         id: &SessionId,
         expected_next_sequence: u64,
         turn: &Turn,
-        completion: IdempotencyCompletion<'_>,
+        record: TurnRecord<'_>,
     ) -> Result<(SessionInfo, bool), StorageError> {
         let info = self
-            .append(id, expected_next_sequence, turn, Some(completion))
+            .append(id, expected_next_sequence, turn, record)
             .await?;
-        Ok((info, true))
+        Ok((info, record.idempotency.is_some()))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            let row: Option<(String, String, i64, String)> = responses::table
+                .find(id)
+                .select((
+                    responses::id,
+                    responses::session_id,
+                    responses::sequence,
+                    responses::body,
+                ))
+                .first(&mut connection)
+                .await
+                .optional()
+                .map_err(query_error)?;
+            row.map(|(id, session, sequence, body)| {
+                Ok(StoredResponse {
+                    session: SessionId::parse_stored(&session).map_err(|_| {
+                        StorageError::Corrupt(format!("session id {session:?} of response {id}"))
+                    })?,
+                    id,
+                    sequence: unsigned(sequence),
+                    body,
+                })
+            })
+            .transpose()
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
@@ -494,14 +528,15 @@ impl From<diesel::result::Error> for SweepFailure {
 }
 
 impl PostgresStore {
-    /// The turn's one statement, completing `completion` with it when given.
+    /// The turn's one statement, writing `record` with it.
     async fn append(
         &self,
         id: &SessionId,
         expected_next_sequence: u64,
         turn: &Turn,
-        completion: Option<IdempotencyCompletion<'_>>,
+        record: TurnRecord<'_>,
     ) -> Result<SessionInfo, StorageError> {
+        let completion = record.idempotency;
         let statement = AppendTurn {
             id: id.as_str(),
             expected: signed(expected_next_sequence),
@@ -514,6 +549,8 @@ impl PostgresStore {
             idempotency_response: completion.map(|completion| completion.response),
             retention_seconds: completion
                 .map_or(0.0, |completion| completion.retention.as_secs_f64()),
+            response_id: record.response.map(|response| response.id),
+            response_body: record.response.map(|response| response.body),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;

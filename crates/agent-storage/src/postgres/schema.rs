@@ -48,5 +48,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    responses (id) {
+        id -> Text,
+        session_id -> Text,
+        sequence -> Int8,
+        body -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(messages -> sessions (session_id));
-diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily);
+diesel::joinable!(responses -> sessions (session_id));
+diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily, responses);

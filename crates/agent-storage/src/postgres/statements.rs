@@ -1,6 +1,6 @@
 //! The statements on a turn's path, each written as one round trip: creating-or-reading a
-//! session, and storing a whole turn (session update or creation, message rows and the completion
-//! of its idempotency claim in one statement).
+//! session, and storing a whole turn (session update or creation, message rows, the completion
+//! of its idempotency claim, its response object and its usage in one statement).
 //!
 //! They are hand-written query fragments rather than `sql_query` so that they have a static query
 //! id: diesel then keeps them as prepared statements per connection (`sql_query` is re-prepared,
@@ -96,6 +96,9 @@ pub(super) struct AppendTurn<'a> {
     pub(super) idempotency_key: Option<&'a str>,
     pub(super) idempotency_response: Option<&'a str>,
     pub(super) retention_seconds: f64,
+    /// A response object to keep with the turn (none: nothing is inserted).
+    pub(super) response_id: Option<&'a str>,
+    pub(super) response_body: Option<&'a str>,
 }
 
 impl QueryId for AppendTurn<'_> {
@@ -209,6 +212,14 @@ fn walk_turn<'b>(
     out.push_sql(") WHERE key = ");
     out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_key)?;
     out.push_sql(" AND EXISTS (SELECT 1 FROM updated)), ");
+    // The response object, if any, at the session's place after this turn.
+    out.push_sql("recorded AS (INSERT INTO responses (id, session_id, sequence, body) SELECT ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.response_id)?;
+    out.push_sql("::text, updated.id, updated.next_sequence, ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.response_body)?;
+    out.push_sql("::text FROM updated WHERE ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.response_id)?;
+    out.push_sql("::text IS NOT NULL), ");
     // The caller's usage of the day, in the same statement (see the usage_daily migration).
     out.push_sql(
         "counted AS (INSERT INTO usage_daily AS u \

@@ -73,6 +73,7 @@ async fn postgres() -> Stores {
 }
 
 backend!(memory_backend, memory().await;
+    a_response_is_kept_with_its_turn_and_deleted_with_its_session,
     turns_that_store_nothing_are_counted_too,
     the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
     the_sweep_deletes_the_oldest_first_in_batches,
@@ -91,6 +92,7 @@ backend!(memory_backend, memory().await;
     fifty_concurrent_appends_through_the_lock_lose_nothing,
 );
 backend!(postgres_backend, postgres().await;
+    a_response_is_kept_with_its_turn_and_deleted_with_its_session,
     turns_that_store_nothing_are_counted_too,
     the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
     the_sweep_deletes_the_oldest_first_in_batches,
@@ -726,4 +728,42 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
             .await
             .unwrap();
     assert_eq!(used, 2010 + 145);
+}
+
+/// A response object is written by its turn's own store, at the session's place after the turn;
+/// a turn that stores nothing keeps no response; deleting the session deletes its responses.
+async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _): Stores) {
+    let id = session("responses");
+    let record = |response_id| agent_storage::TurnRecord {
+        idempotency: None,
+        response: Some(agent_storage::ResponseRecord {
+            id: response_id,
+            body: r#"{"object":"response"}"#,
+        }),
+    };
+    let first = format!("resp_{:032x}", 1);
+    let (info, _) = store
+        .append_turn_recording(&id, 0, &simple_turn("one"), record(&first))
+        .await
+        .unwrap();
+    assert_eq!(info.next_sequence, 2);
+    let kept = store.response(&first).await.unwrap().unwrap();
+    assert_eq!((kept.session.clone(), kept.sequence), (id.clone(), 2));
+    assert_eq!(kept.body, r#"{"object":"response"}"#);
+    // A stale turn stores nothing, and keeps no response.
+    let stale = format!("resp_{:032x}", 2);
+    let refused = store
+        .append_turn_recording(&id, 0, &simple_turn("stale"), record(&stale))
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(store.response(&stale).await.unwrap(), None);
+    let second = format!("resp_{:032x}", 3);
+    store
+        .append_turn_recording(&id, 2, &simple_turn("two"), record(&second))
+        .await
+        .unwrap();
+    assert_eq!(store.response(&second).await.unwrap().unwrap().sequence, 4);
+    assert!(store.delete_session(&id).await.unwrap());
+    assert_eq!(store.response(&first).await.unwrap(), None);
+    assert_eq!(store.response(&second).await.unwrap(), None);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use agent_core::{Message, SessionId, TokenUsage, Turn};
 use agent_storage::{
     ConversationStore, IdempotencyBegin, IdempotencyCompletion, IdempotencyStore, MemoryStorage,
-    StorageError,
+    StorageError, TurnRecord,
 };
 
 use crate::backend;
@@ -93,14 +93,17 @@ async fn store_with_claim(
         messages: vec![Message::user("hello"), Message::assistant("hi")],
         usage: TokenUsage::default(),
     };
-    let completion = IdempotencyCompletion {
-        key,
-        response: r#"{"response":"hi"}"#,
-        retention: RETENTION,
+    let completion = TurnRecord {
+        idempotency: Some(IdempotencyCompletion {
+            key,
+            response: r#"{"response":"hi"}"#,
+            retention: RETENTION,
+        }),
+        response: None,
     };
     // A stale writer stores nothing and completes nothing.
     let stale = conversations
-        .append_turn_completing(&session, 5, &turn, completion)
+        .append_turn_recording(&session, 5, &turn, completion)
         .await
         .unwrap_err();
     assert!(
@@ -115,7 +118,7 @@ async fn store_with_claim(
         IdempotencyBegin::InProgress
     );
     let (info, completed) = conversations
-        .append_turn_completing(&session, 0, &turn, completion)
+        .append_turn_recording(&session, 0, &turn, completion)
         .await
         .unwrap();
     assert_eq!(info.next_sequence, 2);

@@ -25,7 +25,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
 use crate::routes::turn_stream::{self, EventFormat, sse};
-use crate::turn::{ClaimToComplete, Conversation, Finished, TurnInput, Turns, render_as};
+use crate::turn::{ClaimToComplete, Conversation, Extras, Finished, TurnInput, Turns, render_as};
 
 /// The header naming the stored session a chat completion continues (also answered).
 pub(crate) const SESSION_HEADER: &str = "x-session-id";
@@ -405,6 +405,7 @@ impl ChatCompletionRequest {
             Some(session) => Conversation::Session {
                 session,
                 new_session: false,
+                continues_from: None,
             },
             None => Conversation::Given {
                 caller: caller.to_owned(),
@@ -416,6 +417,7 @@ impl ChatCompletionRequest {
                 conversation,
                 message,
                 sampling,
+                instructions: Vec::new(),
             },
             stream: self.stream.unwrap_or(false),
             include_usage,
@@ -689,6 +691,7 @@ pub(crate) async fn post_chat_completions(
         return Ok(answer(turn_stream::respond(
             turns.into_inner(),
             prepared,
+            Extras::default(),
             drain.get_ref().clone(),
             settings.api.sse_keepalive,
             failures.into_inner(),
@@ -696,7 +699,7 @@ pub(crate) async fn post_chat_completions(
         )));
     }
     let Some(key) = idempotency_key else {
-        let (finished, _) = turns.run(chat.input, slot, None).await?;
+        let (finished, _) = turns.run(chat.input, slot, Extras::default()).await?;
         return Ok(answer(
             HttpResponse::Ok().json(ChatCompletion::of(&finished, &model)),
         ));
@@ -722,7 +725,16 @@ pub(crate) async fn post_chat_completions(
         lease,
         settings.api.idempotency_retention,
         || async {
-            let (finished, completed) = turns.run(chat.input, slot, Some(claim)).await?;
+            let (finished, completed) = turns
+                .run(
+                    chat.input,
+                    slot,
+                    Extras {
+                        claim: Some(claim),
+                        response: None,
+                    },
+                )
+                .await?;
             Ok((ChatCompletion::of(&finished, &model), completed))
         },
     )
