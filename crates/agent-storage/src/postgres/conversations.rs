@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, responses, sessions, usage_daily};
-use super::statements::{AppendTurn, CreateTurn, EnsureSession, MessageColumns};
+use super::statements::{AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
@@ -377,29 +377,17 @@ impl ConversationStore for PostgresStore {
 
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
-        use usage_daily::dsl;
         // A random one of the caller-day's 64 rows, so concurrent turns rarely wait on one.
-        let shard: i16 = rand::random_range(0..64);
-        let row = (
-            dsl::owner.eq(owner),
-            dsl::day.eq(Utc::now().date_naive()),
-            dsl::shard.eq(shard),
-            dsl::turns.eq(1_i64),
-            dsl::prompt_tokens.eq(signed(usage.prompt_tokens)),
-            dsl::completion_tokens.eq(signed(usage.completion_tokens)),
-        );
+        let statement = CountUsage {
+            owner,
+            day: Utc::now().date_naive(),
+            shard: rand::random_range(0..64),
+            prompt_tokens: signed(usage.prompt_tokens),
+            completion_tokens: signed(usage.completion_tokens),
+        };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            diesel::insert_into(usage_daily::table)
-                .values(row)
-                .on_conflict((dsl::owner, dsl::day, dsl::shard))
-                .do_update()
-                .set((
-                    dsl::turns.eq(dsl::turns + 1),
-                    dsl::prompt_tokens.eq(dsl::prompt_tokens + signed(usage.prompt_tokens)),
-                    dsl::completion_tokens
-                        .eq(dsl::completion_tokens + signed(usage.completion_tokens)),
-                ))
+            statement
                 .execute(&mut connection)
                 .await
                 .map_err(query_error)?;

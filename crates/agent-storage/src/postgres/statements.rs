@@ -240,3 +240,44 @@ fn walk_turn<'b>(
     out.push_sql(" FROM updated");
     Ok(())
 }
+
+/// Adds a turn that stored no messages to its caller's usage of the day: an upsert of one of
+/// the caller-day's 64 rows, written by hand so that it has a static query id and stays prepared
+/// (diesel's `on_conflict` builder has none, so it was prepared anew on every call).
+#[derive(Debug)]
+pub(super) struct CountUsage<'a> {
+    pub(super) owner: &'a str,
+    pub(super) day: chrono::NaiveDate,
+    pub(super) shard: i16,
+    pub(super) prompt_tokens: i64,
+    pub(super) completion_tokens: i64,
+}
+
+impl QueryId for CountUsage<'_> {
+    type QueryId = CountUsage<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryFragment<Pg> for CountUsage<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(
+            "INSERT INTO usage_daily AS u \
+             (owner, day, shard, turns, prompt_tokens, completion_tokens) VALUES (",
+        );
+        out.push_bind_param::<Text, _>(self.owner)?;
+        out.push_sql(", ");
+        out.push_bind_param::<diesel::sql_types::Date, _>(&self.day)?;
+        out.push_sql(", ");
+        out.push_bind_param::<diesel::sql_types::SmallInt, _>(&self.shard)?;
+        out.push_sql(", 1, ");
+        out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
+        out.push_sql(
+            ") ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
+             prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
+             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens",
+        );
+        Ok(())
+    }
+}
