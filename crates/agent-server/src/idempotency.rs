@@ -1,18 +1,23 @@
-//! `Idempotency-Key` on the routes that run turns: the same key with the same body runs the turn once and
-//! replays its stored response, also to a retry that arrives while the first is still running;
-//! the same key with another body is 422.
+//! `Idempotency-Key` on the routes that run turns: the same key with the same body runs the
+//! turn once and replays its stored response (in the route's own shape), also to a retry that
+//! arrives while the first is still running; the same key with another body is 422.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
+use actix_web::{HttpMessage, HttpRequest};
+use agent_config::Settings;
 use agent_storage::{BackgroundWork, IdempotencyBegin, IdempotencyStore};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::access::{ANONYMOUS, Caller};
+use crate::admission::TurnSlot;
 use crate::backends::Backends;
 use crate::error::{ApiError, ErrorCode};
+use crate::turn::{ClaimToComplete, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
 
 /// How often a retry checks whether the first request finished.
 const POLL: Duration = Duration::from_millis(100);
@@ -133,4 +138,66 @@ where
             }
         }
     }
+}
+
+/// The request's `Idempotency-Key`, validated, if it sent one.
+pub(crate) fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    request
+        .headers()
+        .get("idempotency-key")
+        .map(|value| parse_key(value.to_str().unwrap_or("")))
+        .transpose()
+}
+
+/// `key` as stored: scoped by the caller (its key's name, or its address without keys) and by
+/// the route's `namespace` (`/agent`'s is empty), so two callers' keys, or two routes' answer
+/// shapes, never meet.
+pub(crate) fn scoped(request: &HttpRequest, namespace: &str, key: &str) -> String {
+    let scope = request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
+    format!("{scope}:{namespace}{key}")
+}
+
+/// Runs `input`'s turn at most once per (scoped) `key`: answers `answer` of the stored turn,
+/// whose text is also what a replay gets, and whether this was a replay.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn run_turn_once<R>(
+    backends: &Backends,
+    turns: &Turns,
+    settings: &Settings,
+    key: String,
+    fingerprint: &str,
+    input: TurnInput,
+    slot: TurnSlot,
+    keep: Option<KeepResponse>,
+    answer: impl Fn(&Finished) -> R + Clone + Send + Sync + 'static,
+) -> Result<(R, bool), ApiError>
+where
+    R: Serialize + DeserializeOwned,
+{
+    // A retry may wait for the first request's lock and turn.
+    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
+    let claim = ClaimToComplete {
+        key: key.clone(),
+        retention: settings.api.idempotency_retention,
+        render: render_as(answer.clone()),
+    };
+    let extras = Extras {
+        claim: Some(claim),
+        response: keep,
+    };
+    run_once(
+        backends,
+        &key,
+        fingerprint,
+        lease,
+        settings.api.idempotency_retention,
+        || async {
+            let (finished, completed) = turns.run(input, slot, extras).await?;
+            Ok((answer(&finished), completed))
+        },
+    )
+    .await
 }

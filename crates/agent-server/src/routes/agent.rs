@@ -1,16 +1,14 @@
 //! `POST /agent` and `POST /agent/stream`: run a turn and answer with its result, whole or as
 //! server-sent events.
 
-use std::time::Duration;
-
 use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::ToolCall;
 use tokio::sync::watch;
 
-use crate::access::{ANONYMOUS, Caller, caller_name};
+use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
@@ -20,7 +18,7 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
 use crate::routes::turn_stream::{self, EventFormat, sse};
-use crate::turn::{ClaimToComplete, Extras, Finished, Turns, render_as};
+use crate::turn::{Extras, Finished, Turns};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -51,10 +49,7 @@ pub(crate) async fn post_agent(
     settings: Data<Settings>,
 ) -> Result<HttpResponse, ApiError> {
     let parsed: AgentRequest = parse_json(&request, &body)?;
-    let idempotency_key = match request.headers().get("idempotency-key") {
-        None => None,
-        Some(value) => Some(idempotency::parse_key(value.to_str().unwrap_or(""))?),
-    };
+    let idempotency_key = idempotency::key_of(&request)?;
     let fingerprint = idempotency::fingerprint(&[
         &parsed.message,
         parsed.session_id.as_deref().unwrap_or("\0none"),
@@ -65,37 +60,16 @@ pub(crate) async fn post_agent(
         let (finished, _) = turns.run(turn.into(), slot, Extras::default()).await?;
         return Ok(HttpResponse::Ok().json(AgentResponse::from(&finished)));
     };
-    let caller = request
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
-    // A retry may wait for the first request's lock and turn.
-    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
-    let key = format!("{caller}:{key}");
-    let claim = ClaimToComplete {
-        key: key.clone(),
-        retention: settings.api.idempotency_retention,
-        render: render_as(|finished: &Finished| AgentResponse::from(finished)),
-    };
-    let (response, replayed) = idempotency::run_once(
+    let (response, replayed) = idempotency::run_turn_once(
         &backends,
-        &key,
+        &turns,
+        &settings,
+        idempotency::scoped(&request, "", &key),
         &fingerprint,
-        lease,
-        settings.api.idempotency_retention,
-        || async {
-            let (finished, completed) = turns
-                .run(
-                    turn.into(),
-                    slot,
-                    Extras {
-                        claim: Some(claim),
-                        response: None,
-                    },
-                )
-                .await?;
-            Ok((AgentResponse::from(&finished), completed))
-        },
+        turn.into(),
+        slot,
+        None,
+        |finished: &Finished| AgentResponse::from(finished),
     )
     .await?;
     let mut answer = HttpResponse::Ok();

@@ -40,6 +40,39 @@ pub(crate) trait EventFormat: Send + 'static {
     fn shutdown(&mut self) -> Bytes;
 }
 
+/// Text as a stream shows it: a step's text, and after a step that wrote text and then called
+/// tools, the next step's text set apart by a blank line (the tool calls themselves are not
+/// shown by the OpenAI-shaped streams).
+#[derive(Debug, Default)]
+pub(crate) struct StepText {
+    /// The current step has written text.
+    wrote: bool,
+    /// A step that wrote text ended in tool calls: the next text starts after a blank line.
+    separate: bool,
+}
+
+impl StepText {
+    /// The text to send for a delta, if any.
+    pub(crate) fn delta(&mut self, text: String) -> Option<String> {
+        if text.is_empty() {
+            return None;
+        }
+        self.wrote = true;
+        Some(if std::mem::take(&mut self.separate) {
+            format!("\n\n{text}")
+        } else {
+            text
+        })
+    }
+
+    /// A tool call began: the step's text, if any, is over.
+    pub(crate) fn tool_call(&mut self) {
+        if std::mem::take(&mut self.wrote) {
+            self.separate = true;
+        }
+    }
+}
+
 /// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event.
 pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
     // Serialising our own event types cannot fail; were it to, the event says so.

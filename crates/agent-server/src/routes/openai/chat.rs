@@ -5,11 +5,10 @@
 //! it. Server-side tool calls never reach the client: it would try to run them.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse};
+use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::{Message, Sampling, ToolCall};
 use serde::{Deserialize, Serialize};
@@ -18,14 +17,14 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
-use crate::access::{ANONYMOUS, Caller, caller_name};
+use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::{message_problem, parse_json, session_id};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
-use crate::routes::turn_stream::{self, EventFormat, sse};
-use crate::turn::{ClaimToComplete, Conversation, Extras, Finished, TurnInput, Turns, render_as};
+use crate::routes::turn_stream::{self, EventFormat, StepText, sse};
+use crate::turn::{Conversation, Extras, Finished, TurnInput, Turns};
 
 /// The header naming the stored session a chat completion continues (also answered).
 pub(crate) const SESSION_HEADER: &str = "x-session-id";
@@ -650,10 +649,7 @@ pub(crate) async fn post_chat_completions(
     failures: Data<FailureLog>,
 ) -> Result<HttpResponse, ApiError> {
     let parsed: ChatCompletionRequest = parse_json(&request, &body).map_err(as_bad_request)?;
-    let idempotency_key = match request.headers().get("idempotency-key") {
-        None => None,
-        Some(value) => Some(idempotency::parse_key(value.to_str().unwrap_or(""))?),
-    };
+    let idempotency_key = idempotency::key_of(&request)?;
     let header = match request.headers().get(SESSION_HEADER) {
         None => None,
         Some(value) => Some(value.to_str().map_err(|_| {
@@ -704,39 +700,18 @@ pub(crate) async fn post_chat_completions(
             HttpResponse::Ok().json(ChatCompletion::of(&finished, &model)),
         ));
     };
-    let scope = request
-        .extensions()
-        .get::<Caller>()
-        .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
-    let key = format!("{scope}:chat:{key}");
     let fingerprint =
         idempotency::fingerprint(&[&String::from_utf8_lossy(&body), header.unwrap_or("\0none")]);
-    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
-    let rendered = model.clone();
-    let claim = ClaimToComplete {
-        key: key.clone(),
-        retention: settings.api.idempotency_retention,
-        render: render_as(move |finished| ChatCompletion::of(finished, &rendered)),
-    };
-    let (completion, replayed) = idempotency::run_once(
+    let (completion, replayed) = idempotency::run_turn_once(
         &backends,
-        &key,
+        &turns,
+        &settings,
+        idempotency::scoped(&request, "chat:", &key),
         &fingerprint,
-        lease,
-        settings.api.idempotency_retention,
-        || async {
-            let (finished, completed) = turns
-                .run(
-                    chat.input,
-                    slot,
-                    Extras {
-                        claim: Some(claim),
-                        response: None,
-                    },
-                )
-                .await?;
-            Ok((ChatCompletion::of(&finished, &model), completed))
-        },
+        chat.input,
+        slot,
+        None,
+        move |finished: &Finished| ChatCompletion::of(finished, &model),
     )
     .await?;
     let mut response = HttpResponse::Ok();
@@ -790,10 +765,7 @@ struct Chunks {
     created: u64,
     model: String,
     include_usage: bool,
-    /// The current step has sent text.
-    wrote: bool,
-    /// A step that sent text ended in tool calls: the next text starts after a blank line.
-    separate: bool,
+    text: StepText,
 }
 
 impl Chunks {
@@ -803,8 +775,7 @@ impl Chunks {
             created: unix_now(),
             model,
             include_usage,
-            wrote: false,
-            separate: false,
+            text: StepText::default(),
         }
     }
 
@@ -836,15 +807,7 @@ impl EventFormat for Chunks {
     }
 
     fn delta(&mut self, text: String) -> Option<Bytes> {
-        if text.is_empty() {
-            return None;
-        }
-        let content = if std::mem::take(&mut self.separate) {
-            format!("\n\n{text}")
-        } else {
-            text
-        };
-        self.wrote = true;
+        let content = self.text.delta(text)?;
         let delta = ChunkDelta {
             role: None,
             content: Some(content),
@@ -853,9 +816,7 @@ impl EventFormat for Chunks {
     }
 
     fn tool_call(&mut self, _call: ToolCall) -> Option<Bytes> {
-        if std::mem::take(&mut self.wrote) {
-            self.separate = true;
-        }
+        self.text.tool_call();
         None
     }
 
