@@ -55,6 +55,8 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::openai::list_models,
         super::openai::get_model,
         super::openai::post_chat_completions,
+        super::openai::post_responses,
+        super::openai::get_response,
         super::probes::health,
         super::probes::ready,
         super::probes::startup,
@@ -83,7 +85,12 @@ struct ApiDoc;
 /// Paths that access control never refuses (`crate::access`); `/metrics` too unless configured.
 const OPEN_PATHS: &[&str] = &["/health", "/ready", "/startup"];
 /// The routes that run turns (and so count against quotas).
-const TURN_PATHS: &[&str] = &["/agent", "/agent/stream", "/v1/chat/completions"];
+const TURN_PATHS: &[&str] = &[
+    "/agent",
+    "/agent/stream",
+    "/v1/chat/completions",
+    "/v1/responses",
+];
 
 /// The document for `settings`, as JSON text.
 pub(crate) fn document(settings: &Settings) -> String {
@@ -115,6 +122,51 @@ fn fit(document: &mut Value, settings: &Settings) {
     };
     if !settings.enable_streaming {
         paths.remove("/agent/stream");
+    }
+    // The OpenAI-shaped streams: chunks or an error (`data: [DONE]` is not JSON), and the
+    // Responses API's typed events.
+    if let Some(chat) = paths.get_mut("/v1/chat/completions") {
+        // Each event as a whole: unnamed, its data JSON but for the last, `[DONE]`.
+        chat["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
+            "type": "object",
+            "required": ["data"],
+            "properties": {
+                "data": {
+                    "type": "string",
+                    "description": "A `chat.completion.chunk` (`ChatCompletionChunk`), an error (`OpenAiErrorBody`: the stream ends without `[DONE]`), or `[DONE]`.",
+                },
+            },
+        });
+    }
+    if let Some(responses) = paths.get_mut("/v1/responses") {
+        // A created response can be read back by its id.
+        responses["post"]["responses"]["200"]["links"] = json!({
+            "GetResponse": {
+                "operationId": "get_response",
+                "parameters": { "response_id": "$response.body#/id" },
+            },
+        });
+        // Each event as a whole (named events): its name, and its JSON data.
+        responses["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
+            "type": "object",
+            "description": "A `response.*` event (or `error`): `data` is JSON with the event's `type`, its place in the stream (`sequence_number`) and the fields of that type (OpenAI's).",
+            "required": ["event", "data"],
+            "properties": {
+                "event": { "type": "string", "pattern": r"^(response\.[a-z_.]+|error)$" },
+                "data": {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {
+                        "type": "object",
+                        "required": ["type", "sequence_number"],
+                        "properties": {
+                            "type": { "type": "string" },
+                            "sequence_number": { "type": "integer", "minimum": 0 },
+                        },
+                    },
+                },
+            },
+        });
     }
     if let Some(stream) = paths.get_mut("/agent/stream") {
         stream["post"]["responses"]["200"]["content"]["text/event-stream"]["x-sse-events"] = json!({
@@ -248,8 +300,7 @@ fn fit_openai(schemas: &mut Value, settings: &Settings) {
     }
     request["audio"] = json!({ "type": "null", "description": "Refused: text only." });
     request["logprobs"] = json!({
-        "type": ["boolean", "null"],
-        "enum": [false, null],
+        "oneOf": [{ "type": "null" }, { "type": "boolean", "const": false }],
         "description": "Only false: log probabilities are not available.",
     });
     request["logit_bias"]["maxProperties"] = json!(0);
@@ -265,13 +316,32 @@ fn fit_openai(schemas: &mut Value, settings: &Settings) {
         schemas["ChatRole"]["enum"] = json!(["user", "assistant"]);
     }
     let text = json!({ "type": "string", "pattern": MESSAGE_PATTERN });
-    schemas["ContentPart"]["properties"]["text"] = text.clone();
-    schemas["MessageContent"] = json!({
-        "description": "Text, or text parts (joined with newlines): not blank, no NUL character.",
+    for (content, part) in [
+        ("MessageContent", "ContentPart"),
+        ("ItemContent", "ItemPart"),
+    ] {
+        schemas[part]["properties"]["text"] = text.clone();
+        schemas[content] = json!({
+            "description": "Text, or text parts (joined with newlines): not blank, no NUL character.",
+            "oneOf": [
+                text,
+                { "type": "array", "minItems": 1, "items": { "$ref": format!("#/components/schemas/{part}") } },
+            ],
+        });
+    }
+    schemas["ResponseInput"] = json!({
+        "description": "The user's message, or messages ending with it.",
         "oneOf": [
             text,
-            { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/ContentPart" } },
+            { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/InputItem" } },
         ],
+    });
+    let request = &mut schemas["ResponseRequest"]["properties"];
+    request["model"]["enum"] = json!([settings.openai_api.model_id]);
+    request["max_output_tokens"]["maximum"] = json!(settings.model.max_tokens);
+    request["background"] = json!({
+        "oneOf": [{ "type": "null" }, { "type": "boolean", "const": false }],
+        "description": "Only false: responses are answered while the request waits.",
     });
 }
 

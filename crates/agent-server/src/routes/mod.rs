@@ -45,6 +45,14 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
                 .app_data(web::PayloadConfig::new(openai_body_limit)),
         )
         .service(
+            post_only("/v1/responses", openai::post_responses)
+                .app_data(web::PayloadConfig::new(openai_body_limit)),
+        )
+        .service(get_only(
+            "/v1/responses/{response_id}",
+            openai::get_response,
+        ))
+        .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))
                 .route(web::delete().to(sessions::delete_session))

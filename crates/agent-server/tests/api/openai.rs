@@ -647,3 +647,266 @@ async fn limits_answer_in_openai_terms() {
         )
     );
 }
+
+async fn respond(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/responses", app.address))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The text of a response object's output.
+fn output_text(response: &Value) -> &str {
+    response["output"][0]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+}
+
+/// The Responses API: a stored response starts a session, `previous_response_id` continues it
+/// (from its latest response only), `GET /v1/responses/{id}` answers it to its caller alone;
+/// `store: false` keeps nothing but may build on a stored response.
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_are_stored_turns_continued_by_previous_response_id() {
+    let fake = FakeOpenAi::start(vec![
+        Scripted::text("Hello, Ada."),
+        Scripted::text("You are Ada."),
+        Scripted::text("Still Ada."),
+    ])
+    .await;
+    let app = spawn_with_model(
+        &fake,
+        &[(
+            "AGENT_API_KEYS",
+            "alice:alice-0123456789,bob:bob-0123456789",
+        )],
+    )
+    .await;
+    let first = respond(&app, BEARER, json!({ "model": "agent", "input": "I am Ada", "instructions": "Be warm.", "metadata": { "k": "v" } })).await;
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    let id = first["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("resp_") && id.len() == 37, "{id}");
+    assert_eq!(
+        (first["object"].as_str(), first["status"].as_str()),
+        (Some("response"), Some("completed"))
+    );
+    assert_eq!(output_text(&first), "Hello, Ada.");
+    assert_eq!(first["usage"]["total_tokens"], 15);
+    assert_eq!(first["instructions"], "Be warm.");
+    assert_eq!(first["metadata"]["k"], "v");
+    let sent = &fake.requests().await[0]["messages"];
+    assert_eq!(
+        sent[1],
+        json!({ "role": "system", "content": "Be warm." }),
+        "{sent}"
+    );
+
+    let second = respond(&app, BEARER, json!({ "model": "agent", "input": [{ "role": "user", "content": [{ "type": "input_text", "text": "who am I?" }] }], "previous_response_id": id })).await;
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.unwrap();
+    assert_eq!(second["previous_response_id"], id.as_str());
+    let remembered: Vec<String> = fake.requests().await[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        remembered.contains(&"I am Ada".to_owned()),
+        "{remembered:?}"
+    );
+    assert!(
+        !remembered.contains(&"Be warm.".to_owned()),
+        "instructions are not carried over"
+    );
+
+    // The first response is no longer the latest of its conversation.
+    let stale = respond(
+        &app,
+        BEARER,
+        json!({ "model": "agent", "input": "again", "previous_response_id": id }),
+    )
+    .await;
+    assert_eq!(stale.status(), 409);
+    assert_eq!(
+        openai_error(&stale.json().await.unwrap()).2,
+        "response_not_latest"
+    );
+
+    let fetched: Value = app
+        .client
+        .get(format!("{}/v1/responses/{id}", app.address))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched, first,
+        "GET answers the response as it was answered"
+    );
+    for (key, path) in [
+        ("bob-0123456789", format!("/v1/responses/{id}")),
+        (
+            BEARER,
+            "/v1/responses/resp_00000000000000000000000000000000".to_owned(),
+        ),
+    ] {
+        let missing = app
+            .client
+            .get(format!("{}{path}", app.address))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(missing.status(), 404, "{key} {path}");
+        assert_eq!(
+            openai_error(&missing.json().await.unwrap()).2,
+            "response_not_found"
+        );
+    }
+    let bobs = respond(
+        &app,
+        "bob-0123456789",
+        json!({ "model": "agent", "input": "hi", "previous_response_id": second["id"] }),
+    )
+    .await;
+    assert_eq!(
+        bobs.status(),
+        404,
+        "another caller's response does not exist for bob"
+    );
+
+    // store: false builds on the stored conversation, keeps nothing.
+    let unstored = respond(&app, BEARER, json!({ "model": "agent", "input": "and now?", "store": false, "previous_response_id": second["id"] })).await;
+    assert_eq!(unstored.status(), 200);
+    let unstored: Value = unstored.json().await.unwrap();
+    assert_eq!(unstored["store"], false);
+    let history: Vec<String> = fake.requests().await[2]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["content"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(history.contains(&"You are Ada.".to_owned()), "{history:?}");
+    let gone = app
+        .client
+        .get(format!(
+            "{}/v1/responses/{}",
+            app.address,
+            unstored["id"].as_str().unwrap()
+        ))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status(), 404);
+    let sessions: Value = app
+        .client
+        .get(format!("{}/sessions", app.address))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        sessions["sessions"][0]["turn_count"], 2,
+        "the unstored turn added nothing"
+    );
+
+    // With store, earlier turns belong to the stored conversation.
+    let refused = respond(&app, BEARER, json!({ "model": "agent", "input": [{ "role": "user", "content": "a" }, { "role": "assistant", "content": "b" }, { "role": "user", "content": "c" }] })).await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        openai_error(&refused.json().await.unwrap()).1.as_deref(),
+        Some("input[0].role")
+    );
+}
+
+/// A streamed response: `response.*` events in order with increasing sequence numbers, the text
+/// as deltas, `response.completed` with the whole object, which `GET` then answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_response_sends_response_events() {
+    let fake = FakeOpenAi::start(vec![
+        Scripted::tool_call("calculator", json!({ "expression": "6*7" })),
+        Scripted::text("6*7 is 42."),
+    ])
+    .await;
+    let app = spawn_with_model(&fake, &[("AGENT_API_KEYS", KEY)]).await;
+    let response = respond(
+        &app,
+        BEARER,
+        json!({ "model": "agent", "input": "6*7?", "stream": true }),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = response.text().await.unwrap();
+    let names: Vec<&str> = body
+        .lines()
+        .filter_map(|line| line.strip_prefix("event: "))
+        .collect();
+    let events: Vec<Value> = data_lines(&body)
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(names.len(), events.len());
+    for (name, event) in names.iter().zip(&events) {
+        assert_eq!(event["type"], *name);
+    }
+    let sequence: Vec<u64> = events
+        .iter()
+        .map(|event| event["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequence, (0..events.len() as u64).collect::<Vec<_>>());
+    assert_eq!(
+        &names[..4],
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added"
+        ]
+    );
+    assert_eq!(
+        &names[names.len() - 4..],
+        [
+            "response.output_text.done",
+            "response.content_part.done",
+            "response.output_item.done",
+            "response.completed"
+        ]
+    );
+    let deltas: String = events
+        .iter()
+        .filter(|event| event["type"] == "response.output_text.delta")
+        .map(|event| event["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, "6*7 is 42.");
+    let completed = &events.last().unwrap()["response"];
+    assert_eq!(output_text(completed), "6*7 is 42.");
+    assert_eq!(completed["usage"]["total_tokens"], 30);
+    let fetched: Value = app
+        .client
+        .get(format!(
+            "{}/v1/responses/{}",
+            app.address,
+            completed["id"].as_str().unwrap()
+        ))
+        .bearer_auth(BEARER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(&fetched, completed);
+}

@@ -250,7 +250,7 @@ struct ValidChat {
     session: Option<String>,
 }
 
-fn bad(param: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn bad(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid_param(
         StatusCode::BAD_REQUEST,
         ErrorCode::InvalidRequest,
@@ -260,7 +260,7 @@ fn bad(param: &str, message: impl Into<String>) -> ApiError {
 }
 
 /// OpenAI answers an invalid field with 400; ours say 422 elsewhere.
-fn as_bad_request(error: ApiError) -> ApiError {
+pub(super) fn as_bad_request(error: ApiError) -> ApiError {
     match error {
         ApiError::Invalid {
             status: StatusCode::UNPROCESSABLE_ENTITY,
@@ -302,6 +302,38 @@ impl MessageContent {
                 check(&joined, param).map(|()| joined)
             }
         }
+    }
+}
+
+/// `value` if it is within `low..=high`, else 400 naming `param`.
+pub(super) fn within(
+    param: &str,
+    value: Option<f32>,
+    low: f32,
+    high: f32,
+) -> Result<Option<f32>, ApiError> {
+    match value {
+        Some(value) if !(low..=high).contains(&value) => Err(bad(
+            param,
+            format!("{param} must be between {low} and {high}"),
+        )),
+        _ => Ok(value),
+    }
+}
+
+/// A token bound of a request, within 1 and the configured `model.max_tokens`.
+pub(super) fn within_max_tokens(
+    param: &str,
+    tokens: Option<u32>,
+    settings: &Settings,
+) -> Result<Option<u32>, ApiError> {
+    let configured = settings.model.max_tokens;
+    match tokens {
+        Some(tokens) if !(1..=configured).contains(&tokens) => Err(bad(
+            param,
+            format!("{param} must be between 1 and {configured} (AGENT_MODEL__MAX_TOKENS)"),
+        )),
+        _ => Ok(tokens),
     }
 }
 
@@ -490,26 +522,11 @@ impl ChatCompletionRequest {
 
     /// The sampling choices, each within its bounds (400 naming it otherwise).
     fn sampling(&self, settings: &Settings) -> Result<Sampling, ApiError> {
-        let within = |param: &str, value: Option<f32>, low: f32, high: f32| match value {
-            Some(value) if !(low..=high).contains(&value) => Err(bad(
-                param,
-                format!("{param} must be between {low} and {high}"),
-            )),
-            _ => Ok(value),
-        };
-        let configured = settings.model.max_tokens;
         let (param, max_tokens) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(tokens), _) => ("max_completion_tokens", Some(tokens)),
             (None, tokens) => ("max_tokens", tokens),
         };
-        if let Some(tokens) = max_tokens
-            && !(1..=configured).contains(&tokens)
-        {
-            return Err(bad(
-                param,
-                format!("{param} must be between 1 and {configured} (AGENT_MODEL__MAX_TOKENS)"),
-            ));
-        }
+        let max_tokens = within_max_tokens(param, max_tokens, settings)?;
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(one)) => vec![one.clone()],

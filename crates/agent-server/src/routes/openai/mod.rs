@@ -4,6 +4,7 @@
 //! OpenAI's error shape ([`reshape`]); turns run on the same runner as `/agent`.
 
 mod chat;
+mod responses;
 
 use std::sync::LazyLock;
 use std::time::SystemTime;
@@ -20,6 +21,9 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorCode, ErrorFacts};
 
 pub(crate) use chat::{__path_post_chat_completions, ChatCompletionChunk, post_chat_completions};
+pub(crate) use responses::{
+    __path_get_response, __path_post_responses, get_response, post_responses,
+};
 
 /// The prefix of every route of this API.
 pub(crate) const PREFIX: &str = "/v1/";
