@@ -70,6 +70,20 @@ check(second.choices[0].message.content === "you said earlier: my name is Grace"
 const stored = await (await fetch(`${url}/sessions/${session}`, { headers: { Authorization: `Bearer ${key}` } })).json();
 check(stored.turn_count === 2, `GET /sessions/${session}: ${JSON.stringify(stored)}`);
 
+const first = await client.responses.create({ model: "agent", input: "my pet is a dog" });
+check(first.output_text === "echo: my pet is a dog", `output_text: ${first.output_text}`);
+const follow = await client.responses.create({ model: "agent", input: "recall my pet", previous_response_id: first.id });
+check(follow.output_text === "you said earlier: my pet is a dog", `previous_response_id: ${follow.output_text}`);
+const events = [];
+for await (const event of await client.responses.create({ model: "agent", input: "stream a response", stream: true })) {
+  events.push(event);
+}
+const deltas = events.filter((event) => event.type === "response.output_text.delta").map((event) => event.delta).join("");
+check(events.at(-1).type === "response.completed", `last event: ${events.at(-1).type}`);
+check(deltas === "echo: stream a response", `streamed deltas: ${deltas}`);
+const retrieved = await client.responses.retrieve(events.at(-1).response.id);
+check(retrieved.output_text === deltas, `responses.retrieve: ${retrieved.output_text}`);
+
 const wrong = new OpenAI({ baseURL: `${url}/v1`, apiKey: "not-a-key-0123456789", maxRetries: 0 });
 await raises(OpenAI.AuthenticationError, () => wrong.models.list(), "a wrong key");
 const missing = await raises(

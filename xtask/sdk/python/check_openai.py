@@ -106,6 +106,33 @@ check(third.choices[0].message.content == "you said earlier: recall my name", f"
 stored = http("GET", f"{URL}/sessions/{session}", KEY)
 check(stored["turn_count"] == 3, f"GET /sessions/{session}: {stored}")
 
+# The Responses API: plain, continued with previous_response_id, streamed, read back.
+first = client.responses.create(model="agent", input="my pet is a cat", instructions="be brief")
+check(first.status == "completed", f"response status: {first.status}")
+check(first.output_text == "echo: my pet is a cat", f"output_text: {first.output_text!r}")
+check(first.usage.total_tokens == 15, f"response usage: {first.usage}")
+follow = client.responses.create(model="agent", input="recall my pet", previous_response_id=first.id)
+check(
+    follow.output_text == "you said earlier: my pet is a cat",
+    f"previous_response_id remembered: {follow.output_text!r}",
+)
+check(client.responses.retrieve(first.id).output_text == first.output_text, "responses.retrieve")
+events = list(client.responses.create(model="agent", input="stream a response", stream=True))
+kinds = [event.type for event in events]
+check(kinds[0] == "response.created" and kinds[-1] == "response.completed", f"events: {kinds}")
+deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+check(deltas == "echo: stream a response", f"streamed deltas: {deltas!r}")
+check(events[-1].response.output_text == deltas, "response.completed carries the text")
+check(
+    client.responses.retrieve(events[-1].response.id).status == "completed",
+    "a streamed response is stored",
+)
+raises(
+    openai.NotFoundError,
+    lambda: client.responses.create(model="agent", input="hi", previous_response_id="resp_" + "0" * 32),
+    "an unknown previous_response_id",
+)
+
 # Errors become the SDK's exception classes.
 wrong = OpenAI(base_url=f"{URL}/v1", api_key="not-a-key-0123456789", max_retries=0)
 raises(openai.AuthenticationError, wrong.models.list, "a wrong key")

@@ -2,8 +2,8 @@
 //! OpenAI-compatible API on Postgres and Redis: the Python SDK (`openai` 3.x from PyPI) runs
 //! `xtask/sdk/python/check_openai.py`, the Node SDK (`openai` 6.x from npm, installed in
 //! `xtask/sdk/node`) runs `xtask/sdk/node/check_openai.mjs`. Each script makes its own checks
-//! (models, plain and streamed completions, a remembered session, each error class) and exits
-//! non-zero on the first failure. A second server allowing two requests a minute gives the
+//! (models, plain and streamed chat completions, a remembered session, responses plain, streamed,
+//! continued and read back, each error class) and exits non-zero on the first failure. A second server allowing two requests a minute gives the
 //! scripts a rate limit to hit.
 
 use std::path::Path;
