@@ -595,7 +595,15 @@ async fn a_client_leaving_mid_stream_stores_nothing() {
     )
     .await;
     assert_eq!(next.status(), 200);
-    assert_eq!(app.stored("alice:left").await.len(), 2);
+    // Only the next turn is stored (how many messages it has depends on how far the cancelled
+    // turn read the fake model's script before it was dropped).
+    let stored = app.stored("alice:left").await;
+    let users: Vec<&str> = stored
+        .iter()
+        .filter(|message| message.message.role == agent_core::Role::User)
+        .map(|message| message.message.content.as_str())
+        .collect();
+    assert_eq!(users, ["again"]);
 }
 
 /// Rate limits and quotas answer 429 in OpenAI's shape with `Retry-After`; a quota says the SDKs
