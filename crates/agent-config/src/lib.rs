@@ -9,7 +9,9 @@ mod error;
 mod http_tools;
 pub mod keys;
 mod load;
+mod mcp_servers;
 mod settings;
+mod tables;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +20,8 @@ pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings,
-    ModelProvider, ModelSettings, OpenAiApiSettings, Profile, ServerSettings, Settings,
-    StorageSettings, TokenQuotas, TurnSettings,
+    McpServerSettings, ModelProvider, ModelSettings, OpenAiApiSettings, Profile, ServerSettings,
+    Settings, StorageSettings, TokenQuotas, TurnSettings,
 };
+/// The URL type of the settings (`HttpToolSettings::url`, `McpServerSettings::url`).
+pub use url::Url;

@@ -219,6 +219,10 @@ impl Layers {
                         as usize,
                 },
             )?,
+            mcp_servers: crate::mcp_servers::load(
+                &self.figment,
+                self.file.as_deref().unwrap_or_default(),
+            )?,
             storage: StorageSettings {
                 database_url: self.url_secret(&keys::STORAGE_DATABASE_URL)?,
                 redis_url: self.url_secret(&keys::STORAGE_REDIS_URL)?,
@@ -732,7 +736,7 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
         } else {
             format!("{prefix}.{name}")
         };
-        if path == crate::http_tools::FILE_KEY {
+        if path == crate::http_tools::FILE_KEY || path == crate::mcp_servers::FILE_KEY {
             continue;
         }
         match value {

@@ -22,6 +22,8 @@ pub struct Settings {
     pub turn: TurnSettings,
     /// Operator-declared HTTP tools (from the TOML file only).
     pub http_tools: Vec<HttpToolSettings>,
+    /// `[[mcp_servers]]` tables in the file: MCP servers whose tools the agent may call.
+    pub mcp_servers: Vec<McpServerSettings>,
     pub storage: StorageSettings,
     pub health: HealthSettings,
 }
@@ -231,6 +233,26 @@ pub enum ModelProvider {
     },
     /// The built-in deterministic model; dev profile only.
     Offline,
+}
+
+/// An MCP server (Streamable HTTP) whose tools the agent may call.
+#[derive(Debug, Clone)]
+pub struct McpServerSettings {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`; its readiness check is `mcp:<name>`.
+    pub name: String,
+    pub url: Url,
+    /// Sent with every request (bearer tokens): secrets.
+    pub headers: Vec<(String, SecretString)>,
+    /// Bound on one tool call.
+    pub timeout: Duration,
+    /// Bound on connecting and initialising the session.
+    pub connect_timeout: Duration,
+    /// Only these of its tools, when set.
+    pub tools: Option<Vec<String>>,
+    /// Its tools are named `<prefix>__<tool>` (default: the name).
+    pub prefix: String,
+    /// Readiness fails while it is unavailable (otherwise it is reported degraded).
+    pub required: bool,
 }
 
 #[derive(Debug, Clone)]

@@ -916,3 +916,124 @@ fn retention_is_off_by_default_and_zero_turns_it_off() {
     );
     assert_eq!(storage.retention_sweep_interval, Duration::from_secs(300));
 }
+
+#[test]
+fn mcp_servers_are_read_from_the_file_with_secret_headers_from_files() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("docs-token", "Bearer token-from-file\n")?;
+        jail.create_file(
+            "agent.toml",
+            r#"
+            [[mcp_servers]]
+            name = "docs"
+            url = "https://mcp.example/mcp"
+            headers = { Authorization = { file = "docs-token" } }
+            required = true
+
+            [[mcp_servers]]
+            name = "everything"
+            url = "http://127.0.0.1:3001/mcp"
+            prefix = "ev"
+            tools = ["echo", "add"]
+            timeout = "2s"
+            connect_timeout = "500ms"
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let loaded = load().map_err(|error| error.to_string())?;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let servers = &loaded.settings.mcp_servers;
+        assert_eq!(servers.len(), 2);
+        let docs = &servers[0];
+        assert_eq!((docs.prefix.as_str(), docs.required), ("docs", true));
+        assert_eq!(
+            (docs.timeout, docs.connect_timeout, docs.tools.clone()),
+            (Duration::from_secs(30), Duration::from_secs(5), None)
+        );
+        assert_eq!(docs.headers[0].1.expose_secret(), "Bearer token-from-file");
+        let everything = &servers[1];
+        assert_eq!(
+            (everything.prefix.as_str(), everything.required),
+            ("ev", false)
+        );
+        assert_eq!(
+            (everything.timeout, everything.connect_timeout),
+            (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(
+            everything.tools.as_deref(),
+            Some(&["echo".to_owned(), "add".to_owned()][..])
+        );
+        assert!(!format!("{:?}", loaded.settings).contains("token-from-file"));
+        Ok(())
+    });
+}
+
+#[test]
+fn invalid_mcp_servers_name_the_server_and_the_problem() {
+    let cases = [
+        (
+            "name = \"bad name\"\nurl = \"https://x.example\"",
+            "name must be 1 to 64",
+        ),
+        (
+            "name = \"s\"\nurl = \"stdio://server\"",
+            "is not an http(s) URL",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\nprefix = \"a.b\"",
+            "prefix must be 1 to 64",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\ntimeout = \"soon\"",
+            "timeout 'soon' is not a duration",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\ntools = [\"\"]",
+            "tools[0] is empty",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\ncommand = \"npx server\"",
+            "unknown field: found `command`",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\nheaders = { Authorization = { file = \"/nonexistent\" } }",
+            "header Authorization: cannot read",
+        ),
+    ];
+    for (body, expected) in cases {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("agent.toml", &format!("[[mcp_servers]]\n{body}\n"))?;
+            jail.set_env("AGENT_CONFIG", "agent.toml");
+            let message = load()
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(message.starts_with("mcp_servers"), "{message}");
+            assert!(message.contains(expected), "{expected}: {message}");
+            Ok(())
+        });
+    }
+    // Two servers whose tools would share a prefix.
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "agent.toml",
+            "[[mcp_servers]]\nname = \"a\"\nurl = \"https://a.example\"\nprefix = \"p\"\n\
+             [[mcp_servers]]\nname = \"b\"\nurl = \"https://b.example\"\nprefix = \"p\"\n",
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let message = load()
+            .err()
+            .map(|error| error.to_string())
+            .unwrap_or_default();
+        assert!(
+            message.starts_with("mcp_servers[1] (b)")
+                && message.contains("MCP server a has the same prefix 'p'"),
+            "{message}"
+        );
+        Ok(())
+    });
+}

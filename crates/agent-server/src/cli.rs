@@ -138,12 +138,63 @@ pub fn config_check() -> ExitCode {
             .iter()
             .map(|value| format!("{:width$} = {}  # {}", value.key, value.value, value.origin)),
     );
+    let settings = &loaded.settings;
+    lines.extend(settings.http_tools.iter().map(|tool| {
+        format!(
+            "http tool {}: {} {} (timeout {}, headers: {})",
+            tool.name,
+            tool.method,
+            without_credentials(&tool.url),
+            humantime::format_duration(tool.timeout),
+            redacted(&tool.headers)
+        )
+    }));
+    lines.extend(settings.mcp_servers.iter().map(|server| {
+        format!(
+            "mcp server {}: {} (tools {}__*{}, timeout {}, connect timeout {}, {}, headers: {})",
+            server.name,
+            without_credentials(&server.url),
+            server.prefix,
+            server
+                .tools
+                .as_ref()
+                .map_or_else(String::new, |tools| format!(" of [{}]", tools.join(", "))),
+            humantime::format_duration(server.timeout),
+            humantime::format_duration(server.connect_timeout),
+            if server.required {
+                "required"
+            } else {
+                "optional"
+            },
+            redacted(&server.headers)
+        )
+    }));
     for line in lines {
         if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A URL as `config check` prints it: without a user name or password.
+fn without_credentials(url: &agent_config::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+/// Header names with their values redacted (they are secrets), or `none`.
+fn redacted(headers: &[(String, secrecy::SecretString)]) -> String {
+    if headers.is_empty() {
+        return "none".to_owned();
+    }
+    headers
+        .iter()
+        .map(|(name, _)| format!("{name}=<redacted>"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Loads the configuration, or prints why it is invalid (one line) and answers the exit code.

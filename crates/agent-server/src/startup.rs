@@ -456,6 +456,13 @@ fn log_fallbacks(settings: &Settings) {
             "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
         );
     }
+    for server in &settings.mcp_servers {
+        // The declarations are read and checked; the MCP client is the next step of its issue.
+        tracing::warn!(
+            mcp_server = %server.name,
+            "an MCP server is declared, but this build does not call MCP servers yet: its tools are not offered"
+        );
+    }
 }
 
 #[cfg(test)]

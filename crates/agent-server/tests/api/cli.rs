@@ -130,6 +130,50 @@ fn config_check_prints_effective_values_with_secrets_redacted() {
     assert!(stderr(&invalid).contains("WORKERS"));
 }
 
+/// `config check` lists the declared HTTP tools and MCP servers, their header values and URL
+/// credentials redacted.
+#[test]
+fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
+    let directory = std::env::temp_dir().join(format!("agent-config-{}", std::process::id()));
+    std::fs::create_dir_all(&directory).unwrap();
+    let file = directory.join("agent.toml");
+    std::fs::write(
+        &file,
+        r#"
+        [[http_tools]]
+        name = "weather"
+        description = "Weather."
+        url = "https://weather.example/api"
+        parameters = { type = "object" }
+        headers = { "X-Api-Key" = "hunter2-key" }
+
+        [[mcp_servers]]
+        name = "docs"
+        url = "https://user:hunter2-pass@mcp.example/mcp"
+        headers = { Authorization = "Bearer hunter2-token" }
+        tools = ["search"]
+        required = true
+        "#,
+    )
+    .unwrap();
+    let checked = output(
+        &["config", "check"],
+        &[("AGENT_CONFIG", file.to_str().unwrap())],
+    );
+    assert!(checked.status.success(), "{}", stderr(&checked));
+    let stdout = String::from_utf8_lossy(&checked.stdout);
+    assert!(
+        stdout.contains("http tool weather: POST https://weather.example/api (timeout 10s, headers: X-Api-Key=<redacted>)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("mcp server docs: https://mcp.example/mcp (tools docs__* of [search], timeout 30s, connect timeout 5s, required, headers: Authorization=<redacted>)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    std::fs::remove_dir_all(&directory).unwrap();
+}
+
 #[test]
 fn version_prints_the_package_version() {
     let version = output(&["--version"], &[]);

@@ -1,0 +1,92 @@
+//! Operator-declared MCP servers: `[[mcp_servers]]` tables in the TOML file, validated into
+//! [`McpServerSettings`]. Only these URLs are ever contacted for MCP tools (Streamable HTTP);
+//! header values given as `{ file = "/path" }` are secrets read from files.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use figment::Figment;
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::settings::McpServerSettings;
+use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid};
+
+/// The key of the server tables in the file.
+pub(crate) const FILE_KEY: &str = "mcp_servers";
+
+/// A tool call's bound when a server sets none.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The bound on connecting and initialising when a server sets none.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: String,
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, RawHeader>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    #[serde(default)]
+    tools: Option<Vec<String>>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    required: bool,
+}
+
+pub(crate) fn load(figment: &Figment, file: &str) -> Result<Vec<McpServerSettings>, ConfigError> {
+    let Ok(value) = figment.find_value(FILE_KEY) else {
+        return Ok(Vec::new());
+    };
+    let raw: Vec<RawServer> = value.deserialize().map_err(|error| {
+        invalid(
+            &format!("{FILE_KEY} in {file}"),
+            format!("expected [[{FILE_KEY}]] tables: {error}"),
+        )
+    })?;
+    let mut servers: Vec<McpServerSettings> = Vec::with_capacity(raw.len());
+    for (index, server) in raw.into_iter().enumerate() {
+        let origin = format!("{FILE_KEY}[{index}] ({}) in {file}", server.name);
+        check_name(&origin, "name", &server.name)?;
+        let prefix = server.prefix.unwrap_or_else(|| server.name.clone());
+        check_name(&origin, "prefix", &prefix)?;
+        if servers.iter().any(|other| other.name == server.name) {
+            return Err(invalid(&origin, "another MCP server has the same name"));
+        }
+        if let Some(other) = servers.iter().find(|other| other.prefix == prefix) {
+            return Err(invalid(
+                &origin,
+                format!(
+                    "MCP server {} has the same prefix '{prefix}': their tools' names would collide",
+                    other.name
+                ),
+            ));
+        }
+        if let Some(tools) = &server.tools
+            && let Some(empty) = tools.iter().position(String::is_empty)
+        {
+            return Err(invalid(&origin, format!("tools[{empty}] is empty")));
+        }
+        servers.push(McpServerSettings {
+            url: http_url(&origin, &server.url)?,
+            headers: headers(&origin, server.headers)?,
+            timeout: duration(&origin, "timeout", server.timeout, DEFAULT_TIMEOUT)?,
+            connect_timeout: duration(
+                &origin,
+                "connect_timeout",
+                server.connect_timeout,
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            tools: server.tools,
+            prefix,
+            required: server.required,
+            name: server.name,
+        });
+    }
+    Ok(servers)
+}

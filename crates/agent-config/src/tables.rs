@@ -1,0 +1,89 @@
+//! What the operator-declared tables of the TOML file (`[[http_tools]]`, `[[mcp_servers]]`)
+//! share: their names, URLs, durations and header values, validated one way, with errors that
+//! name the table entry.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+use crate::error::ConfigError;
+
+/// A header value: plain text, or `{ file = "/path" }`, a secret read from a file.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawHeader {
+    Plain(String),
+    File { file: String },
+}
+
+/// An entry's problem, reported with where it is (`http_tools[0] (weather) in agent.toml`).
+pub(crate) fn invalid(origin: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// 1 to 64 of `A-Z a-z 0-9 _ -`: a tool name as OpenAI's function names allow it.
+pub(crate) fn check_name(origin: &str, what: &str, name: &str) -> Result<(), ConfigError> {
+    let valid = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_-".contains(&byte));
+    if valid {
+        Ok(())
+    } else {
+        Err(invalid(
+            origin,
+            format!("{what} must be 1 to 64 of A-Z, a-z, 0-9, '_' and '-'"),
+        ))
+    }
+}
+
+/// An `http(s)` URL with a host.
+pub(crate) fn http_url(origin: &str, text: &str) -> Result<Url, ConfigError> {
+    Url::parse(text)
+        .ok()
+        .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+        .ok_or_else(|| invalid(origin, format!("url '{text}' is not an http(s) URL")))
+}
+
+/// A humantime duration named `what`, or `default` when unset.
+pub(crate) fn duration(
+    origin: &str,
+    what: &str,
+    text: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match text {
+        None => Ok(default),
+        Some(text) => humantime::parse_duration(&text)
+            .map_err(|_| invalid(origin, format!("{what} '{text}' is not a duration"))),
+    }
+}
+
+/// Header values as secrets, those given as `{ file = ... }` read from their files.
+pub(crate) fn headers(
+    origin: &str,
+    raw: BTreeMap<String, RawHeader>,
+) -> Result<Vec<(String, SecretString)>, ConfigError> {
+    let mut headers = Vec::with_capacity(raw.len());
+    for (name, header) in raw {
+        let value = match header {
+            RawHeader::Plain(value) => value,
+            RawHeader::File { file: path } => std::fs::read_to_string(&path)
+                .map(|text| text.trim_end_matches(['\r', '\n']).to_owned())
+                .map_err(|error| {
+                    invalid(
+                        origin,
+                        format!("header {name}: cannot read {path}: {error}"),
+                    )
+                })?,
+        };
+        headers.push((name, SecretString::from(value)));
+    }
+    Ok(headers)
+}
