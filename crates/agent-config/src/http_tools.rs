@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::settings::HttpToolSettings;
-use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid};
+use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid, read};
 
 /// The key of the tool tables in the file.
 pub(crate) const FILE_KEY: &str = "http_tools";
@@ -43,15 +43,7 @@ pub(crate) fn load(
     file: &str,
     defaults: Defaults,
 ) -> Result<Vec<HttpToolSettings>, ConfigError> {
-    let Ok(value) = figment.find_value(FILE_KEY) else {
-        return Ok(Vec::new());
-    };
-    let raw: Vec<RawTool> = value.deserialize().map_err(|error| {
-        invalid(
-            &format!("{FILE_KEY} in {file}"),
-            format!("expected [[{FILE_KEY}]] tables: {error}"),
-        )
-    })?;
+    let raw: Vec<RawTool> = read(figment, FILE_KEY, file)?;
     let mut tools: Vec<HttpToolSettings> = Vec::with_capacity(raw.len());
     for (index, tool) in raw.into_iter().enumerate() {
         let origin = format!("{FILE_KEY}[{index}] ({}) in {file}", tool.name);

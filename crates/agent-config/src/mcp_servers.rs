@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::error::ConfigError;
 use crate::settings::McpServerSettings;
-use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid};
+use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid, read};
 
 /// The key of the server tables in the file.
 pub(crate) const FILE_KEY: &str = "mcp_servers";
@@ -40,15 +40,7 @@ struct RawServer {
 }
 
 pub(crate) fn load(figment: &Figment, file: &str) -> Result<Vec<McpServerSettings>, ConfigError> {
-    let Ok(value) = figment.find_value(FILE_KEY) else {
-        return Ok(Vec::new());
-    };
-    let raw: Vec<RawServer> = value.deserialize().map_err(|error| {
-        invalid(
-            &format!("{FILE_KEY} in {file}"),
-            format!("expected [[{FILE_KEY}]] tables: {error}"),
-        )
-    })?;
+    let raw: Vec<RawServer> = read(figment, FILE_KEY, file)?;
     let mut servers: Vec<McpServerSettings> = Vec::with_capacity(raw.len());
     for (index, server) in raw.into_iter().enumerate() {
         let origin = format!("{FILE_KEY}[{index}] ({}) in {file}", server.name);

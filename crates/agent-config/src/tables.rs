@@ -5,8 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use figment::Figment;
 use secrecy::SecretString;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::error::ConfigError;
@@ -17,6 +19,23 @@ use crate::error::ConfigError;
 pub(crate) enum RawHeader {
     Plain(String),
     File { file: String },
+}
+
+/// The `[[key]]` tables of `file` (none when it has none).
+pub(crate) fn read<T: DeserializeOwned>(
+    figment: &Figment,
+    key: &str,
+    file: &str,
+) -> Result<Vec<T>, ConfigError> {
+    let Ok(value) = figment.find_value(key) else {
+        return Ok(Vec::new());
+    };
+    value.deserialize().map_err(|error| {
+        invalid(
+            &format!("{key} in {file}"),
+            format!("expected [[{key}]] tables: {error}"),
+        )
+    })
 }
 
 /// An entry's problem, reported with where it is (`http_tools[0] (weather) in agent.toml`).
