@@ -383,8 +383,6 @@ impl Turns {
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
                 .await
                 .map(|(_, completed)| completed);
-            let stored = (stored, guard);
-            let (stored, guard) = stored;
             let stored = observe(&store_failing, stored);
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
