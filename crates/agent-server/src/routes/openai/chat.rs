@@ -305,6 +305,22 @@ impl MessageContent {
     }
 }
 
+/// 400 naming the parameter of the first refusal that applies: (refused, parameter, why).
+pub(super) fn first_refusal<const N: usize>(
+    refusals: [(bool, &str, &str); N],
+) -> Result<(), ApiError> {
+    match refusals.into_iter().find(|(refused, _, _)| *refused) {
+        Some((_, param, message)) => Err(bad(param, message)),
+        None => Ok(()),
+    }
+}
+
+/// Whether a `tool_choice` asks for nothing the client would have to offer: unset, `auto` or
+/// `none`.
+pub(super) fn choice_is_free(choice: Option<&Value>) -> bool {
+    choice.is_none_or(|choice| choice == "auto" || choice == "none")
+}
+
 /// `value` if it is within `low..=high`, else 400 naming `param`.
 pub(super) fn within(
     param: &str,
@@ -458,12 +474,7 @@ impl ChatCompletionRequest {
 
     /// 400 naming the first parameter the agent cannot honour.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let choice_is_free = |choice: &Option<Value>| {
-            choice
-                .as_ref()
-                .is_none_or(|choice| choice == "auto" || choice == "none")
-        };
-        let refusals = [
+        first_refusal([
             (
                 self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
                 "tools",
@@ -477,12 +488,12 @@ impl ChatCompletionRequest {
                 "client-side functions are not supported: the agent runs its own tools on the server",
             ),
             (
-                !choice_is_free(&self.tool_choice),
+                !choice_is_free(self.tool_choice.as_ref()),
                 "tool_choice",
                 "only `auto` or `none`: the client offers no tools",
             ),
             (
-                !choice_is_free(&self.function_call),
+                !choice_is_free(self.function_call.as_ref()),
                 "function_call",
                 "only `auto` or `none`: the client offers no functions",
             ),
@@ -513,11 +524,7 @@ impl ChatCompletionRequest {
                 "logit_bias",
                 "logit_bias is not supported",
             ),
-        ];
-        match refusals.into_iter().find(|(refused, _, _)| *refused) {
-            Some((_, param, message)) => Err(bad(param, message)),
-            None => Ok(()),
-        }
+        ])
     }
 
     /// The sampling choices, each within its bounds (400 naming it otherwise).

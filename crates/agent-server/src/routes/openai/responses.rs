@@ -17,7 +17,10 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use super::chat::{ChatRole, Modality, as_bad_request, bad, within, within_max_tokens};
+use super::chat::{
+    ChatRole, Modality, as_bad_request, bad, choice_is_free, first_refusal, within,
+    within_max_tokens,
+};
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
@@ -347,18 +350,14 @@ struct ValidResponse {
 
 impl ResponseRequest {
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        let choice_is_free = self
-            .tool_choice
-            .as_ref()
-            .is_none_or(|choice| choice == "auto" || choice == "none");
-        let refusals = [
+        first_refusal([
             (
                 self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
                 "tools",
                 "client-side tools are not supported: the agent runs its own tools on the server",
             ),
             (
-                !choice_is_free,
+                !choice_is_free(self.tool_choice.as_ref()),
                 "tool_choice",
                 "only `auto` or `none`: the client offers no tools",
             ),
@@ -374,11 +373,7 @@ impl ResponseRequest {
                 "include",
                 "no extra output is available",
             ),
-        ];
-        match refusals.into_iter().find(|(refused, _, _)| *refused) {
-            Some((_, param, message)) => Err(bad(param, message)),
-            None => Ok(()),
-        }
+        ])
     }
 
     /// The turn, with the previous response's session (already looked up, the caller's) when
@@ -459,7 +454,7 @@ impl ResponseRequest {
         }
         let previous = match &self.previous_response_id {
             None => None,
-            Some(id) => Some(previous_response(backends, id, caller).await?),
+            Some(id) => Some(stored_response(backends, id, caller, "previous_response_id").await?),
         };
         let mut instructions: Vec<Message> =
             self.instructions.iter().map(Message::system).collect();
@@ -534,11 +529,13 @@ impl ResponseRequest {
     }
 }
 
-/// The caller's stored response `id`, or 404 `response_not_found` (another caller's too).
-async fn previous_response(
+/// The caller's stored response `id`, or 404 `response_not_found` (another caller's too)
+/// naming `param`, the request parameter that held the id.
+async fn stored_response(
     backends: &Backends,
     id: &str,
     caller: &str,
+    param: &str,
 ) -> Result<agent_storage::StoredResponse, ApiError> {
     let found = backends.conversations.response(id).await?;
     found
@@ -547,7 +544,7 @@ async fn previous_response(
             ApiError::invalid_param(
                 StatusCode::NOT_FOUND,
                 ErrorCode::ResponseNotFound,
-                "previous_response_id",
+                param,
                 format!("no stored response of yours has the id {id}"),
             )
         })
@@ -705,22 +702,7 @@ pub(crate) async fn get_response(
     backends: Data<Backends>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_name(&request);
-    let stored = previous_response(&backends, &id, &caller)
-        .await
-        .map_err(|error| match error {
-            ApiError::Invalid {
-                status,
-                code,
-                message,
-                ..
-            } => ApiError::Invalid {
-                status,
-                code,
-                message,
-                param: Some("response_id".into()),
-            },
-            other => other,
-        })?;
+    let stored = stored_response(&backends, &id, &caller, "response_id").await?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .body(stored.body))
