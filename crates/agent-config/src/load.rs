@@ -222,6 +222,7 @@ impl Layers {
             mcp_servers: crate::mcp_servers::load(
                 &self.figment,
                 self.file.as_deref().unwrap_or_default(),
+                self.int(&keys::HTTP_TOOL_DEFAULTS_MAX_RESPONSE_BYTES)? as usize,
             )?,
             storage: StorageSettings {
                 database_url: self.url_secret(&keys::STORAGE_DATABASE_URL)?,

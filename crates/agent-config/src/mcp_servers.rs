@@ -19,6 +19,11 @@ pub(crate) const FILE_KEY: &str = "mcp_servers";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The bound on connecting and initialising when a server sets none.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the tool list is fetched again when a server sets nothing (besides its
+/// `tools/list_changed` notifications).
+const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// The largest tool message a server may set (as for HTTP tools).
+const MAX_RESULT_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,9 +42,18 @@ struct RawServer {
     prefix: Option<String>,
     #[serde(default)]
     required: bool,
+    #[serde(default)]
+    max_result_bytes: Option<usize>,
+    #[serde(default)]
+    refresh_interval: Option<String>,
 }
 
-pub(crate) fn load(figment: &Figment, file: &str) -> Result<Vec<McpServerSettings>, ConfigError> {
+/// `max_result_bytes` of a server that sets none: `http_tool_defaults.max_response_bytes`.
+pub(crate) fn load(
+    figment: &Figment,
+    file: &str,
+    default_max_result_bytes: usize,
+) -> Result<Vec<McpServerSettings>, ConfigError> {
     let raw: Vec<RawServer> = read(figment, FILE_KEY, file)?;
     let mut servers: Vec<McpServerSettings> = Vec::with_capacity(raw.len());
     for (index, server) in raw.into_iter().enumerate() {
@@ -64,6 +78,22 @@ pub(crate) fn load(figment: &Figment, file: &str) -> Result<Vec<McpServerSetting
         {
             return Err(invalid(&origin, format!("tools[{empty}] is empty")));
         }
+        let max_result_bytes = server.max_result_bytes.unwrap_or(default_max_result_bytes);
+        if !(1..=MAX_RESULT_BYTES).contains(&max_result_bytes) {
+            return Err(invalid(
+                &origin,
+                format!("max_result_bytes must be 1 to {MAX_RESULT_BYTES}"),
+            ));
+        }
+        let refresh_interval = duration(
+            &origin,
+            "refresh_interval",
+            server.refresh_interval,
+            DEFAULT_REFRESH_INTERVAL,
+        )?;
+        if refresh_interval < Duration::from_secs(1) {
+            return Err(invalid(&origin, "refresh_interval must be at least 1s"));
+        }
         servers.push(McpServerSettings {
             url: http_url(&origin, &server.url)?,
             headers: headers(&origin, server.headers)?,
@@ -77,6 +107,8 @@ pub(crate) fn load(figment: &Figment, file: &str) -> Result<Vec<McpServerSetting
             tools: server.tools,
             prefix,
             required: server.required,
+            max_result_bytes,
+            refresh_interval,
             name: server.name,
         });
     }

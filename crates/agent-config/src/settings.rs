@@ -253,6 +253,10 @@ pub struct McpServerSettings {
     pub prefix: String,
     /// Readiness fails while it is unavailable (otherwise it is reported degraded).
     pub required: bool,
+    /// The tool message is cut to this many bytes (default: `http_tool_defaults.max_response_bytes`).
+    pub max_result_bytes: usize,
+    /// How often its tool list is fetched again, besides its change notifications.
+    pub refresh_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -938,6 +938,8 @@ fn mcp_servers_are_read_from_the_file_with_secret_headers_from_files() {
             tools = ["echo", "add"]
             timeout = "2s"
             connect_timeout = "500ms"
+            max_result_bytes = 1000
+            refresh_interval = "10s"
             "#,
         )?;
         jail.set_env("AGENT_CONFIG", "agent.toml");
@@ -951,6 +953,11 @@ fn mcp_servers_are_read_from_the_file_with_secret_headers_from_files() {
             (docs.timeout, docs.connect_timeout, docs.tools.clone()),
             (Duration::from_secs(30), Duration::from_secs(5), None)
         );
+        // Tool messages are capped like HTTP tools' responses unless the server says otherwise.
+        assert_eq!(
+            (docs.max_result_bytes, docs.refresh_interval),
+            (65536, Duration::from_secs(300))
+        );
         assert_eq!(docs.headers[0].1.expose_secret(), "Bearer token-from-file");
         let everything = &servers[1];
         assert_eq!(
@@ -960,6 +967,10 @@ fn mcp_servers_are_read_from_the_file_with_secret_headers_from_files() {
         assert_eq!(
             (everything.timeout, everything.connect_timeout),
             (Duration::from_secs(2), Duration::from_millis(500))
+        );
+        assert_eq!(
+            (everything.max_result_bytes, everything.refresh_interval),
+            (1000, Duration::from_secs(10))
         );
         assert_eq!(
             everything.tools.as_deref(),
@@ -992,6 +1003,14 @@ fn invalid_mcp_servers_name_the_server_and_the_problem() {
         (
             "name = \"s\"\nurl = \"https://x.example\"\ntools = [\"\"]",
             "tools[0] is empty",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\nmax_result_bytes = 0",
+            "max_result_bytes must be 1 to",
+        ),
+        (
+            "name = \"s\"\nurl = \"https://x.example\"\nrefresh_interval = \"10ms\"",
+            "refresh_interval must be at least 1s",
         ),
         (
             "name = \"s\"\nurl = \"https://x.example\"\ncommand = \"npx server\"",

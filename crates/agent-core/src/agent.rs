@@ -15,9 +15,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::AgentError;
-use crate::model::{
-    ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, Sampling, ToolSpec,
-};
+use crate::model::{ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, Sampling};
 use crate::tools::ToolRegistry;
 
 /// The bounds of every turn.
@@ -78,7 +76,6 @@ pub enum AgentEvent {
 pub struct Agent {
     model: Arc<dyn ChatModel>,
     tools: Arc<ToolRegistry>,
-    specs: Arc<[ToolSpec]>,
     limits: AgentLimits,
     system_prompt: Option<Arc<str>>,
 }
@@ -90,14 +87,12 @@ impl Agent {
         limits: AgentLimits,
         system_prompt: Option<String>,
     ) -> Self {
-        let specs = tools.specs().into();
         let system_prompt = system_prompt
             .filter(|prompt| !prompt.trim().is_empty())
             .map(Arc::from);
         Self {
             model,
             tools,
-            specs,
             limits,
             system_prompt,
         }
@@ -105,6 +100,11 @@ impl Agent {
 
     pub fn limits(&self) -> AgentLimits {
         self.limits
+    }
+
+    /// The agent's tools.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
     }
 
     /// Runs a turn to its end.
@@ -159,11 +159,13 @@ impl Agent {
         context.push(user.clone());
         let mut produced = vec![user];
         let mut usage = TokenUsage::default();
+        // The tools of the turn's start: an MCP server's list changing does not change them.
+        let tools = self.tools.current();
 
         for step in 1..=self.limits.max_steps {
             let model_request = ChatRequest {
                 messages: &context,
-                tools: &self.specs,
+                tools: tools.specs(),
                 sampling: &request.sampling,
             };
             let reply = match events {
@@ -190,7 +192,7 @@ impl Agent {
                 send(events, AgentEvent::ToolCallStarted(call.clone()));
             }
             // `buffered` runs up to the bound at once and yields results in call order.
-            let pending: Vec<_> = calls.iter().map(|call| self.tools.call(call)).collect();
+            let pending: Vec<_> = calls.iter().map(|call| tools.call(call)).collect();
             let outcomes: Vec<_> = futures_util::stream::iter(pending)
                 .buffered(self.limits.max_parallel_tools.max(1))
                 .collect()

@@ -87,6 +87,13 @@ pub enum ToolError {
     Duplicate(String),
     #[error("tool {name} has an invalid argument schema: {problem}")]
     InvalidSchema { name: String, problem: String },
+    /// Two tools would have the same name (an MCP tool and another source's, at startup).
+    #[error("two tools are named {name}: one of {first}, one of {second}")]
+    Collision {
+        name: String,
+        first: String,
+        second: String,
+    },
     /// The tool ran and failed; the message is shown to the model.
     #[error("{0}")]
     Failed(String),

@@ -23,7 +23,8 @@ pub use model::{
 pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};
+pub use tools::mcp::{McpServerOptions, McpServerState, McpServerStatus, McpToolStatus, McpTools};
 pub use tools::{
     Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolOutcome,
-    ToolRegistry,
+    ToolRegistry, ToolSet, ToolSource,
 };

@@ -5,7 +5,8 @@ use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 
 use crate::error::ModelError;
 
-const METADATA: Metadata<'static> = Metadata::new("agent_core", Level::INFO, Some(module_path!()));
+pub(crate) const METADATA: Metadata<'static> =
+    Metadata::new("agent_core", Level::INFO, Some(module_path!()));
 
 /// Registers `name{labels}` with `recorder`; shared with the server's own metrics.
 pub fn counter(
@@ -32,6 +33,11 @@ pub fn histogram(
     labels: &[(&'static str, &'static str)],
 ) -> Histogram {
     recorder.register_histogram(&key(name, labels), &METADATA)
+}
+
+/// The key `name{labels}` with label values known only at run time (MCP servers and tools).
+pub(crate) fn owned(name: &'static str, labels: Vec<Label>) -> Key {
+    Key::from_parts(name, labels)
 }
 
 fn key(name: &'static str, labels: &[(&'static str, &'static str)]) -> Key {

@@ -1,22 +1,25 @@
 //! Builds the agent from the settings: the model (an OpenAI-compatible server, or the offline
-//! model in the dev profile), the built-in and operator-declared tools, and the turn limits.
+//! model in the dev profile), the built-in and operator-declared tools (HTTP tools, and MCP
+//! servers' tools), and the turn limits.
 
 use std::sync::Arc;
 
 use agent_config::{HttpToolSettings, ModelProvider, Settings};
 use agent_core::{
-    Agent, AgentLimits, ChatModel, HttpTool, HttpToolMethod, HttpToolOptions, OfflineModel,
-    OpenAiModel, OpenAiOptions, RetryPolicy, ToolRegistry,
+    Agent, AgentLimits, ChatModel, HttpTool, HttpToolMethod, HttpToolOptions, McpServerOptions,
+    McpTools, OfflineModel, OpenAiModel, OpenAiOptions, RetryPolicy, ToolRegistry,
 };
 
 use agent_core::metrics::ModelMetrics;
 
 use crate::error::StartupError;
 
-/// The agent, its model client recording into `model_metrics`.
+/// The agent, its model client recording into `model_metrics`, with the MCP servers' tools when
+/// there are any (one [`McpTools`] per process, shared by every worker's agent).
 pub(crate) fn build(
     settings: &Settings,
     model_metrics: &ModelMetrics,
+    mcp: Option<&Arc<McpTools>>,
 ) -> Result<Agent, StartupError> {
     let model = settings.model.clone();
     let chat_model: Arc<dyn ChatModel> = match model.provider {
@@ -43,13 +46,9 @@ pub(crate) fn build(
         ),
     };
     let turn = &settings.turn;
-    let mut tools = ToolRegistry::with_builtins(turn.tool_timeout).map_err(StartupError::Tools)?;
-    for declared in &settings.http_tools {
-        let tool = HttpTool::new(http_tool_options(declared)).map_err(StartupError::Tools)?;
-        tools
-            .register(Arc::new(tool))
-            .map_err(StartupError::Tools)?;
-        tracing::info!(tool = %declared.name, url = %declared.url, "registered HTTP tool");
+    let mut tools = fixed_tools(settings)?;
+    if let Some(mcp) = mcp {
+        tools.attach(Arc::clone(mcp));
     }
     let limits = AgentLimits {
         max_steps: turn.max_steps,
@@ -64,6 +63,48 @@ pub(crate) fn build(
         limits,
         Some(turn.system_prompt.clone()),
     ))
+}
+
+/// The built-in and HTTP tools.
+pub(crate) fn fixed_tools(settings: &Settings) -> Result<ToolRegistry, StartupError> {
+    let mut tools =
+        ToolRegistry::with_builtins(settings.turn.tool_timeout).map_err(StartupError::Tools)?;
+    for declared in &settings.http_tools {
+        let tool = HttpTool::new(http_tool_options(declared)).map_err(StartupError::Tools)?;
+        tools
+            .register(Arc::new(tool))
+            .map_err(StartupError::Tools)?;
+        tracing::debug!(tool = %declared.name, url = %declared.url, "registered HTTP tool");
+    }
+    Ok(tools)
+}
+
+/// Starts the MCP servers' connections (see [`McpTools`]); `None` without `[[mcp_servers]]`.
+pub(crate) fn start_mcp(
+    settings: &Settings,
+    recorder: Arc<dyn metrics::Recorder + Send + Sync>,
+) -> Result<Option<Arc<McpTools>>, StartupError> {
+    if settings.mcp_servers.is_empty() {
+        return Ok(None);
+    }
+    let reserved = fixed_tools(settings)?.names().map(str::to_owned).collect();
+    let servers = settings
+        .mcp_servers
+        .iter()
+        .map(|server| McpServerOptions {
+            name: server.name.clone(),
+            url: server.url.clone(),
+            headers: server.headers.clone(),
+            timeout: server.timeout,
+            connect_timeout: server.connect_timeout,
+            tools: server.tools.clone(),
+            prefix: server.prefix.clone(),
+            required: server.required,
+            max_result_bytes: server.max_result_bytes,
+            refresh_interval: server.refresh_interval,
+        })
+        .collect();
+    Ok(Some(McpTools::start(servers, reserved, Some(recorder))))
 }
 
 fn http_tool_options(declared: &HttpToolSettings) -> HttpToolOptions {

@@ -27,7 +27,8 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// The application's recorder and the handles every worker shares.
 pub(crate) struct AppMetrics {
-    recorder: PrometheusRecorder,
+    /// Shared with the MCP tools, which register their series as servers list tools.
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     in_flight: Gauge,
     pub(crate) turns: TurnMetrics,
@@ -146,8 +147,13 @@ impl AppMetrics {
             },
             background: BackgroundMetrics::register(&recorder, background),
             admission: AdmissionMetrics::register(&recorder, admission),
-            recorder,
+            recorder: Arc::new(recorder),
         })
+    }
+
+    /// The recorder, for what registers series while running (the MCP servers' tools).
+    pub(crate) fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
+        self.recorder.clone()
     }
 
     /// The Prometheus text of everything recorded so far.

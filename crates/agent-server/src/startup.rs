@@ -11,7 +11,8 @@ use actix_web::dev::ServerHandle;
 use actix_web::middleware::{Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use agent_config::{CorsSettings, ModelProvider, Settings, StorageSettings};
-use agent_health::{Health, HealthCheck};
+use agent_core::McpTools;
+use agent_health::{Criticality, Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -45,8 +46,9 @@ impl WorkerState {
         store_failing: &Arc<AtomicBool>,
         metrics: &AppMetrics,
         admission: &Arc<Admission>,
+        mcp: Option<&Arc<McpTools>>,
     ) -> Result<Self, StartupError> {
-        let agent = agent_factory::build(settings, &metrics.model)?;
+        let agent = agent_factory::build(settings, &metrics.model, mcp)?;
         let turns = Turns::new(
             agent,
             backends.clone(),
@@ -148,13 +150,20 @@ impl ApplicationBuilder {
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
         let store_failing = Arc::new(AtomicBool::new(false));
+        // One connection per MCP server for the process, shared by the workers; it starts now
+        // and is waited for once the listener answers the startup probe.
+        let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
         let shared = WorkerState::build(
             &settings,
             backends.clone(),
             &store_failing,
             &metrics,
             &admission,
+            mcp.as_ref(),
         )?;
+        if let Some(mcp) = &mcp {
+            storage_checks.extend(mcp_checks(&settings, mcp));
+        }
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
@@ -182,6 +191,7 @@ impl ApplicationBuilder {
         let per_worker_accepted = admission.limits().per_worker_accepted(workers);
         let connections = Arc::clone(&admission);
         let app_admission = web::Data::from(Arc::clone(&admission));
+        let worker_mcp = mcp.clone();
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
             let own = recipe.for_worker(workers).and_then(|backends| {
@@ -191,6 +201,7 @@ impl ApplicationBuilder {
                     &store_failing,
                     &app_metrics,
                     &admission,
+                    worker_mcp.as_ref(),
                 )
             });
             let worker = own_or_shared(own, &shared, &app_metrics);
@@ -243,6 +254,13 @@ impl ApplicationBuilder {
         let server = tokio::spawn(server);
 
         tracing::info!(%address, port, workers, "listening");
+        if let Some(mcp) = &mcp
+            && let Err(error) = mcp.wait_started().await
+        {
+            mcp.stop().await;
+            handle.stop(false).await;
+            return Err(StartupError::Tools(error));
+        }
         let mut tasks = vec![metrics.spawn_upkeep()];
         if let Some(retention) = settings.storage.session_retention {
             tasks.push(retention::spawn(
@@ -255,6 +273,7 @@ impl ApplicationBuilder {
         }
         Ok(Application {
             tasks,
+            mcp,
             drain: drain_sender,
             backends,
             server,
@@ -272,6 +291,8 @@ impl ApplicationBuilder {
 pub struct Application {
     /// The process's periodic jobs (metrics upkeep, the retention sweep), stopped with it.
     tasks: Vec<JoinHandle<()>>,
+    /// The MCP servers' connections, closed after the drain.
+    mcp: Option<Arc<McpTools>>,
     /// Tells open event streams that the drain window is ending.
     drain: watch::Sender<bool>,
     backends: Backends,
@@ -334,6 +355,9 @@ impl Application {
         let cause = tokio::select! {
             finished = &mut server => {
                 self.tasks.iter().for_each(JoinHandle::abort);
+                if let Some(mcp) = &self.mcp {
+                    mcp.stop().await;
+                }
                 return flatten(finished);
             }
             cause = self.shutdown.requested() => cause,
@@ -363,6 +387,9 @@ impl Application {
         }
         let result = flatten(server.await);
         self.tasks.iter().for_each(JoinHandle::abort);
+        if let Some(mcp) = &self.mcp {
+            mcp.stop().await;
+        }
         tracing::info!("stopped");
         result
     }
@@ -456,13 +483,34 @@ fn log_fallbacks(settings: &Settings) {
             "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
         );
     }
-    for server in &settings.mcp_servers {
-        // The declarations are read and checked; the MCP client is the next step of its issue.
-        tracing::warn!(
-            mcp_server = %server.name,
-            "an MCP server is declared, but this build does not call MCP servers yet: its tools are not offered"
-        );
-    }
+}
+
+/// One readiness check per MCP server, `mcp:<name>`: connected, answering a ping within its
+/// connect timeout, every listed tool offered. Critical for a `required` server; otherwise a
+/// failure reports the service degraded.
+fn mcp_checks(settings: &Settings, mcp: &Arc<McpTools>) -> Vec<HealthCheck> {
+    settings
+        .mcp_servers
+        .iter()
+        .map(|server| {
+            let mcp = Arc::clone(mcp);
+            let name = server.name.clone();
+            HealthCheck::new(
+                format!("mcp:{}", server.name),
+                if server.required {
+                    Criticality::Critical
+                } else {
+                    Criticality::Optional
+                },
+                server.connect_timeout,
+                move || {
+                    let mcp = Arc::clone(&mcp);
+                    let name = name.clone();
+                    async move { mcp.check(&name).await }
+                },
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -481,14 +529,22 @@ mod tests {
             .await
             .unwrap();
         let store_failing = Arc::new(AtomicBool::new(false));
-        let shared =
-            WorkerState::build(&settings, backends, &store_failing, &metrics, &admission).unwrap();
+        let shared = WorkerState::build(
+            &settings,
+            backends,
+            &store_failing,
+            &metrics,
+            &admission,
+            None,
+        )
+        .unwrap();
         let own = WorkerState::build(
             &settings,
             shared.backends.get_ref().clone(),
             &store_failing,
             &metrics,
             &admission,
+            None,
         )
         .unwrap();
         let kept = own_or_shared(Ok(own.clone()), &shared, &metrics);

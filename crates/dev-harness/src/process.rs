@@ -57,10 +57,20 @@ impl Spawned {
     pub fn id(&self) -> u32 {
         self.0.id()
     }
+
+    /// Stops it with SIGKILL at once (no chance to say goodbye), and waits for it.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl Drop for Spawned {
     fn drop(&mut self) {
+        // Already ended and waited for (killed): its id may belong to another process now.
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
         let _ = Command::new("kill")
             .args(["-TERM", &self.0.id().to_string()])
             .status();

@@ -9,7 +9,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 use url::Url;
 
-use super::Tool;
+use super::{Tool, ToolSource};
 use crate::error::ToolError;
 
 /// An HTTP tool as declared in the configuration.
@@ -70,6 +70,10 @@ impl Tool for HttpTool {
 
     fn parameters(&self) -> Value {
         self.options.parameters.clone()
+    }
+
+    fn source(&self) -> ToolSource {
+        ToolSource::Http
     }
 
     async fn call(&self, arguments: Value) -> Result<String, ToolError> {

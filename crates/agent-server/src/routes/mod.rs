@@ -5,6 +5,7 @@ mod docs;
 pub(crate) mod openai;
 mod probes;
 mod sessions;
+mod tools;
 mod turn_stream;
 mod usage;
 
@@ -38,6 +39,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
         .service(get_only("/openapi.json", docs::openapi_json))
         .service(get_only("/sessions", sessions::list_sessions))
         .service(get_only("/usage", usage::get_usage))
+        .service(get_only("/tools", tools::list_tools))
         .service(get_only("/v1/models", openai::list_models))
         .service(get_only("/v1/models/{model}", openai::get_model))
         .service(

@@ -12,6 +12,7 @@ mod cors;
 mod errors;
 mod helpers;
 mod manifests;
+mod mcp;
 mod openai;
 mod openapi;
 mod overload;

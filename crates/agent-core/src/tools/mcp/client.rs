@@ -1,0 +1,85 @@
+//! One MCP connection: the official SDK's Streamable HTTP client over our reqwest, the configured
+//! headers (secrets, marked sensitive), and a handler that reports `tools/list_changed`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use reqwest::header::{HeaderName, HeaderValue};
+use rmcp::ClientHandler;
+use rmcp::model::{ClientCapabilities, ClientConfig, Implementation};
+use rmcp::service::{NotificationContext, RoleClient, RunningService, serve_client_with_ct};
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use secrecy::ExposeSecret;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::McpServerOptions;
+use crate::error::error_chain;
+
+/// Our side of a connection: who we are, and a nudge when the server's tool list changed.
+#[derive(Debug, Clone)]
+pub(super) struct Handler {
+    pub(super) list_changed: Arc<Notify>,
+}
+
+impl ClientHandler for Handler {
+    fn on_tool_list_changed(
+        &self,
+        _context: NotificationContext<RoleClient>,
+    ) -> impl Future<Output = ()> + Send + '_ {
+        self.list_changed.notify_one();
+        std::future::ready(())
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        ClientConfig::new(
+            ClientCapabilities::default(),
+            Implementation::new("agent-server", env!("CARGO_PKG_VERSION")),
+        )
+    }
+}
+
+pub(super) type Connection = RunningService<RoleClient, Handler>;
+
+/// Connects to the server and runs the `initialize` handshake. The connection's background work
+/// (its SSE stream, session re-initialisation after a server restart) stops with `stop`.
+pub(super) async fn connect(
+    options: &McpServerOptions,
+    handler: Handler,
+    stop: CancellationToken,
+) -> Result<Connection, String> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(options.connect_timeout)
+        // Redirects could lead anywhere; only the configured URL is contacted.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|error| error_chain(&error))?;
+    let mut headers = HashMap::with_capacity(options.headers.len());
+    for (name, value) in &options.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("the header name {name:?} is not valid"))?;
+        let mut value = HeaderValue::from_str(value.expose_secret())
+            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let config = StreamableHttpClientTransportConfig::with_uri(options.url.as_str())
+        .custom_headers(headers)
+        // Results larger than this are refused by the transport; the tool message is capped
+        // far lower anyway.
+        .max_json_response_size(options.max_result_bytes.saturating_mul(16).max(1 << 20));
+    let transport = StreamableHttpClientTransport::with_client(http, config);
+    serve_client_with_ct(handler, transport, stop)
+        .await
+        .map_err(|error| {
+            if error.is_authorization_required() {
+                format!(
+                    "the server refused our credentials (check the headers of this [[mcp_servers]] entry): {}",
+                    error_chain(&error)
+                )
+            } else {
+                error_chain(&error)
+            }
+        })
+}
