@@ -74,6 +74,9 @@ enum Command {
         /// Also start the nginx reverse proxy (the `nginx` profile).
         #[arg(long)]
         nginx: bool,
+        /// Also start an MCP server the agent takes tools from (docker/compose.mcp.yaml).
+        #[arg(long)]
+        mcp: bool,
     },
     /// Stop and remove the stack's containers.
     Down {
@@ -88,7 +91,7 @@ enum Command {
     /// Build the image, run the stack with the fake model, check it end to end, tear it down.
     E2e,
     /// Break the running stack on purpose under load (Redis and Postgres stopped, model faults,
-    /// SIGTERM and SIGKILL of the agent) and check that no acknowledged turn was lost.
+    /// SIGTERM and SIGKILL of the agent, the MCP server) and check that no acknowledged turn was lost.
     Chaos {
         /// Run only the scenarios whose name contains this.
         #[arg(long)]
@@ -99,6 +102,8 @@ enum Command {
     Replicas,
     /// Build a local nginx stand-in (Debian's nginx) for machines with no registry.
     NginxStandin,
+    /// Build a local stand-in for the mcp/everything image (the reference MCP server from npm).
+    McpStandin,
     /// Measure process start to the first 200 on /health (median of several runs).
     StartupTime {
         #[arg(long, default_value_t = 5)]
@@ -117,7 +122,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test { cargo_args } => tasks::test::run(&shell, &cargo_args),
         Command::StartupTime { runs, release } => checks::startup_time::run(&shell, runs, release),
         Command::BenchStorage => checks::bench::storage(&shell),
-        Command::Up { build, nginx } => tasks::compose::up(&shell, build, nginx),
+        Command::Up { build, nginx, mcp } => tasks::compose::up(&shell, build, nginx, mcp),
         Command::Down { volumes } => tasks::compose::down(volumes),
         Command::Logs { service } => tasks::compose::logs(service),
         Command::Ps => tasks::compose::ps(),
@@ -125,6 +130,7 @@ fn main() -> anyhow::Result<()> {
         Command::Chaos { only } => checks::chaos::run(&shell, only),
         Command::Replicas => checks::replicas::run(&shell),
         Command::NginxStandin => tasks::standin::nginx(),
+        Command::McpStandin => tasks::standin::mcp_server(&shell),
         Command::Image {
             tag,
             rust_image,

@@ -4,7 +4,9 @@
 //! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total;
 //! `DELETE /stats` restarts the most-at-once count. `PUT /fault/{mode}` makes every completion
 //! fail until `PUT /fault/none`: `429` (with `Retry-After: 1`), `500`, or `timeout` (no answer
-//! for 120 s), for chaos tests.
+//! for 120 s), for chaos tests. A message "tool <name> <JSON arguments>" is answered with a call
+//! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
+//! turn's answer does not depend on whether the tool worked, and the tool message shows it).
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -93,6 +95,19 @@ async fn completions(
         format!("echo: {last_user}")
     };
     let usage = json!({ "prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15 });
+    let last_role = body["messages"]
+        .as_array()
+        .and_then(|messages| messages.last())
+        .and_then(|message| message["role"].as_str());
+    if let Some((name, arguments)) = requested_tool(last_user).filter(|_| last_role == Some("user"))
+    {
+        return tool_call(
+            name,
+            arguments,
+            body["stream"].as_bool() == Some(true),
+            &usage,
+        );
+    }
     if body["stream"].as_bool() == Some(true) {
         let chunk = |delta: Value, finish: Value| {
             json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
@@ -115,6 +130,41 @@ async fn completions(
     HttpResponse::Ok().json(json!({
         "id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
+        "usage": usage,
+    }))
+}
+
+/// The tool a message "tool <name> <JSON arguments>" asks to be called.
+fn requested_tool(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("tool ")?;
+    let (name, arguments) = rest.split_once(' ').unwrap_or((rest, "{}"));
+    Some((name, arguments))
+}
+
+/// An assistant message calling `name` with `arguments`, as JSON or as a stream.
+fn tool_call(name: &str, arguments: &str, stream: bool, usage: &Value) -> HttpResponse {
+    let call = json!({ "id": "call_fake_1", "type": "function",
+                       "function": { "name": name, "arguments": arguments } });
+    if stream {
+        let mut delta_call = call.clone();
+        delta_call["index"] = json!(0);
+        let chunk = |delta: Value, finish: Value| {
+            json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+        };
+        let events = format!(
+            "data: {}\n\ndata: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+            chunk(json!({ "tool_calls": [delta_call] }), Value::Null),
+            chunk(json!({}), json!("tool_calls")),
+            json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake", "choices": [], "usage": usage }),
+        );
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .body(events);
+    }
+    HttpResponse::Ok().json(json!({
+        "id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
+        "choices": [{ "index": 0, "message": { "role": "assistant", "content": null, "tool_calls": [call] }, "finish_reason": "tool_calls" }],
         "usage": usage,
     }))
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask e2e`: builds the image, runs the stack with the fake model, checks it over HTTP
+//! `cargo xtask e2e`: builds the image, runs the stack with the fake model and an MCP server
+//! (docker/compose.mcp.yaml), checks it over HTTP (a tool call through the MCP server included)
 //! and with `docker inspect`, stops it during a stream, and always tears it down.
 
 use std::process::Command;
@@ -14,11 +15,18 @@ use crate::tasks::compose::random_secret;
 const E2E_PROJECT: &str = "agent-e2e";
 
 pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
-    let stack = TestStack::start(shell, E2E_PROJECT, &[], Vec::new(), &["up", "-d"])?;
+    let stack = TestStack::start(
+        shell,
+        E2E_PROJECT,
+        &["docker/compose.mcp.yaml"],
+        Vec::new(),
+        &["up", "-d"],
+    )?;
     let (port, password, api_key) = (stack.port, &stack.password, &stack.api_key);
     let container = stack.container("agent")?;
     let wrong_key = format!("wrong-key-{}", random_secret()?);
     smoke(port, api_key, &wrong_key)?;
+    mcp_tool_call(port, api_key)?;
     inspect_container(&container, &stack.image, &[password, api_key])?;
     logs_leak_nothing(&container, &[password, api_key, &wrong_key])?;
     stop_during_stream(port, api_key, &container)?;
@@ -213,6 +221,50 @@ fn stop_during_stream(port: u16, api_key: &str, container: &str) -> anyhow::Resu
 }
 
 /// A request with the e2e defaults: an optional bearer token, a 30 s timeout.
+/// One end-to-end tool call through the image: the fake model calls the MCP server's `echo`,
+/// whose answer is stored as the turn's tool message.
+fn mcp_tool_call(port: u16, api_key: &str) -> anyhow::Result<()> {
+    let auth = format!("Bearer {api_key}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = request(port, "GET", "/tools", Some(&auth), None)?;
+        ensure!(status == 200, "GET /tools answered {status}: {body}");
+        if body.contains(r#""name":"everything__echo""#) && body.contains(r#""state":"connected""#)
+        {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the MCP server's tools did not appear: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, body) = request(port, "GET", "/ready", None, None)?;
+    let ready: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    ensure!(
+        status == 200 && ready["checks"]["mcp:everything"]["status"] == "up",
+        "readiness with the MCP server: {status} {body}"
+    );
+    let message = r#"tool everything__echo {\"message\":\"through the image\"}"#;
+    let (status, body) = request(
+        port,
+        "POST",
+        "/agent",
+        Some(&auth),
+        Some(&format!(
+            r#"{{"message":"{message}","session_id":"e2e-mcp"}}"#
+        )),
+    )?;
+    ensure!(status == 200, "the MCP tool turn: {status} {body}");
+    let (status, body) = request(port, "GET", "/sessions/e2e-mcp", Some(&auth), None)?;
+    ensure!(
+        status == 200 && body.contains("Echo: through the image"),
+        "the MCP tool's answer is not in the stored turn: {status} {body}"
+    );
+    println!("xtask: an MCP tool call went through the image");
+    Ok(())
+}
+
 fn request(
     port: u16,
     method: &'static str,

@@ -219,15 +219,21 @@ fn image_exists(tag: &str) -> bool {
         .is_ok_and(|status| status.success())
 }
 
-fn main_compose() -> anyhow::Result<Compose> {
-    Compose::new(
-        PROJECT,
-        vec![crate::project_root().join("compose.yaml")],
-        Vec::new(),
-    )
+/// The stack's Compose files: compose.yaml, and the MCP override when asked.
+fn main_compose_with(mcp: bool) -> anyhow::Result<Compose> {
+    let root = crate::project_root();
+    let mut files = vec![root.join("compose.yaml")];
+    if mcp {
+        files.push(root.join("docker/compose.mcp.yaml"));
+    }
+    Compose::new(PROJECT, files, Vec::new())
 }
 
-pub(crate) fn up(shell: &Shell, build: bool, nginx: bool) -> anyhow::Result<()> {
+fn main_compose() -> anyhow::Result<Compose> {
+    main_compose_with(false)
+}
+
+pub(crate) fn up(shell: &Shell, build: bool, nginx: bool, mcp: bool) -> anyhow::Result<()> {
     docker::require_engine()?;
     let root = crate::project_root();
     prepare_env(&root)?;
@@ -235,7 +241,7 @@ pub(crate) fn up(shell: &Shell, build: bool, nginx: bool) -> anyhow::Result<()> 
     if build || !image_exists(&options.tag) {
         crate::tasks::image::build(shell, &options)?;
     }
-    let compose = main_compose()?;
+    let compose = main_compose_with(mcp)?;
     let mut arguments = vec!["up", "-d"];
     if nginx {
         arguments = vec!["--profile", "nginx", "up", "-d"];

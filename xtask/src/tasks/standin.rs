@@ -1,7 +1,9 @@
-//! `cargo xtask nginx-standin`: builds `local/nginx:1.27-standin`, a stand-in for
-//! `nginx:1.27-alpine` made from Debian's nginx package on a debootstrap root filesystem, the
-//! way ../shared/offline-images makes the other stand-ins. For machines with no registry; it
-//! never takes the public name.
+//! Stand-ins for machines with no registry; they never take the public name.
+//! `cargo xtask nginx-standin`: `local/nginx:1.27-standin` for `nginx:1.27-alpine`, Debian's nginx
+//! on a debootstrap root filesystem, the way ../shared/offline-images makes the other stand-ins.
+//! `cargo xtask mcp-standin`: `local/mcp-everything:standin` for `mcp/everything`, the reference
+//! MCP server from npm (as installed under xtask/sdk/node) and this machine's Node on the slim
+//! Debian stand-in.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -9,6 +11,49 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, ensure};
 
 pub(crate) const NGINX_STANDIN: &str = "local/nginx:1.27-standin";
+pub(crate) const MCP_STANDIN: &str = "local/mcp-everything:standin";
+
+/// Builds [`MCP_STANDIN`]: `node dist/index.js streamableHttp` in the package's directory, as
+/// docker/compose.mcp.yaml runs it (the public image's working directory holds `dist/` too).
+pub(crate) fn mcp_server(shell: &xshell::Shell) -> anyhow::Result<()> {
+    crate::tasks::docker::require_engine()?;
+    let root = crate::project_root();
+    let modules = root.join("xtask/sdk/node/node_modules");
+    ensure!(
+        modules
+            .join("@modelcontextprotocol/server-everything")
+            .exists(),
+        "the reference MCP server is not installed: npm ci --prefix xtask/sdk/node"
+    );
+    let node = xshell::cmd!(shell, "sh -c 'readlink -f \"$(command -v node)\"'").read()?;
+    let context = root.join("target/mcp-standin-context");
+    let _ = std::fs::remove_dir_all(&context);
+    std::fs::create_dir_all(&context)?;
+    std::fs::copy(&node, context.join("node"))?;
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&modules)
+        .arg(context.join("node_modules"))
+        .status()?;
+    ensure!(status.success(), "copying node_modules failed");
+    std::fs::write(
+        context.join("Dockerfile"),
+        "ARG SLIM_IMAGE\nFROM ${SLIM_IMAGE}\nCOPY node /usr/local/bin/node\n\
+         COPY node_modules /app/node_modules\n\
+         WORKDIR /app/node_modules/@modelcontextprotocol/server-everything\n\
+         LABEL org.opencontainers.image.description=local-stand-in-for-mcp/everything\n\
+         USER 65532:65532\nEXPOSE 3001\nCMD [\"node\", \"dist/index.js\", \"streamableHttp\"]\n",
+    )?;
+    let slim = std::env::var("SLIM_IMAGE").unwrap_or_else(|_| "local/debian:bookworm-slim".into());
+    xshell::cmd!(
+        shell,
+        "docker build --quiet --tag {MCP_STANDIN} --build-arg SLIM_IMAGE={slim} {context}"
+    )
+    .env("DOCKER_BUILDKIT", "0")
+    .run()?;
+    println!("xtask: built {MCP_STANDIN} (use MCP_SERVER_IMAGE={MCP_STANDIN})");
+    Ok(())
+}
 
 pub(crate) fn nginx() -> anyhow::Result<()> {
     crate::tasks::docker::require_engine()?;

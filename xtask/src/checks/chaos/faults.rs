@@ -25,15 +25,18 @@ pub(crate) enum Fault {
     Model,
     Term,
     Kill,
+    /// The MCP server stopped: turns go on, their tool calls answered with tool errors.
+    McpServer,
 }
 
 impl Fault {
-    pub(super) const ALL: [Self; 5] = [
+    pub(super) const ALL: [Self; 6] = [
         Self::Redis,
         Self::Postgres,
         Self::Model,
         Self::Term,
         Self::Kill,
+        Self::McpServer,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -43,6 +46,7 @@ impl Fault {
             Self::Model => "model-429-500-timeouts",
             Self::Term => "agent-sigterm",
             Self::Kill => "agent-sigkill",
+            Self::McpServer => "mcp-server-stopped-10s",
         }
     }
 
@@ -76,6 +80,8 @@ impl Fault {
                     || label.starts_with("stream cut")
                     || matches!(status, "409" | "503")
             }
+            // A tool source failing is the model's business (a tool error), never the client's.
+            Self::McpServer => false,
         }
     }
 
@@ -88,6 +94,7 @@ impl Fault {
             Self::Model => Duration::from_secs(10),
             // A dead holder's lock lives out its TTL; retries behind it wait for the lock.
             Self::Kill => LOCK_TTL + Duration::from_secs(10),
+            Self::McpServer => Duration::ZERO,
         }
     }
 }

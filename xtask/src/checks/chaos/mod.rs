@@ -1,5 +1,6 @@
 //! `cargo xtask chaos`: breaks the running Compose stack on purpose (Redis stopped, Postgres
-//! stopped, model faults, SIGTERM and SIGKILL of the agent) while 32 clients hold multi-turn
+//! stopped, model faults, SIGTERM and SIGKILL of the agent, the MCP server stopped) while 32
+//! clients hold multi-turn
 //! conversations, records every request, then reads Postgres: no acknowledged turn lost or
 //! stored twice, no half-stored turn, no gap, and no error the documented behaviour does not
 //! allow.
@@ -29,7 +30,7 @@ pub(crate) use faults::{
     wait_restarted,
 };
 
-pub(crate) use verdicts::{check_database, count_attempts, lock_ttls_ms};
+pub(crate) use verdicts::{check_database, count_attempts, lock_ttls_ms, tool_outcomes};
 pub(crate) use workload::LoadRun;
 
 use faults::{AFTER, BEFORE, ERROR_DEADLINE, OUTAGE, docker, exit_codes};
@@ -57,7 +58,7 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
     let stack = TestStack::start(
         shell,
         PROJECT,
-        &["docker/compose.chaos.yaml"],
+        &["docker/compose.mcp.yaml", "docker/compose.chaos.yaml"],
         vec![("FAKE_MODEL_PORT".into(), fake_port.to_string())],
         &["up", "-d"],
     )?;
@@ -93,6 +94,31 @@ pub(crate) fn run(shell: &Shell, only: Option<String>) -> anyhow::Result<()> {
     }
     println!("xtask: chaos passed");
     Ok(())
+}
+
+/// Waits until the agent lists the MCP server connected again (it retries with backoff).
+fn wait_for_mcp_tools(stack: &TestStack, timeout: Duration) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let authorization = format!("Bearer {}", stack.api_key);
+    while started.elapsed() < timeout {
+        let (status, body) = http::call(
+            stack.port,
+            "GET",
+            "/tools",
+            &[("Authorization", &authorization)],
+            None,
+            Duration::from_secs(5),
+        )?;
+        if status == 200 && body.contains(r#""state":"connected""#) {
+            println!(
+                "xtask:   the MCP server's tools were back after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the agent did not reconnect to the MCP server within {timeout:?}")
 }
 
 /// The results as a Markdown table.
@@ -159,6 +185,13 @@ fn scenario(
             std::thread::sleep(OUTAGE);
             docker(&["start", &container])?;
             wait_healthy(&container, Duration::from_secs(60))?;
+        }
+        Fault::McpServer => {
+            let container = stack.container("mcp")?;
+            docker(&["stop", &container])?;
+            std::thread::sleep(OUTAGE);
+            docker(&["start", &container])?;
+            wait_for_mcp_tools(stack, Duration::from_secs(60))?;
         }
         Fault::Model => {
             for (mode, seconds) in [("429", 4), ("500", 3), ("timeout", 4), ("none", 0)] {
@@ -236,7 +269,17 @@ fn scenario(
         &mut row,
         &mut problems,
     );
-    if row.expected == 0 && fault != Fault::Term {
+    if fault == Fault::McpServer {
+        // The turns went on; their tool calls failed while the server was down, and worked
+        // before and after.
+        let (errors, answers) = tool_outcomes(stack, &fault.prefix())?;
+        println!("xtask:   tool messages: {answers} answers, {errors} errors");
+        if errors == 0 || answers == 0 {
+            problems.push(format!(
+                "expected tool errors during the outage and answers around it: {errors} errors, {answers} answers"
+            ));
+        }
+    } else if row.expected == 0 && fault != Fault::Term {
         problems.push("the fault caused no error at all: did it happen?".into());
     }
     if fault == Fault::Term {
@@ -271,7 +314,9 @@ fn scenario(
         Fault::Term | Fault::Kill if restarts_after == restarts_before => {
             problems.push("the agent was not restarted".into());
         }
-        Fault::Redis | Fault::Postgres | Fault::Model if restarts_after != restarts_before => {
+        Fault::Redis | Fault::Postgres | Fault::Model | Fault::McpServer
+            if restarts_after != restarts_before =>
+        {
             problems.push("the agent restarted: it should have resumed on its own".into());
         }
         _ => {}

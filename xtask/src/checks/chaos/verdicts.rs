@@ -29,7 +29,9 @@ pub(super) fn check_probes(
         .filter(|probe| probe.path == "/ready")
         .collect();
     match fault {
-        Fault::Redis | Fault::Postgres | Fault::Model if !health_failures.is_empty() => {
+        Fault::Redis | Fault::Postgres | Fault::Model | Fault::McpServer
+            if !health_failures.is_empty() =>
+        {
             problems.push(format!(
                 "/health failed {} times, first {} at {:.1} s",
                 health_failures.len(),
@@ -41,9 +43,11 @@ pub(super) fn check_probes(
     }
     let ready_not_200 = ready.iter().filter(|probe| probe.label != "200").count();
     match fault {
-        Fault::Redis | Fault::Model if ready_not_200 > 0 => problems.push(format!(
-            "/ready was not 200 {ready_not_200} times (Redis is optional: degraded, still ready)"
-        )),
+        Fault::Redis | Fault::Model | Fault::McpServer if ready_not_200 > 0 => {
+            problems.push(format!(
+                "/ready was not 200 {ready_not_200} times (Redis and the MCP server are optional: degraded, still ready)"
+            ));
+        }
         Fault::Postgres
             if !ready.iter().any(|probe| {
                 probe.label == "503" && probe.at >= outage.0 && probe.at <= outage.1
@@ -116,7 +120,8 @@ pub(crate) fn count_attempts(
 }
 
 /// Every acknowledged turn is stored exactly once; no turn twice; every session is whole: no
-/// gap in the sequence, user/assistant pairs that match, counters that agree.
+/// gap in the sequence, turns (a user message, tool calls and their results, the answer) whose
+/// answer matches, counters that agree.
 pub(crate) fn check_database(
     stack: &TestStack,
     prefix: &str,
@@ -164,20 +169,25 @@ pub(crate) fn check_database(
             .iter()
             .enumerate()
             .all(|(index, (sequence, _, _))| *sequence == index as i64);
-        let pairs: Vec<_> = rows.chunks(2).collect();
-        let whole = rows.len().is_multiple_of(2)
-            && pairs.iter().all(|pair| {
-                pair[0].1 == "user"
-                    && pair[1].1 == "assistant"
-                    && pair[1].2 == format!("echo: {}", pair[0].2)
-            });
+        // Each turn begins at a user message.
+        let turns: Vec<_> = rows.chunk_by(|_, next| next.1 != "user").collect();
+        let whole = turns.iter().all(|turn| {
+            let (first, last) = (&turn[0], &turn[turn.len() - 1]);
+            turn.len() >= 2
+                && first.1 == "user"
+                && last.1 == "assistant"
+                && last.2 == format!("echo: {}", first.2)
+                && turn[1..turn.len() - 1]
+                    .iter()
+                    .all(|message| matches!(message.1, "assistant" | "tool"))
+        });
         let counters = next_sequence.parse::<usize>().ok() == Some(rows.len())
-            && turn_count.parse::<usize>().ok() == Some(pairs.len());
+            && turn_count.parse::<usize>().ok() == Some(turns.len());
         if !(contiguous && whole && counters) {
             broken.push(id.clone());
         }
-        for pair in pairs {
-            *stored.entry(pair[0].2).or_default() += 1;
+        for turn in turns {
+            *stored.entry(turn[0].2).or_default() += 1;
         }
     }
     if !by_session.is_empty() {
@@ -237,6 +247,24 @@ pub(crate) fn check_database(
 }
 
 /// Rows of a query run with psql inside the Postgres container, fields split.
+/// The stored tool messages of the load's sessions: (errors, answers of the MCP server's echo).
+pub(crate) fn tool_outcomes(stack: &TestStack, prefix: &str) -> anyhow::Result<(u64, u64)> {
+    let postgres = stack.container("postgres")?;
+    let rows = psql(
+        &postgres,
+        &format!(
+            "SELECT count(*) FILTER (WHERE content LIKE 'error:%'), \
+                    count(*) FILTER (WHERE content LIKE 'Echo:%') \
+             FROM messages WHERE role = 'tool' AND session_id IN \
+             (SELECT id FROM sessions WHERE id LIKE '%{prefix}-%')"
+        ),
+    )?;
+    match rows.first().map(Vec::as_slice) {
+        Some([errors, answers]) => Ok((errors.parse()?, answers.parse()?)),
+        _ => bail!("unexpected psql rows {rows:?}"),
+    }
+}
+
 pub(super) fn psql(container: &str, query: &str) -> anyhow::Result<Vec<Vec<String>>> {
     let output = docker_output(&[
         "exec", container, "psql", "-U", "agent", "-d", "agent", "-X", "-A", "-t", "-F", "\x1f",

@@ -102,8 +102,11 @@ impl Conversations {
         turn: usize,
         streaming: bool,
     ) -> TurnRecord {
-        // Streams stay open a while, so SIGTERM finds some in flight.
-        let message = if streaming {
+        // Streams stay open a while, so SIGTERM finds some in flight. In the MCP scenario every
+        // turn calls the MCP server's echo first (the fake model's "tool" command).
+        let message = if self.scenario == super::Fault::McpServer.name() {
+            format!(r#"tool everything__echo {{"message":"{label} turn {turn}"}}"#)
+        } else if streaming {
             format!("sleep 300 {label} turn {turn}")
         } else {
             format!("{label} turn {turn}")
