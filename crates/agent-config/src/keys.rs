@@ -369,6 +369,7 @@ pub(crate) const DEPLOYMENT_VARIABLES: &[&str] = &[
     "POSTGRES_IMAGE",
     "REDIS_IMAGE",
     "NGINX_IMAGE",
+    "MCP_SERVER_IMAGE",
     "RUST_IMAGE",
     "RUNTIME_IMAGE",
     "AGENT_BIND_ADDRESS",

@@ -5,7 +5,8 @@ it uses the SDK's defaults (stateful sessions, SSE or JSON answers as the SDK ch
     python3 server.py --port 8123 [--token SECRET] [--name py]
 
 Tools: add (structured result), echo, fail (raises: an isError result), wait (sleeps), grow
-(registers the tool `late` and announces notifications/tools/list_changed).
+(registers the tool `late` and announces notifications/tools/list_changed). `POST /echo` is the
+same echo as a plain HTTP endpoint (the baseline of the MCP-versus-HTTP-tool benchmark).
 """
 
 import argparse
@@ -14,7 +15,8 @@ import asyncio
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from starlette.responses import JSONResponse
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
 
 
 def build(name: str) -> MCPServer:
@@ -52,6 +54,11 @@ def build(name: str) -> MCPServer:
         server.add_tool(late)
         await ctx.session.send_tool_list_changed()
         return "grown"
+
+    @server.custom_route("/echo", methods=["POST"])
+    async def echo_route(request: Request) -> PlainTextResponse:
+        body = await request.json()
+        return PlainTextResponse(f"echo: {body.get('text', '')}")
 
     return server
 

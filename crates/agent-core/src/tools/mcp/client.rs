@@ -17,6 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::McpServerOptions;
 use crate::error::error_chain;
 
+/// Requests in progress at once on one server's session (calls beyond wait for a slot, within
+/// their timeout).
+pub(super) const MAX_CONCURRENT_REQUESTS: usize = 64;
+
 /// Our side of a connection: who we are, and a nudge when the server's tool list changed.
 #[derive(Debug, Clone)]
 pub(super) struct Handler {
@@ -66,6 +70,9 @@ pub(super) async fn connect(
     }
     let config = StreamableHttpClientTransportConfig::with_uri(options.url.as_str())
         .custom_headers(headers)
+        // Every worker's turns share this one session: let their calls run side by side (the
+        // SDK's default is 16 requests in progress) rather than queue behind a slow tool.
+        .max_concurrent_requests(MAX_CONCURRENT_REQUESTS)
         // Results larger than this are refused by the transport; the tool message is capped
         // far lower anyway.
         .max_json_response_size(options.max_result_bytes.saturating_mul(16).max(1 << 20));

@@ -206,11 +206,13 @@ impl McpTools {
     /// by its connect timeout plus its timeout. A name collision among the tools published by
     /// then is an error naming both owners; a server that is down is not (it is retried).
     pub async fn wait_started(&self) -> Result<(), ToolError> {
-        for server in &self.servers {
+        // Concurrently: the startup waits for the slowest server, not for their sum.
+        futures_util::future::join_all(self.servers.iter().map(|server| async {
             let bound = server.options.connect_timeout + server.options.timeout + MIN_BACKOFF;
             let mut attempted = server.attempted.subscribe();
             let _ = tokio::time::timeout(bound, attempted.wait_for(|done| *done)).await;
-        }
+        }))
+        .await;
         self.started.store(true, Ordering::Relaxed);
         for server in &self.servers {
             let state = lock(&server.state);
