@@ -58,7 +58,7 @@ pub struct ToolOutcome {
 
 /// A tool with its compiled argument schema and its time bound.
 pub(crate) struct Registered {
-    pub(crate) tool: Arc<dyn Tool>,
+    tool: Arc<dyn Tool>,
     validator: jsonschema::Validator,
     spec: ToolSpec,
     /// `None`: the tool bounds its own calls (MCP tools, by their server's `timeout`).

@@ -437,3 +437,62 @@ async fn a_tool_name_collision_at_startup_names_both_tools() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collision_that_appears_later_leaves_the_newer_tool_out_and_readiness_says_so() {
+    let server = python();
+    let fake = FakeOpenAi::start(vec![
+        Scripted::tool_call("py__grow", json!({})),
+        Scripted::text("grown"),
+    ])
+    .await;
+    // An HTTP tool already has the name the server's late tool will get.
+    let toml = format!(
+        "[[http_tools]]\nname = \"py__late\"\ndescription = \"An HTTP tool.\"\n\
+         url = \"http://127.0.0.1:9/late\"\nparameters = {{ type = \"object\" }}\n\n{}",
+        server_table("py", &server.url(), "")
+    );
+    let app = spawn_with(&fake, &toml, &[]).await;
+    let response = app
+        .agent(json!({"session_id": "mcp-late", "message": "grow"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    let listed = wait_for_tools(&app, Duration::from_secs(10), |body| {
+        body["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|tool| tool["name"] == "py__late" && tool["source"] == "mcp")
+    })
+    .await;
+    let late: Vec<&Value> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|tool| tool["name"] == "py__late")
+        .collect();
+    assert_eq!(late[0]["source"], "http", "the incumbent keeps its name");
+    assert_eq!(late[1]["state"], "left_out", "{listed}");
+    assert!(
+        late[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("taken by a built-in or HTTP tool"),
+        "{listed}"
+    );
+    let (status, ready) = app.get_json("/ready").await;
+    assert_eq!(
+        (status, &ready["status"]),
+        (200, &json!("degraded")),
+        "{ready}"
+    );
+    assert!(
+        ready["checks"]["mcp:py"]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("tools left out: py__late"),
+        "{ready}"
+    );
+    // The other tools of the server are still offered.
+    assert_eq!(tool(&listed, "py__echo").unwrap()["state"], "available");
+}
