@@ -133,6 +133,7 @@ impl ApplicationBuilder {
             routes: extra_routes,
         } = self;
         log_fallbacks(&settings);
+        warn_long_mcp_timeouts(&settings);
         let workers = worker_count(settings.server.workers);
         let admission = Admission::new(plan_admission(&settings));
         let (backends, mut storage_checks, recipe) =
@@ -482,6 +483,21 @@ fn log_fallbacks(settings: &Settings) {
         tracing::warn!(
             "no model configured (OPENAI_API_KEY / OPENAI_BASE_URL): using the built-in offline model"
         );
+    }
+}
+
+/// An MCP call that may outlast the turn's deadline is cut by the deadline first: the turn fails
+/// (504) instead of the model reading a tool error.
+fn warn_long_mcp_timeouts(settings: &Settings) {
+    for server in &settings.mcp_servers {
+        if server.timeout >= settings.turn.turn_deadline {
+            tracing::warn!(
+                mcp_server = %server.name,
+                timeout = ?server.timeout,
+                turn_deadline = ?settings.turn.turn_deadline,
+                "an MCP server's timeout is not below the turn deadline: a slow call fails the whole turn instead of becoming a tool error"
+            );
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
 use rmcp::ClientHandler;
@@ -53,8 +54,15 @@ pub(super) async fn connect(
     handler: Handler,
     stop: CancellationToken,
 ) -> Result<Connection, String> {
+    // A request never waits on a dead peer longer than a call may take: the SDK's requests have
+    // no deadline of their own, and one stuck on a connection to a server that vanished (a
+    // replaced container keeps no RST for its old connections) would hold its slot for good.
+    let stalled = options.timeout + options.connect_timeout;
     let http = reqwest::Client::builder()
         .connect_timeout(options.connect_timeout)
+        .read_timeout(stalled)
+        .tcp_user_timeout(stalled)
+        .tcp_keepalive(Duration::from_secs(15))
         // Redirects could lead anywhere; only the configured URL is contacted.
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -131,6 +131,10 @@ struct Server {
     options: McpServerOptions,
     state: Mutex<ServerState>,
     list_changed: Arc<Notify>,
+    /// A call or a ping found the connection broken: reconnect (with backoff).
+    lost: Notify,
+    /// A call timed out: ping, and reconnect if the ping fails too.
+    suspect: Notify,
     /// Set once the first attempt to connect and list ended, either way.
     attempted: watch::Sender<bool>,
     connected: Gauge,
@@ -179,6 +183,8 @@ impl McpTools {
                     options,
                     state: Mutex::new(ServerState::default()),
                     list_changed: Arc::new(Notify::new()),
+                    lost: Notify::new(),
+                    suspect: Notify::new(),
                     attempted: watch::Sender::new(false),
                 })
             })
@@ -276,9 +282,10 @@ impl McpTools {
                 (None, None) => return Err("connecting".to_owned()),
             }
         };
-        peer.send_request(ClientRequest::PingRequest(PingRequest::default()))
-            .await
-            .map_err(|error| format!("ping failed: {}", crate::error::error_chain(&error)))?;
+        if let Err(error) = server.ping(&peer).await {
+            server.connection_lost(&error);
+            return Err(error);
+        }
         if left_out.is_empty() {
             Ok(())
         } else {
@@ -374,6 +381,26 @@ impl McpTools {
                     return "stopped".to_owned();
                 }
                 quit = &mut ended => return format!("{quit:?}"),
+                () = server.suspect.notified() => {
+                    match server.ping(&peer).await {
+                        Ok(()) => continue,
+                        Err(error) => server.connection_lost(&error),
+                    }
+                    stop.cancel();
+                    let _ = tokio::time::timeout(CLOSE_WAIT, &mut ended).await;
+                    return lock(&server.state)
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the connection broke".to_owned());
+                }
+                () = server.lost.notified() => {
+                    stop.cancel();
+                    let _ = tokio::time::timeout(CLOSE_WAIT, &mut ended).await;
+                    return lock(&server.state)
+                        .error
+                        .clone()
+                        .unwrap_or_else(|| "the connection broke".to_owned());
+                }
                 () = server.list_changed.notified() => {
                     tracing::info!(server = %server.options.name, "MCP tool list changed");
                 }
@@ -530,6 +557,34 @@ impl McpTools {
 }
 
 impl Server {
+    /// A ping, bounded by the connect timeout.
+    async fn ping(&self, peer: &Peer<RoleClient>) -> Result<(), String> {
+        let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
+        match tokio::time::timeout(self.options.connect_timeout, ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(format!(
+                "ping failed: {}",
+                crate::error::error_chain(&error)
+            )),
+            Err(_) => Err(format!(
+                "no answer to ping within {:?}",
+                self.options.connect_timeout
+            )),
+        }
+    }
+
+    /// A request failed below MCP (refused, reset, closed): the server is down until the
+    /// connection task reconnects, and calls fail fast meanwhile.
+    fn connection_lost(&self, error: &str) {
+        let mut state = lock(&self.state);
+        if state.connection.is_some() {
+            state.connection = None;
+            state.error = Some(error.to_owned());
+            self.connected.set(0.0);
+            self.lost.notify_one();
+        }
+    }
+
     fn set_down(&self, error: String) {
         let mut state = lock(&self.state);
         state.connection = None;
@@ -689,13 +744,18 @@ impl Tool for McpTool {
         let request = CallToolRequestParams::new(self.original.clone()).with_arguments(arguments);
         let timeout = server.options.timeout;
         let (outcome, result) = match tokio::time::timeout(timeout, peer.call_tool(request)).await {
-            Err(_) => (
-                Outcome::Timeout,
-                Err(format!(
-                    "the MCP server {} did not answer within {timeout:?}",
-                    self.server_name
-                )),
-            ),
+            Err(_) => {
+                // A slow tool, or a connection that stopped answering: the connection's task
+                // pings to tell which.
+                server.suspect.notify_one();
+                (
+                    Outcome::Timeout,
+                    Err(format!(
+                        "the MCP server {} did not answer within {timeout:?}",
+                        self.server_name
+                    )),
+                )
+            }
             Ok(Err(ServiceError::McpError(error))) => (
                 Outcome::ToolError,
                 Err(format!(
@@ -703,14 +763,21 @@ impl Tool for McpTool {
                     self.server_name, error.message
                 )),
             ),
-            Ok(Err(error)) => (
-                Outcome::Failed,
-                Err(format!(
+            Ok(Err(error)) => {
+                let broken = matches!(
+                    error,
+                    ServiceError::TransportSend(_) | ServiceError::TransportClosed
+                );
+                let error = format!(
                     "the call to MCP server {} failed: {}",
                     self.server_name,
                     crate::error::error_chain(&error)
-                )),
-            ),
+                );
+                if broken {
+                    server.connection_lost(&error);
+                }
+                (Outcome::Failed, Err(error))
+            }
             Ok(Ok(result)) => {
                 let text = content::render(&result, server.options.max_result_bytes);
                 if result.is_error == Some(true) {
