@@ -6,7 +6,8 @@ it uses the SDK's defaults (stateful sessions, SSE or JSON answers as the SDK ch
 
 Tools: add (structured result), echo, fail (raises: an isError result), wait (sleeps), grow
 (registers the tool `late` and announces notifications/tools/list_changed). `POST /echo` is the
-same echo as a plain HTTP endpoint (the baseline of the MCP-versus-HTTP-tool benchmark).
+same echo as a plain HTTP endpoint (the baseline of the MCP-versus-HTTP-tool benchmark);
+`GET /counts` says how many `wait` calls the client cancelled.
 """
 
 import argparse
@@ -17,6 +18,9 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
+
+
+COUNTS = {"cancelled": 0}
 
 
 def build(name: str) -> MCPServer:
@@ -40,7 +44,12 @@ def build(name: str) -> MCPServer:
     @server.tool()
     async def wait(seconds: float) -> str:
         """Sleeps, then answers."""
-        await asyncio.sleep(seconds)
+        try:
+            await asyncio.sleep(seconds)
+        except asyncio.CancelledError:
+            # The client cancelled the call (notifications/cancelled): counted for the tests.
+            COUNTS["cancelled"] += 1
+            raise
         return f"waited {seconds}s"
 
     @server.tool()
@@ -54,6 +63,10 @@ def build(name: str) -> MCPServer:
         server.add_tool(late)
         await ctx.session.send_tool_list_changed()
         return "grown"
+
+    @server.custom_route("/counts", methods=["GET"])
+    async def counts_route(request: Request) -> JSONResponse:
+        return JSONResponse(COUNTS)
 
     @server.custom_route("/echo", methods=["POST"])
     async def echo_route(request: Request) -> PlainTextResponse:

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use fake_openai::{FakeOpenAi, Scripted};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use test_support::{McpServer, McpServerKind};
 
@@ -495,4 +496,53 @@ async fn a_collision_that_appears_later_leaves_the_newer_tool_out_and_readiness_
     );
     // The other tools of the server are still offered.
     assert_eq!(tool(&listed, "py__echo").unwrap()["state"], "available");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancelled_turn_cancels_its_mcp_call_on_the_server() {
+    let server = python();
+    let fake = FakeOpenAi::start(vec![
+        Scripted::tool_call("py__wait", json!({"seconds": 30})),
+        Scripted::text("never reached"),
+    ])
+    .await;
+    let app = spawn_with(&fake, &server_table("py", &server.url(), ""), &[]).await;
+    let counts = format!("http://127.0.0.1:{}/counts", server.port());
+    let cancelled = || async {
+        let body: Value = app
+            .client
+            .get(&counts)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        body["cancelled"].as_u64().unwrap()
+    };
+    assert_eq!(cancelled().await, 0);
+    // The client goes away while the tool runs: the turn is dropped, and with it the call.
+    let response = app
+        .stream(json!({"message": "wait", "session_id": "mcp-gone"}))
+        .await;
+    let mut body = response.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        if String::from_utf8_lossy(&chunk.unwrap()).contains("event: tool_call") {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cancelled().await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never saw the call cancelled"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        app.stored("mcp-gone").await.is_empty(),
+        "a cancelled turn stores nothing"
+    );
 }
