@@ -14,6 +14,7 @@ use agent_core::metrics::{ModelMetrics, counter, gauge, histogram};
 use agent_storage::BackgroundWork;
 
 use crate::admission::Admission;
+use crate::error::ErrorCode;
 use crate::retention::RetentionMetrics;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
@@ -154,6 +155,42 @@ impl AppMetrics {
     /// The recorder, for what registers series while running (the MCP servers' tools).
     pub(crate) fn recorder(&self) -> Arc<dyn Recorder + Send + Sync> {
         self.recorder.clone()
+    }
+
+    /// Records a readiness result as gauges: `agent_ready` (1 ready, 0 not) and
+    /// `agent_readiness_check_up{check,criticality}` (1 up, 0 down) with
+    /// `agent_readiness_check_latency_seconds{check}`. The checks are the configuration's, so the
+    /// series are bounded.
+    pub(crate) fn record_readiness(&self, readiness: &agent_health::Readiness) {
+        self.recorder
+            .register_gauge(&Key::from_name("agent_ready"), &metadata())
+            .set(if readiness.status.is_ready() {
+                1.0
+            } else {
+                0.0
+            });
+        for check in readiness.checks.iter() {
+            let name = Label::new("check", check.name.clone());
+            let criticality = match check.criticality {
+                agent_health::Criticality::Critical => "critical",
+                agent_health::Criticality::Optional => "optional",
+            };
+            self.recorder
+                .register_gauge(
+                    &Key::from_parts(
+                        "agent_readiness_check_up",
+                        vec![name.clone(), Label::new("criticality", criticality)],
+                    ),
+                    &metadata(),
+                )
+                .set(if check.result.is_ok() { 1.0 } else { 0.0 });
+            self.recorder
+                .register_gauge(
+                    &Key::from_parts("agent_readiness_check_latency_seconds", vec![name]),
+                    &metadata(),
+                )
+                .set(check.latency.as_secs_f64());
+        }
     }
 
     /// The Prometheus text of everything recorded so far.
@@ -358,8 +395,13 @@ impl TurnCost {
     }
 }
 
-/// The handles of one route: per (method, status), its counter and latency histogram.
-type RouteMetrics = Vec<((Method, u16), (Counter, Histogram))>;
+/// The handles of one route: per (method, status), its counter and latency histogram; per error
+/// code, its counter.
+#[derive(Default)]
+struct RouteMetrics {
+    requests: Vec<((Method, u16), (Counter, Histogram))>,
+    errors: Vec<(ErrorCode, Counter)>,
+}
 
 /// One worker's view of the metrics: the application's, plus a cache of per-route handles so the
 /// hot path neither rebuilds nor hashes label sets, and allocates nothing once a route, method and
@@ -391,21 +433,35 @@ impl WorkerMetrics {
         InFlight(Rc::clone(self))
     }
 
+    /// Counts a request (and its error code, when it answered an error) and its latency.
     pub(crate) fn record_request(
         &self,
         route: &str,
         method: &Method,
         status: u16,
+        code: Option<ErrorCode>,
         started: Instant,
     ) {
         let elapsed = started.elapsed().as_secs_f64();
         let mut cache = self.routes.borrow_mut();
         if !cache.contains_key(route) {
-            cache.insert(route.to_owned(), Vec::new());
+            cache.insert(route.to_owned(), RouteMetrics::default());
         }
-        let Some(handles) = cache.get_mut(route) else {
+        let Some(route_metrics) = cache.get_mut(route) else {
             return;
         };
+        if let Some(code) = code {
+            let errors = &mut route_metrics.errors;
+            let index = match errors.iter().position(|(known, _)| *known == code) {
+                Some(index) => index,
+                None => {
+                    errors.push((code, self.register_error(route, code)));
+                    errors.len() - 1
+                }
+            };
+            errors[index].1.increment(1);
+        }
+        let handles = &mut route_metrics.requests;
         let index = match handles
             .iter()
             .position(|((known_method, known_status), _)| {
@@ -423,6 +479,19 @@ impl WorkerMetrics {
         let (_, (counter, histogram)) = &handles[index];
         counter.increment(1);
         histogram.record(elapsed);
+    }
+
+    fn register_error(&self, route: &str, code: ErrorCode) -> Counter {
+        self.app.recorder.register_counter(
+            &Key::from_parts(
+                "http_errors_total",
+                vec![
+                    Label::new("route", route.to_owned()),
+                    Label::new("code", code.to_string()),
+                ],
+            ),
+            &metadata(),
+        )
     }
 
     fn register(&self, route: &str, method: &Method, status: u16) -> (Counter, Histogram) {

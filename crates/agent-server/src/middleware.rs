@@ -93,12 +93,17 @@ pub(crate) async fn request_context(
     drop(in_flight);
     let status = response.status().as_u16();
     if let Some(metrics) = metrics {
+        let code = response
+            .response()
+            .extensions()
+            .get::<crate::error::ErrorFacts>()
+            .map(|facts| facts.code);
         match quiet {
-            Some(path) => metrics.record_request(path, &method, status, started),
+            Some(path) => metrics.record_request(path, &method, status, code, started),
             None => {
                 let route = response.request().match_pattern();
                 let route = route.as_deref().unwrap_or("unmatched");
-                metrics.record_request(route, &method, status, started);
+                metrics.record_request(route, &method, status, code, started);
             }
         }
     }

@@ -21,7 +21,13 @@ use crate::middleware::QUIET_PATHS;
 
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub(crate) async fn metrics(metrics: web::Data<AppMetrics>) -> HttpResponse {
+pub(crate) async fn metrics(
+    metrics: web::Data<AppMetrics>,
+    health: web::Data<agent_health::Health>,
+) -> HttpResponse {
+    // The readiness gauges are as fresh as the scrape (the checks' results are cached for
+    // `AGENT_HEALTH__CACHE_TTL`, so scrapes and probes together run them at most that often).
+    metrics.record_readiness(&health.readiness().await);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(metrics.render())

@@ -35,8 +35,12 @@ pub(super) async fn startup(health: web::Data<Health>) -> HttpResponse {
     (status = 200, description = "Ready or degraded, with every check's status, criticality, latency and error", body = ReadinessBody),
     (status = 503, description = "Not ready: starting, draining, or a critical check failed", body = ReadinessBody),
 ))]
-pub(super) async fn ready(health: web::Data<Health>) -> HttpResponse {
+pub(super) async fn ready(
+    health: web::Data<Health>,
+    metrics: web::Data<crate::metrics::AppMetrics>,
+) -> HttpResponse {
     let readiness = health.readiness().await;
+    metrics.record_readiness(&readiness);
     let (mut response, status, reason) = match readiness.status {
         ReadinessStatus::Ready => (HttpResponse::Ok(), "ready", None),
         ReadinessStatus::Degraded => (HttpResponse::Ok(), "degraded", None),

@@ -9,6 +9,7 @@ mod bad_input;
 mod callers;
 mod cli;
 mod cors;
+mod dashboards;
 mod errors;
 mod helpers;
 mod manifests;
