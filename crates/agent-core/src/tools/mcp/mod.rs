@@ -259,8 +259,8 @@ impl McpTools {
         self.servers.iter().map(|server| server.status()).collect()
     }
 
-    /// The readiness check of server `name`: connected, answering a ping within `bound`, and
-    /// every listed tool offered.
+    /// The readiness check of server `name`: connected, answering a ping within its connect
+    /// timeout (a failed ping marks it down: its task reconnects), and every listed tool offered.
     pub async fn check(&self, name: &str) -> Result<(), String> {
         let Some(server) = self
             .servers
