@@ -382,25 +382,13 @@ impl McpTools {
                 }
                 quit = &mut ended => return format!("{quit:?}"),
                 () = server.suspect.notified() => {
-                    match server.ping(&peer).await {
-                        Ok(()) => continue,
-                        Err(error) => server.connection_lost(&error),
+                    if let Err(error) = server.ping(&peer).await {
+                        server.connection_lost(&error);
+                        return close(server, stop, ended).await;
                     }
-                    stop.cancel();
-                    let _ = tokio::time::timeout(CLOSE_WAIT, &mut ended).await;
-                    return lock(&server.state)
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| "the connection broke".to_owned());
+                    continue;
                 }
-                () = server.lost.notified() => {
-                    stop.cancel();
-                    let _ = tokio::time::timeout(CLOSE_WAIT, &mut ended).await;
-                    return lock(&server.state)
-                        .error
-                        .clone()
-                        .unwrap_or_else(|| "the connection broke".to_owned());
-                }
+                () = server.lost.notified() => return close(server, stop, ended).await,
                 () = server.list_changed.notified() => {
                     tracing::info!(server = %server.options.name, "MCP tool list changed");
                 }
@@ -633,6 +621,20 @@ impl Server {
                 .collect(),
         }
     }
+}
+
+/// Closes a broken connection (bounded) and says why it broke.
+async fn close<F: Future>(
+    server: &Server,
+    stop: &CancellationToken,
+    ended: std::pin::Pin<&mut F>,
+) -> String {
+    stop.cancel();
+    let _ = tokio::time::timeout(CLOSE_WAIT, ended).await;
+    lock(&server.state)
+        .error
+        .clone()
+        .unwrap_or_else(|| "the connection broke".to_owned())
 }
 
 /// A lock, even if a thread panicked holding it (the state stays usable).
