@@ -273,11 +273,6 @@ impl ToolRegistry {
         rebuilt
     }
 
-    /// The tools as the model sees them now.
-    pub fn specs(&self) -> Vec<ToolSpec> {
-        self.current().specs().to_vec()
-    }
-
     /// Runs one call against the tools of now (see [`ToolSet::call`]).
     pub async fn call(&self, call: &ToolCall) -> ToolOutcome {
         self.current().call(call).await

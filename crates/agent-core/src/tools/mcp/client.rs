@@ -45,6 +45,16 @@ impl ClientHandler for Handler {
     }
 }
 
+/// What went wrong, readably: the SDK's transport errors repeat their whole cause in each layer's
+/// message, so the full chain says the same thing three times; its last link is the cause.
+pub(super) fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 pub(super) type Connection = RunningService<RoleClient, Handler>;
 
 /// Connects to the server and runs the `initialize` handshake. The connection's background work
@@ -91,10 +101,10 @@ pub(super) async fn connect(
             if error.is_authorization_required() {
                 format!(
                     "the server refused our credentials (check the headers of this [[mcp_servers]] entry): {}",
-                    error_chain(&error)
+                    cause(&error)
                 )
             } else {
-                error_chain(&error)
+                cause(&error)
             }
         })
 }

@@ -407,7 +407,7 @@ impl McpTools {
         let listed = tokio::time::timeout(options.timeout, peer.list_all_tools())
             .await
             .map_err(|_| format!("no answer to tools/list within {:?}", options.timeout))?
-            .map_err(|error| format!("tools/list failed: {}", crate::error::error_chain(&error)))?;
+            .map_err(|error| format!("tools/list failed: {}", client::cause(&error)))?;
         let listed: Vec<rmcp::model::Tool> = match &options.tools {
             None => listed,
             Some(allowed) => {
@@ -550,10 +550,7 @@ impl Server {
         let ping = peer.send_request(ClientRequest::PingRequest(PingRequest::default()));
         match tokio::time::timeout(self.options.connect_timeout, ping).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(error)) => Err(format!(
-                "ping failed: {}",
-                crate::error::error_chain(&error)
-            )),
+            Ok(Err(error)) => Err(format!("ping failed: {}", client::cause(&error))),
             Err(_) => Err(format!(
                 "no answer to ping within {:?}",
                 self.options.connect_timeout
@@ -773,7 +770,7 @@ impl Tool for McpTool {
                 let error = format!(
                     "the call to MCP server {} failed: {}",
                     self.server_name,
-                    crate::error::error_chain(&error)
+                    client::cause(&error)
                 );
                 if broken {
                     server.connection_lost(&error);
