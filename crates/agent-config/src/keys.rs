@@ -158,10 +158,42 @@ declare_keys! {
     /// interval, with the request id of the first and how many were suppressed since; metrics
     /// and the access lines still count every one. 0s logs every one.
     LOG_REPEAT_INTERVAL = "log_repeat_interval", Kind::Duration { min: Duration::ZERO, max: secs(3600) }, default: Some("10s"), aliases: [];
-    /// Adds one log line each time a span closes, with its busy and idle time: the request, and
-    /// (debug-level spans, enabled by this switch unless `RUST_LOG` is set) the turn, each model
-    /// call, each tool call and each storage operation. A lightweight trace in the logs.
-    ENABLE_TRACING = "enable_tracing", Kind::Bool, default: Some("false"), aliases: ["ENABLE_TRACING"];
+    /// `true` adds one log line each time a span closes, with its busy and idle time: the request,
+    /// and (debug-level spans, enabled by this switch unless `RUST_LOG` is set) the turn, each
+    /// model call, each tool call and each storage operation. `false` also turns OTLP trace export
+    /// off, even with an endpoint set. Unset: no span lines; traces are exported when an endpoint
+    /// is set.
+    ENABLE_TRACING = "enable_tracing", Kind::Bool, default: None, aliases: ["ENABLE_TRACING"];
+    /// The OTLP/HTTP collector traces are exported to (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector:4318`. Unset (and no traces endpoint): no traces are exported.
+    TELEMETRY_OTLP_ENDPOINT = "telemetry.otlp_endpoint", Kind::HttpUrl, default: None, aliases: ["OTEL_EXPORTER_OTLP_ENDPOINT"];
+    /// The full URL traces are posted to; wins over `telemetry.otlp_endpoint`.
+    TELEMETRY_OTLP_TRACES_ENDPOINT = "telemetry.otlp_traces_endpoint", Kind::HttpUrl, default: None, aliases: ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"];
+    /// Headers sent with every export, `name=value` pairs separated by commas, values
+    /// percent-encoded (`Authorization=Bearer%20abc`).
+    TELEMETRY_OTLP_HEADERS = "telemetry.otlp_headers", Kind::Secret, default: None, aliases: ["OTEL_EXPORTER_OTLP_HEADERS"];
+    /// The export protocol: OTLP over HTTP with protobuf bodies (gRPC is not built in).
+    TELEMETRY_OTLP_PROTOCOL = "telemetry.otlp_protocol", Kind::Choice(&["http/protobuf"]), default: Some("http/protobuf"), aliases: ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"];
+    /// Bound on one export request.
+    TELEMETRY_OTLP_TIMEOUT = "telemetry.otlp_timeout", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("10s"), aliases: [];
+    /// `service.name` of every span.
+    TELEMETRY_SERVICE_NAME = "telemetry.service_name", Kind::Text, default: Some("agent-server"), aliases: ["OTEL_SERVICE_NAME"];
+    /// More resource attributes, `key=value` pairs separated by commas (values percent-encoded),
+    /// e.g. `deployment.environment.name=prod,service.namespace=agents`.
+    TELEMETRY_RESOURCE_ATTRIBUTES = "telemetry.resource_attributes", Kind::Text, default: None, aliases: ["OTEL_RESOURCE_ATTRIBUTES"];
+    /// Which traces are recorded: `parentbased_*` follows an incoming `traceparent`'s sampled
+    /// flag and applies the rest to new traces; `traceidratio` keeps `telemetry.sampler_arg` of
+    /// them.
+    TELEMETRY_SAMPLER = "telemetry.sampler", Kind::Choice(&["parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "always_on", "always_off", "traceidratio"]), default: Some("parentbased_always_on"), aliases: ["OTEL_TRACES_SAMPLER"];
+    /// The ratio of new traces kept by the `*traceidratio` samplers.
+    TELEMETRY_SAMPLER_ARG = "telemetry.sampler_arg", Kind::Float { min: 0.0, max: 1.0 }, default: Some("1.0"), aliases: ["OTEL_TRACES_SAMPLER_ARG"];
+    /// Spans waiting for export; when full (a slow or dead collector) new spans are dropped and
+    /// counted in `agent_trace_spans_dropped_total`, and requests are never slowed.
+    TELEMETRY_MAX_QUEUE_SIZE = "telemetry.max_queue_size", Kind::Int { min: 16, max: 1_000_000 }, default: Some("2048"), aliases: ["OTEL_BSP_MAX_QUEUE_SIZE"];
+    /// Records message and tool contents in spans (`gen_ai.input.messages`,
+    /// `gen_ai.output.messages`, tool arguments and results). Off by default: they may hold
+    /// personal data. Secrets (keys, configured headers) are never recorded.
+    TELEMETRY_CAPTURE_CONTENT = "telemetry.capture_content", Kind::Bool, default: Some("false"), aliases: [];
     /// Serves `POST /agent/stream`.
     ENABLE_STREAMING = "enable_streaming", Kind::Bool, default: Some("true"), aliases: ["ENABLE_STREAMING"];
     /// Bearer keys accepted by the API, each `name:key` (keys sharing a caller name are one

@@ -20,8 +20,9 @@ pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings,
-    McpServerSettings, ModelProvider, ModelSettings, OpenAiApiSettings, Profile, ServerSettings,
-    Settings, StorageSettings, TokenQuotas, TurnSettings,
+    McpServerSettings, ModelProvider, ModelSettings, OpenAiApiSettings, Profile, SamplerRoot,
+    ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler, TraceSettings,
+    TurnSettings,
 };
 /// The URL type of the settings (`HttpToolSettings::url`, `McpServerSettings::url`).
 pub use url::Url;

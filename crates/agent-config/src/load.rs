@@ -8,7 +8,7 @@ use std::time::Duration;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Num, Value};
 use figment::{Figment, Metadata, Provider, Source};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::env::EnvValues;
@@ -16,8 +16,8 @@ use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::settings::{
     ApiKey, ApiSettings, CorsSettings, HealthSettings, LogFormat, LogSettings, ModelProvider,
-    ModelSettings, OpenAiApiSettings, Profile, ServerSettings, Settings, StorageSettings,
-    TokenQuotas, TurnSettings,
+    ModelSettings, OpenAiApiSettings, Profile, SamplerRoot, ServerSettings, Settings,
+    StorageSettings, TokenQuotas, TraceSampler, TraceSettings, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -159,9 +159,10 @@ impl Layers {
             profile,
             log: LogSettings {
                 format,
-                enable_tracing: self.boolean(&keys::ENABLE_TRACING)?,
+                enable_tracing: self.optional_boolean(&keys::ENABLE_TRACING)? == Some(true),
                 repeat_interval: self.duration(&keys::LOG_REPEAT_INTERVAL)?,
             },
+            traces: self.traces()?,
             enable_streaming: self.boolean(&keys::ENABLE_STREAMING)?,
             api_keys: self.api_keys()?,
             api: ApiSettings {
@@ -330,6 +331,66 @@ impl Layers {
             });
         }
         Ok(parsed)
+    }
+
+    /// OTLP trace export: on when an endpoint is set, unless `ENABLE_TRACING=false`. Every key is
+    /// validated either way.
+    fn traces(&self) -> Result<Option<TraceSettings>, ConfigError> {
+        let switch = self.optional_boolean(&keys::ENABLE_TRACING)?;
+        let endpoint = self.optional_http_url(&keys::TELEMETRY_OTLP_ENDPOINT)?;
+        let traces_endpoint = self.optional_http_url(&keys::TELEMETRY_OTLP_TRACES_ENDPOINT)?;
+        // The base endpoint gets the signal's path, as the OpenTelemetry specification says.
+        let endpoint = match (traces_endpoint, endpoint) {
+            (Some(url), _) => Some(url),
+            (None, Some(base)) => {
+                let joined = format!("{}/v1/traces", base.as_str().trim_end_matches('/'));
+                Some(Url::parse(&joined).map_err(|_| {
+                    self.invalid(&keys::TELEMETRY_OTLP_ENDPOINT, "cannot take /v1/traces")
+                })?)
+            }
+            (None, None) => None,
+        };
+        let headers = match self.secret(&keys::TELEMETRY_OTLP_HEADERS)? {
+            None => Vec::new(),
+            Some(text) => pairs(text.expose_secret())
+                .map_err(|problem| self.invalid(&keys::TELEMETRY_OTLP_HEADERS, &problem))?
+                .into_iter()
+                .map(|(name, value)| (name, SecretString::from(value)))
+                .collect(),
+        };
+        let resource_attributes = pairs(&self.text(&keys::TELEMETRY_RESOURCE_ATTRIBUTES)?)
+            .map_err(|problem| self.invalid(&keys::TELEMETRY_RESOURCE_ATTRIBUTES, &problem))?;
+        let ratio = f64::from(self.float(&keys::TELEMETRY_SAMPLER_ARG)?);
+        let sampler = self.choice(&keys::TELEMETRY_SAMPLER)?;
+        let root = match sampler.trim_start_matches("parentbased_") {
+            "always_off" => SamplerRoot::AlwaysOff,
+            "traceidratio" => SamplerRoot::Ratio(ratio),
+            _ => SamplerRoot::AlwaysOn,
+        };
+        let service_name = self.text(&keys::TELEMETRY_SERVICE_NAME)?;
+        if service_name.trim().is_empty() {
+            return Err(self.invalid(&keys::TELEMETRY_SERVICE_NAME, "is empty"));
+        }
+        self.choice(&keys::TELEMETRY_OTLP_PROTOCOL)?;
+        let timeout = self.duration(&keys::TELEMETRY_OTLP_TIMEOUT)?;
+        let max_queue_size = self.int(&keys::TELEMETRY_MAX_QUEUE_SIZE)? as usize;
+        let capture_content = self.boolean(&keys::TELEMETRY_CAPTURE_CONTENT)?;
+        let Some(endpoint) = endpoint.filter(|_| switch != Some(false)) else {
+            return Ok(None);
+        };
+        Ok(Some(TraceSettings {
+            endpoint,
+            headers,
+            timeout,
+            service_name: service_name.trim().to_owned(),
+            resource_attributes,
+            sampler: TraceSampler {
+                parent_based: sampler.starts_with("parentbased_"),
+                root,
+            },
+            max_queue_size,
+            capture_content,
+        }))
     }
 
     /// Caller names, comma-separated.
@@ -610,6 +671,28 @@ impl Layers {
             .ok_or_else(|| self.invalid(key, &format!("'{text}' is not an http(s) URL")))
     }
 
+    /// A boolean key without a default: `None` when no layer sets it (or sets it empty).
+    fn optional_boolean(&self, key: &Key) -> Result<Option<bool>, ConfigError> {
+        match self.raw(key.path) {
+            Some(text) if !text.trim().is_empty() => self.boolean(key).map(Some),
+            _ => {
+                self.expect_kind(key, matches!(key.kind, Kind::Bool))?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// A URL key without a default: `None` when no layer sets it (or sets it empty).
+    fn optional_http_url(&self, key: &Key) -> Result<Option<Url>, ConfigError> {
+        match self.raw(key.path) {
+            Some(text) if !text.trim().is_empty() => self.http_url(key).map(Some),
+            _ => {
+                self.expect_kind(key, matches!(key.kind, Kind::HttpUrl))?;
+                Ok(None)
+            }
+        }
+    }
+
     fn secret(&self, key: &Key) -> Result<Option<SecretString>, ConfigError> {
         self.expect_kind(key, key.is_secret())?;
         match self.raw(key.path) {
@@ -749,4 +832,31 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
         }
     }
     unknown
+}
+
+/// `key=value` pairs separated by commas, values percent-encoded: the format of
+/// `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_RESOURCE_ATTRIBUTES`. The problem never quotes a value
+/// (headers hold credentials).
+fn pairs(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut parsed = Vec::new();
+    for (index, entry) in text.split(',').enumerate() {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let Some((name, value)) = entry.split_once('=') else {
+            return Err(format!(
+                "entry {} has no '=' (expected name=value pairs separated by commas)",
+                index + 1
+            ));
+        };
+        let name = name.trim();
+        if name.is_empty() {
+            return Err(format!("entry {} has an empty name", index + 1));
+        }
+        let value = percent_encoding::percent_decode_str(value.trim())
+            .decode_utf8()
+            .map_err(|_| format!("the value of {name} is not UTF-8 once decoded"))?;
+        parsed.push((name.to_owned(), value.into_owned()));
+    }
+    Ok(parsed)
 }

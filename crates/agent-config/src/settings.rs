@@ -10,6 +10,8 @@ use url::Url;
 pub struct Settings {
     pub profile: Profile,
     pub log: LogSettings,
+    /// OTLP trace export; `None` when off (no endpoint, or `ENABLE_TRACING=false`).
+    pub traces: Option<TraceSettings>,
     /// `ENABLE_STREAMING`: whether `POST /agent/stream` is served.
     pub enable_streaming: bool,
     /// `AGENT_API_KEYS`: bearer keys accepted by the API, each with its caller's name when given;
@@ -68,10 +70,46 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct LogSettings {
     pub format: LogFormat,
-    /// `ENABLE_TRACING`: one extra log line per closed span, with its timings.
+    /// `ENABLE_TRACING=true`: one extra log line per closed span, with its timings.
     pub enable_tracing: bool,
     /// A failure's cause chain is logged once per distinct failure per this long (zero: always).
     pub repeat_interval: Duration,
+}
+
+/// Where and how traces are exported (OTLP over HTTP with protobuf bodies).
+#[derive(Debug, Clone)]
+pub struct TraceSettings {
+    /// The URL spans are posted to (`…/v1/traces`).
+    pub endpoint: Url,
+    /// Sent with every export; values are secrets (collector credentials).
+    pub headers: Vec<(String, SecretString)>,
+    /// Bound on one export request.
+    pub timeout: Duration,
+    pub service_name: String,
+    /// More resource attributes, in the order given.
+    pub resource_attributes: Vec<(String, String)>,
+    pub sampler: TraceSampler,
+    /// Spans waiting for export; beyond it new spans are dropped.
+    pub max_queue_size: usize,
+    /// Whether message and tool contents are recorded in spans.
+    pub capture_content: bool,
+}
+
+/// Which traces are recorded (`OTEL_TRACES_SAMPLER` and its argument).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TraceSampler {
+    /// Follow the sampled flag of an incoming `traceparent`; `root` decides for new traces.
+    pub parent_based: bool,
+    pub root: SamplerRoot,
+}
+
+/// How a new trace is sampled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerRoot {
+    AlwaysOn,
+    AlwaysOff,
+    /// Keep this fraction of traces, chosen by trace id.
+    Ratio(f64),
 }
 
 /// Limits and behaviour of the HTTP API.

@@ -1056,3 +1056,157 @@ fn invalid_mcp_servers_name_the_server_and_the_problem() {
         Ok(())
     });
 }
+
+#[test]
+fn traces_are_exported_only_with_an_endpoint_and_not_when_tracing_is_disabled() {
+    assert!(settings(&[]).traces.is_none());
+    let base = settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")]);
+    let traces = base.traces.expect("an endpoint turns traces on");
+    assert_eq!(traces.endpoint.as_str(), "http://collector:4318/v1/traces");
+    assert_eq!(traces.service_name, "agent-server");
+    assert_eq!(
+        traces.sampler,
+        crate::TraceSampler {
+            parent_based: true,
+            root: crate::SamplerRoot::AlwaysOn
+        }
+    );
+    assert!(!traces.capture_content);
+    assert!(
+        !base.log.enable_tracing,
+        "unset ENABLE_TRACING adds no span lines"
+    );
+    let full = settings(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "https://traces.example/otlp/spans",
+        ),
+    ]);
+    assert_eq!(
+        full.traces.expect("on").endpoint.as_str(),
+        "https://traces.example/otlp/spans",
+        "the traces endpoint is used as it is"
+    );
+    // The tutorial's switch turns export off even with an endpoint; on, it also logs spans.
+    let off = settings(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("ENABLE_TRACING", "false"),
+    ]);
+    assert!(off.traces.is_none());
+    let on = settings(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("ENABLE_TRACING", "true"),
+    ]);
+    assert!(on.traces.is_some() && on.log.enable_tracing);
+    // An empty value (a copied .env.example) is unset.
+    assert!(
+        settings(&[("ENABLE_TRACING", ""), ("OTEL_EXPORTER_OTLP_ENDPOINT", "")])
+            .traces
+            .is_none()
+    );
+}
+
+#[test]
+fn trace_settings_follow_the_opentelemetry_variables() {
+    let traces = settings(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "Authorization=Basic%20dXNlcjpwdw==, x-tenant = blue",
+        ),
+        ("OTEL_SERVICE_NAME", "agents-eu"),
+        (
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment.name=prod,service.namespace=a%2Cb",
+        ),
+        ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+        ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", "512"),
+        ("AGENT_TELEMETRY__CAPTURE_CONTENT", "true"),
+    ])
+    .traces
+    .expect("on");
+    let headers: Vec<(&str, &str)> = traces
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.expose_secret()))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            ("Authorization", "Basic dXNlcjpwdw=="),
+            ("x-tenant", "blue")
+        ]
+    );
+    assert_eq!(traces.service_name, "agents-eu");
+    assert_eq!(
+        traces.resource_attributes,
+        [
+            ("deployment.environment.name".to_owned(), "prod".to_owned()),
+            ("service.namespace".to_owned(), "a,b".to_owned()),
+        ]
+    );
+    assert!(traces.sampler.parent_based);
+    assert!(
+        matches!(traces.sampler.root, crate::SamplerRoot::Ratio(ratio) if (ratio - 0.1).abs() < 1e-6)
+    );
+    assert_eq!(traces.max_queue_size, 512);
+    assert!(traces.capture_content);
+    let plain = settings(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+        ("OTEL_TRACES_SAMPLER", "always_off"),
+    ])
+    .traces
+    .expect("on");
+    assert_eq!(
+        plain.sampler,
+        crate::TraceSampler {
+            parent_based: false,
+            root: crate::SamplerRoot::AlwaysOff
+        }
+    );
+}
+
+#[test]
+fn bad_trace_settings_are_refused_without_echoing_headers() {
+    let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+    let message = error(&[
+        endpoint,
+        ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization Bearer hunter2"),
+    ]);
+    assert!(
+        message.contains("OTEL_EXPORTER_OTLP_HEADERS") && message.contains("no '='"),
+        "{message}"
+    );
+    assert!(!message.contains("hunter2"), "{message}");
+    let message = error(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]);
+    assert!(message.contains("http/protobuf"), "{message}");
+    let message = error(&[endpoint, ("OTEL_TRACES_SAMPLER", "sometimes")]);
+    assert!(message.contains("OTEL_TRACES_SAMPLER"), "{message}");
+    let message = error(&[endpoint, ("OTEL_TRACES_SAMPLER_ARG", "1.5")]);
+    assert!(message.contains("OTEL_TRACES_SAMPLER_ARG"), "{message}");
+    let message = error(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]);
+    assert!(message.contains("is not an http(s) URL"), "{message}");
+    // Validated even while export is off.
+    let message = error(&[
+        ("ENABLE_TRACING", "false"),
+        ("OTEL_TRACES_SAMPLER", "never"),
+    ]);
+    assert!(message.contains("OTEL_TRACES_SAMPLER"), "{message}");
+}
+
+#[test]
+fn trace_headers_are_read_from_a_file_variable() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("otlp-headers", "Authorization=Bearer%20from-file\n")?;
+        jail.set_env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318");
+        jail.set_env("OTEL_EXPORTER_OTLP_HEADERS_FILE", "otlp-headers");
+        let loaded = load().map_err(|error| error.to_string())?;
+        let traces = loaded.settings.traces.expect("on");
+        assert_eq!(traces.headers.len(), 1);
+        assert_eq!(traces.headers[0].1.expose_secret(), "Bearer from-file");
+        Ok(())
+    });
+}

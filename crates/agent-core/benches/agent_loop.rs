@@ -44,6 +44,7 @@ impl ChatModel for InstantModel {
                 prompt_tokens: 20,
                 completion_tokens: 5,
             },
+            meta: Default::default(),
         })
     }
 }

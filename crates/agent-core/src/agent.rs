@@ -12,10 +12,14 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tracing::Instrument;
 
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
-use crate::error::AgentError;
-use crate::model::{ChatModel, ChatRequest, ModelDelta, ModelReply, ReplyAssembler, Sampling};
+use crate::error::{AgentError, ModelError};
+use crate::model::{
+    ChatModel, ChatRequest, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler, Sampling,
+};
+use crate::spans;
 use crate::tools::ToolRegistry;
 
 /// The bounds of every turn.
@@ -75,9 +79,13 @@ pub enum AgentEvent {
 #[derive(Debug, Clone)]
 pub struct Agent {
     model: Arc<dyn ChatModel>,
+    /// The model's identity, read once for the spans of every call.
+    identity: Arc<ModelIdentity>,
     tools: Arc<ToolRegistry>,
     limits: AgentLimits,
     system_prompt: Option<Arc<str>>,
+    /// Whether spans record message and tool contents.
+    capture_content: bool,
 }
 
 impl Agent {
@@ -91,11 +99,20 @@ impl Agent {
             .filter(|prompt| !prompt.trim().is_empty())
             .map(Arc::from);
         Self {
+            identity: Arc::new(model.identity()),
             model,
             tools,
             limits,
             system_prompt,
+            capture_content: false,
         }
+    }
+
+    /// Records message and tool contents in the turn's spans (off by default: they may hold
+    /// personal data).
+    pub fn with_content_capture(mut self, capture: bool) -> Self {
+        self.capture_content = capture;
+        self
     }
 
     pub fn limits(&self) -> AgentLimits {
@@ -109,7 +126,8 @@ impl Agent {
 
     /// Runs a turn to its end.
     pub async fn run_turn(&self, request: TurnRequest) -> Result<TurnResult, AgentError> {
-        self.run(request, None).await
+        let span = spans::turn(&self.identity, request.history.len());
+        self.run(request, None).instrument(span).await
     }
 
     /// Runs a turn, reporting text deltas and tool calls as they happen. The turn runs while the
@@ -117,7 +135,10 @@ impl Agent {
     pub fn run_turn_streaming(&self, request: TurnRequest) -> TurnEvents {
         let (sender, receiver) = unbounded_channel();
         let agent = self.clone();
-        let driver = Box::pin(async move { agent.run(request, Some(&sender)).await });
+        // The span is made here, in the caller's context: the stream is polled outside it.
+        let span = spans::turn(&self.identity, request.history.len());
+        let driver =
+            Box::pin(async move { agent.run(request, Some(&sender)).await }.instrument(span));
         TurnEvents {
             driver: Some(driver),
             receiver,
@@ -125,24 +146,34 @@ impl Agent {
         }
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(history = request.history.len()))]
+    /// Runs inside the turn's span, which it completes with the usage or the failure.
     async fn run(
         &self,
         request: TurnRequest,
         events: Option<&UnboundedSender<AgentEvent>>,
     ) -> Result<TurnResult, AgentError> {
         let budget = self.limits.session_token_budget;
-        if request.session_tokens_used >= budget {
-            return Err(AgentError::SessionBudgetExceeded {
+        let result = if request.session_tokens_used >= budget {
+            Err(AgentError::SessionBudgetExceeded {
                 used: request.session_tokens_used,
                 budget,
-            });
+            })
+        } else {
+            let deadline = self.limits.turn_deadline;
+            match tokio::time::timeout(deadline, self.steps(request, events)).await {
+                Ok(result) => result,
+                Err(_) => Err(AgentError::DeadlineExceeded(deadline)),
+            }
+        };
+        let span = tracing::Span::current();
+        match &result {
+            Ok(finished) => {
+                spans::record_usage(&span, finished.turn.usage);
+                span.record("steps", spans::count(finished.steps));
+            }
+            Err(error) => spans::record_error(&span, error.kind(), error),
         }
-        let deadline = self.limits.turn_deadline;
-        match tokio::time::timeout(deadline, self.steps(request, events)).await {
-            Ok(result) => result,
-            Err(_) => Err(AgentError::DeadlineExceeded(deadline)),
-        }
+        result
     }
 
     async fn steps(
@@ -168,10 +199,32 @@ impl Agent {
                 tools: tools.specs(),
                 sampling: &request.sampling,
             };
+            let span = spans::chat(&self.identity, &request.sampling);
+            spans::record_input(&span, &context, self.capture_content);
             let reply = match events {
-                None => self.model.complete(model_request).await?,
-                Some(events) => self.streamed_step(model_request, events).await?,
+                None => {
+                    self.model
+                        .complete(model_request)
+                        .instrument(span.clone())
+                        .await
+                }
+                Some(events) => {
+                    self.streamed_step(model_request, events)
+                        .instrument(span.clone())
+                        .await
+                }
             };
+            let reply = match reply {
+                Ok(reply) => {
+                    spans::record_reply(&span, &reply, self.capture_content);
+                    reply
+                }
+                Err(error) => {
+                    spans::record_error(&span, error.kind(), &error);
+                    return Err(error.into());
+                }
+            };
+            drop(span);
             usage += reply.usage;
             self.check_budgets(usage, request.session_tokens_used)?;
             let calls = reply.message.tool_calls.clone();
@@ -192,7 +245,25 @@ impl Agent {
                 send(events, AgentEvent::ToolCallStarted(call.clone()));
             }
             // `buffered` runs up to the bound at once and yields results in call order.
-            let pending: Vec<_> = calls.iter().map(|call| tools.call(call)).collect();
+            let pending: Vec<_> = calls
+                .iter()
+                .map(|call| {
+                    let span = spans::tool(call, tools.source_of(&call.name));
+                    let capture = self.capture_content;
+                    let tools = &tools;
+                    async move {
+                        let outcome = tools.call(call).instrument(span.clone()).await;
+                        spans::record_tool(
+                            &span,
+                            call,
+                            &outcome.content,
+                            outcome.is_error,
+                            capture,
+                        );
+                        outcome
+                    }
+                })
+                .collect();
             let outcomes: Vec<_> = futures_util::stream::iter(pending)
                 .buffered(self.limits.max_parallel_tools.max(1))
                 .collect()
@@ -219,7 +290,7 @@ impl Agent {
         &self,
         request: ChatRequest<'_>,
         events: &UnboundedSender<AgentEvent>,
-    ) -> Result<ModelReply, AgentError> {
+    ) -> Result<ModelReply, ModelError> {
         let mut deltas = self.model.stream(request).await?;
         let mut assembler = ReplyAssembler::default();
         while let Some(delta) = deltas.next().await {
@@ -229,7 +300,7 @@ impl Agent {
             }
             assembler.push(delta);
         }
-        Ok(assembler.finish()?)
+        assembler.finish()
     }
 
     fn check_budgets(&self, usage: TokenUsage, session_before: u64) -> Result<(), AgentError> {

@@ -50,6 +50,19 @@ impl ModelError {
 }
 
 impl ModelError {
+    /// A short name of the failure, for the `error.type` of spans.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Upstream(_) => "upstream",
+            Self::Timeout(_) => "timeout",
+            Self::Authentication(_) => "authentication",
+            Self::Unusable(_) => "unusable",
+            Self::Rejected(_) => "rejected",
+            Self::ContextLength(_) => "context_length",
+        }
+    }
+
     /// How long the model server asked us to wait (`Retry-After` or `retry-after-ms` on its
     /// last answer), when it said.
     pub fn retry_after(&self) -> Option<Duration> {
@@ -78,6 +91,28 @@ pub enum AgentError {
     /// The whole turn took longer than its deadline.
     #[error("the turn did not finish within {0:?}")]
     DeadlineExceeded(Duration),
+}
+
+impl AgentError {
+    /// A short name of the failure, for the `error.type` of spans: the model's failures are
+    /// `model_` and theirs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Model(error) => match error {
+                ModelError::RateLimited { .. } => "model_rate_limited",
+                ModelError::Upstream(_) => "model_upstream",
+                ModelError::Timeout(_) => "model_timeout",
+                ModelError::Authentication(_) => "model_authentication",
+                ModelError::Unusable(_) => "model_unusable",
+                ModelError::Rejected(_) => "model_rejected",
+                ModelError::ContextLength(_) => "model_context_length",
+            },
+            Self::StepLimit(_) => "step_limit",
+            Self::TurnBudgetExceeded { .. } => "turn_budget",
+            Self::SessionBudgetExceeded { .. } => "session_budget",
+            Self::DeadlineExceeded(_) => "deadline",
+        }
+    }
 }
 
 /// Why a tool could not be registered or did not run.

@@ -12,13 +12,16 @@ mod model;
 mod offline;
 mod openai;
 mod session_id;
+pub mod spans;
 mod tools;
+pub mod trace_context;
 
 pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use model::{
-    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelReply, ReplyAssembler, Sampling, ToolSpec,
+    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler,
+    ReplyMeta, Sampling, ToolSpec,
 };
 pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};

@@ -48,6 +48,38 @@ pub struct Sampling {
 pub struct ModelReply {
     pub message: Message,
     pub usage: TokenUsage,
+    /// What the model server said about the reply, for traces.
+    pub meta: ReplyMeta,
+}
+
+/// What a model server says about a reply besides its content; each part when it says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplyMeta {
+    /// The model that answered (it may differ from the one asked for).
+    pub model: Option<String>,
+    /// The server's id of the reply.
+    pub id: Option<String>,
+    /// Why the model stopped (`stop`, `tool_calls`, `length`, …).
+    pub finish_reason: Option<String>,
+}
+
+impl ReplyMeta {
+    /// Fills what `self` lacks from `other`.
+    fn merge(&mut self, other: Self) {
+        self.model = self.model.take().or(other.model);
+        self.id = self.id.take().or(other.id);
+        self.finish_reason = other.finish_reason.or(self.finish_reason.take());
+    }
+}
+
+/// Who serves a model, for traces: `gen_ai.provider.name`, `gen_ai.request.model` and the
+/// server's address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelIdentity {
+    pub provider: &'static str,
+    pub model: String,
+    pub server_address: Option<String>,
+    pub server_port: Option<u16>,
 }
 
 /// A piece of a streamed reply.
@@ -63,6 +95,8 @@ pub enum ModelDelta {
         arguments: String,
     },
     Usage(TokenUsage),
+    /// What the server said about the reply (model, id, finish reason), in any chunk.
+    Meta(ReplyMeta),
     /// The model finished its message.
     Finished,
 }
@@ -72,6 +106,16 @@ pub type DeltaStream = BoxStream<'static, Result<ModelDelta, ModelError>>;
 /// A chat model: the OpenAI-compatible client, the offline model, or a test double.
 #[async_trait]
 pub trait ChatModel: Send + Sync + Debug {
+    /// Who serves the model, for the spans of its calls.
+    fn identity(&self) -> ModelIdentity {
+        ModelIdentity {
+            provider: "unknown",
+            model: "unknown".to_owned(),
+            server_address: None,
+            server_port: None,
+        }
+    }
+
     /// The model's answer, whole.
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError>;
 
@@ -92,6 +136,7 @@ pub trait ChatModel: Send + Sync + Debug {
             }));
         }
         deltas.push(Ok(ModelDelta::Usage(reply.usage)));
+        deltas.push(Ok(ModelDelta::Meta(reply.meta)));
         deltas.push(Ok(ModelDelta::Finished));
         Ok(Box::pin(futures_util::stream::iter(deltas)))
     }
@@ -103,6 +148,7 @@ pub struct ReplyAssembler {
     text: String,
     calls: BTreeMap<u32, ToolCall>,
     usage: TokenUsage,
+    meta: ReplyMeta,
     finished: bool,
 }
 
@@ -130,6 +176,7 @@ impl ReplyAssembler {
                 call.arguments.push_str(&arguments);
             }
             ModelDelta::Usage(usage) => self.usage = usage,
+            ModelDelta::Meta(meta) => self.meta.merge(meta),
             ModelDelta::Finished => self.finished = true,
         }
     }
@@ -156,6 +203,7 @@ impl ReplyAssembler {
         Ok(ModelReply {
             message: Message::assistant_tool_calls(self.text, tool_calls),
             usage: self.usage,
+            meta: self.meta,
         })
     }
 }

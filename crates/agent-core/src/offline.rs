@@ -14,6 +14,15 @@ pub struct OfflineModel;
 
 #[async_trait]
 impl ChatModel for OfflineModel {
+    fn identity(&self) -> crate::model::ModelIdentity {
+        crate::model::ModelIdentity {
+            provider: "offline",
+            model: "offline".to_owned(),
+            server_address: None,
+            server_port: None,
+        }
+    }
+
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let has_tool = |name: &str| request.tools.iter().any(|tool| tool.name == name);
         let last_user = request
@@ -81,6 +90,7 @@ impl ChatModel for OfflineModel {
                 prompt_tokens: (prompt_characters / 4 + 1) as u64,
                 completion_tokens: (completion_characters / 4 + 1) as u64,
             },
+            meta: Default::default(),
         })
     }
 }

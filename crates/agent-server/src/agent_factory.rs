@@ -62,6 +62,12 @@ pub(crate) fn build(
         Arc::new(tools),
         limits,
         Some(turn.system_prompt.clone()),
+    )
+    .with_content_capture(
+        settings
+            .traces
+            .as_ref()
+            .is_some_and(|traces| traces.capture_content),
     ))
 }
 

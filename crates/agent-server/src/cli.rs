@@ -91,7 +91,11 @@ pub async fn migrate() -> ExitCode {
         Ok(loaded) => loaded,
         Err(exit) => return exit,
     };
-    crate::telemetry::init(&loaded.settings.log, crate::telemetry::LogTarget::Stderr);
+    let _ = crate::telemetry::init(
+        &loaded.settings.log,
+        None,
+        crate::telemetry::LogTarget::Stderr,
+    );
     match crate::backends::migrate(&loaded.settings.storage).await {
         Ok(applied) => {
             let summary = if applied.is_empty() {

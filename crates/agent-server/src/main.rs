@@ -24,22 +24,34 @@ async fn serve() -> ExitCode {
         Ok(loaded) => loaded,
         Err(exit) => return exit,
     };
-    telemetry::init(&loaded.settings.log, telemetry::LogTarget::Stdout);
+    let telemetry = match telemetry::init(
+        &loaded.settings.log,
+        loaded.settings.traces.as_ref(),
+        telemetry::LogTarget::Stdout,
+    ) {
+        Ok(telemetry) => telemetry,
+        Err(error) => return cli::fail(&error),
+    };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
+    let flush_within = telemetry::flush_window(loaded.settings.server.drain_timeout);
     let application = match Application::build(loaded.settings).await {
         Ok(application) => application,
         Err(error) => {
             tracing::error!(error = %chain(&error), "startup failed");
+            telemetry.shutdown(flush_within).await;
             return cli::fail(&chain(&error));
         }
     };
-    match application.run_until_stopped().await {
+    let outcome = match application.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %chain(&error), "server failed");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The spans of the last requests, within what is left of the drain window.
+    telemetry.shutdown(flush_within).await;
+    outcome
 }

@@ -39,6 +39,38 @@ pub(crate) struct AppMetrics {
     pub(crate) retention: RetentionMetrics,
     background: BackgroundMetrics,
     admission: AdmissionMetrics,
+    traces: TraceMetrics,
+}
+
+/// The span exporter's figures (process-wide), read when `/metrics` is scraped.
+struct TraceMetrics {
+    exported: Counter,
+    dropped_full: Counter,
+    dropped_failed: Counter,
+}
+
+impl TraceMetrics {
+    fn register(recorder: &dyn Recorder) -> Self {
+        let dropped = |reason| {
+            counter(
+                recorder,
+                "agent_trace_spans_dropped_total",
+                &[("reason", reason)],
+            )
+        };
+        Self {
+            exported: counter(recorder, "agent_trace_spans_exported_total", &[]),
+            dropped_full: dropped("queue_full"),
+            dropped_failed: dropped("export_failed"),
+        }
+    }
+
+    fn refresh(&self) {
+        let (exported, dropped_full, dropped_failed) = crate::telemetry::export_counts();
+        self.exported.absolute(exported);
+        self.dropped_full.absolute(dropped_full);
+        self.dropped_failed.absolute(dropped_failed);
+    }
 }
 
 /// Connections and turns against their limits, read when `/metrics` is scraped.
@@ -148,6 +180,7 @@ impl AppMetrics {
             },
             background: BackgroundMetrics::register(&recorder, background),
             admission: AdmissionMetrics::register(&recorder, admission),
+            traces: TraceMetrics::register(&recorder),
             recorder: Arc::new(recorder),
         })
     }
@@ -197,6 +230,7 @@ impl AppMetrics {
     pub(crate) fn render(&self) -> String {
         self.background.refresh();
         self.admission.refresh();
+        self.traces.refresh();
         self.handle.render()
     }
 

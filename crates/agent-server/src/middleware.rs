@@ -45,8 +45,13 @@ pub(crate) async fn request_context(
     // Probe requests log nothing at info, so their span is debug-level: with the default filter
     // it costs nothing, and with RUST_LOG=debug their lines carry the request id too.
     // Span fields are only evaluated when the span is enabled.
+    // With traces exported, the span is also the trace's server span (the HTTP conventions'
+    // attributes, an incoming `traceparent` continued) and the log lines carry its trace id.
+    let traced = quiet.is_none() && crate::telemetry::exporting();
     let span = if quiet.is_some() {
-        tracing::debug_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
+        tracing::debug_span!(target: crate::telemetry::PROBE_TARGET, "request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
+    } else if traced {
+        server_span(&request, &request_id)
     } else {
         tracing::info_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path(), caller = tracing::field::Empty)
     };
@@ -107,6 +112,14 @@ pub(crate) async fn request_context(
             }
         }
     }
+    if traced {
+        let code = response
+            .response()
+            .extensions()
+            .get::<crate::error::ErrorFacts>()
+            .map(|facts| facts.code);
+        record_response(&span, status, code);
+    }
     response.headers_mut().insert(REQUEST_ID, request_id);
     let _entered = span.enter();
     if let (Some(failure), Some(log)) = (
@@ -130,6 +143,57 @@ pub(crate) async fn request_context(
         Ok(crate::routes::openai::reshape(response))
     } else {
         Ok(response.map_into_left_body())
+    }
+}
+
+/// The request's span as the trace's server span: the HTTP semantic conventions' attributes,
+/// named by method and route, continuing an incoming `traceparent`.
+fn server_span(request: &ServiceRequest, request_id: &HeaderValue) -> tracing::Span {
+    let empty = tracing::field::Empty;
+    // The route template comes from the application's resource map, before routing: a span's
+    // name cannot change once its children exist.
+    let route = request.match_pattern();
+    let name = match &route {
+        Some(route) => format!("{} {route}", request.method()),
+        None => request.method().to_string(),
+    };
+    let span = tracing::info_span!(
+        "request",
+        request_id = request_id.to_str().unwrap_or_default(),
+        method = %request.method(),
+        path = %request.path(),
+        caller = empty,
+        trace_id = empty,
+        otel.name = name,
+        otel.kind = "server",
+        http.request.method = %request.method(),
+        url.path = %request.path(),
+        http.route = route.as_deref(),
+        http.response.status_code = empty,
+        user_agent.original = request
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok()),
+        gen_ai.conversation.id = empty,
+        error.type = empty,
+        otel.status_description = empty,
+    );
+    if let Some(trace_id) = crate::telemetry::continue_trace(&span, request.headers()) {
+        span.record("trace_id", trace_id);
+    }
+    span
+}
+
+/// Completes the server span: its status, and for an error its code (a 5xx also sets the
+/// span's error status: a client's mistake is not the server's failure).
+fn record_response(span: &tracing::Span, status: u16, code: Option<crate::error::ErrorCode>) {
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 400 {
+        let kind = code.map_or_else(|| status.to_string(), |code| code.to_string());
+        span.record("error.type", kind.as_str());
+        if status >= 500 {
+            span.record("otel.status_description", kind.as_str());
+        }
     }
 }
 

@@ -15,6 +15,7 @@ use agent_storage::{
     IdempotencyCompletion, LockGuard, ResponseRecord, SessionInfo, StorageError, TurnRecord,
     acquire_lock,
 };
+use tracing::Instrument;
 
 use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
@@ -226,6 +227,7 @@ impl Turns {
                 });
             }
         };
+        tracing::Span::current().record("gen_ai.conversation.id", session.local());
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
@@ -237,11 +239,13 @@ impl Turns {
                 self.lock_ttl,
                 self.lock_wait,
             )
+            .instrument(tracing::debug_span!("session.lock"))
             .await?;
             let opened = self
                 .backends
                 .conversations
                 .open_session(&session, self.history_window)
+                .instrument(tracing::debug_span!("session.history"))
                 .await;
             let (info, stored) = observe(&self.store_failing, opened)?;
             let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
@@ -340,6 +344,11 @@ impl Turns {
             },
             usage: turn.usage,
         };
+        // Made here: the spawned task is outside the request's span.
+        let store_span = tracing::debug_span!(
+            "session.store",
+            messages = agent_core::spans::count(turn.messages.len())
+        );
         let stored = tokio::spawn(async move {
             let (session, info, guard) = match target {
                 Held::Given { caller } => {
@@ -391,7 +400,8 @@ impl Turns {
             }
             drop(slot);
             Ok::<_, ApiError>((finished, stored?))
-        });
+        }
+        .instrument(store_span));
         let stored = stored
             .await
             .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))

@@ -111,6 +111,23 @@ impl FakeOpenAi {
             .filter_map(|request| serde_json::from_slice(&request.body).ok())
             .collect()
     }
+
+    /// The value of header `name` on each chat request received so far, in order.
+    pub async fn header_values(&self, name: &str) -> Vec<Option<String>> {
+        self.server
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(|request| {
+                request
+                    .headers
+                    .get(name)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
 }
 
 struct ScriptResponder {

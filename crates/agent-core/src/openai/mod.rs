@@ -29,7 +29,7 @@ pub(crate) fn retry_after_said_by(
 
 use crate::error::ModelError;
 use crate::metrics::{CallMode, ModelMetrics};
-use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelReply};
+use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelIdentity, ModelReply};
 
 /// How to reach and call the model.
 #[derive(Debug, Clone)]
@@ -54,6 +54,7 @@ pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
     options: OpenAiOptions,
     metrics: ModelMetrics,
+    identity: ModelIdentity,
 }
 
 impl OpenAiModel {
@@ -90,10 +91,21 @@ impl OpenAiModel {
             retries: metrics.retries.clone(),
         };
         let client = Client::build(http, config).with_http_service(transport);
+        let base = reqwest::Url::parse(&options.base_url).ok();
+        let identity = ModelIdentity {
+            // The API spoken; the server's address tells OpenAI from vLLM or Ollama.
+            provider: "openai",
+            model: options.model.clone(),
+            server_address: base
+                .as_ref()
+                .and_then(|url| url.host_str().map(str::to_owned)),
+            server_port: base.as_ref().and_then(reqwest::Url::port_or_known_default),
+        };
         Ok(Self {
             client,
             options,
             metrics,
+            identity,
         })
     }
 
@@ -155,7 +167,11 @@ impl OpenAiModel {
 
 #[async_trait]
 impl ChatModel for OpenAiModel {
-    #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
+    fn identity(&self) -> ModelIdentity {
+        self.identity.clone()
+    }
+
+    // The span of each call is the agent's (`chat {model}`), around the whole stream too.
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, false);
@@ -171,7 +187,6 @@ impl ChatModel for OpenAiModel {
         reply
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(model = %self.options.model, messages = request.messages.len()))]
     async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
         let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, true);

@@ -71,7 +71,8 @@ impl RetryingTransport {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let request = factory.build().await?;
+            let mut request = factory.build().await?;
+            crate::trace_context::add_headers(request.headers_mut());
             let failure = match tokio::time::timeout(
                 self.attempt_timeout,
                 self.http.execute(request),

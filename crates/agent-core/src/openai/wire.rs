@@ -7,7 +7,7 @@ use serde_json::Value;
 use super::OpenAiOptions;
 use crate::conversation::{Message, Role, TokenUsage, ToolCall};
 use crate::error::ModelError;
-use crate::model::{ChatRequest, ModelDelta, ModelReply};
+use crate::model::{ChatRequest, ModelDelta, ModelReply, ReplyMeta};
 
 /// The body of `/v1/chat/completions`, borrowing the conversation and the tool schemas: a model
 /// call serialises them straight into the request, without copying them into a JSON tree first.
@@ -160,6 +160,10 @@ where
 
 #[derive(Debug, Deserialize)]
 pub(super) struct CompletionResponse {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<Choice>,
     #[serde(default)]
@@ -169,6 +173,8 @@ pub(super) struct CompletionResponse {
 #[derive(Debug, Deserialize)]
 struct Choice {
     message: ResponseMessage,
+    #[serde(default)]
+    finish_reason: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,12 +241,21 @@ impl CompletionResponse {
         Ok(ModelReply {
             message: Message::assistant_tool_calls(choice.message.content, tool_calls),
             usage: self.usage.unwrap_or_default().into(),
+            meta: ReplyMeta {
+                model: self.model,
+                id: self.id,
+                finish_reason: choice.finish_reason,
+            },
         })
     }
 }
 
 #[derive(Debug, Deserialize)]
 pub(super) struct CompletionChunk {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
     #[serde(default, deserialize_with = "null_as_default")]
     choices: Vec<ChunkChoice>,
     #[serde(default)]
@@ -284,6 +299,12 @@ struct ChunkFunction {
 impl CompletionChunk {
     pub(super) fn into_deltas(self) -> Vec<ModelDelta> {
         let mut deltas = Vec::new();
+        // Every chunk repeats the model and id; they are passed on with the finish reason.
+        let mut meta = ReplyMeta {
+            model: self.model,
+            id: self.id,
+            finish_reason: None,
+        };
         for choice in self.choices {
             let delta = choice.delta.unwrap_or_default();
             if let Some(text) = delta.content.filter(|text| !text.is_empty()) {
@@ -301,7 +322,9 @@ impl CompletionChunk {
                     arguments: function.arguments.unwrap_or_default(),
                 });
             }
-            if choice.finish_reason.is_some() {
+            if let Some(reason) = choice.finish_reason {
+                meta.finish_reason = Some(reason);
+                deltas.push(ModelDelta::Meta(std::mem::take(&mut meta)));
                 deltas.push(ModelDelta::Finished);
             }
         }

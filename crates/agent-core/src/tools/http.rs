@@ -103,7 +103,10 @@ impl Tool for HttpTool {
         for (name, value) in &self.options.headers {
             request = request.header(name, value.expose_secret());
         }
+        let mut trace_headers = reqwest::header::HeaderMap::new();
+        crate::trace_context::add_headers(&mut trace_headers);
         let response = request
+            .headers(trace_headers)
             .send()
             .await
             .map_err(|error| ToolError::Failed(format!("the request failed: {error}")))?;

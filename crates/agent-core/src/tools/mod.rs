@@ -121,9 +121,17 @@ impl ToolSet {
         &self.specs
     }
 
+    /// Where the tool of this name comes from, if the set has it.
+    pub fn source_of(&self, name: &str) -> Option<ToolSource> {
+        self.tools
+            .iter()
+            .find(|registered| registered.spec.name == name)
+            .map(|registered| registered.tool.source())
+    }
+
     /// Runs one call. Unknown tools, invalid JSON, schema violations, failures and timeouts
-    /// all become an error outcome the model can read and correct.
-    #[tracing::instrument(level = "debug", skip(self, call), fields(tool = %call.name, call_id = %call.id))]
+    /// all become an error outcome the model can read and correct. The agent wraps it in its
+    /// `execute_tool` span.
     pub async fn call(&self, call: &ToolCall) -> ToolOutcome {
         match self.run(call).await {
             Ok(content) => ToolOutcome {

@@ -74,6 +74,7 @@ impl ChatModel for ScriptedModel {
         Ok(ModelReply {
             message,
             usage: self.usage,
+            meta: Default::default(),
         })
     }
 }

@@ -149,15 +149,40 @@ pub(crate) fn respond(
     stream_response(events)
 }
 
-/// A `text/event-stream` answer that proxies pass on unbuffered.
+/// A `text/event-stream` answer that proxies pass on unbuffered. The body is polled after the
+/// handler returned, outside the request's span: the span is entered again around each poll, so
+/// the turn it runs, its store and its log lines stay in the request's trace.
 pub(crate) fn stream_response(
     events: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
 ) -> HttpResponse {
+    let events = InSpan {
+        span: tracing::Span::current(),
+        inner: Box::pin(events),
+    };
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
         .streaming(events)
+}
+
+/// A stream polled inside a span.
+struct InSpan<S> {
+    span: tracing::Span,
+    inner: std::pin::Pin<Box<S>>,
+}
+
+impl<S: Stream> Stream for InSpan<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let _entered = this.span.enter();
+        this.inner.as_mut().poll_next(context)
+    }
 }
 
 fn error_event(format: &mut impl EventFormat, error: &ApiError, failures: &FailureLog) -> Bytes {

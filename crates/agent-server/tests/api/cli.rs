@@ -134,11 +134,7 @@ fn config_check_prints_effective_values_with_secrets_redacted() {
 /// credentials redacted.
 #[test]
 fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
-    let directory = std::env::temp_dir().join(format!("agent-config-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let file = directory.join("agent.toml");
-    std::fs::write(
-        &file,
+    let file = crate::helpers::config_file(
         r#"
         [[http_tools]]
         name = "weather"
@@ -154,12 +150,8 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         tools = ["search"]
         required = true
         "#,
-    )
-    .unwrap();
-    let checked = output(
-        &["config", "check"],
-        &[("AGENT_CONFIG", file.to_str().unwrap())],
     );
+    let checked = output(&["config", "check"], &[("AGENT_CONFIG", file.as_str())]);
     assert!(checked.status.success(), "{}", stderr(&checked));
     let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(
@@ -171,7 +163,6 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "{stdout}");
-    std::fs::remove_dir_all(&directory).unwrap();
 }
 
 #[test]

@@ -91,18 +91,11 @@ async fn every_metric_the_dashboard_and_the_alerts_query_is_exported() {
         Scripted::text("done"),
     ])
     .await;
-    let directory = std::env::temp_dir().join(format!("dashboards-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let file = directory.join("agent.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[[mcp_servers]]\nname = \"py\"\nurl = \"{}\"\n",
-            server.url()
-        ),
-    )
-    .unwrap();
-    let app = spawn_with_model(&fake, &[("AGENT_CONFIG", file.to_str().unwrap())]).await;
+    let file = crate::helpers::config_file(&format!(
+        "[[mcp_servers]]\nname = \"py\"\nurl = \"{}\"\n",
+        server.url()
+    ));
+    let app = spawn_with_model(&fake, &[("AGENT_CONFIG", file.as_str())]).await;
     let response = app.agent(json!({"message": "echo hi"})).await;
     assert_eq!(response.status(), 200);
     assert_eq!(app.get("/sessions/nobody-has-this").await.status(), 404);

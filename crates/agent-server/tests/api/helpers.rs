@@ -85,6 +85,15 @@ pub(crate) fn run(application: Application) -> TestApp {
     }
 }
 
+/// A configuration file (`AGENT_CONFIG`) holding `toml`, in a fresh directory; its path.
+pub(crate) fn config_file(toml: &str) -> String {
+    let directory = std::env::temp_dir().join(format!("agent-test-{}", uuid_like()));
+    std::fs::create_dir_all(&directory).expect("the directory is created");
+    let file = directory.join("agent.toml");
+    std::fs::write(&file, toml).expect("the file is written");
+    file.to_str().expect("the path is UTF-8").to_owned()
+}
+
 /// A client that fails a test instead of hanging it.
 pub(crate) fn client() -> reqwest::Client {
     reqwest::Client::builder()

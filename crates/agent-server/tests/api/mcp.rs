@@ -10,21 +10,13 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use test_support::{McpServer, McpServerKind};
 
-use crate::helpers::{TestApp, spawn_with_model};
+use crate::helpers::{TestApp, config_file, spawn_with_model};
 
 fn python() -> McpServer {
     McpServer::start(McpServerKind::Python { token: None }).unwrap()
 }
 
 /// A configuration file declaring `servers` (TOML `[[mcp_servers]]` tables, and anything else).
-fn config_file(toml: &str) -> String {
-    let directory = std::env::temp_dir().join(format!("mcp-test-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&directory).unwrap();
-    let file = directory.join("agent.toml");
-    std::fs::write(&file, toml).unwrap();
-    file.to_str().unwrap().to_owned()
-}
-
 fn server_table(name: &str, url: &str, extra: &str) -> String {
     format!("[[mcp_servers]]\nname = \"{name}\"\nurl = \"{url}\"\n{extra}\n")
 }

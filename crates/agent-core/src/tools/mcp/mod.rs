@@ -740,7 +740,17 @@ impl Tool for McpTool {
             Value::Object(arguments) => arguments,
             _ => serde_json::Map::new(),
         };
-        let request = CallToolRequestParams::new(self.original.clone()).with_arguments(arguments);
+        let mut request =
+            CallToolRequestParams::new(self.original.clone()).with_arguments(arguments);
+        // Trace context goes in `_meta` (the MCP convention, SEP-414), not in HTTP headers: the
+        // connection's task sends the request, outside this call's span.
+        let mut meta = rmcp::model::JsonObject::new();
+        crate::trace_context::fields(&mut |name, value| {
+            meta.insert(name.to_owned(), value.into());
+        });
+        if !meta.is_empty() {
+            request.meta = Some(meta.into());
+        }
         let timeout = server.options.timeout;
         let (outcome, result) = match tokio::time::timeout(timeout, peer.call_tool(request)).await {
             Err(_) => {
