@@ -55,6 +55,10 @@ enum Command {
     /// The official OpenAI SDKs (Python from PyPI, Node from npm) against the release server's
     /// OpenAI-compatible API on Postgres and Redis.
     Sdk,
+    /// The release server's traces over OTLP/HTTP to a receiver decoding the protocol's protobuf:
+    /// one trace per turn with the GenAI attributes, flushed at SIGTERM, dropped and counted with
+    /// the collector gone.
+    Traces,
     /// Build the container image from docker/Dockerfile (hermetic: vendored dependencies).
     Image {
         #[arg(long)]
@@ -142,6 +146,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { seconds } => checks::bench::http(&shell, seconds),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
         Command::Sdk => checks::sdk::run(&shell),
+        Command::Traces => checks::traces::run(&shell),
         Command::Storm { seconds, only } => checks::storm::run(&shell, seconds, only),
     }
 }

@@ -105,6 +105,23 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     let mut tenancy = durable.clone();
     tenancy.push(("AGENT_API__DAILY_TOKEN_QUOTA", "1000000000000".to_owned()));
     tenancy.push(("AGENT_API__METRICS_CALLER_LABELS", "true".to_owned()));
+    // Traces exported to a receiver on loopback, every trace or one in ten; and to a collector
+    // that is gone (the export fails, spans are dropped and counted).
+    let receiver_port = dev_harness::free_port()?;
+    let _receiver = crate::checks::traces::start_receiver(&bin, receiver_port, false)?;
+    let traced = |sampler_arg: &str, port: u16| {
+        let mut vars = durable.clone();
+        vars.push((
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ));
+        vars.push(("OTEL_TRACES_SAMPLER", "traceidratio".to_owned()));
+        vars.push(("OTEL_TRACES_SAMPLER_ARG", sampler_arg.to_owned()));
+        vars
+    };
+    let traced_all = traced("1.0", receiver_port);
+    let traced_tenth = traced("0.1", receiver_port);
+    let traced_dead = traced("1.0", dev_harness::free_port()?);
     let mut rows = Vec::new();
 
     // /health: the bare baseline and the server alternately, five times each (rounds differ by a
@@ -143,6 +160,38 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
         ),
         (
             "POST /agent @64, instant model, Postgres + Redis, first turns",
+            &durable,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, first turns, traces 100 %",
+            &traced_all,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, first turns, traces 10 %",
+            &traced_tenth,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, first turns, traces, collector down",
+            &traced_dead,
+            instant_port,
+            &first_turn,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, first turns (again)",
             &durable,
             instant_port,
             &first_turn,
@@ -228,6 +277,23 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     };
     let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
     println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
+    let first_turns = "POST /agent @64, instant model, Postgres + Redis, first turns";
+    let exactly = |names: &[String]| -> f64 {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|row| names.contains(&row.scenario))
+            .map(|row| row.cpu_ms_per_request)
+            .collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    let untraced = exactly(&[first_turns.to_owned(), format!("{first_turns} (again)")]);
+    for sampling in ["100 %", "10 %"] {
+        let traced = exactly(&[format!("{first_turns}, traces {sampling}")]);
+        println!(
+            "first-turn server CPU per request with traces at {sampling} vs without (mean of the two untraced rows): {:.2}x",
+            traced / untraced
+        );
+    }
     Ok(())
 }
 

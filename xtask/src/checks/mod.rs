@@ -1,5 +1,5 @@
 //! The system checks, each a subcommand: `e2e`, `chaos`, `replicas` on the containers
-//! (`stack`), and `bench`, `soak`, `storm`, `sdk`, `startup-time` on the release binary (`harness`). Their
+//! (`stack`), and `bench`, `soak`, `storm`, `sdk`, `traces`, `startup-time` on the release binary (`harness`). Their
 //! shared parts live in `dev-harness` (throwaway services, processes, the HTTP client, the one
 //! load generator) and here: `harness` (the release server and fake model as processes, /proc
 //! sampling) and `stack` (Compose projects). Each check keeps its workload, faults and verdicts
@@ -15,3 +15,4 @@ pub(crate) mod soak;
 pub(crate) mod stack;
 pub(crate) mod startup_time;
 pub(crate) mod storm;
+pub(crate) mod traces;

@@ -404,3 +404,24 @@ async fn failures_set_the_error_status_and_type() {
     assert_eq!(text(server, "error.type"), "malformed_json");
     assert_eq!(server.status, Status::Unset);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_model_call_is_one_span_with_the_retry_as_an_event() {
+    exporter();
+    let (app, _fake) = spawn_full(
+        vec![Scripted::status(503), Scripted::text("recovered")],
+        &[TRACES_ON],
+    )
+    .await;
+    let (trace_id, _, traceparent) = trace_parent();
+    post(&app, "/agent", &traceparent, json!({"message": "hello"})).await;
+    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let chat = one(&spans, "chat gpt-4o-mini");
+    let events: Vec<&str> = chat
+        .events
+        .iter()
+        .map(|event| event.name.as_ref())
+        .collect();
+    assert_eq!(events, ["model call failed; retrying"], "{chat:#?}");
+    assert_eq!(chat.status, Status::Unset);
+}
