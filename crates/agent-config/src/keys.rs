@@ -181,9 +181,9 @@ declare_keys! {
     /// More resource attributes, `key=value` pairs separated by commas (values percent-encoded),
     /// e.g. `deployment.environment.name=prod,service.namespace=agents`.
     TELEMETRY_RESOURCE_ATTRIBUTES = "telemetry.resource_attributes", Kind::Text, default: None, aliases: ["OTEL_RESOURCE_ATTRIBUTES"];
-    /// Which traces are recorded: `parentbased_*` follows an incoming `traceparent`'s sampled
-    /// flag and applies the rest to new traces; `traceidratio` keeps `telemetry.sampler_arg` of
-    /// them.
+    /// Which requests are traced, decided once per request: `parentbased_*` follows an incoming
+    /// `traceparent`'s sampled flag and applies the rest to new traces; `*traceidratio` keeps
+    /// `telemetry.sampler_arg` of them, drawn at random.
     TELEMETRY_SAMPLER = "telemetry.sampler", Kind::Choice(&["parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio", "always_on", "always_off", "traceidratio"]), default: Some("parentbased_always_on"), aliases: ["OTEL_TRACES_SAMPLER"];
     /// The ratio of new traces kept by the `*traceidratio` samplers.
     TELEMETRY_SAMPLER_ARG = "telemetry.sampler_arg", Kind::Float { min: 0.0, max: 1.0 }, default: Some("1.0"), aliases: ["OTEL_TRACES_SAMPLER_ARG"];

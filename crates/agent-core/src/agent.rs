@@ -127,7 +127,9 @@ impl Agent {
     /// Runs a turn to its end.
     pub async fn run_turn(&self, request: TurnRequest) -> Result<TurnResult, AgentError> {
         let span = spans::turn(&self.identity, request.history.len());
-        self.run(request, None).instrument(span).await
+        self.run(request, None, &span)
+            .instrument(span.clone())
+            .await
     }
 
     /// Runs a turn, reporting text deltas and tool calls as they happen. The turn runs while the
@@ -137,8 +139,11 @@ impl Agent {
         let agent = self.clone();
         // The span is made here, in the caller's context: the stream is polled outside it.
         let span = spans::turn(&self.identity, request.history.len());
-        let driver =
-            Box::pin(async move { agent.run(request, Some(&sender)).await }.instrument(span));
+        let span_of_driver = span.clone();
+        let driver = Box::pin(
+            async move { agent.run(request, Some(&sender), &span).await }
+                .instrument(span_of_driver),
+        );
         TurnEvents {
             driver: Some(driver),
             receiver,
@@ -146,11 +151,12 @@ impl Agent {
         }
     }
 
-    /// Runs inside the turn's span, which it completes with the usage or the failure.
+    /// Runs inside the turn's `span`, which it completes with the usage or the failure.
     async fn run(
         &self,
         request: TurnRequest,
         events: Option<&UnboundedSender<AgentEvent>>,
+        span: &tracing::Span,
     ) -> Result<TurnResult, AgentError> {
         let budget = self.limits.session_token_budget;
         let result = if request.session_tokens_used >= budget {
@@ -165,13 +171,12 @@ impl Agent {
                 Err(_) => Err(AgentError::DeadlineExceeded(deadline)),
             }
         };
-        let span = tracing::Span::current();
         match &result {
             Ok(finished) => {
-                spans::record_usage(&span, finished.turn.usage);
+                spans::record_usage(span, finished.turn.usage);
                 span.record("steps", spans::count(finished.steps));
             }
-            Err(error) => spans::record_error(&span, error.kind(), error),
+            Err(error) => spans::record_error(span, error.kind(), error),
         }
         result
     }
@@ -248,10 +253,11 @@ impl Agent {
             let pending: Vec<_> = calls
                 .iter()
                 .map(|call| {
-                    let span = spans::tool(call, tools.source_of(&call.name));
                     let capture = self.capture_content;
                     let tools = &tools;
+                    // The span starts when the call does, not while it waits for its turn.
                     async move {
+                        let span = spans::tool(call, tools.source_of(&call.name));
                         let outcome = tools.call(call).instrument(span.clone()).await;
                         spans::record_tool(
                             &span,

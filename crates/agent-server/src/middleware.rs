@@ -45,13 +45,18 @@ pub(crate) async fn request_context(
     // Probe requests log nothing at info, so their span is debug-level: with the default filter
     // it costs nothing, and with RUST_LOG=debug their lines carry the request id too.
     // Span fields are only evaluated when the span is enabled.
-    // With traces exported, the span is also the trace's server span (the HTTP conventions'
-    // attributes, an incoming `traceparent` continued) and the log lines carry its trace id.
-    let traced = quiet.is_none() && crate::telemetry::exporting();
+    // With traces exported and this request sampled, the span is also the trace's server span
+    // (the HTTP conventions' attributes, an incoming `traceparent` continued) and the log lines
+    // carry its trace id; an unsampled request gets the plain span and costs the exporter
+    // nothing.
+    let traced_from = (quiet.is_none() && crate::telemetry::exporting())
+        .then(|| crate::telemetry::traced_request(request.headers()))
+        .flatten();
+    let traced = traced_from.is_some();
     let span = if quiet.is_some() {
         tracing::debug_span!(target: crate::telemetry::PROBE_TARGET, "request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
-    } else if traced {
-        server_span(&request, &request_id)
+    } else if let Some(parent) = traced_from {
+        server_span(&request, &request_id, parent)
     } else {
         tracing::info_span!("request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path(), caller = tracing::field::Empty)
     };
@@ -146,9 +151,13 @@ pub(crate) async fn request_context(
     }
 }
 
-/// The request's span as the trace's server span: the HTTP semantic conventions' attributes,
-/// named by method and route, continuing an incoming `traceparent`.
-fn server_span(request: &ServiceRequest, request_id: &HeaderValue) -> tracing::Span {
+/// A sampled request's span as the trace's server span: the HTTP semantic conventions'
+/// attributes, named by method and route, under `parent` (the caller's span, or none).
+fn server_span(
+    request: &ServiceRequest,
+    request_id: &HeaderValue,
+    parent: opentelemetry::Context,
+) -> tracing::Span {
     let empty = tracing::field::Empty;
     // The route template comes from the application's resource map, before routing: a span's
     // name cannot change once its children exist.
@@ -158,6 +167,7 @@ fn server_span(request: &ServiceRequest, request_id: &HeaderValue) -> tracing::S
         None => request.method().to_string(),
     };
     let span = tracing::info_span!(
+        target: crate::telemetry::TRACED_TARGET,
         "request",
         request_id = request_id.to_str().unwrap_or_default(),
         method = %request.method(),
@@ -178,7 +188,7 @@ fn server_span(request: &ServiceRequest, request_id: &HeaderValue) -> tracing::S
         error.type = empty,
         otel.status_description = empty,
     );
-    if let Some(trace_id) = crate::telemetry::continue_trace(&span, request.headers()) {
+    if let Some(trace_id) = crate::telemetry::continue_trace(&span, parent) {
         span.record("trace_id", trace_id);
     }
     span

@@ -5,7 +5,8 @@ it uses the SDK's defaults (stateful sessions, SSE or JSON answers as the SDK ch
     python3 server.py --port 8123 [--token SECRET] [--name py]
 
 Tools: add (structured result), echo, fail (raises: an isError result), wait (sleeps), grow
-(registers the tool `late` and announces notifications/tools/list_changed). `POST /echo` is the
+(registers the tool `late` and announces notifications/tools/list_changed), traceparent (the
+W3C trace context the call carried in `_meta`). `POST /echo` is the
 same echo as a plain HTTP endpoint (the baseline of the MCP-versus-HTTP-tool benchmark);
 `GET /counts` says how many `wait` calls the client cancelled.
 """
@@ -51,6 +52,16 @@ def build(name: str) -> MCPServer:
             COUNTS["cancelled"] += 1
             raise
         return f"waited {seconds}s"
+
+    @server.tool()
+    def traceparent(ctx: Context) -> str:
+        """Answers the W3C traceparent the call carried in its _meta ("none" without one)."""
+        meta = ctx.request_context.meta or {}
+        if isinstance(meta, dict):
+            value = meta.get("traceparent")
+        else:
+            value = getattr(meta, "traceparent", None) or (meta.model_extra or {}).get("traceparent")
+        return value or "none"
 
     @server.tool()
     async def grow(ctx: Context) -> str:

@@ -151,6 +151,17 @@ async fn spawn(extra: &[(&str, &str)]) -> (TestApp, FakeOpenAi, MockServer) {
     (app, fake, tool)
 }
 
+/// The tool message the model was sent in its second request.
+async fn tool_message(fake: &FakeOpenAi) -> serde_json::Value {
+    fake.requests().await[1]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .find(|message| message["role"] == "tool")
+        .cloned()
+        .expect("the tool result went to the model")
+}
+
 async fn post(app: &TestApp, path: &str, traceparent: &str, body: serde_json::Value) -> String {
     let response = app
         .client
@@ -241,19 +252,11 @@ async fn a_turn_with_a_tool_call_is_one_trace_under_the_callers_span() {
     let call = one(&spans, "execute_tool lookup");
     assert!(is_child(call, turn));
     assert_eq!(text(call, "gen_ai.tool.name"), "lookup");
-    let call_id = fake.requests().await[1]["messages"]
-        .as_array()
-        .expect("messages")
-        .iter()
-        .find(|message| message["role"] == "tool")
-        .map(|message| {
-            message["tool_call_id"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .expect("the tool result went to the model");
-    assert_eq!(text(call, "gen_ai.tool.call.id"), call_id);
+    let call_id = tool_message(&fake).await["tool_call_id"].clone();
+    assert_eq!(
+        text(call, "gen_ai.tool.call.id"),
+        call_id.as_str().expect("an id")
+    );
 
     // The model and the tool were called within their spans.
     let sent = fake.header_values("traceparent").await;
@@ -424,4 +427,63 @@ async fn a_retried_model_call_is_one_span_with_the_retry_as_an_event() {
         .collect();
     assert_eq!(events, ["model call failed; retrying"], "{chat:#?}");
     assert_eq!(chat.status, Status::Unset);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_tool_call_carries_the_trace_in_its_meta() {
+    exporter();
+    let server =
+        test_support::McpServer::start(test_support::McpServerKind::Python { token: None })
+            .expect("the MCP server starts");
+    let file = config_file(&format!(
+        "[[mcp_servers]]\nname = \"py\"\nurl = \"{}\"\n",
+        server.url()
+    ));
+    let (app, fake) = spawn_full(
+        vec![
+            Scripted::tool_call("py__traceparent", json!({})),
+            Scripted::text("done"),
+        ],
+        &[TRACES_ON, ("AGENT_CONFIG", file.as_str())],
+    )
+    .await;
+    let (trace_id, _, traceparent) = trace_parent();
+    post(&app, "/agent", &traceparent, json!({"message": "trace me"})).await;
+    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let call = one(&spans, "execute_tool py__traceparent");
+    assert_eq!(text(call, "gen_ai.tool.type"), "extension");
+    // The MCP server (the official Python SDK) answered the traceparent it was sent.
+    assert_eq!(
+        tool_message(&fake).await["content"],
+        format!("00-{trace_id}-{}-01", call.span_context.span_id())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_that_did_not_sample_its_trace_is_not_traced_here() {
+    let (app, fake, _tool) = spawn(&[]).await;
+    let (trace_id, parent, _) = trace_parent();
+    post(
+        &app,
+        "/agent",
+        &format!("00-{trace_id}-{parent}-00"),
+        json!({"message": "weather in Oslo?"}),
+    )
+    .await;
+    let (_, telemetry) = exporter();
+    tokio::task::block_in_place(|| telemetry.flush());
+    let (exporter, _) = exporter();
+    let spans: Vec<SpanData> = exporter
+        .get_finished_spans()
+        .expect("the exporter answers")
+        .into_iter()
+        .filter(|span| span.span_context.trace_id().to_string() == trace_id)
+        .collect();
+    assert!(spans.is_empty(), "{spans:#?}");
+    assert!(
+        fake.header_values("traceparent")
+            .await
+            .iter()
+            .all(Option::is_none)
+    );
 }
