@@ -170,8 +170,9 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
             limit: queue,
         })
         // The middleware samples each request before its span exists (an unsampled request
-        // costs the exporter nothing); the SDK records every span it is given.
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        // costs the exporter nothing); the SDK records every span it is given, even under an
+        // unsampled caller when the sampler is not parent-based.
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(resource(traces))
         .build();
     let tracer = provider.tracer("agent-server");
