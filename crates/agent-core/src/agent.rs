@@ -257,7 +257,7 @@ impl Agent {
                     let tools = &tools;
                     // The span starts when the call does, not while it waits for its turn.
                     async move {
-                        let span = spans::tool(call, tools.source_of(&call.name));
+                        let span = spans::tool(call, || tools.source_of(&call.name));
                         let outcome = tools.call(call).instrument(span.clone()).await;
                         spans::record_tool(
                             &span,

@@ -61,11 +61,11 @@ pub(crate) fn chat(identity: &ModelIdentity, sampling: &Sampling) -> Span {
     )
 }
 
-/// The span of one tool call.
-pub(crate) fn tool(call: &ToolCall, source: Option<ToolSource>) -> Span {
+/// The span of one tool call; `source` is asked only when the span is enabled.
+pub(crate) fn tool(call: &ToolCall, source: impl FnOnce() -> Option<ToolSource>) -> Span {
     // `function` runs in the agent's process or behind its HTTP call; an MCP server's tools are
     // an `extension`.
-    let kind = match source {
+    let kind = || match source() {
         Some(ToolSource::Mcp { .. }) => "extension",
         _ => "function",
     };
@@ -76,7 +76,7 @@ pub(crate) fn tool(call: &ToolCall, source: Option<ToolSource>) -> Span {
         gen_ai.operation.name = "execute_tool",
         gen_ai.tool.name = %call.name,
         gen_ai.tool.call.id = %call.id,
-        gen_ai.tool.type = kind,
+        gen_ai.tool.type = kind(),
         gen_ai.tool.call.arguments = Empty,
         gen_ai.tool.call.result = Empty,
         error.type = Empty,
@@ -86,6 +86,9 @@ pub(crate) fn tool(call: &ToolCall, source: Option<ToolSource>) -> Span {
 
 /// Records the usage of a model call or a turn.
 pub(crate) fn record_usage(span: &Span, usage: TokenUsage) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("gen_ai.usage.input_tokens", count(usage.prompt_tokens));
     span.record("gen_ai.usage.output_tokens", count(usage.completion_tokens));
 }
@@ -98,6 +101,11 @@ pub fn count(value: impl TryInto<i64>) -> i64 {
 
 /// Records what the model server said about its reply, and its content when captured.
 pub(crate) fn record_reply(span: &Span, reply: &ModelReply, capture: bool) {
+    // A disabled span (traces and span lines off) takes nothing: each `record` looks its field
+    // up by name.
+    if span.is_disabled() {
+        return;
+    }
     record_usage(span, reply.usage);
     if let Some(model) = &reply.meta.model {
         span.record("gen_ai.response.model", model.as_str());
@@ -109,7 +117,7 @@ pub(crate) fn record_reply(span: &Span, reply: &ModelReply, capture: bool) {
     if let Some(reason) = &reply.meta.finish_reason {
         span.record("gen_ai.response.finish_reasons", reason.as_str());
     }
-    if capture && !span.is_disabled() {
+    if capture {
         let mut message = message_json(&reply.message);
         if let Some(reason) = &reply.meta.finish_reason {
             message["finish_reason"] = json!(reason);
@@ -131,11 +139,14 @@ pub(crate) fn record_input(span: &Span, messages: &[Message], capture: bool) {
 
 /// Records a tool call's arguments and result, when captured, and its failure.
 pub(crate) fn record_tool(span: &Span, call: &ToolCall, result: &str, failed: bool, capture: bool) {
+    if span.is_disabled() {
+        return;
+    }
     if failed {
         span.record("error.type", "tool_error");
         span.record("otel.status_description", result);
     }
-    if capture && !span.is_disabled() {
+    if capture {
         span.record("gen_ai.tool.call.arguments", call.arguments.as_str());
         span.record("gen_ai.tool.call.result", result);
     }
@@ -143,6 +154,9 @@ pub(crate) fn record_tool(span: &Span, call: &ToolCall, result: &str, failed: bo
 
 /// Marks a span failed: `error.type` and the error status with its message.
 pub(crate) fn record_error(span: &Span, kind: &str, message: &dyn std::fmt::Display) {
+    if span.is_disabled() {
+        return;
+    }
     span.record("error.type", kind);
     span.record("otel.status_description", tracing::field::display(message));
 }

@@ -49,7 +49,8 @@ pub(crate) async fn request_context(
     // (the HTTP conventions' attributes, an incoming `traceparent` continued) and the log lines
     // carry its trace id; an unsampled request gets the plain span and costs the exporter
     // nothing.
-    let traced_from = (quiet.is_none() && crate::telemetry::exporting())
+    let traced_from = quiet
+        .is_none()
         .then(|| crate::telemetry::traced_request(request.headers()))
         .flatten();
     let traced = traced_from.is_some();
@@ -102,12 +103,12 @@ pub(crate) async fn request_context(
     .await?;
     drop(in_flight);
     let status = response.status().as_u16();
+    let code = response
+        .response()
+        .extensions()
+        .get::<crate::error::ErrorFacts>()
+        .map(|facts| facts.code);
     if let Some(metrics) = metrics {
-        let code = response
-            .response()
-            .extensions()
-            .get::<crate::error::ErrorFacts>()
-            .map(|facts| facts.code);
         match quiet {
             Some(path) => metrics.record_request(path, &method, status, code, started),
             None => {
@@ -118,11 +119,6 @@ pub(crate) async fn request_context(
         }
     }
     if traced {
-        let code = response
-            .response()
-            .extensions()
-            .get::<crate::error::ErrorFacts>()
-            .map(|facts| facts.code);
         record_response(&span, status, code);
     }
     response.headers_mut().insert(REQUEST_ID, request_id);

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agent_config::{LogFormat, LogSettings, SamplerRoot, TraceSettings};
@@ -48,10 +48,6 @@ pub(crate) const PROBE_TARGET: &str = "agent_server::probe";
 /// The target of a sampled request's server span: the exporter takes it and what runs inside.
 pub(crate) const TRACED_TARGET: &str = "agent_server::traced";
 
-/// Whether this process exports traces: the request middleware continues incoming trace
-/// context and records the HTTP attributes only then.
-static EXPORTING: AtomicBool = AtomicBool::new(false);
-
 /// What became of the spans handed to the exporter, for `/metrics`.
 #[derive(Debug, Default)]
 pub(crate) struct ExportCounts {
@@ -79,11 +75,6 @@ pub(crate) fn export_counts() -> (u64, u64, u64) {
         COUNTS.dropped_full.load(Ordering::Relaxed),
         COUNTS.dropped_failed.load(Ordering::Relaxed),
     )
-}
-
-/// Whether traces are exported.
-pub(crate) fn exporting() -> bool {
-    EXPORTING.load(Ordering::Relaxed)
 }
 
 /// How long the spans still queued at shutdown may take to reach the collector, after the
@@ -182,7 +173,6 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
             parent_based: traces.sampler.parent_based,
             root: traces.sampler.root,
         });
-        EXPORTING.store(true, Ordering::Relaxed);
         agent_core::trace_context::install(inject_current);
     }
     Telemetry {
@@ -197,6 +187,8 @@ struct RequestSampler {
     root: SamplerRoot,
 }
 
+/// Set once traces are exported: the middleware samples requests (and continues incoming
+/// trace context) only then.
 static SAMPLER: OnceLock<RequestSampler> = OnceLock::new();
 
 impl RequestSampler {
