@@ -27,9 +27,39 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id"
 pub(crate) const QUIET_PATHS: &[&str] = &["/health", "/ready", "/startup", "/metrics"];
 
 /// Wraps every request: one request id, one span, one completion line, the id echoed back.
+/// With traces exported and this request sampled, the request runs on the traced subscriber
+/// (`crate::telemetry`): its span is also the trace's server span (the HTTP conventions'
+/// attributes, an incoming `traceparent` continued) and its log lines carry the trace id; an
+/// unsampled request gets the plain span and never meets the exporter.
 pub(crate) async fn request_context(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    // Probe paths are their own route label: no pattern lookup for them.
+    let quiet = QUIET_PATHS
+        .iter()
+        .find(|path| **path == request.path())
+        .copied();
+    let traced = quiet
+        .is_none()
+        .then(|| crate::telemetry::traced_request(request.headers()))
+        .flatten()
+        .zip(crate::telemetry::traced_dispatch());
+    match traced {
+        Some((parent, dispatch)) => {
+            let within = within(request, next, quiet, Some(parent));
+            crate::telemetry::OnDispatch::new(dispatch.clone(), within).await
+        }
+        None => within(request, next, quiet, None).await,
+    }
+}
+
+/// [`request_context`] on the request's subscriber; `traced_from`: the sampled request's parent.
+async fn within(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    quiet: Option<&'static str>,
+    traced_from: Option<opentelemetry::Context>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let request_id = request
         .headers()
@@ -37,22 +67,9 @@ pub(crate) async fn request_context(
         .filter(|value| value.to_str().is_ok_and(is_acceptable_request_id))
         .cloned()
         .unwrap_or_else(new_request_id);
-    // Probe paths are their own route label: no pattern lookup for them.
-    let quiet = QUIET_PATHS
-        .iter()
-        .find(|path| **path == request.path())
-        .copied();
     // Probe requests log nothing at info, so their span is debug-level: with the default filter
     // it costs nothing, and with RUST_LOG=debug their lines carry the request id too.
     // Span fields are only evaluated when the span is enabled.
-    // With traces exported and this request sampled, the span is also the trace's server span
-    // (the HTTP conventions' attributes, an incoming `traceparent` continued) and the log lines
-    // carry its trace id; an unsampled request gets the plain span and costs the exporter
-    // nothing.
-    let traced_from = quiet
-        .is_none()
-        .then(|| crate::telemetry::traced_request(request.headers()))
-        .flatten();
     let traced = traced_from.is_some();
     let span = if quiet.is_some() {
         tracing::debug_span!(target: crate::telemetry::PROBE_TARGET, "request", request_id = request_id.to_str().unwrap_or_default(), method = %request.method(), path = %request.path())
@@ -162,6 +179,8 @@ fn server_span(
         Some(route) => format!("{} {route}", request.method()),
         None => request.method().to_string(),
     };
+    // The log lines show what the plain span has, and the trace id; the HTTP conventions'
+    // attributes go to the exporter alone (each field would be formatted into every line).
     let span = tracing::info_span!(
         target: crate::telemetry::TRACED_TARGET,
         "request",
@@ -172,20 +191,22 @@ fn server_span(
         trace_id = empty,
         otel.name = name,
         otel.kind = "server",
-        http.request.method = %request.method(),
-        url.path = %request.path(),
-        http.route = route.as_deref(),
-        http.response.status_code = empty,
-        user_agent.original = request
-            .headers()
-            .get(actix_web::http::header::USER_AGENT)
-            .and_then(|agent| agent.to_str().ok()),
-        gen_ai.conversation.id = empty,
-        error.type = empty,
-        otel.status_description = empty,
     );
     if let Some(trace_id) = crate::telemetry::continue_trace(&span, parent) {
         span.record("trace_id", trace_id);
+    }
+    let attribute = |key, value| crate::telemetry::set_attribute(&span, key, value);
+    attribute("http.request.method", request.method().to_string().into());
+    attribute("url.path", request.path().to_owned().into());
+    if let Some(route) = route {
+        attribute("http.route", route.into());
+    }
+    if let Some(agent) = request
+        .headers()
+        .get(actix_web::http::header::USER_AGENT)
+        .and_then(|agent| agent.to_str().ok())
+    {
+        attribute("user_agent.original", agent.to_owned().into());
     }
     span
 }
@@ -193,13 +214,14 @@ fn server_span(
 /// Completes the server span: its status, and for an error its code (a 5xx also sets the
 /// span's error status: a client's mistake is not the server's failure).
 fn record_response(span: &tracing::Span, status: u16, code: Option<crate::error::ErrorCode>) {
-    span.record("http.response.status_code", i64::from(status));
+    let attribute = |key, value| crate::telemetry::set_attribute(span, key, value);
+    attribute("http.response.status_code", i64::from(status).into());
     if status >= 400 {
         let kind = code.map_or_else(|| status.to_string(), |code| code.to_string());
-        span.record("error.type", kind.as_str());
         if status >= 500 {
-            span.record("otel.status_description", kind.as_str());
+            crate::telemetry::set_error(span, kind.clone());
         }
+        attribute("error.type", kind.into());
     }
 }
 

@@ -7,12 +7,17 @@
 //! reach the collector, is dropped and counted (`agent_trace_spans_dropped_total`).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::IsTerminal;
+use std::pin::Pin;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use agent_config::{LogFormat, LogSettings, SamplerRoot, TraceSettings};
+use futures_util::Stream;
+use futures_util::future::Either;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
@@ -243,7 +248,7 @@ fn install(
     } else {
         "info"
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let terminal = match target {
         LogTarget::Stdout => std::io::stdout().is_terminal(),
         LogTarget::Stderr => std::io::stderr().is_terminal(),
@@ -265,35 +270,122 @@ fn install(
         terminal,
         span_events,
     };
-    match tracer {
-        // Without traces, one global filter: the cheapest subscriber.
-        None => tracing_subscriber::registry()
-            .with(filter)
-            .with(logs.build())
-            .try_init()
-            .is_ok(),
-        // With traces, each layer filters on its own: the exporter wants the debug-level spans
-        // of the agent and storage, the logs keep their level.
-        Some(tracer) => {
-            let spans = tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                .with_threads(false)
-                .with_target(false)
-                .with_location(false)
-                .with_level(false)
-                .with_context_activation(false)
-                .with_filter(InTracedRequest);
-            tracing_subscriber::registry()
-                .with(logs.build().with_filter(filter))
-                .with(spans)
-                .try_init()
-                .is_ok()
+    // The process's subscriber: the logs under one global filter, the cheapest there is. An
+    // unsampled request (and everything else) runs on it alone.
+    let installed = tracing_subscriber::registry()
+        .with(filter())
+        .with(logs.clone().build())
+        .try_init()
+        .is_ok();
+    // With traces, a sampled request runs on a subscriber of its own (the middleware makes it
+    // the request's default dispatcher): the same logs, and the exporter's layer, each
+    // filtering on its own (the exporter wants the debug-level spans of the agent and storage,
+    // the logs keep their level). A request not sampled never meets the exporter's layer.
+    if let (true, Some(tracer)) = (installed, tracer) {
+        let spans = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_location(false)
+            .with_level(false)
+            .with_context_activation(false)
+            .with_filter(InTracedRequest);
+        let traced = tracing_subscriber::registry()
+            .with(logs.build().with_filter(filter()))
+            .with(spans);
+        let _ = TRACED.set(tracing::Dispatch::new(traced));
+    }
+    installed
+}
+
+/// The subscriber a sampled request runs on (see [`install`]); set once traces are exported.
+static TRACED: OnceLock<tracing::Dispatch> = OnceLock::new();
+
+/// The dispatcher a sampled request runs on, for the middleware.
+pub(crate) fn traced_dispatch() -> Option<&'static tracing::Dispatch> {
+    TRACED.get()
+}
+
+/// `work` (a future or a stream) on the current request's subscriber, for what a request spawns
+/// or what is polled after its handler returned: within a sampled request, its dispatcher goes
+/// along (else the work's spans would leave the trace); otherwise the work as it is.
+pub(crate) fn carry<T>(work: T) -> Either<OnDispatch<T>, T> {
+    match current_traced() {
+        Some(dispatch) => Either::Left(OnDispatch::new(dispatch, work)),
+        None => Either::Right(work),
+    }
+}
+
+/// The current dispatcher if it is a sampled request's (the exporter's filter is in it).
+fn current_traced() -> Option<tracing::Dispatch> {
+    tracing::dispatcher::get_default(|dispatch| {
+        dispatch.is::<InTracedRequest>().then(|| dispatch.clone())
+    })
+}
+
+/// A future or stream polled, and dropped, with `dispatch` as the default dispatcher. Dropped
+/// matters: the registry closes a span's parent through the default dispatcher, so a span of
+/// the sampled request's subscriber must also end on it.
+pub(crate) struct OnDispatch<T> {
+    dispatch: tracing::Dispatch,
+    inner: Option<Pin<Box<T>>>,
+}
+
+impl<T> OnDispatch<T> {
+    pub(crate) fn new(dispatch: tracing::Dispatch, inner: T) -> Self {
+        Self {
+            dispatch,
+            inner: Some(Box::pin(inner)),
+        }
+    }
+}
+
+impl<F: Future> Future for OnDispatch<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut TaskContext<'_>) -> Poll<F::Output> {
+        let this = &mut *self;
+        let _default = tracing::dispatcher::set_default(&this.dispatch);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Pending;
+        };
+        let output = inner.as_mut().poll(context);
+        if output.is_ready() {
+            this.inner = None;
+        }
+        output
+    }
+}
+
+impl<S: Stream> Stream for OnDispatch<S> {
+    type Item = S::Item;
+
+    fn poll_next(mut self: Pin<&mut Self>, context: &mut TaskContext<'_>) -> Poll<Option<S::Item>> {
+        let this = &mut *self;
+        let _default = tracing::dispatcher::set_default(&this.dispatch);
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let item = inner.as_mut().poll_next(context);
+        if let Poll::Ready(None) = item {
+            this.inner = None;
+        }
+        item
+    }
+}
+
+impl<T> Drop for OnDispatch<T> {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            let _default = tracing::dispatcher::set_default(&self.dispatch);
+            self.inner = None;
         }
     }
 }
 
 /// How log lines are written; built for the subscriber it joins.
+#[derive(Clone)]
 struct LogLayer {
     target: LogTarget,
     json: bool,
@@ -331,18 +423,27 @@ impl LogLayer {
     }
 }
 
-/// What the exporter receives: the server span of a sampled request ([`TRACED_TARGET`]) and,
-/// within it, the spans of this workspace's crates and the warnings and model-call retries among
-/// their events. The filter's context holds only the spans it enabled, so an unsampled request,
-/// a probe and background work send nothing: they cost the exporter no work at all.
+/// What the exporter receives of a sampled request (it runs on the subscriber this filter is
+/// in: see [`install`]): its server span ([`TRACED_TARGET`]), the spans of this workspace's
+/// crates within it, and the warnings and model-call retries among their events.
 struct InTracedRequest;
 
-impl<S> Filter<S> for InTracedRequest
-where
-    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
-{
-    fn enabled(&self, metadata: &tracing::Metadata<'_>, context: &FilterContext<'_, S>) -> bool {
-        metadata.target() == TRACED_TARGET || context.lookup_current().is_some()
+impl InTracedRequest {
+    fn wants(metadata: &tracing::Metadata<'_>) -> bool {
+        let target = metadata.target();
+        if metadata.is_span() {
+            target.starts_with("agent_") && !target.starts_with(PROBE_TARGET)
+        } else {
+            target.starts_with("agent_")
+                && (*metadata.level() <= tracing::Level::WARN
+                    || target.starts_with("agent_core::openai::retry"))
+        }
+    }
+}
+
+impl<S> Filter<S> for InTracedRequest {
+    fn enabled(&self, metadata: &tracing::Metadata<'_>, _: &FilterContext<'_, S>) -> bool {
+        Self::wants(metadata)
     }
 
     /// Without a hint the process's level would be unbounded, and every `trace!` of every
@@ -353,16 +454,8 @@ where
     }
 
     fn callsite_enabled(&self, metadata: &'static tracing::Metadata<'static>) -> Interest {
-        let target = metadata.target();
-        let wanted = if metadata.is_span() {
-            target.starts_with("agent_") && !target.starts_with(PROBE_TARGET)
-        } else {
-            target.starts_with("agent_")
-                && (*metadata.level() <= tracing::Level::WARN
-                    || target.starts_with("agent_core::openai::retry"))
-        };
-        if wanted {
-            Interest::sometimes()
+        if Self::wants(metadata) {
+            Interest::always()
         } else {
             Interest::never()
         }
@@ -409,6 +502,17 @@ pub(crate) fn traced_request(headers: &actix_web::http::header::HeaderMap) -> Op
             .as_ref(),
     );
     sampled.then(|| parent.unwrap_or_default())
+}
+
+/// Gives a span of a sampled request an attribute for the exporter alone (not a `tracing` field:
+/// the log lines do not repeat it); nothing for any other span.
+pub(crate) fn set_attribute(span: &tracing::Span, key: &'static str, value: Value) {
+    span.set_attribute(key, value);
+}
+
+/// Sets a span's error status, with its description (the error code).
+pub(crate) fn set_error(span: &tracing::Span, description: String) {
+    span.set_status(opentelemetry::trace::Status::error(description));
 }
 
 /// Puts `span` under `parent` and answers its trace id, for the logs.

@@ -227,7 +227,11 @@ impl Turns {
                 });
             }
         };
-        tracing::Span::current().record("gen_ai.conversation.id", session.local());
+        crate::telemetry::set_attribute(
+            &tracing::Span::current(),
+            "gen_ai.conversation.id",
+            session.local().to_owned().into(),
+        );
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
@@ -344,12 +348,13 @@ impl Turns {
             },
             usage: turn.usage,
         };
-        // Made here: the spawned task is outside the request's span.
+        // Made here: the spawned task is outside the request's span (and carries a sampled
+        // request's subscriber along).
         let store_span = tracing::debug_span!(
             "session.store",
             messages = agent_core::spans::count(turn.messages.len())
         );
-        let stored = tokio::spawn(async move {
+        let store = async move {
             let (session, info, guard) = match target {
                 Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
@@ -401,7 +406,8 @@ impl Turns {
             drop(slot);
             Ok::<_, ApiError>((finished, stored?))
         }
-        .instrument(store_span));
+        .instrument(store_span);
+        let stored = tokio::spawn(crate::telemetry::carry(store));
         let stored = stored
             .await
             .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))

@@ -150,8 +150,9 @@ pub(crate) fn respond(
 }
 
 /// A `text/event-stream` answer that proxies pass on unbuffered. The body is polled after the
-/// handler returned, outside the request's span: the span is entered again around each poll, so
-/// the turn it runs, its store and its log lines stay in the request's trace.
+/// handler returned, outside the request's span (and a sampled request's subscriber): both are
+/// entered again around each poll, so the turn it runs, its store and its log lines stay in the
+/// request's trace.
 pub(crate) fn stream_response(
     events: impl Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
 ) -> HttpResponse {
@@ -163,7 +164,7 @@ pub(crate) fn stream_response(
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))
         .insert_header(("X-Accel-Buffering", "no"))
-        .streaming(events)
+        .streaming(crate::telemetry::carry(events))
 }
 
 /// A stream polled inside a span.

@@ -196,6 +196,7 @@ async fn a_turn_with_a_tool_call_is_one_trace_under_the_callers_span() {
     assert!(server.parent_span_is_remote);
     assert_eq!(text(server, "http.route"), "/agent");
     assert_eq!(text(server, "http.request.method"), "POST");
+    assert_eq!(text(server, "url.path"), "/agent");
     assert_eq!(number(server, "http.response.status_code"), 200);
     assert_eq!(text(server, "gen_ai.conversation.id"), "traced-1");
     assert!(!text(server, "request_id").is_empty());
@@ -486,4 +487,56 @@ async fn a_caller_that_did_not_sample_its_trace_is_not_traced_here() {
             .iter()
             .all(Option::is_none)
     );
+}
+
+/// A stream its client leaves mid-turn still ends its spans, and the server carries on: a
+/// sampled request's spans belong to a subscriber of its own, and the registry closes a span's
+/// parent through the default dispatcher, so the abandoned body (dropped outside any poll) must
+/// be dropped on that subscriber (else the worker panics).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_its_client_leaves_still_ends_its_spans() {
+    let (app, _fake, tool) = spawn(&[("AGENT_API__SSE_KEEPALIVE", "100ms")]).await;
+    tool.reset().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("sunny")
+                .set_delay(Duration::from_secs(3)),
+        )
+        .mount(&tool)
+        .await;
+    let (trace_id, _, traceparent) = trace_parent();
+    let mut response = app
+        .client
+        .post(format!("{}/agent/stream", app.address))
+        .header("traceparent", &traceparent)
+        .json(&json!({"message": "weather in Oslo?"}))
+        .send()
+        .await
+        .expect("the stream starts");
+    let mut seen = String::new();
+    while !seen.contains("event: tool_call") {
+        let chunk = response.chunk().await.expect("a chunk").expect("more");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    drop(response);
+    // The next keep-alive finds the connection gone: the body, its turn and the tool call in
+    // flight are dropped.
+    let spans = spans_of(&trace_id, &["invoke_agent", "execute_tool lookup"]).await;
+    let server = one(&spans, "POST /agent/stream");
+    let turn = one(&spans, "invoke_agent");
+    assert!(is_child(turn, server));
+    assert!(is_child(one(&spans, "execute_tool lookup"), turn));
+    // Every worker still answers, traced or not.
+    for _ in 0..4 {
+        let (_, _, traceparent) = trace_parent();
+        let response = app
+            .client
+            .get(format!("{}/health", app.address))
+            .header("traceparent", traceparent)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(response.status(), 200);
+    }
 }
