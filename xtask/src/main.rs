@@ -33,6 +33,9 @@ enum Command {
         /// Seconds each scenario runs.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Only one part: `streams` (8,000 long streams, memory).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Steady multi-turn load on the release server with Postgres and Redis; fails when memory,
     /// descriptors or connections grow past their bounds after the warm-up.
@@ -143,7 +146,7 @@ fn main() -> anyhow::Result<()> {
             &shell,
             &tasks::image::ImageOptions::new(tag, rust_image, runtime_image),
         ),
-        Command::Bench { seconds } => checks::bench::http(&shell, seconds),
+        Command::Bench { seconds, only } => checks::bench::http(&shell, seconds, only.as_deref()),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
         Command::Sdk => checks::sdk::run(&shell),
         Command::Traces => checks::traces::run(&shell),

@@ -6,7 +6,8 @@
 //! fail until `PUT /fault/none`: `429` (with `Retry-After: 1`), `500`, or `timeout` (no answer
 //! for 120 s), for chaos tests. A message "tool <name> <JSON arguments>" is answered with a call
 //! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
-//! turn's answer does not depend on whether the tool worked, and the tool message shows it).
+//! turn's answer does not depend on whether the tool worked, and the tool message shows it). A
+//! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart.
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -113,6 +114,9 @@ async fn completions(
             json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
                     "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
         };
+        if let Some((interval, chunks)) = requested_pace(last_user) {
+            return paced(interval, chunks, chunk, usage);
+        }
         let mut events = String::new();
         for piece in text.split_inclusive(' ') {
             events.push_str(&format!(
@@ -190,6 +194,55 @@ async fn reset_stats(stats: web::Data<Arc<Stats>>) -> HttpResponse {
 fn requested_delay(message: &str) -> Option<Duration> {
     let milliseconds = message.strip_prefix("sleep ")?.split_whitespace().next()?;
     milliseconds.parse().ok().map(Duration::from_millis)
+}
+
+/// The pace a message starting "pace <interval ms> <chunks>" asks a stream for.
+fn requested_pace(message: &str) -> Option<(Duration, u32)> {
+    let mut words = message.strip_prefix("pace ")?.split_whitespace();
+    let interval = words.next()?.parse().ok().map(Duration::from_millis)?;
+    let chunks = words.next()?.parse().ok()?;
+    Some((interval, chunks))
+}
+
+/// A stream of `chunks` content chunks `interval` apart (the first at once), then the finish,
+/// the usage and `[DONE]`: a model that takes its time to answer, as long turns do.
+fn paced(
+    interval: Duration,
+    chunks: u32,
+    chunk: impl Fn(Value, Value) -> Value + 'static,
+    usage: Value,
+) -> HttpResponse {
+    let events = futures_util::stream::unfold(0_u32, move |sent| {
+        let event = if sent < chunks {
+            format!(
+                "data: {}\n\n",
+                chunk(json!({ "content": "word " }), Value::Null)
+            )
+        } else if sent == chunks {
+            format!(
+                "data: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
+                chunk(json!({}), json!("stop")),
+                json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake", "choices": [], "usage": usage })
+            )
+        } else {
+            String::new()
+        };
+        async move {
+            if sent > chunks {
+                return None;
+            }
+            if sent > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(web::Bytes::from(event)),
+                sent + 1,
+            ))
+        }
+    });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .streaming(events)
 }
 
 /// `PUT /fault/{mode}`: `none`, `timeout`, or an HTTP error status (400-599).

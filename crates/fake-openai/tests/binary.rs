@@ -47,3 +47,28 @@ fn the_fake_model_echoes_the_last_user_message_and_counts_requests() {
         "{stats}"
     );
 }
+
+#[test]
+fn a_paced_stream_sends_its_chunks_that_far_apart() {
+    let port = free_port().unwrap();
+    let _server = Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
+    )
+    .unwrap();
+    wait_for_port(port).unwrap();
+    let body =
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"pace 100 4 go"}]}"#;
+    let started = std::time::Instant::now();
+    let (status, stream) = post(port, body);
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{stream}");
+    assert_eq!(
+        stream.matches(r#""content":"word ""#).count(),
+        4,
+        "{stream}"
+    );
+    assert!(stream.contains(r#""finish_reason":"stop""#), "{stream}");
+    assert!(stream.ends_with("data: [DONE]\n\n"), "{stream}");
+    // Four intervals: three between the chunks and one before the finish.
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+}

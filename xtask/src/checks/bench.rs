@@ -3,7 +3,8 @@
 //! Postgres + Redis), fake models on loopback (instant and 200 ms) and a bare actix-web baseline
 //! built in the same run, driven on 127.0.0.1 for a bounded time each: `GET /health` by wrk,
 //! `POST /agent` and `POST /v1/chat/completions` by `crate::load` on connections kept open from
-//! the warm-up into the measured window.
+//! the warm-up into the measured window; then 8,000 long streams (`crate::checks::streams`;
+//! `--only streams` runs those alone).
 
 use std::path::Path;
 use std::process::Command;
@@ -56,14 +57,30 @@ struct Measurement {
     model_in_flight: Option<u64>,
 }
 
-pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
+pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: apt-get install wrk");
     }
+    let streams_only = match only {
+        None => false,
+        Some("streams") => true,
+        Some(other) => bail!("--only {other}: the parts are: streams"),
+    };
+    // The streams rows hold 8,000 connections here and in the fake model (started below).
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let bin = build_release(shell)?;
     let services = dev_harness::Services::start_or_reuse()?;
     let (_instant, instant_port) = fake_model(&bin, 0)?;
     let (_slow, slow_port) = fake_model(&bin, 200)?;
+    let durable = vec![
+        ("DATABASE_URL", services.database_url.clone()),
+        ("REDIS_URL", services.redis_url.clone()),
+    ];
+    if streams_only {
+        let streams = crate::checks::streams::rows(&bin, &durable, instant_port)?;
+        crate::checks::streams::print(&streams);
+        return Ok(());
+    }
 
     let first_turn: Arc<RequestFn> = Arc::new(|_| {
         Request::post_json("/agent", r#"{"message":"what is the answer?"}"#.to_owned())
@@ -96,10 +113,6 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
     let continuing_tenancy = continuing_in("tenancy");
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
-    let durable = vec![
-        ("DATABASE_URL", services.database_url.clone()),
-        ("REDIS_URL", services.redis_url.clone()),
-    ];
     // The same, with every caller's turns checked against a daily token quota (one read of the
     // day's usage per turn) and the metrics split by caller: the cost of tenancy's options.
     let mut tenancy = durable.clone();
@@ -237,6 +250,8 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
             in_flight.then_some(model_port),
         )?);
     }
+    settle(&services.database_url)?;
+    let streams = crate::checks::streams::rows(&bin, &durable, instant_port)?;
     drop(services);
 
     println!(
@@ -266,6 +281,7 @@ pub(crate) fn http(shell: &Shell, seconds: u64) -> anyhow::Result<()> {
             .collect();
         values.iter().sum::<f64>() / values.len().max(1) as f64
     };
+    crate::checks::streams::print(&streams);
     let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
     println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
     let exactly = |names: &[String]| -> f64 {

@@ -15,4 +15,5 @@ pub(crate) mod soak;
 pub(crate) mod stack;
 pub(crate) mod startup_time;
 pub(crate) mod storm;
+pub(crate) mod streams;
 pub(crate) mod traces;
