@@ -162,6 +162,11 @@ pub(crate) fn wait_until_ok(port: u16, path: &str) -> anyhow::Result<()> {
     bail!("nothing answered 200 on 127.0.0.1:{port}{path} within 30 s")
 }
 
+/// KiB in MiB.
+pub(crate) fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 /// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`).
 pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

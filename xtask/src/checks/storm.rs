@@ -26,7 +26,7 @@ use dev_harness::load::{Client, Load, Plan, Program, Report, Request, RequestFn}
 use dev_harness::{Spawned, ThrowawayRedis};
 
 use crate::checks::harness::{
-    build_release, fake_model, psql, require_tools, server_command, status_kib, wait_until_ok,
+    build_release, fake_model, mib, psql, require_tools, server_command, status_kib, wait_until_ok,
     with_descriptor_limit,
 };
 
@@ -263,10 +263,6 @@ impl Storm<'_> {
             .filter(|message| !stored.contains(*message))
             .count())
     }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 /// The RSS of `pid` 30 s after `ended` (waits until then).

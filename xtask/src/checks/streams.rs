@@ -14,7 +14,7 @@ use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::checks::harness::{
-    http_get, server_command, status_kib, wait_until_ok, with_descriptor_limit,
+    http_get, mib, server_command, status_kib, wait_until_ok, with_descriptor_limit,
 };
 
 /// Streams held at once: a stream holds a client and an upstream connection, and a process here
@@ -177,10 +177,6 @@ fn turn_outcomes(port: u16) -> anyhow::Result<BTreeMap<String, u64>> {
             Some((outcome.to_owned(), count as u64))
         })
         .collect())
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
 }
 
 /// The rows as a Markdown table.
