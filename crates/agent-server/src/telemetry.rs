@@ -504,6 +504,12 @@ pub(crate) fn traced_request(headers: &actix_web::http::header::HeaderMap) -> Op
     sampled.then(|| parent.unwrap_or_default())
 }
 
+/// Whether `span` belongs to a sampled request (lets a caller skip building an attribute).
+pub(crate) fn is_traced(span: &tracing::Span) -> bool {
+    span.with_subscriber(|(_, dispatch)| dispatch.is::<InTracedRequest>())
+        .unwrap_or(false)
+}
+
 /// Gives a span of a sampled request an attribute for the exporter alone (not a `tracing` field:
 /// the log lines do not repeat it); nothing for any other span.
 pub(crate) fn set_attribute(span: &tracing::Span, key: &'static str, value: Value) {

@@ -227,11 +227,11 @@ impl Turns {
                 });
             }
         };
-        crate::telemetry::set_attribute(
-            &tracing::Span::current(),
-            "gen_ai.conversation.id",
-            session.local().to_owned().into(),
-        );
+        let span = tracing::Span::current();
+        if crate::telemetry::is_traced(&span) {
+            let id = session.local().to_owned();
+            crate::telemetry::set_attribute(&span, "gen_ai.conversation.id", id.into());
+        }
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
