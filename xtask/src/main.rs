@@ -36,6 +36,10 @@ enum Command {
         /// Only one part: `streams` (8,000 long streams, memory).
         #[arg(long)]
         only: Option<String>,
+        /// Another build to alternate with, row by row: a git revision (e.g. `HEAD~1`, built in
+        /// target/bench-baseline) or a directory holding its `agent-server`.
+        #[arg(long)]
+        baseline: Option<String>,
     },
     /// Steady multi-turn load on the release server with Postgres and Redis; fails when memory,
     /// descriptors or connections grow past their bounds after the warm-up.
@@ -146,7 +150,11 @@ fn main() -> anyhow::Result<()> {
             &shell,
             &tasks::image::ImageOptions::new(tag, rust_image, runtime_image),
         ),
-        Command::Bench { seconds, only } => checks::bench::http(&shell, seconds, only.as_deref()),
+        Command::Bench {
+            seconds,
+            only,
+            baseline,
+        } => checks::bench::http(&shell, seconds, only.as_deref(), baseline.as_deref()),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
         Command::Sdk => checks::sdk::run(&shell),
         Command::Traces => checks::traces::run(&shell),

@@ -17,8 +17,8 @@ use xshell::{Shell, cmd};
 use dev_harness::Spawned;
 
 use crate::checks::harness::{
-    build_release, clock_ticks_per_second, cpu_ticks, fake_model, http_get, peak_rss_kib,
-    server_command, wait_until_ok,
+    StackProcesses, baseline_build, build_release, clock_ticks_per_second, cpu_ticks, fake_model,
+    http_get, peak_rss_kib, server_command, wait_until_ok,
 };
 
 use dev_harness::load::{Load, Plan, Report, Request, RequestFn};
@@ -53,11 +53,18 @@ struct Measurement {
     p99_ms: f64,
     errors: u64,
     cpu_ms_per_request: f64,
+    /// CPU of the Postgres and Redis processes per request, for rows that use them.
+    stack_cpu_ms_per_request: Option<f64>,
     peak_rss_mib: f64,
     model_in_flight: Option<u64>,
 }
 
-pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::Result<()> {
+pub(crate) fn http(
+    shell: &Shell,
+    seconds: u64,
+    only: Option<&str>,
+    baseline: Option<&str>,
+) -> anyhow::Result<()> {
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: apt-get install wrk");
     }
@@ -69,7 +76,14 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
     // The streams rows hold 8,000 connections here and in the fake model (started below).
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let bin = build_release(shell)?;
+    // Each server row runs for every build, the baseline's first: one run compares them.
+    let mut builds = Vec::new();
+    if let Some(spec) = baseline {
+        builds.push((BASELINE, baseline_build(shell, spec)?));
+    }
+    builds.push(("", bin.clone()));
     let services = dev_harness::Services::start_or_reuse()?;
+    let stack = StackProcesses::find(&services.database_url, &services.redis_url)?;
     let (_instant, instant_port) = fake_model(&bin, 0)?;
     let (_slow, slow_port) = fake_model(&bin, 200)?;
     let durable = vec![
@@ -77,7 +91,15 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
         ("REDIS_URL", services.redis_url.clone()),
     ];
     if streams_only {
-        let streams = crate::checks::streams::rows(&bin, &durable, instant_port)?;
+        let mut streams = Vec::new();
+        for (label, dir) in &builds {
+            streams.extend(crate::checks::streams::rows(
+                label,
+                dir,
+                &durable,
+                instant_port,
+            )?);
+        }
         crate::checks::streams::print(&streams);
         return Ok(());
     }
@@ -111,10 +133,26 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
     };
     let continuing = continuing_in("plain");
     let continuing_tenancy = continuing_in("tenancy");
+    // Issue 20's realistic row: continuing sessions with messages of about 2 KB, a history
+    // window of 20, and one tool call per turn (the fake model calls the calculator, whose
+    // arguments are padded to 2 KB with JSON whitespace; then answers with the 2 KB message).
+    let realistic: Arc<RequestFn> = Arc::new(move |n| {
+        let padding = " ".repeat(2000);
+        let message = format!(r#"tool calculator {{\"expression\": \"2+3*4\"{padding}}}"#);
+        Request::post_json(
+            "/agent",
+            format!(
+                r#"{{"message":"{message}","session_id":"bench-{run_id}-realistic-{}"}}"#,
+                n % 4096
+            ),
+        )
+    });
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
     // The same, with every caller's turns checked against a daily token quota (one read of the
     // day's usage per turn) and the metrics split by caller: the cost of tenancy's options.
+    let mut realistic_settings = durable.clone();
+    realistic_settings.push(("AGENT_TURN__HISTORY_WINDOW", "20".to_owned()));
     let mut tenancy = durable.clone();
     tenancy.push(("AGENT_API__DAILY_TOKEN_QUOTA", "1000000000000".to_owned()));
     tenancy.push(("AGENT_API__METRICS_CALLER_LABELS", "true".to_owned()));
@@ -141,16 +179,19 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
     // few per cent on a shared machine; the ratio is of the means).
     for round in 1..=5 {
         rows.push(run_bare(&bin, duration, round)?);
-        rows.push(run_agent(
-            &bin,
-            &format!("GET /health @64, agent-server (round {round})"),
-            &memory,
-            instant_port,
-            None,
-            64,
-            duration,
-            None,
-        )?);
+        for (label, dir) in &builds {
+            rows.push(run_agent(
+                dir,
+                &format!("{label}GET /health @64, agent-server (round {round})"),
+                &memory,
+                instant_port,
+                None,
+                64,
+                duration,
+                None,
+                None,
+            )?);
+        }
     }
     // The /agent scenarios: name, settings (memory, or Postgres + Redis), model port, body
     // script, connections, and whether to read the model's most calls in flight.
@@ -196,6 +237,14 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
             false,
         ),
         (
+            "POST /agent @64, instant model, Postgres + Redis, realistic: continuing sessions, 2 KB messages, history 20, a tool call per turn",
+            &realistic_settings,
+            instant_port,
+            &realistic,
+            64,
+            false,
+        ),
+        (
             "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
             &durable,
             slow_port,
@@ -223,44 +272,61 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
         &traced_dead,
     ));
     for (scenario, storage) in traced_rows {
-        settle(&services.database_url)?;
-        rows.push(run_agent(
-            &bin,
-            &scenario,
-            storage,
-            instant_port,
-            Some(Arc::clone(&first_turn)),
-            64,
-            duration,
-            None,
-        )?);
+        for (label, dir) in &builds {
+            settle(&services.database_url)?;
+            rows.push(run_agent(
+                dir,
+                &format!("{label}{scenario}"),
+                storage,
+                instant_port,
+                Some(Arc::clone(&first_turn)),
+                64,
+                duration,
+                None,
+                Some(&stack),
+            )?);
+        }
     }
     for (scenario, storage, model_port, script, connections, in_flight) in scenarios {
-        if !storage.is_empty() {
-            settle(&services.database_url)?;
+        for (label, dir) in &builds {
+            let stack = if storage.is_empty() {
+                None
+            } else {
+                settle(&services.database_url)?;
+                Some(&stack)
+            };
+            rows.push(run_agent(
+                dir,
+                &format!("{label}{scenario}"),
+                storage,
+                model_port,
+                Some(Arc::clone(script)),
+                connections,
+                duration,
+                in_flight.then_some(model_port),
+                stack,
+            )?);
         }
-        rows.push(run_agent(
-            &bin,
-            scenario,
-            storage,
-            model_port,
-            Some(Arc::clone(script)),
-            connections,
-            duration,
-            in_flight.then_some(model_port),
+    }
+    let mut streams = Vec::new();
+    for (label, dir) in &builds {
+        settle(&services.database_url)?;
+        streams.extend(crate::checks::streams::rows(
+            label,
+            dir,
+            &durable,
+            instant_port,
         )?);
     }
-    settle(&services.database_url)?;
-    let streams = crate::checks::streams::rows(&bin, &durable, instant_port)?;
     drop(services);
 
     println!(
-        "\n| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | peak RSS MiB | model calls in flight (max) |"
+        "\n| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | stack CPU ms/req | peak RSS MiB | model calls in flight (max) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
         println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.4} | {:.1} | {} |",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.4} | {} | {:.1} | {} |",
             row.scenario,
             row.requests,
             row.per_second,
@@ -268,6 +334,8 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
             row.p99_ms,
             row.errors,
             row.cpu_ms_per_request,
+            row.stack_cpu_ms_per_request
+                .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.4}")),
             row.peak_rss_mib,
             row.model_in_flight
                 .map_or_else(|| "-".to_owned(), |count| count.to_string())
@@ -298,6 +366,26 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
             .collect()
     };
     let untraced = exactly(&rounds(""));
+    // Issue 20: a continuing turn (lock, history read) against the first turns of the same run,
+    // by the server and by the whole stack (server + Postgres + Redis).
+    let continuing_name = "POST /agent @64, instant model, Postgres + Redis, continuing sessions";
+    let stack_of = |names: &[String]| -> f64 {
+        let values: Vec<f64> = rows
+            .iter()
+            .filter(|row| names.contains(&row.scenario))
+            .filter_map(|row| row.stack_cpu_ms_per_request)
+            .collect();
+        values.iter().sum::<f64>() / values.len().max(1) as f64
+    };
+    let continuing_rows = [continuing_name.to_owned()];
+    println!(
+        "continuing turn vs first turn, server CPU per request: {:.2}x ({:.4} vs {:.4} ms; target <= 1.2x); stack CPU (server + Postgres + Redis): {:.4} vs {:.4} ms",
+        exactly(&continuing_rows) / untraced,
+        exactly(&continuing_rows),
+        untraced,
+        exactly(&continuing_rows) + stack_of(&continuing_rows),
+        untraced + stack_of(&rounds("")),
+    );
     for (sampling, names) in [
         ("100 %", vec![format!("{first_turns}, traces 100 %")]),
         ("10 %", rounds(", traces 10 %")),
@@ -307,7 +395,63 @@ pub(crate) fn http(shell: &Shell, seconds: u64, only: Option<&str>) -> anyhow::R
             exactly(&names) / untraced
         );
     }
+    if baseline.is_some() {
+        compare(&rows);
+    }
     Ok(())
+}
+
+/// The label of the baseline build's rows.
+const BASELINE: &str = "baseline: ";
+
+/// Each row of this build against the baseline's row of the same scenario, and the noise: how far
+/// the rounds of one build differ from their mean (the /health and first-turn rounds).
+fn compare(rows: &[Measurement]) {
+    println!(
+        "\n| scenario | CPU ms/req baseline → this | ratio | p99 ms baseline → this | peak RSS MiB baseline → this |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for row in rows {
+        let Some(base) = rows
+            .iter()
+            .find(|base| base.scenario == format!("{BASELINE}{}", row.scenario))
+        else {
+            continue;
+        };
+        println!(
+            "| {} | {:.4} → {:.4} | {:.2}x | {:.2} → {:.2} | {:.1} → {:.1} |",
+            row.scenario,
+            base.cpu_ms_per_request,
+            row.cpu_ms_per_request,
+            row.cpu_ms_per_request / base.cpu_ms_per_request,
+            base.p99_ms,
+            row.p99_ms,
+            base.peak_rss_mib,
+            row.peak_rss_mib,
+        );
+    }
+    let mut noise: f64 = 0.0;
+    for label in [BASELINE, ""] {
+        for family in [
+            "GET /health @64, agent-server (round",
+            "POST /agent @64, instant model, Postgres + Redis, first turns (round",
+        ] {
+            let prefix = format!("{label}{family}");
+            let values: Vec<f64> = rows
+                .iter()
+                .filter(|row| row.scenario.starts_with(&prefix))
+                .map(|row| row.cpu_ms_per_request)
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+            for value in values {
+                noise = noise.max((value / mean - 1.0).abs());
+            }
+        }
+    }
+    println!(
+        "noise: the rounds of one build differ from their mean by up to {:.0} % of CPU per request",
+        noise * 100.0
+    );
 }
 
 /// Vacuums, analyzes and checkpoints the database, so that the background work a scenario's
@@ -348,6 +492,7 @@ fn run_bare(bin: &Path, duration: Duration, round: u32) -> anyhow::Result<Measur
         64,
         duration,
         None,
+        None,
     )
 }
 
@@ -361,6 +506,7 @@ fn run_agent(
     connections: u32,
     duration: Duration,
     stats_port: Option<u16>,
+    stack: Option<&StackProcesses>,
 ) -> anyhow::Result<Measurement> {
     let port = dev_harness::free_port()?;
     let mut command = server_command(bin, port, model_port);
@@ -378,6 +524,7 @@ fn run_agent(
         connections,
         duration,
         stats_port,
+        stack,
     )
 }
 
@@ -393,14 +540,18 @@ fn measure(
     connections: u32,
     duration: Duration,
     stats_port: Option<u16>,
+    stack: Option<&StackProcesses>,
 ) -> anyhow::Result<Measurement> {
     println!(
         "xtask: {scenario}: {} s warm-up, then {} s measured",
         WARM_UP.as_secs(),
         duration.as_secs()
     );
-    let (report, cpu_ticks_used) = match post {
-        None => measure_get(server, port, "/health", connections, duration)?,
+    let (report, cpu_ticks_used, stack_ticks_used) = match post {
+        None => {
+            let (report, ticks) = measure_get(server, port, "/health", connections, duration)?;
+            (report, ticks, None)
+        }
         Some(requests) => {
             // Two threads: one left the generator short of CPU at 15 000 turns a second.
             let plan = Plan {
@@ -409,6 +560,7 @@ fn measure(
             };
             let load = Load::start(port, plan, requests)?;
             let (mut before, mut after) = (0, 0);
+            let (mut stack_before, mut stack_after) = (0, 0);
             let report = load.measure(
                 WARM_UP,
                 duration,
@@ -424,17 +576,26 @@ fn measure(
                         )?;
                     }
                     before = cpu_ticks(server.id())?;
+                    if let Some(stack) = stack {
+                        stack_before = stack.ticks()?;
+                    }
                     Ok(())
                 },
                 || {
                     after = cpu_ticks(server.id())?;
+                    if let Some(stack) = stack {
+                        stack_after = stack.ticks()?;
+                    }
                     Ok(())
                 },
             )?;
-            (report, after - before)
+            let stack_used = stack.map(|_| stack_after.saturating_sub(stack_before));
+            (report, after - before, stack_used)
         }
     };
-    let cpu_ms = cpu_ticks_used as f64 * 1000.0 / clock_ticks_per_second();
+    let per_request = |ticks: u64| {
+        ticks as f64 * 1000.0 / clock_ticks_per_second() / report.requests.max(1) as f64
+    };
     let model_in_flight = match stats_port {
         Some(port) => Some(fake_max_in_flight(port)?),
         None => None,
@@ -446,7 +607,8 @@ fn measure(
         p50_ms: report.p50_ms,
         p99_ms: report.p99_ms,
         errors: report.errors,
-        cpu_ms_per_request: cpu_ms / report.requests.max(1) as f64,
+        cpu_ms_per_request: per_request(cpu_ticks_used),
+        stack_cpu_ms_per_request: stack_ticks_used.map(per_request),
         peak_rss_mib: peak_rss_kib(server.id())? as f64 / 1024.0,
         model_in_flight,
     })

@@ -11,14 +11,7 @@ use xshell::{Shell, cmd};
 
 /// utime + stime of a process, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may contain spaces) start after the last ')'.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
+    let fields = stat_fields(pid)?;
     let field = |index: usize| {
         fields
             .get(index)
@@ -60,6 +53,49 @@ pub(crate) fn build_release(shell: &Shell) -> anyhow::Result<std::path::PathBuf>
     )
     .run()?;
     Ok(crate::project_root().join("target/release"))
+}
+
+/// The release server of another build, for the bench to alternate with this one: `spec` is a
+/// directory holding its `agent-server`, or a git revision, checked out in a worktree under
+/// `target/bench-baseline/` and built there in a target directory of its own (the first build
+/// takes minutes; later ones reuse it).
+pub(crate) fn baseline_build(shell: &Shell, spec: &str) -> anyhow::Result<std::path::PathBuf> {
+    let given = Path::new(spec);
+    if given.join("agent-server").is_file() {
+        return Ok(given.to_path_buf());
+    }
+    let root = crate::project_root();
+    let revision = format!("{spec}^{{commit}}");
+    let commit = cmd!(shell, "git -C {root} rev-parse --verify {revision}")
+        .read()
+        .with_context(|| {
+            format!("--baseline {spec}: neither a directory with agent-server nor a git revision")
+        })?;
+    let base = root.join("target/bench-baseline");
+    let source = base.join("source");
+    if source.join(".git").exists() {
+        cmd!(
+            shell,
+            "git -C {source} checkout --quiet --force --detach {commit}"
+        )
+        .run()?;
+    } else {
+        cmd!(shell, "git -C {root} worktree prune").run()?;
+        cmd!(
+            shell,
+            "git -C {root} worktree add --force --detach {source} {commit}"
+        )
+        .run()?;
+    }
+    let target = base.join("target");
+    let manifest = source.join("Cargo.toml");
+    cmd!(
+        shell,
+        "cargo build --release --locked --manifest-path {manifest} --target-dir {target} --package agent-server --bin agent-server"
+    )
+    .run()?;
+    println!("xtask: baseline {spec} is commit {commit}");
+    Ok(target.join("release"))
 }
 
 /// The release server on `port` with a clean environment: two workers, JSON logs, no shutdown
@@ -122,6 +158,81 @@ pub(crate) fn psql(database_url: &str, query: &str) -> anyhow::Result<Vec<String
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The Postgres and Redis processes behind a bench's URLs, for the CPU the whole stack spends.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StackProcesses {
+    postmaster: u32,
+    redis: u32,
+}
+
+impl StackProcesses {
+    /// Finds the postmaster (the parent of the server's checkpointer) and Redis's process (its
+    /// `INFO server`); both must run on this machine.
+    pub(crate) fn find(database_url: &str, redis_url: &str) -> anyhow::Result<Self> {
+        let checkpointer: u32 = psql(
+            database_url,
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'",
+        )?
+        .first()
+        .and_then(|pid| pid.parse().ok())
+        .context("no checkpointer in pg_stat_activity")?;
+        let postmaster = stat_fields(checkpointer)?
+            .get(1)
+            .and_then(|ppid| ppid.parse().ok())
+            .context("no parent of the checkpointer")?;
+        let output = Command::new("redis-cli")
+            .args(["-u", redis_url, "INFO", "server"])
+            .output()
+            .context("redis-cli failed to run (apt-get install redis-tools)")?;
+        let redis = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
+            .context("no process_id in Redis's INFO server")?;
+        Ok(Self { postmaster, redis })
+    }
+
+    /// CPU ticks used so far by Redis, the postmaster, the children it has reaped and those
+    /// still running (backends, checkpointer, WAL writer, autovacuum).
+    pub(crate) fn ticks(&self) -> anyhow::Result<u64> {
+        let field = |fields: &[String], index: usize| -> u64 {
+            fields
+                .get(index)
+                .and_then(|value| value.parse().ok())
+                .unwrap_or(0)
+        };
+        let postmaster = stat_fields(self.postmaster)?;
+        let mut ticks =
+            cpu_ticks(self.redis)? + (11..=14).map(|i| field(&postmaster, i)).sum::<u64>();
+        for entry in std::fs::read_dir("/proc")?.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse().ok())
+            else {
+                continue;
+            };
+            if let Ok(fields) = stat_fields(pid)
+                && field(&fields, 1) == u64::from(self.postmaster)
+            {
+                ticks += field(&fields, 11) + field(&fields, 12);
+            }
+        }
+        Ok(ticks)
+    }
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (index 0 is the state, 1 the parent).
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    Ok(stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
         .map(str::to_owned)
         .collect())
 }

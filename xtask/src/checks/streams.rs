@@ -62,8 +62,10 @@ impl StreamsRow {
     }
 }
 
-/// Both streaming routes, `/agent/stream` and the OpenAI-compatible one, each on a fresh server.
+/// Both streaming routes, `/agent/stream` and the OpenAI-compatible one, each on a fresh server of
+/// the build in `bin`; `label` starts their scenarios' names.
 pub(crate) fn rows(
+    label: &str,
     bin: &Path,
     storage: &[(&str, String)],
     model_port: u16,
@@ -85,7 +87,7 @@ pub(crate) fn rows(
     Ok(vec![
         row(
             &format!(
-                "POST /agent/stream @{STREAMS}, a chunk every 500 ms for 10 s, Postgres + Redis"
+                "{label}POST /agent/stream @{STREAMS}, a chunk every 500 ms for 10 s, Postgres + Redis"
             ),
             bin,
             storage,
@@ -94,7 +96,7 @@ pub(crate) fn rows(
         )?,
         row(
             &format!(
-                "POST /v1/chat/completions stream @{STREAMS}, a chunk every 500 ms for 10 s, Postgres + Redis"
+                "{label}POST /v1/chat/completions stream @{STREAMS}, a chunk every 500 ms for 10 s, Postgres + Redis"
             ),
             bin,
             storage,

@@ -1,15 +1,18 @@
 //! The OpenAI-compatible `ChatModel`: any server speaking `/v1/chat/completions` (OpenAI, vLLM,
 //! Ollama, llama.cpp). Requests go through async-openai's client on our retrying transport;
-//! responses are read into lenient types, as local servers omit fields OpenAI always sends.
+//! responses are read into lenient types, as local servers omit fields OpenAI always sends. A
+//! streamed answer's events are read here, in the caller's task (see [`OpenAiModel::stream`]).
 
 mod retry;
 mod wire;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_openai::Client;
-use async_openai::config::OpenAIConfig;
-use async_openai::error::OpenAIError;
+use async_openai::config::{Config, OpenAIConfig};
+use async_openai::error::{OpenAIError, StreamError};
+use async_openai::middleware::HttpRequestFactory;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -52,6 +55,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct OpenAiModel {
     client: Client<OpenAIConfig>,
+    /// The streaming call, made on the same transport without async-openai's stream reader.
+    streaming: Arc<StreamingCall>,
     options: OpenAiOptions,
     metrics: ModelMetrics,
     identity: ModelIdentity,
@@ -90,6 +95,16 @@ impl OpenAiModel {
             attempt_timeout: options.request_timeout,
             retries: metrics.retries.clone(),
         };
+        let streaming = Arc::new(StreamingCall {
+            url: config.url("/chat/completions"),
+            headers: config.headers(),
+            query: config
+                .query()
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+            transport: transport.clone(),
+        });
         let client = Client::build(http, config).with_http_service(transport);
         let base = reqwest::Url::parse(&options.base_url).ok();
         let identity = ModelIdentity {
@@ -103,6 +118,7 @@ impl OpenAiModel {
         };
         Ok(Self {
             client,
+            streaming,
             options,
             metrics,
             identity,
@@ -187,20 +203,44 @@ impl ChatModel for OpenAiModel {
         reply
     }
 
+    /// The answer's server-sent events are parsed as the caller polls the stream, in its task.
+    /// async-openai's own stream reader spawned a task per stream and relayed the events through
+    /// an unbounded channel: a task, a channel block (3 KiB) and a wake-up per chunk for each open
+    /// stream (issue 20). The request, its retries and its errors are the same transport's.
     async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
         let started = std::time::Instant::now();
-        let body = wire::request_body(&self.options, request, true);
-        let chunks = self
-            .client
-            .chat()
-            .create_stream_byot::<_, wire::CompletionChunk>(body)
-            .await;
-        let chunks = chunks.map_err(|error| self.classify(error));
+        let body = serde_json::to_vec(&wire::request_body(&self.options, request, true))
+            .map_err(|error| ModelError::Rejected(format!("cannot encode the request: {error}")));
+        let response = match body {
+            Ok(body) => self
+                .streaming
+                .send(bytes::Bytes::from(body))
+                .await
+                .map_err(|error| self.classify(error)),
+            Err(error) => Err(error),
+        };
         // For a stream, the duration is until it starts.
         self.metrics
-            .record_call(CallMode::Stream, started, chunks.as_ref().err());
-        let chunks = chunks?;
+            .record_call(CallMode::Stream, started, response.as_ref().err());
+        let events = eventsource_stream::EventStream::new(response?.bytes_stream());
         let model = self.clone();
+        let chunks = futures_util::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            loop {
+                let chunk = match events.next().await? {
+                    // An unreadable stream ends with its error.
+                    Err(error) => {
+                        let error = StreamError::EventStream(error.to_string());
+                        return Some((Err(OpenAIError::StreamError(Box::new(error))), None));
+                    }
+                    Ok(event) if event.data == "[DONE]" => return None,
+                    Ok(event) if event.event == "keepalive" => continue,
+                    Ok(event) => serde_json::from_str::<wire::CompletionChunk>(&event.data)
+                        .map_err(|error| OpenAIError::JSONDeserialize(error, event.data)),
+                };
+                return Some((chunk, Some(events)));
+            }
+        });
         let deltas = chunks.flat_map(move |chunk| {
             let deltas = match chunk {
                 Ok(chunk) => chunk.into_deltas().into_iter().map(Ok).collect(),
@@ -209,5 +249,37 @@ impl ChatModel for OpenAiModel {
             futures_util::stream::iter(deltas)
         });
         Ok(Box::pin(deltas))
+    }
+}
+
+/// What a streaming call sends: async-openai's URL, headers and query for the chat completions
+/// path, posted on the retrying transport.
+#[derive(Debug)]
+struct StreamingCall {
+    url: String,
+    headers: reqwest::header::HeaderMap,
+    query: Vec<(String, String)>,
+    transport: RetryingTransport,
+}
+
+impl StreamingCall {
+    async fn send(self: &Arc<Self>, body: bytes::Bytes) -> Result<reqwest::Response, OpenAIError> {
+        let call = Arc::clone(self);
+        let factory = HttpRequestFactory::new(move || {
+            let call = Arc::clone(&call);
+            let body = body.clone();
+            async move {
+                Ok(call
+                    .transport
+                    .http
+                    .post(&call.url)
+                    .query(&call.query)
+                    .headers(call.headers.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body)
+                    .build()?)
+            }
+        });
+        self.transport.execute(factory).await
     }
 }

@@ -66,7 +66,10 @@ impl tower_service::Service<HttpRequestFactory> for RetryingTransport {
 }
 
 impl RetryingTransport {
-    async fn execute(&self, factory: HttpRequestFactory) -> Result<reqwest::Response, OpenAIError> {
+    pub(crate) async fn execute(
+        &self,
+        factory: HttpRequestFactory,
+    ) -> Result<reqwest::Response, OpenAIError> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
