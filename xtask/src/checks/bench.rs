@@ -321,7 +321,7 @@ pub(crate) fn http(
     drop(services);
 
     println!(
-        "\n| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | stack CPU ms/req | peak RSS MiB | model calls in flight (max) |"
+        "\n| scenario | requests | req/s | p50 ms | p99 ms | errors | server CPU ms/req | Postgres + Redis CPU ms/req | peak RSS MiB | model calls in flight (max) |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in &rows {
