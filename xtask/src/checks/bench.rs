@@ -341,25 +341,12 @@ pub(crate) fn http(
                 .map_or_else(|| "-".to_owned(), |count| count.to_string())
         );
     }
-    let cpu = |prefix: &str| -> f64 {
-        let values: Vec<f64> = rows
-            .iter()
-            .filter(|row| row.scenario.starts_with(prefix))
-            .map(|row| row.cpu_ms_per_request)
-            .collect();
-        values.iter().sum::<f64>() / values.len().max(1) as f64
-    };
+    let server_cpu = |row: &Measurement| Some(row.cpu_ms_per_request);
+    let cpu = |prefix: &str| mean(&rows, |row| row.scenario.starts_with(prefix), server_cpu);
     crate::checks::streams::print(&streams);
     let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
     println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
-    let exactly = |names: &[String]| -> f64 {
-        let values: Vec<f64> = rows
-            .iter()
-            .filter(|row| names.contains(&row.scenario))
-            .map(|row| row.cpu_ms_per_request)
-            .collect();
-        values.iter().sum::<f64>() / values.len().max(1) as f64
-    };
+    let exactly = |names: &[String]| mean(&rows, |row| names.contains(&row.scenario), server_cpu);
     let rounds = |suffix: &str| -> Vec<String> {
         (1..=3)
             .map(|round| format!("{first_turns}{suffix} (round {round})"))
@@ -369,13 +356,12 @@ pub(crate) fn http(
     // Issue 20: a continuing turn (lock, history read) against the first turns of the same run,
     // by the server and by the whole stack (server + Postgres + Redis).
     let continuing_name = "POST /agent @64, instant model, Postgres + Redis, continuing sessions";
-    let stack_of = |names: &[String]| -> f64 {
-        let values: Vec<f64> = rows
-            .iter()
-            .filter(|row| names.contains(&row.scenario))
-            .filter_map(|row| row.stack_cpu_ms_per_request)
-            .collect();
-        values.iter().sum::<f64>() / values.len().max(1) as f64
+    let stack_of = |names: &[String]| {
+        mean(
+            &rows,
+            |row| names.contains(&row.scenario),
+            |row| row.stack_cpu_ms_per_request,
+        )
     };
     let continuing_rows = [continuing_name.to_owned()];
     println!(
@@ -399,6 +385,20 @@ pub(crate) fn http(
         compare(&rows);
     }
     Ok(())
+}
+
+/// The mean of `value` over the rows `which` picks (those that have a value).
+fn mean(
+    rows: &[Measurement],
+    which: impl Fn(&Measurement) -> bool,
+    value: impl Fn(&Measurement) -> Option<f64>,
+) -> f64 {
+    let values: Vec<f64> = rows
+        .iter()
+        .filter(|row| which(row))
+        .filter_map(value)
+        .collect();
+    values.iter().sum::<f64>() / values.len().max(1) as f64
 }
 
 /// The label of the baseline build's rows.
@@ -437,14 +437,11 @@ fn compare(rows: &[Measurement]) {
             "POST /agent @64, instant model, Postgres + Redis, first turns (round",
         ] {
             let prefix = format!("{label}{family}");
-            let values: Vec<f64> = rows
-                .iter()
-                .filter(|row| row.scenario.starts_with(&prefix))
-                .map(|row| row.cpu_ms_per_request)
-                .collect();
-            let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
-            for value in values {
-                noise = noise.max((value / mean - 1.0).abs());
+            let round = |row: &Measurement| row.scenario.starts_with(&prefix);
+            let mean = mean(rows, round, |row| Some(row.cpu_ms_per_request));
+            let values = rows.iter().filter(|row| round(row));
+            for row in values {
+                noise = noise.max((row.cpu_ms_per_request / mean - 1.0).abs());
             }
         }
     }
