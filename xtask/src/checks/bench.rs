@@ -90,9 +90,11 @@ pub(crate) fn http(
         ("DATABASE_URL", services.database_url.clone()),
         ("REDIS_URL", services.redis_url.clone()),
     ];
-    if streams_only {
+    // The long streams of every build, each from a settled database.
+    let stream_rows = || -> anyhow::Result<Vec<crate::checks::streams::StreamsRow>> {
         let mut streams = Vec::new();
         for (label, dir) in &builds {
+            settle(&services.database_url)?;
             streams.extend(crate::checks::streams::rows(
                 label,
                 dir,
@@ -100,7 +102,10 @@ pub(crate) fn http(
                 instant_port,
             )?);
         }
-        crate::checks::streams::print(&streams);
+        Ok(streams)
+    };
+    if streams_only {
+        crate::checks::streams::print(&stream_rows()?);
         return Ok(());
     }
 
@@ -308,16 +313,7 @@ pub(crate) fn http(
             )?);
         }
     }
-    let mut streams = Vec::new();
-    for (label, dir) in &builds {
-        settle(&services.database_url)?;
-        streams.extend(crate::checks::streams::rows(
-            label,
-            dir,
-            &durable,
-            instant_port,
-        )?);
-    }
+    let streams = stream_rows()?;
     drop(services);
 
     println!(
