@@ -10,7 +10,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, responses, sessions, usage_daily};
-use super::statements::{AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns};
+use super::statements::{
+    AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns, OpenSession,
+};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
@@ -208,7 +210,8 @@ impl ConversationStore for PostgresStore {
         .await
     }
 
-    /// The ensure and the history read are pipelined on one connection: one round trip.
+    /// The ensure and the history read are one statement ([`OpenSession`]); when another
+    /// request created the session at the same moment, the two of them pipelined.
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn open_session(
         &self,
@@ -216,11 +219,27 @@ impl ConversationStore for PostgresStore {
         limit: usize,
     ) -> Result<(SessionInfo, Vec<StoredMessage>), StorageError> {
         bounded(BACKEND, self.call_limit, async {
-            let connection = self.connection().await?;
-            futures_util::try_join!(
-                Self::ensure(&connection, id),
-                Self::recent(&connection, id, limit)
-            )
+            let mut connection = self.connection().await?;
+            let statement = OpenSession {
+                id: id.as_str(),
+                now: Utc::now(),
+                limit: limit.min(crate::MAX_HISTORY_WINDOW) as i64,
+            };
+            let rows: Vec<(SessionRow, Option<MessageRow>)> =
+                statement.load(&mut connection).await.map_err(query_error)?;
+            let mut rows = rows.into_iter();
+            let Some((session, first)) = rows.next() else {
+                return futures_util::try_join!(
+                    Self::ensure(&connection, id),
+                    Self::recent(&connection, id, limit)
+                );
+            };
+            let messages = first
+                .into_iter()
+                .chain(rows.filter_map(|(_, message)| message))
+                .map(StoredMessage::try_from)
+                .collect::<Result<_, _>>()?;
+            Ok((SessionInfo::try_from(session)?, messages))
         })
         .await
     }

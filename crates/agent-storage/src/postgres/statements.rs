@@ -45,22 +45,90 @@ impl Query for EnsureSession<'_> {
 
 impl QueryFragment<Pg> for EnsureSession<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        push_session_ctes(&mut out, self.id, &self.now)?;
+        out.push_sql(" SELECT ");
+        out.push_sql(SESSION_COLUMNS);
+        out.push_sql(" FROM session");
+        Ok(())
+    }
+}
+
+/// The common table expressions `inserted` (the session, if this statement created it) and
+/// `session` (its row either way), for [`EnsureSession`] and [`OpenSession`]. Data-modifying
+/// expressions must stay at the top level of a statement, hence a fragment rather than nesting.
+fn push_session_ctes<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    id: &'b str,
+    now: &'b DateTime<Utc>,
+) -> QueryResult<()> {
+    out.push_sql("inserted AS (INSERT INTO sessions (id, created_at, updated_at) VALUES (");
+    out.push_bind_param::<Text, _>(id)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamptz, _>(now)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamptz, _>(now)?;
+    out.push_sql(") ON CONFLICT (id) DO NOTHING RETURNING ");
+    out.push_sql(SESSION_COLUMNS);
+    out.push_sql("), session AS (SELECT ");
+    out.push_sql(SESSION_COLUMNS);
+    out.push_sql(" FROM inserted UNION ALL SELECT ");
+    out.push_sql(SESSION_COLUMNS);
+    out.push_sql(" FROM sessions WHERE id = ");
+    out.push_bind_param::<Text, _>(id)?;
+    out.push_sql(")");
+    Ok(())
+}
+
+/// The SQL types of a `messages` row, in the order of its table (`MessageRow`).
+pub(super) type MessageRowType = (
+    Text,
+    BigInt,
+    Text,
+    Text,
+    Nullable<Jsonb>,
+    Nullable<Text>,
+    Nullable<BigInt>,
+    Timestamptz,
+);
+
+/// [`EnsureSession`] and the session's last `limit` messages, in one statement: a row per
+/// message, oldest first, each with the session's columns; or one row without a message for a
+/// session that has none. No row, as for `EnsureSession`, only when another transaction created
+/// the session after this statement's snapshot.
+#[derive(Debug)]
+pub(super) struct OpenSession<'a> {
+    pub(super) id: &'a str,
+    pub(super) now: DateTime<Utc>,
+    pub(super) limit: i64,
+}
+
+impl QueryId for OpenSession<'_> {
+    type QueryId = OpenSession<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for OpenSession<'_> {
+    type SqlType = (SessionRowType, Nullable<MessageRowType>);
+}
+
+impl QueryFragment<Pg> for OpenSession<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        push_session_ctes(&mut out, self.id, &self.now)?;
         out.push_sql(
-            "WITH inserted AS (INSERT INTO sessions (id, created_at, updated_at) VALUES (",
+            ", recent AS (SELECT session_id, sequence, role, content, tool_calls, tool_call_id, \
+             tokens, created_at FROM messages WHERE session_id = ",
         );
         out.push_bind_param::<Text, _>(self.id)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamptz, _>(&self.now)?;
-        out.push_sql(") ON CONFLICT (id) DO NOTHING RETURNING ");
-        out.push_sql(SESSION_COLUMNS);
-        out.push_sql(") SELECT ");
-        out.push_sql(SESSION_COLUMNS);
-        out.push_sql(" FROM inserted UNION ALL SELECT ");
-        out.push_sql(SESSION_COLUMNS);
-        out.push_sql(" FROM sessions WHERE id = ");
-        out.push_bind_param::<Text, _>(self.id)?;
+        out.push_sql(" ORDER BY sequence DESC LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(
+            ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
+             s.prompt_tokens, s.completion_tokens, r.session_id, r.sequence, r.role, r.content, \
+             r.tool_calls, r.tool_call_id, r.tokens, r.created_at \
+             FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
+        );
         Ok(())
     }
 }
