@@ -254,12 +254,21 @@ impl ChatModel for OpenAiModel {
 
 /// What a streaming call sends: async-openai's URL, headers and query for the chat completions
 /// path, posted on the retrying transport.
-#[derive(Debug)]
 struct StreamingCall {
     url: String,
     headers: reqwest::header::HeaderMap,
     query: Vec<(String, String)>,
     transport: RetryingTransport,
+}
+
+/// Without the headers: they carry the API key.
+impl std::fmt::Debug for StreamingCall {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("StreamingCall")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl StreamingCall {

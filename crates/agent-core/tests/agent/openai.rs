@@ -422,3 +422,29 @@ async fn a_context_length_refusal_is_recognised() {
     let error = complete(&model(&fake, RETRY)).await.unwrap_err();
     assert!(matches!(error, ModelError::Rejected(_)), "{error:?}");
 }
+
+#[tokio::test]
+async fn a_streamed_call_sends_the_key_and_the_model_never_prints_it() {
+    let fake = FakeOpenAi::repeating(Scripted::text("streamed answer")).await;
+    let model = model(&fake, RETRY);
+    let deltas: Vec<_> = model
+        .stream(ChatRequest {
+            messages: &[Message::user("hi")],
+            tools: &[],
+            sampling: &Default::default(),
+        })
+        .await
+        .unwrap()
+        .collect()
+        .await;
+    assert!(deltas.iter().all(Result::is_ok), "{deltas:?}");
+    let requests = fake.requests().await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0]["stream"], json!(true));
+    assert_eq!(
+        fake.header_values("authorization").await,
+        vec![Some("Bearer sk-test".to_owned())]
+    );
+    let printed = format!("{model:?}");
+    assert!(!printed.contains("sk-test"), "{printed}");
+}
