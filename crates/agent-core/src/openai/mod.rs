@@ -209,15 +209,15 @@ impl ChatModel for OpenAiModel {
     /// stream (issue 20). The request, its retries and its errors are the same transport's.
     async fn stream(&self, request: ChatRequest<'_>) -> Result<DeltaStream, ModelError> {
         let started = std::time::Instant::now();
-        let body = serde_json::to_vec(&wire::request_body(&self.options, request, true))
-            .map_err(|error| ModelError::Rejected(format!("cannot encode the request: {error}")));
-        let response = match body {
+        let response = match serde_json::to_vec(&wire::request_body(&self.options, request, true)) {
             Ok(body) => self
                 .streaming
-                .send(bytes::Bytes::from(body))
+                .send(body.into())
                 .await
                 .map_err(|error| self.classify(error)),
-            Err(error) => Err(error),
+            Err(error) => Err(ModelError::Rejected(format!(
+                "cannot encode the request: {error}"
+            ))),
         };
         // For a stream, the duration is until it starts.
         self.metrics
