@@ -315,6 +315,9 @@ declare_keys! {
     TURN_TOOL_TIMEOUT = "turn.tool_timeout", Kind::Duration { min: ms(1), max: secs(600) }, default: Some("10s"), aliases: [];
     /// Messages of earlier history sent with each turn.
     TURN_HISTORY_WINDOW = "turn.history_window", Kind::Int { min: 0, max: 1000 }, default: Some("50"), aliases: [];
+    /// Bytes of history windows a process keeps of the sessions it stored turns into, so that
+    /// their next turn there skips reading the history back (0: off).
+    TURN_HISTORY_CACHE_BYTES = "turn.history_cache_bytes", Kind::Int { min: 0, max: 1 << 40 }, default: Some("33554432"), aliases: [];
     /// The system prompt of every turn.
     TURN_SYSTEM_PROMPT = "turn.system_prompt", Kind::Text, default: Some("You are a helpful assistant. Use the tools when they help, and answer concisely."), aliases: [];
     /// The method of an `[[http_tools]]` entry that sets none.

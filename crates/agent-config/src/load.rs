@@ -208,6 +208,7 @@ impl Layers {
                 turn_deadline: self.duration(&keys::TURN_TURN_DEADLINE)?,
                 tool_timeout: self.duration(&keys::TURN_TOOL_TIMEOUT)?,
                 history_window: self.int(&keys::TURN_HISTORY_WINDOW)? as usize,
+                history_cache_bytes: self.int(&keys::TURN_HISTORY_CACHE_BYTES)?,
                 system_prompt: self.text(&keys::TURN_SYSTEM_PROMPT)?,
             },
             http_tools: crate::http_tools::load(

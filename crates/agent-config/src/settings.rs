@@ -240,6 +240,8 @@ pub struct TurnSettings {
     pub tool_timeout: Duration,
     /// Messages of earlier history sent with each turn.
     pub history_window: usize,
+    /// Bytes of history windows kept per process for the next turn of a session (0: off).
+    pub history_cache_bytes: u64,
     pub system_prompt: String,
 }
 

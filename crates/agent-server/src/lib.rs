@@ -9,6 +9,7 @@ pub mod cli;
 mod dto;
 mod error;
 mod failure_log;
+mod history_cache;
 mod idempotency;
 mod metrics;
 mod middleware;

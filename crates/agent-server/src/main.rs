@@ -6,6 +6,12 @@ use agent_server::cli::{self, Cli, Command, ConfigAction};
 use agent_server::{Application, error_chain as chain, telemetry};
 use clap::Parser;
 
+/// jemalloc, with background threads that return freed pages to the system within seconds of
+/// idleness: glibc kept the peak of a burst of streams for good (docs/performance.md, "Memory").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -303,6 +303,9 @@ pub(crate) struct TurnMetrics {
     duration: Histogram,
     model_calls: Counter,
     tool_calls: Counter,
+    /// Continuing turns' history windows by where they came from.
+    history_cached: Counter,
+    history_read: Counter,
 }
 
 /// The counters a caller label splits.
@@ -364,7 +367,27 @@ impl TurnMetrics {
             duration: histogram(recorder, "agent_turn_duration_seconds", &[]),
             model_calls: counter(recorder, "agent_model_calls_total", &[]),
             tool_calls: counter(recorder, "agent_tool_calls_total", &[]),
+            history_cached: counter(
+                recorder,
+                "agent_session_history_total",
+                &[("source", "cache")],
+            ),
+            history_read: counter(
+                recorder,
+                "agent_session_history_total",
+                &[("source", "store")],
+            ),
         }
+    }
+
+    /// Counts a locked turn's history window, taken from the history cache or read.
+    pub(crate) fn history(&self, cached: bool) {
+        let counter = if cached {
+            &self.history_cached
+        } else {
+            &self.history_read
+        };
+        counter.increment(1);
     }
 
     fn of(&self, caller: &str) -> &CallerCounters {

@@ -22,6 +22,7 @@ use crate::agent_factory;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
 use crate::failure_log::FailureLog;
+use crate::history_cache::HistoryCache;
 use crate::metrics::{AppMetrics, WorkerMetrics};
 use crate::middleware::request_context;
 use crate::retention;
@@ -44,6 +45,7 @@ impl WorkerState {
         settings: &Settings,
         backends: Backends,
         store_failing: &Arc<AtomicBool>,
+        history_cache: &HistoryCache,
         metrics: &AppMetrics,
         admission: &Arc<Admission>,
         mcp: Option<&Arc<McpTools>>,
@@ -54,6 +56,7 @@ impl WorkerState {
             backends.clone(),
             settings,
             Arc::clone(store_failing),
+            history_cache.clone(),
             metrics.turns.clone(),
             Arc::clone(admission),
         );
@@ -151,6 +154,11 @@ impl ApplicationBuilder {
         // connections live on its thread) and falls back to this one if that fails.
         // Whether the conversation store is failing is known process-wide, not per worker.
         let store_failing = Arc::new(AtomicBool::new(false));
+        // So is the history cache: a session's next turn may reach any worker.
+        let history_cache = HistoryCache::new(
+            settings.turn.history_cache_bytes,
+            settings.turn.history_window,
+        );
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
         let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
@@ -158,6 +166,7 @@ impl ApplicationBuilder {
             &settings,
             backends.clone(),
             &store_failing,
+            &history_cache,
             &metrics,
             &admission,
             mcp.as_ref(),
@@ -200,6 +209,7 @@ impl ApplicationBuilder {
                     &app_settings,
                     backends,
                     &store_failing,
+                    &history_cache,
                     &app_metrics,
                     &admission,
                     worker_mcp.as_ref(),
@@ -545,10 +555,12 @@ mod tests {
             .await
             .unwrap();
         let store_failing = Arc::new(AtomicBool::new(false));
+        let history_cache = HistoryCache::new(0, 0);
         let shared = WorkerState::build(
             &settings,
             backends,
             &store_failing,
+            &history_cache,
             &metrics,
             &admission,
             None,
@@ -558,6 +570,7 @@ mod tests {
             &settings,
             shared.backends.get_ref().clone(),
             &store_failing,
+            &history_cache,
             &metrics,
             &admission,
             None,

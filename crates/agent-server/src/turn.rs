@@ -3,7 +3,8 @@
 //! first turn of a session the server names skips the lock and the read: nobody else can know
 //! the id before the turn answers, and the store creates the session with the turn. While the
 //! conversation store is failing, such a turn takes the full path instead, so it fails before the
-//! model call rather than after it.
+//! model call rather than after it. A session whose last turn this process stored takes its
+//! history from [`HistoryCache`] when its lock proves no one else wrote it since.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +22,7 @@ use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
 use crate::dto::ValidTurn;
 use crate::error::{ApiError, ErrorCode};
+use crate::history_cache::HistoryCache;
 use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
 
@@ -35,6 +37,8 @@ pub(crate) struct Turns {
     /// Set when the conversation store last answered "unavailable", cleared when it last
     /// answered at all: a first turn then opens its session first (see the module doc).
     store_failing: Arc<AtomicBool>,
+    /// Shared by the process's workers.
+    history_cache: HistoryCache,
     metrics: TurnMetrics,
     admission: Arc<Admission>,
     quotas: Arc<TokenQuotas>,
@@ -112,6 +116,9 @@ enum Held {
         info: SessionInfo,
         /// None for a session named by this turn (see the module doc).
         guard: Option<LockGuard>,
+        /// The history the turn was sent (without instructions), kept for the history cache;
+        /// None when the cache is off.
+        history: Option<Arc<[Message]>>,
     },
     Given {
         caller: String,
@@ -154,12 +161,13 @@ pub(crate) fn render_as<R: serde::Serialize>(
 }
 
 impl Turns {
-    /// `store_failing` is shared by the process's workers.
+    /// `store_failing` and `history_cache` are shared by the process's workers.
     pub(crate) fn new(
         agent: Agent,
         backends: Backends,
         settings: &Settings,
         store_failing: Arc<AtomicBool>,
+        history_cache: HistoryCache,
         metrics: TurnMetrics,
         admission: Arc<Admission>,
     ) -> Self {
@@ -171,6 +179,7 @@ impl Turns {
             // The lock outlives the turn's deadline, so only a crashed holder lets it expire.
             lock_ttl: settings.turn.turn_deadline + Duration::from_secs(30),
             store_failing,
+            history_cache,
             metrics,
             admission,
             quotas: Arc::new(settings.api.quotas.clone()),
@@ -235,7 +244,7 @@ impl Turns {
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
-            (None, info, Vec::new())
+            (None, info, Arc::default())
         } else {
             let guard = acquire_lock(
                 &self.backends.locks,
@@ -245,21 +254,25 @@ impl Turns {
             )
             .instrument(tracing::debug_span!("session.lock"))
             .await?;
-            let opened = self
-                .backends
-                .conversations
-                .open_session(&session, self.history_window)
-                .instrument(tracing::debug_span!("session.history"))
-                .await;
-            let (info, stored) = observe(&self.store_failing, opened)?;
-            let mut history: Vec<_> = stored.into_iter().map(|stored| stored.message).collect();
-            // A window may start inside an earlier turn; tool results without their call
-            // are invalid.
-            let first_kept = history
-                .iter()
-                .position(|message| message.role != Role::Tool)
-                .unwrap_or(history.len());
-            history.drain(..first_kept);
+            let (info, history) = match self.history_cache.take(&session, guard.fencing_token()) {
+                Some(cached) => {
+                    self.metrics.history(true);
+                    (cached.info, without_leading_tool_results(cached.history))
+                }
+                None => {
+                    self.metrics.history(false);
+                    let opened = self
+                        .backends
+                        .conversations
+                        .open_session(&session, self.history_window)
+                        .instrument(tracing::debug_span!("session.history"))
+                        .await;
+                    let (info, stored) = observe(&self.store_failing, opened)?;
+                    let history: Arc<[Message]> =
+                        stored.into_iter().map(|stored| stored.message).collect();
+                    (info, without_leading_tool_results(history))
+                }
+            };
             if let Some(expected) = continues_from
                 && info.next_sequence != expected
             {
@@ -273,7 +286,10 @@ impl Turns {
             (Some(guard), info, history)
         };
         let request = TurnRequest {
-            history: instructions.into_iter().chain(history).collect(),
+            history: instructions
+                .into_iter()
+                .chain(history.iter().cloned())
+                .collect(),
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
@@ -285,6 +301,7 @@ impl Turns {
                     session,
                     info,
                     guard,
+                    history: self.history_cache.is_on().then_some(history),
                 },
                 started,
                 slot,
@@ -329,6 +346,7 @@ impl Turns {
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
+        let history_cache = self.history_cache.clone();
         let cost = TurnCost::of(&result, started);
         let TurnResult { turn, response, .. } = result;
         let created = SystemTime::now()
@@ -355,7 +373,7 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
-            let (session, info, guard) = match target {
+            let (session, info, guard, history) = match target {
                 Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
                     drop(slot);
@@ -365,7 +383,8 @@ impl Turns {
                     session,
                     info,
                     guard,
-                } => (session, info, guard),
+                    history,
+                } => (session, info, guard, history),
             };
             let render = |render: &Render| {
                 render(&finished).map_err(|error| ApiError::Internal(error.into()))
@@ -395,9 +414,17 @@ impl Turns {
                 };
             let stored = conversations
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
-                .await
-                .map(|(_, completed)| completed);
-            let stored = observe(&store_failing, stored);
+                .await;
+            // Kept before the lock is released: the next turn on this session finds it.
+            match (&stored, history, &guard) {
+                (Ok((info, _)), Some(history), Some(guard)) => {
+                    let fence = guard.fencing_token();
+                    history_cache.store(&session, fence, info.clone(), &history, &turn.messages);
+                }
+                (Ok(_), _, _) => {}
+                (Err(_), _, _) => history_cache.forget(&session),
+            }
+            let stored = observe(&store_failing, stored.map(|(_, completed)| completed));
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
             {
@@ -488,6 +515,18 @@ impl std::fmt::Debug for ClaimToComplete {
 }
 
 /// Notes in `failing` whether the conversation store answered or was unavailable.
+/// A window may start inside an earlier turn; tool results without their call are invalid.
+fn without_leading_tool_results(history: Arc<[Message]>) -> Arc<[Message]> {
+    match history
+        .iter()
+        .position(|message| message.role != Role::Tool)
+    {
+        Some(0) => history,
+        Some(first_kept) => history[first_kept..].into(),
+        None => Arc::default(),
+    }
+}
+
 fn observe<T>(failing: &AtomicBool, result: Result<T, StorageError>) -> Result<T, StorageError> {
     match &result {
         Err(StorageError::Unavailable { .. }) => failing.store(true, Ordering::Relaxed),

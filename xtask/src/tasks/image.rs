@@ -57,6 +57,7 @@ pub(crate) fn build(shell: &Shell, options: &ImageOptions) -> anyhow::Result<()>
     let root = crate::project_root();
     let context = root.join("target/docker-context");
     stage(shell, &root, &context)?;
+    stage_build_tools(shell, &context, &options.rust_image)?;
     let version = env!("CARGO_PKG_VERSION");
     let revision = cmd!(shell, "git rev-parse HEAD")
         .ignore_stderr()
@@ -90,6 +91,31 @@ pub(crate) fn build(shell: &Shell, options: &ImageOptions) -> anyhow::Result<()>
     println!("builder image: {rust_image}");
     println!("runtime image: {runtime_image}");
     println!("build time:    {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// Puts in `context/build-tools` the Debian packages of the build tools `rust_image` lacks
+/// (`make`, which jemalloc's build runs), downloaded by the builder image's own `apt-get` so they
+/// fit its release and architecture; the Dockerfile installs them with `dpkg`, and the build
+/// itself stays network-free. Kept until the builder image changes.
+fn stage_build_tools(shell: &Shell, context: &Path, rust_image: &str) -> anyhow::Result<()> {
+    let tools = context.join("build-tools");
+    let stamp = context.join("build-tools.image");
+    if tools.is_dir() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(rust_image) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&tools);
+    std::fs::create_dir_all(&tools)?;
+    let mount = format!("{}:/out", tools.display());
+    let script = "command -v make >/dev/null || \
+        { apt-get update -qq && cd /out && apt-get download -qq make; }";
+    cmd!(
+        shell,
+        "docker run --rm --volume {mount} {rust_image} sh -ec {script}"
+    )
+    .run()
+    .context("downloading make for the builder image failed (it needs Debian's package mirror)")?;
+    std::fs::write(&stamp, rust_image)?;
     Ok(())
 }
 

@@ -282,3 +282,102 @@ async fn with_memory_storage_every_worker_sees_the_same_sessions() {
         assert_eq!(body["messages"].as_array().map(Vec::len), Some(4), "{body}");
     }
 }
+
+/// The history cache sends every turn exactly the window the store holds (the last
+/// `history_window` messages, without leading tool results), on one replica and across two:
+/// whatever another replica did to the session since (a turn, a deletion) is seen at once, and the
+/// cache is used when nothing happened in between, as `agent_session_history_total` counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_history_cache_sends_what_the_store_holds_across_replicas() {
+    use fake_openai::{FakeOpenAi, Scripted};
+    use serde_json::{Value, json};
+    // (replica, the turn calls the calculator first); None deletes the session on replica 1.
+    let plan = [
+        Some((0, true)),
+        Some((0, false)),
+        Some((0, true)),
+        Some((1, false)),
+        Some((0, true)),
+        Some((0, false)),
+        None,
+        Some((0, false)),
+        Some((0, true)),
+    ];
+    let script = plan
+        .iter()
+        .flatten()
+        .enumerate()
+        .flat_map(|(n, (_, tool))| {
+            let call = Scripted::tool_call("calculator", json!({ "expression": format!("{n}+1") }));
+            tool.then_some(call)
+                .into_iter()
+                .chain([Scripted::text(&format!("answer {n}"))])
+        })
+        .collect();
+    let fake = FakeOpenAi::start(script).await;
+    let replicas =
+        crate::helpers::spawn_replicas(&fake, &[("AGENT_TURN__HISTORY_WINDOW", "3")], 2).await;
+    let session = "cached-session";
+    let as_sent = |message: &Value| {
+        let text = |field: &str| message[field].as_str().unwrap_or_default().to_owned();
+        (text("role"), text("content"), text("tool_call_id"))
+    };
+    for (n, step) in plan.iter().enumerate() {
+        let Some((replica, _)) = *step else {
+            let deleted = replicas[1]
+                .client
+                .delete(format!("{}/sessions/{session}", replicas[1].address))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(deleted.status(), 204, "step {n}");
+            continue;
+        };
+        let stored = replicas[0].stored(session).await;
+        let window = &stored[stored.len().saturating_sub(3)..];
+        let first_kept = window
+            .iter()
+            .position(|stored| stored.message.role != agent_core::Role::Tool)
+            .unwrap_or(window.len());
+        let expected: Vec<_> = window[first_kept..]
+            .iter()
+            .map(|stored| {
+                let message = &stored.message;
+                (
+                    message.role.as_str().to_owned(),
+                    message.content.clone(),
+                    message.tool_call_id.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let sent_before = fake.requests().await.len();
+        let answer = replicas[replica]
+            .agent(json!({ "message": format!("turn {n}"), "session_id": session }))
+            .await;
+        assert_eq!(answer.status(), 200, "step {n}");
+        let request = &fake.requests().await[sent_before];
+        let messages = request["messages"].as_array().unwrap();
+        // The system prompt first, the new message last, the history in between.
+        let history: Vec<_> = messages[1..messages.len() - 1]
+            .iter()
+            .map(as_sent)
+            .collect();
+        assert_eq!(history, expected, "step {n} on replica {replica}");
+    }
+    let counted = |text: &str, source: &str| -> u64 {
+        let series = format!("agent_session_history_total{{source=\"{source}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let (first, second) = (replicas[0].metrics().await, replicas[1].metrics().await);
+    // Replica 0 read its first turn, the one after replica 1's turn and the one after the
+    // deletion; the rest came from its cache.
+    assert_eq!((counted(&first, "cache"), counted(&first, "store")), (4, 3));
+    assert_eq!(
+        (counted(&second, "cache"), counted(&second, "store")),
+        (0, 1)
+    );
+}

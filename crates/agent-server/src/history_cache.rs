@@ -1,0 +1,139 @@
+//! The history windows of sessions this instance stored a turn into, so that the next turn on the
+//! same instance skips reading them back (a continuing turn's largest cost after the model).
+//!
+//! An entry is trusted only if no one else can have written the session since: every writer of a
+//! session (a turn, `DELETE /sessions/{id}`, the retention sweep) holds its lock, and each lock
+//! acquisition advances the session's fencing counter (Redis or in-process). An entry keeps the
+//! fencing token of the lock its turn was stored under; the next turn's acquisition must answer
+//! exactly the token after it, or the entry is dropped and the history read as before. Only
+//! turns stored under a lock are kept: the first turn of a session the server named takes none,
+//! and many such sessions never see a second turn (a burst of them must not fill the cache). A store answering
+//! anything but success drops the entry too. The store's expected-sequence check stays the safety
+//! net: if a lock store forgot its counters (Redis restored from an old snapshot) while another
+//! instance wrote, the turn fails with a conflict rather than writing over that history.
+
+use std::sync::Arc;
+
+use agent_core::{Message, SessionId};
+use agent_storage::SessionInfo;
+use quick_cache::Weighter;
+use quick_cache::sync::Cache;
+
+/// What one session's entry holds.
+#[derive(Debug, Clone)]
+pub(crate) struct CachedHistory {
+    /// The fencing token of the lock the stored turn held.
+    fence: u64,
+    /// The session as the store answered the append.
+    pub(crate) info: SessionInfo,
+    /// The history window the next turn sends, oldest first (see [`HistoryCache::store`]).
+    pub(crate) history: Arc<[Message]>,
+}
+
+/// Bounded by an estimate of the bytes its entries hold; None when switched off.
+#[derive(Clone)]
+pub(crate) struct HistoryCache {
+    cache: Option<Arc<Cache<SessionId, CachedHistory, ByBytes>>>,
+    window: usize,
+}
+
+impl std::fmt::Debug for HistoryCache {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("HistoryCache")
+            .field("entries", &self.cache.as_ref().map(|cache| cache.len()))
+            .field("window", &self.window)
+            .finish()
+    }
+}
+
+/// An estimate of an entry's heap bytes: its texts and a fixed share per message.
+#[derive(Debug, Clone, Copy)]
+struct ByBytes;
+
+/// Heap and bookkeeping per message besides its texts.
+const MESSAGE_OVERHEAD: u64 = 96;
+/// Per entry besides its messages.
+const ENTRY_OVERHEAD: u64 = 256;
+/// The sizes of a typical entry, to size the table: a window of short messages.
+const TYPICAL_ENTRY: u64 = 4096;
+
+impl Weighter<SessionId, CachedHistory> for ByBytes {
+    fn weight(&self, key: &SessionId, value: &CachedHistory) -> u64 {
+        let messages: u64 = value
+            .history
+            .iter()
+            .map(|message| {
+                let calls: usize = message
+                    .tool_calls
+                    .iter()
+                    .map(|call| call.id.len() + call.name.len() + call.arguments.len() + 72)
+                    .sum();
+                let reply = message.tool_call_id.as_ref().map_or(0, String::len);
+                (message.content.len() + calls + reply) as u64 + MESSAGE_OVERHEAD
+            })
+            .sum();
+        // Never 0: quick_cache keeps zero-weight entries beyond the bound.
+        ENTRY_OVERHEAD + key.as_str().len() as u64 + messages
+    }
+}
+
+impl HistoryCache {
+    /// A cache holding at most about `bytes` of history (0: off) of windows of `window` messages.
+    pub(crate) fn new(bytes: u64, window: usize) -> Self {
+        let cache = (bytes > 0).then(|| {
+            let entries = usize::try_from((bytes / TYPICAL_ENTRY).max(16)).unwrap_or(usize::MAX);
+            Arc::new(Cache::with_weighter(entries, bytes, ByBytes))
+        });
+        Self { cache, window }
+    }
+
+    /// Whether entries are kept at all.
+    pub(crate) fn is_on(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    /// The cached window of `session` if the lock just taken with `fence` is the next one after
+    /// the lock its entry was stored under. The entry leaves the cache either way: the turn now
+    /// holding the lock puts back what it stores.
+    pub(crate) fn take(&self, session: &SessionId, fence: u64) -> Option<CachedHistory> {
+        let (_, entry) = self.cache.as_ref()?.remove(session)?;
+        (entry.fence.checked_add(1) == Some(fence)).then_some(entry)
+    }
+
+    /// Forgets `session` (its store failed, or answered something unexpected).
+    pub(crate) fn forget(&self, session: &SessionId) {
+        if let Some(cache) = &self.cache {
+            cache.remove(session);
+        }
+    }
+
+    /// Keeps what the next turn of `session` sends after a turn was stored under the lock
+    /// `fence`: the window `history` the turn was sent (already without leading tool results)
+    /// followed by the turn's `messages`, cut to the window's last messages. Cutting a window
+    /// that started after some tool results may leave tool results first again; the turn that
+    /// reads it drops them, as it does for a window read from the store, so both are the same.
+    pub(crate) fn store(
+        &self,
+        session: &SessionId,
+        fence: u64,
+        info: SessionInfo,
+        history: &[Message],
+        messages: &[Message],
+    ) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        let total = history.len() + messages.len();
+        let skip = total.saturating_sub(self.window);
+        let window: Arc<[Message]> = history.iter().chain(messages).skip(skip).cloned().collect();
+        cache.insert(
+            session.clone(),
+            CachedHistory {
+                fence,
+                info,
+                history: window,
+            },
+        );
+    }
+}
