@@ -108,7 +108,7 @@ fn stage_build_tools(shell: &Shell, context: &Path, rust_image: &str) -> anyhow:
     std::fs::create_dir_all(&tools)?;
     let mount = format!("{}:/out", tools.display());
     let script = "command -v make >/dev/null || \
-        { apt-get update -qq && cd /out && apt-get download -qq make; }";
+        { apt-get update -qq && cd /out && apt-get download -qq -o APT::Sandbox::User=root make; }";
     cmd!(
         shell,
         "docker run --rm --volume {mount} {rust_image} sh -ec {script}"
