@@ -33,7 +33,8 @@ enum Command {
         /// Seconds each scenario runs.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Only one part: `streams` (8,000 long streams, memory).
+        /// Only one part: `streams` (8,000 long streams, memory), or the rows whose scenario
+        /// contains this text (e.g. `continuing`, `realistic`).
         #[arg(long)]
         only: Option<String>,
         /// Another build to alternate with, row by row: a git revision (e.g. `HEAD~1`, built in

@@ -14,20 +14,31 @@
 
 use std::sync::Arc;
 
-use agent_core::{Message, SessionId};
+use agent_core::{Message, Role, SessionId};
 use agent_storage::SessionInfo;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
+/// A history window shared between the cache and the turn that stores the next one: a turn's
+/// new window reuses the old one's messages without copying them.
+pub(crate) type Window = Arc<[Arc<Message>]>;
+
+/// The history a turn is sent, and (with the cache on) its window as the cache keeps it.
+#[derive(Debug)]
+pub(crate) struct History {
+    pub(crate) messages: Vec<Message>,
+    pub(crate) window: Option<Window>,
+}
+
 /// What one session's entry holds.
 #[derive(Debug, Clone)]
-pub(crate) struct CachedHistory {
+struct CachedHistory {
     /// The fencing token of the lock the stored turn held.
     fence: u64,
     /// The session as the store answered the append.
-    pub(crate) info: SessionInfo,
-    /// The history window the next turn sends, oldest first (see [`HistoryCache::store`]).
-    pub(crate) history: Arc<[Message]>,
+    info: SessionInfo,
+    /// The last `window` messages stored, oldest first (see [`HistoryCache::store`]).
+    history: Window,
 }
 
 /// Bounded by an estimate of the bytes its entries hold; None when switched off.
@@ -52,10 +63,10 @@ impl std::fmt::Debug for HistoryCache {
 struct ByBytes;
 
 /// Heap and bookkeeping per message besides its texts.
-const MESSAGE_OVERHEAD: u64 = 96;
+const MESSAGE_OVERHEAD: u64 = 112;
 /// Per entry besides its messages.
 const ENTRY_OVERHEAD: u64 = 256;
-/// The sizes of a typical entry, to size the table: a window of short messages.
+/// The size of a typical entry, to size the table: a window of short messages.
 const TYPICAL_ENTRY: u64 = 4096;
 
 impl Weighter<SessionId, CachedHistory> for ByBytes {
@@ -64,13 +75,16 @@ impl Weighter<SessionId, CachedHistory> for ByBytes {
             .history
             .iter()
             .map(|message| {
+                // Capacities: what the allocator holds, not what the texts use.
                 let calls: usize = message
                     .tool_calls
                     .iter()
-                    .map(|call| call.id.len() + call.name.len() + call.arguments.len() + 72)
+                    .map(|call| {
+                        call.id.capacity() + call.name.capacity() + call.arguments.capacity() + 72
+                    })
                     .sum();
-                let reply = message.tool_call_id.as_ref().map_or(0, String::len);
-                (message.content.len() + calls + reply) as u64 + MESSAGE_OVERHEAD
+                let reply = message.tool_call_id.as_ref().map_or(0, String::capacity);
+                (message.content.capacity() + calls + reply) as u64 + MESSAGE_OVERHEAD
             })
             .sum();
         // Never 0: quick_cache keeps zero-weight entries beyond the bound.
@@ -88,17 +102,37 @@ impl HistoryCache {
         Self { cache, window }
     }
 
-    /// Whether entries are kept at all.
-    pub(crate) fn is_on(&self) -> bool {
-        self.cache.is_some()
+    /// The session and history of `session` if the lock just taken with `fence` is the next one
+    /// after the lock its entry was stored under.
+    pub(crate) fn lookup(&self, session: &SessionId, fence: u64) -> Option<(SessionInfo, History)> {
+        let entry = self.cache.as_ref()?.get(session)?;
+        if entry.fence.checked_add(1) != Some(fence) {
+            return None;
+        }
+        let window = without_leading_tool_results(entry.history);
+        let messages = window
+            .iter()
+            .map(|message| Message::clone(message))
+            .collect();
+        let history = History {
+            messages,
+            window: Some(window),
+        };
+        Some((entry.info, history))
     }
 
-    /// The cached window of `session` if the lock just taken with `fence` is the next one after
-    /// the lock its entry was stored under. The entry leaves the cache either way: the turn now
-    /// holding the lock puts back what it stores.
-    pub(crate) fn take(&self, session: &SessionId, fence: u64) -> Option<CachedHistory> {
-        let (_, entry) = self.cache.as_ref()?.remove(session)?;
-        (entry.fence.checked_add(1) == Some(fence)).then_some(entry)
+    /// The history a turn is sent from the window `stored` read from the store.
+    pub(crate) fn read_back(&self, mut stored: Vec<Message>) -> History {
+        let first_kept = first_kept(stored.iter().map(|message| message.role));
+        stored.drain(..first_kept);
+        let window = self
+            .cache
+            .is_some()
+            .then(|| stored.iter().cloned().map(Arc::new).collect());
+        History {
+            messages: stored,
+            window,
+        }
     }
 
     /// Forgets `session` (its store failed, or answered something unexpected).
@@ -109,31 +143,52 @@ impl HistoryCache {
     }
 
     /// Keeps what the next turn of `session` sends after a turn was stored under the lock
-    /// `fence`: the window `history` the turn was sent (already without leading tool results)
-    /// followed by the turn's `messages`, cut to the window's last messages. Cutting a window
-    /// that started after some tool results may leave tool results first again; the turn that
-    /// reads it drops them, as it does for a window read from the store, so both are the same.
+    /// `fence`: the window `sent` the turn was sent followed by the turn's `messages`, cut to the
+    /// window's last messages. Cutting a window that started after some tool results may leave
+    /// tool results first again; the turn that reads it drops them, as it does for a window read
+    /// from the store, so both are the same.
     pub(crate) fn store(
         &self,
         session: &SessionId,
         fence: u64,
         info: SessionInfo,
-        history: &[Message],
-        messages: &[Message],
+        sent: &Window,
+        messages: Vec<Message>,
     ) {
         let Some(cache) = &self.cache else {
             return;
         };
-        let total = history.len() + messages.len();
-        let skip = total.saturating_sub(self.window);
-        let window: Arc<[Message]> = history.iter().chain(messages).skip(skip).cloned().collect();
+        let skip = (sent.len() + messages.len()).saturating_sub(self.window);
+        let history: Window = sent
+            .iter()
+            .cloned()
+            .chain(messages.into_iter().map(Arc::new))
+            .skip(skip)
+            .collect();
         cache.insert(
             session.clone(),
             CachedHistory {
                 fence,
                 info,
-                history: window,
+                history,
             },
         );
+    }
+}
+
+/// The index of the first message that is not a tool result: a window may start inside an
+/// earlier turn, and tool results without their call are invalid.
+fn first_kept(roles: impl ExactSizeIterator<Item = Role>) -> usize {
+    let len = roles.len();
+    roles
+        .into_iter()
+        .position(|role| role != Role::Tool)
+        .unwrap_or(len)
+}
+
+fn without_leading_tool_results(window: Window) -> Window {
+    match first_kept(window.iter().map(|message| message.role)) {
+        0 => window,
+        first => window[first..].into(),
     }
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Message, Role, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
+use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
 use agent_storage::{
     IdempotencyCompletion, LockGuard, ResponseRecord, SessionInfo, StorageError, TurnRecord,
     acquire_lock,
@@ -22,7 +22,7 @@ use crate::admission::{Admission, TurnSlot};
 use crate::backends::Backends;
 use crate::dto::ValidTurn;
 use crate::error::{ApiError, ErrorCode};
-use crate::history_cache::HistoryCache;
+use crate::history_cache::{History, HistoryCache, Window};
 use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
 
@@ -118,7 +118,7 @@ enum Held {
         guard: Option<LockGuard>,
         /// The history the turn was sent (without instructions), kept for the history cache;
         /// None when the cache is off.
-        history: Option<Arc<[Message]>>,
+        window: Option<Window>,
     },
     Given {
         caller: String,
@@ -244,7 +244,11 @@ impl Turns {
         self.check_quota(session.owner()).await?;
         let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
             let info = SessionInfo::empty(session.clone(), SystemTime::now());
-            (None, info, Arc::default())
+            let history = History {
+                messages: Vec::new(),
+                window: None,
+            };
+            (None, info, history)
         } else {
             let guard = acquire_lock(
                 &self.backends.locks,
@@ -254,10 +258,11 @@ impl Turns {
             )
             .instrument(tracing::debug_span!("session.lock"))
             .await?;
-            let (info, history) = match self.history_cache.take(&session, guard.fencing_token()) {
+            let cached = self.history_cache.lookup(&session, guard.fencing_token());
+            let (info, history) = match cached {
                 Some(cached) => {
                     self.metrics.history(true);
-                    (cached.info, without_leading_tool_results(cached.history))
+                    cached
                 }
                 None => {
                     self.metrics.history(false);
@@ -268,9 +273,8 @@ impl Turns {
                         .instrument(tracing::debug_span!("session.history"))
                         .await;
                     let (info, stored) = observe(&self.store_failing, opened)?;
-                    let history: Arc<[Message]> =
-                        stored.into_iter().map(|stored| stored.message).collect();
-                    (info, without_leading_tool_results(history))
+                    let stored = stored.into_iter().map(|stored| stored.message).collect();
+                    (info, self.history_cache.read_back(stored))
                 }
             };
             if let Some(expected) = continues_from
@@ -286,10 +290,7 @@ impl Turns {
             (Some(guard), info, history)
         };
         let request = TurnRequest {
-            history: instructions
-                .into_iter()
-                .chain(history.iter().cloned())
-                .collect(),
+            history: instructions.into_iter().chain(history.messages).collect(),
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
@@ -301,7 +302,7 @@ impl Turns {
                     session,
                     info,
                     guard,
-                    history: self.history_cache.is_on().then_some(history),
+                    window: history.window,
                 },
                 started,
                 slot,
@@ -373,7 +374,7 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
-            let (session, info, guard, history) = match target {
+            let (session, info, guard, window) = match target {
                 Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
                     drop(slot);
@@ -383,8 +384,8 @@ impl Turns {
                     session,
                     info,
                     guard,
-                    history,
-                } => (session, info, guard, history),
+                    window,
+                } => (session, info, guard, window),
             };
             let render = |render: &Render| {
                 render(&finished).map_err(|error| ApiError::Internal(error.into()))
@@ -416,10 +417,11 @@ impl Turns {
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
                 .await;
             // Kept before the lock is released: the next turn on this session finds it.
-            match (&stored, history, &guard) {
-                (Ok((info, _)), Some(history), Some(guard)) => {
+            match (&stored, window, &guard) {
+                (Ok((info, _)), Some(window), Some(guard)) => {
                     let fence = guard.fencing_token();
-                    history_cache.store(&session, fence, info.clone(), &history, &turn.messages);
+                    let messages = turn.messages;
+                    history_cache.store(&session, fence, info.clone(), &window, messages);
                 }
                 (Ok(_), _, _) => {}
                 (Err(_), _, _) => history_cache.forget(&session),
@@ -515,18 +517,6 @@ impl std::fmt::Debug for ClaimToComplete {
 }
 
 /// Notes in `failing` whether the conversation store answered or was unavailable.
-/// A window may start inside an earlier turn; tool results without their call are invalid.
-fn without_leading_tool_results(history: Arc<[Message]>) -> Arc<[Message]> {
-    match history
-        .iter()
-        .position(|message| message.role != Role::Tool)
-    {
-        Some(0) => history,
-        Some(first_kept) => history[first_kept..].into(),
-        None => Arc::default(),
-    }
-}
-
 fn observe<T>(failing: &AtomicBool, result: Result<T, StorageError>) -> Result<T, StorageError> {
     match &result {
         Err(StorageError::Unavailable { .. }) => failing.store(true, Ordering::Relaxed),

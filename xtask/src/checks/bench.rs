@@ -4,7 +4,7 @@
 //! built in the same run, driven on 127.0.0.1 for a bounded time each: `GET /health` by wrk,
 //! `POST /agent` and `POST /v1/chat/completions` by `crate::load` on connections kept open from
 //! the warm-up into the measured window; then 8,000 long streams (`crate::checks::streams`;
-//! `--only streams` runs those alone).
+//! `--only streams` runs those alone; `--only TEXT` the other rows whose scenario contains TEXT).
 
 use std::path::Path;
 use std::process::Command;
@@ -68,11 +68,9 @@ pub(crate) fn http(
     if Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk is not installed: apt-get install wrk");
     }
-    let streams_only = match only {
-        None => false,
-        Some("streams") => true,
-        Some(other) => bail!("--only {other}: the parts are: streams"),
-    };
+    let streams_only = only == Some("streams");
+    // Any other text picks the rows whose scenario contains it (no streams).
+    let wanted = |scenario: &str| only.is_none_or(|text| scenario.contains(text));
     // The streams rows hold 8,000 connections here and in the fake model (started below).
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let bin = build_release(shell)?;
@@ -123,17 +121,20 @@ pub(crate) fn http(
     });
     // Every request continues one of 4096 sessions in turn, so the 64 in flight never share one
     // (no lock waits) and each turn takes the lock and reads a growing history.
-    // Each scenario of continuing turns has sessions of its own, so each starts from empty ones.
+    // Each scenario of continuing turns has sessions of its own for each build (the script is
+    // made per build, by its index), so each starts from empty ones.
     let run_id = std::process::id();
-    let continuing_in = |scenario: &'static str| -> Arc<RequestFn> {
-        Arc::new(move |n| {
-            Request::post_json(
-                "/agent",
-                format!(
-                    r#"{{"message":"what is the answer?","session_id":"bench-{run_id}-{scenario}-{}"}}"#,
-                    n % 4096
-                ),
-            )
+    let continuing_in = |scenario: &'static str| -> Script {
+        Arc::new(move |build| {
+            Arc::new(move |n| {
+                Request::post_json(
+                    "/agent",
+                    format!(
+                        r#"{{"message":"what is the answer?","session_id":"bench-{run_id}-{build}-{scenario}-{}"}}"#,
+                        n % 4096
+                    ),
+                )
+            })
         })
     };
     let continuing = continuing_in("plain");
@@ -141,17 +142,24 @@ pub(crate) fn http(
     // Issue 20's realistic row: continuing sessions with messages of about 2 KB, a history
     // window of 20, and one tool call per turn (the fake model calls the calculator, whose
     // arguments are padded to 2 KB with JSON whitespace; then answers with the 2 KB message).
-    let realistic: Arc<RequestFn> = Arc::new(move |n| {
-        let padding = " ".repeat(2000);
-        let message = format!(r#"tool calculator {{\"expression\": \"2+3*4\"{padding}}}"#);
-        Request::post_json(
-            "/agent",
-            format!(
-                r#"{{"message":"{message}","session_id":"bench-{run_id}-realistic-{}"}}"#,
-                n % 4096
-            ),
-        )
+    let realistic: Script = Arc::new(move |build| {
+        Arc::new(move |n| {
+            let padding = " ".repeat(2000);
+            let message = format!(r#"tool calculator {{\"expression\": \"2+3*4\"{padding}}}"#);
+            Request::post_json(
+                "/agent",
+                format!(
+                    r#"{{"message":"{message}","session_id":"bench-{run_id}-{build}-realistic-{}"}}"#,
+                    n % 4096
+                ),
+            )
+        })
     });
+    let same = |script: &Arc<RequestFn>| -> Script {
+        let script = Arc::clone(script);
+        Arc::new(move |_| Arc::clone(&script))
+    };
+    let (first_turn_script, openai_script) = (same(&first_turn), same(&openai_turn));
     let duration = Duration::from_secs(seconds);
     let memory: Vec<(&str, String)> = Vec::new();
     // The same, with every caller's turns checked against a daily token quota (one read of the
@@ -182,7 +190,7 @@ pub(crate) fn http(
 
     // /health: the bare baseline and the server alternately, five times each (rounds differ by a
     // few per cent on a shared machine; the ratio is of the means).
-    for round in 1..=5 {
+    for round in (1..=5).filter(|_| wanted("GET /health @64, agent-server")) {
         rows.push(run_bare(&bin, duration, round)?);
         for (label, dir) in &builds {
             rows.push(run_agent(
@@ -205,7 +213,7 @@ pub(crate) fn http(
             "POST /agent @64, instant model, memory",
             &memory,
             instant_port,
-            &first_turn,
+            &first_turn_script,
             64,
             false,
         ),
@@ -213,7 +221,7 @@ pub(crate) fn http(
             "POST /v1/chat/completions @64, instant model, memory, stateless",
             &memory,
             instant_port,
-            &openai_turn,
+            &openai_script,
             64,
             false,
         ),
@@ -221,7 +229,7 @@ pub(crate) fn http(
             "POST /v1/chat/completions @64, instant model, Postgres + Redis, stateless",
             &durable,
             instant_port,
-            &openai_turn,
+            &openai_script,
             64,
             false,
         ),
@@ -253,7 +261,7 @@ pub(crate) fn http(
             "POST /agent @256, 200 ms model, Postgres + Redis, first turns",
             &durable,
             slow_port,
-            &first_turn,
+            &first_turn_script,
             256,
             true,
         ),
@@ -277,6 +285,9 @@ pub(crate) fn http(
         &traced_dead,
     ));
     for (scenario, storage) in traced_rows {
+        if !wanted(&scenario) {
+            continue;
+        }
         for (label, dir) in &builds {
             settle(&services.database_url)?;
             rows.push(run_agent(
@@ -293,7 +304,10 @@ pub(crate) fn http(
         }
     }
     for (scenario, storage, model_port, script, connections, in_flight) in scenarios {
-        for (label, dir) in &builds {
+        if !wanted(scenario) {
+            continue;
+        }
+        for (build, (label, dir)) in builds.iter().enumerate() {
             let stack = if storage.is_empty() {
                 None
             } else {
@@ -305,7 +319,7 @@ pub(crate) fn http(
                 &format!("{label}{scenario}"),
                 storage,
                 model_port,
-                Some(Arc::clone(script)),
+                Some(script(build)),
                 connections,
                 duration,
                 in_flight.then_some(model_port),
@@ -313,7 +327,11 @@ pub(crate) fn http(
             )?);
         }
     }
-    let streams = stream_rows()?;
+    let streams = if only.is_none() {
+        stream_rows()?
+    } else {
+        Vec::new()
+    };
     drop(services);
 
     println!(
@@ -340,8 +358,13 @@ pub(crate) fn http(
     let server_cpu = |row: &Measurement| Some(row.cpu_ms_per_request);
     let cpu = |prefix: &str| mean(&rows, |row| row.scenario.starts_with(prefix), server_cpu);
     crate::checks::streams::print(&streams);
+    // Each summary needs its rows: `--only` may have left them out (a mean of none is 0).
     let ratio = cpu("GET /health @64, agent-server") / cpu("GET /health @64, bare");
-    println!("\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x");
+    if ratio.is_finite() && ratio > 0.0 {
+        println!(
+            "\n/health server CPU per request vs the bare baseline (mean of rounds): {ratio:.2}x"
+        );
+    }
     let exactly = |names: &[String]| mean(&rows, |row| names.contains(&row.scenario), server_cpu);
     let rounds = |suffix: &str| -> Vec<String> {
         (1..=3)
@@ -360,18 +383,24 @@ pub(crate) fn http(
         )
     };
     let continuing_rows = [continuing_name.to_owned()];
-    println!(
-        "continuing turn vs first turn, server CPU per request: {:.2}x ({:.4} vs {:.4} ms; target <= 1.2x); stack CPU (server + Postgres + Redis): {:.4} vs {:.4} ms",
-        exactly(&continuing_rows) / untraced,
-        exactly(&continuing_rows),
-        untraced,
-        exactly(&continuing_rows) + stack_of(&continuing_rows),
-        untraced + stack_of(&rounds("")),
-    );
+    let measured = |ms: f64| ms > 0.0;
+    if measured(untraced) && measured(exactly(&continuing_rows)) {
+        println!(
+            "continuing turn vs first turn, server CPU per request: {:.2}x ({:.4} vs {:.4} ms; target <= 1.2x); stack CPU (server + Postgres + Redis): {:.4} vs {:.4} ms",
+            exactly(&continuing_rows) / untraced,
+            exactly(&continuing_rows),
+            untraced,
+            exactly(&continuing_rows) + stack_of(&continuing_rows),
+            untraced + stack_of(&rounds("")),
+        );
+    }
     for (sampling, names) in [
         ("100 %", vec![format!("{first_turns}, traces 100 %")]),
         ("10 %", rounds(", traces 10 %")),
     ] {
+        if !measured(untraced) || !measured(exactly(&names)) {
+            continue;
+        }
         println!(
             "first-turn server CPU per request with traces at {sampling} vs without (means of the rounds): {:.2}x",
             exactly(&names) / untraced
@@ -382,6 +411,9 @@ pub(crate) fn http(
     }
     Ok(())
 }
+
+/// A scenario's request script for the build of this index.
+type Script = Arc<dyn Fn(usize) -> Arc<RequestFn>>;
 
 /// The mean of `value` over the rows `which` picks (those that have a value).
 fn mean(

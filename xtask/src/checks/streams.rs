@@ -183,6 +183,9 @@ fn turn_outcomes(port: u16) -> anyhow::Result<BTreeMap<String, u64>> {
 
 /// The rows as a Markdown table.
 pub(crate) fn print(rows: &[StreamsRow]) {
+    if rows.is_empty() {
+        return;
+    }
     println!(
         "\n| scenario | turns completed | not completed | client errors | head p99 ms | most open | idle RSS MiB | peak RSS MiB | KiB per open stream | RSS 30 s after MiB |"
     );
