@@ -230,6 +230,11 @@ declare_keys! {
     /// callers are the configured key names (plus `anonymous`), so the labels stay bounded; off
     /// by default because each caller multiplies those series.
     API_METRICS_CALLER_LABELS = "api.metrics_caller_labels", Kind::Bool, default: Some("false"), aliases: [];
+    /// `GET /docs`: interactive API documentation (Swagger UI, served from the binary) of
+    /// `/openapi.json`. While on, the page, its assets and `/openapi.json` are served without a
+    /// key (a browser cannot send one to open a page); the calls it makes use the key entered in
+    /// it. Unset: on in the `dev` profile, off in `production`.
+    API_DOCS_PAGE = "api.docs_page", Kind::Bool, default: None, aliases: [];
     /// Browser origins allowed to call the API (CORS), comma-separated (`https://app.example.com`),
     /// or `*` for any; unset: CORS is off and preflights are refused.
     API_CORS_ALLOWED_ORIGINS = "api.cors_allowed_origins", Kind::Text, default: None, aliases: [];

@@ -179,6 +179,9 @@ impl Layers {
                 usage_readers: self.usage_readers()?,
                 quotas: self.quotas()?,
                 metrics_caller_labels: self.boolean(&keys::API_METRICS_CALLER_LABELS)?,
+                docs_page: self
+                    .optional_boolean(&keys::API_DOCS_PAGE)?
+                    .unwrap_or(profile == Profile::Dev),
             },
             openai_api: OpenAiApiSettings {
                 model_id: self.model_id()?,

@@ -133,6 +133,8 @@ pub struct ApiSettings {
     pub quotas: TokenQuotas,
     /// Whether the turn metrics carry a `caller` label.
     pub metrics_caller_labels: bool,
+    /// Whether `GET /docs` is served (and `/openapi.json` without a key).
+    pub docs_page: bool,
 }
 
 /// The OpenAI-compatible API (`/v1/*`).

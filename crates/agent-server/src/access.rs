@@ -67,11 +67,22 @@ impl Caller {
     }
 }
 
+/// Whether `path` is served without a key: the probes, `/metrics` unless
+/// `api.metrics_require_auth`, and while the docs page is on, the page, its assets and
+/// `/openapi.json`. The one rule: access control applies it and `/openapi.json` documents it.
+pub(crate) fn is_open_path(path: &str, metrics_require_auth: bool, docs_page: bool) -> bool {
+    matches!(path, "/health" | "/ready" | "/startup")
+        || (path == "/metrics" && !metrics_require_auth)
+        || (docs_page && (path == "/openapi.json" || crate::routes::pages::is_docs_path(path)))
+}
+
 #[derive(Debug)]
 pub(crate) struct AccessPolicy {
     /// Each key with its caller, computed once.
     keys: Vec<(SecretString, Caller)>,
     metrics_require_auth: bool,
+    /// `/docs`, its assets and `/openapi.json` are open while the docs page is on.
+    docs_page: bool,
     trust_forwarded_for: bool,
     limiter: Arc<dyn RateLimiter>,
     requests: u32,
@@ -88,6 +99,7 @@ impl AccessPolicy {
                 .map(|key| (key.secret.clone(), Caller::named(key_caller(key))))
                 .collect(),
             metrics_require_auth: settings.api.metrics_require_auth,
+            docs_page: settings.api.docs_page,
             trust_forwarded_for: settings.api.trust_forwarded_for,
             limiter,
             requests: settings.api.rate_limit_requests,
@@ -97,8 +109,7 @@ impl AccessPolicy {
     }
 
     fn is_open(&self, path: &str) -> bool {
-        matches!(path, "/health" | "/ready" | "/startup")
-            || (path == "/metrics" && !self.metrics_require_auth)
+        is_open_path(path, self.metrics_require_auth, self.docs_page)
     }
 
     /// The caller, or `Unauthorized` when keys are configured and none matches.

@@ -90,8 +90,6 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
 )]
 struct ApiDoc;
 
-/// Paths that access control never refuses (`crate::access`); `/metrics` too unless configured.
-const OPEN_PATHS: &[&str] = &["/health", "/ready", "/startup"];
 /// The routes that run turns (and so count against quotas).
 const TURN_PATHS: &[&str] = &[
     "/agent",
@@ -188,8 +186,11 @@ fn fit(document: &mut Value, settings: &Settings) {
     }
     let body_limit = settings.api.max_body_bytes;
     for (path, item) in paths.iter_mut() {
-        let admitted = !OPEN_PATHS.contains(&path.as_str())
-            && (path != "/metrics" || settings.api.metrics_require_auth);
+        let admitted = !crate::access::is_open_path(
+            path,
+            settings.api.metrics_require_auth,
+            settings.api.docs_page,
+        );
         let Some(operations) = item.as_object_mut() else {
             continue;
         };

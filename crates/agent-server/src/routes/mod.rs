@@ -3,6 +3,7 @@
 mod agent;
 mod docs;
 pub(crate) mod openai;
+pub(crate) mod pages;
 mod probes;
 mod sessions;
 mod tools;

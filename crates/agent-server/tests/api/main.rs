@@ -17,6 +17,7 @@ mod mcp;
 mod openai;
 mod openapi;
 mod overload;
+mod pages;
 mod probes;
 mod properties;
 mod retention;
