@@ -63,6 +63,10 @@ enum Command {
     /// The official OpenAI SDKs (Python from PyPI, Node from npm) against the release server's
     /// OpenAI-compatible API on Postgres and Redis.
     Sdk,
+    /// The server's browser pages in headless Chromium (Debian's, driven by Selenium from PyPI):
+    /// `/docs` renders, "Try it out" and "Authorize" work, no console error, no request off the
+    /// origin; screenshots in target/browser.
+    Browser,
     /// The release server's traces over OTLP/HTTP to a receiver decoding the protocol's protobuf:
     /// one trace per turn with the GenAI attributes, flushed at SIGTERM, dropped and counted with
     /// the collector gone.
@@ -158,6 +162,7 @@ fn main() -> anyhow::Result<()> {
         } => checks::bench::http(&shell, seconds, only.as_deref(), baseline.as_deref()),
         Command::Soak { minutes } => checks::soak::run(&shell, minutes),
         Command::Sdk => checks::sdk::run(&shell),
+        Command::Browser => checks::browser::run(&shell),
         Command::Traces => checks::traces::run(&shell),
         Command::Storm { seconds, only } => checks::storm::run(&shell, seconds, only),
     }
