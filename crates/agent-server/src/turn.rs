@@ -258,7 +258,11 @@ impl Turns {
             )
             .instrument(tracing::debug_span!("session.lock"))
             .await?;
-            let cached = self.history_cache.lookup(&session, guard.fencing_token());
+            // While the store is failing, the read goes to it, so the turn fails before the
+            // model call rather than after (see the module doc).
+            let cached = (!self.store_failing.load(Ordering::Relaxed))
+                .then(|| self.history_cache.lookup(&session, guard.fencing_token()))
+                .flatten();
             let (info, history) = match cached {
                 Some(cached) => {
                     self.metrics.history(true);
