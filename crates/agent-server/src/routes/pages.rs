@@ -70,9 +70,9 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, docs_page: bool) {
         return;
     }
     config
-        .route("/docs", web::get().to(docs_page_handler))
-        .route("/docs/", web::get().to(to_docs))
-        .route("/docs/{asset}", web::get().to(docs_asset));
+        .service(super::get_only("/docs", docs_page_handler))
+        .service(super::get_only("/docs/", to_docs))
+        .service(super::get_only("/docs/{asset}", docs_asset));
 }
 
 /// Whether `path` is one of the pages (or their assets) that `docs_page` serves.
