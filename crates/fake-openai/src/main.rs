@@ -7,7 +7,10 @@
 //! for 120 s), for chaos tests. A message "tool <name> <JSON arguments>" is answered with a call
 //! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
 //! turn's answer does not depend on whether the tool worked, and the tool message shows it). A
-//! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart.
+//! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart. A
+//! question "what is <arithmetic>" (such as "what is 2+3*4?") to an agent that offers a
+//! `calculator` tool is answered with a call of it, then, once its result is in, with
+//! "<arithmetic> = <result>" streamed a word every 100 ms (what the browser checks watch).
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -100,6 +103,24 @@ async fn completions(
         .as_array()
         .and_then(|messages| messages.last())
         .and_then(|message| message["role"].as_str());
+    if let Some(expression) = requested_arithmetic(last_user).filter(|_| offers_calculator(&body)) {
+        let stream = body["stream"].as_bool() == Some(true);
+        if last_role == Some("user") {
+            let arguments = json!({ "expression": expression }).to_string();
+            return tool_call("calculator", &arguments, stream, &usage);
+        }
+        let result = body["messages"]
+            .as_array()
+            .and_then(|messages| messages.last())
+            .and_then(|message| message["content"].as_str())
+            .unwrap_or_default();
+        let text = format!("{expression} = {result}");
+        if stream {
+            let pieces = text.split_inclusive(' ').map(str::to_owned).collect();
+            return paced(ARITHMETIC_PACE, pieces, usage);
+        }
+        return completion(&text, &usage);
+    }
     if let Some((name, arguments)) = requested_tool(last_user).filter(|_| last_role == Some("user"))
     {
         return tool_call(
@@ -110,12 +131,8 @@ async fn completions(
         );
     }
     if body["stream"].as_bool() == Some(true) {
-        let chunk = |delta: Value, finish: Value| {
-            json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
-        };
         if let Some((interval, chunks)) = requested_pace(last_user) {
-            return paced(interval, chunks, chunk, usage);
+            return paced(interval, vec!["word ".to_owned(); chunks as usize], usage);
         }
         let mut events = String::new();
         for piece in text.split_inclusive(' ') {
@@ -131,11 +148,52 @@ async fn completions(
             .content_type("text/event-stream")
             .body(events);
     }
+    completion(&text, &usage)
+}
+
+/// A stream chunk with `delta` and `finish`.
+fn chunk(delta: Value, finish: Value) -> Value {
+    json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
+}
+
+/// A final assistant message `text`, as JSON.
+fn completion(text: &str, usage: &Value) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "id": "fake", "object": "chat.completion", "created": 0, "model": "fake",
         "choices": [{ "index": 0, "message": { "role": "assistant", "content": text }, "finish_reason": "stop" }],
         "usage": usage,
     }))
+}
+
+/// How far apart the words of an arithmetic answer are streamed.
+const ARITHMETIC_PACE: Duration = Duration::from_millis(100);
+
+/// The arithmetic a question "what is <arithmetic>" asks about (digits, `+-*/%^`, parentheses,
+/// points and spaces; a trailing `?` is not part of it).
+fn requested_arithmetic(message: &str) -> Option<&str> {
+    let expression = message
+        .strip_prefix("what is ")?
+        .trim()
+        .trim_end_matches('?')
+        .trim();
+    let arithmetic = expression
+        .chars()
+        .all(|character| character.is_ascii_digit() || "+-*/%^(). ".contains(character));
+    (arithmetic
+        && expression
+            .chars()
+            .any(|character| character.is_ascii_digit()))
+    .then_some(expression)
+}
+
+/// Whether the request offers a tool named `calculator`.
+fn offers_calculator(body: &Value) -> bool {
+    body["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|tool| tool["function"]["name"] == "calculator")
 }
 
 /// The tool a message "tool <name> <JSON arguments>" asks to be called.
@@ -152,10 +210,6 @@ fn tool_call(name: &str, arguments: &str, stream: bool, usage: &Value) -> HttpRe
     if stream {
         let mut delta_call = call.clone();
         delta_call["index"] = json!(0);
-        let chunk = |delta: Value, finish: Value| {
-            json!({ "id": "fake", "object": "chat.completion.chunk", "created": 0, "model": "fake",
-                    "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }] })
-        };
         let events = format!(
             "data: {}\n\ndata: {}\n\ndata: {}\n\ndata: [DONE]\n\n",
             chunk(json!({ "tool_calls": [delta_call] }), Value::Null),
@@ -204,19 +258,15 @@ fn requested_pace(message: &str) -> Option<(Duration, u32)> {
     Some((interval, chunks))
 }
 
-/// A stream of `chunks` content chunks `interval` apart (the first at once), then the finish,
-/// the usage and `[DONE]`: a model that takes its time to answer, as long turns do.
-fn paced(
-    interval: Duration,
-    chunks: u32,
-    chunk: impl Fn(Value, Value) -> Value + 'static,
-    usage: Value,
-) -> HttpResponse {
-    let events = futures_util::stream::unfold(0_u32, move |sent| {
-        let event = if sent < chunks {
+/// A stream of the `pieces` as content chunks `interval` apart (the first at once), then the
+/// finish, the usage and `[DONE]`: a model that takes its time to answer, as long turns do.
+fn paced(interval: Duration, pieces: Vec<String>, usage: Value) -> HttpResponse {
+    let chunks = pieces.len();
+    let events = futures_util::stream::unfold(0_usize, move |sent| {
+        let event = if let Some(piece) = pieces.get(sent) {
             format!(
                 "data: {}\n\n",
-                chunk(json!({ "content": "word " }), Value::Null)
+                chunk(json!({ "content": piece }), Value::Null)
             )
         } else if sent == chunks {
             format!(

@@ -72,3 +72,39 @@ fn a_paced_stream_sends_its_chunks_that_far_apart() {
     // Four intervals: three between the chunks and one before the finish.
     assert!(took >= Duration::from_millis(400), "{took:?}");
 }
+
+#[test]
+fn an_arithmetic_question_is_answered_through_the_calculator_tool() {
+    let port = free_port().unwrap();
+    let _server = Spawned::start(
+        Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
+    )
+    .unwrap();
+    wait_for_port(port).unwrap();
+    let tools = r#""tools":[{"type":"function","function":{"name":"calculator","parameters":{}}}]"#;
+    let asked = format!(
+        r#"{{"model":"m",{tools},"messages":[{{"role":"user","content":"what is 2+3*4?"}}]}}"#
+    );
+    let (status, call) = post(port, &asked);
+    assert_eq!(status, 200, "{call}");
+    assert!(
+        call.contains(r#""name":"calculator""#)
+            && call.contains(r#""arguments":"{\"expression\":\"2+3*4\"}""#),
+        "{call}"
+    );
+    let answered = format!(
+        r#"{{"model":"m","stream":true,{tools},"messages":[{{"role":"user","content":"what is 2+3*4?"}},{{"role":"assistant","content":null,"tool_calls":[{{"id":"c","type":"function","function":{{"name":"calculator","arguments":"{{}}"}}}}]}},{{"role":"tool","tool_call_id":"c","content":"14"}}]}}"#
+    );
+    let (status, stream) = post(port, &answered);
+    assert_eq!(status, 200, "{stream}");
+    let pieces: Vec<&str> = stream
+        .split(r#""content":""#)
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(pieces, ["2+3*4 ", "= ", "14"], "{stream}");
+    // Without a calculator on offer, the question is echoed like any message.
+    let plain = r#"{"model":"m","messages":[{"role":"user","content":"what is 2+3*4?"}]}"#;
+    let (_, echoed) = post(port, plain);
+    assert!(echoed.contains("echo: what is 2+3*4?"), "{echoed}");
+}
