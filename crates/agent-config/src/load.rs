@@ -182,6 +182,9 @@ impl Layers {
                 docs_page: self
                     .optional_boolean(&keys::API_DOCS_PAGE)?
                     .unwrap_or(profile == Profile::Dev),
+                playground_page: self
+                    .optional_boolean(&keys::API_PLAYGROUND_PAGE)?
+                    .unwrap_or(profile == Profile::Dev),
             },
             openai_api: OpenAiApiSettings {
                 model_id: self.model_id()?,

@@ -135,6 +135,8 @@ pub struct ApiSettings {
     pub metrics_caller_labels: bool,
     /// Whether `GET /docs` is served (and `/openapi.json` without a key).
     pub docs_page: bool,
+    /// Whether `GET /playground` (the chat page) is served.
+    pub playground_page: bool,
 }
 
 /// The OpenAI-compatible API (`/v1/*`).

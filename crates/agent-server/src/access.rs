@@ -67,22 +67,40 @@ impl Caller {
     }
 }
 
-/// Whether `path` is served without a key: the probes, `/metrics` unless
-/// `api.metrics_require_auth`, and while the docs page is on, the page, its assets and
-/// `/openapi.json`. The one rule: access control applies it and `/openapi.json` documents it.
-pub(crate) fn is_open_path(path: &str, metrics_require_auth: bool, docs_page: bool) -> bool {
-    matches!(path, "/health" | "/ready" | "/startup")
-        || (path == "/metrics" && !metrics_require_auth)
-        || (docs_page && (path == "/openapi.json" || crate::routes::pages::is_docs_path(path)))
+/// The paths served without a key: the probes, `/metrics` unless `api.metrics_require_auth`,
+/// while the docs page is on the page, its files and `/openapi.json`, while the playground is on
+/// the playground and its files. The one rule: access control applies it and `/openapi.json`
+/// documents it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OpenPaths {
+    metrics: bool,
+    docs: bool,
+    playground: bool,
+}
+
+impl OpenPaths {
+    pub(crate) fn new(api: &agent_config::ApiSettings) -> Self {
+        Self {
+            metrics: !api.metrics_require_auth,
+            docs: api.docs_page,
+            playground: api.playground_page,
+        }
+    }
+
+    pub(crate) fn contains(self, path: &str) -> bool {
+        use crate::routes::pages::{is_docs_path, is_playground_path};
+        matches!(path, "/health" | "/ready" | "/startup")
+            || (self.metrics && path == "/metrics")
+            || (self.docs && (path == "/openapi.json" || is_docs_path(path)))
+            || (self.playground && is_playground_path(path))
+    }
 }
 
 #[derive(Debug)]
 pub(crate) struct AccessPolicy {
     /// Each key with its caller, computed once.
     keys: Vec<(SecretString, Caller)>,
-    metrics_require_auth: bool,
-    /// `/docs`, its assets and `/openapi.json` are open while the docs page is on.
-    docs_page: bool,
+    open: OpenPaths,
     trust_forwarded_for: bool,
     limiter: Arc<dyn RateLimiter>,
     requests: u32,
@@ -98,8 +116,7 @@ impl AccessPolicy {
                 .iter()
                 .map(|key| (key.secret.clone(), Caller::named(key_caller(key))))
                 .collect(),
-            metrics_require_auth: settings.api.metrics_require_auth,
-            docs_page: settings.api.docs_page,
+            open: OpenPaths::new(&settings.api),
             trust_forwarded_for: settings.api.trust_forwarded_for,
             limiter,
             requests: settings.api.rate_limit_requests,
@@ -109,7 +126,7 @@ impl AccessPolicy {
     }
 
     fn is_open(&self, path: &str) -> bool {
-        is_open_path(path, self.metrics_require_auth, self.docs_page)
+        self.open.contains(path)
     }
 
     /// The caller, or `Unauthorized` when keys are configured and none matches.

@@ -177,7 +177,7 @@ impl ApplicationBuilder {
         let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
-        let docs_page = settings.api.docs_page;
+        let api_settings = settings.api.clone();
         let openai_body_limit = settings.openai_api.max_body_bytes;
         let app_settings = web::Data::new(settings.clone());
         storage_checks.extend(checks);
@@ -232,7 +232,7 @@ impl ApplicationBuilder {
                 .app_data(app_settings.clone())
                 .app_data(web::PayloadConfig::new(payload_limit))
                 .configure(|config| routes::configure(config, openai_body_limit))
-                .configure(|config| routes::pages::configure(config, docs_page))
+                .configure(|config| routes::pages::configure(config, &api_settings))
                 .configure(move |config| extra_routes.iter().for_each(|add| add(config)))
                 .default_service(web::to(routes::not_found))
                 .wrap(Condition::new(

@@ -185,12 +185,9 @@ fn fit(document: &mut Value, settings: &Settings) {
         });
     }
     let body_limit = settings.api.max_body_bytes;
+    let open = crate::access::OpenPaths::new(&settings.api);
     for (path, item) in paths.iter_mut() {
-        let admitted = !crate::access::is_open_path(
-            path,
-            settings.api.metrics_require_auth,
-            settings.api.docs_page,
-        );
+        let admitted = !open.contains(path);
         let Some(operations) = item.as_object_mut() else {
             continue;
         };
