@@ -2,7 +2,9 @@
 //! Compose stack with `--scale agent=3`), proving that replicas are interchangeable: a session
 //! continues on another replica, concurrent turns on one session through different replicas are
 //! serialised, a replica killed under load loses no turn for clients that retry through nginx,
-//! and a rate limit holds across the replicas together.
+//! and a rate limit holds across the replicas together. The browser pages (both turned on) pass
+//! nginx too: the playground streams a turn and shows it again after a reload, the docs' "Try it
+//! out" works, in headless Chromium.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -30,6 +32,8 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             // Empty: each replica publishes on a free host port.
             ("AGENT_PORT".into(), String::new()),
             ("REPLICAS_RATE_LIMIT".into(), rate_limit.to_string()),
+            ("AGENT_API__DOCS_PAGE".into(), "true".into()),
+            ("AGENT_API__PLAYGROUND_PAGE".into(), "true".into()),
         ]
     };
     let up = [
@@ -53,6 +57,12 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
 
     a_session_continues_on_another_replica(&ports, &auth)?;
     an_openai_stream_of_a_long_conversation_passes_nginx(nginx_port, &auth)?;
+    crate::checks::browser::page_checks(
+        &format!("http://127.0.0.1:{nginx_port}"),
+        &stack.api_key,
+        &[("CHECKS", "proxy".to_owned())],
+        &crate::project_root().join("target/browser-nginx"),
+    )?;
     concurrent_turns_through_different_replicas_are_serialised(&ports, &auth)?;
     let row = a_replica_killed_under_load_loses_no_turn(&stack, nginx_port)?;
 
