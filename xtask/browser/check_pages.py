@@ -258,7 +258,7 @@ def playground(driver):
     # Another client holds the session for three seconds; the page's turn waits a second (the
     # server's lock wait) and is told the session is busy.
     holder = threading.Thread(target=call_api, args=(
-        "POST", "/agent", KEY, {"message": "pace 250 12 hold", "session_id": session}))
+        "POST", "/agent", KEY, {"message": "sleep 3000 hold", "session_id": session}))
     holder.start()
     time.sleep(0.5)
     say(driver, "are you there?")

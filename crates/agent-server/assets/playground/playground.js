@@ -211,8 +211,7 @@ async function loadSessions(more) {
       button.dataset.id = session.session_id;
       button.setAttribute("aria-current", String(session.session_id === state.session));
       button.append(element("span", "id", session.session_id));
-      const turns = `${session.turn_count} ${session.turn_count === 1 ? "turn" : "turns"}`;
-      button.append(element("span", "meta", `${turns} · ${session.tokens.total} tokens · ${when(session.updated_at)}`));
+      button.append(element("span", "meta", summary(session)));
       button.addEventListener("click", () => openSession(session.session_id));
       const item = element("li");
       item.append(button);
@@ -224,6 +223,11 @@ async function loadSessions(more) {
   } catch (error) {
     note.textContent = `The sessions could not be listed. ${describe(error)}`;
   }
+}
+
+function summary(session) {
+  const turns = `${session.turn_count} ${session.turn_count === 1 ? "turn" : "turns"}`;
+  return `${turns} · ${session.tokens.total} tokens · ${when(session.updated_at)}`;
 }
 
 function when(timestamp) {
@@ -347,6 +351,7 @@ async function send(text) {
         state.sessionTokens += data.tokens_used;
         state.turns += 1;
         showSession();
+        // A new session's totals are this turn's; an older one's are read back.
         if (started) loadSessions();
         else refreshListedSession();
       } else if (event === "error") {
@@ -390,13 +395,23 @@ function finishAnswer(answer) {
   if (answer) answer.classList.remove("streaming");
 }
 
-// The open session's entry in the list, up to date after a turn.
+// The open session's totals as stored (other clients may have turns on it too), in the bar and
+// in the list.
 async function refreshListedSession() {
-  const button = document.querySelector(`#sessions button[data-id="${CSS.escape(state.session)}"]`);
+  const id = state.session;
+  let view;
+  try {
+    view = await (await api("GET", `sessions/${encodeURIComponent(id)}?limit=1`)).json();
+  } catch (_) {
+    return; // the turn's own numbers stay shown
+  }
+  if (state.session !== id) return;
+  state.turns = view.turn_count;
+  state.sessionTokens = view.tokens.total;
+  showTokens();
+  const button = document.querySelector(`#sessions button[data-id="${CSS.escape(id)}"]`);
   if (!button) return loadSessions();
-  const meta = button.querySelector(".meta");
-  const turns = `${state.turns} ${state.turns === 1 ? "turn" : "turns"}`;
-  meta.textContent = `${turns} · ${state.sessionTokens} tokens · ${when(new Date().toISOString())}`;
+  button.querySelector(".meta").textContent = summary(view);
 }
 
 function busy(running) {
