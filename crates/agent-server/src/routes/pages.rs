@@ -191,7 +191,7 @@ impl Page {
     /// The asset `name` (None: no such asset), or `304` when the client's copy is current; a
     /// compressed one only to a client that accepts gzip (any client that sends no
     /// `Accept-Encoding` does, per RFC 9110).
-    fn serve(&'static self, request: &HttpRequest, name: &str) -> Option<HttpResponse> {
+    fn serve(&self, request: &HttpRequest, name: &str) -> Option<HttpResponse> {
         let (asset, etag) = self.find(name)?;
         let current = request
             .headers()
