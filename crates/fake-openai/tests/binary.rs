@@ -22,14 +22,20 @@ fn post(port: u16, body: &str) -> (u16, String) {
     .unwrap()
 }
 
-#[test]
-fn the_fake_model_echoes_the_last_user_message_and_counts_requests() {
+/// The fake model on a free port, once it listens.
+fn start() -> (Spawned, u16) {
     let port = free_port().unwrap();
-    let _server = Spawned::start(
+    let server = Spawned::start(
         Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
     )
     .unwrap();
     wait_for_port(port).unwrap();
+    (server, port)
+}
+
+#[test]
+fn the_fake_model_echoes_the_last_user_message_and_counts_requests() {
+    let (_server, port) = start();
     let body = r#"{"model":"m","messages":[{"role":"user","content":"first"},{"role":"assistant","content":"x"},{"role":"user","content":"hello thére"}]}"#;
     let (status, answer) = post(port, body);
     assert_eq!(status, 200, "{answer}");
@@ -50,12 +56,7 @@ fn the_fake_model_echoes_the_last_user_message_and_counts_requests() {
 
 #[test]
 fn a_paced_stream_sends_its_chunks_that_far_apart() {
-    let port = free_port().unwrap();
-    let _server = Spawned::start(
-        Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
-    )
-    .unwrap();
-    wait_for_port(port).unwrap();
+    let (_server, port) = start();
     let body =
         r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"pace 100 4 go"}]}"#;
     let started = std::time::Instant::now();
@@ -75,12 +76,7 @@ fn a_paced_stream_sends_its_chunks_that_far_apart() {
 
 #[test]
 fn an_arithmetic_question_is_answered_through_the_calculator_tool() {
-    let port = free_port().unwrap();
-    let _server = Spawned::start(
-        Command::new(env!("CARGO_BIN_EXE_fake-openai")).args(["--port", &port.to_string()]),
-    )
-    .unwrap();
-    wait_for_port(port).unwrap();
+    let (_server, port) = start();
     let tools = r#""tools":[{"type":"function","function":{"name":"calculator","parameters":{}}}]"#;
     let asked = format!(
         r#"{{"model":"m",{tools},"messages":[{{"role":"user","content":"what is 2+3*4?"}}]}}"#
