@@ -23,6 +23,7 @@ MODEL_URL (the fake model, for its fault switch).
 
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -300,6 +301,8 @@ def playground(driver):
     shot(driver, "playground-8-quota")
     text = status_text(driver)
     check(text.startswith("429 Daily token quota"), f"a used-up quota is a readable 429 ({text!r})")
+    check(re.search(r"Try again in (\d+ s|\d+ min|\d+ h \d+ min)\.", text),
+          f"the wait reads in seconds, minutes or hours ({text!r})")
     console_errors(driver, [("/agent/stream", 429)])
 
     field = driver.find_element(By.ID, "key")
@@ -310,6 +313,8 @@ def playground(driver):
     text = status_text(driver)
     check(text.startswith("401 Unauthorized: the server does not accept this API key"),
           f"a wrong key is a readable 401 ({text!r})")
+    check(not driver.find_elements(By.CSS_SELECTOR, "#sessions button"),
+          "with a wrong key no caller's sessions stay listed")
     console_errors(driver, [("/sessions", 401), ("/agent/stream", 401)])
 
     stored = driver.execute_script("return JSON.stringify(Object.entries(localStorage))")

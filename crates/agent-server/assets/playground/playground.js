@@ -83,7 +83,7 @@ async function api(method, path, body, signal) {
 // What a person should read for an error of the API.
 function describe(error) {
   if (!(error instanceof ApiError)) return `Something went wrong in the page: ${error}`;
-  const retry = error.retryAfter ? ` Try again in ${error.retryAfter} s.` : "";
+  const retry = error.retryAfter ? ` Try again in ${duration(error.retryAfter)}.` : "";
   const reference = error.requestId ? ` (request ${error.requestId})` : "";
   switch (error.status) {
     case 0:
@@ -112,6 +112,14 @@ function describe(error) {
       }
       return `${error.status} ${error.code}: ${error.message}`;
   }
+}
+
+// A wait in seconds, as a person reads it.
+function duration(seconds) {
+  if (seconds < 90) return `${seconds} s`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes < 90) return `${minutes} min`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
 }
 
 function showStatus(text, info) {
@@ -221,6 +229,8 @@ async function loadSessions(more) {
     $("more-sessions").hidden = !state.cursor;
     note.textContent = list.children.length ? "" : "No sessions yet: send a message to start one.";
   } catch (error) {
+    if (!more) $("sessions").replaceChildren();
+    $("more-sessions").hidden = true;
     note.textContent = `The sessions could not be listed. ${describe(error)}`;
   }
 }
@@ -429,16 +439,21 @@ function start() {
   $("key").value = key();
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    if (state.turn) return;
     const entered = $("key").value.trim();
+    // Another key may be another caller, whose sessions these are not.
+    if (entered !== key()) newSession();
     if (entered) sessionStorage.setItem(KEY_STORAGE, entered);
     else sessionStorage.removeItem(KEY_STORAGE);
     showStatus(entered ? "Key saved for this tab." : "No key: calls go without one.", true);
     loadSessions();
   });
   $("forget-key").addEventListener("click", () => {
+    if (state.turn) return;
     sessionStorage.removeItem(KEY_STORAGE);
     $("key").value = "";
     $("sessions").replaceChildren();
+    newSession();
     showStatus("The key was forgotten.", true);
   });
   $("new-session").addEventListener("click", () => newSession());
