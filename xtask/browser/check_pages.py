@@ -1,7 +1,7 @@
 """The server's browser pages in a real headless browser (Debian's chromium and chromedriver,
 driven by Selenium from PyPI).
 
-The playground, by keyboard: without a key it says 401; with one, "what is 2+3*4" shows the
+The playground (reached from the server's root), by keyboard: without a key it says 401; with one, "what is 2+3*4" shows the
 calculator's call, its result and the streamed answer, in that order, with the turn's tokens; a
 reload shows the session again; a second turn adds up the session's tokens; a failing model
 (5xx), a busy session (409) and a used-up quota (429) are readable messages; the page fits a
@@ -177,10 +177,12 @@ def page_weight(driver, page):
 
 
 def playground(driver):
-    driver.get(f"{URL}/playground")
+    driver.get(f"{URL}/")
     WebDriverWait(driver, 10).until(lambda driver: "401" in driver.find_element(
         By.ID, "sessions-note").text)
     page_weight(driver, "/playground")
+    check(urlsplit(driver.current_url).path == "/playground",
+          f"the server's root leads to the playground ({driver.current_url})")
     shot(driver, "playground-1-no-key")
     check("needs an API key" in driver.find_element(By.ID, "sessions-note").text,
           "without a key the page says the server needs one")

@@ -237,8 +237,9 @@ declare_keys! {
     API_DOCS_PAGE = "api.docs_page", Kind::Bool, default: None, aliases: [];
     /// `GET /playground`: a chat page (served from the binary) that talks to the agent with the
     /// key entered in it, streaming answers and tool calls, listing and deleting the caller's
-    /// sessions. While on, the page and its assets are served without a key; every call it makes
-    /// uses the entered key. Unset: on in the `dev` profile, off in `production`.
+    /// sessions; `GET /` leads to it. While on, the page, its assets and `/` are served without a
+    /// key; every call it makes uses the entered key. Unset: on in the `dev` profile, off in
+    /// `production`.
     API_PLAYGROUND_PAGE = "api.playground_page", Kind::Bool, default: None, aliases: [];
     /// Browser origins allowed to call the API (CORS), comma-separated (`https://app.example.com`),
     /// or `*` for any; unset: CORS is off and preflights are refused.

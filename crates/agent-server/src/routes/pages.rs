@@ -129,12 +129,21 @@ const PLAYGROUND_ASSETS: &[(&str, Asset)] = &[
     ),
 ];
 
-/// Registers the pages the settings turn on.
+/// Registers the pages the settings turn on; with the playground on, `GET /` leads to it (a
+/// temporary redirect: the setting may change).
 pub(crate) fn configure(config: &mut web::ServiceConfig, api: &ApiSettings) {
     for (on, page) in [(api.docs_page, &DOCS), (api.playground_page, &PLAYGROUND)] {
         if on {
             page.register(config);
         }
+    }
+    if api.playground_page {
+        config.service(super::get_only("/", || async {
+            PLAYGROUND
+                .headers(HttpResponse::TemporaryRedirect())
+                .insert_header((header::LOCATION, "playground"))
+                .finish()
+        }));
     }
 }
 
@@ -143,9 +152,9 @@ pub(crate) fn is_docs_path(path: &str) -> bool {
     DOCS.holds(path)
 }
 
-/// Whether `path` is the playground or one of its files.
+/// Whether `path` is the playground, one of its files, or `/` (which leads to it).
 pub(crate) fn is_playground_path(path: &str) -> bool {
-    PLAYGROUND.holds(path)
+    path == "/" || PLAYGROUND.holds(path)
 }
 
 impl Page {

@@ -189,6 +189,15 @@ async fn assets_revalidate_with_their_etag_and_come_gzip_compressed() {
         assert_eq!(slash.status(), 308);
         assert_eq!(slash.headers()["location"], format!("../{page}").as_str());
     }
+    // `/` leads to the playground, temporarily (the setting may change), without a key.
+    let root = unredirected
+        .get(format!("{}/", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(root.status(), 307);
+    assert_eq!(root.headers()["location"], "playground");
+    assert_eq!(root.headers()["x-content-type-options"], "nosniff");
     // The playground's own files are small and sent as they are.
     let script = app.get("/playground/playground.js").await;
     let etag = script.headers()["etag"].to_str().unwrap().to_owned();
@@ -243,6 +252,12 @@ async fn the_profile_decides_the_default_and_the_settings_switch_each_page() {
         assert_eq!(keyed_status(&off, path).await, 404, "{path}");
     }
     assert_eq!(status_of(&off, "/openapi.json").await, 401, "keyed again");
+    assert_eq!(
+        status_of(&off, "/").await,
+        401,
+        "no redirect to a page that is off"
+    );
+    assert_eq!(keyed_status(&off, "/").await, 404);
 
     let fake = FakeOpenAi::repeating(Scripted::text("hi")).await;
     let defaults = production(&fake, &[("AGENT_API_KEYS", KEY)]).await;
@@ -263,6 +278,11 @@ async fn the_profile_decides_the_default_and_the_settings_switch_each_page() {
     )
     .await;
     assert_eq!(status_of(&playground_only, "/playground").await, 200);
+    assert_eq!(
+        status_of(&playground_only, "/").await,
+        200,
+        "led to the playground"
+    );
     assert_eq!(keyed_status(&playground_only, "/docs").await, 404);
     // The document is the docs page's, not the playground's: keyed as before.
     assert_eq!(status_of(&playground_only, "/openapi.json").await, 401);
