@@ -127,12 +127,12 @@ impl PostgresStore {
             id: id.as_str(),
             now: Utc::now(),
         };
-        let row: Option<SessionRow> = statement
-            .get_result(&mut connection)
+        // Read to the end of the answer, not just its row (see `append_turn`).
+        let rows: Vec<SessionRow> = statement
+            .get_results(&mut connection)
             .await
-            .optional()
             .map_err(query_error)?;
-        match row {
+        match rows.into_iter().next() {
             Some(row) => SessionInfo::try_from(row),
             // Created by another transaction after this statement's snapshot: read it now.
             None => Self::load_session(connection, id)
@@ -561,15 +561,17 @@ impl PostgresStore {
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            // A first turn creates its session if needed, in the same statement.
-            let updated: Option<SessionRow> = if expected_next_sequence == 0 {
-                CreateTurn(statement).get_result(&mut *connection).await
+            // A first turn creates its session if needed, in the same statement. The answer is
+            // read to its end, not just its row (`get_result` stops there): Postgres sends a
+            // statement's rows before it commits, so a backend stopped in between (a fast
+            // shutdown) sends the row and then an error, and the turn was not stored.
+            let updated: Vec<SessionRow> = if expected_next_sequence == 0 {
+                CreateTurn(statement).get_results(&mut *connection).await
             } else {
-                statement.get_result(&mut *connection).await
+                statement.get_results(&mut *connection).await
             }
-            .optional()
             .map_err(query_error)?;
-            if let Some(row) = updated {
+            if let Some(row) = updated.into_iter().next() {
                 return SessionInfo::try_from(row);
             }
             // Nothing was written; say why.
