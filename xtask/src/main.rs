@@ -64,8 +64,8 @@ enum Command {
     /// OpenAI-compatible API on Postgres and Redis.
     Sdk,
     /// The server's browser pages in headless Chromium (Debian's, driven by Selenium from PyPI):
-    /// `/docs` renders, "Try it out" and "Authorize" work, no console error, no request off the
-    /// origin; screenshots in target/browser.
+    /// the playground's turns, sessions and error messages, `/docs`'s "Try it out" and
+    /// "Authorize", no console error, no request off the origin; screenshots in target/browser.
     Browser,
     /// The release server's traces over OTLP/HTTP to a receiver decoding the protocol's protobuf:
     /// one trace per turn with the GenAI attributes, flushed at SIGTERM, dropped and counted with

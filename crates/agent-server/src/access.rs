@@ -69,8 +69,8 @@ impl Caller {
 
 /// The paths served without a key: the probes, `/metrics` unless `api.metrics_require_auth`,
 /// while the docs page is on the page, its files and `/openapi.json`, while the playground is on
-/// the playground, its files and `/` (a redirect to it). The one rule: access control applies it and `/openapi.json`
-/// documents it.
+/// the playground, its files and `/` (a redirect to it). The one rule: access control applies it
+/// and `/openapi.json` documents it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OpenPaths {
     metrics: bool,

@@ -36,10 +36,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             .env("AGENT_PROFILE", "dev")
             .env("DATABASE_URL", &services.database_url)
             .env("REDIS_URL", &services.redis_url)
-            .env(
-                "AGENT_STORAGE__REDIS_KEY_PREFIX",
-                format!("browser-{}:", std::process::id()),
-            )
+            .env("AGENT_STORAGE__REDIS_KEY_PREFIX", format!("browser-{run}:"))
             // The limited caller's name is new in each run: its quota is counted per day in
             // Postgres, which a local run may reuse.
             .env(
