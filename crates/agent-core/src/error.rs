@@ -27,6 +27,10 @@ pub enum ModelError {
     /// OpenAI's `context_length_exceeded`, vLLM's and llama.cpp's "maximum context length").
     #[error("the conversation does not fit the model's context window: {0}")]
     ContextLength(String),
+    /// The model server refused the requested answer format (a 400 whose body names
+    /// `response_format` or `json_schema`: no structured output, or a schema it cannot take).
+    #[error("the model server refused the response format: {0}")]
+    FormatRefused(String),
 }
 
 impl ModelError {
@@ -41,8 +45,14 @@ impl ModelError {
             ]
             .iter()
             .any(|needle| lower.contains(needle));
+        let format_refused = status == 400
+            && ["response_format", "json_schema"]
+                .iter()
+                .any(|needle| lower.contains(needle));
         if too_long {
             Self::ContextLength(body.to_owned())
+        } else if format_refused {
+            Self::FormatRefused(body.to_owned())
         } else {
             Self::Rejected(format!("{status}: {body}"))
         }
@@ -60,6 +70,7 @@ impl ModelError {
             Self::Unusable(_) => "unusable",
             Self::Rejected(_) => "rejected",
             Self::ContextLength(_) => "context_length",
+            Self::FormatRefused(_) => "format_refused",
         }
     }
 
@@ -106,6 +117,7 @@ impl AgentError {
                 ModelError::Unusable(_) => "model_unusable",
                 ModelError::Rejected(_) => "model_rejected",
                 ModelError::ContextLength(_) => "model_context_length",
+                ModelError::FormatRefused(_) => "model_format_refused",
             },
             Self::StepLimit(_) => "step_limit",
             Self::TurnBudgetExceeded { .. } => "turn_budget",

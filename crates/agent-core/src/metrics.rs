@@ -124,7 +124,9 @@ impl ModelMetrics {
                 ModelError::Timeout(_) => 2,
                 ModelError::Authentication(_) => 3,
                 ModelError::Unusable(_) => 4,
-                ModelError::Rejected(_) | ModelError::ContextLength(_) => 5,
+                ModelError::Rejected(_)
+                | ModelError::ContextLength(_)
+                | ModelError::FormatRefused(_) => 5,
             };
             self.errors[index].increment(1);
         }

@@ -9,6 +9,7 @@ use futures_util::stream::BoxStream;
 
 use crate::conversation::{Message, TokenUsage, ToolCall};
 use crate::error::ModelError;
+use crate::format::ResponseFormat;
 
 /// A tool as the model sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,8 +30,8 @@ pub struct ChatRequest<'a> {
 }
 
 /// Sampling parameters a client may choose per turn (the OpenAI-compatible API passes them on),
-/// each within the bounds the server checked. Unset: the model's configuration (temperature,
-/// max tokens) or the model server's default.
+/// each within the bounds the server checked, and the form of the answer. Unset: the model's
+/// configuration (temperature, max tokens) or the model server's default.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sampling {
     pub temperature: Option<f32>,
@@ -41,6 +42,9 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// The form of the text answer, sent with every model call of the turn (tool calls stay
+    /// free-form).
+    pub response_format: ResponseFormat,
 }
 
 /// One model call's output: an assistant message (text, tool calls, or both) and its usage.

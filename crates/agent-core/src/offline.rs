@@ -39,12 +39,16 @@ impl ChatModel for OfflineModel {
             .filter(|message| message.role == Role::Tool)
             .collect();
 
+        // A text answer takes the form asked for: for a schema, the simplest JSON it accepts.
+        let answer = |text: String| {
+            Message::assistant(request.sampling.response_format.simplest_answer(&text))
+        };
         let message = if !results.is_empty() {
             let answers: Vec<&str> = results
                 .iter()
                 .map(|result| result.content.as_str())
                 .collect();
-            Message::assistant(match arithmetic(question) {
+            answer(match arithmetic(question) {
                 Some(expression) => format!("{expression} = {}", answers.join(", ")),
                 None => format!("Here is what the tools returned: {}", answers.join(", ")),
             })
@@ -68,7 +72,7 @@ impl ChatModel for OfflineModel {
                 }],
             )
         } else {
-            Message::assistant(format!(
+            answer(format!(
                 "I am the offline model: no model server is configured, so I can only do arithmetic, \
                  tell the time, and repeat what you said. You said: {question}"
             ))

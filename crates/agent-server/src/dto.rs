@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorCode};
 use crate::turn::Finished;
 
+pub(crate) mod format;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +37,12 @@ pub(crate) struct AgentRequest {
     #[serde(default)]
     #[schema(nullable)]
     pub(crate) session_id: Option<String>,
+    /// The form of the answer, as OpenAI's Chat Completions take it: `text` (the default),
+    /// `json_object`, or `json_schema` (the answer is then JSON text matching the schema). Sent
+    /// to the model with every call of the turn; tool calls stay free-form.
+    #[serde(default)]
+    #[schema(nullable)]
+    pub(crate) response_format: Option<format::ChatResponseFormat>,
 }
 
 /// `event: delta` of `POST /agent/stream`: a piece of the answer's text.
@@ -263,6 +270,7 @@ pub(crate) struct ValidTurn {
     pub(crate) message: String,
     /// The request named no session, so `session` was made here: nobody else can know it yet.
     pub(crate) new_session: bool,
+    pub(crate) response_format: agent_core::ResponseFormat,
 }
 
 impl AgentRequest {
@@ -288,10 +296,17 @@ impl AgentRequest {
             Some(text) => SessionId::parse(text)
                 .map_err(|error| unprocessable(format!("session_id: {error}")))?,
         };
+        let response_format = self
+            .response_format
+            .as_ref()
+            .map(|format| format.checked("response_format"))
+            .transpose()?
+            .unwrap_or_default();
         Ok(ValidTurn {
             session: session.owned_by(owner),
             message: self.message,
             new_session: self.session_id.is_none(),
+            response_format,
         })
     }
 }

@@ -87,6 +87,8 @@ pub enum ErrorCode {
     ModelRejectedRequest,
     /// The conversation does not fit the model's context window; nothing was stored.
     ContextLengthExceeded,
+    /// The model server cannot answer in the requested `response_format`; nothing was stored.
+    ResponseFormatUnsupported,
     /// The OpenAI-compatible API was asked for a model other than the agent.
     ModelNotFound,
     /// No stored response of this caller has this id (`previous_response_id`,
@@ -436,6 +438,12 @@ impl From<AgentError> for ApiError {
                     ErrorCode::ContextLengthExceeded,
                     "the conversation is longer than the model's context window; nothing was \
                      stored (send fewer or shorter messages, or lower AGENT_TURN__HISTORY_WINDOW)",
+                ),
+                ModelError::FormatRefused(_) => Self::invalid(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::ResponseFormatUnsupported,
+                    "the model server refused the requested response format (it may not support \
+                     structured output, or not this schema); nothing was stored",
                 ),
             },
         }

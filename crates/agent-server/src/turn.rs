@@ -54,6 +54,11 @@ pub(crate) struct TurnInput {
     /// System messages for this turn only, after the server's system prompt and before the
     /// history (the Responses API's `instructions`); never stored.
     pub(crate) instructions: Vec<Message>,
+    /// Messages of the conversation the client sent before its new one that the stored session
+    /// does not hold yet (the Responses API's `input` as a whole conversation): they follow the
+    /// stored history, and are stored with the turn, before its user message. Empty for a
+    /// given conversation, whose history holds them.
+    pub(crate) earlier: Vec<Message>,
 }
 
 /// The conversation a turn continues.
@@ -86,8 +91,12 @@ impl From<ValidTurn> for TurnInput {
                 continues_from: None,
             },
             message: turn.message,
-            sampling: Sampling::default(),
+            sampling: Sampling {
+                response_format: turn.response_format,
+                ..Sampling::default()
+            },
             instructions: Vec::new(),
+            earlier: Vec::new(),
         }
     }
 }
@@ -119,6 +128,8 @@ enum Held {
         /// The history the turn was sent (without instructions), kept for the history cache;
         /// None when the cache is off.
         window: Option<Window>,
+        /// The client's earlier messages, stored before the turn's (see [`TurnInput::earlier`]).
+        earlier: Vec<Message>,
     },
     Given {
         caller: String,
@@ -210,6 +221,7 @@ impl Turns {
             message,
             sampling,
             instructions,
+            earlier,
         } = input;
         let (session, new_session, continues_from) = match conversation {
             Conversation::Session {
@@ -220,7 +232,7 @@ impl Turns {
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
                 let request = TurnRequest {
-                    history: instructions.into_iter().chain(history).collect(),
+                    history: instructions.into_iter().chain(history).chain(earlier).collect(),
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
@@ -294,7 +306,11 @@ impl Turns {
             (Some(guard), info, history)
         };
         let request = TurnRequest {
-            history: instructions.into_iter().chain(history.messages).collect(),
+            history: instructions
+                .into_iter()
+                .chain(history.messages)
+                .chain(earlier.iter().cloned())
+                .collect(),
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
@@ -307,6 +323,7 @@ impl Turns {
                     info,
                     guard,
                     window: history.window,
+                    earlier,
                 },
                 started,
                 slot,
@@ -353,7 +370,9 @@ impl Turns {
         let store_failing = Arc::clone(&self.store_failing);
         let history_cache = self.history_cache.clone();
         let cost = TurnCost::of(&result, started);
-        let TurnResult { turn, response, .. } = result;
+        let TurnResult {
+            mut turn, response, ..
+        } = result;
         let created = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs());
@@ -378,7 +397,7 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
-            let (session, info, guard, window) = match target {
+            let (session, info, guard, window, earlier) = match target {
                 Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
                     drop(slot);
@@ -389,8 +408,12 @@ impl Turns {
                     info,
                     guard,
                     window,
-                } => (session, info, guard, window),
+                    earlier,
+                } => (session, info, guard, window, earlier),
             };
+            if !earlier.is_empty() {
+                turn.messages.splice(0..0, earlier);
+            }
             let render = |render: &Render| {
                 render(&finished).map_err(|error| ApiError::Internal(error.into()))
             };

@@ -1,14 +1,14 @@
 //! MCP servers nobody here wrote, for the tests and checks of the MCP client: one on the official
-//! Python SDK (`mcp/server.py`, PyPI `mcp` 2.x) and the reference server
-//! `@modelcontextprotocol/server-everything` (npm, installed under `xtask/sdk/node`), each in its
+//! Python SDK (`mcp/server.py`, PyPI `mcp` 2.x in the provisioned venv) and the reference server
+//! `@modelcontextprotocol/server-everything` (npm, provisioned under `xtask/sdk/node`), each in its
 //! Streamable HTTP mode on a port of its own, stopped when dropped.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
 
 use crate::process::{Spawned, free_port, wait_for_port};
+use crate::test_tools::{TestTools, workspace_root};
 
 /// Which server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +25,24 @@ pub struct McpServer {
     kind: McpServerKind,
     port: u16,
     process: Option<Spawned>,
+    tools: TestTools,
 }
 
 impl McpServer {
-    /// Starts `kind` on a free port and waits until it listens.
+    /// Starts `kind` on a free port, with this checkout's test tools, and waits until it
+    /// listens.
     pub fn start(kind: McpServerKind) -> anyhow::Result<Self> {
-        let mut server = Self::stopped(kind)?;
+        Self::start_with(kind, TestTools::get()?)
+    }
+
+    /// Starts `kind` with the test tools `tools`.
+    pub fn start_with(kind: McpServerKind, tools: &TestTools) -> anyhow::Result<Self> {
+        let mut server = Self {
+            kind,
+            port: free_port()?,
+            process: None,
+            tools: tools.clone(),
+        };
         server.start_again()?;
         Ok(server)
     }
@@ -41,6 +53,7 @@ impl McpServer {
             kind,
             port: free_port()?,
             process: None,
+            tools: TestTools::get()?.clone(),
         })
     }
 
@@ -62,7 +75,7 @@ impl McpServer {
         let port = self.port.to_string();
         let mut command = match &self.kind {
             McpServerKind::Python { token } => {
-                let mut command = Command::new("python3");
+                let mut command = Command::new(self.tools.python());
                 command
                     .arg(root.join("crates/dev-harness/mcp/server.py"))
                     .args(["--port", &port]);
@@ -72,14 +85,12 @@ impl McpServer {
                 command
             }
             McpServerKind::Everything => {
-                let script = root.join(
-                    "xtask/sdk/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js",
-                );
+                let script = self
+                    .tools
+                    .node_modules()
+                    .join("@modelcontextprotocol/server-everything/dist/index.js");
                 if !script.exists() {
-                    bail!(
-                        "{} is missing: run `npm ci --prefix xtask/sdk/node`",
-                        script.display()
-                    );
+                    bail!("{} is missing after npm ci", script.display());
                 }
                 let mut command = Command::new("node");
                 command.arg(script).arg("streamableHttp").env("PORT", &port);
@@ -106,8 +117,4 @@ impl McpServer {
             process.kill();
         }
     }
-}
-
-fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }

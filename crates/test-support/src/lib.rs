@@ -16,7 +16,9 @@ use agent_storage::{PostgresOptions, PostgresStore, RedisCoordination, RedisOpti
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::SecretString;
 
-pub use dev_harness::{McpServer, McpServerKind, ThrowawayPostgres, ThrowawayRedis};
+pub use dev_harness::{
+    McpServer, McpServerKind, TestTools, ThrowawayPostgres, ThrowawayRedis, system_program,
+};
 pub use proxy::LossyProxy;
 
 const HOW_TO_START: &str = "run the tests with `cargo xtask test`, which starts Postgres and \

@@ -59,20 +59,14 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     )
 }
 
-/// Chromium, its driver and Selenium, or an error naming what to install.
-fn require_browser() -> anyhow::Result<()> {
+/// Chromium and its driver (or an error naming what to install), and the provisioned Python
+/// with Selenium.
+fn require_browser() -> anyhow::Result<std::path::PathBuf> {
     require_tools(&[
         ("chromium", "chromium"),
         ("chromedriver", "chromium-driver"),
     ])?;
-    let selenium = Command::new("python3")
-        .args(["-c", "import selenium"])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !selenium {
-        bail!("Selenium is not installed: python3 -m pip install 'selenium>=4.30,<5'");
-    }
-    Ok(())
+    Ok(dev_harness::TestTools::get()?.python())
 }
 
 /// Runs `xtask/browser/check_pages.py` against `url` with `key` (and `env`: `CHECKS=proxy` for a
@@ -83,13 +77,13 @@ pub(crate) fn page_checks(
     env: &[(&str, String)],
     shots: &std::path::Path,
 ) -> anyhow::Result<()> {
-    require_browser()?;
+    let python = require_browser()?;
     let _ = std::fs::remove_dir_all(shots);
     println!(
         "xtask: the pages at {url} in headless Chromium; screenshots in {}",
         shots.display()
     );
-    let status = Command::new("python3")
+    let status = Command::new(python)
         .arg(crate::project_root().join("xtask/browser/check_pages.py"))
         .env("AGENT_URL", url)
         .env("AGENT_KEY", key)

@@ -6,7 +6,6 @@
 //! continued and read back, each error class) and exits non-zero on the first failure. A second server allowing two requests a minute gives the
 //! scripts a rate limit to hit.
 
-use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -27,7 +26,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let python = root.join("xtask/sdk/python/check_openai.py");
     let node = root.join("xtask/sdk/node");
     require_tools(&[("psql", "postgresql-client"), ("node", "nodejs")])?;
-    check_installed(&node)?;
+    let tools = dev_harness::TestTools::get()?;
     let bin = build_release(shell)?;
     let services = dev_harness::Services::start_or_reuse()?;
     // A database of this run's own: the sessions and usage of earlier runs stay out of it.
@@ -76,7 +75,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     ];
     let scripts = [
         ("python", {
-            let mut command = Command::new("python3");
+            let mut command = Command::new(tools.python());
             command.arg(&python);
             command
         }),
@@ -95,27 +94,6 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
         if !status.success() {
             bail!("the {name} SDK checks failed ({status})");
         }
-    }
-    Ok(())
-}
-
-/// The SDKs come from the registries (`.ci/run` installs them); say how when they are missing.
-fn check_installed(node: &Path) -> anyhow::Result<()> {
-    let python = Command::new("python3")
-        .args([
-            "-c",
-            "import openai, sys; sys.exit(0 if openai.__version__.startswith('3.') else 1)",
-        ])
-        .status()
-        .is_ok_and(|status| status.success());
-    if !python {
-        bail!("the openai Python SDK 3.x is not installed: python3 -m pip install 'openai>=3,<4'");
-    }
-    if !node.join("node_modules/openai/package.json").exists() {
-        bail!(
-            "the openai Node SDK is not installed: npm ci --prefix {}",
-            node.display()
-        );
     }
     Ok(())
 }

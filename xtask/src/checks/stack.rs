@@ -8,7 +8,7 @@ use anyhow::ensure;
 use xshell::{Shell, cmd};
 
 use crate::tasks::compose::{Compose, random_secret, write_secrets};
-use crate::tasks::docker;
+use crate::tasks::{docker, standin};
 
 /// A throwaway Compose project running the image with the fake model (e2e, chaos): random
 /// secrets, a free port, torn down with its volumes when dropped.
@@ -34,6 +34,12 @@ impl TestStack {
         docker::require_engine()?;
         let root = crate::project_root();
         let options = crate::tasks::image::ImageOptions::new(None, None, None);
+        let standins = images(
+            shell,
+            &options,
+            overrides.contains(&"docker/compose.mcp.yaml"),
+            up.contains(&"nginx"),
+        )?;
         crate::tasks::image::build(shell, &options)?;
         let fake_image = build_fake_model(shell, &root, &options.runtime_image)?;
         let secrets = root.join("target").join(project).join("secrets");
@@ -50,6 +56,7 @@ impl TestStack {
             ("FAKE_MODEL_IMAGE".into(), fake_image),
             ("TEST_SECRETS_DIR".into(), secrets.display().to_string()),
         ];
+        all_env.extend(standins);
         for name in [
             "POSTGRES_IMAGE",
             "REDIS_IMAGE",
@@ -120,6 +127,76 @@ impl Drop for TestStack {
 }
 
 /// The fake model image: the project's fake OpenAI server on the runtime base image.
+/// Checks that the stack's base images are here or can be pulled, and builds the MCP and nginx
+/// stand-ins (when the stack runs those services) where their public images cannot be pulled
+/// and no `MCP_SERVER_IMAGE` / `NGINX_IMAGE` names another: the environment that selects them.
+fn images(
+    shell: &Shell,
+    options: &crate::tasks::image::ImageOptions,
+    mcp: bool,
+    nginx: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let named = |variable: &str, default: &str| {
+        std::env::var(variable)
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let mut bases = vec![
+        ("RUST_IMAGE", options.rust_image.clone()),
+        ("RUNTIME_IMAGE", options.runtime_image.clone()),
+        ("POSTGRES_IMAGE", named("POSTGRES_IMAGE", "postgres:16-alpine")),
+        ("REDIS_IMAGE", named("REDIS_IMAGE", "redis:7-alpine")),
+    ];
+    if mcp {
+        bases.push((
+            "SLIM_IMAGE",
+            named("SLIM_IMAGE", "local/debian:bookworm-slim"),
+        ));
+    }
+    for (variable, image) in &bases {
+        ensure!(
+            docker::has_image(image),
+            "the base image {image} ({variable}) is not on this machine and no registry answers: \
+             make local stand-ins with `bash ../shared/offline-images/make-standins.sh`, then \
+             `set -a; . ../shared/offline-images/standins.env; set +a`"
+        );
+    }
+    let mut env = Vec::new();
+    let standins: [(bool, &str, &str, &str, StandinBuilder); 2] = [
+        (
+            mcp,
+            "MCP_SERVER_IMAGE",
+            "mcp/everything:latest",
+            standin::MCP_STANDIN,
+            standin::mcp_server,
+        ),
+        (
+            nginx,
+            "NGINX_IMAGE",
+            "nginx:1.27-alpine",
+            standin::NGINX_STANDIN,
+            |_| standin::nginx(),
+        ),
+    ];
+    for (used, variable, public, local, build) in standins {
+        if !used || std::env::var(variable).is_ok_and(|value| !value.is_empty()) {
+            continue;
+        }
+        if docker::has_image(public) {
+            continue;
+        }
+        if !docker::has_image(local) {
+            println!("xtask: {public} cannot be pulled; building the stand-in {local}");
+            build(shell)?;
+        }
+        env.push((variable.to_owned(), local.to_owned()));
+    }
+    Ok(env)
+}
+
+type StandinBuilder = fn(&Shell) -> anyhow::Result<()>;
+
 fn build_fake_model(shell: &Shell, root: &Path, runtime_image: &str) -> anyhow::Result<String> {
     // The dev build, with the test suite's features: `cargo xtask test` has already built it
     // (building fake-openai alone would resolve other features and recompile everything).

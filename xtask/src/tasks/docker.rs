@@ -38,3 +38,17 @@ pub(crate) fn compose_command() -> anyhow::Result<(String, Vec<String>)> {
         "neither `docker compose` nor `docker-compose` is installed (Debian: apt-get install docker-compose)"
     )
 }
+
+/// Whether the engine has `image`, pulled now if a registry answers (the pull's progress goes
+/// nowhere: on a machine without a registry it fails in a second).
+pub(crate) fn has_image(image: &str) -> bool {
+    let succeeds = |args: &[&str]| {
+        Command::new("docker")
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    };
+    succeeds(&["image", "inspect", image]) || succeeds(&["pull", "--quiet", image])
+}

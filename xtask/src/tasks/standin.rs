@@ -18,13 +18,7 @@ pub(crate) const MCP_STANDIN: &str = "local/mcp-everything:standin";
 pub(crate) fn mcp_server(shell: &xshell::Shell) -> anyhow::Result<()> {
     crate::tasks::docker::require_engine()?;
     let root = crate::project_root();
-    let modules = root.join("xtask/sdk/node/node_modules");
-    ensure!(
-        modules
-            .join("@modelcontextprotocol/server-everything")
-            .exists(),
-        "the reference MCP server is not installed: npm ci --prefix xtask/sdk/node"
-    );
+    let modules = dev_harness::TestTools::get()?.node_modules();
     let node = xshell::cmd!(shell, "sh -c 'readlink -f \"$(command -v node)\"'").read()?;
     let context = root.join("target/mcp-standin-context");
     let _ = std::fs::remove_dir_all(&context);

@@ -1,4 +1,5 @@
-//! `cargo xtask test`: makes Postgres and Redis available, then runs every test of the workspace.
+//! `cargo xtask test`: provisions the test tools (a venv and npm packages under the checkout),
+//! makes Postgres and Redis available, then runs every test of the workspace.
 
 use anyhow::Context;
 use xshell::{Shell, cmd};
@@ -10,6 +11,9 @@ pub(crate) fn run(shell: &Shell, cargo_args: &[String]) -> anyhow::Result<()> {
         "cargo test --workspace --all-targets --no-run --locked"
     )
     .run()?;
+    // The Python and npm test tools, made once under target/ (the tests would make them on
+    // first use too; here their time shows on its own).
+    dev_harness::TestTools::get()?;
     let services = dev_harness::Services::start_or_reuse()?;
     let _database = shell.push_env("DATABASE_URL", &services.database_url);
     let _redis = shell.push_env("REDIS_URL", &services.redis_url);

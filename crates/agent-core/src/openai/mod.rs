@@ -162,6 +162,7 @@ impl OpenAiModel {
                             format!("{} {message}", api.api_error.code.as_deref().unwrap_or(""));
                         match ModelError::rejected(status, &said) {
                             ModelError::ContextLength(_) => ModelError::ContextLength(message),
+                            ModelError::FormatRefused(_) => ModelError::FormatRefused(message),
                             _ => ModelError::Rejected(format!("{status}: {message}")),
                         }
                     }

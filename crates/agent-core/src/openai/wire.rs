@@ -32,6 +32,9 @@ pub(super) struct RequestBody<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    /// Only when the answer is not free text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response_format: Option<Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +114,7 @@ pub(super) fn request_body<'a>(
                 },
             })
             .collect(),
+        response_format: request.sampling.response_format.to_wire(),
     }
 }
 

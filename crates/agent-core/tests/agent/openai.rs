@@ -358,6 +358,7 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
         stop: vec!["END".into()],
         presence_penalty: Some(0.25),
         frequency_penalty: Some(-0.5),
+        response_format: agent_core::ResponseFormat::JsonObject,
     };
     let call = |sampling| {
         let model = model.clone();
@@ -387,6 +388,7 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
     assert_eq!(chosen["stop"], json!(["END"]));
     assert_eq!(chosen["presence_penalty"], 0.25);
     assert_eq!(chosen["frequency_penalty"], -0.5);
+    assert_eq!(chosen["response_format"], json!({"type": "json_object"}));
     let defaults = &requests[1];
     assert_eq!(defaults["temperature"], 0.2);
     assert_eq!(defaults["max_tokens"], 256, "capped at the configured 256");
@@ -396,6 +398,7 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
         "stop",
         "presence_penalty",
         "frequency_penalty",
+        "response_format",
     ] {
         assert!(defaults.get(unset).is_none(), "{unset}");
     }

@@ -6,6 +6,7 @@ fn accepted(message: &str) -> bool {
     AgentRequest {
         message: message.to_owned(),
         session_id: None,
+        response_format: None,
     }
     .validate(100, "anonymous")
     .is_ok()

@@ -7,6 +7,7 @@
 mod agent;
 mod bad_input;
 mod callers;
+mod client_shapes;
 mod cli;
 mod cors;
 mod dashboards;

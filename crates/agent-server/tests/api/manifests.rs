@@ -364,30 +364,26 @@ fn the_objects_refer_to_each_other_and_kustomize_lists_every_file() {
 }
 
 /// The Kubernetes OpenAPI schemas, strictly (unknown fields fail), through `kubernetes-validate`
-/// from PyPI. CI installs it and sets `CI`; elsewhere the test says it skipped.
+/// from PyPI, in the venv the test harness provisions.
 #[test]
 fn the_manifests_match_the_kubernetes_schemas() {
     let files: Vec<PathBuf> = yaml_files(&deploy())
         .into_iter()
         .filter(|path| !path.ends_with("kustomization.yaml"))
         .collect();
-    let output = std::process::Command::new("kubernetes-validate")
+    let validator = test_support::TestTools::get()
+        .unwrap()
+        .program("kubernetes-validate");
+    let output = std::process::Command::new(validator)
         .arg("--strict")
         .arg("--quiet")
         .args(&files)
-        .output();
-    match output {
-        Err(error) if std::env::var_os("CI").is_none() => {
-            eprintln!(
-                "skipped: kubernetes-validate is not installed ({error}); pip install kubernetes-validate"
-            );
-        }
-        Err(error) => panic!("kubernetes-validate is required in CI: {error}"),
-        Ok(output) => assert!(
-            output.status.success(),
-            "kubernetes-validate failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    }
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "kubernetes-validate failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

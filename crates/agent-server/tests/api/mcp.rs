@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fake_openai::{FakeOpenAi, Scripted};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use test_support::{McpServer, McpServerKind};
+use test_support::{McpServer, McpServerKind, TestTools};
 
 use crate::helpers::{TestApp, config_file, spawn_with_model};
 
@@ -69,6 +69,60 @@ async fn wait_for_tools(
         assert!(Instant::now() < deadline, "not within {within:?}: {body:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The harness's own provisioning, from an empty directory: the venv it makes holds the pinned
+/// packages and nothing of the system interpreter's, and the MCP server of these tests runs from
+/// it and serves a turn's tool call.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_harness_provisions_an_empty_directory_and_the_mcp_tests_run_from_it() {
+    let directory = std::env::temp_dir().join(format!("agent-test-tools-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&directory);
+    std::fs::create_dir_all(&directory).unwrap();
+    let provisioned = directory.clone();
+    let tools = tokio::task::spawn_blocking(move || TestTools::provision(&provisioned))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(tools.python().starts_with(&directory), "{tools:?}");
+    let config = std::fs::read_to_string(directory.join("python/pyvenv.cfg")).unwrap();
+    assert!(
+        config.contains("include-system-site-packages = false"),
+        "{config}"
+    );
+    let isolated = std::process::Command::new(tools.python())
+        .args(["-c", "import sys, mcp; print(sys.prefix != sys.base_prefix, mcp.__file__)"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&isolated.stdout);
+    assert!(
+        said.starts_with("True ") && said.contains(directory.to_str().unwrap()),
+        "mcp must come from the venv: {said}{}",
+        String::from_utf8_lossy(&isolated.stderr)
+    );
+    // Provisioned again: nothing to do (the pins did not change).
+    let again = std::time::Instant::now();
+    TestTools::provision(&directory).unwrap();
+    assert!(again.elapsed() < Duration::from_secs(5));
+
+    let server = McpServer::start_with(McpServerKind::Python { token: None }, &tools).unwrap();
+    let fake = FakeOpenAi::start(vec![
+        Scripted::tool_call("py__add", json!({"a": 20, "b": 22})),
+        Scripted::text("42"),
+    ])
+    .await;
+    let app = spawn_with(&fake, &server_table("py", &server.url(), ""), &[]).await;
+    wait_for_tools(&app, Duration::from_secs(10), |listed| {
+        tool(listed, "py__add").is_some()
+    })
+    .await;
+    let response = app
+        .agent(json!({"session_id": "provisioned", "message": "add 20 and 22"}))
+        .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(tool_messages(&fake, 1).await, vec!["42".to_owned()]);
+    drop(server);
+    std::fs::remove_dir_all(&directory).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

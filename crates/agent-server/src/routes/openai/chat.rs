@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
+use crate::dto::format::ChatResponseFormat;
 use crate::dto::{message_problem, parse_json, session_id};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
@@ -143,14 +144,12 @@ pub(crate) struct ChatCompletionRequest {
         reason = "accepted from OpenAI clients and type-checked, not used"
     )]
     modalities: Option<Vec<Modality>>,
-    /// Only `{"type": "text"}`: the agent's answer is text.
+    /// The form of the final answer: `text` (the default), `json_object`, or `json_schema`
+    /// (with `strict`). Sent to the model with every call of the turn; the agent's tool calls
+    /// stay free-form. A model server that cannot do it: 400 `response_format_unsupported`.
     #[serde(default)]
     #[schema(nullable)]
-    #[expect(
-        dead_code,
-        reason = "accepted from OpenAI clients and type-checked, not used"
-    )]
-    response_format: Option<ResponseFormat>,
+    response_format: Option<ChatResponseFormat>,
     /// Refused (not passed on).
     #[serde(default)]
     #[schema(nullable, value_type = Option<Object>)]
@@ -180,14 +179,6 @@ pub(crate) enum Stop {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Modality {
     Text,
-}
-
-/// `response_format`: only text.
-#[derive(Debug, Deserialize, ToSchema)]
-pub(crate) struct ResponseFormat {
-    #[serde(rename = "type")]
-    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
-    kind: Modality,
 }
 
 /// A message of the conversation.
@@ -465,6 +456,7 @@ impl ChatCompletionRequest {
                 message,
                 sampling,
                 instructions: Vec::new(),
+                earlier: Vec::new(),
             },
             stream: self.stream.unwrap_or(false),
             include_usage,
@@ -553,6 +545,13 @@ impl ChatCompletionRequest {
             stop,
             presence_penalty: within("presence_penalty", self.presence_penalty, -2.0, 2.0)?,
             frequency_penalty: within("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?,
+            response_format: self
+                .response_format
+                .as_ref()
+                .map(|format| format.checked("response_format"))
+                .transpose()
+                .map_err(as_bad_request)?
+                .unwrap_or_default(),
         })
     }
 }

@@ -18,12 +18,12 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use super::chat::{
-    ChatRole, Modality, as_bad_request, bad, choice_is_free, first_refusal, within,
-    within_max_tokens,
+    ChatRole, as_bad_request, bad, choice_is_free, first_refusal, within, within_max_tokens,
 };
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
+use crate::dto::format::TextFormat;
 use crate::dto::{message_problem, parse_json};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
@@ -36,8 +36,11 @@ use crate::turn::{Conversation, Extras, Finished, KeepResponse, TurnInput, Turns
 pub(crate) struct ResponseRequest {
     /// The agent's model id (`GET /v1/models`).
     model: String,
-    /// The user's message, or a list of messages ending with it. With `store` (the default),
-    /// earlier user and assistant messages are refused: the stored conversation holds them.
+    /// The user's message, or a conversation ending with it: messages of any role, after the
+    /// previous response's conversation when `previous_response_id` names one. With `store`
+    /// (the default) its user and assistant messages are stored with the turn, so a later
+    /// `previous_response_id` continues from all of it; system and developer messages apply to
+    /// this response only.
     input: ResponseInput,
     /// A system message for this response only (not carried over by `previous_response_id`).
     #[serde(default)]
@@ -89,10 +92,11 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
     tool_choice: Option<Value>,
-    /// Only text: `{"format": {"type": "text"}}`.
+    /// The form of the final answer: `{"format": {"type": "text" | "json_object" |
+    /// "json_schema", ...}}`. Sent to the model with every call of the turn; the agent's tool
+    /// calls stay free-form. A model server that cannot do it: 400 `response_format_unsupported`.
     #[serde(default)]
     #[schema(nullable)]
-    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
     text: Option<TextConfig>,
     /// `disabled` or `auto` (the server's history window applies either way).
     #[serde(default)]
@@ -160,20 +164,12 @@ pub(crate) enum PartType {
     OutputText,
 }
 
-/// `text`: only plain text.
+/// `text`: the answer's format (other fields, such as `verbosity`, are ignored).
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct TextConfig {
     #[serde(default)]
     #[schema(nullable)]
-    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
     format: Option<TextFormat>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-pub(crate) struct TextFormat {
-    #[serde(rename = "type")]
-    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
-    kind: Modality,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -197,6 +193,8 @@ struct Echo {
     max_output_tokens: Option<u32>,
     user: Option<String>,
     metadata: HashMap<String, String>,
+    /// The request's `text.format` (`{"type": "text"}` when it had none).
+    format: Value,
 }
 
 /// OpenAI's response object.
@@ -305,7 +303,7 @@ impl Echo {
             reasoning: json!({ "effort": null, "summary": null }),
             store: self.store,
             temperature: self.temperature,
-            text: json!({ "format": { "type": "text" } }),
+            text: json!({ "format": self.format }),
             tool_choice: "auto",
             tools: Vec::new(),
             top_p: self.top_p,
@@ -386,10 +384,17 @@ impl ResponseRequest {
     ) -> Result<ValidResponse, ApiError> {
         check_model(&self.model, settings)?;
         self.refuse_unsupported()?;
+        let text_format = self.text.as_ref().and_then(|text| text.format.clone());
         let sampling = Sampling {
             temperature: within("temperature", self.temperature, 0.0, 2.0)?,
             top_p: within("top_p", self.top_p, 0.0, 1.0)?,
             max_tokens: within_max_tokens("max_output_tokens", self.max_output_tokens, settings)?,
+            response_format: text_format
+                .as_ref()
+                .map(|format| format.checked("text.format"))
+                .transpose()
+                .map_err(as_bad_request)?
+                .unwrap_or_default(),
             ..Sampling::default()
         };
         let store = self.store.unwrap_or(true);
@@ -459,22 +464,24 @@ impl ResponseRequest {
         let mut instructions: Vec<Message> =
             self.instructions.iter().map(Message::system).collect();
         let earlier = &items[..last];
-        let conversation = if store {
-            // The stored conversation holds the earlier turns: only system messages join it,
-            // for this turn.
-            if let Some(index) = earlier
+        let as_message = |role: &ChatRole, text: &String| match role {
+            ChatRole::User => Message::user(text),
+            ChatRole::Assistant => Message::assistant(text),
+            ChatRole::System | ChatRole::Developer => Message::system(text),
+        };
+        let (conversation, earlier) = if store {
+            // The earlier messages join the conversation (after the previous response's, if
+            // named) and are stored with the turn, so a later previous_response_id continues
+            // from all of it; system and developer messages apply to this turn only.
+            let (system, conversation): (Vec<_>, Vec<_>) = earlier
                 .iter()
-                .position(|(role, _)| matches!(role, ChatRole::User | ChatRole::Assistant))
-            {
-                return Err(bad(
-                    &format!("input[{index}].role"),
-                    "with store (the default) input holds the new user message and system \
-                     messages only: the stored conversation holds the earlier turns (continue it \
-                     with previous_response_id, or send a whole conversation with store: false)",
-                ));
-            }
-            instructions.extend(earlier.iter().map(|(_, text)| Message::system(text)));
-            match &previous {
+                .partition(|(role, _)| matches!(role, ChatRole::System | ChatRole::Developer));
+            instructions.extend(system.iter().map(|(_, text)| Message::system(text)));
+            let earlier: Vec<Message> = conversation
+                .iter()
+                .map(|(role, text)| as_message(role, text))
+                .collect();
+            let session = match &previous {
                 Some(previous) => Conversation::Session {
                     session: previous.session.clone(),
                     new_session: false,
@@ -487,21 +494,19 @@ impl ResponseRequest {
                     new_session: true,
                     continues_from: None,
                 },
-            }
+            };
+            (session, earlier)
         } else {
             let mut history = match &previous {
                 Some(previous) => previous_history(backends, previous, settings).await?,
                 None => Vec::new(),
             };
-            history.extend(earlier.iter().map(|(role, text)| match role {
-                ChatRole::User => Message::user(text),
-                ChatRole::Assistant => Message::assistant(text),
-                ChatRole::System | ChatRole::Developer => Message::system(text),
-            }));
-            Conversation::Given {
+            history.extend(earlier.iter().map(|(role, text)| as_message(role, text)));
+            let given = Conversation::Given {
                 caller: caller.to_owned(),
                 history,
-            }
+            };
+            (given, Vec::new())
         };
         let echo = Echo {
             id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
@@ -515,6 +520,10 @@ impl ResponseRequest {
             max_output_tokens: self.max_output_tokens,
             user: self.user,
             metadata: self.metadata.unwrap_or_default(),
+            format: text_format.map_or_else(
+                || json!({ "type": "text" }),
+                |format| serde_json::to_value(format).unwrap_or_default(),
+            ),
         };
         Ok(ValidResponse {
             input: TurnInput {
@@ -522,6 +531,7 @@ impl ResponseRequest {
                 message,
                 sampling,
                 instructions,
+                earlier,
             },
             echo,
             stream: self.stream.unwrap_or(false),
