@@ -371,3 +371,41 @@ pub(crate) fn session_id(text: &str, owner: &str) -> Result<SessionId, ApiError>
             )
         })
 }
+
+/// Text or a list, the shape of OpenAI's `content` and `input`, as an untagged enum of the two
+/// would read it, except that an error inside the list keeps its place (`input[2].type: unknown
+/// variant ...`) where an untagged enum says only that no variant matched. The enum itself keeps
+/// `#[serde(untagged)]` for its published schema.
+pub(crate) enum TextOrList<T> {
+    Text(String),
+    List(Vec<T>),
+}
+
+impl<'de, T: Deserialize<'de>> TextOrList<T> {
+    pub(crate) fn read<D: serde::Deserializer<'de>>(
+        deserializer: D,
+        expecting: &'static str,
+    ) -> Result<Self, D::Error> {
+        struct Visitor<T>(std::marker::PhantomData<T>, &'static str);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = TextOrList<T>;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.1)
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(TextOrList::Text(text.to_owned()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                sequence: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(sequence))
+                    .map(TextOrList::List)
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData, expecting))
+    }
+}

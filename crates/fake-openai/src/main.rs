@@ -4,7 +4,8 @@
 //! delay a message "sleep <ms> ..." asks for), as JSON or as a stream. `GET /stats` reports requests in flight, the most at once, and the total;
 //! `DELETE /stats` restarts the most-at-once count. `PUT /fault/{mode}` makes every completion
 //! fail until `PUT /fault/none`: `429` (with `Retry-After: 1`), `500`, or `timeout` (no answer
-//! for 120 s), for chaos tests. A message "tool <name> <JSON arguments>" is answered with a call
+//! for 120 s), for chaos tests. A message "json <text>" in a request with a JSON `response_format`
+//! is answered with <text> alone. A message "tool <name> <JSON arguments>" is answered with a call
 //! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
 //! turn's answer does not depend on whether the tool worked, and the tool message shows it). A
 //! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart. A
@@ -89,8 +90,15 @@ async fn completions(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    // "recall ..." shows what the model was sent before: the user's previous message.
-    let text = if last_user.starts_with("recall") {
+    // "recall ..." shows what the model was sent before: the user's previous message. "json
+    // <text>" under a JSON `response_format` is answered with <text> alone (so a client's
+    // structured-output parse succeeds only if the format reached the model).
+    let json_format = ["json_object", "json_schema"]
+        .iter()
+        .any(|kind| body["response_format"]["type"] == *kind);
+    let text = if let Some(answer) = last_user.strip_prefix("json ").filter(|_| json_format) {
+        answer.to_owned()
+    } else if last_user.starts_with("recall") {
         format!(
             "you said earlier: {}",
             users.get(1).copied().unwrap_or("nothing")

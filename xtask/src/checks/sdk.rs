@@ -4,7 +4,11 @@
 //! `xtask/sdk/node`) runs `xtask/sdk/node/check_openai.mjs`. Each script makes its own checks
 //! (models, plain and streamed chat completions, a remembered session, responses plain, streamed,
 //! continued and read back, each error class) and exits non-zero on the first failure. A second server allowing two requests a minute gives the
-//! scripts a rate limit to hit.
+//! scripts a rate limit to hit. Then the agent SDKs: `xtask/sdk/python/check_agent_sdks.py` (the
+//! OpenAI Agents SDK, pydantic-ai, LangChain, and the Python SDK's structured output and
+//! client-kept Responses history) and `xtask/sdk/node/check_ai_sdk.mjs` (the Vercel AI SDK), with
+//! a third server on the offline model for structured output. Python packages come from the
+//! provisioned venv, npm packages from xtask/sdk/node.
 
 use std::process::Command;
 
@@ -63,6 +67,15 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     };
     let (_server, port) = start("1000000")?;
     let (_limited, limited_port) = start("2")?;
+    // The built-in offline model (no model server, memory storage): structured output must
+    // work with it too.
+    let offline_port = dev_harness::free_port()?;
+    let mut offline = server_command(&bin, offline_port, model_port);
+    offline
+        .env_remove("OPENAI_BASE_URL")
+        .env("AGENT_API_KEYS", &keys);
+    let _offline = Spawned::start(&mut offline)?;
+    wait_until_ok(offline_port, "/ready")?;
     let environment = [
         ("AGENT_URL", format!("http://127.0.0.1:{port}")),
         ("AGENT_KEY", KEY.to_owned()),
@@ -72,6 +85,10 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             format!("http://127.0.0.1:{limited_port}"),
         ),
         ("FAKE_MODEL_URL", format!("http://127.0.0.1:{model_port}")),
+        (
+            "AGENT_OFFLINE_URL",
+            format!("http://127.0.0.1:{offline_port}"),
+        ),
     ];
     let scripts = [
         ("python", {
@@ -82,6 +99,16 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
         ("node", {
             let mut command = Command::new("node");
             command.arg("check_openai.mjs").current_dir(&node);
+            command
+        }),
+        ("agent (OpenAI Agents SDK, pydantic-ai, LangChain)", {
+            let mut command = Command::new(tools.python());
+            command.arg(root.join("xtask/sdk/python/check_agent_sdks.py"));
+            command
+        }),
+        ("Vercel AI", {
+            let mut command = Command::new("node");
+            command.arg("check_ai_sdk.mjs").current_dir(&node);
             command
         }),
     ];

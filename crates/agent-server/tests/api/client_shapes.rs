@@ -167,7 +167,7 @@ async fn a_conversation_the_agent_cannot_answer_is_a_400_naming_the_item() {
         ),
         (
             json!([{ "role": "user", "content": [{ "type": "input_image", "image_url": "x" }] }]),
-            "input[0].content",
+            "input[0].content[0].type",
         ),
     ] {
         let (status, body) = post(
@@ -322,8 +322,6 @@ async fn a_model_server_refusing_the_format_is_a_400_and_stores_nothing() {
     .await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("response_format_unsupported")), "{body}");
     assert!(app.stored("refused").await.is_empty());
-    let (status, _) = app.get_json("/sessions/refused").await;
-    assert_eq!(status, 404);
 }
 
 /// An unknown format type names the field and the values it takes, in each route's shape.
@@ -336,19 +334,19 @@ async fn an_unknown_format_names_the_field_and_the_accepted_values() {
             "/v1/chat/completions",
             json!({ "model": "agent", "messages": [{ "role": "user", "content": "hi" }], "response_format": { "type": "yaml" } }),
             400,
-            "response_format",
+            "response_format.type",
         ),
         (
             "/v1/responses",
             json!({ "model": "agent", "input": "hi", "text": { "format": { "type": "yaml" } } }),
             400,
-            "text.format",
+            "text.format.type",
         ),
         (
             "/agent",
             json!({ "message": "hi", "response_format": { "type": "yaml" } }),
             422,
-            "response_format",
+            "response_format.type",
         ),
     ] {
         let (got, answer) = post(&app, path, body).await;

@@ -300,7 +300,7 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
         ),
         (
             with("response_format", json!({ "type": "yaml" })),
-            "response_format",
+            "response_format.type",
         ),
         (
             with(
@@ -343,7 +343,7 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
                 "messages",
                 json!([{ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "http://x" } }] }]),
             ),
-            "messages[0].content",
+            "messages[0].content[0].type",
         ),
         (
             with("messages", json!([user("   ")])),

@@ -24,7 +24,7 @@ use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::format::TextFormat;
-use crate::dto::{message_problem, parse_json};
+use crate::dto::{TextOrList, message_problem, parse_json};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
@@ -114,11 +114,22 @@ pub(crate) struct ResponseRequest {
 }
 
 /// `input`: text, or messages.
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum ResponseInput {
     Text(String),
     Items(Vec<InputItem>),
+}
+
+impl<'de> Deserialize<'de> for ResponseInput {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOrList::read(deserializer, "text or a list of input items")? {
+                TextOrList::Text(text) => Self::Text(text),
+                TextOrList::List(items) => Self::Items(items),
+            },
+        )
+    }
 }
 
 /// A message of `input`.
@@ -141,11 +152,22 @@ pub(crate) enum ItemType {
 }
 
 /// A message's content: text, or text parts (joined with newlines).
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, ToSchema)]
 #[serde(untagged)]
 pub(crate) enum ItemContent {
     Text(String),
     Parts(Vec<ItemPart>),
+}
+
+impl<'de> Deserialize<'de> for ItemContent {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(
+            match TextOrList::read(deserializer, "text or a list of text parts")? {
+                TextOrList::Text(text) => Self::Text(text),
+                TextOrList::List(parts) => Self::Parts(parts),
+            },
+        )
+    }
 }
 
 /// A text part: `input_text`, or `output_text` in an assistant message.

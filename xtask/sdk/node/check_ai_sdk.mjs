@@ -1,0 +1,46 @@
+// The Vercel AI SDK (`ai` 6 with `@ai-sdk/openai` 3, whose `openai(model)` is the Responses API),
+// unchanged, against agent-server: two turns whose history the client keeps, and structured
+// output from a zod schema. Run by `cargo xtask sdk` with the environment of
+// ../python/check_agent_sdks.py (see there for what the fake model answers).
+
+import { createOpenAI } from "@ai-sdk/openai";
+import { generateObject, generateText } from "ai";
+import { z } from "zod";
+
+const key = process.env.AGENT_KEY;
+let checks = 0;
+
+function check(condition, what) {
+  if (!condition) {
+    console.error(`ai sdk: FAILED: ${what}`);
+    process.exit(1);
+  }
+  checks += 1;
+}
+
+const provider = (url) => createOpenAI({ baseURL: `${url}/v1`, apiKey: key });
+const model = provider(process.env.AGENT_URL)("agent");
+
+const question = { role: "user", content: "my pet is a hamster" };
+const first = await generateText({ model, messages: [question], maxRetries: 0 });
+check(first.text === "echo: my pet is a hamster", `turn 1: ${first.text}`);
+const second = await generateText({
+  model,
+  messages: [question, ...first.response.messages, { role: "user", content: "recall my pet" }],
+  maxRetries: 0,
+});
+check(second.text === "you said earlier: my pet is a hamster", `turn 2 on the client's history: ${second.text}`);
+
+const City = z.object({ city: z.string(), population: z.number().int() });
+const paris = { city: "Paris", population: 2100000 };
+for (const [name, url] of [["fake", process.env.AGENT_URL], ["offline", process.env.AGENT_OFFLINE_URL]]) {
+  const { object } = await generateObject({
+    model: provider(url)("agent"),
+    schema: City,
+    prompt: `json ${JSON.stringify(paris)}`,
+    maxRetries: 0,
+  });
+  check(City.safeParse(object).success, `generateObject (${name}): ${JSON.stringify(object)}`);
+  if (name === "fake") check(JSON.stringify(object) === JSON.stringify(paris), `generateObject: ${JSON.stringify(object)}`);
+}
+console.log(`ai sdk: ${checks} checks passed`);
