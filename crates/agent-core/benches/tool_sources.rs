@@ -5,7 +5,8 @@
 //! `raw_tools_call`, posts the same `tools/call` JSON-RPC request with a bare HTTP client on an
 //! initialised session: what the server itself costs, so that what our client adds shows.
 //!
-//! `cargo bench -p agent-core --bench tool_sources` (needs `python3` with PyPI `mcp` 2.x).
+//! `cargo bench -p agent-core --bench tool_sources` (the MCP server runs from the venv the test
+//! harness provisions, `dev_harness::TestTools`).
 
 #![allow(clippy::unwrap_used)]
 

@@ -87,7 +87,9 @@ impl ResponseFormat {
         match self {
             Self::Text => None,
             Self::JsonObject => Some(json!({ "type": "json_object" })),
-            Self::JsonSchema(format) => Some(json!({ "type": "json_schema", "json_schema": format })),
+            Self::JsonSchema(format) => {
+                Some(json!({ "type": "json_schema", "json_schema": format }))
+            }
         }
     }
 
@@ -123,7 +125,11 @@ fn simplest_value(schema: &Value, root: &Value, depth: usize) -> Value {
     if let Some(constant) = object.get("const") {
         return constant.clone();
     }
-    if let Some(first) = object.get("enum").and_then(Value::as_array).and_then(|values| values.first()) {
+    if let Some(first) = object
+        .get("enum")
+        .and_then(Value::as_array)
+        .and_then(|values| values.first())
+    {
         return first.clone();
     }
     if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
@@ -133,13 +139,20 @@ fn simplest_value(schema: &Value, root: &Value, depth: usize) -> Value {
         };
     }
     for union in ["anyOf", "oneOf"] {
-        if let Some(first) = object.get(union).and_then(Value::as_array).and_then(|options| options.first()) {
+        if let Some(first) = object
+            .get(union)
+            .and_then(Value::as_array)
+            .and_then(|options| options.first())
+        {
             return simplest_value(first, root, depth + 1);
         }
     }
     if let Some(parts) = object.get("allOf").and_then(Value::as_array) {
         // Objects from every part merged; otherwise the first part's value.
-        let values: Vec<Value> = parts.iter().map(|part| simplest_value(part, root, depth + 1)).collect();
+        let values: Vec<Value> = parts
+            .iter()
+            .map(|part| simplest_value(part, root, depth + 1))
+            .collect();
         if values.iter().all(Value::is_object) {
             let mut merged = Map::new();
             for value in values {
@@ -172,7 +185,9 @@ fn simplest_value(schema: &Value, root: &Value, depth: usize) -> Value {
             let mut fields = Map::new();
             for name in required.into_iter().flatten().filter_map(Value::as_str) {
                 let property = properties.and_then(|properties| properties.get(name));
-                let value = property.map_or(Value::Null, |property| simplest_value(property, root, depth + 1));
+                let value = property.map_or(Value::Null, |property| {
+                    simplest_value(property, root, depth + 1)
+                });
                 fields.insert(name.to_owned(), value);
             }
             Value::Object(fields)

@@ -232,7 +232,11 @@ impl Turns {
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
                 let request = TurnRequest {
-                    history: instructions.into_iter().chain(history).chain(earlier).collect(),
+                    history: instructions
+                        .into_iter()
+                        .chain(history)
+                        .chain(earlier)
+                        .collect(),
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,

@@ -50,8 +50,7 @@ impl TestTools {
         let tools = TestTools {
             venv: root.join("python"),
         };
-        std::fs::create_dir_all(root)
-            .with_context(|| format!("cannot make {}", root.display()))?;
+        std::fs::create_dir_all(root).with_context(|| format!("cannot make {}", root.display()))?;
         let _lock = lock(&root.join(".lock"))?;
         let pins = std::fs::read_to_string(workspace_root().join(REQUIREMENTS))
             .with_context(|| format!("cannot read {REQUIREMENTS}"))?;
@@ -118,10 +117,18 @@ fn provision_node() -> anyhow::Result<()> {
     system_program("node", "nodejs")?;
     let npm = system_program("npm", "npm")?;
     let started = Instant::now();
-    println!("harness: installing the npm test packages into {NODE_PACKAGES}/node_modules (npm ci)");
+    println!(
+        "harness: installing the npm test packages into {NODE_PACKAGES}/node_modules (npm ci)"
+    );
     run(
         Command::new(npm)
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .args([
+                "ci",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                "--prefix",
+            ])
             .arg(&directory),
         "npm ci failed (is the npm registry reachable?)",
     )?;
@@ -171,5 +178,10 @@ fn run(command: &mut Command, failure: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .nth(2)
+        .unwrap_or(manifest)
+        .to_path_buf()
 }

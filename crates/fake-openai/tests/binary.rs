@@ -104,3 +104,23 @@ fn an_arithmetic_question_is_answered_through_the_calculator_tool() {
     let (_, echoed) = post(port, plain);
     assert!(echoed.contains("echo: what is 2+3*4?"), "{echoed}");
 }
+
+#[test]
+fn json_text_is_answered_alone_only_under_a_json_response_format() {
+    let (_server, port) = start();
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"json {\"a\":1}"}]FORMAT}"#;
+    let (status, answer) = post(
+        port,
+        &body.replace(
+            "FORMAT",
+            r#","response_format":{"type":"json_schema","json_schema":{"name":"a"}}"#,
+        ),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains(r#""content":"{\"a\":1}""#), "{answer}");
+    let (_, plain) = post(port, &body.replace("FORMAT", ""));
+    assert!(
+        plain.contains(r#""content":"echo: json {\"a\":1}""#),
+        "{plain}"
+    );
+}

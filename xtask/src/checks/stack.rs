@@ -145,7 +145,10 @@ fn images(
     let mut bases = vec![
         ("RUST_IMAGE", options.rust_image.clone()),
         ("RUNTIME_IMAGE", options.runtime_image.clone()),
-        ("POSTGRES_IMAGE", named("POSTGRES_IMAGE", "postgres:16-alpine")),
+        (
+            "POSTGRES_IMAGE",
+            named("POSTGRES_IMAGE", "postgres:16-alpine"),
+        ),
         ("REDIS_IMAGE", named("REDIS_IMAGE", "redis:7-alpine")),
     ];
     if mcp {

@@ -112,8 +112,13 @@ fn a_format_is_checked_when_made() {
     ));
     assert_eq!(make("Answer_1-x", json!({"type": "object"})), Ok(()));
     let wire = ResponseFormat::JsonSchema(
-        JsonSchemaFormat::new("a".into(), Some("d".into()), Some(json!({"type": "object"})), Some(true))
-            .unwrap(),
+        JsonSchemaFormat::new(
+            "a".into(),
+            Some("d".into()),
+            Some(json!({"type": "object"})),
+            Some(true),
+        )
+        .unwrap(),
     )
     .to_wire();
     assert_eq!(

@@ -104,7 +104,11 @@ async fn a_whole_conversation_in_input_runs_and_is_stored_with_the_response() {
     );
     // The session holds both turns' messages, the client's earlier ones first.
     let (_, sessions) = app.get_json("/sessions").await;
-    assert_eq!(sessions["sessions"].as_array().unwrap().len(), 1, "{sessions}");
+    assert_eq!(
+        sessions["sessions"].as_array().unwrap().len(),
+        1,
+        "{sessions}"
+    );
     let session = sessions["sessions"][0]["session_id"].as_str().unwrap();
     let (_, history) = app.get_json(&format!("/sessions/{session}")).await;
     let contents: Vec<&str> = history["messages"]
@@ -283,7 +287,10 @@ async fn the_offline_model_answers_json_matching_the_schema() {
     .await;
     assert_eq!(status, 200, "{body}");
     let text = body["output"][0]["content"][0]["text"].as_str().unwrap();
-    assert!(validator.is_valid(&serde_json::from_str(text).unwrap()), "{text}");
+    assert!(
+        validator.is_valid(&serde_json::from_str(text).unwrap()),
+        "{text}"
+    );
 
     let (status, body) = post(
         &app,
@@ -313,14 +320,22 @@ async fn a_model_server_refusing_the_format_is_a_400_and_stores_nothing() {
         json!({ "message": "a city", "session_id": "refused", "response_format": format }),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("response_format_unsupported")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("response_format_unsupported")),
+        "{body}"
+    );
     let (status, body) = post(
         &app,
         "/v1/chat/completions",
         json!({ "model": "agent", "messages": [{ "role": "user", "content": "a city" }], "response_format": format }),
     )
     .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("response_format_unsupported")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("response_format_unsupported")),
+        "{body}"
+    );
     assert!(app.stored("refused").await.is_empty());
 }
 

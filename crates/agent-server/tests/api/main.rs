@@ -7,8 +7,8 @@
 mod agent;
 mod bad_input;
 mod callers;
-mod client_shapes;
 mod cli;
+mod client_shapes;
 mod cors;
 mod dashboards;
 mod errors;

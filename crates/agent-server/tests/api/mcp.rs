@@ -91,7 +91,10 @@ async fn the_harness_provisions_an_empty_directory_and_the_mcp_tests_run_from_it
         "{config}"
     );
     let isolated = std::process::Command::new(tools.python())
-        .args(["-c", "import sys, mcp; print(sys.prefix != sys.base_prefix, mcp.__file__)"])
+        .args([
+            "-c",
+            "import sys, mcp; print(sys.prefix != sys.base_prefix, mcp.__file__)",
+        ])
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&isolated.stdout);

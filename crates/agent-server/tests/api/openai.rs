@@ -843,7 +843,6 @@ async fn responses_are_stored_turns_continued_by_previous_response_id() {
         sessions["sessions"][0]["turn_count"], 2,
         "the unstored turn added nothing"
     );
-
 }
 
 /// A streamed response: `response.*` events in order with increasing sequence numbers, the text
