@@ -62,6 +62,7 @@ async fn a_whole_conversation_in_input_runs_and_is_stored_with_the_response() {
     let fake = FakeOpenAi::start(vec![
         Scripted::text("Your name is Ada."),
         Scripted::text("Ada, with three letters."),
+        Scripted::text("Yes."),
         Scripted::text("Unstored."),
     ])
     .await;
@@ -129,6 +130,40 @@ async fn a_whole_conversation_in_input_runs_and_is_stored_with_the_response() {
         ]
     );
 
+    // An earlier answer as a reference to a stored response's output message (the Vercel AI
+    // SDK's `item_reference`); one that is nobody's is 404 naming it.
+    let message_id = first["output"][0]["id"].as_str().unwrap();
+    let (status, referenced) = post(
+        &app,
+        "/v1/responses",
+        json!({ "model": "agent", "input": [
+            { "role": "user", "content": "What is my name?" },
+            { "type": "item_reference", "id": message_id },
+            { "role": "user", "content": "Sure?" }
+        ] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{referenced}");
+    assert_eq!(
+        sent(&fake, 2).await[1..],
+        pairs(&[
+            ("user", "What is my name?"),
+            ("assistant", "Your name is Ada."),
+            ("user", "Sure?"),
+        ])
+    );
+    let (status, missing) = post(
+        &app,
+        "/v1/responses",
+        json!({ "model": "agent", "input": [
+            { "type": "item_reference", "id": "msg_00000000000000000000000000000000" },
+            { "role": "user", "content": "Sure?" }
+        ] }),
+    )
+    .await;
+    assert_eq!(status, 404, "{missing}");
+    assert_eq!(missing["error"]["param"], "input[0].id");
+
     // previous_response_id and more earlier messages: they follow the stored conversation.
     let (status, third) = post(
         &app,
@@ -141,7 +176,7 @@ async fn a_whole_conversation_in_input_runs_and_is_stored_with_the_response() {
     )
     .await;
     assert_eq!(status, 200, "{third}");
-    let messages = sent(&fake, 2).await;
+    let messages = sent(&fake, 3).await;
     assert_eq!(
         messages[messages.len() - 4..],
         pairs(&[

@@ -132,23 +132,35 @@ impl<'de> Deserialize<'de> for ResponseInput {
     }
 }
 
-/// A message of `input`.
+/// An item of `input`: a message, or a reference to the output message of a stored response of
+/// yours (what the Vercel AI SDK sends for earlier answers).
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InputItem {
-    /// `message` (may be left out).
+    /// `message` (may be left out) or `item_reference`.
     #[serde(rename = "type", default)]
     #[schema(nullable)]
-    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
     kind: Option<ItemType>,
-    role: ChatRole,
-    content: ItemContent,
+    /// A message's role (required for a message).
+    #[serde(default)]
+    #[schema(nullable)]
+    role: Option<ChatRole>,
+    /// A message's content (required for a message).
+    #[serde(default)]
+    #[schema(nullable)]
+    content: Option<ItemContent>,
+    /// An `item_reference`'s target: the `msg_…` id of a stored response's output message
+    /// (a message's own id is ignored).
+    #[serde(default)]
+    #[schema(nullable)]
+    id: Option<String>,
 }
 
-/// The only input item type: a message.
+/// The input item types: a message, or a reference to a stored output message.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub(crate) enum ItemType {
     Message,
+    ItemReference,
 }
 
 /// A message's content: text, or text parts (joined with newlines).
@@ -420,31 +432,15 @@ impl ResponseRequest {
             ..Sampling::default()
         };
         let store = self.store.unwrap_or(true);
-        let items: Vec<(ChatRole, String)> = match &self.input {
-            ResponseInput::Text(text) => vec![(ChatRole::User, text.clone())],
-            ResponseInput::Items(items) => items
-                .iter()
-                .enumerate()
-                .map(|(index, item)| {
-                    let param = format!("input[{index}].content");
-                    let text = match &item.content {
-                        ItemContent::Text(text) => text.clone(),
-                        ItemContent::Parts(parts) if parts.is_empty() => {
-                            return Err(bad(
-                                &param,
-                                format!("{param} must hold at least one part"),
-                            ));
-                        }
-                        ItemContent::Parts(parts) => parts
-                            .iter()
-                            .map(|part| part.text.as_str())
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    };
-                    Ok((item.role, text))
-                })
-                .collect::<Result<_, _>>()?,
-        };
+        let mut items: Vec<(ChatRole, String)> = Vec::new();
+        match &self.input {
+            ResponseInput::Text(text) => items.push((ChatRole::User, text.clone())),
+            ResponseInput::Items(list) => {
+                for (index, item) in list.iter().enumerate() {
+                    items.push(input_item(index, item, backends, caller).await?);
+                }
+            }
+        }
         // The last message is the user's, which the agent answers.
         let (last_role, message) = items
             .last()
@@ -559,6 +555,57 @@ impl ResponseRequest {
             stream: self.stream.unwrap_or(false),
         })
     }
+}
+
+/// The role and text of `input[index]`: a message's, or the output message an
+/// `item_reference` names (one of the caller's stored responses; 404 otherwise).
+async fn input_item(
+    index: usize,
+    item: &InputItem,
+    backends: &Backends,
+    caller: &str,
+) -> Result<(ChatRole, String), ApiError> {
+    if matches!(item.kind, Some(ItemType::ItemReference)) {
+        let param = format!("input[{index}].id");
+        let id = item
+            .id
+            .as_deref()
+            .ok_or_else(|| bad(&param, format!("{param}: an item_reference needs an id")))?;
+        let response_id = id
+            .strip_prefix("msg_")
+            .map(|hex| format!("resp_{hex}"))
+            .ok_or_else(|| {
+                bad(
+                    &param,
+                    format!("{param}: only the output messages (msg_…) of stored responses can be referenced"),
+                )
+            })?;
+        let stored = stored_response(backends, &response_id, caller, &param).await?;
+        let body: Value = serde_json::from_str(&stored.body)
+            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?;
+        let text = body["output"][0]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default();
+        return Ok((ChatRole::Assistant, text.to_owned()));
+    }
+    let role = item.role.ok_or_else(|| {
+        let param = format!("input[{index}].role");
+        bad(&param, format!("{param}: a message needs a role"))
+    })?;
+    let param = format!("input[{index}].content");
+    let text = match &item.content {
+        None => return Err(bad(&param, format!("{param}: a message needs content"))),
+        Some(ItemContent::Text(text)) => text.clone(),
+        Some(ItemContent::Parts(parts)) if parts.is_empty() => {
+            return Err(bad(&param, format!("{param} must hold at least one part")));
+        }
+        Some(ItemContent::Parts(parts)) => parts
+            .iter()
+            .map(|part| part.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    Ok((role, text))
 }
 
 /// The caller's stored response `id`, or 404 `response_not_found` (another caller's too)
