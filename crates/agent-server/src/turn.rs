@@ -116,6 +116,8 @@ pub(crate) struct HeldSession {
     started: Instant,
     /// The turn's admission, held until it is stored (or fails).
     slot: TurnSlot,
+    /// The client's earlier messages, stored before the turn's (see [`TurnInput::earlier`]).
+    earlier: Vec<Message>,
 }
 
 #[derive(Debug)]
@@ -128,8 +130,6 @@ enum Held {
         /// The history the turn was sent (without instructions), kept for the history cache;
         /// None when the cache is off.
         window: Option<Window>,
-        /// The client's earlier messages, stored before the turn's (see [`TurnInput::earlier`]).
-        earlier: Vec<Message>,
     },
     Given {
         caller: String,
@@ -248,6 +248,7 @@ impl Turns {
                         target,
                         started,
                         slot,
+                        earlier: Vec::new(),
                     },
                 });
             }
@@ -327,10 +328,10 @@ impl Turns {
                     info,
                     guard,
                     window: history.window,
-                    earlier,
                 },
                 started,
                 slot,
+                earlier,
             },
         })
     }
@@ -369,6 +370,7 @@ impl Turns {
             target,
             started,
             slot,
+            earlier,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
@@ -401,7 +403,7 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
-            let (session, info, guard, window, earlier) = match target {
+            let (session, info, guard, window) = match target {
                 Held::Given { caller } => {
                     let counted = conversations.count_usage(&caller, turn.usage).await;
                     drop(slot);
@@ -412,8 +414,7 @@ impl Turns {
                     info,
                     guard,
                     window,
-                    earlier,
-                } => (session, info, guard, window, earlier),
+                } => (session, info, guard, window),
             };
             if !earlier.is_empty() {
                 turn.messages.splice(0..0, earlier);
