@@ -126,7 +126,6 @@ impl Drop for TestStack {
     }
 }
 
-/// The fake model image: the project's fake OpenAI server on the runtime base image.
 /// Checks that the stack's base images are here or can be pulled, and builds the MCP and nginx
 /// stand-ins (when the stack runs those services) where their public images cannot be pulled
 /// and no `MCP_SERVER_IMAGE` / `NGINX_IMAGE` names another: the environment that selects them.
@@ -200,6 +199,7 @@ fn images(
 
 type StandinBuilder = fn(&Shell) -> anyhow::Result<()>;
 
+/// The fake model image: the project's fake OpenAI server on the runtime base image.
 fn build_fake_model(shell: &Shell, root: &Path, runtime_image: &str) -> anyhow::Result<String> {
     // The dev build, with the test suite's features: `cargo xtask test` has already built it
     // (building fake-openai alone would resolve other features and recompile everything).

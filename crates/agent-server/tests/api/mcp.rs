@@ -103,10 +103,11 @@ async fn the_harness_provisions_an_empty_directory_and_the_mcp_tests_run_from_it
         "mcp must come from the venv: {said}{}",
         String::from_utf8_lossy(&isolated.stderr)
     );
-    // Provisioned again: nothing to do (the pins did not change).
-    let again = std::time::Instant::now();
+    // Provisioned again: nothing to do (the pins did not change), so nothing is rewritten.
+    let stamp = directory.join("python/.provisioned");
+    let made = std::fs::metadata(&stamp).unwrap().modified().unwrap();
     TestTools::provision(&directory).unwrap();
-    assert!(again.elapsed() < Duration::from_secs(5));
+    assert_eq!(std::fs::metadata(&stamp).unwrap().modified().unwrap(), made);
 
     let server = McpServer::start_with(McpServerKind::Python { token: None }, &tools).unwrap();
     let fake = FakeOpenAi::start(vec![
