@@ -108,7 +108,8 @@ pub struct McpTools {
     /// The fixed tools' names, which MCP tools never shadow.
     reserved: Vec<String>,
     catalog: RwLock<Arc<Catalog>>,
-    /// Serialises rebuilds, so a newer catalog never loses to an older one.
+    /// Serialises rebuilds, so a newer catalog never loses to an older one, and keeps the status
+    /// from reading a server's new list before its catalog is built.
     rebuild: Mutex<()>,
     recorder: Option<Arc<dyn Recorder + Send + Sync>>,
     stop: CancellationToken,
@@ -256,6 +257,7 @@ impl McpTools {
 
     /// Every server, its state and its listed tools.
     pub fn status(&self) -> Vec<McpServerStatus> {
+        let _serial = lock(&self.rebuild);
         self.servers.iter().map(|server| server.status()).collect()
     }
 
@@ -422,6 +424,10 @@ impl McpTools {
                     .collect()
             }
         };
+        // The new list and the catalog built from it change together under `rebuild`, which
+        // `status` takes too: no reader sees a listed tool before the catalog says whether it
+        // is offered or left out.
+        let _serial = lock(&self.rebuild);
         {
             let mut state = lock(&server.state);
             state.connection = Some(peer.clone());
@@ -475,8 +481,8 @@ impl McpTools {
     /// Builds the catalog from every server's built tools: tools already offered keep their
     /// names, newcomers follow in server order, and one whose name is taken (by a fixed tool or
     /// an earlier one) is left out and logged.
+    /// Called with `rebuild` held.
     fn publish(&self) {
-        let _serial = lock(&self.rebuild);
         let previous = self.catalog();
         let offered = |name: &str| previous.tools.iter().any(|tool| tool.spec.name == name);
         let mut taken: HashMap<String, String> = self
