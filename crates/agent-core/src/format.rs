@@ -33,6 +33,14 @@ pub struct JsonSchemaFormat {
     pub strict: Option<bool>,
 }
 
+/// `response_format` as Chat Completions take it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WireFormat<'a> {
+    JsonObject,
+    JsonSchema { json_schema: &'a JsonSchemaFormat },
+}
+
 /// Why a requested format cannot be used; the message says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FormatError {
@@ -82,14 +90,13 @@ impl ResponseFormat {
         matches!(self, Self::Text)
     }
 
-    /// OpenAI's `response_format` of a chat completion request; None for free text.
-    pub fn to_wire(&self) -> Option<Value> {
+    /// OpenAI's `response_format` of a chat completion request, borrowing the schema (it is
+    /// serialised with every model call of the turn, never copied); None for free text.
+    pub fn to_wire(&self) -> Option<WireFormat<'_>> {
         match self {
             Self::Text => None,
-            Self::JsonObject => Some(json!({ "type": "json_object" })),
-            Self::JsonSchema(format) => {
-                Some(json!({ "type": "json_schema", "json_schema": format }))
-            }
+            Self::JsonObject => Some(WireFormat::JsonObject),
+            Self::JsonSchema(json_schema) => Some(WireFormat::JsonSchema { json_schema }),
         }
     }
 

@@ -20,7 +20,7 @@ pub mod trace_context;
 pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};
-pub use format::{FormatError, JsonSchemaFormat, ResponseFormat};
+pub use format::{FormatError, JsonSchemaFormat, ResponseFormat, WireFormat};
 pub use model::{
     ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler,
     ReplyMeta, Sampling, ToolSpec,

@@ -409,3 +409,20 @@ impl<'de, T: Deserialize<'de>> TextOrList<T> {
         deserializer.deserialize_any(Visitor(std::marker::PhantomData, expecting))
     }
 }
+
+/// `Deserialize` for an enum of `Text(String)` and one list variant, through [`TextOrList`].
+macro_rules! deserialize_text_or_list {
+    ($enum:ty, $list:ident, $expecting:literal) => {
+        impl<'de> serde::Deserialize<'de> for $enum {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                Ok(
+                    match $crate::dto::TextOrList::read(deserializer, $expecting)? {
+                        $crate::dto::TextOrList::Text(text) => Self::Text(text),
+                        $crate::dto::TextOrList::List(list) => Self::$list(list),
+                    },
+                )
+            }
+        }
+    };
+}
+pub(crate) use deserialize_text_or_list;

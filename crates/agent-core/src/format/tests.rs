@@ -4,6 +4,13 @@ use serde_json::{Value, json};
 
 use super::{FormatError, JsonSchemaFormat, ResponseFormat};
 
+/// The wire form as JSON.
+fn wire(format: &ResponseFormat) -> Option<Value> {
+    format
+        .to_wire()
+        .map(|wire| serde_json::to_value(wire).unwrap())
+}
+
 /// The simplest answer of `schema` is JSON that the schema accepts.
 fn check(schema: Value) {
     let format = ResponseFormat::JsonSchema(
@@ -92,7 +99,7 @@ fn text_and_json_object_answers() {
     assert_eq!(object, json!({"answer": "hi"}));
     assert_eq!(ResponseFormat::Text.to_wire(), None);
     assert_eq!(
-        ResponseFormat::JsonObject.to_wire(),
+        wire(&ResponseFormat::JsonObject),
         Some(json!({"type": "json_object"}))
     );
 }
@@ -111,7 +118,7 @@ fn a_format_is_checked_when_made() {
         Err(FormatError::InvalidSchema(_))
     ));
     assert_eq!(make("Answer_1-x", json!({"type": "object"})), Ok(()));
-    let wire = ResponseFormat::JsonSchema(
+    let schema_format = ResponseFormat::JsonSchema(
         JsonSchemaFormat::new(
             "a".into(),
             Some("d".into()),
@@ -119,10 +126,9 @@ fn a_format_is_checked_when_made() {
             Some(true),
         )
         .unwrap(),
-    )
-    .to_wire();
+    );
     assert_eq!(
-        wire,
+        wire(&schema_format),
         Some(json!({"type": "json_schema", "json_schema": {
             "name": "a", "description": "d", "schema": {"type": "object"}, "strict": true
         }}))

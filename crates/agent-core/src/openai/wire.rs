@@ -7,6 +7,7 @@ use serde_json::Value;
 use super::OpenAiOptions;
 use crate::conversation::{Message, Role, TokenUsage, ToolCall};
 use crate::error::ModelError;
+use crate::format::WireFormat;
 use crate::model::{ChatRequest, ModelDelta, ModelReply, ReplyMeta};
 
 /// The body of `/v1/chat/completions`, borrowing the conversation and the tool schemas: a model
@@ -34,7 +35,7 @@ pub(super) struct RequestBody<'a> {
     tools: Vec<WireTool<'a>>,
     /// Only when the answer is not free text.
     #[serde(skip_serializing_if = "Option::is_none")]
-    response_format: Option<Value>,
+    response_format: Option<WireFormat<'a>>,
 }
 
 #[derive(Debug, Serialize)]

@@ -20,7 +20,7 @@ use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::format::ChatResponseFormat;
-use crate::dto::{TextOrList, message_problem, parse_json, session_id};
+use crate::dto::{deserialize_text_or_list, message_problem, parse_json, session_id};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
@@ -223,16 +223,7 @@ pub(crate) enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
-impl<'de> Deserialize<'de> for MessageContent {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(
-            match TextOrList::read(deserializer, "text or a list of text parts")? {
-                TextOrList::Text(text) => Self::Text(text),
-                TextOrList::List(parts) => Self::Parts(parts),
-            },
-        )
-    }
-}
+deserialize_text_or_list!(MessageContent, Parts, "text or a list of text parts");
 
 /// A part of a message's content: only text parts (images, audio and files are refused).
 #[derive(Debug, Deserialize, ToSchema)]

@@ -24,7 +24,7 @@ use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::format::TextFormat;
-use crate::dto::{TextOrList, message_problem, parse_json};
+use crate::dto::{deserialize_text_or_list, message_problem, parse_json};
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency;
@@ -121,16 +121,7 @@ pub(crate) enum ResponseInput {
     Items(Vec<InputItem>),
 }
 
-impl<'de> Deserialize<'de> for ResponseInput {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(
-            match TextOrList::read(deserializer, "text or a list of input items")? {
-                TextOrList::Text(text) => Self::Text(text),
-                TextOrList::List(items) => Self::Items(items),
-            },
-        )
-    }
-}
+deserialize_text_or_list!(ResponseInput, Items, "text or a list of input items");
 
 /// An item of `input`: a message, or a reference to the output message of a stored response of
 /// yours (what the Vercel AI SDK sends for earlier answers).
@@ -171,16 +162,7 @@ pub(crate) enum ItemContent {
     Parts(Vec<ItemPart>),
 }
 
-impl<'de> Deserialize<'de> for ItemContent {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(
-            match TextOrList::read(deserializer, "text or a list of text parts")? {
-                TextOrList::Text(text) => Self::Text(text),
-                TextOrList::List(parts) => Self::Parts(parts),
-            },
-        )
-    }
-}
+deserialize_text_or_list!(ItemContent, Parts, "text or a list of text parts");
 
 /// A text part: `input_text`, or `output_text` in an assistant message.
 #[derive(Debug, Deserialize, ToSchema)]
