@@ -275,7 +275,7 @@ pub(crate) struct ValidTurn {
 
 impl AgentRequest {
     /// The turn, in `owner`'s session (see [`SessionId::owned_by`]).
-    pub(crate) fn validate(
+    pub(crate) fn checked(
         self,
         max_message_chars: usize,
         owner: &str,

@@ -177,8 +177,9 @@ impl HistoryCache {
 }
 
 /// The index of the first message that is not a tool result: a window may start inside an
-/// earlier turn, and tool results without their call are invalid.
-fn first_kept(roles: impl ExactSizeIterator<Item = Role>) -> usize {
+/// earlier turn, and tool results without their call are invalid. Every window of history is
+/// cut here.
+pub(crate) fn first_kept(roles: impl ExactSizeIterator<Item = Role>) -> usize {
     let len = roles.len();
     roles
         .into_iter()

@@ -7,17 +7,13 @@ use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest};
-use agent_config::Settings;
 use agent_storage::{BackgroundWork, IdempotencyBegin, IdempotencyStore};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::access::{ANONYMOUS, Caller};
-use crate::admission::TurnSlot;
 use crate::backends::Backends;
 use crate::error::{ApiError, ErrorCode};
-use crate::turn::{ClaimToComplete, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
 
 /// How often a retry checks whether the first request finished.
 const POLL: Duration = Duration::from_millis(100);
@@ -75,9 +71,16 @@ impl Drop for Claim {
     }
 }
 
-/// Runs `turn` at most once per key: answers its response and whether it was replayed. `turn`
-/// answers its response and whether it completed the claim itself (atomically with the turn);
-/// if not, the claim is completed here.
+/// What [`run_once`] answers: the response of the turn it ran, or the stored response (JSON
+/// text) of the request that ran it first.
+#[derive(Debug)]
+pub(crate) enum Once<R> {
+    Ran(R),
+    Replayed(String),
+}
+
+/// Runs `turn` at most once per key. `turn` answers its response and whether it completed the
+/// claim itself (atomically with the turn); if not, the claim is completed here.
 pub(crate) async fn run_once<R, F, Fut>(
     backends: &Backends,
     key: &str,
@@ -85,9 +88,9 @@ pub(crate) async fn run_once<R, F, Fut>(
     lease: Duration,
     retention: Duration,
     turn: F,
-) -> Result<(R, bool), ApiError>
+) -> Result<Once<R>, ApiError>
 where
-    R: Serialize + DeserializeOwned,
+    R: Serialize,
     F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(R, bool), ApiError>>,
 {
@@ -112,13 +115,9 @@ where
                         tracing::warn!(%error, "storing the idempotent response failed");
                     }
                 }
-                return Ok((response, false));
+                return Ok(Once::Ran(response));
             }
-            IdempotencyBegin::Completed(stored) => {
-                let response = serde_json::from_str(&stored)
-                    .map_err(|error| ApiError::Internal(error.into()))?;
-                return Ok((response, true));
-            }
+            IdempotencyBegin::Completed(stored) => return Ok(Once::Replayed(stored)),
             IdempotencyBegin::Mismatch => {
                 return Err(ApiError::invalid(
                     StatusCode::UNPROCESSABLE_ENTITY,
@@ -158,46 +157,4 @@ pub(crate) fn scoped(request: &HttpRequest, namespace: &str, key: &str) -> Strin
         .get::<Caller>()
         .map_or_else(|| ANONYMOUS.to_owned(), |caller| caller.scope.clone());
     format!("{scope}:{namespace}{key}")
-}
-
-/// Runs `input`'s turn at most once per (scoped) `key`: answers `answer` of the stored turn,
-/// whose text is also what a replay gets, and whether this was a replay.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn run_turn_once<R>(
-    backends: &Backends,
-    turns: &Turns,
-    settings: &Settings,
-    key: String,
-    fingerprint: &str,
-    input: TurnInput,
-    slot: TurnSlot,
-    keep: Option<KeepResponse>,
-    answer: impl Fn(&Finished) -> R + Clone + Send + Sync + 'static,
-) -> Result<(R, bool), ApiError>
-where
-    R: Serialize + DeserializeOwned,
-{
-    // A retry may wait for the first request's lock and turn.
-    let lease = settings.turn.turn_deadline + turns.lock_wait() + Duration::from_secs(5);
-    let claim = ClaimToComplete {
-        key: key.clone(),
-        retention: settings.api.idempotency_retention,
-        render: render_as(answer.clone()),
-    };
-    let extras = Extras {
-        claim: Some(claim),
-        response: keep,
-    };
-    run_once(
-        backends,
-        &key,
-        fingerprint,
-        lease,
-        settings.api.idempotency_retention,
-        || async {
-            let (finished, completed) = turns.run(input, slot, extras).await?;
-            Ok((answer(&finished), completed))
-        },
-    )
-    .await
 }

@@ -27,41 +27,60 @@ use crate::metrics::{AppMetrics, WorkerMetrics};
 use crate::middleware::request_context;
 use crate::retention;
 use crate::routes;
+use crate::routes::pipeline::TurnRoutes;
 use crate::shutdown::ShutdownTrigger;
 use crate::turn::Turns;
 
 type RouteFn = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+
+/// What the workers share: one of each per process.
+#[derive(Clone)]
+struct Shared {
+    settings: Arc<Settings>,
+    /// Whether the conversation store is failing is known process-wide, not per worker.
+    store_failing: Arc<AtomicBool>,
+    /// So is the history cache: a session's next turn may reach any worker.
+    history_cache: HistoryCache,
+    metrics: Arc<AppMetrics>,
+    admission: Arc<Admission>,
+    /// One connection per MCP server, shared by the workers' registries.
+    mcp: Option<Arc<McpTools>>,
+    drain: watch::Receiver<bool>,
+    failures: Arc<FailureLog>,
+}
 
 /// What one worker serves requests with.
 #[derive(Clone)]
 struct WorkerState {
     backends: web::Data<Backends>,
     turns: web::Data<Turns>,
+    turn_routes: web::Data<TurnRoutes>,
     access: web::Data<AccessPolicy>,
 }
 
 impl WorkerState {
-    fn build(
-        settings: &Settings,
-        backends: Backends,
-        store_failing: &Arc<AtomicBool>,
-        history_cache: &HistoryCache,
-        metrics: &AppMetrics,
-        admission: &Arc<Admission>,
-        mcp: Option<&Arc<McpTools>>,
-    ) -> Result<Self, StartupError> {
-        let agent = agent_factory::build(settings, &metrics.model, mcp)?;
-        let turns = Turns::new(
+    fn build(shared: &Shared, backends: Backends) -> Result<Self, StartupError> {
+        let settings = &shared.settings;
+        let agent = agent_factory::build(settings, &shared.metrics.model, shared.mcp.as_ref())?;
+        let turns = web::Data::new(Turns::new(
             agent,
             backends.clone(),
             settings,
-            Arc::clone(store_failing),
-            history_cache.clone(),
-            metrics.turns.clone(),
-            Arc::clone(admission),
-        );
+            Arc::clone(&shared.store_failing),
+            shared.history_cache.clone(),
+            shared.metrics.turns.clone(),
+            Arc::clone(&shared.admission),
+        ));
+        let turn_routes = TurnRoutes {
+            turns: turns.clone().into_inner(),
+            backends: backends.clone(),
+            settings: Arc::clone(settings),
+            drain: shared.drain.clone(),
+            failures: Arc::clone(&shared.failures),
+        };
         Ok(Self {
-            turns: web::Data::new(turns),
+            turns,
+            turn_routes: web::Data::new(turn_routes),
             access: web::Data::new(AccessPolicy::new(settings, backends.rate_limiter.clone())),
             backends: web::Data::new(backends),
         })
@@ -150,36 +169,35 @@ impl ApplicationBuilder {
                 .metrics_caller_labels
                 .then_some(callers.as_slice()),
         );
-        // Built once here to fail fast on bad settings; each worker then builds its own (its
-        // connections live on its thread) and falls back to this one if that fails.
-        // Whether the conversation store is failing is known process-wide, not per worker.
-        let store_failing = Arc::new(AtomicBool::new(false));
-        // So is the history cache: a session's next turn may reach any worker.
-        let history_cache = HistoryCache::new(
-            settings.turn.history_cache_bytes,
-            settings.turn.history_window,
-        );
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
         let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
-        let shared = WorkerState::build(
-            &settings,
-            backends.clone(),
-            &store_failing,
-            &history_cache,
-            &metrics,
-            &admission,
-            mcp.as_ref(),
-        )?;
+        let (drain_sender, drain_receiver) = watch::channel(false);
+        let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
+        let shared = Shared {
+            settings: Arc::new(settings.clone()),
+            store_failing: Arc::new(AtomicBool::new(false)),
+            history_cache: HistoryCache::new(
+                settings.turn.history_cache_bytes,
+                settings.turn.history_window,
+            ),
+            metrics: Arc::clone(&metrics),
+            admission: Arc::clone(&admission),
+            mcp: mcp.clone(),
+            drain: drain_receiver.clone(),
+            failures: failures.clone().into_inner(),
+        };
+        // Built once here to fail fast on bad settings; each worker then builds its own (its
+        // connections live on its thread) and falls back to this one if that fails.
+        let fallback = WorkerState::build(&shared, backends.clone())?;
         if let Some(mcp) = &mcp {
             storage_checks.extend(mcp_checks(&settings, mcp));
         }
-        let (drain_sender, drain_receiver) = watch::channel(false);
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
         let api_settings = settings.api.clone();
         let openai_body_limit = settings.openai_api.max_body_bytes;
-        let app_settings = web::Data::new(settings.clone());
+        let app_settings = web::Data::from(Arc::clone(&shared.settings));
         storage_checks.extend(checks);
         let health = Health::new(storage_checks, settings.health.cache_ttl);
         let address = format!("{}:{}", settings.server.host, settings.server.port);
@@ -198,25 +216,15 @@ impl ApplicationBuilder {
         let app_health = web::Data::new(health.clone());
         let app_metrics = web::Data::from(Arc::clone(&metrics));
         let document = web::Data::new(routes::Document(routes::document(&settings)));
-        let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
         let per_worker_accepted = admission.limits().per_worker_accepted(workers);
         let connections = Arc::clone(&admission);
         let app_admission = web::Data::from(Arc::clone(&admission));
-        let worker_mcp = mcp.clone();
         let server = HttpServer::new(move || {
             let extra_routes = extra_routes.clone();
-            let own = recipe.for_worker(workers).and_then(|backends| {
-                WorkerState::build(
-                    &app_settings,
-                    backends,
-                    &store_failing,
-                    &history_cache,
-                    &app_metrics,
-                    &admission,
-                    worker_mcp.as_ref(),
-                )
-            });
-            let worker = own_or_shared(own, &shared, &app_metrics);
+            let own = recipe
+                .for_worker(workers)
+                .and_then(|backends| WorkerState::build(&shared, backends));
+            let worker = own_or_shared(own, &fallback, &app_metrics);
             let cors = app_settings.api.cors.clone();
             App::new()
                 .app_data(app_health.clone())
@@ -227,6 +235,7 @@ impl ApplicationBuilder {
                 .app_data(WorkerMetrics::new(app_metrics.clone().into_inner()))
                 .app_data(worker.backends)
                 .app_data(worker.turns)
+                .app_data(worker.turn_routes)
                 .app_data(worker.access)
                 .app_data(drain_receiver.clone())
                 .app_data(app_settings.clone())
@@ -556,28 +565,18 @@ mod tests {
         let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
             .await
             .unwrap();
-        let store_failing = Arc::new(AtomicBool::new(false));
-        let history_cache = HistoryCache::new(0, 0);
-        let shared = WorkerState::build(
-            &settings,
-            backends,
-            &store_failing,
-            &history_cache,
-            &metrics,
-            &admission,
-            None,
-        )
-        .unwrap();
-        let own = WorkerState::build(
-            &settings,
-            shared.backends.get_ref().clone(),
-            &store_failing,
-            &history_cache,
-            &metrics,
-            &admission,
-            None,
-        )
-        .unwrap();
+        let process = Shared {
+            settings: Arc::new(settings),
+            store_failing: Arc::default(),
+            history_cache: HistoryCache::new(0, 0),
+            metrics: Arc::clone(&metrics),
+            admission,
+            mcp: None,
+            drain: watch::channel(false).1,
+            failures: Arc::new(FailureLog::new(Duration::from_secs(1))),
+        };
+        let shared = WorkerState::build(&process, backends).unwrap();
+        let own = WorkerState::build(&process, shared.backends.get_ref().clone()).unwrap();
         let kept = own_or_shared(Ok(own.clone()), &shared, &metrics);
         assert!(Arc::ptr_eq(
             &kept.turns.clone().into_inner(),

@@ -8,7 +8,7 @@ fn accepted(message: &str) -> bool {
         session_id: None,
         response_format: None,
     }
-    .validate(100, "anonymous")
+    .checked(100, "anonymous")
     .is_ok()
 }
 

@@ -1,24 +1,23 @@
 //! `POST /agent` and `POST /agent/stream`: run a turn and answer with its result, whole or as
 //! server-sent events.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::ToolCall;
-use tokio::sync::watch;
+use serde::Deserialize;
 
-use crate::access::caller_name;
-use crate::backends::Backends;
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
-    parse_json,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
-use crate::failure_log::FailureLog;
 use crate::idempotency;
-use crate::routes::turn_stream::{self, EventFormat, sse};
-use crate::turn::{Extras, Finished, Turns};
+use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
+use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
+use crate::turn::Finished;
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -44,39 +43,9 @@ use crate::turn::{Extras, Finished, Turns};
 pub(crate) async fn post_agent(
     request: HttpRequest,
     body: Bytes,
-    turns: Data<Turns>,
-    backends: Data<Backends>,
-    settings: Data<Settings>,
+    routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed: AgentRequest = parse_json(&request, &body)?;
-    let idempotency_key = idempotency::key_of(&request)?;
-    let fingerprint = idempotency::fingerprint(&[
-        &parsed.message,
-        parsed.session_id.as_deref().unwrap_or("\0none"),
-    ]);
-    let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
-    let slot = turns.admit()?;
-    let Some(key) = idempotency_key else {
-        let (finished, _) = turns.run(turn.into(), slot, Extras::default()).await?;
-        return Ok(HttpResponse::Ok().json(AgentResponse::from(&finished)));
-    };
-    let (response, replayed) = idempotency::run_turn_once(
-        &backends,
-        &turns,
-        &settings,
-        idempotency::scoped(&request, "", &key),
-        &fingerprint,
-        turn.into(),
-        slot,
-        None,
-        |finished: &Finished| AgentResponse::from(finished),
-    )
-    .await?;
-    let mut answer = HttpResponse::Ok();
-    if replayed {
-        answer.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(answer.json(response))
+    pipeline::serve::<AgentRequest>(request, body, routes).await
 }
 
 /// Run one turn, streaming its progress as server-sent events.
@@ -90,7 +59,7 @@ pub(crate) async fn post_agent(
             (DeltaEvent), `tool_call` (ToolCallEvent), `tool_result` (ToolResultEvent), then `done` (AgentResponse: \
             stored) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
             first; `x-sse-events` maps each name to its schema", content_type = "text/event-stream"),
-        (status = 400, description = "Malformed JSON (`malformed_json`)", body = ErrorBody),
+        (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
         (status = 409, description = "The session is busy with another request (`session_busy`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
@@ -102,38 +71,88 @@ pub(crate) async fn post_agent(
 pub(crate) async fn post_agent_stream(
     request: HttpRequest,
     body: Bytes,
-    turns: Data<Turns>,
-    settings: Data<Settings>,
-    drain: Data<watch::Receiver<bool>>,
-    failures: Data<FailureLog>,
+    routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
-    if !settings.enable_streaming {
-        return Err(ApiError::invalid(
+    pipeline::serve::<StreamedAgentRequest>(request, body, routes).await
+}
+
+/// `/agent`: the answer when the turn is stored.
+impl TurnWire for AgentRequest {
+    type Answer = AgentResponse;
+    type Events = AgentEvents;
+    const KEY_NAMESPACE: &'static str = "";
+
+    fn fingerprint(&self, _incoming: &Incoming<'_>) -> String {
+        // The fields, not the body's text: the same request written otherwise is the same. A
+        // response format is counted only when present, so keys stored before it existed
+        // still match.
+        let format = self
+            .response_format
+            .as_ref()
+            .and_then(|format| serde_json::to_string(format).ok());
+        let mut parts = vec![
+            self.message.as_str(),
+            self.session_id.as_deref().unwrap_or("\0none"),
+        ];
+        parts.extend(format.as_deref());
+        idempotency::fingerprint(&parts)
+    }
+
+    async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let turn = self.checked(incoming.settings().api.max_message_chars, &incoming.caller)?;
+        Ok(Valid {
+            input: turn.into(),
+            stream: None,
+            answer: Arc::new(|finished: &Finished| AgentResponse::from(finished)),
+            keep: None,
+            header: None,
+        })
+    }
+}
+
+/// `/agent/stream`: the same request, answered as events.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct StreamedAgentRequest(AgentRequest);
+
+impl TurnWire for StreamedAgentRequest {
+    type Answer = AgentResponse;
+    type Events = AgentEvents;
+    const KEY_NAMESPACE: &'static str = "";
+
+    fn available(settings: &Settings) -> Result<(), ApiError> {
+        if settings.enable_streaming {
+            return Ok(());
+        }
+        Err(ApiError::invalid(
             StatusCode::NOT_FOUND,
             ErrorCode::StreamingDisabled,
             "streaming is turned off on this server (ENABLE_STREAMING=false); use POST /agent",
-        ));
+        ))
     }
-    let parsed: AgentRequest = parse_json(&request, &body)?;
-    let turn = parsed.validate(settings.api.max_message_chars, &caller_name(&request))?;
-    let slot = turns.admit()?;
-    // Errors up to here are plain JSON answers; from here on they are `error` events.
-    let prepared = turns.prepare(turn.into(), slot).await?;
-    Ok(turn_stream::respond(
-        turns.into_inner(),
-        prepared,
-        Extras::default(),
-        drain.get_ref().clone(),
-        settings.api.sse_keepalive,
-        failures.into_inner(),
-        AgentEvents,
-    ))
+
+    fn fingerprint(&self, incoming: &Incoming<'_>) -> String {
+        self.0.fingerprint(incoming)
+    }
+
+    async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let valid = self.0.validate(incoming).await?;
+        Ok(Valid {
+            stream: Some(AgentEvents),
+            input: valid.input,
+            answer: valid.answer,
+            keep: valid.keep,
+            header: valid.header,
+        })
+    }
 }
 
 /// `/agent/stream`'s events: named, each with its payload type.
-struct AgentEvents;
+pub(crate) struct AgentEvents;
 
 impl EventFormat for AgentEvents {
+    const SHOWS_TOOLS: bool = true;
+
     fn delta(&mut self, text: String) -> Option<Bytes> {
         Some(sse(Some("delta"), &DeltaEvent { text }))
     }
@@ -147,20 +166,8 @@ impl EventFormat for AgentEvents {
         Some(sse(Some("tool_call"), &event))
     }
 
-    fn tool_result(
-        &mut self,
-        call_id: String,
-        name: String,
-        content: String,
-        is_error: bool,
-    ) -> Option<Bytes> {
-        let event = ToolResultEvent {
-            id: call_id,
-            name,
-            content,
-            is_error,
-        };
-        Some(sse(Some("tool_result"), &event))
+    fn tool_result(&mut self, result: ToolResultEvent) -> Option<Bytes> {
+        Some(sse(Some("tool_result"), &result))
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
@@ -173,7 +180,7 @@ impl EventFormat for AgentEvents {
 
     fn shutdown(&mut self) -> Bytes {
         let event = ShutdownEvent {
-            message: "the server is shutting down; this turn was cancelled".to_owned(),
+            message: SHUTDOWN_MESSAGE.to_owned(),
             stored: false,
         };
         sse(Some("shutdown"), &event)

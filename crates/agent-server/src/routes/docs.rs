@@ -8,7 +8,7 @@ use actix_web::{HttpResponse, web};
 use agent_config::Settings;
 use agent_core::SessionId;
 use serde_json::{Value, json};
-use utoipa::OpenApi;
+use utoipa::{OpenApi, ToSchema};
 
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, SessionList, SessionSummary,
@@ -100,24 +100,96 @@ const TURN_PATHS: &[&str] = &[
 
 /// The document for `settings`, as JSON text.
 pub(crate) fn document(settings: &Settings) -> String {
-    let mut document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
-    fit(&mut document, settings);
+    let (document, misses) = fitted(settings);
+    for miss in misses {
+        tracing::error!(%miss, "the OpenAPI document has no such place to fit; a test catches this");
+    }
     document.to_string()
 }
 
+/// The document for `settings`, and the places the fitting looked for and did not find.
+fn fitted(settings: &Settings) -> (Value, Vec<String>) {
+    let document = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    let mut fitting = Fitting {
+        document,
+        misses: Vec::new(),
+        scratch: Value::Null,
+    };
+    fit(&mut fitting, settings);
+    (fitting.document, fitting.misses)
+}
+
+/// The generated document while it is fitted. Schemas are found by their types' names and
+/// every place edited must already exist: a renamed schema, property or path is a miss (logged,
+/// and failed by a test), never an edit of an empty stub.
+pub(crate) struct Fitting {
+    document: Value,
+    misses: Vec<String>,
+    /// What a miss edits instead.
+    scratch: Value,
+}
+
+impl Fitting {
+    /// The schema of `T`.
+    pub(crate) fn schema<T: ToSchema>(&mut self) -> &mut Value {
+        self.at(&["components", "schemas", &T::name()])
+    }
+
+    /// The schema of `T`'s property `name`.
+    pub(crate) fn property<T: ToSchema>(&mut self, name: &str) -> &mut Value {
+        self.at(&["components", "schemas", &T::name(), "properties", name])
+    }
+
+    /// The value at `keys`, which must exist (see the type's doc).
+    pub(crate) fn at(&mut self, keys: &[&str]) -> &mut Value {
+        let pointer: String = keys
+            .iter()
+            .map(|key| format!("/{}", key.replace('~', "~0").replace('/', "~1")))
+            .collect();
+        if self.document.pointer(&pointer).is_none() {
+            self.misses.push(pointer.clone());
+        }
+        self.scratch = Value::Null;
+        self.document
+            .pointer_mut(&pointer)
+            .unwrap_or(&mut self.scratch)
+    }
+}
+
+/// A reference to `T`'s schema.
+pub(crate) fn schema_ref<T: ToSchema>() -> Value {
+    json!({ "$ref": format!("#/components/schemas/{}", T::name()) })
+}
+
 /// Fits the generated document to the configuration (see the module doc).
-fn fit(document: &mut Value, settings: &Settings) {
-    document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
-    let schemas = &mut document["components"]["schemas"];
-    let message = &mut schemas["AgentRequest"]["properties"]["message"];
+fn fit(fitting: &mut Fitting, settings: &Settings) {
+    fitting.document["info"]["version"] = json!(env!("CARGO_PKG_VERSION"));
+    let message = fitting.property::<AgentRequest>("message");
     message["minLength"] = json!(1);
     message["maxLength"] = json!(settings.api.max_message_chars);
     message["pattern"] = json!(MESSAGE_PATTERN);
-    fit_openai(schemas, settings);
-    let session = &mut schemas["AgentRequest"]["properties"]["session_id"];
+    let session = fitting.property::<AgentRequest>("session_id");
     session["minLength"] = json!(1);
     session["maxLength"] = json!(SessionId::MAX_LENGTH);
     session["pattern"] = json!(SessionId::PATTERN);
+    super::openai::fit(fitting, settings);
+    let stream = [
+        "paths",
+        "/agent/stream",
+        "post",
+        "responses",
+        "200",
+        "content",
+    ];
+    fitting.at(&stream)["text/event-stream"]["x-sse-events"] = json!({
+        "delta": schema_ref::<DeltaEvent>(),
+        "tool_call": schema_ref::<ToolCallEvent>(),
+        "tool_result": schema_ref::<ToolResultEvent>(),
+        "done": schema_ref::<AgentResponse>(),
+        "error": schema_ref::<ErrorBody>(),
+        "shutdown": schema_ref::<ShutdownEvent>(),
+    });
+    let document = &mut fitting.document;
     let with_keys = !settings.api_keys.is_empty();
     if with_keys {
         document["components"]["securitySchemes"] =
@@ -128,61 +200,6 @@ fn fit(document: &mut Value, settings: &Settings) {
     };
     if !settings.enable_streaming {
         paths.remove("/agent/stream");
-    }
-    // The OpenAI-shaped streams: chunks or an error (`data: [DONE]` is not JSON), and the
-    // Responses API's typed events.
-    if let Some(chat) = paths.get_mut("/v1/chat/completions") {
-        // Each event as a whole: unnamed, its data JSON but for the last, `[DONE]`.
-        chat["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
-            "type": "object",
-            "required": ["data"],
-            "properties": {
-                "data": {
-                    "type": "string",
-                    "description": "A `chat.completion.chunk` (`ChatCompletionChunk`), an error (`OpenAiErrorBody`: the stream ends without `[DONE]`), or `[DONE]`.",
-                },
-            },
-        });
-    }
-    if let Some(responses) = paths.get_mut("/v1/responses") {
-        // A created response can be read back by its id.
-        responses["post"]["responses"]["200"]["links"] = json!({
-            "GetResponse": {
-                "operationId": "get_response",
-                "parameters": { "response_id": "$response.body#/id" },
-            },
-        });
-        // Each event as a whole (named events): its name, and its JSON data.
-        responses["post"]["responses"]["200"]["content"]["text/event-stream"]["schema"] = json!({
-            "type": "object",
-            "description": "A `response.*` event (or `error`): `data` is JSON with the event's `type`, its place in the stream (`sequence_number`) and the fields of that type (OpenAI's).",
-            "required": ["event", "data"],
-            "properties": {
-                "event": { "type": "string", "pattern": r"^(response\.[a-z_.]+|error)$" },
-                "data": {
-                    "type": "string",
-                    "contentMediaType": "application/json",
-                    "contentSchema": {
-                        "type": "object",
-                        "required": ["type", "sequence_number"],
-                        "properties": {
-                            "type": { "type": "string" },
-                            "sequence_number": { "type": "integer", "minimum": 0 },
-                        },
-                    },
-                },
-            },
-        });
-    }
-    if let Some(stream) = paths.get_mut("/agent/stream") {
-        stream["post"]["responses"]["200"]["content"]["text/event-stream"]["x-sse-events"] = json!({
-            "delta": { "$ref": "#/components/schemas/DeltaEvent" },
-            "tool_call": { "$ref": "#/components/schemas/ToolCallEvent" },
-            "tool_result": { "$ref": "#/components/schemas/ToolResultEvent" },
-            "done": { "$ref": "#/components/schemas/AgentResponse" },
-            "error": { "$ref": "#/components/schemas/ErrorBody" },
-            "shutdown": { "$ref": "#/components/schemas/ShutdownEvent" },
-        });
     }
     let body_limit = settings.api.max_body_bytes;
     let open = crate::access::OpenPaths::new(&settings.api);
@@ -291,64 +308,9 @@ fn in_openai_shape(responses: &mut Value) {
         }
         let schema = &mut response["content"]["application/json"]["schema"];
         if schema.is_object() {
-            *schema = json!({ "$ref": "#/components/schemas/OpenAiErrorBody" });
+            *schema = schema_ref::<super::openai::OpenAiErrorBody>();
         }
     }
-}
-
-/// The OpenAI-compatible API as configured: the one model id, the roles a request may use, the
-/// token bound, and the fields accepted only when they ask for nothing unsupported.
-fn fit_openai(schemas: &mut Value, settings: &Settings) {
-    let request = &mut schemas["ChatCompletionRequest"]["properties"];
-    request["model"]["enum"] = json!([settings.openai_api.model_id]);
-    for tokens in ["max_tokens", "max_completion_tokens"] {
-        request[tokens]["maximum"] = json!(settings.model.max_tokens);
-    }
-    request["audio"] = json!({ "type": "null", "description": "Refused: text only." });
-    request["logprobs"] = json!({
-        "oneOf": [{ "type": "null" }, { "type": "boolean", "const": false }],
-        "description": "Only false: log probabilities are not available.",
-    });
-    request["logit_bias"]["maxProperties"] = json!(0);
-    request["stop"] = json!({
-        "description": "Up to 4 sequences where the model stops.",
-        "oneOf": [
-            { "type": "null" },
-            { "type": "string", "minLength": 1 },
-            { "type": "array", "items": { "type": "string", "minLength": 1 }, "maxItems": 4 },
-        ],
-    });
-    if !settings.openai_api.follow_system_messages {
-        schemas["ChatRole"]["enum"] = json!(["user", "assistant"]);
-    }
-    let text = json!({ "type": "string", "pattern": MESSAGE_PATTERN });
-    for (content, part) in [
-        ("MessageContent", "ContentPart"),
-        ("ItemContent", "ItemPart"),
-    ] {
-        schemas[part]["properties"]["text"] = text.clone();
-        schemas[content] = json!({
-            "description": "Text, or text parts (joined with newlines): not blank, no NUL character.",
-            "oneOf": [
-                text,
-                { "type": "array", "minItems": 1, "items": { "$ref": format!("#/components/schemas/{part}") } },
-            ],
-        });
-    }
-    schemas["ResponseInput"] = json!({
-        "description": "The user's message, or messages ending with it.",
-        "oneOf": [
-            text,
-            { "type": "array", "minItems": 1, "items": { "$ref": "#/components/schemas/InputItem" } },
-        ],
-    });
-    let request = &mut schemas["ResponseRequest"]["properties"];
-    request["model"]["enum"] = json!([settings.openai_api.model_id]);
-    request["max_output_tokens"]["maximum"] = json!(settings.model.max_tokens);
-    request["background"] = json!({
-        "oneOf": [{ "type": "null" }, { "type": "boolean", "const": false }],
-        "description": "Only false: responses are answered while the request waits.",
-    });
 }
 
 /// Adds `description` to the operation's answer with `status`, creating it if need be.
@@ -379,6 +341,52 @@ fn retry_after_on(responses: &mut Value, status: &str, required: bool) {
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
-        "content": { "application/json": { "schema": { "$ref": "#/components/schemas/ErrorBody" } } },
+        "content": { "application/json": { "schema": schema_ref::<ErrorBody>() } },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every place the fitting edits exists in the generated document, in every configuration
+    /// that changes what it edits.
+    #[test]
+    fn the_fitting_finds_every_schema_property_and_path_it_edits() {
+        let configurations: [&[(&str, &str)]; 3] = [
+            &[],
+            &[
+                ("ENABLE_STREAMING", "false"),
+                ("AGENT_API_KEYS", "a-key-of-twenty-characters"),
+                ("AGENT_OPENAI_API__SYSTEM_MESSAGES", "refuse"),
+            ],
+            &[("AGENT_API__RATE_LIMIT_REQUESTS", "10")],
+        ];
+        for variables in configurations {
+            let variables = variables
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()));
+            let settings = agent_config::load_from(variables.collect::<Vec<_>>())
+                .unwrap()
+                .settings;
+            let (_, misses) = fitted(&settings);
+            assert!(misses.is_empty(), "missed: {misses:?}");
+        }
+    }
+
+    /// A miss is told, not edited into the document.
+    #[test]
+    fn a_missing_place_is_a_miss_and_the_document_is_unchanged() {
+        let mut fitting = Fitting {
+            document: json!({ "components": { "schemas": {} } }),
+            misses: Vec::new(),
+            scratch: Value::Null,
+        };
+        fitting.property::<AgentRequest>("message")["minLength"] = json!(1);
+        assert_eq!(
+            fitting.misses,
+            ["/components/schemas/AgentRequest/properties/message"]
+        );
+        assert_eq!(fitting.document, json!({ "components": { "schemas": {} } }));
+    }
 }

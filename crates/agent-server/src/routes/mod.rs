@@ -4,6 +4,7 @@ mod agent;
 mod docs;
 pub(crate) mod openai;
 pub(crate) mod pages;
+pub(crate) mod pipeline;
 mod probes;
 mod sessions;
 mod tools;

@@ -5,46 +5,55 @@
 //! client went away) cancels the turn: nothing is stored.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
 use agent_core::{AgentEvent, ToolCall};
 use futures_util::{Stream, StreamExt};
-use tokio::sync::watch;
 
+use crate::dto::ToolResultEvent;
 use crate::error::ApiError;
 use crate::failure_log::FailureLog;
-use crate::turn::{Extras, Finished, Prepared, Turns};
+use crate::routes::pipeline::TurnRoutes;
+use crate::turn::{Extras, Finished, Prepared};
+
+/// What a stream says when the drain window ends before its turn did.
+pub(crate) const SHUTDOWN_MESSAGE: &str =
+    "the server is shutting down; this turn was cancelled and nothing was stored";
 
 /// How a route writes a turn's events. Each method answers the bytes to send (whole events).
 pub(crate) trait EventFormat: Send + 'static {
+    /// Whether the stream shows the tool calls and their results (`/agent/stream`). The
+    /// OpenAI-shaped streams do not (the client would try to run them): they get text only, a
+    /// step's text set apart from the next one's (see [`StepText`]).
+    const SHOWS_TOOLS: bool;
+
     /// Before anything else happens.
     fn start(&mut self) -> Option<Bytes> {
         None
     }
     fn delta(&mut self, text: String) -> Option<Bytes>;
-    fn tool_call(&mut self, call: ToolCall) -> Option<Bytes>;
-    fn tool_result(
-        &mut self,
-        call_id: String,
-        name: String,
-        content: String,
-        is_error: bool,
-    ) -> Option<Bytes>;
+    /// Called only when [`Self::SHOWS_TOOLS`].
+    fn tool_call(&mut self, _call: ToolCall) -> Option<Bytes> {
+        None
+    }
+    /// Called only when [`Self::SHOWS_TOOLS`].
+    fn tool_result(&mut self, _result: ToolResultEvent) -> Option<Bytes> {
+        None
+    }
     /// The turn is stored.
     fn done(&mut self, finished: &Finished) -> Vec<Bytes>;
     /// The turn failed (nothing stored).
     fn error(&mut self, error: &ApiError) -> Bytes;
-    /// The drain window is ending: the turn is cancelled (nothing stored).
+    /// The drain window is ending: the turn is cancelled (nothing stored); see
+    /// [`SHUTDOWN_MESSAGE`].
     fn shutdown(&mut self) -> Bytes;
 }
 
-/// Text as a stream shows it: a step's text, and after a step that wrote text and then called
-/// tools, the next step's text set apart by a blank line (the tool calls themselves are not
-/// shown by the OpenAI-shaped streams).
+/// Text as a stream that does not show tools writes it: a step's text, and after a step that
+/// wrote text and then called tools, the next step's text set apart by a blank line.
 #[derive(Debug, Default)]
-pub(crate) struct StepText {
+struct StepText {
     /// The current step has written text.
     wrote: bool,
     /// A step that wrote text ended in tool calls: the next text starts after a blank line.
@@ -53,7 +62,7 @@ pub(crate) struct StepText {
 
 impl StepText {
     /// The text to send for a delta, if any.
-    pub(crate) fn delta(&mut self, text: String) -> Option<String> {
+    fn delta(&mut self, text: String) -> Option<String> {
         if text.is_empty() {
             return None;
         }
@@ -66,14 +75,15 @@ impl StepText {
     }
 
     /// A tool call began: the step's text, if any, is over.
-    pub(crate) fn tool_call(&mut self) {
+    fn tool_call(&mut self) {
         if std::mem::take(&mut self.wrote) {
             self.separate = true;
         }
     }
 }
 
-/// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event.
+/// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event. Every
+/// event of every stream is written here.
 pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
     // Serialising our own event types cannot fail; were it to, the event says so.
     let data = serde_json::to_string(data)
@@ -85,16 +95,18 @@ pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
 }
 
 /// The response streaming `prepared`'s turn in `format`, stored with `extras`.
-pub(crate) fn respond(
-    turns: Arc<Turns>,
+pub(crate) fn respond<F: EventFormat>(
+    routes: &TurnRoutes,
     prepared: Prepared,
     extras: Extras,
-    mut drain: watch::Receiver<bool>,
-    keepalive: Duration,
-    failures: Arc<FailureLog>,
-    mut format: impl EventFormat,
+    mut format: F,
 ) -> HttpResponse {
     let Prepared { request, held } = prepared;
+    let turns = Arc::clone(&routes.turns);
+    let failures = Arc::clone(&routes.failures);
+    let mut drain = routes.drain.clone();
+    let keepalive = routes.settings.api.sse_keepalive;
+    let mut step_text = (!F::SHOWS_TOOLS).then(StepText::default);
     let events = async_stream::stream! {
         if let Some(start) = format.start() {
             yield Ok::<_, actix_web::Error>(start);
@@ -105,14 +117,24 @@ pub(crate) fn respond(
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(AgentEvent::TextDelta(text)) => if let Some(bytes) = format.delta(text) {
-                        yield Ok(bytes);
-                    },
-                    Some(AgentEvent::ToolCallStarted(call)) => if let Some(bytes) = format.tool_call(call) {
-                        yield Ok(bytes);
+                    Some(AgentEvent::TextDelta(text)) => {
+                        let text = match &mut step_text {
+                            Some(step_text) => step_text.delta(text),
+                            None => Some(text),
+                        };
+                        if let Some(bytes) = text.and_then(|text| format.delta(text)) {
+                            yield Ok(bytes);
+                        }
+                    }
+                    Some(AgentEvent::ToolCallStarted(call)) => match &mut step_text {
+                        Some(step_text) => step_text.tool_call(),
+                        None => if let Some(bytes) = format.tool_call(call) {
+                            yield Ok(bytes);
+                        },
                     },
                     Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
-                        if let Some(bytes) = format.tool_result(call_id, name, content, is_error) {
+                        let result = ToolResultEvent { id: call_id, name, content, is_error };
+                        if let Some(bytes) = step_text.is_none().then(|| format.tool_result(result)).flatten() {
                             yield Ok(bytes);
                         }
                     }

@@ -209,8 +209,27 @@ async fn an_idempotency_key_runs_the_turn_once_even_when_the_retry_arrives_durin
         error_code(&reused.json().await.unwrap()),
         "idempotency_key_reused"
     );
+    // The same message in another format is another request.
+    let mut formatted = body.clone();
+    formatted["response_format"] = json!({ "type": "json_object" });
+    assert_eq!(post_with_key(&app, "key-1", formatted).await.status(), 422);
+    // A stream cannot be replayed: a key on one is refused before anything runs.
+    let streamed = app
+        .client
+        .post(format!("{}/agent/stream", app.address))
+        .header("idempotency-key", "key-3")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 400);
+    let streamed: Value = streamed.json().await.unwrap();
+    assert_eq!(error_code(&streamed), "invalid_request");
+    let message = streamed["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("Idempotency-Key"), "{message}");
     let invalid = post_with_key(&app, "bad key with spaces", body).await;
     assert_eq!(invalid.status(), 400);
+    assert_eq!(fake.requests().await.len(), 1, "nothing else ran");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -208,6 +208,21 @@ async fn a_conversation_the_agent_cannot_answer_is_a_400_naming_the_item() {
             json!([{ "role": "user", "content": [{ "type": "input_image", "image_url": "x" }] }]),
             "input[0].content[0].type",
         ),
+        // A blank part is refused as Chat Completions refuse it, whatever the joined text.
+        (
+            json!([{ "role": "user", "content": [
+                { "type": "input_text", "text": "hi" },
+                { "type": "input_text", "text": "  " },
+            ] }]),
+            "input[0].content[1].text",
+        ),
+        (
+            json!([
+                { "role": "user", "content": [{ "type": "input_text", "text": "\u{0}" }] },
+                { "role": "user", "content": "hi" },
+            ]),
+            "input[0].content[0].text",
+        ),
     ] {
         let (status, body) = post(
             &app,

@@ -108,6 +108,11 @@ async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() 
     )
     .unwrap();
     assert_eq!(data["stored"], false);
+    assert_eq!(
+        data["message"],
+        "the server is shutting down; this turn was cancelled and nothing was stored",
+        "every stream says it in the same words"
+    );
     let stored = app.stored("draining").await;
     assert!(stored.is_empty(), "the cancelled turn stored nothing");
     app.server.await.unwrap().expect("the server stops cleanly");

@@ -5,31 +5,34 @@
 //! it. Server-side tool calls never reach the client: it would try to run them.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Sampling, ToolCall};
+use agent_core::Sampling;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use super::request::{
+    ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
+    turn_request, within,
+};
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
-use crate::access::caller_name;
-use crate::backends::Backends;
 use crate::dto::format::ChatResponseFormat;
-use crate::dto::{deserialize_text_or_list, message_problem, parse_json, session_id};
-use crate::error::{ApiError, ErrorCode};
-use crate::failure_log::FailureLog;
+use crate::dto::{deserialize_text_or_list, session_id};
+use crate::error::ApiError;
 use crate::idempotency;
-use crate::routes::turn_stream::{self, EventFormat, StepText, sse};
-use crate::turn::{Conversation, Extras, Finished, TurnInput, Turns};
+use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
+use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
+use crate::turn::{Conversation, Finished, TurnInput};
 
 /// The header naming the stored session a chat completion continues (also answered).
 pub(crate) const SESSION_HEADER: &str = "x-session-id";
 
+turn_request! {
 /// A chat completion request, as far as the agent takes it. Fields OpenAI clients send routinely
 /// and this table does not list are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -47,12 +50,6 @@ pub(crate) struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(nullable)]
     stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    #[schema(nullable, minimum = 0, maximum = 2)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    #[schema(nullable, minimum = 0, maximum = 1)]
-    top_p: Option<f32>,
     /// Most tokens each model call of the turn may produce (at most the server's
     /// `AGENT_MODEL__MAX_TOKENS`). Deprecated by OpenAI in favour of `max_completion_tokens`.
     #[serde(default)]
@@ -100,22 +97,6 @@ pub(crate) struct ChatCompletionRequest {
         reason = "accepted from OpenAI clients and type-checked, not used"
     )]
     store: Option<bool>,
-    /// Not used (the agent's own tools are called as its configuration says).
-    #[serde(default)]
-    #[schema(nullable)]
-    #[expect(
-        dead_code,
-        reason = "accepted from OpenAI clients and type-checked, not used"
-    )]
-    parallel_tool_calls: Option<bool>,
-    /// Refused: the agent runs its own tools on the server.
-    #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
-    tools: Option<Vec<Value>>,
-    /// Only `auto` or `none`: the client offers no tools.
-    #[serde(default)]
-    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
-    tool_choice: Option<Value>,
     /// Refused (the agent runs its own tools).
     #[serde(default)]
     #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
@@ -154,6 +135,7 @@ pub(crate) struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(nullable, value_type = Option<Object>)]
     logit_bias: Option<HashMap<String, Value>>,
+}
 }
 
 /// `stream_options`.
@@ -204,17 +186,6 @@ pub(crate) struct ChatMessage {
     tool_calls: Option<Vec<Value>>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum ChatRole {
-    // The user first: the only role a conversation may end with (schema-driven fuzzers take the
-    // first value of an enum as its typical one).
-    User,
-    Assistant,
-    System,
-    Developer,
-}
-
 /// A message's content: text, or a list of text parts (joined).
 #[derive(Debug, ToSchema)]
 #[serde(untagged)]
@@ -234,126 +205,56 @@ pub(crate) struct ContentPart {
     text: String,
 }
 
-/// A chat completion request, checked: the turn to run and how to answer it.
-struct ValidChat {
-    input: TurnInput,
-    stream: bool,
-    include_usage: bool,
-    /// The stored session's id as the caller knows it, when there is one.
-    session: Option<String>,
-}
-
-pub(super) fn bad(param: &str, message: impl Into<String>) -> ApiError {
-    ApiError::invalid_param(
-        StatusCode::BAD_REQUEST,
-        ErrorCode::InvalidRequest,
-        param,
-        message,
-    )
-}
-
-/// OpenAI answers an invalid field with 400; ours say 422 elsewhere.
-pub(super) fn as_bad_request(error: ApiError) -> ApiError {
-    match error {
-        ApiError::Invalid {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            code,
-            message,
-            param,
-        } => ApiError::Invalid {
-            status: StatusCode::BAD_REQUEST,
-            code,
-            message,
-            param,
-        },
-        other => other,
-    }
-}
-
 impl MessageContent {
-    /// The text (a parts list joined with newlines), or 400 naming `param` (the content) if it or
-    /// a part of it is blank, holds a NUL character, or is longer than `max_chars`.
-    fn text(&self, param: &str, max_chars: usize) -> Result<String, ApiError> {
-        let check = |text: &str, param: &str| match message_problem(text, max_chars) {
-            Some(problem) => Err(bad(param, format!("{param} {problem}"))),
-            None => Ok(()),
-        };
+    fn content(&self) -> Content<'_> {
         match self {
-            Self::Text(text) => check(text, param).map(|()| text.clone()),
-            Self::Parts(parts) if parts.is_empty() => {
-                Err(bad(param, format!("{param} must hold at least one part")))
-            }
+            Self::Text(text) => Content::Text(text),
             Self::Parts(parts) => {
-                for (index, part) in parts.iter().enumerate() {
-                    check(&part.text, &format!("{param}[{index}].text"))?;
-                }
-                let joined = parts
-                    .iter()
-                    .map(|part| part.text.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n");
-                check(&joined, param).map(|()| joined)
+                Content::Parts(parts.iter().map(|part| part.text.as_str()).collect())
             }
         }
     }
 }
 
-/// 400 naming the parameter of the first refusal that applies: (refused, parameter, why).
-pub(super) fn first_refusal<const N: usize>(
-    refusals: [(bool, &str, &str); N],
-) -> Result<(), ApiError> {
-    match refusals.into_iter().find(|(refused, _, _)| *refused) {
-        Some((_, param, message)) => Err(bad(param, message)),
-        None => Ok(()),
+/// The `X-Session-Id` header's text, if sent.
+fn session_header(request: &actix_web::HttpRequest) -> Result<Option<&str>, ApiError> {
+    request
+        .headers()
+        .get(SESSION_HEADER)
+        .map(|value| {
+            value.to_str().map_err(|_| {
+                bad(
+                    "X-Session-Id",
+                    "X-Session-Id must be 1 to 128 of [A-Za-z0-9._-]",
+                )
+            })
+        })
+        .transpose()
+}
+
+impl TurnWire for ChatCompletionRequest {
+    type Answer = ChatCompletion;
+    type Events = Chunks;
+    const KEY_NAMESPACE: &'static str = "chat:";
+
+    fn reshape(error: ApiError) -> ApiError {
+        as_bad_request(error)
     }
-}
 
-/// Whether a `tool_choice` asks for nothing the client would have to offer: unset, `auto` or
-/// `none`.
-pub(super) fn choice_is_free(choice: Option<&Value>) -> bool {
-    choice.is_none_or(|choice| choice == "auto" || choice == "none")
-}
-
-/// `value` if it is within `low..=high`, else 400 naming `param`.
-pub(super) fn within(
-    param: &str,
-    value: Option<f32>,
-    low: f32,
-    high: f32,
-) -> Result<Option<f32>, ApiError> {
-    match value {
-        Some(value) if !(low..=high).contains(&value) => Err(bad(
-            param,
-            format!("{param} must be between {low} and {high}"),
-        )),
-        _ => Ok(value),
+    fn fingerprint(&self, incoming: &Incoming<'_>) -> String {
+        let header = session_header(incoming.request).ok().flatten();
+        idempotency::fingerprint(&[
+            &String::from_utf8_lossy(incoming.body),
+            header.unwrap_or("\0none"),
+        ])
     }
-}
 
-/// A token bound of a request, within 1 and the configured `model.max_tokens`.
-pub(super) fn within_max_tokens(
-    param: &str,
-    tokens: Option<u32>,
-    settings: &Settings,
-) -> Result<Option<u32>, ApiError> {
-    let configured = settings.model.max_tokens;
-    match tokens {
-        Some(tokens) if !(1..=configured).contains(&tokens) => Err(bad(
-            param,
-            format!("{param} must be between 1 and {configured} (AGENT_MODEL__MAX_TOKENS)"),
-        )),
-        _ => Ok(tokens),
-    }
-}
-
-impl ChatCompletionRequest {
-    /// The turn: `caller`'s, on the session `header` or `metadata.session_id` names, if any.
-    fn validate(
-        self,
-        settings: &Settings,
-        caller: &str,
-        header: Option<&str>,
-    ) -> Result<ValidChat, ApiError> {
+    /// The turn: the caller's, on the session `X-Session-Id` or `metadata.session_id` names, if
+    /// any.
+    async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let settings = incoming.settings();
+        let caller = incoming.caller.as_str();
+        let header = session_header(incoming.request)?;
         check_model(&self.model, settings)?;
         self.refuse_unsupported()?;
         let sampling = self.sampling(settings)?;
@@ -409,38 +310,30 @@ impl ChatCompletionRequest {
                 }
                 message = chat
                     .content
+                    .content()
                     .text(&param(".content"), settings.api.max_message_chars)?;
                 continue;
             }
             // Checked as the document says even when a session leaves them unused.
-            let text = chat.content.text(&param(".content"), usize::MAX)?;
-            if session.is_some() {
-                // The session holds the history; earlier messages are not used.
-                continue;
+            let text = chat
+                .content
+                .content()
+                .text(&param(".content"), usize::MAX)?;
+            let role = chat.role.check(&param(".role"), settings)?;
+            if session.is_none() {
+                // Without a session they are the conversation; with one, it holds them.
+                history.push(role.message(text));
             }
-            history.push(match chat.role {
-                ChatRole::User => Message::user(text),
-                ChatRole::Assistant => Message::assistant(text),
-                ChatRole::System | ChatRole::Developer
-                    if settings.openai_api.follow_system_messages =>
-                {
-                    Message::system(text)
-                }
-                ChatRole::System | ChatRole::Developer => {
-                    return Err(bad(
-                        &param(".role"),
-                        "system and developer messages are refused by this server \
-                         (AGENT_OPENAI_API__SYSTEM_MESSAGES=refuse); its own system prompt applies",
-                    ));
-                }
-            });
         }
         let include_usage = self
             .stream_options
             .as_ref()
             .and_then(|options| options.include_usage)
             .unwrap_or(false);
-        let local = session.as_ref().map(|session| session.local().to_owned());
+        let header = session
+            .as_ref()
+            .and_then(|session| HeaderValue::from_str(session.local()).ok())
+            .map(|value| (HeaderName::from_static(SESSION_HEADER), value));
         let conversation = match session {
             Some(session) => Conversation::Session {
                 session,
@@ -452,7 +345,12 @@ impl ChatCompletionRequest {
                 history,
             },
         };
-        Ok(ValidChat {
+        let model = settings.openai_api.model_id.clone();
+        let stream = self
+            .stream
+            .unwrap_or(false)
+            .then(|| Chunks::new(model.clone(), include_usage));
+        Ok(Valid {
             input: TurnInput {
                 conversation,
                 message,
@@ -460,31 +358,25 @@ impl ChatCompletionRequest {
                 instructions: Vec::new(),
                 earlier: Vec::new(),
             },
-            stream: self.stream.unwrap_or(false),
-            include_usage,
-            session: local,
+            stream,
+            answer: Arc::new(move |finished: &Finished| ChatCompletion::of(finished, &model)),
+            keep: None,
+            header,
         })
     }
+}
 
+impl ChatCompletionRequest {
     /// 400 naming the first parameter the agent cannot honour.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        self.shared().refuse_client_tools()?;
         first_refusal([
-            (
-                self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
-                "tools",
-                "client-side tools are not supported: the agent runs its own tools on the server",
-            ),
             (
                 self.functions
                     .as_ref()
                     .is_some_and(|functions| !functions.is_empty()),
                 "functions",
                 "client-side functions are not supported: the agent runs its own tools on the server",
-            ),
-            (
-                !choice_is_free(self.tool_choice.as_ref()),
-                "tool_choice",
-                "only `auto` or `none`: the client offers no tools",
             ),
             (
                 !choice_is_free(self.function_call.as_ref()),
@@ -527,7 +419,7 @@ impl ChatCompletionRequest {
             (Some(tokens), _) => ("max_completion_tokens", Some(tokens)),
             (None, tokens) => ("max_tokens", tokens),
         };
-        let max_tokens = within_max_tokens(param, max_tokens, settings)?;
+        let shared = self.shared().sampling((param, max_tokens), settings)?;
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(one)) => vec![one.clone()],
@@ -540,9 +432,6 @@ impl ChatCompletionRequest {
             return Err(bad("stop", "a stop sequence must not be empty"));
         }
         Ok(Sampling {
-            temperature: within("temperature", self.temperature, 0.0, 2.0)?,
-            top_p: within("top_p", self.top_p, 0.0, 1.0)?,
-            max_tokens,
             seed: self.seed,
             stop,
             presence_penalty: within("presence_penalty", self.presence_penalty, -2.0, 2.0)?,
@@ -554,6 +443,7 @@ impl ChatCompletionRequest {
                 .transpose()
                 .map_err(as_bad_request)?
                 .unwrap_or_default(),
+            ..shared
         })
     }
 }
@@ -651,99 +541,17 @@ impl ChatCompletion {
                 (ChatCompletionChunk = "text/event-stream"),
             ),
             headers(("X-Session-Id" = String, description = "The session continued, when one was named"))),
-        (status = 400, description = "Malformed JSON, an invalid or unsupported parameter (`param` names it), or a conversation longer than the model's context window (`context_length_exceeded`)", body = OpenAiErrorBody),
         (status = 404, description = "No such model (`model_not_found`)", body = OpenAiErrorBody),
         (status = 409, description = "The session is busy with another request (`session_busy`, `session_conflict`, `idempotency_key_in_progress`)", body = OpenAiErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = OpenAiErrorBody),
-        (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = OpenAiErrorBody),
-        (status = 422, description = "A turn limit reached, or a reused Idempotency-Key", body = OpenAiErrorBody),
-        (status = 500, description = "A failure of the server's own (`internal_error`)", body = OpenAiErrorBody),
-        (status = 502, description = "The model server failed", body = OpenAiErrorBody),
-        (status = 503, description = "Storage unavailable, or the model server's rate limit; see Retry-After", body = OpenAiErrorBody),
-        (status = 504, description = "The model or the turn timed out", body = OpenAiErrorBody),
+        TurnRefusals,
     )
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn post_chat_completions(
     request: HttpRequest,
     body: Bytes,
-    turns: Data<Turns>,
-    backends: Data<Backends>,
-    settings: Data<Settings>,
-    drain: Data<watch::Receiver<bool>>,
-    failures: Data<FailureLog>,
+    routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed: ChatCompletionRequest = parse_json(&request, &body).map_err(as_bad_request)?;
-    let idempotency_key = idempotency::key_of(&request)?;
-    let header = match request.headers().get(SESSION_HEADER) {
-        None => None,
-        Some(value) => Some(value.to_str().map_err(|_| {
-            bad(
-                "X-Session-Id",
-                "X-Session-Id must be 1 to 128 of [A-Za-z0-9._-]",
-            )
-        })?),
-    };
-    let caller = caller_name(&request);
-    let chat = parsed.validate(&settings, &caller, header)?;
-    let model = settings.openai_api.model_id.clone();
-    if chat.stream && idempotency_key.is_some() {
-        return Err(bad(
-            "Idempotency-Key",
-            "Idempotency-Key is not supported with stream: true (a stream cannot be replayed)",
-        ));
-    }
-    let slot = turns.admit()?;
-    let session = chat.session.clone();
-    let answer = |mut response: HttpResponse| {
-        if let Some(session) = &session
-            && let Ok(value) = actix_web::http::header::HeaderValue::from_str(session)
-        {
-            response.headers_mut().insert(
-                actix_web::http::header::HeaderName::from_static(SESSION_HEADER),
-                value,
-            );
-        }
-        response
-    };
-    if chat.stream {
-        let prepared = turns.prepare(chat.input, slot).await?;
-        let format = Chunks::new(model, chat.include_usage);
-        return Ok(answer(turn_stream::respond(
-            turns.into_inner(),
-            prepared,
-            Extras::default(),
-            drain.get_ref().clone(),
-            settings.api.sse_keepalive,
-            failures.into_inner(),
-            format,
-        )));
-    }
-    let Some(key) = idempotency_key else {
-        let (finished, _) = turns.run(chat.input, slot, Extras::default()).await?;
-        return Ok(answer(
-            HttpResponse::Ok().json(ChatCompletion::of(&finished, &model)),
-        ));
-    };
-    let fingerprint =
-        idempotency::fingerprint(&[&String::from_utf8_lossy(&body), header.unwrap_or("\0none")]);
-    let (completion, replayed) = idempotency::run_turn_once(
-        &backends,
-        &turns,
-        &settings,
-        idempotency::scoped(&request, "chat:", &key),
-        &fingerprint,
-        chat.input,
-        slot,
-        None,
-        move |finished: &Finished| ChatCompletion::of(finished, &model),
-    )
-    .await?;
-    let mut response = HttpResponse::Ok();
-    if replayed {
-        response.insert_header(("Idempotent-Replayed", "true"));
-    }
-    Ok(answer(response.json(completion)))
+    pipeline::serve::<ChatCompletionRequest>(request, body, routes).await
 }
 
 /// `chat.completion.chunk`: a piece of the answer as it streams.
@@ -785,12 +593,11 @@ struct ChunkDelta {
 /// The events of a streamed chat completion. Text the model writes before calling tools is
 /// streamed too (as `/agent/stream` does), set apart from the next step's text by a blank line;
 /// the tool calls themselves are not sent.
-struct Chunks {
+pub(crate) struct Chunks {
     id: String,
     created: u64,
     model: String,
     include_usage: bool,
-    text: StepText,
 }
 
 impl Chunks {
@@ -800,7 +607,6 @@ impl Chunks {
             created: unix_now(),
             model,
             include_usage,
-            text: StepText::default(),
         }
     }
 
@@ -823,6 +629,8 @@ impl Chunks {
 }
 
 impl EventFormat for Chunks {
+    const SHOWS_TOOLS: bool = false;
+
     fn start(&mut self) -> Option<Bytes> {
         let delta = ChunkDelta {
             role: Some("assistant"),
@@ -832,21 +640,11 @@ impl EventFormat for Chunks {
     }
 
     fn delta(&mut self, text: String) -> Option<Bytes> {
-        let content = self.text.delta(text)?;
         let delta = ChunkDelta {
             role: None,
-            content: Some(content),
+            content: Some(text),
         };
         Some(self.chunk(delta, None))
-    }
-
-    fn tool_call(&mut self, _call: ToolCall) -> Option<Bytes> {
-        self.text.tool_call();
-        None
-    }
-
-    fn tool_result(&mut self, _: String, _: String, _: String, _: bool) -> Option<Bytes> {
-        None
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
@@ -877,8 +675,7 @@ impl EventFormat for Chunks {
 
     fn shutdown(&mut self) -> Bytes {
         let error = OpenAiError {
-            message: "the server is shutting down; this turn was cancelled and nothing was stored"
-                .into(),
+            message: SHUTDOWN_MESSAGE.into(),
             kind: "server_error".into(),
             param: None,
             code: Some("server_shutting_down".into()),

@@ -4,6 +4,8 @@
 //! OpenAI's error shape ([`reshape`]); turns run on the same runner as `/agent`.
 
 mod chat;
+mod docs;
+mod request;
 mod responses;
 
 use std::sync::LazyLock;
@@ -21,6 +23,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorCode, ErrorFacts};
 
 pub(crate) use chat::{__path_post_chat_completions, ChatCompletionChunk, post_chat_completions};
+pub(crate) use docs::fit;
 pub(crate) use responses::{
     __path_get_response, __path_post_responses, get_response, post_responses,
 };

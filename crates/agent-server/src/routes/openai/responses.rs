@@ -6,31 +6,33 @@
 //! given conversation (after the previous response's, if named) and keeps nothing but usage.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data, Path};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Role, Sampling, SessionId, ToolCall};
+use agent_core::{Message, Sampling, SessionId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tokio::sync::watch;
 use utoipa::ToSchema;
 
-use super::chat::{
-    ChatRole, as_bad_request, bad, choice_is_free, first_refusal, within, within_max_tokens,
+use super::request::{
+    ChatRole, Content, TurnRefusals, as_bad_request, bad, first_refusal, turn_request,
 };
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
+use crate::dto::deserialize_text_or_list;
 use crate::dto::format::TextFormat;
-use crate::dto::{deserialize_text_or_list, message_problem, parse_json};
 use crate::error::{ApiError, ErrorCode};
-use crate::failure_log::FailureLog;
+use crate::history_cache::first_kept;
 use crate::idempotency;
-use crate::routes::turn_stream::{self, EventFormat, StepText, sse};
-use crate::turn::{Conversation, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
+use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
+use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
+use crate::turn::{Conversation, Finished, KeepResponse, TurnInput, render_as};
 
+turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ResponseRequest {
@@ -58,12 +60,6 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable)]
     stream: Option<bool>,
-    #[serde(default)]
-    #[schema(nullable, minimum = 0, maximum = 2)]
-    temperature: Option<f32>,
-    #[serde(default)]
-    #[schema(nullable, minimum = 0, maximum = 1)]
-    top_p: Option<f32>,
     /// Most tokens each model call of the turn may produce (at most `AGENT_MODEL__MAX_TOKENS`).
     #[serde(default)]
     #[schema(nullable, minimum = 1)]
@@ -76,22 +72,6 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable)]
     user: Option<String>,
-    /// Not used (the agent calls its own tools as configured).
-    #[serde(default)]
-    #[schema(nullable)]
-    #[expect(
-        dead_code,
-        reason = "accepted from OpenAI clients and type-checked, not used"
-    )]
-    parallel_tool_calls: Option<bool>,
-    /// Refused: the agent runs its own tools on the server.
-    #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
-    tools: Option<Vec<Value>>,
-    /// Only `auto` or `none`.
-    #[serde(default)]
-    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
-    tool_choice: Option<Value>,
     /// The form of the final answer: `{"format": {"type": "text" | "json_object" |
     /// "json_schema", ...}}`. Sent to the model with every call of the turn; the agent's tool
     /// calls stay free-form. A model server that cannot do it: 400 `response_format_unsupported`.
@@ -111,6 +91,7 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable, max_items = 0)]
     include: Option<Vec<String>>,
+}
 }
 
 /// `input`: text, or messages.
@@ -355,26 +336,10 @@ impl Echo {
     }
 }
 
-/// A checked request: the turn, what the response echoes, and whether to stream.
-struct ValidResponse {
-    input: TurnInput,
-    echo: Echo,
-    stream: bool,
-}
-
 impl ResponseRequest {
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
+        self.shared().refuse_client_tools()?;
         first_refusal([
-            (
-                self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
-                "tools",
-                "client-side tools are not supported: the agent runs its own tools on the server",
-            ),
-            (
-                !choice_is_free(self.tool_choice.as_ref()),
-                "tool_choice",
-                "only `auto` or `none`: the client offers no tools",
-            ),
             (
                 self.background == Some(true),
                 "background",
@@ -392,70 +357,54 @@ impl ResponseRequest {
 
     /// The turn, with the previous response's session (already looked up, the caller's) when
     /// one was named.
-    async fn validate(
-        self,
-        settings: &Settings,
-        caller: &str,
-        backends: &Backends,
-    ) -> Result<ValidResponse, ApiError> {
+    async fn checked(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let settings = incoming.settings();
+        let caller = incoming.caller.as_str();
+        let backends = &incoming.routes.backends;
         check_model(&self.model, settings)?;
         self.refuse_unsupported()?;
         let text_format = self.text.as_ref().and_then(|text| text.format.clone());
+        let shared = self
+            .shared()
+            .sampling(("max_output_tokens", self.max_output_tokens), settings)?;
         let sampling = Sampling {
-            temperature: within("temperature", self.temperature, 0.0, 2.0)?,
-            top_p: within("top_p", self.top_p, 0.0, 1.0)?,
-            max_tokens: within_max_tokens("max_output_tokens", self.max_output_tokens, settings)?,
             response_format: text_format
                 .as_ref()
                 .map(|format| format.checked("text.format"))
                 .transpose()
                 .map_err(as_bad_request)?
                 .unwrap_or_default(),
-            ..Sampling::default()
+            ..shared
         };
         let store = self.store.unwrap_or(true);
         let mut items: Vec<(ChatRole, String)> = Vec::new();
         match &self.input {
-            ResponseInput::Text(text) => items.push((ChatRole::User, text.clone())),
+            ResponseInput::Text(text) => {
+                let text = Content::Text(text).text("input", settings.api.max_message_chars)?;
+                items.push((ChatRole::User, text));
+            }
             ResponseInput::Items(list) => {
+                let last = list.len().saturating_sub(1);
                 for (index, item) in list.iter().enumerate() {
-                    items.push(input_item(index, item, backends, caller).await?);
+                    let limit = if index == last {
+                        settings.api.max_message_chars
+                    } else {
+                        usize::MAX
+                    };
+                    let item = input_item(index, item, limit, incoming).await?;
+                    items.push(item);
                 }
             }
         }
         // The last message is the user's, which the agent answers.
         let (last_role, message) = items
-            .last()
-            .cloned()
+            .pop()
             .ok_or_else(|| bad("input", "input must hold at least the user's message"))?;
-        let last = items.len() - 1;
-        let param = |index: usize| match self.input {
-            ResponseInput::Text(_) => "input".to_owned(),
-            ResponseInput::Items(_) => format!("input[{index}].content"),
-        };
         if last_role != ChatRole::User {
             return Err(bad(
-                &format!("input[{last}].role"),
+                &format!("input[{}].role", items.len()),
                 "the last message must be the user's (the one the agent answers)",
             ));
-        }
-        for (index, (role, text)) in items.iter().enumerate() {
-            let limit = if index == last {
-                settings.api.max_message_chars
-            } else {
-                usize::MAX
-            };
-            if let Some(problem) = message_problem(text, limit) {
-                return Err(bad(&param(index), format!("{} {problem}", param(index))));
-            }
-            let system = matches!(role, ChatRole::System | ChatRole::Developer);
-            if system && !settings.openai_api.follow_system_messages {
-                return Err(bad(
-                    &format!("input[{index}].role"),
-                    "system and developer messages are refused by this server \
-                     (AGENT_OPENAI_API__SYSTEM_MESSAGES=refuse); its own system prompt applies",
-                ));
-            }
         }
         let previous = match &self.previous_response_id {
             None => None,
@@ -463,23 +412,17 @@ impl ResponseRequest {
         };
         let mut instructions: Vec<Message> =
             self.instructions.iter().map(Message::system).collect();
-        let earlier = &items[..last];
-        let as_message = |role: &ChatRole, text: &String| match role {
-            ChatRole::User => Message::user(text),
-            ChatRole::Assistant => Message::assistant(text),
-            ChatRole::System | ChatRole::Developer => Message::system(text),
-        };
+        let earlier = items;
         let (conversation, earlier) = if store {
             // The earlier messages join the conversation (after the previous response's, if
             // named) and are stored with the turn, so a later previous_response_id continues
             // from all of it; system and developer messages apply to this turn only.
-            let (system, conversation): (Vec<_>, Vec<_>) = earlier
-                .iter()
-                .partition(|(role, _)| matches!(role, ChatRole::System | ChatRole::Developer));
-            instructions.extend(system.iter().map(|(_, text)| Message::system(text)));
+            let (system, conversation): (Vec<_>, Vec<_>) =
+                earlier.into_iter().partition(|(role, _)| role.is_system());
+            instructions.extend(system.into_iter().map(|(_, text)| Message::system(text)));
             let earlier: Vec<Message> = conversation
-                .iter()
-                .map(|(role, text)| as_message(role, text))
+                .into_iter()
+                .map(|(role, text)| role.message(text))
                 .collect();
             let session = match &previous {
                 Some(previous) => Conversation::Session {
@@ -501,7 +444,7 @@ impl ResponseRequest {
                 Some(previous) => previous_history(backends, previous, settings).await?,
                 None => Vec::new(),
             };
-            history.extend(earlier.iter().map(|(role, text)| as_message(role, text)));
+            history.extend(earlier.into_iter().map(|(role, text)| role.message(text)));
             let given = Conversation::Given {
                 caller: caller.to_owned(),
                 history,
@@ -525,7 +468,15 @@ impl ResponseRequest {
                 |format| serde_json::to_value(format).unwrap_or_default(),
             ),
         };
-        Ok(ValidResponse {
+        let kept = echo.clone();
+        let keep = echo.store.then(|| KeepResponse {
+            id: echo.id.clone(),
+            render: render_as(move |finished: &Finished| {
+                kept.object("completed", Some(finished), None)
+            }),
+        });
+        let answered = echo.clone();
+        Ok(Valid {
             input: TurnInput {
                 conversation,
                 message,
@@ -533,20 +484,29 @@ impl ResponseRequest {
                 instructions,
                 earlier,
             },
-            echo,
-            stream: self.stream.unwrap_or(false),
+            stream: self
+                .stream
+                .unwrap_or(false)
+                .then(|| ResponseEvents::new(echo)),
+            answer: Arc::new(move |finished: &Finished| {
+                answered.object("completed", Some(finished), None)
+            }),
+            keep,
+            header: None,
         })
     }
 }
 
-/// The role and text of `input[index]`: a message's, or the output message an
-/// `item_reference` names (one of the caller's stored responses; 404 otherwise).
+/// The role and text of `input[index]`: a message's (its text at most `max_chars` characters),
+/// or the output message an `item_reference` names (one of the caller's stored responses; 404
+/// otherwise).
 async fn input_item(
     index: usize,
     item: &InputItem,
-    backends: &Backends,
-    caller: &str,
+    max_chars: usize,
+    incoming: &Incoming<'_>,
 ) -> Result<(ChatRole, String), ApiError> {
+    let (backends, caller) = (&incoming.routes.backends, incoming.caller.as_str());
     if matches!(item.kind, Some(ItemType::ItemReference)) {
         let param = format!("input[{index}].id");
         let id = item
@@ -570,24 +530,20 @@ async fn input_item(
             .unwrap_or_default();
         return Ok((ChatRole::Assistant, text.to_owned()));
     }
-    let role = item.role.ok_or_else(|| {
-        let param = format!("input[{index}].role");
-        bad(&param, format!("{param}: a message needs a role"))
-    })?;
+    let role_param = format!("input[{index}].role");
+    let role = item
+        .role
+        .ok_or_else(|| bad(&role_param, format!("{role_param}: a message needs a role")))?
+        .check(&role_param, incoming.settings())?;
     let param = format!("input[{index}].content");
-    let text = match &item.content {
+    let content = match &item.content {
         None => return Err(bad(&param, format!("{param}: a message needs content"))),
-        Some(ItemContent::Text(text)) => text.clone(),
-        Some(ItemContent::Parts(parts)) if parts.is_empty() => {
-            return Err(bad(&param, format!("{param} must hold at least one part")));
+        Some(ItemContent::Text(text)) => Content::Text(text),
+        Some(ItemContent::Parts(parts)) => {
+            Content::Parts(parts.iter().map(|part| part.text.as_str()).collect())
         }
-        Some(ItemContent::Parts(parts)) => parts
-            .iter()
-            .map(|part| part.text.as_str())
-            .collect::<Vec<_>>()
-            .join("\n"),
     };
-    Ok((role, text))
+    Ok((role, content.text(&param, max_chars)?))
 }
 
 /// The caller's stored response `id`, or 404 `response_not_found` (another caller's too)
@@ -629,11 +585,7 @@ async fn previous_history(
         .collect();
     let keep = history.len().min(settings.turn.history_window);
     history.drain(..history.len() - keep);
-    // A window may start inside an earlier turn; tool results without their call are invalid.
-    let first_kept = history
-        .iter()
-        .position(|message| message.role != Role::Tool)
-        .unwrap_or(history.len());
+    let first_kept = first_kept(history.iter().map(|message| message.role));
     history.drain(..first_kept);
     Ok(history)
 }
@@ -651,97 +603,35 @@ async fn previous_history(
                 (ResponseObject = "application/json"),
                 (ResponseObject = "text/event-stream"),
             )),
-        (status = 400, description = "Malformed JSON, an invalid or unsupported parameter (`param` names it), or a conversation longer than the model's context window (`context_length_exceeded`)", body = OpenAiErrorBody),
         (status = 404, description = "No such model (`model_not_found`), or no stored response of yours with `previous_response_id` (`response_not_found`)", body = OpenAiErrorBody),
         (status = 409, description = "The conversation went on after `previous_response_id` (`response_not_latest`), or it is busy (`session_busy`, `session_conflict`, `idempotency_key_in_progress`)", body = OpenAiErrorBody),
-        (status = 413, description = "Body too large (`payload_too_large`)", body = OpenAiErrorBody),
-        (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = OpenAiErrorBody),
-        (status = 422, description = "A turn limit reached, or a reused Idempotency-Key", body = OpenAiErrorBody),
-        (status = 500, description = "A failure of the server's own (`internal_error`)", body = OpenAiErrorBody),
-        (status = 502, description = "The model server failed", body = OpenAiErrorBody),
-        (status = 503, description = "Storage unavailable, or the model server's rate limit; see Retry-After", body = OpenAiErrorBody),
-        (status = 504, description = "The model or the turn timed out", body = OpenAiErrorBody),
+        TurnRefusals,
     )
 )]
-#[allow(clippy::too_many_arguments)]
 pub(crate) async fn post_responses(
     request: HttpRequest,
     body: Bytes,
-    turns: Data<Turns>,
-    backends: Data<Backends>,
-    settings: Data<Settings>,
-    drain: Data<watch::Receiver<bool>>,
-    failures: Data<FailureLog>,
+    routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
-    let parsed: ResponseRequest = parse_json(&request, &body).map_err(as_bad_request)?;
-    let idempotency_key = idempotency::key_of(&request)?;
-    let caller = caller_name(&request);
-    let valid = parsed.validate(&settings, &caller, &backends).await?;
-    if valid.stream && idempotency_key.is_some() {
-        return Err(bad(
-            "Idempotency-Key",
-            "Idempotency-Key is not supported with stream: true (a stream cannot be replayed)",
-        ));
+    pipeline::serve::<ResponseRequest>(request, body, routes).await
+}
+
+impl TurnWire for ResponseRequest {
+    type Answer = ResponseObject;
+    type Events = ResponseEvents;
+    const KEY_NAMESPACE: &'static str = "responses:";
+
+    fn reshape(error: ApiError) -> ApiError {
+        as_bad_request(error)
     }
-    let ValidResponse {
-        input,
-        echo,
-        stream,
-    } = valid;
-    let slot = turns.admit()?;
-    let kept = echo.clone();
-    let keep = echo.store.then(|| KeepResponse {
-        id: echo.id.clone(),
-        render: render_as(move |finished: &Finished| {
-            kept.object("completed", Some(finished), None)
-        }),
-    });
-    if stream {
-        let prepared = turns.prepare(input, slot).await?;
-        return Ok(turn_stream::respond(
-            turns.into_inner(),
-            prepared,
-            Extras {
-                claim: None,
-                response: keep,
-            },
-            drain.get_ref().clone(),
-            settings.api.sse_keepalive,
-            failures.into_inner(),
-            ResponseEvents::new(echo),
-        ));
+
+    fn fingerprint(&self, incoming: &Incoming<'_>) -> String {
+        idempotency::fingerprint(&[&String::from_utf8_lossy(incoming.body)])
     }
-    let Some(key) = idempotency_key else {
-        let extras = Extras {
-            claim: None,
-            response: keep,
-        };
-        let (finished, _) = turns.run(input, slot, extras).await?;
-        return Ok(HttpResponse::Ok().json(echo.object("completed", Some(&finished), None)));
-    };
-    let fingerprint = idempotency::fingerprint(&[&String::from_utf8_lossy(&body)]);
-    let answered = echo.clone();
-    let (object, replayed) = idempotency::run_turn_once(
-        &backends,
-        &turns,
-        &settings,
-        idempotency::scoped(&request, "responses:", &key),
-        &fingerprint,
-        input,
-        slot,
-        keep,
-        // Replayed as stored: a JSON value of the response object.
-        move |finished: &Finished| {
-            serde_json::to_value(answered.object("completed", Some(finished), None))
-                .unwrap_or_default()
-        },
-    )
-    .await?;
-    let mut response = HttpResponse::Ok();
-    if replayed {
-        response.insert_header(("Idempotent-Replayed", "true"));
+
+    async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        self.checked(incoming).await
     }
-    Ok(response.json(object))
 }
 
 /// A stored response of yours, as it was answered.
@@ -770,12 +660,44 @@ pub(crate) async fn get_response(
 }
 
 /// The `response.*` events of a streamed response.
-struct ResponseEvents {
+pub(crate) struct ResponseEvents {
     echo: Echo,
     sequence: u64,
     /// The output item and its text part were announced.
     opened: bool,
-    text: StepText,
+}
+
+/// An event's JSON: its type, its place in the stream, and its fields.
+#[derive(Serialize)]
+struct Sequenced<'a, T> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    sequence_number: u64,
+    #[serde(flatten)]
+    fields: T,
+}
+
+/// The fields of the events about the whole response.
+#[derive(Serialize)]
+struct OfResponse {
+    response: ResponseObject,
+}
+
+/// The fields of the events about the output message.
+#[derive(Serialize)]
+struct OfItem {
+    output_index: u32,
+    item: OutputMessage,
+}
+
+/// The fields of the events about the message's text part.
+#[derive(Serialize)]
+struct OfPart<'a> {
+    item_id: &'a str,
+    output_index: u32,
+    content_index: u32,
+    #[serde(flatten)]
+    fields: Value,
 }
 
 impl ResponseEvents {
@@ -784,16 +706,31 @@ impl ResponseEvents {
             echo,
             sequence: 0,
             opened: false,
-            text: StepText::default(),
         }
     }
 
     /// An event of `kind` with `fields` and the next sequence number.
-    fn event(&mut self, kind: &str, mut fields: Value) -> Bytes {
-        fields["type"] = json!(kind);
-        fields["sequence_number"] = json!(self.sequence);
+    fn event(&mut self, kind: &str, fields: impl Serialize) -> Bytes {
+        let sequence_number = self.sequence;
         self.sequence += 1;
-        sse(Some(kind), &fields)
+        let event = Sequenced {
+            kind,
+            sequence_number,
+            fields,
+        };
+        sse(Some(kind), &event)
+    }
+
+    /// An event about the text part of the output message, with `fields`.
+    fn part_event(&mut self, kind: &str, fields: Value) -> Bytes {
+        let item_id = self.echo.message_id();
+        let part = OfPart {
+            item_id: &item_id,
+            output_index: 0,
+            content_index: 0,
+            fields,
+        };
+        self.event(kind, part)
     }
 
     /// The output item and its text part, announced once before their first text.
@@ -801,18 +738,18 @@ impl ResponseEvents {
         if std::mem::replace(&mut self.opened, true) {
             return Vec::new();
         }
-        let item = serde_json::to_value(self.echo.message("in_progress", String::new()))
-            .unwrap_or_default();
-        let item_id = self.echo.message_id();
+        let item = self.echo.message("in_progress", String::new());
         vec![
             self.event(
                 "response.output_item.added",
-                json!({ "output_index": 0, "item": item }),
+                OfItem {
+                    output_index: 0,
+                    item,
+                },
             ),
-            self.event(
+            self.part_event(
                 "response.content_part.added",
-                json!({ "item_id": item_id, "output_index": 0, "content_index": 0,
-                        "part": { "type": "output_text", "text": "", "annotations": [] } }),
+                json!({ "part": { "type": "output_text", "text": "", "annotations": [] } }),
             ),
         ]
     }
@@ -822,10 +759,9 @@ impl ResponseEvents {
             code: code.clone(),
             message: message.clone(),
         };
-        let response =
-            serde_json::to_value(self.echo.object("failed", None, Some(info))).unwrap_or_default();
+        let response = self.echo.object("failed", None, Some(info));
         let mut bytes = self
-            .event("response.failed", json!({ "response": response }))
+            .event("response.failed", OfResponse { response })
             .to_vec();
         bytes.extend_from_slice(&self.event(
             "error",
@@ -836,59 +772,47 @@ impl ResponseEvents {
 }
 
 impl EventFormat for ResponseEvents {
+    const SHOWS_TOOLS: bool = false;
+
     fn start(&mut self) -> Option<Bytes> {
-        let response =
-            serde_json::to_value(self.echo.object("in_progress", None, None)).unwrap_or_default();
-        let mut bytes = self
-            .event("response.created", json!({ "response": response }))
-            .to_vec();
-        bytes.extend_from_slice(
-            &self.event("response.in_progress", json!({ "response": response })),
-        );
+        let mut bytes = Vec::new();
+        for kind in ["response.created", "response.in_progress"] {
+            let response = self.echo.object("in_progress", None, None);
+            bytes.extend_from_slice(&self.event(kind, OfResponse { response }));
+        }
         Some(Bytes::from(bytes))
     }
 
-    fn delta(&mut self, text: String) -> Option<Bytes> {
-        let delta = self.text.delta(text)?;
+    fn delta(&mut self, delta: String) -> Option<Bytes> {
         let mut bytes: Vec<u8> = self.open().concat();
-        let item_id = self.echo.message_id();
-        bytes.extend_from_slice(&self.event(
+        bytes.extend_from_slice(&self.part_event(
             "response.output_text.delta",
-            json!({ "item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": [] }),
+            json!({ "delta": delta, "logprobs": [] }),
         ));
         Some(Bytes::from(bytes))
-    }
-
-    fn tool_call(&mut self, _call: ToolCall) -> Option<Bytes> {
-        self.text.tool_call();
-        None
-    }
-
-    fn tool_result(&mut self, _: String, _: String, _: String, _: bool) -> Option<Bytes> {
-        None
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
         let mut events = self.open();
-        let item_id = self.echo.message_id();
-        let part = json!({ "type": "output_text", "text": finished.text, "annotations": [] });
-        let item = serde_json::to_value(self.echo.message("completed", finished.text.clone()))
-            .unwrap_or_default();
-        let response = serde_json::to_value(self.echo.object("completed", Some(finished), None))
-            .unwrap_or_default();
-        events.push(self.event(
+        let text = &finished.text;
+        events.push(self.part_event(
             "response.output_text.done",
-            json!({ "item_id": item_id, "output_index": 0, "content_index": 0, "text": finished.text, "logprobs": [] }),
+            json!({ "text": text, "logprobs": [] }),
         ));
-        events.push(self.event(
+        events.push(self.part_event(
             "response.content_part.done",
-            json!({ "item_id": item_id, "output_index": 0, "content_index": 0, "part": part }),
+            json!({ "part": { "type": "output_text", "text": text, "annotations": [] } }),
         ));
+        let item = self.echo.message("completed", text.clone());
         events.push(self.event(
             "response.output_item.done",
-            json!({ "output_index": 0, "item": item }),
+            OfItem {
+                output_index: 0,
+                item,
+            },
         ));
-        events.push(self.event("response.completed", json!({ "response": response })));
+        let response = self.echo.object("completed", Some(finished), None);
+        events.push(self.event("response.completed", OfResponse { response }));
         events
     }
 
@@ -898,9 +822,6 @@ impl EventFormat for ResponseEvents {
     }
 
     fn shutdown(&mut self) -> Bytes {
-        self.failed(
-            "server_shutting_down".into(),
-            "the server is shutting down; this turn was cancelled and nothing was stored".into(),
-        )
+        self.failed("server_shutting_down".into(), SHUTDOWN_MESSAGE.into())
     }
 }

@@ -1,0 +1,191 @@
+//! One pipeline for every route that runs a turn (`/agent`, `/agent/stream`,
+//! `/v1/chat/completions`, `/v1/responses`): parse the body → read the `Idempotency-Key` →
+//! validate (the route's [`TurnWire`]) → refuse a stream with a key → admit → stream the turn, or
+//! run it (at most once per key) → answer, with `Idempotent-Replayed` and the route's header.
+//! The routes differ in their wire types and rendering only; everything else is here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::web::{Bytes, Data};
+use actix_web::{HttpRequest, HttpResponse};
+use agent_config::Settings;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::access::caller_name;
+use crate::backends::Backends;
+use crate::dto::parse_json;
+use crate::error::{ApiError, ErrorCode};
+use crate::failure_log::FailureLog;
+use crate::idempotency::{self, Once};
+use crate::routes::turn_stream::{self, EventFormat};
+use crate::turn::{ClaimToComplete, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
+
+/// What the turn routes run on: one extractor for all of them. One per worker.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnRoutes {
+    pub(crate) turns: Arc<Turns>,
+    pub(crate) backends: Backends,
+    pub(crate) settings: Arc<Settings>,
+    /// Turns true when the drain window ends: open streams are closed.
+    pub(crate) drain: watch::Receiver<bool>,
+    /// Where a stream's failures are logged (the middleware logs the others).
+    pub(crate) failures: Arc<FailureLog>,
+}
+
+/// A request while its wire type reads it.
+pub(crate) struct Incoming<'a> {
+    pub(crate) request: &'a HttpRequest,
+    pub(crate) body: &'a [u8],
+    /// Who sent it (see [`crate::access`]).
+    pub(crate) caller: String,
+    pub(crate) routes: &'a TurnRoutes,
+}
+
+impl Incoming<'_> {
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.routes.settings
+    }
+}
+
+/// A route's request type: how it is checked into a turn, and how the turn's answer is written.
+pub(crate) trait TurnWire: DeserializeOwned + Sized {
+    /// The answer of a stored turn (also what a retry with the same `Idempotency-Key` replays).
+    type Answer: Serialize + 'static;
+    /// How the route streams a turn.
+    type Events: EventFormat;
+    /// Keeps this route's idempotency keys apart from the other routes' (their answers differ).
+    const KEY_NAMESPACE: &'static str;
+
+    /// Refuses the request before its body is read (a route turned off).
+    fn available(_settings: &Settings) -> Result<(), ApiError> {
+        Ok(())
+    }
+
+    /// This API's form of a refusal of the body (the OpenAI-compatible routes answer 400 where
+    /// `/agent` answers 422).
+    fn reshape(error: ApiError) -> ApiError {
+        error
+    }
+
+    /// What makes two requests with one `Idempotency-Key` the same request.
+    fn fingerprint(&self, incoming: &Incoming<'_>) -> String;
+
+    /// The turn to run and how to answer it, or the first refusal.
+    fn validate(
+        self,
+        incoming: &Incoming<'_>,
+    ) -> impl Future<Output = Result<Valid<Self>, ApiError>>;
+}
+
+/// A checked request: the turn, and how to answer it.
+pub(crate) struct Valid<W: TurnWire> {
+    pub(crate) input: TurnInput,
+    /// Some: answer as server-sent events in this format.
+    pub(crate) stream: Option<W::Events>,
+    /// The answer of the stored turn.
+    pub(crate) answer: Answer<W::Answer>,
+    /// A response object the turn's store keeps (the Responses API).
+    pub(crate) keep: Option<KeepResponse>,
+    /// A header every answer carries (the chat completions' `X-Session-Id`).
+    pub(crate) header: Option<(HeaderName, HeaderValue)>,
+}
+
+/// How a route answers a stored turn.
+pub(crate) type Answer<R> = Arc<dyn Fn(&Finished) -> R + Send + Sync>;
+
+/// Serves one turn request of the route `W` (see the module doc).
+pub(crate) async fn serve<W: TurnWire>(
+    request: HttpRequest,
+    body: Bytes,
+    routes: Data<TurnRoutes>,
+) -> Result<HttpResponse, ApiError> {
+    W::available(&routes.settings)?;
+    let parsed: W = parse_json(&request, &body).map_err(W::reshape)?;
+    let key = idempotency::key_of(&request)?;
+    let incoming = Incoming {
+        request: &request,
+        body: &body,
+        caller: caller_name(&request),
+        routes: &routes,
+    };
+    let fingerprint = key.as_ref().map(|_| parsed.fingerprint(&incoming));
+    let valid = parsed.validate(&incoming).await?;
+    if valid.stream.is_some() && key.is_some() {
+        return Err(ApiError::invalid_param(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::InvalidRequest,
+            "Idempotency-Key",
+            "Idempotency-Key is not supported with a streamed answer (a stream cannot be replayed)",
+        ));
+    }
+    let Valid {
+        input,
+        stream,
+        answer,
+        keep,
+        header,
+    } = valid;
+    let slot = routes.turns.admit()?;
+    let extras = Extras {
+        claim: None,
+        response: keep,
+    };
+    let mut response = match (stream, key.zip(fingerprint)) {
+        (Some(events), _) => {
+            // Refusals up to here are plain answers; from here on they are events.
+            let prepared = routes.turns.prepare(input, slot).await?;
+            turn_stream::respond(&routes, prepared, extras, events)
+        }
+        (None, None) => {
+            let (finished, _) = routes.turns.run(input, slot, extras).await?;
+            HttpResponse::Ok().json(answer(&finished))
+        }
+        (None, Some((key, fingerprint))) => {
+            let key = idempotency::scoped(&request, W::KEY_NAMESPACE, &key);
+            let settings = &routes.settings;
+            // A retry may wait for the first request's lock and turn.
+            let lease = settings.turn.turn_deadline + routes.turns.lock_wait() + LEASE_MARGIN;
+            let retention = settings.api.idempotency_retention;
+            let rendered = Arc::clone(&answer);
+            let extras = Extras {
+                claim: Some(ClaimToComplete {
+                    key: key.clone(),
+                    retention,
+                    render: render_as(move |finished: &Finished| rendered(finished)),
+                }),
+                ..extras
+            };
+            let once = idempotency::run_once(
+                &routes.backends,
+                &key,
+                &fingerprint,
+                lease,
+                retention,
+                || async {
+                    let (finished, completed) = routes.turns.run(input, slot, extras).await?;
+                    Ok((answer(&finished), completed))
+                },
+            )
+            .await?;
+            match once {
+                Once::Ran(answer) => HttpResponse::Ok().json(answer),
+                Once::Replayed(stored) => HttpResponse::Ok()
+                    .insert_header(("Idempotent-Replayed", "true"))
+                    .content_type("application/json")
+                    .body(stored),
+            }
+        }
+    };
+    if let Some((name, value)) = header {
+        response.headers_mut().insert(name, value);
+    }
+    Ok(response)
+}
+
+/// How much longer than a turn (and its wait for the lock) a claim is held.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
