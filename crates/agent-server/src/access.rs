@@ -45,7 +45,7 @@ pub(crate) fn caller_name(request: &actix_web::HttpRequest) -> String {
 fn key_caller(key: &agent_config::ApiKey) -> String {
     key.caller.clone().unwrap_or_else(|| {
         let digest = Sha256::digest(key.secret.expose_secret().as_bytes());
-        format!("key-{}", &format!("{digest:x}")[..16])
+        format!("key-{}", hex::encode(&digest[..8]))
     })
 }
 

@@ -44,7 +44,7 @@ pub(crate) fn fingerprint(parts: &[&str]) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    format!("{:x}", hasher.finalize())
+    hex::encode(hasher.finalize())
 }
 
 /// A claimed key; dropping it unfinished (error, client gone) abandons the claim in the

@@ -8,7 +8,7 @@ Tools: add (structured result), echo, fail (raises: an isError result), wait (sl
 (registers the tool `late` and announces notifications/tools/list_changed), traceparent (the
 W3C trace context the call carried in `_meta`). `POST /echo` is the
 same echo as a plain HTTP endpoint (the baseline of the MCP-versus-HTTP-tool benchmark);
-`GET /counts` says how many `wait` calls the client cancelled.
+`GET /counts` says how many `wait` calls started, and how many the client cancelled.
 """
 
 import argparse
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 
 
-COUNTS = {"cancelled": 0}
+COUNTS = {"started": 0, "cancelled": 0}
 
 
 def build(name: str) -> MCPServer:
@@ -45,6 +45,7 @@ def build(name: str) -> MCPServer:
     @server.tool()
     async def wait(seconds: float) -> str:
         """Sleeps, then answers."""
+        COUNTS["started"] += 1
         try:
             await asyncio.sleep(seconds)
         except asyncio.CancelledError:

@@ -17,4 +17,4 @@ pub mod test_tools;
 pub use mcp::{McpServer, McpServerKind};
 pub use process::{Spawned, free_port, wait_for_port};
 pub use services::{Services, ThrowawayPostgres, ThrowawayRedis};
-pub use test_tools::{TestTools, system_program};
+pub use test_tools::{TestTools, cargo_deny, system_program};

@@ -2,8 +2,9 @@
 //! test command needs nothing but what the README names: a Python venv of its own under
 //! `target/test-tools/python`, from the exact pins of `crates/dev-harness/python/requirements.txt`
 //! (the MCP server of the MCP tests, Schemathesis, kubernetes-validate, the SDKs of
-//! `cargo xtask sdk`, Selenium), and the npm packages of `xtask/sdk/node` from its lock file. Each
-//! is made once and remade when its pins change; the system interpreter's packages are never
+//! `cargo xtask sdk`, Selenium), the npm packages of `xtask/sdk/node` from its lock file, and
+//! `cargo-deny` (crates.io, built by `cargo install --locked` into `target/test-tools/cargo`).
+//! Each is made once and remade when its pins change; the system interpreter's packages are never
 //! used. A tool that cannot be provisioned (a missing `python3`, `npm` or Debian package) is an
 //! error with one line saying what to install, never a skipped test.
 
@@ -20,6 +21,8 @@ const REQUIREMENTS: &str = "crates/dev-harness/python/requirements.txt";
 const NODE_PACKAGES: &str = "xtask/sdk/node";
 /// Written into a provisioned directory with the pins it was made from.
 const STAMP: &str = ".provisioned";
+/// `cargo-deny`'s pinned version (its own dependencies are pinned by its lock file: `--locked`).
+const CARGO_DENY: &str = "0.20.2";
 
 /// Provisioned test tools: a venv, and the npm packages of the checks.
 #[derive(Debug, Clone)]
@@ -102,6 +105,43 @@ impl TestTools {
     pub fn node_modules(&self) -> PathBuf {
         workspace_root().join(NODE_PACKAGES).join("node_modules")
     }
+}
+
+/// `cargo-deny` (the layering, licence and source rules of `deny.toml`), built from crates.io into
+/// `target/test-tools/cargo` the first time (a few minutes), then reused while its pin holds.
+pub fn cargo_deny() -> anyhow::Result<PathBuf> {
+    let root = workspace_root().join("target/test-tools/cargo");
+    let program = root.join("bin/cargo-deny");
+    std::fs::create_dir_all(&root).with_context(|| format!("cannot make {}", root.display()))?;
+    let _lock = lock(&root.join(".lock"))?;
+    if is_current(&root, CARGO_DENY) && program.exists() {
+        return Ok(program);
+    }
+    let started = Instant::now();
+    println!(
+        "harness: building cargo-deny {CARGO_DENY} into {} (cargo install, a few minutes the first time)",
+        root.display()
+    );
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    // Its own build directory, removed after: only the binary is kept.
+    let build = root.join("build");
+    run(
+        Command::new(cargo)
+            .args(["install", "--locked", "--quiet", "--force"])
+            .arg(format!("cargo-deny@{CARGO_DENY}"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--target-dir")
+            .arg(&build),
+        "cargo install cargo-deny failed (is crates.io reachable?)",
+    )?;
+    std::fs::remove_dir_all(&build).ok();
+    std::fs::write(root.join(STAMP), CARGO_DENY)?;
+    println!(
+        "harness: cargo-deny ready in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(program)
 }
 
 /// `npm ci` in [`NODE_PACKAGES`] unless its `node_modules` was made from the current lock file.

@@ -112,6 +112,25 @@ impl FakeOpenAi {
             .collect()
     }
 
+    /// Waits until `count` chat requests have arrived (a model call in flight is one): how a test
+    /// orders a second request after the first reached the model, without a sleep. Panics after
+    /// 30 s.
+    pub async fn received(&self, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let received = self.server.received_requests().await.unwrap_or_default();
+            if received.len() >= count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fake model received {} requests, not {count}",
+                received.len()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// The value of header `name` on each chat request received so far, in order.
     pub async fn header_values(&self, name: &str) -> Vec<Option<String>> {
         self.server

@@ -1,5 +1,6 @@
-//! `cargo xtask test`: provisions the test tools (a venv and npm packages under the checkout),
-//! makes Postgres and Redis available, then runs every test of the workspace.
+//! `cargo xtask test`: checks the dependency rules of `deny.toml` (cargo-deny), provisions the test
+//! tools (a venv and npm packages under the checkout), makes Postgres and Redis available, then
+//! runs every test of the workspace.
 
 use anyhow::Context;
 use xshell::{Shell, cmd};
@@ -11,6 +12,12 @@ pub(crate) fn run(shell: &Shell, cargo_args: &[String]) -> anyhow::Result<()> {
         "cargo test --workspace --all-targets --no-run --locked"
     )
     .run()?;
+    // The layering of ARCHITECTURE.md, licences, sources and duplicate versions (`advisories`
+    // needs a database from GitHub, not reachable here).
+    let deny = dev_harness::cargo_deny()?;
+    cmd!(shell, "{deny} deny check bans licenses sources")
+        .run()
+        .context("cargo deny found a dependency that breaks a rule of deny.toml")?;
     // The Python and npm test tools, made once under target/ (the tests would make them on
     // first use too; here their time shows on its own).
     dev_harness::TestTools::get()?;

@@ -3,6 +3,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use exmex::{
+    BinOp, Express, FlatEx, FloatOpsFactory, MakeOperators, MatchLiteral, Operator,
+    literal_matcher_from_pattern,
+};
 use serde_json::{Value, json};
 
 use super::Tool;
@@ -39,8 +43,9 @@ impl Tool for CurrentTime {
     }
 }
 
-/// Evaluates arithmetic with evalexpr: numbers, + - * / % ^, parentheses, math functions.
-/// Every number is a float, so 7/2 is 3.5.
+/// Evaluates arithmetic with exmex: numbers (`1.5`, `2e3`), + - * / % ^, parentheses, functions
+/// (`sqrt`, `ln`, `sin`, ...; also written `math::sqrt`) and the constants `PI` and `E`. Every
+/// number is a float, so 7/2 is 3.5.
 #[derive(Debug, Clone, Copy)]
 pub struct Calculator;
 
@@ -74,23 +79,48 @@ impl Tool for Calculator {
     }
 }
 
-/// Evaluates `expression` with every integer literal read as a float.
+/// exmex's float operators, and `%`.
+#[derive(Debug, Clone)]
+struct Operators;
+
+impl MakeOperators<f64> for Operators {
+    fn make<'a>() -> Vec<Operator<'a, f64>> {
+        let mut operators = FloatOpsFactory::<f64>::make();
+        operators.push(Operator::make_bin(
+            "%",
+            BinOp {
+                apply: |a, b| a % b,
+                // As `/`.
+                prio: 3,
+                is_commutative: false,
+            },
+        ));
+        operators
+    }
+}
+
+// Numbers in decimal or scientific notation.
+literal_matcher_from_pattern!(Numbers, r"^(\.?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?)");
+
+/// Evaluates `expression`, in floats.
 pub(crate) fn evaluate(expression: &str) -> Result<String, String> {
     if expression.len() > MAX_EXPRESSION {
         return Err(format!(
             "the expression is longer than {MAX_EXPRESSION} characters"
         ));
     }
-    if expression.contains(['=', '"', ';']) {
-        return Err("only arithmetic is allowed: no assignments, strings or sequences".into());
-    }
-    let value = evalexpr::eval(&floats(expression))
+    // evalexpr's names, which models have learned from this tool's earlier versions.
+    let plain = expression.replace("math::", "");
+    let parsed = FlatEx::<f64, Operators, Numbers>::parse(&plain)
         .map_err(|error| format!("cannot evaluate {expression:?}: {error}"))?;
-    let number = match value {
-        evalexpr::Value::Float(number) => number,
-        evalexpr::Value::Int(number) => number as f64,
-        other => return Err(format!("{expression:?} is not a number but {other}")),
-    };
+    if let Some(name) = parsed.var_names().first() {
+        return Err(format!(
+            "only arithmetic is allowed: {name:?} is not a number, operator or function"
+        ));
+    }
+    let number = parsed
+        .eval(&[])
+        .map_err(|error| format!("cannot evaluate {expression:?}: {error}"))?;
     if !number.is_finite() {
         return Err(format!("{expression:?} has no finite value"));
     }
@@ -99,37 +129,6 @@ pub(crate) fn evaluate(expression: &str) -> Result<String, String> {
     } else {
         format!("{number}")
     })
-}
-
-/// Rewrites integer literals as floats (`7/2` → `7.0/2.0`), leaving names such as `math::ln`
-/// and existing floats alone.
-fn floats(expression: &str) -> String {
-    let characters: Vec<char> = expression.chars().collect();
-    let mut rewritten = String::with_capacity(expression.len() + 8);
-    let mut index = 0;
-    while index < characters.len() {
-        let character = characters[index];
-        let starts_number = character.is_ascii_digit()
-            && (index == 0
-                || !(characters[index - 1].is_alphanumeric()
-                    || matches!(characters[index - 1], '.' | '_')));
-        if !starts_number {
-            rewritten.push(character);
-            index += 1;
-            continue;
-        }
-        let start = index;
-        while index < characters.len() && characters[index].is_ascii_digit() {
-            index += 1;
-        }
-        rewritten.extend(&characters[start..index]);
-        let continues = index < characters.len()
-            && (matches!(characters[index], '.' | 'e' | 'E') || characters[index].is_alphabetic());
-        if !continues {
-            rewritten.push_str(".0");
-        }
-    }
-    rewritten
 }
 
 #[cfg(test)]
@@ -145,6 +144,10 @@ mod tests {
             ("10 % 3", Ok("1")),
             ("-4 * 2.5", Ok("-10")),
             ("math::sqrt(16)", Ok("4")),
+            ("sqrt(16) + ln(E)", Ok("5")),
+            ("2e3 / 4", Ok("500")),
+            ("PI * 0", Ok("0")),
+            ("a + 1", Err(())),
             ("1/0", Err(())),
             ("a = 5", Err(())),
             ("\"text\"", Err(())),

@@ -266,11 +266,7 @@ fn tags(assets: &[(&str, Asset)]) -> Vec<String> {
         .iter()
         .map(|(_, asset)| {
             let digest = Sha256::digest(asset.body);
-            let hex: String = digest[..12]
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect();
-            format!("\"{hex}\"")
+            format!("\"{}\"", hex::encode(&digest[..12]))
         })
         .collect()
 }

@@ -136,7 +136,7 @@ async fn concurrent_requests_on_one_session_are_serialised_and_none_is_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_waiting_too_long_for_a_busy_session_gets_409() {
     let fake = FakeOpenAi::repeating(Scripted::Slow(
-        Duration::from_millis(800),
+        Duration::from_secs(3),
         Box::new(text("slow")),
     ))
     .await;
@@ -144,7 +144,8 @@ async fn a_request_waiting_too_long_for_a_busy_session_gets_409() {
     let (first, second) = tokio::join!(
         app.agent(json!({ "message": "one", "session_id": "busy" })),
         async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // The first holds the session's lock once its model call has begun.
+            fake.received(1).await;
             app.agent(json!({ "message": "two", "session_id": "busy" }))
                 .await
         }
@@ -173,14 +174,15 @@ async fn post_with_key(app: &crate::helpers::TestApp, key: &str, body: Value) ->
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_runs_the_turn_once_even_when_the_retry_arrives_during_it() {
     let fake = FakeOpenAi::repeating(Scripted::Slow(
-        Duration::from_millis(300),
+        Duration::from_secs(2),
         Box::new(text("once")),
     ))
     .await;
     let app = spawn_with_model(&fake, &[]).await;
     let body = json!({ "message": "charge my card", "session_id": "pay" });
     let (first, retry) = tokio::join!(post_with_key(&app, "key-1", body.clone()), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The first has claimed the key once its model call has begun.
+        fake.received(1).await;
         post_with_key(&app, "key-1", body.clone()).await
     });
     assert_eq!(
@@ -410,17 +412,22 @@ async fn a_client_disconnecting_mid_turn_leaves_no_partial_turn() {
         .send()
         .await;
     assert!(gone.is_err(), "the client gave up");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        app.stored("left").await.is_empty(),
-        "nothing of the cancelled turn was stored"
-    );
-    // The lock was released: the session takes the next turn at once.
+    // The next turn takes the session's lock: had the first turn gone on, it would hold the
+    // lock until it stored (after its slow answer), and its messages would come first.
     let next = app
         .agent(json!({ "message": "again", "session_id": "left" }))
         .await;
     assert_eq!(next.status(), 200);
-    assert_eq!(app.stored("left").await.len(), 2);
+    let stored = app.stored("left").await;
+    let contents: Vec<&str> = stored
+        .iter()
+        .map(|message| message.message.content.as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        ["again", "after the disconnect"],
+        "nothing of the cancelled turn was stored"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

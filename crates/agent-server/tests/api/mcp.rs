@@ -40,6 +40,33 @@ async fn tool_messages(fake: &FakeOpenAi, index: usize) -> Vec<String> {
         .collect()
 }
 
+/// One of the Python server's counts of `wait` calls: `started` or `cancelled`.
+async fn count(app: &TestApp, server: &McpServer, name: &str) -> u64 {
+    let counts = format!("http://127.0.0.1:{}/counts", server.port());
+    let body: Value = app
+        .client
+        .get(&counts)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body[name].as_u64().unwrap()
+}
+
+/// Waits (10 s at most) until the Python server's count `name` reaches `at_least`.
+async fn wait_for_count(app: &TestApp, server: &McpServer, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(app, server, name).await < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "the server's {name} count never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn tools(app: &TestApp) -> Value {
     let (status, body) = app.get_json("/tools").await;
     assert_eq!(status, 200, "{body}");
@@ -272,7 +299,8 @@ async fn a_call_past_the_timeout_and_a_server_killed_mid_call_become_tool_errors
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Killed once the second call is running on it.
+    wait_for_count(&app, &server, "started", 2).await;
     server.kill();
     let response = turn.await.unwrap();
     assert_eq!(response.status(), 200);
@@ -557,20 +585,7 @@ async fn a_cancelled_turn_cancels_its_mcp_call_on_the_server() {
     ])
     .await;
     let app = spawn_with(&fake, &server_table("py", &server.url(), ""), &[]).await;
-    let counts = format!("http://127.0.0.1:{}/counts", server.port());
-    let cancelled = || async {
-        let body: Value = app
-            .client
-            .get(&counts)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        body["cancelled"].as_u64().unwrap()
-    };
-    assert_eq!(cancelled().await, 0);
+    assert_eq!(count(&app, &server, "cancelled").await, 0);
     // The client goes away while the tool runs: the turn is dropped, and with it the call.
     let response = app
         .stream(json!({"message": "wait", "session_id": "mcp-gone"}))
@@ -581,16 +596,10 @@ async fn a_cancelled_turn_cancels_its_mcp_call_on_the_server() {
             break;
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Gone once the call is running on the server.
+    wait_for_count(&app, &server, "started", 1).await;
     drop(body);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cancelled().await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the server never saw the call cancelled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_count(&app, &server, "cancelled", 1).await;
     assert!(
         app.stored("mcp-gone").await.is_empty(),
         "a cancelled turn stores nothing"

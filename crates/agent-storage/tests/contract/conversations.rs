@@ -9,7 +9,7 @@ use agent_storage::{
     ConversationStore, MAX_HISTORY_WINDOW, MemoryStorage, SessionLocks, StorageError, acquire_lock,
 };
 
-use crate::backend;
+use crate::contract;
 
 type Stores = (Arc<dyn ConversationStore>, Arc<dyn SessionLocks>);
 
@@ -72,43 +72,28 @@ async fn postgres() -> Stores {
     )
 }
 
-backend!(memory_backend, memory().await;
-    a_response_is_kept_with_its_turn_and_deleted_with_its_session,
-    turns_that_store_nothing_are_counted_too,
-    the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
-    the_sweep_deletes_the_oldest_first_in_batches,
-    usage_per_caller_adds_up_to_the_stored_turns,
-    sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
-    ensure_session_creates_an_empty_session_once,
-    concurrent_ensures_of_a_new_session_agree,
-    open_session_creates_then_returns_the_window,
-    a_turn_is_stored_in_order_with_tool_calls_and_usage,
-    a_stale_sequence_is_a_conflict_and_stores_nothing,
-    a_first_turn_creates_its_session,
-    a_later_turn_on_a_missing_session_is_not_found,
-    racing_first_turns_of_a_new_session_store_one,
-    recent_messages_returns_the_last_n_in_order,
-    delete_removes_the_session_and_its_messages,
-    fifty_concurrent_appends_through_the_lock_lose_nothing,
-);
-backend!(postgres_backend, postgres().await;
-    a_response_is_kept_with_its_turn_and_deleted_with_its_session,
-    turns_that_store_nothing_are_counted_too,
-    the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
-    the_sweep_deletes_the_oldest_first_in_batches,
-    usage_per_caller_adds_up_to_the_stored_turns,
-    sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
-    ensure_session_creates_an_empty_session_once,
-    concurrent_ensures_of_a_new_session_agree,
-    open_session_creates_then_returns_the_window,
-    a_turn_is_stored_in_order_with_tool_calls_and_usage,
-    a_stale_sequence_is_a_conflict_and_stores_nothing,
-    a_first_turn_creates_its_session,
-    a_later_turn_on_a_missing_session_is_not_found,
-    racing_first_turns_of_a_new_session_store_one,
-    recent_messages_returns_the_last_n_in_order,
-    delete_removes_the_session_and_its_messages,
-    fifty_concurrent_appends_through_the_lock_lose_nothing,
+contract!(
+    [
+        a_response_is_kept_with_its_turn_and_deleted_with_its_session,
+        turns_that_store_nothing_are_counted_too,
+        the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
+        the_sweep_deletes_the_oldest_first_in_batches,
+        usage_per_caller_adds_up_to_the_stored_turns,
+        sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
+        ensure_session_creates_an_empty_session_once,
+        concurrent_ensures_of_a_new_session_agree,
+        open_session_creates_then_returns_the_window,
+        a_turn_is_stored_in_order_with_tool_calls_and_usage,
+        a_stale_sequence_is_a_conflict_and_stores_nothing,
+        a_first_turn_creates_its_session,
+        a_later_turn_on_a_missing_session_is_not_found,
+        racing_first_turns_of_a_new_session_store_one,
+        recent_messages_returns_the_last_n_in_order,
+        delete_removes_the_session_and_its_messages,
+        fifty_concurrent_appends_through_the_lock_lose_nothing,
+    ];
+    memory_backend => memory().await,
+    postgres_backend => postgres().await,
 );
 
 async fn ensure_session_creates_an_empty_session_once((store, _): Stores) {
