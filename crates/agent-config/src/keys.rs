@@ -305,7 +305,7 @@ declare_keys! {
     MODEL_REQUEST_TIMEOUT = "model.request_timeout", Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("60s"), aliases: [];
     /// Attempts in all for one model call on 429, 5xx and connection failures (1: no retry).
     MODEL_MAX_ATTEMPTS = "model.max_attempts", Kind::Int { min: 1, max: 20 }, default: Some("3"), aliases: [];
-    /// The first backoff between attempts (doubling, with ±50 % jitter; a `Retry-After` or
+    /// The first backoff between attempts (doubling, each pause stretched by up to 100 % at random; a `Retry-After` or
     /// `retry-after-ms` header wins).
     MODEL_RETRY_BASE_DELAY = "model.retry_base_delay", Kind::Duration { min: ms(1), max: secs(60) }, default: Some("250ms"), aliases: [];
     /// The longest backoff.

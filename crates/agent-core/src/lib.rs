@@ -5,6 +5,7 @@
 //! produced. (The OpenAI client and HTTP tools make outbound HTTP calls; no server is here.)
 
 mod agent;
+mod backoff;
 mod conversation;
 mod error;
 mod format;
@@ -18,6 +19,7 @@ mod tools;
 pub mod trace_context;
 
 pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
+pub use backoff::backoff;
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use format::{FormatError, JsonSchemaFormat, ResponseFormat, WireFormat};

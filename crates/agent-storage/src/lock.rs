@@ -4,7 +4,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_core::SessionId;
-use rand::Rng;
 
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
@@ -103,7 +102,7 @@ pub async fn acquire_lock(
     wait: Duration,
 ) -> Result<LockGuard, StorageError> {
     let deadline = Instant::now() + wait;
-    let mut backoff = Duration::from_millis(2);
+    let mut backoff = agent_core::backoff(Duration::from_millis(2), Duration::from_millis(50));
     loop {
         if let Some(lease) = locks.try_acquire(session, ttl).await? {
             return Ok(LockGuard {
@@ -115,9 +114,7 @@ pub async fn acquire_lock(
         if now >= deadline {
             return Err(StorageError::Locked(session.to_string()));
         }
-        let jitter = rand::rng().random_range(0.5..1.5);
-        let pause = backoff.mul_f64(jitter).min(deadline - now);
+        let pause = backoff.next().unwrap_or(deadline - now).min(deadline - now);
         tokio::time::sleep(pause).await;
-        backoff = (backoff * 2).min(Duration::from_millis(50));
     }
 }

@@ -12,6 +12,7 @@ pub mod load;
 pub mod mcp;
 pub mod process;
 pub mod services;
+pub mod sse;
 pub mod test_tools;
 
 pub use mcp::{McpServer, McpServerKind};

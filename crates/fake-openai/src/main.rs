@@ -318,18 +318,22 @@ async fn set_fault(mode: web::Path<String>, fault: web::Data<Fault>) -> HttpResp
     HttpResponse::NoContent().finish()
 }
 
-fn argument(name: &str) -> Option<u64> {
-    let arguments: Vec<String> = std::env::args().collect();
-    arguments
-        .iter()
-        .position(|argument| argument == name)
-        .and_then(|index| arguments.get(index + 1)?.parse().ok())
+/// The fake OpenAI-compatible model server of the system checks.
+#[derive(Debug, clap::Parser)]
+struct Arguments {
+    /// The port to listen on.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// How long every answer waits before it starts, in milliseconds.
+    #[arg(long = "delay-ms", default_value_t = 0)]
+    delay_ms: u64,
 }
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let port = argument("--port").unwrap_or(8080) as u16;
-    let delay = Duration::from_millis(argument("--delay-ms").unwrap_or(0));
+    let arguments = <Arguments as clap::Parser>::parse();
+    let port = arguments.port;
+    let delay = Duration::from_millis(arguments.delay_ms);
     let host = std::env::var("FAKE_OPENAI_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let shared = web::Data::new(Arc::new(Stats::default()));
     let delay = web::Data::new(delay);

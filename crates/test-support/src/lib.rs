@@ -17,7 +17,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 use secrecy::SecretString;
 
 pub use dev_harness::{
-    McpServer, McpServerKind, TestTools, ThrowawayPostgres, ThrowawayRedis, system_program,
+    McpServer, McpServerKind, TestTools, ThrowawayPostgres, ThrowawayRedis, sse, system_program,
 };
 pub use proxy::LossyProxy;
 

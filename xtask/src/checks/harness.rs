@@ -7,42 +7,42 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use dev_harness::Spawned;
+use procfs::process::Process;
 use xshell::{Shell, cmd};
+
+/// A running process, as procfs reads it.
+fn process(pid: u32) -> anyhow::Result<Process> {
+    let pid = i32::try_from(pid).context("a pid beyond i32")?;
+    Process::new(pid).with_context(|| format!("no process {pid}"))
+}
 
 /// utime + stime of a process, in clock ticks.
 pub(crate) fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let fields = stat_fields(pid)?;
-    let field = |index: usize| {
-        fields
-            .get(index)
-            .and_then(|value| value.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    Ok(field(11) + field(12))
+    let stat = process(pid)?.stat()?;
+    Ok(stat.utime + stat.stime)
 }
 
 pub(crate) fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|output| String::from_utf8_lossy(&output.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    procfs::ticks_per_second() as f64
 }
 
+/// The most memory a process has held (VmHWM), in KiB.
 pub(crate) fn peak_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix("VmHWM:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0))
+    Ok(process(pid)?.status()?.vmhwm.unwrap_or(0))
+}
+
+/// The memory a process holds now (VmRSS), in KiB.
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    process(pid)?
+        .status()?
+        .vmrss
+        .with_context(|| format!("no VmRSS for process {pid}"))
+}
+
+/// A process's open descriptors and threads.
+pub(crate) fn descriptors_and_threads(pid: u32) -> anyhow::Result<(usize, u64)> {
+    let process = process(pid)?;
+    Ok((process.fd_count()?, process.status()?.threads))
 }
 
 /// Builds the release server and the test binaries; answers their directory.
@@ -180,9 +180,7 @@ impl StackProcesses {
         .first()
         .and_then(|pid| pid.parse().ok())
         .context("no checkpointer in pg_stat_activity")?;
-        let postmaster = stat_fields(checkpointer)?
-            .get(1)
-            .and_then(|ppid| ppid.parse().ok())
+        let postmaster = u32::try_from(process(checkpointer)?.stat()?.ppid)
             .context("no parent of the checkpointer")?;
         let output = Command::new("redis-cli")
             .args(["-u", redis_url, "INFO", "server"])
@@ -198,43 +196,18 @@ impl StackProcesses {
     /// CPU ticks used so far by Redis, the postmaster, the children it has reaped and those
     /// still running (backends, checkpointer, WAL writer, autovacuum).
     pub(crate) fn ticks(&self) -> anyhow::Result<u64> {
-        let field = |fields: &[String], index: usize| -> u64 {
-            fields
-                .get(index)
-                .and_then(|value| value.parse().ok())
-                .unwrap_or(0)
-        };
-        let postmaster = stat_fields(self.postmaster)?;
-        let mut ticks =
-            cpu_ticks(self.redis)? + (11..=14).map(|i| field(&postmaster, i)).sum::<u64>();
-        for entry in std::fs::read_dir("/proc")?.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|name| name.parse().ok())
-            else {
-                continue;
-            };
-            if let Ok(fields) = stat_fields(pid)
-                && field(&fields, 1) == u64::from(self.postmaster)
+        let postmaster = process(self.postmaster)?.stat()?;
+        let reaped = u64::try_from(postmaster.cutime + postmaster.cstime).unwrap_or(0);
+        let mut ticks = cpu_ticks(self.redis)? + postmaster.utime + postmaster.stime + reaped;
+        for child in procfs::process::all_processes()?.flatten() {
+            if let Ok(stat) = child.stat()
+                && u32::try_from(stat.ppid) == Ok(self.postmaster)
             {
-                ticks += field(&fields, 11) + field(&fields, 12);
+                ticks += stat.utime + stat.stime;
             }
         }
         Ok(ticks)
     }
-}
-
-/// The fields of `/proc/<pid>/stat` after the command name (index 0 is the state, 1 the parent).
-fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    Ok(stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .unwrap_or("")
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect())
 }
 
 /// Starts the fake model server answering after `delay_ms`; answers it and its port.
@@ -278,18 +251,18 @@ pub(crate) fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// A field of /proc/<pid>/status in KiB (`VmRSS:`, `VmHWM:`).
-pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|line| {
-            line.strip_prefix(field)?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .with_context(|| format!("no {field} in /proc/{pid}/status"))
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_read_from_proc() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).unwrap() > 0);
+        assert!(peak_rss_kib(pid).unwrap() > 0);
+        let (descriptors, threads) = descriptors_and_threads(pid).unwrap();
+        assert!(descriptors >= 3 && threads >= 1, "{descriptors} {threads}");
+        cpu_ticks(pid).unwrap();
+        assert!(clock_ticks_per_second() > 0.0);
+    }
 }

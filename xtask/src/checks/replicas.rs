@@ -145,10 +145,9 @@ fn an_openai_stream_of_a_long_conversation_passes_nginx(
         status == 200,
         "a 100 kB /v1 body through nginx: {status} {answer}"
     );
-    let text: String = answer
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+    let text: String = dev_harness::sse::events(&answer)
+        .iter()
+        .map(dev_harness::sse::SseEvent::json)
         .filter_map(|chunk| {
             chunk["choices"][0]["delta"]["content"]
                 .as_str()

@@ -16,7 +16,8 @@ use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::checks::harness::{
-    build_release, fake_model, psql, require_tools, server_command, status_kib, wait_until_ok,
+    build_release, descriptors_and_threads, fake_model, psql, require_tools, rss_kib,
+    server_command, wait_until_ok,
 };
 
 const CONNECTIONS: usize = 16;
@@ -93,8 +94,8 @@ pub(crate) fn run(shell: &Shell, minutes: u64) -> anyhow::Result<()> {
         std::thread::sleep(SAMPLE_EVERY);
         let sample = Sample {
             at: started.elapsed(),
-            rss_kib: status_kib(server.id(), "VmRSS:")?,
-            fds: std::fs::read_dir(format!("/proc/{}/fd", server.id()))?.count() as u64,
+            rss_kib: rss_kib(server.id())?,
+            fds: descriptors_and_threads(server.id())?.0 as u64,
             postgres: postgres_connections(&services.database_url)?,
             redis: redis_connections(&services.redis_url)?,
         };

@@ -26,8 +26,8 @@ use dev_harness::load::{Client, Load, Plan, Program, Report, Request, RequestFn}
 use dev_harness::{Spawned, ThrowawayRedis};
 
 use crate::checks::harness::{
-    build_release, fake_model, mib, psql, require_tools, server_command, status_kib, wait_until_ok,
-    with_descriptor_limit,
+    build_release, descriptors_and_threads, fake_model, mib, psql, require_tools, rss_kib,
+    server_command, wait_until_ok, with_descriptor_limit,
 };
 
 /// The peak RSS allowed while Redis is down.
@@ -80,7 +80,7 @@ impl Row {
     /// [`AFTER_STORM_FACTOR`] × idle after the storm when `after_bounded`.
     fn idle(pid: u32, peak_bound_mib: f64, after_bounded: bool) -> anyhow::Result<Self> {
         Ok(Self {
-            idle_rss_mib: mib(status_kib(pid, "VmRSS:")?),
+            idle_rss_mib: mib(rss_kib(pid)?),
             peak_bound_mib,
             after_bounded,
             ..Self::default()
@@ -268,7 +268,7 @@ impl Storm<'_> {
 /// The RSS of `pid` 30 s after `ended` (waits until then).
 fn rss_30_s_after(pid: u32, ended: Instant) -> anyhow::Result<f64> {
     std::thread::sleep(Duration::from_secs(30).saturating_sub(ended.elapsed()));
-    Ok(mib(status_kib(pid, "VmRSS:")?))
+    Ok(mib(rss_kib(pid)?))
 }
 
 /// Samples the server's RSS and asks its probes every 500 ms until finished.
@@ -291,7 +291,7 @@ impl Watch {
         let thread = std::thread::spawn(move || {
             let mut watched = Watched::default();
             while !stopping.load(Ordering::Relaxed) {
-                if let Ok(rss) = status_kib(pid, "VmRSS:") {
+                if let Ok(rss) = rss_kib(pid) {
                     watched.peak_rss_kib = watched.peak_rss_kib.max(rss);
                 }
                 for path in ["/health", "/ready", "/metrics"] {
@@ -472,14 +472,9 @@ fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
     let ended = Instant::now();
     row.resumed_after = time_to_resume(port, &format!("{}-descriptors-resume", context.tag));
     row.after_rss_mib = Some(rss_30_s_after(server.id(), ended)?);
+    let (descriptors, threads) = descriptors_and_threads(server.id())?;
     row.notes.push(format!(
-        "30 s after: {} descriptors open, {} threads",
-        std::fs::read_dir(format!("/proc/{}/fd", server.id()))?.count(),
-        std::fs::read_to_string(format!("/proc/{}/status", server.id()))?
-            .lines()
-            .find_map(|line| line.strip_prefix("Threads:"))
-            .unwrap_or("?")
-            .trim()
+        "30 s after: {descriptors} descriptors open, {threads} threads"
     ));
     row.watched(watch.finish());
     drop(server);

@@ -14,7 +14,7 @@ use dev_harness::Spawned;
 use dev_harness::load::{Load, Plan, Request, RequestFn};
 
 use crate::checks::harness::{
-    http_get, mib, server_command, status_kib, wait_until_ok, with_descriptor_limit,
+    http_get, mib, peak_rss_kib, rss_kib, server_command, wait_until_ok, with_descriptor_limit,
 };
 
 /// Streams held at once: a stream holds a client and an upstream connection, and a process here
@@ -133,7 +133,7 @@ fn row(
     println!("xtask: its log: {}", log.display());
     wait_until_ok(port, "/ready")?;
     let pid = server.id();
-    let idle_rss_mib = mib(status_kib(pid, "VmRSS:")?);
+    let idle_rss_mib = mib(rss_kib(pid)?);
     let plan = Plan {
         clients: STREAMS,
         ramp: RAMP,
@@ -145,10 +145,10 @@ fn row(
     std::thread::sleep(LOAD);
     let report = load.report()?;
     let ended = Instant::now();
-    let peak_rss_mib = mib(status_kib(pid, "VmHWM:")?);
+    let peak_rss_mib = mib(peak_rss_kib(pid)?);
     let turns = turn_outcomes(port)?;
     std::thread::sleep(Duration::from_secs(30).saturating_sub(ended.elapsed()));
-    let after_rss_mib = mib(status_kib(pid, "VmRSS:")?);
+    let after_rss_mib = mib(rss_kib(pid)?);
     drop(server);
     let completed = turns.get("completed").copied().unwrap_or(0);
     Ok(StreamsRow {

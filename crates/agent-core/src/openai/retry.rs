@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use async_openai::error::OpenAIError;
 use async_openai::middleware::HttpRequestFactory;
 use futures_util::future::BoxFuture;
-use rand::Rng;
 use reqwest::header::HeaderMap;
 
 /// How model calls are retried.
@@ -16,7 +15,8 @@ use reqwest::header::HeaderMap;
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = no retry).
     pub max_attempts: u32,
-    /// The first backoff; it doubles each retry, with ±50 % jitter.
+    /// The first backoff; it doubles each retry, each pause stretched by up to 100 % at random
+    /// ([`crate::backoff`]).
     pub base_delay: Duration,
     /// The longest single backoff.
     pub max_delay: Duration,
@@ -72,6 +72,7 @@ impl RetryingTransport {
     ) -> Result<reqwest::Response, OpenAIError> {
         let started = Instant::now();
         let mut attempt = 0;
+        let mut backoff = crate::backoff(self.policy.base_delay, self.policy.max_delay);
         loop {
             attempt += 1;
             let mut request = factory.build().await?;
@@ -115,7 +116,7 @@ impl RetryingTransport {
                     retry_after: Some(wait),
                     ..
                 } => *wait,
-                _ => self.backoff(attempt),
+                _ => backoff.next().unwrap_or(self.policy.max_delay),
             };
             if attempt >= self.policy.max_attempts || started.elapsed() + pause > self.policy.budget
             {
@@ -129,15 +130,6 @@ impl RetryingTransport {
             self.retries.increment(1);
             tokio::time::sleep(pause).await;
         }
-    }
-
-    fn backoff(&self, attempt: u32) -> Duration {
-        let exponential = self
-            .policy
-            .base_delay
-            .saturating_mul(1 << (attempt - 1).min(16));
-        let capped = exponential.min(self.policy.max_delay);
-        capped.mul_f64(rand::rng().random_range(0.5..1.5))
     }
 }
 

@@ -8,6 +8,7 @@ use agent_core::Role;
 use fake_openai::{FakeOpenAi, Scripted};
 use futures_util::future::join_all;
 use serde_json::{Value, json};
+use test_support::sse;
 
 use crate::helpers::{builder, closed_port, error_code, spawn, spawn_full, spawn_with_model};
 
@@ -140,7 +141,14 @@ async fn a_request_waiting_too_long_for_a_busy_session_gets_409() {
         Box::new(text("slow")),
     ))
     .await;
-    let app = spawn_with_model(&fake, &[("AGENT_API__LOCK_WAIT", "100ms")]).await;
+    let app = spawn_with_model(
+        &fake,
+        &[
+            ("AGENT_API__LOCK_WAIT", "100ms"),
+            ("AGENT_MODEL__REQUEST_TIMEOUT", "30s"),
+        ],
+    )
+    .await;
     let (first, second) = tokio::join!(
         app.agent(json!({ "message": "one", "session_id": "busy" })),
         async {
@@ -178,7 +186,7 @@ async fn an_idempotency_key_runs_the_turn_once_even_when_the_retry_arrives_durin
         Box::new(text("once")),
     ))
     .await;
-    let app = spawn_with_model(&fake, &[]).await;
+    let app = spawn_with_model(&fake, &[("AGENT_MODEL__REQUEST_TIMEOUT", "30s")]).await;
     let body = json!({ "message": "charge my card", "session_id": "pay" });
     let (first, retry) = tokio::join!(post_with_key(&app, "key-1", body.clone()), async {
         // The first has claimed the key once its model call has begun.
@@ -349,11 +357,8 @@ async fn a_stream_sends_its_events_in_order_and_stores_the_turn() {
     assert_eq!(response.headers()["cache-control"], "no-cache");
     assert_eq!(response.headers()["x-accel-buffering"], "no");
     let body = response.text().await.unwrap();
-    let events: Vec<&str> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("event: "))
-        .collect();
-    assert_eq!(events.first(), Some(&"tool_call"));
+    let events = sse::names(&body);
+    assert_eq!(events.first().map(String::as_str), Some("tool_call"));
     assert_eq!(events[1], "tool_result");
     assert!(
         events[2..events.len() - 1]
@@ -361,25 +366,13 @@ async fn a_stream_sends_its_events_in_order_and_stores_the_turn() {
             .all(|event| *event == "delta"),
         "{events:?}"
     );
-    assert_eq!(events.last(), Some(&"done"));
-    let done: Value = serde_json::from_str(body.lines().last_data()).unwrap();
+    assert_eq!(events.last().map(String::as_str), Some("done"));
+    let done = sse::events(&body).last().unwrap().json();
     assert_eq!(
         (done["response"].as_str(), done["session_id"].as_str()),
         (Some("6*7 is 42."), Some("streamed"))
     );
     assert_eq!(app.stored("streamed").await.len(), 4);
-}
-
-trait LastData<'a> {
-    fn last_data(self) -> &'a str;
-}
-
-impl<'a, I: Iterator<Item = &'a str>> LastData<'a> for I {
-    fn last_data(self) -> &'a str {
-        self.filter_map(|line| line.strip_prefix("data: "))
-            .last()
-            .unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -500,7 +493,7 @@ async fn a_stream_error_event_says_when_to_retry() {
         .await
         .unwrap();
     assert!(body.contains("event: error"), "{body}");
-    let error: Value = serde_json::from_str(body.lines().last_data()).unwrap();
+    let error = sse::events(&body).last().unwrap().json();
     assert_eq!(error_code(&error), "model_rate_limited");
     assert_eq!(error["error"]["retry_after"], 30, "{error}");
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use fake_openai::{FakeOpenAi, Scripted};
 use serde_json::{Value, json};
+use test_support::sse;
 
 use crate::helpers::{TestApp, spawn_with_model};
 
@@ -480,10 +481,11 @@ async fn an_idempotent_retry_replays_the_same_completion() {
     assert_eq!(streamed.status(), 400);
 }
 
-/// The data lines of an event stream, and whether comments were sent.
-fn data_lines(body: &str) -> Vec<&str> {
-    body.lines()
-        .filter_map(|line| line.strip_prefix("data: "))
+/// The data of each event of a stream.
+fn data_lines(body: &str) -> Vec<String> {
+    sse::events(body)
+        .into_iter()
+        .map(|event| event.data)
         .collect()
 }
 
@@ -516,7 +518,7 @@ async fn a_stream_sends_openai_chunks_and_ends_with_done() {
     assert_eq!(response.headers()["x-session-id"], "streamed");
     let body = response.text().await.unwrap();
     let lines = data_lines(&body);
-    assert_eq!(lines.last(), Some(&"[DONE]"));
+    assert_eq!(lines.last().map(String::as_str), Some("[DONE]"));
     let chunks: Vec<Value> = lines[..lines.len() - 1]
         .iter()
         .map(|line| serde_json::from_str(line).unwrap())
@@ -564,7 +566,7 @@ async fn a_failing_stream_ends_with_an_error_event_and_stores_nothing() {
     assert_eq!(response.status(), 200);
     let body = response.text().await.unwrap();
     let lines = data_lines(&body);
-    assert!(!lines.contains(&"[DONE]"));
+    assert!(!lines.iter().any(|line| line == "[DONE]"));
     let last: Value = serde_json::from_str(lines.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "server_error");
     assert_eq!(last["error"]["code"], "model_unavailable");
@@ -864,10 +866,7 @@ async fn a_streamed_response_sends_response_events() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let body = response.text().await.unwrap();
-    let names: Vec<&str> = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("event: "))
-        .collect();
+    let names = sse::names(&body);
     let events: Vec<Value> = data_lines(&body)
         .iter()
         .map(|line| serde_json::from_str(line).unwrap())

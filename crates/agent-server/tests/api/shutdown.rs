@@ -95,18 +95,9 @@ async fn a_stream_still_open_when_the_drain_window_ends_gets_a_shutdown_event() 
     assert_eq!(response.status(), 200);
     app.shutdown.trigger();
     let body = response.text().await.unwrap();
-    let last_event = body
-        .lines()
-        .filter_map(|line| line.strip_prefix("event: "))
-        .next_back();
-    assert_eq!(last_event, Some("shutdown"), "{body}");
-    let data: serde_json::Value = serde_json::from_str(
-        body.lines()
-            .filter_map(|line| line.strip_prefix("data: "))
-            .next_back()
-            .unwrap(),
-    )
-    .unwrap();
+    let last = test_support::sse::events(&body).pop().unwrap();
+    assert_eq!(last.event, "shutdown", "{body}");
+    let data = last.json();
     assert_eq!(data["stored"], false);
     assert_eq!(
         data["message"],

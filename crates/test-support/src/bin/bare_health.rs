@@ -5,19 +5,18 @@
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 
-fn argument(name: &str, default: usize) -> usize {
-    let arguments: Vec<String> = std::env::args().collect();
-    arguments
-        .iter()
-        .position(|argument| argument == name)
-        .and_then(|index| arguments.get(index + 1)?.parse().ok())
-        .unwrap_or(default)
+/// A bare actix-web server answering `GET /health`.
+#[derive(Debug, clap::Parser)]
+struct Arguments {
+    #[arg(long, default_value_t = 8081)]
+    port: u16,
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
 }
 
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let port = argument("--port", 8081) as u16;
-    let workers = argument("--workers", 2);
+    let Arguments { port, workers } = clap::Parser::parse();
     HttpServer::new(|| {
         App::new().route(
             "/health",

@@ -122,16 +122,21 @@ async fn spans(received: web::Data<Mutex<Received>>) -> HttpResponse {
     }
 }
 
+/// An OTLP/HTTP trace receiver.
+#[derive(Debug, clap::Parser)]
+struct Arguments {
+    #[arg(long, default_value_t = 4318)]
+    port: u16,
+    /// Count the spans without keeping them (benchmarks).
+    #[arg(long)]
+    count_only: bool,
+}
+
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
-    let arguments: Vec<String> = std::env::args().collect();
-    let port: u16 = arguments
-        .iter()
-        .position(|argument| argument == "--port")
-        .and_then(|index| arguments.get(index + 1)?.parse().ok())
-        .unwrap_or(4318);
+    let Arguments { port, count_only } = clap::Parser::parse();
     let received = web::Data::new(Mutex::new(Received {
-        keep: !arguments.iter().any(|argument| argument == "--count-only"),
+        keep: !count_only,
         ..Received::default()
     }));
     HttpServer::new(move || {

@@ -321,25 +321,12 @@ pub(super) fn named_session(answer: &Value) -> Option<String> {
 }
 
 pub(super) fn stream_outcome(events: &str, message: &str) -> Attempt {
-    let last = events
-        .split("\n\n")
-        .filter_map(|event| {
-            let name = event
-                .lines()
-                .find_map(|line| line.strip_prefix("event: "))?;
-            let data = event
-                .lines()
-                .find_map(|line| line.strip_prefix("data: "))
-                .unwrap_or("{}");
-            Some((
-                name,
-                serde_json::from_str::<Value>(data).unwrap_or_default(),
-            ))
-        })
-        .last();
-    match last {
+    let last = dev_harness::sse::events(events)
+        .pop()
+        .map(|event| (event.json(), event.event));
+    match last.as_ref().map(|(data, name)| (name.as_str(), data)) {
         Some(("done", data)) if data["response"].as_str() == Some(&format!("echo: {message}")) => {
-            ("stream done".into(), Decision::Ack, named_session(&data))
+            ("stream done".into(), Decision::Ack, named_session(data))
         }
         Some(("done", data)) => (format!("stream done with {data}"), Decision::Unknown, None),
         Some(("shutdown", data)) if data["stored"] == true => {

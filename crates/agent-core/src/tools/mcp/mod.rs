@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use metrics::{Counter, Gauge, Histogram, Label, Recorder};
-use rand::Rng;
 use rmcp::ServiceError;
 use rmcp::model::{CallToolRequestParams, ClientRequest, PingRequest};
 use rmcp::service::{Peer, RoleClient};
@@ -32,7 +31,8 @@ use crate::error::ToolError;
 use crate::metrics::owned;
 use client::{Connection, Handler};
 
-/// The first retry of a server that is down; doubled each time up to [`MAX_BACKOFF`].
+/// The first retry of a server that is down; doubled each time up to [`MAX_BACKOFF`] (and
+/// jittered: [`crate::backoff`]).
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long stopping waits for each connection to close its session.
@@ -299,7 +299,7 @@ impl McpTools {
     /// retry with backoff while it fails; until [`Self::stop`].
     async fn keep_connected(self: Arc<Self>, server: Arc<Server>) {
         let name = server.options.name.clone();
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = crate::backoff(MIN_BACKOFF, MAX_BACKOFF);
         let mut last_error: Option<String> = None;
         loop {
             let stop = self.stop.child_token();
@@ -330,10 +330,10 @@ impl McpTools {
                     }
                 }
             };
-            match outcome {
+            let pause = match outcome {
                 Ok(connection) => {
                     tracing::info!(server = %name, tools = lock(&server.state).listed.len(), "MCP server connected");
-                    backoff = MIN_BACKOFF;
+                    backoff = crate::backoff(MIN_BACKOFF, MAX_BACKOFF);
                     last_error = None;
                     server.attempted.send_replace(true);
                     let ended = self.serve(&server, connection, &stop).await;
@@ -342,19 +342,20 @@ impl McpTools {
                     }
                     tracing::warn!(server = %name, reason = %ended, "MCP connection ended; reconnecting");
                     server.set_down(ended);
+                    backoff.next().unwrap_or(MAX_BACKOFF)
                 }
                 Err(error) => {
+                    let pause = backoff.next().unwrap_or(MAX_BACKOFF);
                     // Logged when it changes, not at every retry of a server that stays down.
                     if last_error.as_ref() != Some(&error) {
-                        tracing::warn!(server = %name, %error, retry_in = ?backoff, "MCP server unavailable; its tools are absent until it answers");
+                        tracing::warn!(server = %name, %error, retry_in = ?pause, "MCP server unavailable; its tools are absent until it answers");
                     }
                     server.set_down(error.clone());
                     last_error = Some(error);
                     server.attempted.send_replace(true);
+                    pause
                 }
-            }
-            let pause = backoff.mul_f64(rand::rng().random_range(0.8..1.2));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            };
             tokio::select! {
                 () = self.stop.cancelled() => return,
                 () = tokio::time::sleep(pause) => {}
