@@ -8,9 +8,14 @@ pub enum ModelError {
     /// The model server kept answering 429 past the retry budget.
     #[error("the model server is rate limiting us")]
     RateLimited { retry_after: Option<Duration> },
-    /// The model server failed (5xx, refused connection, reset) past the retry budget.
+    /// The model server failed (5xx, refused connection, reset) past the retry budget; with how
+    /// long its last answer asked us to wait (`Retry-After`, `retry-after-ms`), when it said.
     #[error("the model server failed")]
-    Upstream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    Upstream {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+        retry_after: Option<Duration>,
+    },
     /// The model server did not answer in time.
     #[error("the model server did not answer within {0:?}")]
     Timeout(Duration),
@@ -34,6 +39,14 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// A failure of the model server that said nothing of when to retry.
+    pub(crate) fn upstream(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Upstream {
+            source: source.into(),
+            retry_after: None,
+        }
+    }
+
     /// A 4xx refusal of the request: a context-length refusal if its body says so.
     pub(crate) fn rejected(status: u16, body: &str) -> Self {
         let lower = body.to_ascii_lowercase();
@@ -64,7 +77,7 @@ impl ModelError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::RateLimited { .. } => "rate_limited",
-            Self::Upstream(_) => "upstream",
+            Self::Upstream { .. } => "upstream",
             Self::Timeout(_) => "timeout",
             Self::Authentication(_) => "authentication",
             Self::Unusable(_) => "unusable",
@@ -78,8 +91,7 @@ impl ModelError {
     /// last answer), when it said.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Self::RateLimited { retry_after } => *retry_after,
-            Self::Upstream(source) => crate::openai::retry_after_said_by(source.as_ref()),
+            Self::RateLimited { retry_after } | Self::Upstream { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -111,7 +123,7 @@ impl AgentError {
         match self {
             Self::Model(error) => match error {
                 ModelError::RateLimited { .. } => "model_rate_limited",
-                ModelError::Upstream(_) => "model_upstream",
+                ModelError::Upstream { .. } => "model_upstream",
                 ModelError::Timeout(_) => "model_timeout",
                 ModelError::Authentication(_) => "model_authentication",
                 ModelError::Unusable(_) => "model_unusable",

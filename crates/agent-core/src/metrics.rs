@@ -120,7 +120,7 @@ impl ModelMetrics {
         if let Some(error) = error {
             let index = match error {
                 ModelError::RateLimited { .. } => 0,
-                ModelError::Upstream(_) => 1,
+                ModelError::Upstream { .. } => 1,
                 ModelError::Timeout(_) => 2,
                 ModelError::Authentication(_) => 3,
                 ModelError::Unusable(_) => 4,

@@ -417,7 +417,7 @@ impl From<AgentError> for ApiError {
                 ModelError::Timeout(_) => {
                     upstream(StatusCode::GATEWAY_TIMEOUT, ErrorCode::ModelTimeout, model)
                 }
-                ModelError::Upstream(_) => {
+                ModelError::Upstream { .. } => {
                     upstream(StatusCode::BAD_GATEWAY, ErrorCode::ModelUnavailable, model)
                 }
                 ModelError::Authentication(_) => upstream(

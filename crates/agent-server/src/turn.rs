@@ -379,9 +379,7 @@ impl Turns {
         let TurnResult {
             mut turn, response, ..
         } = result;
-        let created = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
+        let created = unix_now();
         let caller = match &target {
             Held::Session { session, .. } => session.owner().to_owned(),
             Held::Given { caller } => caller.clone(),
@@ -546,6 +544,13 @@ impl std::fmt::Debug for ClaimToComplete {
             .field("retention", &self.retention)
             .finish_non_exhaustive()
     }
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Notes in `failing` whether the conversation store answered or was unavailable.

@@ -193,17 +193,11 @@ pub(crate) fn http(
     for round in (1..=5).filter(|_| wanted("GET /health @64, agent-server")) {
         rows.push(run_bare(&bin, duration, round)?);
         for (label, dir) in &builds {
-            rows.push(run_agent(
-                dir,
-                &format!("{label}GET /health @64, agent-server (round {round})"),
-                &memory,
-                instant_port,
-                None,
-                64,
+            let scenario = Scenario::get(
+                format!("{label}GET /health @64, agent-server (round {round})"),
                 duration,
-                None,
-                None,
-            )?);
+            );
+            rows.push(run_agent(dir, &memory, instant_port, &scenario)?);
         }
     }
     // The /agent scenarios: name, settings (memory, or Postgres + Redis), model port, body
@@ -290,17 +284,16 @@ pub(crate) fn http(
         }
         for (label, dir) in &builds {
             settle(&services.database_url)?;
-            rows.push(run_agent(
-                dir,
-                &format!("{label}{scenario}"),
-                storage,
-                instant_port,
-                Some(Arc::clone(&first_turn)),
-                64,
-                duration,
-                None,
-                Some(&stack),
-            )?);
+            let scenario = Scenario {
+                stack: Some(&stack),
+                ..Scenario::post(
+                    format!("{label}{scenario}"),
+                    Arc::clone(&first_turn),
+                    64,
+                    duration,
+                )
+            };
+            rows.push(run_agent(dir, storage, instant_port, &scenario)?);
         }
     }
     for (scenario, storage, model_port, script, connections, in_flight) in scenarios {
@@ -314,17 +307,17 @@ pub(crate) fn http(
                 settle(&services.database_url)?;
                 Some(&stack)
             };
-            rows.push(run_agent(
-                dir,
-                &format!("{label}{scenario}"),
-                storage,
-                model_port,
-                Some(script(build)),
-                connections,
-                duration,
-                in_flight.then_some(model_port),
+            let scenario = Scenario {
+                stats_port: in_flight.then_some(model_port),
                 stack,
-            )?);
+                ..Scenario::post(
+                    format!("{label}{scenario}"),
+                    script(build),
+                    connections,
+                    duration,
+                )
+            };
+            rows.push(run_agent(dir, storage, model_port, &scenario)?);
         }
     }
     let streams = if only.is_none() {
@@ -509,29 +502,56 @@ fn run_bare(bin: &Path, duration: Duration, round: u32) -> anyhow::Result<Measur
         "2",
     ]))?;
     wait_until_ok(port, "/health")?;
-    measure(
-        &format!("GET /health @64, bare actix-web (round {round})"),
-        &server,
-        port,
-        None,
-        64,
+    let scenario = Scenario::get(
+        format!("GET /health @64, bare actix-web (round {round})"),
         duration,
-        None,
-        None,
-    )
+    );
+    measure(&scenario, &server, port)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_agent(
-    bin: &Path,
-    scenario: &str,
-    extra: &[(&str, String)],
-    model_port: u16,
+/// One measured scenario.
+struct Scenario<'a> {
+    name: String,
+    /// The requests, made by [`Load`]; `None`: `GET /health` with wrk.
     post: Option<Arc<RequestFn>>,
     connections: u32,
+    /// The measured window (after the warm-up).
     duration: Duration,
+    /// The fake model's port, whose most requests in flight are read.
     stats_port: Option<u16>,
-    stack: Option<&StackProcesses>,
+    /// Postgres's and Redis's processes, whose CPU is read too.
+    stack: Option<&'a StackProcesses>,
+}
+
+impl Scenario<'_> {
+    /// `GET /health` by 64 connections.
+    fn get(name: String, duration: Duration) -> Self {
+        Self {
+            name,
+            post: None,
+            connections: 64,
+            duration,
+            stats_port: None,
+            stack: None,
+        }
+    }
+
+    /// The requests `post` makes, by `connections` clients.
+    fn post(name: String, post: Arc<RequestFn>, connections: u32, duration: Duration) -> Self {
+        Self {
+            post: Some(post),
+            connections,
+            ..Self::get(name, duration)
+        }
+    }
+}
+
+/// Starts agent-server with `extra` settings on the model at `model_port`, and measures it.
+fn run_agent(
+    bin: &Path,
+    extra: &[(&str, String)],
+    model_port: u16,
+    scenario: &Scenario<'_>,
 ) -> anyhow::Result<Measurement> {
     let port = dev_harness::free_port()?;
     let mut command = server_command(bin, port, model_port);
@@ -541,32 +561,22 @@ fn run_agent(
     }
     let server = Spawned::start(&mut command)?;
     wait_until_ok(port, "/ready")?;
-    measure(
-        scenario,
-        &server,
-        port,
-        post,
-        connections,
-        duration,
-        stats_port,
-        stack,
-    )
+    measure(scenario, &server, port)
 }
 
 /// Measures one scenario: `GET /health` with wrk, or the requests `post` makes with [`Load`].
 /// Either way a warm-up runs first (connections and pools open), and the server's CPU is read
 /// around the measured window only.
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    scenario: &str,
-    server: &Spawned,
-    port: u16,
-    post: Option<Arc<RequestFn>>,
-    connections: u32,
-    duration: Duration,
-    stats_port: Option<u16>,
-    stack: Option<&StackProcesses>,
-) -> anyhow::Result<Measurement> {
+fn measure(scenario: &Scenario<'_>, server: &Spawned, port: u16) -> anyhow::Result<Measurement> {
+    let post = scenario.post.clone();
+    let Scenario {
+        connections,
+        duration,
+        stats_port,
+        stack,
+        ..
+    } = *scenario;
+    let scenario = scenario.name.as_str();
     println!(
         "xtask: {scenario}: {} s warm-up, then {} s measured",
         WARM_UP.as_secs(),

@@ -20,16 +20,6 @@ use secrecy::{ExposeSecret, SecretString};
 pub use retry::RetryPolicy;
 use retry::{RetryingTransport, TransportFailure};
 
-/// The wait a failed answer of the model server asked for, if `source` is such an answer.
-pub(crate) fn retry_after_said_by(
-    source: &(dyn std::error::Error + Send + Sync + 'static),
-) -> Option<Duration> {
-    match source.downcast_ref::<TransportFailure>()? {
-        TransportFailure::Status { retry_after, .. } => *retry_after,
-        _ => None,
-    }
-}
-
 use crate::error::ModelError;
 use crate::metrics::{CallMode, ModelMetrics};
 use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelIdentity, ModelReply};
@@ -147,16 +137,20 @@ impl OpenAiModel {
                         ModelError::rejected(status, &body)
                     }
                     TransportFailure::Timeout(limit) => ModelError::Timeout(limit),
-                    failure => ModelError::Upstream(Box::new(failure)),
+                    TransportFailure::Status { retry_after, .. } => ModelError::Upstream {
+                        source: failure,
+                        retry_after,
+                    },
+                    failure => ModelError::upstream(failure),
                 },
-                Err(other) => ModelError::Upstream(other),
+                Err(other) => ModelError::upstream(other),
             },
             OpenAIError::ApiError(api) => {
                 let message = api.api_error.message.clone();
                 match api.status_code.as_u16() {
                     401 | 403 => ModelError::Authentication(message),
                     429 => ModelError::RateLimited { retry_after: None },
-                    status if status >= 500 => ModelError::Upstream(message.into()),
+                    status if status >= 500 => ModelError::upstream(message),
                     status => {
                         let said =
                             format!("{} {message}", api.api_error.code.as_deref().unwrap_or(""));
@@ -174,7 +168,7 @@ impl OpenAiModel {
             OpenAIError::Reqwest(error) if error.is_decode() || error.is_body() => {
                 ModelError::Unusable(format!("the response could not be read: {error}"))
             }
-            OpenAIError::Reqwest(error) => ModelError::Upstream(Box::new(error)),
+            OpenAIError::Reqwest(error) => ModelError::upstream(error),
             OpenAIError::JSONDeserialize(error, _) => {
                 ModelError::Unusable(format!("malformed JSON: {error}"))
             }

@@ -150,7 +150,7 @@ async fn persistent_500s_give_up_after_the_configured_attempts() {
         ))
         .await
         .unwrap_err();
-        assert!(matches!(error, ModelError::Upstream(_)), "{error:?}");
+        assert!(matches!(error, ModelError::Upstream { .. }), "{error:?}");
         assert_eq!(fake.requests().await.len(), attempts as usize);
     }
 }
@@ -297,7 +297,7 @@ async fn an_unreachable_server_is_retried_then_reported_as_upstream() {
     )
     .unwrap();
     let error = complete(&model).await.unwrap_err();
-    assert!(matches!(error, ModelError::Upstream(_)), "{error:?}");
+    assert!(matches!(error, ModelError::Upstream { .. }), "{error:?}");
 }
 
 /// The recorder is the test's own, so other tests (in this binary or running at the same time)

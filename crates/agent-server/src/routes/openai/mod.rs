@@ -9,7 +9,6 @@ mod request;
 mod responses;
 
 use std::sync::LazyLock;
-use std::time::SystemTime;
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -21,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode, ErrorFacts};
+pub(crate) use crate::turn::unix_now;
 
 pub(crate) use chat::{__path_post_chat_completions, ChatCompletionChunk, post_chat_completions};
 pub(crate) use docs::fit;
@@ -54,13 +54,6 @@ pub(crate) struct ModelObject {
 
 /// When this process first answered a `/v1/models` request: the models' `created`.
 static STARTED: LazyLock<u64> = LazyLock::new(unix_now);
-
-/// Seconds since the Unix epoch.
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs())
-}
 
 fn the_model(settings: &Settings) -> ModelObject {
     ModelObject {
