@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_config::{Settings, TokenQuotas};
 use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
 use agent_storage::{
-    IdempotencyCompletion, LockGuard, ResponseRecord, SessionInfo, StorageError, TurnRecord,
-    acquire_lock,
+    IdempotencyCompletion, LockGuard, ResponseParameters, ResponseRecord, SessionInfo,
+    StorageError, TurnRecord, acquire_lock,
 };
 use tracing::Instrument;
 
@@ -359,7 +359,7 @@ impl Turns {
     /// half-way (it is one transaction either way). With a claim in `extras`, the idempotency
     /// claim is completed with the response in the same transaction where the store can
     /// (answered true), so a crash cannot leave a stored turn behind a claim that a retry would
-    /// run again; a response object to keep is written by the same statement.
+    /// run again; a response to keep is recorded by the same statement.
     pub(crate) async fn store(
         &self,
         held: HeldSession,
@@ -425,11 +425,6 @@ impl Turns {
                 .as_ref()
                 .map(|claim| render(&claim.render))
                 .transpose()?;
-            let response = extras
-                .response
-                .as_ref()
-                .map(|kept| render(&kept.render).map(|body| (kept.id.clone(), body)))
-                .transpose()?;
             let record =
                 TurnRecord {
                     idempotency: extras.claim.as_ref().zip(replay.as_deref()).map(
@@ -439,9 +434,13 @@ impl Turns {
                             retention: claim.retention,
                         },
                     ),
-                    response: response
-                        .as_ref()
-                        .map(|(id, body)| ResponseRecord { id, body }),
+                    response: extras.response.as_ref().map(|kept| ResponseRecord {
+                        id: &kept.id,
+                        created_at: SystemTime::UNIX_EPOCH
+                            + Duration::from_secs(kept.created_at),
+                        parameters: &kept.parameters,
+                        output_text: &finished.text,
+                    }),
                 };
             let stored = conversations
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
@@ -511,20 +510,13 @@ pub(crate) struct Extras {
     pub(crate) response: Option<KeepResponse>,
 }
 
-/// A response object to keep under `id` (the Responses API), rendered from the stored turn.
-#[derive(Clone)]
+/// A response (the Responses API) to keep with the turn: its id, when it was made (seconds since
+/// the Unix epoch), and what its request asked; its answer and usage are the turn's.
+#[derive(Debug, Clone)]
 pub(crate) struct KeepResponse {
     pub(crate) id: String,
-    pub(crate) render: Render,
-}
-
-impl std::fmt::Debug for KeepResponse {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("KeepResponse")
-            .field("id", &self.id)
-            .finish_non_exhaustive()
-    }
+    pub(crate) created_at: u64,
+    pub(crate) parameters: Arc<ResponseParameters>,
 }
 
 /// An idempotency claim the turn's store should complete: the claimed key, how long its

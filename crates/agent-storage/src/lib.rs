@@ -20,8 +20,9 @@ pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
 pub use model::{
-    DailyUsage, IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision, ResponseRecord,
-    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, IdempotencyBegin, IdempotencyCompletion, LockLease, RateDecision,
+    ResponseParameters, ResponseRecord, SessionCursor, SessionInfo, StoredMessage, StoredResponse,
+    TurnRecord,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};

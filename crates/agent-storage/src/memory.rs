@@ -184,7 +184,10 @@ impl ConversationStore for MemoryStorage {
                     id: response.id.to_owned(),
                     session: id.clone(),
                     sequence: info.next_sequence,
-                    body: response.body.to_owned(),
+                    created_at: response.created_at,
+                    parameters: response.parameters.clone(),
+                    output_text: response.output_text.to_owned(),
+                    usage: turn.usage,
                 },
             );
         }

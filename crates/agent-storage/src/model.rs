@@ -1,5 +1,6 @@
 //! Values the stores return.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use agent_core::{Message, SessionId, TokenUsage};
@@ -118,23 +119,48 @@ pub struct IdempotencyCompletion<'a> {
 pub struct TurnRecord<'a> {
     /// An idempotency claim to complete with the turn's response.
     pub idempotency: Option<IdempotencyCompletion<'a>>,
-    /// A response object (the OpenAI-compatible Responses API) to keep under its id.
+    /// A response (the OpenAI-compatible Responses API) to keep under its id.
     pub response: Option<ResponseRecord<'a>>,
 }
 
-/// A response object to keep: its id and its JSON.
+/// A response (the OpenAI-compatible Responses API) to keep with its turn: the facts the server
+/// renders it from, never its rendered JSON. Its usage is the turn's.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseRecord<'a> {
+    /// The API's id of it (opaque here).
     pub id: &'a str,
-    pub body: &'a str,
+    pub created_at: SystemTime,
+    pub parameters: &'a ResponseParameters,
+    /// The turn's final answer.
+    pub output_text: &'a str,
 }
 
-/// A kept response object: the session its turn was stored in, the session's `next_sequence`
-/// once it was (its place in the conversation), and its JSON. Deleted with its session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the request of a response asked for, kept to be shown with it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResponseParameters {
+    pub model: String,
+    pub instructions: Option<String>,
+    pub previous_response_id: Option<String>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub max_output_tokens: Option<u32>,
+    /// The end user the client named.
+    pub user: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+    /// The answer's format as the client gave it (a JSON object), when it gave one.
+    pub text_format: Option<serde_json::Value>,
+}
+
+/// A kept response: the session its turn was stored in, the session's `next_sequence` once it
+/// was (its place in the conversation), when, what was asked and what was answered. Deleted
+/// with its session.
+#[derive(Debug, Clone, PartialEq)]
 pub struct StoredResponse {
     pub id: String,
     pub session: SessionId,
     pub sequence: u64,
-    pub body: String,
+    pub created_at: SystemTime,
+    pub parameters: ResponseParameters,
+    pub output_text: String,
+    pub usage: TokenUsage,
 }

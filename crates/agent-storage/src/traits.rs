@@ -61,7 +61,7 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     /// [`append_turn`](Self::append_turn) that also writes `record` in the same atomic step: an
     /// idempotency claim completed with the turn's response (so a crash between the two cannot
-    /// let a retry run the turn again) and a response object kept under its id. Answers whether
+    /// let a retry run the turn again) and a response record kept under its id. Answers whether
     /// the claim was completed with the turn; a store that keeps idempotency records elsewhere
     /// answers false (the caller then completes the claim itself).
     async fn append_turn_recording(
@@ -72,7 +72,7 @@ pub trait ConversationStore: Send + Sync + Debug {
         record: TurnRecord<'_>,
     ) -> Result<(SessionInfo, bool), StorageError>;
 
-    /// The response object kept under `id`, if any (whoever's: the caller checks the owner).
+    /// The response record kept under `id`, if any (whoever's: the caller checks the owner).
     async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError>;
 
     /// Deletes the session and all its messages; answers whether it existed.

@@ -708,7 +708,14 @@ async fn responses_are_stored_turns_continued_by_previous_response_id() {
         )],
     )
     .await;
-    let first = respond(&app, BEARER, json!({ "model": "agent", "input": "I am Ada", "instructions": "Be warm.", "metadata": { "k": "v" } })).await;
+    let first = respond(
+        &app,
+        BEARER,
+        json!({ "model": "agent", "input": "I am Ada", "instructions": "Be warm.",
+                "metadata": { "k": "v", "a": "b" }, "temperature": 0.5, "top_p": 0.9,
+                "max_output_tokens": 100, "user": "end-user-7" }),
+    )
+    .await;
     assert_eq!(first.status(), 200);
     let first: Value = first.json().await.unwrap();
     let id = first["id"].as_str().unwrap().to_owned();

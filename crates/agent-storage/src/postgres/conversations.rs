@@ -16,7 +16,8 @@ use super::statements::{
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
-    DailyUsage, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, ResponseParameters, ResponseRecord, SessionCursor, SessionInfo, StoredMessage,
+    StoredResponse, TurnRecord,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{ConversationStore, SessionLocks};
@@ -31,6 +32,59 @@ struct SessionRow {
     turn_count: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = responses, check_for_backend(diesel::pg::Pg))]
+struct ResponseRow {
+    id: String,
+    session_id: String,
+    sequence: i64,
+    created_at: DateTime<Utc>,
+    model: String,
+    instructions: Option<String>,
+    previous_response_id: Option<String>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    max_output_tokens: Option<i32>,
+    user_name: Option<String>,
+    metadata: serde_json::Value,
+    text_format: Option<serde_json::Value>,
+    output_text: String,
+    prompt_tokens: i64,
+    completion_tokens: i64,
+}
+
+impl ResponseRow {
+    fn into_stored(self) -> Result<StoredResponse, StorageError> {
+        let corrupt = |what: &str| StorageError::Corrupt(format!("{what} of response {}", self.id));
+        Ok(StoredResponse {
+            session: SessionId::parse_stored(&self.session_id)
+                .map_err(|_| corrupt(&format!("session id {:?}", self.session_id)))?,
+            sequence: unsigned(self.sequence),
+            created_at: self.created_at.into(),
+            parameters: ResponseParameters {
+                model: self.model,
+                instructions: self.instructions,
+                previous_response_id: self.previous_response_id,
+                temperature: self.temperature,
+                top_p: self.top_p,
+                max_output_tokens: self
+                    .max_output_tokens
+                    .map(|tokens| u32::try_from(tokens).unwrap_or(0)),
+                user: self.user_name,
+                metadata: serde_json::from_value(self.metadata)
+                    .map_err(|_| corrupt("the metadata"))?,
+                text_format: self.text_format,
+            },
+            output_text: self.output_text,
+            usage: TokenUsage {
+                prompt_tokens: unsigned(self.prompt_tokens),
+                completion_tokens: unsigned(self.completion_tokens),
+            },
+            id: self.id,
+        })
+    }
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -286,29 +340,14 @@ impl ConversationStore for PostgresStore {
     async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            let row: Option<(String, String, i64, String)> = responses::table
+            let row: Option<ResponseRow> = responses::table
                 .find(id)
-                .select((
-                    responses::id,
-                    responses::session_id,
-                    responses::sequence,
-                    responses::body,
-                ))
+                .select(ResponseRow::as_select())
                 .first(&mut connection)
                 .await
                 .optional()
                 .map_err(query_error)?;
-            row.map(|(id, session, sequence, body)| {
-                Ok(StoredResponse {
-                    session: SessionId::parse_stored(&session).map_err(|_| {
-                        StorageError::Corrupt(format!("session id {session:?} of response {id}"))
-                    })?,
-                    id,
-                    sequence: unsigned(sequence),
-                    body,
-                })
-            })
-            .transpose()
+            row.map(ResponseRow::into_stored).transpose()
         })
         .await
     }
@@ -534,6 +573,29 @@ impl From<diesel::result::Error> for SweepFailure {
     }
 }
 
+/// A response record as the turn's statement reads it (see `statements::RESPONSE_FIELDS`).
+fn response_json(response: ResponseRecord<'_>) -> serde_json::Value {
+    let parameters = response.parameters;
+    let created_at = response
+        .created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64());
+    serde_json::json!({
+        "id": response.id,
+        "created_at": created_at,
+        "model": parameters.model,
+        "instructions": parameters.instructions,
+        "previous_response_id": parameters.previous_response_id,
+        "temperature": parameters.temperature,
+        "top_p": parameters.top_p,
+        "max_output_tokens": parameters.max_output_tokens,
+        "user_name": parameters.user,
+        "metadata": parameters.metadata,
+        "text_format": parameters.text_format,
+        "output_text": response.output_text,
+    })
+}
+
 impl PostgresStore {
     /// The turn's one statement, writing `record` with it.
     async fn append(
@@ -556,8 +618,7 @@ impl PostgresStore {
             idempotency_response: completion.map(|completion| completion.response),
             retention_seconds: completion
                 .map_or(0.0, |completion| completion.retention.as_secs_f64()),
-            response_id: record.response.map(|response| response.id),
-            response_body: record.response.map(|response| response.body),
+            response: record.response.map(response_json),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;

@@ -53,8 +53,19 @@ diesel::table! {
         id -> Text,
         session_id -> Text,
         sequence -> Int8,
-        body -> Text,
         created_at -> Timestamptz,
+        model -> Text,
+        instructions -> Nullable<Text>,
+        previous_response_id -> Nullable<Text>,
+        temperature -> Nullable<Float4>,
+        top_p -> Nullable<Float4>,
+        max_output_tokens -> Nullable<Int4>,
+        user_name -> Nullable<Text>,
+        metadata -> Jsonb,
+        text_format -> Nullable<Jsonb>,
+        output_text -> Text,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
     }
 }
 

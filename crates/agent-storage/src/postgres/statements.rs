@@ -164,9 +164,9 @@ pub(super) struct AppendTurn<'a> {
     pub(super) idempotency_key: Option<&'a str>,
     pub(super) idempotency_response: Option<&'a str>,
     pub(super) retention_seconds: f64,
-    /// A response object to keep with the turn (none: nothing is inserted).
-    pub(super) response_id: Option<&'a str>,
-    pub(super) response_body: Option<&'a str>,
+    /// A response to keep with the turn, as its record's JSON (none: nothing is inserted; see
+    /// [`RESPONSE_FIELDS`]).
+    pub(super) response: Option<serde_json::Value>,
 }
 
 impl QueryId for AppendTurn<'_> {
@@ -280,14 +280,22 @@ fn walk_turn<'b>(
     out.push_sql(") WHERE key = ");
     out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_key)?;
     out.push_sql(" AND EXISTS (SELECT 1 FROM updated)), ");
-    // The response object, if any, at the session's place after this turn.
-    out.push_sql("recorded AS (INSERT INTO responses (id, session_id, sequence, body) SELECT ");
-    out.push_bind_param::<Nullable<Text>, _>(&turn.response_id)?;
-    out.push_sql("::text, updated.id, updated.next_sequence, ");
-    out.push_bind_param::<Nullable<Text>, _>(&turn.response_body)?;
-    out.push_sql("::text FROM updated WHERE ");
-    out.push_bind_param::<Nullable<Text>, _>(&turn.response_id)?;
-    out.push_sql("::text IS NOT NULL), ");
+    // The response, if any, at the session's place after this turn, with the turn's usage.
+    out.push_sql(
+        "recorded AS (INSERT INTO responses (id, session_id, sequence, created_at, model, \
+         instructions, previous_response_id, temperature, top_p, max_output_tokens, user_name, \
+         metadata, text_format, output_text, prompt_tokens, completion_tokens) SELECT r.id, \
+         updated.id, updated.next_sequence, to_timestamp(r.created_at), r.model, r.instructions, \
+         r.previous_response_id, r.temperature, r.top_p, r.max_output_tokens, r.user_name, \
+         COALESCE(r.metadata, '{}'::jsonb), r.text_format, r.output_text, ",
+    );
+    out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+    out.push_sql(" FROM updated CROSS JOIN jsonb_to_record(");
+    out.push_bind_param::<Nullable<Jsonb>, _>(&turn.response)?;
+    out.push_sql(RESPONSE_FIELDS);
+    out.push_sql(" WHERE r.id IS NOT NULL), ");
     // The caller's usage of the day, in the same statement (see the usage_daily migration).
     out.push_sql(
         "counted AS (INSERT INTO usage_daily AS u \
@@ -308,6 +316,13 @@ fn walk_turn<'b>(
     out.push_sql(" FROM updated");
     Ok(())
 }
+
+/// The fields of a response record's JSON, as `jsonb_to_record` reads them (`created_at` in
+/// seconds since the Unix epoch).
+pub(super) const RESPONSE_FIELDS: &str = ") AS r (id text, created_at double precision, \
+     model text, instructions text, previous_response_id text, temperature real, top_p real, \
+     max_output_tokens integer, user_name text, metadata jsonb, text_format jsonb, \
+     output_text text)";
 
 /// Adds a turn that stored no messages to its caller's usage of the day: an upsert of one of
 /// the caller-day's 64 rows, written by hand so that it has a static query id and stays prepared

@@ -719,36 +719,61 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
 /// a turn that stores nothing keeps no response; deleting the session deletes its responses.
 async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _): Stores) {
     let id = session("responses");
+    let parameters = agent_storage::ResponseParameters {
+        model: "agent".into(),
+        instructions: Some("Be brief.".into()),
+        previous_response_id: None,
+        temperature: Some(0.5),
+        top_p: None,
+        max_output_tokens: Some(100),
+        user: Some("end-user-7".into()),
+        metadata: [("topic".to_owned(), "tests".to_owned())].into(),
+        text_format: Some(serde_json::json!({ "type": "json_object" })),
+    };
+    let created_at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let record = |response_id| agent_storage::TurnRecord {
         idempotency: None,
         response: Some(agent_storage::ResponseRecord {
             id: response_id,
-            body: r#"{"object":"response"}"#,
+            created_at,
+            parameters: &parameters,
+            output_text: "echo: one",
         }),
     };
-    let first = format!("resp_{:032x}", 1);
+    // Ids are the API's business: any text is kept.
+    let first = "first response";
     let (info, _) = store
-        .append_turn_recording(&id, 0, &simple_turn("one"), record(&first))
+        .append_turn_recording(&id, 0, &simple_turn("one"), record(first))
         .await
         .unwrap();
     assert_eq!(info.next_sequence, 2);
-    let kept = store.response(&first).await.unwrap().unwrap();
-    assert_eq!((kept.session.clone(), kept.sequence), (id.clone(), 2));
-    assert_eq!(kept.body, r#"{"object":"response"}"#);
+    let kept = store.response(first).await.unwrap().unwrap();
+    assert_eq!(
+        kept,
+        agent_storage::StoredResponse {
+            id: first.to_owned(),
+            session: id.clone(),
+            sequence: 2,
+            created_at,
+            parameters: parameters.clone(),
+            output_text: "echo: one".into(),
+            usage: simple_turn("one").usage,
+        }
+    );
     // A stale turn stores nothing, and keeps no response.
-    let stale = format!("resp_{:032x}", 2);
+    let stale = "stale response";
     let refused = store
-        .append_turn_recording(&id, 0, &simple_turn("stale"), record(&stale))
+        .append_turn_recording(&id, 0, &simple_turn("stale"), record(stale))
         .await;
     assert!(refused.is_err());
-    assert_eq!(store.response(&stale).await.unwrap(), None);
-    let second = format!("resp_{:032x}", 3);
+    assert_eq!(store.response(stale).await.unwrap(), None);
+    let second = "second response";
     store
-        .append_turn_recording(&id, 2, &simple_turn("two"), record(&second))
+        .append_turn_recording(&id, 2, &simple_turn("two"), record(second))
         .await
         .unwrap();
-    assert_eq!(store.response(&second).await.unwrap().unwrap().sequence, 4);
+    assert_eq!(store.response(second).await.unwrap().unwrap().sequence, 4);
     assert!(store.delete_session(&id).await.unwrap());
-    assert_eq!(store.response(&first).await.unwrap(), None);
-    assert_eq!(store.response(&second).await.unwrap(), None);
+    assert_eq!(store.response(first).await.unwrap(), None);
+    assert_eq!(store.response(second).await.unwrap(), None);
 }

@@ -7,6 +7,7 @@
 mod conversations;
 mod idempotency;
 mod locks;
+mod migrations;
 mod outages;
 mod rate_limits;
 

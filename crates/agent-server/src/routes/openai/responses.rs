@@ -5,7 +5,7 @@
 //! readable by its caller until the session is deleted. `store: false` runs the turn on the
 //! given conversation (after the previous response's, if named) and keeps nothing but usage.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
@@ -13,6 +13,7 @@ use actix_web::web::{Bytes, Data, Path};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::{Message, Sampling, SessionId};
+use agent_storage::{ResponseParameters, StoredResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -30,7 +31,7 @@ use crate::history_cache::first_kept;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
 use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
-use crate::turn::{Conversation, Finished, KeepResponse, TurnInput, render_as};
+use crate::turn::{Conversation, Finished, KeepResponse, TurnInput};
 
 turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
@@ -67,7 +68,7 @@ pub(crate) struct ResponseRequest {
     /// Echoed in the response; not used.
     #[serde(default)]
     #[schema(nullable)]
-    metadata: Option<HashMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
     /// Echoed in the response; not used.
     #[serde(default)]
     #[schema(nullable)]
@@ -176,22 +177,14 @@ pub(crate) enum Truncation {
     Auto,
 }
 
-/// What a response says of its request.
+/// What a response says of its request: its id, when, whether it is kept, and the parameters it
+/// was asked with (stored with it when kept, and read back to show it again).
 #[derive(Debug, Clone)]
 struct Echo {
     id: String,
     created_at: u64,
-    model: String,
-    instructions: Option<String>,
-    previous_response_id: Option<String>,
     store: bool,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    max_output_tokens: Option<u32>,
-    user: Option<String>,
-    metadata: HashMap<String, String>,
-    /// The request's `text.format` (`{"type": "text"}` when it had none).
-    format: Value,
+    parameters: Arc<ResponseParameters>,
 }
 
 /// OpenAI's response object.
@@ -228,7 +221,7 @@ pub(crate) struct ResponseObject {
     /// The whole turn's tokens (all its model calls); null until it completes.
     usage: Option<ResponseUsage>,
     user: Option<String>,
-    metadata: HashMap<String, String>,
+    metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -275,6 +268,37 @@ impl Echo {
         format!("msg_{}", &self.id["resp_".len()..])
     }
 
+    /// A stored response as it was answered, and its turn's answer.
+    fn stored(stored: StoredResponse) -> (Self, Finished) {
+        let created = stored
+            .created_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let finished = Finished {
+            id: uuid::Uuid::nil(),
+            created,
+            text: stored.output_text,
+            session: None,
+            usage: stored.usage,
+        };
+        let echo = Self {
+            id: stored.id,
+            created_at: created,
+            store: true,
+            parameters: Arc::new(stored.parameters),
+        };
+        (echo, finished)
+    }
+
+    /// What the turn's store keeps of it.
+    fn kept(&self) -> KeepResponse {
+        KeepResponse {
+            id: self.id.clone(),
+            created_at: self.created_at,
+            parameters: Arc::clone(&self.parameters),
+        }
+    }
+
     /// The response object: in progress (no output yet), completed with `finished`, or failed.
     fn object(
         &self,
@@ -282,6 +306,7 @@ impl Echo {
         finished: Option<&Finished>,
         error: Option<ResponseErrorInfo>,
     ) -> ResponseObject {
+        let parameters = &*self.parameters;
         ResponseObject {
             id: self.id.clone(),
             object: "response",
@@ -289,21 +314,23 @@ impl Echo {
             status,
             error,
             incomplete_details: None,
-            instructions: self.instructions.clone(),
-            max_output_tokens: self.max_output_tokens,
-            model: self.model.clone(),
+            instructions: parameters.instructions.clone(),
+            max_output_tokens: parameters.max_output_tokens,
+            model: parameters.model.clone(),
             output: finished
                 .map(|finished| vec![self.message("completed", finished.text.clone())])
                 .unwrap_or_default(),
             parallel_tool_calls: true,
-            previous_response_id: self.previous_response_id.clone(),
+            previous_response_id: parameters.previous_response_id.clone(),
             reasoning: json!({ "effort": null, "summary": null }),
             store: self.store,
-            temperature: self.temperature,
-            text: json!({ "format": self.format }),
+            temperature: parameters.temperature,
+            text: json!({
+                "format": parameters.text_format.clone().unwrap_or_else(|| json!({ "type": "text" }))
+            }),
             tool_choice: "auto",
             tools: Vec::new(),
-            top_p: self.top_p,
+            top_p: parameters.top_p,
             truncation: "disabled",
             usage: finished.map(|finished| ResponseUsage {
                 input_tokens: finished.usage.prompt_tokens,
@@ -312,8 +339,8 @@ impl Echo {
                 output_tokens_details: json!({ "reasoning_tokens": 0 }),
                 total_tokens: finished.usage.total(),
             }),
-            user: self.user.clone(),
-            metadata: self.metadata.clone(),
+            user: parameters.user.clone(),
+            metadata: parameters.metadata.clone(),
         }
     }
 
@@ -451,30 +478,27 @@ impl ResponseRequest {
             };
             (given, Vec::new())
         };
-        let echo = Echo {
-            id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
-            created_at: unix_now(),
+        let parameters = ResponseParameters {
             model: self.model,
             instructions: self.instructions,
             previous_response_id: self.previous_response_id,
-            store,
             temperature: self.temperature,
             top_p: self.top_p,
             max_output_tokens: self.max_output_tokens,
             user: self.user,
             metadata: self.metadata.unwrap_or_default(),
-            format: text_format.map_or_else(
-                || json!({ "type": "text" }),
-                |format| serde_json::to_value(format).unwrap_or_default(),
-            ),
+            text_format: text_format
+                .map(serde_json::to_value)
+                .transpose()
+                .map_err(|error| ApiError::Internal(error.into()))?,
         };
-        let kept = echo.clone();
-        let keep = echo.store.then(|| KeepResponse {
-            id: echo.id.clone(),
-            render: render_as(move |finished: &Finished| {
-                kept.object("completed", Some(finished), None)
-            }),
-        });
+        let echo = Echo {
+            id: format!("resp_{}", uuid::Uuid::new_v4().simple()),
+            created_at: unix_now(),
+            store,
+            parameters: Arc::new(parameters),
+        };
+        let keep = echo.store.then(|| echo.kept());
         let answered = echo.clone();
         Ok(Valid {
             input: TurnInput {
@@ -523,12 +547,7 @@ async fn input_item(
                 )
             })?;
         let stored = stored_response(backends, &response_id, caller, &param).await?;
-        let body: Value = serde_json::from_str(&stored.body)
-            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))?;
-        let text = body["output"][0]["content"][0]["text"]
-            .as_str()
-            .unwrap_or_default();
-        return Ok((ChatRole::Assistant, text.to_owned()));
+        return Ok((ChatRole::Assistant, stored.output_text));
     }
     let role_param = format!("input[{index}].role");
     let role = item
@@ -654,9 +673,8 @@ pub(crate) async fn get_response(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_name(&request);
     let stored = stored_response(&backends, &id, &caller, "response_id").await?;
-    Ok(HttpResponse::Ok()
-        .content_type("application/json")
-        .body(stored.body))
+    let (echo, finished) = Echo::stored(stored);
+    Ok(HttpResponse::Ok().json(echo.object("completed", Some(&finished), None)))
 }
 
 /// The `response.*` events of a streamed response.
