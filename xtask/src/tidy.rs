@@ -85,3 +85,59 @@ fn documentation_links_lead_somewhere() {
     assert!(pages.len() > 3, "found only {pages:?}");
     assert!(broken.is_empty(), "broken links: {broken:?}");
 }
+
+/// The sources outside tests: every `.rs` file under `crates/*/src` and `xtask/src`, except
+/// `tests.rs` files and `tests/` folders.
+fn source_files() -> Vec<PathBuf> {
+    let root = crate::project_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("xtask/src"), &mut files);
+    for entry in std::fs::read_dir(root.join("crates"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        rust_files(&entry.path().join("src"), &mut files);
+    }
+    files.retain(|path| {
+        path.file_name().is_none_or(|name| name != "tests.rs")
+            && !path.components().any(|part| part.as_os_str() == "tests")
+    });
+    files
+}
+
+/// Long files hide structure: past 700 lines, a file is split by what its parts do.
+#[test]
+fn no_source_file_is_over_700_lines() {
+    let files = source_files();
+    assert!(files.len() > 50, "found only {files:?}");
+    let long: Vec<_> = files
+        .iter()
+        .filter_map(|path| {
+            let lines = std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            (lines > 700).then(|| format!("{} ({lines} lines)", path.display()))
+        })
+        .collect();
+    assert!(long.is_empty(), "over 700 lines: {long:?}");
+}
+
+/// A function with more than clippy's seven arguments takes a struct instead; the lint is never
+/// silenced.
+#[test]
+fn the_argument_count_lint_is_never_allowed() {
+    let mut files = Vec::new();
+    rust_files(&crate::project_root(), &mut files);
+    let marker = ["too_many", "_arguments"].concat();
+    let silenced: Vec<_> = files
+        .iter()
+        .filter(|path| {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .contains(&marker)
+        })
+        .collect();
+    assert!(silenced.is_empty(), "{marker} allowed in {silenced:?}");
+}

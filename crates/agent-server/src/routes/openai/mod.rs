@@ -6,6 +6,7 @@
 mod chat;
 mod docs;
 mod request;
+mod response_object;
 mod responses;
 
 use std::sync::LazyLock;

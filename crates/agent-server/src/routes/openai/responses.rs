@@ -13,15 +13,15 @@ use actix_web::web::{Bytes, Data, Path};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::{Message, Sampling, SessionId};
-use agent_storage::{ResponseParameters, StoredResponse};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use agent_storage::ResponseParameters;
+use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::request::{
     ChatRole, Content, TurnRefusals, as_bad_request, bad, first_refusal, turn_request,
 };
-use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
+use super::response_object::{Echo, ResponseEvents, ResponseObject};
+use super::{OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::deserialize_text_or_list;
@@ -30,8 +30,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::history_cache::first_kept;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
-use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
-use crate::turn::{Conversation, Finished, KeepResponse, TurnInput};
+use crate::turn::{Conversation, Finished, TurnInput};
 
 turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
@@ -175,192 +174,6 @@ pub(crate) struct TextConfig {
 pub(crate) enum Truncation {
     Disabled,
     Auto,
-}
-
-/// What a response says of its request: its id, when, whether it is kept, and the parameters it
-/// was asked with (stored with it when kept, and read back to show it again).
-#[derive(Debug, Clone)]
-struct Echo {
-    id: String,
-    created_at: u64,
-    store: bool,
-    parameters: Arc<ResponseParameters>,
-}
-
-/// OpenAI's response object.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ResponseObject {
-    /// `resp_` and 32 hex digits.
-    id: String,
-    /// Always `response`.
-    object: &'static str,
-    created_at: u64,
-    /// `completed`; in a stream first `in_progress`, or `failed`.
-    status: &'static str,
-    error: Option<ResponseErrorInfo>,
-    #[schema(value_type = Option<Object>)]
-    incomplete_details: Option<Value>,
-    instructions: Option<String>,
-    max_output_tokens: Option<u32>,
-    model: String,
-    /// The agent's final message (empty while in progress).
-    output: Vec<OutputMessage>,
-    parallel_tool_calls: bool,
-    previous_response_id: Option<String>,
-    #[schema(value_type = Object)]
-    reasoning: Value,
-    store: bool,
-    temperature: Option<f32>,
-    #[schema(value_type = Object)]
-    text: Value,
-    tool_choice: &'static str,
-    #[schema(value_type = Vec<Object>)]
-    tools: Vec<Value>,
-    top_p: Option<f32>,
-    truncation: &'static str,
-    /// The whole turn's tokens (all its model calls); null until it completes.
-    usage: Option<ResponseUsage>,
-    user: Option<String>,
-    metadata: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Serialize, ToSchema)]
-struct ResponseErrorInfo {
-    code: String,
-    message: String,
-}
-
-/// An assistant message of `output`.
-#[derive(Debug, Serialize, ToSchema)]
-struct OutputMessage {
-    /// Always `message`.
-    #[serde(rename = "type")]
-    kind: &'static str,
-    id: String,
-    status: &'static str,
-    role: &'static str,
-    content: Vec<OutputText>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct OutputText {
-    /// Always `output_text`.
-    #[serde(rename = "type")]
-    kind: &'static str,
-    text: String,
-    #[schema(value_type = Vec<Object>)]
-    annotations: Vec<Value>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct ResponseUsage {
-    input_tokens: u64,
-    #[schema(value_type = Object)]
-    input_tokens_details: Value,
-    output_tokens: u64,
-    #[schema(value_type = Object)]
-    output_tokens_details: Value,
-    total_tokens: u64,
-}
-
-impl Echo {
-    fn message_id(&self) -> String {
-        format!("msg_{}", &self.id["resp_".len()..])
-    }
-
-    /// A stored response as it was answered, and its turn's answer.
-    fn stored(stored: StoredResponse) -> (Self, Finished) {
-        let created = stored
-            .created_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_secs());
-        let finished = Finished {
-            id: uuid::Uuid::nil(),
-            created,
-            text: stored.output_text,
-            session: None,
-            usage: stored.usage,
-        };
-        let echo = Self {
-            id: stored.id,
-            created_at: created,
-            store: true,
-            parameters: Arc::new(stored.parameters),
-        };
-        (echo, finished)
-    }
-
-    /// What the turn's store keeps of it.
-    fn kept(&self) -> KeepResponse {
-        KeepResponse {
-            id: self.id.clone(),
-            created_at: self.created_at,
-            parameters: Arc::clone(&self.parameters),
-        }
-    }
-
-    /// The response object: in progress (no output yet), completed with `finished`, or failed.
-    fn object(
-        &self,
-        status: &'static str,
-        finished: Option<&Finished>,
-        error: Option<ResponseErrorInfo>,
-    ) -> ResponseObject {
-        let parameters = &*self.parameters;
-        ResponseObject {
-            id: self.id.clone(),
-            object: "response",
-            created_at: self.created_at,
-            status,
-            error,
-            incomplete_details: None,
-            instructions: parameters.instructions.clone(),
-            max_output_tokens: parameters.max_output_tokens,
-            model: parameters.model.clone(),
-            output: finished
-                .map(|finished| vec![self.message("completed", finished.text.clone())])
-                .unwrap_or_default(),
-            parallel_tool_calls: true,
-            previous_response_id: parameters.previous_response_id.clone(),
-            reasoning: json!({ "effort": null, "summary": null }),
-            store: self.store,
-            temperature: parameters.temperature,
-            text: json!({
-                "format": parameters.text_format.clone().unwrap_or_else(|| json!({ "type": "text" }))
-            }),
-            tool_choice: "auto",
-            tools: Vec::new(),
-            top_p: parameters.top_p,
-            truncation: "disabled",
-            usage: finished.map(|finished| ResponseUsage {
-                input_tokens: finished.usage.prompt_tokens,
-                input_tokens_details: json!({ "cached_tokens": 0 }),
-                output_tokens: finished.usage.completion_tokens,
-                output_tokens_details: json!({ "reasoning_tokens": 0 }),
-                total_tokens: finished.usage.total(),
-            }),
-            user: parameters.user.clone(),
-            metadata: parameters.metadata.clone(),
-        }
-    }
-
-    fn message(&self, status: &'static str, text: String) -> OutputMessage {
-        OutputMessage {
-            kind: "message",
-            id: self.message_id(),
-            status,
-            role: "assistant",
-            content: if status == "completed" {
-                vec![OutputText {
-                    kind: "output_text",
-                    text,
-                    annotations: Vec::new(),
-                }]
-            } else {
-                Vec::new()
-            },
-        }
-    }
 }
 
 impl ResponseRequest {
@@ -512,9 +325,7 @@ impl ResponseRequest {
                 .stream
                 .unwrap_or(false)
                 .then(|| ResponseEvents::new(echo)),
-            answer: Arc::new(move |finished: &Finished| {
-                answered.object("completed", Some(finished), None)
-            }),
+            answer: Arc::new(move |finished: &Finished| answered.completed(finished)),
             keep,
             header: None,
         })
@@ -674,172 +485,5 @@ pub(crate) async fn get_response(
     let caller = caller_name(&request);
     let stored = stored_response(&backends, &id, &caller, "response_id").await?;
     let (echo, finished) = Echo::stored(stored);
-    Ok(HttpResponse::Ok().json(echo.object("completed", Some(&finished), None)))
-}
-
-/// The `response.*` events of a streamed response.
-pub(crate) struct ResponseEvents {
-    echo: Echo,
-    sequence: u64,
-    /// The output item and its text part were announced.
-    opened: bool,
-}
-
-/// An event's JSON: its type, its place in the stream, and its fields.
-#[derive(Serialize)]
-struct Sequenced<'a, T> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    sequence_number: u64,
-    #[serde(flatten)]
-    fields: T,
-}
-
-/// The fields of the events about the whole response.
-#[derive(Serialize)]
-struct OfResponse {
-    response: ResponseObject,
-}
-
-/// The fields of the events about the output message.
-#[derive(Serialize)]
-struct OfItem {
-    output_index: u32,
-    item: OutputMessage,
-}
-
-/// The fields of the events about the message's text part.
-#[derive(Serialize)]
-struct OfPart<'a> {
-    item_id: &'a str,
-    output_index: u32,
-    content_index: u32,
-    #[serde(flatten)]
-    fields: Value,
-}
-
-impl ResponseEvents {
-    fn new(echo: Echo) -> Self {
-        Self {
-            echo,
-            sequence: 0,
-            opened: false,
-        }
-    }
-
-    /// An event of `kind` with `fields` and the next sequence number.
-    fn event(&mut self, kind: &str, fields: impl Serialize) -> Bytes {
-        let sequence_number = self.sequence;
-        self.sequence += 1;
-        let event = Sequenced {
-            kind,
-            sequence_number,
-            fields,
-        };
-        sse(Some(kind), &event)
-    }
-
-    /// An event about the text part of the output message, with `fields`.
-    fn part_event(&mut self, kind: &str, fields: Value) -> Bytes {
-        let item_id = self.echo.message_id();
-        let part = OfPart {
-            item_id: &item_id,
-            output_index: 0,
-            content_index: 0,
-            fields,
-        };
-        self.event(kind, part)
-    }
-
-    /// The output item and its text part, announced once before their first text.
-    fn open(&mut self) -> Vec<Bytes> {
-        if std::mem::replace(&mut self.opened, true) {
-            return Vec::new();
-        }
-        let item = self.echo.message("in_progress", String::new());
-        vec![
-            self.event(
-                "response.output_item.added",
-                OfItem {
-                    output_index: 0,
-                    item,
-                },
-            ),
-            self.part_event(
-                "response.content_part.added",
-                json!({ "part": { "type": "output_text", "text": "", "annotations": [] } }),
-            ),
-        ]
-    }
-
-    fn failed(&mut self, code: String, message: String) -> Bytes {
-        let info = ResponseErrorInfo {
-            code: code.clone(),
-            message: message.clone(),
-        };
-        let response = self.echo.object("failed", None, Some(info));
-        let mut bytes = self
-            .event("response.failed", OfResponse { response })
-            .to_vec();
-        bytes.extend_from_slice(&self.event(
-            "error",
-            json!({ "code": code, "message": message, "param": null }),
-        ));
-        Bytes::from(bytes)
-    }
-}
-
-impl EventFormat for ResponseEvents {
-    const SHOWS_TOOLS: bool = false;
-
-    fn start(&mut self) -> Option<Bytes> {
-        let mut bytes = Vec::new();
-        for kind in ["response.created", "response.in_progress"] {
-            let response = self.echo.object("in_progress", None, None);
-            bytes.extend_from_slice(&self.event(kind, OfResponse { response }));
-        }
-        Some(Bytes::from(bytes))
-    }
-
-    fn delta(&mut self, delta: String) -> Option<Bytes> {
-        let mut bytes: Vec<u8> = self.open().concat();
-        bytes.extend_from_slice(&self.part_event(
-            "response.output_text.delta",
-            json!({ "delta": delta, "logprobs": [] }),
-        ));
-        Some(Bytes::from(bytes))
-    }
-
-    fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        let mut events = self.open();
-        let text = &finished.text;
-        events.push(self.part_event(
-            "response.output_text.done",
-            json!({ "text": text, "logprobs": [] }),
-        ));
-        events.push(self.part_event(
-            "response.content_part.done",
-            json!({ "part": { "type": "output_text", "text": text, "annotations": [] } }),
-        ));
-        let item = self.echo.message("completed", text.clone());
-        events.push(self.event(
-            "response.output_item.done",
-            OfItem {
-                output_index: 0,
-                item,
-            },
-        ));
-        let response = self.echo.object("completed", Some(finished), None);
-        events.push(self.event("response.completed", OfResponse { response }));
-        events
-    }
-
-    fn error(&mut self, error: &ApiError) -> Bytes {
-        let error = OpenAiError::from_api(error);
-        self.failed(error.code.unwrap_or_default(), error.message)
-    }
-
-    fn shutdown(&mut self) -> Bytes {
-        self.failed("server_shutting_down".into(), SHUTDOWN_MESSAGE.into())
-    }
+    Ok(HttpResponse::Ok().json(echo.completed(&finished)))
 }
