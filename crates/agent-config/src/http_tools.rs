@@ -2,24 +2,17 @@
 //! [`HttpToolSettings`]. Header values given as `{ file = "/path" }` are secrets read from files.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use figment::Figment;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
-use crate::settings::HttpToolSettings;
-use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid, read};
+use crate::keys;
+use crate::settings::{HttpToolDefaults, HttpToolSettings};
+use crate::tables::{RawHeader, bounded, check_name, duration, headers, http_url, invalid, read};
 
 /// The key of the tool tables in the file.
 pub(crate) const FILE_KEY: &str = "http_tools";
-
-/// What a tool gets when it does not set its own (from `[http_tool_defaults]`).
-pub(crate) struct Defaults {
-    pub(crate) method: String,
-    pub(crate) timeout: Duration,
-    pub(crate) max_response_bytes: usize,
-}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +26,7 @@ struct RawTool {
     #[serde(default)]
     timeout: Option<String>,
     #[serde(default)]
-    max_response_bytes: Option<usize>,
+    max_response_bytes: Option<u64>,
     #[serde(default)]
     headers: BTreeMap<String, RawHeader>,
 }
@@ -41,7 +34,7 @@ struct RawTool {
 pub(crate) fn load(
     figment: &Figment,
     file: &str,
-    defaults: Defaults,
+    defaults: HttpToolDefaults,
 ) -> Result<Vec<HttpToolSettings>, ConfigError> {
     let raw: Vec<RawTool> = read(figment, FILE_KEY, file)?;
     let mut tools: Vec<HttpToolSettings> = Vec::with_capacity(raw.len());
@@ -54,7 +47,7 @@ pub(crate) fn load(
         let url = http_url(&origin, &tool.url)?;
         let method = tool
             .method
-            .unwrap_or_else(|| defaults.method.clone())
+            .unwrap_or_else(|| defaults.method.to_owned())
             .to_ascii_uppercase();
         if !matches!(method.as_str(), "GET" | "POST") {
             return Err(invalid(
@@ -70,7 +63,18 @@ pub(crate) fn load(
         if !parameters.is_object() {
             return Err(invalid(&origin, "parameters must be a JSON Schema object"));
         }
-        let timeout = duration(&origin, "timeout", tool.timeout, defaults.timeout)?;
+        let timeout = duration(
+            &origin,
+            &keys::HTTP_TOOL_TIMEOUT,
+            tool.timeout,
+            Some(defaults.timeout),
+        )?;
+        let max_response_bytes = bounded(
+            &origin,
+            &keys::HTTP_TOOL_MAX_RESPONSE_BYTES,
+            tool.max_response_bytes,
+            defaults.max_response_bytes as u64,
+        )?;
         let headers = headers(&origin, tool.headers)?;
         tools.push(HttpToolSettings {
             name: tool.name,
@@ -80,9 +84,7 @@ pub(crate) fn load(
             method,
             headers,
             timeout,
-            max_response_bytes: tool
-                .max_response_bytes
-                .unwrap_or(defaults.max_response_bytes),
+            max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
         });
     }
     Ok(tools)

@@ -4,6 +4,7 @@
 //! The crate reads environment variables and files, nothing else. Secrets stay
 //! [`secrecy::SecretString`] from here to the driver that uses them and are never printed.
 
+mod derived;
 mod env;
 mod error;
 mod http_tools;
@@ -19,8 +20,9 @@ pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
-    ApiKey, ApiSettings, CorsSettings, HealthSettings, HttpToolSettings, LogFormat, LogSettings,
-    McpServerSettings, ModelProvider, ModelSettings, OpenAiApiSettings, Profile, SamplerRoot,
+    ApiKey, ApiSettings, ApiValues, CorsSettings, HealthSettings, HttpToolDefaults,
+    HttpToolSettings, LogFormat, LogSettings, McpServerSettings, ModelProvider, ModelSettings,
+    ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings, SamplerRoot,
     ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler, TraceSettings,
     TurnSettings,
 };

@@ -3,27 +3,17 @@
 //! header values given as `{ file = "/path" }` are secrets read from files.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use figment::Figment;
 use serde::Deserialize;
 
 use crate::error::ConfigError;
+use crate::keys;
 use crate::settings::McpServerSettings;
-use crate::tables::{RawHeader, check_name, duration, headers, http_url, invalid, read};
+use crate::tables::{RawHeader, bounded, check_name, duration, headers, http_url, invalid, read};
 
 /// The key of the server tables in the file.
 pub(crate) const FILE_KEY: &str = "mcp_servers";
-
-/// A tool call's bound when a server sets none.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
-/// The bound on connecting and initialising when a server sets none.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the tool list is fetched again when a server sets nothing (besides its
-/// `tools/list_changed` notifications).
-const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
-/// The largest tool message a server may set (as for HTTP tools).
-const MAX_RESULT_BYTES: usize = 64 << 20;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +33,7 @@ struct RawServer {
     #[serde(default)]
     required: bool,
     #[serde(default)]
-    max_result_bytes: Option<usize>,
+    max_result_bytes: Option<u64>,
     #[serde(default)]
     refresh_interval: Option<String>,
 }
@@ -78,36 +68,32 @@ pub(crate) fn load(
         {
             return Err(invalid(&origin, format!("tools[{empty}] is empty")));
         }
-        let max_result_bytes = server.max_result_bytes.unwrap_or(default_max_result_bytes);
-        if !(1..=MAX_RESULT_BYTES).contains(&max_result_bytes) {
-            return Err(invalid(
-                &origin,
-                format!("max_result_bytes must be 1 to {MAX_RESULT_BYTES}"),
-            ));
-        }
+        let max_result_bytes = bounded(
+            &origin,
+            &keys::MCP_SERVER_MAX_RESULT_BYTES,
+            server.max_result_bytes,
+            default_max_result_bytes as u64,
+        )?;
         let refresh_interval = duration(
             &origin,
-            "refresh_interval",
+            &keys::MCP_SERVER_REFRESH_INTERVAL,
             server.refresh_interval,
-            DEFAULT_REFRESH_INTERVAL,
+            None,
         )?;
-        if refresh_interval < Duration::from_secs(1) {
-            return Err(invalid(&origin, "refresh_interval must be at least 1s"));
-        }
         servers.push(McpServerSettings {
             url: http_url(&origin, &server.url)?,
             headers: headers(&origin, server.headers)?,
-            timeout: duration(&origin, "timeout", server.timeout, DEFAULT_TIMEOUT)?,
+            timeout: duration(&origin, &keys::MCP_SERVER_TIMEOUT, server.timeout, None)?,
             connect_timeout: duration(
                 &origin,
-                "connect_timeout",
+                &keys::MCP_SERVER_CONNECT_TIMEOUT,
                 server.connect_timeout,
-                DEFAULT_CONNECT_TIMEOUT,
+                None,
             )?,
             tools: server.tools,
             prefix,
             required: server.required,
-            max_result_bytes,
+            max_result_bytes: usize::try_from(max_result_bytes).unwrap_or(usize::MAX),
             refresh_interval,
             name: server.name,
         });

@@ -5,6 +5,18 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
+pub use crate::keys::{
+    ApiValues, HealthSettings, HttpToolDefaults, ModelValues, OpenAiApiValues, RateLimitSettings,
+    ServerSettings, StorageSettings, TurnSettings,
+};
+
+impl StorageSettings {
+    /// How long idle sessions are kept; None: forever (`storage.session_retention` 0).
+    pub fn retention(&self) -> Option<Duration> {
+        Some(self.session_retention).filter(|retention| !retention.is_zero())
+    }
+}
+
 /// Everything the service is configured with.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -19,6 +31,7 @@ pub struct Settings {
     pub api_keys: Vec<ApiKey>,
     pub api: ApiSettings,
     pub openai_api: OpenAiApiSettings,
+    pub rate_limit: RateLimitSettings,
     pub server: ServerSettings,
     pub model: ModelSettings,
     pub turn: TurnSettings,
@@ -112,42 +125,46 @@ pub enum SamplerRoot {
     Ratio(f64),
 }
 
-/// Limits and behaviour of the HTTP API.
+/// Limits and behaviour of the HTTP API: the declared keys ([`ApiValues`], read through this
+/// type), and what is built from several of them.
 #[derive(Debug, Clone)]
 pub struct ApiSettings {
-    pub max_body_bytes: usize,
-    pub max_message_chars: usize,
-    pub lock_wait: Duration,
-    pub idempotency_retention: Duration,
-    pub sse_keepalive: Duration,
-    pub metrics_require_auth: bool,
-    pub trust_forwarded_for: bool,
-    /// Requests per window per client; 0 means no limit.
-    pub rate_limit_requests: u32,
-    pub rate_limit_window: Duration,
+    pub values: ApiValues,
     /// CORS for browser clients; None: off.
     pub cors: Option<CorsSettings>,
     /// Callers who may read every caller's usage.
     pub usage_readers: Vec<String>,
     /// Daily token quotas per caller.
     pub quotas: TokenQuotas,
-    /// Whether the turn metrics carry a `caller` label.
-    pub metrics_caller_labels: bool,
     /// Whether `GET /docs` is served (and `/openapi.json` without a key).
     pub docs_page: bool,
     /// Whether `GET /playground` (the chat page) is served.
     pub playground_page: bool,
 }
 
-/// The OpenAI-compatible API (`/v1/*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+impl std::ops::Deref for ApiSettings {
+    type Target = ApiValues;
+
+    fn deref(&self) -> &ApiValues {
+        &self.values
+    }
+}
+
+/// The OpenAI-compatible API (`/v1/*`): its keys ([`OpenAiApiValues`], read through this type).
+#[derive(Debug, Clone)]
 pub struct OpenAiApiSettings {
-    /// The id the agent is presented as.
-    pub model_id: String,
-    pub max_body_bytes: usize,
+    pub values: OpenAiApiValues,
     /// Whether a request's own `system`/`developer` messages are kept (after the server's
     /// system prompt) or refused.
     pub follow_system_messages: bool,
+}
+
+impl std::ops::Deref for OpenAiApiSettings {
+    type Target = OpenAiApiValues;
+
+    fn deref(&self) -> &OpenAiApiValues {
+        &self.values
+    }
 }
 
 /// Tokens each caller may use per UTC day.
@@ -194,59 +211,19 @@ impl CorsSettings {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct ServerSettings {
-    /// An IP address or `localhost`.
-    pub host: String,
-    /// 0 asks the OS for a free port (tests use it).
-    pub port: u16,
-    /// HTTP worker threads; at least 1.
-    pub workers: usize,
-    /// How long new connections are still accepted after shutdown begins.
-    pub shutdown_delay: Duration,
-    /// How long in-flight requests get to finish after the listener closes.
-    pub drain_timeout: Duration,
-    /// Connections served at once; 0: sized from the descriptor limit at startup.
-    pub max_connections: usize,
-    /// Turns running at once; 0: derived from the connection limit at startup.
-    pub max_turns_in_flight: usize,
-    /// The `Retry-After` of an `overloaded` answer (whole seconds, at least 1).
-    pub overload_retry_after: Duration,
-}
-
+/// The model: its keys ([`ModelValues`], read through this type) and the provider they make.
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
+    pub values: ModelValues,
     pub provider: ModelProvider,
-    /// `MODEL_NAME`.
-    pub name: String,
-    /// `TEMPERATURE`, 0 to 2.
-    pub temperature: f32,
-    /// `MAX_TOKENS`, per model call.
-    pub max_tokens: u32,
-    /// Upper bound for one model call.
-    pub request_timeout: Duration,
-    /// Attempts in all for one model call (1 = no retry).
-    pub max_attempts: u32,
-    pub retry_base_delay: Duration,
-    pub retry_max_delay: Duration,
-    /// No retry starts after this long.
-    pub retry_budget: Duration,
 }
 
-/// The bounds of the agent loop.
-#[derive(Debug, Clone)]
-pub struct TurnSettings {
-    pub max_steps: usize,
-    pub max_parallel_tools: usize,
-    pub turn_token_budget: u64,
-    pub session_token_budget: u64,
-    pub turn_deadline: Duration,
-    pub tool_timeout: Duration,
-    /// Messages of earlier history sent with each turn.
-    pub history_window: usize,
-    /// Bytes of history windows kept per process for the next turn of a session (0: off).
-    pub history_cache_bytes: u64,
-    pub system_prompt: String,
+impl std::ops::Deref for ModelSettings {
+    type Target = ModelValues;
+
+    fn deref(&self) -> &ModelValues {
+        &self.values
+    }
 }
 
 /// An HTTP tool declared by the operator.
@@ -301,34 +278,4 @@ pub struct McpServerSettings {
     pub max_result_bytes: usize,
     /// How often its tool list is fetched again, besides its change notifications.
     pub refresh_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct StorageSettings {
-    /// `DATABASE_URL`; unset means in-memory conversations (dev profile only).
-    pub database_url: Option<SecretString>,
-    /// `REDIS_URL`; unset means in-process locks and rate limits (dev profile only).
-    pub redis_url: Option<SecretString>,
-    pub pool_size: usize,
-    pub connect_timeout: Duration,
-    pub statement_timeout: Duration,
-    /// Run pending migrations at startup.
-    pub run_migrations: bool,
-    /// How long startup keeps retrying Postgres.
-    pub startup_timeout: Duration,
-    pub redis_pool_size: usize,
-    /// Bound on each Redis command.
-    pub redis_timeout: Duration,
-    pub redis_key_prefix: String,
-    /// Sessions idle longer are deleted; None: kept forever.
-    pub session_retention: Option<Duration>,
-    pub retention_sweep_interval: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// Upper bound for each readiness check.
-    pub check_timeout: Duration,
-    /// How long a readiness result is reused.
-    pub cache_ttl: Duration,
 }

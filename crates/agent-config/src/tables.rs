@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 use crate::error::ConfigError;
+use crate::keys::{Key, Kind};
 
 /// A header value: plain text, or `{ file = "/path" }`, a secret read from a file.
 #[derive(Debug, Deserialize)]
@@ -70,18 +71,59 @@ pub(crate) fn http_url(origin: &str, text: &str) -> Result<Url, ConfigError> {
         .ok_or_else(|| invalid(origin, format!("url '{text}' is not an http(s) URL")))
 }
 
-/// A humantime duration named `what`, or `default` when unset.
+/// The entry's duration `field` (a humantime text), or `default` when unset (the field's
+/// declared default when that is `None`), within the field's declared bounds.
 pub(crate) fn duration(
     origin: &str,
-    what: &str,
+    field: &Key,
     text: Option<String>,
-    default: Duration,
+    default: Option<Duration>,
 ) -> Result<Duration, ConfigError> {
-    match text {
-        None => Ok(default),
-        Some(text) => humantime::parse_duration(&text)
-            .map_err(|_| invalid(origin, format!("{what} '{text}' is not a duration"))),
+    let what = field_name(field);
+    let value = match (text, default) {
+        (Some(text), _) => humantime::parse_duration(&text)
+            .map_err(|_| invalid(origin, format!("{what} '{text}' is not a duration")))?,
+        (None, Some(default)) => default,
+        (None, None) => field
+            .default
+            .and_then(|text| humantime::parse_duration(text).ok())
+            .unwrap_or_default(),
+    };
+    if let Kind::Duration { min, max } = field.kind
+        && !(min..=max).contains(&value)
+    {
+        return Err(invalid(
+            origin,
+            format!(
+                "{what} must be {} to {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
     }
+    Ok(value)
+}
+
+/// The entry's whole-number `field`, or `default` when unset, within the field's bounds.
+pub(crate) fn bounded(
+    origin: &str,
+    field: &Key,
+    value: Option<u64>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    match field.kind {
+        Kind::Int { min, max } if !(min..=max).contains(&value) => Err(invalid(
+            origin,
+            format!("{} must be {min} to {max}", field_name(field)),
+        )),
+        _ => Ok(value),
+    }
+}
+
+/// A field's name in its entry (`timeout` of `mcp_servers.timeout`).
+fn field_name(field: &Key) -> &'static str {
+    field.path.rsplit('.').next().unwrap_or(field.path)
 }
 
 /// Header values as secrets, those given as `{ file = ... }` read from their files.

@@ -761,6 +761,9 @@ fn every_declared_key_is_validated_under_its_own_name() {
             // Any text is valid; a secret with surrounding blanks is refused.
             Kind::Secret => " padded ",
             Kind::Text => continue,
+            Kind::Headers | Kind::Names | Kind::JsonSchema => {
+                panic!("{} is a table entry's kind", key.path)
+            }
         };
         let name = key.prefixed_env_name();
         // The base URL is only read when a model server is configured.
@@ -793,25 +796,46 @@ fn every_key_with_a_default_loads_it_and_config_check_shows_it() {
     }
 }
 
-/// `docs/configuration.md` holds the reference generated from the declarations. With
-/// `UPDATE_DOCS=1` this test rewrites it instead of failing.
+/// `docs/configuration.md` holds the references generated from the declarations: the keys, and
+/// the fields of `[[http_tools]]` and `[[mcp_servers]]` entries. With `UPDATE_DOCS=1` this test
+/// rewrites them instead of failing.
 #[test]
 fn the_configuration_reference_matches_the_declarations() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let (begin, end) = ("<!-- keys:begin -->\n", "<!-- keys:end -->");
-    let start = text.find(begin).expect("the begin marker") + begin.len();
-    let stop = text.find(end).expect("the end marker");
-    let expected = crate::reference_table();
-    if text[start..stop] != expected {
-        if std::env::var_os("UPDATE_DOCS").is_some() {
-            let updated = format!("{}{expected}{}", &text[..start], &text[stop..]);
-            std::fs::write(&path, updated).unwrap();
-        } else {
-            panic!(
-                "docs/configuration.md is out of date: run `UPDATE_DOCS=1 cargo test -p agent-config`"
-            );
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let tables = [
+        ("keys", crate::reference_table()),
+        (
+            "http_tools",
+            crate::keys::entries_table(crate::keys::HTTP_TOOL_FIELDS),
+        ),
+        (
+            "mcp_servers",
+            crate::keys::entries_table(crate::keys::MCP_SERVER_FIELDS),
+        ),
+    ];
+    let mut stale = Vec::new();
+    for (name, expected) in tables {
+        let (begin, end) = (
+            format!("<!-- {name}:begin -->\n"),
+            format!("<!-- {name}:end -->"),
+        );
+        let start = text.find(&begin).expect("the begin marker") + begin.len();
+        let stop = text.find(&end).expect("the end marker");
+        if text[start..stop] != expected {
+            stale.push(name);
+            text = format!("{}{expected}{}", &text[..start], &text[stop..]);
         }
+    }
+    if stale.is_empty() {
+        return;
+    }
+    if std::env::var_os("UPDATE_DOCS").is_some() {
+        std::fs::write(&path, text).unwrap();
+    } else {
+        panic!(
+            "docs/configuration.md is out of date ({stale:?}): run `UPDATE_DOCS=1 cargo test -p agent-config`"
+        );
     }
 }
 
@@ -897,12 +921,12 @@ fn quotas_have_a_default_and_named_callers_may_have_their_own() {
 #[test]
 fn retention_is_off_by_default_and_zero_turns_it_off() {
     let storage = settings(&[]).storage;
-    assert_eq!(storage.session_retention, None);
+    assert_eq!(storage.retention(), None);
     assert_eq!(storage.retention_sweep_interval, Duration::from_secs(60));
     assert_eq!(
         settings(&[("AGENT_STORAGE__SESSION_RETENTION", "0s")])
             .storage
-            .session_retention,
+            .retention(),
         None
     );
     let storage = settings(&[
@@ -911,7 +935,7 @@ fn retention_is_off_by_default_and_zero_turns_it_off() {
     ])
     .storage;
     assert_eq!(
-        storage.session_retention,
+        storage.retention(),
         Some(Duration::from_secs(30 * 24 * 3600))
     );
     assert_eq!(storage.retention_sweep_interval, Duration::from_secs(300));
@@ -1010,7 +1034,7 @@ fn invalid_mcp_servers_name_the_server_and_the_problem() {
         ),
         (
             "name = \"s\"\nurl = \"https://x.example\"\nrefresh_interval = \"10ms\"",
-            "refresh_interval must be at least 1s",
+            "refresh_interval must be 1s to 1day",
         ),
         (
             "name = \"s\"\nurl = \"https://x.example\"\ncommand = \"npx server\"",

@@ -119,8 +119,8 @@ impl AccessPolicy {
             open: OpenPaths::new(&settings.api),
             trust_forwarded_for: settings.api.trust_forwarded_for,
             limiter,
-            requests: settings.api.rate_limit_requests,
-            window: settings.api.rate_limit_window,
+            requests: settings.rate_limit.requests,
+            window: settings.rate_limit.window,
             cors: settings.api.cors.clone(),
         }
     }

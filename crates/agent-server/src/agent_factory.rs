@@ -21,15 +21,15 @@ pub(crate) fn build(
     model_metrics: &ModelMetrics,
     mcp: Option<&Arc<McpTools>>,
 ) -> Result<Agent, StartupError> {
-    let model = settings.model.clone();
-    let chat_model: Arc<dyn ChatModel> = match model.provider {
+    let model = &settings.model;
+    let chat_model: Arc<dyn ChatModel> = match &model.provider {
         ModelProvider::Offline => Arc::new(OfflineModel),
         ModelProvider::OpenAiCompatible { base_url, api_key } => Arc::new(
             OpenAiModel::new(
                 OpenAiOptions {
                     base_url: base_url.to_string(),
-                    api_key,
-                    model: model.name,
+                    api_key: api_key.clone(),
+                    model: model.name.clone(),
                     temperature: model.temperature,
                     max_tokens: model.max_tokens,
                     request_timeout: model.request_timeout,

@@ -284,7 +284,7 @@ impl ApplicationBuilder {
             return Err(StartupError::Tools(error));
         }
         let mut tasks = vec![metrics.spawn_upkeep()];
-        if let Some(retention) = settings.storage.session_retention {
+        if let Some(retention) = settings.storage.retention() {
             tasks.push(retention::spawn(
                 retention,
                 settings.storage.retention_sweep_interval,

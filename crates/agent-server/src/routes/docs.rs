@@ -259,7 +259,7 @@ fn fit(fitting: &mut Fitting, settings: &Settings) {
                         "No API key, or a wrong one (`unauthorized`): send `Authorization: Bearer <key>`",
                     );
                 }
-                if settings.api.rate_limit_requests > 0 {
+                if settings.rate_limit.requests > 0 {
                     add_answer(
                         responses,
                         "429",
