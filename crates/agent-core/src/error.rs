@@ -156,6 +156,9 @@ pub enum ToolError {
     /// The tool ran and failed; the message is shown to the model.
     #[error("{0}")]
     Failed(String),
+    /// A tool source (an MCP server) cannot serve its tools now: its readiness check's failure.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// An error and its sources on one line (`outer: cause: root cause`), for logs and reports. The

@@ -21,7 +21,10 @@ pub enum Criticality {
     Optional,
 }
 
-type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a probe fails with: any error (its message and causes are the report).
+pub type ProbeError = Box<dyn std::error::Error + Send + Sync>;
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send>>;
 type CheckFn = dyn Fn() -> CheckFuture + Send + Sync;
 
 /// A named readiness check.
@@ -45,9 +48,10 @@ impl fmt::Debug for HealthCheck {
 }
 
 impl HealthCheck {
-    /// A check that runs `probe` (an async function answering `Err(message)` on failure) and
-    /// counts it failed when it takes longer than `timeout`.
-    pub fn new<F, Fut>(
+    /// A check that runs `probe` (an async function answering an error on failure: its message
+    /// and its causes are what readiness reports) and counts it failed when it takes longer than
+    /// `timeout`.
+    pub fn new<F, Fut, E>(
         name: impl Into<String>,
         criticality: Criticality,
         timeout: Duration,
@@ -55,9 +59,13 @@ impl HealthCheck {
     ) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<(), String>> + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<ProbeError>,
     {
-        let probe: Arc<CheckFn> = Arc::new(move || Box::pin(probe()) as CheckFuture);
+        let probe: Arc<CheckFn> = Arc::new(move || {
+            let probed = probe();
+            Box::pin(async move { probed.await.map_err(Into::into) }) as CheckFuture
+        });
         Self {
             name: name.into(),
             criticality,
@@ -83,7 +91,7 @@ impl HealthCheck {
         );
         let result = match bounded.await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(message))) => Err(CheckError::Failed(message)),
+            Ok(Ok(Err(error))) => Err(CheckError::Failed(reported(&*error))),
             Ok(Err(_panic)) => Err(CheckError::Panicked),
             Err(_elapsed) => Err(CheckError::TimedOut(self.timeout)),
         };
@@ -97,4 +105,12 @@ impl HealthCheck {
             result,
         }
     }
+}
+
+/// An error and its causes on one line, as readiness reports them.
+fn reported(error: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(error), |error| error.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

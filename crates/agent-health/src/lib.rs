@@ -11,6 +11,6 @@ mod registry;
 #[cfg(test)]
 mod tests;
 
-pub use check::{Criticality, HealthCheck};
+pub use check::{Criticality, HealthCheck, ProbeError};
 pub use error::CheckError;
 pub use registry::{CheckOutcome, Health, NotReadyReason, Readiness, ReadinessStatus};

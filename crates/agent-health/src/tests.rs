@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::sync::Barrier;
 
-use crate::{CheckError, Criticality, Health, HealthCheck, NotReadyReason, ReadinessStatus};
+use crate::{
+    CheckError, Criticality, Health, HealthCheck, NotReadyReason, ProbeError, ReadinessStatus,
+};
 
 const LONG: Duration = Duration::from_secs(3600);
 
@@ -25,7 +27,7 @@ fn counting_check(counter: Arc<AtomicUsize>) -> HealthCheck {
         Duration::from_secs(1),
         move || {
             counter.fetch_add(1, Ordering::SeqCst);
-            async { Ok(()) }
+            async { Ok::<(), ProbeError>(()) }
         },
     )
 }
@@ -110,7 +112,7 @@ async fn a_hanging_check_times_out_and_is_reported() {
     let timeout = Duration::from_millis(250);
     let hanging = HealthCheck::new("hangs", Criticality::Critical, timeout, || async {
         std::future::pending::<()>().await;
-        Ok(())
+        Ok::<(), ProbeError>(())
     });
     let health = Health::new(vec![hanging], Duration::ZERO);
     health.mark_started();
@@ -129,6 +131,8 @@ async fn a_hanging_check_times_out_and_is_reported() {
 async fn a_panicking_check_is_reported_as_failed() {
     let panicking = HealthCheck::new("panics", Criticality::Optional, LONG, || async {
         panic!("bug in a check");
+        #[allow(unreachable_code)]
+        Ok::<(), ProbeError>(())
     });
     let health = Health::new(vec![panicking], Duration::ZERO);
     health.mark_started();
@@ -153,7 +157,7 @@ async fn checks_run_concurrently() {
                     let barrier = Arc::clone(&barrier);
                     async move {
                         barrier.wait().await;
-                        Ok(())
+                        Ok::<(), ProbeError>(())
                     }
                 },
             )
@@ -190,7 +194,7 @@ async fn concurrent_probes_share_one_run() {
         slow_counter.fetch_add(1, Ordering::SeqCst);
         async {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(())
+            Ok::<(), ProbeError>(())
         }
     });
     let health = Health::new(vec![slow], LONG);

@@ -554,6 +554,8 @@ pub enum StartupError {
     NoDatabase,
     #[error("cannot set up the model client")]
     Model(#[source] ModelError),
+    #[error("cannot build the OTLP trace exporter")]
+    TraceExporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("cannot set up the tools")]
     Tools(#[source] agent_core::ToolError),
 }

@@ -36,7 +36,7 @@ async fn serve() -> ExitCode {
         telemetry::LogTarget::Stdout,
     ) {
         Ok(telemetry) => telemetry,
-        Err(error) => return cli::fail(&error),
+        Err(error) => return cli::fail(&chain(&error)),
     };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");

@@ -38,6 +38,8 @@ use tracing_subscriber::layer::{Context as FilterContext, Filter};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+use crate::error::StartupError;
+
 /// Where log lines go: standard output for the server (the container log stream), standard
 /// error for one-shot commands whose standard output is their result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +126,7 @@ pub fn init(
     log: &LogSettings,
     traces: Option<&TraceSettings>,
     target: LogTarget,
-) -> Result<Telemetry, String> {
+) -> Result<Telemetry, StartupError> {
     let Some(traces) = traces else {
         install(log, target, None);
         return Ok(Telemetry::default());
@@ -140,7 +142,7 @@ pub fn init(
         .with_timeout(traces.timeout)
         .with_headers(headers)
         .build()
-        .map_err(|error| format!("cannot build the OTLP trace exporter: {error}"))?;
+        .map_err(StartupError::TraceExporter)?;
     Ok(init_with_exporter(log, traces, exporter, target))
 }
 

@@ -26,6 +26,12 @@ pub enum StorageError {
         #[source]
         source: BoxError,
     },
+    /// The database has no schema yet (readiness fails until `agent-server migrate` runs).
+    #[error("the schema is not migrated")]
+    NotMigrated,
+    /// The database's schema is behind this binary's (as above).
+    #[error("the schema version {found} is behind {expected}")]
+    SchemaBehind { found: String, expected: String },
     /// Stored data that cannot be read back (a bug or a manual edit).
     #[error("corrupt stored data: {0}")]
     Corrupt(String),

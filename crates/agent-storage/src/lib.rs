@@ -29,7 +29,5 @@ pub use redis::{RedisCoordination, RedisOptions};
 pub use retention::Sweep;
 pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
 
-pub(crate) use agent_core::error_chain;
-
 /// The most messages one history read may return.
 pub const MAX_HISTORY_WINDOW: usize = 1000;

@@ -263,13 +263,15 @@ impl RedisCoordination {
     }
 
     /// The readiness check: PING.
-    pub async fn health_check(&self) -> Result<(), String> {
+    pub async fn health_check(&self) -> Result<(), StorageError> {
         let ping =
             self.run(async |connection| redis::cmd("PING").query_async::<String>(connection).await);
-        match ping.await {
-            Ok(answer) if answer == "PONG" => Ok(()),
-            Ok(answer) => Err(format!("PING answered {answer:?}")),
-            Err(error) => Err(crate::error_chain(&error)),
+        match ping.await? {
+            answer if answer == "PONG" => Ok(()),
+            answer => Err(StorageError::Backend {
+                backend: BACKEND,
+                source: format!("PING answered {answer:?}").into(),
+            }),
         }
     }
 

@@ -63,7 +63,7 @@ async fn readiness_reports_every_check_with_its_criticality_and_latency() {
                 "database",
                 Criticality::Critical,
                 Duration::from_secs(1),
-                || async { Ok(()) },
+                || async { Ok::<(), agent_health::ProbeError>(()) },
             ))
             .with_check(HealthCheck::new(
                 "cache",

@@ -185,13 +185,12 @@ impl PostgresStore {
     }
 
     /// The readiness check: Postgres answers and the schema is at this binary's version.
-    pub async fn health_check(&self) -> Result<(), String> {
+    pub async fn health_check(&self) -> Result<(), StorageError> {
         let expected = latest_schema_version();
-        match self.schema_version().await {
-            Ok(Some(version)) if version >= expected => Ok(()),
-            Ok(Some(version)) => Err(format!("schema version {version} is behind {expected}")),
-            Ok(None) => Err("the schema is not migrated".to_owned()),
-            Err(error) => Err(crate::error_chain(&error)),
+        match self.schema_version().await? {
+            Some(version) if version >= expected => Ok(()),
+            Some(found) => Err(StorageError::SchemaBehind { found, expected }),
+            None => Err(StorageError::NotMigrated),
         }
     }
 

@@ -263,13 +263,15 @@ impl McpTools {
 
     /// The readiness check of server `name`: connected, answering a ping within its connect
     /// timeout (a failed ping marks it down: its task reconnects), and every listed tool offered.
-    pub async fn check(&self, name: &str) -> Result<(), String> {
+    pub async fn check(&self, name: &str) -> Result<(), ToolError> {
         let Some(server) = self
             .servers
             .iter()
             .find(|server| server.options.name == name)
         else {
-            return Err(format!("no MCP server is named {name}"));
+            return Err(ToolError::Unavailable(format!(
+                "no MCP server is named {name}"
+            )));
         };
         let (peer, left_out) = {
             let state = lock(&server.state);
@@ -280,18 +282,23 @@ impl McpTools {
                 .collect();
             match (&state.connection, &state.error) {
                 (Some(peer), _) => (peer.clone(), left_out),
-                (None, Some(error)) => return Err(format!("not connected: {error}")),
-                (None, None) => return Err("connecting".to_owned()),
+                (None, Some(error)) => {
+                    return Err(ToolError::Unavailable(format!("not connected: {error}")));
+                }
+                (None, None) => return Err(ToolError::Unavailable("connecting".to_owned())),
             }
         };
         if let Err(error) = server.ping(&peer).await {
             server.connection_lost(&error);
-            return Err(error);
+            return Err(ToolError::Unavailable(error));
         }
         if left_out.is_empty() {
             Ok(())
         } else {
-            Err(format!("tools left out: {}", left_out.join("; ")))
+            Err(ToolError::Unavailable(format!(
+                "tools left out: {}",
+                left_out.join("; ")
+            )))
         }
     }
 
