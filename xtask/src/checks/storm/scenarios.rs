@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,11 +85,13 @@ struct Streams {
     answered_clients: HashSet<usize>,
 }
 
-/// 6,000 clients streaming turns that take 2 s each against a 4,096-descriptor hard limit.
-pub(super) fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
+/// 6,000 clients streaming turns whose model answers after `model_ms` (2 s: the stream's
+/// text comes then; 3 s: an issue 32 case, which logged EMFILE) against a 4,096-descriptor hard
+/// limit.
+pub(super) fn descriptors(context: &Storm<'_>, model_ms: u64) -> anyhow::Result<Row> {
     let (_model, model_port) = fake_model(context.bin, 0)?;
     let (server, port, log) = context.server(
-        "descriptors",
+        &format!("descriptors-{model_ms}"),
         context.redis_url,
         model_port,
         &[("AGENT_RATE_LIMIT__REQUESTS", "0")],
@@ -98,17 +101,18 @@ pub(super) fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
     // connections; what the allocator keeps of them afterwards is reported (issue 20).
     let mut row = Row::idle(server.id(), 256.0, false)?;
     let seen = Arc::new(Mutex::new(Streams::default()));
-    let prefix = format!("{}-descriptors", context.tag);
+    let prefix = format!("{}-descriptors-{model_ms}", context.tag);
     let program: Arc<Program> = {
         let seen = Arc::clone(&seen);
         Arc::new(move |client: Client| {
             let seen = Arc::clone(&seen);
             let prefix = prefix.clone();
-            Box::pin(async move { stream_client(client, &prefix, &seen).await })
+            Box::pin(async move { stream_client(client, model_ms, &prefix, &seen).await })
         })
     };
     let began = Instant::now();
     let watch = Watch::start(server.id(), port, began);
+    let descriptors_seen = PeakDescriptors::start(server.id());
     let plan = Plan {
         clients: STREAMING_CLIENTS,
         ramp: Duration::from_secs(3),
@@ -123,7 +127,8 @@ pub(super) fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
     row.after_rss_mib = Some(rss_30_s_after(server.id(), ended)?);
     let (descriptors, threads) = descriptors_and_threads(server.id())?;
     row.notes.push(format!(
-        "30 s after: {descriptors} descriptors open, {threads} threads"
+        "30 s after: {descriptors} descriptors open, {threads} threads; at most {} of {DESCRIPTOR_LIMIT} during the storm",
+        descriptors_seen.finish()
     ));
     row.watched(watch.finish());
     drop(server);
@@ -133,7 +138,7 @@ pub(super) fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
     row.failures = seen.failures.clone();
     row.acknowledged = seen.done.len();
     row.lost = context.not_stored(
-        &format!("sleep 2000 {}-descriptors", context.tag),
+        &format!("sleep {model_ms} {}-descriptors-{model_ms}", context.tag),
         &seen.done,
     )?;
     let mut shed = seen.shed_ms.clone();
@@ -183,11 +188,11 @@ pub(super) fn descriptors(context: &Storm<'_>) -> anyhow::Result<Row> {
 }
 
 /// One streaming client: a stream after the other; a refusal is waited out as it says.
-async fn stream_client(client: Client, prefix: &str, seen: &Mutex<Streams>) {
+async fn stream_client(client: Client, model_ms: u64, prefix: &str, seen: &Mutex<Streams>) {
     let mut turn = 0_u64;
     while !client.stopped() {
         turn += 1;
-        let message = format!("sleep 2000 {prefix} {}-{turn}", client.index);
+        let message = format!("sleep {model_ms} {prefix} {}-{turn}", client.index);
         let request = Request::post_json("/agent/stream", format!(r#"{{"message":"{message}"}}"#));
         let started = Instant::now();
         let answer = client.send(&request, Duration::from_secs(30)).await;
@@ -354,4 +359,34 @@ fn fault(model_port: u16, mode: &str) -> anyhow::Result<()> {
         bail!("PUT {path} on the fake model answered {status}");
     }
     Ok(())
+}
+
+/// The most descriptors a process held, sampled every 10 ms until finished: how close a storm
+/// came to the limit.
+struct PeakDescriptors {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<usize>,
+}
+
+impl PeakDescriptors {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopping.load(Ordering::Relaxed) {
+                if let Ok((descriptors, _)) = descriptors_and_threads(pid) {
+                    peak = peak.max(descriptors);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            peak
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> usize {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
 }
