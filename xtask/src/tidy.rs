@@ -38,19 +38,21 @@ fn every_rust_file_starts_with_a_module_doc_comment() {
     );
 }
 
-#[test]
-fn no_test_is_ignored() {
+/// The Rust files of the repository that contain `marker`.
+fn files_containing(marker: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
     rust_files(&crate::project_root(), &mut files);
-    let marker = ["#[", "ignore"].concat();
-    let ignored: Vec<_> = files
-        .iter()
-        .filter(|path| {
-            std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .contains(&marker)
-        })
-        .collect();
+    files.retain(|path| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(marker)
+    });
+    files
+}
+
+#[test]
+fn no_test_is_ignored() {
+    let ignored = files_containing(&["#[", "ignore"].concat());
     assert!(
         ignored.is_empty(),
         "ignored tests never run in CI: {ignored:?}"
@@ -128,16 +130,7 @@ fn no_source_file_is_over_700_lines() {
 /// silenced.
 #[test]
 fn the_argument_count_lint_is_never_allowed() {
-    let mut files = Vec::new();
-    rust_files(&crate::project_root(), &mut files);
     let marker = ["too_many", "_arguments"].concat();
-    let silenced: Vec<_> = files
-        .iter()
-        .filter(|path| {
-            std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .contains(&marker)
-        })
-        .collect();
+    let silenced = files_containing(&marker);
     assert!(silenced.is_empty(), "{marker} allowed in {silenced:?}");
 }

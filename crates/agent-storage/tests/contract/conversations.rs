@@ -717,9 +717,9 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
 
 /// A response object is written by its turn's own store, at the session's place after the turn;
 /// a turn that stores nothing keeps no response; deleting the session deletes its responses.
-async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _): Stores) {
-    let id = session("responses");
-    let parameters = agent_storage::ResponseParameters {
+/// A response's parameters with every field set.
+pub(crate) fn response_parameters() -> agent_storage::ResponseParameters {
+    agent_storage::ResponseParameters {
         model: "agent".into(),
         instructions: Some("Be brief.".into()),
         previous_response_id: None,
@@ -729,7 +729,12 @@ async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _
         user: Some("end-user-7".into()),
         metadata: [("topic".to_owned(), "tests".to_owned())].into(),
         text_format: Some(serde_json::json!({ "type": "json_object" })),
-    };
+    }
+}
+
+async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _): Stores) {
+    let id = session("responses");
+    let parameters = response_parameters();
     let created_at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let record = |response_id| agent_storage::TurnRecord {
         idempotency: None,

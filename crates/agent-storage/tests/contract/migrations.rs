@@ -3,7 +3,7 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use agent_core::{SessionId, TokenUsage};
-use agent_storage::{ConversationStore, PostgresStore, ResponseParameters, StoredResponse};
+use agent_storage::{ConversationStore, PostgresStore, StoredResponse};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
 /// The migrations before `version`, applied as diesel would have, on a fresh database.
@@ -72,17 +72,8 @@ async fn responses_kept_as_json_become_records() {
         .unwrap();
     let store = PostgresStore::connect(&test_support::postgres_options(&url)).unwrap();
     store.migrate().await.unwrap();
-    let parameters = ResponseParameters {
-        model: "agent".into(),
-        instructions: Some("Be brief.".into()),
-        previous_response_id: None,
-        temperature: Some(0.5),
-        top_p: None,
-        max_output_tokens: Some(100),
-        user: Some("end-user-7".into()),
-        metadata: [("topic".to_owned(), "tests".to_owned())].into(),
-        text_format: Some(serde_json::json!({ "type": "json_object" })),
-    };
+    // The rows above hold these parameters, in the JSON the API answered.
+    let parameters = crate::conversations::response_parameters();
     let expected = StoredResponse {
         id: formatted.clone(),
         session: SessionId::parse_stored("old").unwrap(),
