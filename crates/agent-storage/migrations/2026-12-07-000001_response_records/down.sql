@@ -1,7 +1,7 @@
--- Back to one JSON body per response, in the shape the API answered (the fields this table
--- keeps; the constant ones as the API writes them).
-ALTER TABLE responses DROP CONSTRAINT IF EXISTS responses_tokens_check;
-ALTER TABLE responses ADD COLUMN body TEXT;
+-- Back to one JSON body per response: rows written as records get a body in the shape the API
+-- answered (the fields this table keeps; the constant ones as the API writes them).
+DROP TRIGGER responses_record_from_body ON responses;
+DROP FUNCTION responses_record_from_body();
 UPDATE responses SET body = jsonb_build_object(
     'id', id,
     'object', 'response',
@@ -33,7 +33,8 @@ UPDATE responses SET body = jsonb_build_object(
         'output_tokens_details', jsonb_build_object('reasoning_tokens', 0),
         'total_tokens', prompt_tokens + completion_tokens),
     'user', user_name,
-    'metadata', metadata)::text;
+    'metadata', metadata)::text
+WHERE body IS NULL;
 ALTER TABLE responses
     ALTER COLUMN body SET NOT NULL,
     DROP COLUMN model,

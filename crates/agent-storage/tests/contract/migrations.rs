@@ -40,8 +40,8 @@ async fn database_before(version: &str) -> String {
     url
 }
 
-/// Responses kept as the API's JSON become records with the same facts; one without a format
-/// reads as none.
+/// Responses kept as the API's JSON become records with the same facts (one without a format
+/// reads as none), and so does one a previous release writes after the migration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn responses_kept_as_json_become_records() {
     let url = database_before("20261207000001").await;
@@ -89,4 +89,25 @@ async fn responses_kept_as_json_become_records() {
     assert_eq!(store.response(&formatted).await.unwrap(), Some(expected));
     let plain = store.response(&plain).await.unwrap().unwrap();
     assert_eq!(plain.parameters.text_format, None);
+
+    // A replica of the previous release, still running during a rolling upgrade, writes a
+    // response as it did: it is kept, and read as a record.
+    let during = format!("resp_{:032x}", 3);
+    connection
+        .batch_execute(&format!(
+            "UPDATE sessions SET next_sequence = 6, turn_count = 3 WHERE id = 'old'; \
+             INSERT INTO responses (id, session_id, sequence, body) VALUES ('{during}', 'old', 6, '{}')",
+            body(&during, r#"{"type":"json_object"}"#),
+        ))
+        .await
+        .unwrap();
+    let written = store.response(&during).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            written.output_text.as_str(),
+            written.usage.total(),
+            written.parameters
+        ),
+        ("It is 42.", 16, parameters)
+    );
 }
