@@ -87,6 +87,12 @@ impl Key {
         names
     }
 
+    /// The description on one line, as a Markdown table cell.
+    fn table_cell(&self) -> String {
+        let doc = self.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+        doc.replace('|', "\\|")
+    }
+
     /// The name to show a user for this key: the tutorial's name if there is one.
     pub fn display_name(&self) -> String {
         self.aliases
@@ -540,11 +546,10 @@ pub fn entries_table(fields: &[Key]) -> String {
         let default = key
             .default
             .map_or_else(|| "—".to_owned(), |default| format!("`{default}`"));
-        let doc = key.doc.split_whitespace().collect::<Vec<_>>().join(" ");
         table.push_str(&format!(
             "| `{field}` | {} | {default} | {} |\n",
             key.kind.describe(),
-            doc.replace('|', "\\|")
+            key.table_cell()
         ));
     }
     table
@@ -566,14 +571,13 @@ pub fn reference_table() -> String {
             Some("") | None => "(unset)".to_owned(),
             Some(default) => format!("`{default}`"),
         };
-        let doc = key.doc.split_whitespace().collect::<Vec<_>>().join(" ");
         table.push_str(&format!(
             "| {} | `{}` | {} | {} | {} |\n",
             names.join(" "),
             key.path,
             key.kind.describe(),
             default,
-            doc.replace('|', "\\|")
+            key.table_cell()
         ));
     }
     table
