@@ -9,7 +9,7 @@ use agent_config::{HealthSettings, StorageSettings};
 use agent_health::{Criticality, HealthCheck};
 use agent_storage::{
     BackgroundWork, ConversationStore, IdempotencyStore, MemoryStorage, PostgresOptions,
-    PostgresStore, RateLimiter, RedisCoordination, RedisOptions, SessionLocks,
+    PostgresStore, RateLimiter, RedisCoordination, RedisOptions, RunStore, SessionLocks,
 };
 
 use crate::error::StartupError;
@@ -18,6 +18,8 @@ use crate::error::StartupError;
 #[derive(Debug, Clone)]
 pub struct Backends {
     pub conversations: Arc<dyn ConversationStore>,
+    /// Runs live with the conversations (a completed run is written by its turn's store).
+    pub runs: Arc<dyn RunStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
     pub locks: Arc<dyn SessionLocks>,
     pub rate_limiter: Arc<dyn RateLimiter>,
@@ -86,14 +88,21 @@ impl BackendsRecipe {
         postgres: Option<PostgresStore>,
         redis: Option<RedisCoordination>,
     ) -> Backends {
-        let (conversations, idempotency): (Arc<dyn ConversationStore>, Arc<dyn IdempotencyStore>) =
-            match postgres {
-                Some(store) => {
-                    let store = Arc::new(store);
-                    (store.clone(), store)
-                }
-                None => (self.memory.clone(), self.memory.clone()),
-            };
+        let (conversations, runs, idempotency): (
+            Arc<dyn ConversationStore>,
+            Arc<dyn RunStore>,
+            Arc<dyn IdempotencyStore>,
+        ) = match postgres {
+            Some(store) => {
+                let store = Arc::new(store);
+                (store.clone(), store.clone(), store)
+            }
+            None => (
+                self.memory.clone(),
+                self.memory.clone(),
+                self.memory.clone(),
+            ),
+        };
         let (locks, rate_limiter): (Arc<dyn SessionLocks>, Arc<dyn RateLimiter>) = match redis {
             Some(redis) => {
                 let redis = Arc::new(redis);
@@ -103,6 +112,7 @@ impl BackendsRecipe {
         };
         Backends {
             conversations,
+            runs,
             idempotency,
             locks,
             rate_limiter,

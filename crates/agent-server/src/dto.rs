@@ -16,6 +16,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::turn::Finished;
 
 pub(crate) mod format;
+pub(crate) mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -85,6 +86,9 @@ pub(crate) struct AgentResponse {
     pub(crate) session_id: String,
     /// Tokens this turn used, over all its model calls.
     pub(crate) tokens_used: u64,
+    /// The run this turn was (`GET /runs/{id}`).
+    #[serde(default)]
+    pub(crate) run_id: String,
 }
 
 impl From<&Finished> for AgentResponse {
@@ -93,8 +97,17 @@ impl From<&Finished> for AgentResponse {
             response: finished.text.clone(),
             session_id: finished.session.clone().unwrap_or_default(),
             tokens_used: finished.usage.total(),
+            run_id: finished.run_id.clone(),
         }
     }
+}
+
+/// The first event of `/agent/stream`: the run the stream is of, so that a client can follow it
+/// (`GET /runs/{id}`) or cancel it.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunEvent {
+    pub(crate) run_id: String,
+    pub(crate) session_id: Option<String>,
 }
 
 /// A session's id, times and totals (an entry of `GET /sessions`).
@@ -172,7 +185,7 @@ struct ToolCallView {
     arguments: String,
 }
 
-fn timestamp(time: SystemTime) -> String {
+pub(crate) fn timestamp(time: SystemTime) -> String {
     humantime::format_rfc3339_millis(time).to_string()
 }
 

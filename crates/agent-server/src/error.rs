@@ -10,7 +10,7 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::ErrorHandlerResponse;
 use actix_web::{HttpResponse, ResponseError};
 use agent_core::{AgentError, ModelError, SessionId};
-use agent_storage::StorageError;
+use agent_storage::{RunStatus, StorageError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -63,6 +63,14 @@ pub enum ErrorCode {
     SessionBusy,
     /// The session changed while this turn ran; nothing was stored.
     SessionConflict,
+    /// No run of this caller has this id.
+    RunNotFound,
+    /// The run has already finished (a cancel of a finished run).
+    RunFinished,
+    /// The run was cancelled before its turn was stored; nothing was stored.
+    RunCancelled,
+    /// The run was failed as lost (its lease expired before it finished); nothing was stored.
+    RunLost,
     /// Streaming is turned off on this server.
     StreamingDisabled,
     /// The turn reached its limit of model calls; nothing was stored.
@@ -358,6 +366,26 @@ impl From<StorageError> for ApiError {
                     "session {} is busy with another request; retry when it finishes",
                     SessionId::local_part(&session)
                 ),
+            },
+            StorageError::SessionBusy { session, run } => Self::Conflict {
+                code: ErrorCode::SessionBusy,
+                message: format!(
+                    "session {} has an active run {run}; retry when it finishes",
+                    SessionId::local_part(&session)
+                ),
+            },
+            StorageError::RunEnded { run, status } => match status {
+                RunStatus::Cancelled => Self::Conflict {
+                    code: ErrorCode::RunCancelled,
+                    message: format!("run {run} was cancelled; nothing was stored"),
+                },
+                _ => Self::Conflict {
+                    code: ErrorCode::RunLost,
+                    message: format!(
+                        "run {run} was failed as lost (its lease expired before it finished); \
+                         nothing was stored"
+                    ),
+                },
             },
             StorageError::Conflict { session, .. } => Self::Conflict {
                 code: ErrorCode::SessionConflict,

@@ -16,6 +16,7 @@ mod middleware;
 mod quota;
 mod retention;
 mod routes;
+mod runs;
 mod shutdown;
 mod startup;
 pub mod telemetry;

@@ -28,8 +28,9 @@ use crate::middleware::request_context;
 use crate::retention;
 use crate::routes;
 use crate::routes::pipeline::TurnRoutes;
+use crate::runs::RunRegistry;
 use crate::shutdown::ShutdownTrigger;
-use crate::turn::Turns;
+use crate::turn::{Turns, TurnsShared};
 
 type RouteFn = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
@@ -47,6 +48,8 @@ struct Shared {
     mcp: Option<Arc<McpTools>>,
     drain: watch::Receiver<bool>,
     failures: Arc<FailureLog>,
+    /// The runs this process executes.
+    registry: Arc<RunRegistry>,
 }
 
 /// What one worker serves requests with.
@@ -66,10 +69,13 @@ impl WorkerState {
             agent,
             backends.clone(),
             settings,
-            Arc::clone(&shared.store_failing),
-            shared.history_cache.clone(),
-            shared.metrics.turns.clone(),
-            Arc::clone(&shared.admission),
+            TurnsShared {
+                store_failing: Arc::clone(&shared.store_failing),
+                history_cache: shared.history_cache.clone(),
+                metrics: shared.metrics.turns.clone(),
+                admission: Arc::clone(&shared.admission),
+                registry: Arc::clone(&shared.registry),
+            },
         ));
         let turn_routes = TurnRoutes {
             turns: turns.clone().into_inner(),
@@ -186,6 +192,7 @@ impl ApplicationBuilder {
             mcp: mcp.clone(),
             drain: drain_receiver.clone(),
             failures: failures.clone().into_inner(),
+            registry: Arc::new(RunRegistry::new()),
         };
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
@@ -574,6 +581,7 @@ mod tests {
             mcp: None,
             drain: watch::channel(false).1,
             failures: Arc::new(FailureLog::new(Duration::from_secs(1))),
+            registry: Arc::new(RunRegistry::new()),
         };
         let shared = WorkerState::build(&process, backends).unwrap();
         let own = WorkerState::build(&process, shared.backends.get_ref().clone()).unwrap();

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 use agent_config::{Settings, TokenQuotas};
 use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
 use agent_storage::{
-    IdempotencyCompletion, LockGuard, ResponseParameters, ResponseRecord, SessionInfo,
-    StorageError, TurnRecord, acquire_lock,
+    IdempotencyCompletion, LockGuard, NewRun, ResponseParameters, ResponseRecord, RunCompletion,
+    RunEnd, SessionInfo, StorageError, TurnRecord, acquire_lock,
 };
 use tracing::Instrument;
 
@@ -25,6 +25,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::history_cache::{History, HistoryCache, Window};
 use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
 use crate::quota::QuotaStatus;
+use crate::runs::{RunRegistry, RunTicket};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,6 +43,20 @@ pub(crate) struct Turns {
     metrics: TurnMetrics,
     admission: Arc<Admission>,
     quotas: Arc<TokenQuotas>,
+    registry: Arc<RunRegistry>,
+    /// How long a run's lease lasts: past the turn's deadline, so only a crashed executor lets it
+    /// expire.
+    run_lease: Duration,
+}
+
+/// What the workers' [`Turns`] share: one of each per process.
+#[derive(Debug, Clone)]
+pub(crate) struct TurnsShared {
+    pub(crate) store_failing: Arc<AtomicBool>,
+    pub(crate) history_cache: HistoryCache,
+    pub(crate) metrics: TurnMetrics,
+    pub(crate) admission: Arc<Admission>,
+    pub(crate) registry: Arc<RunRegistry>,
 }
 
 /// What a turn runs on, and its new user message.
@@ -118,6 +133,8 @@ pub(crate) struct HeldSession {
     slot: TurnSlot,
     /// The client's earlier messages, stored before the turn's (see [`TurnInput::earlier`]).
     earlier: Vec<Message>,
+    /// The turn's run.
+    pub(crate) run: RunTicket,
 }
 
 #[derive(Debug)]
@@ -137,6 +154,14 @@ enum Held {
 }
 
 impl HeldSession {
+    /// The session's id as its owner knows it; None for a given conversation.
+    pub(crate) fn session_local(&self) -> Option<&str> {
+        match &self.target {
+            Held::Session { session, .. } => Some(session.local()),
+            Held::Given { .. } => None,
+        }
+    }
+
     /// The caller the turn is counted for.
     pub(crate) fn caller(&self) -> &str {
         match &self.target {
@@ -159,6 +184,8 @@ pub(crate) struct Finished {
     pub(crate) session: Option<String>,
     /// Tokens over all the turn's model calls.
     pub(crate) usage: TokenUsage,
+    /// The run the turn was.
+    pub(crate) run_id: String,
 }
 
 /// How a route writes a stored turn's answer as the replay text of its idempotency claim.
@@ -177,24 +204,54 @@ impl Turns {
         agent: Agent,
         backends: Backends,
         settings: &Settings,
-        store_failing: Arc<AtomicBool>,
-        history_cache: HistoryCache,
-        metrics: TurnMetrics,
-        admission: Arc<Admission>,
+        shared: TurnsShared,
     ) -> Self {
+        // The lock and the run's lease outlive the turn's deadline, so only a crashed holder
+        // lets them expire.
+        let outliving = settings.turn.turn_deadline + Duration::from_secs(30);
         Self {
             agent,
             backends,
             history_window: settings.turn.history_window,
             lock_wait: settings.api.lock_wait,
-            // The lock outlives the turn's deadline, so only a crashed holder lets it expire.
-            lock_ttl: settings.turn.turn_deadline + Duration::from_secs(30),
-            store_failing,
-            history_cache,
-            metrics,
-            admission,
+            lock_ttl: outliving,
+            store_failing: shared.store_failing,
+            history_cache: shared.history_cache,
+            metrics: shared.metrics,
+            admission: shared.admission,
             quotas: Arc::new(settings.api.quotas.clone()),
+            registry: shared.registry,
+            run_lease: outliving,
         }
+    }
+
+    /// Records a run starting now, executed by this process.
+    async fn start_run(
+        &self,
+        owner: &str,
+        session: Option<&SessionId>,
+    ) -> Result<RunTicket, ApiError> {
+        let id = new_run_id();
+        let run = NewRun {
+            id: &id,
+            owner,
+            session,
+            background: false,
+            holder: self.registry.holder(),
+            lease: self.run_lease,
+        };
+        let started = self.backends.runs.start_run(run).await;
+        observe(&self.store_failing, started)?;
+        Ok(RunTicket::new(
+            id,
+            Arc::clone(&self.registry),
+            Arc::clone(&self.backends.runs),
+            Arc::clone(&self.backends.background),
+        ))
+    }
+
+    pub(crate) fn registry(&self) -> &Arc<RunRegistry> {
+        &self.registry
     }
 
     /// A slot among the turns in flight, or `503 overloaded`. Taken after the request is
@@ -231,6 +288,7 @@ impl Turns {
             } => (session, new_session, continues_from),
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
+                let run = self.start_run(&caller, None).await?;
                 let request = TurnRequest {
                     history: instructions
                         .into_iter()
@@ -249,6 +307,7 @@ impl Turns {
                         started,
                         slot,
                         earlier: Vec::new(),
+                        run,
                     },
                 });
             }
@@ -259,57 +318,69 @@ impl Turns {
             crate::telemetry::set_attribute(&span, "gen_ai.conversation.id", id.into());
         }
         self.check_quota(session.owner()).await?;
-        let (guard, info, history) = if new_session && !self.store_failing.load(Ordering::Relaxed) {
-            let info = SessionInfo::empty(session.clone(), SystemTime::now());
-            let history = History {
-                messages: Vec::new(),
-                window: None,
-            };
-            (None, info, history)
-        } else {
-            let guard = acquire_lock(
-                &self.backends.locks,
-                &session,
-                self.lock_ttl,
-                self.lock_wait,
-            )
-            .instrument(tracing::debug_span!("session.lock"))
-            .await?;
-            // While the store is failing, the read goes to it, so the turn fails before the
-            // model call rather than after (see the module doc).
-            let cached = (!self.store_failing.load(Ordering::Relaxed))
-                .then(|| self.history_cache.lookup(&session, guard.fencing_token()))
-                .flatten();
-            let (info, history) = match cached {
-                Some(cached) => {
-                    self.metrics.history(true);
-                    cached
-                }
-                None => {
-                    self.metrics.history(false);
-                    let opened = self
-                        .backends
-                        .conversations
-                        .open_session(&session, self.history_window)
-                        .instrument(tracing::debug_span!("session.history"))
-                        .await;
-                    let (info, stored) = observe(&self.store_failing, opened)?;
-                    let stored = stored.into_iter().map(|stored| stored.message).collect();
-                    (info, self.history_cache.read_back(stored))
-                }
-            };
-            if let Some(expected) = continues_from
-                && info.next_sequence != expected
-            {
-                return Err(ApiError::Conflict {
-                    code: ErrorCode::ResponseNotLatest,
-                    message: "the conversation went on after this previous_response_id: \
+        let (guard, info, history, run) =
+            if new_session && !self.store_failing.load(Ordering::Relaxed) {
+                let run = self.start_run(session.owner(), Some(&session)).await?;
+                let info = SessionInfo::empty(session.clone(), SystemTime::now());
+                let history = History {
+                    messages: Vec::new(),
+                    window: None,
+                };
+                (None, info, history, run)
+            } else {
+                let guard = acquire_lock(
+                    &self.backends.locks,
+                    &session,
+                    self.lock_ttl,
+                    self.lock_wait,
+                )
+                .instrument(tracing::debug_span!("session.lock"))
+                .await?;
+                let mut run = self.start_run(session.owner(), Some(&session)).await?;
+                // While the store is failing, the read goes to it, so the turn fails before the
+                // model call rather than after (see the module doc).
+                let cached = (!self.store_failing.load(Ordering::Relaxed))
+                    .then(|| self.history_cache.lookup(&session, guard.fencing_token()))
+                    .flatten();
+                let (info, history) = match cached {
+                    Some(cached) => {
+                        self.metrics.history(true);
+                        cached
+                    }
+                    None => {
+                        self.metrics.history(false);
+                        let opened = self
+                            .backends
+                            .conversations
+                            .open_session(&session, self.history_window)
+                            .instrument(tracing::debug_span!("session.history"))
+                            .await;
+                        let (info, stored) = match observe(&self.store_failing, opened) {
+                            Ok(opened) => opened,
+                            Err(error) => {
+                                let error = ApiError::from(error);
+                                run.fail(&error).await;
+                                return Err(error);
+                            }
+                        };
+                        let stored = stored.into_iter().map(|stored| stored.message).collect();
+                        (info, self.history_cache.read_back(stored))
+                    }
+                };
+                if let Some(expected) = continues_from
+                    && info.next_sequence != expected
+                {
+                    let error = ApiError::Conflict {
+                        code: ErrorCode::ResponseNotLatest,
+                        message: "the conversation went on after this previous_response_id: \
                               continue from its latest response"
-                        .into(),
-                });
-            }
-            (Some(guard), info, history)
-        };
+                            .into(),
+                    };
+                    run.fail(&error).await;
+                    return Err(error);
+                }
+                (Some(guard), info, history, run)
+            };
         let request = TurnRequest {
             history: instructions
                 .into_iter()
@@ -332,6 +403,7 @@ impl Turns {
                 started,
                 slot,
                 earlier,
+                run,
             },
         })
     }
@@ -371,6 +443,7 @@ impl Turns {
             started,
             slot,
             earlier,
+            mut run,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
@@ -393,6 +466,7 @@ impl Turns {
                 Held::Given { .. } => None,
             },
             usage: turn.usage,
+            run_id: run.id().to_owned(),
         };
         // Made here: the spawned task is outside the request's span (and carries a sampled
         // request's subscriber along).
@@ -401,11 +475,19 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
+            let completion = RunCompletion {
+                id: &finished.run_id,
+                output_text: &finished.text,
+            };
             let (session, info, guard, window) = match target {
                 Held::Given { caller } => {
-                    let counted = conversations.count_usage(&caller, turn.usage).await;
+                    let counted = conversations
+                        .count_usage(&caller, turn.usage, Some(completion))
+                        .await;
+                    let counted = observe(&store_failing, counted).map(|()| false);
+                    settle(&mut run, counted.as_ref().err()).await;
                     drop(slot);
-                    return Ok((finished, observe(&store_failing, counted).map(|()| false)?));
+                    return Ok((finished.clone(), counted?));
                 }
                 Held::Session {
                     session,
@@ -441,6 +523,7 @@ impl Turns {
                         parameters: &kept.parameters,
                         output_text: &finished.text,
                     }),
+                    run: Some(completion),
                 };
             let stored = conversations
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
@@ -456,13 +539,14 @@ impl Turns {
                 (Err(_), _, _) => history_cache.forget(&session),
             }
             let stored = observe(&store_failing, stored.map(|(_, completed)| completed));
+            settle(&mut run, stored.as_ref().err()).await;
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
             {
                 tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
             }
             drop(slot);
-            Ok::<_, ApiError>((finished, stored?))
+            Ok::<_, ApiError>((finished.clone(), stored?))
         }
         .instrument(store_span);
         let stored = tokio::spawn(crate::telemetry::carry(store));
@@ -479,9 +563,16 @@ impl Turns {
         stored
     }
 
-    /// Counts a turn the agent could not finish.
-    pub(crate) fn record_failure(&self, held: &HeldSession, error: &agent_core::AgentError) {
-        self.metrics.failed(held.caller(), outcome(error));
+    /// Counts a turn the agent could not finish, and fails its run; answers the API's error.
+    pub(crate) async fn fail(
+        &self,
+        mut held: HeldSession,
+        error: agent_core::AgentError,
+    ) -> ApiError {
+        self.metrics.failed(held.caller(), outcome(&error));
+        let error = ApiError::from(error);
+        held.run.fail(&error).await;
+        error
     }
 
     /// The whole non-streaming turn; answers it and whether the claim of `extras` was completed
@@ -492,13 +583,20 @@ impl Turns {
         slot: TurnSlot,
         extras: Extras,
     ) -> Result<(Finished, bool), ApiError> {
-        let Prepared { request, held } = self.prepare(input, slot).await?;
-        let result = self
-            .agent
-            .run_turn(request)
-            .await
-            .inspect_err(|error| self.record_failure(&held, error))?;
-        self.store(held, result, extras).await
+        let Prepared { request, mut held } = self.prepare(input, slot).await?;
+        let cancelled = held.run.cancellation();
+        let result = tokio::select! {
+            result = self.agent.run_turn(request) => result,
+            () = cancelled.cancelled() => {
+                // The canceller ended the run; dropping the turn stops its model and tool calls.
+                held.run.close();
+                return Err(run_cancelled(held.run.id()));
+            }
+        };
+        match result {
+            Ok(result) => self.store(held, result, extras).await,
+            Err(error) => Err(self.fail(held, error).await),
+        }
     }
 }
 
@@ -535,6 +633,39 @@ impl std::fmt::Debug for ClaimToComplete {
             .field("key", &self.key)
             .field("retention", &self.retention)
             .finish_non_exhaustive()
+    }
+}
+
+/// A new run's id: `run_` and 32 hex digits.
+fn new_run_id() -> String {
+    format!("run_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// The error of a request whose run was cancelled while it ran.
+pub(crate) fn run_cancelled(run: &str) -> ApiError {
+    ApiError::Conflict {
+        code: ErrorCode::RunCancelled,
+        message: format!("run {run} was cancelled; nothing was stored"),
+    }
+}
+
+/// Ends the run of a turn whose store answered: completed with it (or ended meanwhile by a
+/// cancel or as lost), else failed with the store's error.
+async fn settle(run: &mut RunTicket, failure: Option<&StorageError>) {
+    match failure {
+        None | Some(StorageError::RunEnded { .. }) => run.close(),
+        Some(error) => {
+            let message = error.to_string();
+            let end = RunEnd::Failed {
+                code: if error.is_unavailable() {
+                    "storage_unavailable"
+                } else {
+                    "store_failed"
+                },
+                message: &message,
+            };
+            run.end(end).await;
+        }
     }
 }
 

@@ -18,6 +18,15 @@ pub enum StorageError {
     /// The session lock is held by someone else and the wait ran out.
     #[error("session {0} is busy with another request")]
     Locked(String),
+    /// The session has an active run (queued or in progress): this one.
+    #[error("session {session} has an active run {run}")]
+    SessionBusy { session: String, run: String },
+    /// The run is no longer in progress (cancelled, or failed as lost): its turn was not stored.
+    #[error("run {run} is {status}, no longer in progress")]
+    RunEnded {
+        run: String,
+        status: crate::model::RunStatus,
+    },
     /// The backend cannot be reached, timed out, or dropped the connection; retrying later may
     /// work. The API answers 503.
     #[error("{backend} is unavailable")]

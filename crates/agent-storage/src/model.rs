@@ -121,6 +121,9 @@ pub struct TurnRecord<'a> {
     pub idempotency: Option<IdempotencyCompletion<'a>>,
     /// A response (the OpenAI-compatible Responses API) to keep under its id.
     pub response: Option<ResponseRecord<'a>>,
+    /// The run the turn completes: the turn is stored only while the run is in progress, and
+    /// the run is completed only with its turn.
+    pub run: Option<RunCompletion<'a>>,
 }
 
 /// A response (the OpenAI-compatible Responses API) to keep with its turn: the facts the server
@@ -163,4 +166,149 @@ pub struct StoredResponse {
     pub parameters: ResponseParameters,
     pub output_text: String,
     pub usage: TokenUsage,
+}
+
+/// Where a run is in its life: `Queued` and `InProgress` are active (a session has at most one
+/// active run), the others are terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    /// Its name in the API and in storage.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            Self::Queued,
+            Self::InProgress,
+            Self::Completed,
+            Self::Failed,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
+    }
+
+    /// Queued or in progress: the run holds its session.
+    pub fn is_active(self) -> bool {
+        matches!(self, Self::Queued | Self::InProgress)
+    }
+}
+
+impl std::fmt::Display for RunStatus {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// A run to record as it starts.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRun<'a> {
+    /// The API's id of it (opaque here).
+    pub id: &'a str,
+    /// The caller it belongs to.
+    pub owner: &'a str,
+    /// The session it continues; none for a conversation the client sent whole.
+    pub session: Option<&'a SessionId>,
+    /// Whether it outlives its request.
+    pub background: bool,
+    /// Who executes it (its replica), for how long unless renewed.
+    pub holder: &'a str,
+    pub lease: Duration,
+}
+
+/// A run as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub id: String,
+    pub owner: String,
+    pub session: Option<SessionId>,
+    pub status: RunStatus,
+    pub background: bool,
+    pub created_at: SystemTime,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: Option<SystemTime>,
+    /// Why a failed or cancelled run ended.
+    pub error: Option<RunError>,
+    /// A completed run's final answer.
+    pub output_text: Option<String>,
+    /// A completed run's tokens.
+    pub usage: TokenUsage,
+    /// Until when its executor holds it (an active run).
+    pub lease_expires_at: Option<SystemTime>,
+}
+
+/// Why a run failed or was cancelled: a stable code and a readable message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunError {
+    pub code: String,
+    pub message: String,
+}
+
+/// The error code of a run whose executor's lease expired (its replica is gone): tools may have
+/// run, so it is not retried.
+pub const RUN_LOST: &str = "run_lost";
+
+/// How a run ends without a stored turn (a completed run ends with its turn's store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd<'a> {
+    Failed { code: &'a str, message: &'a str },
+    Cancelled { code: &'a str, message: &'a str },
+}
+
+impl RunEnd<'_> {
+    pub fn status(&self) -> RunStatus {
+        match self {
+            Self::Failed { .. } => RunStatus::Failed,
+            Self::Cancelled { .. } => RunStatus::Cancelled,
+        }
+    }
+
+    pub fn error(&self) -> RunError {
+        let (Self::Failed { code, message } | Self::Cancelled { code, message }) = self;
+        RunError {
+            code: (*code).to_owned(),
+            message: (*message).to_owned(),
+        }
+    }
+}
+
+/// What ending a run did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ended {
+    /// It was active and is now ended: the record as it is now.
+    Now(RunRecord),
+    /// It had already ended (or completed): the record as it is.
+    Already(RunRecord),
+    /// No such run.
+    Missing,
+}
+
+/// A run completed by a turn's store, in the same atomic step: its id and final answer (its
+/// tokens are the turn's).
+#[derive(Debug, Clone, Copy)]
+pub struct RunCompletion<'a> {
+    pub id: &'a str,
+    pub output_text: &'a str,
+}
+
+/// Where a listing of a session's runs continues: after this run, newest created first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunCursor {
+    pub created_at: SystemTime,
+    pub id: String,
 }

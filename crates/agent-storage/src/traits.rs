@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, Ended, IdempotencyBegin, LockLease, NewRun, RateDecision, RunCompletion, RunCursor,
+    RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 
@@ -61,7 +61,9 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     /// [`append_turn`](Self::append_turn) that also writes `record` in the same atomic step: an
     /// idempotency claim completed with the turn's response (so a crash between the two cannot
-    /// let a retry run the turn again) and a response record kept under its id. Answers whether
+    /// let a retry run the turn again), a response record kept under its id, and the completion
+    /// of the turn's run: with a run that is no longer in progress nothing is written
+    /// ([`StorageError::RunEnded`]). Answers whether
     /// the claim was completed with the turn; a store that keeps idempotency records elsewhere
     /// answers false (the caller then completes the claim itself).
     async fn append_turn_recording(
@@ -75,7 +77,8 @@ pub trait ConversationStore: Send + Sync + Debug {
     /// The response record kept under `id`, if any (whoever's: the caller checks the owner).
     async fn response(&self, id: &str) -> Result<Option<StoredResponse>, StorageError>;
 
-    /// Deletes the session and all its messages; answers whether it existed.
+    /// Deletes the session, its messages and its runs; answers whether it existed. A session
+    /// with an active run is not deleted ([`StorageError::SessionBusy`]).
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError>;
 
     /// Stored turns and their tokens per caller per UTC day, from `from` to `to` inclusive, for
@@ -96,14 +99,23 @@ pub trait ConversationStore: Send + Sync + Debug {
     }
 
     /// Counts a turn that stored no messages (a stateless turn of the OpenAI-compatible API) in
-    /// `owner`'s usage of today (UTC), as a stored turn counts itself.
-    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError>;
+    /// `owner`'s usage of today (UTC), as a stored turn counts itself; with `run`, completes that
+    /// run in the same atomic step, and counts nothing if it is no longer in progress
+    /// ([`StorageError::RunEnded`]).
+    async fn count_usage(
+        &self,
+        owner: &str,
+        usage: TokenUsage,
+        run: Option<RunCompletion<'_>>,
+    ) -> Result<(), StorageError>;
 
     /// One batch of the retention sweep: deletes, with their messages, up to `limit` sessions
     /// whose last turn was stored (or that were created, if none was) before `idle_before`,
     /// oldest first. Each is locked in `locks` first, without waiting: one with a turn in
-    /// progress is skipped (counted `busy`). None when another replica is sweeping (Postgres:
-    /// an advisory lock held for the batch). Usage counts are kept.
+    /// progress is skipped (counted `busy`), and so is one with an active run. None when another
+    /// replica is sweeping (Postgres: an advisory lock held for the batch). Usage counts are
+    /// kept. Runs are deleted with their session, and finished runs of sessions that never came
+    /// to exist (a failed first turn) once they finished before `idle_before`.
     async fn sweep_idle(
         &self,
         idle_before: SystemTime,
@@ -119,6 +131,31 @@ pub trait ConversationStore: Send + Sync + Debug {
         after: Option<&SessionCursor>,
         limit: usize,
     ) -> Result<Vec<SessionInfo>, StorageError>;
+}
+
+/// Runs: the record of every turn from its start to its end, kept in the conversation store (a
+/// completed run's state is written by its turn's store, see [`TurnRecord::run`]).
+#[async_trait]
+pub trait RunStore: Send + Sync + Debug {
+    /// Records `run` as in progress, leased to its holder. When its session has an active run,
+    /// answers [`StorageError::SessionBusy`] naming it, unless that run's lease has expired (its
+    /// executor is gone): that run is first failed as [`crate::RUN_LOST`].
+    async fn start_run(&self, run: NewRun<'_>) -> Result<RunRecord, StorageError>;
+
+    /// Ends an active run without a stored turn (failed or cancelled).
+    async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError>;
+
+    /// The run `id`, whoever's (the caller checks the owner).
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StorageError>;
+
+    /// Up to `limit` runs of `session`, newest created first (ties by id, descending), after
+    /// `after` when given.
+    async fn session_runs(
+        &self,
+        session: &SessionId,
+        after: Option<&RunCursor>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError>;
 }
 
 /// Per-session mutual exclusion across replicas. Use [`crate::acquire_lock`] to wait for one.

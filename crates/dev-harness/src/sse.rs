@@ -6,11 +6,13 @@ use std::convert::Infallible;
 use eventsource_stream::Eventsource;
 use futures_util::{FutureExt, StreamExt, stream};
 
-/// One event: its name (`message` when the stream gave none) and its data.
+/// One event: its name (`message` when the stream gave none), its data, and its `id:` (empty when
+/// the stream gave none: the last one seen, as the spec's last event id).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SseEvent {
     pub event: String,
     pub data: String,
+    pub id: String,
 }
 
 impl SseEvent {
@@ -30,6 +32,7 @@ pub fn events(body: &str) -> Vec<SseEvent> {
         .map(|event| SseEvent {
             event: event.event,
             data: event.data,
+            id: event.id,
         })
         .collect::<Vec<_>>()
         .now_or_never()
@@ -53,11 +56,13 @@ mod tests {
             [
                 SseEvent {
                     event: "delta".into(),
-                    data: "{\"text\":\"a\"}".into()
+                    data: "{\"text\":\"a\"}".into(),
+                    id: String::new(),
                 },
                 SseEvent {
                     event: "message".into(),
-                    data: "[DONE]".into()
+                    data: "[DONE]".into(),
+                    id: String::new(),
                 },
             ]
         );

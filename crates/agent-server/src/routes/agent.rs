@@ -11,12 +11,13 @@ use agent_core::ToolCall;
 use serde::Deserialize;
 
 use crate::dto::{
-    AgentRequest, AgentResponse, DeltaEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
+    AgentRequest, AgentResponse, DeltaEvent, RunEvent, ShutdownEvent, ToolCallEvent,
+    ToolResultEvent,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
-use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
+use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse_numbered};
 use crate::turn::Finished;
 
 /// Run one turn of the agent.
@@ -30,7 +31,7 @@ use crate::turn::Finished;
         (status = 200, description = "The turn ran and was stored", body = AgentResponse),
         (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
         (status = 404, description = "The session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
-        (status = 409, description = "The session is busy with another request (`session_busy`, `session_conflict`, `idempotency_key_in_progress`)", body = ErrorBody),
+        (status = 409, description = "The session has an active run (`session_busy`, naming it), it changed (`session_conflict`), the key's first request is running (`idempotency_key_in_progress`), or the run was cancelled (`run_cancelled`) or lost (`run_lost`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`), reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
@@ -55,12 +56,13 @@ pub(crate) async fn post_agent(
     tag = "agent",
     request_body = AgentRequest,
     responses(
-        (status = 200, description = "`text/event-stream` of events, each `event: <name>` and `data: <JSON>`: `delta` \
+        (status = 200, description = "`text/event-stream` of events, each `id: <n>` (0, 1, 2, …), `event: <name>` and `data: <JSON>`: `run` \
+            (RunEvent: always first), `delta` \
             (DeltaEvent), `tool_call` (ToolCallEvent), `tool_result` (ToolResultEvent), then `done` (AgentResponse: \
             stored) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
             first; `x-sse-events` maps each name to its schema", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
-        (status = 409, description = "The session is busy with another request (`session_busy`)", body = ErrorBody),
+        (status = 409, description = "The session has an active run (`session_busy`, naming it)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`)", body = ErrorBody),
@@ -138,7 +140,7 @@ impl TurnWire for StreamedAgentRequest {
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
         let valid = self.0.validate(incoming).await?;
         Ok(Valid {
-            stream: Some(AgentEvents),
+            stream: Some(AgentEvents::default()),
             input: valid.input,
             answer: valid.answer,
             keep: valid.keep,
@@ -147,14 +149,30 @@ impl TurnWire for StreamedAgentRequest {
     }
 }
 
-/// `/agent/stream`'s events: named, each with its payload type.
-pub(crate) struct AgentEvents;
+/// `/agent/stream`'s events: named, each with its payload type and its number (`id:`, from 0:
+/// the first is `run`).
+#[derive(Debug, Default)]
+pub(crate) struct AgentEvents {
+    next: u64,
+}
+
+impl AgentEvents {
+    fn event(&mut self, name: &str, data: &impl serde::Serialize) -> Bytes {
+        let id = self.next;
+        self.next += 1;
+        sse_numbered(Some(id), Some(name), data)
+    }
+}
 
 impl EventFormat for AgentEvents {
     const SHOWS_TOOLS: bool = true;
 
+    fn start(&mut self, run: &RunEvent) -> Option<Bytes> {
+        Some(self.event("run", run))
+    }
+
     fn delta(&mut self, text: String) -> Option<Bytes> {
-        Some(sse(Some("delta"), &DeltaEvent { text }))
+        Some(self.event("delta", &DeltaEvent { text }))
     }
 
     fn tool_call(&mut self, call: ToolCall) -> Option<Bytes> {
@@ -163,19 +181,19 @@ impl EventFormat for AgentEvents {
             name: call.name,
             arguments: call.arguments,
         };
-        Some(sse(Some("tool_call"), &event))
+        Some(self.event("tool_call", &event))
     }
 
     fn tool_result(&mut self, result: ToolResultEvent) -> Option<Bytes> {
-        Some(sse(Some("tool_result"), &result))
+        Some(self.event("tool_result", &result))
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        vec![sse(Some("done"), &AgentResponse::from(finished))]
+        vec![self.event("done", &AgentResponse::from(finished))]
     }
 
     fn error(&mut self, error: &ApiError) -> Bytes {
-        sse(Some("error"), &error.body())
+        self.event("error", &error.body())
     }
 
     fn shutdown(&mut self) -> Bytes {
@@ -183,6 +201,6 @@ impl EventFormat for AgentEvents {
             message: SHUTDOWN_MESSAGE.to_owned(),
             stored: false,
         };
-        sse(Some("shutdown"), &event)
+        self.event("shutdown", &event)
     }
 }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use utoipa::{OpenApi, ToSchema};
 
 use crate::dto::{
-    AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, SessionList, SessionSummary,
-    SessionView, ShutdownEvent, ToolCallEvent, ToolResultEvent,
+    AgentRequest, AgentResponse, DeltaEvent, MESSAGE_PATTERN, RunEvent, SessionList,
+    SessionSummary, SessionView, ShutdownEvent, ToolCallEvent, ToolResultEvent,
 };
 use crate::error::{ErrorBody, ErrorCode};
 use crate::idempotency::KEY_PATTERN;
@@ -57,6 +57,9 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::sessions::list_sessions,
         super::sessions::get_session,
         super::sessions::delete_session,
+        super::runs::get_run,
+        super::runs::cancel_run,
+        super::runs::list_session_runs,
         super::usage::get_usage,
         super::tools::list_tools,
         super::openai::list_models,
@@ -76,6 +79,8 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         SessionView,
         SessionSummary,
         SessionList,
+        crate::dto::runs::RunView,
+        crate::dto::runs::RunList,
         super::usage::UsageReport,
         super::tools::ToolList,
         super::openai::OpenAiErrorBody,
@@ -83,6 +88,7 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         ErrorBody,
         ErrorCode,
         DeltaEvent,
+        RunEvent,
         ToolCallEvent,
         ToolResultEvent,
         ShutdownEvent,
@@ -182,6 +188,7 @@ fn fit(fitting: &mut Fitting, settings: &Settings) {
         "content",
     ];
     fitting.at(&stream)["text/event-stream"]["x-sse-events"] = json!({
+        "run": schema_ref::<RunEvent>(),
         "delta": schema_ref::<DeltaEvent>(),
         "tool_call": schema_ref::<ToolCallEvent>(),
         "tool_result": schema_ref::<ToolResultEvent>(),

@@ -6,6 +6,7 @@ pub(crate) mod openai;
 pub(crate) mod pages;
 pub(crate) mod pipeline;
 mod probes;
+mod runs;
 mod sessions;
 mod tools;
 mod turn_stream;
@@ -42,6 +43,9 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
         .service(get_only("/sessions", sessions::list_sessions))
         .service(get_only("/usage", usage::get_usage))
         .service(get_only("/tools", tools::list_tools))
+        .service(get_only("/runs/{id}", runs::get_run))
+        .service(post_only("/runs/{id}/cancel", runs::cancel_run))
+        .service(get_only("/sessions/{id}/runs", runs::list_session_runs))
         .service(get_only("/v1/models", openai::list_models))
         .service(get_only("/v1/models/{model}", openai::get_model))
         .service(

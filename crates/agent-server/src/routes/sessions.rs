@@ -34,7 +34,11 @@ pub(crate) struct ListQuery {
 }
 
 /// A `limit` query parameter: `default` when absent, else 1 to `max` (422 otherwise).
-fn limit_within(limit: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn limit_within(
+    limit: Option<usize>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     let limit = limit.unwrap_or(default);
     if (1..=max).contains(&limit) {
         Ok(limit)

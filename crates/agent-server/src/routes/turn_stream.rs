@@ -11,7 +11,7 @@ use actix_web::web::Bytes;
 use agent_core::{AgentEvent, ToolCall};
 use futures_util::{Stream, StreamExt};
 
-use crate::dto::ToolResultEvent;
+use crate::dto::{RunEvent, ToolResultEvent};
 use crate::error::ApiError;
 use crate::failure_log::FailureLog;
 use crate::routes::pipeline::TurnRoutes;
@@ -28,8 +28,8 @@ pub(crate) trait EventFormat: Send + 'static {
     /// step's text set apart from the next one's (see [`StepText`]).
     const SHOWS_TOOLS: bool;
 
-    /// Before anything else happens.
-    fn start(&mut self) -> Option<Bytes> {
+    /// Before anything else happens: the run the stream is of.
+    fn start(&mut self, _run: &RunEvent) -> Option<Bytes> {
         None
     }
     fn delta(&mut self, text: String) -> Option<Bytes>;
@@ -82,16 +82,31 @@ impl StepText {
     }
 }
 
-/// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event. Every
-/// event of every stream is written here.
+/// One server-sent event with a JSON payload; `event: None` writes a `data:`-only event.
 pub(crate) fn sse(event: Option<&str>, data: &impl serde::Serialize) -> Bytes {
+    sse_numbered(None, event, data)
+}
+
+/// [`sse`] with an `id:` line when `id` is given (a client resumes after the last id it saw).
+/// Every event of every stream is written here.
+pub(crate) fn sse_numbered(
+    id: Option<u64>,
+    event: Option<&str>,
+    data: &impl serde::Serialize,
+) -> Bytes {
+    use std::fmt::Write;
     // Serialising our own event types cannot fail; were it to, the event says so.
     let data = serde_json::to_string(data)
         .unwrap_or_else(|error| format!(r#"{{"error":"unserialisable event: {error}"}}"#));
-    match event {
-        Some(event) => Bytes::from(format!("event: {event}\ndata: {data}\n\n")),
-        None => Bytes::from(format!("data: {data}\n\n")),
+    let mut text = String::with_capacity(data.len() + 32);
+    if let Some(id) = id {
+        let _ = writeln!(text, "id: {id}");
     }
+    if let Some(event) = event {
+        let _ = writeln!(text, "event: {event}");
+    }
+    let _ = write!(text, "data: {data}\n\n");
+    Bytes::from(text)
 }
 
 /// The response streaming `prepared`'s turn in `format`, stored with `extras`.
@@ -107,10 +122,15 @@ pub(crate) fn respond<F: EventFormat>(
     let mut drain = routes.drain.clone();
     let keepalive = routes.settings.api.sse_keepalive;
     let mut step_text = (!F::SHOWS_TOOLS).then(StepText::default);
+    let run = RunEvent {
+        run_id: held.run.id().to_owned(),
+        session_id: held.session_local().map(str::to_owned),
+    };
     let events = async_stream::stream! {
-        if let Some(start) = format.start() {
+        if let Some(start) = format.start(&run) {
             yield Ok::<_, actix_web::Error>(start);
         }
+        let cancelled = held.run.cancellation();
         let mut events = turns.agent.run_turn_streaming(request);
         let mut held = Some(held);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
@@ -149,14 +169,23 @@ pub(crate) fn respond<F: EventFormat>(
                         break;
                     }
                     Some(AgentEvent::Failed(error)) => {
-                        if let Some(held) = &held {
-                            turns.record_failure(held, &error);
-                        }
-                        yield Ok(error_event(&mut format, &ApiError::from(error), &failures));
+                        let error = match held.take() {
+                            Some(held) => turns.fail(held, error).await,
+                            None => ApiError::from(error),
+                        };
+                        yield Ok(error_event(&mut format, &error, &failures));
                         break;
                     }
                     None => break,
                 },
+                () = cancelled.cancelled() => {
+                    // The canceller ended the run; dropping the turn stops its calls.
+                    let Some(mut held) = held.take() else { break };
+                    held.run.close();
+                    let error = crate::turn::run_cancelled(held.run.id());
+                    yield Ok(error_event(&mut format, &error, &failures));
+                    break;
+                }
                 _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
                 changed = drain.changed() => {
                     if changed.is_ok() && *drain.borrow() {

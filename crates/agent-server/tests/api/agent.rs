@@ -358,10 +358,11 @@ async fn a_stream_sends_its_events_in_order_and_stores_the_turn() {
     assert_eq!(response.headers()["x-accel-buffering"], "no");
     let body = response.text().await.unwrap();
     let events = sse::names(&body);
-    assert_eq!(events.first().map(String::as_str), Some("tool_call"));
-    assert_eq!(events[1], "tool_result");
+    assert_eq!(events.first().map(String::as_str), Some("run"));
+    assert_eq!(events[1], "tool_call");
+    assert_eq!(events[2], "tool_result");
     assert!(
-        events[2..events.len() - 1]
+        events[3..events.len() - 1]
             .iter()
             .all(|event| *event == "delta"),
         "{events:?}"
@@ -509,9 +510,8 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
     // Each case: settings, the session named by the request, the expected code, and how many
     // model calls its two requests may make (each such turn is counted as failed at the store).
     let cases = [
-        // A first turn on a server-named session touches Postgres only to store: the first
-        // request spends its model call and fails at the store; the next one, knowing the store
-        // is failing, opens its session first and fails before calling the model.
+        // Every turn records its run before calling the model, so even a first turn on a
+        // server-named session fails before spending a model call.
         (
             vec![
                 ("DATABASE_URL", no_postgres.as_str()),
@@ -519,7 +519,7 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
             ],
             None,
             "storage_unavailable",
-            1,
+            0,
         ),
         (
             vec![

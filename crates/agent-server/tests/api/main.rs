@@ -22,5 +22,6 @@ mod pages;
 mod probes;
 mod properties;
 mod retention;
+mod runs;
 mod shutdown;
 mod storage;

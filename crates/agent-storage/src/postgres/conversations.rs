@@ -7,19 +7,19 @@ use agent_core::{Message, Role, SessionId, TokenUsage, ToolCall, Turn};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::{messages, responses, sessions, usage_daily};
+use super::schema::{messages, responses, runs, sessions, usage_daily};
 use super::statements::{
     AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns, OpenSession,
 };
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
-    DailyUsage, ResponseParameters, ResponseRecord, SessionCursor, SessionInfo, StoredMessage,
-    StoredResponse, TurnRecord,
+    DailyUsage, ResponseParameters, ResponseRecord, RunCompletion, RunStatus, SessionCursor,
+    SessionInfo, StoredMessage, StoredResponse, TurnRecord,
 };
-use crate::retention::{Sweep, SweepLocks};
+use crate::retention::Sweep;
 use crate::traits::{ConversationStore, SessionLocks};
 
 #[derive(Debug, Queryable, Selectable)]
@@ -104,7 +104,7 @@ fn unsigned(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
-fn signed(value: u64) -> i64 {
+pub(super) fn signed(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
@@ -356,11 +356,28 @@ impl ConversationStore for PostgresStore {
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            let deleted = diesel::delete(sessions::table.find(id.as_str()))
-                .execute(&mut connection)
-                .await
-                .map_err(query_error)?;
-            Ok(deleted > 0)
+            // Not while a run is active; its runs go with it (a trigger).
+            let active = runs::table
+                .filter(runs::session_id.eq(id.as_str()))
+                .filter(runs::status.eq_any(["queued", "in_progress"]));
+            let deleted = diesel::delete(
+                sessions::table
+                    .find(id.as_str())
+                    .filter(diesel::dsl::not(diesel::dsl::exists(active))),
+            )
+            .execute(&mut connection)
+            .await
+            .map_err(query_error)?;
+            if deleted > 0 {
+                return Ok(true);
+            }
+            if let Some(active) = Self::active_run(&mut connection, id.as_str()).await? {
+                return Err(StorageError::SessionBusy {
+                    session: id.to_string(),
+                    run: active.id,
+                });
+            }
+            Ok(false)
         })
         .await
     }
@@ -434,7 +451,12 @@ impl ConversationStore for PostgresStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
-    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
+    async fn count_usage(
+        &self,
+        owner: &str,
+        usage: TokenUsage,
+        run: Option<RunCompletion<'_>>,
+    ) -> Result<(), StorageError> {
         // A random one of the caller-day's 64 rows, so concurrent turns rarely wait on one.
         let statement = CountUsage {
             owner,
@@ -442,14 +464,20 @@ impl ConversationStore for PostgresStore {
             shard: rand::random_range(0..64),
             prompt_tokens: signed(usage.prompt_tokens),
             completion_tokens: signed(usage.completion_tokens),
+            run: run.map(|run| run.id),
+            output_text: run.map(|run| run.output_text),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            statement
-                .execute(&mut connection)
+            // Read to the end, as a turn's statement is (see `append`).
+            let counted: Vec<bool> = statement
+                .get_results(&mut *connection)
                 .await
                 .map_err(query_error)?;
-            Ok(())
+            match (counted.is_empty(), run) {
+                (true, Some(run)) => Err(Self::run_ended(&mut connection, run.id).await?),
+                _ => Ok(()),
+            }
         })
         .await
     }
@@ -461,65 +489,7 @@ impl ConversationStore for PostgresStore {
         limit: usize,
         locks: &Arc<dyn SessionLocks>,
     ) -> Result<Option<Sweep>, StorageError> {
-        let cutoff: DateTime<Utc> = idle_before.into();
-        // Bounded like any call, plus the lock store's part (one round of lock attempts and one
-        // of releases, run concurrently).
-        bounded(BACKEND, self.call_limit * 2, async {
-            let mut connection = self.connection().await?;
-            let outcome = connection
-                .transaction(async |connection| {
-                    let SweepLockRow { held } =
-                        diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS held")
-                            .bind::<diesel::sql_types::BigInt, _>(Self::RETENTION_LOCK)
-                            .get_result(connection)
-                            .await?;
-                    if !held {
-                        return Ok(None);
-                    }
-                    let candidates: Vec<String> = sessions::table
-                        .filter(sessions::updated_at.lt(cutoff))
-                        .order(sessions::updated_at.asc())
-                        .limit(signed(limit as u64))
-                        .select(sessions::id)
-                        .load(connection)
-                        .await?;
-                    let found = candidates.len();
-                    let ids = candidates
-                        .iter()
-                        .filter_map(|id| SessionId::parse_stored(id).ok())
-                        .collect();
-                    let held = SweepLocks::take(locks, ids)
-                        .await
-                        .map_err(SweepFailure::Storage)?;
-                    let locked: Vec<&str> = held.sessions().map(SessionId::as_str).collect();
-                    // Still idle: a turn may have been stored since the candidates were read.
-                    let deleted = diesel::delete(
-                        sessions::table
-                            .filter(sessions::id.eq_any(&locked))
-                            .filter(sessions::updated_at.lt(cutoff)),
-                    )
-                    .execute(connection)
-                    .await?;
-                    Ok(Some((found, deleted as u64, held)))
-                })
-                .await;
-            // The locks are released once the deletion is committed (or rolled back).
-            match outcome {
-                Ok(None) => Ok(None),
-                Ok(Some((candidates, deleted, held))) => {
-                    let busy = held.busy;
-                    held.release().await;
-                    Ok(Some(Sweep {
-                        candidates,
-                        deleted,
-                        busy,
-                    }))
-                }
-                Err(SweepFailure::Query(error)) => Err(query_error(error)),
-                Err(SweepFailure::Storage(error)) => Err(error),
-            }
-        })
-        .await
+        self.sweep(idle_before, limit, locks).await
     }
 
     #[tracing::instrument(level = "debug", skip(self, after), fields(backend = BACKEND))]
@@ -552,24 +522,6 @@ impl ConversationStore for PostgresStore {
             rows.into_iter().map(SessionInfo::try_from).collect()
         })
         .await
-    }
-}
-
-#[derive(QueryableByName)]
-struct SweepLockRow {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    held: bool,
-}
-
-/// Why a sweep's transaction failed: a query, or the lock store.
-enum SweepFailure {
-    Query(diesel::result::Error),
-    Storage(StorageError),
-}
-
-impl From<diesel::result::Error> for SweepFailure {
-    fn from(error: diesel::result::Error) -> Self {
-        Self::Query(error)
     }
 }
 
@@ -619,6 +571,8 @@ impl PostgresStore {
             retention_seconds: completion
                 .map_or(0.0, |completion| completion.retention.as_secs_f64()),
             response: record.response.map(response_json),
+            run: record.run.map(|run| run.id),
+            output_text: record.run.map(|run| run.output_text),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
@@ -636,6 +590,13 @@ impl PostgresStore {
                 return SessionInfo::try_from(row);
             }
             // Nothing was written; say why.
+            if let Some(run) = record.run {
+                let ended = Self::run_ended(&mut connection, run.id).await?;
+                if matches!(ended, StorageError::RunEnded { status, .. } if status != RunStatus::InProgress)
+                {
+                    return Err(ended);
+                }
+            }
             let actual: Option<i64> = sessions::table
                 .find(id.as_str())
                 .select(sessions::next_sequence)

@@ -3,8 +3,10 @@
 
 mod conversations;
 mod idempotency;
+mod runs;
 mod schema;
 mod statements;
+mod sweep;
 
 use std::time::Duration;
 

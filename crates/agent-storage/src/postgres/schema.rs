@@ -69,6 +69,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        owner -> Text,
+        session_id -> Nullable<Text>,
+        status -> Text,
+        background -> Bool,
+        created_at -> Timestamptz,
+        started_at -> Nullable<Timestamptz>,
+        finished_at -> Nullable<Timestamptz>,
+        lease_holder -> Nullable<Text>,
+        lease_expires_at -> Nullable<Timestamptz>,
+        error_code -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        output_text -> Nullable<Text>,
+        prompt_tokens -> Int8,
+        completion_tokens -> Int8,
+    }
+}
+
 diesel::joinable!(messages -> sessions (session_id));
 diesel::joinable!(responses -> sessions (session_id));
-diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily, responses);
+diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily, responses, runs);

@@ -167,6 +167,9 @@ pub(super) struct AppendTurn<'a> {
     /// A response to keep with the turn, as its record's JSON (none: nothing is inserted; see
     /// [`RESPONSE_FIELDS`]).
     pub(super) response: Option<serde_json::Value>,
+    /// The run the turn completes (none: no run is checked or written), and its final answer.
+    pub(super) run: Option<&'a str>,
+    pub(super) output_text: Option<&'a str>,
 }
 
 impl QueryId for AppendTurn<'_> {
@@ -212,10 +215,12 @@ fn walk_turn<'b>(
     create: bool,
     mut out: AstPass<'_, 'b, Pg>,
 ) -> QueryResult<()> {
+    out.push_sql("WITH ");
+    push_active_run(&mut out, &turn.run)?;
     if create {
         out.push_sql(
-            "WITH updated AS (INSERT INTO sessions AS s (id, created_at, updated_at, \
-             next_sequence, turn_count, prompt_tokens, completion_tokens) VALUES (",
+            ", updated AS (INSERT INTO sessions AS s (id, created_at, updated_at, \
+             next_sequence, turn_count, prompt_tokens, completion_tokens) SELECT ",
         );
         out.push_bind_param::<Text, _>(turn.id)?;
         out.push_sql(", ");
@@ -228,8 +233,10 @@ fn walk_turn<'b>(
         out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+        out.push_sql(" WHERE ");
+        push_run_still_active(&mut out, &turn.run)?;
         out.push_sql(
-            ") ON CONFLICT (id) DO UPDATE SET \
+            " ON CONFLICT (id) DO UPDATE SET \
              next_sequence = s.next_sequence + EXCLUDED.next_sequence, \
              turn_count = s.turn_count + 1, \
              prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens, \
@@ -237,7 +244,7 @@ fn walk_turn<'b>(
              updated_at = EXCLUDED.updated_at WHERE s.next_sequence = 0 RETURNING ",
         );
     } else {
-        out.push_sql("WITH updated AS (UPDATE sessions SET next_sequence = next_sequence + ");
+        out.push_sql(", updated AS (UPDATE sessions SET next_sequence = next_sequence + ");
         out.push_bind_param::<BigInt, _>(&turn.added)?;
         out.push_sql(", turn_count = turn_count + 1, prompt_tokens = prompt_tokens + ");
         out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
@@ -249,6 +256,8 @@ fn walk_turn<'b>(
         out.push_bind_param::<Text, _>(turn.id)?;
         out.push_sql(" AND next_sequence = ");
         out.push_bind_param::<BigInt, _>(&turn.expected)?;
+        out.push_sql(" AND ");
+        push_run_still_active(&mut out, &turn.run)?;
         out.push_sql(" RETURNING ");
     }
     out.push_sql(SESSION_COLUMNS);
@@ -310,10 +319,40 @@ fn walk_turn<'b>(
     out.push_sql(
         " FROM updated ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
          prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
-         completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens) SELECT ",
+         completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens), ",
     );
+    // The run, completed only with its turn.
+    out.push_sql("finished AS (UPDATE runs SET status = 'completed', finished_at = updated.updated_at, lease_holder = NULL, lease_expires_at = NULL, output_text = ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.output_text)?;
+    out.push_sql(", prompt_tokens = ");
+    out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
+    out.push_sql(", completion_tokens = ");
+    out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+    out.push_sql(" FROM updated WHERE runs.id IN (SELECT id FROM active)) SELECT ");
     out.push_sql(SESSION_COLUMNS);
     out.push_sql(" FROM updated");
+    Ok(())
+}
+
+/// The common table expression `active`: the run `run` while it is in progress, locked until
+/// the statement commits, so that a concurrent cancel either ends it first (and the turn is not
+/// stored) or waits and finds it completed. Under read committed, a run ended by a transaction
+/// that committed after this statement's snapshot is read again (and no longer matches).
+fn push_active_run<'b>(out: &mut AstPass<'_, 'b, Pg>, run: &'b Option<&str>) -> QueryResult<()> {
+    out.push_sql("active AS (SELECT id FROM runs WHERE id = ");
+    out.push_bind_param::<Nullable<Text>, _>(run)?;
+    out.push_sql(" AND status = 'in_progress' FOR UPDATE)");
+    Ok(())
+}
+
+/// The condition that a statement writes only while its run (if any) is in progress.
+fn push_run_still_active<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    run: &'b Option<&str>,
+) -> QueryResult<()> {
+    out.push_sql("(");
+    out.push_bind_param::<Nullable<Text>, _>(run)?;
+    out.push_sql("::text IS NULL OR EXISTS (SELECT 1 FROM active))");
     Ok(())
 }
 
@@ -326,7 +365,8 @@ pub(super) const RESPONSE_FIELDS: &str = ") AS r (id text, created_at double pre
 
 /// Adds a turn that stored no messages to its caller's usage of the day: an upsert of one of
 /// the caller-day's 64 rows, written by hand so that it has a static query id and stays prepared
-/// (diesel's `on_conflict` builder has none, so it was prepared anew on every call).
+/// (diesel's `on_conflict` builder has none, so it was prepared anew on every call). With a run,
+/// completes it in the same statement, and counts nothing unless it is in progress (no row back).
 #[derive(Debug)]
 pub(super) struct CountUsage<'a> {
     pub(super) owner: &'a str,
@@ -334,6 +374,8 @@ pub(super) struct CountUsage<'a> {
     pub(super) shard: i16,
     pub(super) prompt_tokens: i64,
     pub(super) completion_tokens: i64,
+    pub(super) run: Option<&'a str>,
+    pub(super) output_text: Option<&'a str>,
 }
 
 impl QueryId for CountUsage<'_> {
@@ -341,11 +383,26 @@ impl QueryId for CountUsage<'_> {
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
+impl Query for CountUsage<'_> {
+    type SqlType = diesel::sql_types::Bool;
+}
+
 impl QueryFragment<Pg> for CountUsage<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        push_active_run(&mut out, &self.run)?;
         out.push_sql(
-            "INSERT INTO usage_daily AS u \
-             (owner, day, shard, turns, prompt_tokens, completion_tokens) VALUES (",
+            ", finished AS (UPDATE runs SET status = 'completed', finished_at = now(), \
+             lease_holder = NULL, lease_expires_at = NULL, output_text = ",
+        );
+        out.push_bind_param::<Nullable<Text>, _>(&self.output_text)?;
+        out.push_sql(", prompt_tokens = ");
+        out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
+        out.push_sql(", completion_tokens = ");
+        out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
+        out.push_sql(
+            " WHERE runs.id IN (SELECT id FROM active)) INSERT INTO usage_daily AS u \
+             (owner, day, shard, turns, prompt_tokens, completion_tokens) SELECT ",
         );
         out.push_bind_param::<Text, _>(self.owner)?;
         out.push_sql(", ");
@@ -356,10 +413,12 @@ impl QueryFragment<Pg> for CountUsage<'_> {
         out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
+        out.push_sql(" WHERE ");
+        push_run_still_active(&mut out, &self.run)?;
         out.push_sql(
-            ") ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
+            " ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
              prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
-             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens",
+             completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens RETURNING true",
         );
         Ok(())
     }

@@ -688,7 +688,7 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
         prompt_tokens: 100,
         completion_tokens: 7,
     };
-    let counts = (0..20).map(|_| store.count_usage(&caller, tokens));
+    let counts = (0..20).map(|_| store.count_usage(&caller, tokens, None));
     for counted in futures_util::future::join_all(counts).await {
         counted.unwrap();
     }
@@ -738,6 +738,7 @@ async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _
     let created_at = std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let record = |response_id| agent_storage::TurnRecord {
         idempotency: None,
+        run: None,
         response: Some(agent_storage::ResponseRecord {
             id: response_id,
             created_at,

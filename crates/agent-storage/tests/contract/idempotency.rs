@@ -97,6 +97,7 @@ async fn store_with_claim(
             retention: RETENTION,
         }),
         response: None,
+        run: None,
     };
     // A stale writer stores nothing and completes nothing.
     let stale = conversations

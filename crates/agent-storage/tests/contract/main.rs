@@ -10,6 +10,7 @@ mod locks;
 mod migrations;
 mod outages;
 mod rate_limits;
+mod runs;
 
 /// Runs each test of a suite against every backend:
 /// `contract!([test_a, test_b]; memory_backend => memory().await, postgres_backend => postgres().await)`.

@@ -22,7 +22,7 @@ use super::request::{
 };
 use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
 use crate::dto::format::ChatResponseFormat;
-use crate::dto::{deserialize_text_or_list, session_id};
+use crate::dto::{RunEvent, deserialize_text_or_list, session_id};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
@@ -631,7 +631,7 @@ impl Chunks {
 impl EventFormat for Chunks {
     const SHOWS_TOOLS: bool = false;
 
-    fn start(&mut self) -> Option<Bytes> {
+    fn start(&mut self, _run: &RunEvent) -> Option<Bytes> {
         let delta = ChunkDelta {
             role: Some("assistant"),
             content: Some(String::new()),

@@ -118,6 +118,7 @@ impl Echo {
             text: stored.output_text,
             session: None,
             usage: stored.usage,
+            run_id: String::new(),
         };
         let echo = Self {
             id: stored.id,
@@ -321,7 +322,7 @@ impl ResponseEvents {
 impl EventFormat for ResponseEvents {
     const SHOWS_TOOLS: bool = false;
 
-    fn start(&mut self) -> Option<Bytes> {
+    fn start(&mut self, _run: &crate::dto::RunEvent) -> Option<Bytes> {
         let mut bytes = Vec::new();
         for kind in ["response.created", "response.in_progress"] {
             let response = self.echo.object("in_progress", None, None);

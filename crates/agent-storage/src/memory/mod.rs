@@ -12,15 +12,19 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, IdempotencyBegin, LockLease, RateDecision, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, Ended, IdempotencyBegin, LockLease, NewRun, RateDecision, RunCompletion, RunCursor,
+    RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::{Sweep, SweepLocks};
-use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, SessionLocks};
+use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, RunStore, SessionLocks};
 
-/// All four stores in one value.
+mod runs;
+
+/// All five stores in one value. Where two of its maps are locked together, `runs` is locked
+/// first.
 #[derive(Debug, Default)]
 pub struct MemoryStorage {
+    runs: Mutex<runs::RunTable>,
     sessions: Mutex<HashMap<SessionId, Session>>,
     locks: Mutex<HashMap<SessionId, HeldLock>>,
     fencing: Mutex<HashMap<SessionId, u64>>,
@@ -82,6 +86,47 @@ impl MemoryStorage {
         counted.1 += tokens;
     }
 
+    /// Stores a turn (see [`ConversationStore::append_turn`]).
+    fn append(
+        &self,
+        id: &SessionId,
+        expected_next_sequence: u64,
+        turn: &Turn,
+    ) -> Result<SessionInfo, StorageError> {
+        let mut sessions = lock(&self.sessions);
+        if expected_next_sequence == 0 && !sessions.contains_key(id) {
+            sessions.insert(id.clone(), Session::empty(id));
+        }
+        let session = sessions
+            .get_mut(id)
+            .ok_or_else(|| StorageError::SessionNotFound(id.to_string()))?;
+        if session.info.next_sequence != expected_next_sequence {
+            return Err(StorageError::Conflict {
+                session: id.to_string(),
+                expected: expected_next_sequence,
+                actual: session.info.next_sequence,
+            });
+        }
+        let now = SystemTime::now();
+        let last = turn.messages.len().saturating_sub(1);
+        for (index, message) in turn.messages.iter().enumerate() {
+            session.messages.push(StoredMessage {
+                sequence: expected_next_sequence + index as u64,
+                message: message.clone(),
+                tokens: (index == last).then(|| turn.usage.total()),
+                created_at: now,
+            });
+        }
+        let info = &mut session.info;
+        info.next_sequence += turn.messages.len() as u64;
+        info.turn_count += 1;
+        info.usage += turn.usage;
+        info.updated_at = now;
+        let info = info.clone();
+        self.count(id.owner(), now, turn.usage);
+        Ok(info)
+    }
+
     pub fn new() -> Self {
         Self::default()
     }
@@ -130,42 +175,19 @@ impl ConversationStore for MemoryStorage {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
-        let mut sessions = lock(&self.sessions);
-        if expected_next_sequence == 0 && !sessions.contains_key(id) {
-            sessions.insert(id.clone(), Session::empty(id));
-        }
-        let session = sessions
-            .get_mut(id)
-            .ok_or_else(|| StorageError::SessionNotFound(id.to_string()))?;
-        if session.info.next_sequence != expected_next_sequence {
-            return Err(StorageError::Conflict {
-                session: id.to_string(),
-                expected: expected_next_sequence,
-                actual: session.info.next_sequence,
-            });
-        }
-        let now = SystemTime::now();
-        let last = turn.messages.len().saturating_sub(1);
-        for (index, message) in turn.messages.iter().enumerate() {
-            session.messages.push(StoredMessage {
-                sequence: expected_next_sequence + index as u64,
-                message: message.clone(),
-                tokens: (index == last).then(|| turn.usage.total()),
-                created_at: now,
-            });
-        }
-        let info = &mut session.info;
-        info.next_sequence += turn.messages.len() as u64;
-        info.turn_count += 1;
-        info.usage += turn.usage;
-        info.updated_at = now;
-        let info = info.clone();
-        self.count(id.owner(), now, turn.usage);
-        Ok(info)
+        self.append(id, expected_next_sequence, turn)
     }
 
-    async fn count_usage(&self, owner: &str, usage: TokenUsage) -> Result<(), StorageError> {
+    async fn count_usage(
+        &self,
+        owner: &str,
+        usage: TokenUsage,
+        run: Option<RunCompletion<'_>>,
+    ) -> Result<(), StorageError> {
+        let mut runs = lock(&self.runs);
+        runs.check_in_progress(run)?;
         self.count(owner, SystemTime::now(), usage);
+        runs.complete(run, usage);
         Ok(())
     }
 
@@ -176,7 +198,11 @@ impl ConversationStore for MemoryStorage {
         turn: &Turn,
         record: TurnRecord<'_>,
     ) -> Result<(SessionInfo, bool), StorageError> {
-        let info = self.append_turn(id, expected_next_sequence, turn).await?;
+        let mut runs = lock(&self.runs);
+        runs.check_in_progress(record.run)?;
+        let info = self.append(id, expected_next_sequence, turn)?;
+        runs.complete(record.run, turn.usage);
+        drop(runs);
         if let Some(response) = record.response {
             lock(&self.responses).insert(
                 response.id.to_owned(),
@@ -202,7 +228,16 @@ impl ConversationStore for MemoryStorage {
     }
 
     async fn delete_session(&self, id: &SessionId) -> Result<bool, StorageError> {
+        let mut runs = lock(&self.runs);
+        if let Some(active) = runs.active(id) {
+            return Err(StorageError::SessionBusy {
+                session: id.to_string(),
+                run: active.clone(),
+            });
+        }
+        runs.delete_session(id);
         let existed = lock(&self.sessions).remove(id).is_some();
+        drop(runs);
         lock(&self.responses).retain(|_, response| response.session != *id);
         Ok(existed)
     }
@@ -215,9 +250,13 @@ impl ConversationStore for MemoryStorage {
     ) -> Result<Option<Sweep>, StorageError> {
         let idle = |session: &Session| session.info.updated_at < idle_before;
         let candidates: Vec<SessionId> = {
+            let runs = lock(&self.runs);
             let sessions = lock(&self.sessions);
-            let mut idle: Vec<&Session> =
-                sessions.values().filter(|session| idle(session)).collect();
+            // A session with an active run is not idle, however old its last turn.
+            let mut idle: Vec<&Session> = sessions
+                .values()
+                .filter(|session| idle(session) && runs.active(&session.info.id).is_none())
+                .collect();
             idle.sort_by_key(|session| session.info.updated_at);
             idle.iter()
                 .take(limit)
@@ -228,14 +267,20 @@ impl ConversationStore for MemoryStorage {
         let held = SweepLocks::take(locks, candidates).await?;
         let mut deleted = 0;
         {
+            let mut runs = lock(&self.runs);
             let mut sessions = lock(&self.sessions);
             for id in held.sessions() {
+                if runs.active(id).is_some() {
+                    continue;
+                }
                 // Still idle: a turn may have been stored since the candidates were read.
                 if sessions.get(id).is_some_and(idle) {
                     sessions.remove(id);
+                    runs.delete_session(id);
                     deleted += 1;
                 }
             }
+            runs.sweep_orphans(idle_before, |session| sessions.contains_key(session));
         }
         let busy = held.busy;
         held.release().await;
@@ -286,6 +331,30 @@ impl ConversationStore for MemoryStorage {
         listed.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
         listed.truncate(limit);
         Ok(listed)
+    }
+}
+
+#[async_trait]
+impl RunStore for MemoryStorage {
+    async fn start_run(&self, run: NewRun<'_>) -> Result<RunRecord, StorageError> {
+        lock(&self.runs).start(run)
+    }
+
+    async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError> {
+        Ok(lock(&self.runs).end(id, end))
+    }
+
+    async fn run(&self, id: &str) -> Result<Option<RunRecord>, StorageError> {
+        Ok(lock(&self.runs).get(id))
+    }
+
+    async fn session_runs(
+        &self,
+        session: &SessionId,
+        after: Option<&RunCursor>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError> {
+        Ok(lock(&self.runs).of_session(session, after, limit))
     }
 }
 

@@ -1,0 +1,143 @@
+//! The runs API's bodies: a run as `GET /runs/{id}` shows it, a page of a session's runs, and the
+//! cursor that continues it.
+
+use std::time::SystemTime;
+
+use actix_web::http::StatusCode;
+use agent_storage::{RunCursor, RunRecord};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::timestamp;
+use crate::error::{ApiError, ErrorCode};
+
+/// Where a run is: `queued` and `in_progress` are active (a session has at most one active
+/// run); `completed`, `failed` and `cancelled` are final.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum RunState {
+    Queued,
+    InProgress,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl From<agent_storage::RunStatus> for RunState {
+    fn from(status: agent_storage::RunStatus) -> Self {
+        use agent_storage::RunStatus;
+        match status {
+            RunStatus::Queued => Self::Queued,
+            RunStatus::InProgress => Self::InProgress,
+            RunStatus::Completed => Self::Completed,
+            RunStatus::Failed => Self::Failed,
+            RunStatus::Cancelled => Self::Cancelled,
+        }
+    }
+}
+
+/// A run: every turn is one. A completed run has the `/agent` answer's fields; a failed or
+/// cancelled one its `error` (nothing of it was stored).
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunView {
+    pub(crate) run_id: String,
+    /// The session it continues; null for a conversation the client sent whole (the
+    /// OpenAI-compatible chat completions without a session).
+    pub(crate) session_id: Option<String>,
+    pub(crate) status: RunState,
+    /// Whether it runs detached from its request.
+    pub(crate) background: bool,
+    /// RFC 3339, UTC.
+    pub(crate) created_at: String,
+    pub(crate) started_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
+    /// The final answer (completed runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) response: Option<String>,
+    /// Tokens the turn used, over all its model calls (completed runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) tokens_used: Option<u64>,
+    /// Why it failed or was cancelled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) error: Option<RunErrorView>,
+}
+
+/// Why a run failed or was cancelled: the error code its request was (or would have been)
+/// answered with (`run_lost` for a run whose replica went away, `cancelled` and
+/// `client_disconnected` for cancelled runs), and a message.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunErrorView {
+    pub(crate) code: String,
+    pub(crate) message: String,
+}
+
+impl From<RunRecord> for RunView {
+    fn from(run: RunRecord) -> Self {
+        let completed = run.status == agent_storage::RunStatus::Completed;
+        Self {
+            session_id: run
+                .session
+                .as_ref()
+                .map(|session| session.local().to_owned()),
+            status: run.status.into(),
+            background: run.background,
+            created_at: timestamp(run.created_at),
+            started_at: run.started_at.map(timestamp),
+            finished_at: run.finished_at.map(timestamp),
+            response: if completed { run.output_text } else { None },
+            tokens_used: completed.then(|| run.usage.total()),
+            error: run.error.map(|error| RunErrorView {
+                code: error.code,
+                message: error.message,
+            }),
+            run_id: run.id,
+        }
+    }
+}
+
+/// `GET /sessions/{id}/runs`: a session's runs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RunList {
+    pub(crate) runs: Vec<RunView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub(crate) next_cursor: Option<String>,
+}
+
+/// The text of a cursor continuing a listing after `run`.
+pub(crate) fn run_cursor_text(run: &RunRecord) -> String {
+    let nanos = run
+        .created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{nanos}.{}", run.id)
+}
+
+/// A cursor [`run_cursor_text`] made.
+pub(crate) fn parse_run_cursor(text: &str) -> Result<RunCursor, ApiError> {
+    let invalid = || {
+        ApiError::invalid(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::InvalidRequest,
+            "cursor: not a next_cursor this server gave",
+        )
+    };
+    let (nanos, id) = text.split_once('.').ok_or_else(invalid)?;
+    let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
+    if !is_run_id(id) {
+        return Err(invalid());
+    }
+    Ok(RunCursor {
+        created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
+        id: id.to_owned(),
+    })
+}
+
+/// Whether `text` has the shape of a run id (`run_` and 32 lowercase hex digits).
+pub(crate) fn is_run_id(text: &str) -> bool {
+    text.strip_prefix("run_").is_some_and(|hex| {
+        hex.len() == 32
+            && hex
+                .bytes()
+                .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}

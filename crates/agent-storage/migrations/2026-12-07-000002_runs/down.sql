@@ -1,0 +1,3 @@
+DROP TRIGGER IF EXISTS runs_delete_with_session ON sessions;
+DROP FUNCTION IF EXISTS runs_delete_with_session();
+DROP TABLE IF EXISTS runs;

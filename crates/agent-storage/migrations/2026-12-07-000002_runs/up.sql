@@ -1,0 +1,46 @@
+-- Runs: every turn is a run, recorded from its start to its end. A run names the session it
+-- continues (none for a conversation the client sent whole); at most one run of a session is
+-- active (queued or in progress) at a time. Its terminal state is written by the same statement
+-- that stores its turn (completed) or by a statement of its own (failed, cancelled: nothing
+-- stored). A run's session may not exist yet (a first turn creates it when it is stored), so
+-- there is no foreign key: a session's runs are deleted with it by the trigger below, and the
+-- retention sweep deletes finished runs whose session never came to exist.
+CREATE TABLE runs (
+    id                TEXT PRIMARY KEY,
+    owner             TEXT NOT NULL,
+    session_id        TEXT,
+    status            TEXT NOT NULL
+        CHECK (status IN ('queued', 'in_progress', 'completed', 'failed', 'cancelled')),
+    background        BOOLEAN NOT NULL DEFAULT false,
+    created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+    started_at        TIMESTAMPTZ,
+    finished_at       TIMESTAMPTZ,
+    -- Who executes it, until when: an expired lease means its replica is gone.
+    lease_holder      TEXT,
+    lease_expires_at  TIMESTAMPTZ,
+    error_code        TEXT,
+    error_message     TEXT,
+    output_text       TEXT,
+    prompt_tokens     BIGINT NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
+    completion_tokens BIGINT NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
+    CHECK ((status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
+);
+
+-- One active run per session: what `409 session_busy` names.
+CREATE UNIQUE INDEX runs_one_active_per_session ON runs (session_id)
+    WHERE status IN ('queued', 'in_progress');
+-- A session's runs, newest first (GET /sessions/{id}/runs).
+CREATE INDEX runs_session_created_at ON runs (session_id, created_at DESC, id DESC);
+-- Finished runs by age, for the retention sweep.
+CREATE INDEX runs_finished_at ON runs (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE FUNCTION runs_delete_with_session() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM runs WHERE session_id = OLD.id;
+    RETURN OLD;
+END
+$$;
+
+CREATE TRIGGER runs_delete_with_session
+    AFTER DELETE ON sessions
+    FOR EACH ROW EXECUTE FUNCTION runs_delete_with_session();

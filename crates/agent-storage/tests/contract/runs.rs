@@ -1,0 +1,397 @@
+//! The `RunStore` contract: a run's life, one active run per session, and a completed run always
+//! having its turn stored (a cancelled or lost one never).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Message, SessionId, TokenUsage, Turn};
+use agent_storage::{
+    ConversationStore, Ended, MemoryStorage, NewRun, RUN_LOST, RunCompletion, RunCursor, RunEnd,
+    RunStatus, RunStore, SessionLocks, StorageError, TurnRecord,
+};
+
+use crate::{contract, until};
+
+type Stores = (
+    Arc<dyn ConversationStore>,
+    Arc<dyn RunStore>,
+    Arc<dyn SessionLocks>,
+);
+
+async fn memory() -> Stores {
+    let storage = Arc::new(MemoryStorage::new());
+    (storage.clone(), storage.clone(), storage)
+}
+
+async fn postgres() -> Stores {
+    let store = Arc::new(test_support::postgres_store().await);
+    (
+        store.clone(),
+        store,
+        Arc::new(test_support::redis_coordination()),
+    )
+}
+
+contract!(
+    [
+        a_run_starts_in_progress_and_completes_with_its_turn,
+        a_session_has_one_active_run_and_another_is_busy_naming_it,
+        a_cancelled_run_stores_nothing_and_ends_once,
+        a_run_whose_lease_expired_is_failed_as_lost_when_its_session_is_wanted,
+        a_racing_cancel_and_completion_agree,
+        a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_nothing,
+        runs_are_listed_per_session_newest_first_in_pages,
+        a_session_with_an_active_run_is_neither_deleted_nor_swept,
+    ];
+    memory_backend => memory().await,
+    postgres_backend => postgres().await,
+);
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn session(name: &str) -> SessionId {
+    SessionId::parse(&unique(name)).unwrap().owned_by("alice")
+}
+
+fn run_id() -> String {
+    format!("run_{}", uuid::Uuid::new_v4().simple())
+}
+
+fn new_run<'a>(id: &'a str, session: Option<&'a SessionId>) -> NewRun<'a> {
+    NewRun {
+        id,
+        owner: "alice",
+        session,
+        background: false,
+        holder: "replica-1",
+        lease: Duration::from_secs(60),
+    }
+}
+
+fn turn(text: &str) -> Turn {
+    Turn {
+        messages: vec![
+            Message::user(text),
+            Message::assistant(format!("echo: {text}")),
+        ],
+        usage: TokenUsage {
+            prompt_tokens: 10,
+            completion_tokens: 5,
+        },
+    }
+}
+
+fn completing(id: &str) -> TurnRecord<'_> {
+    TurnRecord {
+        run: Some(RunCompletion {
+            id,
+            output_text: "the answer",
+        }),
+        ..TurnRecord::default()
+    }
+}
+
+const CANCEL: RunEnd<'static> = RunEnd::Cancelled {
+    code: "cancelled",
+    message: "cancelled by its caller",
+};
+
+async fn a_run_starts_in_progress_and_completes_with_its_turn((store, runs, _): Stores) {
+    let chat = session("chat");
+    let id = run_id();
+    let started = runs.start_run(new_run(&id, Some(&chat))).await.unwrap();
+    assert_eq!(started.status, RunStatus::InProgress);
+    assert_eq!(started.session.as_ref(), Some(&chat));
+    assert_eq!(started.owner, "alice");
+    assert!(started.started_at.is_some() && started.finished_at.is_none());
+    assert!(started.lease_expires_at.is_some());
+
+    let (info, _) = store
+        .append_turn_recording(&chat, 0, &turn("hi"), completing(&id))
+        .await
+        .unwrap();
+    assert_eq!(info.turn_count, 1);
+    let done = runs.run(&id).await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(done.output_text.as_deref(), Some("the answer"));
+    assert_eq!(done.usage.total(), 15);
+    assert!(done.finished_at.is_some() && done.lease_expires_at.is_none());
+    assert_eq!(done.error, None);
+    assert_eq!(runs.run(&run_id()).await.unwrap(), None);
+    // A finished run cannot be ended again.
+    assert!(
+        matches!(runs.end_run(&id, CANCEL).await.unwrap(), Ended::Already(run) if run.status == RunStatus::Completed)
+    );
+    assert_eq!(
+        runs.end_run(&run_id(), CANCEL).await.unwrap(),
+        Ended::Missing
+    );
+}
+
+async fn a_session_has_one_active_run_and_another_is_busy_naming_it((_, runs, _): Stores) {
+    let chat = session("busy");
+    let (first, second) = (run_id(), run_id());
+    runs.start_run(new_run(&first, Some(&chat))).await.unwrap();
+    let busy = runs
+        .start_run(new_run(&second, Some(&chat)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&busy, StorageError::SessionBusy { run, .. } if *run == first),
+        "{busy:?}"
+    );
+    // Other sessions, and conversations without one, are not held by it.
+    runs.start_run(new_run(&run_id(), Some(&session("other"))))
+        .await
+        .unwrap();
+    let (free_one, free_two) = (run_id(), run_id());
+    runs.start_run(new_run(&free_one, None)).await.unwrap();
+    runs.start_run(new_run(&free_two, None)).await.unwrap();
+
+    let failed = RunEnd::Failed {
+        code: "model_error",
+        message: "the model failed",
+    };
+    let Ended::Now(ended) = runs.end_run(&first, failed).await.unwrap() else {
+        panic!("the run was active");
+    };
+    assert_eq!(ended.status, RunStatus::Failed);
+    assert_eq!(ended.error.unwrap().code, "model_error");
+    runs.start_run(new_run(&second, Some(&chat))).await.unwrap();
+}
+
+async fn a_cancelled_run_stores_nothing_and_ends_once((store, runs, _): Stores) {
+    let chat = session("cancelled");
+    let id = run_id();
+    runs.start_run(new_run(&id, Some(&chat))).await.unwrap();
+    let Ended::Now(cancelled) = runs.end_run(&id, CANCEL).await.unwrap() else {
+        panic!("the run was active");
+    };
+    assert_eq!(cancelled.status, RunStatus::Cancelled);
+    assert!(cancelled.finished_at.is_some());
+
+    let refused = store
+        .append_turn_recording(&chat, 0, &turn("too late"), completing(&id))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            refused,
+            StorageError::RunEnded {
+                status: RunStatus::Cancelled,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(store.session(&chat).await.unwrap(), None, "nothing stored");
+    let again = runs.end_run(&id, CANCEL).await.unwrap();
+    assert!(matches!(again, Ended::Already(run) if run.status == RunStatus::Cancelled));
+
+    // On a session with turns, the cancelled run's turn leaves it as it was.
+    let later = run_id();
+    runs.start_run(new_run(&later, Some(&chat))).await.unwrap();
+    store
+        .append_turn_recording(&chat, 0, &turn("first"), completing(&later))
+        .await
+        .unwrap();
+    let last = run_id();
+    runs.start_run(new_run(&last, Some(&chat))).await.unwrap();
+    runs.end_run(&last, CANCEL).await.unwrap();
+    store
+        .append_turn_recording(&chat, 2, &turn("second"), completing(&last))
+        .await
+        .unwrap_err();
+    let info = store.session(&chat).await.unwrap().unwrap();
+    assert_eq!((info.turn_count, info.next_sequence), (1, 2));
+}
+
+async fn a_run_whose_lease_expired_is_failed_as_lost_when_its_session_is_wanted(
+    (store, runs, _): Stores,
+) {
+    let chat = session("lost");
+    let lost = run_id();
+    let short = NewRun {
+        lease: Duration::from_millis(200),
+        ..new_run(&lost, Some(&chat))
+    };
+    runs.start_run(short).await.unwrap();
+    let next = run_id();
+    until(Duration::from_secs(10), || async {
+        runs.start_run(new_run(&next, Some(&chat))).await.is_ok()
+    })
+    .await;
+    let failed = runs.run(&lost).await.unwrap().unwrap();
+    assert_eq!(failed.status, RunStatus::Failed);
+    assert_eq!(failed.error.unwrap().code, RUN_LOST);
+    // Its executor, if it still runs somewhere, cannot store its turn.
+    let refused = store
+        .append_turn_recording(&chat, 0, &turn("zombie"), completing(&lost))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        StorageError::RunEnded {
+            status: RunStatus::Failed,
+            ..
+        }
+    ));
+    assert_eq!(store.session(&chat).await.unwrap(), None);
+}
+
+/// A cancel racing the store of the run's turn: either the turn is stored and the run completed
+/// (the cancel finds it finished), or the run is cancelled and nothing is stored. Never both.
+async fn a_racing_cancel_and_completion_agree((store, runs, _): Stores) {
+    for round in 0..20 {
+        let chat = session(&format!("race{round}"));
+        let id = run_id();
+        runs.start_run(new_run(&id, Some(&chat))).await.unwrap();
+        let the_turn = turn("race");
+        let (stored, cancelled) = tokio::join!(
+            store.append_turn_recording(&chat, 0, &the_turn, completing(&id)),
+            runs.end_run(&id, CANCEL),
+        );
+        let run = runs.run(&id).await.unwrap().unwrap();
+        let session = store.session(&chat).await.unwrap();
+        match (stored, cancelled.unwrap()) {
+            (Ok(_), Ended::Already(_)) => {
+                assert_eq!(run.status, RunStatus::Completed);
+                assert_eq!(session.unwrap().turn_count, 1);
+            }
+            (Err(StorageError::RunEnded { .. }), Ended::Now(_)) => {
+                assert_eq!(run.status, RunStatus::Cancelled);
+                assert_eq!(session, None);
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+}
+
+async fn a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_nothing(
+    (store, runs, _): Stores,
+) {
+    let caller = unique("stateless");
+    let tokens = TokenUsage {
+        prompt_tokens: 7,
+        completion_tokens: 3,
+    };
+    let id = run_id();
+    runs.start_run(new_run(&id, None)).await.unwrap();
+    let completion = RunCompletion {
+        id: &id,
+        output_text: "done",
+    };
+    store
+        .count_usage(&caller, tokens, Some(completion))
+        .await
+        .unwrap();
+    let done = runs.run(&id).await.unwrap().unwrap();
+    assert_eq!((done.status, done.usage), (RunStatus::Completed, tokens));
+
+    let cancelled = run_id();
+    runs.start_run(new_run(&cancelled, None)).await.unwrap();
+    runs.end_run(&cancelled, CANCEL).await.unwrap();
+    let completion = RunCompletion {
+        id: &cancelled,
+        output_text: "late",
+    };
+    let refused = store
+        .count_usage(&caller, tokens, Some(completion))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StorageError::RunEnded { .. }),
+        "{refused:?}"
+    );
+    let today = chrono::Utc::now().date_naive();
+    let usage = store.usage(Some(&caller), today, today).await.unwrap();
+    assert_eq!(usage.len(), 1);
+    assert_eq!((usage[0].turns, usage[0].usage), (1, tokens));
+}
+
+async fn runs_are_listed_per_session_newest_first_in_pages((store, runs, _): Stores) {
+    let chat = session("listed");
+    let mut ids = Vec::new();
+    for sequence in 0..5u64 {
+        let id = run_id();
+        runs.start_run(new_run(&id, Some(&chat))).await.unwrap();
+        store
+            .append_turn_recording(&chat, sequence * 2, &turn("next"), completing(&id))
+            .await
+            .unwrap();
+        ids.push(id);
+        // Distinct creation times keep the expected order independent of the ids' tiebreak.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    runs.start_run(new_run(&run_id(), Some(&session("elsewhere"))))
+        .await
+        .unwrap();
+    ids.reverse();
+    let first = runs.session_runs(&chat, None, 3).await.unwrap();
+    let listed: Vec<&str> = first.iter().map(|run| run.id.as_str()).collect();
+    assert_eq!(listed, ids[..3]);
+    let last = first.last().unwrap();
+    let cursor = RunCursor {
+        created_at: last.created_at,
+        id: last.id.clone(),
+    };
+    let rest = runs.session_runs(&chat, Some(&cursor), 3).await.unwrap();
+    let listed: Vec<&str> = rest.iter().map(|run| run.id.as_str()).collect();
+    assert_eq!(listed, ids[3..]);
+}
+
+async fn a_session_with_an_active_run_is_neither_deleted_nor_swept((store, runs, locks): Stores) {
+    let chat = session("held");
+    let first = run_id();
+    runs.start_run(new_run(&first, Some(&chat))).await.unwrap();
+    store
+        .append_turn_recording(&chat, 0, &turn("one"), completing(&first))
+        .await
+        .unwrap();
+    // A failed first turn of a session that never came to exist leaves an orphan run.
+    let never = session("never");
+    let orphan = run_id();
+    runs.start_run(new_run(&orphan, Some(&never)))
+        .await
+        .unwrap();
+    let failed = RunEnd::Failed {
+        code: "model_error",
+        message: "the model failed",
+    };
+    runs.end_run(&orphan, failed).await.unwrap();
+    let active = run_id();
+    runs.start_run(new_run(&active, Some(&chat))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cutoff = std::time::SystemTime::now();
+
+    let refused = store.delete_session(&chat).await.unwrap_err();
+    assert!(
+        matches!(&refused, StorageError::SessionBusy { run, .. } if *run == active),
+        "{refused:?}"
+    );
+    store
+        .sweep_idle(cutoff, 100, &locks)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.session(&chat).await.unwrap().is_some(), "not swept");
+    assert!(runs.run(&first).await.unwrap().is_some());
+    assert_eq!(
+        runs.run(&orphan).await.unwrap(),
+        None,
+        "the orphan is swept"
+    );
+
+    runs.end_run(&active, CANCEL).await.unwrap();
+    assert!(store.delete_session(&chat).await.unwrap());
+    for id in [&first, &active] {
+        assert_eq!(
+            runs.run(id).await.unwrap(),
+            None,
+            "deleted with its session"
+        );
+    }
+    assert!(runs.session_runs(&chat, None, 10).await.unwrap().is_empty());
+}
