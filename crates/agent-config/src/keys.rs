@@ -404,6 +404,15 @@ sections! {
         /// The system prompt of every turn.
         system_prompt: String = TURN_SYSTEM_PROMPT, Kind::Text, default: Some("You are a helpful assistant. Use the tools when they help, and answer concisely."), aliases: [];
     }
+    /// Runs: every turn is one; how long their events are kept for resumption.
+    RunSettings ("runs.") {
+        /// How long a run's events stay readable (`GET /runs/{id}/events`, a resumed stream) after
+        /// its last event; after that its stream answers `410 Gone` (the run's record stays).
+        event_retention: Duration = RUNS_EVENT_RETENTION, Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("10m"), aliases: [];
+        /// The most events one run's log keeps (the oldest go first): bounds a run's log in Redis
+        /// and its events held in memory while it runs.
+        max_events: usize = RUNS_MAX_EVENTS, Kind::Int { min: 16, max: 1_000_000 }, default: Some("10000"), aliases: [];
+    }
     /// What an `[[http_tools]]` entry gets when it sets none of its own.
     HttpToolDefaults ("http_tool_defaults.") {
         /// The method of an `[[http_tools]]` entry that sets none.

@@ -22,9 +22,9 @@ pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
     ApiKey, ApiSettings, ApiValues, CorsSettings, HealthSettings, HttpToolDefaults,
     HttpToolSettings, LogFormat, LogSettings, McpServerSettings, ModelProvider, ModelSettings,
-    ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings, SamplerRoot,
-    ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler, TraceSettings,
-    TurnSettings,
+    ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings, RunSettings,
+    SamplerRoot, ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler,
+    TraceSettings, TurnSettings,
 };
 /// The URL type of the settings (`HttpToolSettings::url`, `McpServerSettings::url`).
 pub use url::Url;

@@ -19,7 +19,7 @@ use crate::keys::{RootValues, TelemetryValues};
 use crate::settings::{
     ApiSettings, ApiValues, HealthSettings, HttpToolDefaults, LogFormat, LogSettings,
     ModelProvider, ModelSettings, ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile,
-    RateLimitSettings, ServerSettings, Settings, StorageSettings, TurnSettings,
+    RateLimitSettings, RunSettings, ServerSettings, Settings, StorageSettings, TurnSettings,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -179,6 +179,7 @@ impl Layers {
             server,
             model: self.model(profile)?,
             turn: TurnSettings::load(self)?,
+            runs: RunSettings::load(self)?,
             mcp_servers: crate::mcp_servers::load(
                 &self.figment,
                 file,

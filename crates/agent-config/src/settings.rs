@@ -7,7 +7,7 @@ use url::Url;
 
 pub use crate::keys::{
     ApiValues, HealthSettings, HttpToolDefaults, ModelValues, OpenAiApiValues, RateLimitSettings,
-    ServerSettings, StorageSettings, TurnSettings,
+    RunSettings, ServerSettings, StorageSettings, TurnSettings,
 };
 
 impl StorageSettings {
@@ -35,6 +35,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub model: ModelSettings,
     pub turn: TurnSettings,
+    pub runs: RunSettings,
     /// Operator-declared HTTP tools (from the TOML file only).
     pub http_tools: Vec<HttpToolSettings>,
     /// `[[mcp_servers]]` tables in the file: MCP servers whose tools the agent may call.

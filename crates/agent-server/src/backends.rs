@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use agent_config::{HealthSettings, StorageSettings};
 use agent_health::{Criticality, HealthCheck};
 use agent_storage::{
-    BackgroundWork, ConversationStore, IdempotencyStore, MemoryStorage, PostgresOptions,
+    BackgroundWork, ConversationStore, EventLog, IdempotencyStore, MemoryStorage, PostgresOptions,
     PostgresStore, RateLimiter, RedisCoordination, RedisOptions, RunStore, SessionLocks,
 };
 
@@ -21,6 +21,8 @@ pub struct Backends {
     /// Runs live with the conversations (a completed run is written by its turn's store).
     pub runs: Arc<dyn RunStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Runs' events: Redis (shared by the replicas) when configured.
+    pub events: Arc<dyn EventLog>,
     pub locks: Arc<dyn SessionLocks>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// The slots of the process's background work (lock releases, abandoned idempotency
@@ -103,17 +105,26 @@ impl BackendsRecipe {
                 self.memory.clone(),
             ),
         };
-        let (locks, rate_limiter): (Arc<dyn SessionLocks>, Arc<dyn RateLimiter>) = match redis {
+        let (locks, rate_limiter, events): (
+            Arc<dyn SessionLocks>,
+            Arc<dyn RateLimiter>,
+            Arc<dyn EventLog>,
+        ) = match redis {
             Some(redis) => {
                 let redis = Arc::new(redis);
-                (redis.clone(), redis)
+                (redis.clone(), redis.clone(), redis)
             }
-            None => (self.memory.clone(), self.memory.clone()),
+            None => (
+                self.memory.clone(),
+                self.memory.clone(),
+                self.memory.clone(),
+            ),
         };
         Backends {
             conversations,
             runs,
             idempotency,
+            events,
             locks,
             rate_limiter,
             background: Arc::clone(&self.background),

@@ -62,7 +62,7 @@ pub(crate) struct ToolCallEvent {
 }
 
 /// `event: tool_result`: what a tool answered (or why it failed, with `is_error`).
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct ToolResultEvent {
     /// The `id` of the `tool_call` event it answers.
     pub(crate) id: String,

@@ -18,7 +18,7 @@ use crate::failure_log::Failure;
 
 /// Every error code the API answers with, in the `code` of the error body. Stable: clients may
 /// match on them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// No route for this method and path.
@@ -67,10 +67,16 @@ pub enum ErrorCode {
     RunNotFound,
     /// The run has already finished (a cancel of a finished run).
     RunFinished,
+    /// The run ended longer ago than its events are kept.
+    RunEventsExpired,
     /// The run was cancelled before its turn was stored; nothing was stored.
     RunCancelled,
     /// The run was failed as lost (its lease expired before it finished); nothing was stored.
     RunLost,
+    /// The client went away before its run finished; nothing was stored (a run's error only).
+    ClientDisconnected,
+    /// The server shut down before the run finished; nothing was stored.
+    Shutdown,
     /// Streaming is turned off on this server.
     StreamingDisabled,
     /// The turn reached its limit of model calls; nothing was stored.
@@ -201,6 +207,15 @@ pub enum ApiError {
     /// A failure of ours; the body reveals nothing, the cause chain goes to the log.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// An error as it was answered elsewhere (to the request that ran a run, or recorded with
+    /// the run), told again to someone else watching the run; its cause was logged there.
+    #[error("{message}")]
+    Reported {
+        status: StatusCode,
+        code: ErrorCode,
+        message: String,
+        retry_after: Option<u64>,
+    },
 }
 
 impl ApiError {
@@ -262,6 +277,7 @@ impl ApiError {
                 retry_after: Some(retry_after),
                 ..
             } => Some(retry_after.as_secs_f64().ceil().max(1.0) as u64),
+            Self::Reported { retry_after, .. } => *retry_after,
             _ => None,
         }
     }
@@ -304,6 +320,17 @@ impl ApiError {
             Self::QuotaExceeded { .. } => ErrorCode::QuotaExceeded,
             Self::SessionNotFound(_) => ErrorCode::SessionNotFound,
             Self::Internal(_) => ErrorCode::InternalError,
+            Self::Reported { code, .. } => *code,
+        }
+    }
+
+    /// This error as told again to another watcher of its run (see [`Self::Reported`]).
+    pub(crate) fn reported(&self) -> Self {
+        Self::Reported {
+            status: self.status_code(),
+            code: self.code(),
+            message: self.message(),
+            retry_after: self.retry_after_seconds(),
         }
     }
 }
@@ -313,7 +340,9 @@ impl ResponseError for ApiError {
         match self {
             Self::NotFound { .. } | Self::SessionNotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Invalid { status, .. } | Self::Upstream { status, .. } => *status,
+            Self::Invalid { status, .. }
+            | Self::Upstream { status, .. }
+            | Self::Reported { status, .. } => *status,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Conflict { .. } => StatusCode::CONFLICT,

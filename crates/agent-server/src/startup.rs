@@ -29,6 +29,7 @@ use crate::retention;
 use crate::routes;
 use crate::routes::pipeline::TurnRoutes;
 use crate::runs::RunRegistry;
+use crate::runs::live::CancelReason;
 use crate::shutdown::ShutdownTrigger;
 use crate::turn::{Turns, TurnsShared};
 
@@ -179,6 +180,7 @@ impl ApplicationBuilder {
         // and is waited for once the listener answers the startup probe.
         let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
         let (drain_sender, drain_receiver) = watch::channel(false);
+        let registry = Arc::new(RunRegistry::new());
         let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
         let shared = Shared {
             settings: Arc::new(settings.clone()),
@@ -192,7 +194,7 @@ impl ApplicationBuilder {
             mcp: mcp.clone(),
             drain: drain_receiver.clone(),
             failures: failures.clone().into_inner(),
-            registry: Arc::new(RunRegistry::new()),
+            registry: Arc::clone(&registry),
         };
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
@@ -290,7 +292,10 @@ impl ApplicationBuilder {
             handle.stop(false).await;
             return Err(StartupError::Tools(error));
         }
-        let mut tasks = vec![metrics.spawn_upkeep()];
+        let mut tasks = vec![
+            metrics.spawn_upkeep(),
+            registry.spawn_recorder(Arc::clone(&backends.runs)),
+        ];
         if let Some(retention) = settings.storage.retention() {
             tasks.push(retention::spawn(
                 retention,
@@ -304,6 +309,7 @@ impl ApplicationBuilder {
             tasks,
             mcp,
             drain: drain_sender,
+            registry,
             backends,
             server,
             handle,
@@ -324,6 +330,8 @@ pub struct Application {
     mcp: Option<Arc<McpTools>>,
     /// Tells open event streams that the drain window is ending.
     drain: watch::Sender<bool>,
+    /// The runs this process executes: those still running when the window ends are stopped.
+    registry: Arc<RunRegistry>,
     backends: Backends,
     server: JoinHandle<std::io::Result<()>>,
     handle: ServerHandle,
@@ -403,10 +411,19 @@ impl Application {
         // Streams still open shortly before the window ends get a last `shutdown` event.
         let margin = (self.drain_timeout / 4).min(Duration::from_secs(1));
         let drain = self.drain;
+        let registry = Arc::clone(&self.registry);
         let until = self.drain_timeout.saturating_sub(margin);
         let warn_streams = tokio::spawn(async move {
             tokio::time::sleep(until).await;
             let _ = drain.send(true);
+            // Their executors fail them (`shutdown`) and answer their requests while they can.
+            let stopped = registry.cancel_all(CancelReason::Shutdown);
+            if stopped > 0 {
+                tracing::warn!(
+                    runs = stopped,
+                    "the drain window is ending: stopping the runs still running"
+                );
+            }
         });
         let drained = tokio::time::timeout(self.drain_timeout, handle.stop(true)).await;
         warn_streams.abort();

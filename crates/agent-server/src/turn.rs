@@ -6,16 +6,17 @@
 //! model call rather than after it. A session whose last turn this process stored takes its
 //! history from [`HistoryCache`] when its lock proves no one else wrote it since.
 
+mod finish;
+
+pub(crate) use finish::{ClaimToComplete, Extras, KeepResponse};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, TurnResult};
-use agent_storage::{
-    IdempotencyCompletion, LockGuard, NewRun, ResponseParameters, ResponseRecord, RunCompletion,
-    RunEnd, SessionInfo, StorageError, TurnRecord, acquire_lock,
-};
+use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest};
+use agent_storage::{LockGuard, NewRun, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
 use crate::admission::{Admission, TurnSlot};
@@ -23,8 +24,9 @@ use crate::backends::Backends;
 use crate::dto::ValidTurn;
 use crate::error::{ApiError, ErrorCode};
 use crate::history_cache::{History, HistoryCache, Window};
-use crate::metrics::{TurnCost, TurnMetrics, TurnOutcome};
+use crate::metrics::TurnMetrics;
 use crate::quota::QuotaStatus;
+use crate::runs::live::{LiveRun, LogPolicy, LogWriter};
 use crate::runs::{RunRegistry, RunTicket};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
@@ -47,6 +49,7 @@ pub(crate) struct Turns {
     /// How long a run's lease lasts: past the turn's deadline, so only a crashed executor lets it
     /// expire.
     run_lease: Duration,
+    log_policy: LogPolicy,
 }
 
 /// What the workers' [`Turns`] share: one of each per process.
@@ -154,14 +157,6 @@ enum Held {
 }
 
 impl HeldSession {
-    /// The session's id as its owner knows it; None for a given conversation.
-    pub(crate) fn session_local(&self) -> Option<&str> {
-        match &self.target {
-            Held::Session { session, .. } => Some(session.local()),
-            Held::Given { .. } => None,
-        }
-    }
-
     /// The caller the turn is counted for.
     pub(crate) fn caller(&self) -> &str {
         match &self.target {
@@ -222,6 +217,10 @@ impl Turns {
             quotas: Arc::new(settings.api.quotas.clone()),
             registry: shared.registry,
             run_lease: outliving,
+            log_policy: LogPolicy {
+                cap: settings.runs.max_events,
+                keep: settings.runs.event_retention,
+            },
         }
     }
 
@@ -240,10 +239,21 @@ impl Turns {
             holder: self.registry.holder(),
             lease: self.run_lease,
         };
-        let started = self.backends.runs.start_run(run).await;
+        let mut started = self.backends.runs.start_run(run).await;
+        // A run this process ended while the store was down is still active there: record its
+        // end now rather than leave the session busy until its lease expires.
+        if let Err(StorageError::SessionBusy { run: busy, .. }) = &started
+            && self
+                .registry
+                .record_unrecorded(self.backends.runs.as_ref(), busy)
+                .await
+        {
+            started = self.backends.runs.start_run(run).await;
+        }
         observe(&self.store_failing, started)?;
+        let live = LiveRun::new(id, session.map(|session| session.local().to_owned()));
         Ok(RunTicket::new(
-            id,
+            live,
             Arc::clone(&self.registry),
             Arc::clone(&self.backends.runs),
             Arc::clone(&self.backends.background),
@@ -252,6 +262,15 @@ impl Turns {
 
     pub(crate) fn registry(&self) -> &Arc<RunRegistry> {
         &self.registry
+    }
+
+    /// The writer of run `run`'s steps to the shared event log.
+    pub(crate) fn log_writer(&self, run: &str) -> LogWriter {
+        LogWriter::new(
+            Arc::clone(&self.backends.events),
+            run.to_owned(),
+            self.log_policy,
+        )
     }
 
     /// A slot among the turns in flight, or `503 overloaded`. Taken after the request is
@@ -425,248 +444,11 @@ impl Turns {
             None => Ok(()),
         }
     }
-
-    /// Stores a finished turn and releases the lock (for a given conversation: counts its
-    /// usage). The store runs in its own task, so a client going away cannot interrupt it
-    /// half-way (it is one transaction either way). With a claim in `extras`, the idempotency
-    /// claim is completed with the response in the same transaction where the store can
-    /// (answered true), so a crash cannot leave a stored turn behind a claim that a retry would
-    /// run again; a response to keep is recorded by the same statement.
-    pub(crate) async fn store(
-        &self,
-        held: HeldSession,
-        result: TurnResult,
-        extras: Extras,
-    ) -> Result<(Finished, bool), ApiError> {
-        let HeldSession {
-            target,
-            started,
-            slot,
-            earlier,
-            mut run,
-        } = held;
-        let conversations = Arc::clone(&self.backends.conversations);
-        let store_failing = Arc::clone(&self.store_failing);
-        let history_cache = self.history_cache.clone();
-        let cost = TurnCost::of(&result, started);
-        let TurnResult {
-            mut turn, response, ..
-        } = result;
-        let created = unix_now();
-        let caller = match &target {
-            Held::Session { session, .. } => session.owner().to_owned(),
-            Held::Given { caller } => caller.clone(),
-        };
-        let finished = Finished {
-            id: uuid::Uuid::new_v4(),
-            created,
-            text: response,
-            session: match &target {
-                Held::Session { session, .. } => Some(session.local().to_owned()),
-                Held::Given { .. } => None,
-            },
-            usage: turn.usage,
-            run_id: run.id().to_owned(),
-        };
-        // Made here: the spawned task is outside the request's span (and carries a sampled
-        // request's subscriber along).
-        let store_span = tracing::debug_span!(
-            "session.store",
-            messages = agent_core::spans::count(turn.messages.len())
-        );
-        let store = async move {
-            let completion = RunCompletion {
-                id: &finished.run_id,
-                output_text: &finished.text,
-            };
-            let (session, info, guard, window) = match target {
-                Held::Given { caller } => {
-                    let counted = conversations
-                        .count_usage(&caller, turn.usage, Some(completion))
-                        .await;
-                    let counted = observe(&store_failing, counted).map(|()| false);
-                    settle(&mut run, counted.as_ref().err()).await;
-                    drop(slot);
-                    return Ok((finished.clone(), counted?));
-                }
-                Held::Session {
-                    session,
-                    info,
-                    guard,
-                    window,
-                } => (session, info, guard, window),
-            };
-            if !earlier.is_empty() {
-                turn.messages.splice(0..0, earlier);
-            }
-            let render = |render: &Render| {
-                render(&finished).map_err(|error| ApiError::Internal(error.into()))
-            };
-            let replay = extras
-                .claim
-                .as_ref()
-                .map(|claim| render(&claim.render))
-                .transpose()?;
-            let record =
-                TurnRecord {
-                    idempotency: extras.claim.as_ref().zip(replay.as_deref()).map(
-                        |(claim, replay)| IdempotencyCompletion {
-                            key: &claim.key,
-                            response: replay,
-                            retention: claim.retention,
-                        },
-                    ),
-                    response: extras.response.as_ref().map(|kept| ResponseRecord {
-                        id: &kept.id,
-                        created_at: SystemTime::UNIX_EPOCH
-                            + Duration::from_secs(kept.created_at),
-                        parameters: &kept.parameters,
-                        output_text: &finished.text,
-                    }),
-                    run: Some(completion),
-                };
-            let stored = conversations
-                .append_turn_recording(&session, info.next_sequence, &turn, record)
-                .await;
-            // Kept before the lock is released: the next turn on this session finds it.
-            match (&stored, window, &guard) {
-                (Ok((info, _)), Some(window), Some(guard)) => {
-                    let fence = guard.fencing_token();
-                    let messages = turn.messages;
-                    history_cache.store(&session, fence, info.clone(), &window, messages);
-                }
-                (Ok(_), _, _) => {}
-                (Err(_), _, _) => history_cache.forget(&session),
-            }
-            let stored = observe(&store_failing, stored.map(|(_, completed)| completed));
-            settle(&mut run, stored.as_ref().err()).await;
-            if let Some(guard) = guard
-                && let Err(error) = guard.release().await
-            {
-                tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
-            }
-            drop(slot);
-            Ok::<_, ApiError>((finished.clone(), stored?))
-        }
-        .instrument(store_span);
-        let stored = tokio::spawn(crate::telemetry::carry(store));
-        let stored = stored
-            .await
-            .map_err(|error| ApiError::Internal(anyhow::Error::new(error)))
-            .and_then(|stored| stored);
-        // Completed only once stored: a turn whose store failed answered nothing.
-        let outcome = match stored {
-            Ok(_) => TurnOutcome::Completed,
-            Err(_) => TurnOutcome::StoreFailed,
-        };
-        self.metrics.finished(&caller, outcome, &cost);
-        stored
-    }
-
-    /// Counts a turn the agent could not finish, and fails its run; answers the API's error.
-    pub(crate) async fn fail(
-        &self,
-        mut held: HeldSession,
-        error: agent_core::AgentError,
-    ) -> ApiError {
-        self.metrics.failed(held.caller(), outcome(&error));
-        let error = ApiError::from(error);
-        held.run.fail(&error).await;
-        error
-    }
-
-    /// The whole non-streaming turn; answers it and whether the claim of `extras` was completed
-    /// with it.
-    pub(crate) async fn run(
-        &self,
-        input: TurnInput,
-        slot: TurnSlot,
-        extras: Extras,
-    ) -> Result<(Finished, bool), ApiError> {
-        let Prepared { request, mut held } = self.prepare(input, slot).await?;
-        let cancelled = held.run.cancellation();
-        let result = tokio::select! {
-            result = self.agent.run_turn(request) => result,
-            () = cancelled.cancelled() => {
-                // The canceller ended the run; dropping the turn stops its model and tool calls.
-                held.run.close();
-                return Err(run_cancelled(held.run.id()));
-            }
-        };
-        match result {
-            Ok(result) => self.store(held, result, extras).await,
-            Err(error) => Err(self.fail(held, error).await),
-        }
-    }
-}
-
-/// What a turn's store writes besides the turn (of a stored session; a given conversation's
-/// turn stores nothing).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Extras {
-    pub(crate) claim: Option<ClaimToComplete>,
-    pub(crate) response: Option<KeepResponse>,
-}
-
-/// A response (the Responses API) to keep with the turn: its id, when it was made (seconds since
-/// the Unix epoch), and what its request asked; its answer and usage are the turn's.
-#[derive(Debug, Clone)]
-pub(crate) struct KeepResponse {
-    pub(crate) id: String,
-    pub(crate) created_at: u64,
-    pub(crate) parameters: Arc<ResponseParameters>,
-}
-
-/// An idempotency claim the turn's store should complete: the claimed key, how long its
-/// response is kept, and how the route renders its response (see [`render_as`]).
-#[derive(Clone)]
-pub(crate) struct ClaimToComplete {
-    pub(crate) key: String,
-    pub(crate) retention: Duration,
-    pub(crate) render: Render,
-}
-
-impl std::fmt::Debug for ClaimToComplete {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter
-            .debug_struct("ClaimToComplete")
-            .field("key", &self.key)
-            .field("retention", &self.retention)
-            .finish_non_exhaustive()
-    }
 }
 
 /// A new run's id: `run_` and 32 hex digits.
 fn new_run_id() -> String {
     format!("run_{}", uuid::Uuid::new_v4().simple())
-}
-
-/// The error of a request whose run was cancelled while it ran.
-pub(crate) fn run_cancelled(run: &str) -> ApiError {
-    ApiError::Conflict {
-        code: ErrorCode::RunCancelled,
-        message: format!("run {run} was cancelled; nothing was stored"),
-    }
-}
-
-/// Ends the run of a turn whose store answered: completed with it (or ended meanwhile by a
-/// cancel or as lost), else failed with the store's error.
-async fn settle(run: &mut RunTicket, failure: Option<&StorageError>) {
-    match failure {
-        None | Some(StorageError::RunEnded { .. }) => run.close(),
-        Some(error) => {
-            let message = error.to_string();
-            let end = RunEnd::Failed {
-                code: if error.is_unavailable() {
-                    "storage_unavailable"
-                } else {
-                    "store_failed"
-                },
-                message: &message,
-            };
-            run.end(end).await;
-        }
-    }
 }
 
 /// Seconds since the Unix epoch.
@@ -685,15 +467,4 @@ fn observe<T>(failing: &AtomicBool, result: Result<T, StorageError>) -> Result<T
         _ => {}
     }
     result
-}
-
-/// The metric outcome of a turn the agent could not finish.
-fn outcome(error: &agent_core::AgentError) -> TurnOutcome {
-    match error {
-        agent_core::AgentError::Model(_) => TurnOutcome::ModelError,
-        agent_core::AgentError::StepLimit(_) => TurnOutcome::StepLimit,
-        agent_core::AgentError::TurnBudgetExceeded { .. } => TurnOutcome::TurnBudget,
-        agent_core::AgentError::SessionBudgetExceeded { .. } => TurnOutcome::SessionBudget,
-        agent_core::AgentError::DeadlineExceeded(_) => TurnOutcome::Deadline,
-    }
 }

@@ -20,14 +20,17 @@ pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
 pub use model::{
-    DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, NewRun, RUN_LOST,
-    RateDecision, ResponseParameters, ResponseRecord, RunCompletion, RunCursor, RunEnd, RunError,
-    RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent, NewRun,
+    RUN_LOST, RateDecision, ResponseParameters, ResponseRecord, RunCompletion, RunCursor, RunEnd,
+    RunError, RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage, StoredResponse,
+    TurnRecord,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};
 pub use retention::Sweep;
-pub use traits::{ConversationStore, IdempotencyStore, RateLimiter, RunStore, SessionLocks};
+pub use traits::{
+    ConversationStore, EventLog, IdempotencyStore, RateLimiter, RunStore, SessionLocks,
+};
 
 /// The most messages one history read may return.
 pub const MAX_HISTORY_WINDOW: usize = 1000;

@@ -312,3 +312,11 @@ pub struct RunCursor {
     pub created_at: SystemTime,
     pub id: String,
 }
+
+/// One event of a run's log: its number (increasing within the run, from the writer) and its
+/// payload (opaque here: the server's JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    pub data: String,
+}

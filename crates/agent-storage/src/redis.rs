@@ -15,8 +15,8 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::background::BackgroundWork;
 use crate::error::{StorageError, bounded};
-use crate::model::{LockLease, RateDecision};
-use crate::traits::{RateLimiter, SessionLocks};
+use crate::model::{LockLease, LoggedEvent, RateDecision};
+use crate::traits::{EventLog, RateLimiter, SessionLocks};
 
 const BACKEND: &str = "redis";
 /// How long a session's fencing counter outlives its last lock.
@@ -54,6 +54,18 @@ static COUNT: LazyLock<Script> = LazyLock::new(|| {
             ttl = tonumber(ARGV[1])
           end
           return {count, ttl}",
+    )
+});
+
+/// Appends events to a run's log (a stream): ARGV = keep (ms), cap, then id and data of each
+/// event. An id the stream already holds fails its XADD, which is skipped (a retried append).
+static APPEND: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"for index = 3, #ARGV, 2 do
+            redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], ARGV[index], 'e', ARGV[index + 1])
+          end
+          redis.call('PEXPIRE', KEYS[1], ARGV[1])
+          return 1",
     )
 });
 
@@ -283,6 +295,77 @@ impl RedisCoordination {
 
     fn lock_key(&self, session: &SessionId) -> String {
         format!("{}lock:{session}", self.prefix)
+    }
+
+    fn log_key(&self, run: &str) -> String {
+        format!("{}events:{run}", self.prefix)
+    }
+}
+
+/// A log event's stream entry id: its number, then 1 (so that event 0 is above `0-0`).
+fn entry_id(seq: u64) -> String {
+    format!("{seq}-1")
+}
+
+#[async_trait]
+impl EventLog for RedisCoordination {
+    #[tracing::instrument(level = "debug", skip(self, events), fields(backend = BACKEND))]
+    async fn append(
+        &self,
+        run: &str,
+        events: &[LoggedEvent],
+        cap: usize,
+        keep: Duration,
+    ) -> Result<(), StorageError> {
+        let key = self.log_key(run);
+        self.run(async |connection| {
+            let mut invocation = APPEND.key(&key);
+            invocation.arg(millis(keep)).arg(cap);
+            for event in events {
+                invocation.arg(entry_id(event.seq)).arg(&event.data);
+            }
+            invocation.invoke_async::<i64>(connection).await
+        })
+        .await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn read(
+        &self,
+        run: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StorageError> {
+        let key = self.log_key(run);
+        let start = after.map_or_else(|| "-".to_owned(), |after| format!("({}", entry_id(after)));
+        type Entries = Vec<(String, Vec<(String, String)>)>;
+        let entries: Entries = self
+            .run(async |connection| {
+                redis::cmd("XRANGE")
+                    .arg(&key)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(connection)
+                    .await
+            })
+            .await?;
+        entries
+            .into_iter()
+            .map(|(id, fields)| {
+                let seq = id
+                    .split_once('-')
+                    .and_then(|(seq, _)| seq.parse().ok())
+                    .ok_or_else(|| StorageError::Corrupt(format!("log entry id {id}")))?;
+                let data = fields
+                    .into_iter()
+                    .find_map(|(name, value)| (name == "e").then_some(value))
+                    .ok_or_else(|| StorageError::Corrupt(format!("log entry {id} has no event")))?;
+                Ok(LoggedEvent { seq, data })
+            })
+            .collect()
     }
 }
 

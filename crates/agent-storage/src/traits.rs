@@ -10,8 +10,9 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, Ended, IdempotencyBegin, LockLease, NewRun, RateDecision, RunCompletion, RunCursor,
-    RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, RateDecision,
+    RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage,
+    StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 
@@ -156,6 +157,31 @@ pub trait RunStore: Send + Sync + Debug {
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<RunRecord>, StorageError>;
+}
+
+/// The ordered events of each run, readable by every replica and kept a while after the run
+/// ends; losing them loses live resumption, never a run's result (that is the run's record).
+#[async_trait]
+pub trait EventLog: Send + Sync + Debug {
+    /// Appends `events` (numbered by their writer, increasing; an event whose number the log
+    /// already holds is skipped, so a retried append is harmless) to `run`'s log, which keeps
+    /// its last `cap` events and expires `keep` after this append.
+    async fn append(
+        &self,
+        run: &str,
+        events: &[LoggedEvent],
+        cap: usize,
+        keep: Duration,
+    ) -> Result<(), StorageError>;
+
+    /// Up to `limit` events of `run` numbered after `after` (from the first when None), in
+    /// order; none when the log is empty, expired or was never written.
+    async fn read(
+        &self,
+        run: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StorageError>;
 }
 
 /// Per-session mutual exclusion across replicas. Use [`crate::acquire_lock`] to wait for one.

@@ -1,6 +1,7 @@
 //! A TCP proxy on loopback that can lose replies: requests always reach the server, and while
 //! told to, the server's answers are read and thrown away — a command runs, its caller never
-//! hears back (what a connection dying at the wrong moment looks like).
+//! hears back (what a connection dying at the wrong moment looks like). It can also be down: every
+//! connection is cut at its next byte and new ones are closed at once (the server stopped).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct LossyProxy {
     port: u16,
     lose_replies: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl LossyProxy {
@@ -34,11 +36,16 @@ impl LossyProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let lose_replies = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let target = target.to_owned();
-        let lose = Arc::clone(&lose_replies);
+        let (lose, is_down) = (Arc::clone(&lose_replies), Arc::clone(&down));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                if is_down.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(&target) else {
                     continue;
                 };
@@ -46,12 +53,17 @@ impl LossyProxy {
                 let _ = server.set_nodelay(true);
                 let (client_in, server_out) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || pump(client_in, server_out, None));
-                let lose = Arc::clone(&lose);
-                std::thread::spawn(move || pump(server, client, Some(lose)));
+                let cut = Arc::clone(&is_down);
+                std::thread::spawn(move || pump(client_in, server_out, None, &cut));
+                let (lose, cut) = (Arc::clone(&lose), Arc::clone(&is_down));
+                std::thread::spawn(move || pump(server, client, Some(lose), &cut));
             }
         });
-        Self { port, lose_replies }
+        Self {
+            port,
+            lose_replies,
+            down,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -62,14 +74,21 @@ impl LossyProxy {
     pub fn lose_replies(&self, lose: bool) {
         self.lose_replies.store(lose, Ordering::SeqCst);
     }
+
+    /// From now on, the server looks stopped (`true`) or is reachable again (`false`).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
 }
 
-/// Copies `from` to `to` until either side closes, dropping the bytes while `lose` is set.
-fn pump(mut from: TcpStream, mut to: TcpStream, lose: Option<Arc<AtomicBool>>) {
+/// Copies `from` to `to` until either side closes or `down` is set, dropping the bytes while
+/// `lose` is set.
+fn pump(mut from: TcpStream, mut to: TcpStream, lose: Option<Arc<AtomicBool>>, down: &AtomicBool) {
     let mut buffer = [0_u8; 16 * 1024];
     loop {
         let read = match from.read(&mut buffer) {
             Ok(0) | Err(_) => break,
+            Ok(_) if down.load(Ordering::SeqCst) => break,
             Ok(read) => read,
         };
         if lose

@@ -157,6 +157,11 @@ pub(crate) struct AgentEvents {
 }
 
 impl AgentEvents {
+    /// The next event gets number `seq` (a resumed stream starts after the client's last).
+    pub(crate) fn number_next(&mut self, seq: u64) {
+        self.next = seq;
+    }
+
     fn event(&mut self, name: &str, data: &impl serde::Serialize) -> Bytes {
         let id = self.next;
         self.next += 1;

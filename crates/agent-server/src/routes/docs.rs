@@ -59,6 +59,7 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::sessions::delete_session,
         super::runs::get_run,
         super::runs::cancel_run,
+        super::runs::run_events,
         super::runs::list_session_runs,
         super::usage::get_usage,
         super::tools::list_tools,

@@ -1,6 +1,6 @@
 //! The route table. Handlers are thin: extract, call, map errors.
 
-mod agent;
+pub(crate) mod agent;
 mod docs;
 pub(crate) mod openai;
 pub(crate) mod pages;
@@ -9,7 +9,7 @@ mod probes;
 mod runs;
 mod sessions;
 mod tools;
-mod turn_stream;
+pub(crate) mod turn_stream;
 mod usage;
 
 use actix_web::http::Method;
@@ -44,6 +44,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
         .service(get_only("/usage", usage::get_usage))
         .service(get_only("/tools", tools::list_tools))
         .service(get_only("/runs/{id}", runs::get_run))
+        .service(get_only("/runs/{id}/events", runs::run_events))
         .service(post_only("/runs/{id}/cancel", runs::cancel_run))
         .service(get_only("/sessions/{id}/runs", runs::list_session_runs))
         .service(get_only("/v1/models", openai::list_models))

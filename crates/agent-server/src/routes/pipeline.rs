@@ -17,12 +17,14 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::access::caller_name;
+use crate::admission::TurnSlot;
 use crate::backends::Backends;
 use crate::dto::parse_json;
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency::{self, Once};
 use crate::routes::turn_stream::{self, EventFormat};
+use crate::runs::executor::{Mode, execute};
 use crate::turn::{ClaimToComplete, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
 
 /// What the turn routes run on: one extractor for all of them. One per worker.
@@ -139,10 +141,11 @@ pub(crate) async fn serve<W: TurnWire>(
         (Some(events), _) => {
             // Refusals up to here are plain answers; from here on they are events.
             let prepared = routes.turns.prepare(input, slot).await?;
-            turn_stream::respond(&routes, prepared, extras, events)
+            let execution = execute(&routes.turns, prepared, extras, Mode::Streaming);
+            turn_stream::respond(&routes, execution, events)
         }
         (None, None) => {
-            let (finished, _) = routes.turns.run(input, slot, extras).await?;
+            let (finished, _) = run(&routes, input, slot, extras).await?;
             HttpResponse::Ok().json(answer(&finished))
         }
         (None, Some((key, fingerprint))) => {
@@ -167,7 +170,7 @@ pub(crate) async fn serve<W: TurnWire>(
                 lease,
                 retention,
                 || async {
-                    let (finished, completed) = routes.turns.run(input, slot, extras).await?;
+                    let (finished, completed) = run(&routes, input, slot, extras).await?;
                     Ok((answer(&finished), completed))
                 },
             )
@@ -185,6 +188,20 @@ pub(crate) async fn serve<W: TurnWire>(
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// A whole blocking run: prepared here, executed apart from this request (which waits for it;
+/// its going away cancels the run).
+async fn run(
+    routes: &TurnRoutes,
+    input: TurnInput,
+    slot: TurnSlot,
+    extras: Extras,
+) -> Result<(Finished, bool), ApiError> {
+    let prepared = routes.turns.prepare(input, slot).await?;
+    execute(&routes.turns, prepared, extras, Mode::Blocking)
+        .outcome()
+        .await
 }
 
 /// How much longer than a turn (and its wait for the lock) a claim is held.

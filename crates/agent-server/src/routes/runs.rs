@@ -1,18 +1,29 @@
 //! `GET /runs/{id}`, `POST /runs/{id}/cancel` and `GET /sessions/{id}/runs`: a caller's runs.
 //! Another caller's run does not exist for you (404, as for an id nobody used).
 
-use actix_web::web::{Data, Path, Query};
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::web::{Bytes, Data, Path, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_storage::{Ended, RunRecord};
+use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::access::caller_name;
 use crate::backends::Backends;
+use crate::dto::RunEvent;
 use crate::dto::runs::{RunList, RunView, is_run_id, parse_run_cursor, run_cursor_text};
 use crate::dto::session_id;
 use crate::error::{ApiError, ErrorBody, ErrorCode};
+use crate::routes::agent::AgentEvents;
+use crate::routes::pipeline::TurnRoutes;
 use crate::routes::sessions::limit_within;
+use crate::routes::turn_stream::{EventFormat, stream_response};
 use crate::runs::CANCELLED;
+use crate::runs::live::CancelReason;
+use crate::runs::live::{LiveEvent, StepEvent};
+use crate::runs::reader::{self, Numbered};
 use crate::turn::Turns;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -76,7 +87,7 @@ pub(crate) async fn cancel_run(
     match backends.runs.end_run(&id, CANCELLED).await? {
         Ended::Now(run) => {
             // Stops it here if this replica executes it; elsewhere its store finds it ended.
-            turns.registry().cancel(&run.id);
+            turns.registry().cancel(&run.id, CancelReason::Requested);
             Ok(HttpResponse::Ok().json(RunView::from(run)))
         }
         Ended::Already(run) => Err(ApiError::Conflict {
@@ -85,6 +96,121 @@ pub(crate) async fn cancel_run(
         }),
         Ended::Missing => Err(run_not_found(&id)),
     }
+}
+
+/// A run's events as server-sent events, in `/agent/stream`'s format: from the start (`run`,
+/// then its steps, then `done` or `error`), or after the event whose id `Last-Event-ID` names;
+/// live until the run ends, on any replica.
+#[utoipa::path(
+    get,
+    path = "/runs/{id}/events",
+    tag = "runs",
+    params(
+        ("id" = String, Path, description = "The run id (`run_…`)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (the `id:` of the last event received)"),
+    ),
+    responses(
+        (status = 200, description = "`text/event-stream` of the run's events, as `POST /agent/stream` sends them (see its `x-sse-events`)", content_type = "text/event-stream"),
+        (status = 404, description = "No run of this caller has this id (`run_not_found`)", body = ErrorBody),
+        (status = 410, description = "The run ended longer ago than its events are kept (`run_events_expired`; its record stays at `GET /runs/{id}`)", body = ErrorBody),
+        (status = 422, description = "`Last-Event-ID` is not an event number (`invalid_request`)", body = ErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = ErrorBody),
+    )
+)]
+pub(crate) async fn run_events(
+    request: HttpRequest,
+    id: Path<String>,
+    routes: Data<TurnRoutes>,
+) -> Result<HttpResponse, ApiError> {
+    let backends = &routes.backends;
+    let run = owned_run(backends, &id, &caller_name(&request)).await?;
+    let after = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid_param(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        ErrorCode::InvalidRequest,
+                        "Last-Event-ID",
+                        "Last-Event-ID: not the id of an event of this run",
+                    )
+                })?,
+        ),
+    };
+    if reader::expired(&run, routes.settings.runs.event_retention) {
+        return Err(ApiError::invalid(
+            StatusCode::GONE,
+            ErrorCode::RunEventsExpired,
+            format!(
+                "the events of run {} are no longer kept (it ended more than {} ago)",
+                run.id,
+                humantime::format_duration(routes.settings.runs.event_retention)
+            ),
+        ));
+    }
+    let live = routes.turns.registry().live(&run.id);
+    let start = RunEvent {
+        run_id: run.id.clone(),
+        session_id: run
+            .session
+            .as_ref()
+            .map(|session| session.local().to_owned()),
+    };
+    let events = reader::events(
+        run,
+        live,
+        Arc::clone(&backends.events),
+        Arc::clone(&backends.runs),
+        after,
+    );
+    let keepalive = routes.settings.api.sse_keepalive;
+    let mut drain = routes.drain.clone();
+    let body = async_stream::stream! {
+        let mut format = AgentEvents::default();
+        if after.is_none() {
+            yield Ok::<_, actix_web::Error>(format.start(&start).unwrap_or_default());
+        }
+        let mut events = std::pin::pin!(events);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+        loop {
+            tokio::select! {
+                next = events.next() => {
+                    let Some(Numbered { seq, event }) = next else { break };
+                    format.number_next(seq);
+                    match event {
+                        LiveEvent::Step(StepEvent::Delta { text }) => {
+                            yield Ok(format.delta(text).unwrap_or_default());
+                        }
+                        LiveEvent::Step(StepEvent::ToolCall { call }) => {
+                            yield Ok(format.tool_call(call.into()).unwrap_or_default());
+                        }
+                        LiveEvent::Step(StepEvent::ToolResult { result }) => {
+                            yield Ok(format.tool_result(result).unwrap_or_default());
+                        }
+                        LiveEvent::Done(finished) => {
+                            for bytes in format.done(&finished) {
+                                yield Ok(bytes);
+                            }
+                        }
+                        LiveEvent::Failed(error) => yield Ok(format.error(&error)),
+                    }
+                }
+                _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                changed = drain.changed() => {
+                    if changed.is_ok() && *drain.borrow() {
+                        // Only this reader stops: the run goes on (and can be read elsewhere).
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    Ok(stream_response(body))
 }
 
 /// A session's runs, newest first, a page at a time.
@@ -143,7 +269,7 @@ async fn owned_run(backends: &Backends, id: &str, caller: &str) -> Result<RunRec
 
 fn run_not_found(id: &str) -> ApiError {
     ApiError::invalid(
-        actix_web::http::StatusCode::NOT_FOUND,
+        StatusCode::NOT_FOUND,
         ErrorCode::RunNotFound,
         format!("no run {id} of yours exists"),
     )

@@ -8,14 +8,16 @@ use std::sync::Arc;
 
 use actix_web::HttpResponse;
 use actix_web::web::Bytes;
-use agent_core::{AgentEvent, ToolCall};
-use futures_util::{Stream, StreamExt};
+use agent_core::ToolCall;
+use futures_util::Stream;
 
 use crate::dto::{RunEvent, ToolResultEvent};
 use crate::error::ApiError;
 use crate::failure_log::FailureLog;
 use crate::routes::pipeline::TurnRoutes;
-use crate::turn::{Extras, Finished, Prepared};
+use crate::runs::executor::Execution;
+use crate::runs::live::{CancelReason, LiveEvent, StepEvent};
+use crate::turn::Finished;
 
 /// What a stream says when the drain window ends before its turn did.
 pub(crate) const SHUTDOWN_MESSAGE: &str =
@@ -109,87 +111,75 @@ pub(crate) fn sse_numbered(
     Bytes::from(text)
 }
 
-/// The response streaming `prepared`'s turn in `format`, stored with `extras`.
+/// The response streaming the run `execution` in `format`: its events as the executor publishes
+/// them, keep-alives while it is quiet, and the end of the drain window. Dropping the response
+/// (the client went away) drops `execution`, which cancels the run.
 pub(crate) fn respond<F: EventFormat>(
     routes: &TurnRoutes,
-    prepared: Prepared,
-    extras: Extras,
+    execution: Execution,
     mut format: F,
 ) -> HttpResponse {
-    let Prepared { request, held } = prepared;
-    let turns = Arc::clone(&routes.turns);
     let failures = Arc::clone(&routes.failures);
     let mut drain = routes.drain.clone();
     let keepalive = routes.settings.api.sse_keepalive;
     let mut step_text = (!F::SHOWS_TOOLS).then(StepText::default);
     let run = RunEvent {
-        run_id: held.run.id().to_owned(),
-        session_id: held.session_local().map(str::to_owned),
+        run_id: execution.live.id.clone(),
+        session_id: execution.live.session.clone(),
     };
     let events = async_stream::stream! {
+        let execution = execution;
         if let Some(start) = format.start(&run) {
             yield Ok::<_, actix_web::Error>(start);
         }
-        let cancelled = held.run.cancellation();
-        let mut events = turns.agent.run_turn_streaming(request);
-        let mut held = Some(held);
+        let mut watcher = execution.live.watch();
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
-        loop {
+        'watching: loop {
             tokio::select! {
-                event = events.next() => match event {
-                    Some(AgentEvent::TextDelta(text)) => {
-                        let text = match &mut step_text {
-                            Some(step_text) => step_text.delta(text),
-                            None => Some(text),
-                        };
-                        if let Some(bytes) = text.and_then(|text| format.delta(text)) {
-                            yield Ok(bytes);
-                        }
+                events = watcher.next() => {
+                    if events.is_empty() {
+                        break;
                     }
-                    Some(AgentEvent::ToolCallStarted(call)) => match &mut step_text {
-                        Some(step_text) => step_text.tool_call(),
-                        None => if let Some(bytes) = format.tool_call(call) {
-                            yield Ok(bytes);
-                        },
-                    },
-                    Some(AgentEvent::ToolResult { call_id, name, content, is_error }) => {
-                        let result = ToolResultEvent { id: call_id, name, content, is_error };
-                        if let Some(bytes) = step_text.is_none().then(|| format.tool_result(result)).flatten() {
-                            yield Ok(bytes);
-                        }
-                    }
-                    Some(AgentEvent::Done(result)) => {
-                        let Some(held) = held.take() else { break };
-                        match turns.store(held, result, extras.clone()).await {
-                            Ok((finished, _)) => for bytes in format.done(&finished) {
-                                yield Ok(bytes);
+                    for event in events {
+                        match event {
+                            LiveEvent::Step(StepEvent::Delta { text }) => {
+                                let text = match &mut step_text {
+                                    Some(step_text) => step_text.delta(text),
+                                    None => Some(text),
+                                };
+                                if let Some(bytes) = text.and_then(|text| format.delta(text)) {
+                                    yield Ok(bytes);
+                                }
+                            }
+                            LiveEvent::Step(StepEvent::ToolCall { call }) => match &mut step_text {
+                                Some(step_text) => step_text.tool_call(),
+                                None => if let Some(bytes) = format.tool_call(call.into()) {
+                                    yield Ok(bytes);
+                                },
                             },
-                            Err(error) => yield Ok(error_event(&mut format, &error, &failures)),
+                            LiveEvent::Step(StepEvent::ToolResult { result }) => {
+                                if let Some(bytes) = step_text.is_none().then(|| format.tool_result(result)).flatten() {
+                                    yield Ok(bytes);
+                                }
+                            }
+                            LiveEvent::Done(finished) => {
+                                for bytes in format.done(&finished) {
+                                    yield Ok(bytes);
+                                }
+                                break 'watching;
+                            }
+                            LiveEvent::Failed(error) => {
+                                yield Ok(error_event(&mut format, &error, &failures));
+                                break 'watching;
+                            }
                         }
-                        break;
                     }
-                    Some(AgentEvent::Failed(error)) => {
-                        let error = match held.take() {
-                            Some(held) => turns.fail(held, error).await,
-                            None => ApiError::from(error),
-                        };
-                        yield Ok(error_event(&mut format, &error, &failures));
-                        break;
-                    }
-                    None => break,
-                },
-                () = cancelled.cancelled() => {
-                    // The canceller ended the run; dropping the turn stops its calls.
-                    let Some(mut held) = held.take() else { break };
-                    held.run.close();
-                    let error = crate::turn::run_cancelled(held.run.id());
-                    yield Ok(error_event(&mut format, &error, &failures));
-                    break;
                 }
                 _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
                 changed = drain.changed() => {
                     if changed.is_ok() && *drain.borrow() {
                         tracing::info!("closing a stream: the drain window is ending");
+                        execution.live.cancel(CancelReason::Shutdown);
                         yield Ok(format.shutdown());
                         break;
                     }

@@ -176,7 +176,7 @@ async fn a_running_run_holds_its_session_and_a_cancel_stops_it_with_nothing_stor
     assert_eq!(cancelled.status(), 200);
     let cancelled: Value = cancelled.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
-    assert_eq!(cancelled["error"]["code"], "cancelled");
+    assert_eq!(cancelled["error"]["code"], "run_cancelled");
     let events = rest(stream).await;
     let last = events.last().unwrap();
     assert_eq!(last.event, "error");
@@ -287,4 +287,143 @@ async fn a_run_cancelled_on_another_replica_stores_nothing() {
     assert_eq!(error_code(&last.json()), "run_cancelled", "{events:?}");
     assert!(replicas[0].stored("shared").await.is_empty());
     assert_eq!(run_of(&replicas[0], &run_id).await["status"], "cancelled");
+}
+
+async fn events_of(app: &TestApp, run: &str, last_event_id: Option<&str>) -> reqwest::Response {
+    let mut request = app.client.get(format!("{}/runs/{run}/events", app.address));
+    if let Some(id) = last_event_id {
+        request = request.header("Last-Event-ID", id);
+    }
+    request.send().await.unwrap()
+}
+
+fn numbered(events: &[sse::SseEvent]) -> Vec<(String, String, Value)> {
+    events
+        .iter()
+        .map(|event| (event.id.clone(), event.event.clone(), event.json()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_run_is_read_live_from_another_replica_after_any_event_with_the_same_numbers() {
+    let fake = FakeOpenAi::start(vec![
+        Scripted::tool_call("calculator", json!({"expression": "6*7"})),
+        slow(1, "6*7 is 42, as the calculator says."),
+    ])
+    .await;
+    let replicas = spawn_replicas(&fake, &[], 2).await;
+    let stream = replicas[0]
+        .stream(json!({"message": "6*7?", "session_id": "watched"}))
+        .await;
+    let (run_event, stream) = first_event(stream).await;
+    let run_id = run_event.json()["run_id"].as_str().unwrap().to_owned();
+    // The first model call answered (the tool ran) while the second is slow: read from the other
+    // replica after event 1 (the tool call), live.
+    fake.received(2).await;
+    let elsewhere = events_of(&replicas[1], &run_id, Some("1")).await;
+    assert_eq!(elsewhere.status(), 200);
+    assert_eq!(elsewhere.headers()["content-type"], "text/event-stream");
+    let here = rest(stream).await;
+    let elsewhere = sse::events(&elsewhere.text().await.unwrap());
+    let after_one: Vec<_> = numbered(&here)
+        .into_iter()
+        .filter(|(id, _, _)| id.parse::<u64>().unwrap() > 1)
+        .collect();
+    assert_eq!(numbered(&elsewhere), after_one);
+    assert_eq!(elsewhere.first().unwrap().event, "tool_result");
+    assert_eq!(elsewhere.last().unwrap().event, "done");
+
+    // Once it ended, every replica replays it whole, with the same numbers.
+    for replica in &replicas {
+        let replay = events_of(replica, &run_id, None).await;
+        let replay = sse::events(&replay.text().await.unwrap());
+        assert_eq!(replay[0].event, "run");
+        assert_eq!(numbered(&replay[1..]), numbered(&here));
+        let after_last = events_of(replica, &run_id, Some(&here.last().unwrap().id)).await;
+        assert!(sse::events(&after_last.text().await.unwrap()).is_empty());
+    }
+}
+
+#[tokio::test]
+async fn a_failed_runs_events_end_with_its_error_and_expire_into_410() {
+    let fake = FakeOpenAi::repeating(Scripted::status(500)).await;
+    let app = spawn_with_model(
+        &fake,
+        &[
+            ("AGENT_MODEL__MAX_ATTEMPTS", "1"),
+            ("AGENT_RUNS__EVENT_RETENTION", "1s"),
+        ],
+    )
+    .await;
+    let failed = app
+        .agent(json!({"message": "hi", "session_id": "doomed"}))
+        .await;
+    assert_eq!(failed.status(), 502);
+    let (_, listed) = app.get_json("/sessions/doomed/runs").await;
+    let run_id = listed["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let events = sse::events(&events_of(&app, &run_id, None).await.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|event| event.event.as_str()).collect();
+    assert_eq!(names, ["run", "error"]);
+    assert_eq!(error_code(&events[1].json()), "model_unavailable");
+    assert_eq!(events[1].id, "1");
+
+    let bad = events_of(&app, &run_id, Some("soon")).await;
+    assert_eq!(bad.status(), 422);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = events_of(&app, &run_id, None).await;
+        if response.status() == 410 {
+            assert_eq!(
+                error_code(&response.json().await.unwrap()),
+                "run_events_expired"
+            );
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_run_failed_while_postgres_was_down_does_not_hold_its_session_once_it_is_back() {
+    let fake = FakeOpenAi::start(vec![slow(1, "never stored"), Scripted::text("stored")]).await;
+    let database = test_support::fresh_database_url().await;
+    let (postgres, through_proxy) = test_support::LossyProxy::in_front_of(&database);
+    let app = spawn_with_model(&fake, &[("DATABASE_URL", &through_proxy)]).await;
+    let first = tokio::spawn(
+        app.client
+            .post(format!("{}/agent", app.address))
+            .json(&json!({"message": "one", "session_id": "outage"}))
+            .send(),
+    );
+    fake.received(1).await;
+    // Postgres stops while the model answers: the turn cannot be stored, nor its run ended.
+    postgres.set_down(true);
+    let first = first.await.unwrap().unwrap();
+    assert_eq!(first.status(), 503);
+    let body: Value = first.json().await.unwrap();
+    assert_eq!(error_code(&body), "storage_unavailable", "{body}");
+    postgres.set_down(false);
+
+    // Back at once: the session is not busy with the run this server already gave up on.
+    let second = app
+        .agent(json!({"message": "two", "session_id": "outage"}))
+        .await;
+    assert_eq!(second.status(), 200, "{}", second.text().await.unwrap());
+    let (status, runs) = app.get_json("/sessions/outage/runs").await;
+    assert_eq!(status, 200, "{runs}");
+    let states: Vec<(&str, &str)> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| {
+            let code = run["error"]["code"].as_str().unwrap_or("-");
+            (run["status"].as_str().unwrap(), code)
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [("completed", "-"), ("failed", "storage_unavailable")],
+        "{runs}"
+    );
 }

@@ -12,11 +12,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, Ended, IdempotencyBegin, LockLease, NewRun, RateDecision, RunCompletion, RunCursor,
-    RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, RateDecision,
+    RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage,
+    StoredResponse, TurnRecord,
 };
 use crate::retention::{Sweep, SweepLocks};
-use crate::traits::{ConversationStore, IdempotencyStore, RateLimiter, RunStore, SessionLocks};
+use crate::traits::{
+    ConversationStore, EventLog, IdempotencyStore, RateLimiter, RunStore, SessionLocks,
+};
 
 mod runs;
 
@@ -30,6 +33,8 @@ pub struct MemoryStorage {
     fencing: Mutex<HashMap<SessionId, u64>>,
     windows: Mutex<HashMap<String, Window>>,
     idempotency: Mutex<HashMap<String, Record>>,
+    /// Runs' event logs, by run id.
+    logs: Mutex<HashMap<String, EventLogEntry>>,
     /// Response objects by id.
     responses: Mutex<HashMap<String, StoredResponse>>,
     /// Turns and tokens per (caller, UTC day).
@@ -50,6 +55,12 @@ impl Session {
             messages: Vec::new(),
         }
     }
+}
+
+#[derive(Debug)]
+struct EventLogEntry {
+    events: std::collections::VecDeque<LoggedEvent>,
+    expires: Instant,
 }
 
 #[derive(Debug)]
@@ -355,6 +366,60 @@ impl RunStore for MemoryStorage {
         limit: usize,
     ) -> Result<Vec<RunRecord>, StorageError> {
         Ok(lock(&self.runs).of_session(session, after, limit))
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStorage {
+    async fn append(
+        &self,
+        run: &str,
+        events: &[LoggedEvent],
+        cap: usize,
+        keep: Duration,
+    ) -> Result<(), StorageError> {
+        let mut logs = lock(&self.logs);
+        let now = Instant::now();
+        // Expired logs go now and then, so the map stays bounded by the logs kept.
+        if logs.len() > 1024 && logs.len().is_power_of_two() {
+            logs.retain(|_, log| log.expires > now);
+        }
+        let log = logs.entry(run.to_owned()).or_insert_with(|| EventLogEntry {
+            events: std::collections::VecDeque::new(),
+            expires: now,
+        });
+        if log.expires <= now {
+            log.events.clear();
+        }
+        for event in events {
+            if log.events.back().is_none_or(|last| last.seq < event.seq) {
+                log.events.push_back(event.clone());
+            }
+        }
+        while log.events.len() > cap {
+            log.events.pop_front();
+        }
+        log.expires = now + keep;
+        Ok(())
+    }
+
+    async fn read(
+        &self,
+        run: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<LoggedEvent>, StorageError> {
+        let logs = lock(&self.logs);
+        let Some(log) = logs.get(run).filter(|log| log.expires > Instant::now()) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .events
+            .iter()
+            .filter(|event| after.is_none_or(|after| event.seq > after))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 

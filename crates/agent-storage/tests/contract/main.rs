@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod conversations;
+mod event_log;
 mod idempotency;
 mod locks;
 mod migrations;

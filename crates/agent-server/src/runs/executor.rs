@@ -1,0 +1,150 @@
+//! The executor: drives a prepared run to its end in a task of its own, apart from the request
+//! that started it. It publishes the run's events to its [`LiveRun`] (and its steps to the shared
+//! event log), stores the turn or ends the run, and tells the requester the outcome. A request
+//! observes the run: it waits for the outcome, or renders the events as they come; dropping its
+//! [`Execution`] before the run ended cancels the run (the client went away).
+
+use std::sync::Arc;
+
+use agent_core::{AgentEvent, TurnResult};
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use tracing::Instrument;
+
+use super::live::{CancelReason, LiveEvent, LiveRun, LogWriter, StepEvent};
+use crate::dto::ToolResultEvent;
+use crate::error::ApiError;
+use crate::turn::{Extras, Finished, Prepared, Turns};
+
+/// How a run's model calls are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One answer per model call; no step events (the request waits for the outcome).
+    Blocking,
+    /// Streamed model calls; every step is an event.
+    Streaming,
+}
+
+/// A run being executed, as its requester holds it.
+#[derive(Debug)]
+pub(crate) struct Execution {
+    pub(crate) live: Arc<LiveRun>,
+    outcome: Option<oneshot::Receiver<Outcome>>,
+}
+
+/// A run's outcome for its requester: the stored turn and whether the idempotency claim was
+/// completed with it, or the error to answer.
+type Outcome = Result<(Finished, bool), ApiError>;
+
+impl Execution {
+    /// Waits for the run's outcome.
+    pub(crate) async fn outcome(mut self) -> Outcome {
+        let receiver = self.outcome.take();
+        match receiver {
+            Some(receiver) => receiver.await.unwrap_or_else(|_| {
+                Err(ApiError::Internal(anyhow::anyhow!(
+                    "the run's executor stopped without an outcome"
+                )))
+            }),
+            None => Err(ApiError::Internal(anyhow::anyhow!("the outcome was taken"))),
+        }
+    }
+}
+
+impl Drop for Execution {
+    fn drop(&mut self) {
+        // Cancels nothing once the run has ended.
+        self.live.cancel(CancelReason::Disconnected);
+    }
+}
+
+/// Starts executing `prepared` (see the module doc).
+pub(crate) fn execute(
+    turns: &Arc<Turns>,
+    prepared: Prepared,
+    extras: Extras,
+    mode: Mode,
+) -> Execution {
+    let live = Arc::clone(prepared.held.run.live());
+    let (sender, outcome) = oneshot::channel();
+    let writer = (mode == Mode::Streaming).then(|| turns.log_writer(&live.id));
+    let turns = Arc::clone(turns);
+    let published = Arc::clone(&live);
+    let work = async move {
+        let outcome = drive(&turns, prepared, extras, mode, writer).await;
+        let terminal = match &outcome {
+            Ok((finished, _)) => LiveEvent::Done(finished.clone()),
+            Err(error) => LiveEvent::Failed(Arc::new(error.reported())),
+        };
+        published.push(terminal);
+        // The requester may be gone; the run has ended either way.
+        let _ = sender.send(outcome);
+    };
+    // The request's span (and a sampled request's subscriber) go along.
+    tokio::spawn(crate::telemetry::carry(
+        work.instrument(tracing::Span::current()),
+    ));
+    Execution {
+        live,
+        outcome: Some(outcome),
+    }
+}
+
+async fn drive(
+    turns: &Turns,
+    prepared: Prepared,
+    extras: Extras,
+    mode: Mode,
+    writer: Option<LogWriter>,
+) -> Outcome {
+    let Prepared { request, held } = prepared;
+    let live = Arc::clone(held.run.live());
+    let cancelled = live.cancellation();
+    let result: Option<Result<TurnResult, agent_core::AgentError>> = match (mode, writer) {
+        (Mode::Blocking, _) | (Mode::Streaming, None) => tokio::select! {
+            result = turns.agent.run_turn(request) => Some(result),
+            () = cancelled.cancelled() => None,
+        },
+        (Mode::Streaming, Some(mut writer)) => {
+            let mut events = turns.agent.run_turn_streaming(request);
+            let result = loop {
+                let event = tokio::select! {
+                    event = events.next() => event,
+                    () = cancelled.cancelled() => break None,
+                };
+                let step = match event {
+                    Some(AgentEvent::TextDelta(text)) => StepEvent::Delta { text },
+                    Some(AgentEvent::ToolCallStarted(call)) => {
+                        StepEvent::ToolCall { call: call.into() }
+                    }
+                    Some(AgentEvent::ToolResult {
+                        call_id,
+                        name,
+                        content,
+                        is_error,
+                    }) => StepEvent::ToolResult {
+                        result: ToolResultEvent {
+                            id: call_id,
+                            name,
+                            content,
+                            is_error,
+                        },
+                    },
+                    Some(AgentEvent::Done(result)) => break Some(Ok(result)),
+                    Some(AgentEvent::Failed(error)) => break Some(Err(error)),
+                    None => break None,
+                };
+                writer.push(&step);
+                live.push(LiveEvent::Step(step));
+            };
+            // Every step is in the log before the run's terminal state is written.
+            writer.finish().await;
+            result
+        }
+    };
+    match result {
+        Some(Ok(result)) => turns.store(held, result, extras).await,
+        Some(Err(error)) => Err(turns.fail(held, error).await),
+        None => Err(turns.stopped(held).await),
+    }
+}

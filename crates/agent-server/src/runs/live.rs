@@ -1,0 +1,251 @@
+//! A run as this process executes it: its events as they happen (for the requests that watch it
+//! here), its cancellation, and the writer that copies its events to the shared event log (for
+//! readers on other replicas and for resumption).
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use agent_core::ToolCall;
+use agent_storage::{EventLog, LoggedEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dto::ToolResultEvent;
+use crate::error::ApiError;
+use crate::turn::Finished;
+
+/// What happens in a run, in order: its steps, then one terminal event. Numbered from 1 (0 is
+/// the `run` event every stream starts with).
+#[derive(Debug, Clone)]
+pub(crate) enum LiveEvent {
+    Step(StepEvent),
+    /// The turn is stored.
+    Done(Finished),
+    /// The run ended without a stored turn.
+    Failed(Arc<ApiError>),
+}
+
+/// A step of a run, as the event log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum StepEvent {
+    Delta { text: String },
+    ToolCall { call: ToolCallStep },
+    ToolResult { result: ToolResultEvent },
+}
+
+/// A tool call as the log keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ToolCallStep {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) arguments: String,
+}
+
+impl From<ToolCall> for ToolCallStep {
+    fn from(call: ToolCall) -> Self {
+        Self {
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        }
+    }
+}
+
+impl From<ToolCallStep> for ToolCall {
+    fn from(call: ToolCallStep) -> Self {
+        Self {
+            id: call.id,
+            name: call.name,
+            arguments: call.arguments,
+        }
+    }
+}
+
+/// Why a run was cancelled in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CancelReason {
+    /// `POST /runs/{id}/cancel`: the canceller already ended the run in the store.
+    Requested,
+    /// The request that waited for it went away.
+    Disconnected,
+    /// The drain window ended.
+    Shutdown,
+}
+
+/// A run executing in this process.
+#[derive(Debug)]
+pub(crate) struct LiveRun {
+    pub(crate) id: String,
+    /// The session's id as its owner knows it; none for a given conversation.
+    pub(crate) session: Option<String>,
+    token: CancellationToken,
+    reason: Mutex<Option<CancelReason>>,
+    events: Mutex<Vec<LiveEvent>>,
+    /// How many events there are; watchers wait on it.
+    count: watch::Sender<usize>,
+}
+
+impl LiveRun {
+    pub(crate) fn new(id: String, session: Option<String>) -> Self {
+        Self {
+            id,
+            session,
+            token: CancellationToken::new(),
+            reason: Mutex::new(None),
+            events: Mutex::new(Vec::new()),
+            count: watch::Sender::new(0),
+        }
+    }
+
+    /// Cancels the run (the first reason given is kept).
+    pub(crate) fn cancel(&self, reason: CancelReason) {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(reason);
+        self.token.cancel();
+    }
+
+    pub(crate) fn cancel_reason(&self) -> Option<CancelReason> {
+        *self.reason.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn cancellation(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    pub(crate) fn push(&self, event: LiveEvent) {
+        let mut events = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+        events.push(event);
+        let count = events.len();
+        drop(events);
+        self.count.send_replace(count);
+    }
+
+    /// A watcher of the run's events, from the first.
+    pub(crate) fn watch(self: &Arc<Self>) -> LiveWatcher {
+        LiveWatcher {
+            run: Arc::clone(self),
+            seen: 0,
+            changes: self.count.subscribe(),
+        }
+    }
+}
+
+/// Reads a live run's events in order, waiting for the next ones.
+#[derive(Debug)]
+pub(crate) struct LiveWatcher {
+    run: Arc<LiveRun>,
+    seen: usize,
+    changes: watch::Receiver<usize>,
+}
+
+impl LiveWatcher {
+    /// The events after those already read, waiting for at least one; empty only when the run's
+    /// executor is gone without a terminal event (it panicked).
+    pub(crate) async fn next(&mut self) -> Vec<LiveEvent> {
+        loop {
+            {
+                let events = self
+                    .run
+                    .events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if events.len() > self.seen {
+                    let new = events[self.seen..].to_vec();
+                    self.seen = events.len();
+                    return new;
+                }
+            }
+            if self.changes.changed().await.is_err() {
+                return Vec::new();
+            }
+        }
+    }
+}
+
+/// The log's last entry of a run that logged steps: its number is the terminal event's.
+pub(crate) const END_MARK: &str = r#"{"type":"end"}"#;
+
+/// How many events of a run the shared log keeps, and for how long after its last append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogPolicy {
+    pub(crate) cap: usize,
+    pub(crate) keep: Duration,
+}
+
+/// Copies a run's step events to the shared log, in batches: an append is in flight at most
+/// once per run, and the events that arrive meanwhile go with the next one. Losing the log loses
+/// live resumption, never the run's result, so a failed append is logged and dropped.
+#[derive(Debug)]
+pub(crate) struct LogWriter {
+    log: Arc<dyn EventLog>,
+    run: String,
+    policy: LogPolicy,
+    pending: Vec<LoggedEvent>,
+    next_seq: u64,
+    in_flight: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    pub(crate) fn new(log: Arc<dyn EventLog>, run: String, policy: LogPolicy) -> Self {
+        Self {
+            log,
+            run,
+            policy,
+            pending: Vec::new(),
+            // 0 is the `run` event, which readers make themselves.
+            next_seq: 1,
+            in_flight: None,
+        }
+    }
+
+    /// Queues `step` and starts an append if none is in flight.
+    pub(crate) fn push(&mut self, step: &StepEvent) {
+        let data = serde_json::to_string(step)
+            .unwrap_or_else(|error| format!(r#"{{"type":"unserialisable","error":"{error}"}}"#));
+        self.pending.push(LoggedEvent {
+            seq: self.next_seq,
+            data,
+        });
+        self.next_seq += 1;
+        if self.in_flight.as_ref().is_none_or(JoinHandle::is_finished) {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let (log, run, policy) = (Arc::clone(&self.log), self.run.clone(), self.policy);
+        self.in_flight = Some(tokio::spawn(async move {
+            if let Err(error) = log.append(&run, &batch, policy.cap, policy.keep).await {
+                tracing::warn!(%run, %error, "appending to a run's event log failed; it cannot be resumed elsewhere");
+            }
+        }));
+    }
+
+    /// Writes what is left and the end mark (the number the terminal event gets); the run's
+    /// terminal state is written after this, so a reader that sees it finds every step in the
+    /// log. A run that logged no step logs nothing: its terminal event is number 1.
+    pub(crate) async fn finish(mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.await;
+        }
+        if self.next_seq > 1 {
+            self.pending.push(LoggedEvent {
+                seq: self.next_seq,
+                data: END_MARK.to_owned(),
+            });
+        }
+        self.flush();
+        if let Some(in_flight) = self.in_flight.take() {
+            let _ = in_flight.await;
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! Runs as this process executes them: the registry of its live runs (so that a cancel reaching
+//! this replica stops its run at once, and a watcher here reads its events as they happen), the
+//! ticket a turn holds for its run (which ends the run in the store however the turn ends), and
+//! the executor that drives a run apart from the request that started it. A run's record and
+//! terminal state are the store's ([`agent_storage::RunStore`]); a completed run is written by
+//! its turn's store.
+
+pub(crate) mod executor;
+pub(crate) mod live;
+pub(crate) mod reader;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use agent_storage::{BackgroundWork, Ended, RunEnd, RunError, RunStatus, RunStore};
+use live::{CancelReason, LiveRun};
+use tokio::task::JoinHandle;
+
+use crate::error::ApiError;
+
+/// A run cancelled by a cancel request.
+pub(crate) const CANCELLED: RunEnd<'static> = RunEnd::Cancelled {
+    code: "run_cancelled",
+    message: "the run was cancelled by its caller; nothing was stored",
+};
+
+/// A run whose client went away before it finished.
+pub(crate) const DISCONNECTED: RunEnd<'static> = RunEnd::Cancelled {
+    code: "client_disconnected",
+    message: "the client went away before the run finished; nothing was stored",
+};
+
+/// A run still running when the drain window ended.
+pub(crate) const SHUTDOWN: RunEnd<'static> = RunEnd::Failed {
+    code: "shutdown",
+    message: "the server shut down before the run finished; nothing was stored",
+};
+
+/// Ends kept to record at most: past it, a run the store missed is left to its lease.
+const MAX_UNRECORDED: usize = 10_000;
+/// How often ends the store missed are recorded again.
+const RECORD_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The runs this process is executing, by id.
+#[derive(Debug, Default)]
+pub(crate) struct RunRegistry {
+    running: Mutex<HashMap<String, Arc<LiveRun>>>,
+    /// Runs this process ended while its store was unavailable (a Postgres outage fails turns
+    /// and the writes that end their runs alike): recorded again every [`RECORD_AGAIN`], and at
+    /// once when a turn finds one still active on its session, so the session is not busy until
+    /// the run's lease expires.
+    unrecorded: Mutex<HashMap<String, (RunStatus, RunError)>>,
+    /// This process's name as a lease holder (unique per process start).
+    holder: String,
+}
+
+impl RunRegistry {
+    pub(crate) fn new() -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_default();
+        Self {
+            running: Mutex::default(),
+            unrecorded: Mutex::default(),
+            holder: format!(
+                "{host}/{}/{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        }
+    }
+
+    /// Who holds the leases of this process's runs.
+    pub(crate) fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The run `id` if this process executes it.
+    pub(crate) fn live(&self, id: &str) -> Option<Arc<LiveRun>> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Stops the run `id` if this process executes it; answers whether it did.
+    pub(crate) fn cancel(&self, id: &str, reason: CancelReason) -> bool {
+        self.live(id).map(|run| run.cancel(reason)).is_some()
+    }
+
+    /// Stops every run this process executes.
+    pub(crate) fn cancel_all(&self, reason: CancelReason) -> usize {
+        let running: Vec<Arc<LiveRun>> = self
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        for run in &running {
+            run.cancel(reason);
+        }
+        running.len()
+    }
+
+    /// Keeps `end` of run `id` to record later: the store failed to.
+    fn unrecorded(&self, id: &str, end: &RunEnd<'_>) {
+        let mut unrecorded = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if unrecorded.len() < MAX_UNRECORDED {
+            unrecorded.insert(id.to_owned(), (end.status(), end.error()));
+        } else {
+            tracing::warn!(run = %id, "too many run ends to record again; its lease will expire");
+        }
+    }
+
+    /// Records the end of run `id` if this process ended it and the store missed it; answers
+    /// whether the run is ended now.
+    pub(crate) async fn record_unrecorded(&self, store: &dyn RunStore, id: &str) -> bool {
+        let kept = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .cloned();
+        match kept {
+            Some((status, error)) => self.record(store, id, status, &error).await,
+            None => false,
+        }
+    }
+
+    /// Records every end the store missed, once.
+    async fn record_all(&self, store: &dyn RunStore) {
+        let kept: Vec<(String, (RunStatus, RunError))> = self
+            .unrecorded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(id, end)| (id.clone(), end.clone()))
+            .collect();
+        for (id, (status, error)) in kept {
+            if !self.record(store, &id, status, &error).await {
+                // The store is still down: the rest would fail alike.
+                return;
+            }
+        }
+    }
+
+    async fn record(
+        &self,
+        store: &dyn RunStore,
+        id: &str,
+        status: RunStatus,
+        error: &RunError,
+    ) -> bool {
+        let (code, message) = (error.code.as_str(), error.message.as_str());
+        let end = match status {
+            RunStatus::Cancelled => RunEnd::Cancelled { code, message },
+            _ => RunEnd::Failed { code, message },
+        };
+        match store.end_run(id, end).await {
+            Ok(_) => {
+                self.unrecorded
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(id);
+                tracing::info!(run = %id, "a run's end was recorded after its store came back");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The task recording ends the store missed, every [`RECORD_AGAIN`]. Runs until aborted.
+    pub(crate) fn spawn_recorder(self: &Arc<Self>, store: Arc<dyn RunStore>) -> JoinHandle<()> {
+        let registry = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(RECORD_AGAIN);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                registry.record_all(store.as_ref()).await;
+            }
+        })
+    }
+
+    fn register(&self, run: &Arc<LiveRun>) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(run.id.clone(), Arc::clone(run));
+    }
+
+    fn deregister(&self, id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+}
+
+/// A run a turn executes: registered (live) while it runs, and ended in the store if the turn
+/// ends without completing it. Dropped while still open (its executor was dropped), it ends the
+/// run as cancelled in the background.
+#[derive(Debug)]
+pub(crate) struct RunTicket {
+    live: Arc<LiveRun>,
+    registry: Arc<RunRegistry>,
+    store: Arc<dyn RunStore>,
+    background: Arc<BackgroundWork>,
+    /// Still to be ended by this ticket.
+    open: bool,
+}
+
+impl RunTicket {
+    pub(crate) fn new(
+        live: LiveRun,
+        registry: Arc<RunRegistry>,
+        store: Arc<dyn RunStore>,
+        background: Arc<BackgroundWork>,
+    ) -> Self {
+        let live = Arc::new(live);
+        registry.register(&live);
+        Self {
+            live,
+            registry,
+            store,
+            background,
+            open: true,
+        }
+    }
+
+    pub(crate) fn id(&self) -> &str {
+        &self.live.id
+    }
+
+    pub(crate) fn live(&self) -> &Arc<LiveRun> {
+        &self.live
+    }
+
+    /// The run was completed (or ended elsewhere): nothing left to end.
+    pub(crate) fn close(&mut self) {
+        self.open = false;
+    }
+
+    /// Fails the run with the error its turn answers.
+    pub(crate) async fn fail(&mut self, error: &ApiError) {
+        let (code, message) = (error.code().to_string(), error.message());
+        let end = RunEnd::Failed {
+            code: &code,
+            message: &message,
+        };
+        self.end(end).await;
+    }
+
+    /// Ends the run as `end` (if it is still active), now.
+    pub(crate) async fn end(&mut self, end: RunEnd<'_>) {
+        if !std::mem::take(&mut self.open) {
+            return;
+        }
+        match self.store.end_run(&self.live.id, end).await {
+            Ok(Ended::Now(_) | Ended::Already(_)) => {}
+            Ok(Ended::Missing) => tracing::warn!(run = %self.live.id, "a run to end was not found"),
+            Err(error) => {
+                tracing::warn!(run = %self.live.id, %error, "ending a run failed; recorded again later");
+                self.registry.unrecorded(&self.live.id, &end);
+            }
+        }
+    }
+}
+
+impl Drop for RunTicket {
+    fn drop(&mut self) {
+        self.registry.deregister(&self.live.id);
+        if !self.open {
+            return;
+        }
+        let (store, id) = (Arc::clone(&self.store), self.live.id.clone());
+        let registry = Arc::clone(&self.registry);
+        let spawned = self.background.spawn("run end", async move {
+            if let Err(error) = store.end_run(&id, DISCONNECTED).await {
+                tracing::warn!(run = %id, %error, "ending a run failed; recorded again later");
+                registry.unrecorded(&id, &DISCONNECTED);
+            }
+        });
+        if !spawned {
+            tracing::warn!(run = %self.live.id, "no slot to end a cancelled run; recorded later");
+            self.registry.unrecorded(&self.live.id, &DISCONNECTED);
+        }
+    }
+}
