@@ -404,8 +404,19 @@ sections! {
         /// The system prompt of every turn.
         system_prompt: String = TURN_SYSTEM_PROMPT, Kind::Text, default: Some("You are a helpful assistant. Use the tools when they help, and answer concisely."), aliases: [];
     }
-    /// Runs: every turn is one; how long their events are kept for resumption.
+    /// Runs: every turn is one; their leases, the queue of background runs, and how long their
+    /// events are kept for resumption.
     RunSettings ("runs.") {
+        /// How long a run's lease lasts; its replica renews it every quarter of this. A replica
+        /// that dies leaves its runs to be failed as `run_lost` within twice this plus 5 s.
+        lease: Duration = RUNS_LEASE, Kind::Duration { min: secs(2), max: secs(600) }, default: Some("10s"), aliases: [];
+        /// Background runs queued at most, all callers together: past it, `503 overloaded`.
+        max_queued: usize = RUNS_MAX_QUEUED, Kind::Int { min: 1, max: 10_000_000 }, default: Some("10000"), aliases: [];
+        /// Background runs one caller may have queued: past it, `429 too_many_queued_runs`.
+        max_queued_per_caller: usize = RUNS_MAX_QUEUED_PER_CALLER, Kind::Int { min: 1, max: 10_000_000 }, default: Some("100"), aliases: [];
+        /// How often each replica looks for queued runs when it has room (a run queued on this
+        /// replica is taken at once).
+        queue_poll: Duration = RUNS_QUEUE_POLL, Kind::Duration { min: ms(10), max: secs(60) }, default: Some("500ms"), aliases: [];
         /// How long a run's events stay readable (`GET /runs/{id}/events`, a resumed stream) after
         /// its last event; after that its stream answers `410 Gone` (the run's record stays).
         event_retention: Duration = RUNS_EVENT_RETENTION, Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("10m"), aliases: [];

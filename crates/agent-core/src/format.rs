@@ -3,11 +3,13 @@
 //! model call of the turn (tool calls stay free-form: their arguments follow the tools' own
 //! schemas), and, for the offline model, the simplest JSON value a schema accepts.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-/// The form of the text answer.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The form of the text answer. Its serde form (`{"type": "json_schema", "name": …}`) is how a
+/// queued run keeps it, not a wire format (each API writes its own).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ResponseFormat {
     /// Free text (the default: nothing is sent to the model).
     #[default]
@@ -19,7 +21,7 @@ pub enum ResponseFormat {
 }
 
 /// A named JSON Schema for the answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JsonSchemaFormat {
     /// 1 to 64 of `[A-Za-z0-9_-]`.
     pub name: String,

@@ -31,8 +31,10 @@ pub struct ChatRequest<'a> {
 
 /// Sampling parameters a client may choose per turn (the OpenAI-compatible API passes them on),
 /// each within the bounds the server checked, and the form of the answer. Unset: the model's
-/// configuration (temperature, max tokens) or the model server's default.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// configuration (temperature, max tokens) or the model server's default. Serializable so that a
+/// queued run keeps it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Sampling {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,

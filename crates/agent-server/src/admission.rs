@@ -196,6 +196,21 @@ impl Admission {
         Ok(slot)
     }
 
+    /// Whether a turn would be admitted now (the dispatcher of background runs asks before it
+    /// takes a queued run, so that looking takes no slot from a request).
+    pub(crate) fn has_room(&self) -> bool {
+        self.turns.load(Ordering::Relaxed) < self.limits.turns
+    }
+
+    /// A slot for a background run already taken from the queue: counted even if requests
+    /// filled the last slots since [`Self::has_room`] (by one run per race at most).
+    pub(crate) fn begin_taken_turn(self: &Arc<Self>) -> TurnSlot {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+        TurnSlot {
+            admission: Arc::clone(self),
+        }
+    }
+
     /// The answer to a request that is refused.
     pub(crate) fn overloaded(&self, what: &str) -> ApiError {
         ApiError::Unavailable {

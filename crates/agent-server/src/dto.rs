@@ -44,6 +44,12 @@ pub(crate) struct AgentRequest {
     #[serde(default)]
     #[schema(nullable)]
     pub(crate) response_format: Option<format::ChatResponseFormat>,
+    /// Run the turn in the background: `POST /agent` answers `202` at once with the queued run
+    /// (`Location: /runs/{id}`), which any replica then runs; poll `GET /runs/{id}`, follow
+    /// `GET /runs/{id}/events`, or cancel it. `POST /agent/stream` queues it the same way and
+    /// streams its events; a client going away cancels nothing (resume with `Last-Event-ID`).
+    #[serde(default)]
+    pub(crate) background: bool,
 }
 
 /// `event: delta` of `POST /agent/stream`: a piece of the answer's text.
@@ -284,6 +290,8 @@ pub(crate) struct ValidTurn {
     /// The request named no session, so `session` was made here: nobody else can know it yet.
     pub(crate) new_session: bool,
     pub(crate) response_format: agent_core::ResponseFormat,
+    /// Queued, to run apart from the request.
+    pub(crate) background: bool,
 }
 
 impl AgentRequest {
@@ -320,6 +328,7 @@ impl AgentRequest {
             message: self.message,
             new_session: self.session_id.is_none(),
             response_format,
+            background: self.background,
         })
     }
 }

@@ -57,6 +57,8 @@ pub enum ErrorCode {
     RateLimited,
     /// The caller has used its daily token quota; see `Retry-After` (the next UTC midnight).
     QuotaExceeded,
+    /// The caller has as many background runs queued as it may; see `Retry-After`.
+    TooManyQueuedRuns,
     /// No such session.
     SessionNotFound,
     /// Another request is running a turn on this session.
@@ -179,6 +181,13 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// 429 with another code than `rate_limited` (a cap of the caller's reached).
+    #[error("{message}")]
+    Limited {
+        code: ErrorCode,
+        message: String,
+        retry_after: Duration,
+    },
     #[error("session {0} was not found")]
     SessionNotFound(String),
     #[error("{message}")]
@@ -269,6 +278,7 @@ impl ApiError {
         match self {
             Self::RateLimited { retry_after }
             | Self::QuotaExceeded { retry_after, .. }
+            | Self::Limited { retry_after, .. }
             | Self::Unavailable {
                 retry_after: Some(retry_after),
                 ..
@@ -313,6 +323,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => ErrorCode::MethodNotAllowed,
             Self::Invalid { code, .. }
             | Self::Conflict { code, .. }
+            | Self::Limited { code, .. }
             | Self::Unavailable { code, .. }
             | Self::Upstream { code, .. } => *code,
             Self::Unauthorized => ErrorCode::Unauthorized,
@@ -344,7 +355,9 @@ impl ResponseError for ApiError {
             | Self::Upstream { status, .. }
             | Self::Reported { status, .. } => *status,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::RateLimited { .. } | Self::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::QuotaExceeded { .. } | Self::Limited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

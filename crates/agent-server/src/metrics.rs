@@ -36,6 +36,8 @@ pub(crate) struct AppMetrics {
     pub(crate) model: ModelMetrics,
     /// Workers that could not build their own storage clients and use the shared ones.
     pub(crate) worker_fallbacks: Counter,
+    /// Runs failed as lost by this process (their executor was gone).
+    pub(crate) runs_lost: Counter,
     pub(crate) retention: RetentionMetrics,
     background: BackgroundMetrics,
     admission: AdmissionMetrics,
@@ -172,6 +174,7 @@ impl AppMetrics {
             turns: TurnMetrics::register(&recorder, callers),
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
+            runs_lost: counter(&recorder, "agent_runs_lost_total", &[]),
             retention: RetentionMetrics {
                 expired: counter(&recorder, "agent_sessions_expired_total", &[]),
                 swept: sweeps("swept"),

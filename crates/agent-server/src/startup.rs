@@ -15,6 +15,7 @@ use agent_core::McpTools;
 use agent_health::{Criticality, Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::access::{AccessPolicy, caller_names};
 use crate::admission::{Admission, Descriptors, Limits};
@@ -199,6 +200,8 @@ impl ApplicationBuilder {
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
         let fallback = WorkerState::build(&shared, backends.clone())?;
+        // The dispatcher of background runs executes them on the process's runtime with these.
+        let fallback_turns = fallback.turns.clone().into_inner();
         if let Some(mcp) = &mcp {
             storage_checks.extend(mcp_checks(&settings, mcp));
         }
@@ -292,9 +295,21 @@ impl ApplicationBuilder {
             handle.stop(false).await;
             return Err(StartupError::Tools(error));
         }
+        // Background runs are taken from the queue until the drain begins.
+        let claiming = CancellationToken::new();
         let mut tasks = vec![
             metrics.spawn_upkeep(),
-            registry.spawn_recorder(Arc::clone(&backends.runs)),
+            crate::runs::upkeep::spawn(
+                Arc::clone(&registry),
+                Arc::clone(&backends.runs),
+                settings.runs.lease,
+                metrics.runs_lost.clone(),
+            ),
+            crate::runs::queue::spawn_dispatcher(
+                fallback_turns,
+                settings.runs.queue_poll,
+                claiming.clone(),
+            ),
         ];
         if let Some(retention) = settings.storage.retention() {
             tasks.push(retention::spawn(
@@ -307,6 +322,7 @@ impl ApplicationBuilder {
         }
         Ok(Application {
             tasks,
+            claiming,
             mcp,
             drain: drain_sender,
             registry,
@@ -324,8 +340,11 @@ impl ApplicationBuilder {
 
 /// A built server, already answering; its startup gate opens in `run_until_stopped`.
 pub struct Application {
-    /// The process's periodic jobs (metrics upkeep, the retention sweep), stopped with it.
+    /// The process's periodic jobs (metrics upkeep, the runs' upkeep and dispatcher, the
+    /// retention sweep), stopped with it.
     tasks: Vec<JoinHandle<()>>,
+    /// Cancelled when the drain begins: no more queued runs are taken.
+    claiming: CancellationToken,
     /// The MCP servers' connections, closed after the drain.
     mcp: Option<Arc<McpTools>>,
     /// Tells open event streams that the drain window is ending.
@@ -400,6 +419,8 @@ impl Application {
             cause = self.shutdown.requested() => cause,
         };
         self.health.begin_draining();
+        // Queued runs stay queued for the other replicas (or this one's next start).
+        self.claiming.cancel();
         tracing::info!(
             cause,
             shutdown_delay = ?self.shutdown_delay,

@@ -46,10 +46,18 @@ pub(crate) struct Turns {
     admission: Arc<Admission>,
     quotas: Arc<TokenQuotas>,
     registry: Arc<RunRegistry>,
-    /// How long a run's lease lasts: past the turn's deadline, so only a crashed executor lets it
-    /// expire.
+    /// How long a run's lease lasts (renewed while it runs).
     run_lease: Duration,
+    /// The caps of the queue of background runs.
+    queue_caps: QueueCaps,
     log_policy: LogPolicy,
+}
+
+/// How many background runs may be queued: by everyone, and by one caller.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QueueCaps {
+    pub(crate) total: usize,
+    pub(crate) per_caller: usize,
 }
 
 /// What the workers' [`Turns`] share: one of each per process.
@@ -201,8 +209,8 @@ impl Turns {
         settings: &Settings,
         shared: TurnsShared,
     ) -> Self {
-        // The lock and the run's lease outlive the turn's deadline, so only a crashed holder
-        // lets them expire.
+        // The lock outlives the turn's deadline, so only a crashed holder lets it expire (a
+        // run's lease is short and renewed: see `crate::runs::upkeep`).
         let outliving = settings.turn.turn_deadline + Duration::from_secs(30);
         Self {
             agent,
@@ -216,7 +224,11 @@ impl Turns {
             admission: shared.admission,
             quotas: Arc::new(settings.api.quotas.clone()),
             registry: shared.registry,
-            run_lease: outliving,
+            run_lease: settings.runs.lease,
+            queue_caps: QueueCaps {
+                total: settings.runs.max_queued,
+                per_caller: settings.runs.max_queued_per_caller,
+            },
             log_policy: LogPolicy {
                 cap: settings.runs.max_events,
                 keep: settings.runs.event_retention,
@@ -224,13 +236,18 @@ impl Turns {
         }
     }
 
-    /// Records a run starting now, executed by this process.
+    /// Records a run starting now, executed by this process; a claimed run (a queued one this
+    /// process took, in progress already) is used as it is.
     async fn start_run(
         &self,
         owner: &str,
         session: Option<&SessionId>,
+        claimed: &mut Option<RunTicket>,
     ) -> Result<RunTicket, ApiError> {
-        let id = new_run_id();
+        if let Some(ticket) = claimed.take() {
+            return Ok(ticket);
+        }
+        let id = crate::runs::new_run_id();
         let run = NewRun {
             id: &id,
             owner,
@@ -251,13 +268,30 @@ impl Turns {
             started = self.backends.runs.start_run(run).await;
         }
         observe(&self.store_failing, started)?;
+        Ok(self.ticket(id, session))
+    }
+
+    /// The ticket of run `id`, in progress in the store and executed by this process from now.
+    pub(crate) fn ticket(&self, id: String, session: Option<&SessionId>) -> RunTicket {
         let live = LiveRun::new(id, session.map(|session| session.local().to_owned()));
-        Ok(RunTicket::new(
+        RunTicket::new(
             live,
             Arc::clone(&self.registry),
             Arc::clone(&self.backends.runs),
             Arc::clone(&self.backends.background),
-        ))
+        )
+    }
+
+    pub(crate) fn queue_caps(&self) -> QueueCaps {
+        self.queue_caps
+    }
+
+    pub(crate) fn run_lease(&self) -> Duration {
+        self.run_lease
+    }
+
+    pub(crate) fn backends(&self) -> &Backends {
+        &self.backends
     }
 
     pub(crate) fn registry(&self) -> &Arc<RunRegistry> {
@@ -279,6 +313,16 @@ impl Turns {
         self.admission.begin_turn()
     }
 
+    /// Whether [`Self::admit`] would admit a turn now.
+    pub(crate) fn has_room(&self) -> bool {
+        self.admission.has_room()
+    }
+
+    /// The slot of a background run taken from the queue (see [`Admission::begin_taken_turn`]).
+    pub(crate) fn admit_taken(&self) -> TurnSlot {
+        self.admission.begin_taken_turn()
+    }
+
     pub(crate) fn lock_wait(&self) -> Duration {
         self.lock_wait
     }
@@ -290,6 +334,31 @@ impl Turns {
         &self,
         input: TurnInput,
         slot: TurnSlot,
+    ) -> Result<Prepared, ApiError> {
+        self.prepare_run(input, slot, &mut None).await
+    }
+
+    /// [`Self::prepare`] for a queued run this process claimed: a refusal fails the run.
+    pub(crate) async fn prepare_claimed(
+        &self,
+        input: TurnInput,
+        slot: TurnSlot,
+        run: RunTicket,
+    ) -> Result<Prepared, ApiError> {
+        let mut claimed = Some(run);
+        let prepared = self.prepare_run(input, slot, &mut claimed).await;
+        if let (Err(error), Some(mut run)) = (&prepared, claimed) {
+            // Refused before the run was taken up (its caller's quota, its session's lock).
+            run.fail(error).await;
+        }
+        prepared
+    }
+
+    async fn prepare_run(
+        &self,
+        input: TurnInput,
+        slot: TurnSlot,
+        claimed: &mut Option<RunTicket>,
     ) -> Result<Prepared, ApiError> {
         let started = Instant::now();
         let TurnInput {
@@ -307,7 +376,7 @@ impl Turns {
             } => (session, new_session, continues_from),
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
-                let run = self.start_run(&caller, None).await?;
+                let run = self.start_run(&caller, None, claimed).await?;
                 let request = TurnRequest {
                     history: instructions
                         .into_iter()
@@ -339,7 +408,9 @@ impl Turns {
         self.check_quota(session.owner()).await?;
         let (guard, info, history, run) =
             if new_session && !self.store_failing.load(Ordering::Relaxed) {
-                let run = self.start_run(session.owner(), Some(&session)).await?;
+                let run = self
+                    .start_run(session.owner(), Some(&session), claimed)
+                    .await?;
                 let info = SessionInfo::empty(session.clone(), SystemTime::now());
                 let history = History {
                     messages: Vec::new(),
@@ -354,8 +425,14 @@ impl Turns {
                     self.lock_wait,
                 )
                 .instrument(tracing::debug_span!("session.lock"))
-                .await?;
-                let mut run = self.start_run(session.owner(), Some(&session)).await?;
+                .await;
+                let guard = match guard {
+                    Ok(guard) => guard,
+                    Err(error) => return Err(self.busy(error, &session).await),
+                };
+                let mut run = self
+                    .start_run(session.owner(), Some(&session), claimed)
+                    .await?;
                 // While the store is failing, the read goes to it, so the turn fails before the
                 // model call rather than after (see the module doc).
                 let cached = (!self.store_failing.load(Ordering::Relaxed))
@@ -427,10 +504,26 @@ impl Turns {
         })
     }
 
+    /// The error of a session whose lock could not be taken: `409 session_busy` naming its
+    /// active run when it has one (a background run holds its session's lock while it runs).
+    async fn busy(&self, error: StorageError, session: &SessionId) -> ApiError {
+        if let StorageError::Locked(_) = &error
+            && let Ok(runs) = self.backends.runs.session_runs(session, None, 1).await
+            && let Some(run) = runs.into_iter().find(|run| run.status.is_active())
+        {
+            return StorageError::SessionBusy {
+                session: session.to_string(),
+                run: run.id,
+            }
+            .into();
+        }
+        error.into()
+    }
+
     /// `429 quota_exceeded` when `caller` has a daily token quota and its stored turns of today
     /// (UTC) have used it. Turns already running when the quota is reached finish and are
     /// counted.
-    async fn check_quota(&self, caller: &str) -> Result<(), ApiError> {
+    pub(crate) async fn check_quota(&self, caller: &str) -> Result<(), ApiError> {
         if self.quotas.of(caller).is_none() {
             // Nothing was asked of the store: `observe` must not take it for an answer.
             return Ok(());
@@ -444,11 +537,6 @@ impl Turns {
             None => Ok(()),
         }
     }
-}
-
-/// A new run's id: `run_` and 32 hex digits.
-fn new_run_id() -> String {
-    format!("run_{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Seconds since the Unix epoch.

@@ -21,6 +21,9 @@ pub enum StorageError {
     /// The session has an active run (queued or in progress): this one.
     #[error("session {session} has an active run {run}")]
     SessionBusy { session: String, run: String },
+    /// The queue of background runs is full: for this owner (`per_owner`), or for everyone.
+    #[error("the run queue is full ({queued} queued{})", if *per_owner { " by this caller" } else { "" })]
+    QueueFull { per_owner: bool, queued: usize },
     /// The run is no longer in progress (cancelled, or failed as lost): its turn was not stored.
     #[error("run {run} is {status}, no longer in progress")]
     RunEnded {

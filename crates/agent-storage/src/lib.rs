@@ -20,10 +20,10 @@ pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
 pub use model::{
-    DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent, NewRun,
-    RUN_LOST, RateDecision, ResponseParameters, ResponseRecord, RunCompletion, RunCursor, RunEnd,
-    RunError, RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage, StoredResponse,
-    TurnRecord,
+    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent,
+    NewRun, QueuedRun, RUN_LOST, RateDecision, ResponseParameters, ResponseRecord, RunCompletion,
+    RunCursor, RunEnd, RunError, RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage,
+    StoredResponse, TurnRecord,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};

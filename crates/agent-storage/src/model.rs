@@ -231,6 +231,26 @@ pub struct NewRun<'a> {
     pub lease: Duration,
 }
 
+/// A background run to queue: any replica's executor may claim it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueuedRun<'a> {
+    pub id: &'a str,
+    pub owner: &'a str,
+    pub session: Option<&'a SessionId>,
+    /// What its executor needs to run it (opaque here; kept until it is claimed).
+    pub input: &'a str,
+    /// Runs queued at most, by its owner and by everyone: past either, [`crate::StorageError::QueueFull`].
+    pub max_per_owner: usize,
+    pub max_total: usize,
+}
+
+/// A queued run an executor took: in progress now, leased to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedRun {
+    pub record: RunRecord,
+    pub input: String,
+}
+
 /// A run as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, RateDecision,
-    RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage,
-    StoredResponse, TurnRecord,
+    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
+    RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
+    StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 
@@ -145,6 +145,36 @@ pub trait RunStore: Send + Sync + Debug {
 
     /// Ends an active run without a stored turn (failed or cancelled).
     async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError>;
+
+    /// Queues a background run, refused as [`start_run`](Self::start_run) refuses (its
+    /// session's active run), or with [`StorageError::QueueFull`] past its caps.
+    async fn enqueue_run(&self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError>;
+
+    /// Takes the oldest queued run, if any: in progress from now, leased to `holder` for
+    /// `lease`. Each queued run is taken once, whichever replicas ask.
+    async fn claim_run(
+        &self,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedRun>, StorageError>;
+
+    /// Extends by `lease` the leases `holder` holds on the runs `ids`; answers those still in
+    /// progress and held by it (the others were ended elsewhere: cancelled, or failed as lost).
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StorageError>;
+
+    /// Fails as [`crate::RUN_LOST`] up to `limit` runs in progress whose lease expired more than
+    /// `grace` ago (their executor is gone), except `holder`'s; answers them.
+    async fn fail_lost_runs(
+        &self,
+        holder: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError>;
 
     /// The run `id`, whoever's (the caller checks the owner).
     async fn run(&self, id: &str) -> Result<Option<RunRecord>, StorageError>;

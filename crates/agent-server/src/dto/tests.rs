@@ -7,6 +7,7 @@ fn accepted(message: &str) -> bool {
         message: message.to_owned(),
         session_id: None,
         response_format: None,
+        background: false,
     }
     .checked(100, "anonymous")
     .is_ok()

@@ -10,6 +10,7 @@ use agent_config::Settings;
 use agent_core::ToolCall;
 use serde::Deserialize;
 
+use crate::dto::runs::RunView;
 use crate::dto::{
     AgentRequest, AgentResponse, DeltaEvent, RunEvent, ShutdownEvent, ToolCallEvent,
     ToolResultEvent,
@@ -29,15 +30,18 @@ use crate::turn::Finished;
     params(("Idempotency-Key" = Option<String>, Header, description = "Run at most once; a retry with the same key and body gets the stored response")),
     responses(
         (status = 200, description = "The turn ran and was stored", body = AgentResponse),
+        (status = 202, description = "With `background`: the run is queued; follow `Location` (a retry with the same Idempotency-Key gets the same run)", body = RunView,
+            headers(("Location" = String, description = "`/runs/{id}` of the queued run"))),
         (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
         (status = 404, description = "The session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
         (status = 409, description = "The session has an active run (`session_busy`, naming it), it changed (`session_conflict`), the key's first request is running (`idempotency_key_in_progress`), or the run was cancelled (`run_cancelled`) or lost (`run_lost`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`), reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
+        (status = 429, description = "With `background`: this caller has as many runs queued as it may (`too_many_queued_runs`); see Retry-After", body = ErrorBody),
         (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
         (status = 502, description = "The model server failed", body = ErrorBody),
-        (status = 503, description = "Storage unavailable, or the model server's rate limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage unavailable, the model server's rate limit, or the queue of background runs full (`overloaded`); see Retry-After", body = ErrorBody),
         (status = 504, description = "The model or the turn timed out", body = ErrorBody),
     )
 )]
@@ -60,14 +64,16 @@ pub(crate) async fn post_agent(
             (RunEvent: always first), `delta` \
             (DeltaEvent), `tool_call` (ToolCallEvent), `tool_result` (ToolResultEvent), then `done` (AgentResponse: \
             stored) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
-            first; `x-sse-events` maps each name to its schema", content_type = "text/event-stream"),
+            first; `x-sse-events` maps each name to its schema. With `background`, the run is queued and these are its \
+            events (`GET /runs/{id}/events` resumes them; going away cancels nothing)", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
         (status = 409, description = "The session has an active run (`session_busy`, naming it)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`)", body = ErrorBody),
+        (status = 429, description = "With `background`: this caller has as many runs queued as it may (`too_many_queued_runs`); see Retry-After", body = ErrorBody),
         (status = 500, description = "A failure of the server's own (`internal_error`)", body = ErrorBody),
-        (status = 503, description = "Storage unavailable (`storage_unavailable`); see Retry-After", body = ErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`), or the queue of background runs full (`overloaded`); see Retry-After", body = ErrorBody),
     )
 )]
 pub(crate) async fn post_agent_stream(
@@ -97,12 +103,17 @@ impl TurnWire for AgentRequest {
             self.session_id.as_deref().unwrap_or("\0none"),
         ];
         parts.extend(format.as_deref());
+        // Counted only when set, as the format is.
+        if self.background {
+            parts.push("\0background");
+        }
         idempotency::fingerprint(&parts)
     }
 
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
         let turn = self.checked(incoming.settings().api.max_message_chars, &incoming.caller)?;
         Ok(Valid {
+            background: turn.background,
             input: turn.into(),
             stream: None,
             answer: Arc::new(|finished: &Finished| AgentResponse::from(finished)),
@@ -141,6 +152,7 @@ impl TurnWire for StreamedAgentRequest {
         let valid = self.0.validate(incoming).await?;
         Ok(Valid {
             stream: Some(AgentEvents::default()),
+            background: valid.background,
             input: valid.input,
             answer: valid.answer,
             keep: valid.keep,

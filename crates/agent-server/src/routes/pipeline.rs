@@ -20,6 +20,7 @@ use crate::access::caller_name;
 use crate::admission::TurnSlot;
 use crate::backends::Backends;
 use crate::dto::parse_json;
+use crate::dto::runs::RunView;
 use crate::error::{ApiError, ErrorCode};
 use crate::failure_log::FailureLog;
 use crate::idempotency::{self, Once};
@@ -95,6 +96,8 @@ pub(crate) struct Valid<W: TurnWire> {
     pub(crate) keep: Option<KeepResponse>,
     /// A header every answer carries (the chat completions' `X-Session-Id`).
     pub(crate) header: Option<(HeaderName, HeaderValue)>,
+    /// Queue the run (see [`crate::runs::queue`]): answer `202` with it, or stream its events.
+    pub(crate) background: bool,
 }
 
 /// How a route answers a stored turn.
@@ -131,7 +134,22 @@ pub(crate) async fn serve<W: TurnWire>(
         answer,
         keep,
         header,
+        background,
     } = valid;
+    if background {
+        let mut response = queue(
+            &routes,
+            &request,
+            input,
+            stream.is_some(),
+            key.zip(fingerprint),
+        )
+        .await?;
+        if let Some((name, value)) = header {
+            response.headers_mut().insert(name, value);
+        }
+        return Ok(response);
+    }
     let slot = routes.turns.admit()?;
     let extras = Extras {
         claim: None,
@@ -189,6 +207,66 @@ pub(crate) async fn serve<W: TurnWire>(
     }
     Ok(response)
 }
+
+/// Queues a background run: answers `202` with it (`Location: /runs/{id}`; once per
+/// `Idempotency-Key`, a retry getting the same run), or streams its events.
+async fn queue(
+    routes: &TurnRoutes,
+    request: &HttpRequest,
+    input: TurnInput,
+    stream: bool,
+    key: Option<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let caller = caller_name(request);
+    if stream {
+        let queued = routes.turns.enqueue(input, &caller).await?;
+        return Ok(crate::routes::runs::stream_run(routes, queued, None));
+    }
+    let view = match key {
+        None => RunView::from(routes.turns.enqueue(input, &caller).await?),
+        Some((key, fingerprint)) => {
+            let key = idempotency::scoped(request, BACKGROUND_KEYS, &key);
+            let settings = &routes.settings;
+            let once = idempotency::run_once(
+                &routes.backends,
+                &key,
+                &fingerprint,
+                routes.turns.lock_wait() + LEASE_MARGIN,
+                settings.api.idempotency_retention,
+                || async {
+                    let queued = routes.turns.enqueue(input, &caller).await?;
+                    Ok((RunView::from(queued), false))
+                },
+            )
+            .await?;
+            match once {
+                Once::Ran(view) => view,
+                Once::Replayed(stored) => {
+                    // The run as it was queued (its state now is at its `Location`).
+                    let run: serde_json::Value = serde_json::from_str(&stored)
+                        .map_err(|error| ApiError::Internal(error.into()))?;
+                    let id = run["run_id"].as_str().unwrap_or_default();
+                    return Ok(accepted(id)
+                        .insert_header(("Idempotent-Replayed", "true"))
+                        .content_type("application/json")
+                        .body(stored));
+                }
+            }
+        }
+    };
+    Ok(accepted(&view.run_id).json(view))
+}
+
+/// `202 Accepted` of the queued run `id`, pointing at it.
+fn accepted(id: &str) -> actix_web::HttpResponseBuilder {
+    let mut response = HttpResponse::Accepted();
+    response.insert_header((actix_web::http::header::LOCATION, format!("/runs/{id}")));
+    response
+}
+
+/// Keeps background requests' idempotency keys apart from the same route's blocking ones (their
+/// answers differ: a run, not a turn's answer).
+const BACKGROUND_KEYS: &str = "background";
 
 /// A whole blocking run: prepared here, executed apart from this request (which waits for it;
 /// its going away cancels the run).

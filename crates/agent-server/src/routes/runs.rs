@@ -153,6 +153,13 @@ pub(crate) async fn run_events(
             ),
         ));
     }
+    Ok(stream_run(&routes, run, after))
+}
+
+/// The events of `run` after `after` (from its start when None) as `/agent/stream`'s events,
+/// live until it ends.
+pub(crate) fn stream_run(routes: &TurnRoutes, run: RunRecord, after: Option<u64>) -> HttpResponse {
+    let backends = &routes.backends;
     let live = routes.turns.registry().live(&run.id);
     let start = RunEvent {
         run_id: run.id.clone(),
@@ -210,7 +217,7 @@ pub(crate) async fn run_events(
             }
         }
     };
-    Ok(stream_response(body))
+    stream_response(body)
 }
 
 /// A session's runs, newest first, a page at a time.

@@ -30,6 +30,8 @@ pub(crate) enum Mode {
 pub(crate) struct Execution {
     pub(crate) live: Arc<LiveRun>,
     outcome: Option<oneshot::Receiver<Outcome>>,
+    /// Nobody waits for it (a background run): dropping it cancels nothing.
+    detached: bool,
 }
 
 /// A run's outcome for its requester: the stored turn and whether the idempotency claim was
@@ -51,10 +53,19 @@ impl Execution {
     }
 }
 
+impl Execution {
+    /// Lets the run go on with nobody waiting for it (a background run).
+    pub(crate) fn detach(mut self) {
+        self.detached = true;
+    }
+}
+
 impl Drop for Execution {
     fn drop(&mut self) {
         // Cancels nothing once the run has ended.
-        self.live.cancel(CancelReason::Disconnected);
+        if !self.detached {
+            self.live.cancel(CancelReason::Disconnected);
+        }
     }
 }
 
@@ -87,6 +98,7 @@ pub(crate) fn execute(
     Execution {
         live,
         outcome: Some(outcome),
+        detached: false,
     }
 }
 

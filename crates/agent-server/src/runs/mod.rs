@@ -7,14 +7,16 @@
 
 pub(crate) mod executor;
 pub(crate) mod live;
+pub(crate) mod queue;
 pub(crate) mod reader;
+pub(crate) mod upkeep;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use agent_storage::{BackgroundWork, Ended, RunEnd, RunError, RunStatus, RunStore};
 use live::{CancelReason, LiveRun};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::error::ApiError;
 
@@ -38,18 +40,22 @@ pub(crate) const SHUTDOWN: RunEnd<'static> = RunEnd::Failed {
 
 /// Ends kept to record at most: past it, a run the store missed is left to its lease.
 const MAX_UNRECORDED: usize = 10_000;
-/// How often ends the store missed are recorded again.
-const RECORD_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A new run's id: `run_` and 32 hex digits.
+pub(crate) fn new_run_id() -> String {
+    format!("run_{}", uuid::Uuid::new_v4().simple())
+}
 
 /// The runs this process is executing, by id.
 #[derive(Debug, Default)]
 pub(crate) struct RunRegistry {
     running: Mutex<HashMap<String, Arc<LiveRun>>>,
     /// Runs this process ended while its store was unavailable (a Postgres outage fails turns
-    /// and the writes that end their runs alike): recorded again every [`RECORD_AGAIN`], and at
-    /// once when a turn finds one still active on its session, so the session is not busy until
+    /// and the writes that end their runs alike): recorded again by the upkeep, and at once when a turn finds one still active on its session, so the session is not busy until
     /// the run's lease expires.
     unrecorded: Mutex<HashMap<String, (RunStatus, RunError)>>,
+    /// Wakes the dispatcher when a run is queued here.
+    wake: Arc<Notify>,
     /// This process's name as a lease holder (unique per process start).
     holder: String,
 }
@@ -60,6 +66,7 @@ impl RunRegistry {
         Self {
             running: Mutex::default(),
             unrecorded: Mutex::default(),
+            wake: Arc::default(),
             holder: format!(
                 "{host}/{}/{}",
                 std::process::id(),
@@ -71,6 +78,15 @@ impl RunRegistry {
     /// Who holds the leases of this process's runs.
     pub(crate) fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// Tells this process's dispatcher that a run was queued.
+    pub(crate) fn wake_dispatcher(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn dispatcher_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.wake)
     }
 
     /// The run `id` if this process executes it.
@@ -85,6 +101,16 @@ impl RunRegistry {
     /// Stops the run `id` if this process executes it; answers whether it did.
     pub(crate) fn cancel(&self, id: &str, reason: CancelReason) -> bool {
         self.live(id).map(|run| run.cancel(reason)).is_some()
+    }
+
+    /// The ids of the runs this process executes.
+    pub(crate) fn running_ids(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Stops every run this process executes.
@@ -131,7 +157,7 @@ impl RunRegistry {
     }
 
     /// Records every end the store missed, once.
-    async fn record_all(&self, store: &dyn RunStore) {
+    pub(crate) async fn record_all(&self, store: &dyn RunStore) {
         let kept: Vec<(String, (RunStatus, RunError))> = self
             .unrecorded
             .lock()
@@ -170,19 +196,6 @@ impl RunRegistry {
             }
             Err(_) => false,
         }
-    }
-
-    /// The task recording ends the store missed, every [`RECORD_AGAIN`]. Runs until aborted.
-    pub(crate) fn spawn_recorder(self: &Arc<Self>, store: Arc<dyn RunStore>) -> JoinHandle<()> {
-        let registry = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(RECORD_AGAIN);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                registry.record_all(store.as_ref()).await;
-            }
-        })
     }
 
     fn register(&self, run: &Arc<LiveRun>) {

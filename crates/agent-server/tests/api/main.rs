@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod background;
 mod bad_input;
 mod callers;
 mod cli;

@@ -261,8 +261,10 @@ async fn the_document_describes_the_running_configuration() {
             secured,
             "{method} {template}"
         );
-        assert!(
-            !keyed.statuses(method, template).contains(&429),
+        // Without rate limits or quotas, only the cap of queued background runs answers 429.
+        assert_eq!(
+            keyed.statuses(method, template).contains(&429),
+            template == "/agent",
             "{method} {template}"
         );
     }

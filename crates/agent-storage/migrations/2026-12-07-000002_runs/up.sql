@@ -23,6 +23,8 @@ CREATE TABLE runs (
     output_text       TEXT,
     prompt_tokens     BIGINT NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
     completion_tokens BIGINT NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
+    -- A queued background run's input, for the executor that claims it (cleared then).
+    input             JSONB,
     CHECK ((status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
 );
 
@@ -31,6 +33,10 @@ CREATE UNIQUE INDEX runs_one_active_per_session ON runs (session_id)
     WHERE status IN ('queued', 'in_progress');
 -- A session's runs, newest first (GET /sessions/{id}/runs).
 CREATE INDEX runs_session_created_at ON runs (session_id, created_at DESC, id DESC);
+-- The queue: queued runs, oldest first (claimed with FOR UPDATE SKIP LOCKED).
+CREATE INDEX runs_queued ON runs (created_at, id) WHERE status = 'queued';
+-- Runs in progress by lease, for the sweep that fails those whose executor is gone.
+CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE status = 'in_progress';
 -- Finished runs by age, for the retention sweep.
 CREATE INDEX runs_finished_at ON runs (finished_at) WHERE finished_at IS NOT NULL;
 

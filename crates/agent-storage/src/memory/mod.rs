@@ -12,9 +12,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, RateDecision,
-    RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo, StoredMessage,
-    StoredResponse, TurnRecord,
+    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
+    RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
+    StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{
@@ -353,6 +353,36 @@ impl RunStore for MemoryStorage {
 
     async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError> {
         Ok(lock(&self.runs).end(id, end))
+    }
+
+    async fn enqueue_run(&self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError> {
+        lock(&self.runs).enqueue(run)
+    }
+
+    async fn claim_run(
+        &self,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedRun>, StorageError> {
+        Ok(lock(&self.runs).claim(holder, lease))
+    }
+
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(lock(&self.runs).renew(holder, ids, lease))
+    }
+
+    async fn fail_lost_runs(
+        &self,
+        holder: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError> {
+        Ok(lock(&self.runs).fail_lost(holder, grace, limit))
     }
 
     async fn run(&self, id: &str) -> Result<Option<RunRecord>, StorageError> {

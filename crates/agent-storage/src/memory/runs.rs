@@ -1,14 +1,21 @@
-//! The in-memory run table: runs by id, the active run of each session, and each session's runs
-//! in the order they started.
+//! The in-memory run table: runs by id, the active run of each session, each session's runs in
+//! the order they started, and the queue of background runs.
 
-use std::collections::HashMap;
-use std::time::SystemTime;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
 
 use agent_core::{SessionId, TokenUsage};
 
 use crate::error::StorageError;
 use crate::model::{
-    Ended, NewRun, RUN_LOST, RunCompletion, RunCursor, RunEnd, RunRecord, RunStatus,
+    ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunCompletion, RunCursor, RunEnd, RunRecord,
+    RunStatus,
+};
+
+/// What a run lost by its executor says.
+const LOST: RunEnd<'static> = RunEnd::Failed {
+    code: RUN_LOST,
+    message: "the run's executor stopped renewing its lease (its replica is gone)",
 };
 
 #[derive(Debug, Default)]
@@ -18,12 +25,20 @@ pub(super) struct RunTable {
     active: HashMap<SessionId, String>,
     /// Each session's runs, oldest first.
     by_session: HashMap<SessionId, Vec<String>>,
+    /// Who executes each run in progress.
+    holders: HashMap<String, String>,
+    /// Queued runs, oldest first (a run ended while queued is skipped when reached).
+    queue: VecDeque<String>,
+    /// Each queued run's input, until it is claimed.
+    inputs: HashMap<String, String>,
 }
 
 impl RunTable {
-    pub(super) fn start(&mut self, run: NewRun<'_>) -> Result<RunRecord, StorageError> {
+    /// Refuses a new run on `session` while it has an active run, unless that run's lease has
+    /// expired (it is failed as lost first).
+    fn check_session(&mut self, session: Option<&SessionId>) -> Result<(), StorageError> {
         let now = SystemTime::now();
-        if let Some(session) = run.session
+        if let Some(session) = session
             && let Some(active) = self.active.get(session).cloned()
         {
             let expired = self.runs.get(&active).is_none_or(|record| {
@@ -37,17 +52,19 @@ impl RunTable {
                     run: active,
                 });
             }
-            self.end(
-                &active,
-                RunEnd::Failed {
-                    code: RUN_LOST,
-                    message: "the run's executor stopped renewing its lease (its replica is gone)",
-                },
-            );
+            self.end(&active, LOST);
         }
+        Ok(())
+    }
+
+    pub(super) fn start(&mut self, run: NewRun<'_>) -> Result<RunRecord, StorageError> {
+        let now = SystemTime::now();
+        self.check_session(run.session)?;
         if self.runs.contains_key(run.id) {
             return Err(StorageError::Corrupt(format!("run {} exists", run.id)));
         }
+        self.holders
+            .insert(run.id.to_owned(), run.holder.to_owned());
         let record = RunRecord {
             id: run.id.to_owned(),
             owner: run.owner.to_owned(),
@@ -62,15 +79,134 @@ impl RunTable {
             usage: TokenUsage::default(),
             lease_expires_at: Some(now + run.lease),
         };
-        if let Some(session) = run.session {
-            self.active.insert(session.clone(), run.id.to_owned());
+        self.insert(record.clone());
+        Ok(record)
+    }
+
+    fn insert(&mut self, record: RunRecord) {
+        if let Some(session) = &record.session {
+            self.active.insert(session.clone(), record.id.clone());
             self.by_session
                 .entry(session.clone())
                 .or_default()
-                .push(run.id.to_owned());
+                .push(record.id.clone());
         }
-        self.runs.insert(run.id.to_owned(), record.clone());
+        self.runs.insert(record.id.clone(), record);
+    }
+
+    pub(super) fn enqueue(&mut self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError> {
+        self.check_session(run.session)?;
+        let queued: Vec<&RunRecord> = self
+            .queue
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .filter(|record| record.status == RunStatus::Queued)
+            .collect();
+        let mine = queued
+            .iter()
+            .filter(|record| record.owner == run.owner)
+            .count();
+        if mine >= run.max_per_owner {
+            return Err(StorageError::QueueFull {
+                per_owner: true,
+                queued: mine,
+            });
+        }
+        if queued.len() >= run.max_total {
+            return Err(StorageError::QueueFull {
+                per_owner: false,
+                queued: queued.len(),
+            });
+        }
+        if self.runs.contains_key(run.id) {
+            return Err(StorageError::Corrupt(format!("run {} exists", run.id)));
+        }
+        let record = RunRecord {
+            id: run.id.to_owned(),
+            owner: run.owner.to_owned(),
+            session: run.session.cloned(),
+            status: RunStatus::Queued,
+            background: true,
+            created_at: SystemTime::now(),
+            started_at: None,
+            finished_at: None,
+            error: None,
+            output_text: None,
+            usage: TokenUsage::default(),
+            lease_expires_at: None,
+        };
+        self.queue.push_back(run.id.to_owned());
+        self.inputs.insert(run.id.to_owned(), run.input.to_owned());
+        self.insert(record.clone());
         Ok(record)
+    }
+
+    pub(super) fn claim(&mut self, holder: &str, lease: Duration) -> Option<ClaimedRun> {
+        while let Some(id) = self.queue.pop_front() {
+            let input = self.inputs.remove(&id);
+            let Some(record) = self.runs.get_mut(&id) else {
+                continue;
+            };
+            if record.status != RunStatus::Queued {
+                continue;
+            }
+            let now = SystemTime::now();
+            record.status = RunStatus::InProgress;
+            record.started_at = Some(now);
+            record.lease_expires_at = Some(now + lease);
+            self.holders.insert(id, holder.to_owned());
+            return Some(ClaimedRun {
+                record: record.clone(),
+                input: input.unwrap_or_default(),
+            });
+        }
+        None
+    }
+
+    pub(super) fn renew(&mut self, holder: &str, ids: &[String], lease: Duration) -> Vec<String> {
+        let until = SystemTime::now() + lease;
+        ids.iter()
+            .filter(|id| self.holders.get(*id).is_some_and(|held| held == holder))
+            .filter_map(|id| {
+                let record = self.runs.get_mut(id)?;
+                (record.status == RunStatus::InProgress).then(|| {
+                    record.lease_expires_at = Some(until);
+                    id.clone()
+                })
+            })
+            .collect()
+    }
+
+    pub(super) fn fail_lost(
+        &mut self,
+        holder: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Vec<RunRecord> {
+        let now = SystemTime::now();
+        let lost: Vec<String> = self
+            .runs
+            .values()
+            .filter(|record| record.status == RunStatus::InProgress)
+            .filter(|record| {
+                record
+                    .lease_expires_at
+                    .is_some_and(|expires| expires + grace < now)
+            })
+            .filter(|record| {
+                self.holders
+                    .get(&record.id)
+                    .is_none_or(|held| held != holder)
+            })
+            .take(limit)
+            .map(|record| record.id.clone())
+            .collect();
+        lost.iter()
+            .filter_map(|id| match self.end(id, LOST) {
+                Ended::Now(record) => Some(record),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Ends `id` if it is active.
@@ -204,6 +340,8 @@ impl RunTable {
     }
 
     fn release(&mut self, record: &RunRecord) {
+        self.holders.remove(&record.id);
+        self.inputs.remove(&record.id);
         if let Some(session) = &record.session
             && self.active.get(session) == Some(&record.id)
         {

@@ -3,6 +3,7 @@
 
 mod conversations;
 mod idempotency;
+mod queue;
 mod runs;
 mod schema;
 mod statements;

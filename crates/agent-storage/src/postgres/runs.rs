@@ -2,6 +2,8 @@
 //! that the partial unique index on a session's active run refuses), ending one a conditional
 //! update. A completed run is written by its turn's statement (`statements::walk_turn`).
 
+use std::time::Duration;
+
 use agent_core::{SessionId, TokenUsage};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -14,7 +16,10 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::schema::runs;
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
-use crate::model::{Ended, NewRun, RUN_LOST, RunCursor, RunEnd, RunError, RunRecord, RunStatus};
+use crate::model::{
+    ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunCursor, RunEnd, RunError, RunRecord,
+    RunStatus,
+};
 use crate::traits::RunStore;
 
 /// The statuses of an active run, as the partial unique index names them.
@@ -23,7 +28,7 @@ const ACTIVE: [&str; 2] = ["queued", "in_progress"];
 /// What a run lost by its executor says.
 pub(super) const LOST_MESSAGE: &str = "the run's executor stopped renewing its lease (its replica is gone); tools may have run, so it is not retried";
 
-#[derive(Debug, Queryable, Selectable)]
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = runs, check_for_backend(diesel::pg::Pg))]
 pub(super) struct RunRow {
     id: String,
@@ -126,7 +131,7 @@ impl QueryFragment<Pg> for StartRun<'_> {
 }
 
 /// `RunRow`'s columns, in its order.
-const RUN_COLUMNS: &str = "id, owner, session_id, status, background, created_at, started_at, \
+pub(super) const RUN_COLUMNS: &str = "id, owner, session_id, status, background, created_at, started_at, \
      finished_at, lease_expires_at, error_code, error_message, output_text, prompt_tokens, \
      completion_tokens";
 
@@ -176,6 +181,33 @@ impl PostgresStore {
         row.map(RunRecord::try_from).transpose()
     }
 
+    /// Answers [`StorageError::SessionBusy`] naming the active run of `session`, unless it has
+    /// none (it ended meanwhile) or its lease expired: it is failed as lost, and the caller
+    /// tries again.
+    async fn clear_session(
+        connection: &mut AsyncPgConnection,
+        session: &str,
+    ) -> Result<(), StorageError> {
+        let Some(active) = Self::active_run(connection, session).await? else {
+            return Ok(());
+        };
+        let lost = RunEnd::Failed {
+            code: RUN_LOST,
+            message: LOST_MESSAGE,
+        };
+        if Self::end_active(connection, &active.id, lost, true)
+            .await?
+            .is_none()
+        {
+            return Err(StorageError::SessionBusy {
+                session: session.to_owned(),
+                run: active.id,
+            });
+        }
+        tracing::warn!(run = %active.id, "failed a run whose executor's lease expired");
+        Ok(())
+    }
+
     /// Ends the run `id` if it is active and, when `only_expired`, its lease has expired.
     async fn end_active(
         connection: &mut AsyncPgConnection,
@@ -194,6 +226,7 @@ impl PostgresStore {
             runs::finished_at.eq(diesel::dsl::now),
             runs::lease_holder.eq(None::<String>),
             runs::lease_expires_at.eq(None::<DateTime<Utc>>),
+            runs::input.eq(None::<serde_json::Value>),
         );
         let row: Option<RunRow> = if only_expired {
             diesel::update(active.filter(runs::lease_expires_at.le(diesel::dsl::now)))
@@ -240,29 +273,80 @@ impl RunStore for PostgresStore {
                 let Some(session) = statement.session else {
                     break;
                 };
-                let Some(active) = Self::active_run(&mut connection, session).await? else {
-                    // It ended meanwhile: try again.
-                    continue;
-                };
-                let lost = RunEnd::Failed {
-                    code: RUN_LOST,
-                    message: LOST_MESSAGE,
-                };
-                if Self::end_active(&mut connection, &active.id, lost, true)
-                    .await?
-                    .is_none()
-                {
-                    return Err(StorageError::SessionBusy {
-                        session: session.to_owned(),
-                        run: active.id,
-                    });
-                }
-                tracing::warn!(run = %active.id, "failed a run whose executor's lease expired");
+                Self::clear_session(&mut connection, session).await?;
             }
             Err(StorageError::Corrupt(format!(
                 "run {} could not start on a session with no active run",
                 run.id
             )))
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn enqueue_run(&self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            // Twice at most: once more after failing a run whose lease expired.
+            for _ in 0..2 {
+                if let Some(queued) = Self::insert_queued(&mut connection, &run).await? {
+                    return Ok(queued);
+                }
+                if let Some(refusal) = Self::queue_refusal(&mut connection, &run).await? {
+                    return Err(refusal);
+                }
+                if let Some(session) = run.session {
+                    Self::clear_session(&mut connection, session.as_str()).await?;
+                }
+            }
+            Err(StorageError::Corrupt(format!(
+                "run {} could not be queued, with room and no active run",
+                run.id
+            )))
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn claim_run(
+        &self,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedRun>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::claim_queued(&mut connection, holder, lease).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, runs = ids.len()))]
+    async fn renew_leases(
+        &self,
+        holder: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::renew(&mut connection, holder, ids, lease).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND))]
+    async fn fail_lost_runs(
+        &self,
+        holder: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::fail_lost(&mut connection, holder, grace, limit).await
         })
         .await
     }

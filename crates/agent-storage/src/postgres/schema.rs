@@ -86,6 +86,7 @@ diesel::table! {
         output_text -> Nullable<Text>,
         prompt_tokens -> Int8,
         completion_tokens -> Int8,
+        input -> Nullable<Jsonb>,
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use agent_core::{Message, SessionId, TokenUsage, Turn};
 use agent_storage::{
-    ConversationStore, Ended, MemoryStorage, NewRun, RUN_LOST, RunCompletion, RunCursor, RunEnd,
-    RunStatus, RunStore, SessionLocks, StorageError, TurnRecord,
+    ConversationStore, Ended, MemoryStorage, NewRun, QueuedRun, RUN_LOST, RunCompletion, RunCursor,
+    RunEnd, RunStatus, RunStore, SessionLocks, StorageError, TurnRecord,
 };
 
 use crate::{contract, until};
@@ -42,6 +42,10 @@ contract!(
         a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_nothing,
         runs_are_listed_per_session_newest_first_in_pages,
         a_session_with_an_active_run_is_neither_deleted_nor_swept,
+        queued_runs_are_claimed_once_oldest_first_with_their_input,
+        the_queue_refuses_past_its_caps_and_a_busy_session,
+        a_cancelled_queued_run_is_never_claimed,
+        leases_are_renewed_by_their_holder_only_and_expired_ones_are_failed_as_lost,
     ];
     memory_backend => memory().await,
     postgres_backend => postgres().await,
@@ -394,4 +398,173 @@ async fn a_session_with_an_active_run_is_neither_deleted_nor_swept((store, runs,
         );
     }
     assert!(runs.session_runs(&chat, None, 10).await.unwrap().is_empty());
+}
+
+fn queued<'a>(id: &'a str, owner: &'a str, session: Option<&'a SessionId>) -> QueuedRun<'a> {
+    QueuedRun {
+        id,
+        owner,
+        session,
+        input: r#"{"message":"later"}"#,
+        max_per_owner: 2,
+        max_total: 3,
+    }
+}
+
+async fn queued_runs_are_claimed_once_oldest_first_with_their_input((_, runs, _): Stores) {
+    let (first, second) = (run_id(), run_id());
+    let chat = session("queued");
+    let record = runs
+        .enqueue_run(queued(&first, "alice", Some(&chat)))
+        .await
+        .unwrap();
+    assert_eq!(record.status, RunStatus::Queued);
+    assert!(record.background && record.started_at.is_none());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    runs.enqueue_run(queued(&second, "bob", None))
+        .await
+        .unwrap();
+
+    // Two replicas claim at once: each run is taken once, the oldest first.
+    let lease = Duration::from_secs(30);
+    let (a, b) = tokio::join!(
+        runs.claim_run("replica-1", lease),
+        runs.claim_run("replica-2", lease)
+    );
+    let mut claimed: Vec<_> = [a.unwrap(), b.unwrap()].into_iter().flatten().collect();
+    claimed.sort_by_key(|claimed| claimed.record.created_at);
+    let ids: Vec<&str> = claimed.iter().map(|c| c.record.id.as_str()).collect();
+    assert_eq!(ids, [first.as_str(), second.as_str()]);
+    for claimed in &claimed {
+        assert_eq!(claimed.record.status, RunStatus::InProgress);
+        assert!(claimed.record.started_at.is_some() && claimed.record.lease_expires_at.is_some());
+        let input: serde_json::Value = serde_json::from_str(&claimed.input).unwrap();
+        assert_eq!(input["message"], "later");
+    }
+    assert_eq!(runs.claim_run("replica-1", lease).await.unwrap(), None);
+    // The claimed run still holds its session.
+    let busy = runs.start_run(new_run(&run_id(), Some(&chat))).await;
+    assert!(matches!(busy, Err(StorageError::SessionBusy { run, .. }) if run == first));
+}
+
+async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores) {
+    let chat = session("capped");
+    let held = run_id();
+    runs.enqueue_run(queued(&held, "alice", Some(&chat)))
+        .await
+        .unwrap();
+    let busy = runs
+        .enqueue_run(queued(&run_id(), "alice", Some(&chat)))
+        .await;
+    assert!(matches!(busy, Err(StorageError::SessionBusy { run, .. }) if run == held));
+    runs.enqueue_run(queued(&run_id(), "alice", None))
+        .await
+        .unwrap();
+    let mine = runs.enqueue_run(queued(&run_id(), "alice", None)).await;
+    assert!(
+        matches!(
+            mine,
+            Err(StorageError::QueueFull {
+                per_owner: true,
+                queued: 2
+            })
+        ),
+        "{mine:?}"
+    );
+    runs.enqueue_run(queued(&run_id(), "bob", None))
+        .await
+        .unwrap();
+    let full = runs.enqueue_run(queued(&run_id(), "carol", None)).await;
+    assert!(
+        matches!(
+            full,
+            Err(StorageError::QueueFull {
+                per_owner: false,
+                queued: 3
+            })
+        ),
+        "{full:?}"
+    );
+    // A claimed run leaves the queue: there is room again.
+    runs.claim_run("replica-1", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    runs.enqueue_run(queued(&run_id(), "carol", None))
+        .await
+        .unwrap();
+}
+
+async fn a_cancelled_queued_run_is_never_claimed((_, runs, _): Stores) {
+    let id = run_id();
+    runs.enqueue_run(queued(&id, "alice", None)).await.unwrap();
+    let ended = runs
+        .end_run(
+            &id,
+            RunEnd::Cancelled {
+                code: "run_cancelled",
+                message: "cancelled",
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(ended, Ended::Now(record) if record.status == RunStatus::Cancelled));
+    assert_eq!(
+        runs.claim_run("replica-1", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn leases_are_renewed_by_their_holder_only_and_expired_ones_are_failed_as_lost(
+    (_, runs, _): Stores,
+) {
+    let (mine, theirs) = (run_id(), run_id());
+    let short = Duration::from_millis(200);
+    let mut run = new_run(&mine, None);
+    run.lease = short;
+    runs.start_run(run).await.unwrap();
+    let mut run = new_run(&theirs, None);
+    run.holder = "replica-2";
+    run.lease = short;
+    runs.start_run(run).await.unwrap();
+
+    let both = [mine.clone(), theirs.clone()];
+    let renewed = runs
+        .renew_leases("replica-1", &both, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(renewed, std::slice::from_ref(&mine));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+
+    // Only the run whose lease expired more than the grace ago, and never the sweeper's own.
+    let grace = Duration::from_millis(100);
+    assert!(
+        runs.fail_lost_runs("replica-2", grace, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let lost = runs.fail_lost_runs("replica-1", grace, 10).await.unwrap();
+    let lost: Vec<(&str, RunStatus)> = lost.iter().map(|r| (r.id.as_str(), r.status)).collect();
+    assert_eq!(lost, [(theirs.as_str(), RunStatus::Failed)]);
+    let record = runs.run(&theirs).await.unwrap().unwrap();
+    assert_eq!(record.error.unwrap().code, RUN_LOST);
+    assert!(
+        runs.fail_lost_runs("replica-1", grace, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A lost run's lease is not renewed: its holder learns it ended elsewhere.
+    let renewed = runs
+        .renew_leases("replica-2", &both, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(renewed.is_empty());
+    assert_eq!(
+        runs.run(&mine).await.unwrap().unwrap().status,
+        RunStatus::InProgress
+    );
 }

@@ -351,6 +351,7 @@ impl TurnWire for ChatCompletionRequest {
             .unwrap_or(false)
             .then(|| Chunks::new(model.clone(), include_usage));
         Ok(Valid {
+            background: false,
             input: TurnInput {
                 conversation,
                 message,

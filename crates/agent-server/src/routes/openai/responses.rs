@@ -314,6 +314,7 @@ impl ResponseRequest {
         let keep = echo.store.then(|| echo.kept());
         let answered = echo.clone();
         Ok(Valid {
+            background: false,
             input: TurnInput {
                 conversation,
                 message,

@@ -1,0 +1,222 @@
+//! Background runs: a request queues its run durably (a `queued` row of the run store, holding
+//! what the turn needs) and is answered at once; each replica's dispatcher takes queued runs,
+//! oldest first, while it has room for a turn (the same turns-in-flight limit as requests), and
+//! executes them apart from any request. A replica that stops leaves its queued runs to the
+//! others: nothing is taken before it can run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::{Message, Sampling};
+use agent_storage::{ClaimedRun, QueuedRun, RunRecord};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::executor::{Mode, execute};
+use crate::error::{ApiError, ErrorCode};
+use crate::turn::{Conversation, Extras, TurnInput, Turns};
+
+/// A queued run's turn as the store keeps it: its input without the run's owner and session
+/// (the run's record has them).
+#[derive(Debug, Serialize, Deserialize)]
+struct QueuedTurn {
+    message: String,
+    #[serde(default)]
+    sampling: Sampling,
+    #[serde(default)]
+    instructions: Vec<Message>,
+    #[serde(default)]
+    earlier: Vec<Message>,
+    /// The request named no session: it was made for this run.
+    #[serde(default)]
+    new_session: bool,
+    #[serde(default)]
+    continues_from: Option<u64>,
+    /// A conversation the client sent whole (no session).
+    #[serde(default)]
+    given: Option<Vec<Message>>,
+}
+
+impl QueuedTurn {
+    fn new(input: TurnInput) -> Self {
+        let (new_session, continues_from, given) = match input.conversation {
+            Conversation::Session {
+                new_session,
+                continues_from,
+                ..
+            } => (new_session, continues_from, None),
+            Conversation::Given { history, .. } => (false, None, Some(history)),
+        };
+        Self {
+            message: input.message,
+            sampling: input.sampling,
+            instructions: input.instructions,
+            earlier: input.earlier,
+            new_session,
+            continues_from,
+            given,
+        }
+    }
+
+    /// The turn of the run `record`.
+    fn into_input(self, record: &RunRecord) -> Result<TurnInput, String> {
+        let conversation = match (self.given, &record.session) {
+            (Some(history), _) => Conversation::Given {
+                caller: record.owner.clone(),
+                history,
+            },
+            (None, Some(session)) => Conversation::Session {
+                session: session.clone(),
+                new_session: self.new_session,
+                continues_from: self.continues_from,
+            },
+            (None, None) => return Err("a queued run with neither session nor conversation".into()),
+        };
+        Ok(TurnInput {
+            conversation,
+            message: self.message,
+            sampling: self.sampling,
+            instructions: self.instructions,
+            earlier: self.earlier,
+        })
+    }
+}
+
+/// How long a caller at its cap of queued runs is told to wait.
+const QUEUE_FULL_RETRY: Duration = Duration::from_secs(2);
+
+impl Turns {
+    /// Queues `input` as a background run of `owner` and wakes this process's dispatcher.
+    pub(crate) async fn enqueue(
+        &self,
+        input: TurnInput,
+        owner: &str,
+    ) -> Result<RunRecord, ApiError> {
+        self.check_quota(owner).await?;
+        let session = match &input.conversation {
+            Conversation::Session { session, .. } => Some(session.clone()),
+            Conversation::Given { .. } => None,
+        };
+        let id = super::new_run_id();
+        let text = serde_json::to_string(&QueuedTurn::new(input))
+            .map_err(|error| ApiError::Internal(error.into()))?;
+        let caps = self.queue_caps();
+        let queued = self
+            .backends()
+            .runs
+            .enqueue_run(QueuedRun {
+                id: &id,
+                owner,
+                session: session.as_ref(),
+                input: &text,
+                max_per_owner: caps.per_caller,
+                max_total: caps.total,
+            })
+            .await
+            .map_err(|error| match error {
+                agent_storage::StorageError::QueueFull { per_owner, queued } => {
+                    queue_full(per_owner, queued)
+                }
+                other => ApiError::from(other),
+            })?;
+        self.registry().wake_dispatcher();
+        Ok(queued)
+    }
+}
+
+fn queue_full(per_owner: bool, queued: usize) -> ApiError {
+    if per_owner {
+        ApiError::Limited {
+            code: ErrorCode::TooManyQueuedRuns,
+            message: format!(
+                "this caller has {queued} background runs queued, its limit \
+                 (AGENT_RUNS__MAX_QUEUED_PER_CALLER); retry when some have started"
+            ),
+            retry_after: QUEUE_FULL_RETRY,
+        }
+    } else {
+        ApiError::Unavailable {
+            code: ErrorCode::Overloaded,
+            message: format!("the queue of background runs is full ({queued} queued); retry later"),
+            retry_after: Some(QUEUE_FULL_RETRY),
+            cause: None,
+        }
+    }
+}
+
+/// The dispatcher's task: takes queued runs while this process has room for a turn, until
+/// `stop` (the drain began). `poll` is how often it looks when nothing woke it.
+pub(crate) fn spawn_dispatcher(
+    turns: Arc<Turns>,
+    poll: Duration,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let wake = turns.registry().dispatcher_wake();
+        loop {
+            let pause = tokio::select! {
+                () = stop.cancelled() => return,
+                pause = take_one(&turns) => pause,
+            };
+            if !pause {
+                continue;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    })
+}
+
+/// Takes and starts one queued run if there is room and one; answers whether to pause.
+async fn take_one(turns: &Arc<Turns>) -> bool {
+    if !turns.has_room() {
+        // The turns in flight have every slot.
+        return true;
+    }
+    let holder = turns.registry().holder().to_owned();
+    let claimed = match turns
+        .backends()
+        .runs
+        .claim_run(&holder, turns.run_lease())
+        .await
+    {
+        Ok(Some(claimed)) => claimed,
+        Ok(None) => return true,
+        Err(error) => {
+            tracing::warn!(%error, "taking a queued run failed; trying again later");
+            return true;
+        }
+    };
+    let slot = turns.admit_taken();
+    let ClaimedRun { record, input } = claimed;
+    let span = tracing::info_span!("run", run_id = %record.id, background = true);
+    let mut ticket = turns.ticket(record.id.clone(), record.session.as_ref());
+    let input = serde_json::from_str::<QueuedTurn>(&input)
+        .map_err(|error| error.to_string())
+        .and_then(|queued| queued.into_input(&record));
+    let input = match input {
+        Ok(input) => input,
+        Err(problem) => {
+            let error = ApiError::Internal(anyhow::anyhow!("run {}: {problem}", record.id));
+            tracing::error!(run = %record.id, %problem, "a queued run cannot be read");
+            ticket.fail(&error).await;
+            return false;
+        }
+    };
+    let turns = Arc::clone(turns);
+    tokio::spawn(
+        async move {
+            // A refusal fails the run (prepare_claimed); the run's record says why.
+            if let Ok(prepared) = turns.prepare_claimed(input, slot, ticket).await {
+                execute(&turns, prepared, Extras::default(), Mode::Streaming).detach();
+            }
+        }
+        .instrument(span),
+    );
+    false
+}

@@ -1,0 +1,192 @@
+//! The run queue and the leases on Postgres: a background run is a `queued` row holding its
+//! input; an executor claims the oldest with `FOR UPDATE SKIP LOCKED` (so replicas never take
+//! the same run and never wait for each other), renews the leases of its runs in one statement,
+//! and any replica fails the runs whose lease expired (their executor is gone).
+
+use std::time::Duration;
+
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use super::runs::{LOST_MESSAGE, RUN_COLUMNS, RunRow};
+use super::{PostgresStore, query_error};
+use crate::error::StorageError;
+use crate::model::{ClaimedRun, QueuedRun, RUN_LOST, RunRecord};
+
+/// Inserts a queued run unless its owner or the whole queue is at its cap, or its session has an
+/// active run (no row back, then).
+const ENQUEUE: &str = "INSERT INTO runs (id, owner, session_id, status, background, input) \
+     SELECT $1, $2, $3, 'queued', true, $4::jsonb \
+     WHERE (SELECT count(*) FROM runs WHERE status = 'queued' AND owner = $2) < $5 \
+       AND (SELECT count(*) FROM runs WHERE status = 'queued') < $6 \
+     ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress') DO NOTHING \
+     RETURNING ";
+
+/// Counts the queued runs: the owner's and everyone's.
+const COUNT_QUEUED: &str = "SELECT count(*) FILTER (WHERE owner = $1) AS mine, count(*) AS total \
+     FROM runs WHERE status = 'queued'";
+
+#[derive(Debug, QueryableByName)]
+struct Queued {
+    #[diesel(sql_type = BigInt)]
+    mine: i64,
+    #[diesel(sql_type = BigInt)]
+    total: i64,
+}
+
+/// Takes the oldest queued run no other transaction holds.
+const CLAIM: &str = "WITH next AS ( \
+         SELECT id, input FROM runs WHERE status = 'queued' \
+         ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
+     UPDATE runs SET status = 'in_progress', started_at = now(), lease_holder = $1, \
+         lease_expires_at = now() + make_interval(secs => $2), input = NULL \
+     FROM next WHERE runs.id = next.id \
+     RETURNING next.input::text AS claimed_input, ";
+
+#[derive(Debug, QueryableByName)]
+struct Claimed {
+    #[diesel(embed)]
+    run: RunRow,
+    #[diesel(sql_type = Nullable<Text>)]
+    claimed_input: Option<String>,
+}
+
+const RENEW: &str = "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3) \
+     WHERE id = ANY($1) AND status = 'in_progress' AND lease_holder = $2 RETURNING id";
+
+#[derive(Debug, QueryableByName)]
+struct Renewed {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Fails runs whose lease expired more than a grace ago, oldest first, skipping those another
+/// transaction holds (a turn completing its run, another replica's sweep).
+const FAIL_LOST: &str = "WITH lost AS ( \
+         SELECT id FROM runs WHERE status = 'in_progress' \
+           AND lease_expires_at < now() - make_interval(secs => $2) \
+           AND lease_holder IS DISTINCT FROM $1 \
+         ORDER BY lease_expires_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
+     UPDATE runs SET status = 'failed', error_code = $4, error_message = $5, \
+         finished_at = now(), lease_holder = NULL, lease_expires_at = NULL \
+     FROM lost WHERE runs.id = lost.id RETURNING ";
+
+/// `RUN_COLUMNS` qualified by the table (for statements that join another relation).
+fn qualified_columns() -> String {
+    RUN_COLUMNS
+        .split(", ")
+        .map(|column| format!("runs.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn count(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl PostgresStore {
+    /// Queues `run` (see [`crate::RunStore::enqueue_run`]); `None` when refused by its caps or
+    /// its session, for the caller to say which.
+    pub(super) async fn insert_queued(
+        connection: &mut AsyncPgConnection,
+        run: &QueuedRun<'_>,
+    ) -> Result<Option<RunRecord>, StorageError> {
+        let rows: Vec<RunRow> = diesel::sql_query(format!("{ENQUEUE}{RUN_COLUMNS}"))
+            .bind::<Text, _>(run.id)
+            .bind::<Text, _>(run.owner)
+            .bind::<Nullable<Text>, _>(run.session.map(|session| session.as_str()))
+            .bind::<Text, _>(run.input)
+            .bind::<BigInt, _>(count(run.max_per_owner))
+            .bind::<BigInt, _>(count(run.max_total))
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        rows.into_iter().next().map(RunRecord::try_from).transpose()
+    }
+
+    /// Which cap refused `run`, if one did.
+    pub(super) async fn queue_refusal(
+        connection: &mut AsyncPgConnection,
+        run: &QueuedRun<'_>,
+    ) -> Result<Option<StorageError>, StorageError> {
+        let queued: Queued = diesel::sql_query(COUNT_QUEUED)
+            .bind::<Text, _>(run.owner)
+            .get_result(connection)
+            .await
+            .map_err(query_error)?;
+        let (mine, total) = (
+            usize::try_from(queued.mine).unwrap_or(0),
+            usize::try_from(queued.total).unwrap_or(0),
+        );
+        Ok(if mine >= run.max_per_owner {
+            Some(StorageError::QueueFull {
+                per_owner: true,
+                queued: mine,
+            })
+        } else if total >= run.max_total {
+            Some(StorageError::QueueFull {
+                per_owner: false,
+                queued: total,
+            })
+        } else {
+            None
+        })
+    }
+
+    pub(super) async fn claim_queued(
+        connection: &mut AsyncPgConnection,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<Option<ClaimedRun>, StorageError> {
+        let rows: Vec<Claimed> = diesel::sql_query(format!("{CLAIM}{}", qualified_columns()))
+            .bind::<Text, _>(holder)
+            .bind::<Double, _>(lease.as_secs_f64())
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        rows.into_iter()
+            .next()
+            .map(|claimed| {
+                Ok(ClaimedRun {
+                    record: RunRecord::try_from(claimed.run)?,
+                    input: claimed.claimed_input.unwrap_or_default(),
+                })
+            })
+            .transpose()
+    }
+
+    pub(super) async fn renew(
+        connection: &mut AsyncPgConnection,
+        holder: &str,
+        ids: &[String],
+        lease: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        let rows: Vec<Renewed> = diesel::sql_query(RENEW)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Text, _>(holder)
+            .bind::<Double, _>(lease.as_secs_f64())
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        Ok(rows.into_iter().map(|row| row.id).collect())
+    }
+
+    pub(super) async fn fail_lost(
+        connection: &mut AsyncPgConnection,
+        holder: &str,
+        grace: Duration,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, StorageError> {
+        let rows: Vec<RunRow> = diesel::sql_query(format!("{FAIL_LOST}{}", qualified_columns()))
+            .bind::<Text, _>(holder)
+            .bind::<Double, _>(grace.as_secs_f64())
+            .bind::<BigInt, _>(count(limit))
+            .bind::<Text, _>(RUN_LOST)
+            .bind::<Text, _>(LOST_MESSAGE)
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        rows.into_iter().map(RunRecord::try_from).collect()
+    }
+}
