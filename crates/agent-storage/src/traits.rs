@@ -151,12 +151,15 @@ pub trait RunStore: Send + Sync + Debug {
     async fn enqueue_run(&self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError>;
 
     /// Takes the oldest queued run, if any: in progress from now, leased to `holder` for
-    /// `lease`. Each queued run is taken once, whichever replicas ask.
+    /// `lease`, with its input. Each queued run is taken once, whichever replicas ask.
     async fn claim_run(
         &self,
         holder: &str,
         lease: Duration,
     ) -> Result<Option<ClaimedRun>, StorageError>;
+
+    /// The input a background run was queued with (none for another run).
+    async fn run_input(&self, id: &str) -> Result<Option<String>, StorageError>;
 
     /// Extends by `lease` the leases `holder` holds on the runs `ids`; answers those still in
     /// progress and held by it (the others were ended elsewhere: cancelled, or failed as lost).

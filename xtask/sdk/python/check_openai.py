@@ -9,6 +9,7 @@ requests per minute) and FAKE_MODEL_URL (the fake model's fault switch).
 
 import json
 import os
+import time
 import urllib.request
 import uuid
 
@@ -132,6 +133,41 @@ raises(
     lambda: client.responses.create(model="agent", input="hi", previous_response_id="resp_" + "0" * 32),
     "an unknown previous_response_id",
 )
+
+# Background responses: created queued, their stream resumed after any event, polled, cancelled.
+
+def wait_for(response_id, statuses):
+    deadline = time.monotonic() + 20
+    while True:
+        polled = client.responses.retrieve(response_id)
+        if polled.status in statuses:
+            return polled
+        if time.monotonic() > deadline:
+            raise SystemExit(f"python sdk: FAILED: {response_id} still {polled.status}")
+        time.sleep(0.1)
+
+
+queued = client.responses.create(model="agent", input="pace 150 6 in the background", background=True)
+check(queued.status in ("queued", "in_progress"), f"background create: {queued.status}")
+seen = []
+with client.responses.retrieve(queued.id, stream=True) as stream:
+    for event in stream:
+        seen.append(event)
+        if event.type == "response.output_text.delta":
+            break  # the connection drops mid-answer
+rest = list(client.responses.retrieve(queued.id, stream=True, starting_after=seen[-1].sequence_number))
+numbers = [event.sequence_number for event in seen + rest]
+check(numbers == list(range(len(numbers))), f"resumed without a gap or a repeat: {numbers}")
+check(rest[-1].type == "response.completed", f"resumed to the end: {[e.type for e in rest]}")
+text = "".join(e.delta for e in seen + rest if e.type == "response.output_text.delta")
+check(text == "word " * 6, f"resumed deltas: {text!r}")
+done = wait_for(queued.id, ("completed",))
+check(done.output_text == text, f"polled: {done.output_text!r}")
+slow = client.responses.create(model="agent", input="sleep 20000 then answer", background=True)
+wait_for(slow.id, ("in_progress",))
+cancelled = client.responses.cancel(slow.id)
+check(cancelled.status == "cancelled", f"responses.cancel: {cancelled.status}")
+check(client.responses.retrieve(slow.id).status == "cancelled", "a cancelled response stays so")
 
 # Errors become the SDK's exception classes.
 wrong = OpenAI(base_url=f"{URL}/v1", api_key="not-a-key-0123456789", max_retries=0)

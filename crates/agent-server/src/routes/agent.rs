@@ -169,11 +169,6 @@ pub(crate) struct AgentEvents {
 }
 
 impl AgentEvents {
-    /// The next event gets number `seq` (a resumed stream starts after the client's last).
-    pub(crate) fn number_next(&mut self, seq: u64) {
-        self.next = seq;
-    }
-
     fn event(&mut self, name: &str, data: &impl serde::Serialize) -> Bytes {
         let id = self.next;
         self.next += 1;
@@ -183,6 +178,10 @@ impl AgentEvents {
 
 impl EventFormat for AgentEvents {
     const SHOWS_TOOLS: bool = true;
+
+    fn at_run_event(&mut self, seq: u64) {
+        self.next = seq;
+    }
 
     fn start(&mut self, run: &RunEvent) -> Option<Bytes> {
         Some(self.event("run", run))

@@ -68,6 +68,7 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::openai::post_chat_completions,
         super::openai::post_responses,
         super::openai::get_response,
+        super::openai::cancel_response,
         super::probes::health,
         super::probes::ready,
         super::probes::startup,

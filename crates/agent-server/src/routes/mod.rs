@@ -61,6 +61,10 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
             "/v1/responses/{response_id}",
             openai::get_response,
         ))
+        .service(post_only(
+            "/v1/responses/{response_id}/cancel",
+            openai::cancel_response,
+        ))
         .service(
             web::resource("/sessions/{id}")
                 .route(web::get().to(sessions::get_session))

@@ -27,6 +27,7 @@ use crate::idempotency::{self, Once};
 use crate::routes::turn_stream::{self, EventFormat};
 use crate::runs::executor::{Mode, execute};
 use crate::turn::{ClaimToComplete, Extras, Finished, KeepResponse, TurnInput, Turns, render_as};
+use agent_storage::RunRecord;
 
 /// What the turn routes run on: one extractor for all of them. One per worker.
 #[derive(Debug, Clone)]
@@ -77,6 +78,13 @@ pub(crate) trait TurnWire: DeserializeOwned + Sized {
 
     /// What makes two requests with one `Idempotency-Key` the same request.
     fn fingerprint(&self, incoming: &Incoming<'_>) -> String;
+
+    /// The answer to a request whose run was queued (`background`): `202` with the run (its
+    /// `Location` added), as `/agent` answers.
+    fn queued(run: RunRecord, _keep: Option<&KeepResponse>) -> (StatusCode, serde_json::Value) {
+        let view = serde_json::to_value(RunView::from(run)).unwrap_or_default();
+        (StatusCode::ACCEPTED, view)
+    }
 
     /// The turn to run and how to answer it, or the first refusal.
     fn validate(
@@ -137,14 +145,8 @@ pub(crate) async fn serve<W: TurnWire>(
         background,
     } = valid;
     if background {
-        let mut response = queue(
-            &routes,
-            &request,
-            input,
-            stream.is_some(),
-            key.zip(fingerprint),
-        )
-        .await?;
+        let mut response =
+            queue::<W>(&routes, &request, input, stream, keep, key.zip(fingerprint)).await?;
         if let Some((name, value)) = header {
             response.headers_mut().insert(name, value);
         }
@@ -208,60 +210,69 @@ pub(crate) async fn serve<W: TurnWire>(
     Ok(response)
 }
 
-/// Queues a background run: answers `202` with it (`Location: /runs/{id}`; once per
-/// `Idempotency-Key`, a retry getting the same run), or streams its events.
-async fn queue(
+/// Queues a background run: answers the route's answer to a queued run ([`TurnWire::queued`];
+/// once per `Idempotency-Key`, a retry getting the same run), or streams its events.
+async fn queue<W: TurnWire>(
     routes: &TurnRoutes,
     request: &HttpRequest,
     input: TurnInput,
-    stream: bool,
+    stream: Option<W::Events>,
+    keep: Option<KeepResponse>,
     key: Option<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_name(request);
-    if stream {
-        let queued = routes.turns.enqueue(input, &caller).await?;
-        return Ok(crate::routes::runs::stream_run(routes, queued, None));
+    if let Some(events) = stream {
+        let queued = routes.turns.enqueue(input, &caller, keep).await?;
+        return Ok(crate::routes::runs::stream_run(
+            routes, queued, None, events,
+        ));
     }
-    let view = match key {
-        None => RunView::from(routes.turns.enqueue(input, &caller).await?),
-        Some((key, fingerprint)) => {
-            let key = idempotency::scoped(request, BACKGROUND_KEYS, &key);
-            let settings = &routes.settings;
-            let once = idempotency::run_once(
-                &routes.backends,
-                &key,
-                &fingerprint,
-                routes.turns.lock_wait() + LEASE_MARGIN,
-                settings.api.idempotency_retention,
-                || async {
-                    let queued = routes.turns.enqueue(input, &caller).await?;
-                    Ok((RunView::from(queued), false))
-                },
-            )
-            .await?;
-            match once {
-                Once::Ran(view) => view,
-                Once::Replayed(stored) => {
-                    // The run as it was queued (its state now is at its `Location`).
-                    let run: serde_json::Value = serde_json::from_str(&stored)
-                        .map_err(|error| ApiError::Internal(error.into()))?;
-                    let id = run["run_id"].as_str().unwrap_or_default();
-                    return Ok(accepted(id)
-                        .insert_header(("Idempotent-Replayed", "true"))
-                        .content_type("application/json")
-                        .body(stored));
-                }
-            }
-        }
+    let answer = |run: RunRecord| {
+        let (status, body) = W::queued(run, keep.as_ref());
+        (status.as_u16(), body)
     };
-    Ok(accepted(&view.run_id).json(view))
+    let Some((key, fingerprint)) = key else {
+        let queued = routes.turns.enqueue(input, &caller, keep.clone()).await?;
+        return Ok(queued_response(answer(queued), false));
+    };
+    let namespace = format!("{}{BACKGROUND_KEYS}", W::KEY_NAMESPACE);
+    let key = idempotency::scoped(request, &namespace, &key);
+    let once = idempotency::run_once(
+        &routes.backends,
+        &key,
+        &fingerprint,
+        routes.turns.lock_wait() + LEASE_MARGIN,
+        routes.settings.api.idempotency_retention,
+        || async {
+            let queued = routes.turns.enqueue(input, &caller, keep.clone()).await?;
+            Ok((answer(queued), false))
+        },
+    )
+    .await?;
+    Ok(match once {
+        Once::Ran(answer) => queued_response(answer, false),
+        // The run as it was queued (its state now is at its `Location`).
+        Once::Replayed(stored) => {
+            let answer: (u16, serde_json::Value) =
+                serde_json::from_str(&stored).map_err(|error| ApiError::Internal(error.into()))?;
+            queued_response(answer, true)
+        }
+    })
 }
 
-/// `202 Accepted` of the queued run `id`, pointing at it.
-fn accepted(id: &str) -> actix_web::HttpResponseBuilder {
-    let mut response = HttpResponse::Accepted();
-    response.insert_header((actix_web::http::header::LOCATION, format!("/runs/{id}")));
-    response
+/// The answer to a queued run (status, body): a `202` points at it (`Location: /runs/{id}`).
+fn queued_response((status, body): (u16, serde_json::Value), replayed: bool) -> HttpResponse {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::ACCEPTED);
+    let mut response = HttpResponse::build(status);
+    if status == StatusCode::ACCEPTED
+        && let Some(id) = body["run_id"].as_str()
+    {
+        response.insert_header((actix_web::http::header::LOCATION, format!("/runs/{id}")));
+    }
+    if replayed {
+        response.insert_header(("Idempotent-Replayed", "true"));
+    }
+    response.json(body)
 }
 
 /// Keeps background requests' idempotency keys apart from the same route's blocking ones (their

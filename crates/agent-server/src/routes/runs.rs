@@ -6,6 +6,7 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data, Path, Query};
 use actix_web::{HttpRequest, HttpResponse};
+use agent_config::Settings;
 use agent_storage::{Ended, RunRecord};
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -19,10 +20,9 @@ use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::routes::agent::AgentEvents;
 use crate::routes::pipeline::TurnRoutes;
 use crate::routes::sessions::limit_within;
-use crate::routes::turn_stream::{EventFormat, stream_response};
+use crate::routes::turn_stream::{EventFormat, Render, stream_response};
 use crate::runs::CANCELLED;
 use crate::runs::live::CancelReason;
-use crate::runs::live::{LiveEvent, StepEvent};
 use crate::runs::reader::{self, Numbered};
 use crate::turn::Turns;
 
@@ -84,18 +84,28 @@ pub(crate) async fn cancel_run(
     let caller = caller_name(&request);
     // Owned first: another caller's run is not found, whatever its state.
     owned_run(&backends, &id, &caller).await?;
-    match backends.runs.end_run(&id, CANCELLED).await? {
-        Ended::Now(run) => {
-            // Stops it here if this replica executes it; elsewhere its store finds it ended.
-            turns.registry().cancel(&run.id, CancelReason::Requested);
-            Ok(HttpResponse::Ok().json(RunView::from(run)))
-        }
+    match cancel(&backends, &turns, &id).await? {
+        Ended::Now(run) => Ok(HttpResponse::Ok().json(RunView::from(run))),
         Ended::Already(run) => Err(ApiError::Conflict {
             code: ErrorCode::RunFinished,
             message: format!("run {} has already finished: it is {}", run.id, run.status),
         }),
         Ended::Missing => Err(run_not_found(&id)),
     }
+}
+
+/// Cancels the run `id` if it is active: in the store, and here at once if this replica runs
+/// it (elsewhere, its runner learns at its next lease renewal, and its store finds it ended).
+pub(crate) async fn cancel(
+    backends: &Backends,
+    turns: &Turns,
+    id: &str,
+) -> Result<Ended, ApiError> {
+    let ended = backends.runs.end_run(id, CANCELLED).await?;
+    if let Ended::Now(run) = &ended {
+        turns.registry().cancel(&run.id, CancelReason::Requested);
+    }
+    Ok(ended)
 }
 
 /// A run's events as server-sent events, in `/agent/stream`'s format: from the start (`run`,
@@ -142,23 +152,34 @@ pub(crate) async fn run_events(
                 })?,
         ),
     };
-    if reader::expired(&run, routes.settings.runs.event_retention) {
+    check_events_kept(&run, &routes.settings)?;
+    Ok(stream_run(&routes, run, after, AgentEvents::default()))
+}
+
+/// `410 run_events_expired` once the events of `run` are no longer kept.
+pub(crate) fn check_events_kept(run: &RunRecord, settings: &Settings) -> Result<(), ApiError> {
+    if reader::expired(run, settings.runs.event_retention) {
         return Err(ApiError::invalid(
             StatusCode::GONE,
             ErrorCode::RunEventsExpired,
             format!(
                 "the events of run {} are no longer kept (it ended more than {} ago)",
                 run.id,
-                humantime::format_duration(routes.settings.runs.event_retention)
+                humantime::format_duration(settings.runs.event_retention)
             ),
         ));
     }
-    Ok(stream_run(&routes, run, after))
+    Ok(())
 }
 
-/// The events of `run` after `after` (from its start when None) as `/agent/stream`'s events,
-/// live until it ends.
-pub(crate) fn stream_run(routes: &TurnRoutes, run: RunRecord, after: Option<u64>) -> HttpResponse {
+/// The events of `run` after its event `after` (from its start when None) in `format`, live
+/// until it ends, read from this process if it runs it, else from the shared event log.
+pub(crate) fn stream_run<F: EventFormat>(
+    routes: &TurnRoutes,
+    run: RunRecord,
+    after: Option<u64>,
+    format: F,
+) -> HttpResponse {
     let backends = &routes.backends;
     let live = routes.turns.registry().live(&run.id);
     let start = RunEvent {
@@ -177,10 +198,12 @@ pub(crate) fn stream_run(routes: &TurnRoutes, run: RunRecord, after: Option<u64>
     );
     let keepalive = routes.settings.api.sse_keepalive;
     let mut drain = routes.drain.clone();
+    let mut render = Render::new(format, Arc::clone(&routes.failures));
     let body = async_stream::stream! {
-        let mut format = AgentEvents::default();
-        if after.is_none() {
-            yield Ok::<_, actix_web::Error>(format.start(&start).unwrap_or_default());
+        if after.is_none()
+            && let Some(start) = render.format.start(&start)
+        {
+            yield Ok::<_, actix_web::Error>(start);
         }
         let mut events = std::pin::pin!(events);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
@@ -188,23 +211,13 @@ pub(crate) fn stream_run(routes: &TurnRoutes, run: RunRecord, after: Option<u64>
             tokio::select! {
                 next = events.next() => {
                     let Some(Numbered { seq, event }) = next else { break };
-                    format.number_next(seq);
-                    match event {
-                        LiveEvent::Step(StepEvent::Delta { text }) => {
-                            yield Ok(format.delta(text).unwrap_or_default());
-                        }
-                        LiveEvent::Step(StepEvent::ToolCall { call }) => {
-                            yield Ok(format.tool_call(call.into()).unwrap_or_default());
-                        }
-                        LiveEvent::Step(StepEvent::ToolResult { result }) => {
-                            yield Ok(format.tool_result(result).unwrap_or_default());
-                        }
-                        LiveEvent::Done(finished) => {
-                            for bytes in format.done(&finished) {
-                                yield Ok(bytes);
-                            }
-                        }
-                        LiveEvent::Failed(error) => yield Ok(format.error(&error)),
+                    render.format.at_run_event(seq);
+                    let (bytes, ended) = render.event(event);
+                    for bytes in bytes {
+                        yield Ok(bytes);
+                    }
+                    if ended {
+                        break;
                     }
                 }
                 _ = ticker.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),

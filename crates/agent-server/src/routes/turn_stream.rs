@@ -50,6 +50,8 @@ pub(crate) trait EventFormat: Send + 'static {
     /// The drain window is ending: the turn is cancelled (nothing stored); see
     /// [`SHUTDOWN_MESSAGE`].
     fn shutdown(&mut self) -> Bytes;
+    /// The next event written is the run's event `seq` (a resumed stream skips the earlier).
+    fn at_run_event(&mut self, _seq: u64) {}
 }
 
 /// Text as a stream that does not show tools writes it: a step's text, and after a step that
@@ -117,19 +119,18 @@ pub(crate) fn sse_numbered(
 pub(crate) fn respond<F: EventFormat>(
     routes: &TurnRoutes,
     execution: Execution,
-    mut format: F,
+    format: F,
 ) -> HttpResponse {
-    let failures = Arc::clone(&routes.failures);
     let mut drain = routes.drain.clone();
     let keepalive = routes.settings.api.sse_keepalive;
-    let mut step_text = (!F::SHOWS_TOOLS).then(StepText::default);
+    let mut render = Render::new(format, Arc::clone(&routes.failures));
     let run = RunEvent {
         run_id: execution.live.id.clone(),
         session_id: execution.live.session.clone(),
     };
     let events = async_stream::stream! {
         let execution = execution;
-        if let Some(start) = format.start(&run) {
+        if let Some(start) = render.format.start(&run) {
             yield Ok::<_, actix_web::Error>(start);
         }
         let mut watcher = execution.live.watch();
@@ -141,37 +142,12 @@ pub(crate) fn respond<F: EventFormat>(
                         break;
                     }
                     for event in events {
-                        match event {
-                            LiveEvent::Step(StepEvent::Delta { text }) => {
-                                let text = match &mut step_text {
-                                    Some(step_text) => step_text.delta(text),
-                                    None => Some(text),
-                                };
-                                if let Some(bytes) = text.and_then(|text| format.delta(text)) {
-                                    yield Ok(bytes);
-                                }
-                            }
-                            LiveEvent::Step(StepEvent::ToolCall { call }) => match &mut step_text {
-                                Some(step_text) => step_text.tool_call(),
-                                None => if let Some(bytes) = format.tool_call(call.into()) {
-                                    yield Ok(bytes);
-                                },
-                            },
-                            LiveEvent::Step(StepEvent::ToolResult { result }) => {
-                                if let Some(bytes) = step_text.is_none().then(|| format.tool_result(result)).flatten() {
-                                    yield Ok(bytes);
-                                }
-                            }
-                            LiveEvent::Done(finished) => {
-                                for bytes in format.done(&finished) {
-                                    yield Ok(bytes);
-                                }
-                                break 'watching;
-                            }
-                            LiveEvent::Failed(error) => {
-                                yield Ok(error_event(&mut format, &error, &failures));
-                                break 'watching;
-                            }
+                        let (bytes, ended) = render.event(event);
+                        for bytes in bytes {
+                            yield Ok(bytes);
+                        }
+                        if ended {
+                            break 'watching;
                         }
                     }
                 }
@@ -180,7 +156,7 @@ pub(crate) fn respond<F: EventFormat>(
                     if changed.is_ok() && *drain.borrow() {
                         tracing::info!("closing a stream: the drain window is ending");
                         execution.live.cancel(CancelReason::Shutdown);
-                        yield Ok(format.shutdown());
+                        yield Ok(render.format.shutdown());
                         break;
                     }
                 }
@@ -227,10 +203,60 @@ impl<S: Stream> Stream for InSpan<S> {
     }
 }
 
-fn error_event(format: &mut impl EventFormat, error: &ApiError, failures: &FailureLog) -> Bytes {
-    // An event stream's edge: its failures are logged here, as the middleware logs the others.
-    if let Some(failure) = error.failure() {
-        failures.log(&failure);
+/// A run's events written in a stream's format: the steps it shows (text only, steps set apart,
+/// for a format that does not show tools), then the terminal event.
+pub(crate) struct Render<F> {
+    pub(crate) format: F,
+    step_text: Option<StepText>,
+    failures: Arc<FailureLog>,
+}
+
+impl<F: EventFormat> Render<F> {
+    pub(crate) fn new(format: F, failures: Arc<FailureLog>) -> Self {
+        Self {
+            format,
+            step_text: (!F::SHOWS_TOOLS).then(StepText::default),
+            failures,
+        }
     }
-    format.error(error)
+
+    /// The bytes of `event`, and whether it was the run's last.
+    pub(crate) fn event(&mut self, event: LiveEvent) -> (Vec<Bytes>, bool) {
+        let format = &mut self.format;
+        match event {
+            LiveEvent::Step(StepEvent::Delta { text }) => {
+                let text = match &mut self.step_text {
+                    Some(step_text) => step_text.delta(text),
+                    None => Some(text),
+                };
+                (
+                    text.and_then(|text| format.delta(text))
+                        .into_iter()
+                        .collect(),
+                    false,
+                )
+            }
+            LiveEvent::Step(StepEvent::ToolCall { call }) => match &mut self.step_text {
+                Some(step_text) => {
+                    step_text.tool_call();
+                    (Vec::new(), false)
+                }
+                None => (format.tool_call(call.into()).into_iter().collect(), false),
+            },
+            LiveEvent::Step(StepEvent::ToolResult { result }) => {
+                let shown = self.step_text.is_none();
+                let bytes = shown.then(|| format.tool_result(result)).flatten();
+                (bytes.into_iter().collect(), false)
+            }
+            LiveEvent::Done(finished) => (format.done(&finished), true),
+            LiveEvent::Failed(error) => {
+                // An event stream's edge: its failures are logged here, as the middleware logs
+                // the others.
+                if let Some(failure) = error.failure() {
+                    self.failures.log(&failure);
+                }
+                (vec![format.error(&error)], true)
+            }
+        }
+    }
 }

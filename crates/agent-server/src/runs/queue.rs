@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{Message, Sampling};
-use agent_storage::{ClaimedRun, QueuedRun, RunRecord};
+use agent_storage::{ClaimedRun, QueuedRun, ResponseParameters, RunRecord};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::executor::{Mode, execute};
 use crate::error::{ApiError, ErrorCode};
-use crate::turn::{Conversation, Extras, TurnInput, Turns};
+use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns};
 
 /// A queued run's turn as the store keeps it: its input without the run's owner and session
 /// (the run's record has them).
@@ -37,10 +37,54 @@ struct QueuedTurn {
     /// A conversation the client sent whole (no session).
     #[serde(default)]
     given: Option<Vec<Message>>,
+    /// The response object its turn keeps (the Responses API), kept with the run from the
+    /// start so that the response reads back while queued or running.
+    #[serde(default)]
+    response: Option<QueuedResponse>,
+}
+
+/// A [`KeepResponse`] as a queued run keeps it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct QueuedResponse {
+    pub(crate) id: String,
+    pub(crate) created_at: u64,
+    pub(crate) parameters: ResponseParameters,
+}
+
+impl From<&KeepResponse> for QueuedResponse {
+    fn from(keep: &KeepResponse) -> Self {
+        Self {
+            id: keep.id.clone(),
+            created_at: keep.created_at,
+            parameters: (*keep.parameters).clone(),
+        }
+    }
+}
+
+impl From<QueuedResponse> for KeepResponse {
+    fn from(queued: QueuedResponse) -> Self {
+        Self {
+            id: queued.id,
+            created_at: queued.created_at,
+            parameters: Arc::new(queued.parameters),
+        }
+    }
+}
+
+/// The response a queued run's input keeps, if any (the Responses API's background responses).
+pub(crate) fn queued_response(input: &str) -> Option<QueuedResponse> {
+    serde_json::from_str::<QueuedTurn>(input).ok()?.response
+}
+
+/// The run of the background response `id` (`resp_<hex>` is run `run_<hex>`).
+pub(crate) fn run_of_response(id: &str) -> Option<String> {
+    let hex = id.strip_prefix("resp_")?;
+    let run = format!("run_{hex}");
+    crate::dto::runs::is_run_id(&run).then_some(run)
 }
 
 impl QueuedTurn {
-    fn new(input: TurnInput) -> Self {
+    fn new(input: TurnInput, keep: Option<&KeepResponse>) -> Self {
         let (new_session, continues_from, given) = match input.conversation {
             Conversation::Session {
                 new_session,
@@ -57,11 +101,12 @@ impl QueuedTurn {
             new_session,
             continues_from,
             given,
+            response: keep.map(QueuedResponse::from),
         }
     }
 
-    /// The turn of the run `record`.
-    fn into_input(self, record: &RunRecord) -> Result<TurnInput, String> {
+    /// The turn of the run `record`, and what its store keeps besides.
+    fn into_input(self, record: &RunRecord) -> Result<(TurnInput, Extras), String> {
         let conversation = match (self.given, &record.session) {
             (Some(history), _) => Conversation::Given {
                 caller: record.owner.clone(),
@@ -74,13 +119,18 @@ impl QueuedTurn {
             },
             (None, None) => return Err("a queued run with neither session nor conversation".into()),
         };
-        Ok(TurnInput {
+        let input = TurnInput {
             conversation,
             message: self.message,
             sampling: self.sampling,
             instructions: self.instructions,
             earlier: self.earlier,
-        })
+        };
+        let extras = Extras {
+            claim: None,
+            response: self.response.map(KeepResponse::from),
+        };
+        Ok((input, extras))
     }
 }
 
@@ -88,19 +138,24 @@ impl QueuedTurn {
 const QUEUE_FULL_RETRY: Duration = Duration::from_secs(2);
 
 impl Turns {
-    /// Queues `input` as a background run of `owner` and wakes this process's dispatcher.
+    /// Queues `input` as a background run of `owner` and wakes this process's dispatcher; a
+    /// response to keep names the run (see [`run_of_response`]).
     pub(crate) async fn enqueue(
         &self,
         input: TurnInput,
         owner: &str,
+        keep: Option<KeepResponse>,
     ) -> Result<RunRecord, ApiError> {
         self.check_quota(owner).await?;
         let session = match &input.conversation {
             Conversation::Session { session, .. } => Some(session.clone()),
             Conversation::Given { .. } => None,
         };
-        let id = super::new_run_id();
-        let text = serde_json::to_string(&QueuedTurn::new(input))
+        let id = keep
+            .as_ref()
+            .and_then(|keep| run_of_response(&keep.id))
+            .unwrap_or_else(super::new_run_id);
+        let text = serde_json::to_string(&QueuedTurn::new(input, keep.as_ref()))
             .map_err(|error| ApiError::Internal(error.into()))?;
         let caps = self.queue_caps();
         let queued = self
@@ -199,7 +254,7 @@ async fn take_one(turns: &Arc<Turns>) -> bool {
     let input = serde_json::from_str::<QueuedTurn>(&input)
         .map_err(|error| error.to_string())
         .and_then(|queued| queued.into_input(&record));
-    let input = match input {
+    let (input, extras) = match input {
         Ok(input) => input,
         Err(problem) => {
             let error = ApiError::Internal(anyhow::anyhow!("run {}: {problem}", record.id));
@@ -213,7 +268,7 @@ async fn take_one(turns: &Arc<Turns>) -> bool {
         async move {
             // A refusal fails the run (prepare_claimed); the run's record says why.
             if let Ok(prepared) = turns.prepare_claimed(input, slot, ticket).await {
-                execute(&turns, prepared, Extras::default(), Mode::Streaming).detach();
+                execute(&turns, prepared, extras, Mode::Streaming).detach();
             }
         }
         .instrument(span),

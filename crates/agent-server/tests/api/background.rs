@@ -326,3 +326,169 @@ async fn a_streamed_background_run_goes_on_when_its_client_goes_away() {
     assert_eq!(names.last().map(String::as_str), Some("done"));
     assert!(names.iter().any(|name| name == "delta"), "{names:?}");
 }
+
+async fn respond(app: &TestApp, body: Value) -> reqwest::Response {
+    app.client
+        .post(format!("{}/v1/responses", app.address))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn response_events(app: &TestApp, id: &str, starting_after: Option<u64>) -> Vec<Value> {
+    let after = starting_after.map_or(String::new(), |n| format!("&starting_after={n}"));
+    let response = app
+        .client
+        .get(format!(
+            "{}/v1/responses/{id}?stream=true{after}",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    sse::events(&response.text().await.unwrap())
+        .iter()
+        .map(sse::SseEvent::json)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_background_response_is_queued_polled_and_its_stream_resumed_after_any_event() {
+    let fake = FakeOpenAi::repeating(slow(1, "answered in the background")).await;
+    let app = spawn_with_model(&fake, &[]).await;
+    let created = respond(
+        &app,
+        json!({"model": "agent", "input": "work on it", "background": true, "metadata": {"k": "v"}}),
+    )
+    .await;
+    assert_eq!(created.status(), 200);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["status"], "queued");
+    assert_eq!(created["metadata"]["k"], "v");
+    assert_eq!(created["output"], json!([]));
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    // Polled: in progress while the model answers, then completed, as stored.
+    fake.received(1).await;
+    let (status, running) = app.get_json(&format!("/v1/responses/{id}")).await;
+    assert_eq!(
+        (status, running["status"].as_str()),
+        (200, Some("in_progress"))
+    );
+    let until = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let (_, polled) = app.get_json(&format!("/v1/responses/{id}")).await;
+        if polled["status"] == "completed" {
+            break polled;
+        }
+        assert!(Instant::now() < until, "still {polled}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        done["output"][0]["content"][0]["text"],
+        "answered in the background"
+    );
+    assert_eq!(done["metadata"]["k"], "v");
+
+    // Its events, from the start and after each one: the same events, numbered alike.
+    let all = response_events(&app, &id, None).await;
+    let kinds: Vec<&str> = all
+        .iter()
+        .map(|event| event["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"response.created"));
+    assert_eq!(kinds.last(), Some(&"response.completed"));
+    let numbers: Vec<u64> = all
+        .iter()
+        .map(|event| event["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..all.len() as u64).collect::<Vec<_>>());
+    for after in 0..all.len() as u64 {
+        let rest = response_events(&app, &id, Some(after)).await;
+        assert_eq!(rest, all[after as usize + 1..], "after {after}");
+    }
+}
+
+#[tokio::test]
+async fn a_background_response_can_be_cancelled_and_others_cannot() {
+    let fake = FakeOpenAi::repeating(slow(30, "never")).await;
+    let app = spawn_with_model(&fake, &[]).await;
+    let created: Value = respond(
+        &app,
+        json!({"model": "agent", "input": "long work", "background": true}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let id = created["id"].as_str().unwrap();
+    fake.received(1).await;
+    let cancel = |id: String| {
+        let app = &app;
+        async move {
+            app.client
+                .post(format!("{}/v1/responses/{id}/cancel", app.address))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let cancelled = cancel(id.to_owned()).await;
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    let (_, read) = app.get_json(&format!("/v1/responses/{id}")).await;
+    assert_eq!(read["status"], "cancelled");
+    // Again: answered as it is.
+    let again: Value = cancel(id.to_owned()).await.json().await.unwrap();
+    assert_eq!(again["status"], "cancelled");
+
+    // A response that did not run in the background cannot be cancelled nor streamed again.
+    let fake = FakeOpenAi::repeating(Scripted::text("at once")).await;
+    let app = spawn_with_model(&fake, &[]).await;
+    let plain: Value = respond(&app, json!({"model": "agent", "input": "now"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let plain_id = plain["id"].as_str().unwrap();
+    let refused = app
+        .client
+        .post(format!("{}/v1/responses/{plain_id}/cancel", app.address))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let streamed = app
+        .client
+        .get(format!(
+            "{}/v1/responses/{plain_id}?stream=true",
+            app.address
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 400);
+    let unknown = app
+        .client
+        .post(format!(
+            "{}/v1/responses/resp_{}/cancel",
+            app.address,
+            "0".repeat(32)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    // Background needs store.
+    let unstored = respond(
+        &app,
+        json!({"model": "agent", "input": "x", "background": true, "store": false}),
+    )
+    .await;
+    assert_eq!(unstored.status(), 400);
+    let body: Value = unstored.json().await.unwrap();
+    assert_eq!(body["error"]["param"], "background", "{body}");
+}

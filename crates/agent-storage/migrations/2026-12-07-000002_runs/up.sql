@@ -23,7 +23,8 @@ CREATE TABLE runs (
     output_text       TEXT,
     prompt_tokens     BIGINT NOT NULL DEFAULT 0 CHECK (prompt_tokens >= 0),
     completion_tokens BIGINT NOT NULL DEFAULT 0 CHECK (completion_tokens >= 0),
-    -- A queued background run's input, for the executor that claims it (cleared then).
+    -- A background run's input: for the executor that claims it, and what its response
+    -- object shows while it is queued or running (the Responses API).
     input             JSONB,
     CHECK ((status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
 );

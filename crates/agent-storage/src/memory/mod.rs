@@ -367,6 +367,10 @@ impl RunStore for MemoryStorage {
         Ok(lock(&self.runs).claim(holder, lease))
     }
 
+    async fn run_input(&self, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(lock(&self.runs).input(id))
+    }
+
     async fn renew_leases(
         &self,
         holder: &str,

@@ -29,7 +29,7 @@ pub(super) struct RunTable {
     holders: HashMap<String, String>,
     /// Queued runs, oldest first (a run ended while queued is skipped when reached).
     queue: VecDeque<String>,
-    /// Each queued run's input, until it is claimed.
+    /// Each background run's input.
     inputs: HashMap<String, String>,
 }
 
@@ -143,7 +143,7 @@ impl RunTable {
 
     pub(super) fn claim(&mut self, holder: &str, lease: Duration) -> Option<ClaimedRun> {
         while let Some(id) = self.queue.pop_front() {
-            let input = self.inputs.remove(&id);
+            let input = self.inputs.get(&id).cloned();
             let Some(record) = self.runs.get_mut(&id) else {
                 continue;
             };
@@ -261,6 +261,10 @@ impl RunTable {
         }
     }
 
+    pub(super) fn input(&self, id: &str) -> Option<String> {
+        self.inputs.get(id).cloned()
+    }
+
     pub(super) fn get(&self, id: &str) -> Option<RunRecord> {
         self.runs.get(id).cloned()
     }
@@ -299,6 +303,7 @@ impl RunTable {
         self.active.remove(session);
         for id in self.by_session.remove(session).into_iter().flatten() {
             self.runs.remove(&id);
+            self.inputs.remove(&id);
         }
     }
 
@@ -323,6 +328,7 @@ impl RunTable {
             .collect();
         for (id, session) in orphans {
             self.runs.remove(&id);
+            self.inputs.remove(&id);
             if let Some(session) = session
                 && let Some(ids) = self.by_session.get_mut(&session)
             {
@@ -341,7 +347,6 @@ impl RunTable {
 
     fn release(&mut self, record: &RunRecord) {
         self.holders.remove(&record.id);
-        self.inputs.remove(&record.id);
         if let Some(session) = &record.session
             && self.active.get(session) == Some(&record.id)
         {

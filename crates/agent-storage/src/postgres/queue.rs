@@ -40,7 +40,7 @@ const CLAIM: &str = "WITH next AS ( \
          SELECT id, input FROM runs WHERE status = 'queued' \
          ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) \
      UPDATE runs SET status = 'in_progress', started_at = now(), lease_holder = $1, \
-         lease_expires_at = now() + make_interval(secs => $2), input = NULL \
+         lease_expires_at = now() + make_interval(secs => $2) \
      FROM next WHERE runs.id = next.id \
      RETURNING next.input::text AS claimed_input, ";
 
@@ -50,6 +50,14 @@ struct Claimed {
     run: RunRow,
     #[diesel(sql_type = Nullable<Text>)]
     claimed_input: Option<String>,
+}
+
+const INPUT: &str = "SELECT input::text AS input FROM runs WHERE id = $1";
+
+#[derive(Debug, QueryableByName)]
+struct Input {
+    #[diesel(sql_type = Nullable<Text>)]
+    input: Option<String>,
 }
 
 const RENEW: &str = "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3) \
@@ -154,6 +162,18 @@ impl PostgresStore {
                 })
             })
             .transpose()
+    }
+
+    pub(super) async fn input_of(
+        connection: &mut AsyncPgConnection,
+        id: &str,
+    ) -> Result<Option<String>, StorageError> {
+        let rows: Vec<Input> = diesel::sql_query(INPUT)
+            .bind::<Text, _>(id)
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        Ok(rows.into_iter().next().and_then(|row| row.input))
     }
 
     pub(super) async fn renew(

@@ -226,7 +226,6 @@ impl PostgresStore {
             runs::finished_at.eq(diesel::dsl::now),
             runs::lease_holder.eq(None::<String>),
             runs::lease_expires_at.eq(None::<DateTime<Utc>>),
-            runs::input.eq(None::<serde_json::Value>),
         );
         let row: Option<RunRow> = if only_expired {
             diesel::update(active.filter(runs::lease_expires_at.le(diesel::dsl::now)))
@@ -316,6 +315,15 @@ impl RunStore for PostgresStore {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
             Self::claim_queued(&mut connection, holder, lease).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn run_input(&self, id: &str) -> Result<Option<String>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::input_of(&mut connection, id).await
         })
         .await
     }

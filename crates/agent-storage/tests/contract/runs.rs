@@ -442,6 +442,13 @@ async fn queued_runs_are_claimed_once_oldest_first_with_their_input((_, runs, _)
         assert_eq!(input["message"], "later");
     }
     assert_eq!(runs.claim_run("replica-1", lease).await.unwrap(), None);
+    // The input stays with the run (a background response shows its request from it).
+    let kept = runs.run_input(&first).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&kept).unwrap()["message"],
+        "later"
+    );
+    assert_eq!(runs.run_input(&run_id()).await.unwrap(), None);
     // The claimed run still holds its session.
     let busy = runs.start_run(new_run(&run_id(), Some(&chat))).await;
     assert!(matches!(busy, Err(StorageError::SessionBusy { run, .. }) if run == first));

@@ -26,7 +26,8 @@ pub(crate) use crate::turn::unix_now;
 pub(crate) use chat::{__path_post_chat_completions, ChatCompletionChunk, post_chat_completions};
 pub(crate) use docs::fit;
 pub(crate) use responses::{
-    __path_get_response, __path_post_responses, get_response, post_responses,
+    __path_cancel_response, __path_get_response, __path_post_responses, cancel_response,
+    get_response, post_responses,
 };
 
 /// The prefix of every route of this API.

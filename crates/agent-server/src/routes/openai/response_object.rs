@@ -130,6 +130,27 @@ impl Echo {
     }
 
     /// What the turn's store keeps of it.
+    /// The echo of a background response, from what its queued run keeps (it is stored).
+    pub(super) fn of_kept(keep: KeepResponse) -> Self {
+        Self {
+            id: keep.id,
+            created_at: keep.created_at,
+            store: true,
+            parameters: keep.parameters,
+        }
+    }
+
+    /// The response while it has no answer: `queued`, `in_progress`, `cancelled`, or `failed`
+    /// with its error (code and message).
+    pub(super) fn unanswered(
+        &self,
+        status: &'static str,
+        error: Option<(String, String)>,
+    ) -> ResponseObject {
+        let error = error.map(|(code, message)| ResponseErrorInfo { code, message });
+        self.object(status, None, error)
+    }
+
     pub(super) fn kept(&self) -> KeepResponse {
         KeepResponse {
             id: self.id.clone(),
@@ -213,6 +234,8 @@ pub(crate) struct ResponseEvents {
     sequence: u64,
     /// The output item and its text part were announced.
     opened: bool,
+    /// A resumed stream: the events numbered up to this one were sent before.
+    starting_after: Option<u64>,
 }
 
 /// An event's JSON: its type, its place in the stream, and its fields.
@@ -254,6 +277,17 @@ impl ResponseEvents {
             echo,
             sequence: 0,
             opened: false,
+            starting_after: None,
+        }
+    }
+
+    /// The events of a response from its start, those after `starting_after` written: the
+    /// same run's events make the same events with the same numbers, so a stream resumes
+    /// where it stopped.
+    pub(super) fn resuming(echo: Echo, starting_after: Option<u64>) -> Self {
+        Self {
+            starting_after,
+            ..Self::new(echo)
         }
     }
 
@@ -261,6 +295,12 @@ impl ResponseEvents {
     fn event(&mut self, kind: &str, fields: impl Serialize) -> Bytes {
         let sequence_number = self.sequence;
         self.sequence += 1;
+        if self
+            .starting_after
+            .is_some_and(|after| sequence_number <= after)
+        {
+            return Bytes::new();
+        }
         let event = Sequenced {
             kind,
             sequence_number,

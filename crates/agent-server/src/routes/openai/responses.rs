@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::web::{Bytes, Data, Path};
+use actix_web::web::{Bytes, Data, Path, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::{Message, Sampling, SessionId};
-use agent_storage::ResponseParameters;
+use agent_storage::{Ended, ResponseParameters, RunRecord, RunStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -30,7 +30,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::history_cache::first_kept;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
-use crate::turn::{Conversation, Finished, TurnInput};
+use crate::runs::queue::{queued_response, run_of_response};
+use crate::turn::{Conversation, Finished, KeepResponse, TurnInput};
 
 turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
@@ -83,7 +84,10 @@ pub(crate) struct ResponseRequest {
     #[schema(nullable)]
     #[expect(dead_code, reason = "its values are checked by deserializing it")]
     truncation: Option<Truncation>,
-    /// Only false: responses are answered while the request waits.
+    /// Run the response in the background: answered at once with `status` `queued`; poll
+    /// `GET /v1/responses/{id}`, resume its events with `?stream=true&starting_after=N`, or
+    /// cancel it. With `stream`, its events are streamed as it runs (going away cancels
+    /// nothing). Must be stored.
     #[serde(default)]
     #[schema(nullable)]
     background: Option<bool>,
@@ -181,9 +185,9 @@ impl ResponseRequest {
         self.shared().refuse_client_tools()?;
         first_refusal([
             (
-                self.background == Some(true),
+                self.background == Some(true) && self.store == Some(false),
                 "background",
-                "background responses are not supported: the request waits for its answer",
+                "a background response must be stored (store: true)",
             ),
             (
                 self.include
@@ -217,6 +221,7 @@ impl ResponseRequest {
             ..shared
         };
         let store = self.store.unwrap_or(true);
+        let background = self.background == Some(true);
         let mut items: Vec<(ChatRole, String)> = Vec::new();
         match &self.input {
             ResponseInput::Text(text) => {
@@ -314,7 +319,7 @@ impl ResponseRequest {
         let keep = echo.store.then(|| echo.kept());
         let answered = echo.clone();
         Ok(Valid {
-            background: false,
+            background,
             input: TurnInput {
                 conversation,
                 message,
@@ -460,20 +465,47 @@ impl TurnWire for ResponseRequest {
         idempotency::fingerprint(&[&String::from_utf8_lossy(incoming.body)])
     }
 
+    /// A background response is answered at once, `queued`, as OpenAI answers it.
+    fn queued(_run: RunRecord, keep: Option<&KeepResponse>) -> (StatusCode, serde_json::Value) {
+        let object = keep.map(|keep| Echo::of_kept(keep.clone()).unanswered("queued", None));
+        (
+            StatusCode::OK,
+            serde_json::to_value(object).unwrap_or_default(),
+        )
+    }
+
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
         self.checked(incoming).await
     }
 }
 
-/// A stored response of yours, as it was answered.
+/// `GET /v1/responses/{id}`'s query: a background response's events, resumed.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RetrieveQuery {
+    /// Stream the events of a background response (from its start, or after `starting_after`),
+    /// live until it ends.
+    stream: Option<bool>,
+    /// With `stream`: the `sequence_number` of the last event received.
+    starting_after: Option<u64>,
+}
+
+/// A response of yours: a stored one as it was answered; a background one as it is now
+/// (`queued`, `in_progress`, `completed`, `failed` or `cancelled`), or its events.
 #[utoipa::path(
     get,
     path = "/v1/responses/{response_id}",
     tag = "openai",
-    params(("response_id" = String, Path, description = "A response's id (`resp_…`)")),
+    params(("response_id" = String, Path, description = "A response's id (`resp_…`)"), RetrieveQuery),
     responses(
-        (status = 200, body = ResponseObject),
+        (status = 200, description = "The response object; with `stream=true` (a background response), `text/event-stream` of its `response.*` events after `starting_after`, as `POST /v1/responses` streams them",
+            content(
+                (ResponseObject = "application/json"),
+                (ResponseObject = "text/event-stream"),
+            )),
+        (status = 400, description = "An invalid query, or `stream` for a response that did not run in the background (`invalid_request_error`)", body = OpenAiErrorBody),
         (status = 404, description = "No stored response of yours has this id (`response_not_found`)", body = OpenAiErrorBody),
+        (status = 410, description = "`stream`: its events are no longer kept (`run_events_expired`)", body = OpenAiErrorBody),
         (status = 500, description = "A failure of the server's own (`internal_error`)", body = OpenAiErrorBody),
         (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = OpenAiErrorBody),
     )
@@ -481,10 +513,135 @@ impl TurnWire for ResponseRequest {
 pub(crate) async fn get_response(
     request: HttpRequest,
     id: Path<String>,
-    backends: Data<Backends>,
+    routes: Data<TurnRoutes>,
+) -> Result<HttpResponse, ApiError> {
+    // Read here, so that a bad query is a 400 as OpenAI answers it (not the API's 422).
+    let query = Query::<RetrieveQuery>::from_query(request.query_string())
+        .map_err(|error| bad("query", format!("query: {error}")))?;
+    let caller = caller_name(&request);
+    let backends = &routes.backends;
+    let stream = query.stream.unwrap_or(false);
+    if !stream && let Some(stored) = owned_response(backends, &id, &caller).await? {
+        let (echo, finished) = Echo::stored(stored);
+        return Ok(HttpResponse::Ok().json(echo.completed(&finished)));
+    }
+    let Some((run, echo)) = background_response(backends, &id, &caller).await? else {
+        if stream && owned_response(backends, &id, &caller).await?.is_some() {
+            return Err(bad(
+                "stream",
+                "only a background response's events can be streamed again",
+            ));
+        }
+        return Err(response_not_found(&id, "response_id"));
+    };
+    if stream {
+        crate::routes::runs::check_events_kept(&run, &routes.settings)?;
+        let events = ResponseEvents::resuming(echo, query.starting_after);
+        return Ok(crate::routes::runs::stream_run(&routes, run, None, events));
+    }
+    Ok(HttpResponse::Ok().json(as_it_is(backends, &run, &echo, &caller).await?))
+}
+
+/// Cancel a background response: it stops at once and nothing of it is stored; one that has
+/// already ended is answered as it is.
+#[utoipa::path(
+    post,
+    path = "/v1/responses/{response_id}/cancel",
+    tag = "openai",
+    params(("response_id" = String, Path, description = "A background response's id (`resp_…`)")),
+    responses(
+        (status = 200, description = "The response: `cancelled`, or as it ended before", body = ResponseObject),
+        (status = 400, description = "The response did not run in the background (`invalid_request_error`)", body = OpenAiErrorBody),
+        (status = 404, description = "No response of yours has this id (`response_not_found`)", body = OpenAiErrorBody),
+        (status = 500, description = "A failure of the server's own (`internal_error`)", body = OpenAiErrorBody),
+        (status = 503, description = "Storage unavailable (`storage_unavailable`)", body = OpenAiErrorBody),
+    )
+)]
+pub(crate) async fn cancel_response(
+    request: HttpRequest,
+    id: Path<String>,
+    routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_name(&request);
-    let stored = stored_response(&backends, &id, &caller, "response_id").await?;
-    let (echo, finished) = Echo::stored(stored);
-    Ok(HttpResponse::Ok().json(echo.completed(&finished)))
+    let backends = &routes.backends;
+    let Some((run, echo)) = background_response(backends, &id, &caller).await? else {
+        if owned_response(backends, &id, &caller).await?.is_some() {
+            return Err(bad(
+                "response_id",
+                "only a background response can be cancelled",
+            ));
+        }
+        return Err(response_not_found(&id, "response_id"));
+    };
+    let run = match crate::routes::runs::cancel(backends, &routes.turns, &run.id).await? {
+        Ended::Now(run) | Ended::Already(run) => run,
+        Ended::Missing => return Err(response_not_found(&id, "response_id")),
+    };
+    Ok(HttpResponse::Ok().json(as_it_is(backends, &run, &echo, &caller).await?))
+}
+
+/// The caller's stored response `id`, if there is one.
+async fn owned_response(
+    backends: &Backends,
+    id: &str,
+    caller: &str,
+) -> Result<Option<agent_storage::StoredResponse>, ApiError> {
+    let found = backends.conversations.response(id).await?;
+    Ok(found.filter(|response| response.session.owner() == caller))
+}
+
+/// The caller's background response `id`: its run, and what it echoes.
+async fn background_response(
+    backends: &Backends,
+    id: &str,
+    caller: &str,
+) -> Result<Option<(RunRecord, Echo)>, ApiError> {
+    let Some(run_id) = run_of_response(id) else {
+        return Ok(None);
+    };
+    let Some(run) = backends.runs.run(&run_id).await? else {
+        return Ok(None);
+    };
+    if run.owner != caller || !run.background {
+        return Ok(None);
+    }
+    let input = backends.runs.run_input(&run_id).await?;
+    let kept = input.as_deref().and_then(queued_response);
+    Ok(kept.map(|kept| (run, Echo::of_kept(kept.into()))))
+}
+
+/// A background response as it is now.
+async fn as_it_is(
+    backends: &Backends,
+    run: &RunRecord,
+    echo: &Echo,
+    caller: &str,
+) -> Result<ResponseObject, ApiError> {
+    let error = run
+        .error
+        .as_ref()
+        .map(|error| (error.code.clone(), error.message.clone()));
+    Ok(match run.status {
+        RunStatus::Queued => echo.unanswered("queued", None),
+        RunStatus::InProgress => echo.unanswered("in_progress", None),
+        RunStatus::Failed => echo.unanswered("failed", error),
+        RunStatus::Cancelled => echo.unanswered("cancelled", error),
+        // Its turn stored the response, by the statement that completed the run.
+        RunStatus::Completed => match owned_response(backends, &echo.id, caller).await? {
+            Some(stored) => {
+                let (echo, finished) = Echo::stored(stored);
+                echo.completed(&finished)
+            }
+            None => return Err(response_not_found(&echo.id, "response_id")),
+        },
+    })
+}
+
+fn response_not_found(id: &str, param: &str) -> ApiError {
+    ApiError::invalid_param(
+        StatusCode::NOT_FOUND,
+        ErrorCode::ResponseNotFound,
+        param,
+        format!("no stored response of yours has the id {id}"),
+    )
 }
