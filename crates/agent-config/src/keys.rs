@@ -59,6 +59,8 @@ pub enum Kind {
     Headers,
     /// A list of names.
     Names,
+    /// Webhook signing secrets: `"whsec_…"`, `{ file = "/path" }`, or a list of them.
+    WebhookSecrets,
     /// A JSON Schema object (or its JSON text).
     JsonSchema,
 }
@@ -133,6 +135,9 @@ impl Kind {
             Self::SecretUrl(schemes) => format!("secret URL ({}://)", schemes.join("://, ")),
             Self::Headers => "table of `Name = \"value\"` or `{ file = \"/path\" }`".to_owned(),
             Self::Names => "list of names".to_owned(),
+            Self::WebhookSecrets => {
+                "`\"whsec_…\"` or `{ file = \"/path\" }`, or a list of them".to_owned()
+            }
             Self::JsonSchema => "JSON Schema object".to_owned(),
         }
     }
@@ -424,6 +429,18 @@ sections! {
         /// and its events held in memory while it runs.
         max_events: usize = RUNS_MAX_EVENTS, Kind::Int { min: 16, max: 1_000_000 }, default: Some("10000"), aliases: [];
     }
+    /// How webhook events (`[[webhooks]]` in the file) are delivered.
+    WebhookDelivery ("webhook_delivery.") {
+        /// How long an event is retried (exponential backoff from 1 s, at most an hour apart)
+        /// before it is given up.
+        retry_for: Duration = WEBHOOK_DELIVERY_RETRY_FOR, Kind::Duration { min: secs(1), max: secs(7 * 24 * 3600) }, default: Some("24h"), aliases: [];
+        /// Bound on one delivery attempt (connecting, sending, reading the answer).
+        timeout: Duration = WEBHOOK_DELIVERY_TIMEOUT, Kind::Duration { min: ms(10), max: secs(300) }, default: Some("10s"), aliases: [];
+        /// Deliveries in flight at once, per replica.
+        max_concurrent: usize = WEBHOOK_DELIVERY_MAX_CONCURRENT, Kind::Int { min: 1, max: 1000 }, default: Some("8"), aliases: [];
+        /// At most this much of an endpoint's answer is read.
+        max_response_bytes: usize = WEBHOOK_DELIVERY_MAX_RESPONSE_BYTES, Kind::Int { min: 0, max: 1 << 20 }, default: Some("4096"), aliases: [];
+    }
     /// What an `[[http_tools]]` entry gets when it sets none of its own.
     HttpToolDefaults ("http_tool_defaults.") {
         /// The method of an `[[http_tools]]` entry that sets none.
@@ -553,6 +570,23 @@ entry_fields! {
         /// How often its tool list is fetched again, besides its `tools/list_changed`
         /// notifications.
         refresh_interval = MCP_SERVER_REFRESH_INTERVAL, Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m");
+    }
+}
+
+entry_fields! {
+    WEBHOOK_FIELDS ("webhooks") {
+        /// Where the events are posted (the operator's choice: loopback included; clients never
+        /// name these URLs). Unique. Required.
+        url = WEBHOOK_URL, Kind::HttpUrl, default: None;
+        /// The Standard Webhooks signing secret (`whsec_` and base64), or several (one `v1,`
+        /// signature each: rotation). Inline secrets draw a warning in the `production`
+        /// profile. Required.
+        secret = WEBHOOK_SECRET, Kind::WebhookSecrets, default: None;
+        /// Which events: `response.completed`, `response.failed`, `response.cancelled`.
+        /// Default: all of them.
+        events = WEBHOOK_EVENTS, Kind::Names, default: None;
+        /// Only the runs of these callers. Default: every caller's.
+        callers = WEBHOOK_CALLERS, Kind::Names, default: None;
     }
 }
 

@@ -15,6 +15,7 @@ mod settings;
 mod tables;
 #[cfg(test)]
 mod tests;
+mod webhooks;
 
 pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};
@@ -24,7 +25,8 @@ pub use settings::{
     HttpToolSettings, LogFormat, LogSettings, McpServerSettings, ModelProvider, ModelSettings,
     ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings, RunSettings,
     SamplerRoot, ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler,
-    TraceSettings, TurnSettings,
+    TraceSettings, TurnSettings, WebhookDelivery, WebhookSettings,
 };
 /// The URL type of the settings (`HttpToolSettings::url`, `McpServerSettings::url`).
 pub use url::Url;
+pub use webhooks::{WEBHOOK_EVENTS, signing_key};

@@ -20,6 +20,7 @@ use crate::settings::{
     ApiSettings, ApiValues, HealthSettings, HttpToolDefaults, LogFormat, LogSettings,
     ModelProvider, ModelSettings, ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile,
     RateLimitSettings, RunSettings, ServerSettings, Settings, StorageSettings, TurnSettings,
+    WebhookDelivery,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -186,6 +187,8 @@ impl Layers {
                 tool_defaults.max_response_bytes,
             )?,
             http_tools: crate::http_tools::load(&self.figment, file, tool_defaults)?,
+            webhooks: crate::webhooks::load(&self.figment, file)?,
+            webhook_delivery: WebhookDelivery::load(self)?,
             storage: StorageSettings::load(self)?,
             health: HealthSettings::load(self)?,
         };
@@ -625,7 +628,13 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
         } else {
             format!("{prefix}.{name}")
         };
-        if path == crate::http_tools::FILE_KEY || path == crate::mcp_servers::FILE_KEY {
+        if [
+            crate::http_tools::FILE_KEY,
+            crate::mcp_servers::FILE_KEY,
+            crate::webhooks::FILE_KEY,
+        ]
+        .contains(&path.as_str())
+        {
             continue;
         }
         match value {

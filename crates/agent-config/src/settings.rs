@@ -7,7 +7,7 @@ use url::Url;
 
 pub use crate::keys::{
     ApiValues, HealthSettings, HttpToolDefaults, ModelValues, OpenAiApiValues, RateLimitSettings,
-    RunSettings, ServerSettings, StorageSettings, TurnSettings,
+    RunSettings, ServerSettings, StorageSettings, TurnSettings, WebhookDelivery,
 };
 
 impl StorageSettings {
@@ -40,6 +40,9 @@ pub struct Settings {
     pub http_tools: Vec<HttpToolSettings>,
     /// `[[mcp_servers]]` tables in the file: MCP servers whose tools the agent may call.
     pub mcp_servers: Vec<McpServerSettings>,
+    /// `[[webhooks]]` tables in the file: where background runs' terminal events are posted.
+    pub webhooks: Vec<WebhookSettings>,
+    pub webhook_delivery: WebhookDelivery,
     pub storage: StorageSettings,
     pub health: HealthSettings,
 }
@@ -255,6 +258,21 @@ pub enum ModelProvider {
     },
     /// The built-in deterministic model; dev profile only.
     Offline,
+}
+
+/// A webhook endpoint: the terminal events of background runs are posted to it, signed per the
+/// Standard Webhooks spec.
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    pub url: Url,
+    /// `whsec_` secrets; each signs every delivery (`v1,` signatures, for rotation).
+    pub secrets: Vec<SecretString>,
+    /// A secret was written in the file itself (warned about in production).
+    pub inline_secret: bool,
+    /// The event types it gets.
+    pub events: Vec<String>,
+    /// Only these callers' runs, when set.
+    pub callers: Option<Vec<String>>,
 }
 
 /// An MCP server (Streamable HTTP) whose tools the agent may call.

@@ -761,7 +761,7 @@ fn every_declared_key_is_validated_under_its_own_name() {
             // Any text is valid; a secret with surrounding blanks is refused.
             Kind::Secret => " padded ",
             Kind::Text => continue,
-            Kind::Headers | Kind::Names | Kind::JsonSchema => {
+            Kind::Headers | Kind::Names | Kind::JsonSchema | Kind::WebhookSecrets => {
                 panic!("{} is a table entry's kind", key.path)
             }
         };
@@ -812,6 +812,10 @@ fn the_configuration_reference_matches_the_declarations() {
         (
             "mcp_servers",
             crate::keys::entries_table(crate::keys::MCP_SERVER_FIELDS),
+        ),
+        (
+            "webhooks",
+            crate::keys::entries_table(crate::keys::WEBHOOK_FIELDS),
         ),
     ];
     let mut stale = Vec::new();
@@ -1231,6 +1235,83 @@ fn trace_headers_are_read_from_a_file_variable() {
         let traces = loaded.settings.traces.expect("on");
         assert_eq!(traces.headers.len(), 1);
         assert_eq!(traces.headers[0].1.expose_secret(), "Bearer from-file");
+        Ok(())
+    });
+}
+
+#[test]
+fn webhooks_are_read_with_their_secrets_and_refused_naming_the_problem() {
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        // "whsec_" and base64 of "a key of the old kind" / "the new key".
+        jail.create_file("hook-secret", "whsec_dGhlIG5ldyBrZXk=\n")?;
+        jail.create_file(
+            "agent.toml",
+            r#"
+            [[webhooks]]
+            url = "http://127.0.0.1:9000/hooks"
+            secret = ["whsec_YSBrZXkgb2YgdGhlIG9sZCBraW5k", { file = "hook-secret" }]
+            events = ["response.completed"]
+            callers = ["alice"]
+
+            [[webhooks]]
+            url = "https://hooks.example.com/agent"
+            secret = { file = "hook-secret" }
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let loaded = load().map_err(|error| error.to_string())?;
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        let hooks = &loaded.settings.webhooks;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[0].secrets.len(), 2);
+        assert!(hooks[0].inline_secret && !hooks[1].inline_secret);
+        assert_eq!(
+            hooks[1].secrets[0].expose_secret(),
+            "whsec_dGhlIG5ldyBrZXk="
+        );
+        assert_eq!(
+            crate::signing_key(hooks[1].secrets[0].expose_secret()).unwrap(),
+            b"the new key"
+        );
+        assert_eq!(hooks[0].events, ["response.completed"]);
+        assert_eq!(hooks[1].events.len(), 3);
+        assert_eq!(hooks[0].callers.as_deref(), Some(&["alice".to_owned()][..]));
+        assert_eq!(hooks[1].callers, None);
+
+        for (entry, problem) in [
+            (
+                r#"secret = "not-a-secret-at-all""#,
+                "secret 0 is not `whsec_`",
+            ),
+            (r#"secret = "whsec_%%%""#, "secret 0 is not `whsec_`"),
+            (r#"secret = []"#, "at least one"),
+            (
+                "secret = \"whsec_dGhlIG5ldyBrZXk=\"\nevents = [\"run.done\"]",
+                "'run.done' is not one of",
+            ),
+        ] {
+            jail.create_file(
+                "bad.toml",
+                &format!("[[webhooks]]\nurl = \"http://127.0.0.1:9/h\"\n{entry}\n"),
+            )?;
+            jail.set_env("AGENT_CONFIG", "bad.toml");
+            let message = load().unwrap_err().to_string();
+            assert!(message.contains(problem), "{entry}: {message}");
+            assert!(message.contains("webhooks[0]"), "{message}");
+            assert!(
+                !message.contains("not-a-secret-at-all"),
+                "echoed: {message}"
+            );
+        }
+        jail.create_file(
+            "twice.toml",
+            "[[webhooks]]\nurl = \"http://a/h\"\nsecret = \"whsec_dGhlIG5ldyBrZXk=\"\n\
+             [[webhooks]]\nurl = \"http://a/h\"\nsecret = \"whsec_dGhlIG5ldyBrZXk=\"\n",
+        )?;
+        jail.set_env("AGENT_CONFIG", "twice.toml");
+        let message = load().unwrap_err().to_string();
+        assert!(message.contains("same url"), "{message}");
         Ok(())
     });
 }

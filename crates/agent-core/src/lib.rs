@@ -33,5 +33,5 @@ pub use session_id::{InvalidSessionId, SessionId};
 pub use tools::mcp::{McpServerOptions, McpServerState, McpServerStatus, McpToolStatus, McpTools};
 pub use tools::{
     Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolOutcome,
-    ToolRegistry, ToolSet, ToolSource,
+    ToolRegistry, ToolSet, ToolSource, read_at_most,
 };

@@ -10,6 +10,7 @@ use agent_health::{Criticality, HealthCheck};
 use agent_storage::{
     BackgroundWork, ConversationStore, EventLog, IdempotencyStore, MemoryStorage, PostgresOptions,
     PostgresStore, RateLimiter, RedisCoordination, RedisOptions, RunStore, SessionLocks,
+    WebhookOutbox,
 };
 
 use crate::error::StartupError;
@@ -21,6 +22,8 @@ pub struct Backends {
     /// Runs live with the conversations (a completed run is written by its turn's store).
     pub runs: Arc<dyn RunStore>,
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Background runs' webhook events, written with their terminal states (with the runs).
+    pub webhooks: Arc<dyn WebhookOutbox>,
     /// Runs' events: Redis (shared by the replicas) when configured.
     pub events: Arc<dyn EventLog>,
     pub locks: Arc<dyn SessionLocks>,
@@ -90,20 +93,13 @@ impl BackendsRecipe {
         postgres: Option<PostgresStore>,
         redis: Option<RedisCoordination>,
     ) -> Backends {
-        let (conversations, runs, idempotency): (
-            Arc<dyn ConversationStore>,
-            Arc<dyn RunStore>,
-            Arc<dyn IdempotencyStore>,
-        ) = match postgres {
+        // Everything Postgres holds comes from the one store (or memory).
+        let (conversations, runs, idempotency, webhooks) = match postgres {
             Some(store) => {
                 let store = Arc::new(store);
-                (store.clone(), store.clone(), store)
+                durable(&store)
             }
-            None => (
-                self.memory.clone(),
-                self.memory.clone(),
-                self.memory.clone(),
-            ),
+            None => durable(&self.memory),
         };
         let (locks, rate_limiter, events): (
             Arc<dyn SessionLocks>,
@@ -124,6 +120,7 @@ impl BackendsRecipe {
             conversations,
             runs,
             idempotency,
+            webhooks,
             events,
             locks,
             rate_limiter,
@@ -259,3 +256,18 @@ async fn migrate_with_retries(
         }
     }
 }
+
+/// The stores Postgres (or memory) holds, from the one store that holds them all.
+fn durable<S>(store: &Arc<S>) -> DurableStores
+where
+    S: ConversationStore + RunStore + IdempotencyStore + WebhookOutbox + 'static,
+{
+    (store.clone(), store.clone(), store.clone(), store.clone())
+}
+
+type DurableStores = (
+    Arc<dyn ConversationStore>,
+    Arc<dyn RunStore>,
+    Arc<dyn IdempotencyStore>,
+    Arc<dyn WebhookOutbox>,
+);

@@ -628,6 +628,8 @@ pub enum StartupError {
     TraceExporter(#[source] opentelemetry_otlp::ExporterBuildError),
     #[error("cannot set up the tools")]
     Tools(#[source] agent_core::ToolError),
+    #[error("cannot set up the webhook sender")]
+    Webhooks(#[source] reqwest::Error),
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ mod shutdown;
 mod startup;
 pub mod telemetry;
 mod turn;
+mod webhooks;
 
 pub use backends::{Backends, migrate};
 pub use error::{ApiError, Cause, ErrorCode, StartupError, error_chain};

@@ -38,6 +38,7 @@ pub(crate) struct AppMetrics {
     pub(crate) worker_fallbacks: Counter,
     /// Runs failed as lost by this process (their executor was gone).
     pub(crate) runs_lost: Counter,
+    pub(crate) webhooks: crate::webhooks::WebhookMetrics,
     pub(crate) retention: RetentionMetrics,
     background: BackgroundMetrics,
     admission: AdmissionMetrics,
@@ -175,6 +176,23 @@ impl AppMetrics {
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
             runs_lost: counter(&recorder, "agent_runs_lost_total", &[]),
+            webhooks: crate::webhooks::WebhookMetrics {
+                delivered: counter(
+                    &recorder,
+                    "agent_webhook_deliveries_total",
+                    &[("outcome", "delivered")],
+                ),
+                failed: counter(
+                    &recorder,
+                    "agent_webhook_deliveries_total",
+                    &[("outcome", "failed")],
+                ),
+                abandoned: counter(
+                    &recorder,
+                    "agent_webhook_deliveries_total",
+                    &[("outcome", "abandoned")],
+                ),
+            },
             retention: RetentionMetrics {
                 expired: counter(&recorder, "agent_sessions_expired_total", &[]),
                 swept: sweeps("swept"),

@@ -180,6 +180,24 @@ impl ApplicationBuilder {
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
         let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
+        // Built before the listener answers: a TLS client reads the system's roots.
+        if settings.profile == agent_config::Profile::Production
+            && settings
+                .webhooks
+                .iter()
+                .any(|webhook| webhook.inline_secret)
+        {
+            tracing::warn!(
+                "a [[webhooks]] secret is written in the configuration file: read it from a file (secret = {{ file = \"/run/secrets/...\" }})"
+            );
+        }
+        let webhooks = crate::webhooks::Sender::new(
+            Arc::clone(&backends.webhooks),
+            &settings.webhooks,
+            settings.webhook_delivery.clone(),
+            metrics.webhooks.clone(),
+        )
+        .map_err(StartupError::Webhooks)?;
         let (drain_sender, drain_receiver) = watch::channel(false);
         let registry = Arc::new(RunRegistry::new());
         let failures = web::Data::new(FailureLog::new(settings.log.repeat_interval));
@@ -311,6 +329,7 @@ impl ApplicationBuilder {
                 claiming.clone(),
             ),
         ];
+        tasks.push(webhooks.spawn());
         if let Some(retention) = settings.storage.retention() {
             tasks.push(retention::spawn(
                 retention,

@@ -23,13 +23,14 @@ pub use model::{
     ClaimedRun, DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent,
     NewRun, QueuedRun, RUN_LOST, RateDecision, ResponseParameters, ResponseRecord, RunCompletion,
     RunCursor, RunEnd, RunError, RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage,
-    StoredResponse, TurnRecord,
+    StoredResponse, TurnRecord, WebhookEvent,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};
 pub use retention::Sweep;
 pub use traits::{
     ConversationStore, EventLog, IdempotencyStore, RateLimiter, RunStore, SessionLocks,
+    WebhookOutbox,
 };
 
 /// The most messages one history read may return.

@@ -251,6 +251,25 @@ pub struct ClaimedRun {
     pub input: String,
 }
 
+/// The webhook event of a background run's terminal state, as its sender takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEvent {
+    /// `evt_` and 32 hex digits: the `webhook-id` of every attempt.
+    pub id: String,
+    pub run_id: String,
+    /// The run's caller.
+    pub owner: String,
+    /// `response.completed`, `response.failed` or `response.cancelled`.
+    pub kind: String,
+    /// What `data.id` names: the run, or the background response its run is.
+    pub subject: String,
+    pub created_at: SystemTime,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// The endpoints (their URLs) that acknowledged it.
+    pub delivered_to: Vec<String>,
+}
+
 /// A run as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {

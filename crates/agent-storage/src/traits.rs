@@ -12,7 +12,7 @@ use crate::error::StorageError;
 use crate::model::{
     ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
     RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord,
+    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::Sweep;
 
@@ -190,6 +190,31 @@ pub trait RunStore: Send + Sync + Debug {
         after: Option<&RunCursor>,
         limit: usize,
     ) -> Result<Vec<RunRecord>, StorageError>;
+}
+
+/// The webhook events of background runs' terminal states: written by the statements that end
+/// the runs (an outbox), taken by each replica's sender, each attempt recorded.
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + Debug {
+    /// Up to `limit` events due for delivery, soonest first, each held for `hold` (no other
+    /// sender takes it meanwhile).
+    async fn due_webhook_events(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<WebhookEvent>, StorageError>;
+
+    /// Records an attempt at event `id`: the endpoints that have acknowledged it so far, and
+    /// when to try again (`None`: it is finished, delivered everywhere or given up).
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        delivered_to: &[String],
+        retry_in: Option<Duration>,
+    ) -> Result<(), StorageError>;
+
+    /// Deletes the events finished before `before`; answers how many.
+    async fn purge_webhook_events(&self, before: SystemTime) -> Result<usize, StorageError>;
 }
 
 /// The ordered events of each run, readable by every replica and kept a while after the run

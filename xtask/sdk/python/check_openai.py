@@ -4,17 +4,39 @@ Run by `cargo xtask sdk`, which starts the release server on Postgres and Redis 
 that answers "echo: <message>" (and "you said earlier: <previous message>" to "recall ...") and
 sets: AGENT_URL (the server), AGENT_KEY (a key of caller `sdk`), AGENT_QUOTA_KEY (a key of caller
 `thrifty`, whose daily quota one turn uses up), AGENT_LIMITED_URL (a second server allowing two
-requests per minute) and FAKE_MODEL_URL (the fake model's fault switch).
+requests per minute), FAKE_MODEL_URL (the fake model's fault switch), and WEBHOOK_PORT and
+WEBHOOK_SECRET (the server posts its background runs' webhooks there, signed with that secret).
 """
 
+import http.server
 import json
 import os
+import threading
 import time
 import urllib.request
 import uuid
 
 import openai
+import standardwebhooks
 from openai import OpenAI
+
+# The webhook endpoint: every delivery's body and headers, kept as received.
+webhooks = []
+
+
+class Hooks(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802 - the standard library's name
+        body = self.rfile.read(int(self.headers["content-length"]))
+        webhooks.append((body, {name.lower(): value for name, value in self.headers.items()}))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *_args):
+        pass
+
+
+hooks = http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["WEBHOOK_PORT"])), Hooks)
+threading.Thread(target=hooks.serve_forever, daemon=True).start()
 
 URL = os.environ["AGENT_URL"]
 KEY = os.environ["AGENT_KEY"]
@@ -168,6 +190,31 @@ wait_for(slow.id, ("in_progress",))
 cancelled = client.responses.cancel(slow.id)
 check(cancelled.status == "cancelled", f"responses.cancel: {cancelled.status}")
 check(client.responses.retrieve(slow.id).status == "cancelled", "a cancelled response stays so")
+
+
+def webhook_of(response_id):
+    """The webhook delivered for a response, verified by both verifiers, as the SDK reads it."""
+    deadline = time.monotonic() + 20
+    secret = os.environ["WEBHOOK_SECRET"]
+    while time.monotonic() < deadline:
+        for body, headers in list(webhooks):
+            if json.loads(body)["data"]["id"] == response_id:
+                standardwebhooks.Webhook(secret).verify(body, headers)
+                return client.webhooks.unwrap(body, headers, secret=secret)
+        time.sleep(0.1)
+    raise SystemExit(f"python sdk: FAILED: no webhook for {response_id}: {webhooks}")
+
+
+completed = webhook_of(queued.id)
+check(completed.type == "response.completed", f"webhook type: {completed.type}")
+check(completed.id.startswith("evt_") and completed.object == "event", f"webhook event: {completed}")
+cancelled_event = webhook_of(slow.id)
+check(cancelled_event.type == "response.cancelled", f"webhook type: {cancelled_event.type}")
+raises(
+    Exception,
+    lambda: client.webhooks.unwrap(webhooks[0][0], webhooks[0][1], secret="whsec_" + "QUJD" * 8),
+    "a webhook checked with another secret",
+)
 
 # Errors become the SDK's exception classes.
 wrong = OpenAI(base_url=f"{URL}/v1", api_key="not-a-key-0123456789", max_retries=0)

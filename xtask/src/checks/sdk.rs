@@ -3,7 +3,9 @@
 //! `xtask/sdk/python/check_openai.py`, the Node SDK (`openai` 6.x from npm, installed in
 //! `xtask/sdk/node`) runs `xtask/sdk/node/check_openai.mjs`. Each script makes its own checks
 //! (models, plain and streamed chat completions, a remembered session, responses plain, streamed,
-//! continued and read back, each error class) and exits non-zero on the first failure. A second server allowing two requests a minute gives the
+//! continued and read back, background ones polled, cancelled and their streams resumed, their
+//! webhooks verified with the SDK and the `standardwebhooks` package, each error class) and exits
+//! non-zero on the first failure. A second server allowing two requests a minute gives the
 //! scripts a rate limit to hit. Then the agent SDKs: `xtask/sdk/python/check_agent_sdks.py` (the
 //! OpenAI Agents SDK, pydantic-ai, LangChain, and the Python SDK's structured output and
 //! client-kept Responses history) and `xtask/sdk/node/check_ai_sdk.mjs` (the Vercel AI SDK), with
@@ -24,6 +26,8 @@ use crate::checks::harness::{
 /// Caller `sdk`'s key, and caller `thrifty`'s, whose daily quota one turn uses up.
 const KEY: &str = "sdk-key-0123456789";
 const QUOTA_KEY: &str = "thrifty-key-0123456789";
+/// The webhooks' signing secret (`whsec_` and base64).
+const WEBHOOK_SECRET: &str = "whsec_c2RrIGNoZWNrIHdlYmhvb2sgc2VjcmV0";
 
 pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let root = crate::project_root();
@@ -46,6 +50,15 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     };
     let (_model, model_port) = fake_model(&bin, 0)?;
     let keys = format!("sdk:{KEY},thrifty:{QUOTA_KEY}");
+    // The Python script listens for the webhooks of its background responses there.
+    let webhook_port = dev_harness::free_port()?;
+    let config = root.join(format!("target/sdk-{}.toml", std::process::id()));
+    std::fs::write(
+        &config,
+        format!(
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{webhook_port}/hooks\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
+        ),
+    )?;
     let start = |rate_limit: &str| -> anyhow::Result<(Spawned, u16)> {
         let port = dev_harness::free_port()?;
         let server = Spawned::start(
@@ -58,6 +71,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
                     format!("sdk-{}-{port}:", std::process::id()),
                 )
                 .env("AGENT_API_KEYS", &keys)
+                .env("AGENT_CONFIG", &config)
                 .env("AGENT_API__DAILY_TOKEN_QUOTAS", "thrifty:1")
                 .env("AGENT_RATE_LIMIT__REQUESTS", rate_limit)
                 .env("AGENT_MODEL__MAX_ATTEMPTS", "1"),
@@ -85,6 +99,8 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             format!("http://127.0.0.1:{limited_port}"),
         ),
         ("FAKE_MODEL_URL", format!("http://127.0.0.1:{model_port}")),
+        ("WEBHOOK_PORT", webhook_port.to_string()),
+        ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
         (
             "AGENT_OFFLINE_URL",
             format!("http://127.0.0.1:{offline_port}"),
@@ -122,5 +138,6 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             bail!("the {name} SDK checks failed ({status})");
         }
     }
+    let _ = std::fs::remove_file(&config);
     Ok(())
 }

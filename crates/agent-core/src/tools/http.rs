@@ -111,19 +111,14 @@ impl Tool for HttpTool {
             .await
             .map_err(|error| ToolError::Failed(format!("the request failed: {error}")))?;
         let status = response.status();
-        let mut body = Vec::new();
-        let mut chunks = response.bytes_stream();
-        while let Some(chunk) = chunks.next().await {
-            let chunk = chunk.map_err(|error| {
-                ToolError::Failed(format!("reading the response failed: {error}"))
-            })?;
-            if body.len() + chunk.len() > self.options.max_response_bytes {
-                return Err(ToolError::Failed(format!(
-                    "the response is larger than {} bytes",
-                    self.options.max_response_bytes
-                )));
-            }
-            body.extend_from_slice(&chunk);
+        let (body, whole) = read_at_most(response, self.options.max_response_bytes)
+            .await
+            .map_err(|error| ToolError::Failed(format!("reading the response failed: {error}")))?;
+        if !whole {
+            return Err(ToolError::Failed(format!(
+                "the response is larger than {} bytes",
+                self.options.max_response_bytes
+            )));
         }
         let text = String::from_utf8_lossy(&body).into_owned();
         if status.is_success() {
@@ -135,4 +130,24 @@ impl Tool for HttpTool {
             )))
         }
     }
+}
+
+/// At most `max` bytes of `response`'s body, and whether that is all of it (reading stops at
+/// the cap: a large answer costs no more than `max`).
+pub async fn read_at_most(
+    response: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > max {
+            let room = max - body.len();
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, false));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, true))
 }

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use builtin::{Calculator, CurrentTime};
-pub use http::{HttpTool, HttpToolMethod, HttpToolOptions};
+pub use http::{HttpTool, HttpToolMethod, HttpToolOptions, read_at_most};
 
 use crate::conversation::ToolCall;
 use crate::error::ToolError;

@@ -39,7 +39,7 @@ struct QueuedTurn {
     given: Option<Vec<Message>>,
     /// The response object its turn keeps (the Responses API), kept with the run from the
     /// start so that the response reads back while queued or running.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     response: Option<QueuedResponse>,
 }
 

@@ -286,15 +286,19 @@ async fn sigterm_turns_readiness_off_then_the_process_exits_0() {
         ("AGENT_HEALTH__CACHE_TTL", "0s"),
     ]);
     let address = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        client()
-            .get(format!("{address}/ready"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // "listening" is logged as the listener opens; the startup gate opens once the rest started.
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while client()
+        .get(format!("{address}/ready"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        != 200
+    {
+        assert!(std::time::Instant::now() < until, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

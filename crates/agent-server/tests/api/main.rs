@@ -26,3 +26,4 @@ mod retention;
 mod runs;
 mod shutdown;
 mod storage;
+mod webhooks;

@@ -14,11 +14,12 @@ use crate::error::StorageError;
 use crate::model::{
     ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
     RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord,
+    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{
     ConversationStore, EventLog, IdempotencyStore, RateLimiter, RunStore, SessionLocks,
+    WebhookOutbox,
 };
 
 mod runs;
@@ -400,6 +401,31 @@ impl RunStore for MemoryStorage {
         limit: usize,
     ) -> Result<Vec<RunRecord>, StorageError> {
         Ok(lock(&self.runs).of_session(session, after, limit))
+    }
+}
+
+#[async_trait]
+impl WebhookOutbox for MemoryStorage {
+    async fn due_webhook_events(
+        &self,
+        limit: usize,
+        hold: Duration,
+    ) -> Result<Vec<WebhookEvent>, StorageError> {
+        Ok(lock(&self.runs).due_webhooks(limit, hold))
+    }
+
+    async fn webhook_attempted(
+        &self,
+        id: &str,
+        delivered_to: &[String],
+        retry_in: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        lock(&self.runs).webhook_attempted(id, delivered_to, retry_in);
+        Ok(())
+    }
+
+    async fn purge_webhook_events(&self, before: SystemTime) -> Result<usize, StorageError> {
+        Ok(lock(&self.runs).purge_webhooks(before))
     }
 }
 

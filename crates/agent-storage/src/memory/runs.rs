@@ -9,7 +9,7 @@ use agent_core::{SessionId, TokenUsage};
 use crate::error::StorageError;
 use crate::model::{
     ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunCompletion, RunCursor, RunEnd, RunRecord,
-    RunStatus,
+    RunStatus, WebhookEvent,
 };
 
 /// What a run lost by its executor says.
@@ -31,6 +31,15 @@ pub(super) struct RunTable {
     queue: VecDeque<String>,
     /// Each background run's input.
     inputs: HashMap<String, String>,
+    /// The webhook events of background runs' terminal states (see `WebhookOutbox`).
+    webhooks: Vec<OutboxEntry>,
+}
+
+#[derive(Debug)]
+struct OutboxEntry {
+    event: WebhookEvent,
+    next_attempt: SystemTime,
+    finished_at: Option<SystemTime>,
 }
 
 impl RunTable {
@@ -222,6 +231,7 @@ impl RunTable {
         Self::finish(record);
         let record = record.clone();
         self.release(&record);
+        self.emit(&record);
         Ended::Now(record)
     }
 
@@ -258,6 +268,7 @@ impl RunTable {
             Self::finish(record);
             let record = record.clone();
             self.release(&record);
+            self.emit(&record);
         }
     }
 
@@ -338,6 +349,74 @@ impl RunTable {
                 }
             }
         }
+    }
+
+    /// Writes the webhook event of a background run that just ended.
+    fn emit(&mut self, record: &RunRecord) {
+        if !record.background {
+            return;
+        }
+        let is_response = self
+            .inputs
+            .get(&record.id)
+            .and_then(|input| serde_json::from_str::<serde_json::Value>(input).ok())
+            .is_some_and(|input| input.get("response").is_some_and(|kept| !kept.is_null()));
+        let subject = match record.id.strip_prefix("run_") {
+            Some(hex) if is_response => format!("resp_{hex}"),
+            _ => record.id.clone(),
+        };
+        let now = SystemTime::now();
+        self.webhooks.push(OutboxEntry {
+            event: WebhookEvent {
+                id: format!("evt_{}", uuid::Uuid::new_v4().simple()),
+                run_id: record.id.clone(),
+                owner: record.owner.clone(),
+                kind: format!("response.{}", record.status),
+                subject,
+                created_at: now,
+                attempts: 0,
+                delivered_to: Vec::new(),
+            },
+            next_attempt: now,
+            finished_at: None,
+        });
+    }
+
+    pub(super) fn due_webhooks(&mut self, limit: usize, hold: Duration) -> Vec<WebhookEvent> {
+        let now = SystemTime::now();
+        self.webhooks
+            .iter_mut()
+            .filter(|entry| entry.finished_at.is_none() && entry.next_attempt <= now)
+            .take(limit)
+            .map(|entry| {
+                entry.next_attempt = now + hold;
+                entry.event.clone()
+            })
+            .collect()
+    }
+
+    pub(super) fn webhook_attempted(
+        &mut self,
+        id: &str,
+        delivered_to: &[String],
+        retry_in: Option<Duration>,
+    ) {
+        let now = SystemTime::now();
+        if let Some(entry) = self.webhooks.iter_mut().find(|entry| entry.event.id == id) {
+            entry.event.attempts += 1;
+            entry.event.delivered_to = delivered_to.to_vec();
+            match retry_in {
+                Some(retry_in) => entry.next_attempt = now + retry_in,
+                None => entry.finished_at = Some(now),
+            }
+        }
+    }
+
+    pub(super) fn purge_webhooks(&mut self, before: SystemTime) -> usize {
+        let count = self.webhooks.len();
+        self.webhooks
+            .retain(|entry| entry.finished_at.is_none_or(|finished| finished >= before));
+        count - self.webhooks.len()
     }
 
     fn finish(record: &mut RunRecord) {

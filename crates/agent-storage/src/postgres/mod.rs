@@ -8,6 +8,7 @@ mod runs;
 mod schema;
 mod statements;
 mod sweep;
+mod webhooks;
 
 use std::time::Duration;
 

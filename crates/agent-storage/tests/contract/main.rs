@@ -12,6 +12,7 @@ mod migrations;
 mod outages;
 mod rate_limits;
 mod runs;
+mod webhooks;
 
 /// Runs each test of a suite against every backend:
 /// `contract!([test_a, test_b]; memory_backend => memory().await, postgres_backend => postgres().await)`.
