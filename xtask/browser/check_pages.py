@@ -3,7 +3,8 @@ driven by Selenium from PyPI).
 
 The playground (reached from the server's root), by keyboard: without a key it says 401; with one, "what is 2+3*4" shows the
 calculator's call, its result and the streamed answer, in that order, with the turn's tokens; a
-reload shows the session again; a second turn adds up the session's tokens; a failing model
+reload shows the session again; a second turn adds up the session's tokens; a reload during an
+answer shows the rest of it (the turn runs in the background); a failing model
 (5xx), a busy session (409) and a used-up quota (429) are readable messages; the page fits a
 phone's width; a session is deleted; a wrong key is a 401 message. `/docs` renders this server's
 OpenAPI document, "Try it out" runs `GET /health`, "Authorize" takes a key that then reaches a
@@ -243,6 +244,27 @@ def playground(driver):
           f"a second turn is answered ({transcript(driver)[-1]})")
     check("2 turns · 45 tokens" in driver.find_element(By.ID, "session-tokens").text,
           "the session's tokens add up over its turns")
+    console_errors(driver)
+
+    # A reload during an answer: the turn goes on (it is a background run) and the page shows
+    # the rest of it, read again from the run's events.
+    field = WebDriverWait(driver, 10).until(ready.element_to_be_clickable((By.ID, "message")))
+    field.send_keys("pace 300 8 keep going", Keys.ENTER)
+    WebDriverWait(driver, 10).until(lambda driver: (shown := transcript(driver))
+                                    and shown[-1][0].startswith("assistant")
+                                    and "word" in shown[-1][1])
+    driver.refresh()
+    WebDriverWait(driver, 20).until(
+        lambda driver: (shown := transcript(driver)) and shown[-1][1].count("word") == 8
+        and not driver.find_element(By.ID, "send").get_attribute("disabled"))
+    shot(driver, "playground-3b-resumed")
+    shown = transcript(driver)
+    check(shown[-2][:2] == ["user", "pace 300 8 keep going"] and shown[-1][1] == "word " * 8,
+          f"after a reload mid-answer the whole answer is shown ({shown[-2:]})")
+    check("3 turns" in driver.find_element(By.ID, "session-tokens").text,
+          "the resumed turn was stored once")
+    check(call_api("GET", f"/sessions/{session}", KEY)[1]["turn_count"] == 3,
+          "the server stored the turn the page resumed, once")
     console_errors(driver)
 
     model_fault(500)

@@ -8,7 +8,9 @@
 //! is answered with <text> alone. A message "tool <name> <JSON arguments>" is answered with a call
 //! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
 //! turn's answer does not depend on whether the tool worked, and the tool message shows it). A
-//! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart. A
+//! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart. It is
+//! also a webhook sink: `POST /hooks` keeps each delivery (its `webhook-id` and JSON body), `GET
+//! /hooks` lists them in arrival order (for the checks of background runs' webhooks). A
 //! question "what is <arithmetic>" (such as "what is 2+3*4?") to an agent that offers a
 //! `calculator` tool is answered with a call of it, then, once its result is in, with
 //! "<arithmetic> = <result>" streamed a word every 100 ms (what the browser checks watch).
@@ -303,6 +305,41 @@ fn paced(interval: Duration, pieces: Vec<String>, usage: Value) -> HttpResponse 
         .streaming(events)
 }
 
+/// The webhook deliveries received, in order.
+#[derive(Default)]
+struct Hooks(std::sync::Mutex<Vec<Value>>);
+
+/// `POST /hooks`: keeps a delivery.
+async fn receive_hook(
+    request: actix_web::HttpRequest,
+    body: web::Bytes,
+    hooks: web::Data<Hooks>,
+) -> HttpResponse {
+    let id = request
+        .headers()
+        .get("webhook-id")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    hooks
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .push(json!({ "webhook_id": id, "body": body }));
+    HttpResponse::NoContent().finish()
+}
+
+/// `GET /hooks`: every delivery kept.
+async fn list_hooks(hooks: web::Data<Hooks>) -> HttpResponse {
+    let kept = hooks
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    HttpResponse::Ok().json(kept)
+}
+
 /// `PUT /fault/{mode}`: `none`, `timeout`, or an HTTP error status (400-599).
 async fn set_fault(mode: web::Path<String>, fault: web::Data<Fault>) -> HttpResponse {
     let value = match mode.as_str() {
@@ -338,17 +375,21 @@ async fn main() -> std::io::Result<()> {
     let shared = web::Data::new(Arc::new(Stats::default()));
     let delay = web::Data::new(delay);
     let fault = web::Data::new(Fault::default());
+    let hooks = web::Data::new(Hooks::default());
     println!("fake-openai listening on {host}:{port}");
     HttpServer::new(move || {
         App::new()
             .app_data(shared.clone())
             .app_data(delay.clone())
             .app_data(fault.clone())
+            .app_data(hooks.clone())
             .app_data(web::JsonConfig::default().limit(16 << 20))
             .route("/v1/chat/completions", web::post().to(completions))
             .route("/stats", web::get().to(stats))
             .route("/stats", web::delete().to(reset_stats))
             .route("/fault/{mode}", web::put().to(set_fault))
+            .route("/hooks", web::post().to(receive_hook))
+            .route("/hooks", web::get().to(list_hooks))
             .route(
                 "/health",
                 web::get().to(|| async { HttpResponse::Ok().body("ok") }),

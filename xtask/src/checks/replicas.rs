@@ -2,9 +2,10 @@
 //! Compose stack with `--scale agent=3`), proving that replicas are interchangeable: a session
 //! continues on another replica, concurrent turns on one session through different replicas are
 //! serialised, a replica killed under load loses no turn for clients that retry through nginx,
-//! and a rate limit holds across the replicas together. The browser pages (both turned on) pass
-//! nginx too: the playground streams a turn and shows it again after a reload, the docs' "Try it
-//! out" works, in headless Chromium.
+//! a rate limit holds across the replicas together, and background runs queued through nginx all
+//! end, with their webhooks, when a replica is killed under them. The browser pages (both turned
+//! on) pass nginx too: the playground streams a turn and shows it again after a reload, the docs'
+//! "Try it out" works, in headless Chromium.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -26,9 +27,11 @@ const RATE_LIMIT: usize = 30;
 
 pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let nginx_port = dev_harness::free_port()?;
+    let fake_port = dev_harness::free_port()?;
     let env = |rate_limit: usize| -> Vec<(String, String)> {
         vec![
             ("NGINX_PORT".into(), nginx_port.to_string()),
+            ("FAKE_MODEL_PORT".into(), fake_port.to_string()),
             // Empty: each replica publishes on a free host port.
             ("AGENT_PORT".into(), String::new()),
             ("REPLICAS_RATE_LIMIT".into(), rate_limit.to_string()),
@@ -65,6 +68,8 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     )?;
     concurrent_turns_through_different_replicas_are_serialised(&ports, &auth)?;
     let row = a_replica_killed_under_load_loses_no_turn(&stack, nginx_port)?;
+    let background =
+        background_runs_outlive_a_killed_replica(&stack, nginx_port, fake_port, &auth)?;
 
     // The rate limit: the agents are recreated with it turned on.
     let limited = env(RATE_LIMIT);
@@ -77,7 +82,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     stack.compose.wait_healthy(Duration::from_secs(120))?;
     a_rate_limit_holds_across_the_replicas(&replica_ports(&stack)?, &auth)?;
 
-    chaos::print_table(&[row]);
+    chaos::print_table(&[row, background]);
     println!("xtask: replicas passed");
     Ok(())
 }
@@ -380,4 +385,185 @@ fn a_rate_limit_holds_across_the_replicas(ports: &[u16], auth: &str) -> anyhow::
         ports.len()
     );
     Ok(())
+}
+
+/// Background runs queued through nginx.
+const BACKGROUND_RUNS: usize = 60;
+/// The stated bound: a dead replica's runs are failed within two leases plus 5 s (25 s with the
+/// default 10 s lease), checked with a margin for the poll.
+const LOST_WITHIN: Duration = Duration::from_secs(30);
+
+/// Background runs queued through nginx while one replica is SIGKILLed: every run reaches a
+/// terminal state (none stuck, none lost), each completed run's turn is stored once, the killed
+/// replica's runs are failed as `run_lost` within the stated bound, and the webhook of every
+/// terminal state arrives (counted once per `webhook-id`).
+fn background_runs_outlive_a_killed_replica(
+    stack: &TestStack,
+    nginx_port: u16,
+    fake_port: u16,
+    auth: &str,
+) -> anyhow::Result<Row> {
+    let call = |method: &'static str, path: &str, body: Option<&str>| {
+        http::call(
+            nginx_port,
+            method,
+            path,
+            &[("Authorization", auth)],
+            body,
+            Duration::from_secs(10),
+        )
+    };
+    let mut runs: Vec<(String, String)> = Vec::with_capacity(BACKGROUND_RUNS);
+    for index in 0..BACKGROUND_RUNS {
+        let session = format!("background-{index}");
+        let body = json!({
+            "message": format!("sleep 3000 background run {index}"),
+            "session_id": session,
+            "background": true,
+        })
+        .to_string();
+        let (status, answer) = call("POST", "/agent", Some(&body))?;
+        ensure!(
+            status == 202,
+            "queueing a background run answered {status}: {answer}"
+        );
+        let run: Value = serde_json::from_str(&answer)?;
+        let id = run["run_id"].as_str().context("no run_id")?.to_owned();
+        runs.push((id, session));
+    }
+    // They are taken by the replicas and wait for the model.
+    std::thread::sleep(Duration::from_secs(1));
+    let victim = stack.containers("agent")?[1].clone();
+    let restarts = chaos::inspect(&victim, "{{.RestartCount}}")?;
+    let killed_at = std::time::SystemTime::now();
+    chaos::signal_agent(&victim, "KILL")?;
+    chaos::wait_restarted(&victim, &restarts, Duration::from_secs(60))?;
+    chaos::wait_healthy(&victim, Duration::from_secs(60))?;
+
+    // Every run ends.
+    let mut ended: Vec<Option<Value>> = vec![None; runs.len()];
+    let deadline = std::time::Instant::now() + LOST_WITHIN + Duration::from_secs(30);
+    while ended.iter().any(Option::is_none) && std::time::Instant::now() < deadline {
+        for (slot, (id, _)) in ended.iter_mut().zip(&runs) {
+            if slot.is_some() {
+                continue;
+            }
+            // nginx answers 502 while a request meets the dead replica: asked again.
+            if let Ok((200, body)) = call("GET", &format!("/runs/{id}"), None) {
+                let run: Value = serde_json::from_str(&body)?;
+                if ["completed", "failed", "cancelled"]
+                    .contains(&run["status"].as_str().unwrap_or(""))
+                {
+                    *slot = Some(run);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let mut problems = Vec::new();
+    let mut row = Row {
+        scenario: "background-runs-replica-killed",
+        requests: runs.len(),
+        ..Row::default()
+    };
+    let mut slowest_loss = Duration::ZERO;
+    for ((id, session), run) in runs.iter().zip(&ended) {
+        let Some(run) = run else {
+            row.lost += 1;
+            problems.push(format!("run {id} never ended"));
+            continue;
+        };
+        match (run["status"].as_str(), run["error"]["code"].as_str()) {
+            (Some("completed"), _) => {
+                row.ok += 1;
+                let (status, body) = call("GET", &format!("/sessions/{session}"), None)?;
+                let stored: Value = serde_json::from_str(&body).unwrap_or_default();
+                if status != 200 || stored["turn_count"] != 1 {
+                    row.duplicated += 1;
+                    problems.push(format!(
+                        "completed run {id}: session {session} holds {stored}"
+                    ));
+                }
+            }
+            (Some("failed"), Some("run_lost")) => {
+                row.expected += 1;
+                let finished = run["finished_at"]
+                    .as_str()
+                    .and_then(|text| humantime::parse_rfc3339_weak(text).ok())
+                    .context("a failed run without finished_at")?;
+                let after = finished.duration_since(killed_at).unwrap_or_default();
+                slowest_loss = slowest_loss.max(after);
+                if after > LOST_WITHIN {
+                    problems.push(format!(
+                        "run {id} was failed as lost {after:?} after the kill"
+                    ));
+                }
+            }
+            _ => {
+                row.unexpected += 1;
+                problems.push(format!("run {id} ended {run}"));
+            }
+        }
+    }
+    // Every terminal state's webhook, once per webhook-id (a retry may repeat a delivery).
+    let hooks_deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (missing, deliveries) = loop {
+        let (status, body) = http::call(
+            fake_port,
+            "GET",
+            "/hooks",
+            &[],
+            None,
+            Duration::from_secs(10),
+        )?;
+        ensure!(status == 200, "GET /hooks answered {status}");
+        let hooks: Vec<Value> = serde_json::from_str(&body)?;
+        let mut events: std::collections::HashMap<&str, (&str, &str)> =
+            std::collections::HashMap::new();
+        for hook in &hooks {
+            let id = hook["webhook_id"].as_str().unwrap_or_default();
+            let subject = hook["body"]["data"]["id"].as_str().unwrap_or_default();
+            let kind = hook["body"]["type"].as_str().unwrap_or_default();
+            events.insert(id, (subject, kind));
+        }
+        let missing: Vec<&str> = runs
+            .iter()
+            .zip(&ended)
+            .filter_map(|((id, _), run)| {
+                let status = run.as_ref()?["status"].as_str()?;
+                let expected = format!("response.{status}");
+                let arrived = events
+                    .values()
+                    .filter(|(subject, kind)| subject == id && *kind == expected)
+                    .count();
+                (arrived != 1).then_some(id.as_str())
+            })
+            .collect();
+        if missing.is_empty() || std::time::Instant::now() > hooks_deadline {
+            break (missing, hooks.len());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if !missing.is_empty() {
+        problems.push(format!(
+            "{} runs without exactly one webhook event: {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        ));
+    }
+    println!(
+        "xtask: {} background runs, one replica killed: {} completed, {} failed as run_lost (the last {:.1} s after the kill), {} webhook deliveries",
+        runs.len(),
+        row.ok,
+        row.expected,
+        slowest_loss.as_secs_f64(),
+        deliveries
+    );
+    if !problems.is_empty() {
+        bail!(
+            "background runs with a replica killed: {}",
+            problems.join("; ")
+        );
+    }
+    Ok(row)
 }

@@ -1,12 +1,17 @@
 // agent-server playground: talks to this server's API with the key entered in the page (kept in
 // sessionStorage, for this tab only; never in a URL or localStorage). Streams turns from
-// POST /agent/stream (deltas, tool calls and results as they happen), lists the caller's sessions
+// POST /agent/stream (deltas, tool calls and results as they happen) as background runs, so a
+// reload during an answer does not cancel it: the run in progress is kept in sessionStorage and,
+// after the reload, its events are read again from GET /runs/{id}/events (Stop cancels it with
+// POST /runs/{id}/cancel). It lists the caller's sessions
 // (GET /sessions), opens one (GET /sessions/{id}) and deletes it (DELETE /sessions/{id}). The open
 // session's id is in the page's URL (?session=ID), so a reload shows it again. Every text is set
 // with textContent: nothing the model or the server says is read as HTML.
 "use strict";
 
 const KEY_STORAGE = "agent-server.playground.key";
+// The run in progress: {run, session, fresh, text}, until it ends.
+const RUN_STORAGE = "agent-server.playground.run";
 const PAGE_SIZE = 30;
 
 const state = {
@@ -15,6 +20,8 @@ const state = {
   turns: 0,
   cursor: null, // the sessions list's next page
   turn: null, // the AbortController of the turn in progress
+  run: null, // its run's id, once the stream named it
+  stopping: false, // Stop was pressed (an abort otherwise means the page is going away)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -322,20 +329,41 @@ async function* events(response) {
 }
 
 async function send(text) {
+  addMessage("user", "You", text);
+  const body = { message: text, session_id: state.session, background: true };
+  const pending = { fresh: !state.session, text };
+  await follow(pending, (signal) => api("POST", "agent/stream", body, signal));
+}
+
+// After a reload: the run that was answering, read again from its start.
+async function resume(pending) {
+  if (pending.fresh) newSession(true);
+  else await openSession(pending.session);
+  addMessage("user", "You", pending.text);
+  const path = `runs/${encodeURIComponent(pending.run)}/events`;
+  await follow(pending, (signal) => api("GET", path, undefined, signal));
+}
+
+// Shows a turn's events as they come: `open` starts the stream (a new run, or one resumed).
+async function follow(pending, open) {
   const controller = new AbortController();
   state.turn = controller;
+  state.run = pending.run || null;
+  state.stopping = false;
   busy(true);
   showStatus("");
-  addMessage("user", "You", text);
-  const body = { message: text, session_id: state.session };
   let answer = null; // the assistant message being streamed
   let last = null;
   const names = new Map();
   let finished = false;
   try {
-    const response = await api("POST", "agent/stream", body, controller.signal);
+    const response = await open(controller.signal);
     for await (const { event, data } of events(response)) {
-      if (event === "delta") {
+      if (event === "run") {
+        state.run = data.run_id;
+        const kept = { ...pending, run: data.run_id, session: data.session_id };
+        sessionStorage.setItem(RUN_STORAGE, JSON.stringify(kept));
+      } else if (event === "delta") {
         if (!answer) {
           answer = addMessage("assistant streaming", "Agent", "");
           last = answer;
@@ -373,8 +401,13 @@ async function send(text) {
       }
     }
     if (!finished) throw new ApiError(0, { error: { message: "the stream ended before the turn finished" } });
+    sessionStorage.removeItem(RUN_STORAGE);
   } catch (error) {
     finishAnswer(answer);
+    if (error.name === "AbortError" && !state.stopping) {
+      return; // the page is going away: the run goes on, and the next page resumes it
+    }
+    sessionStorage.removeItem(RUN_STORAGE);
     if (error.name === "AbortError") {
       addMessage("notice", "Stopped", "The turn was stopped; nothing of it was stored.");
     } else {
@@ -384,8 +417,19 @@ async function send(text) {
     }
   } finally {
     state.turn = null;
+    state.run = null;
     busy(false);
   }
+}
+
+// Stop: the run is cancelled on the server (it runs in the background), and its stream closed.
+function stop() {
+  if (!state.turn) return;
+  state.stopping = true;
+  if (state.run) {
+    api("POST", `runs/${encodeURIComponent(state.run)}/cancel`).catch(() => {});
+  }
+  state.turn.abort();
 }
 
 // The HTTP status of an error code sent in a stream (the stream itself was 200).
@@ -460,7 +504,7 @@ function start() {
   $("refresh-sessions").addEventListener("click", () => loadSessions());
   $("more-sessions").addEventListener("click", () => loadSessions(true));
   $("delete-session").addEventListener("click", deleteSession);
-  $("stop").addEventListener("click", () => state.turn && state.turn.abort());
+  $("stop").addEventListener("click", stop);
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("message").value.trim();
@@ -475,12 +519,19 @@ function start() {
     }
   });
   document.addEventListener("keydown", (event) => {
-    if (event.key === "Escape" && state.turn) state.turn.abort();
+    if (event.key === "Escape") stop();
   });
 
   const wanted = new URL(window.location.href).searchParams.get("session");
   loadSessions();
-  if (wanted) openSession(wanted);
+  let pending = null;
+  try {
+    pending = JSON.parse(sessionStorage.getItem(RUN_STORAGE) || "null");
+  } catch (_) {
+    sessionStorage.removeItem(RUN_STORAGE);
+  }
+  if (pending && pending.run) resume(pending);
+  else if (wanted) openSession(wanted);
   else newSession();
 }
 

@@ -318,6 +318,37 @@ pub(crate) fn http(
             rows.push(run_agent(dir, storage, model_port, &scenario)?);
         }
     }
+    // Background runs (this build only: the baseline may not have them): 64 clients queue
+    // runs as fast as they are answered (202); the replica takes them while it has turn slots.
+    let background = "POST /agent @64, background runs, instant model, Postgres + Redis";
+    let mut background_rates = None;
+    if wanted(background) {
+        settle(&services.database_url)?;
+        let started = unix_seconds_now();
+        let mut settings = durable.clone();
+        settings.push(("AGENT_RUNS__MAX_QUEUED", "10000000".to_owned()));
+        settings.push(("AGENT_RUNS__MAX_QUEUED_PER_CALLER", "10000000".to_owned()));
+        let scenario = Scenario {
+            stack: Some(&stack),
+            ..Scenario::post(
+                background.to_owned(),
+                Arc::new(|_| {
+                    Request::post_json(
+                        "/agent",
+                        r#"{"message":"what is the answer?","background":true}"#.to_owned(),
+                    )
+                }),
+                64,
+                duration,
+            )
+        };
+        let row = run_agent(&bin, &settings, instant_port, &scenario)?;
+        background_rates = Some((
+            row.per_second,
+            completed_per_second(&services.database_url, started)?,
+        ));
+        rows.push(row);
+    }
     let streams = if only.is_none() {
         stream_rows()?
     } else {
@@ -397,10 +428,57 @@ pub(crate) fn http(
             exactly(&names) / untraced
         );
     }
+    if let Some((accepted, (completed, per_second))) = background_rates {
+        println!(
+            "background runs at 64 clients: {accepted:.0} accepted/s (202), {per_second:.0} completed/s ({completed} completed while the load ran)"
+        );
+    }
     if baseline.is_some() {
         compare(&rows);
     }
     Ok(())
+}
+
+fn unix_seconds_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// The background runs completed since `since` (Unix seconds), and how many per second from the
+/// first one's start to the last one's end; then the runs left queued are removed, so that no
+/// later scenario's server takes them.
+fn completed_per_second(database_url: &str, since: f64) -> anyhow::Result<(u64, f64)> {
+    let query = format!(
+        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM max(finished_at) - min(started_at)), 0) \
+         FROM runs WHERE background AND status = 'completed' AND created_at >= to_timestamp({since})"
+    );
+    let output = Command::new("psql")
+        .args([
+            database_url,
+            "-X",
+            "-q",
+            "-t",
+            "-A",
+            "-F",
+            " ",
+            "-c",
+            &query,
+        ])
+        .args([
+            "-c",
+            "DELETE FROM runs WHERE status IN ('queued', 'in_progress')",
+        ])
+        .output()
+        .context("psql failed to run (apt-get install postgresql-client)")?;
+    if !output.status.success() {
+        bail!("psql: {}", String::from_utf8_lossy(&output.stderr).trim());
+    }
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut fields = text.split_whitespace();
+    let count: u64 = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    let span: f64 = fields.next().and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    Ok((count, if span > 0.0 { count as f64 / span } else { 0.0 }))
 }
 
 /// A scenario's request script for the build of this index.
