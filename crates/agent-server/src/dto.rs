@@ -356,15 +356,32 @@ pub(crate) static CURSOR_PATTERN: std::sync::LazyLock<String> =
 /// A listing's cursor as the client sees it: the session's creation time in nanoseconds since
 /// the Unix epoch, `.`, and its id.
 pub(crate) fn cursor_text(cursor: &SessionCursor) -> String {
-    let nanos = cursor
-        .created_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    format!("{nanos}.{}", cursor.id.local())
+    listing_cursor(cursor.created_at, cursor.id.local())
 }
 
 /// A cursor [`cursor_text`] made, in `owner`'s sessions.
 pub(crate) fn parse_cursor(text: &str, owner: &str) -> Result<SessionCursor, ApiError> {
+    let (created_at, id) = parse_listing_cursor(text, |id| SessionId::parse(id).ok())?;
+    Ok(SessionCursor {
+        created_at,
+        id: id.owned_by(owner),
+    })
+}
+
+/// Every listing's cursor (sessions, runs): the item's creation time in nanoseconds since the
+/// Unix epoch, `.`, and its id; items are listed by both, so pages neither skip nor repeat.
+pub(crate) fn listing_cursor(created_at: SystemTime, id: &str) -> String {
+    let nanos = created_at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos());
+    format!("{nanos}.{id}")
+}
+
+/// A cursor [`listing_cursor`] made: its time, and its id as `id` reads it (422 otherwise).
+pub(crate) fn parse_listing_cursor<T>(
+    text: &str,
+    id: impl FnOnce(&str) -> Option<T>,
+) -> Result<(SystemTime, T), ApiError> {
     let invalid = || {
         ApiError::invalid(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -372,13 +389,13 @@ pub(crate) fn parse_cursor(text: &str, owner: &str) -> Result<SessionCursor, Api
             "cursor: not a next_cursor this server gave",
         )
     };
-    let (nanos, id) = text.split_once('.').ok_or_else(invalid)?;
+    let (nanos, text) = text.split_once('.').ok_or_else(invalid)?;
     let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
-    let id = SessionId::parse(id).map_err(|_| invalid())?;
-    Ok(SessionCursor {
-        created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
-        id: id.owned_by(owner),
-    })
+    let id = id(text).ok_or_else(invalid)?;
+    Ok((
+        SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
+        id,
+    ))
 }
 
 /// Parses a session id from a path, as `owner`'s.

@@ -161,8 +161,9 @@ pub trait RunStore: Send + Sync + Debug {
     /// The input a background run was queued with (none for another run).
     async fn run_input(&self, id: &str) -> Result<Option<String>, StorageError>;
 
-    /// Extends by `lease` the leases `holder` holds on the runs `ids`; answers those still in
-    /// progress and held by it (the others were ended elsewhere: cancelled, or failed as lost).
+    /// Extends by `lease` the leases `holder` holds on the runs `ids` (a store may skip those
+    /// with more than half a lease left); answers those still in progress and held by it (the
+    /// others were ended elsewhere: cancelled, or failed as lost).
     async fn renew_leases(
         &self,
         holder: &str,

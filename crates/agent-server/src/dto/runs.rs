@@ -1,15 +1,12 @@
 //! The runs API's bodies: a run as `GET /runs/{id}` shows it, a page of a session's runs, and the
 //! cursor that continues it.
 
-use std::time::SystemTime;
-
-use actix_web::http::StatusCode;
 use agent_storage::{RunCursor, RunRecord};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::timestamp;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 
 /// Where a run is: `queued` and `in_progress` are active (a session has at most one active
 /// run); `completed`, `failed` and `cancelled` are final.
@@ -105,31 +102,14 @@ pub(crate) struct RunList {
 
 /// The text of a cursor continuing a listing after `run`.
 pub(crate) fn run_cursor_text(run: &RunRecord) -> String {
-    let nanos = run
-        .created_at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |since| since.as_nanos());
-    format!("{nanos}.{}", run.id)
+    super::listing_cursor(run.created_at, &run.id)
 }
 
 /// A cursor [`run_cursor_text`] made.
 pub(crate) fn parse_run_cursor(text: &str) -> Result<RunCursor, ApiError> {
-    let invalid = || {
-        ApiError::invalid(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::InvalidRequest,
-            "cursor: not a next_cursor this server gave",
-        )
-    };
-    let (nanos, id) = text.split_once('.').ok_or_else(invalid)?;
-    let nanos: u64 = nanos.parse().map_err(|_| invalid())?;
-    if !is_run_id(id) {
-        return Err(invalid());
-    }
-    Ok(RunCursor {
-        created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos),
-        id: id.to_owned(),
-    })
+    let (created_at, id) =
+        super::parse_listing_cursor(text, |id| is_run_id(id).then(|| id.to_owned()))?;
+    Ok(RunCursor { created_at, id })
 }
 
 /// Whether `text` has the shape of a run id (`run_` and 32 lowercase hex digits).

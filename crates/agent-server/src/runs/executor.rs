@@ -16,13 +16,17 @@ use crate::dto::ToolResultEvent;
 use crate::error::ApiError;
 use crate::turn::{Extras, Finished, Prepared, Turns};
 
-/// How a run's model calls are made.
+/// How a run's model calls are made, and where its steps go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
     /// One answer per model call; no step events (the request waits for the outcome).
     Blocking,
-    /// Streamed model calls; every step is an event.
+    /// Streamed model calls; every step is an event of the live run (its request streams them;
+    /// its going away cancels the run, so nothing is left to resume elsewhere).
     Streaming,
+    /// Streamed, and every step copied to the shared event log too: a background run outlives
+    /// its request, so its events are read and resumed from any replica.
+    Background,
 }
 
 /// A run being executed, as its requester holds it.
@@ -78,7 +82,7 @@ pub(crate) fn execute(
 ) -> Execution {
     let live = Arc::clone(prepared.held.run.live());
     let (sender, outcome) = oneshot::channel();
-    let writer = (mode == Mode::Streaming).then(|| turns.log_writer(&live.id));
+    let writer = (mode == Mode::Background).then(|| turns.log_writer(&live.id));
     let turns = Arc::clone(turns);
     let published = Arc::clone(&live);
     let work = async move {
@@ -113,11 +117,11 @@ async fn drive(
     let live = Arc::clone(held.run.live());
     let cancelled = live.cancellation();
     let result: Option<Result<TurnResult, agent_core::AgentError>> = match (mode, writer) {
-        (Mode::Blocking, _) | (Mode::Streaming, None) => tokio::select! {
+        (Mode::Blocking, _) => tokio::select! {
             result = turns.agent.run_turn(request) => Some(result),
             () = cancelled.cancelled() => None,
         },
-        (Mode::Streaming, Some(mut writer)) => {
+        (Mode::Streaming | Mode::Background, mut writer) => {
             let mut events = turns.agent.run_turn_streaming(request);
             let result = loop {
                 let event = tokio::select! {
@@ -146,11 +150,15 @@ async fn drive(
                     Some(AgentEvent::Failed(error)) => break Some(Err(error)),
                     None => break None,
                 };
-                writer.push(&step);
+                if let Some(writer) = &mut writer {
+                    writer.push(&step);
+                }
                 live.push(LiveEvent::Step(step));
             };
             // Every step is in the log before the run's terminal state is written.
-            writer.finish().await;
+            if let Some(writer) = writer {
+                writer.finish().await;
+            }
             result
         }
     };

@@ -222,10 +222,14 @@ impl LogWriter {
             return;
         }
         let batch = std::mem::take(&mut self.pending);
+        if LOG_OUTAGE.is_down() {
+            // The log failed a moment ago: the run goes on without waiting for it.
+            return;
+        }
         let (log, run, policy) = (Arc::clone(&self.log), self.run.clone(), self.policy);
         self.in_flight = Some(tokio::spawn(async move {
             if let Err(error) = log.append(&run, &batch, policy.cap, policy.keep).await {
-                tracing::warn!(%run, %error, "appending to a run's event log failed; it cannot be resumed elsewhere");
+                LOG_OUTAGE.failed(&error);
             }
         }));
     }
@@ -246,6 +250,52 @@ impl LogWriter {
         self.flush();
         if let Some(in_flight) = self.in_flight.take() {
             let _ = in_flight.await;
+        }
+    }
+}
+
+/// How long after a failed append the runs of this process stop appending (the log is down:
+/// Redis stopped, say), so that an outage costs neither a wait per step nor a log line per run.
+const OUTAGE_PAUSE: Duration = Duration::from_secs(1);
+/// At most one warning about a failing log per this long.
+const OUTAGE_WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The process's view of the shared log's health.
+static LOG_OUTAGE: LogOutage = LogOutage {
+    down_until: Mutex::new(None),
+    warned: Mutex::new(None),
+    failures: std::sync::atomic::AtomicU64::new(0),
+};
+
+struct LogOutage {
+    down_until: Mutex<Option<std::time::Instant>>,
+    warned: Mutex<Option<std::time::Instant>>,
+    failures: std::sync::atomic::AtomicU64,
+}
+
+impl LogOutage {
+    fn is_down(&self) -> bool {
+        self.down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|until| std::time::Instant::now() < until)
+    }
+
+    fn failed(&self, error: &agent_storage::StorageError) {
+        let now = std::time::Instant::now();
+        *self
+            .down_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(now + OUTAGE_PAUSE);
+        let failures = self
+            .failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned.is_none_or(|at| now.duration_since(at) >= OUTAGE_WARN_EVERY) {
+            *warned = Some(now);
+            drop(warned);
+            tracing::warn!(%error, failures, "appending to runs' event log failed: runs go on, but cannot be resumed elsewhere meanwhile");
         }
     }
 }

@@ -268,7 +268,7 @@ async fn take_one(turns: &Arc<Turns>) -> bool {
         async move {
             // A refusal fails the run (prepare_claimed); the run's record says why.
             if let Ok(prepared) = turns.prepare_claimed(input, slot, ticket).await {
-                execute(&turns, prepared, extras, Mode::Streaming).detach();
+                execute(&turns, prepared, extras, Mode::Background).detach();
             }
         }
         .instrument(span),

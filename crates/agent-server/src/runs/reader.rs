@@ -101,7 +101,9 @@ pub(crate) fn events(
                     Some(seq) => seq,
                     None => match log.read(&record.id, None, WHOLE_LOG).await {
                         Ok(logged) => match logged.last() {
-                            None => 1,
+                            // Nothing logged (a foreground run's steps stay with its replica):
+                            // its end follows whatever the reader saw.
+                            None => after + 1,
                             Some(mark) if mark.data == END_MARK => mark.seq,
                             // Steps but no end mark: the log lost its end; the next number is it.
                             Some(step) => step.seq + 1,

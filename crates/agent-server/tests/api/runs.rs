@@ -305,15 +305,18 @@ fn numbered(events: &[sse::SseEvent]) -> Vec<(String, String, Value)> {
 }
 
 #[tokio::test]
-async fn a_run_is_read_live_from_another_replica_after_any_event_with_the_same_numbers() {
+async fn a_background_run_is_read_live_from_another_replica_after_any_event_with_the_same_numbers()
+{
     let fake = FakeOpenAi::start(vec![
         Scripted::tool_call("calculator", json!({"expression": "6*7"})),
         slow(1, "6*7 is 42, as the calculator says."),
     ])
     .await;
     let replicas = spawn_replicas(&fake, &[], 2).await;
+    // A background run: its steps go to the shared log (a foreground stream's run ends with
+    // its request, so only the replica running it has its steps).
     let stream = replicas[0]
-        .stream(json!({"message": "6*7?", "session_id": "watched"}))
+        .stream(json!({"message": "6*7?", "session_id": "watched", "background": true}))
         .await;
     let (run_event, stream) = first_event(stream).await;
     let run_id = run_event.json()["run_id"].as_str().unwrap().to_owned();

@@ -27,19 +27,23 @@ CREATE TABLE runs (
     -- object shows while it is queued or running (the Responses API).
     input             JSONB,
     CHECK ((status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL))
-);
+) WITH (fillfactor = 90);
+-- Room on each page for a lease renewal to stay a heap-only update (no index names the lease).
 
 -- One active run per session: what `409 session_busy` names.
 CREATE UNIQUE INDEX runs_one_active_per_session ON runs (session_id)
     WHERE status IN ('queued', 'in_progress');
 -- A session's runs, newest first (GET /sessions/{id}/runs).
 CREATE INDEX runs_session_created_at ON runs (session_id, created_at DESC, id DESC);
--- The queue: queued runs, oldest first (claimed with FOR UPDATE SKIP LOCKED).
+-- The queue: queued runs, oldest first (claimed with FOR UPDATE SKIP LOCKED), and each
+-- caller's (its cap is counted on it).
 CREATE INDEX runs_queued ON runs (created_at, id) WHERE status = 'queued';
--- Runs in progress by lease, for the sweep that fails those whose executor is gone.
-CREATE INDEX runs_leased ON runs (lease_expires_at) WHERE status = 'in_progress';
--- Finished runs by age, for the retention sweep.
-CREATE INDEX runs_finished_at ON runs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX runs_queued_owner ON runs (owner) WHERE status = 'queued';
+-- Runs in progress, for the sweep that fails those whose executor is gone (their lease is read
+-- from the row: indexing it would make every renewal rewrite the indexes).
+CREATE INDEX runs_in_progress ON runs (started_at) WHERE status = 'in_progress';
+-- (No index on finished_at: the retention sweep's search for orphaned runs reads most old runs
+-- either way, and every turn would pay for it.)
 
 CREATE FUNCTION runs_delete_with_session() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

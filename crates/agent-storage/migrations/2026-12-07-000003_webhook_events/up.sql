@@ -27,8 +27,7 @@ CREATE INDEX webhook_events_finished ON webhook_events (finished_at) WHERE finis
 
 CREATE FUNCTION runs_webhook_event() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF NEW.background
-        AND OLD.status IN ('queued', 'in_progress')
+    IF OLD.status IN ('queued', 'in_progress')
         AND NEW.status IN ('completed', 'failed', 'cancelled')
     THEN
         INSERT INTO webhook_events (id, run_id, owner, type, subject)
@@ -47,6 +46,8 @@ BEGIN
 END
 $$;
 
+-- Foreground runs (every request's turn) do not even call the function.
 CREATE TRIGGER runs_webhook_event
     AFTER UPDATE OF status ON runs
-    FOR EACH ROW EXECUTE FUNCTION runs_webhook_event();
+    FOR EACH ROW WHEN (NEW.background)
+    EXECUTE FUNCTION runs_webhook_event();

@@ -15,11 +15,13 @@ use crate::error::StorageError;
 use crate::model::{ClaimedRun, QueuedRun, RUN_LOST, RunRecord};
 
 /// Inserts a queued run unless its owner or the whole queue is at its cap, or its session has an
-/// active run (no row back, then).
+/// active run (no row back, then). Each count stops at its cap, so a long queue costs no more
+/// than the cap to check.
 const ENQUEUE: &str = "INSERT INTO runs (id, owner, session_id, status, background, input) \
      SELECT $1, $2, $3, 'queued', true, $4::jsonb \
-     WHERE (SELECT count(*) FROM runs WHERE status = 'queued' AND owner = $2) < $5 \
-       AND (SELECT count(*) FROM runs WHERE status = 'queued') < $6 \
+     WHERE (SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND owner = $2 \
+             LIMIT $5) mine) < $5 \
+       AND (SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' LIMIT $6) total) < $6 \
      ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress') DO NOTHING \
      RETURNING ";
 
@@ -60,8 +62,16 @@ struct Input {
     input: Option<String>,
 }
 
-const RENEW: &str = "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3) \
-     WHERE id = ANY($1) AND status = 'in_progress' AND lease_holder = $2 RETURNING id";
+/// Answers the runs of `ids` still in progress and held; extends the leases of those due (half
+/// their lease or less left): a run is written about twice a lease, not at every renewal.
+const RENEW: &str = "WITH held AS ( \
+         SELECT id, lease_expires_at FROM runs \
+         WHERE id = ANY($1) AND status = 'in_progress' AND lease_holder = $2), \
+     renewed AS ( \
+         UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3) \
+         FROM held WHERE runs.id = held.id \
+           AND held.lease_expires_at < now() + make_interval(secs => $3 / 2)) \
+     SELECT id FROM held";
 
 #[derive(Debug, QueryableByName)]
 struct Renewed {
