@@ -412,8 +412,9 @@ sections! {
     /// Runs: every turn is one; their leases, the queue of background runs, and how long their
     /// events are kept for resumption.
     RunSettings ("runs.") {
-        /// How long a run's lease lasts; its replica renews it every quarter of this. A replica
-        /// that dies leaves its runs to be failed as `run_lost` within twice this plus 5 s.
+        /// How long a run's lease lasts; its replica checks it every quarter of this and renews
+        /// it once half is left. A replica that dies leaves its runs to be failed as `run_lost`
+        /// within twice this plus 5 s.
         lease: Duration = RUNS_LEASE, Kind::Duration { min: secs(2), max: secs(600) }, default: Some("10s"), aliases: [];
         /// Background runs queued at most, all callers together: past it, `503 overloaded`.
         max_queued: usize = RUNS_MAX_QUEUED, Kind::Int { min: 1, max: 10_000_000 }, default: Some("10000"), aliases: [];

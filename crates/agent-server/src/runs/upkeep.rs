@@ -1,6 +1,7 @@
 //! What keeps runs from getting stuck, one task per process: it renews the leases of the runs
-//! this process executes (every quarter lease; a run whose lease is not renewed was ended
-//! elsewhere, cancelled on another replica or failed as lost, and is stopped here), fails the
+//! this process executes (checked every quarter lease, renewed once half is left; a run no
+//! longer held was ended elsewhere, cancelled on another replica or failed as lost, and is
+//! stopped here), fails the
 //! runs whose executor is gone (lease expired more than one lease ago: every few seconds, on
 //! every replica, each run once), and records again the run ends the store missed while it
 //! was unavailable.
