@@ -16,7 +16,6 @@ use base64::Engine;
 use futures_util::StreamExt;
 use hmac::{Hmac, KeyInit, Mac};
 use metrics::Counter;
-use rand::Rng;
 use secrecy::ExposeSecret;
 use serde_json::json;
 use sha2::Sha256;
@@ -26,9 +25,9 @@ use tokio::task::JoinHandle;
 const POLL: Duration = Duration::from_secs(1);
 /// How often finished events older than the retry window are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
-/// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF`].
+/// The first retry's delay; each next one doubles, up to [`MAX_BACKOFF`] (before jitter).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+const MAX_BACKOFF: Duration = Duration::from_secs(1800);
 
 /// An endpoint, its signing keys decoded.
 #[derive(Debug)]
@@ -263,13 +262,13 @@ fn signature(keys: &[Vec<u8>], id: &str, timestamp: u64, body: &str) -> String {
         .join(" ")
 }
 
-/// The delay before attempt `attempts + 1`: doubling from [`FIRST_BACKOFF`], at most
-/// [`MAX_BACKOFF`], ±20 % so endpoints are not hit in waves.
+/// The delay before attempt `attempts + 1`: the workspace's backoff (doubling from
+/// [`FIRST_BACKOFF`] up to [`MAX_BACKOFF`], stretched by up to 100 % so endpoints are not hit in
+/// waves: at most an hour apart).
 fn backoff(attempts: u32) -> Duration {
-    let doubled = FIRST_BACKOFF.saturating_mul(1 << attempts.min(20));
-    doubled
-        .min(MAX_BACKOFF)
-        .mul_f64(rand::rng().random_range(0.8..1.2))
+    agent_core::backoff(FIRST_BACKOFF, MAX_BACKOFF)
+        .nth(attempts.min(30) as usize)
+        .unwrap_or(MAX_BACKOFF)
 }
 
 #[cfg(test)]
@@ -287,15 +286,15 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_is_capped() {
-        let close = |attempts: u32, expected: f64| {
+        let within = |attempts: u32, expected: f64| {
             let delay = backoff(attempts).as_secs_f64();
             assert!(
-                (expected * 0.8..=expected * 1.2).contains(&delay),
+                (expected..=expected * 2.0).contains(&delay),
                 "{attempts}: {delay}"
             );
         };
-        close(0, 1.0);
-        close(3, 8.0);
-        close(40, 3600.0);
+        within(0, 1.0);
+        within(3, 8.0);
+        within(40, 1800.0);
     }
 }
