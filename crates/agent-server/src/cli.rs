@@ -173,6 +173,23 @@ pub fn config_check() -> ExitCode {
             redacted(&server.headers)
         )
     }));
+    lines.extend(settings.webhooks.iter().map(|webhook| {
+        format!(
+            "webhook {}: events [{}], callers {}, secrets: {} <redacted>{}",
+            without_credentials(&webhook.url),
+            webhook.events.join(", "),
+            webhook.callers.as_ref().map_or_else(
+                || "all".to_owned(),
+                |callers| format!("[{}]", callers.join(", "))
+            ),
+            webhook.secrets.len(),
+            if webhook.inline_secret {
+                " (written in the file)"
+            } else {
+                ""
+            }
+        )
+    }));
     for line in lines {
         if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;

@@ -130,8 +130,8 @@ fn config_check_prints_effective_values_with_secrets_redacted() {
     assert!(stderr(&invalid).contains("WORKERS"));
 }
 
-/// `config check` lists the declared HTTP tools and MCP servers, their header values and URL
-/// credentials redacted.
+/// `config check` lists the declared HTTP tools, MCP servers and webhooks, their header values,
+/// secrets and URL credentials redacted.
 #[test]
 fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
     let file = crate::helpers::config_file(
@@ -149,6 +149,11 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         headers = { Authorization = "Bearer hunter2-token" }
         tools = ["search"]
         required = true
+
+        [[webhooks]]
+        url = "https://hooks.example/agent"
+        secret = ["whsec_aHVudGVyMi1zZWNyZXQ=", "whsec_bmV3ZXItc2VjcmV0"]
+        callers = ["alice"]
         "#,
     );
     let checked = output(&["config", "check"], &[("AGENT_CONFIG", file.as_str())]);
@@ -162,7 +167,12 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         stdout.contains("mcp server docs: https://mcp.example/mcp (tools docs__* of [search], timeout 30s, connect timeout 5s, required, headers: Authorization=<redacted>)"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("webhook https://hooks.example/agent: events [response.completed, response.failed, response.cancelled], callers [alice], secrets: 2 <redacted> (written in the file)"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stdout.contains("whsec_"), "{stdout}");
 }
 
 #[test]
