@@ -117,7 +117,7 @@ pub(crate) async fn cancel(
     tag = "runs",
     params(
         ("id" = String, Path, description = "The run id (`run_…`)"),
-        ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event (the `id:` of the last event received)"),
+        ("Last-Event-ID" = Option<u64>, Header, nullable = false, description = "Resume after this event (the `id:` of the last event received)"),
     ),
     responses(
         (status = 200, description = "`text/event-stream` of the run's events, as `POST /agent/stream` sends them (see its `x-sse-events`)", content_type = "text/event-stream"),

@@ -200,6 +200,18 @@ async fn the_document_describes_the_running_configuration() {
             );
         }
     }
+    // A header carries text, never JSON's null: a header parameter typed `[integer, "null"]`
+    // would let a client (and a fuzzer) send `Last-Event-ID: null` and be refused.
+    for (template, item) in open.document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for parameter in operation["parameters"].as_array().into_iter().flatten() {
+                if parameter["in"] == "header" {
+                    let kind = &parameter["schema"]["type"];
+                    assert!(kind.is_string(), "{method} {template}: {parameter}");
+                }
+            }
+        }
+    }
     assert!(open.statuses("post", "/agent").contains(&429));
     assert!(!open.statuses("get", "/health").contains(&429));
     // Every API 429 and 503 says when to retry; the probes' 503 is a state, not a refusal.
