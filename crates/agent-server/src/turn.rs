@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
 use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest};
-use agent_storage::{LockGuard, NewRun, SessionInfo, StorageError, acquire_lock};
+use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
 use crate::admission::{Admission, TurnSlot};
@@ -236,50 +236,61 @@ impl Turns {
         }
     }
 
-    /// Records a run starting now, executed by this process; a claimed run (a queued one this
-    /// process took, in progress already) is used as it is.
-    async fn start_run(
+    /// The run a turn executes: a claimed one (a queued run this process took, recorded in
+    /// progress already) as it is, else a new one, recorded when it ends or once it has run a
+    /// while (see [`LiveRun`]).
+    fn start_run(
         &self,
         owner: &str,
         session: Option<&SessionId>,
         claimed: &mut Option<RunTicket>,
-    ) -> Result<RunTicket, ApiError> {
-        if let Some(ticket) = claimed.take() {
-            return Ok(ticket);
-        }
-        let id = crate::runs::new_run_id();
-        let run = NewRun {
-            id: &id,
-            owner,
-            session,
-            background: false,
-            holder: self.registry.holder(),
-            lease: self.run_lease,
-        };
-        let mut started = self.backends.runs.start_run(run).await;
-        // A run this process ended while the store was down is still active there: record its
-        // end now rather than leave the session busy until its lease expires.
-        if let Err(StorageError::SessionBusy { run: busy, .. }) = &started
-            && self
-                .registry
-                .record_unrecorded(self.backends.runs.as_ref(), busy)
-                .await
-        {
-            started = self.backends.runs.start_run(run).await;
-        }
-        observe(&self.store_failing, started)?;
-        Ok(self.ticket(id, session))
+    ) -> RunTicket {
+        claimed
+            .take()
+            .unwrap_or_else(|| self.ticket(crate::runs::new_run_id(), owner, session, false))
     }
 
-    /// The ticket of run `id`, in progress in the store and executed by this process from now.
-    pub(crate) fn ticket(&self, id: String, session: Option<&SessionId>) -> RunTicket {
-        let live = LiveRun::new(id, session.map(|session| session.local().to_owned()));
+    /// The ticket of run `id` of `owner`, executed by this process from now; `recorded` when the
+    /// store has its record (in progress).
+    pub(crate) fn ticket(
+        &self,
+        id: String,
+        owner: &str,
+        session: Option<&SessionId>,
+        recorded: bool,
+    ) -> RunTicket {
+        let live = LiveRun::new(id, owner, session, recorded);
         RunTicket::new(
             live,
             Arc::clone(&self.registry),
             Arc::clone(&self.backends.runs),
             Arc::clone(&self.backends.background),
         )
+    }
+
+    /// Clears the way for run `run` on `session`, whose active run in the store is `active`:
+    /// one this process ended while the store missed it is recorded ended now, one whose
+    /// executor is gone is failed as lost; any other makes the session busy.
+    async fn settle(
+        &self,
+        session: &SessionId,
+        active: Option<String>,
+        run: &mut RunTicket,
+    ) -> Result<(), ApiError> {
+        let Some(active) = active.filter(|active| active != run.id()) else {
+            return Ok(());
+        };
+        let runs = self.backends.runs.as_ref();
+        if self.registry.record_missed(runs, &active).await {
+            return Ok(());
+        }
+        let settled = observe(&self.store_failing, runs.settle_session(session).await);
+        if let Err(error) = settled {
+            let error = ApiError::from(error);
+            run.refuse(&error).await;
+            return Err(error);
+        }
+        Ok(())
     }
 
     pub(crate) fn queue_caps(&self) -> QueueCaps {
@@ -376,7 +387,7 @@ impl Turns {
             } => (session, new_session, continues_from),
             Conversation::Given { caller, history } => {
                 self.check_quota(&caller).await?;
-                let run = self.start_run(&caller, None, claimed).await?;
+                let run = self.start_run(&caller, None, claimed);
                 let request = TurnRequest {
                     history: instructions
                         .into_iter()
@@ -408,9 +419,7 @@ impl Turns {
         self.check_quota(session.owner()).await?;
         let (guard, info, history, run) =
             if new_session && !self.store_failing.load(Ordering::Relaxed) {
-                let run = self
-                    .start_run(session.owner(), Some(&session), claimed)
-                    .await?;
+                let run = self.start_run(session.owner(), Some(&session), claimed);
                 let info = SessionInfo::empty(session.clone(), SystemTime::now());
                 let history = History {
                     messages: Vec::new(),
@@ -430,9 +439,7 @@ impl Turns {
                     Ok(guard) => guard,
                     Err(error) => return Err(self.busy(error, &session).await),
                 };
-                let mut run = self
-                    .start_run(session.owner(), Some(&session), claimed)
-                    .await?;
+                let mut run = self.start_run(session.owner(), Some(&session), claimed);
                 // While the store is failing, the read goes to it, so the turn fails before the
                 // model call rather than after (see the module doc).
                 let cached = (!self.store_failing.load(Ordering::Relaxed))
@@ -451,7 +458,7 @@ impl Turns {
                             .open_session(&session, self.history_window)
                             .instrument(tracing::debug_span!("session.history"))
                             .await;
-                        let (info, stored) = match observe(&self.store_failing, opened) {
+                        let opened = match observe(&self.store_failing, opened) {
                             Ok(opened) => opened,
                             Err(error) => {
                                 let error = ApiError::from(error);
@@ -459,7 +466,10 @@ impl Turns {
                                 return Err(error);
                             }
                         };
-                        let stored = stored.into_iter().map(|stored| stored.message).collect();
+                        self.settle(&session, opened.active_run, &mut run).await?;
+                        let info = opened.info;
+                        let stored = opened.messages.into_iter().map(|stored| stored.message);
+                        let stored = stored.collect();
                         (info, self.history_cache.read_back(stored))
                     }
                 };
@@ -506,18 +516,29 @@ impl Turns {
 
     /// The error of a session whose lock could not be taken: `409 session_busy` naming its
     /// active run when it has one (a background run holds its session's lock while it runs).
-    async fn busy(&self, error: StorageError, session: &SessionId) -> ApiError {
-        if let StorageError::Locked(_) = &error
-            && let Ok(runs) = self.backends.runs.session_runs(session, None, 1).await
-            && let Some(run) = runs.into_iter().find(|run| run.status.is_active())
-        {
-            return StorageError::SessionBusy {
-                session: session.to_string(),
-                run: run.id,
-            }
-            .into();
+    pub(crate) async fn busy(&self, error: StorageError, session: &SessionId) -> ApiError {
+        if !matches!(error, StorageError::Locked(_)) {
+            return error.into();
         }
-        error.into()
+        // A run here that has no record yet, or the session's active run in the store.
+        let run = match self.registry.live_on(session) {
+            Some(live) => Some(live.id.clone()),
+            None => match self.backends.runs.session_runs(session, None, 1).await {
+                Ok(runs) => runs
+                    .into_iter()
+                    .find(|run| run.status.is_active())
+                    .map(|run| run.id),
+                Err(_) => None,
+            },
+        };
+        match run {
+            Some(run) => StorageError::SessionBusy {
+                session: session.to_string(),
+                run,
+            }
+            .into(),
+            None => error.into(),
+        }
     }
 
     /// `429 quota_exceeded` when `caller` has a daily token quota and its stored turns of today

@@ -21,9 +21,9 @@ pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
 pub use model::{
     ClaimedRun, DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent,
-    NewRun, QueuedRun, RUN_LOST, RateDecision, ResponseParameters, ResponseRecord, RunCompletion,
-    RunCursor, RunEnd, RunError, RunRecord, RunStatus, SessionCursor, SessionInfo, StoredMessage,
-    StoredResponse, TurnRecord, WebhookEvent,
+    NewRun, OpenedSession, QueuedRun, RUN_LOST, RateDecision, ResponseParameters, ResponseRecord,
+    RunCompletion, RunCursor, RunEnd, RunError, RunOrigin, RunRecord, RunStatus, SessionCursor,
+    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};

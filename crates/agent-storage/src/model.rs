@@ -215,7 +215,7 @@ impl std::fmt::Display for RunStatus {
     }
 }
 
-/// A run to record as it starts.
+/// A run to record in progress (or, with [`crate::RunStore::record_run_end`], ended).
 #[derive(Debug, Clone, Copy)]
 pub struct NewRun<'a> {
     /// The API's id of it (opaque here).
@@ -229,6 +229,8 @@ pub struct NewRun<'a> {
     /// Who executes it (its replica), for how long unless renewed.
     pub holder: &'a str,
     pub lease: Duration,
+    /// When it started (a run recorded a while after it started keeps its start).
+    pub started_at: SystemTime,
 }
 
 /// A background run to queue: any replica's executor may claim it.
@@ -343,6 +345,26 @@ pub enum Ended {
 pub struct RunCompletion<'a> {
     pub id: &'a str,
     pub output_text: &'a str,
+    /// A run the store has no record of yet (a run not in the background is recorded when it
+    /// ends, or once it has run a while): recorded completed by the same step. None: its record
+    /// is in progress, and completed only while it is.
+    pub origin: Option<RunOrigin<'a>>,
+}
+
+/// Who started a run the store has no record of, and when (its session is its turn's).
+#[derive(Debug, Clone, Copy)]
+pub struct RunOrigin<'a> {
+    pub owner: &'a str,
+    pub started_at: SystemTime,
+}
+
+/// A session opened for a turn: its state, its last messages (oldest first), and its active run,
+/// if it has one (a turn may not start beside it).
+#[derive(Debug, Clone)]
+pub struct OpenedSession {
+    pub info: SessionInfo,
+    pub messages: Vec<StoredMessage>,
+    pub active_run: Option<String>,
 }
 
 /// Where a listing of a session's runs continues: after this run, newest created first.

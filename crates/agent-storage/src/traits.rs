@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
-    RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, OpenedSession,
+    QueuedRun, RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor,
+    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::Sweep;
 
@@ -24,22 +24,13 @@ pub trait ConversationStore: Send + Sync + Debug {
 
     async fn session(&self, id: &SessionId) -> Result<Option<SessionInfo>, StorageError>;
 
-    /// Opens a session for a turn: [`ensure_session`](Self::ensure_session), then the last
-    /// `limit` messages. Backends override it to do both in one round trip.
+    /// Opens a session for a turn, in one round trip where the backend can: creates it empty if
+    /// it does not exist, reads its last `limit` messages, and names its active run.
     async fn open_session(
         &self,
         id: &SessionId,
         limit: usize,
-    ) -> Result<(SessionInfo, Vec<StoredMessage>), StorageError> {
-        let info = self.ensure_session(id).await?;
-        // A new session has no history: skip the read.
-        let messages = if info.next_sequence == 0 {
-            Vec::new()
-        } else {
-            self.recent_messages(id, limit).await?
-        };
-        Ok((info, messages))
-    }
+    ) -> Result<OpenedSession, StorageError>;
 
     /// The last `limit` messages in order (`limit` is capped at [`crate::MAX_HISTORY_WINDOW`]).
     async fn recent_messages(
@@ -145,6 +136,22 @@ pub trait RunStore: Send + Sync + Debug {
 
     /// Ends an active run without a stored turn (failed or cancelled).
     async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError>;
+
+    /// Records runs that started earlier and have no record yet, in progress and leased to
+    /// their holder, in one step; answers the ids it recorded. A run that has a record already,
+    /// or whose session has another active run, is skipped.
+    async fn record_runs(&self, runs: &[NewRun<'_>]) -> Result<Vec<String>, StorageError>;
+
+    /// Ends `run` as [`end_run`](Self::end_run) does, recording it ended if the store has no
+    /// record of it yet.
+    async fn record_run_end(&self, run: NewRun<'_>, end: RunEnd<'_>)
+    -> Result<Ended, StorageError>;
+
+    /// Clears the way for a turn on `session`, whose active run (see
+    /// [`ConversationStore::open_session`]) is not the turn's: [`StorageError::SessionBusy`]
+    /// naming it, unless its lease has expired (its executor is gone) and it is failed as
+    /// [`crate::RUN_LOST`]. No active run (it ended meanwhile) clears the way too.
+    async fn settle_session(&self, session: &SessionId) -> Result<(), StorageError>;
 
     /// Queues a background run, refused as [`start_run`](Self::start_run) refuses (its
     /// session's active run), or with [`StorageError::QueueFull`] past its caps.

@@ -55,8 +55,9 @@ pub(crate) async fn get_run(
     request: HttpRequest,
     id: Path<String>,
     backends: Data<Backends>,
+    turns: Data<Turns>,
 ) -> Result<HttpResponse, ApiError> {
-    let run = owned_run(&backends, &id, &caller_name(&request)).await?;
+    let run = owned_run(&backends, &turns, &id, &caller_name(&request)).await?;
     Ok(HttpResponse::Ok().json(RunView::from(run)))
 }
 
@@ -83,7 +84,7 @@ pub(crate) async fn cancel_run(
 ) -> Result<HttpResponse, ApiError> {
     let caller = caller_name(&request);
     // Owned first: another caller's run is not found, whatever its state.
-    owned_run(&backends, &id, &caller).await?;
+    owned_run(&backends, &turns, &id, &caller).await?;
     match cancel(&backends, &turns, &id).await? {
         Ended::Now(run) => Ok(HttpResponse::Ok().json(RunView::from(run))),
         Ended::Already(run) => Err(ApiError::Conflict {
@@ -96,12 +97,16 @@ pub(crate) async fn cancel_run(
 
 /// Cancels the run `id` if it is active: in the store, and here at once if this replica runs
 /// it (elsewhere, its runner learns at its next lease renewal, and its store finds it ended).
+/// A run here with no record yet is recorded cancelled.
 pub(crate) async fn cancel(
     backends: &Backends,
     turns: &Turns,
     id: &str,
 ) -> Result<Ended, ApiError> {
-    let ended = backends.runs.end_run(id, CANCELLED).await?;
+    let ended = match turns.registry().live(id) {
+        Some(live) => live.end_in(backends.runs.as_ref(), CANCELLED).await?,
+        None => backends.runs.end_run(id, CANCELLED).await?,
+    };
     if let Ended::Now(run) = &ended {
         turns.registry().cancel(&run.id, CancelReason::Requested);
     }
@@ -134,7 +139,7 @@ pub(crate) async fn run_events(
     routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
     let backends = &routes.backends;
-    let run = owned_run(backends, &id, &caller_name(&request)).await?;
+    let run = owned_run(backends, &routes.turns, &id, &caller_name(&request)).await?;
     let after = match request.headers().get("last-event-id") {
         None => None,
         Some(value) => Some(
@@ -252,15 +257,27 @@ pub(crate) async fn list_session_runs(
     id: Path<String>,
     query: Query<RunListQuery>,
     backends: Data<Backends>,
+    turns: Data<Turns>,
 ) -> Result<HttpResponse, ApiError> {
     let session = session_id(&id, &caller_name(&request))?;
     let limit = limit_within(query.limit, 20, 100)?;
     let after = query.cursor.as_deref().map(parse_run_cursor).transpose()?;
+    // The newest: one running here with no record yet.
+    let running = turns
+        .registry()
+        .live_on(&session)
+        .filter(|live| after.is_none() && !live.is_recorded())
+        .map(|live| live.record());
     // One more than asked says whether there is a next page.
     let mut runs = backends
         .runs
         .session_runs(&session, after.as_ref(), limit + 1)
         .await?;
+    if let Some(running) = running
+        && !runs.iter().any(|run| run.id == running.id)
+    {
+        runs.insert(0, running);
+    }
     if runs.is_empty() {
         // A session with no run (made before runs) still lists; one that does not exist is 404.
         if backends.conversations.session(&session).await?.is_none() {
@@ -276,10 +293,25 @@ pub(crate) async fn list_session_runs(
     }))
 }
 
-/// The run `id` if `caller` owns it, else `404 run_not_found`.
-async fn owned_run(backends: &Backends, id: &str, caller: &str) -> Result<RunRecord, ApiError> {
+/// The run `id` if `caller` owns it, else `404 run_not_found`. One running here with no record
+/// yet is answered as it is now (elsewhere, it is not found until it has one).
+async fn owned_run(
+    backends: &Backends,
+    turns: &Turns,
+    id: &str,
+    caller: &str,
+) -> Result<RunRecord, ApiError> {
     if !is_run_id(id) {
         return Err(run_not_found(id));
+    }
+    // Asked here first: a run that ends meanwhile is recorded before it leaves the registry.
+    if let Some(live) = turns.registry().live(id)
+        && !live.is_recorded()
+    {
+        return match live.owner == caller {
+            true => Ok(live.record()),
+            false => Err(run_not_found(id)),
+        };
     }
     match backends.runs.run(id).await? {
         Some(run) if run.owner == caller => Ok(run),

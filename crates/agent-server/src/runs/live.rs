@@ -2,11 +2,14 @@
 //! here), its cancellation, and the writer that copies its events to the shared event log (for
 //! readers on other replicas and for resumption).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use agent_core::ToolCall;
-use agent_storage::{EventLog, LoggedEvent};
+use agent_core::{SessionId, TokenUsage, ToolCall};
+use agent_storage::{
+    Ended, EventLog, LoggedEvent, NewRun, RunEnd, RunRecord, RunStatus, RunStore, StorageError,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -75,12 +78,24 @@ pub(crate) enum CancelReason {
     Shutdown,
 }
 
-/// A run executing in this process.
+/// A run executing in this process. One not in the background has no record in the store until
+/// it ends or has run for [`RECORD_AFTER`] (see [`crate::runs::upkeep`]): most turns are over by
+/// then, and a record written at the end costs them no statement of its own. Until then its
+/// replica answers for it; a session's lock (held by its turn) keeps another turn off its
+/// session meanwhile.
 #[derive(Debug)]
 pub(crate) struct LiveRun {
     pub(crate) id: String,
     /// The session's id as its owner knows it; none for a given conversation.
     pub(crate) session: Option<String>,
+    pub(crate) session_id: Option<SessionId>,
+    pub(crate) owner: String,
+    pub(crate) background: bool,
+    pub(crate) started_at: SystemTime,
+    /// Whether the store has its record; changed only under `recording`, so that the turn's
+    /// store, its end and the upkeep never record it twice.
+    recorded: AtomicBool,
+    recording: tokio::sync::Mutex<()>,
     token: CancellationToken,
     reason: Mutex<Option<CancelReason>>,
     events: Mutex<Vec<LiveEvent>>,
@@ -88,16 +103,107 @@ pub(crate) struct LiveRun {
     count: watch::Sender<usize>,
 }
 
+/// How long a run not in the background runs before the store gets its record (in progress,
+/// leased): from then on other replicas read and cancel it, and its lease is renewed.
+pub(crate) const RECORD_AFTER: Duration = Duration::from_secs(1);
+
 impl LiveRun {
-    pub(crate) fn new(id: String, session: Option<String>) -> Self {
+    /// A run of `owner` on `session`, started now; `recorded` when the store has its record (a
+    /// background run's, claimed from the queue).
+    pub(crate) fn new(
+        id: String,
+        owner: &str,
+        session: Option<&SessionId>,
+        recorded: bool,
+    ) -> Self {
         Self {
             id,
-            session,
+            session: session.map(|session| session.local().to_owned()),
+            session_id: session.cloned(),
+            owner: owner.to_owned(),
+            background: recorded,
+            started_at: SystemTime::now(),
+            recorded: AtomicBool::new(recorded),
+            recording: tokio::sync::Mutex::new(()),
             token: CancellationToken::new(),
             reason: Mutex::new(None),
             events: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
         }
+    }
+
+    /// Whether the store has the run's record.
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.recorded.load(Ordering::Acquire)
+    }
+
+    /// Holds off every other recording of the run until dropped: while held, whether it is
+    /// recorded is settled ([`Recording::mark`] records that it is now).
+    pub(crate) async fn recording(&self) -> Recording<'_> {
+        Recording {
+            run: self,
+            _held: self.recording.lock().await,
+        }
+    }
+
+    /// [`Self::recording`] if no one else holds it.
+    pub(crate) fn try_recording(&self) -> Option<Recording<'_>> {
+        let held = self.recording.try_lock().ok()?;
+        Some(Recording {
+            run: self,
+            _held: held,
+        })
+    }
+
+    /// The run as the store records it, leased to `holder` for `lease`.
+    pub(crate) fn new_run<'a>(&'a self, holder: &'a str, lease: Duration) -> NewRun<'a> {
+        NewRun {
+            id: &self.id,
+            owner: &self.owner,
+            session: self.session_id.as_ref(),
+            background: self.background,
+            holder,
+            lease,
+            started_at: self.started_at,
+        }
+    }
+
+    /// The run as its record would say now: in progress.
+    pub(crate) fn record(&self) -> RunRecord {
+        RunRecord {
+            id: self.id.clone(),
+            owner: self.owner.clone(),
+            session: self.session_id.clone(),
+            status: RunStatus::InProgress,
+            background: self.background,
+            created_at: self.started_at,
+            started_at: Some(self.started_at),
+            finished_at: None,
+            error: None,
+            output_text: None,
+            usage: TokenUsage::default(),
+            lease_expires_at: None,
+        }
+    }
+
+    /// Ends the run in `store`: its record, or a record of it ended if it had none.
+    pub(crate) async fn end_in(
+        &self,
+        store: &dyn RunStore,
+        end: RunEnd<'_>,
+    ) -> Result<Ended, StorageError> {
+        let recording = self.recording().await;
+        let ended = if recording.is_recorded() {
+            store.end_run(&self.id, end).await
+        } else {
+            store
+                .record_run_end(self.new_run("", Duration::ZERO), end)
+                .await
+        };
+        if ended.is_ok() {
+            recording.mark();
+        }
+        ended
     }
 
     /// Cancels the run (the first reason given is kept).
@@ -132,6 +238,28 @@ impl LiveRun {
             seen: 0,
             changes: self.count.subscribe(),
         }
+    }
+}
+
+/// The right to record a live run (see [`LiveRun::recording`]).
+#[derive(Debug)]
+pub(crate) struct Recording<'a> {
+    run: &'a LiveRun,
+    _held: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl<'a> Recording<'a> {
+    pub(crate) fn run(&self) -> &'a LiveRun {
+        self.run
+    }
+
+    pub(crate) fn is_recorded(&self) -> bool {
+        self.run.is_recorded()
+    }
+
+    /// The store has the run's record now.
+    pub(crate) fn mark(&self) {
+        self.run.recorded.store(true, Ordering::Release);
     }
 }
 

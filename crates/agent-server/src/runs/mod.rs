@@ -13,6 +13,9 @@ pub(crate) mod upkeep;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use agent_core::SessionId;
 
 use agent_storage::{BackgroundWork, Ended, RunEnd, RunError, RunStatus, RunStore};
 use live::{CancelReason, LiveRun};
@@ -39,7 +42,7 @@ pub(crate) const SHUTDOWN: RunEnd<'static> = RunEnd::Failed {
 };
 
 /// Ends kept to record at most: past it, a run the store missed is left to its lease.
-const MAX_UNRECORDED: usize = 10_000;
+const MAX_MISSED: usize = 10_000;
 
 /// A new run's id: `run_` and 32 hex digits.
 pub(crate) fn new_run_id() -> String {
@@ -51,9 +54,10 @@ pub(crate) fn new_run_id() -> String {
 pub(crate) struct RunRegistry {
     running: Mutex<HashMap<String, Arc<LiveRun>>>,
     /// Runs this process ended while its store was unavailable (a Postgres outage fails turns
-    /// and the writes that end their runs alike): recorded again by the upkeep, and at once when a turn finds one still active on its session, so the session is not busy until
-    /// the run's lease expires.
-    unrecorded: Mutex<HashMap<String, (RunStatus, RunError)>>,
+    /// and the writes that end their runs alike): recorded again by the upkeep, and at once
+    /// when a turn finds one still active on its session, so the session is not busy until the
+    /// run's lease expires.
+    missed: Mutex<HashMap<String, Missed>>,
     /// Wakes the dispatcher when a run is queued here.
     wake: Arc<Notify>,
     /// This process's name as a lease holder (unique per process start).
@@ -65,7 +69,7 @@ impl RunRegistry {
         let host = std::env::var("HOSTNAME").unwrap_or_default();
         Self {
             running: Mutex::default(),
-            unrecorded: Mutex::default(),
+            missed: Mutex::default(),
             wake: Arc::default(),
             holder: format!(
                 "{host}/{}/{}",
@@ -103,14 +107,40 @@ impl RunRegistry {
         self.live(id).map(|run| run.cancel(reason)).is_some()
     }
 
-    /// The ids of the runs this process executes.
-    pub(crate) fn running_ids(&self) -> Vec<String> {
+    /// The ids of the runs this process executes that the store has a record of (the others
+    /// hold no lease).
+    pub(crate) fn recorded_ids(&self) -> Vec<String> {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .keys()
+            .values()
+            .filter(|run| run.is_recorded())
+            .map(|run| run.id.clone())
+            .collect()
+    }
+
+    /// The runs this process executes with no record in the store, started at least `after`
+    /// ago.
+    pub(crate) fn unrecorded_since(&self, after: Duration) -> Vec<Arc<LiveRun>> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|run| {
+                !run.is_recorded() && run.started_at.elapsed().is_ok_and(|ran| ran >= after)
+            })
             .cloned()
             .collect()
+    }
+
+    /// The run this process executes on `session`, if any.
+    pub(crate) fn live_on(&self, session: &SessionId) -> Option<Arc<LiveRun>> {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .find(|run| run.session_id.as_ref() == Some(session))
+            .cloned()
     }
 
     /// Stops every run this process executes.
@@ -129,13 +159,16 @@ impl RunRegistry {
     }
 
     /// Keeps `end` of run `id` to record later: the store failed to.
-    fn unrecorded(&self, id: &str, end: &RunEnd<'_>) {
-        let mut unrecorded = self
-            .unrecorded
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if unrecorded.len() < MAX_UNRECORDED {
-            unrecorded.insert(id.to_owned(), (end.status(), end.error()));
+    fn missed(&self, run: &Arc<LiveRun>, end: &RunEnd<'_>) {
+        let id = &run.id;
+        let mut missed = self.missed.lock().unwrap_or_else(PoisonError::into_inner);
+        if missed.len() < MAX_MISSED {
+            let kept = Missed {
+                run: Arc::clone(run),
+                status: end.status(),
+                error: end.error(),
+            };
+            missed.insert(id.to_owned(), kept);
         } else {
             tracing::warn!(run = %id, "too many run ends to record again; its lease will expire");
         }
@@ -143,51 +176,46 @@ impl RunRegistry {
 
     /// Records the end of run `id` if this process ended it and the store missed it; answers
     /// whether the run is ended now.
-    pub(crate) async fn record_unrecorded(&self, store: &dyn RunStore, id: &str) -> bool {
+    pub(crate) async fn record_missed(&self, store: &dyn RunStore, id: &str) -> bool {
         let kept = self
-            .unrecorded
+            .missed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .cloned();
         match kept {
-            Some((status, error)) => self.record(store, id, status, &error).await,
+            Some(missed) => self.record(store, missed).await,
             None => false,
         }
     }
 
     /// Records every end the store missed, once.
-    pub(crate) async fn record_all(&self, store: &dyn RunStore) {
-        let kept: Vec<(String, (RunStatus, RunError))> = self
-            .unrecorded
+    pub(crate) async fn record_all_missed(&self, store: &dyn RunStore) {
+        let kept: Vec<Missed> = self
+            .missed
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(id, end)| (id.clone(), end.clone()))
+            .values()
+            .cloned()
             .collect();
-        for (id, (status, error)) in kept {
-            if !self.record(store, &id, status, &error).await {
+        for missed in kept {
+            if !self.record(store, missed).await {
                 // The store is still down: the rest would fail alike.
                 return;
             }
         }
     }
 
-    async fn record(
-        &self,
-        store: &dyn RunStore,
-        id: &str,
-        status: RunStatus,
-        error: &RunError,
-    ) -> bool {
-        let (code, message) = (error.code.as_str(), error.message.as_str());
-        let end = match status {
+    async fn record(&self, store: &dyn RunStore, missed: Missed) -> bool {
+        let (code, message) = (missed.error.code.as_str(), missed.error.message.as_str());
+        let end = match missed.status {
             RunStatus::Cancelled => RunEnd::Cancelled { code, message },
             _ => RunEnd::Failed { code, message },
         };
-        match store.end_run(id, end).await {
+        let id = &missed.run.id;
+        match missed.run.end_in(store, end).await {
             Ok(_) => {
-                self.unrecorded
+                self.missed
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .remove(id);
@@ -211,6 +239,14 @@ impl RunRegistry {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(id);
     }
+}
+
+/// The end of a run that the store missed, kept to record again.
+#[derive(Debug, Clone)]
+struct Missed {
+    run: Arc<LiveRun>,
+    status: RunStatus,
+    error: RunError,
 }
 
 /// A run a turn executes: registered (live) while it runs, and ended in the store if the turn
@@ -267,17 +303,27 @@ impl RunTicket {
         self.end(end).await;
     }
 
+    /// Refuses the run before it began (its session is busy): a run with no record leaves
+    /// none; a recorded one (claimed from the queue) fails with `error`.
+    pub(crate) async fn refuse(&mut self, error: &ApiError) {
+        if self.live.is_recorded() {
+            self.fail(error).await;
+        } else {
+            self.close();
+        }
+    }
+
     /// Ends the run as `end` (if it is still active), now.
     pub(crate) async fn end(&mut self, end: RunEnd<'_>) {
         if !std::mem::take(&mut self.open) {
             return;
         }
-        match self.store.end_run(&self.live.id, end).await {
+        match self.live.end_in(self.store.as_ref(), end).await {
             Ok(Ended::Now(_) | Ended::Already(_)) => {}
             Ok(Ended::Missing) => tracing::warn!(run = %self.live.id, "a run to end was not found"),
             Err(error) => {
                 tracing::warn!(run = %self.live.id, %error, "ending a run failed; recorded again later");
-                self.registry.unrecorded(&self.live.id, &end);
+                self.registry.missed(&self.live, &end);
             }
         }
     }
@@ -289,17 +335,17 @@ impl Drop for RunTicket {
         if !self.open {
             return;
         }
-        let (store, id) = (Arc::clone(&self.store), self.live.id.clone());
+        let (store, live) = (Arc::clone(&self.store), Arc::clone(&self.live));
         let registry = Arc::clone(&self.registry);
         let spawned = self.background.spawn("run end", async move {
-            if let Err(error) = store.end_run(&id, DISCONNECTED).await {
-                tracing::warn!(run = %id, %error, "ending a run failed; recorded again later");
-                registry.unrecorded(&id, &DISCONNECTED);
+            if let Err(error) = live.end_in(store.as_ref(), DISCONNECTED).await {
+                tracing::warn!(run = %live.id, %error, "ending a run failed; recorded again later");
+                registry.missed(&live, &DISCONNECTED);
             }
         });
         if !spawned {
             tracing::warn!(run = %self.live.id, "no slot to end a cancelled run; recorded later");
-            self.registry.unrecorded(&self.live.id, &DISCONNECTED);
+            self.registry.missed(&self.live, &DISCONNECTED);
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_core::{Message, Sampling};
-use agent_storage::{ClaimedRun, QueuedRun, ResponseParameters, RunRecord};
+use agent_storage::{ClaimedRun, QueuedRun, ResponseParameters, RunRecord, acquire_lock};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -134,6 +134,9 @@ impl QueuedTurn {
     }
 }
 
+/// Bound on the session lock taken while a run is queued (it is released at once).
+const QUEUE_LOCK_TTL: Duration = Duration::from_secs(30);
+
 /// How long a caller at its cap of queued runs is told to wait.
 const QUEUE_FULL_RETRY: Duration = Duration::from_secs(2);
 
@@ -147,16 +150,34 @@ impl Turns {
         keep: Option<KeepResponse>,
     ) -> Result<RunRecord, ApiError> {
         self.check_quota(owner).await?;
-        let session = match &input.conversation {
-            Conversation::Session { session, .. } => Some(session.clone()),
+        let input_session = match &input.conversation {
+            Conversation::Session {
+                session,
+                new_session,
+                ..
+            } => Some((session.clone(), *new_session)),
             Conversation::Given { .. } => None,
         };
+        let session = input_session.as_ref().map(|(session, _)| session.clone());
         let id = keep
             .as_ref()
             .and_then(|keep| run_of_response(&keep.id))
             .unwrap_or_else(super::new_run_id);
         let text = serde_json::to_string(&QueuedTurn::new(input, keep.as_ref()))
             .map_err(|error| ApiError::Internal(error.into()))?;
+        // The session's lock for the moment the run is queued: a turn on it (whose run may have
+        // no record yet) makes it busy, and the next turn there, taking the lock after this,
+        // reads the session (so finds this run) rather than its cached history.
+        let guard = match &input_session {
+            Some((session, false)) => {
+                let locks = &self.backends().locks;
+                match acquire_lock(locks, session, QUEUE_LOCK_TTL, Duration::ZERO).await {
+                    Ok(guard) => Some(guard),
+                    Err(error) => return Err(self.busy(error, session).await),
+                }
+            }
+            _ => None,
+        };
         let caps = self.queue_caps();
         let queued = self
             .backends()
@@ -175,7 +196,13 @@ impl Turns {
                     queue_full(per_owner, queued)
                 }
                 other => ApiError::from(other),
-            })?;
+            });
+        if let Some(guard) = guard
+            && let Err(error) = guard.release().await
+        {
+            tracing::warn!(%error, "releasing a session lock failed; retrying in the background");
+        }
+        let queued = queued?;
         self.registry().wake_dispatcher();
         Ok(queued)
     }
@@ -250,7 +277,12 @@ async fn take_one(turns: &Arc<Turns>) -> bool {
     let slot = turns.admit_taken();
     let ClaimedRun { record, input } = claimed;
     let span = tracing::info_span!("run", run_id = %record.id, background = true);
-    let mut ticket = turns.ticket(record.id.clone(), record.session.as_ref());
+    let mut ticket = turns.ticket(
+        record.id.clone(),
+        &record.owner,
+        record.session.as_ref(),
+        true,
+    );
     let input = serde_json::from_str::<QueuedTurn>(&input)
         .map_err(|error| error.to_string())
         .and_then(|queued| queued.into_input(&record));

@@ -1,10 +1,11 @@
-//! What keeps runs from getting stuck, one task per process: it renews the leases of the runs
-//! this process executes (checked every quarter lease, renewed once half is left; a run no
-//! longer held was ended elsewhere, cancelled on another replica or failed as lost, and is
-//! stopped here), fails the
-//! runs whose executor is gone (lease expired more than one lease ago: every few seconds, on
-//! every replica, each run once), and records again the run ends the store missed while it
-//! was unavailable.
+//! What keeps runs from getting stuck, one task per process: it records the runs this process
+//! executes that have run for [`RECORD_AFTER`] without a record (every second, all in one
+//! statement, in progress and leased), renews the leases of the recorded ones (checked every
+//! quarter lease, renewed once half is left; a run no longer held was ended elsewhere,
+//! cancelled on another replica or failed as lost, and is stopped here), fails the runs whose
+//! executor is gone (lease expired more than one lease ago: every few seconds, on every
+//! replica, each run once), and records again the run ends the store missed while it was
+//! unavailable.
 //!
 //! The bound: a dead replica's runs are failed as `run_lost` within two leases plus a sweep
 //! period (10 s + 10 s + 5 s with the defaults), and at once when their session is wanted after
@@ -14,14 +15,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_storage::RunStore;
+use agent_storage::{NewRun, RunStore};
 use metrics::Counter;
 use rand::Rng;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::RunRegistry;
-use super::live::CancelReason;
+use super::live::{CancelReason, RECORD_AFTER, Recording};
 
 /// How often the task wakes (the recording of missed ends).
 const TICK: Duration = Duration::from_secs(1);
@@ -45,7 +46,8 @@ pub(crate) fn spawn(
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            registry.record_all(store.as_ref()).await;
+            registry.record_all_missed(store.as_ref()).await;
+            record(&registry, store.as_ref(), lease).await;
             let now = Instant::now();
             if now >= next_renewal {
                 next_renewal = now + renew_every;
@@ -63,9 +65,39 @@ fn jittered(period: Duration) -> Duration {
     period.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
+/// Records the runs that have run for [`RECORD_AFTER`] without a record. One whose turn is
+/// being stored or ended meanwhile is left to that (it is recorded by it).
+async fn record(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
+    let due = registry.unrecorded_since(RECORD_AFTER);
+    let recordings: Vec<Recording<'_>> = due
+        .iter()
+        .filter_map(|run| run.try_recording())
+        .filter(|recording| !recording.is_recorded())
+        .collect();
+    if recordings.is_empty() {
+        return;
+    }
+    let runs: Vec<NewRun<'_>> = recordings
+        .iter()
+        .map(|recording| recording.run().new_run(registry.holder(), lease))
+        .collect();
+    match store.record_runs(&runs).await {
+        Ok(recorded) => {
+            for recording in &recordings {
+                if recorded.contains(&recording.run().id) {
+                    recording.mark();
+                }
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, runs = runs.len(), "recording runs in progress failed; retrying");
+        }
+    }
+}
+
 /// Renews this process's leases; stops the runs that were ended elsewhere.
 async fn renew(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
-    let running = registry.running_ids();
+    let running = registry.recorded_ids();
     if running.is_empty() {
         return;
     }

@@ -5,15 +5,15 @@ use std::time::{Duration, SystemTime};
 
 use agent_core::TurnResult;
 use agent_storage::{
-    IdempotencyCompletion, ResponseParameters, ResponseRecord, RunCompletion, RunEnd, StorageError,
-    TurnRecord,
+    IdempotencyCompletion, ResponseParameters, ResponseRecord, RunCompletion, RunEnd, RunOrigin,
+    StorageError, TurnRecord,
 };
 use tracing::Instrument;
 
 use super::{Finished, Held, HeldSession, Render, Turns, observe, unix_now};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
-use crate::runs::live::CancelReason;
+use crate::runs::live::{CancelReason, Recording};
 use crate::runs::{DISCONNECTED, RunTicket, SHUTDOWN};
 
 impl Turns {
@@ -66,9 +66,17 @@ impl Turns {
             messages = agent_core::spans::count(turn.messages.len())
         );
         let store = async move {
+            // Held while the turn is stored, so that nothing else records the run meanwhile:
+            // the statement records it completed if it had no record.
+            let live = Arc::clone(run.live());
+            let recording = live.recording().await;
             let completion = RunCompletion {
                 id: &finished.run_id,
                 output_text: &finished.text,
+                origin: (!recording.is_recorded()).then_some(RunOrigin {
+                    owner: &live.owner,
+                    started_at: live.started_at,
+                }),
             };
             let (session, info, guard, window) = match target {
                 Held::Given { caller } => {
@@ -76,6 +84,7 @@ impl Turns {
                         .count_usage(&caller, turn.usage, Some(completion))
                         .await;
                     let counted = observe(&store_failing, counted).map(|()| false);
+                    recorded(recording, counted.is_ok());
                     settle(&mut run, counted.as_ref().err()).await;
                     drop(slot);
                     return Ok((finished.clone(), counted?));
@@ -130,6 +139,7 @@ impl Turns {
                 (Err(_), _, _) => history_cache.forget(&session),
             }
             let stored = observe(&store_failing, stored.map(|(_, completed)| completed));
+            recorded(recording, stored.is_ok());
             settle(&mut run, stored.as_ref().err()).await;
             if let Some(guard) = guard
                 && let Err(error) = guard.release().await
@@ -241,6 +251,14 @@ fn run_cancelled(run: &str) -> ApiError {
     ApiError::Conflict {
         code: ErrorCode::RunCancelled,
         message: format!("run {run} was cancelled; nothing was stored"),
+    }
+}
+
+/// Lets go of the run's recording once its turn's store answered; `stored`: the store has the
+/// run's record now (completed).
+fn recorded(recording: Recording<'_>, stored: bool) {
+    if stored {
+        recording.mark();
     }
 }
 

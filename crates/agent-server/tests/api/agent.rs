@@ -510,8 +510,10 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
     // Each case: settings, the session named by the request, the expected code, and how many
     // model calls its two requests may make (each such turn is counted as failed at the store).
     let cases = [
-        // Every turn records its run before calling the model, so even a first turn on a
-        // server-named session fails before spending a model call.
+        // A first turn on a server-named session touches Postgres only to store (its run is
+        // recorded with it): the first request spends its model call and fails at the store;
+        // the next one, knowing the store is failing, opens its session first and fails before
+        // calling the model.
         (
             vec![
                 ("DATABASE_URL", no_postgres.as_str()),
@@ -519,7 +521,7 @@ async fn storage_or_redis_down_gives_503_with_the_json_error() {
             ],
             None,
             "storage_unavailable",
-            0,
+            1,
         ),
         (
             vec![

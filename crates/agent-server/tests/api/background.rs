@@ -281,6 +281,7 @@ async fn a_run_whose_replica_is_gone_is_failed_as_lost_within_the_bound() {
             background: true,
             holder: "a-replica-that-died",
             lease: Duration::from_secs(2),
+            started_at: std::time::SystemTime::now(),
         })
         .await
         .unwrap();

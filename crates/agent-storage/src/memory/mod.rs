@@ -12,9 +12,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, QueuedRun,
-    RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, OpenedSession,
+    QueuedRun, RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor,
+    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{
@@ -167,6 +167,21 @@ impl ConversationStore for MemoryStorage {
             .map(|session| session.info.clone()))
     }
 
+    async fn open_session(
+        &self,
+        id: &SessionId,
+        limit: usize,
+    ) -> Result<OpenedSession, StorageError> {
+        let info = self.ensure_session(id).await?;
+        let messages = self.recent_messages(id, limit).await?;
+        let active_run = lock(&self.runs).active(id).cloned();
+        Ok(OpenedSession {
+            info,
+            messages,
+            active_run,
+        })
+    }
+
     async fn recent_messages(
         &self,
         id: &SessionId,
@@ -199,7 +214,7 @@ impl ConversationStore for MemoryStorage {
         let mut runs = lock(&self.runs);
         runs.check_in_progress(run)?;
         self.count(owner, SystemTime::now(), usage);
-        runs.complete(run, usage);
+        runs.complete(run, None, usage);
         Ok(())
     }
 
@@ -213,7 +228,7 @@ impl ConversationStore for MemoryStorage {
         let mut runs = lock(&self.runs);
         runs.check_in_progress(record.run)?;
         let info = self.append(id, expected_next_sequence, turn)?;
-        runs.complete(record.run, turn.usage);
+        runs.complete(record.run, Some(id), turn.usage);
         drop(runs);
         if let Some(response) = record.response {
             lock(&self.responses).insert(
@@ -354,6 +369,22 @@ impl RunStore for MemoryStorage {
 
     async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError> {
         Ok(lock(&self.runs).end(id, end))
+    }
+
+    async fn record_runs(&self, runs: &[NewRun<'_>]) -> Result<Vec<String>, StorageError> {
+        Ok(lock(&self.runs).record(runs))
+    }
+
+    async fn record_run_end(
+        &self,
+        run: NewRun<'_>,
+        end: RunEnd<'_>,
+    ) -> Result<Ended, StorageError> {
+        Ok(lock(&self.runs).record_end(run, end))
+    }
+
+    async fn settle_session(&self, session: &SessionId) -> Result<(), StorageError> {
+        lock(&self.runs).settle(session)
     }
 
     async fn enqueue_run(&self, run: QueuedRun<'_>) -> Result<RunRecord, StorageError> {

@@ -66,6 +66,58 @@ impl RunTable {
         Ok(())
     }
 
+    /// Clears the way for a turn on `session` (see [`crate::RunStore::settle_session`]).
+    pub(super) fn settle(&mut self, session: &SessionId) -> Result<(), StorageError> {
+        self.check_session(Some(session))
+    }
+
+    /// Records the runs of `runs` that have no record and whose session has no active run.
+    pub(super) fn record(&mut self, runs: &[NewRun<'_>]) -> Vec<String> {
+        let mut recorded = Vec::new();
+        for run in runs {
+            let busy = run
+                .session
+                .is_some_and(|session| self.active.contains_key(session));
+            if !busy
+                && !self.runs.contains_key(run.id)
+                && let Ok(record) = self.start(*run)
+            {
+                recorded.push(record.id);
+            }
+        }
+        recorded
+    }
+
+    /// Ends `run`, recording it ended if it has no record.
+    pub(super) fn record_end(&mut self, run: NewRun<'_>, end: RunEnd<'_>) -> Ended {
+        if self.runs.contains_key(run.id) {
+            return self.end(run.id, end);
+        }
+        let mut record = Self::record_of(&run, end.status());
+        record.error = Some(end.error());
+        Self::finish(&mut record);
+        self.insert(record.clone());
+        Ended::Now(record)
+    }
+
+    /// The record of `run` with `status`, started at its start.
+    fn record_of(run: &NewRun<'_>, status: RunStatus) -> RunRecord {
+        RunRecord {
+            id: run.id.to_owned(),
+            owner: run.owner.to_owned(),
+            session: run.session.cloned(),
+            status,
+            background: run.background,
+            created_at: run.started_at,
+            started_at: Some(run.started_at),
+            finished_at: None,
+            error: None,
+            output_text: None,
+            usage: TokenUsage::default(),
+            lease_expires_at: None,
+        }
+    }
+
     pub(super) fn start(&mut self, run: NewRun<'_>) -> Result<RunRecord, StorageError> {
         let now = SystemTime::now();
         self.check_session(run.session)?;
@@ -75,18 +127,8 @@ impl RunTable {
         self.holders
             .insert(run.id.to_owned(), run.holder.to_owned());
         let record = RunRecord {
-            id: run.id.to_owned(),
-            owner: run.owner.to_owned(),
-            session: run.session.cloned(),
-            status: RunStatus::InProgress,
-            background: run.background,
-            created_at: now,
-            started_at: Some(now),
-            finished_at: None,
-            error: None,
-            output_text: None,
-            usage: TokenUsage::default(),
             lease_expires_at: Some(now + run.lease),
+            ..Self::record_of(&run, RunStatus::InProgress)
         };
         self.insert(record.clone());
         Ok(record)
@@ -94,7 +136,9 @@ impl RunTable {
 
     fn insert(&mut self, record: RunRecord) {
         if let Some(session) = &record.session {
-            self.active.insert(session.clone(), record.id.clone());
+            if record.status.is_active() {
+                self.active.insert(session.clone(), record.id.clone());
+            }
             self.by_session
                 .entry(session.clone())
                 .or_default()
@@ -249,6 +293,7 @@ impl RunTable {
                 run: completion.id.to_owned(),
                 status: record.status,
             }),
+            None if completion.origin.is_some() => Ok(()),
             None => Err(StorageError::Corrupt(format!(
                 "run {} was never started",
                 completion.id
@@ -256,8 +301,14 @@ impl RunTable {
         }
     }
 
-    /// Completes a run checked by [`Self::check_in_progress`].
-    pub(super) fn complete(&mut self, completion: Option<RunCompletion<'_>>, usage: TokenUsage) {
+    /// Completes a run checked by [`Self::check_in_progress`], on `session` (recorded so if it
+    /// had no record).
+    pub(super) fn complete(
+        &mut self,
+        completion: Option<RunCompletion<'_>>,
+        session: Option<&SessionId>,
+        usage: TokenUsage,
+    ) {
         let Some(completion) = completion else {
             return;
         };
@@ -269,6 +320,21 @@ impl RunTable {
             let record = record.clone();
             self.release(&record);
             self.emit(&record);
+        } else if let Some(origin) = completion.origin {
+            let run = NewRun {
+                id: completion.id,
+                owner: origin.owner,
+                session,
+                background: false,
+                holder: "",
+                lease: Duration::ZERO,
+                started_at: origin.started_at,
+            };
+            let mut record = Self::record_of(&run, RunStatus::Completed);
+            record.output_text = Some(completion.output_text.to_owned());
+            record.usage = usage;
+            Self::finish(&mut record);
+            self.insert(record);
         }
     }
 

@@ -11,13 +11,13 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::{messages, responses, runs, sessions, usage_daily};
 use super::statements::{
-    AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns, OpenSession,
+    AppendTurn, CountUsage, CreateTurn, EnsureSession, MessageColumns, OpenSession, RunOrigin,
 };
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
-    DailyUsage, ResponseParameters, ResponseRecord, RunCompletion, RunStatus, SessionCursor,
-    SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    DailyUsage, OpenedSession, ResponseParameters, ResponseRecord, RunCompletion, RunStatus,
+    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 use crate::traits::{ConversationStore, SessionLocks};
@@ -271,7 +271,7 @@ impl ConversationStore for PostgresStore {
         &self,
         id: &SessionId,
         limit: usize,
-    ) -> Result<(SessionInfo, Vec<StoredMessage>), StorageError> {
+    ) -> Result<OpenedSession, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
             let statement = OpenSession {
@@ -279,21 +279,31 @@ impl ConversationStore for PostgresStore {
                 now: Utc::now(),
                 limit: limit.min(crate::MAX_HISTORY_WINDOW) as i64,
             };
-            let rows: Vec<(SessionRow, Option<MessageRow>)> =
+            let rows: Vec<(SessionRow, Option<MessageRow>, Option<String>)> =
                 statement.load(&mut connection).await.map_err(query_error)?;
             let mut rows = rows.into_iter();
-            let Some((session, first)) = rows.next() else {
-                return futures_util::try_join!(
+            let Some((session, first, active_run)) = rows.next() else {
+                let (info, messages, active_run) = futures_util::try_join!(
                     Self::ensure(&connection, id),
-                    Self::recent(&connection, id, limit)
-                );
+                    Self::recent(&connection, id, limit),
+                    Self::active_run_id(&connection, id.as_str())
+                )?;
+                return Ok(OpenedSession {
+                    info,
+                    messages,
+                    active_run,
+                });
             };
             let messages = first
                 .into_iter()
-                .chain(rows.filter_map(|(_, message)| message))
+                .chain(rows.filter_map(|(_, message, _)| message))
                 .map(StoredMessage::try_from)
                 .collect::<Result<_, _>>()?;
-            Ok((SessionInfo::try_from(session)?, messages))
+            Ok(OpenedSession {
+                info: SessionInfo::try_from(session)?,
+                messages,
+                active_run,
+            })
         })
         .await
     }
@@ -466,6 +476,7 @@ impl ConversationStore for PostgresStore {
             completion_tokens: signed(usage.completion_tokens),
             run: run.map(|run| run.id),
             output_text: run.map(|run| run.output_text),
+            origin: RunOrigin::of(run.and_then(|run| run.origin)),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
@@ -475,7 +486,11 @@ impl ConversationStore for PostgresStore {
                 .await
                 .map_err(query_error)?;
             match (counted.is_empty(), run) {
-                (true, Some(run)) => Err(Self::run_ended(&mut connection, run.id).await?),
+                (true, Some(run)) => Err(Self::run_ended(&mut connection, run.id)
+                    .await?
+                    .unwrap_or_else(|| {
+                        StorageError::Corrupt(format!("run {} was not recorded", run.id))
+                    })),
                 _ => Ok(()),
             }
         })
@@ -573,6 +588,7 @@ impl PostgresStore {
             response: record.response.map(response_json),
             run: record.run.map(|run| run.id),
             output_text: record.run.map(|run| run.output_text),
+            origin: RunOrigin::of(record.run.and_then(|run| run.origin)),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
@@ -590,12 +606,11 @@ impl PostgresStore {
                 return SessionInfo::try_from(row);
             }
             // Nothing was written; say why.
-            if let Some(run) = record.run {
-                let ended = Self::run_ended(&mut connection, run.id).await?;
-                if matches!(ended, StorageError::RunEnded { status, .. } if status != RunStatus::InProgress)
-                {
-                    return Err(ended);
-                }
+            if let Some(run) = record.run
+                && let Some(ended) = Self::run_ended(&mut connection, run.id).await?
+                && matches!(ended, StorageError::RunEnded { status, .. } if status != RunStatus::InProgress)
+            {
+                return Err(ended);
             }
             let actual: Option<i64> = sessions::table
                 .find(id.as_str())

@@ -5,14 +5,16 @@
 
 use std::time::Duration;
 
+use agent_core::SessionId;
+use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Double, Nullable, Text};
+use diesel::sql_types::{Array, BigInt, Bool, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::runs::{LOST_MESSAGE, RUN_COLUMNS, RunRow};
 use super::{PostgresStore, query_error};
 use crate::error::StorageError;
-use crate::model::{ClaimedRun, QueuedRun, RUN_LOST, RunRecord};
+use crate::model::{ClaimedRun, NewRun, QueuedRun, RUN_LOST, RunRecord};
 
 /// Inserts a queued run unless its owner or the whole queue is at its cap, or its session has an
 /// active run (no row back, then). Each count stops at its cap, so a long queue costs no more
@@ -72,6 +74,16 @@ const RENEW: &str = "WITH held AS ( \
          FROM held WHERE runs.id = held.id \
            AND held.lease_expires_at < now() + make_interval(secs => $3 / 2)) \
      SELECT id FROM held";
+
+/// Records runs already running, each in progress since its start and leased to its holder; one
+/// with a record, or whose session has another active run, is skipped.
+const RECORD: &str = "INSERT INTO runs (id, owner, session_id, status, background, created_at, \
+         started_at, lease_holder, lease_expires_at) \
+     SELECT r.id, r.owner, r.session_id, 'in_progress', r.background, r.started_at, \
+         r.started_at, r.holder, now() + make_interval(secs => r.lease) \
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bool[], $5::timestamptz[], $6::text[], \
+         $7::float8[]) AS r (id, owner, session_id, background, started_at, holder, lease) \
+     ON CONFLICT DO NOTHING RETURNING id";
 
 #[derive(Debug, QueryableByName)]
 struct Renewed {
@@ -196,6 +208,34 @@ impl PostgresStore {
             .bind::<Array<Text>, _>(ids)
             .bind::<Text, _>(holder)
             .bind::<Double, _>(lease.as_secs_f64())
+            .load(connection)
+            .await
+            .map_err(query_error)?;
+        Ok(rows.into_iter().map(|row| row.id).collect())
+    }
+
+    pub(super) async fn record(
+        connection: &mut AsyncPgConnection,
+        runs: &[NewRun<'_>],
+    ) -> Result<Vec<String>, StorageError> {
+        let ids: Vec<&str> = runs.iter().map(|run| run.id).collect();
+        let owners: Vec<&str> = runs.iter().map(|run| run.owner).collect();
+        let sessions: Vec<Option<&str>> = runs
+            .iter()
+            .map(|run| run.session.map(SessionId::as_str))
+            .collect();
+        let background: Vec<bool> = runs.iter().map(|run| run.background).collect();
+        let started: Vec<DateTime<Utc>> = runs.iter().map(|run| run.started_at.into()).collect();
+        let holders: Vec<&str> = runs.iter().map(|run| run.holder).collect();
+        let leases: Vec<f64> = runs.iter().map(|run| run.lease.as_secs_f64()).collect();
+        let rows: Vec<Renewed> = diesel::sql_query(RECORD)
+            .bind::<Array<Text>, _>(ids)
+            .bind::<Array<Text>, _>(owners)
+            .bind::<Array<Nullable<Text>>, _>(sessions)
+            .bind::<Array<Bool>, _>(background)
+            .bind::<Array<Timestamptz>, _>(started)
+            .bind::<Array<Text>, _>(holders)
+            .bind::<Array<Double>, _>(leases)
             .load(connection)
             .await
             .map_err(query_error)?;

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-use diesel::sql_types::{Bool, Double, Nullable, Text};
+use diesel::sql_types::{Bool, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use super::schema::runs;
@@ -93,6 +93,7 @@ struct StartRun<'a> {
     background: bool,
     holder: &'a str,
     lease_seconds: f64,
+    started_at: DateTime<Utc>,
 }
 
 impl QueryId for StartRun<'_> {
@@ -117,7 +118,11 @@ impl QueryFragment<Pg> for StartRun<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&self.session)?;
         out.push_sql(", 'in_progress', ");
         out.push_bind_param::<Bool, _>(&self.background)?;
-        out.push_sql(", now(), now(), ");
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.started_at)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Timestamptz, _>(&self.started_at)?;
+        out.push_sql(", ");
         out.push_bind_param::<Text, _>(self.holder)?;
         out.push_sql(", now() + make_interval(secs => ");
         out.push_bind_param::<Double, _>(&self.lease_seconds)?;
@@ -151,18 +156,33 @@ impl PostgresStore {
         row.map(RunRecord::try_from).transpose()
     }
 
-    /// Why the run `id` could not be completed (it is no longer in progress).
+    /// Why the run `id` could not be completed (it is no longer in progress); none when it has
+    /// no record.
     pub(super) async fn run_ended(
         connection: &mut AsyncPgConnection,
         id: &str,
-    ) -> Result<StorageError, StorageError> {
-        Ok(match Self::load_run(connection, id).await? {
-            Some(run) => StorageError::RunEnded {
+    ) -> Result<Option<StorageError>, StorageError> {
+        Ok(Self::load_run(connection, id)
+            .await?
+            .map(|run| StorageError::RunEnded {
                 run: run.id,
                 status: run.status,
-            },
-            None => StorageError::Corrupt(format!("run {id} was never started")),
-        })
+            }))
+    }
+
+    /// The id of the active run of `session`, if any (pipelined beside other reads).
+    pub(super) async fn active_run_id(
+        mut connection: &AsyncPgConnection,
+        session: &str,
+    ) -> Result<Option<String>, StorageError> {
+        runs::table
+            .filter(runs::session_id.eq(session))
+            .filter(runs::status.eq_any(ACTIVE))
+            .select(runs::id)
+            .first(&mut connection)
+            .await
+            .optional()
+            .map_err(query_error)
     }
 
     /// The active run of `session`, if any.
@@ -257,6 +277,7 @@ impl RunStore for PostgresStore {
             background: run.background,
             holder: run.holder,
             lease_seconds: run.lease.as_secs_f64(),
+            started_at: run.started_at.into(),
         };
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
@@ -370,6 +391,70 @@ impl RunStore for PostgresStore {
                 Some(run) => Ended::Already(run),
                 None => Ended::Missing,
             })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, runs = runs.len()))]
+    async fn record_runs(&self, runs: &[NewRun<'_>]) -> Result<Vec<String>, StorageError> {
+        if runs.is_empty() {
+            return Ok(Vec::new());
+        }
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::record(&mut connection, runs).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, run, end), fields(backend = BACKEND, run = run.id))]
+    async fn record_run_end(
+        &self,
+        run: NewRun<'_>,
+        end: RunEnd<'_>,
+    ) -> Result<Ended, StorageError> {
+        let error = end.error();
+        let started_at: DateTime<Utc> = run.started_at.into();
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            let recorded: Option<RunRow> = diesel::insert_into(runs::table)
+                .values((
+                    runs::id.eq(run.id),
+                    runs::owner.eq(run.owner),
+                    runs::session_id.eq(run.session.map(SessionId::as_str)),
+                    runs::status.eq(end.status().as_str()),
+                    runs::background.eq(run.background),
+                    runs::created_at.eq(started_at),
+                    runs::started_at.eq(started_at),
+                    runs::finished_at.eq(diesel::dsl::now),
+                    runs::error_code.eq(&error.code),
+                    runs::error_message.eq(&error.message),
+                ))
+                .on_conflict_do_nothing()
+                .returning(RunRow::as_returning())
+                .get_result(&mut connection)
+                .await
+                .optional()
+                .map_err(query_error)?;
+            if let Some(recorded) = recorded {
+                return Ok(Ended::Now(RunRecord::try_from(recorded)?));
+            }
+            if let Some(ended) = Self::end_active(&mut connection, run.id, end, false).await? {
+                return Ok(Ended::Now(ended));
+            }
+            Ok(match Self::load_run(&mut connection, run.id).await? {
+                Some(run) => Ended::Already(run),
+                None => Ended::Missing,
+            })
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn settle_session(&self, session: &SessionId) -> Result<(), StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::clear_session(&mut connection, session.as_str()).await
         })
         .await
     }

@@ -92,9 +92,9 @@ pub(super) type MessageRowType = (
     Timestamptz,
 );
 
-/// [`EnsureSession`] and the session's last `limit` messages, in one statement: a row per
-/// message, oldest first, each with the session's columns; or one row without a message for a
-/// session that has none. No row, as for `EnsureSession`, only when another transaction created
+/// [`EnsureSession`], the session's last `limit` messages and its active run, in one statement:
+/// a row per message, oldest first, each with the session's columns and the id of its active
+/// run; or one row without a message for a session that has none. No row, as for `EnsureSession`, only when another transaction created
 /// the session after this statement's snapshot.
 #[derive(Debug)]
 pub(super) struct OpenSession<'a> {
@@ -109,7 +109,7 @@ impl QueryId for OpenSession<'_> {
 }
 
 impl Query for OpenSession<'_> {
-    type SqlType = (SessionRowType, Nullable<MessageRowType>);
+    type SqlType = (SessionRowType, Nullable<MessageRowType>, Nullable<Text>);
 }
 
 impl QueryFragment<Pg> for OpenSession<'_> {
@@ -126,8 +126,9 @@ impl QueryFragment<Pg> for OpenSession<'_> {
         out.push_sql(
             ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
              s.prompt_tokens, s.completion_tokens, r.session_id, r.sequence, r.role, r.content, \
-             r.tool_calls, r.tool_call_id, r.tokens, r.created_at \
-             FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
+             r.tool_calls, r.tool_call_id, r.tokens, r.created_at, \
+             (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress') \
+             LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
         );
         Ok(())
     }
@@ -170,6 +171,25 @@ pub(super) struct AppendTurn<'a> {
     /// The run the turn completes (none: no run is checked or written), and its final answer.
     pub(super) run: Option<&'a str>,
     pub(super) output_text: Option<&'a str>,
+    /// The run's origin when it has no record yet (see [`RunOrigin`]).
+    pub(super) origin: RunOrigin<'a>,
+}
+
+/// Who started a run that has no record yet, and when: the turn's statement records it
+/// completed. Both none for a run recorded in progress, which the statement completes.
+#[derive(Debug, Default)]
+pub(super) struct RunOrigin<'a> {
+    pub(super) owner: Option<&'a str>,
+    pub(super) started_at: Option<DateTime<Utc>>,
+}
+
+impl<'a> RunOrigin<'a> {
+    pub(super) fn of(origin: Option<crate::model::RunOrigin<'a>>) -> Self {
+        origin.map_or_else(Self::default, |origin| Self {
+            owner: Some(origin.owner),
+            started_at: Some(origin.started_at.into()),
+        })
+    }
 }
 
 impl QueryId for AppendTurn<'_> {
@@ -234,7 +254,7 @@ fn walk_turn<'b>(
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
         out.push_sql(" WHERE ");
-        push_run_still_active(&mut out, &turn.run)?;
+        push_run_still_active(&mut out, &turn.run, &turn.origin)?;
         out.push_sql(
             " ON CONFLICT (id) DO UPDATE SET \
              next_sequence = s.next_sequence + EXCLUDED.next_sequence, \
@@ -257,7 +277,7 @@ fn walk_turn<'b>(
         out.push_sql(" AND next_sequence = ");
         out.push_bind_param::<BigInt, _>(&turn.expected)?;
         out.push_sql(" AND ");
-        push_run_still_active(&mut out, &turn.run)?;
+        push_run_still_active(&mut out, &turn.run, &turn.origin)?;
         out.push_sql(" RETURNING ");
     }
     out.push_sql(SESSION_COLUMNS);
@@ -328,9 +348,60 @@ fn walk_turn<'b>(
     out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
     out.push_sql(", completion_tokens = ");
     out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
-    out.push_sql(" FROM updated WHERE runs.id IN (SELECT id FROM active)) SELECT ");
+    out.push_sql(" FROM updated WHERE runs.id IN (SELECT id FROM active)), ");
+    // Or recorded completed, when it had no record.
+    push_run_insert(
+        &mut out,
+        &turn.run,
+        &turn.origin,
+        "updated.id",
+        "updated.updated_at",
+        (
+            &turn.output_text,
+            &turn.prompt_tokens,
+            &turn.completion_tokens,
+        ),
+    )?;
+    out.push_sql(" FROM updated WHERE ");
+    out.push_bind_param::<Nullable<Text>, _>(&turn.origin.owner)?;
+    out.push_sql("::text IS NOT NULL ON CONFLICT (id) DO NOTHING) SELECT ");
     out.push_sql(SESSION_COLUMNS);
     out.push_sql(" FROM updated");
+    Ok(())
+}
+
+/// `recorded_run AS (INSERT INTO runs … SELECT …` (up to its `FROM`): the turn's run recorded
+/// completed as it ends, with its session and end given as SQL.
+fn push_run_insert<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    run: &'b Option<&str>,
+    origin: &'b RunOrigin<'_>,
+    session: &'static str,
+    finished_at: &'static str,
+    (output_text, prompt_tokens, completion_tokens): (&'b Option<&str>, &'b i64, &'b i64),
+) -> QueryResult<()> {
+    out.push_sql(
+        "recorded_run AS (INSERT INTO runs (id, owner, session_id, status, background, \
+         created_at, started_at, finished_at, output_text, prompt_tokens, completion_tokens) \
+         SELECT ",
+    );
+    out.push_bind_param::<Nullable<Text>, _>(run)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, _>(&origin.owner)?;
+    out.push_sql(", ");
+    out.push_sql(session);
+    out.push_sql(", 'completed', false, ");
+    out.push_bind_param::<Nullable<Timestamptz>, _>(&origin.started_at)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Timestamptz>, _>(&origin.started_at)?;
+    out.push_sql(", ");
+    out.push_sql(finished_at);
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, _>(output_text)?;
+    out.push_sql(", ");
+    out.push_bind_param::<BigInt, _>(prompt_tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<BigInt, _>(completion_tokens)?;
     Ok(())
 }
 
@@ -345,14 +416,21 @@ fn push_active_run<'b>(out: &mut AstPass<'_, 'b, Pg>, run: &'b Option<&str>) -> 
     Ok(())
 }
 
-/// The condition that a statement writes only while its run (if any) is in progress.
+/// The condition that a statement writes only while its run (if any) is in progress: recorded
+/// so, or, given its origin, not recorded at all (only its own process records it, and the
+/// process does not while the turn is being stored).
 fn push_run_still_active<'b>(
     out: &mut AstPass<'_, 'b, Pg>,
     run: &'b Option<&str>,
+    origin: &'b RunOrigin<'_>,
 ) -> QueryResult<()> {
     out.push_sql("(");
     out.push_bind_param::<Nullable<Text>, _>(run)?;
-    out.push_sql("::text IS NULL OR EXISTS (SELECT 1 FROM active))");
+    out.push_sql("::text IS NULL OR EXISTS (SELECT 1 FROM active) OR (");
+    out.push_bind_param::<Nullable<Text>, _>(&origin.owner)?;
+    out.push_sql("::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM runs WHERE id = ");
+    out.push_bind_param::<Nullable<Text>, _>(run)?;
+    out.push_sql(")))");
     Ok(())
 }
 
@@ -376,6 +454,7 @@ pub(super) struct CountUsage<'a> {
     pub(super) completion_tokens: i64,
     pub(super) run: Option<&'a str>,
     pub(super) output_text: Option<&'a str>,
+    pub(super) origin: RunOrigin<'a>,
 }
 
 impl QueryId for CountUsage<'_> {
@@ -400,8 +479,25 @@ impl QueryFragment<Pg> for CountUsage<'_> {
         out.push_bind_param::<BigInt, _>(&self.prompt_tokens)?;
         out.push_sql(", completion_tokens = ");
         out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
+        out.push_sql(" WHERE runs.id IN (SELECT id FROM active)), ");
+        push_run_insert(
+            &mut out,
+            &self.run,
+            &self.origin,
+            "NULL",
+            "now()",
+            (
+                &self.output_text,
+                &self.prompt_tokens,
+                &self.completion_tokens,
+            ),
+        )?;
+        out.push_sql(" WHERE ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.origin.owner)?;
+        out.push_sql("::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM runs WHERE id = ");
+        out.push_bind_param::<Nullable<Text>, _>(&self.run)?;
         out.push_sql(
-            " WHERE runs.id IN (SELECT id FROM active)) INSERT INTO usage_daily AS u \
+            ") ON CONFLICT (id) DO NOTHING) INSERT INTO usage_daily AS u \
              (owner, day, shard, turns, prompt_tokens, completion_tokens) SELECT ",
         );
         out.push_bind_param::<Text, _>(self.owner)?;
@@ -414,7 +510,7 @@ impl QueryFragment<Pg> for CountUsage<'_> {
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&self.completion_tokens)?;
         out.push_sql(" WHERE ");
-        push_run_still_active(&mut out, &self.run)?;
+        push_run_still_active(&mut out, &self.run, &self.origin)?;
         out.push_sql(
             " ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
              prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \

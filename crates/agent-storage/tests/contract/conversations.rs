@@ -118,7 +118,7 @@ async fn concurrent_ensures_of_a_new_session_agree((store, _): Stores) {
                 if call % 2 == 0 {
                     store.ensure_session(&id).await.unwrap()
                 } else {
-                    store.open_session(&id, 10).await.unwrap().0
+                    store.open_session(&id, 10).await.unwrap().info
                 }
             })
         })
@@ -134,8 +134,10 @@ async fn concurrent_ensures_of_a_new_session_agree((store, _): Stores) {
 
 async fn open_session_creates_then_returns_the_window((store, _): Stores) {
     let id = session("open");
-    let (created, history) = store.open_session(&id, 3).await.unwrap();
+    let opened = store.open_session(&id, 3).await.unwrap();
+    let (created, history) = (opened.info, opened.messages);
     assert_eq!((created.next_sequence, history.len()), (0, 0));
+    assert_eq!(opened.active_run, None);
     assert_eq!(store.session(&id).await.unwrap(), Some(created));
     for turn in 0..3 {
         store
@@ -143,7 +145,8 @@ async fn open_session_creates_then_returns_the_window((store, _): Stores) {
             .await
             .unwrap();
     }
-    let (info, history) = store.open_session(&id, 3).await.unwrap();
+    let opened = store.open_session(&id, 3).await.unwrap();
+    let (info, history) = (opened.info, opened.messages);
     assert_eq!((info.next_sequence, info.turn_count), (6, 3));
     let sequences: Vec<u64> = history.iter().map(|message| message.sequence).collect();
     assert_eq!(sequences, [3, 4, 5]);

@@ -2,12 +2,12 @@
 //! having its turn stored (a cancelled or lost one never).
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use agent_core::{Message, SessionId, TokenUsage, Turn};
 use agent_storage::{
     ConversationStore, Ended, MemoryStorage, NewRun, QueuedRun, RUN_LOST, RunCompletion, RunCursor,
-    RunEnd, RunStatus, RunStore, SessionLocks, StorageError, TurnRecord,
+    RunEnd, RunOrigin, RunStatus, RunStore, SessionLocks, StorageError, TurnRecord,
 };
 
 use crate::{contract, until};
@@ -39,6 +39,8 @@ contract!(
         a_cancelled_run_stores_nothing_and_ends_once,
         a_run_whose_lease_expired_is_failed_as_lost_when_its_session_is_wanted,
         a_racing_cancel_and_completion_agree,
+        a_run_without_a_record_is_recorded_by_its_end_or_later_in_progress,
+        an_opened_session_names_its_active_run_and_settling_fails_it_only_once_lost,
         a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_nothing,
         runs_are_listed_per_session_newest_first_in_pages,
         a_session_with_an_active_run_is_neither_deleted_nor_swept,
@@ -71,6 +73,7 @@ fn new_run<'a>(id: &'a str, session: Option<&'a SessionId>) -> NewRun<'a> {
         background: false,
         holder: "replica-1",
         lease: Duration::from_secs(60),
+        started_at: SystemTime::now(),
     }
 }
 
@@ -92,6 +95,7 @@ fn completing(id: &str) -> TurnRecord<'_> {
         run: Some(RunCompletion {
             id,
             output_text: "the answer",
+            origin: None,
         }),
         ..TurnRecord::default()
     }
@@ -245,6 +249,166 @@ async fn a_run_whose_lease_expired_is_failed_as_lost_when_its_session_is_wanted(
     assert_eq!(store.session(&chat).await.unwrap(), None);
 }
 
+/// A run the store has no record of (a turn's, recorded when it ends or once it has run a while):
+/// its turn's store records it completed, with its owner, session, start and usage; its end
+/// records it ended; recorded later in progress, it keeps its start and holds its session.
+async fn a_run_without_a_record_is_recorded_by_its_end_or_later_in_progress(
+    (store, runs, _): Stores,
+) {
+    let started_at = SystemTime::now() - Duration::from_secs(3);
+    let origin = Some(RunOrigin {
+        owner: "alice",
+        started_at,
+    });
+    let chat = session("unrecorded");
+    let id = run_id();
+    let record = TurnRecord {
+        run: Some(RunCompletion {
+            id: &id,
+            output_text: "the answer",
+            origin,
+        }),
+        ..TurnRecord::default()
+    };
+    store
+        .append_turn_recording(&chat, 0, &turn("hi"), record)
+        .await
+        .unwrap();
+    let done = runs.run(&id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.owner.as_str(), done.session.as_ref()),
+        (RunStatus::Completed, "alice", Some(&chat))
+    );
+    assert_eq!(done.output_text.as_deref(), Some("the answer"));
+    assert_eq!(done.usage.total(), 15);
+    let since = |at: SystemTime| at.duration_since(started_at).unwrap_or_default();
+    assert!(
+        since(done.created_at) < Duration::from_millis(1),
+        "{done:?}"
+    );
+    assert!(
+        done.finished_at
+            .is_some_and(|at| since(at) >= Duration::from_secs(2))
+    );
+    assert!(done.lease_expires_at.is_none() && !done.background);
+
+    // A stale turn (the session moved on) stores nothing and records no run.
+    let stale = run_id();
+    let record = TurnRecord {
+        run: Some(RunCompletion {
+            id: &stale,
+            output_text: "stale",
+            origin,
+        }),
+        ..TurnRecord::default()
+    };
+    let refused = store
+        .append_turn_recording(&chat, 0, &turn("stale"), record)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StorageError::Conflict { .. }),
+        "{refused:?}"
+    );
+    assert_eq!(runs.run(&stale).await.unwrap(), None);
+
+    // Without a session: completed with its usage counted.
+    let stateless = run_id();
+    let completion = RunCompletion {
+        id: &stateless,
+        output_text: "done",
+        origin,
+    };
+    store
+        .count_usage(&unique("stateless"), turn("x").usage, Some(completion))
+        .await
+        .unwrap();
+    let done = runs.run(&stateless).await.unwrap().unwrap();
+    assert_eq!((done.status, done.session), (RunStatus::Completed, None));
+
+    // Ended without a turn: recorded ended, once.
+    let cancelled = run_id();
+    let ended = runs
+        .record_run_end(new_run(&cancelled, Some(&chat)), CANCEL)
+        .await
+        .unwrap();
+    assert!(
+        matches!(&ended, Ended::Now(run) if run.status == RunStatus::Cancelled && run.error.is_some())
+    );
+    let again = runs
+        .record_run_end(new_run(&cancelled, Some(&chat)), CANCEL)
+        .await
+        .unwrap();
+    assert!(matches!(again, Ended::Already(run) if run.status == RunStatus::Cancelled));
+
+    // Recorded in progress later: kept start, leased; skipped when recorded already or when its
+    // session has another active run.
+    let (late, other, busy) = (run_id(), run_id(), run_id());
+    let held = session("held");
+    runs.start_run(new_run(&other, Some(&held))).await.unwrap();
+    let late_run = NewRun {
+        started_at,
+        ..new_run(&late, Some(&chat))
+    };
+    let recorded = runs
+        .record_runs(&[
+            late_run,
+            new_run(&id, Some(&chat)),
+            new_run(&busy, Some(&held)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(recorded, std::slice::from_ref(&late));
+    let in_progress = runs.run(&late).await.unwrap().unwrap();
+    assert_eq!(in_progress.status, RunStatus::InProgress);
+    assert!(in_progress.lease_expires_at.is_some());
+    assert!(since(in_progress.created_at) < Duration::from_millis(1));
+    assert_eq!(runs.run(&busy).await.unwrap(), None);
+    // Recorded, it completes as any run in progress does.
+    store
+        .append_turn_recording(&chat, 2, &turn("later"), completing(&late))
+        .await
+        .unwrap();
+    assert_eq!(
+        runs.run(&late).await.unwrap().unwrap().status,
+        RunStatus::Completed
+    );
+}
+
+/// Opening a session names its active run; settling the session for another run is busy while
+/// that run's lease holds, and fails it as lost once expired.
+async fn an_opened_session_names_its_active_run_and_settling_fails_it_only_once_lost(
+    (store, runs, _): Stores,
+) {
+    let chat = session("settle");
+    let opened = store.open_session(&chat, 10).await.unwrap();
+    assert_eq!(opened.active_run, None);
+    runs.settle_session(&chat).await.unwrap();
+    let active = run_id();
+    let short = NewRun {
+        lease: Duration::from_millis(300),
+        ..new_run(&active, Some(&chat))
+    };
+    runs.start_run(short).await.unwrap();
+    let opened = store.open_session(&chat, 10).await.unwrap();
+    assert_eq!(opened.active_run.as_deref(), Some(active.as_str()));
+    let busy = runs.settle_session(&chat).await.unwrap_err();
+    assert!(
+        matches!(&busy, StorageError::SessionBusy { run, .. } if *run == active),
+        "{busy:?}"
+    );
+    until(Duration::from_secs(10), || async {
+        runs.settle_session(&chat).await.is_ok()
+    })
+    .await;
+    let lost = runs.run(&active).await.unwrap().unwrap();
+    assert_eq!(lost.error.unwrap().code, RUN_LOST);
+    assert_eq!(
+        store.open_session(&chat, 10).await.unwrap().active_run,
+        None
+    );
+}
+
 /// A cancel racing the store of the run's turn: either the turn is stored and the run completed
 /// (the cancel finds it finished), or the run is cancelled and nothing is stored. Never both.
 async fn a_racing_cancel_and_completion_agree((store, runs, _): Stores) {
@@ -286,6 +450,7 @@ async fn a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_not
     let completion = RunCompletion {
         id: &id,
         output_text: "done",
+        origin: None,
     };
     store
         .count_usage(&caller, tokens, Some(completion))
@@ -300,6 +465,7 @@ async fn a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_not
     let completion = RunCompletion {
         id: &cancelled,
         output_text: "late",
+        origin: None,
     };
     let refused = store
         .count_usage(&caller, tokens, Some(completion))

@@ -67,6 +67,7 @@ async fn a_background_runs_end_writes_its_event_and_a_foreground_runs_none((runs
         background: false,
         holder: "replica-1",
         lease: Duration::from_secs(30),
+        started_at: std::time::SystemTime::now(),
     })
     .await
     .unwrap();
