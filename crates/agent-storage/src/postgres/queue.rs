@@ -17,19 +17,20 @@ use crate::error::StorageError;
 use crate::model::{ClaimedRun, NewRun, QueuedRun, RUN_LOST, RunRecord};
 
 /// Inserts a queued run unless its owner or the whole queue is at its cap, or its session has an
-/// active run (no row back, then). Each count stops at its cap, so a long queue costs no more
-/// than the cap to check.
+/// active run (no row back, then). Both counts are sums of a few counters (the `run_queue_counts`
+/// migration), whatever the queue's length.
 const ENQUEUE: &str = "INSERT INTO runs (id, owner, session_id, status, background, input) \
      SELECT $1, $2, $3, 'queued', true, $4::jsonb \
-     WHERE (SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' AND owner = $2 \
-             LIMIT $5) mine) < $5 \
-       AND (SELECT count(*) FROM (SELECT 1 FROM runs WHERE status = 'queued' LIMIT $6) total) < $6 \
+     WHERE COALESCE((SELECT sum(queued) FROM run_queue_owner_counts WHERE owner = $2), 0) < $5 \
+       AND (SELECT sum(queued) FROM run_queue_counts) < $6 \
      ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress') DO NOTHING \
      RETURNING ";
 
 /// Counts the queued runs: the owner's and everyone's.
-const COUNT_QUEUED: &str = "SELECT count(*) FILTER (WHERE owner = $1) AS mine, count(*) AS total \
-     FROM runs WHERE status = 'queued'";
+const COUNT_QUEUED: &str = "SELECT \
+     COALESCE((SELECT sum(queued) FROM run_queue_owner_counts WHERE owner = $1), 0)::bigint \
+         AS mine, \
+     (SELECT sum(queued) FROM run_queue_counts)::bigint AS total";
 
 #[derive(Debug, QueryableByName)]
 struct Queued {

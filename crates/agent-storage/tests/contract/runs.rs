@@ -644,9 +644,8 @@ async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores
         ),
         "{mine:?}"
     );
-    runs.enqueue_run(queued(&run_id(), "bob", None))
-        .await
-        .unwrap();
+    let bobs = run_id();
+    runs.enqueue_run(queued(&bobs, "bob", None)).await.unwrap();
     let full = runs.enqueue_run(queued(&run_id(), "carol", None)).await;
     assert!(
         matches!(
@@ -664,6 +663,22 @@ async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores
         .unwrap()
         .unwrap();
     runs.enqueue_run(queued(&run_id(), "carol", None))
+        .await
+        .unwrap();
+    // So does a cancelled one.
+    let full = runs.enqueue_run(queued(&run_id(), "dave", None)).await;
+    assert!(
+        matches!(
+            full,
+            Err(StorageError::QueueFull {
+                per_owner: false,
+                queued: 3
+            })
+        ),
+        "{full:?}"
+    );
+    runs.end_run(&bobs, CANCEL).await.unwrap();
+    runs.enqueue_run(queued(&run_id(), "dave", None))
         .await
         .unwrap();
 }
