@@ -12,6 +12,7 @@
 //! one lease. The grace of one lease keeps a live run whose renewals failed for a while (its
 //! store was down) from being failed by another replica as soon as the store is back.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +31,8 @@ const TICK: Duration = Duration::from_secs(1);
 const SWEEP: Duration = Duration::from_secs(5);
 /// Lost runs failed per sweep at most.
 const SWEEP_BATCH: usize = 100;
+/// Runs recorded per tick, and leases renewed per statement, at most.
+const BATCH: usize = 256;
 
 /// The upkeep's task (see the module doc). Runs until aborted.
 pub(crate) fn spawn(
@@ -65,14 +68,18 @@ fn jittered(period: Duration) -> Duration {
     period.mul_f64(rand::rng().random_range(0.8..1.2))
 }
 
-/// Records the runs that have run for [`RECORD_AFTER`] without a record. One whose turn is
-/// being stored or ended meanwhile is left to that (it is recorded by it).
+/// Records the runs that have run for [`RECORD_AFTER`] without a record, oldest first, at most
+/// [`BATCH`] a tick: under a burst of long turns the recording lags (they are recorded when they
+/// end at the latest) rather than one statement writing thousands of rows. One whose turn is being
+/// stored or ended meanwhile is left to that (it is recorded by it).
 async fn record(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
-    let due = registry.unrecorded_since(RECORD_AFTER);
+    let mut due = registry.unrecorded_since(RECORD_AFTER);
+    due.sort_unstable_by_key(|run| run.started_at);
     let recordings: Vec<Recording<'_>> = due
         .iter()
         .filter_map(|run| run.try_recording())
         .filter(|recording| !recording.is_recorded())
+        .take(BATCH)
         .collect();
     if recordings.is_empty() {
         return;
@@ -83,6 +90,7 @@ async fn record(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
         .collect();
     match store.record_runs(&runs).await {
         Ok(recorded) => {
+            let recorded: HashSet<String> = recorded.into_iter().collect();
             for recording in &recordings {
                 if recorded.contains(&recording.run().id) {
                     recording.mark();
@@ -95,23 +103,25 @@ async fn record(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
     }
 }
 
-/// Renews this process's leases; stops the runs that were ended elsewhere.
+/// Renews this process's leases, [`BATCH`] runs a statement (each statement locks its rows until
+/// it commits, and a turn storing its run waits for that); stops the runs that were ended
+/// elsewhere.
 async fn renew(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
-    let running = registry.recorded_ids();
-    if running.is_empty() {
-        return;
-    }
-    match store.renew_leases(registry.holder(), &running, lease).await {
-        Ok(renewed) => {
-            for id in running.iter().filter(|id| !renewed.contains(id)) {
-                // Ended in the store by someone else: nothing of it may be stored now.
-                if registry.cancel(id, CancelReason::Requested) {
-                    tracing::info!(run = %id, "a run ended elsewhere was stopped here");
+    for running in registry.recorded_ids().chunks(BATCH) {
+        match store.renew_leases(registry.holder(), running, lease).await {
+            Ok(renewed) => {
+                let renewed: HashSet<String> = renewed.into_iter().collect();
+                for id in running.iter().filter(|id| !renewed.contains(*id)) {
+                    // Ended in the store by someone else: nothing of it may be stored now.
+                    if registry.cancel(id, CancelReason::Requested) {
+                        tracing::info!(run = %id, "a run ended elsewhere was stopped here");
+                    }
                 }
             }
-        }
-        Err(error) => {
-            tracing::warn!(%error, runs = running.len(), "renewing run leases failed; retrying");
+            Err(error) => {
+                tracing::warn!(%error, runs = running.len(), "renewing run leases failed; retrying");
+                return;
+            }
         }
     }
 }
