@@ -620,6 +620,19 @@ async fn queued_runs_are_claimed_once_oldest_first_with_their_input((_, runs, _)
     assert!(matches!(busy, Err(StorageError::SessionBusy { run, .. }) if run == first));
 }
 
+/// `refused` is the queue's refusal: by its owner's cap (`per_owner`) or the total's, at `queued`.
+fn assert_full(
+    refused: &Result<agent_storage::RunRecord, StorageError>,
+    per_owner: bool,
+    queued: usize,
+) {
+    let expected = (per_owner, queued);
+    assert!(
+        matches!(refused, Err(StorageError::QueueFull { per_owner, queued }) if (*per_owner, *queued) == expected),
+        "{refused:?}"
+    );
+}
+
 async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores) {
     let chat = session("capped");
     let held = run_id();
@@ -634,29 +647,11 @@ async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores
         .await
         .unwrap();
     let mine = runs.enqueue_run(queued(&run_id(), "alice", None)).await;
-    assert!(
-        matches!(
-            mine,
-            Err(StorageError::QueueFull {
-                per_owner: true,
-                queued: 2
-            })
-        ),
-        "{mine:?}"
-    );
+    assert_full(&mine, true, 2);
     let bobs = run_id();
     runs.enqueue_run(queued(&bobs, "bob", None)).await.unwrap();
     let full = runs.enqueue_run(queued(&run_id(), "carol", None)).await;
-    assert!(
-        matches!(
-            full,
-            Err(StorageError::QueueFull {
-                per_owner: false,
-                queued: 3
-            })
-        ),
-        "{full:?}"
-    );
+    assert_full(&full, false, 3);
     // A claimed run leaves the queue: there is room again.
     runs.claim_run("replica-1", Duration::from_secs(30))
         .await
@@ -667,16 +662,7 @@ async fn the_queue_refuses_past_its_caps_and_a_busy_session((_, runs, _): Stores
         .unwrap();
     // So does a cancelled one.
     let full = runs.enqueue_run(queued(&run_id(), "dave", None)).await;
-    assert!(
-        matches!(
-            full,
-            Err(StorageError::QueueFull {
-                per_owner: false,
-                queued: 3
-            })
-        ),
-        "{full:?}"
-    );
+    assert_full(&full, false, 3);
     runs.end_run(&bobs, CANCEL).await.unwrap();
     runs.enqueue_run(queued(&run_id(), "dave", None))
         .await
