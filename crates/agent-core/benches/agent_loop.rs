@@ -94,6 +94,8 @@ fn agent_loop(criterion: &mut Criterion) {
                     user_message: "2+3*4?".into(),
                     session_tokens_used: 0,
                     sampling: Default::default(),
+                    waits: Default::default(),
+                    resume: None,
                 };
                 let agent = agent.clone();
                 async move { agent.run_turn(request).await.unwrap() }

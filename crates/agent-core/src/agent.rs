@@ -2,7 +2,9 @@
 //! concurrently up to a bound and their results are appended in call order; repeat until the
 //! model answers. Bounded by a step limit, token budgets per turn and per session, and a
 //! whole-turn deadline. Dropping the turn's future (or its event stream) cancels everything it
-//! started: tool calls run inside it, never in spawned tasks.
+//! started: tool calls run inside it, never in spawned tasks. A turn can stop before tool calls
+//! the client must answer (see [`Waits`]) and be resumed with its answers ([`Resume`]) by any
+//! process: everything it needs is in what it returned.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,9 +20,10 @@ use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::{AgentError, ModelError};
 use crate::model::{
     ChatModel, ChatRequest, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler, Sampling,
+    ToolSpec,
 };
 use crate::spans;
-use crate::tools::ToolRegistry;
+use crate::tools::{ToolRegistry, ToolSet};
 
 /// The bounds of every turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,22 +45,92 @@ pub struct AgentLimits {
 pub struct TurnRequest {
     /// Earlier messages of the session, oldest first.
     pub history: Vec<Message>,
+    /// The turn's user message (unused when the turn resumes: its messages so far hold it).
     pub user_message: String,
     /// Tokens the session used before this turn.
     pub session_tokens_used: u64,
     /// The client's sampling choices for every model call of the turn.
     pub sampling: Sampling,
+    /// What waits for the client before a step's tool calls run (see [`Waits`]).
+    pub waits: Waits,
+    /// A turn that stopped before tool calls, continued with the client's answers.
+    pub resume: Option<Resume>,
 }
 
-/// A finished turn: the messages to store and the answer.
+/// Which tool calls wait for the client: every call to one of the client's own tools (offered to
+/// the model beside the agent's; the client runs it and sends its result), and the calls to the
+/// agent's tools its approval policy names (the client approves or rejects each). A step's other
+/// calls run at once; the turn then stops, its waiting calls in [`TurnResult::waiting`].
+#[derive(Debug, Clone, Default)]
+pub struct Waits {
+    pub client_tools: Vec<ToolSpec>,
+    pub approval: Option<Arc<dyn ApprovalPolicy>>,
+}
+
+/// Which calls to the agent's own tools need the client's approval before they run.
+pub trait ApprovalPolicy: Send + Sync + std::fmt::Debug {
+    fn needs_approval(&self, call: &ToolCall) -> bool;
+}
+
+/// Why a tool call waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// A call to one of the agent's tools, run once the client approves it.
+    Approval,
+    /// A call to one of the client's tools: the client runs it.
+    ClientTool,
+}
+
+/// A tool call the turn stopped before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaitingCall {
+    pub call: ToolCall,
+    pub wait: Wait,
+}
+
+/// The client's answer to a waiting call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Run it (an approval).
+    Approved,
+    /// Do not run it: the model reads `rejected by the user` and the reason.
+    Rejected { reason: Option<String> },
+    /// The result of a client's tool.
+    Output(String),
+}
+
+/// A stopped turn, as it stopped, and the client's answer to each call it waited for.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The turn's messages so far ([`TurnResult::turn`] of the stopped turn).
+    pub produced: Vec<Message>,
+    /// Each waiting call (in the order the turn reported them) with its answer.
+    pub answers: Vec<(WaitingCall, Answer)>,
+    /// The stopped turn's usage and model calls, which the resumed turn goes on counting.
+    pub usage: TokenUsage,
+    pub steps: usize,
+}
+
+/// A turn that ended: finished (no waiting calls), or stopped before the calls in `waiting`
+/// (resume it with [`Resume`]): the messages to store and the answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TurnResult {
     /// The user message, then every assistant and tool message, with the summed usage.
     pub turn: Turn,
-    /// The final assistant text.
+    /// The final assistant text (for a stopped turn, the text beside its calls, often empty).
     pub response: String,
     /// Model calls made.
     pub steps: usize,
+    /// The calls the turn stopped before, in call order; empty when it finished.
+    pub waiting: Vec<WaitingCall>,
+}
+
+/// The tool message of a rejected call.
+pub fn rejection(reason: Option<&str>) -> String {
+    match reason.map(str::trim).filter(|reason| !reason.is_empty()) {
+        Some(reason) => format!("rejected by the user: {reason}"),
+        None => "rejected by the user".to_owned(),
+    }
 }
 
 /// What a streaming turn reports, in order; `Done` or `Failed` comes last.
@@ -73,6 +146,19 @@ pub enum AgentEvent {
     },
     Done(TurnResult),
     Failed(AgentError),
+}
+
+impl Waits {
+    /// Whether `call` waits for the client, and why.
+    fn wait_for(&self, call: &ToolCall) -> Option<Wait> {
+        if self.client_tools.iter().any(|tool| tool.name == call.name) {
+            return Some(Wait::ClientTool);
+        }
+        self.approval
+            .as_ref()
+            .filter(|policy| policy.needs_approval(call))
+            .map(|_| Wait::Approval)
+    }
 }
 
 /// A model, its tools, and limits. Cheap to clone.
@@ -187,22 +273,41 @@ impl Agent {
         request: TurnRequest,
         events: Option<&EventQueue>,
     ) -> Result<TurnResult, AgentError> {
-        let user = Message::user(request.user_message);
         let mut context = Vec::with_capacity(request.history.len() + 8);
         if let Some(prompt) = &self.system_prompt {
             context.push(Message::system(prompt.as_ref()));
         }
         context.extend(request.history);
-        context.push(user.clone());
-        let mut produced = vec![user];
-        let mut usage = TokenUsage::default();
         // The tools of the turn's start: an MCP server's list changing does not change them.
         let tools = self.tools.current();
+        let (mut produced, mut usage, first_step) = match request.resume {
+            None => {
+                let user = Message::user(request.user_message);
+                context.push(user.clone());
+                (vec![user], TokenUsage::default(), 1)
+            }
+            Some(resume) => {
+                context.extend(resume.produced.iter().cloned());
+                let mut produced = resume.produced;
+                let answered = self.answer(&tools, resume.answers, events).await;
+                context.extend(answered.iter().cloned());
+                produced.extend(answered);
+                (produced, resume.usage, resume.steps + 1)
+            }
+        };
+        // The client's tools are offered beside the agent's (a name in both is refused before).
+        let offered: std::borrow::Cow<'_, [ToolSpec]> = if request.waits.client_tools.is_empty() {
+            std::borrow::Cow::Borrowed(tools.specs())
+        } else {
+            let mut all = tools.specs().to_vec();
+            all.extend(request.waits.client_tools.iter().cloned());
+            std::borrow::Cow::Owned(all)
+        };
 
-        for step in 1..=self.limits.max_steps {
+        for step in first_step..=self.limits.max_steps {
             let model_request = ChatRequest {
                 messages: &context,
-                tools: tools.specs(),
+                tools: &offered,
                 sampling: &request.sampling,
             };
             let span = spans::chat(&self.identity, &request.sampling);
@@ -245,37 +350,71 @@ impl Agent {
                         usage,
                     },
                     steps: step,
+                    waiting: Vec::new(),
                 });
             }
             for call in &calls {
                 send(events, AgentEvent::ToolCallStarted(call.clone()));
             }
-            // `buffered` runs up to the bound at once and yields results in call order.
-            let pending: Vec<_> = calls
-                .iter()
+            let (waiting, now): (Vec<_>, Vec<_>) = calls
+                .into_iter()
                 .map(|call| {
-                    let capture = self.capture_content;
-                    let tools = &tools;
-                    // The span starts when the call does, not while it waits for its turn.
-                    async move {
-                        let span = spans::tool(call, || tools.source_of(&call.name));
-                        let outcome = tools.call(call).instrument(span.clone()).await;
-                        spans::record_tool(
-                            &span,
-                            call,
-                            &outcome.content,
-                            outcome.is_error,
-                            capture,
-                        );
-                        outcome
-                    }
+                    let wait = request.waits.wait_for(&call);
+                    (call, wait)
                 })
-                .collect();
-            let outcomes: Vec<_> = futures_util::stream::iter(pending)
-                .buffered(self.limits.max_parallel_tools.max(1))
-                .collect()
-                .await;
-            for (call, outcome) in calls.iter().zip(outcomes) {
+                .partition(|(_, wait)| wait.is_some());
+            let now: Vec<ToolCall> = now.into_iter().map(|(call, _)| call).collect();
+            let results = self.run_calls(&tools, &now, events).await;
+            context.extend(results.iter().cloned());
+            produced.extend(results);
+            if !waiting.is_empty() {
+                tracing::debug!(step, waiting = waiting.len(), "turn waits for the client");
+                return Ok(TurnResult {
+                    response: reply.message.content,
+                    turn: Turn {
+                        messages: produced,
+                        usage,
+                    },
+                    steps: step,
+                    waiting: waiting
+                        .into_iter()
+                        .filter_map(|(call, wait)| Some(WaitingCall { call, wait: wait? }))
+                        .collect(),
+                });
+            }
+        }
+        Err(AgentError::StepLimit(self.limits.max_steps))
+    }
+
+    /// Runs `calls` (up to the bound at once) and answers their tool messages in call order.
+    async fn run_calls(
+        &self,
+        tools: &ToolSet,
+        calls: &[ToolCall],
+        events: Option<&EventQueue>,
+    ) -> Vec<Message> {
+        // `buffered` runs up to the bound at once and yields results in call order.
+        let pending: Vec<_> = calls
+            .iter()
+            .map(|call| {
+                let capture = self.capture_content;
+                // The span starts when the call does, not while it waits for its turn.
+                async move {
+                    let span = spans::tool(call, || tools.source_of(&call.name));
+                    let outcome = tools.call(call).instrument(span.clone()).await;
+                    spans::record_tool(&span, call, &outcome.content, outcome.is_error, capture);
+                    outcome
+                }
+            })
+            .collect();
+        let outcomes: Vec<_> = futures_util::stream::iter(pending)
+            .buffered(self.limits.max_parallel_tools.max(1))
+            .collect()
+            .await;
+        calls
+            .iter()
+            .zip(outcomes)
+            .map(|(call, outcome)| {
                 send(
                     events,
                     AgentEvent::ToolResult {
@@ -285,12 +424,46 @@ impl Agent {
                         is_error: outcome.is_error,
                     },
                 );
-                let result = Message::tool_result(call.id.clone(), outcome.content);
-                context.push(result.clone());
-                produced.push(result);
-            }
-        }
-        Err(AgentError::StepLimit(self.limits.max_steps))
+                Message::tool_result(call.id.clone(), outcome.content)
+            })
+            .collect()
+    }
+
+    /// The tool messages of a resumed turn's answered calls, in their order: approved calls run
+    /// now, rejected ones say so, a client's tool gives its output.
+    async fn answer(
+        &self,
+        tools: &ToolSet,
+        answers: Vec<(WaitingCall, Answer)>,
+        events: Option<&EventQueue>,
+    ) -> Vec<Message> {
+        let approved: Vec<ToolCall> = answers
+            .iter()
+            .filter(|(_, answer)| *answer == Answer::Approved)
+            .map(|(waiting, _)| waiting.call.clone())
+            .collect();
+        let mut ran = self.run_calls(tools, &approved, events).await.into_iter();
+        answers
+            .into_iter()
+            .filter_map(|(waiting, answer)| {
+                let content = match answer {
+                    Answer::Approved => return ran.next(),
+                    Answer::Rejected { reason } => rejection(reason.as_deref()),
+                    Answer::Output(output) => output,
+                };
+                let call = waiting.call;
+                send(
+                    events,
+                    AgentEvent::ToolResult {
+                        call_id: call.id.clone(),
+                        name: call.name,
+                        content: content.clone(),
+                        is_error: false,
+                    },
+                );
+                Some(Message::tool_result(call.id, content))
+            })
+            .collect()
     }
 
     async fn streamed_step(

@@ -18,7 +18,10 @@ pub mod spans;
 mod tools;
 pub mod trace_context;
 
-pub use agent::{Agent, AgentEvent, AgentLimits, TurnEvents, TurnRequest, TurnResult};
+pub use agent::{
+    Agent, AgentEvent, AgentLimits, Answer, ApprovalPolicy, Resume, TurnEvents, TurnRequest,
+    TurnResult, Wait, WaitingCall, Waits, rejection,
+};
 pub use backoff::backoff;
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};

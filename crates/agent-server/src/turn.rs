@@ -397,6 +397,8 @@ impl Turns {
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
+                    waits: Default::default(),
+                    resume: None,
                 };
                 let target = Held::Given { caller };
                 return Ok(Prepared {
@@ -496,6 +498,8 @@ impl Turns {
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
+            waits: Default::default(),
+            resume: None,
         };
         Ok(Prepared {
             request,

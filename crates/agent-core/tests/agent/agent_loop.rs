@@ -21,6 +21,8 @@ fn request(text: &str) -> TurnRequest {
         user_message: text.into(),
         session_tokens_used: 0,
         sampling: Default::default(),
+        waits: Default::default(),
+        resume: None,
     }
 }
 

@@ -1,6 +1,6 @@
 //! agent-core tests: the loop with a scripted model (limits, concurrency, cancellation, tool
 //! errors), the OpenAI-compatible model through the real async-openai client against a fake
-//! server, and the offline model.
+//! server, the offline model, and turns that stop for the client (approvals, client tools).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,3 +9,4 @@ mod http_tools;
 mod offline;
 mod openai;
 mod scripted;
+mod waits;

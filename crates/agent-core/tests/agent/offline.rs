@@ -12,6 +12,8 @@ async fn ask(question: &str) -> agent_core::TurnResult {
         user_message: question.into(),
         session_tokens_used: 0,
         sampling: Default::default(),
+        waits: Default::default(),
+        resume: None,
     };
     agent(Arc::new(OfflineModel), Vec::new(), LIMITS)
         .run_turn(request)

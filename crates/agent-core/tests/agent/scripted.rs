@@ -29,6 +29,8 @@ pub(crate) struct ScriptedModel {
     usage: TokenUsage,
     pub(crate) calls: AtomicUsize,
     pub(crate) seen: Mutex<Vec<Vec<Message>>>,
+    /// The names of the tools each request offered.
+    pub(crate) offered: Mutex<Vec<Vec<String>>>,
 }
 
 impl ScriptedModel {
@@ -38,6 +40,7 @@ impl ScriptedModel {
             usage,
             calls: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
+            offered: Mutex::new(Vec::new()),
         })
     }
 }
@@ -47,6 +50,8 @@ impl ChatModel for ScriptedModel {
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(request.messages.to_vec());
+        let names = request.tools.iter().map(|tool| tool.name.clone()).collect();
+        self.offered.lock().unwrap().push(names);
         let step = {
             let mut steps = self.steps.lock().unwrap();
             if steps.len() > 1 {
