@@ -341,34 +341,27 @@ impl Agent {
             let calls = reply.message.tool_calls.clone();
             context.push(reply.message.clone());
             produced.push(reply.message.clone());
-            if calls.is_empty() {
-                tracing::debug!(step, tokens = usage.total(), "turn finished");
-                return Ok(TurnResult {
-                    response: reply.message.content,
-                    turn: Turn {
-                        messages: produced,
-                        usage,
-                    },
-                    steps: step,
-                    waiting: Vec::new(),
-                });
-            }
-            for call in &calls {
+            let finished = calls.is_empty();
+            let (mut now, mut waiting) = (Vec::new(), Vec::new());
+            for call in calls {
                 send(events, AgentEvent::ToolCallStarted(call.clone()));
+                match request.waits.wait_for(&call) {
+                    Some(wait) => waiting.push(WaitingCall { call, wait }),
+                    None => now.push(call),
+                }
             }
-            let (waiting, now): (Vec<_>, Vec<_>) = calls
-                .into_iter()
-                .map(|call| {
-                    let wait = request.waits.wait_for(&call);
-                    (call, wait)
-                })
-                .partition(|(_, wait)| wait.is_some());
-            let now: Vec<ToolCall> = now.into_iter().map(|(call, _)| call).collect();
-            let results = self.run_calls(&tools, &now, events).await;
-            context.extend(results.iter().cloned());
-            produced.extend(results);
-            if !waiting.is_empty() {
-                tracing::debug!(step, waiting = waiting.len(), "turn waits for the client");
+            if !now.is_empty() {
+                let results = self.run_calls(&tools, &now, events).await;
+                context.extend(results.iter().cloned());
+                produced.extend(results);
+            }
+            if finished || !waiting.is_empty() {
+                tracing::debug!(
+                    step,
+                    tokens = usage.total(),
+                    waiting = waiting.len(),
+                    "turn ended"
+                );
                 return Ok(TurnResult {
                     response: reply.message.content,
                     turn: Turn {
@@ -376,10 +369,7 @@ impl Agent {
                         usage,
                     },
                     steps: step,
-                    waiting: waiting
-                        .into_iter()
-                        .filter_map(|(call, wait)| Some(WaitingCall { call, wait: wait? }))
-                        .collect(),
+                    waiting,
                 });
             }
         }
@@ -414,18 +404,7 @@ impl Agent {
         calls
             .iter()
             .zip(outcomes)
-            .map(|(call, outcome)| {
-                send(
-                    events,
-                    AgentEvent::ToolResult {
-                        call_id: call.id.clone(),
-                        name: call.name.clone(),
-                        content: outcome.content.clone(),
-                        is_error: outcome.is_error,
-                    },
-                );
-                Message::tool_result(call.id.clone(), outcome.content)
-            })
+            .map(|(call, outcome)| tool_message(events, call, outcome.content, outcome.is_error))
             .collect()
     }
 
@@ -451,17 +430,7 @@ impl Agent {
                     Answer::Rejected { reason } => rejection(reason.as_deref()),
                     Answer::Output(output) => output,
                 };
-                let call = waiting.call;
-                send(
-                    events,
-                    AgentEvent::ToolResult {
-                        call_id: call.id.clone(),
-                        name: call.name,
-                        content: content.clone(),
-                        is_error: false,
-                    },
-                );
-                Some(Message::tool_result(call.id, content))
+                Some(tool_message(events, &waiting.call, content, false))
             })
             .collect()
     }
@@ -503,6 +472,25 @@ impl Agent {
         }
         Ok(())
     }
+}
+
+/// The tool message of `call`'s result, reported as its event first.
+fn tool_message(
+    events: Option<&EventQueue>,
+    call: &ToolCall,
+    content: String,
+    is_error: bool,
+) -> Message {
+    send(
+        events,
+        AgentEvent::ToolResult {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            content: content.clone(),
+            is_error,
+        },
+    );
+    Message::tool_result(call.id.clone(), content)
 }
 
 fn send(events: Option<&EventQueue>, event: AgentEvent) {

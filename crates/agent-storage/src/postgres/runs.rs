@@ -228,6 +228,21 @@ impl PostgresStore {
         Ok(())
     }
 
+    /// Ends the run `id` if it is active ([`RunStore::end_run`]).
+    async fn end(
+        connection: &mut AsyncPgConnection,
+        id: &str,
+        end: RunEnd<'_>,
+    ) -> Result<Ended, StorageError> {
+        if let Some(ended) = Self::end_active(connection, id, end, false).await? {
+            return Ok(Ended::Now(ended));
+        }
+        Ok(match Self::load_run(connection, id).await? {
+            Some(run) => Ended::Already(run),
+            None => Ended::Missing,
+        })
+    }
+
     /// Ends the run `id` if it is active and, when `only_expired`, its lease has expired.
     async fn end_active(
         connection: &mut AsyncPgConnection,
@@ -384,13 +399,7 @@ impl RunStore for PostgresStore {
     async fn end_run(&self, id: &str, end: RunEnd<'_>) -> Result<Ended, StorageError> {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
-            if let Some(ended) = Self::end_active(&mut connection, id, end, false).await? {
-                return Ok(Ended::Now(ended));
-            }
-            Ok(match Self::load_run(&mut connection, id).await? {
-                Some(run) => Ended::Already(run),
-                None => Ended::Missing,
-            })
+            Self::end(&mut connection, id, end).await
         })
         .await
     }
@@ -439,13 +448,7 @@ impl RunStore for PostgresStore {
             if let Some(recorded) = recorded {
                 return Ok(Ended::Now(RunRecord::try_from(recorded)?));
             }
-            if let Some(ended) = Self::end_active(&mut connection, run.id, end, false).await? {
-                return Ok(Ended::Now(ended));
-            }
-            Ok(match Self::load_run(&mut connection, run.id).await? {
-                Some(run) => Ended::Already(run),
-                None => Ended::Missing,
-            })
+            Self::end(&mut connection, run.id, end).await
         })
         .await
     }
