@@ -20,10 +20,11 @@ pub use error::StorageError;
 pub use lock::{LockGuard, acquire_lock};
 pub use memory::MemoryStorage;
 pub use model::{
-    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, IdempotencyCompletion, LockLease, LoggedEvent,
-    NewRun, OpenedSession, QueuedRun, RUN_LOST, RateDecision, ResponseParameters, ResponseRecord,
-    RunCompletion, RunCursor, RunEnd, RunError, RunOrigin, RunRecord, RunStatus, SessionCursor,
-    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    ACTION_EXPIRED, Answered, ClaimedRun, DailyUsage, Ended, IdempotencyBegin,
+    IdempotencyCompletion, LockLease, LoggedEvent, NewRun, OpenedSession, QueuedRun, RUN_LOST,
+    RateDecision, ResponseParameters, ResponseRecord, RunAction, RunAnswer, RunCompletion,
+    RunCursor, RunEnd, RunError, RunOrigin, RunRecord, RunStatus, SessionCursor, SessionInfo,
+    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};

@@ -168,12 +168,15 @@ pub struct StoredResponse {
     pub usage: TokenUsage,
 }
 
-/// Where a run is in its life: `Queued` and `InProgress` are active (a session has at most one
-/// active run), the others are terminal.
+/// Where a run is in its life: `Queued`, `InProgress` and `RequiresAction` are active (a session
+/// has at most one active run), the others are terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunStatus {
     Queued,
     InProgress,
+    /// Stopped before tool calls the client must answer: no executor holds it (see
+    /// [`crate::RunStore::suspend_run`]).
+    RequiresAction,
     Completed,
     Failed,
     Cancelled,
@@ -185,6 +188,7 @@ impl RunStatus {
         match self {
             Self::Queued => "queued",
             Self::InProgress => "in_progress",
+            Self::RequiresAction => "requires_action",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -195,6 +199,7 @@ impl RunStatus {
         [
             Self::Queued,
             Self::InProgress,
+            Self::RequiresAction,
             Self::Completed,
             Self::Failed,
             Self::Cancelled,
@@ -203,9 +208,9 @@ impl RunStatus {
         .find(|status| status.as_str() == text)
     }
 
-    /// Queued or in progress: the run holds its session.
+    /// Queued, in progress or waiting for the client: the run holds its session.
     pub fn is_active(self) -> bool {
-        matches!(self, Self::Queued | Self::InProgress)
+        matches!(self, Self::Queued | Self::InProgress | Self::RequiresAction)
     }
 }
 
@@ -291,6 +296,46 @@ pub struct RunRecord {
     pub usage: TokenUsage,
     /// Until when its executor holds it (an active run).
     pub lease_expires_at: Option<SystemTime>,
+    /// What a run waiting for the client keeps (only while it waits; read with the run by
+    /// [`crate::RunStore::run`] and [`crate::RunStore::session_runs`]).
+    pub action: Option<RunAction>,
+}
+
+/// What a run waiting for the client keeps: everything needed to continue it (opaque here: the
+/// server's JSON), until when it waits, and the version an answer is written over (see
+/// [`crate::RunStore::answer_run`]; never the same twice for a run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunAction {
+    pub pending: String,
+    pub expires_at: SystemTime,
+    pub version: u64,
+}
+
+/// The error code of a run whose wait for the client expired.
+pub const ACTION_EXPIRED: &str = "action_expired";
+
+/// What answering a waiting run did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answered {
+    /// Written: the record as it is now (waiting still, or in progress again).
+    Now(RunRecord),
+    /// Not written: the run is no longer waiting at the version the answer read (answered
+    /// meanwhile, cancelled, expired); the record as it is.
+    Moved(RunRecord),
+    /// No such run.
+    Missing,
+}
+
+/// An answer to a waiting run: its pending state with the answers in (opaque here), and, when
+/// it is answered in full, who resumes it.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAnswer<'a> {
+    pub id: &'a str,
+    /// The [`RunAction::version`] the answer was made from.
+    pub version: u64,
+    pub pending: &'a str,
+    /// Resume it now: in progress, leased to this holder for this long. None: it waits on.
+    pub resume: Option<(&'a str, Duration)>,
 }
 
 /// Why a run failed or was cancelled: a stable code and a readable message.

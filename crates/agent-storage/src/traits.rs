@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, OpenedSession,
-    QueuedRun, RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor,
-    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    Answered, ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun,
+    OpenedSession, QueuedRun, RateDecision, RunAnswer, RunCompletion, RunCursor, RunEnd, RunRecord,
+    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::Sweep;
 
@@ -146,6 +146,28 @@ pub trait RunStore: Send + Sync + Debug {
     /// record of it yet.
     async fn record_run_end(&self, run: NewRun<'_>, end: RunEnd<'_>)
     -> Result<Ended, StorageError>;
+
+    /// Stops `run` to wait for the client ([`crate::RunStatus::RequiresAction`]): its executor
+    /// lets go of it (no lease), `pending` (opaque: everything needed to continue it) is kept
+    /// with it until it is answered or `expires_at`, and it stays its session's active run. A
+    /// run with no record yet is recorded waiting. A run no longer in progress is
+    /// [`StorageError::RunEnded`] (nothing written).
+    async fn suspend_run(
+        &self,
+        run: NewRun<'_>,
+        pending: &str,
+        expires_at: SystemTime,
+    ) -> Result<RunRecord, StorageError>;
+
+    /// Writes `answer` to a waiting run if it is still waiting at the version the answer was
+    /// made from ([`crate::RunRecord::actions`]): its pending state replaced (answered in part),
+    /// or, resumed, in progress again and leased (its pending state dropped: the resumer has
+    /// it). Of two answers made from one version, one is written.
+    async fn answer_run(&self, answer: RunAnswer<'_>) -> Result<Answered, StorageError>;
+
+    /// Fails as [`crate::ACTION_EXPIRED`] up to `limit` waiting runs whose wait expired; answers
+    /// them.
+    async fn expire_actions(&self, limit: usize) -> Result<Vec<RunRecord>, StorageError>;
 
     /// Clears the way for a turn on `session`, whose active run (see
     /// [`ConversationStore::open_session`]) is not the turn's: [`StorageError::SessionBusy`]

@@ -8,13 +8,15 @@ use utoipa::ToSchema;
 use super::timestamp;
 use crate::error::ApiError;
 
-/// Where a run is: `queued` and `in_progress` are active (a session has at most one active
-/// run); `completed`, `failed` and `cancelled` are final.
+/// Where a run is: `queued`, `in_progress` and `requires_action` (waiting for the client's
+/// answer to its tool calls) are active (a session has at most one active run); `completed`,
+/// `failed` and `cancelled` are final.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RunState {
     Queued,
     InProgress,
+    RequiresAction,
     Completed,
     Failed,
     Cancelled,
@@ -26,6 +28,7 @@ impl From<agent_storage::RunStatus> for RunState {
         match status {
             RunStatus::Queued => Self::Queued,
             RunStatus::InProgress => Self::InProgress,
+            RunStatus::RequiresAction => Self::RequiresAction,
             RunStatus::Completed => Self::Completed,
             RunStatus::Failed => Self::Failed,
             RunStatus::Cancelled => Self::Cancelled,

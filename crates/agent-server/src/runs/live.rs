@@ -183,6 +183,7 @@ impl LiveRun {
             output_text: None,
             usage: TokenUsage::default(),
             lease_expires_at: None,
+            action: None,
         }
     }
 

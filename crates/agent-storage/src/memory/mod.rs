@@ -12,9 +12,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::background::BackgroundWork;
 use crate::error::StorageError;
 use crate::model::{
-    ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun, OpenedSession,
-    QueuedRun, RateDecision, RunCompletion, RunCursor, RunEnd, RunRecord, SessionCursor,
-    SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    Answered, ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun,
+    OpenedSession, QueuedRun, RateDecision, RunAnswer, RunCompletion, RunCursor, RunEnd, RunRecord,
+    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{
@@ -381,6 +381,23 @@ impl RunStore for MemoryStorage {
         end: RunEnd<'_>,
     ) -> Result<Ended, StorageError> {
         Ok(lock(&self.runs).record_end(run, end))
+    }
+
+    async fn suspend_run(
+        &self,
+        run: NewRun<'_>,
+        pending: &str,
+        expires_at: SystemTime,
+    ) -> Result<RunRecord, StorageError> {
+        lock(&self.runs).suspend(run, pending, expires_at)
+    }
+
+    async fn answer_run(&self, answer: RunAnswer<'_>) -> Result<Answered, StorageError> {
+        Ok(lock(&self.runs).answer(answer))
+    }
+
+    async fn expire_actions(&self, limit: usize) -> Result<Vec<RunRecord>, StorageError> {
+        Ok(lock(&self.runs).expire(limit))
     }
 
     async fn settle_session(&self, session: &SessionId) -> Result<(), StorageError> {

@@ -8,8 +8,8 @@ use agent_core::{SessionId, TokenUsage};
 
 use crate::error::StorageError;
 use crate::model::{
-    ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunCompletion, RunCursor, RunEnd, RunRecord,
-    RunStatus, WebhookEvent,
+    ACTION_EXPIRED, Answered, ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunAction, RunAnswer,
+    RunCompletion, RunCursor, RunEnd, RunRecord, RunStatus, WebhookEvent,
 };
 
 /// What a run lost by its executor says.
@@ -33,6 +33,8 @@ pub(super) struct RunTable {
     inputs: HashMap<String, String>,
     /// The webhook events of background runs' terminal states (see `WebhookOutbox`).
     webhooks: Vec<OutboxEntry>,
+    /// The last version given to a waiting run's action (they never come back).
+    versions: u64,
 }
 
 #[derive(Debug)]
@@ -115,6 +117,7 @@ impl RunTable {
             output_text: None,
             usage: TokenUsage::default(),
             lease_expires_at: None,
+            action: None,
         }
     }
 
@@ -187,6 +190,7 @@ impl RunTable {
             output_text: None,
             usage: TokenUsage::default(),
             lease_expires_at: None,
+            action: None,
         };
         self.queue.push_back(run.id.to_owned());
         self.inputs.insert(run.id.to_owned(), run.input.to_owned());
@@ -256,6 +260,95 @@ impl RunTable {
             .collect();
         lost.iter()
             .filter_map(|id| match self.end(id, LOST) {
+                Ended::Now(record) => Some(record),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stops `run` to wait (see [`crate::RunStore::suspend_run`]).
+    pub(super) fn suspend(
+        &mut self,
+        run: NewRun<'_>,
+        pending: &str,
+        expires_at: SystemTime,
+    ) -> Result<RunRecord, StorageError> {
+        if !self.runs.contains_key(run.id) {
+            self.check_session(run.session)?;
+            self.insert(Self::record_of(&run, RunStatus::InProgress));
+        }
+        let Some(record) = self.runs.get_mut(run.id) else {
+            return Err(StorageError::Corrupt(format!("run {} vanished", run.id)));
+        };
+        if record.status != RunStatus::InProgress {
+            return Err(StorageError::RunEnded {
+                run: run.id.to_owned(),
+                status: record.status,
+            });
+        }
+        record.status = RunStatus::RequiresAction;
+        record.background = true;
+        record.lease_expires_at = None;
+        self.versions += 1;
+        record.action = Some(RunAction {
+            pending: pending.to_owned(),
+            expires_at,
+            version: self.versions,
+        });
+        let record = record.clone();
+        self.holders.remove(&record.id);
+        self.emit(&record);
+        Ok(record)
+    }
+
+    /// Writes `answer` over the version it read (see [`crate::RunStore::answer_run`]).
+    pub(super) fn answer(&mut self, answer: RunAnswer<'_>) -> Answered {
+        let Some(record) = self.runs.get_mut(answer.id) else {
+            return Answered::Missing;
+        };
+        let current = record.action.as_ref().map(|action| action.version);
+        if record.status != RunStatus::RequiresAction || current != Some(answer.version) {
+            return Answered::Moved(record.clone());
+        }
+        self.versions += 1;
+        match answer.resume {
+            Some((holder, lease)) => {
+                record.status = RunStatus::InProgress;
+                record.action = None;
+                record.lease_expires_at = Some(SystemTime::now() + lease);
+                self.holders.insert(answer.id.to_owned(), holder.to_owned());
+            }
+            None => {
+                if let Some(action) = &mut record.action {
+                    answer.pending.clone_into(&mut action.pending);
+                    action.version = self.versions;
+                }
+            }
+        }
+        Answered::Now(self.runs[answer.id].clone())
+    }
+
+    /// Fails the waiting runs whose wait expired, up to `limit`.
+    pub(super) fn expire(&mut self, limit: usize) -> Vec<RunRecord> {
+        let now = SystemTime::now();
+        let mut expired: Vec<(SystemTime, String)> = self
+            .runs
+            .values()
+            .filter_map(|record| {
+                let action = record.action.as_ref()?;
+                (record.status == RunStatus::RequiresAction && action.expires_at <= now)
+                    .then(|| (action.expires_at, record.id.clone()))
+            })
+            .collect();
+        expired.sort();
+        expired.truncate(limit);
+        let end = RunEnd::Failed {
+            code: ACTION_EXPIRED,
+            message: "the run waited for the client's answer longer than it may; nothing was stored",
+        };
+        expired
+            .iter()
+            .filter_map(|(_, id)| match self.end(id, end) {
                 Ended::Now(record) => Some(record),
                 _ => None,
             })
@@ -417,7 +510,8 @@ impl RunTable {
         }
     }
 
-    /// Writes the webhook event of a background run that just ended.
+    /// Writes the webhook event of a background run (or one that has waited: it outlived its
+    /// request) that just ended or started waiting.
     fn emit(&mut self, record: &RunRecord) {
         if !record.background {
             return;
@@ -488,6 +582,7 @@ impl RunTable {
     fn finish(record: &mut RunRecord) {
         record.finished_at = Some(SystemTime::now());
         record.lease_expires_at = None;
+        record.action = None;
     }
 
     fn release(&mut self, record: &RunRecord) {

@@ -369,7 +369,7 @@ impl ConversationStore for PostgresStore {
             // Not while a run is active; its runs go with it (a trigger).
             let active = runs::table
                 .filter(runs::session_id.eq(id.as_str()))
-                .filter(runs::status.eq_any(["queued", "in_progress"]));
+                .filter(runs::status.eq_any(super::runs::ACTIVE));
             let deleted = diesel::delete(
                 sessions::table
                     .find(id.as_str())

@@ -1,6 +1,7 @@
 //! Postgres: conversations and idempotency records, through diesel-async on a deadpool pool.
 //! Migrations are embedded in the binary and run under an advisory lock.
 
+mod actions;
 mod conversations;
 mod idempotency;
 mod queue;

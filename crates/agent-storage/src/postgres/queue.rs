@@ -23,8 +23,8 @@ const ENQUEUE: &str = "INSERT INTO runs (id, owner, session_id, status, backgrou
      SELECT $1, $2, $3, 'queued', true, $4::jsonb \
      WHERE COALESCE((SELECT sum(queued) FROM run_queue_owner_counts WHERE owner = $2), 0) < $5 \
        AND (SELECT sum(queued) FROM run_queue_counts) < $6 \
-     ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress') DO NOTHING \
-     RETURNING ";
+     ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress', 'requires_action') \
+     DO NOTHING RETURNING ";
 
 /// Counts the queued runs: the owner's and everyone's.
 const COUNT_QUEUED: &str = "SELECT \
@@ -104,7 +104,7 @@ const FAIL_LOST: &str = "WITH lost AS ( \
      FROM lost WHERE runs.id = lost.id RETURNING ";
 
 /// `RUN_COLUMNS` qualified by the table (for statements that join another relation).
-fn qualified_columns() -> String {
+pub(super) fn qualified_columns() -> String {
     RUN_COLUMNS
         .split(", ")
         .map(|column| format!("runs.{}", column.trim()))

@@ -2,7 +2,7 @@
 //! that the partial unique index on a session's active run refuses), ending one a conditional
 //! update. A completed run is written by its turn's statement (`statements::walk_turn`).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use agent_core::{SessionId, TokenUsage};
 use async_trait::async_trait;
@@ -13,17 +13,17 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{Bool, Double, Nullable, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use super::schema::runs;
+use super::schema::{run_actions, runs};
 use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
-    ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunCursor, RunEnd, RunError, RunRecord,
-    RunStatus,
+    Answered, ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunAction, RunAnswer, RunCursor,
+    RunEnd, RunError, RunRecord, RunStatus,
 };
 use crate::traits::RunStore;
 
 /// The statuses of an active run, as the partial unique index names them.
-const ACTIVE: [&str; 2] = ["queued", "in_progress"];
+pub(super) const ACTIVE: [&str; 3] = ["queued", "in_progress", "requires_action"];
 
 /// What a run lost by its executor says.
 pub(super) const LOST_MESSAGE: &str = "the run's executor stopped renewing its lease (its replica is gone); tools may have run, so it is not retried";
@@ -45,6 +45,42 @@ pub(super) struct RunRow {
     output_text: Option<String>,
     prompt_tokens: i64,
     completion_tokens: i64,
+}
+
+/// A waiting run's row of `run_actions`.
+#[derive(Debug, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = run_actions, check_for_backend(diesel::pg::Pg))]
+pub(super) struct ActionRow {
+    pending: serde_json::Value,
+    expires_at: DateTime<Utc>,
+    version: i64,
+}
+
+impl From<ActionRow> for RunAction {
+    fn from(row: ActionRow) -> Self {
+        Self {
+            pending: row.pending.to_string(),
+            expires_at: row.expires_at.into(),
+            version: u64::try_from(row.version).unwrap_or(0),
+        }
+    }
+}
+
+impl RunRecord {
+    /// The record of `row` and, when it waits, its action.
+    pub(super) fn with_action(
+        (row, action): (RunRow, Option<ActionRow>),
+    ) -> Result<Self, StorageError> {
+        let mut record = Self::try_from(row)?;
+        record.action = action.map(RunAction::from);
+        if (record.status == RunStatus::RequiresAction) != record.action.is_some() {
+            return Err(StorageError::Corrupt(format!(
+                "pending action of run {}",
+                record.id
+            )));
+        }
+        Ok(record)
+    }
 }
 
 impl TryFrom<RunRow> for RunRecord {
@@ -79,6 +115,7 @@ impl TryFrom<RunRow> for RunRecord {
                 completion_tokens: u64::try_from(row.completion_tokens).unwrap_or(0),
             },
             lease_expires_at: row.lease_expires_at.map(Into::into),
+            action: None,
         })
     }
 }
@@ -127,8 +164,8 @@ impl QueryFragment<Pg> for StartRun<'_> {
         out.push_sql(", now() + make_interval(secs => ");
         out.push_bind_param::<Double, _>(&self.lease_seconds)?;
         out.push_sql(
-            ")) ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress') DO NOTHING \
-             RETURNING ",
+            ")) ON CONFLICT (session_id) WHERE status IN ('queued', 'in_progress', \
+             'requires_action') DO NOTHING RETURNING ",
         );
         out.push_sql(RUN_COLUMNS);
         Ok(())
@@ -146,14 +183,15 @@ impl PostgresStore {
         connection: &mut AsyncPgConnection,
         id: &str,
     ) -> Result<Option<RunRecord>, StorageError> {
-        let row: Option<RunRow> = runs::table
-            .find(id)
-            .select(RunRow::as_select())
+        let row: Option<(RunRow, Option<ActionRow>)> = runs::table
+            .left_join(run_actions::table)
+            .filter(runs::id.eq(id))
+            .select((RunRow::as_select(), Option::<ActionRow>::as_select()))
             .first(connection)
             .await
             .optional()
             .map_err(query_error)?;
-        row.map(RunRecord::try_from).transpose()
+        row.map(RunRecord::with_action).transpose()
     }
 
     /// Why the run `id` could not be completed (it is no longer in progress); none when it has
@@ -453,6 +491,38 @@ impl RunStore for PostgresStore {
         .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, run = run.id))]
+    async fn suspend_run(
+        &self,
+        run: NewRun<'_>,
+        pending: &str,
+        expires_at: SystemTime,
+    ) -> Result<RunRecord, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::suspend(&mut connection, run, pending, expires_at).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = BACKEND, run = answer.id))]
+    async fn answer_run(&self, answer: RunAnswer<'_>) -> Result<Answered, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::answer(&mut connection, answer).await
+        })
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
+    async fn expire_actions(&self, limit: usize) -> Result<Vec<RunRecord>, StorageError> {
+        bounded(BACKEND, self.call_limit, async {
+            let mut connection = self.connection().await?;
+            Self::expire(&mut connection, limit).await
+        })
+        .await
+    }
+
     #[tracing::instrument(level = "debug", skip(self), fields(backend = BACKEND))]
     async fn settle_session(&self, session: &SessionId) -> Result<(), StorageError> {
         bounded(BACKEND, self.call_limit, async {
@@ -482,10 +552,11 @@ impl RunStore for PostgresStore {
         bounded(BACKEND, self.call_limit, async {
             let mut connection = self.connection().await?;
             let mut query = runs::table
+                .left_join(run_actions::table)
                 .filter(runs::session_id.eq(session.as_str()))
                 .order((runs::created_at.desc(), runs::id.desc()))
                 .limit(limit)
-                .select(RunRow::as_select())
+                .select((RunRow::as_select(), Option::<ActionRow>::as_select()))
                 .into_boxed();
             if let Some(cursor) = after {
                 let created_at: DateTime<Utc> = cursor.created_at.into();
@@ -495,8 +566,9 @@ impl RunStore for PostgresStore {
                         .and(runs::id.lt(cursor.id.clone()))),
                 );
             }
-            let rows: Vec<RunRow> = query.load(&mut connection).await.map_err(query_error)?;
-            rows.into_iter().map(RunRecord::try_from).collect()
+            let rows: Vec<(RunRow, Option<ActionRow>)> =
+                query.load(&mut connection).await.map_err(query_error)?;
+            rows.into_iter().map(RunRecord::with_action).collect()
         })
         .await
     }

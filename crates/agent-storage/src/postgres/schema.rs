@@ -90,6 +90,23 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    run_actions (run_id) {
+        run_id -> Text,
+        pending -> Jsonb,
+        expires_at -> Timestamptz,
+        version -> Int8,
+    }
+}
+
 diesel::joinable!(messages -> sessions (session_id));
 diesel::joinable!(responses -> sessions (session_id));
-diesel::allow_tables_to_appear_in_same_query!(sessions, messages, usage_daily, responses, runs);
+diesel::joinable!(run_actions -> runs (run_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    sessions,
+    messages,
+    usage_daily,
+    responses,
+    runs,
+    run_actions
+);

@@ -127,8 +127,8 @@ impl QueryFragment<Pg> for OpenSession<'_> {
             ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
              s.prompt_tokens, s.completion_tokens, r.session_id, r.sequence, r.role, r.content, \
              r.tool_calls, r.tool_call_id, r.tokens, r.created_at, \
-             (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress') \
-             LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
+             (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress', \
+             'requires_action') LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
         );
         Ok(())
     }

@@ -43,7 +43,7 @@ impl PostgresStore {
                     // A session with an active run is not idle, however old its last turn.
                     let active = runs::table
                         .filter(runs::session_id.eq(sessions::id.nullable()))
-                        .filter(runs::status.eq_any(["queued", "in_progress"]));
+                        .filter(runs::status.eq_any(super::runs::ACTIVE));
                     let candidates: Vec<String> = sessions::table
                         .filter(sessions::updated_at.lt(cutoff))
                         .filter(diesel::dsl::not(diesel::dsl::exists(active.clone())))

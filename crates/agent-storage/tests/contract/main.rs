@@ -12,6 +12,7 @@ mod migrations;
 mod outages;
 mod rate_limits;
 mod runs;
+mod waiting;
 mod webhooks;
 
 /// Runs each test of a suite against every backend:

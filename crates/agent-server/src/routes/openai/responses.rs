@@ -623,7 +623,7 @@ async fn as_it_is(
         .map(|error| (error.code.clone(), error.message.clone()));
     Ok(match run.status {
         RunStatus::Queued => echo.unanswered("queued", None),
-        RunStatus::InProgress => echo.unanswered("in_progress", None),
+        RunStatus::InProgress | RunStatus::RequiresAction => echo.unanswered("in_progress", None),
         RunStatus::Failed => echo.unanswered("failed", error),
         RunStatus::Cancelled => echo.unanswered("cancelled", error),
         // Its turn stored the response, by the statement that completed the run.
