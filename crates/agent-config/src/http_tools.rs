@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::approval::{self, RawApproval};
 use crate::error::ConfigError;
 use crate::keys;
 use crate::settings::{HttpToolDefaults, HttpToolSettings};
@@ -29,6 +30,8 @@ struct RawTool {
     max_response_bytes: Option<u64>,
     #[serde(default)]
     headers: BTreeMap<String, RawHeader>,
+    #[serde(default)]
+    require_approval: Option<RawApproval>,
 }
 
 pub(crate) fn load(
@@ -76,6 +79,8 @@ pub(crate) fn load(
             defaults.max_response_bytes as u64,
         )?;
         let headers = headers(&origin, tool.headers)?;
+        let require_approval =
+            approval::parse(&origin, tool.require_approval, Some(&[tool.name.as_str()]))?;
         tools.push(HttpToolSettings {
             name: tool.name,
             description: tool.description,
@@ -85,6 +90,7 @@ pub(crate) fn load(
             headers,
             timeout,
             max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
+            require_approval,
         });
     }
     Ok(tools)

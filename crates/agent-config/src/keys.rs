@@ -63,6 +63,9 @@ pub enum Kind {
     WebhookSecrets,
     /// A JSON Schema object (or its JSON text).
     JsonSchema,
+    /// `"always"`, `"never"`, `{ always = { tool_names = [...] } }` or `{ never = { tool_names =
+    /// [...] } }`.
+    Approval,
 }
 
 impl Key {
@@ -139,6 +142,11 @@ impl Kind {
                 "`\"whsec_…\"` or `{ file = \"/path\" }`, or a list of them".to_owned()
             }
             Self::JsonSchema => "JSON Schema object".to_owned(),
+            Self::Approval => {
+                "`\"always\"`, `\"never\"`, `{ always = { tool_names = [...] } }` or \
+                 `{ never = { tool_names = [...] } }`"
+                    .to_owned()
+            }
         }
     }
 }
@@ -429,6 +437,10 @@ sections! {
         /// The most events one run's log keeps (the oldest go first): bounds a run's log in Redis
         /// and its events held in memory while it runs.
         max_events: usize = RUNS_MAX_EVENTS, Kind::Int { min: 16, max: 1_000_000 }, default: Some("10000"), aliases: [];
+        /// How long a run waits for the client's answer to its tool calls (approvals, client-side
+        /// tools' outputs) before it fails as `action_expired` (nothing of its turn is stored;
+        /// its session is free again).
+        action_timeout: Duration = RUNS_ACTION_TIMEOUT, Kind::Duration { min: secs(1), max: secs(30 * 24 * 3600) }, default: Some("24h"), aliases: [];
     }
     /// How webhook events (`[[webhooks]]` in the file) are delivered.
     WebhookDelivery ("webhook_delivery.") {
@@ -543,6 +555,9 @@ entry_fields! {
         max_response_bytes = HTTP_TOOL_MAX_RESPONSE_BYTES, Kind::Int { min: 1, max: 64 << 20 }, default: None;
         /// Sent with every call; values from files are secrets, never logged.
         headers = HTTP_TOOL_HEADERS, Kind::Headers, default: None;
+        /// Whether a call waits for the client's approval before it runs (the filter forms name
+        /// the tool itself).
+        require_approval = HTTP_TOOL_REQUIRE_APPROVAL, Kind::Approval, default: Some("never");
     }
 }
 
@@ -571,6 +586,17 @@ entry_fields! {
         /// How often its tool list is fetched again, besides its `tools/list_changed`
         /// notifications.
         refresh_interval = MCP_SERVER_REFRESH_INTERVAL, Kind::Duration { min: secs(1), max: secs(24 * 3600) }, default: Some("5m");
+        /// Which of its tools (by the server's own names, without the prefix) wait for the
+        /// client's approval before a call runs.
+        require_approval = MCP_SERVER_REQUIRE_APPROVAL, Kind::Approval, default: Some("never");
+    }
+}
+
+entry_fields! {
+    BUILTIN_TOOL_FIELDS ("builtin_tools") {
+        /// Which built-in tools (`calculator`, `current_time`) wait for the client's approval
+        /// before a call runs.
+        require_approval = BUILTIN_TOOLS_REQUIRE_APPROVAL, Kind::Approval, default: Some("never");
     }
 }
 
@@ -583,8 +609,8 @@ entry_fields! {
         /// signature each: rotation). Inline secrets draw a warning in the `production`
         /// profile. Required.
         secret = WEBHOOK_SECRET, Kind::WebhookSecrets, default: None;
-        /// Which events: `response.completed`, `response.failed`, `response.cancelled`.
-        /// Default: all of them.
+        /// Which events: `response.completed`, `response.failed`, `response.cancelled`,
+        /// `response.requires_action`. Default: all of them.
         events = WEBHOOK_EVENTS, Kind::Names, default: None;
         /// Only the runs of these callers. Default: every caller's.
         callers = WEBHOOK_CALLERS, Kind::Names, default: None;

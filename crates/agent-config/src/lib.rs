@@ -4,6 +4,7 @@
 //! The crate reads environment variables and files, nothing else. Secrets stay
 //! [`secrecy::SecretString`] from here to the driver that uses them and are never printed.
 
+mod approval;
 mod derived;
 mod env;
 mod error;
@@ -17,6 +18,7 @@ mod tables;
 mod tests;
 mod webhooks;
 
+pub use approval::RequireApproval;
 pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};

@@ -187,6 +187,7 @@ impl Layers {
                 tool_defaults.max_response_bytes,
             )?,
             http_tools: crate::http_tools::load(&self.figment, file, tool_defaults)?,
+            builtin_approval: crate::approval::builtins(&self.figment, file)?,
             webhooks: crate::webhooks::load(&self.figment, file)?,
             webhook_delivery: WebhookDelivery::load(self)?,
             storage: StorageSettings::load(self)?,
@@ -632,6 +633,7 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
             crate::http_tools::FILE_KEY,
             crate::mcp_servers::FILE_KEY,
             crate::webhooks::FILE_KEY,
+            crate::approval::BUILTIN_KEY,
         ]
         .contains(&path.as_str())
         {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::approval::{self, RawApproval};
 use crate::error::ConfigError;
 use crate::keys;
 use crate::settings::McpServerSettings;
@@ -36,6 +37,8 @@ struct RawServer {
     max_result_bytes: Option<u64>,
     #[serde(default)]
     refresh_interval: Option<String>,
+    #[serde(default)]
+    require_approval: Option<RawApproval>,
 }
 
 /// `max_result_bytes` of a server that sets none: `http_tool_defaults.max_response_bytes`.
@@ -80,6 +83,7 @@ pub(crate) fn load(
             server.refresh_interval,
             None,
         )?;
+        let require_approval = approval::parse(&origin, server.require_approval, None)?;
         servers.push(McpServerSettings {
             url: http_url(&origin, &server.url)?,
             headers: headers(&origin, server.headers)?,
@@ -95,6 +99,7 @@ pub(crate) fn load(
             required: server.required,
             max_result_bytes: usize::try_from(max_result_bytes).unwrap_or(usize::MAX),
             refresh_interval,
+            require_approval,
             name: server.name,
         });
     }

@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use secrecy::SecretString;
+
+use crate::approval::RequireApproval;
 use url::Url;
 
 pub use crate::keys::{
@@ -38,6 +40,9 @@ pub struct Settings {
     pub runs: RunSettings,
     /// Operator-declared HTTP tools (from the TOML file only).
     pub http_tools: Vec<HttpToolSettings>,
+    /// `[builtin_tools] require_approval` in the file: which built-in tools wait for the
+    /// client's approval (by name).
+    pub builtin_approval: RequireApproval,
     /// `[[mcp_servers]]` tables in the file: MCP servers whose tools the agent may call.
     pub mcp_servers: Vec<McpServerSettings>,
     /// `[[webhooks]]` tables in the file: where background runs' terminal events are posted.
@@ -244,6 +249,8 @@ pub struct HttpToolSettings {
     pub headers: Vec<(String, SecretString)>,
     pub timeout: Duration,
     pub max_response_bytes: usize,
+    /// Whether a call to it waits for the client's approval.
+    pub require_approval: RequireApproval,
 }
 
 /// Which model the agent talks to.
@@ -297,4 +304,6 @@ pub struct McpServerSettings {
     pub max_result_bytes: usize,
     /// How often its tool list is fetched again, besides its change notifications.
     pub refresh_interval: Duration,
+    /// Which of its tools (by its own names for them) wait for the client's approval.
+    pub require_approval: RequireApproval,
 }

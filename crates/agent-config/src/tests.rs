@@ -761,7 +761,11 @@ fn every_declared_key_is_validated_under_its_own_name() {
             // Any text is valid; a secret with surrounding blanks is refused.
             Kind::Secret => " padded ",
             Kind::Text => continue,
-            Kind::Headers | Kind::Names | Kind::JsonSchema | Kind::WebhookSecrets => {
+            Kind::Headers
+            | Kind::Names
+            | Kind::JsonSchema
+            | Kind::WebhookSecrets
+            | Kind::Approval => {
                 panic!("{} is a table entry's kind", key.path)
             }
         };
@@ -816,6 +820,10 @@ fn the_configuration_reference_matches_the_declarations() {
         (
             "webhooks",
             crate::keys::entries_table(crate::keys::WEBHOOK_FIELDS),
+        ),
+        (
+            "builtin_tools",
+            crate::keys::entries_table(crate::keys::BUILTIN_TOOL_FIELDS),
         ),
     ];
     let mut stale = Vec::new();
@@ -1275,7 +1283,7 @@ fn webhooks_are_read_with_their_secrets_and_refused_naming_the_problem() {
             b"the new key"
         );
         assert_eq!(hooks[0].events, ["response.completed"]);
-        assert_eq!(hooks[1].events.len(), 3);
+        assert_eq!(hooks[1].events, crate::WEBHOOK_EVENTS);
         assert_eq!(hooks[0].callers.as_deref(), Some(&["alice".to_owned()][..]));
         assert_eq!(hooks[1].callers, None);
 
@@ -1314,4 +1322,91 @@ fn webhooks_are_read_with_their_secrets_and_refused_naming_the_problem() {
         assert!(message.contains("same url"), "{message}");
         Ok(())
     });
+}
+
+#[test]
+fn require_approval_is_read_per_tool_source_in_the_responses_syntax_and_refused_naming_the_entry() {
+    use crate::RequireApproval;
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file(
+            "agent.toml",
+            r#"
+            [builtin_tools]
+            require_approval = { always = { tool_names = ["calculator"] } }
+
+            [[http_tools]]
+            name = "send_email"
+            description = "Sends an email."
+            url = "http://127.0.0.1:9/send"
+            parameters = { type = "object" }
+            require_approval = "always"
+
+            [[mcp_servers]]
+            name = "crm"
+            url = "http://127.0.0.1:9/mcp"
+            require_approval = { never = { tool_names = ["search"] } }
+
+            [[mcp_servers]]
+            name = "docs"
+            url = "http://127.0.0.1:9/docs"
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let settings = load().map_err(|error| error.to_string())?.settings;
+        assert_eq!(
+            settings.builtin_approval,
+            RequireApproval::Only(vec!["calculator".to_owned()])
+        );
+        assert!(settings.builtin_approval.applies("calculator"));
+        assert!(!settings.builtin_approval.applies("current_time"));
+        assert_eq!(
+            settings.http_tools[0].require_approval,
+            RequireApproval::Always
+        );
+        let crm = &settings.mcp_servers[0].require_approval;
+        assert!(!crm.applies("search") && crm.applies("update_record"));
+        assert_eq!(
+            settings.mcp_servers[1].require_approval,
+            RequireApproval::Never
+        );
+        Ok(())
+    });
+    for (entry, problem) in [
+        (
+            r#"[[mcp_servers]]
+            name = "crm"
+            url = "http://127.0.0.1:9/mcp"
+            require_approval = "sometimes""#,
+            "mcp_servers[0] (crm) in agent.toml: require_approval 'sometimes' is not",
+        ),
+        (
+            r#"[[http_tools]]
+            name = "send_email"
+            description = "Sends an email."
+            url = "http://127.0.0.1:9/send"
+            parameters = { type = "object" }
+            require_approval = { always = { tool_names = ["other"] } }"#,
+            "require_approval names 'other', which is not a tool of this entry (send_email)",
+        ),
+        (
+            r#"[builtin_tools]
+            require_approval = { always = { tool_names = ["a"] }, never = { tool_names = ["a"] } }"#,
+            "builtin_tools in agent.toml: require_approval names 'a' under both always and never",
+        ),
+        (
+            r#"[builtin_tools]
+            require_approval = { sometimes = { tool_names = ["a"] } }"#,
+            "builtin_tools in agent.toml: expected a [builtin_tools] table",
+        ),
+    ] {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("agent.toml", entry)?;
+            jail.set_env("AGENT_CONFIG", "agent.toml");
+            let error = load().map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(problem), "{entry}: {error}");
+            Ok(())
+        });
+    }
 }

@@ -15,10 +15,11 @@ use crate::tables::{http_url, invalid, read};
 pub(crate) const FILE_KEY: &str = "webhooks";
 
 /// The events a webhook may ask for.
-pub const WEBHOOK_EVENTS: [&str; 3] = [
+pub const WEBHOOK_EVENTS: [&str; 4] = [
     "response.completed",
     "response.failed",
     "response.cancelled",
+    "response.requires_action",
 ];
 
 #[derive(Debug, Deserialize)]

@@ -65,6 +65,9 @@ pub struct TurnRequest {
 pub struct Waits {
     pub client_tools: Vec<ToolSpec>,
     pub approval: Option<Arc<dyn ApprovalPolicy>>,
+    /// Set where the client cannot be asked (an API with no shape for an approval): a call
+    /// needing approval is not waited for but rejected at once, with this reason.
+    pub unapprovable: Option<String>,
 }
 
 /// Which calls to the agent's own tools need the client's approval before they run.
@@ -343,15 +346,31 @@ impl Agent {
             produced.push(reply.message.clone());
             let finished = calls.is_empty();
             let (mut now, mut waiting) = (Vec::new(), Vec::new());
+            let mut rejected = false;
             for call in calls {
                 send(events, AgentEvent::ToolCallStarted(call.clone()));
-                match request.waits.wait_for(&call) {
-                    Some(wait) => waiting.push(WaitingCall { call, wait }),
-                    None => now.push(call),
+                let unapprovable = request.waits.unapprovable.as_ref();
+                match (request.waits.wait_for(&call), unapprovable) {
+                    (Some(Wait::Approval), Some(reason)) => {
+                        rejected = true;
+                        let reason = Some(reason.clone());
+                        now.push((call, Answer::Rejected { reason }));
+                    }
+                    (Some(wait), _) => waiting.push(WaitingCall { call, wait }),
+                    (None, _) => now.push((call, Answer::Approved)),
                 }
             }
             if !now.is_empty() {
-                let results = self.run_calls(&tools, &now, events).await;
+                let results = if rejected {
+                    let answers = now.into_iter().map(|(call, answer)| {
+                        let wait = Wait::Approval;
+                        (WaitingCall { call, wait }, answer)
+                    });
+                    self.answer(&tools, answers.collect(), events).await
+                } else {
+                    let now: Vec<ToolCall> = now.into_iter().map(|(call, _)| call).collect();
+                    self.run_calls(&tools, &now, events).await
+                };
                 context.extend(results.iter().cloned());
                 produced.extend(results);
             }

@@ -85,6 +85,20 @@ pub(crate) fn fixed_tools(settings: &Settings) -> Result<ToolRegistry, StartupEr
     Ok(tools)
 }
 
+/// The built-in tools' names (the fixed tools but the HTTP ones).
+pub(crate) fn builtin_names(settings: &Settings) -> Result<Vec<String>, StartupError> {
+    let http: Vec<&str> = settings
+        .http_tools
+        .iter()
+        .map(|tool| tool.name.as_str())
+        .collect();
+    Ok(fixed_tools(settings)?
+        .names()
+        .filter(|name| !http.contains(name))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Starts the MCP servers' connections (see [`McpTools`]); `None` without `[[mcp_servers]]`.
 pub(crate) fn start_mcp(
     settings: &Settings,

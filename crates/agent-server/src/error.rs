@@ -630,6 +630,8 @@ pub enum StartupError {
     Tools(#[source] agent_core::ToolError),
     #[error("cannot set up the webhook sender")]
     Webhooks(#[source] reqwest::Error),
+    #[error("{0}")]
+    Approvals(String),
 }
 
 #[cfg(test)]

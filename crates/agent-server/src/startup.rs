@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{AccessPolicy, caller_names};
 use crate::admission::{Admission, Descriptors, Limits};
 use crate::agent_factory;
+use crate::approvals::ToolApprovals;
 use crate::backends::{self, Backends};
 use crate::error::{StartupError, json_error_shape};
 use crate::failure_log::FailureLog;
@@ -52,6 +53,8 @@ struct Shared {
     failures: Arc<FailureLog>,
     /// The runs this process executes.
     registry: Arc<RunRegistry>,
+    /// Which tool calls wait for the client's approval (none: no tool does).
+    approvals: Option<Arc<ToolApprovals>>,
 }
 
 /// What one worker serves requests with.
@@ -77,6 +80,7 @@ impl WorkerState {
                 metrics: shared.metrics.turns.clone(),
                 admission: Arc::clone(&shared.admission),
                 registry: Arc::clone(&shared.registry),
+                approvals: shared.approvals.clone(),
             },
         ));
         let turn_routes = TurnRoutes {
@@ -180,6 +184,8 @@ impl ApplicationBuilder {
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
         let mcp = agent_factory::start_mcp(&settings, metrics.recorder())?;
+        let approvals =
+            ToolApprovals::from_settings(&settings, &agent_factory::builtin_names(&settings)?)?;
         // Built before the listener answers: a TLS client reads the system's roots.
         if settings.profile == agent_config::Profile::Production
             && settings
@@ -211,6 +217,7 @@ impl ApplicationBuilder {
             metrics: Arc::clone(&metrics),
             admission: Arc::clone(&admission),
             mcp: mcp.clone(),
+            approvals,
             drain: drain_receiver.clone(),
             failures: failures.clone().into_inner(),
             registry: Arc::clone(&registry),
@@ -639,6 +646,7 @@ mod tests {
             drain: watch::channel(false).1,
             failures: Arc::new(FailureLog::new(Duration::from_secs(1))),
             registry: Arc::new(RunRegistry::new()),
+            approvals: None,
         };
         let shared = WorkerState::build(&process, backends).unwrap();
         let own = WorkerState::build(&process, shared.backends.get_ref().clone()).unwrap();

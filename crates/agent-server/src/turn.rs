@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest};
+use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, Waits};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
 use crate::admission::{Admission, TurnSlot};
+use crate::approvals::ToolApprovals;
 use crate::backends::Backends;
 use crate::dto::ValidTurn;
 use crate::error::{ApiError, ErrorCode};
@@ -51,6 +52,8 @@ pub(crate) struct Turns {
     /// The caps of the queue of background runs.
     queue_caps: QueueCaps,
     log_policy: LogPolicy,
+    /// Which tool calls wait for the client's approval (see [`crate::approvals`]).
+    approvals: Option<Arc<ToolApprovals>>,
 }
 
 /// How many background runs may be queued: by everyone, and by one caller.
@@ -68,6 +71,7 @@ pub(crate) struct TurnsShared {
     pub(crate) metrics: TurnMetrics,
     pub(crate) admission: Arc<Admission>,
     pub(crate) registry: Arc<RunRegistry>,
+    pub(crate) approvals: Option<Arc<ToolApprovals>>,
 }
 
 /// What a turn runs on, and its new user message.
@@ -233,6 +237,20 @@ impl Turns {
                 cap: settings.runs.max_events,
                 keep: settings.runs.event_retention,
             },
+            approvals: shared.approvals,
+        }
+    }
+
+    /// What a turn's tool calls wait for. No surface asks the client yet: a call needing
+    /// approval is rejected at once (the model reads why).
+    fn waits(&self) -> Waits {
+        let Some(approvals) = &self.approvals else {
+            return Waits::default();
+        };
+        Waits {
+            client_tools: Vec::new(),
+            approval: Some(Arc::clone(approvals) as Arc<dyn agent_core::ApprovalPolicy>),
+            unapprovable: Some(crate::approvals::UNAPPROVABLE.to_owned()),
         }
     }
 
@@ -397,7 +415,7 @@ impl Turns {
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
-                    waits: Default::default(),
+                    waits: self.waits(),
                     resume: None,
                 };
                 let target = Held::Given { caller };
@@ -498,7 +516,7 @@ impl Turns {
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
-            waits: Default::default(),
+            waits: self.waits(),
             resume: None,
         };
         Ok(Prepared {

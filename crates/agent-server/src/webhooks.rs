@@ -1,6 +1,6 @@
 //! Webhooks: the terminal events of background runs (`response.completed`, `response.failed`,
-//! `response.cancelled`) posted to the endpoints the operator declared (`[[webhooks]]`), in
-//! OpenAI's event shape and signed per the Standard Webhooks spec (`webhook-id`,
+//! `response.cancelled`) and `response.requires_action` when a run starts waiting, posted to the
+//! endpoints the operator declared (`[[webhooks]]`), in OpenAI's event shape and signed per the Standard Webhooks spec (`webhook-id`,
 //! `webhook-timestamp`, `webhook-signature`: one `v1,` HMAC-SHA256 per secret). The events are
 //! written with the runs' terminal states ([`agent_storage::WebhookOutbox`]); one task per
 //! replica takes the due ones and delivers each at least once: concurrently but bounded, each

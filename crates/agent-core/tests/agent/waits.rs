@@ -35,6 +35,7 @@ fn waits() -> Waits {
             parameters: json!({"type": "object", "properties": {"word": {"type": "string"}}}),
         }],
         approval: Some(Arc::new(CalculatorNeedsApproval)),
+        unapprovable: None,
     }
 }
 
@@ -178,4 +179,53 @@ async fn without_waits_every_call_runs_as_before() {
     assert_eq!(done.turn.messages[2].content, "4");
     let offered = model.offered.lock().unwrap()[0].clone();
     assert!(!offered.contains(&"lookup".to_owned()));
+}
+
+#[tokio::test]
+async fn where_the_client_cannot_be_asked_a_call_needing_approval_is_rejected_in_call_order() {
+    let model = ScriptedModel::new(
+        vec![
+            Step::Calls(vec![
+                ("calculator", json!({ "expression": "2+3" })),
+                ("current_time", json!({})),
+            ]),
+            Step::Answer("I may not compute here."),
+        ],
+        USAGE,
+    );
+    let agent = agent(model.clone(), Vec::new(), LIMITS);
+    let done = agent
+        .run_turn(TurnRequest {
+            waits: Waits {
+                unapprovable: Some("approval cannot be asked here".into()),
+                ..waits()
+            },
+            ..request("add and tell the time", None)
+        })
+        .await
+        .unwrap();
+    assert!(done.waiting.is_empty(), "nothing waits");
+    use Role::{Assistant, Tool, User};
+    assert_eq!(roles(&done), [User, Assistant, Tool, Tool, Assistant]);
+    let results: Vec<(&str, &str)> = done.turn.messages[2..4]
+        .iter()
+        .map(|message| {
+            (
+                message.tool_call_id.as_deref().unwrap(),
+                message.content.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results[0],
+        (
+            "call_0_0",
+            "rejected by the user: approval cannot be asked here"
+        )
+    );
+    assert_eq!(
+        results[1].0, "call_0_1",
+        "the clock ran, after it in call order"
+    );
+    assert_eq!(done.response, "I may not compute here.");
 }

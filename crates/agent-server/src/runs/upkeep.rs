@@ -126,8 +126,16 @@ async fn renew(registry: &RunRegistry, store: &dyn RunStore, lease: Duration) {
     }
 }
 
-/// Fails the runs whose executor is gone.
+/// Fails the runs whose executor is gone, and those that waited for the client too long.
 async fn sweep(registry: &RunRegistry, store: &dyn RunStore, lease: Duration, lost: &Counter) {
+    match store.expire_actions(SWEEP_BATCH).await {
+        Ok(expired) if !expired.is_empty() => {
+            let ids: Vec<&str> = expired.iter().map(|run| run.id.as_str()).collect();
+            tracing::info!(runs = ?ids, "failed runs whose wait for the client expired");
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "looking for expired waiting runs failed; retrying"),
+    }
     match store
         .fail_lost_runs(registry.holder(), lease, SWEEP_BATCH)
         .await
