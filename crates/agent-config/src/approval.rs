@@ -45,6 +45,17 @@ impl RequireApproval {
     }
 }
 
+impl std::fmt::Display for RequireApproval {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Never => formatter.write_str("never"),
+            Self::Always => formatter.write_str("always"),
+            Self::Only(names) => write!(formatter, "only [{}]", names.join(", ")),
+            Self::Except(names) => write!(formatter, "all but [{}]", names.join(", ")),
+        }
+    }
+}
+
 /// `require_approval` as the file writes it.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

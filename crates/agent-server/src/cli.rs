@@ -145,17 +145,19 @@ pub fn config_check() -> ExitCode {
     let settings = &loaded.settings;
     lines.extend(settings.http_tools.iter().map(|tool| {
         format!(
-            "http tool {}: {} {} (timeout {}, headers: {})",
+            "http tool {}: {} {} (timeout {}, approval {}, headers: {})",
             tool.name,
             tool.method,
             without_credentials(&tool.url),
             humantime::format_duration(tool.timeout),
+            tool.require_approval,
             redacted(&tool.headers)
         )
     }));
     lines.extend(settings.mcp_servers.iter().map(|server| {
         format!(
-            "mcp server {}: {} (tools {}__*{}, timeout {}, connect timeout {}, {}, headers: {})",
+            "mcp server {}: {} (tools {}__*{}, timeout {}, connect timeout {}, {}, approval {}, \
+             headers: {})",
             server.name,
             without_credentials(&server.url),
             server.prefix,
@@ -170,9 +172,16 @@ pub fn config_check() -> ExitCode {
             } else {
                 "optional"
             },
+            server.require_approval,
             redacted(&server.headers)
         )
     }));
+    if !settings.builtin_approval.is_never() {
+        lines.push(format!(
+            "built-in tools: approval {}",
+            settings.builtin_approval
+        ));
+    }
     lines.extend(settings.webhooks.iter().map(|webhook| {
         format!(
             "webhook {}: events [{}], callers {}, secrets: {} <redacted>{}",

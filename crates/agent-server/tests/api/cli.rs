@@ -149,6 +149,10 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         headers = { Authorization = "Bearer hunter2-token" }
         tools = ["search"]
         required = true
+        require_approval = { never = { tool_names = ["search"] } }
+
+        [builtin_tools]
+        require_approval = "always"
 
         [[webhooks]]
         url = "https://hooks.example/agent"
@@ -160,18 +164,22 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
     assert!(checked.status.success(), "{}", stderr(&checked));
     let stdout = String::from_utf8_lossy(&checked.stdout);
     assert!(
-        stdout.contains("http tool weather: POST https://weather.example/api (timeout 10s, headers: X-Api-Key=<redacted>)"),
+        stdout.contains("http tool weather: POST https://weather.example/api (timeout 10s, approval never, headers: X-Api-Key=<redacted>)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("mcp server docs: https://mcp.example/mcp (tools docs__* of [search], timeout 30s, connect timeout 5s, required, headers: Authorization=<redacted>)"),
+        stdout.contains("mcp server docs: https://mcp.example/mcp (tools docs__* of [search], timeout 30s, connect timeout 5s, required, approval all but [search], headers: Authorization=<redacted>)"),
         "{stdout}"
     );
     assert!(
-        stdout.contains("webhook https://hooks.example/agent: events [response.completed, response.failed, response.cancelled], callers [alice], secrets: 2 <redacted> (written in the file)"),
+        stdout.contains("webhook https://hooks.example/agent: events [response.completed, response.failed, response.cancelled, response.requires_action], callers [alice], secrets: 2 <redacted> (written in the file)"),
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("built-in tools: approval always"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("whsec_"), "{stdout}");
 }
 
