@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::runs::waiting::RequiredAction;
 use crate::turn::Finished;
 
 pub(crate) mod format;
@@ -106,6 +107,46 @@ impl From<&Finished> for AgentResponse {
             run_id: finished.run_id.clone(),
         }
     }
+}
+
+/// What `/agent` answers: the stored turn (`AgentResponse`, the tutorial's body), or, when its run
+/// stopped before tool calls the client must answer, the waiting run (`RequiresActionResponse`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(untagged)]
+pub(crate) enum AgentAnswer {
+    Done(AgentResponse),
+    Waiting(RequiresActionResponse),
+}
+
+impl From<&Finished> for AgentAnswer {
+    fn from(finished: &Finished) -> Self {
+        match &finished.waiting {
+            None => Self::Done(AgentResponse::from(finished)),
+            Some(action) => Self::Waiting(RequiresActionResponse {
+                status: WaitingStatus::RequiresAction,
+                run_id: finished.run_id.clone(),
+                session_id: finished.session.clone().unwrap_or_default(),
+                required_action: action.clone(),
+            }),
+        }
+    }
+}
+
+/// A run waiting for its client (also the `requires_action` event of a stream): nothing of its
+/// turn is stored yet; answer with `POST /runs/{run_id}/actions`. Its session is busy meanwhile.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub(crate) struct RequiresActionResponse {
+    pub(crate) status: WaitingStatus,
+    pub(crate) run_id: String,
+    pub(crate) session_id: String,
+    pub(crate) required_action: RequiredAction,
+}
+
+/// Always `requires_action`.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WaitingStatus {
+    RequiresAction,
 }
 
 /// The first event of `/agent/stream`: the run the stream is of, so that a client can follow it

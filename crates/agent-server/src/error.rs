@@ -69,6 +69,12 @@ pub enum ErrorCode {
     RunNotFound,
     /// The run has already finished (a cancel of a finished run).
     RunFinished,
+    /// The run is not waiting for an answer (an answer to a run that is not, or no longer,
+    /// `requires_action`).
+    RunNotWaiting,
+    /// The run waited for its client's answer longer than it may; nothing was stored (a run's
+    /// error only).
+    ActionExpired,
     /// The run ended longer ago than its events are kept.
     RunEventsExpired,
     /// The run was cancelled before its turn was stored; nothing was stored.

@@ -279,6 +279,8 @@ fn metadata() -> metrics::Metadata<'static> {
 pub(crate) enum TurnOutcome {
     /// Answered and stored.
     Completed,
+    /// Stopped to wait for the client (its run waits; nothing stored yet).
+    RequiresAction,
     /// The agent answered, but storing the turn failed (nothing was stored).
     StoreFailed,
     ModelError,
@@ -290,8 +292,9 @@ pub(crate) enum TurnOutcome {
 
 impl TurnOutcome {
     /// Every outcome, in declaration order.
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Completed,
+        Self::RequiresAction,
         Self::StoreFailed,
         Self::ModelError,
         Self::StepLimit,
@@ -303,6 +306,7 @@ impl TurnOutcome {
     fn label(self) -> &'static str {
         match self {
             Self::Completed => "completed",
+            Self::RequiresAction => "requires_action",
             Self::StoreFailed => "store_failed",
             Self::ModelError => "model_error",
             Self::StepLimit => "step_limit",

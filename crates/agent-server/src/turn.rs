@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Message, Sampling, SessionId, TokenUsage, TurnRequest, Waits};
+use agent_core::{Agent, Message, Resume, Sampling, SessionId, TokenUsage, TurnRequest, Waits};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
@@ -28,6 +28,7 @@ use crate::history_cache::{History, HistoryCache, Window};
 use crate::metrics::TurnMetrics;
 use crate::quota::QuotaStatus;
 use crate::runs::live::{LiveRun, LogPolicy, LogWriter};
+use crate::runs::waiting::{PendingTurn, RequiredAction};
 use crate::runs::{RunRegistry, RunTicket};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
@@ -54,6 +55,7 @@ pub(crate) struct Turns {
     log_policy: LogPolicy,
     /// Which tool calls wait for the client's approval (see [`crate::approvals`]).
     approvals: Option<Arc<ToolApprovals>>,
+    action_timeout: Duration,
 }
 
 /// How many background runs may be queued: by everyone, and by one caller.
@@ -89,6 +91,11 @@ pub(crate) struct TurnInput {
     /// stored history, and are stored with the turn, before its user message. Empty for a
     /// given conversation, whose history holds them.
     pub(crate) earlier: Vec<Message>,
+    /// The route can ask the client (see [`crate::runs::waiting`]): a call needing approval stops
+    /// the run to wait for it; elsewhere it is rejected at once.
+    pub(crate) can_wait: bool,
+    /// A waiting run continued with the client's answers (its `message` is then unused).
+    pub(crate) resume: Option<Resume>,
 }
 
 /// The conversation a turn continues.
@@ -127,6 +134,8 @@ impl From<ValidTurn> for TurnInput {
             },
             instructions: Vec::new(),
             earlier: Vec::new(),
+            can_wait: true,
+            resume: None,
         }
     }
 }
@@ -150,6 +159,8 @@ pub(crate) struct HeldSession {
     earlier: Vec<Message>,
     /// The turn's run.
     pub(crate) run: RunTicket,
+    /// What a run that stops to wait keeps of its input; none for a turn that cannot wait.
+    resumable: Option<Box<PendingTurn>>,
 }
 
 #[derive(Debug)]
@@ -193,6 +204,9 @@ pub(crate) struct Finished {
     pub(crate) usage: TokenUsage,
     /// The run the turn was.
     pub(crate) run_id: String,
+    /// Set when the run did not finish but stopped to wait for the client: what it asks (the
+    /// turn is not stored yet; `text` is what the model said beside its calls).
+    pub(crate) waiting: Option<RequiredAction>,
 }
 
 /// How a route writes a stored turn's answer as the replay text of its idempotency claim.
@@ -238,20 +252,26 @@ impl Turns {
                 keep: settings.runs.event_retention,
             },
             approvals: shared.approvals,
+            action_timeout: settings.runs.action_timeout,
         }
     }
 
-    /// What a turn's tool calls wait for. No surface asks the client yet: a call needing
-    /// approval is rejected at once (the model reads why).
-    fn waits(&self) -> Waits {
+    /// What a turn's tool calls wait for: where the client cannot be asked (`can_wait` false), a
+    /// call needing approval is rejected at once (the model reads why).
+    fn waits(&self, can_wait: bool) -> Waits {
         let Some(approvals) = &self.approvals else {
             return Waits::default();
         };
         Waits {
             client_tools: Vec::new(),
             approval: Some(Arc::clone(approvals) as Arc<dyn agent_core::ApprovalPolicy>),
-            unapprovable: Some(crate::approvals::UNAPPROVABLE.to_owned()),
+            unapprovable: (!can_wait).then(|| crate::approvals::UNAPPROVABLE.to_owned()),
         }
+    }
+
+    /// How long a waiting run waits for its client.
+    pub(crate) fn action_timeout(&self) -> Duration {
+        self.action_timeout
     }
 
     /// The run a turn executes: a claimed one (a queued run this process took, recorded in
@@ -396,7 +416,11 @@ impl Turns {
             sampling,
             instructions,
             earlier,
+            can_wait,
+            resume,
         } = input;
+        // Only a stored session's turn waits: a given conversation's is told again in full.
+        let can_wait = can_wait && matches!(conversation, Conversation::Session { .. });
         let (session, new_session, continues_from) = match conversation {
             Conversation::Session {
                 session,
@@ -415,7 +439,7 @@ impl Turns {
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
-                    waits: self.waits(),
+                    waits: self.waits(false),
                     resume: None,
                 };
                 let target = Held::Given { caller };
@@ -427,6 +451,7 @@ impl Turns {
                         slot,
                         earlier: Vec::new(),
                         run,
+                        resumable: None,
                     },
                 });
             }
@@ -507,6 +532,16 @@ impl Turns {
                 }
                 (Some(guard), info, history, run)
             };
+        // Kept only where a run may stop: a deployment without approvals copies nothing.
+        let resumable = (can_wait && self.approvals.is_some()).then(|| {
+            Box::new(PendingTurn {
+                message: message.clone(),
+                sampling: sampling.clone(),
+                instructions: instructions.clone(),
+                earlier: earlier.clone(),
+                response: None,
+            })
+        });
         let request = TurnRequest {
             history: instructions
                 .into_iter()
@@ -516,8 +551,8 @@ impl Turns {
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
-            waits: self.waits(),
-            resume: None,
+            waits: self.waits(can_wait),
+            resume,
         };
         Ok(Prepared {
             request,
@@ -532,6 +567,7 @@ impl Turns {
                 slot,
                 earlier,
                 run,
+                resumable,
             },
         })
     }

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use super::timestamp;
 use crate::error::ApiError;
+use crate::runs::waiting::{RequiredAction, required_action_of};
 
 /// Where a run is: `queued`, `in_progress` and `requires_action` (waiting for the client's
 /// answer to its tool calls) are active (a session has at most one active run); `completed`,
@@ -60,6 +61,13 @@ pub(crate) struct RunView {
     /// Why it failed or was cancelled.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<RunErrorView>,
+    /// What a `requires_action` run waits for (answer with `POST /runs/{id}/actions`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) required_action: Option<RequiredAction>,
+    /// Until when a `requires_action` run waits (RFC 3339, UTC): then it fails as
+    /// `action_expired`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<String>,
 }
 
 /// Why a run failed or was cancelled: the error code its request was (or would have been)
@@ -90,6 +98,14 @@ impl From<RunRecord> for RunView {
                 code: error.code,
                 message: error.message,
             }),
+            required_action: run
+                .action
+                .as_ref()
+                .and_then(|action| required_action_of(&action.pending)),
+            expires_at: run
+                .action
+                .as_ref()
+                .map(|action| timestamp(action.expires_at)),
             run_id: run.id,
         }
     }

@@ -12,8 +12,7 @@ use serde::Deserialize;
 
 use crate::dto::runs::RunView;
 use crate::dto::{
-    AgentRequest, AgentResponse, DeltaEvent, RunEvent, ShutdownEvent, ToolCallEvent,
-    ToolResultEvent,
+    AgentAnswer, AgentRequest, DeltaEvent, RunEvent, ShutdownEvent, ToolCallEvent, ToolResultEvent,
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
@@ -29,7 +28,7 @@ use crate::turn::Finished;
     request_body = AgentRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Run at most once; a retry with the same key and body gets the stored response")),
     responses(
-        (status = 200, description = "The turn ran and was stored", body = AgentResponse),
+        (status = 200, description = "The turn ran and was stored (`AgentResponse`), or its run stopped before tool calls the client must answer (`RequiresActionResponse`: answer with `POST /runs/{id}/actions`)", body = AgentAnswer),
         (status = 202, description = "With `background`: the run is queued; follow `Location` (a retry with the same Idempotency-Key gets the same run)", body = RunView,
             headers(("Location" = String, description = "`/runs/{id}` of the queued run"))),
         (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
@@ -63,7 +62,7 @@ pub(crate) async fn post_agent(
         (status = 200, description = "`text/event-stream` of events, each `id: <n>` (0, 1, 2, …), `event: <name>` and `data: <JSON>`: `run` \
             (RunEvent: always first), `delta` \
             (DeltaEvent), `tool_call` (ToolCallEvent), `tool_result` (ToolResultEvent), then `done` (AgentResponse: \
-            stored) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
+            stored), `requires_action` (RequiresActionResponse: the run waits for the client; answer with `POST /runs/{id}/actions`) or `error` (ErrorBody: nothing stored), or `shutdown` (ShutdownEvent) when the server stops \
             first; `x-sse-events` maps each name to its schema. With `background`, the run is queued and these are its \
             events (`GET /runs/{id}/events` resumes them; going away cancels nothing)", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
@@ -86,7 +85,7 @@ pub(crate) async fn post_agent_stream(
 
 /// `/agent`: the answer when the turn is stored.
 impl TurnWire for AgentRequest {
-    type Answer = AgentResponse;
+    type Answer = AgentAnswer;
     type Events = AgentEvents;
     const KEY_NAMESPACE: &'static str = "";
 
@@ -116,7 +115,7 @@ impl TurnWire for AgentRequest {
             background: turn.background,
             input: turn.into(),
             stream: None,
-            answer: Arc::new(|finished: &Finished| AgentResponse::from(finished)),
+            answer: Arc::new(|finished: &Finished| AgentAnswer::from(finished)),
             keep: None,
             header: None,
         })
@@ -129,7 +128,7 @@ impl TurnWire for AgentRequest {
 pub(crate) struct StreamedAgentRequest(AgentRequest);
 
 impl TurnWire for StreamedAgentRequest {
-    type Answer = AgentResponse;
+    type Answer = AgentAnswer;
     type Events = AgentEvents;
     const KEY_NAMESPACE: &'static str = "";
 
@@ -205,7 +204,10 @@ impl EventFormat for AgentEvents {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        vec![self.event("done", &AgentResponse::from(finished))]
+        vec![match AgentAnswer::from(finished) {
+            AgentAnswer::Done(done) => self.event("done", &done),
+            AgentAnswer::Waiting(waiting) => self.event("requires_action", &waiting),
+        }]
     }
 
     fn error(&mut self, error: &ApiError) -> Bytes {

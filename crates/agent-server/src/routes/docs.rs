@@ -59,6 +59,7 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
         super::sessions::delete_session,
         super::runs::get_run,
         super::runs::cancel_run,
+        super::actions::post_run_actions,
         super::runs::run_events,
         super::runs::list_session_runs,
         super::usage::get_usage,
@@ -78,6 +79,9 @@ pub(crate) async fn openapi_json(document: web::Data<Document>) -> HttpResponse 
     components(schemas(
         AgentRequest,
         AgentResponse,
+        crate::dto::AgentAnswer,
+        crate::dto::RequiresActionResponse,
+        super::actions::RunActions,
         SessionView,
         SessionSummary,
         SessionList,
@@ -195,6 +199,7 @@ fn fit(fitting: &mut Fitting, settings: &Settings) {
         "tool_call": schema_ref::<ToolCallEvent>(),
         "tool_result": schema_ref::<ToolResultEvent>(),
         "done": schema_ref::<AgentResponse>(),
+        "requires_action": schema_ref::<crate::dto::RequiresActionResponse>(),
         "error": schema_ref::<ErrorBody>(),
         "shutdown": schema_ref::<ShutdownEvent>(),
     });

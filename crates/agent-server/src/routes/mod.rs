@@ -1,5 +1,6 @@
 //! The route table. Handlers are thin: extract, call, map errors.
 
+mod actions;
 pub(crate) mod agent;
 mod docs;
 pub(crate) mod openai;
@@ -46,6 +47,7 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
         .service(get_only("/runs/{id}", runs::get_run))
         .service(get_only("/runs/{id}/events", runs::run_events))
         .service(post_only("/runs/{id}/cancel", runs::cancel_run))
+        .service(post_only("/runs/{id}/actions", actions::post_run_actions))
         .service(get_only("/sessions/{id}/runs", runs::list_session_runs))
         .service(get_only("/v1/models", openai::list_models))
         .service(get_only("/v1/models/{model}", openai::get_model))

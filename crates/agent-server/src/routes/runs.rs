@@ -295,7 +295,7 @@ pub(crate) async fn list_session_runs(
 
 /// The run `id` if `caller` owns it, else `404 run_not_found`. One running here with no record
 /// yet is answered as it is now (elsewhere, it is not found until it has one).
-async fn owned_run(
+pub(crate) async fn owned_run(
     backends: &Backends,
     turns: &Turns,
     id: &str,
@@ -319,7 +319,7 @@ async fn owned_run(
     }
 }
 
-fn run_not_found(id: &str) -> ApiError {
+pub(crate) fn run_not_found(id: &str) -> ApiError {
     ApiError::invalid(
         StatusCode::NOT_FOUND,
         ErrorCode::RunNotFound,

@@ -59,8 +59,15 @@ impl Execution {
 
 impl Execution {
     /// Lets the run go on with nobody waiting for it (a background run).
-    pub(crate) fn detach(mut self) {
+    pub(crate) fn detach(self) {
+        drop(self.detached());
+    }
+
+    /// The execution, its run going on if it is dropped (a background run's stream: going
+    /// away cancels nothing).
+    pub(crate) fn detached(mut self) -> Self {
         self.detached = true;
+        self
     }
 }
 
@@ -163,6 +170,7 @@ async fn drive(
         }
     };
     match result {
+        Some(Ok(result)) if !result.waiting.is_empty() => turns.suspend(held, result, extras).await,
         Some(Ok(result)) => turns.store(held, result, extras).await,
         Some(Err(error)) => Err(turns.fail(held, error).await),
         None => Err(turns.stopped(held).await),

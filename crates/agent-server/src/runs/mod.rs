@@ -10,6 +10,7 @@ pub(crate) mod live;
 pub(crate) mod queue;
 pub(crate) mod reader;
 pub(crate) mod upkeep;
+pub(crate) mod waiting;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -41,10 +41,13 @@ struct QueuedTurn {
     /// start so that the response reads back while queued or running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response: Option<QueuedResponse>,
+    /// Its route can ask the client (see [`TurnInput::can_wait`]).
+    #[serde(default)]
+    can_wait: bool,
 }
 
 /// A [`KeepResponse`] as a queued run keeps it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct QueuedResponse {
     pub(crate) id: String,
     pub(crate) created_at: u64,
@@ -102,6 +105,7 @@ impl QueuedTurn {
             continues_from,
             given,
             response: keep.map(QueuedResponse::from),
+            can_wait: input.can_wait,
         }
     }
 
@@ -125,6 +129,8 @@ impl QueuedTurn {
             sampling: self.sampling,
             instructions: self.instructions,
             earlier: self.earlier,
+            can_wait: self.can_wait,
+            resume: None,
         };
         let extras = Extras {
             claim: None,

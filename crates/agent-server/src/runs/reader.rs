@@ -12,6 +12,7 @@ use async_stream::stream;
 use futures_util::Stream;
 
 use super::live::{END_MARK, LiveEvent, LiveRun, StepEvent};
+use super::waiting::required_action_of;
 use crate::error::{ApiError, ErrorCode};
 use crate::turn::Finished;
 
@@ -67,7 +68,8 @@ pub(crate) fn events(
         let mut end: Option<u64> = None;
         let mut record = run;
         loop {
-            let ended = !record.status.is_active();
+            // A waiting run's events end with what it waits for (an answer resumes it apart).
+            let ended = !record.status.is_active() || record.status == RunStatus::RequiresAction;
             loop {
                 let batch = match log.read(&record.id, Some(last), BATCH).await {
                     Ok(batch) => batch,
@@ -133,10 +135,11 @@ pub(crate) fn expired(run: &RunRecord, retention: Duration) -> bool {
         .is_some_and(|since| since > retention)
 }
 
-/// The terminal event of an ended run, from its record.
+/// The terminal event of an ended (or waiting) run, from its record: a waiting run's is the
+/// action it asks for.
 fn terminal(run: &RunRecord) -> LiveEvent {
     match (run.status, &run.error) {
-        (RunStatus::Completed, _) => LiveEvent::Done(Finished {
+        (RunStatus::Completed | RunStatus::RequiresAction, _) => LiveEvent::Done(Finished {
             id: uuid::Uuid::nil(),
             created: run
                 .finished_at
@@ -149,6 +152,10 @@ fn terminal(run: &RunRecord) -> LiveEvent {
                 .map(|session| session.local().to_owned()),
             usage: run.usage,
             run_id: run.id.clone(),
+            waiting: run
+                .action
+                .as_ref()
+                .and_then(|action| required_action_of(&action.pending)),
         }),
         (_, error) => {
             let (code, message) = error.as_ref().map_or(

@@ -14,6 +14,8 @@ use super::{Finished, Held, HeldSession, Render, Turns, observe, unix_now};
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
 use crate::runs::live::{CancelReason, Recording};
+use crate::runs::queue::QueuedResponse;
+use crate::runs::waiting::{Pending, PendingCall};
 use crate::runs::{DISCONNECTED, RunTicket, SHUTDOWN};
 
 impl Turns {
@@ -35,6 +37,7 @@ impl Turns {
             slot,
             earlier,
             mut run,
+            resumable: _,
         } = held;
         let conversations = Arc::clone(&self.backends.conversations);
         let store_failing = Arc::clone(&self.store_failing);
@@ -58,6 +61,7 @@ impl Turns {
             },
             usage: turn.usage,
             run_id: run.id().to_owned(),
+            waiting: None,
         };
         // Made here: the spawned task is outside the request's span (and carries a sampled
         // request's subscriber along).
@@ -162,6 +166,110 @@ impl Turns {
         };
         self.metrics.finished(&caller, outcome, &cost);
         stored
+    }
+
+    /// Stops the run of a turn that waits for the client (`result.waiting`): its state is written
+    /// to its run (recorded now if it had no record), the session's lock and the turn's slot are
+    /// released, and nothing of the turn is stored until an answer resumes it (on any replica).
+    /// Answers what the run asks for. A turn that cannot wait never gets here (its calls needing
+    /// approval are rejected at once).
+    pub(crate) async fn suspend(
+        &self,
+        held: HeldSession,
+        result: TurnResult,
+        extras: Extras,
+    ) -> Result<(Finished, bool), ApiError> {
+        let HeldSession {
+            target,
+            started,
+            slot,
+            earlier: _,
+            mut run,
+            resumable,
+        } = held;
+        let cost = TurnCost::of(&result, started);
+        let (session, info, guard, kept) = match (target, resumable) {
+            (
+                Held::Session {
+                    session,
+                    info,
+                    guard,
+                    ..
+                },
+                Some(kept),
+            ) => (session, info, guard, kept),
+            _ => {
+                let error =
+                    ApiError::Internal(anyhow::anyhow!("a turn that cannot wait stopped to wait"));
+                run.fail(&error).await;
+                return Err(error);
+            }
+        };
+        let mut turn = *kept;
+        turn.response = extras.response.as_ref().map(QueuedResponse::from);
+        let pending = Pending {
+            turn,
+            next_sequence: info.next_sequence,
+            produced: result.turn.messages,
+            usage: result.turn.usage,
+            steps: result.steps,
+            calls: result.waiting.iter().map(PendingCall::from).collect(),
+        };
+        let waiting = pending.required_action();
+        let text =
+            serde_json::to_string(&pending).map_err(|error| ApiError::Internal(error.into()))?;
+        let live = Arc::clone(run.live());
+        let expires_at = SystemTime::now() + self.action_timeout();
+        let suspended = {
+            let recording = live.recording().await;
+            let new_run = live.new_run(self.registry.holder(), self.run_lease);
+            let suspended = self
+                .backends
+                .runs
+                .suspend_run(new_run, &text, expires_at)
+                .await;
+            recorded(recording, suspended.is_ok());
+            observe(&self.store_failing, suspended)
+        };
+        let outcome = match suspended {
+            Ok(_) => {
+                run.close();
+                Ok((
+                    Finished {
+                        id: uuid::Uuid::new_v4(),
+                        created: unix_now(),
+                        text: result.response,
+                        session: Some(session.local().to_owned()),
+                        usage: pending.usage,
+                        run_id: live.id.clone(),
+                        waiting,
+                    },
+                    false,
+                ))
+            }
+            // Cancelled (or lost) meanwhile: the canceller ended it.
+            Err(StorageError::RunEnded { .. }) => {
+                run.close();
+                Err(run_cancelled(&live.id))
+            }
+            Err(error) => {
+                let error = ApiError::from(error);
+                run.fail(&error).await;
+                Err(error)
+            }
+        };
+        if let Some(guard) = guard
+            && let Err(error) = guard.release().await
+        {
+            tracing::warn!(%error, "releasing the session lock failed; retrying in the background until its TTL");
+        }
+        drop(slot);
+        let counted = match &outcome {
+            Ok(_) => TurnOutcome::RequiresAction,
+            Err(_) => TurnOutcome::StoreFailed,
+        };
+        self.metrics.finished(session.owner(), counted, &cost);
+        outcome
     }
 
     /// Counts a turn the agent could not finish, and fails its run; answers the API's error.

@@ -1,6 +1,7 @@
-//! Tool approvals (`require_approval` on each tool source): a call needing approval never runs
-//! unapproved. Until a surface can ask the client (the next steps of runs that wait), such a
-//! call is rejected at once and the model reads why, beside the step's other calls, which run.
+//! Tool approvals (`require_approval` on each tool source) where the client cannot be asked (Chat
+//! Completions have no shape for an approval): a call needing approval never runs unapproved, it
+//! is rejected at once and the model reads why, beside the step's other calls, which run. (Where
+//! the client can be asked, the run waits: see `waiting`.)
 
 use fake_openai::{FakeOpenAi, Scripted};
 use serde_json::{Value, json};
@@ -49,11 +50,22 @@ async fn a_call_needing_approval_is_not_run_and_the_model_reads_why_while_the_ot
     }
 
     let response = app
-        .agent(json!({"session_id": "approvals-1", "message": "add, time, echo"}))
-        .await;
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .header("X-Session-Id", "approvals-1")
+        .json(&json!({
+            "model": "agent",
+            "messages": [{"role": "user", "content": "add, time, echo"}]
+        }))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["response"], "I may not compute that here.");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "I may not compute that here."
+    );
 
     // The model's second request holds the four results, in call order.
     let requests = fake.requests().await;

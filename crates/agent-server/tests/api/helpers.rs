@@ -179,6 +179,24 @@ impl TestApp {
             .expect("request failed")
     }
 
+    /// `POST` of a JSON body to `path`: the status and the JSON answer (null when not JSON).
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.address))
+            .json(body)
+            .send()
+            .await
+            .expect("request failed");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// The stored messages of a session (none if it does not exist).
     pub(crate) async fn stored(&self, session: &str) -> Vec<agent_storage::StoredMessage> {
         let id = agent_core::SessionId::parse_stored(session).unwrap();

@@ -27,4 +27,5 @@ mod retention;
 mod runs;
 mod shutdown;
 mod storage;
+mod waiting;
 mod webhooks;

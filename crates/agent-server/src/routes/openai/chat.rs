@@ -358,6 +358,9 @@ impl TurnWire for ChatCompletionRequest {
                 sampling,
                 instructions: Vec::new(),
                 earlier: Vec::new(),
+                // Chat Completions have no shape for an approval (see docs/api.md).
+                can_wait: false,
+                resume: None,
             },
             stream,
             answer: Arc::new(move |finished: &Finished| ChatCompletion::of(finished, &model)),

@@ -119,6 +119,7 @@ impl Echo {
             session: None,
             usage: stored.usage,
             run_id: String::new(),
+            waiting: None,
         };
         let echo = Self {
             id: stored.id,

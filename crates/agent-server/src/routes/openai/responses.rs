@@ -326,6 +326,9 @@ impl ResponseRequest {
                 sampling,
                 instructions,
                 earlier,
+                // Its approval items are the next step of runs that wait.
+                can_wait: false,
+                resume: None,
             },
             stream: self
                 .stream
