@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Agent, Message, Resume, Sampling, SessionId, TokenUsage, TurnRequest, Waits};
+use agent_core::{
+    Agent, Message, Resume, Sampling, SessionId, TokenUsage, ToolSpec, TurnRequest, Waits,
+};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
@@ -28,7 +30,7 @@ use crate::history_cache::{History, HistoryCache, Window};
 use crate::metrics::TurnMetrics;
 use crate::quota::QuotaStatus;
 use crate::runs::live::{LiveRun, LogPolicy, LogWriter};
-use crate::runs::waiting::{PendingTurn, RequiredAction};
+use crate::runs::waiting::{ClientTool, PendingTurn, RequiredAction};
 use crate::runs::{RunRegistry, RunTicket};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
@@ -96,6 +98,9 @@ pub(crate) struct TurnInput {
     pub(crate) can_wait: bool,
     /// A waiting run continued with the client's answers (its `message` is then unused).
     pub(crate) resume: Option<Resume>,
+    /// The client's own tools, offered beside the agent's: a call to one goes back to the
+    /// client.
+    pub(crate) client_tools: Vec<ToolSpec>,
 }
 
 /// The conversation a turn continues.
@@ -136,6 +141,7 @@ impl From<ValidTurn> for TurnInput {
             earlier: Vec::new(),
             can_wait: true,
             resume: None,
+            client_tools: Vec::new(),
         }
     }
 }
@@ -180,6 +186,12 @@ enum Held {
 }
 
 impl HeldSession {
+    /// Whether the turn's run can stop to wait for the client (else its calls to the client's
+    /// tools are its answer, and it completes).
+    pub(crate) fn can_wait(&self) -> bool {
+        self.resumable.is_some()
+    }
+
     /// The caller the turn is counted for.
     pub(crate) fn caller(&self) -> &str {
         match &self.target {
@@ -258,12 +270,15 @@ impl Turns {
 
     /// What a turn's tool calls wait for: where the client cannot be asked (`can_wait` false), a
     /// call needing approval is rejected at once (the model reads why).
-    fn waits(&self, can_wait: bool) -> Waits {
+    fn waits(&self, can_wait: bool, client_tools: Vec<ToolSpec>) -> Waits {
         let Some(approvals) = &self.approvals else {
-            return Waits::default();
+            return Waits {
+                client_tools,
+                ..Waits::default()
+            };
         };
         Waits {
-            client_tools: Vec::new(),
+            client_tools,
             approval: Some(Arc::clone(approvals) as Arc<dyn agent_core::ApprovalPolicy>),
             unapprovable: (!can_wait).then(|| crate::approvals::UNAPPROVABLE.to_owned()),
         }
@@ -418,6 +433,7 @@ impl Turns {
             earlier,
             can_wait,
             resume,
+            client_tools,
         } = input;
         // Only a stored session's turn waits: a given conversation's is told again in full.
         let can_wait = can_wait && matches!(conversation, Conversation::Session { .. });
@@ -439,8 +455,8 @@ impl Turns {
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
-                    waits: self.waits(false),
-                    resume: None,
+                    waits: self.waits(false, client_tools),
+                    resume,
                 };
                 let target = Held::Given { caller };
                 return Ok(Prepared {
@@ -532,16 +548,19 @@ impl Turns {
                 }
                 (Some(guard), info, history, run)
             };
-        // Kept only where a run may stop: a deployment without approvals copies nothing.
-        let resumable = (can_wait && self.approvals.is_some()).then(|| {
-            Box::new(PendingTurn {
-                message: message.clone(),
-                sampling: sampling.clone(),
-                instructions: instructions.clone(),
-                earlier: earlier.clone(),
-                response: None,
-            })
-        });
+        // Kept only where a run may stop: a turn without approvals or client tools copies
+        // nothing.
+        let resumable =
+            (can_wait && (self.approvals.is_some() || !client_tools.is_empty())).then(|| {
+                Box::new(PendingTurn {
+                    message: message.clone(),
+                    sampling: sampling.clone(),
+                    instructions: instructions.clone(),
+                    earlier: earlier.clone(),
+                    response: None,
+                    client_tools: client_tools.iter().map(ClientTool::from).collect(),
+                })
+            });
         let request = TurnRequest {
             history: instructions
                 .into_iter()
@@ -551,7 +570,7 @@ impl Turns {
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
-            waits: self.waits(can_wait),
+            waits: self.waits(can_wait, client_tools),
             resume,
         };
         Ok(Prepared {

@@ -8,6 +8,8 @@
 //! is answered with <text> alone. A message "tool <name> <JSON arguments>" is answered with a call
 //! of that tool first; once the tool's result is in, with the usual "echo: <message>" (so a
 //! turn's answer does not depend on whether the tool worked, and the tool message shows it). A
+//! message "use <name> <JSON arguments>" is answered with a call of that tool too, then with
+//! "<name> said: <the tool's result>" (so a client-side tool's result is seen to reach it). A
 //! message "pace <interval ms> <chunks> ..." is streamed as that many chunks that far apart. It is
 //! also a webhook sink: `POST /hooks` keeps each delivery (its `webhook-id` and JSON body), `GET
 //! /hooks` lists them in arrival order (for the checks of background runs' webhooks). A
@@ -131,6 +133,29 @@ async fn completions(
         }
         return completion(&text, &usage);
     }
+    let used = last_user.strip_prefix("use ").and_then(|rest| {
+        requested_tool(&format!("tool {rest}"))
+            .map(|(name, arguments)| (name.to_owned(), arguments.to_owned()))
+    });
+    let text = match (&used, last_role) {
+        (Some((name, arguments)), Some("user")) => {
+            return tool_call(
+                name,
+                arguments,
+                body["stream"].as_bool() == Some(true),
+                &usage,
+            );
+        }
+        (Some((name, _)), Some("tool")) => {
+            let result = body["messages"]
+                .as_array()
+                .and_then(|messages| messages.last())
+                .and_then(|message| message["content"].as_str())
+                .unwrap_or_default();
+            format!("{name} said: {result}")
+        }
+        _ => text,
+    };
     if let Some((name, arguments)) = requested_tool(last_user).filter(|_| last_role == Some("user"))
     {
         return tool_call(

@@ -94,6 +94,53 @@ async def agents_sdk():
     structured = Agent(name="structured", instructions="Answer as JSON.", model=model, output_type=City)
     result = await Runner.run(structured, ASK_PARIS)
     check(result.final_output == PARIS, f"agents sdk output_type: {result.final_output}")
+    await agents_sdk_client_tools()
+
+
+async def agents_sdk_client_tools():
+    """A @function_tool the SDK runs itself (a client-side tool of the server's), over Chat
+    Completions: the fake model's "use <name> <args>" calls it and then answers with its result,
+    so the final output shows the SDK ran it and sent its result back. With the SDK's own
+    needs_approval, the run stops at result.interruptions and goes on once approved or rejected."""
+    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
+
+    ran = []
+
+    @function_tool
+    def lookup(word: str) -> str:
+        """Looks a word up in the client's dictionary."""
+        ran.append(word)
+        return f"{word} means one who acts"
+
+    @function_tool(needs_approval=True)
+    def erase(word: str) -> str:
+        """Erases a word from the client's dictionary."""
+        ran.append(f"erase {word}")
+        return f"{word} erased"
+
+    chat = OpenAIChatCompletionsModel(model="agent", openai_client=AsyncOpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0))
+    agent = Agent(name="client tools", instructions="Use the tools.", model=chat, tools=[lookup, erase])
+    result = await Runner.run(agent, 'use lookup {"word": "agent"}')
+    check(result.final_output == "lookup said: agent means one who acts", f"agents sdk @function_tool: {result.final_output}")
+    check(ran == ["agent"], f"agents sdk ran the tool once: {ran}")
+
+    for approve in (True, False):
+        ran.clear()
+        result = await Runner.run(agent, 'use erase {"word": "agent"}')
+        check(len(result.interruptions) == 1 and result.final_output is None, f"agents sdk needs_approval stops: {result.interruptions}")
+        check(ran == [], "nothing ran before the approval")
+        state = result.to_state()
+        if approve:
+            state.approve(result.interruptions[0])
+        else:
+            state.reject(result.interruptions[0])
+        result = await Runner.run(agent, state)
+        if approve:
+            check(result.final_output == "erase said: agent erased", f"agents sdk approved: {result.final_output}")
+            check(ran == ["erase agent"], f"the approved tool ran once: {ran}")
+        else:
+            check(result.final_output.startswith("erase said: "), f"agents sdk rejected: {result.final_output}")
+            check(ran == [], f"a rejected tool does not run: {ran}")
 
 
 def pydantic_ai():

@@ -167,6 +167,7 @@ pub(crate) async fn post_run_actions(
         earlier: turn.earlier,
         can_wait: true,
         resume: Some(resume),
+        client_tools: turn.client_tools.into_iter().map(Into::into).collect(),
     };
     let extras = Extras {
         claim: None,

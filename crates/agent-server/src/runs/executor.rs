@@ -170,7 +170,9 @@ async fn drive(
         }
     };
     match result {
-        Some(Ok(result)) if !result.waiting.is_empty() => turns.suspend(held, result, extras).await,
+        Some(Ok(result)) if !result.waiting.is_empty() && held.can_wait() => {
+            turns.suspend(held, result, extras).await
+        }
         Some(Ok(result)) => turns.store(held, result, extras).await,
         Some(Err(error)) => Err(turns.fail(held, error).await),
         None => Err(turns.stopped(held).await),

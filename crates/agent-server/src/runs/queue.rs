@@ -131,6 +131,7 @@ impl QueuedTurn {
             earlier: self.earlier,
             can_wait: self.can_wait,
             resume: None,
+            client_tools: Vec::new(),
         };
         let extras = Extras {
             claim: None,

@@ -3,7 +3,9 @@
 //! waits for with the answer it got so far), and how a waiting call is shown to the client
 //! (`required_action`).
 
-use agent_core::{Answer, Message, Resume, Sampling, TokenUsage, ToolCall, Wait, WaitingCall};
+use agent_core::{
+    Answer, Message, Resume, Sampling, TokenUsage, ToolCall, ToolSpec, Wait, WaitingCall,
+};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -38,6 +40,38 @@ pub(crate) struct PendingTurn {
     /// The response object its turn keeps (the Responses API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) response: Option<QueuedResponse>,
+    /// The client's own tools the request offered (offered again when the run goes on).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) client_tools: Vec<ClientTool>,
+}
+
+/// A client's tool as a waiting run keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ClientTool {
+    pub(crate) name: String,
+    #[serde(default)]
+    pub(crate) description: String,
+    pub(crate) parameters: serde_json::Value,
+}
+
+impl From<&ToolSpec> for ClientTool {
+    fn from(spec: &ToolSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            description: spec.description.clone(),
+            parameters: spec.parameters.clone(),
+        }
+    }
+}
+
+impl From<ClientTool> for ToolSpec {
+    fn from(tool: ClientTool) -> Self {
+        Self {
+            name: tool.name,
+            description: tool.description,
+            parameters: tool.parameters,
+        }
+    }
 }
 
 /// A call a run waits for, and its answer once given.

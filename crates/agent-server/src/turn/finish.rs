@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
 use crate::runs::live::{CancelReason, Recording};
 use crate::runs::queue::QueuedResponse;
-use crate::runs::waiting::{Pending, PendingCall};
+use crate::runs::waiting::{ActionKind, Pending, PendingCall, RequiredAction, RequiredCall};
 use crate::runs::{DISCONNECTED, RunTicket, SHUTDOWN};
 
 impl Turns {
@@ -44,8 +44,23 @@ impl Turns {
         let history_cache = self.history_cache.clone();
         let cost = TurnCost::of(&result, started);
         let TurnResult {
-            mut turn, response, ..
+            mut turn,
+            response,
+            waiting,
+            ..
         } = result;
+        // A turn that cannot wait answers with its calls to the client's tools (and completes).
+        let waiting = (!waiting.is_empty()).then(|| RequiredAction {
+            kind: ActionKind::SubmitToolOutputs,
+            tool_calls: waiting
+                .iter()
+                .map(|waiting| RequiredCall {
+                    id: waiting.call.id.clone(),
+                    name: waiting.call.name.clone(),
+                    arguments: waiting.call.arguments.clone(),
+                })
+                .collect(),
+        });
         let created = unix_now();
         let caller = match &target {
             Held::Session { session, .. } => session.owner().to_owned(),
@@ -61,7 +76,7 @@ impl Turns {
             },
             usage: turn.usage,
             run_id: run.id().to_owned(),
-            waiting: None,
+            waiting,
         };
         // Made here: the spawned task is outside the request's span (and carries a sampled
         // request's subscriber along).

@@ -11,6 +11,7 @@ mod bad_input;
 mod callers;
 mod cli;
 mod client_shapes;
+mod client_tools;
 mod cors;
 mod dashboards;
 mod errors;

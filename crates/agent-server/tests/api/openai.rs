@@ -272,9 +272,31 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
         (
             with(
                 "tools",
-                json!([{ "type": "function", "function": { "name": "f" } }]),
+                json!([{ "type": "function", "function": { "name": "calculator" } }]),
+            ),
+            "tools[0].function.name",
+        ),
+        (
+            with(
+                "tools",
+                json!([{ "type": "function", "function": { "name": "f", "parameters": [1] } }]),
+            ),
+            "tools[0].function.parameters",
+        ),
+        (
+            with(
+                "tools",
+                json!(vec![
+                    json!({ "type": "function", "function": { "name": "f" } });
+                    129
+                ]),
             ),
             "tools",
+        ),
+        (
+            json!({ "model": "agent", "messages": [user("hi")], "parallel_tool_calls": false,
+                    "tools": [{ "type": "function", "function": { "name": "f" } }] }),
+            "parallel_tool_calls",
         ),
         (with("functions", json!([{ "name": "f" }])), "functions"),
         (with("tool_choice", json!("required")), "tool_choice"),
@@ -330,12 +352,12 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
                 "messages",
                 json!([{ "role": "tool", "content": "42", "tool_call_id": "c" }, user("hi")]),
             ),
-            "messages[0].role",
+            "messages[0].tool_call_id",
         ),
         (
             with(
                 "messages",
-                json!([{ "role": "assistant", "content": "calling", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] }, user("hi")]),
+                json!([{ "role": "user", "content": "calling", "tool_calls": [{ "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] }, user("hi")]),
             ),
             "messages[0].tool_calls",
         ),

@@ -11,11 +11,12 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::Sampling;
+use agent_core::{Message, Sampling};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
+use super::client_tools::{self, AnsweredToolCall, ChatTool, MessageToolCall};
 use super::request::{
     ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
     turn_request, within,
@@ -39,10 +40,25 @@ turn_request! {
 pub(crate) struct ChatCompletionRequest {
     /// The agent's model id (`GET /v1/models`).
     model: String,
-    /// The conversation, oldest first, ending with the user's new message. With a session,
-    /// only that last message is taken (the session holds the rest).
+    /// The conversation, oldest first, ending with the user's new message, or with the `tool`
+    /// messages answering the calls to the client's tools of the last assistant message. With a
+    /// session, only those last messages are taken (the session holds the rest).
     #[schema(min_items = 1)]
     messages: Vec<ChatMessage>,
+    /// The client's own tools (functions), offered to the model beside the agent's: a call to
+    /// one ends the answer with `finish_reason` `tool_calls`, and the client sends its result as
+    /// a `tool` message. At most 128; a name of the agent's own tools is refused.
+    #[serde(default)]
+    #[schema(nullable, max_items = 128)]
+    tools: Option<Vec<ChatTool>>,
+    /// Only `auto` (the default) or `none` (the client's tools are not offered).
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
+    tool_choice: Option<Value>,
+    /// Only true (the default): the model may call several tools in one step.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<bool>, pattern = "^true$")]
+    parallel_tool_calls: Option<bool>,
     /// Answer as `chat.completion.chunk` server-sent events, ending with `data: [DONE]`.
     #[serde(default)]
     #[schema(nullable)]
@@ -167,11 +183,15 @@ pub(crate) enum Modality {
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct ChatMessage {
     /// `system` and `developer` messages follow the server's system prompt, where they are, or
-    /// are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`).
-    role: ChatRole,
+    /// are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`); a `tool` message answers a call of the
+    /// assistant message before it (`tool_call_id`).
+    role: ChatMessageRole,
     /// Text, or text parts: not blank, no NUL character; the last message's at most
-    /// `AGENT_API__MAX_MESSAGE_CHARS` characters.
-    content: MessageContent,
+    /// `AGENT_API__MAX_MESSAGE_CHARS` characters. May be null or empty in an assistant message
+    /// with `tool_calls`, and empty in a `tool` message.
+    #[serde(default)]
+    #[schema(nullable)]
+    content: Option<MessageContent>,
     /// Not used.
     #[serde(default)]
     #[schema(nullable)]
@@ -180,10 +200,40 @@ pub(crate) struct ChatMessage {
         reason = "accepted from OpenAI clients and type-checked, not used"
     )]
     name: Option<String>,
-    /// Refused: the client's own tool calls (the agent runs its own tools).
+    /// An assistant message's calls to the client's tools (as an answer gave them).
     #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
-    tool_calls: Option<Vec<Value>>,
+    #[schema(nullable)]
+    tool_calls: Option<Vec<MessageToolCall>>,
+    /// A `tool` message: the call it answers.
+    #[serde(default)]
+    #[schema(nullable)]
+    tool_call_id: Option<String>,
+}
+
+/// A message's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ChatMessageRole {
+    // The user first: the role a conversation usually ends with (schema-driven fuzzers take the
+    // first value of an enum as its typical one).
+    User,
+    Assistant,
+    System,
+    Developer,
+    Tool,
+}
+
+impl ChatMessageRole {
+    /// The role as both APIs take it; none for `tool`.
+    fn shared(self) -> Option<ChatRole> {
+        match self {
+            Self::User => Some(ChatRole::User),
+            Self::Assistant => Some(ChatRole::Assistant),
+            Self::System => Some(ChatRole::System),
+            Self::Developer => Some(ChatRole::Developer),
+            Self::Tool => None,
+        }
+    }
 }
 
 /// A message's content: text, or a list of text parts (joined).
@@ -287,43 +337,116 @@ impl TurnWire for ChatCompletionRequest {
             .len()
             .checked_sub(1)
             .ok_or_else(|| bad("messages", "messages must hold at least the user's message"))?;
-        let mut history = Vec::with_capacity(last);
+        let client_tools = client_tools::checked(
+            self.tools.as_deref(),
+            self.tool_choice.as_ref(),
+            self.parallel_tool_calls,
+            &incoming.routes.turns.agent,
+        )?;
+        // The conversation ends with the user's message, or with the results of the client's
+        // tools the last assistant message called (they follow it, nothing else does).
+        let answers_from = match self.messages[last].role {
+            ChatMessageRole::Tool => self
+                .messages
+                .iter()
+                .rposition(|message| message.role != ChatMessageRole::Tool)
+                .map_or(0, |index| index + 1),
+            _ => last,
+        };
+        let mut history = Vec::with_capacity(last + 1);
         let mut message = String::new();
+        let mut calls: Vec<String> = Vec::new();
         for (index, chat) in self.messages.iter().enumerate() {
             let param = |field: &str| format!("messages[{index}]{field}");
-            if chat
-                .tool_calls
-                .as_ref()
-                .is_some_and(|calls| !calls.is_empty())
-            {
+            let limit = if index >= answers_from {
+                settings.api.max_message_chars
+            } else {
+                usize::MAX
+            };
+            let tool_calls = chat.tool_calls.as_deref().unwrap_or_default();
+            if !tool_calls.is_empty() && chat.role != ChatMessageRole::Assistant {
                 return Err(bad(
                     &param(".tool_calls"),
-                    "tool calls of the client are not supported: the agent runs its own tools",
+                    "only an assistant message calls tools",
                 ));
             }
-            if index == last {
-                if chat.role != ChatRole::User {
+            let Some(role) = chat.role.shared() else {
+                let answered = chat.tool_call_id.as_deref().unwrap_or_default();
+                if !calls.iter().any(|id| id == answered) {
                     return Err(bad(
-                        &param(".role"),
-                        "the last message must be the user's (the one the agent answers)",
+                        &param(".tool_call_id"),
+                        format!(
+                            "a tool message answers a call of the assistant message before it;                              it called no '{answered}'"
+                        ),
                     ));
                 }
-                message = chat
-                    .content
-                    .content()
-                    .text(&param(".content"), settings.api.max_message_chars)?;
+                let text = match &chat.content {
+                    None => String::new(),
+                    Some(MessageContent::Text(text)) if text.is_empty() => String::new(),
+                    Some(content) => content.content().text(&param(".content"), limit)?,
+                };
+                history.push(Message::tool_result(answered, text));
+                continue;
+            };
+            if index == last {
+                if role != ChatRole::User {
+                    return Err(bad(
+                        &param(".role"),
+                        "the last message must be the user's (the one the agent answers), or \
+                         the results of the client's tools",
+                    ));
+                }
+                let Some(content) = &chat.content else {
+                    return Err(bad(&param(".content"), "the user's message has no content"));
+                };
+                message = content.content().text(&param(".content"), limit)?;
                 continue;
             }
             // Checked as the document says even when a session leaves them unused.
-            let text = chat
-                .content
-                .content()
-                .text(&param(".content"), usize::MAX)?;
-            let role = chat.role.check(&param(".role"), settings)?;
-            if session.is_none() {
-                // Without a session they are the conversation; with one, it holds them.
-                history.push(role.message(text));
+            let text = match &chat.content {
+                None if !tool_calls.is_empty() => String::new(),
+                Some(MessageContent::Text(text)) if text.is_empty() && !tool_calls.is_empty() => {
+                    String::new()
+                }
+                None => return Err(bad(&param(".content"), "the message has no content")),
+                Some(content) => content.content().text(&param(".content"), limit)?,
+            };
+            let role = role.check(&param(".role"), settings)?;
+            calls = tool_calls.iter().map(|call| call.call().id).collect();
+            history.push(if tool_calls.is_empty() {
+                role.message(text)
+            } else {
+                Message::assistant_tool_calls(
+                    text,
+                    tool_calls.iter().map(MessageToolCall::call).collect(),
+                )
+            });
+        }
+        // A conversation ending with tool results goes on from them: no new user message.
+        let resume = (answers_from <= last && self.messages[last].role == ChatMessageRole::Tool)
+            .then(|| agent_core::Resume {
+                produced: Vec::new(),
+                answers: Vec::new(),
+                usage: agent_core::TokenUsage::default(),
+                steps: 0,
+            });
+        if session.is_some() {
+            if !client_tools.is_empty() {
+                return Err(bad(
+                    "tools",
+                    "the client's tools with a session are not supported yet: send the whole \
+                     conversation without a session",
+                ));
             }
+            if resume.is_some() {
+                return Err(bad(
+                    "messages",
+                    "continuing a session with the results of the client's tools is not \
+                     supported yet: send the whole conversation without a session",
+                ));
+            }
+            // The session holds the conversation.
+            history.clear();
         }
         let include_usage = self
             .stream_options
@@ -360,7 +483,8 @@ impl TurnWire for ChatCompletionRequest {
                 earlier: Vec::new(),
                 // Chat Completions have no shape for an approval (see docs/api.md).
                 can_wait: false,
-                resume: None,
+                resume,
+                client_tools,
             },
             stream,
             answer: Arc::new(move |finished: &Finished| ChatCompletion::of(finished, &model)),
@@ -373,7 +497,6 @@ impl TurnWire for ChatCompletionRequest {
 impl ChatCompletionRequest {
     /// 400 naming the first parameter the agent cannot honour.
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        self.shared().refuse_client_tools()?;
         first_refusal([
             (
                 self.functions
@@ -475,7 +598,7 @@ struct Choice {
     /// Always null.
     #[schema(value_type = Option<Object>)]
     logprobs: Option<Value>,
-    /// `stop`.
+    /// `stop`, or `tool_calls` when the answer calls the client's tools.
     finish_reason: String,
 }
 
@@ -483,9 +606,14 @@ struct Choice {
 struct AssistantMessage {
     /// Always `assistant`.
     role: String,
-    content: String,
+    /// The answer; null when it only calls the client's tools.
+    content: Option<String>,
     /// Always null.
     refusal: Option<String>,
+    /// Calls to the client's tools: run them and send their results as `tool` messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tool_calls: Option<Vec<AnsweredToolCall>>,
 }
 
 /// Tokens of the whole turn (all its model calls).
@@ -506,8 +634,24 @@ impl CompletionUsage {
     }
 }
 
+/// `stop`, or `tool_calls` when the answer calls the client's tools.
+fn finish_reason(finished: &Finished) -> &'static str {
+    if finished.waiting.is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    }
+}
+
 impl ChatCompletion {
     fn of(finished: &Finished, model: &str) -> Self {
+        let tool_calls = finished.waiting.as_ref().map(|action| {
+            action
+                .tool_calls
+                .iter()
+                .map(|call| AnsweredToolCall::of(call, None))
+                .collect()
+        });
         Self {
             id: format!("chatcmpl-{}", finished.id.simple()),
             object: "chat.completion".into(),
@@ -517,11 +661,15 @@ impl ChatCompletion {
                 index: 0,
                 message: AssistantMessage {
                     role: "assistant".into(),
-                    content: finished.text.clone(),
+                    content: match &tool_calls {
+                        Some(_) if finished.text.is_empty() => None,
+                        _ => Some(finished.text.clone()),
+                    },
                     refusal: None,
+                    tool_calls,
                 },
                 logprobs: None,
-                finish_reason: "stop".into(),
+                finish_reason: finish_reason(finished).into(),
             }],
             usage: CompletionUsage::of(finished),
         }
@@ -581,7 +729,7 @@ struct ChunkChoice {
     delta: ChunkDelta,
     #[schema(value_type = Option<Object>)]
     logprobs: Option<Value>,
-    /// Null until the last choice chunk: `stop`.
+    /// Null until the last choice chunk: `stop` or `tool_calls`.
     finish_reason: Option<&'static str>,
 }
 
@@ -592,6 +740,10 @@ struct ChunkDelta {
     role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     content: Option<String>,
+    /// Calls to the client's tools, whole, in one chunk (each with its `index`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    tool_calls: Option<Vec<AnsweredToolCall>>,
 }
 
 /// The events of a streamed chat completion. Text the model writes before calling tools is
@@ -639,6 +791,7 @@ impl EventFormat for Chunks {
         let delta = ChunkDelta {
             role: Some("assistant"),
             content: Some(String::new()),
+            tool_calls: None,
         };
         Some(self.chunk(delta, None))
     }
@@ -647,12 +800,26 @@ impl EventFormat for Chunks {
         let delta = ChunkDelta {
             role: None,
             content: Some(text),
+            tool_calls: None,
         };
         Some(self.chunk(delta, None))
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        let mut events = vec![self.chunk(ChunkDelta::default(), Some("stop"))];
+        let mut events = Vec::new();
+        if let Some(action) = &finished.waiting {
+            let calls = action.tool_calls.iter().zip(0..);
+            let delta = ChunkDelta {
+                tool_calls: Some(
+                    calls
+                        .map(|(call, index)| AnsweredToolCall::of(call, Some(index)))
+                        .collect(),
+                ),
+                ..ChunkDelta::default()
+            };
+            events.push(self.chunk(delta, None));
+        }
+        events.push(self.chunk(ChunkDelta::default(), Some(finish_reason(finished))));
         if self.include_usage {
             let usage = ChatCompletionChunk {
                 id: self.id.clone(),

@@ -51,7 +51,7 @@ pub(super) fn first_refusal<const N: usize>(
 }
 
 /// Declares an OpenAI turn request: its own fields, then the fields both APIs take alike
-/// (`temperature`, `top_p` and the client's tools), read by `shared()`.
+/// (`temperature`, `top_p`), read by `shared()`.
 macro_rules! turn_request {
     ($(#[$meta:meta])* $vis:vis struct $name:ident { $($fields:tt)* }) => {
         $(#[$meta])*
@@ -63,28 +63,13 @@ macro_rules! turn_request {
             #[serde(default)]
             #[schema(nullable, minimum = 0, maximum = 1)]
             top_p: Option<f32>,
-            /// Not used (the agent calls its own tools as configured).
-            #[serde(default)]
-            #[schema(nullable)]
-            #[expect(dead_code, reason = "accepted from OpenAI clients and type-checked, not used")]
-            parallel_tool_calls: Option<bool>,
-            /// Refused: the agent runs its own tools on the server.
-            #[serde(default)]
-            #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
-            tools: Option<Vec<serde_json::Value>>,
-            /// Only `auto` or `none`: the client offers no tools.
-            #[serde(default)]
-            #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
-            tool_choice: Option<serde_json::Value>,
         }
 
         impl $name {
-            fn shared(&self) -> $crate::routes::openai::request::Shared<'_> {
+            fn shared(&self) -> $crate::routes::openai::request::Shared {
                 $crate::routes::openai::request::Shared {
                     temperature: self.temperature,
                     top_p: self.top_p,
-                    tools: self.tools.as_deref(),
-                    tool_choice: self.tool_choice.as_ref(),
                 }
             }
         }
@@ -93,31 +78,12 @@ macro_rules! turn_request {
 pub(super) use turn_request;
 
 /// The fields every OpenAI turn request has (see [`turn_request`]).
-pub(crate) struct Shared<'a> {
+pub(crate) struct Shared {
     pub(crate) temperature: Option<f32>,
     pub(crate) top_p: Option<f32>,
-    pub(crate) tools: Option<&'a [Value]>,
-    pub(crate) tool_choice: Option<&'a Value>,
 }
 
-impl Shared<'_> {
-    /// Refuses tools the client offers and a `tool_choice` that asks for one: the agent runs
-    /// its own tools on the server.
-    pub(super) fn refuse_client_tools(&self) -> Result<(), ApiError> {
-        first_refusal([
-            (
-                self.tools.is_some_and(|tools| !tools.is_empty()),
-                "tools",
-                "client-side tools are not supported: the agent runs its own tools on the server",
-            ),
-            (
-                !choice_is_free(self.tool_choice),
-                "tool_choice",
-                "only `auto` or `none`: the client offers no tools",
-            ),
-        ])
-    }
-
+impl Shared {
     /// `temperature` and `top_p` within their bounds, with `max_tokens` (400 naming the first
     /// out of bounds).
     pub(super) fn sampling(

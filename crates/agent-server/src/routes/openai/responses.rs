@@ -18,7 +18,8 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::request::{
-    ChatRole, Content, TurnRefusals, as_bad_request, bad, first_refusal, turn_request,
+    ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
+    turn_request,
 };
 use super::response_object::{Echo, ResponseEvents, ResponseObject};
 use super::{OpenAiErrorBody, check_model, unix_now};
@@ -95,6 +96,20 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable, max_items = 0)]
     include: Option<Vec<String>>,
+    /// Refused: client-side tools on this API are the next step of runs that wait (use
+    /// `/v1/chat/completions`).
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
+    tools: Option<Vec<serde_json::Value>>,
+    /// Only `auto` or `none`: the client offers no tools.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
+    tool_choice: Option<serde_json::Value>,
+    /// Not used.
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(dead_code, reason = "accepted from OpenAI clients and type-checked, not used")]
+    parallel_tool_calls: Option<bool>,
 }
 }
 
@@ -182,8 +197,17 @@ pub(crate) enum Truncation {
 
 impl ResponseRequest {
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
-        self.shared().refuse_client_tools()?;
         first_refusal([
+            (
+                self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
+                "tools",
+                "client-side tools are not supported on this API yet: use /v1/chat/completions",
+            ),
+            (
+                !choice_is_free(self.tool_choice.as_ref()),
+                "tool_choice",
+                "only `auto` or `none`: the client offers no tools",
+            ),
             (
                 self.background == Some(true) && self.store == Some(false),
                 "background",
@@ -329,6 +353,7 @@ impl ResponseRequest {
                 // Its approval items are the next step of runs that wait.
                 can_wait: false,
                 resume: None,
+                client_tools: Vec::new(),
             },
             stream: self
                 .stream

@@ -1,0 +1,210 @@
+//! The client's own tools on the OpenAI-compatible API (`tools` of a chat completion request):
+//! offered to the model beside the agent's; a call to one ends the run's step and goes back to
+//! the client as `tool_calls` (the step's calls to the agent's tools run at once), and the
+//! client's `tool` messages carry the results on. Bounded: at most [`MAX_TOOLS`], names of 1 to
+//! 64 `A-Z a-z 0-9 _ -`, each schema at most [`MAX_SCHEMA_BYTES`], no name of the agent's own
+//! tools.
+
+use agent_core::{Agent, ToolCall, ToolSpec};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::request::bad;
+use crate::error::ApiError;
+use crate::runs::waiting::RequiredCall;
+
+/// The most tools a request may offer.
+pub(crate) const MAX_TOOLS: usize = 128;
+/// The largest `parameters` schema of one tool (its JSON text).
+pub(crate) const MAX_SCHEMA_BYTES: usize = 64 * 1024;
+
+/// A tool the client offers (`tools[]`): a function it runs itself.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ChatTool {
+    #[serde(rename = "type")]
+    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
+    kind: FunctionType,
+    function: FunctionDefinition,
+}
+
+/// Only `function`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum FunctionType {
+    Function,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct FunctionDefinition {
+    /// 1 to 64 of `A-Z a-z 0-9 _ -`; not the name of one of the agent's own tools.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    name: String,
+    #[serde(default)]
+    #[schema(nullable)]
+    description: Option<String>,
+    /// The JSON Schema of the arguments (an object schema, at most 64 KiB); none: no
+    /// arguments.
+    #[serde(default)]
+    #[schema(nullable, value_type = Option<Object>)]
+    parameters: Option<Value>,
+    /// Not used (the model server's own checks apply).
+    #[serde(default)]
+    #[schema(nullable)]
+    #[expect(
+        dead_code,
+        reason = "accepted from OpenAI clients and type-checked, not used"
+    )]
+    strict: Option<bool>,
+}
+
+/// A tool call of an assistant message the client sends back (its history).
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct MessageToolCall {
+    id: String,
+    #[serde(rename = "type")]
+    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
+    kind: FunctionType,
+    function: CalledFunction,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct CalledFunction {
+    name: String,
+    /// The arguments as the model wrote them (JSON text).
+    arguments: String,
+}
+
+impl MessageToolCall {
+    pub(crate) fn call(&self) -> ToolCall {
+        ToolCall {
+            id: self.id.clone(),
+            name: self.function.name.clone(),
+            arguments: self.function.arguments.clone(),
+        }
+    }
+}
+
+/// A tool call of an answer (`message.tool_calls[]`, and a chunk's `delta.tool_calls[]` with
+/// its `index`).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AnsweredToolCall {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub(crate) index: Option<u32>,
+    pub(crate) id: String,
+    #[serde(rename = "type")]
+    pub(crate) kind: FunctionType,
+    pub(crate) function: AnsweredFunction,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct AnsweredFunction {
+    pub(crate) name: String,
+    pub(crate) arguments: String,
+}
+
+impl AnsweredToolCall {
+    pub(crate) fn of(call: &RequiredCall, index: Option<u32>) -> Self {
+        Self {
+            index,
+            id: call.id.clone(),
+            kind: FunctionType::Function,
+            function: AnsweredFunction {
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            },
+        }
+    }
+}
+
+/// The tools `tools` offers, checked: none with `tool_choice` `none`; 400 naming the first
+/// problem. A name given twice counts once (its first definition).
+pub(crate) fn checked(
+    tools: Option<&[ChatTool]>,
+    tool_choice: Option<&Value>,
+    parallel_tool_calls: Option<bool>,
+    agent: &Agent,
+) -> Result<Vec<ToolSpec>, ApiError> {
+    let choice = tool_choice.map(|choice| choice.as_str().unwrap_or("a named tool"));
+    match choice {
+        None | Some("auto") => {}
+        Some("none") => return Ok(Vec::new()),
+        Some(other) => {
+            return Err(bad(
+                "tool_choice",
+                format!(
+                    "tool_choice '{other}' is not supported: only `auto` or `none` (the agent decides when to call tools)"
+                ),
+            ));
+        }
+    }
+    let Some(tools) = tools.filter(|tools| !tools.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    if parallel_tool_calls == Some(false) {
+        return Err(bad(
+            "parallel_tool_calls",
+            "parallel_tool_calls false is not supported: the model may call several tools in one step",
+        ));
+    }
+    if tools.len() > MAX_TOOLS {
+        return Err(bad(
+            "tools",
+            format!("at most {MAX_TOOLS} tools may be offered"),
+        ));
+    }
+    let agents = agent.tools().current();
+    let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
+    for (index, tool) in tools.iter().enumerate() {
+        let function = &tool.function;
+        let param = |field: &str| format!("tools[{index}].function.{field}");
+        let name = &function.name;
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"_-".contains(&byte));
+        if !valid {
+            return Err(bad(
+                &param("name"),
+                format!("tool name '{name}' is not 1 to 64 of [A-Za-z0-9_-]"),
+            ));
+        }
+        if agents.specs().iter().any(|spec| spec.name == *name) {
+            return Err(bad(
+                &param("name"),
+                format!(
+                    "tool name '{name}' is the name of one of the agent's own tools: rename yours"
+                ),
+            ));
+        }
+        if specs.iter().any(|spec| spec.name == *name) {
+            continue;
+        }
+        let parameters = match &function.parameters {
+            None | Some(Value::Null) => serde_json::json!({"type": "object", "properties": {}}),
+            Some(schema @ Value::Object(_)) => schema.clone(),
+            Some(_) => {
+                return Err(bad(
+                    &param("parameters"),
+                    "parameters must be a JSON Schema object",
+                ));
+            }
+        };
+        let size = serde_json::to_string(&parameters).map_or(usize::MAX, |text| text.len());
+        if size > MAX_SCHEMA_BYTES {
+            return Err(bad(
+                &param("parameters"),
+                format!(
+                    "the parameters schema of '{name}' is {size} bytes: at most {MAX_SCHEMA_BYTES}"
+                ),
+            ));
+        }
+        specs.push(ToolSpec {
+            name: name.clone(),
+            description: function.description.clone().unwrap_or_default(),
+            parameters,
+        });
+    }
+    Ok(specs)
+}
