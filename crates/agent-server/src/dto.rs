@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode};
-use crate::runs::waiting::RequiredAction;
+use crate::runs::waiting::{RequiredAction, required_action};
 use crate::turn::Finished;
 
 pub(crate) mod format;
@@ -120,13 +120,13 @@ pub(crate) enum AgentAnswer {
 
 impl From<&Finished> for AgentAnswer {
     fn from(finished: &Finished) -> Self {
-        match &finished.waiting {
+        match required_action(&finished.waiting) {
             None => Self::Done(AgentResponse::from(finished)),
             Some(action) => Self::Waiting(RequiresActionResponse {
                 status: WaitingStatus::RequiresAction,
                 run_id: finished.run_id.clone(),
                 session_id: finished.session.clone().unwrap_or_default(),
-                required_action: action.clone(),
+                required_action: action,
             }),
         }
     }

@@ -30,7 +30,7 @@ use crate::history_cache::{History, HistoryCache, Window};
 use crate::metrics::TurnMetrics;
 use crate::quota::QuotaStatus;
 use crate::runs::live::{LiveRun, LogPolicy, LogWriter};
-use crate::runs::waiting::{ClientTool, PendingTurn, RequiredAction};
+use crate::runs::waiting::{ClientTool, PendingCall, PendingTurn};
 use crate::runs::{RunRegistry, RunTicket};
 
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
@@ -93,9 +93,8 @@ pub(crate) struct TurnInput {
     /// stored history, and are stored with the turn, before its user message. Empty for a
     /// given conversation, whose history holds them.
     pub(crate) earlier: Vec<Message>,
-    /// The route can ask the client (see [`crate::runs::waiting`]): a call needing approval stops
-    /// the run to wait for it; elsewhere it is rejected at once.
-    pub(crate) can_wait: bool,
+    /// What the turn's calls needing the client do (see [`WaitMode`]).
+    pub(crate) wait_mode: WaitMode,
     /// A waiting run continued with the client's answers (its `message` is then unused).
     pub(crate) resume: Option<Resume>,
     /// The client's own tools, offered beside the agent's: a call to one goes back to the
@@ -139,11 +138,27 @@ impl From<ValidTurn> for TurnInput {
             },
             instructions: Vec::new(),
             earlier: Vec::new(),
-            can_wait: true,
+            wait_mode: WaitMode::Suspend,
             resume: None,
             client_tools: Vec::new(),
         }
     }
+}
+
+/// What a turn's calls that need the client (an approval, a client's tool) do, by what its API
+/// can say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum WaitMode {
+    /// The API has no shape for an approval (Chat Completions): a call needing one is rejected
+    /// at once; calls to the client's tools are the answer, and the run completes.
+    #[default]
+    Reject,
+    /// Both are the answer (the Responses API's output items); the run completes, the turn is
+    /// stored with the calls, and a later request answers them.
+    Answer,
+    /// The run stops and waits for the answers (`/agent`, `POST /runs/{id}/actions`).
+    Suspend,
 }
 
 /// A turn ready to run: the request for the agent, and the held session for `store`.
@@ -216,9 +231,9 @@ pub(crate) struct Finished {
     pub(crate) usage: TokenUsage,
     /// The run the turn was.
     pub(crate) run_id: String,
-    /// Set when the run did not finish but stopped to wait for the client: what it asks (the
-    /// turn is not stored yet; `text` is what the model said beside its calls).
-    pub(crate) waiting: Option<RequiredAction>,
+    /// The calls the turn ended with that the client answers (its tools' calls, approvals),
+    /// with why; empty when it finished. A run that waits has stored nothing yet.
+    pub(crate) waiting: Vec<PendingCall>,
 }
 
 /// How a route writes a stored turn's answer as the replay text of its idempotency claim.
@@ -268,9 +283,9 @@ impl Turns {
         }
     }
 
-    /// What a turn's tool calls wait for: where the client cannot be asked (`can_wait` false), a
-    /// call needing approval is rejected at once (the model reads why).
-    fn waits(&self, can_wait: bool, client_tools: Vec<ToolSpec>) -> Waits {
+    /// What a turn's tool calls wait for: where the client cannot be asked
+    /// ([`WaitMode::Reject`]), a call needing approval is rejected at once (the model reads why).
+    fn waits(&self, mode: WaitMode, client_tools: Vec<ToolSpec>) -> Waits {
         let Some(approvals) = &self.approvals else {
             return Waits {
                 client_tools,
@@ -280,7 +295,8 @@ impl Turns {
         Waits {
             client_tools,
             approval: Some(Arc::clone(approvals) as Arc<dyn agent_core::ApprovalPolicy>),
-            unapprovable: (!can_wait).then(|| crate::approvals::UNAPPROVABLE.to_owned()),
+            unapprovable: (mode == WaitMode::Reject)
+                .then(|| crate::approvals::UNAPPROVABLE.to_owned()),
         }
     }
 
@@ -431,12 +447,15 @@ impl Turns {
             sampling,
             instructions,
             earlier,
-            can_wait,
+            wait_mode,
             resume,
             client_tools,
         } = input;
         // Only a stored session's turn waits: a given conversation's is told again in full.
-        let can_wait = can_wait && matches!(conversation, Conversation::Session { .. });
+        let wait_mode = match (wait_mode, &conversation) {
+            (WaitMode::Suspend, Conversation::Given { .. }) => WaitMode::Answer,
+            (mode, _) => mode,
+        };
         let (session, new_session, continues_from) = match conversation {
             Conversation::Session {
                 session,
@@ -455,7 +474,7 @@ impl Turns {
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,
-                    waits: self.waits(false, client_tools),
+                    waits: self.waits(wait_mode, client_tools),
                     resume,
                 };
                 let target = Held::Given { caller };
@@ -550,8 +569,9 @@ impl Turns {
             };
         // Kept only where a run may stop: a turn without approvals or client tools copies
         // nothing.
+        let suspends = wait_mode == WaitMode::Suspend;
         let resumable =
-            (can_wait && (self.approvals.is_some() || !client_tools.is_empty())).then(|| {
+            (suspends && (self.approvals.is_some() || !client_tools.is_empty())).then(|| {
                 Box::new(PendingTurn {
                     message: message.clone(),
                     sampling: sampling.clone(),
@@ -570,7 +590,7 @@ impl Turns {
             user_message: message,
             session_tokens_used: info.usage.total(),
             sampling,
-            waits: self.waits(can_wait, client_tools),
+            waits: self.waits(wait_mode, client_tools),
             resume,
         };
         Ok(Prepared {

@@ -22,7 +22,7 @@ use crate::routes::runs::{owned_run, run_not_found};
 use crate::routes::turn_stream;
 use crate::runs::executor::{Mode, execute};
 use crate::runs::waiting::{Pending, PendingAnswer, WaitKind};
-use crate::turn::{Conversation, Extras, KeepResponse, TurnInput};
+use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, WaitMode};
 
 /// The answers to a waiting run's calls, by `tool_call_id`: any of them at a time (the run goes
 /// on once every call is answered).
@@ -165,7 +165,7 @@ pub(crate) async fn post_run_actions(
         sampling: turn.sampling,
         instructions: turn.instructions,
         earlier: turn.earlier,
-        can_wait: true,
+        wait_mode: WaitMode::Suspend,
         resume: Some(resume),
         client_tools: turn.client_tools.into_iter().map(Into::into).collect(),
     };

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::executor::{Mode, execute};
 use crate::error::{ApiError, ErrorCode};
-use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns};
+use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode};
 
 /// A queued run's turn as the store keeps it: its input without the run's owner and session
 /// (the run's record has them).
@@ -41,9 +41,9 @@ struct QueuedTurn {
     /// start so that the response reads back while queued or running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     response: Option<QueuedResponse>,
-    /// Its route can ask the client (see [`TurnInput::can_wait`]).
+    /// What its calls needing the client do (see [`TurnInput::wait_mode`]).
     #[serde(default)]
-    can_wait: bool,
+    wait_mode: WaitMode,
 }
 
 /// A [`KeepResponse`] as a queued run keeps it.
@@ -105,7 +105,7 @@ impl QueuedTurn {
             continues_from,
             given,
             response: keep.map(QueuedResponse::from),
-            can_wait: input.can_wait,
+            wait_mode: input.wait_mode,
         }
     }
 
@@ -129,7 +129,7 @@ impl QueuedTurn {
             sampling: self.sampling,
             instructions: self.instructions,
             earlier: self.earlier,
-            can_wait: self.can_wait,
+            wait_mode: self.wait_mode,
             resume: None,
             client_tools: Vec::new(),
         };

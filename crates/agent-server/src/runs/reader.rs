@@ -12,7 +12,7 @@ use async_stream::stream;
 use futures_util::Stream;
 
 use super::live::{END_MARK, LiveEvent, LiveRun, StepEvent};
-use super::waiting::required_action_of;
+use super::waiting::open_calls_of;
 use crate::error::{ApiError, ErrorCode};
 use crate::turn::Finished;
 
@@ -155,7 +155,8 @@ fn terminal(run: &RunRecord) -> LiveEvent {
             waiting: run
                 .action
                 .as_ref()
-                .and_then(|action| required_action_of(&action.pending)),
+                .map(|action| open_calls_of(&action.pending))
+                .unwrap_or_default(),
         }),
         (_, error) => {
             let (code, message) = error.as_ref().map_or(

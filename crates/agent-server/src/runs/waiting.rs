@@ -153,31 +153,44 @@ impl Pending {
         }
     }
 
-    /// What the client is asked for now: the unanswered approvals first, then the unanswered
-    /// client tools' calls (a step that made both asks for the approvals first).
+    /// What the client is asked for now (see [`required_action`]).
     pub(crate) fn required_action(&self) -> Option<RequiredAction> {
-        let of = |kind: WaitKind| -> Vec<RequiredCall> {
-            self.open_calls()
-                .filter(|pending| pending.wait == kind)
-                .map(|pending| RequiredCall {
-                    id: pending.call.id.clone(),
-                    name: pending.call.name.clone(),
-                    arguments: pending.call.arguments.clone(),
-                })
-                .collect()
-        };
-        let approvals = of(WaitKind::Approval);
-        if !approvals.is_empty() {
-            return Some(RequiredAction {
-                kind: ActionKind::ApproveToolCalls,
-                tool_calls: approvals,
-            });
+        let open: Vec<PendingCall> = self.open_calls().cloned().collect();
+        required_action(&open)
+    }
+}
+
+/// What the client is asked for, of `calls`: the approvals first, then the client tools' calls
+/// (a step that made both asks for the approvals first).
+pub(crate) fn required_action(calls: &[PendingCall]) -> Option<RequiredAction> {
+    let of = |kind: WaitKind| -> Vec<RequiredCall> {
+        calls
+            .iter()
+            .filter(|pending| pending.wait == kind)
+            .map(|pending| RequiredCall::from(&pending.call))
+            .collect()
+    };
+    let approvals = of(WaitKind::Approval);
+    if !approvals.is_empty() {
+        return Some(RequiredAction {
+            kind: ActionKind::ApproveToolCalls,
+            tool_calls: approvals,
+        });
+    }
+    let outputs = of(WaitKind::ClientTool);
+    (!outputs.is_empty()).then_some(RequiredAction {
+        kind: ActionKind::SubmitToolOutputs,
+        tool_calls: outputs,
+    })
+}
+
+impl From<&ToolCall> for RequiredCall {
+    fn from(call: &ToolCall) -> Self {
+        Self {
+            id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
         }
-        let outputs = of(WaitKind::ClientTool);
-        (!outputs.is_empty()).then_some(RequiredAction {
-            kind: ActionKind::SubmitToolOutputs,
-            tool_calls: outputs,
-        })
     }
 }
 
@@ -212,4 +225,11 @@ pub(crate) fn required_action_of(pending: &str) -> Option<RequiredAction> {
     serde_json::from_str::<Pending>(pending)
         .ok()?
         .required_action()
+}
+
+/// The unanswered calls of a waiting run's stored state, if it reads.
+pub(crate) fn open_calls_of(pending: &str) -> Vec<PendingCall> {
+    serde_json::from_str::<Pending>(pending)
+        .map(|pending| pending.open_calls().cloned().collect())
+        .unwrap_or_default()
 }

@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
 use crate::runs::live::{CancelReason, Recording};
 use crate::runs::queue::QueuedResponse;
-use crate::runs::waiting::{ActionKind, Pending, PendingCall, RequiredAction, RequiredCall};
+use crate::runs::waiting::{Pending, PendingCall};
 use crate::runs::{DISCONNECTED, RunTicket, SHUTDOWN};
 
 impl Turns {
@@ -49,18 +49,8 @@ impl Turns {
             waiting,
             ..
         } = result;
-        // A turn that cannot wait answers with its calls to the client's tools (and completes).
-        let waiting = (!waiting.is_empty()).then(|| RequiredAction {
-            kind: ActionKind::SubmitToolOutputs,
-            tool_calls: waiting
-                .iter()
-                .map(|waiting| RequiredCall {
-                    id: waiting.call.id.clone(),
-                    name: waiting.call.name.clone(),
-                    arguments: waiting.call.arguments.clone(),
-                })
-                .collect(),
-        });
+        // A turn whose run does not wait answers with the calls it ended with (and completes).
+        let waiting: Vec<PendingCall> = waiting.iter().map(PendingCall::from).collect();
         let created = unix_now();
         let caller = match &target {
             Held::Session { session, .. } => session.owner().to_owned(),
@@ -230,7 +220,7 @@ impl Turns {
             steps: result.steps,
             calls: result.waiting.iter().map(PendingCall::from).collect(),
         };
-        let waiting = pending.required_action();
+        let waiting = pending.calls.clone();
         let text =
             serde_json::to_string(&pending).map_err(|error| ApiError::Internal(error.into()))?;
         let live = Arc::clone(run.live());

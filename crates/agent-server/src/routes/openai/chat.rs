@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
 use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
-use crate::turn::{Conversation, Finished, TurnInput};
+use crate::turn::{Conversation, Finished, TurnInput, WaitMode};
 
 /// The header naming the stored session a chat completion continues (also answered).
 pub(crate) const SESSION_HEADER: &str = "x-session-id";
@@ -482,7 +482,7 @@ impl TurnWire for ChatCompletionRequest {
                 instructions: Vec::new(),
                 earlier: Vec::new(),
                 // Chat Completions have no shape for an approval (see docs/api.md).
-                can_wait: false,
+                wait_mode: WaitMode::Reject,
                 resume,
                 client_tools,
             },
@@ -636,7 +636,7 @@ impl CompletionUsage {
 
 /// `stop`, or `tool_calls` when the answer calls the client's tools.
 fn finish_reason(finished: &Finished) -> &'static str {
-    if finished.waiting.is_some() {
+    if !finished.waiting.is_empty() {
         "tool_calls"
     } else {
         "stop"
@@ -645,11 +645,11 @@ fn finish_reason(finished: &Finished) -> &'static str {
 
 impl ChatCompletion {
     fn of(finished: &Finished, model: &str) -> Self {
-        let tool_calls = finished.waiting.as_ref().map(|action| {
-            action
-                .tool_calls
+        let tool_calls = (!finished.waiting.is_empty()).then(|| {
+            finished
+                .waiting
                 .iter()
-                .map(|call| AnsweredToolCall::of(call, None))
+                .map(|pending| AnsweredToolCall::of(&pending.call, None))
                 .collect()
         });
         Self {
@@ -807,8 +807,12 @@ impl EventFormat for Chunks {
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
         let mut events = Vec::new();
-        if let Some(action) = &finished.waiting {
-            let calls = action.tool_calls.iter().zip(0..);
+        if !finished.waiting.is_empty() {
+            let calls = finished
+                .waiting
+                .iter()
+                .map(|pending| &pending.call)
+                .zip(0..);
             let delta = ChunkDelta {
                 tool_calls: Some(
                     calls

@@ -12,7 +12,6 @@ use utoipa::ToSchema;
 
 use super::request::bad;
 use crate::error::ApiError;
-use crate::runs::waiting::RequiredCall;
 
 /// The most tools a request may offer.
 pub(crate) const MAX_TOOLS: usize = 128;
@@ -105,7 +104,7 @@ pub(crate) struct AnsweredFunction {
 }
 
 impl AnsweredToolCall {
-    pub(crate) fn of(call: &RequiredCall, index: Option<u32>) -> Self {
+    pub(crate) fn of(call: &ToolCall, index: Option<u32>) -> Self {
         Self {
             index,
             id: call.id.clone(),

@@ -119,7 +119,7 @@ impl Echo {
             session: None,
             usage: stored.usage,
             run_id: String::new(),
-            waiting: None,
+            waiting: Vec::new(),
         };
         let echo = Self {
             id: stored.id,

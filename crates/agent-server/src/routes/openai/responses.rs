@@ -32,7 +32,7 @@ use crate::history_cache::first_kept;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
 use crate::runs::queue::{queued_response, run_of_response};
-use crate::turn::{Conversation, Finished, KeepResponse, TurnInput};
+use crate::turn::{Conversation, Finished, KeepResponse, TurnInput, WaitMode};
 
 turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
@@ -351,7 +351,7 @@ impl ResponseRequest {
                 instructions,
                 earlier,
                 // Its approval items are the next step of runs that wait.
-                can_wait: false,
+                wait_mode: WaitMode::Reject,
                 resume: None,
                 client_tools: Vec::new(),
             },
