@@ -44,6 +44,10 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Whether the model may call several tools in one step (the model server's default when
+    /// unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     /// The form of the text answer, sent with every model call of the turn (tool calls stay
     /// free-form).
     pub response_format: ResponseFormat,

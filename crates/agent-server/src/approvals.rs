@@ -11,6 +11,10 @@ use agent_core::{ApprovalPolicy, ToolCall};
 
 use crate::error::StartupError;
 
+/// Who answers for a tool in an approval request (the Responses API's `server_label`): the MCP
+/// server's name, or this for built-in and HTTP tools.
+pub(crate) const AGENT_LABEL: &str = "agent";
+
 /// What the model reads when a call needing approval is made where the client cannot be asked.
 pub(crate) const UNAPPROVABLE: &str =
     "this tool needs the user's approval, which this API cannot ask for; it was not run";
@@ -66,6 +70,12 @@ impl ToolApprovals {
         })))
     }
 
+    /// The source answering for `tool` in an approval request (see [`AGENT_LABEL`]).
+    pub(crate) fn label<'a>(&'a self, tool: &str) -> &'a str {
+        self.server_of(tool)
+            .map_or(AGENT_LABEL, |(_, name, _)| name.as_str())
+    }
+
     fn server_of(&self, tool: &str) -> Option<&(String, String, RequireApproval)> {
         self.servers
             .iter()
@@ -113,5 +123,7 @@ mod tests {
         assert!(approvals.needs_approval(&call("crm__update")));
         assert!(!approvals.needs_approval(&call("crm__search")));
         assert!(!approvals.needs_approval(&call("docs__search")));
+        assert_eq!(approvals.label("crm__update"), "crm");
+        assert_eq!(approvals.label("calculator"), AGENT_LABEL);
     }
 }

@@ -300,6 +300,23 @@ impl Turns {
         }
     }
 
+    /// The calls a turn ended with that the client answers, each with its approval's source.
+    pub(crate) fn pending_calls(&self, waiting: &[agent_core::WaitingCall]) -> Vec<PendingCall> {
+        waiting
+            .iter()
+            .map(|waiting| {
+                let mut pending = PendingCall::from(waiting);
+                if pending.wait == crate::runs::waiting::WaitKind::Approval {
+                    pending.label = self
+                        .approvals
+                        .as_ref()
+                        .map(|approvals| approvals.label(&waiting.call.name).to_owned());
+                }
+                pending
+            })
+            .collect()
+    }
+
     /// How long a waiting run waits for its client.
     pub(crate) fn action_timeout(&self) -> Duration {
         self.action_timeout

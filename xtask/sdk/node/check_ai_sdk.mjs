@@ -1,7 +1,7 @@
 // The Vercel AI SDK (`ai` 6 with `@ai-sdk/openai` 3, whose `openai(model)` is the Responses API),
 // unchanged, against agent-server: two turns whose history the client keeps, structured output
-// from a zod schema, and a client-side `tool()` over Chat Completions (`openai.chat(model)`) that
-// the SDK runs and whose result the model reads. Run by `cargo xtask sdk` with the environment of
+// from a zod schema, and a client-side `tool()` over Chat Completions (`openai.chat(model)`) and
+// over the Responses API, that the SDK runs and whose result the model reads. Run by `cargo xtask sdk` with the environment of
 // ../python/check_agent_sdks.py (see there for what the fake model answers).
 
 import { createOpenAI } from "@ai-sdk/openai";
@@ -44,26 +44,31 @@ for (const [name, url] of [["fake", process.env.AGENT_URL], ["offline", process.
   check(City.safeParse(object).success, `generateObject (${name}): ${JSON.stringify(object)}`);
   if (name === "fake") check(JSON.stringify(object) === JSON.stringify(paris), `generateObject: ${JSON.stringify(object)}`);
 }
-const lookedUp = [];
-const withTool = await generateText({
-  model: provider(process.env.AGENT_URL).chat("agent"),
-  prompt: 'use lookup {"word": "agent"}',
-  tools: {
-    lookup: tool({
-      description: "Looks a word up in the client's dictionary",
-      inputSchema: z.object({ word: z.string() }),
-      execute: async ({ word }) => {
-        lookedUp.push(word);
-        return `${word} means one who acts`;
-      },
-    }),
-  },
-  stopWhen: stepCountIs(3),
-  maxRetries: 0,
-});
-check(
-  withTool.text.startsWith("lookup said: ") && withTool.text.includes("agent means one who acts"),
-  `tool(): ${withTool.text}`,
-);
-check(JSON.stringify(lookedUp) === '["agent"]', `tool() ran once: ${JSON.stringify(lookedUp)}`);
+for (const [api, toolModel] of [
+  ["chat", provider(process.env.AGENT_URL).chat("agent")],
+  ["responses", provider(process.env.AGENT_URL)("agent")],
+]) {
+  const lookedUp = [];
+  const withTool = await generateText({
+    model: toolModel,
+    prompt: 'use lookup {"word": "agent"}',
+    tools: {
+      lookup: tool({
+        description: "Looks a word up in the client's dictionary",
+        inputSchema: z.object({ word: z.string() }),
+        execute: async ({ word }) => {
+          lookedUp.push(word);
+          return `${word} means one who acts`;
+        },
+      }),
+    },
+    stopWhen: stepCountIs(3),
+    maxRetries: 0,
+  });
+  check(
+    withTool.text.startsWith("lookup said: ") && withTool.text.includes("agent means one who acts"),
+    `tool() (${api}): ${withTool.text}`,
+  );
+  check(JSON.stringify(lookedUp) === '["agent"]', `tool() ran once (${api}): ${JSON.stringify(lookedUp)}`);
+}
 console.log(`ai sdk: ${checks} checks passed`);

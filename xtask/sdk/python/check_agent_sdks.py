@@ -102,7 +102,7 @@ async def agents_sdk_client_tools():
     Completions: the fake model's "use <name> <args>" calls it and then answers with its result,
     so the final output shows the SDK ran it and sent its result back. With the SDK's own
     needs_approval, the run stops at result.interruptions and goes on once approved or rejected."""
-    from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool
+    from agents import Agent, OpenAIChatCompletionsModel, OpenAIResponsesModel, Runner, function_tool
 
     ran = []
 
@@ -118,11 +118,21 @@ async def agents_sdk_client_tools():
         ran.append(f"erase {word}")
         return f"{word} erased"
 
-    chat = OpenAIChatCompletionsModel(model="agent", openai_client=AsyncOpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0))
-    agent = Agent(name="client tools", instructions="Use the tools.", model=chat, tools=[lookup, erase])
-    result = await Runner.run(agent, 'use lookup {"word": "agent"}')
-    check(result.final_output == "lookup said: agent means one who acts", f"agents sdk @function_tool: {result.final_output}")
-    check(ran == ["agent"], f"agents sdk ran the tool once: {ran}")
+    client = AsyncOpenAI(base_url=f"{URL}/v1", api_key=KEY, max_retries=0)
+    for name, model in [
+        ("chat completions", OpenAIChatCompletionsModel(model="agent", openai_client=client)),
+        ("responses", OpenAIResponsesModel(model="agent", openai_client=client)),
+    ]:
+        ran.clear()
+        agent = Agent(name="client tools", instructions="Use the tools.", model=model, tools=[lookup, erase])
+        result = await Runner.run(agent, 'use lookup {"word": "agent"}')
+        check(result.final_output == "lookup said: agent means one who acts", f"agents sdk @function_tool ({name}): {result.final_output}")
+        check(ran == ["agent"], f"agents sdk ran the tool once ({name}): {ran}")
+        await agents_sdk_approvals(agent, ran)
+
+
+async def agents_sdk_approvals(agent, ran):
+    from agents import Runner
 
     for approve in (True, False):
         ran.clear()

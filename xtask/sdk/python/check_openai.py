@@ -156,6 +156,30 @@ raises(
     "an unknown previous_response_id",
 )
 
+# Server-side approvals (this server's current_time needs one): an mcp_approval_request output
+# item, answered with an mcp_approval_response after previous_response_id. The fake model's
+# "use <tool>" answers with what the tool said, so an approved call is seen to have run.
+for approve in (True, False):
+    asked = client.responses.create(model="agent", input="use current_time {}")
+    request = next((item for item in asked.output if item.type == "mcp_approval_request"), None)
+    check(request is not None and request.name == "current_time" and request.server_label == "agent", f"approval request: {asked.output}")
+    answered = client.responses.create(
+        model="agent",
+        previous_response_id=asked.id,
+        input=[{"type": "mcp_approval_response", "approval_request_id": request.id, "approve": approve, "reason": "not now"}],
+    )
+    said = answered.output_text
+    if approve:
+        check(said.startswith("current_time said: ") and "unix" in said, f"approved: {said!r}")
+    else:
+        check(said == "current_time said: rejected by the user: not now", f"rejected: {said!r}")
+waiting = client.responses.create(model="agent", input="use current_time {}")
+raises(
+    openai.BadRequestError,
+    lambda: client.responses.create(model="agent", input="go on", previous_response_id=waiting.id),
+    "a response waiting for an approval continued without it",
+)
+
 # Background responses: created queued, their stream resumed after any event, polled, cancelled.
 
 def wait_for(response_id, statuses):

@@ -56,7 +56,8 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     std::fs::write(
         &config,
         format!(
-            "[[webhooks]]\nurl = \"http://127.0.0.1:{webhook_port}/hooks\"\nsecret = \"{WEBHOOK_SECRET}\"\n"
+            "[[webhooks]]\nurl = \"http://127.0.0.1:{webhook_port}/hooks\"\nsecret = \"{WEBHOOK_SECRET}\"\n\n\
+             [builtin_tools]\nrequire_approval = {{ always = {{ tool_names = [\"current_time\"] }} }}\n"
         ),
     )?;
     let start = |rate_limit: &str| -> anyhow::Result<(Spawned, u16)> {

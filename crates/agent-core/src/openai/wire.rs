@@ -33,6 +33,9 @@ pub(super) struct RequestBody<'a> {
     stream_options: Option<StreamOptions>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tools: Vec<WireTool<'a>>,
+    /// Only when the client chose it, and only with tools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
     /// Only when the answer is not free text.
     #[serde(skip_serializing_if = "Option::is_none")]
     response_format: Option<WireFormat<'a>>,
@@ -115,6 +118,10 @@ pub(super) fn request_body<'a>(
                 },
             })
             .collect(),
+        parallel_tool_calls: request
+            .sampling
+            .parallel_tool_calls
+            .filter(|_| !request.tools.is_empty()),
         response_format: request.sampling.response_format.to_wire(),
     }
 }

@@ -360,15 +360,22 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
         stop: vec!["END".into()],
         presence_penalty: Some(0.25),
         frequency_penalty: Some(-0.5),
+        parallel_tool_calls: Some(false),
         response_format: agent_core::ResponseFormat::JsonObject,
     };
+    let tools = [agent_core::ToolSpec {
+        name: "lookup".into(),
+        description: "Looks a word up".into(),
+        parameters: json!({"type": "object"}),
+    }];
     let call = |sampling| {
         let model = model.clone();
+        let tools = tools.clone();
         async move {
             model
                 .complete(ChatRequest {
                     messages: &[Message::user("hi")],
-                    tools: &[],
+                    tools: &tools,
                     sampling: &sampling,
                 })
                 .await
@@ -390,6 +397,7 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
     assert_eq!(chosen["stop"], json!(["END"]));
     assert_eq!(chosen["presence_penalty"], 0.25);
     assert_eq!(chosen["frequency_penalty"], -0.5);
+    assert_eq!(chosen["parallel_tool_calls"], false);
     assert_eq!(chosen["response_format"], json!({"type": "json_object"}));
     let defaults = &requests[1];
     assert_eq!(defaults["temperature"], 0.2);
@@ -400,6 +408,7 @@ async fn sampling_choices_reach_the_model_server_within_the_configured_bounds() 
         "stop",
         "presence_penalty",
         "frequency_penalty",
+        "parallel_tool_calls",
         "response_format",
     ] {
         assert!(defaults.get(unset).is_none(), "{unset}");

@@ -81,6 +81,10 @@ pub(crate) struct PendingCall {
     pub(crate) wait: WaitKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) answer: Option<PendingAnswer>,
+    /// An approval's source: the MCP server's name, or `agent` (the Responses API's
+    /// `server_label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) label: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +111,7 @@ impl From<&WaitingCall> for PendingCall {
                 Wait::ClientTool => WaitKind::ClientTool,
             },
             answer: None,
+            label: None,
         }
     }
 }

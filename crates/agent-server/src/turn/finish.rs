@@ -15,7 +15,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
 use crate::runs::live::{CancelReason, Recording};
 use crate::runs::queue::QueuedResponse;
-use crate::runs::waiting::{Pending, PendingCall};
+use crate::runs::waiting::Pending;
 use crate::runs::{DISCONNECTED, RunTicket, SHUTDOWN};
 
 impl Turns {
@@ -50,7 +50,7 @@ impl Turns {
             ..
         } = result;
         // A turn whose run does not wait answers with the calls it ended with (and completes).
-        let waiting: Vec<PendingCall> = waiting.iter().map(PendingCall::from).collect();
+        let waiting = self.pending_calls(&waiting);
         let created = unix_now();
         let caller = match &target {
             Held::Session { session, .. } => session.owner().to_owned(),
@@ -218,7 +218,7 @@ impl Turns {
             produced: result.turn.messages,
             usage: result.turn.usage,
             steps: result.steps,
-            calls: result.waiting.iter().map(PendingCall::from).collect(),
+            calls: self.pending_calls(&result.waiting),
         };
         let waiting = pending.calls.clone();
         let text =

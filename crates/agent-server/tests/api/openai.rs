@@ -293,11 +293,6 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
             ),
             "tools",
         ),
-        (
-            json!({ "model": "agent", "messages": [user("hi")], "parallel_tool_calls": false,
-                    "tools": [{ "type": "function", "function": { "name": "f" } }] }),
-            "parallel_tool_calls",
-        ),
         (with("functions", json!([{ "name": "f" }])), "functions"),
         (with("tool_choice", json!("required")), "tool_choice"),
         (with("logprobs", json!(true)), "logprobs"),

@@ -43,7 +43,7 @@ pub(crate) struct ChatCompletionRequest {
     /// The conversation, oldest first, ending with the user's new message, or with the `tool`
     /// messages answering the calls to the client's tools of the last assistant message. With a
     /// session, only those last messages are taken (the session holds the rest).
-    #[schema(min_items = 1)]
+    #[schema(min_items = 1, value_type = Vec<ChatMessageByRole>)]
     messages: Vec<ChatMessage>,
     /// The client's own tools (functions), offered to the model beside the agent's: a call to
     /// one ends the answer with `finish_reason` `tool_calls`, and the client sends its result as
@@ -55,9 +55,10 @@ pub(crate) struct ChatCompletionRequest {
     #[serde(default)]
     #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
     tool_choice: Option<Value>,
-    /// Only true (the default): the model may call several tools in one step.
+    /// Whether the model may call several tools in one step (passed to the model server; its
+    /// default when unset).
     #[serde(default)]
-    #[schema(nullable, value_type = Option<bool>, pattern = "^true$")]
+    #[schema(nullable)]
     parallel_tool_calls: Option<bool>,
     /// Answer as `chat.completion.chunk` server-sent events, ending with `data: [DONE]`.
     #[serde(default)]
@@ -179,43 +180,92 @@ pub(crate) enum Modality {
     Text,
 }
 
-/// A message of the conversation.
-#[derive(Debug, Deserialize, ToSchema)]
+/// A message of the conversation (read flat, so that an error names its exact field; the
+/// document describes it by role: [`ChatMessageByRole`]).
+#[derive(Debug, Deserialize)]
 pub(crate) struct ChatMessage {
-    /// `system` and `developer` messages follow the server's system prompt, where they are, or
-    /// are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`); a `tool` message answers a call of the
-    /// assistant message before it (`tool_call_id`).
     role: ChatMessageRole,
-    /// Text, or text parts: not blank, no NUL character; the last message's at most
-    /// `AGENT_API__MAX_MESSAGE_CHARS` characters. May be null or empty in an assistant message
-    /// with `tool_calls`, and empty in a `tool` message.
     #[serde(default)]
-    #[schema(nullable)]
     content: Option<MessageContent>,
-    /// Not used.
     #[serde(default)]
-    #[schema(nullable)]
     #[expect(
         dead_code,
         reason = "accepted from OpenAI clients and type-checked, not used"
     )]
     name: Option<String>,
-    /// An assistant message's calls to the client's tools (as an answer gave them).
     #[serde(default)]
-    #[schema(nullable)]
     tool_calls: Option<Vec<MessageToolCall>>,
-    /// A `tool` message: the call it answers.
     #[serde(default)]
-    #[schema(nullable)]
     tool_call_id: Option<String>,
 }
 
+/// A message of the conversation, by its role: `system` and `developer` messages follow the
+/// server's system prompt, where they are, or are refused (`AGENT_OPENAI_API__SYSTEM_MESSAGES`);
+/// an `assistant` message may call the client's tools (`tool_calls`); a `tool` message answers
+/// one of those calls (`tool_call_id`). Content is text, or text parts: not blank, no NUL
+/// character; the last message's at most `AGENT_API__MAX_MESSAGE_CHARS` characters.
+#[derive(ToSchema)]
+#[serde(tag = "role", rename_all = "lowercase")]
+#[expect(
+    dead_code,
+    reason = "describes ChatMessage in the document; never built"
+)]
+pub(crate) enum ChatMessageByRole {
+    // The user first: the role a conversation usually ends with (schema-driven fuzzers take the
+    // first variant as the typical one).
+    User {
+        content: MessageContent,
+        /// Not used.
+        #[schema(nullable)]
+        name: Option<String>,
+    },
+    Assistant {
+        /// May be null (or empty) when the message calls tools.
+        #[schema(nullable)]
+        content: Option<MessageContent>,
+        /// Calls to the client's tools (as an answer gave them).
+        #[schema(nullable)]
+        tool_calls: Option<Vec<MessageToolCall>>,
+        /// Not used.
+        #[schema(nullable)]
+        name: Option<String>,
+    },
+    System {
+        content: MessageContent,
+    },
+    Developer {
+        content: MessageContent,
+    },
+    Tool {
+        /// The call of the assistant message before it that this answers.
+        tool_call_id: String,
+        /// The tool's result (may be empty).
+        content: MessageContent,
+    },
+}
+
+impl ChatMessage {
+    fn role(&self) -> ChatMessageRole {
+        self.role
+    }
+
+    fn content(&self) -> Option<&MessageContent> {
+        self.content.as_ref()
+    }
+
+    fn tool_calls(&self) -> &[MessageToolCall] {
+        self.tool_calls.as_deref().unwrap_or_default()
+    }
+
+    fn tool_call_id(&self) -> &str {
+        self.tool_call_id.as_deref().unwrap_or_default()
+    }
+}
+
 /// A message's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum ChatMessageRole {
-    // The user first: the role a conversation usually ends with (schema-driven fuzzers take the
-    // first value of an enum as its typical one).
     User,
     Assistant,
     System,
@@ -338,18 +388,17 @@ impl TurnWire for ChatCompletionRequest {
             .checked_sub(1)
             .ok_or_else(|| bad("messages", "messages must hold at least the user's message"))?;
         let client_tools = client_tools::checked(
-            self.tools.as_deref(),
+            client_tools::of_chat(self.tools.as_deref()),
             self.tool_choice.as_ref(),
-            self.parallel_tool_calls,
             &incoming.routes.turns.agent,
         )?;
         // The conversation ends with the user's message, or with the results of the client's
         // tools the last assistant message called (they follow it, nothing else does).
-        let answers_from = match self.messages[last].role {
+        let answers_from = match self.messages[last].role() {
             ChatMessageRole::Tool => self
                 .messages
                 .iter()
-                .rposition(|message| message.role != ChatMessageRole::Tool)
+                .rposition(|message| message.role() != ChatMessageRole::Tool)
                 .map_or(0, |index| index + 1),
             _ => last,
         };
@@ -363,15 +412,15 @@ impl TurnWire for ChatCompletionRequest {
             } else {
                 usize::MAX
             };
-            let tool_calls = chat.tool_calls.as_deref().unwrap_or_default();
-            if !tool_calls.is_empty() && chat.role != ChatMessageRole::Assistant {
+            let tool_calls = chat.tool_calls();
+            if !tool_calls.is_empty() && chat.role() != ChatMessageRole::Assistant {
                 return Err(bad(
                     &param(".tool_calls"),
                     "only an assistant message calls tools",
                 ));
             }
-            let Some(role) = chat.role.shared() else {
-                let answered = chat.tool_call_id.as_deref().unwrap_or_default();
+            let Some(role) = chat.role().shared() else {
+                let answered = chat.tool_call_id();
                 if !calls.iter().any(|id| id == answered) {
                     return Err(bad(
                         &param(".tool_call_id"),
@@ -380,7 +429,7 @@ impl TurnWire for ChatCompletionRequest {
                         ),
                     ));
                 }
-                let text = match &chat.content {
+                let text = match chat.content() {
                     None => String::new(),
                     Some(MessageContent::Text(text)) if text.is_empty() => String::new(),
                     Some(content) => content.content().text(&param(".content"), limit)?,
@@ -396,14 +445,14 @@ impl TurnWire for ChatCompletionRequest {
                          the results of the client's tools",
                     ));
                 }
-                let Some(content) = &chat.content else {
+                let Some(content) = chat.content() else {
                     return Err(bad(&param(".content"), "the user's message has no content"));
                 };
                 message = content.content().text(&param(".content"), limit)?;
                 continue;
             }
             // Checked as the document says even when a session leaves them unused.
-            let text = match &chat.content {
+            let text = match chat.content() {
                 None if !tool_calls.is_empty() => String::new(),
                 Some(MessageContent::Text(text)) if text.is_empty() && !tool_calls.is_empty() => {
                     String::new()
@@ -423,7 +472,7 @@ impl TurnWire for ChatCompletionRequest {
             });
         }
         // A conversation ending with tool results goes on from them: no new user message.
-        let resume = (answers_from <= last && self.messages[last].role == ChatMessageRole::Tool)
+        let resume = (answers_from <= last && self.messages[last].role() == ChatMessageRole::Tool)
             .then(|| agent_core::Resume {
                 produced: Vec::new(),
                 answers: Vec::new(),
@@ -560,6 +609,7 @@ impl ChatCompletionRequest {
         }
         Ok(Sampling {
             seed: self.seed,
+            parallel_tool_calls: self.parallel_tool_calls,
             stop,
             presence_penalty: within("presence_penalty", self.presence_penalty, -2.0, 2.0)?,
             frequency_penalty: within("frequency_penalty", self.frequency_penalty, -2.0, 2.0)?,

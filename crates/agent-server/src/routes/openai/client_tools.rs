@@ -1,7 +1,8 @@
 //! The client's own tools on the OpenAI-compatible API (`tools` of a chat completion request):
 //! offered to the model beside the agent's; a call to one ends the run's step and goes back to
 //! the client as `tool_calls` (the step's calls to the agent's tools run at once), and the
-//! client's `tool` messages carry the results on. Bounded: at most [`MAX_TOOLS`], names of 1 to
+//! client's `tool` messages carry the results on. `parallel_tool_calls` is passed to the model
+//! server (in the turn's sampling choices). Bounded: at most [`MAX_TOOLS`], names of 1 to
 //! 64 `A-Z a-z 0-9 _ -`, each schema at most [`MAX_SCHEMA_BYTES`], no name of the agent's own
 //! tools.
 
@@ -32,6 +33,16 @@ pub(crate) struct ChatTool {
 #[serde(rename_all = "lowercase")]
 pub(crate) enum FunctionType {
     Function,
+}
+
+/// A tool the client offers on the Responses API (`tools[]`): a function, flat.
+#[derive(Debug, Deserialize, ToSchema)]
+pub(crate) struct ResponseTool {
+    #[serde(rename = "type")]
+    #[expect(dead_code, reason = "its one value is checked by deserializing it")]
+    kind: FunctionType,
+    #[serde(flatten)]
+    function: FunctionDefinition,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -117,12 +128,32 @@ impl AnsweredToolCall {
     }
 }
 
-/// The tools `tools` offers, checked: none with `tool_choice` `none`; 400 naming the first
-/// problem. A name given twice counts once (its first definition).
+/// The functions of a chat completion request's `tools`, each with where it is.
+pub(crate) fn of_chat(tools: Option<&[ChatTool]>) -> Vec<(String, &FunctionDefinition)> {
+    tools
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, tool)| (format!("tools[{index}].function"), &tool.function))
+        .collect()
+}
+
+/// The functions of a response request's `tools`, each with where it is.
+pub(crate) fn of_responses(tools: Option<&[ResponseTool]>) -> Vec<(String, &FunctionDefinition)> {
+    tools
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, tool)| (format!("tools[{index}]"), &tool.function))
+        .collect()
+}
+
+/// The tools `tools` offers (each function with where it is in the request), checked: none with
+/// `tool_choice` `none`; 400 naming the first problem. A name given twice counts once (its
+/// first definition).
 pub(crate) fn checked(
-    tools: Option<&[ChatTool]>,
+    tools: Vec<(String, &FunctionDefinition)>,
     tool_choice: Option<&Value>,
-    parallel_tool_calls: Option<bool>,
     agent: &Agent,
 ) -> Result<Vec<ToolSpec>, ApiError> {
     let choice = tool_choice.map(|choice| choice.as_str().unwrap_or("a named tool"));
@@ -138,14 +169,8 @@ pub(crate) fn checked(
             ));
         }
     }
-    let Some(tools) = tools.filter(|tools| !tools.is_empty()) else {
+    if tools.is_empty() {
         return Ok(Vec::new());
-    };
-    if parallel_tool_calls == Some(false) {
-        return Err(bad(
-            "parallel_tool_calls",
-            "parallel_tool_calls false is not supported: the model may call several tools in one step",
-        ));
     }
     if tools.len() > MAX_TOOLS {
         return Err(bad(
@@ -155,9 +180,8 @@ pub(crate) fn checked(
     }
     let agents = agent.tools().current();
     let mut specs: Vec<ToolSpec> = Vec::with_capacity(tools.len());
-    for (index, tool) in tools.iter().enumerate() {
-        let function = &tool.function;
-        let param = |field: &str| format!("tools[{index}].function.{field}");
+    for (at, function) in tools {
+        let param = |field: &str| format!("{at}.{field}");
         let name = &function.name;
         let valid = (1..=64).contains(&name.len())
             && name

@@ -7,6 +7,7 @@ mod chat;
 mod client_tools;
 mod docs;
 mod request;
+mod response_calls;
 mod response_object;
 mod responses;
 

@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 use super::OpenAiError;
+use super::response_calls::{approval_request_id, function_call_item_id};
 use crate::error::ApiError;
 use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
+use crate::runs::waiting::{PendingCall, WaitKind};
 use crate::turn::{Finished, KeepResponse};
 
 /// What a response says of its request: its id, when, whether it is kept, and the parameters it
@@ -41,8 +43,11 @@ pub(crate) struct ResponseObject {
     instructions: Option<String>,
     max_output_tokens: Option<u32>,
     model: String,
-    /// The agent's final message (empty while in progress).
-    output: Vec<OutputMessage>,
+    /// The agent's final message (empty while in progress), then the calls it ended with for the
+    /// client: `function_call` (the client's tools: answer with `function_call_output`) and
+    /// `mcp_approval_request` (the agent's tools that need approval: answer with
+    /// `mcp_approval_response`).
+    output: Vec<OutputItem>,
     parallel_tool_calls: bool,
     previous_response_id: Option<String>,
     #[schema(value_type = Object)]
@@ -66,6 +71,80 @@ pub(crate) struct ResponseObject {
 struct ResponseErrorInfo {
     code: String,
     message: String,
+}
+
+/// An item of `output`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+enum OutputItem {
+    Message(OutputMessage),
+    FunctionCall(FunctionCallItem),
+    ApprovalRequest(ApprovalRequestItem),
+}
+
+/// A call to one of the client's tools: run it, and send its result as a `function_call_output`
+/// input item with its `call_id`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+struct FunctionCallItem {
+    /// Always `function_call`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// `fc_` and the call id.
+    id: String,
+    call_id: String,
+    name: String,
+    /// JSON text.
+    arguments: String,
+    /// Always `completed`.
+    status: &'static str,
+}
+
+/// A call to one of the agent's tools that needs the client's approval: answer it with an
+/// `mcp_approval_response` input item (`approval_request_id` = this `id`, `approve`, `reason`).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+struct ApprovalRequestItem {
+    /// Always `mcp_approval_request`.
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// `mcpr_` and the call id.
+    id: String,
+    /// The MCP server the tool is from, or `agent` for built-in and HTTP tools.
+    server_label: String,
+    name: String,
+    /// JSON text.
+    arguments: String,
+}
+
+impl OutputItem {
+    /// The output item of a call the turn ended with.
+    fn of_call(pending: &PendingCall) -> Self {
+        let call = &pending.call;
+        match pending.wait {
+            WaitKind::ClientTool => Self::FunctionCall(FunctionCallItem {
+                kind: "function_call",
+                id: function_call_item_id(&call.id),
+                call_id: call.id.clone(),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+                status: "completed",
+            }),
+            WaitKind::Approval => Self::ApprovalRequest(ApprovalRequestItem {
+                kind: "mcp_approval_request",
+                id: approval_request_id(&call.id),
+                server_label: pending
+                    .label
+                    .clone()
+                    .unwrap_or_else(|| crate::approvals::AGENT_LABEL.to_owned()),
+                name: call.name.clone(),
+                arguments: call.arguments.clone(),
+            }),
+        }
+    }
+}
+
+/// Whether a finished turn's output has its message: it said something, or called nothing.
+fn shows_message(finished: &Finished) -> bool {
+    !finished.text.is_empty() || finished.waiting.is_empty()
 }
 
 /// An assistant message of `output`.
@@ -184,7 +263,15 @@ impl Echo {
             max_output_tokens: parameters.max_output_tokens,
             model: parameters.model.clone(),
             output: finished
-                .map(|finished| vec![self.message("completed", finished.text.clone())])
+                .map(|finished| {
+                    let message = shows_message(finished).then(|| {
+                        OutputItem::Message(self.message("completed", finished.text.clone()))
+                    });
+                    message
+                        .into_iter()
+                        .chain(finished.waiting.iter().map(OutputItem::of_call))
+                        .collect()
+                })
                 .unwrap_or_default(),
             parallel_tool_calls: true,
             previous_response_id: parameters.previous_response_id.clone(),
@@ -255,11 +342,11 @@ struct OfResponse {
     response: ResponseObject,
 }
 
-/// The fields of the events about the output message.
+/// The fields of the events about an output item.
 #[derive(Serialize)]
 struct OfItem {
     output_index: u32,
-    item: OutputMessage,
+    item: OutputItem,
 }
 
 /// The fields of the events about the message's text part.
@@ -333,7 +420,7 @@ impl ResponseEvents {
                 "response.output_item.added",
                 OfItem {
                     output_index: 0,
-                    item,
+                    item: OutputItem::Message(item),
                 },
             ),
             self.part_event(
@@ -382,24 +469,42 @@ impl EventFormat for ResponseEvents {
     }
 
     fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        let mut events = self.open();
-        let text = &finished.text;
-        events.push(self.part_event(
-            "response.output_text.done",
-            json!({ "text": text, "logprobs": [] }),
-        ));
-        events.push(self.part_event(
-            "response.content_part.done",
-            json!({ "part": { "type": "output_text", "text": text, "annotations": [] } }),
-        ));
-        let item = self.echo.message("completed", text.clone());
-        events.push(self.event(
-            "response.output_item.done",
-            OfItem {
-                output_index: 0,
-                item,
-            },
-        ));
+        let mut events = Vec::new();
+        let mut index = 0;
+        if self.opened || shows_message(finished) {
+            events = self.open();
+            let text = &finished.text;
+            events.push(self.part_event(
+                "response.output_text.done",
+                json!({ "text": text, "logprobs": [] }),
+            ));
+            events.push(self.part_event(
+                "response.content_part.done",
+                json!({ "part": { "type": "output_text", "text": text, "annotations": [] } }),
+            ));
+            let item = self.echo.message("completed", text.clone());
+            events.push(self.event(
+                "response.output_item.done",
+                OfItem {
+                    output_index: 0,
+                    item: OutputItem::Message(item),
+                },
+            ));
+            index = 1;
+        }
+        for pending in &finished.waiting {
+            for kind in ["response.output_item.added", "response.output_item.done"] {
+                let item = OutputItem::of_call(pending);
+                events.push(self.event(
+                    kind,
+                    OfItem {
+                        output_index: index,
+                        item,
+                    },
+                ));
+            }
+            index += 1;
+        }
         let response = self.echo.object("completed", Some(finished), None);
         events.push(self.event("response.completed", OfResponse { response }));
         events

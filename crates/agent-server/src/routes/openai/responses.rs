@@ -12,15 +12,16 @@ use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data, Path, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Sampling, SessionId};
+use agent_core::{Message, Sampling, SessionId, ToolCall};
 use agent_storage::{Ended, ResponseParameters, RunRecord, RunStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
+use super::client_tools::{self, ResponseTool};
 use super::request::{
-    ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
-    turn_request,
+    ChatRole, Content, TurnRefusals, as_bad_request, bad, first_refusal, turn_request,
 };
+use super::response_calls::{self, Entry, Planned};
 use super::response_object::{Echo, ResponseEvents, ResponseObject};
 use super::{OpenAiErrorBody, check_model, unix_now};
 use crate::access::caller_name;
@@ -96,19 +97,21 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable, max_items = 0)]
     include: Option<Vec<String>>,
-    /// Refused: client-side tools on this API are the next step of runs that wait (use
-    /// `/v1/chat/completions`).
+    /// The client's own function tools, offered to the model beside the agent's: a call to one
+    /// ends the response with a `function_call` output item; the client answers it with a
+    /// `function_call_output` input item. At most 128; a name of the agent's own tools is
+    /// refused.
     #[serde(default)]
-    #[schema(nullable, value_type = Option<Vec<Object>>, max_items = 0)]
-    tools: Option<Vec<serde_json::Value>>,
-    /// Only `auto` or `none`: the client offers no tools.
+    #[schema(nullable, max_items = 128)]
+    tools: Option<Vec<ResponseTool>>,
+    /// Only `auto` (the default) or `none` (the client's tools are not offered).
     #[serde(default)]
     #[schema(nullable, value_type = Option<String>, pattern = "^(auto|none)$")]
     tool_choice: Option<serde_json::Value>,
-    /// Not used.
+    /// Whether the model may call several tools in one step (passed to the model server; its
+    /// default when unset).
     #[serde(default)]
     #[schema(nullable)]
-    #[expect(dead_code, reason = "accepted from OpenAI clients and type-checked, not used")]
     parallel_tool_calls: Option<bool>,
 }
 }
@@ -123,11 +126,14 @@ pub(crate) enum ResponseInput {
 
 deserialize_text_or_list!(ResponseInput, Items, "text or a list of input items");
 
-/// An item of `input`: a message, or a reference to the output message of a stored response of
-/// yours (what the Vercel AI SDK sends for earlier answers).
+/// An item of `input`: a message, a reference to the output message of a stored response of
+/// yours (what the Vercel AI SDK sends for earlier answers), a tool call of an earlier response
+/// (`function_call`, `mcp_approval_request`: sent back as they came), or an answer to one
+/// (`function_call_output`, `mcp_approval_response`).
 #[derive(Debug, Deserialize, ToSchema)]
 pub(crate) struct InputItem {
-    /// `message` (may be left out) or `item_reference`.
+    /// `message` (may be left out), `item_reference`, `function_call`, `function_call_output`,
+    /// `mcp_approval_request` or `mcp_approval_response`.
     #[serde(rename = "type", default)]
     #[schema(nullable)]
     kind: Option<ItemType>,
@@ -139,11 +145,39 @@ pub(crate) struct InputItem {
     #[serde(default)]
     #[schema(nullable)]
     content: Option<ItemContent>,
-    /// An `item_reference`'s target: the `msg_…` id of a stored response's output message
-    /// (a message's own id is ignored).
+    /// An `item_reference`'s target: the `msg_…` id of a stored response's output message;
+    /// an `mcp_approval_request`'s id (a message's own id is ignored).
     #[serde(default)]
     #[schema(nullable)]
     id: Option<String>,
+    /// A `function_call`'s or `function_call_output`'s call.
+    #[serde(default)]
+    #[schema(nullable)]
+    call_id: Option<String>,
+    /// A `function_call`'s or `mcp_approval_request`'s tool.
+    #[serde(default)]
+    #[schema(nullable)]
+    name: Option<String>,
+    /// A `function_call`'s or `mcp_approval_request`'s arguments (JSON text).
+    #[serde(default)]
+    #[schema(nullable)]
+    arguments: Option<String>,
+    /// A `function_call_output`'s result: what the model reads.
+    #[serde(default)]
+    #[schema(nullable)]
+    output: Option<String>,
+    /// An `mcp_approval_response`'s request (`mcpr_…`).
+    #[serde(default)]
+    #[schema(nullable)]
+    approval_request_id: Option<String>,
+    /// An `mcp_approval_response`'s answer: run the call, or not.
+    #[serde(default)]
+    #[schema(nullable)]
+    approve: Option<bool>,
+    /// An `mcp_approval_response`'s reason (what the model reads of a rejection).
+    #[serde(default)]
+    #[schema(nullable)]
+    reason: Option<String>,
 }
 
 /// The input item types: a message, or a reference to a stored output message.
@@ -152,6 +186,10 @@ pub(crate) struct InputItem {
 pub(crate) enum ItemType {
     Message,
     ItemReference,
+    FunctionCall,
+    FunctionCallOutput,
+    McpApprovalRequest,
+    McpApprovalResponse,
 }
 
 /// A message's content: text, or text parts (joined with newlines).
@@ -199,16 +237,6 @@ impl ResponseRequest {
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         first_refusal([
             (
-                self.tools.as_ref().is_some_and(|tools| !tools.is_empty()),
-                "tools",
-                "client-side tools are not supported on this API yet: use /v1/chat/completions",
-            ),
-            (
-                !choice_is_free(self.tool_choice.as_ref()),
-                "tool_choice",
-                "only `auto` or `none`: the client offers no tools",
-            ),
-            (
                 self.background == Some(true) && self.store == Some(false),
                 "background",
                 "a background response must be stored (store: true)",
@@ -242,15 +270,21 @@ impl ResponseRequest {
                 .transpose()
                 .map_err(as_bad_request)?
                 .unwrap_or_default(),
+            parallel_tool_calls: self.parallel_tool_calls,
             ..shared
         };
         let store = self.store.unwrap_or(true);
         let background = self.background == Some(true);
-        let mut items: Vec<(ChatRole, String)> = Vec::new();
+        let client_tools = client_tools::checked(
+            client_tools::of_responses(self.tools.as_deref()),
+            self.tool_choice.as_ref(),
+            &incoming.routes.turns.agent,
+        )?;
+        let mut entries: Vec<Entry> = Vec::new();
         match &self.input {
             ResponseInput::Text(text) => {
                 let text = Content::Text(text).text("input", settings.api.max_message_chars)?;
-                items.push((ChatRole::User, text));
+                entries.push(Entry::Message(Message::user(text)));
             }
             ResponseInput::Items(list) => {
                 let last = list.len().saturating_sub(1);
@@ -260,39 +294,52 @@ impl ResponseRequest {
                     } else {
                         usize::MAX
                     };
-                    let item = input_item(index, item, limit, incoming).await?;
-                    items.push(item);
+                    entries.push(input_entry(index, item, limit, incoming).await?);
                 }
             }
         }
-        // The last message is the user's, which the agent answers.
-        let (last_role, message) = items
-            .pop()
-            .ok_or_else(|| bad("input", "input must hold at least the user's message"))?;
-        if last_role != ChatRole::User {
-            return Err(bad(
-                &format!("input[{}].role", items.len()),
-                "the last message must be the user's (the one the agent answers)",
-            ));
+        if entries.is_empty() {
+            return Err(bad("input", "input must hold at least the user's message"));
         }
         let previous = match &self.previous_response_id {
             None => None,
             Some(id) => Some(stored_response(backends, id, caller, "previous_response_id").await?),
         };
+        // The conversation before this request, when it is read here (a stateless response
+        // takes it as its history; a stored one only needs the calls it ended with).
+        let before = match &previous {
+            Some(previous) if !store => Some(previous_history(backends, previous, settings).await?),
+            Some(previous) => Some(last_messages(backends, previous).await?),
+            None => None,
+        };
+        let dangling = before
+            .as_deref()
+            .map(response_calls::dangling)
+            .unwrap_or_default();
+        let planned = response_calls::plan(entries, &dangling)?;
+        let Planned {
+            messages: earlier,
+            message,
+            approvals,
+        } = planned;
+        // A conversation ending with answers goes on from them: no new user message.
+        let resume = message.is_none().then(|| agent_core::Resume {
+            produced: Vec::new(),
+            answers: approvals,
+            usage: agent_core::TokenUsage::default(),
+            steps: 0,
+        });
+        let message = message.unwrap_or_default();
         let mut instructions: Vec<Message> =
             self.instructions.iter().map(Message::system).collect();
-        let earlier = items;
         let (conversation, earlier) = if store {
             // The earlier messages join the conversation (after the previous response's, if
             // named) and are stored with the turn, so a later previous_response_id continues
             // from all of it; system and developer messages apply to this turn only.
-            let (system, conversation): (Vec<_>, Vec<_>) =
-                earlier.into_iter().partition(|(role, _)| role.is_system());
-            instructions.extend(system.into_iter().map(|(_, text)| Message::system(text)));
-            let earlier: Vec<Message> = conversation
+            let (system, earlier): (Vec<Message>, Vec<Message>) = earlier
                 .into_iter()
-                .map(|(role, text)| role.message(text))
-                .collect();
+                .partition(|message| message.role == agent_core::Role::System);
+            instructions.extend(system);
             let session = match &previous {
                 Some(previous) => Conversation::Session {
                     session: previous.session.clone(),
@@ -309,11 +356,8 @@ impl ResponseRequest {
             };
             (session, earlier)
         } else {
-            let mut history = match &previous {
-                Some(previous) => previous_history(backends, previous, settings).await?,
-                None => Vec::new(),
-            };
-            history.extend(earlier.into_iter().map(|(role, text)| role.message(text)));
+            let mut history = before.unwrap_or_default();
+            history.extend(earlier);
             let given = Conversation::Given {
                 caller: caller.to_owned(),
                 history,
@@ -350,10 +394,10 @@ impl ResponseRequest {
                 sampling,
                 instructions,
                 earlier,
-                // Its approval items are the next step of runs that wait.
-                wait_mode: WaitMode::Reject,
-                resume: None,
-                client_tools: Vec::new(),
+                // Calls for the client end the response as output items.
+                wait_mode: WaitMode::Answer,
+                resume,
+                client_tools,
             },
             stream: self
                 .stream
@@ -366,33 +410,72 @@ impl ResponseRequest {
     }
 }
 
-/// The role and text of `input[index]`: a message's (its text at most `max_chars` characters),
-/// or the output message an `item_reference` names (one of the caller's stored responses; 404
-/// otherwise).
-async fn input_item(
+/// `input[index]` as the conversation takes it: a message (its text at most `max_chars`
+/// characters), the output message an `item_reference` names (one of the caller's stored
+/// responses; 404 otherwise), a tool call, or an answer to one.
+async fn input_entry(
     index: usize,
     item: &InputItem,
     max_chars: usize,
     incoming: &Incoming<'_>,
-) -> Result<(ChatRole, String), ApiError> {
+) -> Result<Entry, ApiError> {
     let (backends, caller) = (&incoming.routes.backends, incoming.caller.as_str());
-    if matches!(item.kind, Some(ItemType::ItemReference)) {
-        let param = format!("input[{index}].id");
-        let id = item
-            .id
-            .as_deref()
-            .ok_or_else(|| bad(&param, format!("{param}: an item_reference needs an id")))?;
-        let response_id = id
-            .strip_prefix("msg_")
-            .map(|hex| format!("resp_{hex}"))
-            .ok_or_else(|| {
-                bad(
-                    &param,
-                    format!("{param}: only the output messages (msg_…) of stored responses can be referenced"),
-                )
-            })?;
-        let stored = stored_response(backends, &response_id, caller, &param).await?;
-        return Ok((ChatRole::Assistant, stored.output_text));
+    let field = |name: &str, value: Option<&String>| {
+        let param = format!("input[{index}].{name}");
+        value
+            .cloned()
+            .ok_or_else(|| bad(&param, format!("{param}: this item needs it")))
+    };
+    match item.kind {
+        Some(ItemType::ItemReference) => {
+            let param = format!("input[{index}].id");
+            let id = field("id", item.id.as_ref())?;
+            let response_id = id
+                .strip_prefix("msg_")
+                .map(|hex| format!("resp_{hex}"))
+                .ok_or_else(|| {
+                    bad(
+                        &param,
+                        format!("{param}: only the output messages (msg_…) of stored responses can be referenced"),
+                    )
+                })?;
+            let stored = stored_response(backends, &response_id, caller, &param).await?;
+            return Ok(Entry::Message(Message::assistant(stored.output_text)));
+        }
+        Some(ItemType::FunctionCall) => {
+            return Ok(Entry::Call(ToolCall {
+                id: field("call_id", item.call_id.as_ref())?,
+                name: field("name", item.name.as_ref())?,
+                arguments: field("arguments", item.arguments.as_ref())?,
+            }));
+        }
+        Some(ItemType::McpApprovalRequest) => {
+            let id = field("id", item.id.as_ref())?;
+            return Ok(Entry::Call(ToolCall {
+                id: response_calls::call_of_approval_request(&id).to_owned(),
+                name: field("name", item.name.as_ref())?,
+                arguments: field("arguments", item.arguments.as_ref())?,
+            }));
+        }
+        Some(ItemType::FunctionCallOutput) => {
+            return Ok(Entry::Output {
+                call: field("call_id", item.call_id.as_ref())?,
+                output: field("output", item.output.as_ref())?,
+            });
+        }
+        Some(ItemType::McpApprovalResponse) => {
+            let request = field("approval_request_id", item.approval_request_id.as_ref())?;
+            let param = format!("input[{index}].approve");
+            return Ok(Entry::Approval {
+                call: response_calls::call_of_approval_request(&request).to_owned(),
+                approve: item
+                    .approve
+                    .ok_or_else(|| bad(&param, format!("{param}: this item needs it")))?,
+                reason: item.reason.clone(),
+                index,
+            });
+        }
+        None | Some(ItemType::Message) => {}
     }
     let role_param = format!("input[{index}].role");
     let role = item
@@ -407,7 +490,26 @@ async fn input_item(
             Content::Parts(parts.iter().map(|part| part.text.as_str()).collect())
         }
     };
-    Ok((role, content.text(&param, max_chars)?))
+    Ok(Entry::Message(
+        role.message(content.text(&param, max_chars)?),
+    ))
+}
+
+/// The last messages of `previous`'s conversation (enough for the calls it ended with).
+async fn last_messages(
+    backends: &Backends,
+    previous: &agent_storage::StoredResponse,
+) -> Result<Vec<Message>, ApiError> {
+    const LAST: usize = 256;
+    let stored = backends
+        .conversations
+        .recent_messages(&previous.session, LAST)
+        .await?;
+    Ok(stored
+        .into_iter()
+        .filter(|message| message.sequence < previous.sequence)
+        .map(|message| message.message)
+        .collect())
 }
 
 /// The caller's stored response `id`, or 404 `response_not_found` (another caller's too)
