@@ -267,6 +267,29 @@ def playground(driver):
           "the server stored the turn the page resumed, once")
     console_errors(driver)
 
+    # A tool that needs approval (this server's current_time): the run stops and the page asks,
+    # showing the call's arguments; Approve runs it and the answer streams on.
+    field = WebDriverWait(driver, 10).until(ready.element_to_be_clickable((By.ID, "message")))
+    field.send_keys("use current_time {}", Keys.ENTER)
+    approve = WebDriverWait(driver, 20).until(
+        ready.element_to_be_clickable((By.CSS_SELECTOR, ".msg.approval button.approve")))
+    shown = transcript(driver)
+    check(shown[-1][0] == "approval" and shown[-1][1].startswith("current_time"),
+          f"the waiting call is shown with its arguments ({shown[-1]})")
+    check(driver.find_element(By.ID, "send").get_attribute("disabled") is not None,
+          "nothing else is sent while the run waits")
+    shot(driver, "playground-3c-approval")
+    approve.click()
+    WebDriverWait(driver, 20).until(
+        lambda driver: (shown := transcript(driver)) and shown[-1][1].startswith("current_time said: ")
+        and not driver.find_element(By.ID, "send").get_attribute("disabled"))
+    shown = transcript(driver)
+    check(any(kind == "tool-result" and "unix" in text for kind, text, _ in shown[-3:]),
+          f"the approved call ran and its result is shown ({shown[-3:]})")
+    check("4 turns" in driver.find_element(By.ID, "session-tokens").text,
+          "the approved turn was stored once")
+    console_errors(driver)
+
     model_fault(500)
     try:
         say(driver, "the model is down")

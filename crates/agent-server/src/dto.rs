@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, ErrorCode};
+use crate::routes::openai::client_tools::FunctionDefinition;
 use crate::runs::waiting::{RequiredAction, required_action};
 use crate::turn::Finished;
 
@@ -51,6 +52,13 @@ pub(crate) struct AgentRequest {
     /// streams its events; a client going away cancels nothing (resume with `Last-Event-ID`).
     #[serde(default)]
     pub(crate) background: bool,
+    /// The client's own tools (`{name, description?, parameters?}`), offered to the model beside
+    /// the agent's: a call to one stops the run (`requires_action`, `submit_tool_outputs`); the
+    /// client runs it and answers with `POST /runs/{id}/actions` (`tool_outputs`). At most 128;
+    /// a name of the agent's own tools is refused.
+    #[serde(default)]
+    #[schema(nullable, max_items = 128)]
+    pub(crate) tools: Option<Vec<FunctionDefinition>>,
 }
 
 /// `event: delta` of `POST /agent/stream`: a piece of the answer's text.

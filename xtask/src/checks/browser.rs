@@ -3,7 +3,8 @@
 //! `xtask/browser/check_pages.py` against the release server on Postgres and Redis with keys
 //! configured and the standalone fake model (which answers "what is 2+3*4" through the
 //! calculator tool): the playground streams a turn with its tool call and result in order, shows
-//! its tokens, shows a session again after a reload, and says what went wrong on 401, 409, 429
+//! its tokens, shows a session again after a reload, asks for a tool call's approval (Approve runs
+//! it and the answer streams on), and says what went wrong on 401, 409, 429
 //! and 5xx; `/docs` renders the document, "Try it out" and "Authorize" work; the keys stay out of
 //! URLs and `localStorage`, no console error, no request off the server's origin. Screenshots of
 //! each step are kept in `target/browser/` (CI artifacts).
@@ -31,9 +32,16 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let (_model, model_port) = fake_model(&bin, 0)?;
     let port = dev_harness::free_port()?;
     let run = std::process::id();
+    // The clock needs approval: the playground asks for it (the fake model's "use current_time").
+    let config = crate::project_root().join(format!("target/browser-{run}.toml"));
+    std::fs::write(
+        &config,
+        "[builtin_tools]\nrequire_approval = { always = { tool_names = [\"current_time\"] } }\n",
+    )?;
     let _server = Spawned::start(
         server_command(&bin, port, model_port)
             .env("AGENT_PROFILE", "dev")
+            .env("AGENT_CONFIG", &config)
             .env("DATABASE_URL", &services.database_url)
             .env("REDIS_URL", &services.redis_url)
             .env("AGENT_STORAGE__REDIS_KEY_PREFIX", format!("browser-{run}:"))
@@ -48,7 +56,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             .env("AGENT_API__LOCK_WAIT", "1s"),
     )?;
     wait_until_ok(port, "/ready")?;
-    page_checks(
+    let checked = page_checks(
         &format!("http://127.0.0.1:{port}"),
         KEY,
         &[
@@ -56,7 +64,9 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
             ("MODEL_URL", format!("http://127.0.0.1:{model_port}")),
         ],
         &shots,
-    )
+    );
+    let _ = std::fs::remove_file(&config);
+    checked
 }
 
 /// Chromium and its driver (or an error naming what to install), and the provisioned Python

@@ -70,6 +70,7 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let row = a_replica_killed_under_load_loses_no_turn(&stack, nginx_port)?;
     let background =
         background_runs_outlive_a_killed_replica(&stack, nginx_port, fake_port, &auth)?;
+    a_waiting_run_survives_the_restart_of_every_replica(&stack, nginx_port, &auth)?;
 
     // The rate limit: the agents are recreated with it turned on.
     let limited = env(RATE_LIMIT);
@@ -383,6 +384,61 @@ fn a_rate_limit_holds_across_the_replicas(ports: &[u16], auth: &str) -> anyhow::
     println!(
         "xtask: rate limit {RATE_LIMIT}/60 s across {} replicas: {allowed} allowed, {limited} answered 429",
         ports.len()
+    );
+    Ok(())
+}
+
+/// A run waiting for an approval holds nothing in a replica: started through nginx, it is
+/// approved after every replica was restarted, by whichever one takes the answer, and completes
+/// with its tool run once and its turn stored once.
+fn a_waiting_run_survives_the_restart_of_every_replica(
+    stack: &TestStack,
+    nginx_port: u16,
+    auth: &str,
+) -> anyhow::Result<()> {
+    let session = "waiting-across-restarts";
+    let (status, waiting) = post_turn(nginx_port, auth, session, "use current_time {}")?;
+    ensure!(
+        status == 200 && waiting["status"] == "requires_action",
+        "a call needing approval answered {status}: {waiting}"
+    );
+    let run = waiting["run_id"].as_str().context("no run_id")?.to_owned();
+    let call = waiting["required_action"]["tool_calls"][0]["id"]
+        .as_str()
+        .context("no waiting call")?
+        .to_owned();
+    stack.compose.run(&["restart", "agent"])?;
+    stack.compose.wait_healthy(Duration::from_secs(120))?;
+    let body = json!({ "approvals": [{ "tool_call_id": call, "approve": true }] }).to_string();
+    let (status, answer) = http::call(
+        nginx_port,
+        "POST",
+        &format!("/runs/{run}/actions"),
+        &[("Authorization", auth)],
+        Some(&body),
+        Duration::from_secs(30),
+    )?;
+    ensure!(
+        status == 200,
+        "approving after the restarts answered {status}: {answer}"
+    );
+    let answer: Value = serde_json::from_str(&answer)?;
+    ensure!(
+        answer["response"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("current_time said: ")),
+        "the approved run's answer: {answer}"
+    );
+    let roles: Vec<String> = history(nginx_port, auth, session)?
+        .into_iter()
+        .map(|(role, _)| role)
+        .collect();
+    ensure!(
+        roles == ["user", "assistant", "tool", "assistant"],
+        "the waiting run's turn is stored once, whole: {roles:?}"
+    );
+    println!(
+        "xtask: a run waiting for approval survived the restart of all {REPLICAS} replicas and completed once approved"
     );
     Ok(())
 }

@@ -3,7 +3,10 @@
 // POST /agent/stream (deltas, tool calls and results as they happen) as background runs, so a
 // reload during an answer does not cancel it: the run in progress is kept in sessionStorage and,
 // after the reload, its events are read again from GET /runs/{id}/events (Stop cancels it with
-// POST /runs/{id}/cancel). It lists the caller's sessions
+// POST /runs/{id}/cancel). A run that stops to wait for an approval (a tool the operator marked
+// `require_approval`) shows each waiting call with its arguments and Approve / Reject buttons;
+// once every call is decided, POST /runs/{id}/actions answers them and the run's events go on
+// streaming (a reload while it waits shows the question again). It lists the caller's sessions
 // (GET /sessions), opens one (GET /sessions/{id}) and deletes it (DELETE /sessions/{id}). The open
 // session's id is in the page's URL (?session=ID), so a reload shows it again. Every text is set
 // with textContent: nothing the model or the server says is read as HTML.
@@ -22,6 +25,7 @@ const state = {
   turn: null, // the AbortController of the turn in progress
   run: null, // its run's id, once the stream named it
   stopping: false, // Stop was pressed (an abort otherwise means the page is going away)
+  waiting: null, // the run waiting for an approval ({run, card}), until it is answered
 };
 
 const $ = (id) => document.getElementById(id);
@@ -356,6 +360,7 @@ async function follow(pending, open) {
   let last = null;
   const names = new Map();
   let finished = false;
+  let waiting = null; // what the run waits for, when it stopped to ask
   try {
     const response = await open(controller.signal);
     for await (const { event, data } of events(response)) {
@@ -392,6 +397,10 @@ async function follow(pending, open) {
         // A new session's totals are this turn's; an older one's are read back.
         if (started) loadSessions();
         else refreshListedSession();
+      } else if (event === "requires_action") {
+        finished = true;
+        finishAnswer(answer);
+        waiting = data;
       } else if (event === "error") {
         finished = true;
         throw new ApiError(statusOf(data.error && data.error.code), data);
@@ -401,7 +410,8 @@ async function follow(pending, open) {
       }
     }
     if (!finished) throw new ApiError(0, { error: { message: "the stream ended before the turn finished" } });
-    sessionStorage.removeItem(RUN_STORAGE);
+    // A run waiting for an answer stays in sessionStorage: a reload asks again.
+    if (!waiting) sessionStorage.removeItem(RUN_STORAGE);
   } catch (error) {
     finishAnswer(answer);
     if (error.name === "AbortError" && !state.stopping) {
@@ -418,12 +428,76 @@ async function follow(pending, open) {
   } finally {
     state.turn = null;
     state.run = null;
-    busy(false);
+    if (waiting) askApproval(pending, waiting);
+    else busy(false);
   }
+}
+
+// A run stopped to wait: each call with its arguments, and Approve / Reject buttons; once every
+// call is decided, the answers go to POST /runs/{id}/actions and the run's events stream on.
+// Stop cancels the waiting run.
+function askApproval(pending, data) {
+  if (!state.session && data.session_id) {
+    state.session = data.session_id;
+    showSession();
+  }
+  const action = data.required_action;
+  const card = element("li", "msg approval");
+  state.waiting = { run: data.run_id, card };
+  $("transcript").append(card);
+  if (action.type !== "approve_tool_calls") {
+    card.append(element("div", "role", "Waiting for the client's tools"));
+    card.append(element("div", "text", "This run waits for the outputs of its client's own tools, which the playground does not run. Stop cancels it."));
+    card.scrollIntoView({ block: "end" });
+    return;
+  }
+  card.append(element("div", "role", "Approval needed"));
+  const decisions = new Map();
+  const answer = () => {
+    state.waiting = null;
+    const approvals = action.tool_calls.map((call) => {
+      const approve = decisions.get(call.id);
+      return approve
+        ? { tool_call_id: call.id, approve }
+        : { tool_call_id: call.id, approve, reason: "rejected in the playground" };
+    });
+    const body = { approvals, stream: true, background: true };
+    const path = `runs/${encodeURIComponent(data.run_id)}/actions`;
+    follow({ ...pending, run: data.run_id }, (signal) => api("POST", path, body, signal));
+  };
+  for (const call of action.tool_calls) {
+    const row = element("div", "approval-call");
+    row.append(element("pre", "text", `${call.name} ${pretty(call.arguments)}`));
+    const approve = element("button", "approve", "Approve");
+    const reject = element("button", "reject", "Reject");
+    for (const [button, yes] of [[approve, true], [reject, false]]) {
+      button.type = "button";
+      button.addEventListener("click", () => {
+        decisions.set(call.id, yes);
+        approve.disabled = true;
+        reject.disabled = true;
+        row.classList.add(yes ? "approved" : "rejected");
+        if (decisions.size === action.tool_calls.length) answer();
+      });
+    }
+    row.append(approve, reject);
+    card.append(row);
+  }
+  card.scrollIntoView({ block: "end" });
 }
 
 // Stop: the run is cancelled on the server (it runs in the background), and its stream closed.
 function stop() {
+  if (state.waiting) {
+    const { run, card } = state.waiting;
+    state.waiting = null;
+    api("POST", `runs/${encodeURIComponent(run)}/cancel`).catch(() => {});
+    sessionStorage.removeItem(RUN_STORAGE);
+    for (const button of card.querySelectorAll("button")) button.disabled = true;
+    addMessage("notice", "Stopped", "The waiting run was cancelled; nothing of it was stored.");
+    busy(false);
+    return;
+  }
   if (!state.turn) return;
   state.stopping = true;
   if (state.run) {
@@ -508,7 +582,7 @@ function start() {
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     const text = $("message").value.trim();
-    if (!text || state.turn) return;
+    if (!text || state.turn || state.waiting) return;
     $("message").value = "";
     send(text);
   });

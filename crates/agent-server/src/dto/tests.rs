@@ -8,6 +8,7 @@ fn accepted(message: &str) -> bool {
         session_id: None,
         response_format: None,
         background: false,
+        tools: None,
     }
     .checked(100, "anonymous")
     .is_ok()

@@ -16,9 +16,10 @@ use crate::dto::{
 };
 use crate::error::{ApiError, ErrorBody, ErrorCode};
 use crate::idempotency;
+use crate::routes::openai::client_tools;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
 use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse_numbered};
-use crate::turn::Finished;
+use crate::turn::{Finished, TurnInput};
 
 /// Run one turn of the agent.
 #[utoipa::path(
@@ -106,14 +107,28 @@ impl TurnWire for AgentRequest {
         if self.background {
             parts.push("\0background");
         }
+        let tools = self
+            .tools
+            .as_ref()
+            .filter(|tools| !tools.is_empty())
+            .and_then(|tools| serde_json::to_string(tools).ok());
+        parts.extend(tools.as_deref());
         idempotency::fingerprint(&parts)
     }
 
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let client_tools = client_tools::checked(
+            client_tools::of_agent(self.tools.as_deref()),
+            None,
+            &incoming.routes.turns.agent,
+        )?;
         let turn = self.checked(incoming.settings().api.max_message_chars, &incoming.caller)?;
+        let background = turn.background;
+        let mut input: TurnInput = turn.into();
+        input.client_tools = client_tools;
         Ok(Valid {
-            background: turn.background,
-            input: turn.into(),
+            background,
+            input,
             stream: None,
             answer: Arc::new(|finished: &Finished| AgentAnswer::from(finished)),
             keep: None,

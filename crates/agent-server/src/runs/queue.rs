@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::executor::{Mode, execute};
+use super::waiting::ClientTool;
 use crate::error::{ApiError, ErrorCode};
 use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode};
 
@@ -44,6 +45,9 @@ struct QueuedTurn {
     /// What its calls needing the client do (see [`TurnInput::wait_mode`]).
     #[serde(default)]
     wait_mode: WaitMode,
+    /// The client's own tools it offers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_tools: Vec<ClientTool>,
 }
 
 /// A [`KeepResponse`] as a queued run keeps it.
@@ -106,6 +110,7 @@ impl QueuedTurn {
             given,
             response: keep.map(QueuedResponse::from),
             wait_mode: input.wait_mode,
+            client_tools: input.client_tools.iter().map(ClientTool::from).collect(),
         }
     }
 
@@ -131,7 +136,7 @@ impl QueuedTurn {
             earlier: self.earlier,
             wait_mode: self.wait_mode,
             resume: None,
-            client_tools: Vec::new(),
+            client_tools: self.client_tools.into_iter().map(Into::into).collect(),
         };
         let extras = Extras {
             claim: None,

@@ -342,3 +342,79 @@ async fn a_waiting_run_streams_its_wait_is_cancelled_or_expires_and_frees_its_se
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_to_a_client_tool_on_agent_waits_for_its_output() {
+    let fake = FakeOpenAi::start(vec![
+        calls(&[
+            ("lookup", json!({"word": "agent"})),
+            ("current_time", json!({})),
+        ]),
+        Scripted::text("An agent acts for someone."),
+    ])
+    .await;
+    let apps = replicas(&fake, 1, &[]).await;
+    let app = &apps[0];
+    let tools = json!([{"name": "lookup", "description": "The client's dictionary",
+                        "parameters": {"type": "object", "properties": {"word": {"type": "string"}}}}]);
+    let (status, refused) = app
+        .post_json(
+            "/agent",
+            &json!({"message": "hi", "tools": [{"name": "calculator"}]}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&refused)),
+        (422, "invalid_request"),
+        "{refused}"
+    );
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'calculator' is the name of one of the agent's own tools"),
+        "{refused}"
+    );
+
+    let (status, waiting) = app
+        .post_json(
+            "/agent",
+            &json!({"session_id": "waits-5", "message": "define agent", "tools": tools}),
+        )
+        .await;
+    assert_eq!(status, 200, "{waiting}");
+    assert_eq!(
+        waiting["required_action"]["type"], "submit_tool_outputs",
+        "{waiting}"
+    );
+    let call = &waiting["required_action"]["tool_calls"][0];
+    assert_eq!(call["name"], "lookup");
+    let run = waiting["run_id"].as_str().unwrap();
+    let (status, refused) = app
+        .post_json(
+            &actions(run),
+            &json!({"approvals": [{"tool_call_id": call["id"], "approve": true}]}),
+        )
+        .await;
+    assert_eq!(status, 422, "an approval for a client's call: {refused}");
+    let (status, done) = app
+        .post_json(
+            &actions(run),
+            &json!({"tool_outputs": [{"tool_call_id": call["id"], "output": "one who acts for another"}]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["response"], "An agent acts for someone.");
+    // The clock ran at once; the client's output followed; the model saw both, and the
+    // resumed step offered the client's tool again.
+    let results = tool_results(&fake, 1).await;
+    assert_eq!(results.len(), 2, "{results:?}");
+    assert!(results[0].contains("unix") && results[1] == "one who acts for another");
+    let offered: Vec<String> = fake.requests().await[1]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|tool| tool["function"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(offered.contains(&"lookup".to_owned()), "{offered:?}");
+}

@@ -391,7 +391,8 @@ impl TurnWire for ChatCompletionRequest {
             client_tools::of_chat(self.tools.as_deref()),
             self.tool_choice.as_ref(),
             &incoming.routes.turns.agent,
-        )?;
+        )
+        .map_err(as_bad_request)?;
         // The conversation ends with the user's message, or with the results of the client's
         // tools the last assistant message called (they follow it, nothing else does).
         let answers_from = match self.messages[last].role() {

@@ -11,7 +11,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::request::bad;
 use crate::error::ApiError;
 
 /// The most tools a request may offer.
@@ -45,21 +44,21 @@ pub(crate) struct ResponseTool {
     function: FunctionDefinition,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct FunctionDefinition {
     /// 1 to 64 of `A-Z a-z 0-9 _ -`; not the name of one of the agent's own tools.
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     name: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable)]
     description: Option<String>,
     /// The JSON Schema of the arguments (an object schema, at most 64 KiB); none: no
     /// arguments.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(nullable, value_type = Option<Object>)]
     parameters: Option<Value>,
     /// Not used (the model server's own checks apply).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     #[schema(nullable)]
     #[expect(
         dead_code,
@@ -148,8 +147,28 @@ pub(crate) fn of_responses(tools: Option<&[ResponseTool]>) -> Vec<(String, &Func
         .collect()
 }
 
+/// The functions of an `/agent` request's `tools`, each with where it is.
+pub(crate) fn of_agent(tools: Option<&[FunctionDefinition]>) -> Vec<(String, &FunctionDefinition)> {
+    tools
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .map(|(index, tool)| (format!("tools[{index}]"), tool))
+        .collect()
+}
+
+/// A refusal of `param` (422; the OpenAI-compatible routes answer it as a 400).
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(
+        actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+        crate::error::ErrorCode::InvalidRequest,
+        param,
+        message,
+    )
+}
+
 /// The tools `tools` offers (each function with where it is in the request), checked: none with
-/// `tool_choice` `none`; 400 naming the first problem. A name given twice counts once (its
+/// `tool_choice` `none`; 422 naming the first problem. A name given twice counts once (its
 /// first definition).
 pub(crate) fn checked(
     tools: Vec<(String, &FunctionDefinition)>,

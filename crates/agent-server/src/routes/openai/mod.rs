@@ -4,7 +4,7 @@
 //! OpenAI's error shape ([`reshape`]); turns run on the same runner as `/agent`.
 
 mod chat;
-mod client_tools;
+pub(crate) mod client_tools;
 mod docs;
 mod request;
 mod response_calls;

@@ -279,7 +279,8 @@ impl ResponseRequest {
             client_tools::of_responses(self.tools.as_deref()),
             self.tool_choice.as_ref(),
             &incoming.routes.turns.agent,
-        )?;
+        )
+        .map_err(as_bad_request)?;
         let mut entries: Vec<Entry> = Vec::new();
         match &self.input {
             ResponseInput::Text(text) => {
