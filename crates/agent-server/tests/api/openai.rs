@@ -303,6 +303,11 @@ async fn each_unsupported_or_out_of_bounds_field_is_a_400_naming_it() {
         ),
         (with("logit_bias", json!({ "50256": -100 })), "logit_bias"),
         (with("temperature", json!(2.5)), "temperature"),
+        // Above 2 as sent, though 2 once narrowed to 32 bits.
+        (
+            with("temperature", json!(2.000_000_000_000_000_4)),
+            "temperature",
+        ),
         (with("top_p", json!(1.5)), "top_p"),
         (with("presence_penalty", json!(-3)), "presence_penalty"),
         (with("frequency_penalty", json!(3)), "frequency_penalty"),

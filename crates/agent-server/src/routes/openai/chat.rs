@@ -12,22 +12,22 @@ use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
 use agent_core::{Message, Sampling};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::client_tools::{self, AnsweredToolCall, ChatTool, MessageToolCall};
+use super::chat_answer::{ChatCompletion, ChatCompletionChunk, Chunks};
+use super::client_tools::{self, ChatTool, MessageToolCall};
 use super::request::{
     ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
     turn_request, within,
 };
-use super::{OpenAiError, OpenAiErrorBody, check_model, unix_now};
+use super::{OpenAiErrorBody, check_model};
 use crate::dto::format::ChatResponseFormat;
-use crate::dto::{RunEvent, deserialize_text_or_list, session_id};
+use crate::dto::{deserialize_text_or_list, session_id};
 use crate::error::ApiError;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
-use crate::routes::turn_stream::{EventFormat, SHUTDOWN_MESSAGE, sse};
 use crate::turn::{Conversation, Finished, TurnInput, WaitMode};
 
 /// The header naming the stored session a chat completion continues (also answered).
@@ -89,10 +89,10 @@ pub(crate) struct ChatCompletionRequest {
     stop: Option<Stop>,
     #[serde(default)]
     #[schema(nullable, minimum = -2, maximum = 2)]
-    presence_penalty: Option<f32>,
+    presence_penalty: Option<f64>,
     #[serde(default)]
     #[schema(nullable, minimum = -2, maximum = 2)]
-    frequency_penalty: Option<f32>,
+    frequency_penalty: Option<f64>,
     /// The end user, for the client's own tracking; not used.
     #[serde(default)]
     #[schema(nullable)]
@@ -626,107 +626,6 @@ impl ChatCompletionRequest {
     }
 }
 
-/// `chat.completion`: the agent's final answer.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub(crate) struct ChatCompletion {
-    /// `chatcmpl-` and the turn's id.
-    id: String,
-    /// Always `chat.completion`.
-    object: String,
-    /// Seconds since the Unix epoch.
-    created: u64,
-    model: String,
-    /// One choice.
-    choices: Vec<Choice>,
-    /// The whole turn's tokens, over all its model calls.
-    usage: CompletionUsage,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-struct Choice {
-    index: u32,
-    message: AssistantMessage,
-    /// Always null.
-    #[schema(value_type = Option<Object>)]
-    logprobs: Option<Value>,
-    /// `stop`, or `tool_calls` when the answer calls the client's tools.
-    finish_reason: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-struct AssistantMessage {
-    /// Always `assistant`.
-    role: String,
-    /// The answer; null when it only calls the client's tools.
-    content: Option<String>,
-    /// Always null.
-    refusal: Option<String>,
-    /// Calls to the client's tools: run them and send their results as `tool` messages.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    tool_calls: Option<Vec<AnsweredToolCall>>,
-}
-
-/// Tokens of the whole turn (all its model calls).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-pub(crate) struct CompletionUsage {
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-}
-
-impl CompletionUsage {
-    fn of(finished: &Finished) -> Self {
-        Self {
-            prompt_tokens: finished.usage.prompt_tokens,
-            completion_tokens: finished.usage.completion_tokens,
-            total_tokens: finished.usage.total(),
-        }
-    }
-}
-
-/// `stop`, or `tool_calls` when the answer calls the client's tools.
-fn finish_reason(finished: &Finished) -> &'static str {
-    if !finished.waiting.is_empty() {
-        "tool_calls"
-    } else {
-        "stop"
-    }
-}
-
-impl ChatCompletion {
-    fn of(finished: &Finished, model: &str) -> Self {
-        let tool_calls = (!finished.waiting.is_empty()).then(|| {
-            finished
-                .waiting
-                .iter()
-                .map(|pending| AnsweredToolCall::of(&pending.call, None))
-                .collect()
-        });
-        Self {
-            id: format!("chatcmpl-{}", finished.id.simple()),
-            object: "chat.completion".into(),
-            created: finished.created,
-            model: model.to_owned(),
-            choices: vec![Choice {
-                index: 0,
-                message: AssistantMessage {
-                    role: "assistant".into(),
-                    content: match &tool_calls {
-                        Some(_) if finished.text.is_empty() => None,
-                        _ => Some(finished.text.clone()),
-                    },
-                    refusal: None,
-                    tool_calls,
-                },
-                logprobs: None,
-                finish_reason: finish_reason(finished).into(),
-            }],
-            usage: CompletionUsage::of(finished),
-        }
-    }
-}
-
 /// Run a turn of the agent, answered as an OpenAI chat completion.
 #[utoipa::path(
     post,
@@ -755,157 +654,4 @@ pub(crate) async fn post_chat_completions(
     routes: Data<TurnRoutes>,
 ) -> Result<HttpResponse, ApiError> {
     pipeline::serve::<ChatCompletionRequest>(request, body, routes).await
-}
-
-/// `chat.completion.chunk`: a piece of the answer as it streams.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ChatCompletionChunk {
-    /// The same for every chunk of a response.
-    id: String,
-    /// Always `chat.completion.chunk`.
-    object: &'static str,
-    created: u64,
-    model: String,
-    /// One choice; none in the usage chunk.
-    choices: Vec<ChunkChoice>,
-    /// With `stream_options.include_usage`: null, then the turn's usage in a last chunk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<CompletionUsage>, nullable)]
-    usage: Option<Option<CompletionUsage>>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-struct ChunkChoice {
-    index: u32,
-    delta: ChunkDelta,
-    #[schema(value_type = Option<Object>)]
-    logprobs: Option<Value>,
-    /// Null until the last choice chunk: `stop` or `tool_calls`.
-    finish_reason: Option<&'static str>,
-}
-
-#[derive(Debug, Default, Serialize, ToSchema)]
-struct ChunkDelta {
-    /// `assistant`, in the first chunk.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    role: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    content: Option<String>,
-    /// Calls to the client's tools, whole, in one chunk (each with its `index`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    tool_calls: Option<Vec<AnsweredToolCall>>,
-}
-
-/// The events of a streamed chat completion. Text the model writes before calling tools is
-/// streamed too (as `/agent/stream` does), set apart from the next step's text by a blank line;
-/// the tool calls themselves are not sent.
-pub(crate) struct Chunks {
-    id: String,
-    created: u64,
-    model: String,
-    include_usage: bool,
-}
-
-impl Chunks {
-    fn new(model: String, include_usage: bool) -> Self {
-        Self {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            created: unix_now(),
-            model,
-            include_usage,
-        }
-    }
-
-    fn chunk(&self, delta: ChunkDelta, finish_reason: Option<&'static str>) -> Bytes {
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk",
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice {
-                index: 0,
-                delta,
-                logprobs: None,
-                finish_reason,
-            }],
-            usage: self.include_usage.then_some(None),
-        };
-        sse(None, &chunk)
-    }
-}
-
-impl EventFormat for Chunks {
-    const SHOWS_TOOLS: bool = false;
-
-    fn start(&mut self, _run: &RunEvent) -> Option<Bytes> {
-        let delta = ChunkDelta {
-            role: Some("assistant"),
-            content: Some(String::new()),
-            tool_calls: None,
-        };
-        Some(self.chunk(delta, None))
-    }
-
-    fn delta(&mut self, text: String) -> Option<Bytes> {
-        let delta = ChunkDelta {
-            role: None,
-            content: Some(text),
-            tool_calls: None,
-        };
-        Some(self.chunk(delta, None))
-    }
-
-    fn done(&mut self, finished: &Finished) -> Vec<Bytes> {
-        let mut events = Vec::new();
-        if !finished.waiting.is_empty() {
-            let calls = finished
-                .waiting
-                .iter()
-                .map(|pending| &pending.call)
-                .zip(0..);
-            let delta = ChunkDelta {
-                tool_calls: Some(
-                    calls
-                        .map(|(call, index)| AnsweredToolCall::of(call, Some(index)))
-                        .collect(),
-                ),
-                ..ChunkDelta::default()
-            };
-            events.push(self.chunk(delta, None));
-        }
-        events.push(self.chunk(ChunkDelta::default(), Some(finish_reason(finished))));
-        if self.include_usage {
-            let usage = ChatCompletionChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk",
-                created: self.created,
-                model: self.model.clone(),
-                choices: Vec::new(),
-                usage: Some(Some(CompletionUsage::of(finished))),
-            };
-            events.push(sse(None, &usage));
-        }
-        events.push(Bytes::from_static(b"data: [DONE]\n\n"));
-        events
-    }
-
-    fn error(&mut self, error: &ApiError) -> Bytes {
-        sse(
-            None,
-            &OpenAiErrorBody {
-                error: OpenAiError::from_api(error),
-            },
-        )
-    }
-
-    fn shutdown(&mut self) -> Bytes {
-        let error = OpenAiError {
-            message: SHUTDOWN_MESSAGE.into(),
-            kind: "server_error".into(),
-            param: None,
-            code: Some("server_shutting_down".into()),
-        };
-        sse(None, &OpenAiErrorBody { error })
-    }
 }

@@ -7,7 +7,8 @@ use serde_json::json;
 
 use super::chat::{ChatCompletionRequest, ContentPart, MessageContent};
 use super::request::ChatRole;
-use super::responses::{ItemContent, ItemPart, ResponseInput, ResponseRequest};
+use super::response_input::{ItemContent, ItemPart, ResponseInput};
+use super::responses::ResponseRequest;
 use crate::dto::MESSAGE_PATTERN;
 use crate::routes::docs::{Fitting, schema_ref};
 
@@ -51,7 +52,7 @@ pub(crate) fn fit(fitting: &mut Fitting, settings: &Settings) {
     *fitting.schema::<ItemContent>() = content(schema_ref::<ItemPart>());
     *fitting.schema::<ResponseInput>() = json!({
         "description": "The user's message, or messages ending with it.",
-        "oneOf": [text, parts(schema_ref::<super::responses::InputItem>())],
+        "oneOf": [text, parts(schema_ref::<super::response_input::InputItem>())],
     });
     fitting.property::<ResponseRequest>("model")["enum"] = model_id;
     fitting.property::<ResponseRequest>("max_output_tokens")["maximum"] =

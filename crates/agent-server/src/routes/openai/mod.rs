@@ -4,10 +4,12 @@
 //! OpenAI's error shape ([`reshape`]); turns run on the same runner as `/agent`.
 
 mod chat;
+mod chat_answer;
 pub(crate) mod client_tools;
 mod docs;
 mod request;
 mod response_calls;
+mod response_input;
 mod response_object;
 mod responses;
 
@@ -25,7 +27,8 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorCode, ErrorFacts};
 pub(crate) use crate::turn::unix_now;
 
-pub(crate) use chat::{__path_post_chat_completions, ChatCompletionChunk, post_chat_completions};
+pub(crate) use chat::{__path_post_chat_completions, post_chat_completions};
+pub(crate) use chat_answer::ChatCompletionChunk;
 pub(crate) use docs::fit;
 pub(crate) use responses::{
     __path_cancel_response, __path_get_response, __path_post_responses, cancel_response,

@@ -59,10 +59,10 @@ macro_rules! turn_request {
             $($fields)*
             #[serde(default)]
             #[schema(nullable, minimum = 0, maximum = 2)]
-            temperature: Option<f32>,
+            temperature: Option<f64>,
             #[serde(default)]
             #[schema(nullable, minimum = 0, maximum = 1)]
-            top_p: Option<f32>,
+            top_p: Option<f64>,
         }
 
         impl $name {
@@ -79,8 +79,8 @@ pub(super) use turn_request;
 
 /// The fields every OpenAI turn request has (see [`turn_request`]).
 pub(crate) struct Shared {
-    pub(crate) temperature: Option<f32>,
-    pub(crate) top_p: Option<f32>,
+    pub(crate) temperature: Option<f64>,
+    pub(crate) top_p: Option<f64>,
 }
 
 impl Shared {
@@ -107,18 +107,24 @@ pub(super) fn choice_is_free(choice: Option<&Value>) -> bool {
 }
 
 /// `value` if it is within `low..=high`, else 400 naming `param`.
+/// Read as sent (a 64-bit number) and checked so, then narrowed: `2.0000000000000004` is above 2
+/// even though it is 2 as an `f32`.
 pub(super) fn within(
     param: &str,
-    value: Option<f32>,
-    low: f32,
-    high: f32,
+    value: Option<f64>,
+    low: f64,
+    high: f64,
 ) -> Result<Option<f32>, ApiError> {
     match value {
         Some(value) if !(low..=high).contains(&value) => Err(bad(
             param,
             format!("{param} must be between {low} and {high}"),
         )),
-        _ => Ok(value),
+        #[expect(
+            clippy::cast_possible_truncation,
+            reason = "within the bounds checked above, a few units of the last place at most"
+        )]
+        _ => Ok(value.map(|value| value as f32)),
     }
 }
 
