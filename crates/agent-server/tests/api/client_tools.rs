@@ -324,3 +324,72 @@ async fn the_responses_api_asks_approval_with_mcp_approval_requests_and_runs_wha
     let last = sent.as_array().unwrap().last().unwrap();
     assert_eq!(last["content"], "rejected by the user: not now");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_session_the_calls_are_stored_and_the_tool_messages_carry_the_session_on() {
+    let fake = FakeOpenAi::start(vec![
+        Scripted::ToolCalls(vec![(
+            "get_weather".to_owned(),
+            json!({"city": "Rome"}).to_string(),
+        )]),
+        Scripted::text("Warm in Rome."),
+    ])
+    .await;
+    let app = spawn_with_model(&fake, &[]).await;
+    let chat = |body: Value| {
+        app.client
+            .post(format!("{}/v1/chat/completions", app.address))
+            .header("X-Session-Id", "weather-chat")
+            .json(&body)
+            .send()
+    };
+    let question = json!({"role": "user", "content": "Weather in Rome?"});
+    let first: Value =
+        chat(json!({"model": "agent", "tools": [weather_tool()], "messages": [question]}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let calls = first["choices"][0]["message"]["tool_calls"].clone();
+    assert_eq!(calls[0]["function"]["name"], "get_weather", "{first}");
+    let call_id = calls[0]["id"].as_str().unwrap();
+
+    // A new question before the call is answered: refused, as OpenAI refuses it.
+    let refused = chat(json!({"model": "agent", "tools": [weather_tool()],
+                              "messages": [question, {"role": "user", "content": "and Oslo?"}]}))
+    .await
+    .unwrap();
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.unwrap();
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(call_id),
+        "{refused}"
+    );
+
+    // The whole conversation, or only its end: the session holds the rest.
+    let answer: Value = chat(
+        json!({"model": "agent", "tools": [weather_tool()], "messages": [
+            {"role": "tool", "tool_call_id": call_id, "content": "28 C"}
+        ]}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"], "Warm in Rome.",
+        "{answer}"
+    );
+    let stored = app.stored("weather-chat").await;
+    let roles: Vec<&str> = stored
+        .iter()
+        .map(|stored| stored.message.role.as_str())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "tool", "assistant"]);
+    assert_eq!(stored[2].message.content, "28 C");
+}

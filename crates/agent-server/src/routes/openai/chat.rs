@@ -11,7 +11,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Sampling};
+use agent_core::{Message, Sampling, ToolCall};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -22,6 +22,7 @@ use super::request::{
     ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
     turn_request, within,
 };
+use super::response_calls::dangling;
 use super::{OpenAiErrorBody, check_model};
 use crate::dto::format::ChatResponseFormat;
 use crate::dto::{deserialize_text_or_list, session_id};
@@ -422,7 +423,10 @@ impl TurnWire for ChatCompletionRequest {
             }
             let Some(role) = chat.role().shared() else {
                 let answered = chat.tool_call_id();
-                if !calls.iter().any(|id| id == answered) {
+                // On a session, the calls the last messages answer are the session's (checked
+                // below): the client need not send them again.
+                let on_session = session.is_some() && index >= answers_from;
+                if !on_session && !calls.iter().any(|id| id == answered) {
                     return Err(bad(
                         &param(".tool_call_id"),
                         format!(
@@ -480,22 +484,26 @@ impl TurnWire for ChatCompletionRequest {
                 usage: agent_core::TokenUsage::default(),
                 steps: 0,
             });
-        if session.is_some() {
-            if !client_tools.is_empty() {
-                return Err(bad(
-                    "tools",
-                    "the client's tools with a session are not supported yet: send the whole \
-                     conversation without a session",
-                ));
+        // On a session, the conversation is the session's; the results of the client's tools that
+        // the request ends with answer the calls its last stored turn ended with (every one).
+        let mut earlier = Vec::new();
+        if let Some(session) = &session {
+            if resume.is_some() || !client_tools.is_empty() {
+                let answers = if resume.is_some() {
+                    history.split_off(answers_from)
+                } else {
+                    Vec::new()
+                };
+                let backends = &incoming.routes.backends;
+                let stored: Vec<Message> = backends
+                    .conversations
+                    .recent_messages(session, LAST_STORED)
+                    .await?
+                    .into_iter()
+                    .map(|stored| stored.message)
+                    .collect();
+                earlier = session_answers(&dangling(&stored), answers, answers_from)?;
             }
-            if resume.is_some() {
-                return Err(bad(
-                    "messages",
-                    "continuing a session with the results of the client's tools is not \
-                     supported yet: send the whole conversation without a session",
-                ));
-            }
-            // The session holds the conversation.
             history.clear();
         }
         let include_usage = self
@@ -530,7 +538,7 @@ impl TurnWire for ChatCompletionRequest {
                 message,
                 sampling,
                 instructions: Vec::new(),
-                earlier: Vec::new(),
+                earlier,
                 // Chat Completions have no shape for an approval (see docs/api.md).
                 wait_mode: WaitMode::Reject,
                 resume,
@@ -542,6 +550,42 @@ impl TurnWire for ChatCompletionRequest {
             header,
         })
     }
+}
+
+/// The stored messages read to find the calls a session's last turn ended with.
+const LAST_STORED: usize = 256;
+
+/// The tool results `answers` (the request's last messages, from `messages[first]`) checked
+/// against `dangling`, the calls the session's last turn ended with: each call answered, each
+/// result answering one (400 naming the first that is not, as OpenAI answers).
+fn session_answers(
+    dangling: &[ToolCall],
+    answers: Vec<Message>,
+    first: usize,
+) -> Result<Vec<Message>, ApiError> {
+    let answered = |call: &ToolCall| {
+        answers
+            .iter()
+            .any(|answer| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
+    };
+    if let Some(open) = dangling.iter().find(|call| !answered(call)) {
+        return Err(bad(
+            "messages",
+            format!("No tool output found for function call {}.", open.id),
+        ));
+    }
+    if let Some(index) = answers.iter().position(|answer| {
+        !dangling
+            .iter()
+            .any(|call| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
+    }) {
+        let param = format!("messages[{}].tool_call_id", first + index);
+        return Err(bad(
+            &param,
+            "the session's last turn made no such call: a tool message answers a call of it",
+        ));
+    }
+    Ok(answers)
 }
 
 impl ChatCompletionRequest {
