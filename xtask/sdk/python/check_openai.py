@@ -63,9 +63,12 @@ def raises(error_class, call, what):
     raise SystemExit(f"python sdk: FAILED: {what}: nothing raised")
 
 
-def http(method, url, key=None):
+def http(method, url, key=None, body=None):
     """A plain HTTP call with the standard library (the SDK's HTTP client is its own business)."""
-    request = urllib.request.Request(url, method=method)
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, method=method, data=data)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
     if key:
         request.add_header("Authorization", f"Bearer {key}")
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -239,6 +242,23 @@ raises(
     lambda: client.webhooks.unwrap(webhooks[0][0], webhooks[0][1], secret="whsec_" + "QUJD" * 8),
     "a webhook checked with another secret",
 )
+
+# A run that starts waiting for an approval sends response.requires_action (this server's
+# current_time needs one), signed like the others; cancelled, it sends response.cancelled.
+waiting = http("POST", f"{URL}/agent", KEY, {"message": "use current_time {}"})
+check(waiting["status"] == "requires_action", f"/agent waiting: {waiting}")
+deadline = time.monotonic() + 20
+kinds = []
+while time.monotonic() < deadline and "response.requires_action" not in kinds:
+    kinds = []
+    for body, headers in list(webhooks):
+        event = json.loads(body)
+        if event["data"]["id"] == waiting["run_id"]:
+            standardwebhooks.Webhook(os.environ["WEBHOOK_SECRET"]).verify(body, headers)
+            kinds.append(event["type"])
+    time.sleep(0.1)
+check(kinds == ["response.requires_action"], f"the waiting run's webhooks: {kinds}")
+http("POST", f"{URL}/runs/{waiting['run_id']}/cancel", KEY, {})
 
 # Errors become the SDK's exception classes.
 wrong = OpenAI(base_url=f"{URL}/v1", api_key="not-a-key-0123456789", max_retries=0)
