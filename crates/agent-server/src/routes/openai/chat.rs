@@ -11,7 +11,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::web::{Bytes, Data};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Sampling, ToolCall};
+use agent_core::{Message, Sampling};
 use serde::Deserialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -22,7 +22,7 @@ use super::request::{
     ChatRole, Content, TurnRefusals, as_bad_request, bad, choice_is_free, first_refusal,
     turn_request, within,
 };
-use super::response_calls::dangling;
+use super::response_calls::{LAST_STORED, dangling, session_answers};
 use super::{OpenAiErrorBody, check_model};
 use crate::dto::format::ChatResponseFormat;
 use crate::dto::{deserialize_text_or_list, session_id};
@@ -550,42 +550,6 @@ impl TurnWire for ChatCompletionRequest {
             header,
         })
     }
-}
-
-/// The stored messages read to find the calls a session's last turn ended with.
-const LAST_STORED: usize = 256;
-
-/// The tool results `answers` (the request's last messages, from `messages[first]`) checked
-/// against `dangling`, the calls the session's last turn ended with: each call answered, each
-/// result answering one (400 naming the first that is not, as OpenAI answers).
-fn session_answers(
-    dangling: &[ToolCall],
-    answers: Vec<Message>,
-    first: usize,
-) -> Result<Vec<Message>, ApiError> {
-    let answered = |call: &ToolCall| {
-        answers
-            .iter()
-            .any(|answer| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
-    };
-    if let Some(open) = dangling.iter().find(|call| !answered(call)) {
-        return Err(bad(
-            "messages",
-            format!("No tool output found for function call {}.", open.id),
-        ));
-    }
-    if let Some(index) = answers.iter().position(|answer| {
-        !dangling
-            .iter()
-            .any(|call| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
-    }) {
-        let param = format!("messages[{}].tool_call_id", first + index);
-        return Err(bad(
-            &param,
-            "the session's last turn made no such call: a tool message answers a call of it",
-        ));
-    }
-    Ok(answers)
 }
 
 impl ChatCompletionRequest {

@@ -3,7 +3,8 @@
 //! answers in a later request's `input` (`function_call_output`, `mcp_approval_response`), after
 //! `previous_response_id` or with the whole conversation. A conversation ending with answers
 //! goes on from them: results become tool messages, approved calls run, rejected ones read
-//! `rejected by the user: <reason>`.
+//! `rejected by the user: <reason>`. Chat Completions on a session answer a stored turn's calls
+//! the same way ([`session_answers`]).
 
 use std::collections::HashSet;
 
@@ -198,4 +199,40 @@ pub(crate) fn dangling(messages: &[Message]) -> Vec<ToolCall> {
         .filter(|call| !answered.contains(call.id.as_str()))
         .cloned()
         .collect()
+}
+
+/// The stored messages read to find the calls a session's last turn ended with.
+pub(crate) const LAST_STORED: usize = 256;
+
+/// The tool results `answers` (the request's last messages, from `messages[first]`) checked
+/// against `dangling`, the calls the session's last turn ended with: each call answered, each
+/// result answering one (400 naming the first that is not, as OpenAI answers).
+pub(crate) fn session_answers(
+    dangling: &[ToolCall],
+    answers: Vec<Message>,
+    first: usize,
+) -> Result<Vec<Message>, ApiError> {
+    let answered = |call: &ToolCall| {
+        answers
+            .iter()
+            .any(|answer| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
+    };
+    if let Some(open) = dangling.iter().find(|call| !answered(call)) {
+        return Err(bad(
+            "messages",
+            format!("No tool output found for function call {}.", open.id),
+        ));
+    }
+    if let Some(index) = answers.iter().position(|answer| {
+        !dangling
+            .iter()
+            .any(|call| answer.tool_call_id.as_deref() == Some(call.id.as_str()))
+    }) {
+        let param = format!("messages[{}].tool_call_id", first + index);
+        return Err(bad(
+            &param,
+            "the session's last turn made no such call: a tool message answers a call of it",
+        ));
+    }
+    Ok(answers)
 }
