@@ -44,16 +44,7 @@ async fn a_call_to_a_client_tool_is_answered_as_tool_calls_and_its_result_carrie
     let url = format!("{}/v1/chat/completions", app.address);
     let question = json!({"role": "user", "content": "Weather in Paris, and 6*7?"});
     let body = json!({"model": "agent", "messages": [question], "tools": [weather_tool()]});
-    let answer: Value = app
-        .client
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = app.post_json("/v1/chat/completions", &body).await;
     let choice = &answer["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
     assert_eq!(choice["message"]["content"], Value::Null, "{answer}");
@@ -86,16 +77,7 @@ async fn a_call_to_a_client_tool_is_answered_as_tool_calls_and_its_result_carrie
             {"role": "tool", "tool_call_id": call_id, "content": "sunny, 24 C"}
         ]
     });
-    let answer: Value = app
-        .client
-        .post(&url)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, answer) = app.post_json("/v1/chat/completions", &body).await;
     assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
     assert_eq!(
         answer["choices"][0]["message"]["content"],
