@@ -230,6 +230,9 @@ sections! {
         enable_tracing: Option<bool> = ENABLE_TRACING, Kind::Bool, default: None, aliases: ["ENABLE_TRACING"];
         /// Serves `POST /agent/stream`.
         enable_streaming: bool = ENABLE_STREAMING, Kind::Bool, default: Some("true"), aliases: ["ENABLE_STREAMING"];
+        /// The agent a request that names none goes to (an `[[agents]]` id); unset: the first
+        /// entry. Without `[[agents]]` the one agent is the global settings'.
+        default_agent: Option<String> = DEFAULT_AGENT, Kind::Text, default: None, aliases: [];
         /// Bearer keys accepted by the API, each `name:key` (keys sharing a caller name are one
         /// caller: rotation) or a plain `key` (a caller of its own); when set, every route except the
         /// probes (and `/metrics` unless `api.metrics_require_auth`) needs one. Unset: no auth.
@@ -589,6 +592,59 @@ entry_fields! {
         /// Which of its tools (by the server's own names, without the prefix) wait for the
         /// client's approval before a call runs.
         require_approval = MCP_SERVER_REQUIRE_APPROVAL, Kind::Approval, default: Some("never");
+    }
+}
+
+entry_fields! {
+    AGENT_FIELDS ("agents") {
+        /// How requests (`"agent"`) and OpenAI clients (`model`) name it: 1 to 64 of `a-z 0-9 _ -`,
+        /// unique. Required.
+        id = AGENTS_ID, Kind::Text, default: None;
+        /// Its display name. Default: the id.
+        name = AGENTS_NAME, Kind::Text, default: None;
+        /// What it does, shown to MCP and A2A clients.
+        description = AGENTS_DESCRIPTION, Kind::Text, default: None;
+        /// Its system prompt, inline or `{ file = "/path" }`. Default: `turn.system_prompt`.
+        instructions = AGENTS_INSTRUCTIONS, Kind::Text, default: None;
+        /// The first model of its chain: a `[[models]]` name, or a model on the default model
+        /// server. Default: `model.name`.
+        model = AGENTS_MODEL, Kind::Text, default: None;
+        /// The models tried in order when the one before fails (a timeout, a connection failure,
+        /// 408, 429, 5xx), named as `model` is.
+        fallbacks = AGENTS_FALLBACKS, Kind::Names, default: None;
+        /// Its tools: names or globs (`tickets__*`) of built-in, HTTP and MCP tools. Default: every
+        /// tool.
+        tools = AGENTS_TOOLS, Kind::Names, default: None;
+        /// Model calls per turn. Default: `turn.max_steps`.
+        max_steps = AGENTS_MAX_STEPS, Kind::Int { min: 1, max: 100 }, default: None;
+        /// Tokens one turn may use. Default: `turn.turn_token_budget`.
+        turn_token_budget = AGENTS_TURN_TOKEN_BUDGET, Kind::Int { min: 1, max: u64::MAX / 4 }, default: None;
+        /// Wall time per turn. Default: `turn.turn_deadline`.
+        turn_deadline = AGENTS_TURN_DEADLINE, Kind::Duration { min: ms(1), max: secs(3600) }, default: None;
+        /// Sampling temperature, 0 to 2. Default: `model.temperature`.
+        temperature = AGENTS_TEMPERATURE, Kind::Float { min: 0.0, max: 2.0 }, default: None;
+        /// The callers (API key names) who may use it. Default: every caller.
+        callers = AGENTS_CALLERS, Kind::Names, default: None;
+    }
+}
+
+entry_fields! {
+    MODEL_FIELDS ("models") {
+        /// What chains call it: 1 to 128 of `A-Z a-z 0-9 . _ : / -`, unique. Required.
+        name = MODELS_NAME, Kind::Text, default: None;
+        /// The OpenAI-compatible server, with its `/v1`. Required.
+        base_url = MODELS_BASE_URL, Kind::HttpUrl, default: None;
+        /// The model's id on that server. Required.
+        model = MODELS_MODEL, Kind::Text, default: None;
+        /// Its API key, `{ file = "/path" }` or inline (warned about in the `production`
+        /// profile); never printed. Default: none.
+        api_key = MODELS_API_KEY, Kind::Secret, default: None;
+        /// Sent with every call; values from files are secrets, never logged.
+        headers = MODELS_HEADERS, Kind::Headers, default: None;
+        /// Bound on one call. Default: `model.request_timeout`.
+        request_timeout = MODELS_REQUEST_TIMEOUT, Kind::Duration { min: ms(1), max: secs(3600) }, default: None;
+        /// Attempts of one call, retries included. Default: `model.max_attempts`.
+        max_attempts = MODELS_MAX_ATTEMPTS, Kind::Int { min: 1, max: 20 }, default: None;
     }
 }
 

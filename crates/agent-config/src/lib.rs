@@ -4,6 +4,7 @@
 //! The crate reads environment variables and files, nothing else. Secrets stay
 //! [`secrecy::SecretString`] from here to the driver that uses them and are never printed.
 
+mod agents;
 mod approval;
 mod derived;
 mod env;
@@ -18,6 +19,7 @@ mod tables;
 mod tests;
 mod webhooks;
 
+pub use agents::{AgentSettings, ModelEntry, is_agent_id};
 pub use approval::RequireApproval;
 pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};

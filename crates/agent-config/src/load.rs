@@ -72,9 +72,17 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let layers = Layers::new(vars.into_iter().collect())?;
     let settings = layers.settings()?;
     let effective = layers.effective();
+    let mut warnings = layers.warnings;
+    if !settings.agents.is_empty() || !settings.models.is_empty() {
+        warnings.push(
+            "[[agents]] and [[models]] are read and checked, but this release serves only the \
+             global settings' agent: they take effect with the release that serves several agents"
+                .to_owned(),
+        );
+    }
     Ok(Loaded {
         settings,
-        warnings: layers.warnings,
+        warnings,
         effective,
     })
 }
@@ -188,11 +196,15 @@ impl Layers {
             )?,
             http_tools: crate::http_tools::load(&self.figment, file, tool_defaults)?,
             builtin_approval: crate::approval::builtins(&self.figment, file)?,
+            agents: crate::agents::load_agents(&self.figment, file)?,
+            models: crate::agents::load_models(&self.figment, file)?,
+            default_agent: root.default_agent.clone(),
             webhooks: crate::webhooks::load(&self.figment, file)?,
             webhook_delivery: WebhookDelivery::load(self)?,
             storage: StorageSettings::load(self)?,
             health: HealthSettings::load(self)?,
         };
+        crate::agents::check_default(settings.default_agent.as_deref(), &settings.agents)?;
         if profile == Profile::Production {
             let storage = &settings.storage;
             if storage.database_url.is_none() {
@@ -550,6 +562,15 @@ impl FromKey for &'static str {
 }
 
 /// Text, or a host (an IP address or `localhost`).
+impl FromKey for Option<String> {
+    fn from_key(layers: &Layers, key: &Key) -> Result<Self, ConfigError> {
+        if layers.unset(key) {
+            return Ok(None);
+        }
+        String::from_key(layers, key).map(Some)
+    }
+}
+
 impl FromKey for String {
     fn from_key(layers: &Layers, key: &Key) -> Result<Self, ConfigError> {
         let text = layers.text(key)?;
@@ -634,6 +655,8 @@ fn unknown_file_keys(table: &Dict, prefix: &str) -> Vec<String> {
             crate::mcp_servers::FILE_KEY,
             crate::webhooks::FILE_KEY,
             crate::approval::BUILTIN_KEY,
+            crate::agents::AGENTS_KEY,
+            crate::agents::MODELS_KEY,
         ]
         .contains(&path.as_str())
         {

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::agents::{AgentSettings, ModelEntry};
 use crate::approval::RequireApproval;
 use url::Url;
 
@@ -43,6 +44,12 @@ pub struct Settings {
     /// `[builtin_tools] require_approval` in the file: which built-in tools wait for the
     /// client's approval (by name).
     pub builtin_approval: RequireApproval,
+    /// `[[agents]]` in the file: the agents served (none: one agent of the global settings).
+    pub agents: Vec<AgentSettings>,
+    /// `[[models]]` in the file: the models the agents' chains may name.
+    pub models: Vec<ModelEntry>,
+    /// `default_agent`: the agent of a request that names none.
+    pub default_agent: Option<String>,
     /// `[[mcp_servers]]` tables in the file: MCP servers whose tools the agent may call.
     pub mcp_servers: Vec<McpServerSettings>,
     /// `[[webhooks]]` tables in the file: where background runs' terminal events are posted.

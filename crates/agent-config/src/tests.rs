@@ -825,6 +825,14 @@ fn the_configuration_reference_matches_the_declarations() {
             "builtin_tools",
             crate::keys::entries_table(crate::keys::BUILTIN_TOOL_FIELDS),
         ),
+        (
+            "agents",
+            crate::keys::entries_table(crate::keys::AGENT_FIELDS),
+        ),
+        (
+            "models",
+            crate::keys::entries_table(crate::keys::MODEL_FIELDS),
+        ),
     ];
     let mut stale = Vec::new();
     for (name, expected) in tables {
@@ -1406,6 +1414,119 @@ fn require_approval_is_read_per_tool_source_in_the_responses_syntax_and_refused_
             jail.set_env("AGENT_CONFIG", "agent.toml");
             let error = load().map(|_| ()).unwrap_err().to_string();
             assert!(error.contains(problem), "{entry}: {error}");
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn agents_and_models_are_read_from_the_file_and_refused_naming_the_entry_and_the_key() {
+    use secrecy::ExposeSecret;
+    Jail::expect_with(|jail| {
+        jail.clear_env();
+        jail.create_file("support.md", "You answer questions about orders.")?;
+        jail.create_file("gateway_key", "sk-gateway\n")?;
+        jail.create_file(
+            "agent.toml",
+            r#"
+            default_agent = "research"
+
+            [[agents]]
+            id = "support"
+            name = "Support"
+            description = "Answers questions about orders and opens tickets."
+            instructions = { file = "support.md" }
+            model = "gpt-4o-mini"
+            fallbacks = ["claude-haiku"]
+            tools = ["calculator", "tickets__*"]
+            max_steps = 8
+            temperature = 0.2
+            callers = ["alice", "ci"]
+
+            [[agents]]
+            id = "research"
+            instructions = "You research."
+
+            [[models]]
+            name = "claude-haiku"
+            base_url = "https://llm-gateway.internal/v1"
+            model = "claude-3-5-haiku"
+            api_key = { file = "gateway_key" }
+            request_timeout = "20s"
+            "#,
+        )?;
+        jail.set_env("AGENT_CONFIG", "agent.toml");
+        let settings = load().map_err(|error| error.to_string())?.settings;
+        let support = &settings.agents[0];
+        assert_eq!(
+            (support.id.as_str(), support.name.as_str()),
+            ("support", "Support")
+        );
+        assert_eq!(
+            support.instructions.as_deref(),
+            Some("You answer questions about orders.")
+        );
+        let chain: Vec<&str> = support.chain("default-model").collect();
+        assert_eq!(chain, ["gpt-4o-mini", "claude-haiku"]);
+        assert_eq!(support.max_steps, Some(8));
+        assert!(support.allows("alice") && !support.allows("bob"));
+        let research = &settings.agents[1];
+        assert_eq!(research.name, "research", "the name defaults to the id");
+        assert_eq!(
+            research.chain("default-model").collect::<Vec<_>>(),
+            ["default-model"]
+        );
+        assert!(research.allows("bob") && research.tools.is_none());
+        assert_eq!(settings.default_agent.as_deref(), Some("research"));
+        let model = &settings.models[0];
+        assert_eq!(
+            model.api_key.as_ref().unwrap().expose_secret(),
+            "sk-gateway"
+        );
+        assert!(!model.inline_key);
+        assert_eq!(model.request_timeout, Some(Duration::from_secs(20)));
+        Ok(())
+    });
+    for (toml, problem) in [
+        (
+            "[[agents]]\nid = \"Support\"",
+            "agents[0] (Support) in agent.toml: id must be 1 to 64 of a-z, 0-9",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\n[[agents]]\nid = \"a\"",
+            "agents[1] (a) in agent.toml: another agent has the same id",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\nmodel = \"m\"\nfallbacks = [\"m\"]",
+            "model chain: 'm' is named twice",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\ncallers = [\"not a name\"]",
+            "callers: 'not a name' is not a caller name",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\nmax_steps = 0",
+            "agents[0] (a) in agent.toml: max_steps must be 1 to 100",
+        ),
+        (
+            "default_agent = \"b\"\n[[agents]]\nid = \"a\"",
+            "default_agent: 'b' is no [[agents]] entry (a)",
+        ),
+        (
+            "[[models]]\nname = \"m\"\nbase_url = \"ftp://x\"\nmodel = \"x\"",
+            "models[0] (m) in agent.toml: url 'ftp://x' is not an http(s) URL",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\nmodle = \"m\"",
+            "unknown field: found `modle`",
+        ),
+    ] {
+        Jail::expect_with(|jail| {
+            jail.clear_env();
+            jail.create_file("agent.toml", toml)?;
+            jail.set_env("AGENT_CONFIG", "agent.toml");
+            let error = load().map(|_| ()).unwrap_err().to_string();
+            assert!(error.contains(problem), "{toml}: {error}");
             Ok(())
         });
     }
