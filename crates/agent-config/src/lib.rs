@@ -7,6 +7,7 @@
 mod agents;
 mod approval;
 mod derived;
+mod entry_keys;
 mod env;
 mod error;
 mod http_tools;
