@@ -57,10 +57,6 @@ pub(crate) fn fit(fitting: &mut Fitting, settings: &Settings) {
     fitting.property::<ResponseRequest>("model")["enum"] = model_id;
     fitting.property::<ResponseRequest>("max_output_tokens")["maximum"] =
         json!(settings.model.max_tokens);
-    *fitting.property::<ResponseRequest>("background") = json!({
-        "oneOf": [{ "type": "null" }, { "type": "boolean", "const": false }],
-        "description": "Only false: responses are answered while the request waits.",
-    });
     fit_streams(fitting);
 }
 
