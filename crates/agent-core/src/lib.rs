@@ -11,6 +11,7 @@ mod error;
 mod format;
 pub mod metrics;
 mod model;
+mod model_chain;
 mod offline;
 mod openai;
 mod session_id;
@@ -30,6 +31,7 @@ pub use model::{
     ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler,
     ReplyMeta, Sampling, ToolSpec,
 };
+pub use model_chain::{FallbackObserver, ModelChain};
 pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent_loop;
+mod chain;
 mod http_tools;
 mod offline;
 mod openai;

@@ -1,0 +1,119 @@
+//! A model chain over real OpenAI clients and fake model servers: a primary failing with a 5xx
+//! (after its own retries) hands the call to the next model, which answers; a 400 is not tried
+//! elsewhere; every call starts again at the first model.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent_core::metrics::ModelMetrics;
+use agent_core::{
+    ChatModel, ChatRequest, FallbackObserver, Message, ModelChain, ModelError, OpenAiModel,
+    OpenAiOptions, RetryPolicy,
+};
+use fake_openai::{FakeOpenAi, Scripted};
+
+const ONE_ATTEMPT: RetryPolicy = RetryPolicy {
+    max_attempts: 1,
+    base_delay: Duration::from_millis(10),
+    max_delay: Duration::from_millis(50),
+    budget: Duration::from_secs(5),
+};
+
+fn model(fake: &FakeOpenAi) -> Arc<dyn ChatModel> {
+    Arc::new(
+        OpenAiModel::new(
+            OpenAiOptions {
+                base_url: fake.base_url(),
+                api_key: None,
+                model: "fake-model".into(),
+                temperature: 0.2,
+                max_tokens: 256,
+                request_timeout: Duration::from_secs(2),
+                retry: ONE_ATTEMPT,
+            },
+            ModelMetrics::disabled(),
+        )
+        .unwrap(),
+    )
+}
+
+/// The fallbacks a chain reported: (from, to).
+#[derive(Debug, Default)]
+struct Seen(Mutex<Vec<(String, String)>>);
+
+impl FallbackObserver for Seen {
+    fn fell_back(&self, from: &str, to: &str, _reason: &ModelError) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((from.to_owned(), to.to_owned()));
+    }
+}
+
+async fn ask(chain: &ModelChain) -> Result<String, ModelError> {
+    let messages = [Message::user("hi")];
+    let request = ChatRequest {
+        messages: &messages,
+        tools: &[],
+        sampling: &Default::default(),
+    };
+    chain
+        .complete(request)
+        .await
+        .map(|reply| reply.message.content)
+}
+
+#[tokio::test]
+async fn a_failing_model_hands_the_call_to_the_next_and_a_bad_request_stays_bad() {
+    let primary = FakeOpenAi::start(vec![
+        Scripted::status(500),
+        Scripted::text("primary answers"),
+        Scripted::status(400),
+    ])
+    .await;
+    let fallback = FakeOpenAi::repeating(Scripted::text("fallback answers")).await;
+    let seen = Arc::new(Seen::default());
+    let chain = ModelChain::new(
+        vec![
+            ("gpt-4o-mini".to_owned(), model(&primary)),
+            ("claude-haiku".to_owned(), model(&fallback)),
+        ],
+        Some(seen.clone()),
+    );
+    assert_eq!(
+        chain.names().collect::<Vec<_>>(),
+        ["gpt-4o-mini", "claude-haiku"]
+    );
+
+    // 500: the next model answers.
+    assert_eq!(ask(&chain).await.unwrap(), "fallback answers");
+    assert_eq!(
+        *seen.0.lock().unwrap(),
+        [("gpt-4o-mini".to_owned(), "claude-haiku".to_owned())]
+    );
+    // The next call starts at the first model again.
+    assert_eq!(ask(&chain).await.unwrap(), "primary answers");
+    // 400: refused, not tried elsewhere.
+    let refused = ask(&chain).await.unwrap_err();
+    assert!(matches!(refused, ModelError::Rejected(_)), "{refused:?}");
+    assert_eq!(seen.0.lock().unwrap().len(), 1);
+    assert_eq!(fallback.requests().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_chain_whose_every_model_failed_answers_the_last_cause() {
+    let first = FakeOpenAi::repeating(Scripted::status(503)).await;
+    let last = FakeOpenAi::repeating(Scripted::rate_limited("0")).await;
+    let chain = ModelChain::new(
+        vec![
+            ("a".to_owned(), model(&first)),
+            ("b".to_owned(), model(&last)),
+        ],
+        None,
+    );
+    let failed = ask(&chain).await.unwrap_err();
+    assert!(
+        matches!(failed, ModelError::RateLimited { .. }),
+        "{failed:?}"
+    );
+}
