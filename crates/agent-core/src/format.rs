@@ -63,11 +63,7 @@ impl JsonSchemaFormat {
         schema: Option<Value>,
         strict: Option<bool>,
     ) -> Result<Self, FormatError> {
-        let name_is_valid = (1..=64).contains(&name.len())
-            && name
-                .chars()
-                .all(|character| character.is_ascii_alphanumeric() || "_-".contains(character));
-        if !name_is_valid {
+        if !crate::model::is_function_name(&name) {
             return Err(FormatError::Name);
         }
         if let Some(schema) = &schema {

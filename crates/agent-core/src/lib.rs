@@ -29,7 +29,7 @@ pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use format::{FormatError, JsonSchemaFormat, ResponseFormat, WireFormat};
 pub use model::{
     ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelIdentity, ModelReply, ReplyAssembler,
-    ReplyMeta, Sampling, ToolSpec,
+    ReplyMeta, Sampling, ToolSpec, is_function_name,
 };
 pub use model_chain::{FallbackObserver, ModelChain};
 pub use offline::OfflineModel;

@@ -11,6 +11,15 @@ use crate::conversation::{Message, TokenUsage, ToolCall};
 use crate::error::ModelError;
 use crate::format::ResponseFormat;
 
+/// Whether `name` may name a function for OpenAI-compatible models (a tool, a response
+/// format's schema): 1 to 64 of `A-Z a-z 0-9 _ -`.
+pub fn is_function_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || b"_-".contains(&byte))
+}
+
 /// A tool as the model sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolSpec {

@@ -314,6 +314,12 @@ pub struct RunAction {
 /// The error code of a run whose wait for the client expired.
 pub const ACTION_EXPIRED: &str = "action_expired";
 
+/// How a run whose wait for the client expired ends.
+pub(crate) const EXPIRED: RunEnd<'static> = RunEnd::Failed {
+    code: ACTION_EXPIRED,
+    message: "the run waited for the client's answer longer than it may; nothing was stored",
+};
+
 /// What answering a waiting run did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answered {

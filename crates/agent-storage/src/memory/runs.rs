@@ -8,7 +8,7 @@ use agent_core::{SessionId, TokenUsage};
 
 use crate::error::StorageError;
 use crate::model::{
-    ACTION_EXPIRED, Answered, ClaimedRun, Ended, NewRun, QueuedRun, RUN_LOST, RunAction, RunAnswer,
+    Answered, ClaimedRun, EXPIRED, Ended, NewRun, QueuedRun, RUN_LOST, RunAction, RunAnswer,
     RunCompletion, RunCursor, RunEnd, RunRecord, RunStatus, WebhookEvent,
 };
 
@@ -342,13 +342,9 @@ impl RunTable {
             .collect();
         expired.sort();
         expired.truncate(limit);
-        let end = RunEnd::Failed {
-            code: ACTION_EXPIRED,
-            message: "the run waited for the client's answer longer than it may; nothing was stored",
-        };
         expired
             .iter()
-            .filter_map(|(_, id)| match self.end(id, end) {
+            .filter_map(|(_, id)| match self.end(id, EXPIRED) {
                 Ended::Now(record) => Some(record),
                 _ => None,
             })

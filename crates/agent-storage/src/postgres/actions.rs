@@ -14,7 +14,7 @@ use super::queue::qualified_columns;
 use super::runs::RunRow;
 use super::{PostgresStore, query_error};
 use crate::error::StorageError;
-use crate::model::{ACTION_EXPIRED, Answered, NewRun, RunAnswer, RunRecord};
+use crate::model::{Answered, EXPIRED, NewRun, RunAnswer, RunRecord};
 
 /// Stops a recorded run in progress to wait; it has outlived its request (background).
 const SUSPEND: &str = "WITH suspended AS ( \
@@ -63,10 +63,6 @@ const EXPIRE: &str = "WITH expired AS ( \
      UPDATE runs SET status = 'failed', error_code = $2, error_message = $3, \
          finished_at = now() \
      FROM expired WHERE runs.id = expired.run_id AND runs.status = 'requires_action' RETURNING ";
-
-/// What an expired run says.
-pub(super) const EXPIRED_MESSAGE: &str =
-    "the run waited for the client's answer longer than it may; nothing was stored";
 
 impl PostgresStore {
     pub(super) async fn suspend(
@@ -158,10 +154,11 @@ impl PostgresStore {
         connection: &mut AsyncPgConnection,
         limit: usize,
     ) -> Result<Vec<RunRecord>, StorageError> {
+        let error = EXPIRED.error();
         let rows: Vec<RunRow> = diesel::sql_query(format!("{EXPIRE}{}", qualified_columns()))
             .bind::<BigInt, _>(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind::<Text, _>(ACTION_EXPIRED)
-            .bind::<Text, _>(EXPIRED_MESSAGE)
+            .bind::<Text, _>(error.code)
+            .bind::<Text, _>(error.message)
             .load(connection)
             .await
             .map_err(query_error)?;

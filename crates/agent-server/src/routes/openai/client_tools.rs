@@ -202,11 +202,7 @@ pub(crate) fn checked(
     for (at, function) in tools {
         let param = |field: &str| format!("{at}.{field}");
         let name = &function.name;
-        let valid = (1..=64).contains(&name.len())
-            && name
-                .bytes()
-                .all(|byte| byte.is_ascii_alphanumeric() || b"_-".contains(&byte));
-        if !valid {
+        if !agent_core::is_function_name(name) {
             return Err(bad(
                 &param("name"),
                 format!("tool name '{name}' is not 1 to 64 of [A-Za-z0-9_-]"),
