@@ -126,6 +126,9 @@ pub struct TurnResult {
     pub steps: usize,
     /// The calls the turn stopped before, in call order; empty when it finished.
     pub waiting: Vec<WaitingCall>,
+    /// The model chain's entry that answered the turn's last model call (see
+    /// [`crate::ModelChain`]); none for a model that is no chain.
+    pub model: Option<String>,
 }
 
 /// The tool message of a rejected call.
@@ -164,9 +167,17 @@ impl Waits {
     }
 }
 
+/// What an agent is called, for the spans of its turns (`gen_ai.agent.id`, `gen_ai.agent.name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentName {
+    pub id: String,
+    pub name: String,
+}
+
 /// A model, its tools, and limits. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Agent {
+    name: Option<Arc<AgentName>>,
     model: Arc<dyn ChatModel>,
     /// The model's identity, read once for the spans of every call.
     identity: Arc<ModelIdentity>,
@@ -188,6 +199,7 @@ impl Agent {
             .filter(|prompt| !prompt.trim().is_empty())
             .map(Arc::from);
         Self {
+            name: None,
             identity: Arc::new(model.identity()),
             model,
             tools,
@@ -204,6 +216,17 @@ impl Agent {
         self
     }
 
+    /// Names the agent in its turns' spans.
+    pub fn with_name(mut self, name: AgentName) -> Self {
+        self.name = Some(Arc::new(name));
+        self
+    }
+
+    /// The model its turns call.
+    pub fn model(&self) -> &Arc<dyn ChatModel> {
+        &self.model
+    }
+
     pub fn limits(&self) -> AgentLimits {
         self.limits
     }
@@ -215,7 +238,7 @@ impl Agent {
 
     /// Runs a turn to its end.
     pub async fn run_turn(&self, request: TurnRequest) -> Result<TurnResult, AgentError> {
-        let span = spans::turn(&self.identity, request.history.len());
+        let span = spans::turn(&self.identity, self.name.as_deref(), request.history.len());
         self.run(request, None, &span)
             .instrument(span.clone())
             .await
@@ -228,7 +251,7 @@ impl Agent {
         let sender = queue.clone();
         let agent = self.clone();
         // The span is made here, in the caller's context: the stream is polled outside it.
-        let span = spans::turn(&self.identity, request.history.len());
+        let span = spans::turn(&self.identity, self.name.as_deref(), request.history.len());
         let span_of_driver = span.clone();
         let driver = Box::pin(
             async move { agent.run(request, Some(&sender), &span).await }
@@ -389,6 +412,7 @@ impl Agent {
                     },
                     steps: step,
                     waiting,
+                    model: reply.meta.chain_model,
                 });
             }
         }

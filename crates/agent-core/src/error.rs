@@ -153,6 +153,9 @@ pub enum ToolError {
         first: String,
         second: String,
     },
+    /// An agent's tool pattern is no valid glob.
+    #[error("the tool pattern {pattern:?} is invalid: {problem}")]
+    InvalidFilter { pattern: String, problem: String },
     /// The tool ran and failed; the message is shown to the model.
     #[error("{0}")]
     Failed(String),

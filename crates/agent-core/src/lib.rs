@@ -20,8 +20,8 @@ mod tools;
 pub mod trace_context;
 
 pub use agent::{
-    Agent, AgentEvent, AgentLimits, Answer, ApprovalPolicy, Resume, TurnEvents, TurnRequest,
-    TurnResult, Wait, WaitingCall, Waits, rejection,
+    Agent, AgentEvent, AgentLimits, AgentName, Answer, ApprovalPolicy, Resume, TurnEvents,
+    TurnRequest, TurnResult, Wait, WaitingCall, Waits, rejection,
 };
 pub use backoff::backoff;
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
@@ -37,6 +37,6 @@ pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};
 pub use tools::mcp::{McpServerOptions, McpServerState, McpServerStatus, McpToolStatus, McpTools};
 pub use tools::{
-    Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolOutcome,
-    ToolRegistry, ToolSet, ToolSource, read_at_most,
+    Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolFilter,
+    ToolOutcome, ToolRegistry, ToolSet, ToolSource, read_at_most,
 };

@@ -80,6 +80,8 @@ pub struct ReplyMeta {
     pub id: Option<String>,
     /// Why the model stopped (`stop`, `tool_calls`, `length`, …).
     pub finish_reason: Option<String>,
+    /// The entry of a [`crate::ModelChain`] that answered (its name in the configuration).
+    pub chain_model: Option<String>,
 }
 
 impl ReplyMeta {
@@ -88,6 +90,7 @@ impl ReplyMeta {
         self.model = self.model.take().or(other.model);
         self.id = self.id.take().or(other.id);
         self.finish_reason = other.finish_reason.or(self.finish_reason.take());
+        self.chain_model = self.chain_model.take().or(other.chain_model);
     }
 }
 

@@ -3,14 +3,18 @@
 //! 5xx, a 429, after the model's own retries); a request a model refused (400, 401, 403, 404,
 //! 422: a bad request stays bad) is not tried elsewhere. Every call starts again at the first
 //! model. A streamed call falls back only before its stream begins (text already sent cannot be
-//! taken back).
+//! taken back). The entry that answered is in the reply's [`ReplyMeta::chain_model`].
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::error::ModelError;
-use crate::model::{ChatModel, ChatRequest, DeltaStream, ModelIdentity, ModelReply};
+use futures_util::StreamExt;
+
+use crate::model::{
+    ChatModel, ChatRequest, DeltaStream, ModelDelta, ModelIdentity, ModelReply, ReplyMeta,
+};
 
 /// Told of each fallback: the model that failed, the one tried next, and why.
 pub trait FallbackObserver: Send + Sync + std::fmt::Debug {
@@ -85,7 +89,10 @@ impl ChatModel for ModelChain {
                 ));
             };
             match model.complete(request).await {
-                Ok(reply) => return Ok(reply),
+                Ok(mut reply) => {
+                    reply.meta.chain_model = Some(self.models[index].0.clone());
+                    return Ok(reply);
+                }
                 Err(error) if self.next_after(index, &error) => index += 1,
                 Err(error) => return Err(error),
             }
@@ -101,7 +108,16 @@ impl ChatModel for ModelChain {
                 ));
             };
             match model.stream(request).await {
-                Ok(deltas) => return Ok(deltas),
+                Ok(deltas) => {
+                    // Which entry answers is known before its first delta.
+                    let answered = ModelDelta::Meta(ReplyMeta {
+                        chain_model: Some(self.models[index].0.clone()),
+                        ..ReplyMeta::default()
+                    });
+                    return Ok(Box::pin(
+                        futures_util::stream::once(async { Ok(answered) }).chain(deltas),
+                    ));
+                }
                 Err(error) if self.next_after(index, &error) => index += 1,
                 Err(error) => return Err(error),
             }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tracing::Span;
 use tracing::field::Empty;
 
+use crate::agent::AgentName;
 use crate::conversation::{Message, Role, TokenUsage, ToolCall};
 use crate::model::{ModelIdentity, ModelReply, Sampling};
 use crate::tools::ToolSource;
@@ -17,12 +18,17 @@ use crate::tools::ToolSource;
 pub const SEMCONV_VERSION: &str = "1.37.0";
 
 /// The span of a whole turn.
-pub(crate) fn turn(identity: &ModelIdentity, history: usize) -> Span {
+pub(crate) fn turn(identity: &ModelIdentity, agent: Option<&AgentName>, history: usize) -> Span {
     tracing::debug_span!(
         "invoke_agent",
-        otel.name = "invoke_agent",
+        otel.name = %agent.map_or_else(
+            || "invoke_agent".to_owned(),
+            |agent| format!("invoke_agent {}", agent.name)
+        ),
         otel.kind = "internal",
         gen_ai.operation.name = "invoke_agent",
+        gen_ai.agent.id = agent.map(|agent| agent.id.as_str()),
+        gen_ai.agent.name = agent.map(|agent| agent.name.as_str()),
         gen_ai.provider.name = identity.provider,
         gen_ai.request.model = %identity.model,
         gen_ai.usage.input_tokens = Empty,

@@ -257,6 +257,7 @@ impl CompletionResponse {
                 model: self.model,
                 id: self.id,
                 finish_reason: choice.finish_reason,
+                chain_model: None,
             },
         })
     }
@@ -316,6 +317,7 @@ impl CompletionChunk {
             model: self.model,
             id: self.id,
             finish_reason: None,
+            chain_model: None,
         };
         for choice in self.choices {
             let delta = choice.delta.unwrap_or_default();

@@ -2,8 +2,11 @@
 //! tool's JSON Schema, and turns every failure into a message the model sees instead of a crash.
 //! The registry holds the fixed tools (built-in and HTTP) and, when attached, the MCP servers'
 //! tools, whose list changes while the process runs: each turn takes a [`ToolSet`] at its start.
+//! An agent's registry may keep only some tools ([`ToolFilter`]): the others are neither in its
+//! sets nor callable through them.
 
 mod builtin;
+mod filter;
 mod http;
 pub(crate) mod mcp;
 
@@ -15,6 +18,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 pub use builtin::{Calculator, CurrentTime};
+pub use filter::ToolFilter;
 pub use http::{HttpTool, HttpToolMethod, HttpToolOptions, read_at_most};
 
 use crate::conversation::ToolCall;
@@ -193,6 +197,8 @@ pub struct ToolRegistry {
     fixed: Vec<Arc<Registered>>,
     timeout: Duration,
     mcp: Option<Arc<McpTools>>,
+    /// Only these tools (none: every tool).
+    filter: Option<ToolFilter>,
     /// The last set built; rebuilt when the MCP catalog's generation moves.
     current: RwLock<Arc<ToolSet>>,
 }
@@ -204,8 +210,31 @@ impl ToolRegistry {
             fixed: Vec::new(),
             timeout,
             mcp: None,
+            filter: None,
             current: RwLock::new(Arc::new(ToolSet::new(0, Vec::new()))),
         }
+    }
+
+    /// The same tools (sharing their clients and the MCP connections) limited to `filter`.
+    pub fn only(&self, filter: ToolFilter) -> Self {
+        let fixed: Vec<Arc<Registered>> = self
+            .fixed
+            .iter()
+            .filter(|registered| filter.allows(&registered.spec.name))
+            .cloned()
+            .collect();
+        Self {
+            current: RwLock::new(Arc::new(ToolSet::new(0, fixed.clone()))),
+            fixed,
+            timeout: self.timeout,
+            mcp: self.mcp.clone(),
+            filter: Some(filter),
+        }
+    }
+
+    /// The tools it keeps, when it keeps only some.
+    pub fn filter(&self) -> Option<&ToolFilter> {
+        self.filter.as_ref()
     }
 
     /// The built-in tools: the current time and a calculator.
@@ -216,10 +245,18 @@ impl ToolRegistry {
         Ok(registry)
     }
 
-    /// Adds a tool; its name must be new and its schema valid.
+    /// Adds a tool; its name must be new and its schema valid (kept only if the filter allows
+    /// it).
     pub fn register(&mut self, tool: Arc<dyn Tool>) -> Result<(), ToolError> {
         if self.names().any(|name| name == tool.name()) {
             return Err(ToolError::Duplicate(tool.name().to_owned()));
+        }
+        if self
+            .filter
+            .as_ref()
+            .is_some_and(|filter| !filter.allows(tool.name()))
+        {
+            return Ok(());
         }
         self.fixed
             .push(Arc::new(Registered::new(tool, Some(self.timeout))?));
@@ -267,10 +304,13 @@ impl ToolRegistry {
         if catalog.generation == current.generation {
             return current;
         }
+        let filter = self.filter.as_ref();
         let tools = self
             .fixed
             .iter()
-            .chain(catalog.tools.iter())
+            .chain(catalog.tools.iter().filter(|registered| {
+                filter.is_none_or(|filter| filter.allows(&registered.spec.name))
+            }))
             .cloned()
             .collect();
         let rebuilt = Arc::new(ToolSet::new(catalog.generation, tools));

@@ -341,3 +341,40 @@ async fn a_failing_streaming_turn_ends_with_the_error() {
         "{events:?}"
     );
 }
+
+#[tokio::test]
+async fn an_agent_limited_to_some_tools_is_offered_only_those_and_cannot_run_the_others() {
+    let model = ScriptedModel::new(
+        vec![
+            Step::Calls(vec![
+                ("calculator", json!({ "expression": "2+3" })),
+                ("probe", json!({ "n": 1 })),
+            ]),
+            Step::Answer("done"),
+        ],
+        USAGE,
+    );
+    let probe = Arc::new(ConcurrencyProbe::default());
+    let mut registry = agent_core::ToolRegistry::with_builtins(Duration::from_secs(5)).unwrap();
+    registry.register(probe.clone()).unwrap();
+    let filter = agent_core::ToolFilter::new(&["calc*".to_owned()]).unwrap();
+    let limited =
+        agent_core::Agent::new(model.clone(), Arc::new(registry.only(filter)), LIMITS, None);
+    let result = limited.run_turn(request("add")).await.unwrap();
+    assert_eq!(model.offered.lock().unwrap()[0], ["calculator"]);
+    let tool_messages: Vec<&str> = result
+        .turn
+        .messages
+        .iter()
+        .filter(|message| message.role == Role::Tool)
+        .map(|message| message.content.as_str())
+        .collect();
+    assert_eq!(tool_messages[0], "5");
+    assert!(
+        tool_messages[1].contains("no tool named \"probe\""),
+        "{tool_messages:?}"
+    );
+    assert_eq!(probe.finished.load(Ordering::SeqCst), 0, "never executed");
+    // A model that is no chain names no entry.
+    assert_eq!(result.model, None);
+}

@@ -50,17 +50,44 @@ impl FallbackObserver for Seen {
     }
 }
 
-async fn ask(chain: &ModelChain) -> Result<String, ModelError> {
+/// The answer, and the chain's entry that gave it.
+async fn ask(chain: &ModelChain) -> Result<(String, String), ModelError> {
     let messages = [Message::user("hi")];
     let request = ChatRequest {
         messages: &messages,
         tools: &[],
         sampling: &Default::default(),
     };
-    chain
-        .complete(request)
-        .await
-        .map(|reply| reply.message.content)
+    chain.complete(request).await.map(|reply| {
+        let entry = reply.meta.chain_model.expect("a chain names its entry");
+        (reply.message.content, entry)
+    })
+}
+
+/// What a streamed call answered, and the entry named before its first delta.
+async fn ask_streaming(chain: &ModelChain) -> Result<(String, String), ModelError> {
+    use futures_util::StreamExt;
+    let messages = [Message::user("hi")];
+    let request = ChatRequest {
+        messages: &messages,
+        tools: &[],
+        sampling: &Default::default(),
+    };
+    let mut deltas = chain.stream(request).await?;
+    let first = deltas.next().await.expect("a first delta")?;
+    let agent_core::ModelDelta::Meta(meta) = first else {
+        panic!("the entry comes first: {first:?}")
+    };
+    let mut assembler = agent_core::ReplyAssembler::default();
+    while let Some(delta) = deltas.next().await {
+        assembler.push(delta?);
+    }
+    let reply = assembler.finish()?;
+    Ok((reply.message.content, meta.chain_model.unwrap_or_default()))
+}
+
+fn answer(text: &str, entry: &str) -> (String, String) {
+    (text.to_owned(), entry.to_owned())
 }
 
 #[tokio::test]
@@ -86,13 +113,19 @@ async fn a_failing_model_hands_the_call_to_the_next_and_a_bad_request_stays_bad(
     );
 
     // 500: the next model answers.
-    assert_eq!(ask(&chain).await.unwrap(), "fallback answers");
+    assert_eq!(
+        ask(&chain).await.unwrap(),
+        answer("fallback answers", "claude-haiku")
+    );
     assert_eq!(
         *seen.0.lock().unwrap(),
         [("gpt-4o-mini".to_owned(), "claude-haiku".to_owned())]
     );
     // The next call starts at the first model again.
-    assert_eq!(ask(&chain).await.unwrap(), "primary answers");
+    assert_eq!(
+        ask(&chain).await.unwrap(),
+        answer("primary answers", "gpt-4o-mini")
+    );
     // 400: refused, not tried elsewhere.
     let refused = ask(&chain).await.unwrap_err();
     assert!(matches!(refused, ModelError::Rejected(_)), "{refused:?}");
@@ -115,5 +148,22 @@ async fn a_chain_whose_every_model_failed_answers_the_last_cause() {
     assert!(
         matches!(failed, ModelError::RateLimited { .. }),
         "{failed:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_call_names_the_entry_that_answers() {
+    let primary = FakeOpenAi::repeating(Scripted::status(502)).await;
+    let fallback = FakeOpenAi::repeating(Scripted::text("fallback streams")).await;
+    let chain = ModelChain::new(
+        vec![
+            ("primary".to_owned(), model(&primary)),
+            ("fallback".to_owned(), model(&fallback)),
+        ],
+        None,
+    );
+    assert_eq!(
+        ask_streaming(&chain).await.unwrap(),
+        answer("fallback streams", "fallback")
     );
 }
