@@ -73,12 +73,14 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let settings = layers.settings()?;
     let effective = layers.effective();
     let mut warnings = layers.warnings;
-    if !settings.agents.is_empty() || !settings.models.is_empty() {
-        warnings.push(
-            "[[agents]] and [[models]] are read and checked, but this release serves only the \
-             global settings' agent: they take effect with the release that serves several agents"
-                .to_owned(),
-        );
+    if settings.profile == crate::Profile::Production {
+        for model in settings.models.iter().filter(|model| model.inline_key) {
+            warnings.push(format!(
+                "models ({}): api_key is written in the configuration file: read it from a file \
+                 (api_key = {{ file = \"/run/secrets/...\" }})",
+                model.name
+            ));
+        }
     }
     Ok(Loaded {
         settings,

@@ -59,6 +59,18 @@ pub struct Settings {
     pub health: HealthSettings,
 }
 
+impl Settings {
+    /// The ids of the agents served: the `[[agents]]` entries', else the one agent of the
+    /// global settings (`openai_api.model_id`).
+    pub fn agent_ids(&self) -> Vec<&str> {
+        if self.agents.is_empty() {
+            vec![self.openai_api.model_id.as_str()]
+        } else {
+            self.agents.iter().map(|agent| agent.id.as_str()).collect()
+        }
+    }
+}
+
 /// An API key, and the name of the caller it identifies (`name:key`). Keys sharing a name are one
 /// caller, so a key can be rotated without losing access; a key without a name is a caller of its
 /// own.

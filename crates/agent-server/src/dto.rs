@@ -59,6 +59,12 @@ pub(crate) struct AgentRequest {
     #[serde(default)]
     #[schema(nullable, max_items = 128)]
     pub(crate) tools: Option<Vec<FunctionDefinition>>,
+    /// The agent that answers (an id of `GET /agents`); null or absent: the session's agent
+    /// for an existing session, else the default agent. One the caller may not use is `404
+    /// agent_not_found`.
+    #[serde(default)]
+    #[schema(nullable, pattern = "^[a-z0-9_-]{1,64}$")]
+    pub(crate) agent: Option<String>,
 }
 
 /// `event: delta` of `POST /agent/stream`: a piece of the answer's text.
@@ -104,6 +110,13 @@ pub(crate) struct AgentResponse {
     /// The run this turn was (`GET /runs/{id}`).
     #[serde(default)]
     pub(crate) run_id: String,
+    /// The agent that answered (`GET /agents/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent: Option<String>,
+    /// The model of the agent's chain that answered the turn's last model call (as the
+    /// `x-agent-model` header says): another than the first when the chain fell back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) model: Option<String>,
 }
 
 impl From<&Finished> for AgentResponse {
@@ -113,6 +126,8 @@ impl From<&Finished> for AgentResponse {
             session_id: finished.session.clone().unwrap_or_default(),
             tokens_used: finished.usage.total(),
             run_id: finished.run_id.clone(),
+            agent: finished.agent.clone(),
+            model: finished.model.clone(),
         }
     }
 }

@@ -111,8 +111,10 @@ pub enum ErrorCode {
     ContextLengthExceeded,
     /// The model server cannot answer in the requested `response_format`; nothing was stored.
     ResponseFormatUnsupported,
-    /// The OpenAI-compatible API was asked for a model other than the agent.
+    /// The OpenAI-compatible API was asked for a model that is none of the caller's agents.
     ModelNotFound,
+    /// No agent of this id is available to the caller (`agent` on `/agent`, `GET /agents/{id}`).
+    AgentNotFound,
     /// No stored response of this caller has this id (`previous_response_id`,
     /// `GET /v1/responses/{id}`).
     ResponseNotFound,
@@ -638,6 +640,9 @@ pub enum StartupError {
     Webhooks(#[source] reqwest::Error),
     #[error("{0}")]
     Approvals(String),
+    /// An `[[agents]]` entry names what does not exist (a tool, a pattern no tool can match).
+    #[error("agents ({agent}): {problem}")]
+    Agent { agent: String, problem: String },
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod access;
 mod admission;
 mod agent_factory;
+mod agents;
 mod approvals;
 mod backends;
 pub mod cli;

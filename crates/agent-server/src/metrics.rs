@@ -270,6 +270,29 @@ impl AppMetrics {
     }
 }
 
+/// Counts one fallback of `agent`'s model chain, from the model `from` to `to`, for `reason`
+/// (the failure's kind).
+pub(crate) fn model_fallback(
+    recorder: &dyn Recorder,
+    agent: &str,
+    from: &str,
+    to: &str,
+    reason: &'static str,
+) {
+    let labels = vec![
+        Label::new("agent", agent.to_owned()),
+        Label::new("from", from.to_owned()),
+        Label::new("to", to.to_owned()),
+        Label::new("reason", reason),
+    ];
+    recorder
+        .register_counter(
+            &Key::from_parts("agent_model_fallbacks_total", labels),
+            &metadata(),
+        )
+        .increment(1);
+}
+
 fn metadata() -> metrics::Metadata<'static> {
     metrics::Metadata::new("agent_server", metrics::Level::INFO, Some(module_path!()))
 }

@@ -69,9 +69,14 @@ struct WorkerState {
 impl WorkerState {
     fn build(shared: &Shared, backends: Backends) -> Result<Self, StartupError> {
         let settings = &shared.settings;
-        let agent = agent_factory::build(settings, &shared.metrics.model, shared.mcp.as_ref())?;
+        let agents = agent_factory::build(
+            settings,
+            &shared.metrics.model,
+            shared.metrics.recorder(),
+            shared.mcp.as_ref(),
+        )?;
         let turns = web::Data::new(Turns::new(
-            agent,
+            agents,
             backends.clone(),
             settings,
             TurnsShared {

@@ -15,13 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{
-    Agent, Message, Resume, Sampling, SessionId, TokenUsage, ToolSpec, TurnRequest, Waits,
-};
+use agent_core::{Message, Resume, Sampling, SessionId, TokenUsage, ToolSpec, TurnRequest, Waits};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
 use crate::admission::{Admission, TurnSlot};
+use crate::agents::{Agents, ServedAgent};
 use crate::approvals::ToolApprovals;
 use crate::backends::Backends;
 use crate::dto::ValidTurn;
@@ -36,7 +35,7 @@ use crate::runs::{RunRegistry, RunTicket};
 /// Runs turns; shared by `/agent` and `/agent/stream`. Cheap to clone.
 #[derive(Debug, Clone)]
 pub(crate) struct Turns {
-    pub(crate) agent: Agent,
+    pub(crate) agents: Agents,
     backends: Backends,
     history_window: usize,
     lock_wait: Duration,
@@ -81,6 +80,8 @@ pub(crate) struct TurnsShared {
 /// What a turn runs on, and its new user message.
 #[derive(Debug)]
 pub(crate) struct TurnInput {
+    /// The agent that answers.
+    pub(crate) agent: Arc<ServedAgent>,
     pub(crate) conversation: Conversation,
     pub(crate) message: String,
     /// The client's sampling choices (the OpenAI-compatible API's), already within bounds.
@@ -123,9 +124,11 @@ pub(crate) enum Conversation {
     },
 }
 
-impl From<ValidTurn> for TurnInput {
-    fn from(turn: ValidTurn) -> Self {
+impl TurnInput {
+    /// `/agent`'s turn, answered by `agent`.
+    pub(crate) fn of_agent(turn: ValidTurn, agent: Arc<ServedAgent>) -> Self {
         Self {
+            agent,
             conversation: Conversation::Session {
                 session: turn.session,
                 new_session: turn.new_session,
@@ -164,6 +167,8 @@ pub(crate) enum WaitMode {
 /// A turn ready to run: the request for the agent, and the held session for `store`.
 #[derive(Debug)]
 pub(crate) struct Prepared {
+    /// The agent that answers.
+    pub(crate) agent: Arc<ServedAgent>,
     pub(crate) request: TurnRequest,
     pub(crate) held: HeldSession,
 }
@@ -229,6 +234,10 @@ pub(crate) struct Finished {
     pub(crate) session: Option<String>,
     /// Tokens over all the turn's model calls.
     pub(crate) usage: TokenUsage,
+    /// The agent that answered (none: read back from a store that does not say).
+    pub(crate) agent: Option<String>,
+    /// The model of its chain that answered the turn's last call (`x-agent-model`).
+    pub(crate) model: Option<String>,
     /// The run the turn was.
     pub(crate) run_id: String,
     /// The calls the turn ended with that the client answers (its tools' calls, approvals),
@@ -249,7 +258,7 @@ pub(crate) fn render_as<R: serde::Serialize>(
 impl Turns {
     /// `store_failing` and `history_cache` are shared by the process's workers.
     pub(crate) fn new(
-        agent: Agent,
+        agents: Agents,
         backends: Backends,
         settings: &Settings,
         shared: TurnsShared,
@@ -258,7 +267,7 @@ impl Turns {
         // run's lease is short and renewed: see `crate::runs::upkeep`).
         let outliving = settings.turn.turn_deadline + Duration::from_secs(30);
         Self {
-            agent,
+            agents,
             backends,
             history_window: settings.turn.history_window,
             lock_wait: settings.api.lock_wait,
@@ -459,15 +468,19 @@ impl Turns {
     ) -> Result<Prepared, ApiError> {
         let started = Instant::now();
         let TurnInput {
+            agent,
             conversation,
             message,
-            sampling,
+            mut sampling,
             instructions,
             earlier,
             wait_mode,
             resume,
             client_tools,
         } = input;
+        if sampling.temperature.is_none() {
+            sampling.temperature = agent.temperature;
+        }
         // Only a stored session's turn waits: a given conversation's is told again in full.
         let wait_mode = match (wait_mode, &conversation) {
             (WaitMode::Suspend, Conversation::Given { .. }) => WaitMode::Answer,
@@ -496,6 +509,7 @@ impl Turns {
                 };
                 let target = Held::Given { caller };
                 return Ok(Prepared {
+                    agent,
                     request,
                     held: HeldSession {
                         target,
@@ -590,6 +604,7 @@ impl Turns {
         let resumable =
             (suspends && (self.approvals.is_some() || !client_tools.is_empty())).then(|| {
                 Box::new(PendingTurn {
+                    agent: Some(agent.id.clone()),
                     message: message.clone(),
                     sampling: sampling.clone(),
                     instructions: instructions.clone(),
@@ -611,6 +626,7 @@ impl Turns {
             resume,
         };
         Ok(Prepared {
+            agent,
             request,
             held: HeldSession {
                 target: Held::Session {

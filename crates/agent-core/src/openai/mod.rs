@@ -30,6 +30,8 @@ pub struct OpenAiOptions {
     /// Including `/v1`.
     pub base_url: String,
     pub api_key: Option<SecretString>,
+    /// Sent with every call (a gateway's own headers); marked sensitive, never logged.
+    pub headers: Vec<(String, SecretString)>,
     pub model: String,
     pub temperature: f32,
     pub max_tokens: u32,
@@ -64,7 +66,17 @@ impl OpenAiModel {
 
     /// A client recording into `metrics` (see [`ModelMetrics::register`]).
     pub fn new(options: OpenAiOptions, metrics: ModelMetrics) -> Result<Self, ModelError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &options.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|error| ModelError::Rejected(format!("header {name}: {error}")))?;
+            let mut value = reqwest::header::HeaderValue::from_str(value.expose_secret())
+                .map_err(|error| ModelError::Rejected(format!("header {name}: {error}")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(options.request_timeout.min(Duration::from_secs(10)))
             // A read timeout, not a total one: a long stream must not be cut, a stalled one must.
             .read_timeout(options.request_timeout)

@@ -23,6 +23,7 @@ fn model(fake: &FakeOpenAi) -> Arc<dyn ChatModel> {
     Arc::new(
         OpenAiModel::new(
             OpenAiOptions {
+                headers: Vec::new(),
                 base_url: fake.base_url(),
                 api_key: None,
                 model: "fake-model".into(),

@@ -31,6 +31,7 @@ fn model(fake: &FakeOpenAi, retry: RetryPolicy) -> OpenAiModel {
 fn model_recording(fake: &FakeOpenAi, retry: RetryPolicy, metrics: ModelMetrics) -> OpenAiModel {
     OpenAiModel::new(
         OpenAiOptions {
+            headers: Vec::new(),
             base_url: fake.base_url(),
             api_key: Some("sk-test".to_owned().into()),
             model: "fake-model".into(),
@@ -287,6 +288,7 @@ async fn an_unreachable_server_is_retried_then_reported_as_upstream() {
     drop(listener);
     let model = OpenAiModel::new(
         OpenAiOptions {
+            headers: Vec::new(),
             base_url: format!("http://127.0.0.1:{port}/v1"),
             api_key: None,
             model: "m".into(),

@@ -9,6 +9,7 @@ fn accepted(message: &str) -> bool {
         response_format: None,
         background: false,
         tools: None,
+        agent: None,
     }
     .checked(100, "anonymous")
     .is_ok()

@@ -137,8 +137,16 @@ pub(crate) async fn post_run_actions(
             });
         return Ok(HttpResponse::Ok().json(waiting));
     }
-    // Every call answered: the run goes on here. Room for it first, before the answer is taken.
+    // Every call answered: the run goes on here, with its agent. Room for it first, before the
+    // answer is taken.
     let turns = &routes.turns;
+    let agent = turns
+        .agents
+        .of_run(pending.turn.agent.as_deref())
+        .map_err(|problem| ApiError::Conflict {
+            code: ErrorCode::RunNotWaiting,
+            message: problem,
+        })?;
     let slot = turns.admit()?;
     let Some(session) = run.session.clone() else {
         return Err(ApiError::Internal(anyhow::anyhow!(
@@ -156,6 +164,7 @@ pub(crate) async fn post_run_actions(
         ..
     } = pending;
     let input = TurnInput {
+        agent,
         conversation: Conversation::Session {
             session,
             new_session: false,

@@ -33,7 +33,7 @@ use crate::turn::{Finished, TurnInput};
         (status = 202, description = "With `background`: the run is queued; follow `Location` (a retry with the same Idempotency-Key gets the same run)", body = RunView,
             headers(("Location" = String, description = "`/runs/{id}` of the queued run"))),
         (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
-        (status = 404, description = "The session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
+        (status = 404, description = "No agent of this id is available to the caller (`agent_not_found`), or the session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
         (status = 409, description = "The session has an active run (`session_busy`, naming it), it changed (`session_conflict`), the key's first request is running (`idempotency_key_in_progress`), or the run was cancelled (`run_cancelled`) or lost (`run_lost`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
@@ -67,6 +67,7 @@ pub(crate) async fn post_agent(
             first; `x-sse-events` maps each name to its schema. With `background`, the run is queued and these are its \
             events (`GET /runs/{id}/events` resumes them; going away cancels nothing)", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
+        (status = 404, description = "No agent of this id is available to the caller (`agent_not_found`)", body = ErrorBody),
         (status = 409, description = "The session has an active run (`session_busy`, naming it)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
@@ -113,18 +114,27 @@ impl TurnWire for AgentRequest {
             .filter(|tools| !tools.is_empty())
             .and_then(|tools| serde_json::to_string(tools).ok());
         parts.extend(tools.as_deref());
+        // Counted only when named, as the format is.
+        let agent = self.agent.as_ref().map(|agent| format!("\0agent {agent}"));
+        parts.extend(agent.as_deref());
         idempotency::fingerprint(&parts)
     }
 
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let agent = incoming
+            .routes
+            .turns
+            .agents
+            .choose(self.agent.as_deref(), &incoming.caller)
+            .map_err(|missing| missing.into_error(ErrorCode::AgentNotFound, "agent"))?;
         let client_tools = client_tools::checked(
             client_tools::of_agent(self.tools.as_deref()),
             None,
-            &incoming.routes.turns.agent,
+            &agent.agent,
         )?;
         let turn = self.checked(incoming.settings().api.max_message_chars, &incoming.caller)?;
         let background = turn.background;
-        let mut input: TurnInput = turn.into();
+        let mut input = TurnInput::of_agent(turn, agent);
         input.client_tools = client_tools;
         Ok(Valid {
             background,

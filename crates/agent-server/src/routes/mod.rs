@@ -2,6 +2,7 @@
 
 mod actions;
 pub(crate) mod agent;
+mod agents;
 mod docs;
 pub(crate) mod openai;
 pub(crate) mod pages;
@@ -44,6 +45,8 @@ pub(crate) fn configure(config: &mut web::ServiceConfig, openai_body_limit: usiz
         .service(get_only("/sessions", sessions::list_sessions))
         .service(get_only("/usage", usage::get_usage))
         .service(get_only("/tools", tools::list_tools))
+        .service(get_only("/agents", agents::list_agents))
+        .service(get_only("/agents/{id}", agents::get_agent))
         .service(get_only("/runs/{id}", runs::get_run))
         .service(get_only("/runs/{id}/events", runs::run_events))
         .service(post_only("/runs/{id}/cancel", runs::cancel_run))

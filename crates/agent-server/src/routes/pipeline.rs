@@ -166,7 +166,11 @@ pub(crate) async fn serve<W: TurnWire>(
         }
         (None, None) => {
             let (finished, _) = run(&routes, input, slot, extras).await?;
-            HttpResponse::Ok().json(answer(&finished))
+            let mut response = HttpResponse::Ok();
+            if let Some(model) = model_header(&finished) {
+                response.insert_header(model);
+            }
+            response.json(answer(&finished))
         }
         (None, Some((key, fingerprint))) => {
             let key = idempotency::scoped(&request, W::KEY_NAMESPACE, &key);
@@ -183,6 +187,7 @@ pub(crate) async fn serve<W: TurnWire>(
                 }),
                 ..extras
             };
+            let answered_by = std::sync::OnceLock::new();
             let once = idempotency::run_once(
                 &routes.backends,
                 &key,
@@ -191,12 +196,21 @@ pub(crate) async fn serve<W: TurnWire>(
                 retention,
                 || async {
                     let (finished, completed) = run(&routes, input, slot, extras).await?;
+                    if let Some(model) = model_header(&finished) {
+                        let _ = answered_by.set(model);
+                    }
                     Ok((answer(&finished), completed))
                 },
             )
             .await?;
             match once {
-                Once::Ran(answer) => HttpResponse::Ok().json(answer),
+                Once::Ran(answer) => {
+                    let mut response = HttpResponse::Ok();
+                    if let Some(model) = answered_by.into_inner() {
+                        response.insert_header(model);
+                    }
+                    response.json(answer)
+                }
                 Once::Replayed(stored) => HttpResponse::Ok()
                     .insert_header(("Idempotent-Replayed", "true"))
                     .content_type("application/json")
@@ -208,6 +222,14 @@ pub(crate) async fn serve<W: TurnWire>(
         response.headers_mut().insert(name, value);
     }
     Ok(response)
+}
+
+/// `x-agent-model`: the model of the agent's chain that answered the turn's last call.
+pub(crate) const MODEL_HEADER: &str = "x-agent-model";
+
+fn model_header(finished: &Finished) -> Option<(HeaderName, HeaderValue)> {
+    let value = HeaderValue::from_str(finished.model.as_deref()?).ok()?;
+    Some((HeaderName::from_static(MODEL_HEADER), value))
 }
 
 /// Queues a background run: answers the route's answer to a queued run ([`TurnWire::queued`];

@@ -80,8 +80,9 @@ enum ServerState {
     Down,
 }
 
-/// The tools the agent has now: their source (`builtin`, `http`, `mcp`) and state, and the MCP
-/// servers with their connection state.
+/// Every tool of the deployment now (whichever agents have it: `GET /agents/{id}` says which):
+/// their source (`builtin`, `http`, `mcp`) and state, and the MCP servers with their connection
+/// state.
 #[utoipa::path(
     get,
     path = "/tools",
@@ -89,7 +90,7 @@ enum ServerState {
     responses((status = 200, body = ToolList))
 )]
 pub(crate) async fn list_tools(turns: Data<Turns>) -> HttpResponse {
-    let registry = turns.agent.tools();
+    let registry = turns.agents.all_tools();
     let mut tools: Vec<ToolView> = registry
         .fixed()
         .map(|(spec, source)| ToolView {

@@ -120,16 +120,20 @@ async fn drive(
     mode: Mode,
     writer: Option<LogWriter>,
 ) -> Outcome {
-    let Prepared { request, held } = prepared;
+    let Prepared {
+        agent,
+        request,
+        held,
+    } = prepared;
     let live = Arc::clone(held.run.live());
     let cancelled = live.cancellation();
     let result: Option<Result<TurnResult, agent_core::AgentError>> = match (mode, writer) {
         (Mode::Blocking, _) => tokio::select! {
-            result = turns.agent.run_turn(request) => Some(result),
+            result = agent.agent.run_turn(request) => Some(result),
             () = cancelled.cancelled() => None,
         },
         (Mode::Streaming | Mode::Background, mut writer) => {
-            let mut events = turns.agent.run_turn_streaming(request);
+            let mut events = agent.agent.run_turn_streaming(request);
             let result = loop {
                 let event = tokio::select! {
                     event = events.next() => event,
@@ -171,9 +175,9 @@ async fn drive(
     };
     match result {
         Some(Ok(result)) if !result.waiting.is_empty() && held.can_wait() => {
-            turns.suspend(held, result, extras).await
+            turns.suspend(held, &agent, result, extras).await
         }
-        Some(Ok(result)) => turns.store(held, result, extras).await,
+        Some(Ok(result)) => turns.store(held, &agent, result, extras).await,
         Some(Err(error)) => Err(turns.fail(held, error).await),
         None => Err(turns.stopped(held).await),
     }

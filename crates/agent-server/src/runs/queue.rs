@@ -16,6 +16,7 @@ use tracing::Instrument;
 
 use super::executor::{Mode, execute};
 use super::waiting::ClientTool;
+use crate::agents::Agents;
 use crate::error::{ApiError, ErrorCode};
 use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode};
 
@@ -23,6 +24,9 @@ use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode
 /// (the run's record has them).
 #[derive(Debug, Serialize, Deserialize)]
 struct QueuedTurn {
+    /// The agent that answers (none: queued before agents were named, the default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
     message: String,
     #[serde(default)]
     sampling: Sampling,
@@ -101,6 +105,7 @@ impl QueuedTurn {
             Conversation::Given { history, .. } => (false, None, Some(history)),
         };
         Self {
+            agent: Some(input.agent.id.clone()),
             message: input.message,
             sampling: input.sampling,
             instructions: input.instructions,
@@ -115,7 +120,12 @@ impl QueuedTurn {
     }
 
     /// The turn of the run `record`, and what its store keeps besides.
-    fn into_input(self, record: &RunRecord) -> Result<(TurnInput, Extras), String> {
+    fn into_input(
+        self,
+        record: &RunRecord,
+        agents: &Agents,
+    ) -> Result<(TurnInput, Extras), String> {
+        let agent = agents.of_run(self.agent.as_deref())?;
         let conversation = match (self.given, &record.session) {
             (Some(history), _) => Conversation::Given {
                 caller: record.owner.clone(),
@@ -129,6 +139,7 @@ impl QueuedTurn {
             (None, None) => return Err("a queued run with neither session nor conversation".into()),
         };
         let input = TurnInput {
+            agent,
             conversation,
             message: self.message,
             sampling: self.sampling,
@@ -297,7 +308,7 @@ async fn take_one(turns: &Arc<Turns>) -> bool {
     );
     let input = serde_json::from_str::<QueuedTurn>(&input)
         .map_err(|error| error.to_string())
-        .and_then(|queued| queued.into_input(&record));
+        .and_then(|queued| queued.into_input(&record, &turns.agents));
     let (input, extras) = match input {
         Ok(input) => input,
         Err(problem) => {

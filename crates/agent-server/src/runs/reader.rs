@@ -151,6 +151,8 @@ fn terminal(run: &RunRecord) -> LiveEvent {
                 .as_ref()
                 .map(|session| session.local().to_owned()),
             usage: run.usage,
+            agent: None,
+            model: None,
             run_id: run.id.clone(),
             waiting: run
                 .action

@@ -30,6 +30,9 @@ pub(crate) struct Pending {
 /// The input of a turn that may wait, kept to continue it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct PendingTurn {
+    /// The agent that answers (none: kept before agents were named, the default one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) agent: Option<String>,
     pub(crate) message: String,
     #[serde(default)]
     pub(crate) sampling: Sampling,

@@ -11,6 +11,7 @@ use agent_storage::{
 use tracing::Instrument;
 
 use super::{Finished, Held, HeldSession, Render, Turns, observe, unix_now};
+use crate::agents::ServedAgent;
 use crate::error::{ApiError, ErrorCode};
 use crate::metrics::{TurnCost, TurnOutcome};
 use crate::runs::live::{CancelReason, Recording};
@@ -28,6 +29,7 @@ impl Turns {
     pub(crate) async fn store(
         &self,
         held: HeldSession,
+        agent: &ServedAgent,
         result: TurnResult,
         extras: Extras,
     ) -> Result<(Finished, bool), ApiError> {
@@ -47,6 +49,7 @@ impl Turns {
             mut turn,
             response,
             waiting,
+            model,
             ..
         } = result;
         // A turn whose run does not wait answers with the calls it ended with (and completes).
@@ -65,6 +68,8 @@ impl Turns {
                 Held::Given { .. } => None,
             },
             usage: turn.usage,
+            agent: Some(agent.id.clone()),
+            model,
             run_id: run.id().to_owned(),
             waiting,
         };
@@ -181,6 +186,7 @@ impl Turns {
     pub(crate) async fn suspend(
         &self,
         held: HeldSession,
+        agent: &ServedAgent,
         result: TurnResult,
         extras: Extras,
     ) -> Result<(Finished, bool), ApiError> {
@@ -246,6 +252,8 @@ impl Turns {
                         text: result.response,
                         session: Some(session.local().to_owned()),
                         usage: pending.usage,
+                        agent: Some(agent.id.clone()),
+                        model: result.model,
                         run_id: live.id.clone(),
                         waiting,
                     },

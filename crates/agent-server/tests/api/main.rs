@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod agent;
+mod agents;
 mod approvals;
 mod background;
 mod bad_input;

@@ -115,6 +115,8 @@ async fn an_approved_call_runs_once_on_whichever_replica_takes_the_answer() {
             "session_id": "waits-1",
             "tokens_used": done.1["tokens_used"],
             "run_id": run,
+            "agent": "agent",
+            "model": done.1["model"],
         })
     );
     assert_eq!(refused.0, 409, "{refused:?}");

@@ -23,7 +23,7 @@ use super::request::{
     turn_request, within,
 };
 use super::response_calls::{LAST_STORED, dangling, session_answers};
-use super::{OpenAiErrorBody, check_model};
+use super::{OpenAiErrorBody, agent_of_model};
 use crate::dto::format::ChatResponseFormat;
 use crate::dto::{deserialize_text_or_list, session_id};
 use crate::error::ApiError;
@@ -356,7 +356,7 @@ impl TurnWire for ChatCompletionRequest {
         let settings = incoming.settings();
         let caller = incoming.caller.as_str();
         let header = session_header(incoming.request)?;
-        check_model(&self.model, settings)?;
+        let agent = agent_of_model(&self.model, caller, &incoming.routes.turns)?;
         self.refuse_unsupported()?;
         let sampling = self.sampling(settings)?;
         let named = self
@@ -391,7 +391,7 @@ impl TurnWire for ChatCompletionRequest {
         let client_tools = client_tools::checked(
             client_tools::of_chat(self.tools.as_deref()),
             self.tool_choice.as_ref(),
-            &incoming.routes.turns.agent,
+            &agent.agent,
         )
         .map_err(as_bad_request)?;
         // The conversation ends with the user's message, or with the results of the client's
@@ -526,7 +526,7 @@ impl TurnWire for ChatCompletionRequest {
                 history,
             },
         };
-        let model = settings.openai_api.model_id.clone();
+        let model = agent.id.clone();
         let stream = self
             .stream
             .unwrap_or(false)
@@ -534,6 +534,7 @@ impl TurnWire for ChatCompletionRequest {
         Ok(Valid {
             background: false,
             input: TurnInput {
+                agent,
                 conversation,
                 message,
                 sampling,

@@ -1,5 +1,5 @@
-//! The OpenAI-compatible routes in `/openapi.json`, fitted to the configuration: the one model
-//! id, the roles a request may use, the token bound, the fields accepted only when they ask for
+//! The OpenAI-compatible routes in `/openapi.json`, fitted to the configuration: the agents' ids
+//! as the models, the roles a request may use, the token bound, the fields accepted only when they ask for
 //! nothing unsupported, and the two event streams.
 
 use agent_config::Settings;
@@ -14,7 +14,7 @@ use crate::routes::docs::{Fitting, schema_ref};
 
 /// Fits the OpenAI-compatible part of the document (see the module doc).
 pub(crate) fn fit(fitting: &mut Fitting, settings: &Settings) {
-    let model_id = json!([settings.openai_api.model_id]);
+    let model_id = json!(settings.agent_ids());
     fitting.property::<ChatCompletionRequest>("model")["enum"] = model_id.clone();
     for tokens in ["max_tokens", "max_completion_tokens"] {
         fitting.property::<ChatCompletionRequest>(tokens)["maximum"] =

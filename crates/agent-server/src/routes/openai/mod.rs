@@ -13,18 +13,20 @@ mod response_input;
 mod response_object;
 mod responses;
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::ServiceResponse;
 use actix_web::http::{StatusCode, header};
 use actix_web::web::{Data, Path};
-use actix_web::{HttpResponse, ResponseError};
-use agent_config::Settings;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::access::caller_name;
+use crate::agents::ServedAgent;
 use crate::error::{ApiError, ErrorCode, ErrorFacts};
+use crate::turn::Turns;
 pub(crate) use crate::turn::unix_now;
 
 pub(crate) use chat::{__path_post_chat_completions, post_chat_completions};
@@ -43,14 +45,14 @@ pub(crate) const PREFIX: &str = "/v1/";
 pub(crate) struct ModelList {
     /// Always `list`.
     object: String,
-    /// The agent, the one model.
+    /// The agents the caller may use, each as a model.
     data: Vec<ModelObject>,
 }
 
-/// The agent as a model.
+/// An agent as a model.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ModelObject {
-    /// `AGENT_OPENAI_API__MODEL_ID`.
+    /// The agent's id (without `[[agents]]`: `AGENT_OPENAI_API__MODEL_ID`).
     id: String,
     /// Always `model`.
     object: String,
@@ -62,62 +64,64 @@ pub(crate) struct ModelObject {
 /// When this process first answered a `/v1/models` request: the models' `created`.
 static STARTED: LazyLock<u64> = LazyLock::new(unix_now);
 
-fn the_model(settings: &Settings) -> ModelObject {
+fn model_object(agent: &ServedAgent) -> ModelObject {
     ModelObject {
-        id: settings.openai_api.model_id.clone(),
+        id: agent.id.clone(),
         object: "model".into(),
         created: *STARTED,
         owned_by: "agent-server".into(),
     }
 }
 
-/// The models this server offers: the agent.
+/// The models this server offers: the agents the caller may use.
 #[utoipa::path(
     get,
     path = "/v1/models",
     tag = "openai",
     responses((status = 200, body = ModelList))
 )]
-pub(crate) async fn list_models(settings: Data<Settings>) -> HttpResponse {
+pub(crate) async fn list_models(request: HttpRequest, turns: Data<Turns>) -> HttpResponse {
+    let caller = caller_name(&request);
     HttpResponse::Ok().json(ModelList {
         object: "list".into(),
-        data: vec![the_model(&settings)],
+        data: turns
+            .agents
+            .visible(&caller)
+            .map(|agent| model_object(agent))
+            .collect(),
     })
 }
 
-/// One model: the agent, by its id.
+/// One model: an agent, by its id.
 #[utoipa::path(
     get,
     path = "/v1/models/{model}",
     tag = "openai",
-    params(("model" = String, Path, description = "The model id (`AGENT_OPENAI_API__MODEL_ID`)")),
+    params(("model" = String, Path, description = "The agent's id (`GET /v1/models` lists them)")),
     responses(
         (status = 200, body = ModelObject),
-        (status = 404, description = "No such model (`model_not_found`)", body = OpenAiErrorBody),
+        (status = 404, description = "No such model among the caller's agents (`model_not_found`)", body = OpenAiErrorBody),
     )
 )]
 pub(crate) async fn get_model(
+    request: HttpRequest,
     model: Path<String>,
-    settings: Data<Settings>,
+    turns: Data<Turns>,
 ) -> Result<HttpResponse, ApiError> {
-    check_model(&model, &settings)?;
-    Ok(HttpResponse::Ok().json(the_model(&settings)))
+    let agent = agent_of_model(&model, &caller_name(&request), &turns)?;
+    Ok(HttpResponse::Ok().json(model_object(&agent)))
 }
 
-/// 404 `model_not_found` unless `model` is the agent's id.
-pub(crate) fn check_model(model: &str, settings: &Settings) -> Result<(), ApiError> {
-    if model == settings.openai_api.model_id {
-        return Ok(());
-    }
-    Err(ApiError::invalid_param(
-        StatusCode::NOT_FOUND,
-        ErrorCode::ModelNotFound,
-        "model",
-        format!(
-            "the model `{model}` does not exist; this server offers `{}`",
-            settings.openai_api.model_id
-        ),
-    ))
+/// The agent `model` names, if `caller` may use it; else 404 `model_not_found`.
+pub(crate) fn agent_of_model(
+    model: &str,
+    caller: &str,
+    turns: &Turns,
+) -> Result<Arc<ServedAgent>, ApiError> {
+    turns
+        .agents
+        .choose(Some(model), caller)
+        .map_err(|missing| missing.into_error(ErrorCode::ModelNotFound, "model"))
 }
 
 /// OpenAI's error body.

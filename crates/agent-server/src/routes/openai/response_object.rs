@@ -197,6 +197,8 @@ impl Echo {
             text: stored.output_text,
             session: None,
             usage: stored.usage,
+            agent: None,
+            model: None,
             run_id: String::new(),
             waiting: Vec::new(),
         };

@@ -22,7 +22,7 @@ use super::request::{Content, TurnRefusals, as_bad_request, bad, first_refusal, 
 use super::response_calls::{self, Entry, Planned};
 use super::response_input::{ResponseInput, input_entry, last_messages};
 use super::response_object::{Echo, ResponseEvents, ResponseObject};
-use super::{OpenAiErrorBody, check_model, unix_now};
+use super::{OpenAiErrorBody, agent_of_model, unix_now};
 use crate::access::caller_name;
 use crate::backends::Backends;
 use crate::dto::format::TextFormat;
@@ -153,7 +153,7 @@ impl ResponseRequest {
         let settings = incoming.settings();
         let caller = incoming.caller.as_str();
         let backends = &incoming.routes.backends;
-        check_model(&self.model, settings)?;
+        let agent = agent_of_model(&self.model, caller, &incoming.routes.turns)?;
         self.refuse_unsupported()?;
         let text_format = self.text.as_ref().and_then(|text| text.format.clone());
         let shared = self
@@ -174,7 +174,7 @@ impl ResponseRequest {
         let client_tools = client_tools::checked(
             client_tools::of_responses(self.tools.as_deref()),
             self.tool_choice.as_ref(),
-            &incoming.routes.turns.agent,
+            &agent.agent,
         )
         .map_err(as_bad_request)?;
         let mut entries: Vec<Entry> = Vec::new();
@@ -286,6 +286,7 @@ impl ResponseRequest {
         Ok(Valid {
             background,
             input: TurnInput {
+                agent,
                 conversation,
                 message,
                 sampling,

@@ -1,0 +1,155 @@
+//! The agents this deployment serves: one per `[[agents]]` entry (its instructions, model chain,
+//! tools, limits and callers), or one made of the global settings when there is none, with the
+//! id `AGENT_OPENAI_API__MODEL_ID`. A request names its agent (`agent` on `/agent`, `model` on
+//! `/v1`) or gets the default one; an agent a caller may not use is, to that caller, no agent
+//! at all (404). Choosing is a lookup: every agent is built at startup, per worker.
+
+use std::sync::Arc;
+
+use agent_core::{Agent, ToolRegistry};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// One agent as it is served.
+#[derive(Debug)]
+pub(crate) struct ServedAgent {
+    pub(crate) id: String,
+    pub(crate) name: String,
+    pub(crate) description: String,
+    /// The names of its model chain, first to last.
+    pub(crate) models: Vec<String>,
+    /// Who may use it (none: every caller).
+    callers: Option<Vec<String>>,
+    /// Its sampling temperature when the request sets none.
+    pub(crate) temperature: Option<f32>,
+    pub(crate) agent: Agent,
+}
+
+impl ServedAgent {
+    pub(crate) fn new(
+        id: String,
+        name: String,
+        description: String,
+        models: Vec<String>,
+        callers: Option<Vec<String>>,
+        temperature: Option<f32>,
+        agent: Agent,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            description,
+            models,
+            callers,
+            temperature,
+            agent,
+        }
+    }
+
+    /// Whether `caller` may use it.
+    pub(crate) fn allows(&self, caller: &str) -> bool {
+        self.callers
+            .as_ref()
+            .is_none_or(|callers| callers.iter().any(|allowed| allowed == caller))
+    }
+}
+
+/// Every agent served, and which one a request that names none gets. Cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct Agents {
+    list: Arc<[Arc<ServedAgent>]>,
+    default: usize,
+    /// Every tool of the deployment, whichever agent has it (`GET /tools`).
+    all_tools: Arc<ToolRegistry>,
+}
+
+/// Why no agent was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NoSuchAgent {
+    /// The id asked for (none: the default one, which the caller may not use).
+    pub(crate) requested: Option<String>,
+}
+
+impl NoSuchAgent {
+    /// The API's error: 404 with `code` (`agent_not_found`, or `model_not_found` on `/v1`)
+    /// naming the field the id came from.
+    pub(crate) fn into_error(self, code: ErrorCode, field: &str) -> ApiError {
+        let message = match &self.requested {
+            Some(id) => format!("there is no agent `{id}` (GET /agents lists yours)"),
+            None => format!(
+                "the default agent is not available to you: name one in `{field}` (GET /agents \
+                 lists yours)"
+            ),
+        };
+        ApiError::invalid_param(actix_web::http::StatusCode::NOT_FOUND, code, field, message)
+    }
+}
+
+impl Agents {
+    /// `list` has at least one agent; `default` indexes it.
+    pub(crate) fn new(
+        list: Vec<Arc<ServedAgent>>,
+        default: usize,
+        all_tools: Arc<ToolRegistry>,
+    ) -> Self {
+        assert!(default < list.len(), "the default agent is one of the list");
+        Self {
+            list: list.into(),
+            default,
+            all_tools,
+        }
+    }
+
+    /// The agent a request that names none gets.
+    pub(crate) fn default_agent(&self) -> &Arc<ServedAgent> {
+        &self.list[self.default]
+    }
+
+    /// The agent of this id, whoever may use it (a stored run's, chosen when it was asked for).
+    pub(crate) fn get(&self, id: &str) -> Option<&Arc<ServedAgent>> {
+        self.list.iter().find(|agent| agent.id == id)
+    }
+
+    /// The agent a stored run was asked of (none: stored before agents were named, the default
+    /// one); a run of an agent no longer served cannot go on.
+    pub(crate) fn of_run(&self, id: Option<&str>) -> Result<Arc<ServedAgent>, String> {
+        match id {
+            None => Ok(Arc::clone(self.default_agent())),
+            Some(id) => self
+                .get(id)
+                .cloned()
+                .ok_or_else(|| format!("the run's agent `{id}` is no longer served")),
+        }
+    }
+
+    /// The agent `requested` (or the default one) if `caller` may use it.
+    pub(crate) fn choose(
+        &self,
+        requested: Option<&str>,
+        caller: &str,
+    ) -> Result<Arc<ServedAgent>, NoSuchAgent> {
+        let found = match requested {
+            Some(id) => self.get(id),
+            None => Some(self.default_agent()),
+        };
+        found
+            .filter(|agent| agent.allows(caller))
+            .cloned()
+            .ok_or_else(|| NoSuchAgent {
+                requested: requested.map(str::to_owned),
+            })
+    }
+
+    /// The agents `caller` may use, in configuration order.
+    pub(crate) fn visible<'a>(
+        &'a self,
+        caller: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<ServedAgent>> + 'a {
+        self.list.iter().filter(move |agent| agent.allows(caller))
+    }
+
+    /// Every tool of the deployment.
+    pub(crate) fn all_tools(&self) -> &ToolRegistry {
+        &self.all_tools
+    }
+}

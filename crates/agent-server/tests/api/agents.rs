@@ -1,0 +1,344 @@
+//! Several agents in one deployment: each answers with its own instructions and tools (what the
+//! fake model was sent shows which one answered), a caller sees and uses only the agents its
+//! `callers` allow (404 otherwise, in OpenAI's shape on `/v1`), a model outside an agent's tools
+//! is refused where tools run, and a chain falls back on a 5xx but never on a 400.
+
+use fake_openai::{FakeOpenAi, Scripted};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, builder, config_file, error_code, spawn_with_model};
+
+const KEYS: &str = "alice:key-alice,bob:key-bob";
+
+const TWO_AGENTS: &str = r#"
+default_agent = "support"
+
+[[agents]]
+id = "support"
+name = "Support"
+description = "Answers questions about orders."
+instructions = "You are the support agent."
+tools = ["calculator"]
+
+[[agents]]
+id = "research"
+instructions = "You are the research agent."
+tools = ["current_*"]
+callers = ["alice"]
+"#;
+
+/// A request as the holder of `key`.
+fn as_caller(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    key: &str,
+) -> reqwest::RequestBuilder {
+    app.client
+        .request(method, format!("{}{path}", app.address))
+        .header("authorization", format!("Bearer {key}"))
+}
+
+async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+/// The system prompt and the offered tools' names of the model's request number `index`.
+async fn sent(fake: &FakeOpenAi, index: usize) -> (String, Vec<String>) {
+    let requests = fake.requests().await;
+    let request = &requests[index];
+    let system = request["messages"][0]["content"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let tools = request["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|tool| tool["function"]["name"].as_str())
+        .map(str::to_owned)
+        .collect();
+    (system, tools)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_it_allows() {
+    let fake = FakeOpenAi::repeating(Scripted::text("hello")).await;
+    let file = config_file(TWO_AGENTS);
+    let app = spawn_with_model(
+        &fake,
+        &[("AGENT_CONFIG", file.as_str()), ("AGENT_API_KEYS", KEYS)],
+    )
+    .await;
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    // Bob sees the support agent only.
+    let (status, listed) = json_of(
+        as_caller(&app, get.clone(), "/agents", "key-bob")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{listed}");
+    let support = &listed["agents"][0];
+    assert_eq!(listed["agents"].as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(support["id"], "support");
+    assert_eq!(support["name"], "Support");
+    assert_eq!(support["description"], "Answers questions about orders.");
+    assert_eq!(support["default"], true);
+    assert_eq!(support["tools"], json!(["calculator"]));
+    let model = support["models"][0].as_str().unwrap().to_owned();
+    assert!(!listed.to_string().contains("127.0.0.1"), "no address");
+    for path in ["/agents/research", "/agents/nobody"] {
+        let (status, body) = json_of(
+            as_caller(&app, get.clone(), path, "key-bob")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(error_code(&body), "agent_not_found");
+    }
+    let (status, body) = json_of(
+        as_caller(&app, post.clone(), "/agent", "key-bob")
+            .json(&json!({"message": "hi", "agent": "research"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(error_code(&body), "agent_not_found");
+    let (_, models) = json_of(
+        as_caller(&app, get.clone(), "/v1/models", "key-bob")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
+    assert_eq!(models["data"][0]["id"], "support");
+    let (status, body) = json_of(
+        as_caller(&app, post.clone(), "/v1/chat/completions", "key-bob")
+            .json(&json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+    assert_eq!(body["error"]["param"], "model", "{body}");
+    assert!(
+        fake.requests().await.is_empty(),
+        "nothing reached the model"
+    );
+
+    // Alice: the default agent, then the research agent, each as itself.
+    let response = as_caller(&app, post.clone(), "/agent", "key-alice")
+        .json(&json!({"message": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-agent-model"], model.as_str());
+    let (status, body) = json_of(response).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["agent"], "support");
+    assert_eq!(body["model"], model.as_str());
+    assert_eq!(
+        sent(&fake, 0).await,
+        (
+            "You are the support agent.".to_owned(),
+            vec!["calculator".to_owned()]
+        )
+    );
+    let (status, body) = json_of(
+        as_caller(&app, post.clone(), "/agent", "key-alice")
+            .json(&json!({"message": "hi", "agent": "research"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["agent"], "research");
+    assert_eq!(
+        sent(&fake, 1).await,
+        (
+            "You are the research agent.".to_owned(),
+            vec!["current_time".to_owned()]
+        )
+    );
+    let (status, body) = json_of(
+        as_caller(&app, post.clone(), "/v1/chat/completions", "key-alice")
+            .json(&json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "research");
+    assert_eq!(sent(&fake, 2).await.0, "You are the research agent.");
+    let (status, body) = json_of(
+        as_caller(&app, post, "/v1/responses", "key-alice")
+            .json(&json!({"model": "support", "input": "hi"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model"], "support");
+    assert_eq!(sent(&fake, 3).await.0, "You are the support agent.");
+    let (_, models) = json_of(
+        as_caller(&app, get, "/v1/models", "key-alice")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|model| model["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["support", "research"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_of_a_tool_outside_the_agents_list_is_refused_never_run() {
+    let fake = FakeOpenAi::start(vec![
+        Scripted::ToolCalls(vec![
+            (
+                "calculator".to_owned(),
+                json!({"expression": "2+3"}).to_string(),
+            ),
+            ("current_time".to_owned(), "{}".to_owned()),
+        ]),
+        Scripted::text("done"),
+    ])
+    .await;
+    let file = config_file(TWO_AGENTS);
+    let app = spawn_with_model(&fake, &[("AGENT_CONFIG", file.as_str())]).await;
+    let response = app.agent(json!({"message": "add and tell the time"})).await;
+    assert_eq!(response.status(), 200);
+    let requests = fake.requests().await;
+    let results: Vec<&str> = requests[1]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "tool")
+        .filter_map(|message| message["content"].as_str())
+        .collect();
+    assert_eq!(results[0], "5");
+    assert!(
+        results[1].starts_with("error:") && results[1].contains("no tool named \"current_time\""),
+        "{results:?}"
+    );
+}
+
+/// A server whose agent `support` calls the model `primary`, then `backup`.
+async fn fallback_app(primary: &FakeOpenAi, backup: &FakeOpenAi) -> TestApp {
+    let toml = format!(
+        r#"
+[[agents]]
+id = "support"
+model = "primary"
+fallbacks = ["backup"]
+
+[[models]]
+name = "primary"
+base_url = "{}"
+model = "primary-model"
+max_attempts = 1
+
+[[models]]
+name = "backup"
+base_url = "{}"
+model = "backup-model"
+api_key = "backup-key"
+headers = {{ X-Gateway = "eu" }}
+"#,
+        primary.base_url(),
+        backup.base_url()
+    );
+    let file = config_file(&toml);
+    spawn_with_model(primary, &[("AGENT_CONFIG", file.as_str())]).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_model_falls_back_to_the_next_of_the_chain_and_a_refused_request_does_not() {
+    let primary = FakeOpenAi::start(vec![
+        Scripted::status(500),
+        Scripted::status(503),
+        Scripted::status(400),
+    ])
+    .await;
+    let backup = FakeOpenAi::repeating(Scripted::text("backup answers")).await;
+    let app = fallback_app(&primary, &backup).await;
+
+    // A 500: the backup answers, and the header, the body and the metric say so.
+    let response = app.agent(json!({"message": "hi"})).await;
+    assert_eq!(response.headers()["x-agent-model"], "backup");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["response"], "backup answers", "{body}");
+    assert_eq!(body["model"], "backup");
+    let sent = backup.requests().await;
+    assert_eq!(sent[0]["model"], "backup-model");
+    assert_eq!(
+        backup.header_values("authorization").await,
+        [Some("Bearer backup-key".to_owned())]
+    );
+    assert_eq!(
+        backup.header_values("x-gateway").await,
+        [Some("eu".to_owned())]
+    );
+    let metrics = app.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"agent_model_fallbacks_total{agent="support",from="primary",to="backup",reason="upstream"} 1"#
+        ),
+        "{metrics}"
+    );
+
+    // A stream names the model in its final event.
+    let events = app
+        .stream(json!({"message": "hi"}))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let done = events
+        .split("\n\n")
+        .find(|event| event.contains("event: done"))
+        .unwrap_or_else(|| panic!("{events}"));
+    assert!(done.contains(r#""model":"backup""#), "{done}");
+
+    // A 400: the request is bad wherever it goes; no fallback.
+    let response = app.agent(json!({"message": "hi"})).await;
+    assert_eq!(response.status(), 502);
+    assert!(response.headers().get("x-agent-model").is_none());
+    assert_eq!(backup.requests().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_naming_no_tool_or_model_that_exists_stops_startup_naming_it() {
+    let file =
+        config_file("[[agents]]\nid = \"support\"\ntools = [\"calculator\", \"tickets__*\"]\n");
+    let error = builder(&[("AGENT_CONFIG", file.as_str())])
+        .build()
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    let text = agent_core::error_chain(&error);
+    assert!(
+        text.contains("agents (support): tools: 'tickets__*' names no tool"),
+        "{text}"
+    );
+}
