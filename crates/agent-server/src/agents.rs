@@ -140,6 +140,33 @@ impl Agents {
             })
     }
 
+    /// The agent of a turn on a session that belongs to `session_agent` (none: no turn yet, or
+    /// stored before agents were named): the chosen one when the request `named` it (`409
+    /// session_agent_mismatch` if the session is another's), else the session's own.
+    pub(crate) fn for_session(
+        &self,
+        chosen: Arc<ServedAgent>,
+        named: bool,
+        session_agent: Option<&str>,
+        caller: &str,
+    ) -> Result<Arc<ServedAgent>, ApiError> {
+        match session_agent {
+            None => Ok(chosen),
+            Some(own) if own == chosen.id => Ok(chosen),
+            Some(own) if named => Err(ApiError::Conflict {
+                code: ErrorCode::SessionAgentMismatch,
+                message: format!(
+                    "this session belongs to the agent `{own}`, not `{}`: a session keeps the \
+                     agent of its first turn (name `{own}`, or none, or start a new session)",
+                    chosen.id
+                ),
+            }),
+            Some(own) => self
+                .choose(Some(own), caller)
+                .map_err(|missing| missing.into_error(ErrorCode::AgentNotFound, "agent")),
+        }
+    }
+
     /// The agents `caller` may use, in configuration order.
     pub(crate) fn visible<'a>(
         &'a self,

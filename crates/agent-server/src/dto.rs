@@ -189,6 +189,9 @@ pub(crate) struct SessionSummary {
     updated_at: String,
     turn_count: u64,
     tokens: TokenTotals,
+    /// The agent it belongs to (its first turn's); null for a session stored before agents were
+    /// named, or without a turn.
+    agent: Option<String>,
 }
 
 impl From<SessionInfo> for SessionSummary {
@@ -203,6 +206,7 @@ impl From<SessionInfo> for SessionSummary {
                 completion: info.usage.completion_tokens,
                 total: info.usage.total(),
             },
+            agent: info.agent,
         }
     }
 }

@@ -65,6 +65,9 @@ pub enum ErrorCode {
     SessionBusy,
     /// The session changed while this turn ran; nothing was stored.
     SessionConflict,
+    /// The session belongs to another agent than the one the request names (a session's agent
+    /// is its first turn's).
+    SessionAgentMismatch,
     /// No run of this caller has this id.
     RunNotFound,
     /// The run has already finished (a cancel of a finished run).

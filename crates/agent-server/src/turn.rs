@@ -80,8 +80,11 @@ pub(crate) struct TurnsShared {
 /// What a turn runs on, and its new user message.
 #[derive(Debug)]
 pub(crate) struct TurnInput {
-    /// The agent that answers.
+    /// The agent that answers: the one the request named, else the default one (for a session
+    /// that belongs to an agent, its own: see [`Agents::for_session`]).
     pub(crate) agent: Arc<ServedAgent>,
+    /// Whether the request named it.
+    pub(crate) agent_named: bool,
     pub(crate) conversation: Conversation,
     pub(crate) message: String,
     /// The client's sampling choices (the OpenAI-compatible API's), already within bounds.
@@ -126,9 +129,10 @@ pub(crate) enum Conversation {
 
 impl TurnInput {
     /// `/agent`'s turn, answered by `agent`.
-    pub(crate) fn of_agent(turn: ValidTurn, agent: Arc<ServedAgent>) -> Self {
+    pub(crate) fn of_agent(turn: ValidTurn, agent: Arc<ServedAgent>, agent_named: bool) -> Self {
         Self {
             agent,
+            agent_named,
             conversation: Conversation::Session {
                 session: turn.session,
                 new_session: turn.new_session,
@@ -469,6 +473,7 @@ impl Turns {
         let started = Instant::now();
         let TurnInput {
             agent,
+            agent_named,
             conversation,
             message,
             mut sampling,
@@ -528,7 +533,7 @@ impl Turns {
             crate::telemetry::set_attribute(&span, "gen_ai.conversation.id", id.into());
         }
         self.check_quota(session.owner()).await?;
-        let (guard, info, history, run) =
+        let (guard, info, history, mut run) =
             if new_session && !self.store_failing.load(Ordering::Relaxed) {
                 let run = self.start_run(session.owner(), Some(&session), claimed);
                 let info = SessionInfo::empty(session.clone(), SystemTime::now());
@@ -598,6 +603,18 @@ impl Turns {
                 }
                 (Some(guard), info, history, run)
             };
+        let agent = match self.agents.for_session(
+            agent,
+            agent_named,
+            info.agent.as_deref(),
+            session.owner(),
+        ) {
+            Ok(agent) => agent,
+            Err(error) => {
+                run.fail(&error).await;
+                return Err(error);
+            }
+        };
         // Kept only where a run may stop: a turn without approvals or client tools copies
         // nothing.
         let suspends = wait_mode == WaitMode::Suspend;

@@ -16,6 +16,9 @@ pub struct SessionInfo {
     pub turn_count: u64,
     /// Tokens used by all turns of the session.
     pub usage: TokenUsage,
+    /// The agent it belongs to: its first turn's (none: stored before agents were named, or
+    /// no turn yet).
+    pub agent: Option<String>,
 }
 
 /// A caller's turns and tokens on one UTC day.
@@ -59,6 +62,7 @@ impl SessionInfo {
             next_sequence: 0,
             turn_count: 0,
             usage: TokenUsage::default(),
+            agent: None,
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct TurnRecord<'a> {
     /// The run the turn completes: the turn is stored only while the run is in progress, and
     /// the run is completed only with its turn.
     pub run: Option<RunCompletion<'a>>,
+    /// The agent whose turn it is: the session's from its first turn on (a session that has an
+    /// agent keeps it).
+    pub agent: Option<&'a str>,
 }
 
 /// A response (the OpenAI-compatible Responses API) to keep with its turn: the facts the server

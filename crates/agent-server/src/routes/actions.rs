@@ -165,6 +165,8 @@ pub(crate) async fn post_run_actions(
     } = pending;
     let input = TurnInput {
         agent,
+        // The agent its first half ran on (the session's).
+        agent_named: true,
         conversation: Conversation::Session {
             session,
             new_session: false,

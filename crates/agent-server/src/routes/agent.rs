@@ -34,7 +34,7 @@ use crate::turn::{Finished, TurnInput};
             headers(("Location" = String, description = "`/runs/{id}` of the queued run"))),
         (status = 400, description = "Malformed JSON (`malformed_json`) or Idempotency-Key (`invalid_idempotency_key`)", body = ErrorBody),
         (status = 404, description = "No agent of this id is available to the caller (`agent_not_found`), or the session was deleted while the turn ran (`session_not_found`)", body = ErrorBody),
-        (status = 409, description = "The session has an active run (`session_busy`, naming it), it changed (`session_conflict`), the key's first request is running (`idempotency_key_in_progress`), or the run was cancelled (`run_cancelled`) or lost (`run_lost`)", body = ErrorBody),
+        (status = 409, description = "The session has an active run (`session_busy`, naming it), belongs to another agent than the one named (`session_agent_mismatch`), it changed (`session_conflict`), the key's first request is running (`idempotency_key_in_progress`), or the run was cancelled (`run_cancelled`) or lost (`run_lost`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`), reused Idempotency-Key, or a turn limit reached", body = ErrorBody),
@@ -68,7 +68,7 @@ pub(crate) async fn post_agent(
             events (`GET /runs/{id}/events` resumes them; going away cancels nothing)", content_type = "text/event-stream"),
         (status = 400, description = "Malformed JSON (`malformed_json`), or an Idempotency-Key (`invalid_request`: a stream cannot be replayed)", body = ErrorBody),
         (status = 404, description = "No agent of this id is available to the caller (`agent_not_found`)", body = ErrorBody),
-        (status = 409, description = "The session has an active run (`session_busy`, naming it)", body = ErrorBody),
+        (status = 409, description = "The session has an active run (`session_busy`, naming it), or belongs to another agent than the one named (`session_agent_mismatch`)", body = ErrorBody),
         (status = 413, description = "Body too large (`payload_too_large`)", body = ErrorBody),
         (status = 415, description = "Not sent as JSON (`unsupported_media_type`)", body = ErrorBody),
         (status = 422, description = "Invalid field (`invalid_request`)", body = ErrorBody),
@@ -121,6 +121,7 @@ impl TurnWire for AgentRequest {
     }
 
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        let agent_named = self.agent.is_some();
         let agent = incoming
             .routes
             .turns
@@ -134,7 +135,7 @@ impl TurnWire for AgentRequest {
         )?;
         let turn = self.checked(incoming.settings().api.max_message_chars, &incoming.caller)?;
         let background = turn.background;
-        let mut input = TurnInput::of_agent(turn, agent);
+        let mut input = TurnInput::of_agent(turn, agent, agent_named);
         input.client_tools = client_tools;
         Ok(Valid {
             background,

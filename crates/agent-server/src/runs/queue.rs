@@ -24,7 +24,7 @@ use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode
 /// (the run's record has them).
 #[derive(Debug, Serialize, Deserialize)]
 struct QueuedTurn {
-    /// The agent that answers (none: queued before agents were named, the default one).
+    /// The agent the request named (none: the default one, or the session's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     agent: Option<String>,
     message: String,
@@ -105,7 +105,7 @@ impl QueuedTurn {
             Conversation::Given { history, .. } => (false, None, Some(history)),
         };
         Self {
-            agent: Some(input.agent.id.clone()),
+            agent: input.agent_named.then(|| input.agent.id.clone()),
             message: input.message,
             sampling: input.sampling,
             instructions: input.instructions,
@@ -125,6 +125,7 @@ impl QueuedTurn {
         record: &RunRecord,
         agents: &Agents,
     ) -> Result<(TurnInput, Extras), String> {
+        let agent_named = self.agent.is_some();
         let agent = agents.of_run(self.agent.as_deref())?;
         let conversation = match (self.given, &record.session) {
             (Some(history), _) => Conversation::Given {
@@ -140,6 +141,7 @@ impl QueuedTurn {
         };
         let input = TurnInput {
             agent,
+            agent_named,
             conversation,
             message: self.message,
             sampling: self.sampling,

@@ -138,6 +138,7 @@ impl Turns {
                         output_text: &finished.text,
                     }),
                     run: Some(completion),
+                    agent: finished.agent.as_deref(),
                 };
             let stored = conversations
                 .append_turn_recording(&session, info.next_sequence, &turn, record)

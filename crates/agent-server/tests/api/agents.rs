@@ -342,3 +342,49 @@ async fn an_agent_naming_no_tool_or_model_that_exists_stops_startup_naming_it() 
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_keeps_the_agent_of_its_first_turn() {
+    let fake = FakeOpenAi::repeating(Scripted::text("hello")).await;
+    let file = config_file(&TWO_AGENTS.replace("callers = [\"alice\"]\n", ""));
+    let app = spawn_with_model(&fake, &[("AGENT_CONFIG", file.as_str())]).await;
+    let (status, first) = app
+        .post_json(
+            "/agent",
+            &json!({"message": "hi", "agent": "research", "session_id": "kept"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{first}");
+    // Naming no agent continues with the session's own, not the default one.
+    let (status, second) = app
+        .post_json("/agent", &json!({"message": "again", "session_id": "kept"}))
+        .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["agent"], "research");
+    assert_eq!(sent(&fake, 1).await.0, "You are the research agent.");
+    // Naming another is refused, on every surface, and stores nothing.
+    let (status, refused) = app
+        .post_json(
+            "/agent",
+            &json!({"message": "switch", "agent": "support", "session_id": "kept"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(error_code(&refused), "session_agent_mismatch");
+    let response = app
+        .client
+        .post(format!("{}/v1/chat/completions", app.address))
+        .header("X-Session-Id", "kept")
+        .json(&json!({"model": "support", "messages": [{"role": "user", "content": "switch"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "session_agent_mismatch", "{body}");
+    assert_eq!(fake.requests().await.len(), 2, "refused before the model");
+    let (_, session) = app.get_json("/sessions/kept").await;
+    assert_eq!(session["agent"], "research");
+    assert_eq!(session["turn_count"], 2);
+    assert_eq!(app.stored("anonymous:kept").await.len(), 4);
+}

@@ -104,6 +104,7 @@ impl MemoryStorage {
         id: &SessionId,
         expected_next_sequence: u64,
         turn: &Turn,
+        agent: Option<&str>,
     ) -> Result<SessionInfo, StorageError> {
         let mut sessions = lock(&self.sessions);
         if expected_next_sequence == 0 && !sessions.contains_key(id) {
@@ -134,6 +135,9 @@ impl MemoryStorage {
         info.turn_count += 1;
         info.usage += turn.usage;
         info.updated_at = now;
+        if info.agent.is_none() {
+            info.agent = agent.map(str::to_owned);
+        }
         let info = info.clone();
         self.count(id.owner(), now, turn.usage);
         Ok(info)
@@ -202,7 +206,7 @@ impl ConversationStore for MemoryStorage {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
-        self.append(id, expected_next_sequence, turn)
+        self.append(id, expected_next_sequence, turn, None)
     }
 
     async fn count_usage(
@@ -227,7 +231,7 @@ impl ConversationStore for MemoryStorage {
     ) -> Result<(SessionInfo, bool), StorageError> {
         let mut runs = lock(&self.runs);
         runs.check_in_progress(record.run)?;
-        let info = self.append(id, expected_next_sequence, turn)?;
+        let info = self.append(id, expected_next_sequence, turn, record.agent)?;
         runs.complete(record.run, Some(id), turn.usage);
         drop(runs);
         if let Some(response) = record.response {

@@ -32,6 +32,7 @@ struct SessionRow {
     turn_count: i64,
     prompt_tokens: i64,
     completion_tokens: i64,
+    agent: Option<String>,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -123,6 +124,7 @@ impl TryFrom<SessionRow> for SessionInfo {
                 prompt_tokens: unsigned(row.prompt_tokens),
                 completion_tokens: unsigned(row.completion_tokens),
             },
+            agent: row.agent,
         })
     }
 }
@@ -579,6 +581,7 @@ impl PostgresStore {
             added: signed(turn.messages.len() as u64),
             prompt_tokens: signed(turn.usage.prompt_tokens),
             completion_tokens: signed(turn.usage.completion_tokens),
+            agent: record.agent,
             now: Utc::now(),
             messages: message_columns(turn, expected_next_sequence)?,
             idempotency_key: completion.map(|completion| completion.key),

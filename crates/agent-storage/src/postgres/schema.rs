@@ -11,6 +11,8 @@ diesel::table! {
         completion_tokens -> Int8,
         /// Generated from `id`: the caller before `:`, else `anonymous`.
         owner -> Text,
+        /// The agent of its first turn (null: stored before agents were named).
+        agent -> Nullable<Text>,
     }
 }
 

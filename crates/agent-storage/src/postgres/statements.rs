@@ -21,10 +21,11 @@ pub(super) type SessionRowType = (
     BigInt,
     BigInt,
     BigInt,
+    Nullable<Text>,
 );
 
-const SESSION_COLUMNS: &str =
-    "id, created_at, updated_at, next_sequence, turn_count, prompt_tokens, completion_tokens";
+const SESSION_COLUMNS: &str = "id, created_at, updated_at, next_sequence, turn_count, \
+     prompt_tokens, completion_tokens, agent";
 
 /// Inserts the session if it does not exist and returns its row, in one statement. Returns no
 /// row only when another transaction created the session after this statement's snapshot.
@@ -125,7 +126,7 @@ impl QueryFragment<Pg> for OpenSession<'_> {
         out.push_bind_param::<BigInt, _>(&self.limit)?;
         out.push_sql(
             ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
-             s.prompt_tokens, s.completion_tokens, r.session_id, r.sequence, r.role, r.content, \
+             s.prompt_tokens, s.completion_tokens, s.agent, r.session_id, r.sequence, r.role, r.content, \
              r.tool_calls, r.tool_call_id, r.tokens, r.created_at, \
              (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress', \
              'requires_action') LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
@@ -158,6 +159,8 @@ pub(super) struct AppendTurn<'a> {
     pub(super) added: i64,
     pub(super) prompt_tokens: i64,
     pub(super) completion_tokens: i64,
+    /// The agent of the turn: the session's, when it has none yet.
+    pub(super) agent: Option<&'a str>,
     pub(super) now: DateTime<Utc>,
     pub(super) messages: MessageColumns<'a>,
     /// The idempotency claim to complete (none: the update matches no row), its response, and
@@ -240,7 +243,7 @@ fn walk_turn<'b>(
     if create {
         out.push_sql(
             ", updated AS (INSERT INTO sessions AS s (id, created_at, updated_at, \
-             next_sequence, turn_count, prompt_tokens, completion_tokens) SELECT ",
+             next_sequence, turn_count, prompt_tokens, completion_tokens, agent) SELECT ",
         );
         out.push_bind_param::<Text, _>(turn.id)?;
         out.push_sql(", ");
@@ -253,6 +256,8 @@ fn walk_turn<'b>(
         out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
         out.push_sql(", ");
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&turn.agent)?;
         out.push_sql(" WHERE ");
         push_run_still_active(&mut out, &turn.run, &turn.origin)?;
         out.push_sql(
@@ -261,6 +266,7 @@ fn walk_turn<'b>(
              turn_count = s.turn_count + 1, \
              prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens, \
              completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens, \
+             agent = COALESCE(s.agent, EXCLUDED.agent), \
              updated_at = EXCLUDED.updated_at WHERE s.next_sequence = 0 RETURNING ",
         );
     } else {
@@ -270,7 +276,9 @@ fn walk_turn<'b>(
         out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
         out.push_sql(", completion_tokens = completion_tokens + ");
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
-        out.push_sql(", updated_at = ");
+        out.push_sql(", agent = COALESCE(agent, ");
+        out.push_bind_param::<Nullable<Text>, _>(&turn.agent)?;
+        out.push_sql("), updated_at = ");
         out.push_bind_param::<Timestamptz, _>(&turn.now)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<Text, _>(turn.id)?;

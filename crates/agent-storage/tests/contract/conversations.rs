@@ -86,6 +86,7 @@ contract!(
         a_turn_is_stored_in_order_with_tool_calls_and_usage,
         a_stale_sequence_is_a_conflict_and_stores_nothing,
         a_first_turn_creates_its_session,
+        a_session_belongs_to_the_agent_of_its_first_recorded_turn,
         a_later_turn_on_a_missing_session_is_not_found,
         racing_first_turns_of_a_new_session_store_one,
         recent_messages_returns_the_last_n_in_order,
@@ -273,6 +274,54 @@ async fn a_first_turn_creates_its_session((store, _): Stores) {
         .await
         .unwrap();
     assert_eq!((info.next_sequence, info.turn_count), (6, 2));
+}
+
+async fn a_session_belongs_to_the_agent_of_its_first_recorded_turn((store, _): Stores) {
+    let of = |agent| agent_storage::TurnRecord {
+        agent,
+        ..Default::default()
+    };
+    // A new session takes its first turn's agent, and keeps it.
+    let id = session("agent-of-first-turn");
+    let (info, _) = store
+        .append_turn_recording(&id, 0, &simple_turn("one"), of(Some("support")))
+        .await
+        .unwrap();
+    assert_eq!(info.agent.as_deref(), Some("support"));
+    let (info, _) = store
+        .append_turn_recording(&id, 2, &simple_turn("two"), of(Some("research")))
+        .await
+        .unwrap();
+    assert_eq!(info.agent.as_deref(), Some("support"), "it keeps its agent");
+    let opened = store.open_session(&id, 10).await.unwrap();
+    assert_eq!(opened.info.agent.as_deref(), Some("support"));
+    assert_eq!(
+        store.session(&id).await.unwrap().unwrap().agent.as_deref(),
+        Some("support")
+    );
+    // One stored before agents were named (or opened before its first turn) gets its next
+    // turn's.
+    let id = session("agent-set-later");
+    store
+        .append_turn(&id, 0, &simple_turn("one"))
+        .await
+        .unwrap();
+    assert_eq!(store.ensure_session(&id).await.unwrap().agent, None);
+    let (info, _) = store
+        .append_turn_recording(&id, 2, &simple_turn("two"), of(Some("research")))
+        .await
+        .unwrap();
+    assert_eq!(info.agent.as_deref(), Some("research"));
+    let opened = store
+        .ensure_session(&session("opened-first"))
+        .await
+        .unwrap();
+    assert_eq!(opened.agent, None);
+    let (info, _) = store
+        .append_turn_recording(&opened.id, 0, &simple_turn("one"), of(Some("support")))
+        .await
+        .unwrap();
+    assert_eq!(info.agent.as_deref(), Some("support"));
 }
 
 async fn a_later_turn_on_a_missing_session_is_not_found((store, _): Stores) {
@@ -742,6 +791,7 @@ async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _
     let record = |response_id| agent_storage::TurnRecord {
         idempotency: None,
         run: None,
+        agent: None,
         response: Some(agent_storage::ResponseRecord {
             id: response_id,
             created_at,

@@ -98,6 +98,7 @@ async fn store_with_claim(
         }),
         response: None,
         run: None,
+        agent: None,
     };
     // A stale writer stores nothing and completes nothing.
     let stale = conversations

@@ -535,6 +535,8 @@ impl TurnWire for ChatCompletionRequest {
             background: false,
             input: TurnInput {
                 agent,
+                // `model` is required.
+                agent_named: true,
                 conversation,
                 message,
                 sampling,

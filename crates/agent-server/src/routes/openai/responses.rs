@@ -287,6 +287,8 @@ impl ResponseRequest {
             background,
             input: TurnInput {
                 agent,
+                // `model` is required.
+                agent_named: true,
                 conversation,
                 message,
                 sampling,
