@@ -138,6 +138,12 @@ pub trait ChatModel: Send + Sync + Debug {
         }
     }
 
+    /// Whether the model's server answers, without spending tokens (readiness). The default
+    /// answers yes: a model in the process always does.
+    async fn check(&self) -> Result<(), ModelError> {
+        Ok(())
+    }
+
     /// The model's answer, whole.
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError>;
 

@@ -42,6 +42,13 @@ impl ModelChain {
         self.models.iter().map(|(name, _)| name.as_str())
     }
 
+    /// Each model of the chain, by name (its readiness checks).
+    pub fn models(&self) -> impl Iterator<Item = (&str, &Arc<dyn ChatModel>)> {
+        self.models
+            .iter()
+            .map(|(name, model)| (name.as_str(), model))
+    }
+
     /// Whether a failure of one model sends the call to the next.
     pub fn falls_back(error: &ModelError) -> bool {
         matches!(
@@ -78,6 +85,18 @@ impl ChatModel for ModelChain {
                 server_address: None,
                 server_port: None,
             })
+    }
+
+    /// Up while any of its models is; else the last one's failure.
+    async fn check(&self) -> Result<(), ModelError> {
+        let mut last = Ok(());
+        for (_, model) in &self.models {
+            last = model.check().await;
+            if last.is_ok() {
+                return last;
+            }
+        }
+        last
     }
 
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {

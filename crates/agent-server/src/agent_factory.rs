@@ -100,7 +100,8 @@ fn served(
         agent: declared.id.clone(),
         recorder: Arc::clone(recorder),
     });
-    let model: Arc<dyn ChatModel> = Arc::new(ModelChain::new(chain, Some(observer)));
+    let chain = Arc::new(ModelChain::new(chain, Some(observer)));
+    let model: Arc<dyn ChatModel> = chain.clone();
     let tools = match &declared.tools {
         None => Arc::clone(all_tools),
         Some(patterns) => {
@@ -157,7 +158,7 @@ fn served(
         declared.id.clone(),
         declared.name.clone(),
         declared.description.clone(),
-        models,
+        chain,
         declared.callers.clone(),
         declared.temperature,
         agent,

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use agent_core::{Agent, ToolRegistry};
+use agent_core::{Agent, ModelChain, ToolRegistry};
 
 use crate::error::{ApiError, ErrorCode};
 
@@ -18,6 +18,8 @@ pub(crate) struct ServedAgent {
     pub(crate) description: String,
     /// The names of its model chain, first to last.
     pub(crate) models: Vec<String>,
+    /// Its model chain (the agent calls it; readiness checks each model).
+    pub(crate) chain: Arc<ModelChain>,
     /// Who may use it (none: every caller).
     callers: Option<Vec<String>>,
     /// Its sampling temperature when the request sets none.
@@ -30,7 +32,7 @@ impl ServedAgent {
         id: String,
         name: String,
         description: String,
-        models: Vec<String>,
+        chain: Arc<ModelChain>,
         callers: Option<Vec<String>>,
         temperature: Option<f32>,
         agent: Agent,
@@ -39,7 +41,8 @@ impl ServedAgent {
             id,
             name,
             description,
-            models,
+            models: chain.names().map(str::to_owned).collect(),
+            chain,
             callers,
             temperature,
             agent,
@@ -165,6 +168,11 @@ impl Agents {
                 .choose(Some(own), caller)
                 .map_err(|missing| missing.into_error(ErrorCode::AgentNotFound, "agent")),
         }
+    }
+
+    /// Every agent, in configuration order.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &Arc<ServedAgent>> {
+        self.list.iter()
     }
 
     /// The agents `caller` may use, in configuration order.

@@ -235,6 +235,10 @@ impl ApplicationBuilder {
         if let Some(mcp) = &mcp {
             storage_checks.extend(mcp_checks(&settings, mcp));
         }
+        storage_checks.extend(model_checks(
+            &fallback.turns.agents,
+            settings.health.check_timeout,
+        ));
         let drain_receiver = web::Data::new(drain_receiver);
         let payload_limit = settings.api.max_body_bytes;
         let api_settings = settings.api.clone();
@@ -624,6 +628,46 @@ fn mcp_checks(settings: &Settings, mcp: &Arc<McpTools>) -> Vec<HealthCheck> {
             )
         })
         .collect()
+}
+
+/// One readiness check per model the agents' chains name, `model:<name>` (its server answers
+/// `GET /models`: no tokens spent), and one per agent whose chain has more than one model,
+/// `agent:<id>`, up while any of its models is. Optional: a model provider's outage is every
+/// replica's, so it reports the service degraded rather than taking replicas out of rotation.
+fn model_checks(agents: &crate::agents::Agents, timeout: Duration) -> Vec<HealthCheck> {
+    let mut checks: Vec<HealthCheck> = Vec::new();
+    let mut seen: Vec<&str> = Vec::new();
+    for agent in agents.all() {
+        for (name, model) in agent.chain.models() {
+            if seen.contains(&name) {
+                continue;
+            }
+            seen.push(name);
+            let model = Arc::clone(model);
+            checks.push(HealthCheck::new(
+                format!("model:{name}"),
+                Criticality::Optional,
+                timeout,
+                move || {
+                    let model = Arc::clone(&model);
+                    async move { model.check().await }
+                },
+            ));
+        }
+        if agent.models.len() > 1 {
+            let chain = Arc::clone(&agent.chain);
+            checks.push(HealthCheck::new(
+                format!("agent:{}", agent.id),
+                Criticality::Optional,
+                timeout,
+                move || {
+                    let chain = Arc::clone(&chain);
+                    async move { agent_core::ChatModel::check(chain.as_ref()).await }
+                },
+            ));
+        }
+    }
+    checks
 }
 
 #[cfg(test)]

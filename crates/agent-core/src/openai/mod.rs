@@ -199,6 +199,40 @@ impl ChatModel for OpenAiModel {
     }
 
     // The span of each call is the agent's (`chat {model}`), around the whole stream too.
+    /// `GET {base}/models` with the model's key and headers: free on every OpenAI-compatible
+    /// server (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM). Any answer but a refusal of the key or
+    /// a 5xx is up (a server without the route still answers); one attempt, no retry.
+    async fn check(&self) -> Result<(), ModelError> {
+        let url = format!("{}/models", self.options.base_url.trim_end_matches('/'));
+        let answer = self
+            .streaming
+            .transport
+            .http
+            .get(url)
+            .headers(self.streaming.headers.clone())
+            .timeout(self.options.request_timeout)
+            .send()
+            .await;
+        let response = match answer {
+            Ok(response) => response,
+            Err(error) if error.is_timeout() => {
+                return Err(ModelError::Timeout(self.options.request_timeout));
+            }
+            Err(error) => return Err(ModelError::upstream(error)),
+        };
+        match response.status().as_u16() {
+            401 | 403 => Err(ModelError::Authentication(format!(
+                "GET /models answered {}",
+                response.status()
+            ))),
+            status if status >= 500 => Err(ModelError::upstream(format!(
+                "GET /models answered {}",
+                response.status()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let started = std::time::Instant::now();
         let body = wire::request_body(&self.options, request, false);

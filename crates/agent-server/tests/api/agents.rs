@@ -388,3 +388,30 @@ async fn a_session_keeps_the_agent_of_its_first_turn() {
     assert_eq!(session["turn_count"], 2);
     assert_eq!(app.stored("anonymous:kept").await.len(), 4);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readiness_shows_each_model_and_a_chain_is_up_while_one_of_its_models_is() {
+    let backup = FakeOpenAi::repeating(Scripted::text("backup answers")).await;
+    let dead = format!("http://127.0.0.1:{}/v1", crate::helpers::closed_port());
+    let toml = format!(
+        "[[agents]]\nid = \"support\"\nmodel = \"dead\"\nfallbacks = [\"backup\"]\n\n\
+         [[models]]\nname = \"dead\"\nbase_url = \"{dead}\"\nmodel = \"m\"\nmax_attempts = 1\n\n\
+         [[models]]\nname = \"backup\"\nbase_url = \"{}\"\nmodel = \"m\"\n",
+        backup.base_url()
+    );
+    let file = config_file(&toml);
+    let app = spawn_with_model(&backup, &[("AGENT_CONFIG", file.as_str())]).await;
+    let (status, ready) = app.get_json("/ready").await;
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(ready["status"], "degraded", "{ready}");
+    let checks = &ready["checks"];
+    assert_eq!(checks["model:dead"]["status"], "down", "{ready}");
+    assert_eq!(checks["model:dead"]["criticality"], "optional");
+    assert_eq!(checks["model:backup"]["status"], "up", "{ready}");
+    assert_eq!(checks["agent:support"]["status"], "up", "{ready}");
+    // GET /models: no tokens spent, no chat call.
+    assert!(backup.requests().await.is_empty());
+    // And the turn goes to the backup.
+    let response = app.agent(json!({"message": "hi"})).await;
+    assert_eq!(response.headers()["x-agent-model"], "backup");
+}

@@ -187,7 +187,7 @@ async fn a_turn_with_a_tool_call_is_one_trace_under_the_callers_span() {
     )
     .await;
     let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    let spans = spans_of(&trace_id, &["invoke_agent", "session.store"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent", "session.store"]).await;
 
     // The server span continues the caller's trace.
     let server = one(&spans, "POST /agent");
@@ -203,12 +203,14 @@ async fn a_turn_with_a_tool_call_is_one_trace_under_the_callers_span() {
     assert_eq!(server.status, Status::Unset);
 
     // The turn, its lock, history read and store under the request.
-    let turn = one(&spans, "invoke_agent");
+    let turn = one(&spans, "invoke_agent agent");
     assert!(is_child(turn, server));
     for step in ["session.lock", "session.history", "session.store"] {
         assert!(is_child(one(&spans, step), server), "{step}");
     }
     assert_eq!(text(turn, "gen_ai.operation.name"), "invoke_agent");
+    assert_eq!(text(turn, "gen_ai.agent.id"), "agent");
+    assert_eq!(text(turn, "gen_ai.agent.name"), "agent");
 
     // Two model calls (the tool call, then the answer), each a client span of the turn.
     let chats = named(&spans, "chat gpt-4o-mini");
@@ -311,7 +313,7 @@ async fn contents_are_recorded_only_when_opted_in() {
         json!({"message": "weather in Oslo?"}),
     )
     .await;
-    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent"]).await;
     let chats = named(&spans, "chat gpt-4o-mini");
     let input: serde_json::Value =
         serde_json::from_str(&text(chats[0], "gen_ai.input.messages")).expect("JSON");
@@ -346,9 +348,9 @@ async fn a_streamed_turn_is_in_the_requests_trace() {
     )
     .await;
     assert!(body.contains("event: done"), "{body}");
-    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent"]).await;
     let server = one(&spans, "POST /agent/stream");
-    let turn = one(&spans, "invoke_agent");
+    let turn = one(&spans, "invoke_agent agent");
     assert!(is_child(turn, server));
     let chats = named(&spans, "chat gpt-4o-mini");
     assert_eq!(chats.len(), 2);
@@ -378,11 +380,11 @@ async fn failures_set_the_error_status_and_type() {
         .expect("answered");
     let status = response.status().as_u16();
     assert!(status >= 500, "{status}");
-    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent"]).await;
     let chat = one(&spans, "chat gpt-4o-mini");
     assert_eq!(text(chat, "error.type"), "rejected");
     assert!(matches!(&chat.status, Status::Error { description } if description.contains("400")));
-    let turn = one(&spans, "invoke_agent");
+    let turn = one(&spans, "invoke_agent agent");
     assert_eq!(text(turn, "error.type"), "model_rejected");
     let server = one(&spans, "POST /agent");
     assert_eq!(
@@ -419,7 +421,7 @@ async fn a_retried_model_call_is_one_span_with_the_retry_as_an_event() {
     .await;
     let (trace_id, _, traceparent) = trace_parent();
     post(&app, "/agent", &traceparent, json!({"message": "hello"})).await;
-    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent"]).await;
     let chat = one(&spans, "chat gpt-4o-mini");
     let events: Vec<&str> = chat
         .events
@@ -450,7 +452,7 @@ async fn an_mcp_tool_call_carries_the_trace_in_its_meta() {
     .await;
     let (trace_id, _, traceparent) = trace_parent();
     post(&app, "/agent", &traceparent, json!({"message": "trace me"})).await;
-    let spans = spans_of(&trace_id, &["invoke_agent"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent"]).await;
     let call = one(&spans, "execute_tool py__traceparent");
     assert_eq!(text(call, "gen_ai.tool.type"), "extension");
     // The MCP server (the official Python SDK) answered the traceparent it was sent.
@@ -522,9 +524,9 @@ async fn a_stream_its_client_leaves_still_ends_its_spans() {
     drop(response);
     // The next keep-alive finds the connection gone: the body, its turn and the tool call in
     // flight are dropped.
-    let spans = spans_of(&trace_id, &["invoke_agent", "execute_tool lookup"]).await;
+    let spans = spans_of(&trace_id, &["invoke_agent agent", "execute_tool lookup"]).await;
     let server = one(&spans, "POST /agent/stream");
-    let turn = one(&spans, "invoke_agent");
+    let turn = one(&spans, "invoke_agent agent");
     assert!(is_child(turn, server));
     assert!(is_child(one(&spans, "execute_tool lookup"), turn));
     // Every worker still answers, traced or not.
