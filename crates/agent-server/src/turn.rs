@@ -194,6 +194,10 @@ pub(crate) struct HeldSession {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per turn, moved a few times: boxing the session would cost an allocation per turn"
+)]
 enum Held {
     Session {
         session: SessionId,
