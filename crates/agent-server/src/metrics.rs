@@ -155,6 +155,7 @@ impl AppMetrics {
         background: Arc<BackgroundWork>,
         admission: Arc<Admission>,
         callers: Option<&[String]>,
+        agents: Option<&[&str]>,
     ) -> Arc<Self> {
         let builder = PrometheusBuilder::new();
         let builder = builder
@@ -172,7 +173,7 @@ impl AppMetrics {
             handle: recorder.handle(),
             in_flight: recorder
                 .register_gauge(&Key::from_name("http_requests_in_flight"), &metadata()),
-            turns: TurnMetrics::register(&recorder, callers),
+            turns: TurnMetrics::register(&recorder, callers, agents),
             model: ModelMetrics::register(&recorder),
             worker_fallbacks: counter(&recorder, "agent_worker_pool_fallbacks_total", &[]),
             runs_lost: counter(&recorder, "agent_runs_lost_total", &[]),
@@ -341,19 +342,30 @@ impl TurnOutcome {
 }
 
 /// The turn metrics: outcomes, duration, model calls, tokens and tool calls; the outcomes, tokens
-/// and quota refusals per caller when `api.metrics_caller_labels` is on.
+/// and quota refusals per caller when `api.metrics_caller_labels` is on, and per agent when the
+/// configuration declares `[[agents]]`.
 #[derive(Debug, Clone)]
 pub(crate) struct TurnMetrics {
-    /// Each configured caller's counters, labelled `caller`; empty when the labels are off.
-    callers: Arc<HashMap<String, CallerCounters>>,
-    /// Everyone's counters when the labels are off, else the anonymous caller's.
-    unlabelled: CallerCounters,
+    /// Each agent's counters by its id (labelled `agent`); one entry, unlabelled, without
+    /// `[[agents]]`.
+    agents: Arc<HashMap<String, AgentCounters>>,
+    /// The counters of an agent not in `agents` (none is: the first agent's, to be total).
+    fallback: AgentCounters,
     duration: Histogram,
     model_calls: Counter,
     tool_calls: Counter,
     /// Continuing turns' history windows by where they came from.
     history_cached: Counter,
     history_read: Counter,
+}
+
+/// One agent's (or every agent's) counters, split by caller when the labels are on.
+#[derive(Debug, Clone)]
+struct AgentCounters {
+    /// Each configured caller's counters, labelled `caller`; empty when the labels are off.
+    callers: HashMap<String, CallerCounters>,
+    /// Everyone's counters when the labels are off, else the anonymous caller's.
+    unlabelled: CallerCounters,
 }
 
 /// The counters a caller label splits.
@@ -367,16 +379,17 @@ struct CallerCounters {
 }
 
 impl CallerCounters {
-    fn register(recorder: &dyn Recorder, caller: Option<&str>) -> Self {
-        let with_caller = |label: Option<(&'static str, &'static str)>| -> Vec<Label> {
+    fn register(recorder: &dyn Recorder, agent: Option<&str>, caller: Option<&str>) -> Self {
+        let with_labels = |label: Option<(&'static str, &'static str)>| -> Vec<Label> {
             label
                 .map(|(name, value)| Label::new(name, value))
                 .into_iter()
                 .chain(caller.map(|caller| Label::new("caller", caller.to_owned())))
+                .chain(agent.map(|agent| Label::new("agent", agent.to_owned())))
                 .collect()
         };
         let counter = |name: &'static str, label| {
-            recorder.register_counter(&Key::from_parts(name, with_caller(label)), &metadata())
+            recorder.register_counter(&Key::from_parts(name, with_labels(label)), &metadata())
         };
         Self {
             outcomes: TurnOutcome::ALL
@@ -388,30 +401,63 @@ impl CallerCounters {
     }
 }
 
-impl TurnMetrics {
-    /// With `callers` (every caller name the configuration allows), the per-caller counters
-    /// carry a `caller` label; else they are unlabelled.
-    fn register(recorder: &dyn Recorder, callers: Option<&[String]>) -> Self {
+impl AgentCounters {
+    fn register(recorder: &dyn Recorder, agent: Option<&str>, callers: Option<&[String]>) -> Self {
         let labelled: HashMap<String, CallerCounters> = callers
             .unwrap_or_default()
             .iter()
             .map(|caller| {
                 (
                     caller.clone(),
-                    CallerCounters::register(recorder, Some(caller)),
+                    CallerCounters::register(recorder, agent, Some(caller)),
                 )
             })
             .collect();
         let unlabelled = match labelled.get(crate::access::ANONYMOUS) {
             Some(anonymous) if callers.is_some() => anonymous.clone(),
             _ if callers.is_some() => {
-                CallerCounters::register(recorder, Some(crate::access::ANONYMOUS))
+                CallerCounters::register(recorder, agent, Some(crate::access::ANONYMOUS))
             }
-            _ => CallerCounters::register(recorder, None),
+            _ => CallerCounters::register(recorder, agent, None),
         };
         Self {
-            callers: Arc::new(labelled),
+            callers: labelled,
             unlabelled,
+        }
+    }
+}
+
+impl TurnMetrics {
+    /// With `callers` (every caller name the configuration allows), the per-caller counters
+    /// carry a `caller` label; with `agents` (the `[[agents]]` ids), an `agent` label; else they
+    /// are unlabelled.
+    fn register(
+        recorder: &dyn Recorder,
+        callers: Option<&[String]>,
+        agents: Option<&[&str]>,
+    ) -> Self {
+        let agents: HashMap<String, AgentCounters> = match agents {
+            Some(ids) => ids
+                .iter()
+                .map(|id| {
+                    let counters = AgentCounters::register(recorder, Some(id), callers);
+                    ((*id).to_owned(), counters)
+                })
+                .collect(),
+            None => HashMap::from([(
+                String::new(),
+                AgentCounters::register(recorder, None, callers),
+            )]),
+        };
+        let first = agents
+            .iter()
+            .min_by_key(|(id, _)| id.as_str())
+            .map(|(_, counters)| counters.clone());
+        let fallback =
+            first.unwrap_or_else(|| AgentCounters::register(recorder, None, callers));
+        Self {
+            agents: Arc::new(agents),
+            fallback,
             duration: histogram(recorder, "agent_turn_duration_seconds", &[]),
             model_calls: counter(recorder, "agent_model_calls_total", &[]),
             tool_calls: counter(recorder, "agent_tool_calls_total", &[]),
@@ -438,24 +484,35 @@ impl TurnMetrics {
         counter.increment(1);
     }
 
-    fn of(&self, caller: &str) -> &CallerCounters {
-        self.callers.get(caller).unwrap_or(&self.unlabelled)
+    fn of(&self, agent: &str, caller: &str) -> &CallerCounters {
+        let agent = match self.agents.get(agent) {
+            Some(counters) => counters,
+            // Without `[[agents]]` the one entry is unlabelled.
+            None => self.agents.get("").unwrap_or(&self.fallback),
+        };
+        agent.callers.get(caller).unwrap_or(&agent.unlabelled)
     }
 
-    /// Counts a turn of `caller` that ended without being stored.
-    pub(crate) fn failed(&self, caller: &str, outcome: TurnOutcome) {
-        self.of(caller).outcome(outcome).increment(1);
+    /// Counts a turn of `caller` with `agent` that ended without being stored.
+    pub(crate) fn failed(&self, agent: &str, caller: &str, outcome: TurnOutcome) {
+        self.of(agent, caller).outcome(outcome).increment(1);
     }
 
     /// Counts a turn refused because `caller` used its daily token quota.
-    pub(crate) fn quota_refused(&self, caller: &str) {
-        self.of(caller).quota_refusals.increment(1);
+    pub(crate) fn quota_refused(&self, agent: &str, caller: &str) {
+        self.of(agent, caller).quota_refusals.increment(1);
     }
 
-    /// Counts a turn of `caller` whose work was done: its cost whatever happened next, and its
-    /// outcome (completed only once it is stored).
-    pub(crate) fn finished(&self, caller: &str, outcome: TurnOutcome, cost: &TurnCost) {
-        let counters = self.of(caller);
+    /// Counts a turn of `caller` with `agent` whose work was done: its cost whatever happened
+    /// next, and its outcome (completed only once it is stored).
+    pub(crate) fn finished(
+        &self,
+        agent: &str,
+        caller: &str,
+        outcome: TurnOutcome,
+        cost: &TurnCost,
+    ) {
+        let counters = self.of(agent, caller);
         counters.outcome(outcome).increment(1);
         self.duration.record(cost.started.elapsed().as_secs_f64());
         self.model_calls.increment(cost.model_calls as u64);

@@ -185,6 +185,7 @@ impl ApplicationBuilder {
                 .api
                 .metrics_caller_labels
                 .then_some(callers.as_slice()),
+            (!settings.agents.is_empty()).then(|| settings.agent_ids()).as_deref(),
         );
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
@@ -681,7 +682,7 @@ mod tests {
         let loaded = agent_config::load_from(Vec::<(String, String)>::new()).unwrap();
         let settings = loaded.settings;
         let admission = Admission::new(Limits::plan(&settings, 1024));
-        let metrics = AppMetrics::new(Arc::default(), Arc::clone(&admission), None);
+        let metrics = AppMetrics::new(Arc::default(), Arc::clone(&admission), None, None);
         let (backends, _checks, _recipe) = backends::build(&settings.storage, &settings.health)
             .await
             .unwrap();

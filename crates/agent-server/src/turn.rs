@@ -502,7 +502,7 @@ impl Turns {
                 continues_from,
             } => (session, new_session, continues_from),
             Conversation::Given { caller, history } => {
-                self.check_quota(&caller).await?;
+                self.check_quota(&agent.id, &caller).await?;
                 let run = self.start_run(&caller, None, claimed);
                 let request = TurnRequest {
                     history: instructions
@@ -536,7 +536,7 @@ impl Turns {
             let id = session.local().to_owned();
             crate::telemetry::set_attribute(&span, "gen_ai.conversation.id", id.into());
         }
-        self.check_quota(session.owner()).await?;
+        self.check_quota(&agent.id, session.owner()).await?;
         let (guard, info, history, mut run) =
             if new_session && !self.store_failing.load(Ordering::Relaxed) {
                 let run = self.start_run(session.owner(), Some(&session), claimed);
@@ -695,7 +695,7 @@ impl Turns {
     /// `429 quota_exceeded` when `caller` has a daily token quota and its stored turns of today
     /// (UTC) have used it. Turns already running when the quota is reached finish and are
     /// counted.
-    pub(crate) async fn check_quota(&self, caller: &str) -> Result<(), ApiError> {
+    pub(crate) async fn check_quota(&self, agent: &str, caller: &str) -> Result<(), ApiError> {
         if self.quotas.of(caller).is_none() {
             // Nothing was asked of the store: `observe` must not take it for an answer.
             return Ok(());
@@ -705,7 +705,7 @@ impl Turns {
         match observe(&self.store_failing, status)? {
             Some(status) => status
                 .check(caller)
-                .inspect_err(|_| self.metrics.quota_refused(caller)),
+                .inspect_err(|_| self.metrics.quota_refused(agent, caller)),
             None => Ok(()),
         }
     }

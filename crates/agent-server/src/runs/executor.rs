@@ -178,7 +178,7 @@ async fn drive(
             turns.suspend(held, &agent, result, extras).await
         }
         Some(Ok(result)) => turns.store(held, &agent, result, extras).await,
-        Some(Err(error)) => Err(turns.fail(held, error).await),
+        Some(Err(error)) => Err(turns.fail(held, &agent, error).await),
         None => Err(turns.stopped(held).await),
     }
 }

@@ -174,7 +174,7 @@ impl Turns {
         owner: &str,
         keep: Option<KeepResponse>,
     ) -> Result<RunRecord, ApiError> {
-        self.check_quota(owner).await?;
+        self.check_quota(&input.agent.id, owner).await?;
         let input_session = match &input.conversation {
             Conversation::Session {
                 session,

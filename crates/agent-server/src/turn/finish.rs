@@ -175,7 +175,7 @@ impl Turns {
             Ok(_) => TurnOutcome::Completed,
             Err(_) => TurnOutcome::StoreFailed,
         };
-        self.metrics.finished(&caller, outcome, &cost);
+        self.metrics.finished(&agent.id, &caller, outcome, &cost);
         stored
     }
 
@@ -282,7 +282,8 @@ impl Turns {
             Ok(_) => TurnOutcome::RequiresAction,
             Err(_) => TurnOutcome::StoreFailed,
         };
-        self.metrics.finished(session.owner(), counted, &cost);
+        self.metrics
+            .finished(&agent.id, session.owner(), counted, &cost);
         outcome
     }
 
@@ -290,9 +291,11 @@ impl Turns {
     pub(crate) async fn fail(
         &self,
         mut held: HeldSession,
+        agent: &ServedAgent,
         error: agent_core::AgentError,
     ) -> ApiError {
-        self.metrics.failed(held.caller(), outcome(&error));
+        self.metrics
+            .failed(&agent.id, held.caller(), outcome(&error));
         let error = ApiError::from(error);
         held.run.fail(&error).await;
         error

@@ -209,6 +209,14 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
         .filter_map(|model| model["id"].as_str())
         .collect();
     assert_eq!(ids, ["support", "research"]);
+    let metrics = app.metrics().await;
+    for line in [
+        r#"agent_turns_total{outcome="completed",agent="support"} 2"#,
+        r#"agent_turns_total{outcome="completed",agent="research"} 2"#,
+        r#"agent_tokens_total{kind="prompt",agent="research"} "#,
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
