@@ -330,8 +330,9 @@ sections! {
     }
     /// The OpenAI-compatible API, as configured.
     OpenAiApiValues ("openai_api.") {
-        /// The model id the OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`) presents the
-        /// agent as; requests naming another model get 404 `model_not_found`.
+        /// The id of the one agent of a deployment without `[[agents]]`: the model the
+        /// OpenAI-compatible API (`/v1/models`, `/v1/chat/completions`) presents it as (requests
+        /// naming another model get 404 `model_not_found`). With `[[agents]]`, their ids.
         model_id: String = OPENAI_API_MODEL_ID, Kind::Text, default: Some("agent"), aliases: [];
         /// Largest request body of the `/v1/*` routes in bytes: OpenAI clients send whole histories.
         max_body_bytes: usize = OPENAI_API_MAX_BODY_BYTES, Kind::Int { min: 1024, max: 64 << 20 }, default: Some("1048576"), aliases: [];

@@ -16,6 +16,7 @@ mod idempotency;
 mod metrics;
 mod middleware;
 mod quota;
+mod readiness;
 mod retention;
 mod routes;
 mod runs;

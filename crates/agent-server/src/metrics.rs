@@ -453,8 +453,7 @@ impl TurnMetrics {
             .iter()
             .min_by_key(|(id, _)| id.as_str())
             .map(|(_, counters)| counters.clone());
-        let fallback =
-            first.unwrap_or_else(|| AgentCounters::register(recorder, None, callers));
+        let fallback = first.unwrap_or_else(|| AgentCounters::register(recorder, None, callers));
         Self {
             agents: Arc::new(agents),
             fallback,

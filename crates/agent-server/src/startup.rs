@@ -12,7 +12,7 @@ use actix_web::middleware::{Condition, ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use agent_config::{CorsSettings, ModelProvider, Settings, StorageSettings};
 use agent_core::McpTools;
-use agent_health::{Criticality, Health, HealthCheck};
+use agent_health::{Health, HealthCheck};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -185,7 +185,9 @@ impl ApplicationBuilder {
                 .api
                 .metrics_caller_labels
                 .then_some(callers.as_slice()),
-            (!settings.agents.is_empty()).then(|| settings.agent_ids()).as_deref(),
+            (!settings.agents.is_empty())
+                .then(|| settings.agent_ids())
+                .as_deref(),
         );
         // One connection per MCP server for the process, shared by the workers; it starts now
         // and is waited for once the listener answers the startup probe.
@@ -234,9 +236,9 @@ impl ApplicationBuilder {
         // The dispatcher of background runs executes them on the process's runtime with these.
         let fallback_turns = fallback.turns.clone().into_inner();
         if let Some(mcp) = &mcp {
-            storage_checks.extend(mcp_checks(&settings, mcp));
+            storage_checks.extend(crate::readiness::mcp_checks(&settings, mcp));
         }
-        storage_checks.extend(model_checks(
+        storage_checks.extend(crate::readiness::model_checks(
             &fallback.turns.agents,
             settings.health.check_timeout,
         ));
@@ -601,74 +603,6 @@ fn warn_long_mcp_timeouts(settings: &Settings) {
             );
         }
     }
-}
-
-/// One readiness check per MCP server, `mcp:<name>`: connected, answering a ping within its
-/// connect timeout, every listed tool offered. Critical for a `required` server; otherwise a
-/// failure reports the service degraded.
-fn mcp_checks(settings: &Settings, mcp: &Arc<McpTools>) -> Vec<HealthCheck> {
-    settings
-        .mcp_servers
-        .iter()
-        .map(|server| {
-            let mcp = Arc::clone(mcp);
-            let name = server.name.clone();
-            HealthCheck::new(
-                format!("mcp:{}", server.name),
-                if server.required {
-                    Criticality::Critical
-                } else {
-                    Criticality::Optional
-                },
-                server.connect_timeout,
-                move || {
-                    let mcp = Arc::clone(&mcp);
-                    let name = name.clone();
-                    async move { mcp.check(&name).await }
-                },
-            )
-        })
-        .collect()
-}
-
-/// One readiness check per model the agents' chains name, `model:<name>` (its server answers
-/// `GET /models`: no tokens spent), and one per agent whose chain has more than one model,
-/// `agent:<id>`, up while any of its models is. Optional: a model provider's outage is every
-/// replica's, so it reports the service degraded rather than taking replicas out of rotation.
-fn model_checks(agents: &crate::agents::Agents, timeout: Duration) -> Vec<HealthCheck> {
-    let mut checks: Vec<HealthCheck> = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for agent in agents.all() {
-        for (name, model) in agent.chain.models() {
-            if seen.contains(&name) {
-                continue;
-            }
-            seen.push(name);
-            let model = Arc::clone(model);
-            checks.push(HealthCheck::new(
-                format!("model:{name}"),
-                Criticality::Optional,
-                timeout,
-                move || {
-                    let model = Arc::clone(&model);
-                    async move { model.check().await }
-                },
-            ));
-        }
-        if agent.models.len() > 1 {
-            let chain = Arc::clone(&agent.chain);
-            checks.push(HealthCheck::new(
-                format!("agent:{}", agent.id),
-                Criticality::Optional,
-                timeout,
-                move || {
-                    let chain = Arc::clone(&chain);
-                    async move { agent_core::ChatModel::check(chain.as_ref()).await }
-                },
-            ));
-        }
-    }
-    checks
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //! /hooks` lists them in arrival order (for the checks of background runs' webhooks). A
 //! question "what is <arithmetic>" (such as "what is 2+3*4?") to an agent that offers a
 //! `calculator` tool is answered with a call of it, then, once its result is in, with
-//! "<arithmetic> = <result>" streamed a word every 100 ms (what the browser checks watch).
+//! "<arithmetic> = <result>" streamed a word every 100 ms (what the browser checks watch). A
+//! message "whoami" is answered with "system: <the system prompt> | tools: <the tools' names>"
+//! (which agent answered).
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -94,7 +96,8 @@ async fn completions(
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
-    // "recall ..." shows what the model was sent before: the user's previous message. "json
+    // "recall ..." shows what the model was sent before: the user's previous message; "whoami"
+    // the system prompt and the tools' names it was sent. "json
     // <text>" under a JSON `response_format` is answered with <text> alone (so a client's
     // structured-output parse succeeds only if the format reached the model).
     let json_format = ["json_object", "json_schema"]
@@ -102,6 +105,20 @@ async fn completions(
         .any(|kind| body["response_format"]["type"] == *kind);
     let text = if let Some(answer) = last_user.strip_prefix("json ").filter(|_| json_format) {
         answer.to_owned()
+    } else if last_user == "whoami" {
+        // What the model was sent, so a client sees which agent answered.
+        let system = body["messages"][0]
+            .as_object()
+            .filter(|message| message.get("role").and_then(Value::as_str) == Some("system"))
+            .and_then(|message| message.get("content").and_then(Value::as_str))
+            .unwrap_or("none");
+        let tools: Vec<&str> = body["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|tool| tool["function"]["name"].as_str())
+            .collect();
+        format!("system: {system} | tools: {}", tools.join(", "))
     } else if last_user.starts_with("recall") {
         format!(
             "you said earlier: {}",

@@ -85,6 +85,36 @@ models = list(client.models.list())
 check([model.id for model in models] == ["agent"], f"models.list: {models}")
 check(client.models.retrieve("agent").owned_by == "agent-server", "models.retrieve")
 
+# Several agents: each is a model; which one answers shows in what the model was sent.
+agents = OpenAI(base_url=f"{os.environ['AGENT_AGENTS_URL']}/v1", api_key=KEY)
+ids = [model.id for model in agents.models.list()]
+check(ids == ["support", "research"], f"the agents as models: {ids}")
+raw = agents.chat.completions.with_raw_response.create(model="support", messages=user("whoami"))
+support = raw.parse()
+check(support.model == "support", f"model: {support.model}")
+check(
+    support.choices[0].message.content == "system: You are support. | tools: calculator",
+    f"the support agent: {support.choices[0].message.content}",
+)
+check(raw.headers.get("x-agent-model"), f"x-agent-model: {dict(raw.headers)}")
+research = agents.chat.completions.create(model="research", messages=user("whoami"))
+check(
+    research.choices[0].message.content == "system: You are research. | tools: current_time",
+    f"the research agent: {research.choices[0].message.content}",
+)
+answered = agents.responses.create(model="research", input="whoami")
+check(answered.output_text.startswith("system: You are research."), f"responses: {answered}")
+outsider = OpenAI(
+    base_url=f"{os.environ['AGENT_AGENTS_URL']}/v1", api_key=os.environ["AGENT_QUOTA_KEY"]
+)
+check([model.id for model in outsider.models.list()] == ["support"], "a caller sees its agents")
+forbidden = raises(
+    openai.NotFoundError,
+    lambda: outsider.chat.completions.create(model="research", messages=user("hi")),
+    "an agent outside the caller's",
+)
+check(forbidden.code == "model_not_found", f"code: {forbidden.code}")
+
 # A plain completion (stateless).
 completion = client.chat.completions.create(model="agent", messages=user("hello"), temperature=0.2)
 check(completion.object == "chat.completion", f"object: {completion}")

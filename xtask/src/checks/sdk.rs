@@ -26,6 +26,22 @@ use crate::checks::harness::{
 /// Caller `sdk`'s key, and caller `thrifty`'s, whose daily quota one turn uses up.
 const KEY: &str = "sdk-key-0123456789";
 const QUOTA_KEY: &str = "thrifty-key-0123456789";
+/// The configuration of the server of several agents.
+const AGENTS: &str = r#"
+default_agent = "support"
+
+[[agents]]
+id = "support"
+instructions = "You are support."
+tools = ["calculator"]
+
+[[agents]]
+id = "research"
+instructions = "You are research."
+tools = ["current_*"]
+callers = ["sdk"]
+"#;
+
 /// The webhooks' signing secret (`whsec_` and base64).
 const WEBHOOK_SECRET: &str = "whsec_c2RrIGNoZWNrIHdlYmhvb2sgc2VjcmV0";
 
@@ -81,6 +97,16 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
         Ok((server, port))
     };
     let (_server, port) = start("1000000")?;
+    // Two agents: caller `sdk` may use both, `thrifty` only `support`.
+    let agents_config = root.join(format!("target/sdk-agents-{}.toml", std::process::id()));
+    std::fs::write(&agents_config, AGENTS)?;
+    let agents_port = dev_harness::free_port()?;
+    let _agents = Spawned::start(
+        server_command(&bin, agents_port, model_port)
+            .env("AGENT_API_KEYS", &keys)
+            .env("AGENT_CONFIG", &agents_config),
+    )?;
+    wait_until_ok(agents_port, "/ready")?;
     let (_limited, limited_port) = start("2")?;
     // The built-in offline model (no model server, memory storage): structured output must
     // work with it too.
@@ -102,6 +128,10 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
         ("FAKE_MODEL_URL", format!("http://127.0.0.1:{model_port}")),
         ("WEBHOOK_PORT", webhook_port.to_string()),
         ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        (
+            "AGENT_AGENTS_URL",
+            format!("http://127.0.0.1:{agents_port}"),
+        ),
         (
             "AGENT_OFFLINE_URL",
             format!("http://127.0.0.1:{offline_port}"),
@@ -140,5 +170,6 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(&config);
+    let _ = std::fs::remove_file(&agents_config);
     Ok(())
 }
