@@ -182,6 +182,47 @@ pub fn config_check() -> ExitCode {
             settings.builtin_approval
         ));
     }
+    let default_agent = settings
+        .default_agent
+        .as_deref()
+        .or(settings.agents.first().map(|agent| agent.id.as_str()));
+    lines.extend(settings.agents.iter().map(|agent| {
+        format!(
+            "agent {}{}: models [{}], tools {}, callers {}",
+            agent.id,
+            if default_agent == Some(agent.id.as_str()) {
+                " (default)"
+            } else {
+                ""
+            },
+            agent
+                .chain(&settings.model.name)
+                .collect::<Vec<_>>()
+                .join(" -> "),
+            agent.tools.as_ref().map_or_else(
+                || "all".to_owned(),
+                |tools| format!("[{}]", tools.join(", "))
+            ),
+            agent.callers.as_ref().map_or_else(
+                || "all".to_owned(),
+                |callers| format!("[{}]", callers.join(", "))
+            ),
+        )
+    }));
+    lines.extend(settings.models.iter().map(|model| {
+        format!(
+            "model {}: {} at {} (key: {}, headers: {})",
+            model.name,
+            model.model,
+            without_credentials(&model.base_url),
+            match (&model.api_key, model.inline_key) {
+                (None, _) => "none",
+                (Some(_), true) => "<redacted> (written in the file)",
+                (Some(_), false) => "<redacted>",
+            },
+            redacted(&model.headers)
+        )
+    }));
     lines.extend(settings.webhooks.iter().map(|webhook| {
         format!(
             "webhook {}: events [{}], callers {}, secrets: {} <redacted>{}",

@@ -27,19 +27,18 @@ tools = ["current_*"]
 callers = ["alice"]
 "#;
 
-/// A request as the holder of `key`.
-fn as_caller(
-    app: &TestApp,
-    method: reqwest::Method,
-    path: &str,
-    key: &str,
-) -> reqwest::RequestBuilder {
-    app.client
-        .request(method, format!("{}{path}", app.address))
+/// A request as the holder of `key` (a GET without a body): its status and JSON answer.
+async fn ask(app: &TestApp, key: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("{}{path}", app.address);
+    let request = match body {
+        None => app.client.get(url),
+        Some(body) => app.client.post(url).json(&body),
+    };
+    let response = request
         .header("authorization", format!("Bearer {key}"))
-}
-
-async fn json_of(response: reqwest::Response) -> (u16, Value) {
+        .send()
+        .await
+        .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or_default())
 }
@@ -71,17 +70,9 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
         &[("AGENT_CONFIG", file.as_str()), ("AGENT_API_KEYS", KEYS)],
     )
     .await;
-    let get = reqwest::Method::GET;
-    let post = reqwest::Method::POST;
 
     // Bob sees the support agent only.
-    let (status, listed) = json_of(
-        as_caller(&app, get.clone(), "/agents", "key-bob")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, listed) = ask(&app, "key-bob", "/agents", None).await;
     assert_eq!(status, 200, "{listed}");
     let support = &listed["agents"][0];
     assert_eq!(listed["agents"].as_array().unwrap().len(), 1, "{listed}");
@@ -93,41 +84,27 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
     let model = support["models"][0].as_str().unwrap().to_owned();
     assert!(!listed.to_string().contains("127.0.0.1"), "no address");
     for path in ["/agents/research", "/agents/nobody"] {
-        let (status, body) = json_of(
-            as_caller(&app, get.clone(), path, "key-bob")
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
+        let (status, body) = ask(&app, "key-bob", path, None).await;
         assert_eq!(status, 404, "{body}");
         assert_eq!(error_code(&body), "agent_not_found");
     }
-    let (status, body) = json_of(
-        as_caller(&app, post.clone(), "/agent", "key-bob")
-            .json(&json!({"message": "hi", "agent": "research"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = ask(
+        &app,
+        "key-bob",
+        "/agent",
+        Some(json!({"message": "hi", "agent": "research"})),
     )
     .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(error_code(&body), "agent_not_found");
-    let (_, models) = json_of(
-        as_caller(&app, get.clone(), "/v1/models", "key-bob")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, models) = ask(&app, "key-bob", "/v1/models", None).await;
     assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
     assert_eq!(models["data"][0]["id"], "support");
-    let (status, body) = json_of(
-        as_caller(&app, post.clone(), "/v1/chat/completions", "key-bob")
-            .json(&json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = ask(
+        &app,
+        "key-bob",
+        "/v1/chat/completions",
+        Some(json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await;
     assert_eq!(status, 404, "{body}");
@@ -139,13 +116,7 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
     );
 
     // Alice: the default agent, then the research agent, each as itself.
-    let response = as_caller(&app, post.clone(), "/agent", "key-alice")
-        .json(&json!({"message": "hi"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.headers()["x-agent-model"], model.as_str());
-    let (status, body) = json_of(response).await;
+    let (status, body) = ask(&app, "key-alice", "/agent", Some(json!({"message": "hi"}))).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["agent"], "support");
     assert_eq!(body["model"], model.as_str());
@@ -156,12 +127,11 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
             vec!["calculator".to_owned()]
         )
     );
-    let (status, body) = json_of(
-        as_caller(&app, post.clone(), "/agent", "key-alice")
-            .json(&json!({"message": "hi", "agent": "research"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = ask(
+        &app,
+        "key-alice",
+        "/agent",
+        Some(json!({"message": "hi", "agent": "research"})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -173,35 +143,27 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
             vec!["current_time".to_owned()]
         )
     );
-    let (status, body) = json_of(
-        as_caller(&app, post.clone(), "/v1/chat/completions", "key-alice")
-            .json(&json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = ask(
+        &app,
+        "key-alice",
+        "/v1/chat/completions",
+        Some(json!({"model": "research", "messages": [{"role": "user", "content": "hi"}]})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"], "research");
     assert_eq!(sent(&fake, 2).await.0, "You are the research agent.");
-    let (status, body) = json_of(
-        as_caller(&app, post, "/v1/responses", "key-alice")
-            .json(&json!({"model": "support", "input": "hi"}))
-            .send()
-            .await
-            .unwrap(),
+    let (status, body) = ask(
+        &app,
+        "key-alice",
+        "/v1/responses",
+        Some(json!({"model": "support", "input": "hi"})),
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model"], "support");
     assert_eq!(sent(&fake, 3).await.0, "You are the support agent.");
-    let (_, models) = json_of(
-        as_caller(&app, get, "/v1/models", "key-alice")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, models) = ask(&app, "key-alice", "/v1/models", None).await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()

@@ -158,6 +158,23 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         url = "https://hooks.example/agent"
         secret = ["whsec_aHVudGVyMi1zZWNyZXQ=", "whsec_bmV3ZXItc2VjcmV0"]
         callers = ["alice"]
+
+        [[agents]]
+        id = "support"
+        model = "gpt-4o-mini"
+        fallbacks = ["gateway"]
+        tools = ["calculator", "docs__*"]
+        callers = ["alice"]
+
+        [[agents]]
+        id = "research"
+
+        [[models]]
+        name = "gateway"
+        base_url = "https://llm.example/v1"
+        model = "claude-3-5-haiku"
+        api_key = "hunter2-model-key"
+        headers = { X-Team = "hunter2-team" }
         "#,
     );
     let checked = output(&["config", "check"], &[("AGENT_CONFIG", file.as_str())]);
@@ -173,6 +190,18 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
     );
     assert!(
         stdout.contains("webhook https://hooks.example/agent: events [response.completed, response.failed, response.cancelled, response.requires_action], callers [alice], secrets: 2 <redacted> (written in the file)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent support (default): models [gpt-4o-mini -> gateway], tools [calculator, docs__*], callers [alice]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("agent research: models [gpt-4o-mini], tools all, callers all"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("model gateway: claude-3-5-haiku at https://llm.example/v1 (key: <redacted> (written in the file), headers: X-Team=<redacted>)"),
         "{stdout}"
     );
     assert!(!stdout.contains("hunter2"), "{stdout}");
