@@ -391,7 +391,7 @@ sections! {
         max_tokens: u32 = MODEL_MAX_TOKENS, Kind::Int { min: 1, max: 1_000_000 }, default: Some("1000"), aliases: ["MAX_TOKENS"];
         /// Bound on one model call until it starts answering, and on any pause while it streams.
         request_timeout: Duration = MODEL_REQUEST_TIMEOUT, Kind::Duration { min: ms(1), max: secs(3600) }, default: Some("60s"), aliases: [];
-        /// Attempts in all for one model call on 429, 5xx and connection failures (1: no retry).
+        /// Attempts in all for one model call on 408, 429, 5xx and connection failures (1: no retry).
         max_attempts: u32 = MODEL_MAX_ATTEMPTS, Kind::Int { min: 1, max: 20 }, default: Some("3"), aliases: [];
         /// The first backoff between attempts (doubling, each pause stretched by up to 100 % at random; a `Retry-After` or
         /// `retry-after-ms` header wins).

@@ -145,7 +145,9 @@ impl OpenAiModel {
                         body,
                         ..
                     } => ModelError::Authentication(body),
-                    TransportFailure::Status { status, body, .. } if status < 500 => {
+                    TransportFailure::Status { status, body, .. }
+                        if status < 500 && status != 408 =>
+                    {
                         ModelError::rejected(status, &body)
                     }
                     TransportFailure::Timeout(limit) => ModelError::Timeout(limit),
@@ -162,7 +164,7 @@ impl OpenAiModel {
                 match api.status_code.as_u16() {
                     401 | 403 => ModelError::Authentication(message),
                     429 => ModelError::RateLimited { retry_after: None },
-                    status if status >= 500 => ModelError::upstream(message),
+                    status if status >= 500 || status == 408 => ModelError::upstream(message),
                     status => {
                         let said =
                             format!("{} {message}", api.api_error.code.as_deref().unwrap_or(""));

@@ -1,5 +1,5 @@
 //! The transport under the async-openai client: one HTTP attempt bounded by the per-call timeout,
-//! retried on 429, 5xx and connection failures with exponential backoff and jitter, honouring
+//! retried on 408, 429, 5xx and connection failures with exponential backoff and jitter, honouring
 //! `Retry-After`, within a total retry budget. It replaces async-openai's built-in retry, which
 //! does not retry non-JSON 429s or timeouts and has a multi-minute default.
 
@@ -105,7 +105,8 @@ impl RetryingTransport {
                         retry_after,
                         body,
                     };
-                    if status.as_u16() != 429 && !status.is_server_error() {
+                    // 408 (the server timed the request out), 429 and 5xx pass; others stay.
+                    if !matches!(status.as_u16(), 408 | 429) && !status.is_server_error() {
                         return Err(boxed(failure));
                     }
                     failure

@@ -135,6 +135,23 @@ async fn a_failing_model_hands_the_call_to_the_next_and_a_bad_request_stays_bad(
 }
 
 #[tokio::test]
+async fn a_request_timeout_falls_back_too() {
+    let primary = FakeOpenAi::repeating(Scripted::status(408)).await;
+    let fallback = FakeOpenAi::repeating(Scripted::text("fallback answers")).await;
+    let chain = ModelChain::new(
+        vec![
+            ("primary".to_owned(), model(&primary)),
+            ("fallback".to_owned(), model(&fallback)),
+        ],
+        None,
+    );
+    assert_eq!(
+        ask(&chain).await.unwrap(),
+        answer("fallback answers", "fallback")
+    );
+}
+
+#[tokio::test]
 async fn a_chain_whose_every_model_failed_answers_the_last_cause() {
     let first = FakeOpenAi::repeating(Scripted::status(503)).await;
     let last = FakeOpenAi::repeating(Scripted::rate_limited("0")).await;
