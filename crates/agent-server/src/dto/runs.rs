@@ -68,6 +68,18 @@ pub(crate) struct RunView {
     /// `action_expired`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) expires_at: Option<String>,
+    /// The agent of its session (a session keeps its first turn's agent); absent for a run
+    /// without one, or whose session has no turn yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) agent: Option<String>,
+}
+
+impl RunView {
+    /// The view, naming `agent` (its session's).
+    pub(crate) fn with_agent(mut self, agent: Option<String>) -> Self {
+        self.agent = agent;
+        self
+    }
 }
 
 /// Why a run failed or was cancelled: the error code its request was (or would have been)
@@ -106,6 +118,7 @@ impl From<RunRecord> for RunView {
                 .action
                 .as_ref()
                 .map(|action| timestamp(action.expires_at)),
+            agent: None,
             run_id: run.id,
         }
     }

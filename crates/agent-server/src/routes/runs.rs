@@ -58,7 +58,23 @@ pub(crate) async fn get_run(
     turns: Data<Turns>,
 ) -> Result<HttpResponse, ApiError> {
     let run = owned_run(&backends, &turns, &id, &caller_name(&request)).await?;
-    Ok(HttpResponse::Ok().json(RunView::from(run)))
+    let agent = agent_of(&backends, run.session.as_ref()).await?;
+    Ok(HttpResponse::Ok().json(RunView::from(run).with_agent(agent)))
+}
+
+/// The agent of `session` (a run's is its session's); none without a session or a turn yet.
+async fn agent_of(
+    backends: &Backends,
+    session: Option<&agent_core::SessionId>,
+) -> Result<Option<String>, ApiError> {
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    Ok(backends
+        .conversations
+        .session(session)
+        .await?
+        .and_then(|info| info.agent))
 }
 
 /// Cancel a queued or running run: it stops at once (its model and tool calls are cancelled)
@@ -278,17 +294,20 @@ pub(crate) async fn list_session_runs(
     {
         runs.insert(0, running);
     }
-    if runs.is_empty() {
-        // A session with no run (made before runs) still lists; one that does not exist is 404.
-        if backends.conversations.session(&session).await?.is_none() {
-            return Err(ApiError::SessionNotFound(session.local().to_owned()));
-        }
+    let info = backends.conversations.session(&session).await?;
+    // A session with no run (made before runs) still lists; one that does not exist is 404.
+    if runs.is_empty() && info.is_none() {
+        return Err(ApiError::SessionNotFound(session.local().to_owned()));
     }
+    let agent = info.and_then(|info| info.agent);
     let more = runs.len() > limit;
     runs.truncate(limit);
     let next_cursor = more.then(|| runs.last().map(run_cursor_text)).flatten();
     Ok(HttpResponse::Ok().json(RunList {
-        runs: runs.into_iter().map(RunView::from).collect(),
+        runs: runs
+            .into_iter()
+            .map(|run| RunView::from(run).with_agent(agent.clone()))
+            .collect(),
         next_cursor,
     }))
 }

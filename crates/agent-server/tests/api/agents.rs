@@ -355,6 +355,12 @@ async fn a_session_keeps_the_agent_of_its_first_turn() {
     assert_eq!(fake.requests().await.len(), 2, "refused before the model");
     let (_, session) = app.get_json("/sessions/kept").await;
     assert_eq!(session["agent"], "research");
+    // Its runs are the session's agent's.
+    let run = first["run_id"].as_str().unwrap();
+    let (_, shown) = app.get_json(&format!("/runs/{run}")).await;
+    assert_eq!(shown["agent"], "research", "{shown}");
+    let (_, runs) = app.get_json("/sessions/kept/runs").await;
+    assert_eq!(runs["runs"][1]["agent"], "research", "{runs}");
     assert_eq!(session["turn_count"], 2);
     assert_eq!(app.stored("anonymous:kept").await.len(), 4);
 }
