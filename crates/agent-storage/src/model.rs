@@ -26,6 +26,8 @@ pub struct SessionInfo {
 pub struct DailyUsage {
     pub owner: String,
     pub day: chrono::NaiveDate,
+    /// The agent of these turns (none: counted before agents were named).
+    pub agent: Option<String>,
     pub turns: u64,
     pub usage: TokenUsage,
 }

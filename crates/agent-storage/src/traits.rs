@@ -97,6 +97,7 @@ pub trait ConversationStore: Send + Sync + Debug {
     async fn count_usage(
         &self,
         owner: &str,
+        agent: Option<&str>,
         usage: TokenUsage,
         run: Option<RunCompletion<'_>>,
     ) -> Result<(), StorageError>;

@@ -25,12 +25,17 @@ pub(crate) struct UsageQuery {
     /// One caller only: yours, or anyone's for a caller named in `AGENT_API__USAGE_READERS`.
     #[param(pattern = "^[A-Za-z0-9._-]{1,64}$")]
     caller: Option<String>,
+    /// One row per agent too (each row then names its `agent`; turns counted before agents
+    /// were named have none). Default false: one row per caller and day.
+    #[serde(default)]
+    by_agent: bool,
 }
 
 /// `GET /usage`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct UsageReport {
-    /// One row per caller and day with stored turns, by day then caller.
+    /// One row per caller and day with stored turns (and per agent with `by_agent`), by day,
+    /// caller, then agent.
     usage: Vec<UsageRow>,
     /// Your own daily token quota, when you have one (`AGENT_API__DAILY_TOKEN_QUOTA`).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +58,10 @@ struct UsageRow {
     caller: String,
     /// `YYYY-MM-DD`, UTC.
     day: String,
+    /// The agent of these turns (`by_agent` only; absent for turns counted before agents were
+    /// named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<String>,
     turns: u64,
     prompt_tokens: u64,
     completion_tokens: u64,
@@ -97,10 +106,13 @@ pub(crate) async fn get_usage(
     let to = day("to", query.to.as_deref())?.unwrap_or_else(|| Utc::now().date_naive());
     let from = day("from", query.from.as_deref())?
         .unwrap_or_else(|| to.checked_sub_days(Days::new(29)).unwrap_or(to));
-    let rows = backends
+    let mut rows = backends
         .conversations
         .usage(owner.as_deref(), from, to)
         .await?;
+    if !query.by_agent {
+        rows = merged(rows);
+    }
     let quota = QuotaStatus::of(&settings.api.quotas, backends.conversations.as_ref(), &me)
         .await?
         .map(|status| QuotaView {
@@ -115,6 +127,7 @@ pub(crate) async fn get_usage(
             .map(|row| UsageRow {
                 caller: row.owner,
                 day: row.day.format("%Y-%m-%d").to_string(),
+                agent: row.agent,
                 turns: row.turns,
                 prompt_tokens: row.usage.prompt_tokens,
                 completion_tokens: row.usage.completion_tokens,
@@ -125,6 +138,21 @@ pub(crate) async fn get_usage(
 }
 
 /// A query parameter that is a day, `YYYY-MM-DD`; the error names the parameter.
+/// The rows of each caller's day (by day, then caller) merged into one, whatever their agents.
+fn merged(rows: Vec<agent_storage::DailyUsage>) -> Vec<agent_storage::DailyUsage> {
+    let mut merged: Vec<agent_storage::DailyUsage> = Vec::with_capacity(rows.len());
+    for row in rows {
+        match merged.last_mut() {
+            Some(last) if last.day == row.day && last.owner == row.owner => {
+                last.turns += row.turns;
+                last.usage += row.usage;
+            }
+            _ => merged.push(agent_storage::DailyUsage { agent: None, ..row }),
+        }
+    }
+    merged
+}
+
 fn day(name: &str, text: Option<&str>) -> Result<Option<NaiveDate>, ApiError> {
     text.map(|text| {
         NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {

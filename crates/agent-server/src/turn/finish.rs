@@ -95,7 +95,12 @@ impl Turns {
             let (session, info, guard, window) = match target {
                 Held::Given { caller } => {
                     let counted = conversations
-                        .count_usage(&caller, turn.usage, Some(completion))
+                        .count_usage(
+                            &caller,
+                            finished.agent.as_deref(),
+                            turn.usage,
+                            Some(completion),
+                        )
                         .await;
                     let counted = observe(&store_failing, counted).map(|()| false);
                     recorded(recording, counted.is_ok());

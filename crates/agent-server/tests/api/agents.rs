@@ -172,6 +172,24 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
         .collect();
     assert_eq!(ids, ["support", "research"]);
     let metrics = app.metrics().await;
+    // Usage: one row for the day, or one per agent.
+    let (_, usage) = ask(&app, "key-alice", "/usage", None).await;
+    assert_eq!(usage["usage"].as_array().unwrap().len(), 1, "{usage}");
+    assert_eq!(usage["usage"][0]["turns"], 4, "{usage}");
+    assert!(usage["usage"][0].get("agent").is_none(), "{usage}");
+    let (_, usage) = ask(&app, "key-alice", "/usage?by_agent=true", None).await;
+    let split: Vec<(&str, u64)> = usage["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row["agent"].as_str().unwrap(),
+                row["turns"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(split, [("research", 2), ("support", 2)], "{usage}");
     for line in [
         r#"agent_turns_total{outcome="completed",agent="support"} 2"#,
         r#"agent_turns_total{outcome="completed",agent="research"} 2"#,

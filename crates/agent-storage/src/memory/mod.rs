@@ -39,7 +39,8 @@ pub struct MemoryStorage {
     /// Response objects by id.
     responses: Mutex<HashMap<String, StoredResponse>>,
     /// Turns and tokens per (caller, UTC day).
-    usage: Mutex<HashMap<(String, NaiveDate), (u64, TokenUsage)>>,
+    /// By caller, day and agent ('' when none).
+    usage: Mutex<HashMap<(String, NaiveDate, String), (u64, TokenUsage)>>,
     background: Arc<BackgroundWork>,
 }
 
@@ -89,11 +90,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl MemoryStorage {
-    /// Adds a turn and its tokens to `owner`'s usage of the UTC day of `at`.
-    fn count(&self, owner: &str, at: SystemTime, tokens: TokenUsage) {
+    /// Adds a turn of `agent` and its tokens to `owner`'s usage of the UTC day of `at`.
+    fn count(&self, owner: &str, agent: Option<&str>, at: SystemTime, tokens: TokenUsage) {
         let day = DateTime::<Utc>::from(at).date_naive();
         let mut usage = lock(&self.usage);
-        let counted = usage.entry((owner.to_owned(), day)).or_default();
+        let key = (owner.to_owned(), day, agent.unwrap_or_default().to_owned());
+        let counted = usage.entry(key).or_default();
         counted.0 += 1;
         counted.1 += tokens;
     }
@@ -139,7 +141,7 @@ impl MemoryStorage {
             info.agent = agent.map(str::to_owned);
         }
         let info = info.clone();
-        self.count(id.owner(), now, turn.usage);
+        self.count(id.owner(), agent, now, turn.usage);
         Ok(info)
     }
 
@@ -212,12 +214,13 @@ impl ConversationStore for MemoryStorage {
     async fn count_usage(
         &self,
         owner: &str,
+        agent: Option<&str>,
         usage: TokenUsage,
         run: Option<RunCompletion<'_>>,
     ) -> Result<(), StorageError> {
         let mut runs = lock(&self.runs);
         runs.check_in_progress(run)?;
-        self.count(owner, SystemTime::now(), usage);
+        self.count(owner, agent, SystemTime::now(), usage);
         runs.complete(run, None, usage);
         Ok(())
     }
@@ -331,17 +334,18 @@ impl ConversationStore for MemoryStorage {
         let usage = lock(&self.usage);
         let mut rows: Vec<DailyUsage> = usage
             .iter()
-            .filter(|((who, day), _)| {
+            .filter(|((who, day, _), _)| {
                 owner.is_none_or(|owner| owner == who) && (from..=to).contains(day)
             })
-            .map(|((who, day), (turns, tokens))| DailyUsage {
+            .map(|((who, day, agent), (turns, tokens))| DailyUsage {
                 owner: who.clone(),
                 day: *day,
+                agent: Some(agent.clone()).filter(|agent| !agent.is_empty()),
                 turns: *turns,
                 usage: *tokens,
             })
             .collect();
-        rows.sort_by(|a, b| (a.day, &a.owner).cmp(&(b.day, &b.owner)));
+        rows.sort_by(|a, b| (a.day, &a.owner, &a.agent).cmp(&(b.day, &b.owner, &b.agent)));
         Ok(rows)
     }
 

@@ -409,32 +409,36 @@ impl ConversationStore for PostgresStore {
             let mut connection = self.connection().await?;
             let mut query = usage_daily::table
                 .filter(usage_daily::day.between(from, to))
-                .group_by((usage_daily::day, usage_daily::owner))
+                .group_by((usage_daily::day, usage_daily::owner, usage_daily::agent))
                 .select((
                     usage_daily::day,
                     usage_daily::owner,
+                    usage_daily::agent,
                     total("turns"),
                     total("prompt_tokens"),
                     total("completion_tokens"),
                 ))
-                .order((usage_daily::day, usage_daily::owner))
+                .order((usage_daily::day, usage_daily::owner, usage_daily::agent))
                 .into_boxed();
             if let Some(owner) = owner {
                 query = query.filter(usage_daily::owner.eq(owner.to_owned()));
             }
-            let rows: Vec<(NaiveDate, String, i64, i64, i64)> =
+            let rows: Vec<(NaiveDate, String, String, i64, i64, i64)> =
                 query.load(&mut connection).await.map_err(query_error)?;
             Ok(rows
                 .into_iter()
-                .map(|(day, owner, turns, prompt, completion)| DailyUsage {
-                    owner,
-                    day,
-                    turns: unsigned(turns),
-                    usage: TokenUsage {
-                        prompt_tokens: unsigned(prompt),
-                        completion_tokens: unsigned(completion),
+                .map(
+                    |(day, owner, agent, turns, prompt, completion)| DailyUsage {
+                        owner,
+                        day,
+                        agent: Some(agent).filter(|agent| !agent.is_empty()),
+                        turns: unsigned(turns),
+                        usage: TokenUsage {
+                            prompt_tokens: unsigned(prompt),
+                            completion_tokens: unsigned(completion),
+                        },
                     },
-                })
+                )
                 .collect())
         })
         .await
@@ -466,12 +470,14 @@ impl ConversationStore for PostgresStore {
     async fn count_usage(
         &self,
         owner: &str,
+        agent: Option<&str>,
         usage: TokenUsage,
         run: Option<RunCompletion<'_>>,
     ) -> Result<(), StorageError> {
         // A random one of the caller-day's 64 rows, so concurrent turns rarely wait on one.
         let statement = CountUsage {
             owner,
+            agent: agent.unwrap_or_default(),
             day: Utc::now().date_naive(),
             shard: rand::random_range(0..64),
             prompt_tokens: signed(usage.prompt_tokens),

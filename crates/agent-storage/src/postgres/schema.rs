@@ -40,13 +40,15 @@ diesel::table! {
 }
 
 diesel::table! {
-    usage_daily (owner, day, shard) {
+    usage_daily (owner, day, agent, shard) {
         owner -> Text,
         day -> Date,
         shard -> Int2,
         turns -> Int8,
         prompt_tokens -> Int8,
         completion_tokens -> Int8,
+        /// The agent of the turns ('' before agents were named).
+        agent -> Text,
     }
 }
 

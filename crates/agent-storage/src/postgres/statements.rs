@@ -336,16 +336,17 @@ fn walk_turn<'b>(
     // The caller's usage of the day, in the same statement (see the usage_daily migration).
     out.push_sql(
         "counted AS (INSERT INTO usage_daily AS u \
-         (owner, day, shard, turns, prompt_tokens, completion_tokens) \
+         (owner, day, agent, shard, turns, prompt_tokens, completion_tokens) \
          SELECT CASE WHEN strpos(updated.id, ':') > 0 THEN split_part(updated.id, ':', 1) \
-         ELSE 'anonymous' END, (updated.updated_at AT TIME ZONE 'UTC')::date, \
-         (hashtext(updated.id) & 63)::smallint, 1, ",
+         ELSE 'anonymous' END, (updated.updated_at AT TIME ZONE 'UTC')::date, COALESCE(",
     );
+    out.push_bind_param::<Nullable<Text>, _>(&turn.agent)?;
+    out.push_sql(", ''), (hashtext(updated.id) & 63)::smallint, 1, ");
     out.push_bind_param::<BigInt, _>(&turn.prompt_tokens)?;
     out.push_sql(", ");
     out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
     out.push_sql(
-        " FROM updated ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
+        " FROM updated ON CONFLICT (owner, day, agent, shard) DO UPDATE SET turns = u.turns + 1, \
          prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
          completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens), ",
     );
@@ -456,6 +457,8 @@ pub(super) const RESPONSE_FIELDS: &str = ") AS r (id text, created_at double pre
 #[derive(Debug)]
 pub(super) struct CountUsage<'a> {
     pub(super) owner: &'a str,
+    /// The agent of the turn ('' when none is named).
+    pub(super) agent: &'a str,
     pub(super) day: chrono::NaiveDate,
     pub(super) shard: i16,
     pub(super) prompt_tokens: i64,
@@ -506,11 +509,13 @@ impl QueryFragment<Pg> for CountUsage<'_> {
         out.push_bind_param::<Nullable<Text>, _>(&self.run)?;
         out.push_sql(
             ") ON CONFLICT (id) DO NOTHING) INSERT INTO usage_daily AS u \
-             (owner, day, shard, turns, prompt_tokens, completion_tokens) SELECT ",
+             (owner, day, agent, shard, turns, prompt_tokens, completion_tokens) SELECT ",
         );
         out.push_bind_param::<Text, _>(self.owner)?;
         out.push_sql(", ");
         out.push_bind_param::<diesel::sql_types::Date, _>(&self.day)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Text, _>(self.agent)?;
         out.push_sql(", ");
         out.push_bind_param::<diesel::sql_types::SmallInt, _>(&self.shard)?;
         out.push_sql(", 1, ");
@@ -520,7 +525,7 @@ impl QueryFragment<Pg> for CountUsage<'_> {
         out.push_sql(" WHERE ");
         push_run_still_active(&mut out, &self.run, &self.origin)?;
         out.push_sql(
-            " ON CONFLICT (owner, day, shard) DO UPDATE SET turns = u.turns + 1, \
+            " ON CONFLICT (owner, day, agent, shard) DO UPDATE SET turns = u.turns + 1, \
              prompt_tokens = u.prompt_tokens + EXCLUDED.prompt_tokens, \
              completion_tokens = u.completion_tokens + EXCLUDED.completion_tokens RETURNING true",
         );

@@ -79,6 +79,7 @@ contract!(
         the_sweep_deletes_only_idle_sessions_and_never_one_with_a_turn_in_progress,
         the_sweep_deletes_the_oldest_first_in_batches,
         usage_per_caller_adds_up_to_the_stored_turns,
+        usage_is_counted_per_agent_and_a_quota_sums_them,
         sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repeat_nothing,
         ensure_session_creates_an_empty_session_once,
         concurrent_ensures_of_a_new_session_agree,
@@ -541,6 +542,47 @@ async fn sessions_are_listed_per_owner_newest_first_in_pages_that_skip_and_repea
     );
 }
 
+/// A caller's day is split by agent (the stored turns' and the stateless ones'); the day's
+/// tokens a quota checks are every agent's.
+async fn usage_is_counted_per_agent_and_a_quota_sums_them((store, _): Stores) {
+    let caller = format!("agents{}", uuid_suffix());
+    let of = |agent| agent_storage::TurnRecord {
+        agent,
+        ..Default::default()
+    };
+    for (name, agent) in [("a", "support"), ("b", "support"), ("c", "research")] {
+        let id = SessionId::parse(name).unwrap().owned_by(&caller);
+        store
+            .append_turn_recording(&id, 0, &simple_turn("hi"), of(Some(agent)))
+            .await
+            .unwrap();
+    }
+    let tokens = TokenUsage {
+        prompt_tokens: 7,
+        completion_tokens: 3,
+    };
+    store
+        .count_usage(&caller, Some("research"), tokens, None)
+        .await
+        .unwrap();
+    store
+        .count_usage(&caller, None, tokens, None)
+        .await
+        .unwrap();
+    let today = chrono::Utc::now().date_naive();
+    let rows = store.usage(Some(&caller), today, today).await.unwrap();
+    let split: Vec<(Option<&str>, u64)> = rows
+        .iter()
+        .map(|row| (row.agent.as_deref(), row.turns))
+        .collect();
+    assert_eq!(
+        split,
+        [(None, 1), (Some("research"), 2), (Some("support"), 2)]
+    );
+    let total: u64 = rows.iter().map(|row| row.usage.total()).sum();
+    assert_eq!(store.tokens_used(&caller, today).await.unwrap(), total);
+}
+
 /// Usage is counted with each stored turn: after 50 concurrent turns of two callers (some of them
 /// refused as conflicts, which count nothing), each caller's day adds up to its sessions' totals.
 async fn usage_per_caller_adds_up_to_the_stored_turns((store, _): Stores) {
@@ -740,7 +782,7 @@ async fn turns_that_store_nothing_are_counted_too((store, _): Stores) {
         prompt_tokens: 100,
         completion_tokens: 7,
     };
-    let counts = (0..20).map(|_| store.count_usage(&caller, tokens, None));
+    let counts = (0..20).map(|_| store.count_usage(&caller, None, tokens, None));
     for counted in futures_util::future::join_all(counts).await {
         counted.unwrap();
     }

@@ -320,7 +320,12 @@ async fn a_run_without_a_record_is_recorded_by_its_end_or_later_in_progress(
         origin,
     };
     store
-        .count_usage(&unique("stateless"), turn("x").usage, Some(completion))
+        .count_usage(
+            &unique("stateless"),
+            None,
+            turn("x").usage,
+            Some(completion),
+        )
         .await
         .unwrap();
     let done = runs.run(&stateless).await.unwrap().unwrap();
@@ -453,7 +458,7 @@ async fn a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_not
         origin: None,
     };
     store
-        .count_usage(&caller, tokens, Some(completion))
+        .count_usage(&caller, None, tokens, Some(completion))
         .await
         .unwrap();
     let done = runs.run(&id).await.unwrap().unwrap();
@@ -468,7 +473,7 @@ async fn a_stateless_run_completes_with_its_usage_and_a_cancelled_one_counts_not
         origin: None,
     };
     let refused = store
-        .count_usage(&caller, tokens, Some(completion))
+        .count_usage(&caller, None, tokens, Some(completion))
         .await
         .unwrap_err();
     assert!(
