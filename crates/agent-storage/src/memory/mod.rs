@@ -24,6 +24,9 @@ use crate::traits::{
 
 mod runs;
 
+/// A caller's day of one agent ('' when none): the key of its usage.
+type UsageKey = (String, NaiveDate, String);
+
 /// All five stores in one value. Where two of its maps are locked together, `runs` is locked
 /// first.
 #[derive(Debug, Default)]
@@ -38,9 +41,8 @@ pub struct MemoryStorage {
     logs: Mutex<HashMap<String, EventLogEntry>>,
     /// Response objects by id.
     responses: Mutex<HashMap<String, StoredResponse>>,
-    /// Turns and tokens per (caller, UTC day).
-    /// By caller, day and agent ('' when none).
-    usage: Mutex<HashMap<(String, NaiveDate, String), (u64, TokenUsage)>>,
+    /// Turns and tokens per (caller, UTC day, agent).
+    usage: Mutex<HashMap<UsageKey, (u64, TokenUsage)>>,
     background: Arc<BackgroundWork>,
 }
 
