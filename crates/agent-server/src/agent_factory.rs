@@ -154,15 +154,7 @@ fn served(
             id: declared.id.clone(),
             name: declared.name.clone(),
         });
-    Ok(ServedAgent::new(
-        declared.id.clone(),
-        declared.name.clone(),
-        declared.description.clone(),
-        chain,
-        declared.callers.clone(),
-        declared.temperature,
-        agent,
-    ))
+    Ok(ServedAgent::new(declared.clone(), chain, agent))
 }
 
 /// The model clients of one worker, one per model name whichever agents' chains name it.

@@ -6,54 +6,39 @@
 
 use std::sync::Arc;
 
+use agent_config::AgentSettings;
 use agent_core::{Agent, ModelChain, ToolRegistry};
 
 use crate::error::{ApiError, ErrorCode};
 
-/// One agent as it is served.
+/// One agent as it is served: its settings (`id`, `name`, `description`, `callers`, … through
+/// `Deref`), its model chain and the agent that runs its turns.
 #[derive(Debug)]
 pub(crate) struct ServedAgent {
-    pub(crate) id: String,
-    pub(crate) name: String,
-    pub(crate) description: String,
+    settings: AgentSettings,
     /// The names of its model chain, first to last.
     pub(crate) models: Vec<String>,
     /// Its model chain (the agent calls it; readiness checks each model).
     pub(crate) chain: Arc<ModelChain>,
-    /// Who may use it (none: every caller).
-    callers: Option<Vec<String>>,
-    /// Its sampling temperature when the request sets none.
-    pub(crate) temperature: Option<f32>,
     pub(crate) agent: Agent,
 }
 
 impl ServedAgent {
-    pub(crate) fn new(
-        id: String,
-        name: String,
-        description: String,
-        chain: Arc<ModelChain>,
-        callers: Option<Vec<String>>,
-        temperature: Option<f32>,
-        agent: Agent,
-    ) -> Self {
+    pub(crate) fn new(settings: AgentSettings, chain: Arc<ModelChain>, agent: Agent) -> Self {
         Self {
-            id,
-            name,
-            description,
+            settings,
             models: chain.names().map(str::to_owned).collect(),
             chain,
-            callers,
-            temperature,
             agent,
         }
     }
+}
 
-    /// Whether `caller` may use it.
-    pub(crate) fn allows(&self, caller: &str) -> bool {
-        self.callers
-            .as_ref()
-            .is_none_or(|callers| callers.iter().any(|allowed| allowed == caller))
+impl std::ops::Deref for ServedAgent {
+    type Target = AgentSettings;
+
+    fn deref(&self) -> &AgentSettings {
+        &self.settings
     }
 }
 
