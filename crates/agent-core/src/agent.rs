@@ -288,6 +288,10 @@ impl Agent {
             Ok(finished) => {
                 spans::record_usage(span, finished.turn.usage);
                 span.record("steps", spans::count(finished.steps));
+                // The model chain's entry that answered (the chat spans have the server's id).
+                if let Some(model) = &finished.model {
+                    span.record("gen_ai.response.model", model.as_str());
+                }
             }
             Err(error) => spans::record_error(span, error.kind(), error),
         }

@@ -31,6 +31,7 @@ pub(crate) fn turn(identity: &ModelIdentity, agent: Option<&AgentName>, history:
         gen_ai.agent.name = agent.map(|agent| agent.name.as_str()),
         gen_ai.provider.name = identity.provider,
         gen_ai.request.model = %identity.model,
+        gen_ai.response.model = Empty,
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         history = count(history),

@@ -211,6 +211,7 @@ async fn a_turn_with_a_tool_call_is_one_trace_under_the_callers_span() {
     assert_eq!(text(turn, "gen_ai.operation.name"), "invoke_agent");
     assert_eq!(text(turn, "gen_ai.agent.id"), "agent");
     assert_eq!(text(turn, "gen_ai.agent.name"), "agent");
+    assert_eq!(text(turn, "gen_ai.response.model"), "gpt-4o-mini");
 
     // Two model calls (the tool call, then the answer), each a client span of the turn.
     let chats = named(&spans, "chat gpt-4o-mini");
