@@ -16,6 +16,7 @@ mod offline;
 mod openai;
 mod session_id;
 pub mod spans;
+mod tokens;
 mod tools;
 pub mod trace_context;
 
@@ -35,6 +36,7 @@ pub use model_chain::{FallbackObserver, ModelChain};
 pub use offline::OfflineModel;
 pub use openai::{OpenAiModel, OpenAiOptions, RetryPolicy};
 pub use session_id::{InvalidSessionId, SessionId};
+pub use tokens::{MESSAGE_OVERHEAD, REPLY_PRIMING, TokenCounter};
 pub use tools::mcp::{McpServerOptions, McpServerState, McpServerStatus, McpToolStatus, McpTools};
 pub use tools::{
     Calculator, CurrentTime, HttpTool, HttpToolMethod, HttpToolOptions, Tool, ToolFilter,

@@ -10,4 +10,5 @@ mod http_tools;
 mod offline;
 mod openai;
 mod scripted;
+mod tokens;
 mod waits;
