@@ -14,7 +14,7 @@ use url::Url;
 
 use crate::error::ConfigError;
 use crate::keys;
-use crate::settings::ApiKey;
+use crate::settings::{ApiKey, ContextSettings};
 use crate::tables::{RawHeader, bounded, duration, headers, http_url, invalid, read};
 
 /// The key of the agent tables in the file.
@@ -66,6 +66,8 @@ pub struct AgentSettings {
     pub temperature: Option<f32>,
     /// Who may use it; every caller when unset.
     pub callers: Option<Vec<String>>,
+    /// Its context policy: its own `context` table over the global `context.*` keys.
+    pub context: ContextSettings,
 }
 
 impl AgentSettings {
@@ -125,6 +127,68 @@ struct RawAgent {
     temperature: Option<f32>,
     #[serde(default)]
     callers: Option<Vec<String>>,
+    #[serde(default)]
+    context: Option<RawContext>,
+}
+
+/// An agent's `context` table: each key it sets replaces the global one.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawContext {
+    #[serde(default)]
+    max_input_tokens: Option<u64>,
+    #[serde(default)]
+    strategy: Option<String>,
+    #[serde(default)]
+    keep_recent_turns: Option<u64>,
+    #[serde(default)]
+    max_tool_result_tokens: Option<u64>,
+    #[serde(default)]
+    summarizer: Option<String>,
+}
+
+impl RawContext {
+    /// `global` with this table's keys, each checked as its global key is.
+    fn over(self, global: &ContextSettings, origin: &str) -> Result<ContextSettings, ConfigError> {
+        let strategy = match self.strategy.as_deref() {
+            None => global.strategy,
+            Some(text) => ["truncate", "compact", "fail"]
+                .into_iter()
+                .find(|known| known.eq_ignore_ascii_case(text.trim()))
+                .ok_or_else(|| {
+                    invalid(
+                        origin,
+                        format!("context.strategy: '{text}' is none of truncate, compact, fail"),
+                    )
+                })?,
+        };
+        let whole = |key: &crate::Key, value: Option<u64>, default: u64| {
+            bounded(origin, key, value, default)
+        };
+        Ok(ContextSettings {
+            max_input_tokens: whole(
+                &keys::CONTEXT_MAX_INPUT_TOKENS,
+                self.max_input_tokens,
+                global.max_input_tokens,
+            )?,
+            strategy,
+            keep_recent_turns: usize::try_from(whole(
+                &keys::CONTEXT_KEEP_RECENT_TURNS,
+                self.keep_recent_turns,
+                global.keep_recent_turns as u64,
+            )?)
+            .unwrap_or(usize::MAX),
+            max_tool_result_tokens: whole(
+                &keys::CONTEXT_MAX_TOOL_RESULT_TOKENS,
+                self.max_tool_result_tokens,
+                global.max_tool_result_tokens,
+            )?,
+            summarizer: self
+                .summarizer
+                .filter(|name| !name.trim().is_empty())
+                .or_else(|| global.summarizer.clone()),
+        })
+    }
 }
 
 /// Text inline, or `{ file = "/path" }` (read at startup).
@@ -213,6 +277,7 @@ pub(crate) fn load_models(figment: &Figment, file: &str) -> Result<Vec<ModelEntr
 pub(crate) fn load_agents(
     figment: &Figment,
     file: &str,
+    context: &ContextSettings,
 ) -> Result<Vec<AgentSettings>, ConfigError> {
     let raw: Vec<RawAgent> = read(figment, AGENTS_KEY, file)?;
     let mut agents: Vec<AgentSettings> = Vec::with_capacity(raw.len());
@@ -281,7 +346,12 @@ pub(crate) fn load_agents(
             .turn_deadline
             .map(|text| duration(&origin, &keys::AGENTS_TURN_DEADLINE, Some(text), None))
             .transpose()?;
+        let context = match agent.context {
+            None => context.clone(),
+            Some(own) => own.over(context, &origin)?,
+        };
         agents.push(AgentSettings {
+            context,
             name: agent.name.unwrap_or_else(|| agent.id.clone()),
             description: agent.description.unwrap_or_default(),
             instructions,

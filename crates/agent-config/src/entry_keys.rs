@@ -127,6 +127,8 @@ entry_fields! {
         temperature = AGENTS_TEMPERATURE, Kind::Float { min: 0.0, max: 2.0 }, default: None;
         /// The callers (API key names) who may use it. Default: every caller.
         callers = AGENTS_CALLERS, Kind::Names, default: None;
+        /// Its context policy; each key it leaves out is the global `context.*` one.
+        context = AGENTS_CONTEXT, Kind::Context, default: None;
     }
 }
 

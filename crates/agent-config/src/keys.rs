@@ -68,6 +68,8 @@ pub enum Kind {
     /// `"always"`, `"never"`, `{ always = { tool_names = [...] } }` or `{ never = { tool_names =
     /// [...] } }`.
     Approval,
+    /// A table of the `context.*` keys (an agent's own context policy).
+    Context,
 }
 
 impl Key {
@@ -148,6 +150,9 @@ impl Kind {
                 "`\"always\"`, `\"never\"`, `{ always = { tool_names = [...] } }` or \
                  `{ never = { tool_names = [...] } }`"
                     .to_owned()
+            }
+            Self::Context => {
+                "table of `context.*` keys (`{ max_input_tokens = 100000, … }`)".to_owned()
             }
         }
     }
@@ -422,6 +427,26 @@ sections! {
         history_cache_bytes: u64 = TURN_HISTORY_CACHE_BYTES, Kind::Int { min: 0, max: 1 << 40 }, default: Some("33554432"), aliases: [];
         /// The system prompt of every turn.
         system_prompt: String = TURN_SYSTEM_PROMPT, Kind::Text, default: Some("You are a helpful assistant. Use the tools when they help, and answer concisely."), aliases: [];
+    }
+    /// The context policy: what a request to the model may hold, and what happens to a history
+    /// that does not fit (each agent may have its own: `context = { … }` in its `[[agents]]`
+    /// entry).
+    ContextSettings ("context.") {
+        /// Tokens a request to the model may hold: instructions, tools, the history and the new
+        /// message (counted with the model's tokenizer for OpenAI models, else estimated). 0: no
+        /// token budget (the history window alone bounds a request).
+        max_input_tokens: u64 = CONTEXT_MAX_INPUT_TOKENS, Kind::Int { min: 0, max: 10_000_000 }, default: Some("0"), aliases: [];
+        /// What a history over the budget becomes: `truncate` (the newest whole turns that fit),
+        /// `compact` (the oldest turns summarised by a model call) or `fail` (the turn is refused,
+        /// `context_length_exceeded`).
+        strategy: &'static str = CONTEXT_STRATEGY, Kind::Choice(&["truncate", "compact", "fail"]), default: Some("truncate"), aliases: [];
+        /// The newest turns never dropped or summarised.
+        keep_recent_turns: usize = CONTEXT_KEEP_RECENT_TURNS, Kind::Int { min: 0, max: 1000 }, default: Some("4"), aliases: [];
+        /// Tokens of one tool result beyond which it is cut (with a note saying so). 0: never cut.
+        max_tool_result_tokens: u64 = CONTEXT_MAX_TOOL_RESULT_TOKENS, Kind::Int { min: 0, max: 10_000_000 }, default: Some("0"), aliases: [];
+        /// The model that writes summaries (`compact`): a `[[models]]` name or a model on the
+        /// default model server. Unset: the agent's own chain.
+        summarizer: Option<String> = CONTEXT_SUMMARIZER, Kind::Text, default: None, aliases: [];
     }
     /// Runs: every turn is one; their leases, the queue of background runs, and how long their
     /// events are kept for resumption.

@@ -26,10 +26,10 @@ pub use error::ConfigError;
 pub use keys::{KEYS, Key, Kind, reference_table};
 pub use load::{EffectiveValue, Loaded, load, load_from, load_server_address};
 pub use settings::{
-    ApiKey, ApiSettings, ApiValues, CorsSettings, HealthSettings, HttpToolDefaults,
-    HttpToolSettings, LogFormat, LogSettings, McpServerSettings, ModelProvider, ModelSettings,
-    ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings, RunSettings,
-    SamplerRoot, ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler,
+    ApiKey, ApiSettings, ApiValues, ContextSettings, CorsSettings, HealthSettings,
+    HttpToolDefaults, HttpToolSettings, LogFormat, LogSettings, McpServerSettings, ModelProvider,
+    ModelSettings, ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile, RateLimitSettings,
+    RunSettings, SamplerRoot, ServerSettings, Settings, StorageSettings, TokenQuotas, TraceSampler,
     TraceSettings, TurnSettings, WebhookDelivery, WebhookSettings,
 };
 /// The URL type of the settings (`HttpToolSettings::url`, `McpServerSettings::url`).

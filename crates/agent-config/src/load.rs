@@ -17,10 +17,10 @@ use crate::error::ConfigError;
 use crate::keys::{self, CONFIG_FILE_VARIABLE, KEYS, Key, Kind};
 use crate::keys::{RootValues, TelemetryValues};
 use crate::settings::{
-    ApiSettings, ApiValues, HealthSettings, HttpToolDefaults, LogFormat, LogSettings,
-    ModelProvider, ModelSettings, ModelValues, OpenAiApiSettings, OpenAiApiValues, Profile,
-    RateLimitSettings, RunSettings, ServerSettings, Settings, StorageSettings, TurnSettings,
-    WebhookDelivery,
+    ApiSettings, ApiValues, ContextSettings, HealthSettings, HttpToolDefaults, LogFormat,
+    LogSettings, ModelProvider, ModelSettings, ModelValues, OpenAiApiSettings, OpenAiApiValues,
+    Profile, RateLimitSettings, RunSettings, ServerSettings, Settings, StorageSettings,
+    TurnSettings, WebhookDelivery,
 };
 
 /// The built-in defaults, from the keys' declarations, as figment's first layer.
@@ -73,6 +73,16 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let settings = layers.settings()?;
     let effective = layers.effective();
     let mut warnings = layers.warnings;
+    let budgets = std::iter::once(&settings.context)
+        .chain(settings.agents.iter().map(|agent| &agent.context))
+        .any(|context| context.max_input_tokens > 0 || context.max_tool_result_tokens > 0);
+    if budgets {
+        warnings.push(
+            "context.* (and the agents' context tables) are read and checked, but this release \
+             does not apply token budgets yet: the history window alone bounds a request"
+                .to_owned(),
+        );
+    }
     if settings.profile == crate::Profile::Production {
         for model in settings.models.iter().filter(|model| model.inline_key) {
             warnings.push(format!(
@@ -174,6 +184,7 @@ impl Layers {
         }
         let tool_defaults = HttpToolDefaults::load(self)?;
         let file = self.file.as_deref().unwrap_or_default();
+        let context = ContextSettings::load(self)?;
         let settings = Settings {
             profile,
             log: LogSettings {
@@ -190,6 +201,7 @@ impl Layers {
             server,
             model: self.model(profile)?,
             turn: TurnSettings::load(self)?,
+            context: context.clone(),
             runs: RunSettings::load(self)?,
             mcp_servers: crate::mcp_servers::load(
                 &self.figment,
@@ -198,7 +210,7 @@ impl Layers {
             )?,
             http_tools: crate::http_tools::load(&self.figment, file, tool_defaults)?,
             builtin_approval: crate::approval::builtins(&self.figment, file)?,
-            agents: crate::agents::load_agents(&self.figment, file)?,
+            agents: crate::agents::load_agents(&self.figment, file, &context)?,
             models: crate::agents::load_models(&self.figment, file)?,
             default_agent: root.default_agent.clone(),
             webhooks: crate::webhooks::load(&self.figment, file)?,

@@ -9,8 +9,8 @@ use crate::approval::RequireApproval;
 use url::Url;
 
 pub use crate::keys::{
-    ApiValues, HealthSettings, HttpToolDefaults, ModelValues, OpenAiApiValues, RateLimitSettings,
-    RunSettings, ServerSettings, StorageSettings, TurnSettings, WebhookDelivery,
+    ApiValues, ContextSettings, HealthSettings, HttpToolDefaults, ModelValues, OpenAiApiValues,
+    RateLimitSettings, RunSettings, ServerSettings, StorageSettings, TurnSettings, WebhookDelivery,
 };
 
 impl StorageSettings {
@@ -38,6 +38,8 @@ pub struct Settings {
     pub server: ServerSettings,
     pub model: ModelSettings,
     pub turn: TurnSettings,
+    /// The context policy of an agent that has none of its own.
+    pub context: ContextSettings,
     pub runs: RunSettings,
     /// Operator-declared HTTP tools (from the TOML file only).
     pub http_tools: Vec<HttpToolSettings>,

@@ -765,7 +765,8 @@ fn every_declared_key_is_validated_under_its_own_name() {
             | Kind::Names
             | Kind::JsonSchema
             | Kind::WebhookSecrets
-            | Kind::Approval => {
+            | Kind::Approval
+            | Kind::Context => {
                 panic!("{} is a table entry's kind", key.path)
             }
         };
@@ -1442,6 +1443,7 @@ fn agents_and_models_are_read_from_the_file_and_refused_naming_the_entry_and_the
             max_steps = 8
             temperature = 0.2
             callers = ["alice", "ci"]
+            context = { max_input_tokens = 30000, strategy = "compact", summarizer = "claude-haiku" }
 
             [[agents]]
             id = "research"
@@ -1456,8 +1458,30 @@ fn agents_and_models_are_read_from_the_file_and_refused_naming_the_entry_and_the
             "#,
         )?;
         jail.set_env("AGENT_CONFIG", "agent.toml");
+        jail.set_env("AGENT_CONTEXT__MAX_INPUT_TOKENS", "100000");
+        jail.set_env("AGENT_CONTEXT__KEEP_RECENT_TURNS", "6");
         let settings = load().map_err(|error| error.to_string())?.settings;
         let support = &settings.agents[0];
+        // An agent's context table over the global keys; another agent has the global ones.
+        let context = &support.context;
+        assert_eq!(
+            (
+                context.max_input_tokens,
+                context.strategy,
+                context.keep_recent_turns
+            ),
+            (30000, "compact", 6)
+        );
+        assert_eq!(context.summarizer.as_deref(), Some("claude-haiku"));
+        let global = &settings.agents[1].context;
+        assert_eq!(
+            (
+                global.max_input_tokens,
+                global.strategy,
+                global.summarizer.as_deref()
+            ),
+            (100000, "truncate", None)
+        );
         assert_eq!(
             (support.id.as_str(), support.name.as_str()),
             ("support", "Support")
@@ -1519,6 +1543,18 @@ fn agents_and_models_are_read_from_the_file_and_refused_naming_the_entry_and_the
         (
             "[[agents]]\nid = \"a\"\nmodle = \"m\"",
             "unknown field: found `modle`",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\ncontext = { strategy = \"forget\" }",
+            "agents[0] (a) in agent.toml: context.strategy: 'forget' is none of truncate",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\ncontext = { keep_recent_turns = 5000 }",
+            "keep_recent_turns must be 0 to 1000",
+        ),
+        (
+            "[[agents]]\nid = \"a\"\ncontext = { max_input = 1 }",
+            "unknown field: found `max_input`",
         ),
     ] {
         Jail::expect_with(|jail| {

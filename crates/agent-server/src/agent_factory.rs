@@ -78,6 +78,7 @@ fn implicit_agent(settings: &Settings) -> AgentSettings {
         turn_deadline: None,
         temperature: None,
         callers: None,
+        context: settings.context.clone(),
     }
 }
 
