@@ -6,6 +6,7 @@
 
 mod agent;
 mod backoff;
+pub mod context;
 mod conversation;
 mod error;
 mod format;

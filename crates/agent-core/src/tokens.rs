@@ -88,6 +88,41 @@ impl TokenCounter {
         }
     }
 
+    /// The longest prefix of `text` (cut at a character boundary) of at most `max` tokens; none
+    /// when the whole text fits.
+    pub fn prefix<'a>(&self, text: &'a str, max: u64) -> Option<&'a str> {
+        let mut end = match self.bpe {
+            Some(bpe) => {
+                let ranks = bpe.encode_ordinary(text);
+                if ranks.len() as u64 <= max {
+                    return None;
+                }
+                let keep = usize::try_from(max).unwrap_or(usize::MAX).min(ranks.len());
+                // The tokens are a segmentation of the text's bytes: their bytes are its start.
+                bpe.decode_bytes(&ranks[..keep])
+                    .map_or(0, |bytes| bytes.len())
+            }
+            None => {
+                if self.text(text) <= max {
+                    return None;
+                }
+                usize::try_from(max.saturating_mul(3)).unwrap_or(usize::MAX)
+            }
+        };
+        loop {
+            end = end.min(text.len());
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            let prefix = &text[..end];
+            // A cut piece may split into more tokens than it was part of: shrink until it fits.
+            if end == 0 || self.text(prefix) <= max {
+                return Some(prefix);
+            }
+            end -= (end / 10).max(1);
+        }
+    }
+
     /// The tokens a message takes in a request: its content, its tool calls' names and
     /// arguments, its tool result's call id, and the framing of each.
     pub fn message(&self, message: &Message) -> u64 {
@@ -179,6 +214,23 @@ mod tests {
                 (low..=high).contains(&ratio),
                 "{kind}: estimate / exact = {ratio:.2}, outside {low}..{high}"
             );
+        }
+    }
+
+    #[test]
+    fn a_prefix_holds_at_most_the_tokens_asked_and_cuts_at_a_character() {
+        let text =
+            "東京の天気は晴れです。 The quick brown fox jumps over the lazy dog. ".repeat(50);
+        for counter in [TokenCounter::for_model("gpt-4o"), TokenCounter::estimate()] {
+            assert_eq!(counter.prefix(&text, counter.text(&text)), None, "it fits");
+            for max in [0, 1, 7, 100, 500] {
+                let prefix = counter.prefix(&text, max).unwrap();
+                assert!(text.starts_with(prefix));
+                assert!(counter.text(prefix) <= max, "{}: {max}", counter.encoding());
+                if max >= 100 {
+                    assert!(counter.text(prefix) + 10 >= max, "not much less than asked");
+                }
+            }
         }
     }
 

@@ -14,7 +14,7 @@
 
 use std::sync::Arc;
 
-use agent_core::{Message, Role, SessionId};
+use agent_core::{Message, SessionId};
 use agent_storage::SessionInfo;
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
@@ -176,16 +176,7 @@ impl HistoryCache {
     }
 }
 
-/// The index of the first message that is not a tool result: a window may start inside an
-/// earlier turn, and tool results without their call are invalid. Every window of history is
-/// cut here.
-pub(crate) fn first_kept(roles: impl ExactSizeIterator<Item = Role>) -> usize {
-    let len = roles.len();
-    roles
-        .into_iter()
-        .position(|role| role != Role::Tool)
-        .unwrap_or(len)
-}
+pub(crate) use agent_core::context::first_kept;
 
 fn without_leading_tool_results(window: Window) -> Window {
     match first_kept(window.iter().map(|message| message.role)) {
