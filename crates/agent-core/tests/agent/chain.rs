@@ -38,6 +38,18 @@ fn model(fake: &FakeOpenAi) -> Arc<dyn ChatModel> {
     )
 }
 
+/// A chain of the models of `fakes`, by name, first to last.
+fn chain_of(fakes: &[(&str, &FakeOpenAi)], observer: Option<Arc<Seen>>) -> ModelChain {
+    let models = fakes
+        .iter()
+        .map(|(name, fake)| ((*name).to_owned(), model(fake)))
+        .collect();
+    ModelChain::new(
+        models,
+        observer.map(|seen| seen as Arc<dyn FallbackObserver>),
+    )
+}
+
 /// The fallbacks a chain reported: (from, to).
 #[derive(Debug, Default)]
 struct Seen(Mutex<Vec<(String, String)>>);
@@ -101,11 +113,8 @@ async fn a_failing_model_hands_the_call_to_the_next_and_a_bad_request_stays_bad(
     .await;
     let fallback = FakeOpenAi::repeating(Scripted::text("fallback answers")).await;
     let seen = Arc::new(Seen::default());
-    let chain = ModelChain::new(
-        vec![
-            ("gpt-4o-mini".to_owned(), model(&primary)),
-            ("claude-haiku".to_owned(), model(&fallback)),
-        ],
+    let chain = chain_of(
+        &[("gpt-4o-mini", &primary), ("claude-haiku", &fallback)],
         Some(seen.clone()),
     );
     assert_eq!(
@@ -138,13 +147,7 @@ async fn a_failing_model_hands_the_call_to_the_next_and_a_bad_request_stays_bad(
 async fn a_request_timeout_falls_back_too() {
     let primary = FakeOpenAi::repeating(Scripted::status(408)).await;
     let fallback = FakeOpenAi::repeating(Scripted::text("fallback answers")).await;
-    let chain = ModelChain::new(
-        vec![
-            ("primary".to_owned(), model(&primary)),
-            ("fallback".to_owned(), model(&fallback)),
-        ],
-        None,
-    );
+    let chain = chain_of(&[("primary", &primary), ("fallback", &fallback)], None);
     assert_eq!(
         ask(&chain).await.unwrap(),
         answer("fallback answers", "fallback")
@@ -155,13 +158,7 @@ async fn a_request_timeout_falls_back_too() {
 async fn a_chain_whose_every_model_failed_answers_the_last_cause() {
     let first = FakeOpenAi::repeating(Scripted::status(503)).await;
     let last = FakeOpenAi::repeating(Scripted::rate_limited("0")).await;
-    let chain = ModelChain::new(
-        vec![
-            ("a".to_owned(), model(&first)),
-            ("b".to_owned(), model(&last)),
-        ],
-        None,
-    );
+    let chain = chain_of(&[("a", &first), ("b", &last)], None);
     let failed = ask(&chain).await.unwrap_err();
     assert!(
         matches!(failed, ModelError::RateLimited { .. }),
@@ -173,13 +170,7 @@ async fn a_chain_whose_every_model_failed_answers_the_last_cause() {
 async fn a_streamed_call_names_the_entry_that_answers() {
     let primary = FakeOpenAi::repeating(Scripted::status(502)).await;
     let fallback = FakeOpenAi::repeating(Scripted::text("fallback streams")).await;
-    let chain = ModelChain::new(
-        vec![
-            ("primary".to_owned(), model(&primary)),
-            ("fallback".to_owned(), model(&fallback)),
-        ],
-        None,
-    );
+    let chain = chain_of(&[("primary", &primary), ("fallback", &fallback)], None);
     assert_eq!(
         ask_streaming(&chain).await.unwrap(),
         answer("fallback streams", "fallback")
