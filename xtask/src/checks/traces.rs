@@ -200,8 +200,14 @@ fn check_turn_trace(spans: &[Value], remote_parent: &str) -> anyhow::Result<()> 
         server["resource"]["deployment.environment.name"] == "ci",
         "{server:#}"
     );
-    let turn = one("invoke_agent")?;
+    // Named after the agent (without [[agents]], the one agent `agent`).
+    let turn = one("invoke_agent agent")?;
     ensure!(turn["parent_span_id"] == server["span_id"], "{turn:#}");
+    ensure!(turn["attributes"]["gen_ai.agent.id"] == "agent", "{turn:#}");
+    ensure!(
+        turn["attributes"]["gen_ai.response.model"] == "gpt-4o-mini",
+        "{turn:#}"
+    );
     let chats = named("chat gpt-4o-mini");
     ensure!(chats.len() == 2, "two model calls expected in {spans:#?}");
     for chat in &chats {
