@@ -37,7 +37,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ready
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 URL = os.environ["AGENT_URL"].rstrip("/")
 KEY = os.environ["AGENT_KEY"]
@@ -187,7 +187,7 @@ def playground(driver):
     shot(driver, "playground-1-no-key")
     check("needs an API key" in driver.find_element(By.ID, "sessions-note").text,
           "without a key the page says the server needs one")
-    console_errors(driver, [("/sessions", 401)])
+    console_errors(driver, [("/sessions", 401), ("/agents", 401)])
 
     use_key(driver, KEY)
     WebDriverWait(driver, 10).until(lambda driver: "401" not in driver.find_element(
@@ -340,6 +340,30 @@ def playground(driver):
     check(session_in_url(driver) is None and transcript(driver) == [],
           "after deleting, the page starts a new session")
 
+    # Two agents: a new session's is picked from a list; an open session shows its own, which it
+    # keeps (the fake model's "whoami" says which instructions and tools it was sent).
+    select = driver.find_element(By.ID, "agent")
+    check(driver.find_element(By.ID, "agent-pick").is_displayed(),
+          "with two agents the page offers a choice")
+    options = [option.get_attribute("value") for option in Select(select).options]
+    check(options == ["agent", "support"] and select.get_attribute("value") == "agent",
+          f"the agents are listed, the default one picked ({options})")
+    Select(select).select_by_value("support")
+    say(driver, "whoami")
+    shot(driver, "playground-7b-agent-picked")
+    answer = transcript(driver)[-1][1]
+    check(answer == "system: You are support. | tools: calculator",
+          f"the picked agent answered ({answer!r})")
+    picked = session_in_url(driver)
+    check(call_api("GET", f"/sessions/{picked}", KEY)[1]["agent"] == "support",
+          "the new session belongs to the picked agent")
+    check(select.get_attribute("disabled") is not None and select.get_attribute("value") == "support",
+          "an open session shows its agent, and the list is not for changing it")
+    driver.find_element(By.ID, "new-session").click()
+    check(select.get_attribute("disabled") is None and select.get_attribute("value") == "agent",
+          "a new session may pick again, from the default agent")
+    console_errors(driver)
+
     use_key(driver, LIMITED_KEY)
     say(driver, "first of today")
     check(transcript(driver)[-1][1] == "echo: first of today",
@@ -362,7 +386,7 @@ def playground(driver):
           f"a wrong key is a readable 401 ({text!r})")
     check(not driver.find_elements(By.CSS_SELECTOR, "#sessions button"),
           "with a wrong key no caller's sessions stay listed")
-    console_errors(driver, [("/sessions", 401), ("/agent/stream", 401)])
+    console_errors(driver, [("/sessions", 401), ("/agents", 401), ("/agent/stream", 401)])
 
     stored = driver.execute_script("return JSON.stringify(Object.entries(localStorage))")
     check(KEY not in stored and LIMITED_KEY not in stored, "no key is in localStorage")

@@ -33,10 +33,14 @@ pub(crate) fn run(shell: &Shell) -> anyhow::Result<()> {
     let port = dev_harness::free_port()?;
     let run = std::process::id();
     // The clock needs approval: the playground asks for it (the fake model's "use current_time").
+    // Two agents: the playground offers a choice for a new session.
     let config = crate::project_root().join(format!("target/browser-{run}.toml"));
     std::fs::write(
         &config,
-        "[builtin_tools]\nrequire_approval = { always = { tool_names = [\"current_time\"] } }\n",
+        "[builtin_tools]\nrequire_approval = { always = { tool_names = [\"current_time\"] } }\n\n\
+         [[agents]]\nid = \"agent\"\ndescription = \"The general agent.\"\n\n\
+         [[agents]]\nid = \"support\"\nname = \"Support\"\ninstructions = \"You are support.\"\n\
+         tools = [\"calculator\"]\n",
     )?;
     let _server = Spawned::start(
         server_command(&bin, port, model_port)

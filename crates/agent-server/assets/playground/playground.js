@@ -8,8 +8,10 @@
 // once every call is decided, POST /runs/{id}/actions answers them and the run's events go on
 // streaming (a reload while it waits shows the question again). It lists the caller's sessions
 // (GET /sessions), opens one (GET /sessions/{id}) and deletes it (DELETE /sessions/{id}). The open
-// session's id is in the page's URL (?session=ID), so a reload shows it again. Every text is set
-// with textContent: nothing the model or the server says is read as HTML.
+// session's id is in the page's URL (?session=ID), so a reload shows it again. Where the caller
+// may use several agents (GET /agents), a new session's agent is picked from a list; an open
+// session shows its own (a session keeps the agent of its first turn). Every text is set with
+// textContent: nothing the model or the server says is read as HTML.
 "use strict";
 
 const KEY_STORAGE = "agent-server.playground.key";
@@ -26,6 +28,8 @@ const state = {
   run: null, // its run's id, once the stream named it
   stopping: false, // Stop was pressed (an abort otherwise means the page is going away)
   waiting: null, // the run waiting for an approval ({run, card}), until it is answered
+  agent: null, // the open session's agent (GET /sessions/{id}), or null
+  defaultAgent: null, // the agent a new session gets unless another is picked
 };
 
 const $ = (id) => document.getElementById(id);
@@ -181,6 +185,11 @@ function showTokens() {
 
 function showSession() {
   $("session-title").textContent = state.session ? `Session ${state.session}` : "New session";
+  // A session keeps its agent: the list picks a new session's only.
+  const select = $("agent");
+  const shown = state.session ? state.agent : state.defaultAgent;
+  if (shown && [...select.options].some((option) => option.value === shown)) select.value = shown;
+  select.disabled = Boolean(state.session);
   $("delete-session").hidden = !state.session;
   showTokens();
   const url = new URL(window.location.href);
@@ -212,6 +221,30 @@ function renderHistory(messages) {
     }
     if (message.tokens !== undefined && last) addTurnTokens(last, message.tokens);
   }
+}
+
+// --- agents ---------------------------------------------------------------------------------
+
+// The agents this caller may use: a list to pick a new session's from when there are several.
+async function loadAgents() {
+  const select = $("agent");
+  let agents = [];
+  try {
+    agents = (await (await api("GET", "agents")).json()).agents;
+  } catch (_) {
+    // Without the list (no key yet, an old server) the default agent answers.
+  }
+  select.replaceChildren();
+  for (const agent of agents) {
+    const label = agent.name === agent.id ? agent.id : `${agent.name} (${agent.id})`;
+    const option = element("option", "", label);
+    option.value = agent.id;
+    option.title = agent.description || "";
+    select.append(option);
+    if (agent.default) state.defaultAgent = agent.id;
+  }
+  $("agent-pick").hidden = agents.length < 2;
+  showSession();
 }
 
 // --- sessions -------------------------------------------------------------------------------
@@ -263,13 +296,15 @@ async function openSession(id) {
   state.session = id;
   state.sessionTokens = 0;
   state.turns = 0;
+  state.agent = null;
   showSession();
   try {
     const view = await (await api("GET", `sessions/${encodeURIComponent(id)}`)).json();
     state.sessionTokens = view.tokens.total;
     state.turns = view.turn_count;
+    state.agent = view.agent || null;
     renderHistory(view.messages);
-    showTokens();
+    showSession();
   } catch (error) {
     showStatus(describe(error));
     if (error.status === 404) newSession(true);
@@ -283,6 +318,7 @@ function newSession(keepStatus) {
   state.session = null;
   state.sessionTokens = 0;
   state.turns = 0;
+  state.agent = null;
   $("transcript").replaceChildren();
   showSession();
   $("message").focus();
@@ -335,6 +371,11 @@ async function* events(response) {
 async function send(text) {
   addMessage("user", "You", text);
   const body = { message: text, session_id: state.session, background: true };
+  // A new session's agent, when there is a choice (an open one goes on with its own).
+  if (!state.session && !$("agent-pick").hidden) {
+    body.agent = $("agent").value;
+    state.agent = body.agent;
+  }
   const pending = { fresh: !state.session, text };
   await follow(pending, (signal) => api("POST", "agent/stream", body, signal));
 }
@@ -547,6 +588,7 @@ function busy(running) {
   $("stop").hidden = !running;
   $("new-session").disabled = running;
   $("delete-session").disabled = running;
+  $("agent").disabled = running || Boolean(state.session);
   for (const button of document.querySelectorAll("#sessions button")) button.disabled = running;
   if (!running) $("message").focus();
 }
@@ -565,6 +607,7 @@ function start() {
     else sessionStorage.removeItem(KEY_STORAGE);
     showStatus(entered ? "Key saved for this tab." : "No key: calls go without one.", true);
     loadSessions();
+    loadAgents();
   });
   $("forget-key").addEventListener("click", () => {
     if (state.turn) return;
@@ -572,6 +615,7 @@ function start() {
     $("key").value = "";
     $("sessions").replaceChildren();
     newSession();
+    loadAgents();
     showStatus("The key was forgotten.", true);
   });
   $("new-session").addEventListener("click", () => newSession());
@@ -598,6 +642,7 @@ function start() {
 
   const wanted = new URL(window.location.href).searchParams.get("session");
   loadSessions();
+  loadAgents();
   let pending = null;
   try {
     pending = JSON.parse(sessionStorage.getItem(RUN_STORAGE) || "null");
