@@ -36,16 +36,17 @@ pub(crate) fn mcp_checks(settings: &Settings, mcp: &Arc<McpTools>) -> Vec<Health
         .collect()
 }
 
-/// One readiness check per model the agents' chains name, `model:<name>` (its server answers
-/// `GET /models`: no tokens spent), and one per agent whose chain has more than one model,
-/// `agent:<id>`, up while any of its models is. Optional: a model provider's outage is every
+/// One readiness check per model of the agents' chains that a server serves, `model:<name>` (the
+/// server answers `GET /models`: no tokens spent), and one per agent whose chain has more than one
+/// model, `agent:<id>`, up while any of its models is. Optional: a model provider's outage is every
 /// replica's, so it reports the service degraded rather than taking replicas out of rotation.
 pub(crate) fn model_checks(agents: &crate::agents::Agents, timeout: Duration) -> Vec<HealthCheck> {
     let mut checks: Vec<HealthCheck> = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for agent in agents.all() {
         for (name, model) in agent.chain.models() {
-            if seen.contains(&name) {
+            // A model in the process (the offline one) has no server to check.
+            if seen.contains(&name) || model.identity().server_address.is_none() {
                 continue;
             }
             seen.push(name);
