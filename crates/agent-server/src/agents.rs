@@ -16,8 +16,6 @@ use crate::error::{ApiError, ErrorCode};
 #[derive(Debug)]
 pub(crate) struct ServedAgent {
     settings: AgentSettings,
-    /// The names of its model chain, first to last.
-    pub(crate) models: Vec<String>,
     /// Its model chain (the agent calls it; readiness checks each model).
     pub(crate) chain: Arc<ModelChain>,
     pub(crate) agent: Agent,
@@ -27,10 +25,14 @@ impl ServedAgent {
     pub(crate) fn new(settings: AgentSettings, chain: Arc<ModelChain>, agent: Agent) -> Self {
         Self {
             settings,
-            models: chain.names().map(str::to_owned).collect(),
             chain,
             agent,
         }
+    }
+
+    /// The names of its model chain, first to last.
+    pub(crate) fn models(&self) -> impl Iterator<Item = &str> {
+        self.chain.names()
     }
 }
 

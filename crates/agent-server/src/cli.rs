@@ -199,14 +199,8 @@ pub fn config_check() -> ExitCode {
                 .chain(&settings.model.name)
                 .collect::<Vec<_>>()
                 .join(" -> "),
-            agent.tools.as_ref().map_or_else(
-                || "all".to_owned(),
-                |tools| format!("[{}]", tools.join(", "))
-            ),
-            agent.callers.as_ref().map_or_else(
-                || "all".to_owned(),
-                |callers| format!("[{}]", callers.join(", "))
-            ),
+            all_or_listed(agent.tools.as_deref()),
+            all_or_listed(agent.callers.as_deref()),
         )
     }));
     lines.extend(settings.models.iter().map(|model| {
@@ -228,10 +222,7 @@ pub fn config_check() -> ExitCode {
             "webhook {}: events [{}], callers {}, secrets: {} <redacted>{}",
             without_credentials(&webhook.url),
             webhook.events.join(", "),
-            webhook.callers.as_ref().map_or_else(
-                || "all".to_owned(),
-                |callers| format!("[{}]", callers.join(", "))
-            ),
+            all_or_listed(webhook.callers.as_deref()),
             webhook.secrets.len(),
             if webhook.inline_secret {
                 " (written in the file)"
@@ -246,6 +237,14 @@ pub fn config_check() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// A list as `config check` prints it, `all` when unset.
+fn all_or_listed(names: Option<&[String]>) -> String {
+    names.map_or_else(
+        || "all".to_owned(),
+        |names| format!("[{}]", names.join(", ")),
+    )
 }
 
 /// A URL as `config check` prints it: without a user name or password.

@@ -61,7 +61,7 @@ pub(crate) fn model_checks(agents: &crate::agents::Agents, timeout: Duration) ->
                 },
             ));
         }
-        if agent.models.len() > 1 {
+        if agent.models().nth(1).is_some() {
             let chain = Arc::clone(&agent.chain);
             checks.push(HealthCheck::new(
                 format!("agent:{}", agent.id),

@@ -51,7 +51,7 @@ impl AgentView {
                 .iter()
                 .map(|spec| spec.name.clone())
                 .collect(),
-            models: agent.models.clone(),
+            models: agent.models().map(str::to_owned).collect(),
         }
     }
 }
