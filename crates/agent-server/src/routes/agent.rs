@@ -121,6 +121,18 @@ impl TurnWire for AgentRequest {
     }
 
     async fn validate(self, incoming: &Incoming<'_>) -> Result<Valid<Self>, ApiError> {
+        if let Some(id) = self
+            .agent
+            .as_deref()
+            .filter(|id| !agent_config::is_agent_id(id))
+        {
+            return Err(ApiError::invalid_param(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::InvalidRequest,
+                "agent",
+                format!("agent: '{id}' is no agent id (1 to 64 of a-z, 0-9, '_' and '-')"),
+            ));
+        }
         let agent_named = self.agent.is_some();
         let agent = incoming
             .routes

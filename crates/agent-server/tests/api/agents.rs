@@ -97,6 +97,16 @@ async fn each_agent_answers_with_its_own_instructions_and_tools_for_the_callers_
     .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(error_code(&body), "agent_not_found");
+    // An id no agent can have is an invalid field, as the document's pattern says.
+    let (status, body) = ask(
+        &app,
+        "key-bob",
+        "/agent",
+        Some(json!({"message": "hi", "agent": "NOT VALID!"})),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(error_code(&body), "invalid_request");
     let (_, models) = ask(&app, "key-bob", "/v1/models", None).await;
     assert_eq!(models["data"].as_array().unwrap().len(), 1, "{models}");
     assert_eq!(models["data"][0]["id"], "support");
