@@ -410,14 +410,28 @@ fn a_waiting_run_survives_the_restart_of_every_replica(
     stack.compose.run(&["restart", "agent"])?;
     stack.compose.wait_healthy(Duration::from_secs(120))?;
     let body = json!({ "approvals": [{ "tool_call_id": call, "approve": true }] }).to_string();
-    let (status, answer) = http::call(
-        nginx_port,
-        "POST",
-        &format!("/runs/{run}/actions"),
-        &[("Authorization", auth)],
-        Some(&body),
-        Duration::from_secs(30),
-    )?;
+    // While the replicas restarted, nginx's own health probes failed on each of them, and nginx
+    // keeps a failed replica out for its `fail_timeout` (10 s): until one is back in, it answers
+    // 502 upstream_unavailable without passing the request on, and the client retries, as that
+    // error asks (seen once in CI).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (status, answer) = loop {
+        let (status, answer) = http::call(
+            nginx_port,
+            "POST",
+            &format!("/runs/{run}/actions"),
+            &[("Authorization", auth)],
+            Some(&body),
+            Duration::from_secs(30),
+        )?;
+        if status != 502
+            || !answer.contains("upstream_unavailable")
+            || std::time::Instant::now() > deadline
+        {
+            break (status, answer);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
     ensure!(
         status == 200,
         "approving after the restarts answered {status}: {answer}"
