@@ -73,13 +73,13 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let settings = layers.settings()?;
     let effective = layers.effective();
     let mut warnings = layers.warnings;
-    let budgets = std::iter::once(&settings.context)
+    let compacts = std::iter::once(&settings.context)
         .chain(settings.agents.iter().map(|agent| &agent.context))
-        .any(|context| context.max_input_tokens > 0 || context.max_tool_result_tokens > 0);
-    if budgets {
+        .any(|context| context.strategy == "compact" || context.summarizer.is_some());
+    if compacts {
         warnings.push(
-            "context.* (and the agents' context tables) are read and checked, but this release \
-             does not apply token budgets yet: the history window alone bounds a request"
+            "context.strategy = \"compact\" (and context.summarizer) are read and checked, but \
+             this release does not compact yet: a history over the budget is truncated"
                 .to_owned(),
         );
     }

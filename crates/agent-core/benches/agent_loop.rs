@@ -96,6 +96,7 @@ fn agent_loop(criterion: &mut Criterion) {
                     sampling: Default::default(),
                     waits: Default::default(),
                     resume: None,
+                    context: Default::default(),
                 };
                 let agent = agent.clone();
                 async move { agent.run_turn(request).await.unwrap() }

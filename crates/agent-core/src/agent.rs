@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
 
+use crate::context::{ContextPolicy, ContextStrategy, Window};
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::{AgentError, ModelError};
 use crate::model::{
@@ -55,6 +56,20 @@ pub struct TurnRequest {
     pub waits: Waits,
     /// A turn that stopped before tool calls, continued with the client's answers.
     pub resume: Option<Resume>,
+    /// How the history is fitted to the model's context.
+    pub context: TurnContext,
+}
+
+/// What a turn knows of its history's size, and the client's choice of strategy.
+#[derive(Debug, Clone, Default)]
+pub struct TurnContext {
+    /// The stored token counts of the history's messages, in its order (missing or `None`:
+    /// counted when needed).
+    pub history_tokens: Vec<Option<u64>>,
+    /// Leading history messages never left out (the request's own instructions).
+    pub pinned: usize,
+    /// The strategy of this turn instead of the agent's (the Responses API's `truncation`).
+    pub strategy: Option<ContextStrategy>,
 }
 
 /// Which tool calls wait for the client: every call to one of the client's own tools (offered to
@@ -129,6 +144,8 @@ pub struct TurnResult {
     /// The model chain's entry that answered the turn's last model call (see
     /// [`crate::ModelChain`]); none for a model that is no chain.
     pub model: Option<String>,
+    /// History messages left out of the turn's requests to fit the context.
+    pub left_out: usize,
 }
 
 /// The tool message of a rejected call.
@@ -186,6 +203,7 @@ pub struct Agent {
     system_prompt: Option<Arc<str>>,
     /// Whether spans record message and tool contents.
     capture_content: bool,
+    context: ContextPolicy,
 }
 
 impl Agent {
@@ -206,7 +224,14 @@ impl Agent {
             limits,
             system_prompt,
             capture_content: false,
+            context: ContextPolicy::default(),
         }
+    }
+
+    /// Keeps every request within `policy` (by default: no budget; an overflow still heals).
+    pub fn with_context(mut self, policy: ContextPolicy) -> Self {
+        self.context = policy;
+        self
     }
 
     /// Records message and tool contents in the turn's spans (off by default: they may hold
@@ -307,6 +332,21 @@ impl Agent {
         if let Some(prompt) = &self.system_prompt {
             context.push(Message::system(prompt.as_ref()));
         }
+        let pinned = request.context.pinned.min(request.history.len());
+        let mut window = Window::new(
+            &self.identity.model,
+            self.context,
+            context.len() + pinned,
+            request.history.len() - pinned,
+        );
+        if let Some(strategy) = request.context.strategy {
+            window.override_strategy(strategy);
+        }
+        let known = request
+            .context
+            .history_tokens
+            .get(pinned..)
+            .unwrap_or_default();
         context.extend(request.history);
         // The tools of the turn's start: an MCP server's list changing does not change them.
         let tools = self.tools.current();
@@ -319,7 +359,7 @@ impl Agent {
             Some(resume) => {
                 context.extend(resume.produced.iter().cloned());
                 let mut produced = resume.produced;
-                let answered = self.answer(&tools, resume.answers, events).await;
+                let answered = self.answer(&tools, resume.answers, &mut window, events).await;
                 context.extend(answered.iter().cloned());
                 produced.extend(answered);
                 (produced, resume.usage, resume.steps + 1)
@@ -335,40 +375,29 @@ impl Agent {
         };
 
         for step in first_step..=self.limits.max_steps {
-            let model_request = ChatRequest {
-                messages: &context,
-                tools: &offered,
-                sampling: &request.sampling,
-            };
-            let span = spans::chat(&self.identity, &request.sampling);
-            spans::record_input(&span, &context, self.capture_content);
-            let reply = match events {
-                None => {
-                    self.model
-                        .complete(model_request)
-                        .instrument(span.clone())
-                        .await
-                }
-                Some(events) => {
-                    self.streamed_step(model_request, events)
-                        .instrument(span.clone())
-                        .await
-                }
-            };
-            let reply = match reply {
-                Ok(reply) => {
-                    spans::record_reply(&span, &reply, self.capture_content);
-                    reply
-                }
-                Err(error) => {
-                    spans::record_error(&span, error.kind(), &error);
-                    return Err(error.into());
+            window.fit(&mut context, known, &offered)?;
+            let reply = loop {
+                match self
+                    .call_model(&context, &offered, &request.sampling, events)
+                    .await
+                {
+                    Err(ModelError::ContextLength(refusal)) => {
+                        if !window.heal(&mut context, known, &offered) {
+                            return Err(ModelError::ContextLength(refusal).into());
+                        }
+                        tracing::info!(
+                            left_out = window.left_out(),
+                            tokens = window.tokens(),
+                            "the model refused the request as too long: retrying with less history"
+                        );
+                    }
+                    other => break other?,
                 }
             };
-            drop(span);
             usage += reply.usage;
             self.check_budgets(usage, request.session_tokens_used)?;
             let calls = reply.message.tool_calls.clone();
+            window.pushed(&reply.message);
             context.push(reply.message.clone());
             produced.push(reply.message.clone());
             let finished = calls.is_empty();
@@ -393,10 +422,11 @@ impl Agent {
                         let wait = Wait::Approval;
                         (WaitingCall { call, wait }, answer)
                     });
-                    self.answer(&tools, answers.collect(), events).await
+                    self.answer(&tools, answers.collect(), &mut window, events)
+                        .await
                 } else {
                     let now: Vec<ToolCall> = now.into_iter().map(|(call, _)| call).collect();
-                    self.run_calls(&tools, &now, events).await
+                    self.run_calls(&tools, &now, &mut window, events).await
                 };
                 context.extend(results.iter().cloned());
                 produced.extend(results);
@@ -411,23 +441,62 @@ impl Agent {
                 return Ok(TurnResult {
                     response: reply.message.content,
                     turn: Turn {
+                        context_tokens: window.turn_counts(),
                         messages: produced,
                         usage,
                     },
                     steps: step,
                     waiting,
                     model: reply.meta.chain_model,
+                    left_out: window.left_out(),
                 });
             }
         }
         Err(AgentError::StepLimit(self.limits.max_steps))
     }
 
-    /// Runs `calls` (up to the bound at once) and answers their tool messages in call order.
+    /// One model call with `context`, streamed when `events` are reported, in its span.
+    async fn call_model(
+        &self,
+        context: &[Message],
+        offered: &[ToolSpec],
+        sampling: &Sampling,
+        events: Option<&EventQueue>,
+    ) -> Result<ModelReply, ModelError> {
+        let model_request = ChatRequest {
+            messages: context,
+            tools: offered,
+            sampling,
+        };
+        let span = spans::chat(&self.identity, sampling);
+        spans::record_input(&span, context, self.capture_content);
+        let reply = match events {
+            None => {
+                self.model
+                    .complete(model_request)
+                    .instrument(span.clone())
+                    .await
+            }
+            Some(events) => {
+                self.streamed_step(model_request, events)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        match &reply {
+            Ok(reply) => spans::record_reply(&span, reply, self.capture_content),
+            Err(error) => spans::record_error(&span, error.kind(), error),
+        }
+        reply
+    }
+
+    /// Runs `calls` (up to the bound at once) and answers their tool messages in call order,
+    /// each as `window` keeps it.
     async fn run_calls(
         &self,
         tools: &ToolSet,
         calls: &[ToolCall],
+        window: &mut Window<'_>,
         events: Option<&EventQueue>,
     ) -> Vec<Message> {
         // `buffered` runs up to the bound at once and yields results in call order.
@@ -451,7 +520,10 @@ impl Agent {
         calls
             .iter()
             .zip(outcomes)
-            .map(|(call, outcome)| tool_message(events, call, outcome.content, outcome.is_error))
+            .map(|(call, outcome)| {
+                let content = window.tool_result(outcome.content);
+                tool_message(events, window, call, content, outcome.is_error)
+            })
             .collect()
     }
 
@@ -461,6 +533,7 @@ impl Agent {
         &self,
         tools: &ToolSet,
         answers: Vec<(WaitingCall, Answer)>,
+        window: &mut Window<'_>,
         events: Option<&EventQueue>,
     ) -> Vec<Message> {
         let approved: Vec<ToolCall> = answers
@@ -468,16 +541,19 @@ impl Agent {
             .filter(|(_, answer)| *answer == Answer::Approved)
             .map(|(waiting, _)| waiting.call.clone())
             .collect();
-        let mut ran = self.run_calls(tools, &approved, events).await.into_iter();
+        let mut ran = self
+            .run_calls(tools, &approved, window, events)
+            .await
+            .into_iter();
         answers
             .into_iter()
             .filter_map(|(waiting, answer)| {
                 let content = match answer {
                     Answer::Approved => return ran.next(),
                     Answer::Rejected { reason } => rejection(reason.as_deref()),
-                    Answer::Output(output) => output,
+                    Answer::Output(output) => window.tool_result(output),
                 };
-                Some(tool_message(events, &waiting.call, content, false))
+                Some(tool_message(events, window, &waiting.call, content, false))
             })
             .collect()
     }
@@ -521,9 +597,10 @@ impl Agent {
     }
 }
 
-/// The tool message of `call`'s result, reported as its event first.
+/// The tool message of `call`'s result, reported as its event first and counted in `window`.
 fn tool_message(
     events: Option<&EventQueue>,
+    window: &mut Window<'_>,
     call: &ToolCall,
     content: String,
     is_error: bool,
@@ -537,7 +614,9 @@ fn tool_message(
             is_error,
         },
     );
-    Message::tool_result(call.id.clone(), content)
+    let message = Message::tool_result(call.id.clone(), content);
+    window.pushed(&message);
+    message
 }
 
 fn send(events: Option<&EventQueue>, event: AgentEvent) {

@@ -7,7 +7,46 @@
 use std::borrow::Cow;
 
 use crate::conversation::{Message, Role};
-use crate::tokens::TokenCounter;
+use crate::error::AgentError;
+use crate::model::ToolSpec;
+use crate::tokens::{REPLY_PRIMING, TokenCounter};
+
+/// What a history over the budget becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ContextStrategy {
+    /// The newest whole turns that fit are sent.
+    #[default]
+    Truncate,
+    /// The oldest turns are summarised by a model call (truncated meanwhile).
+    Compact,
+    /// The turn is refused ([`AgentError::ContextLengthExceeded`]).
+    Fail,
+}
+
+impl ContextStrategy {
+    /// Its name in settings (`truncate`, `compact`, `fail`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "truncate" => Some(Self::Truncate),
+            "compact" => Some(Self::Compact),
+            "fail" => Some(Self::Fail),
+            _ => None,
+        }
+    }
+}
+
+/// How an agent's requests are kept within its model's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContextPolicy {
+    /// Tokens a request may hold (instructions, tools, history, the turn's messages); 0: no
+    /// budget (nothing is counted until the model refuses a request as too long).
+    pub max_input_tokens: u64,
+    pub strategy: ContextStrategy,
+    /// The newest turns never summarised.
+    pub keep_recent_turns: usize,
+    /// Tokens of one tool result beyond which it is cut with a note (0: never).
+    pub max_tool_result_tokens: u64,
+}
 
 /// The index of the first message that is not a tool result: a window may start inside an
 /// earlier turn, and tool results without their call are invalid. Every window of history is
@@ -74,6 +113,194 @@ pub fn cut_tool_result<'a>(counter: &TokenCounter, content: &'a str, max: u64) -
             "{prefix}\n[cut: this result is about {} tokens; its first {max} are shown]",
             counter.text(content)
         )),
+    }
+}
+
+/// The context of one turn's model calls as it is fitted to the budget: `context` is `head`
+/// messages never left out (the system prompt, the request's instructions), then the history's
+/// kept messages, then the turn's own. Counting starts with a budget, or when the model refuses a
+/// request as too long (then the budget becomes three quarters of what was refused, once).
+#[derive(Debug)]
+pub(crate) struct Window<'a> {
+    /// The model whose tokenizer counts (loaded on first use).
+    model: &'a str,
+    counter: Option<TokenCounter>,
+    policy: ContextPolicy,
+    head: usize,
+    /// Of the history still in `context`.
+    history_len: usize,
+    /// The counts of `context[head..]` while counting (empty before); tokens of the head and
+    /// the tools in `fixed`.
+    counts: Vec<u64>,
+    fixed: u64,
+    counting: bool,
+    /// Messages of the history left out so far.
+    left_out: usize,
+    healed: bool,
+}
+
+impl<'a> Window<'a> {
+    /// The window of a context of `head` messages never left out followed by `history_len`
+    /// messages of history (and then the turn's own).
+    pub(crate) fn new(
+        model: &'a str,
+        policy: ContextPolicy,
+        head: usize,
+        history_len: usize,
+    ) -> Self {
+        Self {
+            model,
+            counter: None,
+            policy,
+            head,
+            history_len,
+            counts: Vec::new(),
+            fixed: 0,
+            counting: false,
+            left_out: 0,
+            healed: false,
+        }
+    }
+
+    /// The policy's strategy for this turn.
+    pub(crate) fn override_strategy(&mut self, strategy: ContextStrategy) {
+        self.policy.strategy = strategy;
+    }
+
+    fn counter(&mut self) -> TokenCounter {
+        *self
+            .counter
+            .get_or_insert_with(|| TokenCounter::for_model(self.model))
+    }
+
+    /// Counts `context` (the history's messages from `known` where given) and `tools`.
+    fn start_counting(&mut self, context: &[Message], known: &[Option<u64>], tools: &[ToolSpec]) {
+        if self.counting {
+            return;
+        }
+        let counter = self.counter();
+        self.fixed = context[..self.head]
+            .iter()
+            .map(|message| counter.message(message))
+            .sum::<u64>()
+            + counter.tools(tools)
+            + REPLY_PRIMING;
+        let first = self.left_out;
+        self.counts = context[self.head..]
+            .iter()
+            .enumerate()
+            .map(|(index, message)| {
+                let stored = (index < self.history_len)
+                    .then(|| known.get(first + index).copied().flatten())
+                    .flatten();
+                stored.unwrap_or_else(|| counter.message(message))
+            })
+            .collect();
+        self.counting = true;
+    }
+
+    /// A message added to the context after the history (the turn's own).
+    pub(crate) fn pushed(&mut self, message: &Message) {
+        if self.counting {
+            let tokens = self.counter().message(message);
+            self.counts.push(tokens);
+        }
+    }
+
+    /// The tokens of the request `context` makes (while counting).
+    pub(crate) fn tokens(&self) -> u64 {
+        self.fixed + self.counts.iter().sum::<u64>()
+    }
+
+    /// History messages left out of the requests so far.
+    pub(crate) fn left_out(&self) -> usize {
+        self.left_out
+    }
+
+    /// The counts of the turn's own messages (empty while not counting).
+    pub(crate) fn turn_counts(&self) -> Vec<u64> {
+        self.counts
+            .get(self.history_len..)
+            .map(<[u64]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    /// A tool result as the context keeps it: cut to the policy's bound.
+    pub(crate) fn tool_result(&mut self, content: String) -> String {
+        let max = self.policy.max_tool_result_tokens;
+        if max == 0 {
+            return content;
+        }
+        match cut_tool_result(&self.counter(), &content, max) {
+            Cow::Borrowed(_) => content,
+            Cow::Owned(cut) => cut,
+        }
+    }
+
+    /// Before a model call: leaves the oldest history turns out of `context` until the request
+    /// fits the budget; an error when even none of the history is enough (or the strategy
+    /// refuses to leave any out).
+    pub(crate) fn fit(
+        &mut self,
+        context: &mut Vec<Message>,
+        known: &[Option<u64>],
+        tools: &[ToolSpec],
+    ) -> Result<(), AgentError> {
+        let budget = self.policy.max_input_tokens;
+        if budget == 0 && !self.counting {
+            return Ok(());
+        }
+        self.start_counting(context, known, tools);
+        if budget == 0 || self.tokens() <= budget {
+            return Ok(());
+        }
+        let refused = AgentError::ContextLengthExceeded {
+            tokens: self.tokens(),
+            budget,
+        };
+        if self.policy.strategy == ContextStrategy::Fail {
+            return Err(refused);
+        }
+        let own: u64 = self.counts[self.history_len..].iter().sum();
+        let room = budget.saturating_sub(self.fixed + own);
+        let history = &context[self.head..self.head + self.history_len];
+        let fitted = newest_turns_within(history, &self.counts[..self.history_len], room);
+        self.leave_out(context, fitted.start);
+        if self.tokens() > budget {
+            return Err(AgentError::ContextLengthExceeded {
+                tokens: self.tokens(),
+                budget,
+            });
+        }
+        Ok(())
+    }
+
+    fn leave_out(&mut self, context: &mut Vec<Message>, messages: usize) {
+        context.drain(self.head..self.head + messages);
+        self.counts.drain(..messages);
+        self.history_len -= messages;
+        self.left_out += messages;
+    }
+
+    /// After the model refused `context` as too long: once per turn (never with `fail`), the
+    /// budget becomes three quarters of what was sent and the context is fitted again. Answers
+    /// whether to retry (false: the refusal stands).
+    pub(crate) fn heal(
+        &mut self,
+        context: &mut Vec<Message>,
+        known: &[Option<u64>],
+        tools: &[ToolSpec],
+    ) -> bool {
+        if self.healed || self.policy.strategy == ContextStrategy::Fail {
+            return false;
+        }
+        self.healed = true;
+        self.start_counting(context, known, tools);
+        let sent = self.tokens();
+        self.policy.max_input_tokens = sent * 3 / 4;
+        let before = self.left_out;
+        // Nothing left out: the same request would be refused again.
+        self.fit(context, known, tools).is_ok() && self.left_out > before
     }
 }
 

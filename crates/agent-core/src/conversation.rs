@@ -121,8 +121,11 @@ impl std::ops::AddAssign for TokenUsage {
 
 /// What one turn adds to a conversation: the user's message first, then every assistant and tool
 /// message the agent produced, and the tokens all its model calls used. Stored atomically.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Turn {
     pub messages: Vec<Message>,
     pub usage: TokenUsage,
+    /// The tokens each message takes in a request, in their order, counted once by the agent
+    /// that made them (empty: not counted; see [`crate::context`]).
+    pub context_tokens: Vec<u64>,
 }

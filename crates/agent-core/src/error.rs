@@ -114,6 +114,10 @@ pub enum AgentError {
     /// The whole turn took longer than its deadline.
     #[error("the turn did not finish within {0:?}")]
     DeadlineExceeded(Duration),
+    /// A request to the model would hold more tokens than the context policy allows, even with
+    /// all the history it may leave out left out (or a policy that leaves nothing out).
+    #[error("a request would hold {tokens} tokens, over the context budget of {budget}")]
+    ContextLengthExceeded { tokens: u64, budget: u64 },
 }
 
 impl AgentError {
@@ -135,6 +139,7 @@ impl AgentError {
             Self::TurnBudgetExceeded { .. } => "turn_budget",
             Self::SessionBudgetExceeded { .. } => "session_budget",
             Self::DeadlineExceeded(_) => "deadline",
+            Self::ContextLengthExceeded { .. } => "context_length",
         }
     }
 }

@@ -23,9 +23,10 @@ pub mod trace_context;
 
 pub use agent::{
     Agent, AgentEvent, AgentLimits, AgentName, Answer, ApprovalPolicy, Resume, TurnEvents,
-    TurnRequest, TurnResult, Wait, WaitingCall, Waits, rejection,
+    TurnContext, TurnRequest, TurnResult, Wait, WaitingCall, Waits, rejection,
 };
 pub use backoff::backoff;
+pub use context::{ContextPolicy, ContextStrategy};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};
 pub use format::{FormatError, JsonSchemaFormat, ResponseFormat, WireFormat};

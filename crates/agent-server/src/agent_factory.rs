@@ -5,9 +5,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use agent_config::{AgentSettings, HttpToolSettings, ModelEntry, ModelProvider, Settings};
+use agent_config::{
+    AgentSettings, ContextSettings, HttpToolSettings, ModelEntry, ModelProvider, Settings,
+};
 use agent_core::{
-    Agent, AgentLimits, AgentName, ChatModel, FallbackObserver, HttpTool, HttpToolMethod,
+    Agent, AgentLimits, AgentName, ChatModel, ContextPolicy, ContextStrategy, FallbackObserver, HttpTool, HttpToolMethod,
     HttpToolOptions, McpServerOptions, McpTools, ModelChain, ModelError, OfflineModel, OpenAiModel,
     OpenAiOptions, RetryPolicy, ToolFilter, ToolRegistry,
 };
@@ -154,8 +156,20 @@ fn served(
         .with_name(AgentName {
             id: declared.id.clone(),
             name: declared.name.clone(),
-        });
+        })
+        .with_context(context_policy(&declared.context));
     Ok(ServedAgent::new(declared.clone(), chain, agent))
+}
+
+/// The agent-core policy of an agent's context settings.
+fn context_policy(context: &ContextSettings) -> ContextPolicy {
+    ContextPolicy {
+        max_input_tokens: context.max_input_tokens,
+        // The settings accept only the strategies' names.
+        strategy: ContextStrategy::parse(context.strategy).unwrap_or_default(),
+        keep_recent_turns: context.keep_recent_turns,
+        max_tool_result_tokens: context.max_tool_result_tokens,
+    }
 }
 
 /// The model clients of one worker, one per model name whichever agents' chains name it.

@@ -488,6 +488,15 @@ impl From<AgentError> for ApiError {
                 retry_after: None,
                 cause: None,
             },
+            AgentError::ContextLengthExceeded { tokens, budget } => Self::invalid(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::ContextLengthExceeded,
+                format!(
+                    "the turn needs about {tokens} tokens of context, over the agent's budget of \
+                     {budget} with as much earlier history left out as its context policy allows; \
+                     nothing was stored (send a shorter message, or start a new session)"
+                ),
+            ),
             AgentError::Model(model) => match model {
                 ModelError::RateLimited { retry_after } => Self::Unavailable {
                     code: ErrorCode::ModelRateLimited,

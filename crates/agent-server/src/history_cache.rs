@@ -14,19 +14,29 @@
 
 use std::sync::Arc;
 
-use agent_core::{Message, SessionId};
-use agent_storage::SessionInfo;
+use agent_core::{Message, SessionId, Turn};
+use agent_storage::{SessionInfo, StoredMessage};
 use quick_cache::Weighter;
 use quick_cache::sync::Cache;
 
 /// A history window shared between the cache and the turn that stores the next one: a turn's
 /// new window reuses the old one's messages without copying them.
-pub(crate) type Window = Arc<[Arc<Message>]>;
+pub(crate) type Window = Arc<[Kept]>;
 
-/// The history a turn is sent, and (with the cache on) its window as the cache keeps it.
-#[derive(Debug)]
+/// A message of a window, with what it takes of a model's context as its agent counted it
+/// (none: not counted).
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    message: Arc<Message>,
+    tokens: Option<u64>,
+}
+
+/// The history a turn is sent, the stored token counts of its messages, and (with the cache on)
+/// its window as the cache keeps it.
+#[derive(Debug, Default)]
 pub(crate) struct History {
     pub(crate) messages: Vec<Message>,
+    pub(crate) tokens: Vec<Option<u64>>,
     pub(crate) window: Option<Window>,
 }
 
@@ -74,7 +84,7 @@ impl Weighter<SessionId, CachedHistory> for ByBytes {
         let messages: u64 = value
             .history
             .iter()
-            .map(|message| {
+            .map(|Kept { message, .. }| {
                 // Capacities: what the allocator holds, not what the texts use.
                 let calls: usize = message
                     .tool_calls
@@ -112,25 +122,36 @@ impl HistoryCache {
         let window = without_leading_tool_results(entry.history);
         let messages = window
             .iter()
-            .map(|message| Message::clone(message))
+            .map(|kept| Message::clone(&kept.message))
             .collect();
+        let tokens = window.iter().map(|kept| kept.tokens).collect();
         let history = History {
             messages,
+            tokens,
             window: Some(window),
         };
         Some((entry.info, history))
     }
 
     /// The history a turn is sent from the window `stored` read from the store.
-    pub(crate) fn read_back(&self, mut stored: Vec<Message>) -> History {
-        let first_kept = first_kept(stored.iter().map(|message| message.role));
+    pub(crate) fn read_back(&self, mut stored: Vec<StoredMessage>) -> History {
+        let first_kept = first_kept(stored.iter().map(|stored| stored.message.role));
         stored.drain(..first_kept);
-        let window = self
-            .cache
-            .is_some()
-            .then(|| stored.iter().cloned().map(Arc::new).collect());
+        let tokens = stored.iter().map(|stored| stored.context_tokens).collect();
+        let messages: Vec<Message> = stored.into_iter().map(|stored| stored.message).collect();
+        let window = self.cache.is_some().then(|| {
+            messages
+                .iter()
+                .zip(&tokens)
+                .map(|(message, &tokens)| Kept {
+                    message: Arc::new(message.clone()),
+                    tokens,
+                })
+                .collect()
+        });
         History {
-            messages: stored,
+            messages,
+            tokens,
             window,
         }
     }
@@ -143,8 +164,8 @@ impl HistoryCache {
     }
 
     /// Keeps what the next turn of `session` sends after a turn was stored under the lock
-    /// `fence`: the window `sent` the turn was sent followed by the turn's `messages`, cut to the
-    /// window's last messages. Cutting a window that started after some tool results may leave
+    /// `fence`: the window `sent` the turn was sent followed by the `turn`'s messages (with their
+    /// counts), cut to the window's last messages. Cutting a window that started after some tool results may leave
     /// tool results first again; the turn that reads it drops them, as it does for a window read
     /// from the store, so both are the same.
     pub(crate) fn store(
@@ -153,18 +174,18 @@ impl HistoryCache {
         fence: u64,
         info: SessionInfo,
         sent: &Window,
-        messages: Vec<Message>,
+        turn: Turn,
     ) {
         let Some(cache) = &self.cache else {
             return;
         };
-        let skip = (sent.len() + messages.len()).saturating_sub(self.window);
-        let history: Window = sent
-            .iter()
-            .cloned()
-            .chain(messages.into_iter().map(Arc::new))
-            .skip(skip)
-            .collect();
+        let skip = (sent.len() + turn.messages.len()).saturating_sub(self.window);
+        let counts = turn.context_tokens;
+        let added = turn.messages.into_iter().enumerate().map(|(index, message)| Kept {
+            message: Arc::new(message),
+            tokens: counts.get(index).copied(),
+        });
+        let history: Window = sent.iter().cloned().chain(added).skip(skip).collect();
         cache.insert(
             session.clone(),
             CachedHistory {
@@ -179,7 +200,7 @@ impl HistoryCache {
 pub(crate) use agent_core::context::first_kept;
 
 fn without_leading_tool_results(window: Window) -> Window {
-    match first_kept(window.iter().map(|message| message.role)) {
+    match first_kept(window.iter().map(|kept| kept.message.role)) {
         0 => window,
         first => window[first..].into(),
     }

@@ -312,11 +312,13 @@ pub(crate) enum TurnOutcome {
     TurnBudget,
     SessionBudget,
     Deadline,
+    /// A request would not fit the context policy's budget.
+    ContextLength,
 }
 
 impl TurnOutcome {
     /// Every outcome, in declaration order.
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Completed,
         Self::RequiresAction,
         Self::StoreFailed,
@@ -325,6 +327,7 @@ impl TurnOutcome {
         Self::TurnBudget,
         Self::SessionBudget,
         Self::Deadline,
+        Self::ContextLength,
     ];
 
     fn label(self) -> &'static str {
@@ -337,6 +340,7 @@ impl TurnOutcome {
             Self::TurnBudget => "turn_budget",
             Self::SessionBudget => "session_budget",
             Self::Deadline => "deadline",
+            Self::ContextLength => "context_length",
         }
     }
 }

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{Message, SessionId, TokenUsage, ToolSpec, TurnRequest, Waits};
+use agent_core::{
+    Message, SessionId, TokenUsage, ToolSpec, TurnContext, TurnRequest, Waits,
+};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 
@@ -414,6 +416,10 @@ impl Turns {
             Conversation::Given { caller, history } => {
                 self.check_quota(&agent.id, &caller).await?;
                 let run = self.start_run(&caller, None, claimed);
+                let context = TurnContext {
+                    pinned: instructions.len(),
+                    ..TurnContext::default()
+                };
                 let request = TurnRequest {
                     history: instructions
                         .into_iter()
@@ -425,6 +431,7 @@ impl Turns {
                     sampling,
                     waits: self.waits(wait_mode, client_tools),
                     resume,
+                    context,
                 };
                 let target = Held::Given { caller };
                 return Ok(Prepared {
@@ -451,10 +458,7 @@ impl Turns {
             if new_session && !self.store_failing.load(Ordering::Relaxed) {
                 let run = self.start_run(session.owner(), Some(&session), claimed);
                 let info = SessionInfo::empty(session.clone(), SystemTime::now());
-                let history = History {
-                    messages: Vec::new(),
-                    window: None,
-                };
+                let history = History::default();
                 (None, info, history, run)
             } else {
                 let guard = acquire_lock(
@@ -497,10 +501,7 @@ impl Turns {
                             }
                         };
                         self.settle(&session, opened.active_run, &mut run).await?;
-                        let info = opened.info;
-                        let stored = opened.messages.into_iter().map(|stored| stored.message);
-                        let stored = stored.collect();
-                        (info, self.history_cache.read_back(stored))
+                        (opened.info, self.history_cache.read_back(opened.messages))
                     }
                 };
                 if let Some(expected) = continues_from
@@ -544,6 +545,13 @@ impl Turns {
                     client_tools: client_tools.iter().map(ClientTool::from).collect(),
                 })
             });
+        let context = TurnContext {
+            history_tokens: std::iter::repeat_n(None, instructions.len())
+                .chain(history.tokens)
+                .collect(),
+            pinned: instructions.len(),
+            strategy: None,
+        };
         let request = TurnRequest {
             history: instructions
                 .into_iter()
@@ -555,6 +563,7 @@ impl Turns {
             sampling,
             waits: self.waits(wait_mode, client_tools),
             resume,
+            context,
         };
         Ok(Prepared {
             agent,

@@ -15,6 +15,7 @@ use tokio::runtime::Runtime;
 
 fn turn() -> Turn {
     Turn {
+        context_tokens: Vec::new(),
         messages: vec![
             Message::user("What is 2+3*4?"),
             Message::assistant("2+3*4 is 14."),

@@ -78,6 +78,9 @@ pub struct StoredMessage {
     /// On the last message of each turn: the tokens the whole turn used.
     pub tokens: Option<u64>,
     pub created_at: SystemTime,
+    /// What the message takes of a model's context, as its agent counted it (none: not
+    /// counted).
+    pub context_tokens: Option<u64>,
 }
 
 /// A held session lock.

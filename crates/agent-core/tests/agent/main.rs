@@ -6,6 +6,7 @@
 
 mod agent_loop;
 mod chain;
+mod context;
 mod http_tools;
 mod offline;
 mod openai;

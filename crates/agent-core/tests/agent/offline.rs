@@ -14,6 +14,7 @@ async fn ask(question: &str) -> agent_core::TurnResult {
         sampling: Default::default(),
         waits: Default::default(),
         resume: None,
+        context: Default::default(),
     };
     agent(Arc::new(OfflineModel), Vec::new(), LIMITS)
         .run_turn(request)

@@ -53,6 +53,7 @@ fn request(text: &str) -> TurnRequest {
         sampling: Default::default(),
         waits: Default::default(),
         resume: None,
+        context: Default::default(),
     }
 }
 

@@ -20,6 +20,9 @@ pub(crate) enum Step {
     Answer(&'static str),
     /// Never answers.
     Hang,
+    /// Refuses a request whose messages' contents are longer than this many bytes as too long
+    /// for its context (staying the next step), answers "it fits" to a shorter one.
+    Limit(usize),
 }
 
 /// Replays steps in order, repeating the last one; records every request's messages.
@@ -50,6 +53,18 @@ impl ChatModel for ScriptedModel {
     async fn complete(&self, request: ChatRequest<'_>) -> Result<ModelReply, ModelError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         self.seen.lock().unwrap().push(request.messages.to_vec());
+        let bytes: usize = request
+            .messages
+            .iter()
+            .map(|message| message.content.len())
+            .sum();
+        if let Some(Step::Limit(limit)) = self.steps.lock().unwrap().front()
+            && bytes > *limit
+        {
+            return Err(ModelError::ContextLength(format!(
+                "maximum context length is {limit} bytes; the request has {bytes}"
+            )));
+        }
         let names = request.tools.iter().map(|tool| tool.name.clone()).collect();
         self.offered.lock().unwrap().push(names);
         let step = {
@@ -63,6 +78,7 @@ impl ChatModel for ScriptedModel {
         let message = match step {
             Step::Hang => std::future::pending().await,
             Step::Answer(text) => Message::assistant(text),
+            Step::Limit(_) => Message::assistant("it fits"),
             Step::Calls(calls) => Message::assistant_tool_calls(
                 "",
                 calls

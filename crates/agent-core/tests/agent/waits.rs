@@ -47,6 +47,7 @@ fn request(text: &str, resume: Option<Resume>) -> TurnRequest {
         sampling: Default::default(),
         waits: waits(),
         resume,
+        context: Default::default(),
     }
 }
 

@@ -152,8 +152,7 @@ impl Turns {
             match (&stored, window, &guard) {
                 (Ok((info, _)), Some(window), Some(guard)) => {
                     let fence = guard.fencing_token();
-                    let messages = turn.messages;
-                    history_cache.store(&session, fence, info.clone(), &window, messages);
+                    history_cache.store(&session, fence, info.clone(), &window, turn);
                 }
                 (Ok(_), _, _) => {}
                 (Err(_), _, _) => history_cache.forget(&session),
@@ -420,5 +419,6 @@ fn outcome(error: &agent_core::AgentError) -> TurnOutcome {
         agent_core::AgentError::TurnBudgetExceeded { .. } => TurnOutcome::TurnBudget,
         agent_core::AgentError::SessionBudgetExceeded { .. } => TurnOutcome::SessionBudget,
         agent_core::AgentError::DeadlineExceeded(_) => TurnOutcome::Deadline,
+        agent_core::AgentError::ContextLengthExceeded { .. } => TurnOutcome::ContextLength,
     }
 }

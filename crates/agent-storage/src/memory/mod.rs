@@ -132,6 +132,7 @@ impl MemoryStorage {
                 message: message.clone(),
                 tokens: (index == last).then(|| turn.usage.total()),
                 created_at: now,
+                context_tokens: turn.context_tokens.get(index).copied(),
             });
         }
         let info = &mut session.info;

@@ -99,6 +99,7 @@ struct MessageRow {
     tool_call_id: Option<String>,
     tokens: Option<i64>,
     created_at: DateTime<Utc>,
+    context_tokens: Option<i64>,
 }
 
 fn unsigned(value: i64) -> u64 {
@@ -154,6 +155,7 @@ impl TryFrom<MessageRow> for StoredMessage {
             },
             tokens: row.tokens.map(unsigned),
             created_at: row.created_at.into(),
+            context_tokens: row.context_tokens.map(unsigned),
         })
     }
 }
@@ -242,6 +244,8 @@ fn message_columns(turn: &Turn, first_sequence: u64) -> Result<MessageColumns<'_
         columns
             .tokens
             .push((index == last).then(|| signed(turn.usage.total())));
+        let counted = turn.context_tokens.get(index).copied().map(signed);
+        columns.context_tokens.push(counted);
     }
     Ok(columns)
 }

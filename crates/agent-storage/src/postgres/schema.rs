@@ -26,6 +26,8 @@ diesel::table! {
         tool_call_id -> Nullable<Text>,
         tokens -> Nullable<Int8>,
         created_at -> Timestamptz,
+        /// What the message takes of a model's context (null: not counted).
+        context_tokens -> Nullable<Int8>,
     }
 }
 

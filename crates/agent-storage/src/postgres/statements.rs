@@ -91,6 +91,7 @@ pub(super) type MessageRowType = (
     Nullable<Text>,
     Nullable<BigInt>,
     Timestamptz,
+    Nullable<BigInt>,
 );
 
 /// [`EnsureSession`], the session's last `limit` messages and its active run, in one statement:
@@ -119,7 +120,7 @@ impl QueryFragment<Pg> for OpenSession<'_> {
         push_session_ctes(&mut out, self.id, &self.now)?;
         out.push_sql(
             ", recent AS (SELECT session_id, sequence, role, content, tool_calls, tool_call_id, \
-             tokens, created_at FROM messages WHERE session_id = ",
+             tokens, created_at, context_tokens FROM messages WHERE session_id = ",
         );
         out.push_bind_param::<Text, _>(self.id)?;
         out.push_sql(" ORDER BY sequence DESC LIMIT ");
@@ -127,7 +128,7 @@ impl QueryFragment<Pg> for OpenSession<'_> {
         out.push_sql(
             ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
              s.prompt_tokens, s.completion_tokens, s.agent, r.session_id, r.sequence, r.role, r.content, \
-             r.tool_calls, r.tool_call_id, r.tokens, r.created_at, \
+             r.tool_calls, r.tool_call_id, r.tokens, r.created_at, r.context_tokens, \
              (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress', \
              'requires_action') LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
         );
@@ -144,6 +145,7 @@ pub(super) struct MessageColumns<'a> {
     pub(super) tool_calls: Vec<Option<serde_json::Value>>,
     pub(super) tool_call_ids: Vec<Option<&'a str>>,
     pub(super) tokens: Vec<Option<i64>>,
+    pub(super) context_tokens: Vec<Option<i64>>,
 }
 
 /// Advances the session by a whole turn and inserts its messages, in one statement (so
@@ -291,9 +293,10 @@ fn walk_turn<'b>(
     out.push_sql(SESSION_COLUMNS);
     out.push_sql(
         "), inserted AS (INSERT INTO messages \
-         (session_id, sequence, role, content, tool_calls, tool_call_id, tokens, created_at) \
-         SELECT updated.id, m.sequence, m.role, m.content, m.tool_calls, m.tool_call_id, \
-         m.tokens, updated.updated_at FROM updated CROSS JOIN unnest(",
+         (session_id, sequence, role, content, tool_calls, tool_call_id, tokens, created_at, \
+         context_tokens) SELECT updated.id, m.sequence, m.role, m.content, m.tool_calls, \
+         m.tool_call_id, m.tokens, updated.updated_at, m.context_tokens FROM updated CROSS JOIN \
+         unnest(",
     );
     let columns = &turn.messages;
     out.push_bind_param::<Array<BigInt>, _>(&columns.sequences)?;
@@ -307,8 +310,10 @@ fn walk_turn<'b>(
     out.push_bind_param::<Array<Nullable<Text>>, _>(&columns.tool_call_ids)?;
     out.push_sql(", ");
     out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.tokens)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Array<Nullable<BigInt>>, _>(&columns.context_tokens)?;
     out.push_sql(
-        ") AS m (sequence, role, content, tool_calls, tool_call_id, tokens)), \
+        ") AS m (sequence, role, content, tool_calls, tool_call_id, tokens, context_tokens)), \
          completed AS (UPDATE idempotency_records SET response = ",
     );
     out.push_bind_param::<Nullable<Text>, _>(&turn.idempotency_response)?;

@@ -27,6 +27,7 @@ fn uuid_suffix() -> String {
 
 fn tool_turn(question: &str) -> Turn {
     Turn {
+        context_tokens: Vec::new(),
         messages: vec![
             Message::user(question),
             Message::assistant_tool_calls(
@@ -49,6 +50,7 @@ fn tool_turn(question: &str) -> Turn {
 
 fn simple_turn(text: &str) -> Turn {
     Turn {
+        context_tokens: Vec::new(),
         messages: vec![
             Message::user(text),
             Message::assistant(format!("echo: {text}")),
@@ -88,6 +90,7 @@ contract!(
         a_stale_sequence_is_a_conflict_and_stores_nothing,
         a_first_turn_creates_its_session,
         a_session_belongs_to_the_agent_of_its_first_recorded_turn,
+        each_message_keeps_the_context_tokens_it_was_counted_with,
         a_later_turn_on_a_missing_session_is_not_found,
         racing_first_turns_of_a_new_session_store_one,
         recent_messages_returns_the_last_n_in_order,
@@ -275,6 +278,33 @@ async fn a_first_turn_creates_its_session((store, _): Stores) {
         .await
         .unwrap();
     assert_eq!((info.next_sequence, info.turn_count), (6, 2));
+}
+
+async fn each_message_keeps_the_context_tokens_it_was_counted_with((store, _): Stores) {
+    let id = session("context-tokens");
+    let counted = Turn {
+        context_tokens: vec![9, 30, 4, 12],
+        ..tool_turn("counted")
+    };
+    store.append_turn(&id, 0, &counted).await.unwrap();
+    // A turn whose agent counted nothing stores none.
+    store
+        .append_turn(&id, 4, &simple_turn("not counted"))
+        .await
+        .unwrap();
+    let expected = [Some(9), Some(30), Some(4), Some(12), None, None];
+    let recent = store.recent_messages(&id, 10).await.unwrap();
+    let counts: Vec<Option<u64>> = recent.iter().map(|stored| stored.context_tokens).collect();
+    assert_eq!(counts, expected);
+    let opened = store.open_session(&id, 10).await.unwrap();
+    let counts: Vec<Option<u64>> = opened
+        .messages
+        .iter()
+        .map(|stored| stored.context_tokens)
+        .collect();
+    assert_eq!(counts, expected, "as a turn opens the session");
+    // The turn's usage stays on its last message, apart from the counts.
+    assert_eq!(recent[3].tokens, Some(150));
 }
 
 async fn a_session_belongs_to_the_agent_of_its_first_recorded_turn((store, _): Stores) {

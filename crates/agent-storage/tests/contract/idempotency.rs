@@ -87,6 +87,7 @@ async fn store_with_claim(
         IdempotencyBegin::Started
     );
     let turn = Turn {
+        context_tokens: Vec::new(),
         messages: vec![Message::user("hello"), Message::assistant("hi")],
         usage: TokenUsage::default(),
     };

@@ -79,6 +79,7 @@ fn new_run<'a>(id: &'a str, session: Option<&'a SessionId>) -> NewRun<'a> {
 
 fn turn(text: &str) -> Turn {
     Turn {
+        context_tokens: Vec::new(),
         messages: vec![
             Message::user(text),
             Message::assistant(format!("echo: {text}")),

@@ -179,6 +179,7 @@ async fn a_waiting_run_keeps_its_session_busy_and_resumes_once((store, runs, _):
 
     // It completes with its turn, which frees the session.
     let turn = Turn {
+        context_tokens: Vec::new(),
         messages: vec![Message::user("send it"), Message::assistant("sent")],
         usage: TokenUsage {
             prompt_tokens: 3,

@@ -1,0 +1,271 @@
+//! Fitting a turn's requests to the context: the newest whole turns within the budget (stored
+//! counts used as given), `fail` refusing, tool results cut, and an overflow the model reports
+//! healed once by leaving out more history. The scripted model's tokens are estimated (it names
+//! no OpenAI model), so the expected counts are exact here.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use agent_core::{
+    Agent, AgentError, ContextPolicy, ContextStrategy, Message, ModelError, Role, TokenCounter,
+    TokenUsage, Tool, ToolError, TurnContext, TurnRequest,
+};
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use crate::scripted::{LIMITS, ScriptedModel, Step, agent};
+
+const USAGE: TokenUsage = TokenUsage {
+    prompt_tokens: 10,
+    completion_tokens: 5,
+};
+
+/// `turns` earlier turns, each a user message of `words` words and a short answer.
+fn history(turns: usize, words: usize) -> Vec<Message> {
+    (0..turns)
+        .flat_map(|turn| {
+            [
+                Message::user(format!("question {turn}: {}", "word ".repeat(words))),
+                Message::assistant(format!("answer {turn}")),
+            ]
+        })
+        .collect()
+}
+
+fn request(history: Vec<Message>, context: TurnContext) -> TurnRequest {
+    TurnRequest {
+        history,
+        user_message: "and now?".into(),
+        session_tokens_used: 0,
+        sampling: Default::default(),
+        waits: Default::default(),
+        resume: None,
+        context,
+    }
+}
+
+fn budget(max_input_tokens: u64, strategy: ContextStrategy) -> ContextPolicy {
+    ContextPolicy {
+        max_input_tokens,
+        strategy,
+        ..ContextPolicy::default()
+    }
+}
+
+/// The tokens of a request as the agent counts it (the estimate: the scripted model is no
+/// OpenAI model).
+fn tokens_of(agent: &Agent, messages: &[Message]) -> u64 {
+    TokenCounter::estimate().request(messages, agent.tools().current().specs())
+}
+
+#[tokio::test]
+async fn without_a_budget_everything_is_sent_and_nothing_counted() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let agent = agent(model.clone(), Vec::new(), LIMITS);
+    let done = agent
+        .run_turn(request(history(10, 200), TurnContext::default()))
+        .await
+        .unwrap();
+    assert_eq!(model.seen.lock().unwrap()[0].len(), 1 + 20 + 1);
+    assert_eq!(done.left_out, 0);
+    assert!(done.turn.context_tokens.is_empty(), "nothing was counted");
+}
+
+#[tokio::test]
+async fn the_newest_whole_turns_that_fit_the_budget_are_sent() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let policy = budget(1_000, ContextStrategy::Truncate);
+    let agent = agent(model.clone(), Vec::new(), LIMITS).with_context(policy);
+    let earlier = history(10, 200);
+    let done = agent
+        .run_turn(request(earlier.clone(), TurnContext::default()))
+        .await
+        .unwrap();
+    let sent = model.seen.lock().unwrap()[0].clone();
+    assert_eq!(sent[0].role, Role::System);
+    assert_eq!(sent[1].role, Role::User, "a whole turn first");
+    let kept = sent.len() - 2;
+    assert!(kept > 0 && kept < earlier.len(), "{kept} kept");
+    assert_eq!(&sent[1..=kept], &earlier[earlier.len() - kept..], "the newest");
+    assert_eq!(done.left_out, earlier.len() - kept);
+    assert!(tokens_of(&agent, &sent) <= 1_000);
+    // One more turn would not have fitted.
+    let mut more = sent.clone();
+    let start = earlier.len() - kept;
+    more.splice(1..1, earlier[start - 2..start].iter().cloned());
+    assert!(tokens_of(&agent, &more) > 1_000);
+    // The turn's messages are counted once, as they are made.
+    let counter = TokenCounter::estimate();
+    let counted: Vec<u64> = done.turn.messages.iter().map(|m| counter.message(m)).collect();
+    assert_eq!(done.turn.context_tokens, counted);
+}
+
+#[tokio::test]
+async fn stored_counts_are_used_as_given_and_instructions_are_never_left_out() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let policy = budget(1_000, ContextStrategy::Truncate);
+    let agent = agent(model.clone(), Vec::new(), LIMITS).with_context(policy);
+    let mut earlier = vec![Message::system("Answer in French.")];
+    earlier.extend(history(10, 200));
+    // Counted as 1 token each: all of it fits (the counts are trusted, not recounted).
+    let context = TurnContext {
+        history_tokens: vec![Some(1); earlier.len()],
+        pinned: 1,
+        strategy: None,
+    };
+    agent
+        .run_turn(request(earlier.clone(), context))
+        .await
+        .unwrap();
+    assert_eq!(model.seen.lock().unwrap()[0].len(), 1 + earlier.len() + 1);
+    // Counted for real, the history is cut, after the instructions.
+    let context = TurnContext {
+        pinned: 1,
+        ..TurnContext::default()
+    };
+    agent.run_turn(request(earlier, context)).await.unwrap();
+    let sent = model.seen.lock().unwrap()[1].clone();
+    assert_eq!(sent[1].content, "Answer in French.");
+    assert_eq!(sent[2].role, Role::User);
+    assert!(sent.len() < 1 + 21 + 1);
+}
+
+#[tokio::test]
+async fn fail_refuses_a_request_over_the_budget_before_the_model_is_called() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let policy = budget(1_000, ContextStrategy::Fail);
+    let agent = agent(model.clone(), Vec::new(), LIMITS).with_context(policy);
+    let error = agent
+        .run_turn(request(history(10, 200), TurnContext::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AgentError::ContextLengthExceeded { budget: 1_000, tokens } if tokens > 1_000),
+        "{error:?}"
+    );
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+    // A request's own choice overrides the agent's.
+    let context = TurnContext {
+        strategy: Some(ContextStrategy::Truncate),
+        ..TurnContext::default()
+    };
+    agent
+        .run_turn(request(history(10, 200), context))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_message_over_the_budget_on_its_own_is_refused() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let policy = budget(500, ContextStrategy::Truncate);
+    let agent = agent(model.clone(), Vec::new(), LIMITS).with_context(policy);
+    let mut long = request(Vec::new(), TurnContext::default());
+    long.user_message = "word ".repeat(2_000);
+    let error = agent.run_turn(long).await.unwrap_err();
+    assert!(
+        matches!(error, AgentError::ContextLengthExceeded { .. }),
+        "{error:?}"
+    );
+    assert_eq!(model.calls.load(Ordering::SeqCst), 0);
+}
+
+/// A tool answering `bytes` bytes of text.
+#[derive(Debug)]
+struct Big(usize);
+
+#[async_trait]
+impl Tool for Big {
+    fn name(&self) -> &str {
+        "big"
+    }
+    fn description(&self) -> &str {
+        "Answers a long text."
+    }
+    fn parameters(&self) -> Value {
+        json!({ "type": "object" })
+    }
+    async fn call(&self, _arguments: Value) -> Result<String, ToolError> {
+        Ok("row ".repeat(self.0 / 4))
+    }
+}
+
+#[tokio::test]
+async fn a_long_tool_result_is_cut_and_the_history_makes_room_for_the_turn() {
+    let model = ScriptedModel::new(
+        vec![Step::Calls(vec![("big", json!({}))]), Step::Answer("done")],
+        USAGE,
+    );
+    let policy = ContextPolicy {
+        max_tool_result_tokens: 400,
+        ..budget(2_000, ContextStrategy::Truncate)
+    };
+    let tools: Vec<Arc<dyn Tool>> = vec![Arc::new(Big(30_000))];
+    let agent = agent(model.clone(), tools, LIMITS).with_context(policy);
+    let done = agent
+        .run_turn(request(history(10, 100), TurnContext::default()))
+        .await
+        .unwrap();
+    let result = &done.turn.messages[2];
+    assert_eq!(result.role, Role::Tool);
+    assert!(
+        result.content.ends_with(
+            "[cut: this result is about 10000 tokens; its first 400 are shown]"
+        ),
+        "{}",
+        &result.content[result.content.len() - 80..]
+    );
+    let seen = model.seen.lock().unwrap().clone();
+    // The second call holds the cut result, and so less history than the first.
+    assert!(seen[1].len() - 3 < seen[0].len(), "{} then {}", seen[0].len(), seen[1].len());
+    assert_eq!(seen[1][1].role, Role::User);
+    for sent in &seen {
+        assert!(tokens_of(&agent, sent) <= 2_000);
+    }
+    assert_eq!(done.turn.context_tokens.len(), done.turn.messages.len());
+}
+
+#[tokio::test]
+async fn an_overflow_the_model_reports_is_healed_once_with_less_history() {
+    // No budget: the model's refusal starts the counting. 10 turns of about 1 KB each.
+    let model = ScriptedModel::new(vec![Step::Limit(8_000)], USAGE);
+    let agent = agent(model.clone(), Vec::new(), LIMITS);
+    let done = agent
+        .run_turn(request(history(10, 200), TurnContext::default()))
+        .await
+        .unwrap();
+    assert_eq!(done.response, "it fits");
+    let seen = model.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "refused, then retried once");
+    assert!(seen[1].len() < seen[0].len());
+    assert_eq!(seen[1][1].role, Role::User, "whole turns");
+    assert!(done.left_out > 0);
+    assert_eq!(
+        done.turn.context_tokens.len(),
+        done.turn.messages.len(),
+        "counted since the refusal"
+    );
+
+    // A model that refuses the retry too fails the turn with its refusal.
+    let model = ScriptedModel::new(vec![Step::Limit(1_000)], USAGE);
+    let agent = crate::scripted::agent(model.clone(), Vec::new(), LIMITS);
+    let error = agent
+        .run_turn(request(history(10, 200), TurnContext::default()))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, AgentError::Model(ModelError::ContextLength(_))),
+        "{error:?}"
+    );
+    assert_eq!(model.calls.load(Ordering::SeqCst), 2);
+
+    // `fail` never retries.
+    let model = ScriptedModel::new(vec![Step::Limit(8_000)], USAGE);
+    let policy = budget(0, ContextStrategy::Fail);
+    let agent = crate::scripted::agent(model.clone(), Vec::new(), LIMITS).with_context(policy);
+    agent
+        .run_turn(request(history(10, 200), TurnContext::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
