@@ -434,7 +434,8 @@ sections! {
     ContextSettings ("context.") {
         /// Tokens a request to the model may hold: instructions, tools, the history and the new
         /// message (counted with the model's tokenizer for OpenAI models, else estimated). 0: no
-        /// token budget (the history window alone bounds a request).
+        /// token budget (the history window alone bounds a request; a model's context-length
+        /// refusal still sends less history once).
         max_input_tokens: u64 = CONTEXT_MAX_INPUT_TOKENS, Kind::Int { min: 0, max: 10_000_000 }, default: Some("0"), aliases: [];
         /// What a history over the budget becomes: `truncate` (the newest whole turns that fit),
         /// `compact` (the oldest turns summarised by a model call) or `fail` (the turn is refused,

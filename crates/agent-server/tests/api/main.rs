@@ -11,6 +11,7 @@ mod background;
 mod bad_input;
 mod callers;
 mod cli;
+mod context;
 mod client_shapes;
 mod client_tools;
 mod cors;

@@ -1,0 +1,144 @@
+//! The context policy through the API, with the fake model over HTTP: a long session's requests
+//! hold the newest whole turns within `AGENT_CONTEXT__MAX_INPUT_TOKENS` while every message stays
+//! stored with its count, `fail` refuses with `400 context_length_exceeded` and stores nothing,
+//! and a model's context-length refusal is healed once by sending less history.
+
+use fake_openai::{FakeOpenAi, Scripted};
+use serde_json::{Value, json};
+
+use crate::helpers::{error_code, spawn_full, spawn_with_model};
+
+/// A message of about `words` tokens.
+fn long_message(turn: usize, words: usize) -> String {
+    format!("question {turn}: {}", "word ".repeat(words))
+}
+
+/// The roles of the messages of the fake model's request `index`.
+async fn roles_sent(fake: &FakeOpenAi, index: usize) -> Vec<String> {
+    fake.requests().await[index]["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["role"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The OpenAI error body of a context-length refusal.
+fn too_long() -> Scripted {
+    Scripted::Status {
+        status: 400,
+        retry_after: None,
+        body: json!({ "error": {
+            "message": "This model's maximum context length is 128000 tokens.",
+            "type": "invalid_request_error",
+            "param": "messages",
+            "code": "context_length_exceeded"
+        }})
+        .to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_session_sends_the_newest_whole_turns_within_the_budget_and_stores_everything() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let app = spawn_with_model(&fake, &[("AGENT_CONTEXT__MAX_INPUT_TOKENS", "1500")]).await;
+    let session = "context-truncated";
+    for turn in 0..6 {
+        let body = json!({ "message": long_message(turn, 300), "session_id": session });
+        let response = app.agent(body).await;
+        let status = response.status();
+        assert_eq!(status, 200, "turn {turn}: {}", response.text().await.unwrap());
+    }
+    // Each turn is about 310 tokens: the sixth request holds only the newest few, whole.
+    let roles = roles_sent(&fake, 5).await;
+    assert_eq!(roles[0], "system");
+    assert_eq!(roles[1], "user", "a whole turn first: {roles:?}");
+    let users = roles.iter().filter(|role| *role == "user").count();
+    assert!((2..6).contains(&users), "{users} user messages sent");
+    let sent: Vec<Value> = fake.requests().await[5]["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(
+        sent.last().unwrap()["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("question 5:"),
+        "the new message is sent"
+    );
+    // Everything is stored, each message with its count (made once, as the turn made it).
+    let stored = app.stored(session).await;
+    assert_eq!(stored.len(), 12);
+    assert!(
+        stored.iter().all(|stored| stored.context_tokens.is_some()),
+        "{:?}",
+        stored.iter().map(|s| s.context_tokens).collect::<Vec<_>>()
+    );
+    let user = stored[0].context_tokens.unwrap();
+    assert!((300..330).contains(&user), "a 300-word message counted {user}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fail_refuses_an_over_budget_turn_with_400_and_stores_nothing() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let settings = [
+        ("AGENT_CONTEXT__MAX_INPUT_TOKENS", "1000"),
+        ("AGENT_CONTEXT__STRATEGY", "fail"),
+    ];
+    let app = spawn_with_model(&fake, &settings).await;
+    let session = "context-fail";
+    for turn in 0..2 {
+        let body = json!({ "message": long_message(turn, 300), "session_id": session });
+        assert_eq!(app.agent(body).await.status(), 200);
+    }
+    let body = json!({ "message": long_message(2, 300), "session_id": session });
+    let response = app.agent(body).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "context_length_exceeded");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("budget of 1000"),
+        "{body}"
+    );
+    assert_eq!(fake.requests().await.len(), 2, "the model was not called");
+    assert_eq!(app.stored(session).await.len(), 4, "nothing was stored");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_context_length_refusal_is_healed_once_then_answered_400() {
+    let (app, fake) = spawn_full(
+        vec![
+            Scripted::text("one"),
+            Scripted::text("two"),
+            too_long(),
+            Scripted::text("three"),
+            too_long(),
+            too_long(),
+        ],
+        &[],
+    )
+    .await;
+    let session = "context-heal";
+    for turn in 0..3 {
+        let body = json!({ "message": long_message(turn, 100), "session_id": session });
+        let response = app.agent(body).await;
+        assert_eq!(response.status(), 200, "turn {turn}");
+    }
+    // The third turn was refused once, then sent again with less history.
+    let refused = roles_sent(&fake, 2).await;
+    let retried = roles_sent(&fake, 3).await;
+    assert_eq!(refused.len(), 6);
+    assert!(retried.len() < refused.len(), "{retried:?}");
+    assert_eq!(retried[1], "user");
+    // A refusal of the retry too fails the turn, in the API's own shape.
+    let body = json!({ "message": long_message(3, 100), "session_id": session });
+    let response = app.agent(body).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(error_code(&body), "context_length_exceeded");
+    assert_eq!(fake.requests().await.len(), 6);
+    assert_eq!(app.stored(session).await.len(), 6, "the failed turn stored nothing");
+}
