@@ -16,7 +16,8 @@ use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
 
-use crate::context::{ContextPolicy, ContextStrategy, Window};
+use crate::compaction::{self, Compaction};
+use crate::context::{ContextPolicy, Window};
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::{AgentError, ModelError};
 use crate::model::{
@@ -25,6 +26,13 @@ use crate::model::{
 };
 use crate::spans;
 use crate::tools::{ToolRegistry, ToolSet};
+
+mod turn;
+
+pub use turn::{
+    AgentEvent, Answer, ApprovalPolicy, Resume, TurnContext, TurnRequest, TurnResult, Wait,
+    WaitingCall, Waits, rejection,
+};
 
 /// The bounds of every turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,149 +47,6 @@ pub struct AgentLimits {
     pub session_token_budget: u64,
     /// Wall time for the whole turn.
     pub turn_deadline: Duration,
-}
-
-/// What a turn starts from.
-#[derive(Debug, Clone)]
-pub struct TurnRequest {
-    /// Earlier messages of the session, oldest first.
-    pub history: Vec<Message>,
-    /// The turn's user message (unused when the turn resumes: its messages so far hold it).
-    pub user_message: String,
-    /// Tokens the session used before this turn.
-    pub session_tokens_used: u64,
-    /// The client's sampling choices for every model call of the turn.
-    pub sampling: Sampling,
-    /// What waits for the client before a step's tool calls run (see [`Waits`]).
-    pub waits: Waits,
-    /// A turn that stopped before tool calls, continued with the client's answers.
-    pub resume: Option<Resume>,
-    /// How the history is fitted to the model's context.
-    pub context: TurnContext,
-}
-
-/// What a turn knows of its history's size, and the client's choice of strategy.
-#[derive(Debug, Clone, Default)]
-pub struct TurnContext {
-    /// The stored token counts of the history's messages, in its order (missing or `None`:
-    /// counted when needed).
-    pub history_tokens: Vec<Option<u64>>,
-    /// Leading history messages never left out (the request's own instructions).
-    pub pinned: usize,
-    /// The strategy of this turn instead of the agent's (the Responses API's `truncation`).
-    pub strategy: Option<ContextStrategy>,
-}
-
-/// Which tool calls wait for the client: every call to one of the client's own tools (offered to
-/// the model beside the agent's; the client runs it and sends its result), and the calls to the
-/// agent's tools its approval policy names (the client approves or rejects each). A step's other
-/// calls run at once; the turn then stops, its waiting calls in [`TurnResult::waiting`].
-#[derive(Debug, Clone, Default)]
-pub struct Waits {
-    pub client_tools: Vec<ToolSpec>,
-    pub approval: Option<Arc<dyn ApprovalPolicy>>,
-    /// Set where the client cannot be asked (an API with no shape for an approval): a call
-    /// needing approval is not waited for but rejected at once, with this reason.
-    pub unapprovable: Option<String>,
-}
-
-/// Which calls to the agent's own tools need the client's approval before they run.
-pub trait ApprovalPolicy: Send + Sync + std::fmt::Debug {
-    fn needs_approval(&self, call: &ToolCall) -> bool;
-}
-
-/// Why a tool call waits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// A call to one of the agent's tools, run once the client approves it.
-    Approval,
-    /// A call to one of the client's tools: the client runs it.
-    ClientTool,
-}
-
-/// A tool call the turn stopped before.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WaitingCall {
-    pub call: ToolCall,
-    pub wait: Wait,
-}
-
-/// The client's answer to a waiting call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Answer {
-    /// Run it (an approval).
-    Approved,
-    /// Do not run it: the model reads `rejected by the user` and the reason.
-    Rejected { reason: Option<String> },
-    /// The result of a client's tool.
-    Output(String),
-}
-
-/// A stopped turn, as it stopped, and the client's answer to each call it waited for.
-#[derive(Debug, Clone)]
-pub struct Resume {
-    /// The turn's messages so far ([`TurnResult::turn`] of the stopped turn).
-    pub produced: Vec<Message>,
-    /// Each waiting call (in the order the turn reported them) with its answer.
-    pub answers: Vec<(WaitingCall, Answer)>,
-    /// The stopped turn's usage and model calls, which the resumed turn goes on counting.
-    pub usage: TokenUsage,
-    pub steps: usize,
-}
-
-/// A turn that ended: finished (no waiting calls), or stopped before the calls in `waiting`
-/// (resume it with [`Resume`]): the messages to store and the answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TurnResult {
-    /// The user message, then every assistant and tool message, with the summed usage.
-    pub turn: Turn,
-    /// The final assistant text (for a stopped turn, the text beside its calls, often empty).
-    pub response: String,
-    /// Model calls made.
-    pub steps: usize,
-    /// The calls the turn stopped before, in call order; empty when it finished.
-    pub waiting: Vec<WaitingCall>,
-    /// The model chain's entry that answered the turn's last model call (see
-    /// [`crate::ModelChain`]); none for a model that is no chain.
-    pub model: Option<String>,
-    /// History messages left out of the turn's requests to fit the context.
-    pub left_out: usize,
-}
-
-/// The tool message of a rejected call.
-pub fn rejection(reason: Option<&str>) -> String {
-    match reason.map(str::trim).filter(|reason| !reason.is_empty()) {
-        Some(reason) => format!("rejected by the user: {reason}"),
-        None => "rejected by the user".to_owned(),
-    }
-}
-
-/// What a streaming turn reports, in order; `Done` or `Failed` comes last.
-#[derive(Debug)]
-pub enum AgentEvent {
-    TextDelta(String),
-    ToolCallStarted(ToolCall),
-    ToolResult {
-        call_id: String,
-        name: String,
-        content: String,
-        is_error: bool,
-    },
-    Done(TurnResult),
-    Failed(AgentError),
-}
-
-impl Waits {
-    /// Whether `call` waits for the client, and why.
-    fn wait_for(&self, call: &ToolCall) -> Option<Wait> {
-        if self.client_tools.iter().any(|tool| tool.name == call.name) {
-            return Some(Wait::ClientTool);
-        }
-        self.approval
-            .as_ref()
-            .filter(|policy| policy.needs_approval(call))
-            .map(|_| Wait::Approval)
-    }
 }
 
 /// What an agent is called, for the spans of its turns (`gen_ai.agent.id`, `gen_ai.agent.name`).
@@ -204,6 +69,8 @@ pub struct Agent {
     /// Whether spans record message and tool contents.
     capture_content: bool,
     context: ContextPolicy,
+    /// The model that writes summaries (none: the agent's).
+    summarizer: Option<Arc<dyn ChatModel>>,
 }
 
 impl Agent {
@@ -225,7 +92,14 @@ impl Agent {
             system_prompt,
             capture_content: false,
             context: ContextPolicy::default(),
+            summarizer: None,
         }
+    }
+
+    /// Summaries (`compact`) are written by `model` instead of the agent's own.
+    pub fn with_summarizer(mut self, model: Arc<dyn ChatModel>) -> Self {
+        self.summarizer = Some(model);
+        self
     }
 
     /// Keeps every request within `policy` (by default: no budget; an overflow still heals).
@@ -333,11 +207,19 @@ impl Agent {
             context.push(Message::system(prompt.as_ref()));
         }
         let pinned = request.context.pinned.min(request.history.len());
+        let mut history = request.history;
+        let rest = history.split_off(pinned);
+        context.extend(history);
+        let summary_at = request.context.summary.as_deref().map(|summary| {
+            context.push(compaction::summary_message(summary));
+            context.len() - 1
+        });
         let mut window = Window::new(
             &self.identity.model,
             self.context,
-            context.len() + pinned,
-            request.history.len() - pinned,
+            context.len(),
+            rest.len(),
+            summary_at,
         );
         if let Some(strategy) = request.context.strategy {
             window.override_strategy(strategy);
@@ -347,7 +229,7 @@ impl Agent {
             .history_tokens
             .get(pinned..)
             .unwrap_or_default();
-        context.extend(request.history);
+        context.extend(rest);
         // The tools of the turn's start: an MCP server's list changing does not change them.
         let tools = self.tools.current();
         let (mut produced, mut usage, first_step) = match request.resume {
@@ -359,7 +241,9 @@ impl Agent {
             Some(resume) => {
                 context.extend(resume.produced.iter().cloned());
                 let mut produced = resume.produced;
-                let answered = self.answer(&tools, resume.answers, &mut window, events).await;
+                let answered = self
+                    .answer(&tools, resume.answers, &mut window, events)
+                    .await;
                 context.extend(answered.iter().cloned());
                 produced.extend(answered);
                 (produced, resume.usage, resume.steps + 1)
@@ -374,6 +258,12 @@ impl Agent {
             std::borrow::Cow::Owned(all)
         };
 
+        let compaction = self
+            .compact(&mut window, &mut context, known, &offered, &request.context)
+            .await;
+        if let Some(Ok(compaction)) = &compaction {
+            usage += compaction.usage;
+        }
         for step in first_step..=self.limits.max_steps {
             window.fit(&mut context, known, &offered)?;
             let reply = loop {
@@ -449,10 +339,56 @@ impl Agent {
                     waiting,
                     model: reply.meta.chain_model,
                     left_out: window.left_out(),
+                    compaction,
                 });
             }
         }
         Err(AgentError::StepLimit(self.limits.max_steps))
+    }
+
+    /// Summarises the oldest turns when the request is over the budget and the policy compacts
+    /// (see [`Window::to_compact`]); a failed summary is reported and the turn truncates instead.
+    async fn compact(
+        &self,
+        window: &mut Window<'_>,
+        context: &mut Vec<Message>,
+        known: &[Option<u64>],
+        offered: &[ToolSpec],
+        turn: &TurnContext,
+    ) -> Option<Result<Compaction, String>> {
+        let (covered, turns) = window.to_compact(context, known, offered, turn.compactable)?;
+        let counter = window.counter();
+        let overhead = counter.text(compaction::SUMMARY_PROMPT) + 2 * crate::MESSAGE_OVERHEAD;
+        let room = window
+            .budget()
+            .saturating_sub(overhead + crate::REPLY_PRIMING);
+        let transcript = compaction::transcript(
+            &counter,
+            turn.summary.as_deref(),
+            window.history(context, covered),
+            room,
+        );
+        let summarizer = self.summarizer.as_ref().unwrap_or(&self.model);
+        match compaction::summarise(summarizer.as_ref(), transcript, turns).await {
+            Ok((summary, usage)) => {
+                let message = compaction::summary_message(&summary);
+                let tokens = counter.message(&message);
+                window.compacted(context, message, covered);
+                tracing::info!(turns, covered, tokens, "compacted the history");
+                Some(Ok(Compaction {
+                    summary,
+                    tokens,
+                    covered,
+                    turns,
+                    usage,
+                }))
+            }
+            Err(error) => {
+                let error = crate::error_chain(&error);
+                tracing::warn!(turns, %error, "compaction failed: truncating instead");
+                Some(Err(error))
+            }
+        }
     }
 
     /// One model call with `context`, streamed when `events` are reported, in its span.

@@ -137,16 +137,21 @@ pub(crate) struct Window<'a> {
     /// Messages of the history left out so far.
     left_out: usize,
     healed: bool,
+    /// Where the session's summary is in `context` (in the head), if it has one.
+    summary_at: Option<usize>,
+    compacted: bool,
 }
 
 impl<'a> Window<'a> {
-    /// The window of a context of `head` messages never left out followed by `history_len`
-    /// messages of history (and then the turn's own).
+    /// The window of a context of `head` messages never left out (the session's summary at
+    /// `summary_at` among them) followed by `history_len` messages of history (and then the
+    /// turn's own).
     pub(crate) fn new(
         model: &'a str,
         policy: ContextPolicy,
         head: usize,
         history_len: usize,
+        summary_at: Option<usize>,
     ) -> Self {
         Self {
             model,
@@ -159,6 +164,8 @@ impl<'a> Window<'a> {
             counting: false,
             left_out: 0,
             healed: false,
+            summary_at,
+            compacted: false,
         }
     }
 
@@ -167,7 +174,7 @@ impl<'a> Window<'a> {
         self.policy.strategy = strategy;
     }
 
-    fn counter(&mut self) -> TokenCounter {
+    pub(crate) fn counter(&mut self) -> TokenCounter {
         *self
             .counter
             .get_or_insert_with(|| TokenCounter::for_model(self.model))
@@ -197,6 +204,77 @@ impl<'a> Window<'a> {
             })
             .collect();
         self.counting = true;
+    }
+
+    /// The history messages a compaction covers now, and their whole turns: the turns before
+    /// the newest `keep_recent_turns`, among the first `compactable` (stored) ones. None unless
+    /// the strategy is `compact`, the request is over the budget, and no compaction ran yet.
+    pub(crate) fn to_compact(
+        &mut self,
+        context: &[Message],
+        known: &[Option<u64>],
+        tools: &[ToolSpec],
+        compactable: usize,
+    ) -> Option<(usize, usize)> {
+        let budget = self.policy.max_input_tokens;
+        if self.policy.strategy != ContextStrategy::Compact || budget == 0 || self.compacted {
+            return None;
+        }
+        self.start_counting(context, known, tools);
+        if self.tokens() <= budget || self.left_out > 0 {
+            return None;
+        }
+        let history = &context[self.head..self.head + self.history_len];
+        let starts: Vec<usize> = history
+            .iter()
+            .enumerate()
+            .filter(|(index, message)| message.role == Role::User && *index <= compactable)
+            .map(|(index, _)| index)
+            .collect();
+        let all_turns = history.iter().filter(|m| m.role == Role::User).count();
+        let keep = self.policy.keep_recent_turns;
+        // The start of the oldest kept turn, clamped to the stored messages.
+        let kept_from = all_turns.checked_sub(keep).filter(|&turns| turns > 0)?;
+        let covered = starts.get(kept_from).copied().or(starts.last().copied())?;
+        let turns = starts.iter().filter(|&&start| start < covered).count();
+        (covered > 0 && turns > 0).then_some((covered, turns))
+    }
+
+    /// The history messages from the window's start (those a compaction covers first).
+    pub(crate) fn history<'c>(&self, context: &'c [Message], count: usize) -> &'c [Message] {
+        &context[self.head..self.head + count.min(self.history_len)]
+    }
+
+    /// The budget (0: none).
+    pub(crate) fn budget(&self) -> u64 {
+        self.policy.max_input_tokens
+    }
+
+    /// Puts `summary` in place of the session's summary (or before the history) and the first
+    /// `covered` history messages out of the context.
+    pub(crate) fn compacted(
+        &mut self,
+        context: &mut Vec<Message>,
+        summary: Message,
+        covered: usize,
+    ) {
+        let counter = self.counter();
+        context.drain(self.head..self.head + covered);
+        self.counts.drain(..covered);
+        self.history_len -= covered;
+        self.fixed += counter.message(&summary);
+        match self.summary_at {
+            Some(at) => {
+                self.fixed -= counter.message(&context[at]);
+                context[at] = summary;
+            }
+            None => {
+                context.insert(self.head, summary);
+                self.summary_at = Some(self.head);
+                self.head += 1;
+            }
+        }
+        self.compacted = true;
     }
 
     /// A message added to the context after the history (the turn's own).

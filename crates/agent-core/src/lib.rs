@@ -6,6 +6,7 @@
 
 mod agent;
 mod backoff;
+pub mod compaction;
 pub mod context;
 mod conversation;
 mod error;
@@ -22,10 +23,11 @@ mod tools;
 pub mod trace_context;
 
 pub use agent::{
-    Agent, AgentEvent, AgentLimits, AgentName, Answer, ApprovalPolicy, Resume, TurnEvents,
-    TurnContext, TurnRequest, TurnResult, Wait, WaitingCall, Waits, rejection,
+    Agent, AgentEvent, AgentLimits, AgentName, Answer, ApprovalPolicy, Resume, TurnContext,
+    TurnEvents, TurnRequest, TurnResult, Wait, WaitingCall, Waits, rejection,
 };
 pub use backoff::backoff;
+pub use compaction::Compaction;
 pub use context::{ContextPolicy, ContextStrategy};
 pub use conversation::{Message, Role, TokenUsage, ToolCall, Turn};
 pub use error::{AgentError, ModelError, ToolError, error_chain};

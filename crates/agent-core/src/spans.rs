@@ -1,5 +1,6 @@
 //! The spans of a turn, named and attributed after the OpenTelemetry GenAI semantic conventions,
-//! version 1.37.0 (`invoke_agent`, `chat {model}`, `execute_tool {tool}`), as `tracing` spans:
+//! version 1.37.0 (`invoke_agent`, `chat {model}`, `execute_tool {tool}`, and `compaction
+//! {model}`, which they do not name), as `tracing` spans:
 //! agent-core knows no tracing backend, and the server's OpenTelemetry layer reads the
 //! `otel.name`, `otel.kind` and `otel.status_description` fields as the span's name, kind and
 //! error status. Debug level: off (and free) unless traces or `ENABLE_TRACING` want them. Message
@@ -63,6 +64,24 @@ pub(crate) fn chat(identity: &ModelIdentity, sampling: &Sampling) -> Span {
         gen_ai.usage.output_tokens = Empty,
         gen_ai.input.messages = Empty,
         gen_ai.output.messages = Empty,
+        error.type = Empty,
+        otel.status_description = Empty,
+    )
+}
+
+/// The span of a compaction: summarising the oldest `turns` of a history that does not fit
+/// (the conventions name no operation for it; its model call is an ordinary `chat` span inside).
+pub(crate) fn compaction(identity: &ModelIdentity, turns: usize) -> Span {
+    tracing::debug_span!(
+        "compaction",
+        otel.name = %format_args!("compaction {}", identity.model),
+        otel.kind = "internal",
+        gen_ai.operation.name = "compaction",
+        gen_ai.provider.name = identity.provider,
+        gen_ai.request.model = %identity.model,
+        turns = count(turns),
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
         error.type = Empty,
         otel.status_description = Empty,
     )

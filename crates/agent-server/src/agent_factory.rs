@@ -9,9 +9,9 @@ use agent_config::{
     AgentSettings, ContextSettings, HttpToolSettings, ModelEntry, ModelProvider, Settings,
 };
 use agent_core::{
-    Agent, AgentLimits, AgentName, ChatModel, ContextPolicy, ContextStrategy, FallbackObserver, HttpTool, HttpToolMethod,
-    HttpToolOptions, McpServerOptions, McpTools, ModelChain, ModelError, OfflineModel, OpenAiModel,
-    OpenAiOptions, RetryPolicy, ToolFilter, ToolRegistry,
+    Agent, AgentLimits, AgentName, ChatModel, ContextPolicy, ContextStrategy, FallbackObserver,
+    HttpTool, HttpToolMethod, HttpToolOptions, McpServerOptions, McpTools, ModelChain, ModelError,
+    OfflineModel, OpenAiModel, OpenAiOptions, RetryPolicy, ToolFilter, ToolRegistry,
 };
 
 use agent_core::metrics::ModelMetrics;

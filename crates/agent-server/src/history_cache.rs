@@ -181,10 +181,14 @@ impl HistoryCache {
         };
         let skip = (sent.len() + turn.messages.len()).saturating_sub(self.window);
         let counts = turn.context_tokens;
-        let added = turn.messages.into_iter().enumerate().map(|(index, message)| Kept {
-            message: Arc::new(message),
-            tokens: counts.get(index).copied(),
-        });
+        let added = turn
+            .messages
+            .into_iter()
+            .enumerate()
+            .map(|(index, message)| Kept {
+                message: Arc::new(message),
+                tokens: counts.get(index).copied(),
+            });
         let history: Window = sent.iter().cloned().chain(added).skip(skip).collect();
         cache.insert(
             session.clone(),

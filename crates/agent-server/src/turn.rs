@@ -17,9 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use agent_config::{Settings, TokenQuotas};
-use agent_core::{
-    Message, SessionId, TokenUsage, ToolSpec, TurnContext, TurnRequest, Waits,
-};
+use agent_core::{Message, SessionId, TokenUsage, ToolSpec, TurnContext, TurnRequest, Waits};
 use agent_storage::{LockGuard, SessionInfo, StorageError, acquire_lock};
 use tracing::Instrument;
 

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use agent_core::compaction::{SUMMARY_PROMPT, summary_message};
 use agent_core::{
     Agent, AgentError, ContextPolicy, ContextStrategy, Message, ModelError, Role, TokenCounter,
     TokenUsage, Tool, ToolError, TurnContext, TurnRequest,
@@ -86,7 +87,11 @@ async fn the_newest_whole_turns_that_fit_the_budget_are_sent() {
     assert_eq!(sent[1].role, Role::User, "a whole turn first");
     let kept = sent.len() - 2;
     assert!(kept > 0 && kept < earlier.len(), "{kept} kept");
-    assert_eq!(&sent[1..=kept], &earlier[earlier.len() - kept..], "the newest");
+    assert_eq!(
+        &sent[1..=kept],
+        &earlier[earlier.len() - kept..],
+        "the newest"
+    );
     assert_eq!(done.left_out, earlier.len() - kept);
     assert!(tokens_of(&agent, &sent) <= 1_000);
     // One more turn would not have fitted.
@@ -96,7 +101,12 @@ async fn the_newest_whole_turns_that_fit_the_budget_are_sent() {
     assert!(tokens_of(&agent, &more) > 1_000);
     // The turn's messages are counted once, as they are made.
     let counter = TokenCounter::estimate();
-    let counted: Vec<u64> = done.turn.messages.iter().map(|m| counter.message(m)).collect();
+    let counted: Vec<u64> = done
+        .turn
+        .messages
+        .iter()
+        .map(|m| counter.message(m))
+        .collect();
     assert_eq!(done.turn.context_tokens, counted);
 }
 
@@ -111,7 +121,7 @@ async fn stored_counts_are_used_as_given_and_instructions_are_never_left_out() {
     let context = TurnContext {
         history_tokens: vec![Some(1); earlier.len()],
         pinned: 1,
-        strategy: None,
+        ..TurnContext::default()
     };
     agent
         .run_turn(request(earlier.clone(), context))
@@ -209,15 +219,20 @@ async fn a_long_tool_result_is_cut_and_the_history_makes_room_for_the_turn() {
     let result = &done.turn.messages[2];
     assert_eq!(result.role, Role::Tool);
     assert!(
-        result.content.ends_with(
-            "[cut: this result is about 10000 tokens; its first 400 are shown]"
-        ),
+        result
+            .content
+            .ends_with("[cut: this result is about 10000 tokens; its first 400 are shown]"),
         "{}",
         &result.content[result.content.len() - 80..]
     );
     let seen = model.seen.lock().unwrap().clone();
     // The second call holds the cut result, and so less history than the first.
-    assert!(seen[1].len() - 3 < seen[0].len(), "{} then {}", seen[0].len(), seen[1].len());
+    assert!(
+        seen[1].len() - 3 < seen[0].len(),
+        "{} then {}",
+        seen[0].len(),
+        seen[1].len()
+    );
     assert_eq!(seen[1][1].role, Role::User);
     for sent in &seen {
         assert!(tokens_of(&agent, sent) <= 2_000);
@@ -268,4 +283,132 @@ async fn an_overflow_the_model_reports_is_healed_once_with_less_history() {
         .await
         .unwrap_err();
     assert_eq!(model.calls.load(Ordering::SeqCst), 1);
+}
+
+/// An agent that compacts beyond `budget`, keeping the newest `keep` turns, its summaries
+/// written by `summarizer`.
+fn compacting(
+    model: Arc<ScriptedModel>,
+    summarizer: Arc<ScriptedModel>,
+    budget: u64,
+    keep: usize,
+) -> Agent {
+    let policy = ContextPolicy {
+        keep_recent_turns: keep,
+        ..self::budget(budget, ContextStrategy::Compact)
+    };
+    agent(model, Vec::new(), LIMITS)
+        .with_context(policy)
+        .with_summarizer(summarizer)
+}
+
+fn stored(history: &[Message]) -> TurnContext {
+    TurnContext {
+        compactable: history.len(),
+        ..TurnContext::default()
+    }
+}
+
+#[tokio::test]
+async fn compaction_summarises_the_oldest_turns_into_one_message_within_the_budget() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let summarizer = ScriptedModel::new(vec![Step::Answer("They talked about words.")], USAGE);
+    let agent = compacting(model.clone(), summarizer.clone(), 1_000, 2);
+    let earlier = history(10, 200);
+    let done = agent
+        .run_turn(request(earlier.clone(), stored(&earlier)))
+        .await
+        .unwrap();
+    let compaction = done.compaction.clone().unwrap().unwrap();
+    assert_eq!((compaction.turns, compaction.covered), (8, 16));
+    assert_eq!(compaction.summary, "They talked about words.");
+    assert_eq!(compaction.usage, USAGE);
+    assert_eq!(
+        done.turn.usage.total(),
+        2 * USAGE.total(),
+        "the summary's tokens count"
+    );
+    // The model is sent the summary in place of the eight oldest turns, then the newest two.
+    let sent = model.seen.lock().unwrap()[0].clone();
+    assert_eq!(sent[1], summary_message("They talked about words."));
+    assert_eq!(&sent[2..6], &earlier[16..]);
+    assert_eq!(sent.len(), 7);
+    assert_eq!(done.left_out, 0, "nothing else was left out");
+    // The summariser is sent the prompt and the transcript, within the budget: the oldest
+    // turns of the transcript are left out of it first.
+    let asked = summarizer.seen.lock().unwrap()[0].clone();
+    assert_eq!(asked[0], Message::system(SUMMARY_PROMPT));
+    let transcript = &asked[1].content;
+    assert!(transcript.contains("user: question 7:"), "{transcript}");
+    assert!(transcript.ends_with("assistant: answer 7"));
+    assert!(!transcript.contains("question 0:"));
+    assert!(TokenCounter::estimate().request(&asked, &[]) <= 1_000);
+}
+
+#[tokio::test]
+async fn a_new_summary_covers_the_one_before_and_only_stored_turns_are_covered() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    let summarizer = ScriptedModel::new(vec![Step::Answer("Newer summary.")], USAGE);
+    let earlier = history(6, 60);
+    let agent = compacting(model.clone(), summarizer.clone(), 100_000, 1);
+    // Just over what the whole request takes.
+    let mut whole = vec![Message::system("You are a test agent.")];
+    whole.push(summary_message("Older summary."));
+    whole.extend(earlier.iter().cloned());
+    whole.push(Message::user("and now?"));
+    let budget = tokens_of(&agent, &whole) - 1;
+    let agent = compacting(model.clone(), summarizer.clone(), budget, 1);
+    let context = TurnContext {
+        summary: Some("Older summary.".into()),
+        // The last two turns came with the request, not from the store.
+        compactable: 8,
+        ..TurnContext::default()
+    };
+    let done = agent
+        .run_turn(request(earlier.clone(), context))
+        .await
+        .unwrap();
+    let compaction = done.compaction.unwrap().unwrap();
+    assert_eq!((compaction.turns, compaction.covered), (4, 8));
+    let transcript = summarizer.seen.lock().unwrap()[0][1].content.clone();
+    assert!(transcript.starts_with("(summary so far) Older summary.\nuser: question 0:"));
+    let sent = model.seen.lock().unwrap()[0].clone();
+    assert_eq!(
+        sent[1],
+        summary_message("Newer summary."),
+        "in the old one's place"
+    );
+    assert_eq!(&sent[2..6], &earlier[8..]);
+}
+
+#[tokio::test]
+async fn a_failed_compaction_truncates_and_the_turn_goes_on() {
+    let model = ScriptedModel::new(vec![Step::Answer("ok")], USAGE);
+    // A summariser that refuses everything.
+    let summarizer = ScriptedModel::new(vec![Step::Limit(0)], USAGE);
+    let agent = compacting(model.clone(), summarizer, 1_000, 2);
+    let earlier = history(10, 200);
+    let done = agent
+        .run_turn(request(earlier.clone(), stored(&earlier)))
+        .await
+        .unwrap();
+    let error = done.compaction.unwrap().unwrap_err();
+    assert!(error.contains("context window"), "{error}");
+    assert!(done.left_out > 0, "truncated instead");
+    assert_eq!(done.response, "ok");
+    // Nothing to compact (every turn is recent, or none is stored): truncation, no call.
+    let summarizer = ScriptedModel::new(vec![Step::Answer("unused")], USAGE);
+    let agent = compacting(model.clone(), summarizer.clone(), 1_000, 10);
+    let done = agent
+        .run_turn(request(earlier.clone(), stored(&earlier)))
+        .await
+        .unwrap();
+    assert!(done.compaction.is_none() && done.left_out > 0);
+    let agent = compacting(model, summarizer.clone(), 1_000, 2);
+    let done = agent
+        .run_turn(request(earlier, TurnContext::default()))
+        .await
+        .unwrap();
+    assert!(done.compaction.is_none() && done.left_out > 0);
+    assert_eq!(summarizer.calls.load(Ordering::SeqCst), 0);
 }

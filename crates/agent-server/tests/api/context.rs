@@ -47,7 +47,12 @@ async fn a_long_session_sends_the_newest_whole_turns_within_the_budget_and_store
         let body = json!({ "message": long_message(turn, 300), "session_id": session });
         let response = app.agent(body).await;
         let status = response.status();
-        assert_eq!(status, 200, "turn {turn}: {}", response.text().await.unwrap());
+        assert_eq!(
+            status,
+            200,
+            "turn {turn}: {}",
+            response.text().await.unwrap()
+        );
     }
     // Each turn is about 310 tokens: the sixth request holds only the newest few, whole.
     let roles = roles_sent(&fake, 5).await;
@@ -75,7 +80,10 @@ async fn a_long_session_sends_the_newest_whole_turns_within_the_budget_and_store
         stored.iter().map(|s| s.context_tokens).collect::<Vec<_>>()
     );
     let user = stored[0].context_tokens.unwrap();
-    assert!((300..330).contains(&user), "a 300-word message counted {user}");
+    assert!(
+        (300..330).contains(&user),
+        "a 300-word message counted {user}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,5 +148,9 @@ async fn a_context_length_refusal_is_healed_once_then_answered_400() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(error_code(&body), "context_length_exceeded");
     assert_eq!(fake.requests().await.len(), 6);
-    assert_eq!(app.stored(session).await.len(), 6, "the failed turn stored nothing");
+    assert_eq!(
+        app.stored(session).await.len(),
+        6,
+        "the failed turn stored nothing"
+    );
 }
