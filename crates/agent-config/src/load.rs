@@ -73,16 +73,6 @@ pub fn load_from(vars: impl IntoIterator<Item = (String, String)>) -> Result<Loa
     let settings = layers.settings()?;
     let effective = layers.effective();
     let mut warnings = layers.warnings;
-    let compacts = std::iter::once(&settings.context)
-        .chain(settings.agents.iter().map(|agent| &agent.context))
-        .any(|context| context.strategy == "compact" || context.summarizer.is_some());
-    if compacts {
-        warnings.push(
-            "context.strategy = \"compact\" (and context.summarizer) are read and checked, but \
-             this release does not compact yet: a history over the budget is truncated"
-                .to_owned(),
-        );
-    }
     if settings.profile == crate::Profile::Production {
         for model in settings.models.iter().filter(|model| model.inline_key) {
             warnings.push(format!(

@@ -158,6 +158,10 @@ fn served(
             name: declared.name.clone(),
         })
         .with_context(context_policy(&declared.context));
+    let agent = match &declared.context.summarizer {
+        Some(name) => agent.with_summarizer(clients.model(name)?),
+        None => agent,
+    };
     Ok(ServedAgent::new(declared.clone(), chain, agent))
 }
 

@@ -117,6 +117,49 @@ pub(crate) struct AgentResponse {
     /// `x-agent-model` header says): another than the first when the chain fell back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) model: Option<String>,
+    /// What fitting the turn to the agent's context budget did; absent when it left nothing
+    /// out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) context: Option<ContextUse>,
+}
+
+/// What fitting a turn's requests to the agent's context budget did (`docs/agent.md`, "The
+/// context window"). The session keeps every message whatever was left out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct ContextUse {
+    /// Earlier messages of the session left out of the turn's requests.
+    pub(crate) messages_left_out: usize,
+    /// The compaction the turn made, if it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) compaction: Option<CompactionUse>,
+}
+
+/// A compaction: the oldest turns summarised into one message that stands in for them in every
+/// later request of the session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub(crate) struct CompactionUse {
+    /// The turns the session's summary now covers that it did not before.
+    pub(crate) turns: usize,
+    /// Tokens the summary's model call used (part of the turn's `tokens_used`).
+    pub(crate) tokens_used: u64,
+}
+
+impl ContextUse {
+    /// What a turn's result says, when it left anything out.
+    pub(crate) fn of(result: &agent_core::TurnResult) -> Option<Self> {
+        let compaction = result
+            .compaction
+            .as_ref()
+            .and_then(|compaction| compaction.as_ref().ok())
+            .map(|compaction| CompactionUse {
+                turns: compaction.turns,
+                tokens_used: compaction.usage.total(),
+            });
+        (result.left_out > 0 || compaction.is_some()).then_some(Self {
+            messages_left_out: result.left_out,
+            compaction,
+        })
+    }
 }
 
 impl From<&Finished> for AgentResponse {
@@ -128,6 +171,7 @@ impl From<&Finished> for AgentResponse {
             run_id: finished.run_id.clone(),
             agent: finished.agent.clone(),
             model: finished.model.clone(),
+            context: finished.context.clone(),
         }
     }
 }

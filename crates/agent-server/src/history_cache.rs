@@ -102,6 +102,23 @@ impl Weighter<SessionId, CachedHistory> for ByBytes {
     }
 }
 
+impl History {
+    /// Leaves out the messages the session's summary covers (it stands in for them); answers
+    /// the sequence number of the first message left. A history is always the session's newest
+    /// messages.
+    pub(crate) fn after_summary(&mut self, info: &SessionInfo) -> u64 {
+        let len = self.messages.len() as u64;
+        let first = info.next_sequence.saturating_sub(len);
+        let Some(summary) = &info.summary else {
+            return first;
+        };
+        let covered = summary.through.saturating_sub(first).min(len) as usize;
+        self.messages.drain(..covered);
+        self.tokens.drain(..covered.min(self.tokens.len()));
+        first + covered as u64
+    }
+}
+
 impl HistoryCache {
     /// A cache holding at most about `bytes` of history (0: off) of windows of `window` messages.
     pub(crate) fn new(bytes: u64, window: usize) -> Self {

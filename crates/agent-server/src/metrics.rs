@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::http::Method;
-use agent_core::metrics::{ModelMetrics, counter, gauge, histogram};
+use agent_core::metrics::{ModelMetrics, counter, histogram};
 use agent_storage::BackgroundWork;
 
 use crate::admission::Admission;
@@ -18,6 +18,10 @@ use crate::error::ErrorCode;
 use crate::retention::RetentionMetrics;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+mod scraped;
+
+use scraped::{AdmissionMetrics, BackgroundMetrics, TraceMetrics};
 
 const BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -43,103 +47,6 @@ pub(crate) struct AppMetrics {
     background: BackgroundMetrics,
     admission: AdmissionMetrics,
     traces: TraceMetrics,
-}
-
-/// The span exporter's figures (process-wide), read when `/metrics` is scraped.
-struct TraceMetrics {
-    exported: Counter,
-    dropped_full: Counter,
-    dropped_failed: Counter,
-}
-
-impl TraceMetrics {
-    fn register(recorder: &dyn Recorder) -> Self {
-        let dropped = |reason| {
-            counter(
-                recorder,
-                "agent_trace_spans_dropped_total",
-                &[("reason", reason)],
-            )
-        };
-        Self {
-            exported: counter(recorder, "agent_trace_spans_exported_total", &[]),
-            dropped_full: dropped("queue_full"),
-            dropped_failed: dropped("export_failed"),
-        }
-    }
-
-    fn refresh(&self) {
-        let (exported, dropped_full, dropped_failed) = crate::telemetry::export_counts();
-        self.exported.absolute(exported);
-        self.dropped_full.absolute(dropped_full);
-        self.dropped_failed.absolute(dropped_failed);
-    }
-}
-
-/// Connections and turns against their limits, read when `/metrics` is scraped.
-struct AdmissionMetrics {
-    admission: Arc<Admission>,
-    connections: Gauge,
-    turns: Gauge,
-    refused_connections: Counter,
-    refused_turns: Counter,
-}
-
-impl AdmissionMetrics {
-    fn register(recorder: &dyn Recorder, admission: Arc<Admission>) -> Self {
-        let limits = *admission.limits();
-        gauge(recorder, "agent_connections_limit", &[]).set(limits.connections as f64);
-        gauge(recorder, "agent_turns_in_flight_limit", &[]).set(limits.turns as f64);
-        let refused = |reason| {
-            counter(
-                recorder,
-                "agent_overload_refusals_total",
-                &[("reason", reason)],
-            )
-        };
-        Self {
-            connections: gauge(recorder, "agent_connections_open", &[]),
-            turns: gauge(recorder, "agent_turns_in_flight", &[]),
-            refused_connections: refused("connections"),
-            refused_turns: refused("turns"),
-            admission,
-        }
-    }
-
-    fn refresh(&self) {
-        let (connections, turns, refused_connections, refused_turns) = self.admission.figures();
-        self.connections.set(connections as f64);
-        self.turns.set(turns as f64);
-        self.refused_connections.absolute(refused_connections);
-        self.refused_turns.absolute(refused_turns);
-    }
-}
-
-/// The process's background work, read when `/metrics` is scraped.
-struct BackgroundMetrics {
-    work: Arc<BackgroundWork>,
-    pending: Gauge,
-    started: Counter,
-    dropped: Counter,
-}
-
-impl BackgroundMetrics {
-    fn register(recorder: &dyn Recorder, work: Arc<BackgroundWork>) -> Self {
-        let limit = gauge(recorder, "agent_background_tasks_limit", &[]);
-        limit.set(work.limit() as f64);
-        Self {
-            work,
-            pending: gauge(recorder, "agent_background_tasks", &[]),
-            started: counter(recorder, "agent_background_tasks_started_total", &[]),
-            dropped: counter(recorder, "agent_background_tasks_dropped_total", &[]),
-        }
-    }
-
-    fn refresh(&self) {
-        self.pending.set(self.work.pending() as f64);
-        self.started.absolute(self.work.started());
-        self.dropped.absolute(self.work.dropped());
-    }
 }
 
 impl std::fmt::Debug for AppMetrics {
@@ -361,6 +268,48 @@ pub(crate) struct TurnMetrics {
     /// Continuing turns' history windows by where they came from.
     history_cached: Counter,
     history_read: Counter,
+    context: ContextCounters,
+}
+
+/// What fitting the turns' requests to their context budgets did.
+#[derive(Debug, Clone)]
+struct ContextCounters {
+    left_out: Counter,
+    compactions: Counter,
+    compactions_failed: Counter,
+    compacted_turns: Counter,
+}
+
+impl ContextCounters {
+    fn register(recorder: &dyn Recorder) -> Self {
+        let compactions = |outcome| {
+            counter(
+                recorder,
+                "agent_context_compactions_total",
+                &[("outcome", outcome)],
+            )
+        };
+        Self {
+            left_out: counter(recorder, "agent_context_messages_left_out_total", &[]),
+            compactions: compactions("completed"),
+            compactions_failed: compactions("failed"),
+            compacted_turns: counter(recorder, "agent_context_compacted_turns_total", &[]),
+        }
+    }
+
+    fn count(&self, cost: &TurnCost) {
+        if cost.left_out > 0 {
+            self.left_out.increment(cost.left_out as u64);
+        }
+        match cost.compacted {
+            None => {}
+            Some(Some(turns)) => {
+                self.compactions.increment(1);
+                self.compacted_turns.increment(turns as u64);
+            }
+            Some(None) => self.compactions_failed.increment(1),
+        }
+    }
 }
 
 /// One agent's (or every agent's) counters, split by caller when the labels are on.
@@ -474,6 +423,7 @@ impl TurnMetrics {
                 "agent_session_history_total",
                 &[("source", "store")],
             ),
+            context: ContextCounters::register(recorder),
         }
     }
 
@@ -524,6 +474,7 @@ impl TurnMetrics {
             .completion_tokens
             .increment(cost.usage.completion_tokens);
         self.tool_calls.increment(cost.tool_calls as u64);
+        self.context.count(cost);
     }
 }
 
@@ -541,6 +492,10 @@ pub(crate) struct TurnCost {
     pub(crate) model_calls: usize,
     pub(crate) usage: agent_core::TokenUsage,
     pub(crate) tool_calls: usize,
+    /// History messages left out of its requests.
+    pub(crate) left_out: usize,
+    /// Its compaction: the turns covered, or none when it failed.
+    pub(crate) compacted: Option<Option<usize>>,
 }
 
 impl TurnCost {
@@ -556,6 +511,11 @@ impl TurnCost {
                 .iter()
                 .map(|message| message.tool_calls.len())
                 .sum(),
+            left_out: result.left_out,
+            compacted: result
+                .compaction
+                .as_ref()
+                .map(|compaction| compaction.as_ref().ok().map(|compaction| compaction.turns)),
         }
     }
 }

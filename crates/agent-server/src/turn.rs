@@ -117,6 +117,9 @@ enum Held {
         /// The history the turn was sent (without instructions), kept for the history cache;
         /// None when the cache is off.
         window: Option<Window>,
+        /// The sequence number of the first stored message the turn was sent (a compaction
+        /// covers the messages from there).
+        history_start: u64,
     },
     Given {
         caller: String,
@@ -161,6 +164,8 @@ pub(crate) struct Finished {
     /// The calls the turn ended with that the client answers (its tools' calls, approvals),
     /// with why; empty when it finished. A run that waits has stored nothing yet.
     pub(crate) waiting: Vec<PendingCall>,
+    /// What fitting it to the context budget did (none: nothing left out).
+    pub(crate) context: Option<crate::dto::ContextUse>,
 }
 
 /// How a route writes a stored turn's answer as the replay text of its idempotency claim.
@@ -396,6 +401,7 @@ impl Turns {
             wait_mode,
             resume,
             client_tools,
+            strategy,
         } = input;
         if sampling.temperature.is_none() {
             sampling.temperature = agent.temperature;
@@ -416,6 +422,7 @@ impl Turns {
                 let run = self.start_run(&caller, None, claimed);
                 let context = TurnContext {
                     pinned: instructions.len(),
+                    strategy,
                     ..TurnContext::default()
                 };
                 let request = TurnRequest {
@@ -543,12 +550,17 @@ impl Turns {
                     client_tools: client_tools.iter().map(ClientTool::from).collect(),
                 })
             });
+        // A summary stands in for the messages it covers.
+        let mut history = history;
+        let history_start = history.after_summary(&info);
         let context = TurnContext {
             history_tokens: std::iter::repeat_n(None, instructions.len())
                 .chain(history.tokens)
                 .collect(),
             pinned: instructions.len(),
-            strategy: None,
+            strategy,
+            summary: info.summary.as_ref().map(|summary| summary.text.clone()),
+            compactable: history.messages.len(),
         };
         let request = TurnRequest {
             history: instructions
@@ -572,6 +584,7 @@ impl Turns {
                     info,
                     guard,
                     window: history.window,
+                    history_start,
                 },
                 started,
                 slot,

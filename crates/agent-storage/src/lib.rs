@@ -24,7 +24,7 @@ pub use model::{
     IdempotencyCompletion, LockLease, LoggedEvent, NewRun, OpenedSession, QueuedRun, RUN_LOST,
     RateDecision, ResponseParameters, ResponseRecord, RunAction, RunAnswer, RunCompletion,
     RunCursor, RunEnd, RunError, RunOrigin, RunRecord, RunStatus, SessionCursor, SessionInfo,
-    StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    SessionSummary, StoredMessage, StoredResponse, SummaryRecord, TurnRecord, WebhookEvent,
 };
 pub use postgres::{PostgresOptions, PostgresStore, latest_schema_version};
 pub use redis::{RedisCoordination, RedisOptions};

@@ -19,6 +19,17 @@ pub struct SessionInfo {
     /// The agent it belongs to: its first turn's (none: stored before agents were named, or
     /// no turn yet).
     pub agent: Option<String>,
+    /// The summary of its earlier turns (none: never compacted).
+    pub summary: Option<SessionSummary>,
+}
+
+/// A session's summary of its earlier turns: it stands in for the messages before `through` in
+/// later turns' requests (they stay stored).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub text: String,
+    /// The sequence number of the first message it does not cover.
+    pub through: u64,
 }
 
 /// A caller's turns and tokens on one UTC day.
@@ -65,6 +76,7 @@ impl SessionInfo {
             turn_count: 0,
             usage: TokenUsage::default(),
             agent: None,
+            summary: None,
         }
     }
 }
@@ -136,6 +148,16 @@ pub struct TurnRecord<'a> {
     /// The agent whose turn it is: the session's from its first turn on (a session that has an
     /// agent keeps it).
     pub agent: Option<&'a str>,
+    /// A compaction the turn made: the session's summary from now on.
+    pub summary: Option<SummaryRecord<'a>>,
+}
+
+/// A session's new summary, covering the messages before `through` (a sequence number); made
+/// from the summary before, which it replaces.
+#[derive(Debug, Clone, Copy)]
+pub struct SummaryRecord<'a> {
+    pub text: &'a str,
+    pub through: u64,
 }
 
 /// A response (the OpenAI-compatible Responses API) to keep with its turn: the facts the server

@@ -150,6 +150,7 @@ impl QueuedTurn {
             wait_mode: self.wait_mode,
             resume: None,
             client_tools: self.client_tools.into_iter().map(Into::into).collect(),
+            strategy: None,
         };
         let extras = Extras {
             claim: None,

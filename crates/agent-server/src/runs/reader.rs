@@ -153,6 +153,7 @@ fn terminal(run: &RunRecord) -> LiveEvent {
             usage: run.usage,
             agent: None,
             model: None,
+            context: None,
             run_id: run.id.clone(),
             waiting: run
                 .action

@@ -3,10 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use agent_core::TurnResult;
+use agent_core::{TokenCounter, TurnResult};
 use agent_storage::{
     IdempotencyCompletion, ResponseParameters, ResponseRecord, RunCompletion, RunEnd, RunOrigin,
-    StorageError, TurnRecord,
+    StorageError, SummaryRecord, TurnRecord,
 };
 use tracing::Instrument;
 
@@ -45,13 +45,25 @@ impl Turns {
         let store_failing = Arc::clone(&self.store_failing);
         let history_cache = self.history_cache.clone();
         let cost = TurnCost::of(&result, started);
+        let context = crate::dto::ContextUse::of(&result);
         let TurnResult {
             mut turn,
             response,
             waiting,
             model,
+            compaction,
             ..
         } = result;
+        let compaction = compaction.and_then(Result::ok);
+        // The messages the client sent before its new one are stored with the turn: counted
+        // (by the agent's tokenizer) when the turn's messages were.
+        let earlier_counted = (!earlier.is_empty() && !turn.context_tokens.is_empty()).then(|| {
+            let counter = TokenCounter::for_model(&agent.agent.model().identity().model);
+            earlier
+                .iter()
+                .map(|message| counter.message(message))
+                .collect::<Vec<_>>()
+        });
         // A turn whose run does not wait answers with the calls it ended with (and completes).
         let waiting = self.pending_calls(&waiting);
         let created = unix_now();
@@ -72,6 +84,7 @@ impl Turns {
             model,
             run_id: run.id().to_owned(),
             waiting,
+            context,
         };
         // Made here: the spawned task is outside the request's span (and carries a sampled
         // request's subscriber along).
@@ -92,7 +105,7 @@ impl Turns {
                     started_at: live.started_at,
                 }),
             };
-            let (session, info, guard, window) = match target {
+            let (session, info, guard, window, history_start) = match target {
                 Held::Given { caller } => {
                     let counted = conversations
                         .count_usage(
@@ -113,11 +126,20 @@ impl Turns {
                     info,
                     guard,
                     window,
-                } => (session, info, guard, window),
+                    history_start,
+                } => (session, info, guard, window, history_start),
             };
             if !earlier.is_empty() {
                 turn.messages.splice(0..0, earlier);
+                if let Some(counts) = earlier_counted {
+                    turn.context_tokens.splice(0..0, counts);
+                }
             }
+            // A compaction covers stored messages from the first one the turn was sent.
+            let summary = compaction.as_ref().map(|compaction| SummaryRecord {
+                text: &compaction.summary,
+                through: history_start + compaction.covered as u64,
+            });
             let render = |render: &Render| {
                 render(&finished).map_err(|error| ApiError::Internal(error.into()))
             };
@@ -144,6 +166,7 @@ impl Turns {
                     }),
                     run: Some(completion),
                     agent: finished.agent.as_deref(),
+                    summary,
                 };
             let stored = conversations
                 .append_turn_recording(&session, info.next_sequence, &turn, record)
@@ -261,6 +284,7 @@ impl Turns {
                         model: result.model,
                         run_id: live.id.clone(),
                         waiting,
+                        context: None,
                     },
                     false,
                 ))

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use agent_core::{Message, Resume, Sampling, SessionId, ToolSpec};
+use agent_core::{ContextStrategy, Message, Resume, Sampling, SessionId, ToolSpec};
 
 use crate::agents::ServedAgent;
 use crate::dto::ValidTurn;
@@ -35,6 +35,8 @@ pub(crate) struct TurnInput {
     /// The client's own tools, offered beside the agent's: a call to one goes back to the
     /// client.
     pub(crate) client_tools: Vec<ToolSpec>,
+    /// The turn's context strategy instead of the agent's (the Responses API's `truncation`).
+    pub(crate) strategy: Option<ContextStrategy>,
 }
 
 /// The conversation a turn continues.
@@ -79,6 +81,7 @@ impl TurnInput {
             wait_mode: WaitMode::Suspend,
             resume: None,
             client_tools: Vec::new(),
+            strategy: None,
         }
     }
 }

@@ -6,7 +6,7 @@
 use fake_openai::{FakeOpenAi, Scripted};
 use serde_json::{Value, json};
 
-use crate::helpers::{error_code, spawn_full, spawn_with_model};
+use crate::helpers::{error_code, spawn_full, spawn_replicas, spawn_with_model};
 
 /// A message of about `words` tokens.
 fn long_message(turn: usize, words: usize) -> String {
@@ -152,5 +152,83 @@ async fn a_context_length_refusal_is_healed_once_then_answered_400() {
         app.stored(session).await.len(),
         6,
         "the failed turn stored nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compaction_summarises_old_turns_once_and_every_replica_sends_the_summary_after() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let settings = [
+        ("AGENT_CONTEXT__MAX_INPUT_TOKENS", "1500"),
+        ("AGENT_CONTEXT__STRATEGY", "compact"),
+        ("AGENT_CONTEXT__KEEP_RECENT_TURNS", "1"),
+        ("AGENT_CONTEXT__SUMMARIZER", "summary-model"),
+    ];
+    let replicas = spawn_replicas(&fake, &settings, 2).await;
+    let session = "context-compacted";
+    let mut compactions = Vec::new();
+    for turn in 0..8 {
+        // Alternating replicas: the summary must come from the store, not a process's cache.
+        let app = &replicas[turn % 2];
+        let body = json!({ "message": long_message(turn, 300), "session_id": session });
+        let (status, answer) = app.post_json("/agent", &body).await;
+        assert_eq!(status, 200, "turn {turn}: {answer}");
+        if let Some(compaction) = answer["context"]["compaction"].as_object() {
+            assert!(compaction["turns"].as_u64().unwrap() >= 1, "{answer}");
+            assert_eq!(compaction["tokens_used"], 15, "{answer}");
+            assert_eq!(
+                answer["tokens_used"], 30,
+                "the summary's call counts: {answer}"
+            );
+            compactions.push(turn);
+        }
+    }
+    // About 310 tokens a turn: the history outgrows 1500 twice in eight turns.
+    assert!(compactions.len() >= 2, "compacted at turns {compactions:?}");
+    let requests = fake.requests().await;
+    let summaries: Vec<&Value> = requests
+        .iter()
+        .filter(|request| request["model"] == "summary-model")
+        .collect();
+    assert_eq!(
+        summaries.len(),
+        compactions.len(),
+        "one summary call per compaction"
+    );
+    let prompt = &summaries[0]["messages"][0]["content"];
+    assert_eq!(prompt, agent_core::compaction::SUMMARY_PROMPT);
+    let transcript = summaries[0]["messages"][1]["content"].as_str().unwrap();
+    assert!(transcript.starts_with("user: question 0:"), "{transcript}");
+    let transcript = summaries[1]["messages"][1]["content"].as_str().unwrap();
+    assert!(
+        transcript.starts_with("(summary so far) noted\nuser: question"),
+        "{transcript}"
+    );
+    // Every request to the agent's model after the first compaction sends the summary in place
+    // of the turns it covers, then whole turns.
+    let heading = agent_core::compaction::SUMMARY_HEADING;
+    let turns: Vec<&Value> = requests
+        .iter()
+        .filter(|request| request["model"] != "summary-model")
+        .collect();
+    for request in &turns[compactions[0]..] {
+        let messages = request["messages"].as_array().unwrap();
+        let summary = messages[1]["content"].as_str().unwrap();
+        assert_eq!(summary, format!("{heading}\nnoted"));
+        assert_eq!(messages[2]["role"], "user");
+        let text = request["messages"].to_string();
+        assert!(
+            !text.contains("question 0:"),
+            "a covered turn was sent again"
+        );
+    }
+    // Every message stays stored and readable.
+    let (status, view) = replicas[0].get_json(&format!("/sessions/{session}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(view["messages"].as_array().unwrap().len(), 16, "{view}");
+    let metrics = replicas[0].metrics().await;
+    assert!(
+        metrics.contains("agent_context_compactions_total{outcome=\"completed\"}"),
+        "{metrics}"
     );
 }

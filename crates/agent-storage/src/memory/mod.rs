@@ -14,7 +14,8 @@ use crate::error::StorageError;
 use crate::model::{
     Answered, ClaimedRun, DailyUsage, Ended, IdempotencyBegin, LockLease, LoggedEvent, NewRun,
     OpenedSession, QueuedRun, RateDecision, RunAnswer, RunCompletion, RunCursor, RunEnd, RunRecord,
-    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord, WebhookEvent,
+    SessionCursor, SessionInfo, SessionSummary, StoredMessage, StoredResponse, SummaryRecord,
+    TurnRecord, WebhookEvent,
 };
 use crate::retention::{Sweep, SweepLocks};
 use crate::traits::{
@@ -109,6 +110,7 @@ impl MemoryStorage {
         expected_next_sequence: u64,
         turn: &Turn,
         agent: Option<&str>,
+        summary: Option<SummaryRecord<'_>>,
     ) -> Result<SessionInfo, StorageError> {
         let mut sessions = lock(&self.sessions);
         if expected_next_sequence == 0 && !sessions.contains_key(id) {
@@ -142,6 +144,12 @@ impl MemoryStorage {
         info.updated_at = now;
         if info.agent.is_none() {
             info.agent = agent.map(str::to_owned);
+        }
+        if let Some(summary) = summary {
+            info.summary = Some(SessionSummary {
+                text: summary.text.to_owned(),
+                through: summary.through,
+            });
         }
         let info = info.clone();
         self.count(id.owner(), agent, now, turn.usage);
@@ -211,7 +219,7 @@ impl ConversationStore for MemoryStorage {
         expected_next_sequence: u64,
         turn: &Turn,
     ) -> Result<SessionInfo, StorageError> {
-        self.append(id, expected_next_sequence, turn, None)
+        self.append(id, expected_next_sequence, turn, None, None)
     }
 
     async fn count_usage(
@@ -237,7 +245,13 @@ impl ConversationStore for MemoryStorage {
     ) -> Result<(SessionInfo, bool), StorageError> {
         let mut runs = lock(&self.runs);
         runs.check_in_progress(record.run)?;
-        let info = self.append(id, expected_next_sequence, turn, record.agent)?;
+        let info = self.append(
+            id,
+            expected_next_sequence,
+            turn,
+            record.agent,
+            record.summary,
+        )?;
         runs.complete(record.run, Some(id), turn.usage);
         drop(runs);
         if let Some(response) = record.response {

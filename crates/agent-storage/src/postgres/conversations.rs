@@ -17,7 +17,7 @@ use super::{BACKEND, PostgresStore, query_error};
 use crate::error::{StorageError, bounded};
 use crate::model::{
     DailyUsage, OpenedSession, ResponseParameters, ResponseRecord, RunCompletion, RunStatus,
-    SessionCursor, SessionInfo, StoredMessage, StoredResponse, TurnRecord,
+    SessionCursor, SessionInfo, SessionSummary, StoredMessage, StoredResponse, TurnRecord,
 };
 use crate::retention::Sweep;
 use crate::traits::{ConversationStore, SessionLocks};
@@ -33,6 +33,8 @@ struct SessionRow {
     prompt_tokens: i64,
     completion_tokens: i64,
     agent: Option<String>,
+    summary: Option<String>,
+    summary_through: Option<i64>,
 }
 
 #[derive(Debug, Queryable, Selectable)]
@@ -126,6 +128,13 @@ impl TryFrom<SessionRow> for SessionInfo {
                 completion_tokens: unsigned(row.completion_tokens),
             },
             agent: row.agent,
+            summary: row
+                .summary
+                .zip(row.summary_through)
+                .map(|(text, through)| SessionSummary {
+                    text,
+                    through: unsigned(through),
+                }),
         })
     }
 }
@@ -592,6 +601,8 @@ impl PostgresStore {
             prompt_tokens: signed(turn.usage.prompt_tokens),
             completion_tokens: signed(turn.usage.completion_tokens),
             agent: record.agent,
+            summary: record.summary.map(|summary| summary.text),
+            summary_through: record.summary.map(|summary| signed(summary.through)),
             now: Utc::now(),
             messages: message_columns(turn, expected_next_sequence)?,
             idempotency_key: completion.map(|completion| completion.key),

@@ -13,6 +13,9 @@ diesel::table! {
         owner -> Text,
         /// The agent of its first turn (null: stored before agents were named).
         agent -> Nullable<Text>,
+        /// The summary standing in for the messages before `summary_through` (compaction).
+        summary -> Nullable<Text>,
+        summary_through -> Nullable<Int8>,
     }
 }
 

@@ -22,10 +22,12 @@ pub(super) type SessionRowType = (
     BigInt,
     BigInt,
     Nullable<Text>,
+    Nullable<Text>,
+    Nullable<BigInt>,
 );
 
 const SESSION_COLUMNS: &str = "id, created_at, updated_at, next_sequence, turn_count, \
-     prompt_tokens, completion_tokens, agent";
+     prompt_tokens, completion_tokens, agent, summary, summary_through";
 
 /// Inserts the session if it does not exist and returns its row, in one statement. Returns no
 /// row only when another transaction created the session after this statement's snapshot.
@@ -127,7 +129,8 @@ impl QueryFragment<Pg> for OpenSession<'_> {
         out.push_bind_param::<BigInt, _>(&self.limit)?;
         out.push_sql(
             ") SELECT s.id, s.created_at, s.updated_at, s.next_sequence, s.turn_count, \
-             s.prompt_tokens, s.completion_tokens, s.agent, r.session_id, r.sequence, r.role, r.content, \
+             s.prompt_tokens, s.completion_tokens, s.agent, s.summary, s.summary_through, \
+             r.session_id, r.sequence, r.role, r.content, \
              r.tool_calls, r.tool_call_id, r.tokens, r.created_at, r.context_tokens, \
              (SELECT id FROM runs WHERE session_id = s.id AND status IN ('queued', 'in_progress', \
              'requires_action') LIMIT 1) FROM session s LEFT JOIN recent r ON true ORDER BY r.sequence",
@@ -163,6 +166,9 @@ pub(super) struct AppendTurn<'a> {
     pub(super) completion_tokens: i64,
     /// The agent of the turn: the session's, when it has none yet.
     pub(super) agent: Option<&'a str>,
+    /// A compaction's summary and the sequence it covers up to.
+    pub(super) summary: Option<&'a str>,
+    pub(super) summary_through: Option<i64>,
     pub(super) now: DateTime<Utc>,
     pub(super) messages: MessageColumns<'a>,
     /// The idempotency claim to complete (none: the update matches no row), its response, and
@@ -245,7 +251,8 @@ fn walk_turn<'b>(
     if create {
         out.push_sql(
             ", updated AS (INSERT INTO sessions AS s (id, created_at, updated_at, \
-             next_sequence, turn_count, prompt_tokens, completion_tokens, agent) SELECT ",
+             next_sequence, turn_count, prompt_tokens, completion_tokens, agent, summary, \
+             summary_through) SELECT ",
         );
         out.push_bind_param::<Text, _>(turn.id)?;
         out.push_sql(", ");
@@ -260,6 +267,10 @@ fn walk_turn<'b>(
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
         out.push_sql(", ");
         out.push_bind_param::<Nullable<Text>, _>(&turn.agent)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<Text>, _>(&turn.summary)?;
+        out.push_sql(", ");
+        out.push_bind_param::<Nullable<BigInt>, _>(&turn.summary_through)?;
         out.push_sql(" WHERE ");
         push_run_still_active(&mut out, &turn.run, &turn.origin)?;
         out.push_sql(
@@ -269,6 +280,7 @@ fn walk_turn<'b>(
              prompt_tokens = s.prompt_tokens + EXCLUDED.prompt_tokens, \
              completion_tokens = s.completion_tokens + EXCLUDED.completion_tokens, \
              agent = COALESCE(s.agent, EXCLUDED.agent), \
+             summary = EXCLUDED.summary, summary_through = EXCLUDED.summary_through, \
              updated_at = EXCLUDED.updated_at WHERE s.next_sequence = 0 RETURNING ",
         );
     } else {
@@ -280,7 +292,12 @@ fn walk_turn<'b>(
         out.push_bind_param::<BigInt, _>(&turn.completion_tokens)?;
         out.push_sql(", agent = COALESCE(agent, ");
         out.push_bind_param::<Nullable<Text>, _>(&turn.agent)?;
-        out.push_sql("), updated_at = ");
+        // A compaction's summary replaces the one before (made from it, under this sequence).
+        out.push_sql("), summary = COALESCE(");
+        out.push_bind_param::<Nullable<Text>, _>(&turn.summary)?;
+        out.push_sql(", summary), summary_through = COALESCE(");
+        out.push_bind_param::<Nullable<BigInt>, _>(&turn.summary_through)?;
+        out.push_sql(", summary_through), updated_at = ");
         out.push_bind_param::<Timestamptz, _>(&turn.now)?;
         out.push_sql(" WHERE id = ");
         out.push_bind_param::<Text, _>(turn.id)?;

@@ -91,6 +91,7 @@ contract!(
         a_first_turn_creates_its_session,
         a_session_belongs_to_the_agent_of_its_first_recorded_turn,
         each_message_keeps_the_context_tokens_it_was_counted_with,
+        a_summary_is_kept_with_its_turn_and_replaced_by_the_next,
         a_later_turn_on_a_missing_session_is_not_found,
         racing_first_turns_of_a_new_session_store_one,
         recent_messages_returns_the_last_n_in_order,
@@ -305,6 +306,65 @@ async fn each_message_keeps_the_context_tokens_it_was_counted_with((store, _): S
     assert_eq!(counts, expected, "as a turn opens the session");
     // The turn's usage stays on its last message, apart from the counts.
     assert_eq!(recent[3].tokens, Some(150));
+}
+
+async fn a_summary_is_kept_with_its_turn_and_replaced_by_the_next((store, _): Stores) {
+    let with = |text, through| agent_storage::TurnRecord {
+        summary: Some(agent_storage::SummaryRecord { text, through }),
+        ..Default::default()
+    };
+    let id = session("summarised");
+    for turn in 0..3 {
+        store
+            .append_turn(&id, 2 * turn, &simple_turn(&format!("turn {turn}")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.session(&id).await.unwrap().unwrap().summary, None);
+    let (info, _) = store
+        .append_turn_recording(&id, 6, &simple_turn("turn 3"), with("The first two.", 4))
+        .await
+        .unwrap();
+    let first = agent_storage::SessionSummary {
+        text: "The first two.".into(),
+        through: 4,
+    };
+    assert_eq!(info.summary.as_ref(), Some(&first));
+    // Kept: a turn without a compaction leaves it; every message stays stored.
+    store
+        .append_turn(&id, 8, &simple_turn("turn 4"))
+        .await
+        .unwrap();
+    let opened = store.open_session(&id, 100).await.unwrap();
+    assert_eq!(opened.info.summary.as_ref(), Some(&first));
+    assert_eq!(opened.messages.len(), 10);
+    assert_eq!(
+        store.session(&id).await.unwrap().unwrap().summary.as_ref(),
+        Some(&first)
+    );
+    // A stale writer changes nothing, summary included.
+    let stale = store
+        .append_turn_recording(&id, 8, &simple_turn("late"), with("Stale.", 8))
+        .await;
+    assert!(
+        matches!(stale, Err(StorageError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let (info, _) = store
+        .append_turn_recording(&id, 10, &simple_turn("turn 5"), with("The first four.", 8))
+        .await
+        .unwrap();
+    assert_eq!(info.summary.map(|summary| summary.through), Some(8));
+    // A first turn may bring one too (its request's own history compacted).
+    let id = session("summarised-at-once");
+    let (info, _) = store
+        .append_turn_recording(&id, 0, &simple_turn("one"), with("Given before.", 0))
+        .await
+        .unwrap();
+    assert_eq!(
+        info.summary.map(|summary| summary.text),
+        Some("Given before.".into())
+    );
 }
 
 async fn a_session_belongs_to_the_agent_of_its_first_recorded_turn((store, _): Stores) {
@@ -864,6 +924,7 @@ async fn a_response_is_kept_with_its_turn_and_deleted_with_its_session((store, _
         idempotency: None,
         run: None,
         agent: None,
+        summary: None,
         response: Some(agent_storage::ResponseRecord {
             id: response_id,
             created_at,

@@ -100,6 +100,7 @@ async fn store_with_claim(
         response: None,
         run: None,
         agent: None,
+        summary: None,
     };
     // A stale writer stores nothing and completes nothing.
     let stale = conversations

@@ -546,6 +546,7 @@ impl TurnWire for ChatCompletionRequest {
                 wait_mode: WaitMode::Reject,
                 resume,
                 client_tools,
+                strategy: None,
             },
             stream,
             answer: Arc::new(move |finished: &Finished| ChatCompletion::of(finished, &model)),

@@ -201,6 +201,7 @@ impl Echo {
             model: None,
             run_id: String::new(),
             waiting: Vec::new(),
+            context: None,
         };
         let echo = Self {
             id: stored.id,

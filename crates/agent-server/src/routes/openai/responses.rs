@@ -298,6 +298,7 @@ impl ResponseRequest {
                 wait_mode: WaitMode::Answer,
                 resume,
                 client_tools,
+                strategy: None,
             },
             stream: self
                 .stream
