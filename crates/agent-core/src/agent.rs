@@ -224,6 +224,9 @@ impl Agent {
         if let Some(strategy) = request.context.strategy {
             window.override_strategy(strategy);
         }
+        if let Some(budget) = request.context.max_input_tokens {
+            window.override_budget(budget);
+        }
         let known = request
             .context
             .history_tokens

@@ -12,7 +12,8 @@ use crate::model::ToolSpec;
 use crate::tokens::{REPLY_PRIMING, TokenCounter};
 
 /// What a history over the budget becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ContextStrategy {
     /// The newest whole turns that fit are sent.
     #[default]
@@ -172,6 +173,11 @@ impl<'a> Window<'a> {
     /// The policy's strategy for this turn.
     pub(crate) fn override_strategy(&mut self, strategy: ContextStrategy) {
         self.policy.strategy = strategy;
+    }
+
+    /// The policy's budget for this turn.
+    pub(crate) fn override_budget(&mut self, max_input_tokens: u64) {
+        self.policy.max_input_tokens = max_input_tokens;
     }
 
     pub(crate) fn counter(&mut self) -> TokenCounter {

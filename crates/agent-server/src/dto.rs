@@ -270,6 +270,17 @@ pub(crate) struct SessionView {
     summary: SessionSummary,
     /// The most recent messages (up to `limit`), oldest first.
     messages: Vec<MessageView>,
+    /// The session's summary of its earlier turns (context compaction), when it has one: it
+    /// stands in for the messages it covers in later turns' requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compaction: Option<CompactionView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct CompactionView {
+    summary: String,
+    /// It covers the messages whose `sequence` is below this.
+    covers_until_sequence: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -292,6 +303,13 @@ struct MessageView {
     /// On the last message of each turn: the tokens of the whole turn.
     #[serde(skip_serializing_if = "Option::is_none")]
     tokens: Option<u64>,
+    /// What the message takes of the model's context, as its agent counted it (absent: not
+    /// counted, as when no context budget is set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_tokens: Option<u64>,
+    /// True when the session's summary covers it (later turns are sent the summary instead).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    compacted: bool,
     created_at: String,
 }
 
@@ -308,9 +326,17 @@ pub(crate) fn timestamp(time: SystemTime) -> String {
 }
 
 impl SessionView {
-    pub(crate) fn new(info: SessionInfo, messages: Vec<StoredMessage>) -> Self {
+    pub(crate) fn new(mut info: SessionInfo, messages: Vec<StoredMessage>) -> Self {
+        let compaction = info.summary.take().map(|summary| CompactionView {
+            summary: summary.text,
+            covers_until_sequence: summary.through,
+        });
+        let covered = compaction
+            .as_ref()
+            .map_or(0, |compaction| compaction.covers_until_sequence);
         Self {
             summary: SessionSummary::from(info),
+            compaction,
             messages: messages
                 .into_iter()
                 .map(|stored| MessageView {
@@ -329,6 +355,8 @@ impl SessionView {
                         .collect(),
                     tool_call_id: stored.message.tool_call_id,
                     tokens: stored.tokens,
+                    context_tokens: stored.context_tokens,
+                    compacted: stored.sequence < covered,
                     created_at: timestamp(stored.created_at),
                 })
                 .collect(),

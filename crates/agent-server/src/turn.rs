@@ -10,7 +10,7 @@ mod finish;
 mod input;
 
 pub(crate) use finish::{ClaimToComplete, Extras, KeepResponse};
-pub(crate) use input::{Conversation, TurnInput, WaitMode};
+pub(crate) use input::{ContextChoice, Conversation, TurnInput, WaitMode};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -401,7 +401,7 @@ impl Turns {
             wait_mode,
             resume,
             client_tools,
-            strategy,
+            context: choice,
         } = input;
         if sampling.temperature.is_none() {
             sampling.temperature = agent.temperature;
@@ -422,7 +422,8 @@ impl Turns {
                 let run = self.start_run(&caller, None, claimed);
                 let context = TurnContext {
                     pinned: instructions.len(),
-                    strategy,
+                    strategy: choice.strategy,
+                    max_input_tokens: choice.max_input_tokens,
                     ..TurnContext::default()
                 };
                 let request = TurnRequest {
@@ -558,7 +559,8 @@ impl Turns {
                 .chain(history.tokens)
                 .collect(),
             pinned: instructions.len(),
-            strategy,
+            strategy: choice.strategy,
+            max_input_tokens: choice.max_input_tokens,
             summary: info.summary.as_ref().map(|summary| summary.text.clone()),
             compactable: history.messages.len(),
         };

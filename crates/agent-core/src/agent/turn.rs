@@ -39,6 +39,9 @@ pub struct TurnContext {
     pub pinned: usize,
     /// The strategy of this turn instead of the agent's (the Responses API's `truncation`).
     pub strategy: Option<ContextStrategy>,
+    /// The budget of this turn instead of the agent's (the Responses API's
+    /// `compact_threshold`).
+    pub max_input_tokens: Option<u64>,
     /// The session's summary of its earlier turns, sent after the pinned messages in their place.
     pub summary: Option<String>,
     /// History messages (after the pinned ones) a compaction may cover: the stored ones (0: a

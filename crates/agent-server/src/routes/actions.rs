@@ -179,7 +179,7 @@ pub(crate) async fn post_run_actions(
         wait_mode: WaitMode::Suspend,
         resume: Some(resume),
         client_tools: turn.client_tools.into_iter().map(Into::into).collect(),
-        strategy: None,
+        context: Default::default(),
     };
     let extras = Extras {
         claim: None,

@@ -18,7 +18,7 @@ use super::executor::{Mode, execute};
 use super::waiting::ClientTool;
 use crate::agents::Agents;
 use crate::error::{ApiError, ErrorCode};
-use crate::turn::{Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode};
+use crate::turn::{ContextChoice, Conversation, Extras, KeepResponse, TurnInput, Turns, WaitMode};
 
 /// A queued run's turn as the store keeps it: its input without the run's owner and session
 /// (the run's record has them).
@@ -52,6 +52,13 @@ struct QueuedTurn {
     /// The client's own tools it offers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     client_tools: Vec<ClientTool>,
+    /// The request's choice of context policy.
+    #[serde(default, skip_serializing_if = "is_default")]
+    context: ContextChoice,
+}
+
+fn is_default(choice: &ContextChoice) -> bool {
+    *choice == ContextChoice::default()
 }
 
 /// A [`KeepResponse`] as a queued run keeps it.
@@ -116,6 +123,7 @@ impl QueuedTurn {
             response: keep.map(QueuedResponse::from),
             wait_mode: input.wait_mode,
             client_tools: input.client_tools.iter().map(ClientTool::from).collect(),
+            context: input.context,
         }
     }
 
@@ -150,7 +158,7 @@ impl QueuedTurn {
             wait_mode: self.wait_mode,
             resume: None,
             client_tools: self.client_tools.into_iter().map(Into::into).collect(),
-            strategy: None,
+            context: self.context,
         };
         let extras = Extras {
             claim: None,

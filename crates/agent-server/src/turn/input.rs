@@ -35,8 +35,18 @@ pub(crate) struct TurnInput {
     /// The client's own tools, offered beside the agent's: a call to one goes back to the
     /// client.
     pub(crate) client_tools: Vec<ToolSpec>,
-    /// The turn's context strategy instead of the agent's (the Responses API's `truncation`).
+    /// The client's choice of context policy for this turn, over the agent's.
+    pub(crate) context: ContextChoice,
+}
+
+/// What a request chose of the context policy for its turn (the Responses API's `truncation`
+/// and `context_management`); unset parts are the agent's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ContextChoice {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) strategy: Option<ContextStrategy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_input_tokens: Option<u64>,
 }
 
 /// The conversation a turn continues.
@@ -81,7 +91,7 @@ impl TurnInput {
             wait_mode: WaitMode::Suspend,
             resume: None,
             client_tools: Vec::new(),
-            strategy: None,
+            context: ContextChoice::default(),
         }
     }
 }

@@ -225,10 +225,132 @@ async fn compaction_summarises_old_turns_once_and_every_replica_sends_the_summar
     // Every message stays stored and readable.
     let (status, view) = replicas[0].get_json(&format!("/sessions/{session}")).await;
     assert_eq!(status, 200);
-    assert_eq!(view["messages"].as_array().unwrap().len(), 16, "{view}");
+    let messages = view["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 16, "{view}");
+    assert_eq!(view["compaction"]["summary"], "noted");
+    let covered = view["compaction"]["covers_until_sequence"]
+        .as_u64()
+        .unwrap();
+    assert!(covered > 0 && covered % 2 == 0, "whole turns: {view}");
+    for message in messages {
+        let sequence = message["sequence"].as_u64().unwrap();
+        assert_eq!(
+            message["compacted"] == true,
+            sequence < covered,
+            "{message}"
+        );
+        assert!(message["context_tokens"].as_u64().unwrap() > 0, "{message}");
+    }
     let metrics = replicas[0].metrics().await;
     assert!(
         metrics.contains("agent_context_compactions_total{outcome=\"completed\"}"),
         "{metrics}"
+    );
+}
+
+/// `POST /v1/responses` continuing `previous` (when given) with a 300-word message and `extra`
+/// fields: the status and the answer.
+async fn respond(
+    app: &crate::helpers::TestApp,
+    previous: Option<&str>,
+    turn: usize,
+    extra: Value,
+) -> (u16, Value) {
+    let mut body = json!({ "model": "agent", "input": long_message(turn, 300) });
+    if let Some(previous) = previous {
+        body["previous_response_id"] = json!(previous);
+    }
+    body.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().unwrap().clone());
+    app.post_json("/v1/responses", &body).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_responses_api_chooses_truncation_or_compaction_per_request() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let settings = [
+        ("AGENT_CONTEXT__MAX_INPUT_TOKENS", "1000"),
+        ("AGENT_CONTEXT__KEEP_RECENT_TURNS", "1"),
+    ];
+    let app = spawn_with_model(&fake, &settings).await;
+    let (status, first) = respond(&app, None, 0, json!({})).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["truncation"], "auto");
+    let mut previous = first["id"].as_str().unwrap().to_owned();
+    let (status, second) = respond(&app, Some(&previous), 1, json!({})).await;
+    assert_eq!(status, 200, "{second}");
+    previous = second["id"].as_str().unwrap().to_owned();
+    // Disabled: over the budget is OpenAI's 400, and nothing is stored.
+    let disabled = json!({ "truncation": "disabled" });
+    let (status, refused) = respond(&app, Some(&previous), 2, disabled).await;
+    assert_eq!(status, 400, "{refused}");
+    assert_eq!(
+        refused["error"]["code"], "context_length_exceeded",
+        "{refused}"
+    );
+    assert_eq!(
+        refused["error"]["type"], "invalid_request_error",
+        "{refused}"
+    );
+    // Auto: the oldest turn is left out, and the response says so.
+    let (status, third) = respond(&app, Some(&previous), 2, json!({ "truncation": "auto" })).await;
+    assert_eq!(status, 200, "{third}");
+    assert_eq!(third["truncation"], "auto");
+    previous = third["id"].as_str().unwrap().to_owned();
+    // Compaction past a threshold of the request's own: a summary call, then the summary sent.
+    let compaction =
+        json!({ "context_management": [{ "type": "compaction", "compact_threshold": 900 }] });
+    let before = fake.requests().await.len();
+    let (status, fourth) = respond(&app, Some(&previous), 3, compaction).await;
+    assert_eq!(status, 200, "{fourth}");
+    let requests = fake.requests().await;
+    let summary_call = &requests[before];
+    assert_eq!(
+        summary_call["messages"][0]["content"],
+        agent_core::compaction::SUMMARY_PROMPT
+    );
+    let heading = agent_core::compaction::SUMMARY_HEADING;
+    assert_eq!(
+        requests[before + 1]["messages"][1]["content"],
+        format!("{heading}\nnoted")
+    );
+    assert_eq!(
+        fourth["usage"]["total_tokens"], 30,
+        "the summary's call counts"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_context_controls_are_refused_with_the_field_named() {
+    let (app, fake) = spawn_full(vec![Scripted::text("unused")], &[]).await;
+    let cases = [
+        (json!({ "truncation": "sometimes" }), "truncation"),
+        (
+            json!({ "context_management": [{ "type": "forget" }] }),
+            "context_management",
+        ),
+        (
+            json!({ "context_management": [{ "type": "compaction", "compact_threshold": 10 }] }),
+            "context_management",
+        ),
+        (
+            json!({ "context_management": [{ "type": "compaction" }, { "type": "compaction" }] }),
+            "context_management",
+        ),
+        (
+            json!({ "truncation": "disabled", "context_management": [{ "type": "compaction" }] }),
+            "truncation",
+        ),
+    ];
+    for (extra, param) in cases {
+        let (status, refused) = respond(&app, None, 0, extra.clone()).await;
+        assert_eq!(status, 400, "{extra}: {refused}");
+        let named = refused["error"]["param"].as_str().unwrap_or_default();
+        assert!(named.starts_with(param), "{extra}: {refused}");
+    }
+    assert!(
+        fake.requests().await.is_empty(),
+        "the model was never called"
     );
 }

@@ -546,7 +546,7 @@ impl TurnWire for ChatCompletionRequest {
                 wait_mode: WaitMode::Reject,
                 resume,
                 client_tools,
-                strategy: None,
+                context: Default::default(),
             },
             stream,
             answer: Arc::new(move |finished: &Finished| ChatCompletion::of(finished, &model)),

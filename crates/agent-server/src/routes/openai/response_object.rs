@@ -25,6 +25,9 @@ pub(super) struct Echo {
     pub(super) created_at: u64,
     pub(super) store: bool,
     pub(super) parameters: Arc<ResponseParameters>,
+    /// The request's `truncation`: `disabled`, or `auto` (also for an unset one, and for a
+    /// stored response read back, whose request's choice is not kept).
+    pub(super) truncation: &'static str,
 }
 
 /// OpenAI's response object.
@@ -208,11 +211,11 @@ impl Echo {
             created_at: created,
             store: true,
             parameters: Arc::new(stored.parameters),
+            truncation: "auto",
         };
         (echo, finished)
     }
 
-    /// What the turn's store keeps of it.
     /// The echo of a background response, from what its queued run keeps (it is stored).
     pub(super) fn of_kept(keep: KeepResponse) -> Self {
         Self {
@@ -220,6 +223,7 @@ impl Echo {
             created_at: keep.created_at,
             store: true,
             parameters: keep.parameters,
+            truncation: "auto",
         }
     }
 
@@ -287,7 +291,7 @@ impl Echo {
             tool_choice: "auto",
             tools: Vec::new(),
             top_p: parameters.top_p,
-            truncation: "disabled",
+            truncation: self.truncation,
             usage: finished.map(|finished| ResponseUsage {
                 input_tokens: finished.usage.prompt_tokens,
                 input_tokens_details: json!({ "cached_tokens": 0 }),

@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::web::{Bytes, Data, Path, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use agent_config::Settings;
-use agent_core::{Message, Sampling, SessionId};
+use agent_core::{ContextStrategy, Message, Sampling, SessionId};
 use agent_storage::{Ended, ResponseParameters, RunRecord, RunStatus};
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -24,6 +24,7 @@ use super::response_input::{ResponseInput, input_entry, last_messages};
 use super::response_object::{Echo, ResponseEvents, ResponseObject};
 use super::{OpenAiErrorBody, agent_of_model, unix_now};
 use crate::access::caller_name;
+use crate::agents::ServedAgent;
 use crate::backends::Backends;
 use crate::dto::format::TextFormat;
 use crate::error::{ApiError, ErrorCode};
@@ -31,7 +32,7 @@ use crate::history_cache::first_kept;
 use crate::idempotency;
 use crate::routes::pipeline::{self, Incoming, TurnRoutes, TurnWire, Valid};
 use crate::runs::queue::{queued_response, run_of_response};
-use crate::turn::{Conversation, Finished, KeepResponse, TurnInput, WaitMode};
+use crate::turn::{ContextChoice, Conversation, Finished, KeepResponse, TurnInput, WaitMode};
 
 turn_request! {
 /// A response request, as far as the agent takes it. Fields this table does not list are ignored.
@@ -79,11 +80,20 @@ pub(crate) struct ResponseRequest {
     #[serde(default)]
     #[schema(nullable)]
     text: Option<TextConfig>,
-    /// `disabled` or `auto` (the server's history window applies either way).
+    /// `auto`: a conversation over the agent's context budget (`AGENT_CONTEXT__MAX_INPUT_TOKENS`)
+    /// is sent without its oldest turns (or compacted, when the agent compacts), and a model's
+    /// context-length refusal is retried once with less; `disabled`: it fails with 400
+    /// `context_length_exceeded`, as does the model's refusal. Unset: the agent's context policy.
     #[serde(default)]
     #[schema(nullable)]
-    #[expect(dead_code, reason = "its values are checked by deserializing it")]
     truncation: Option<Truncation>,
+    /// `[{"type": "compaction", "compact_threshold": N}]`: past N tokens (unset: the agent's
+    /// budget) the oldest turns of a stored conversation are summarised into one message that
+    /// stands in for them from then on (see the docs' "The context window"); no compaction item
+    /// is added to the output. A conversation that is not stored is truncated instead.
+    #[serde(default)]
+    #[schema(nullable, max_items = 1)]
+    context_management: Option<Vec<ContextManagement>>,
     /// Run the response in the background: answered at once with `status` `queued`; poll
     /// `GET /v1/responses/{id}`, resume its events with `?stream=true&starting_after=N`, or
     /// cancel it. With `stream`, its events are streamed as it runs (going away cancels
@@ -122,14 +132,73 @@ pub(crate) struct TextConfig {
     format: Option<TextFormat>,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum Truncation {
     Disabled,
     Auto,
 }
 
+/// An entry of `context_management`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum ContextManagement {
+    Compaction {
+        /// Tokens past which the conversation is compacted (unset: the agent's budget).
+        #[serde(default)]
+        #[schema(nullable, minimum = 256, maximum = 10000000)]
+        compact_threshold: Option<u64>,
+    },
+}
+
 impl ResponseRequest {
+    /// The context policy the request chose over `agent`'s.
+    fn context_choice(&self, agent: &ServedAgent) -> Result<ContextChoice, ApiError> {
+        let compaction = match self.context_management.as_deref() {
+            None | Some([]) => None,
+            Some([ContextManagement::Compaction { compact_threshold }]) => {
+                if let Some(threshold) = compact_threshold
+                    && !(256..=10_000_000).contains(threshold)
+                {
+                    return Err(bad(
+                        "context_management",
+                        "compact_threshold must be from 256 to 10000000 tokens",
+                    ));
+                }
+                Some(*compact_threshold)
+            }
+            Some(_) => {
+                return Err(bad(
+                    "context_management",
+                    "context_management holds at most one entry, {\"type\": \"compaction\"}",
+                ));
+            }
+        };
+        let compacts = agent.context.strategy == "compact";
+        Ok(match (self.truncation, compaction) {
+            (Some(Truncation::Disabled), Some(_)) => {
+                return Err(bad(
+                    "truncation",
+                    "truncation \"disabled\" refuses to leave any history out, which compaction \
+                     does: send one or the other",
+                ));
+            }
+            (Some(Truncation::Disabled), None) => ContextChoice {
+                strategy: Some(ContextStrategy::Fail),
+                max_input_tokens: None,
+            },
+            (_, Some(threshold)) => ContextChoice {
+                strategy: Some(ContextStrategy::Compact),
+                max_input_tokens: threshold,
+            },
+            (Some(Truncation::Auto), None) if !compacts => ContextChoice {
+                strategy: Some(ContextStrategy::Truncate),
+                max_input_tokens: None,
+            },
+            _ => ContextChoice::default(),
+        })
+    }
+
     fn refuse_unsupported(&self) -> Result<(), ApiError> {
         first_refusal([
             (
@@ -155,6 +224,7 @@ impl ResponseRequest {
         let backends = &incoming.routes.backends;
         let agent = agent_of_model(&self.model, caller, &incoming.routes.turns)?;
         self.refuse_unsupported()?;
+        let context = self.context_choice(&agent)?;
         let text_format = self.text.as_ref().and_then(|text| text.format.clone());
         let shared = self
             .shared()
@@ -280,6 +350,10 @@ impl ResponseRequest {
             created_at: unix_now(),
             store,
             parameters: Arc::new(parameters),
+            truncation: match self.truncation {
+                Some(Truncation::Disabled) => "disabled",
+                _ => "auto",
+            },
         };
         let keep = echo.store.then(|| echo.kept());
         let answered = echo.clone();
@@ -298,7 +372,7 @@ impl ResponseRequest {
                 wait_mode: WaitMode::Answer,
                 resume,
                 client_tools,
-                strategy: None,
+                context,
             },
             stream: self
                 .stream
