@@ -350,7 +350,7 @@ impl Agent {
     }
 
     /// Summarises the oldest turns when the request is over the budget and the policy compacts
-    /// (see [`Window::to_compact`]); a failed summary is reported and the turn truncates instead.
+    /// (see [`Window::turns_to_compact`]); a failed summary is reported and the turn truncates instead.
     async fn compact(
         &self,
         window: &mut Window<'_>,
@@ -359,7 +359,7 @@ impl Agent {
         offered: &[ToolSpec],
         turn: &TurnContext,
     ) -> Option<Result<Compaction, String>> {
-        let (covered, turns) = window.to_compact(context, known, offered, turn.compactable)?;
+        let (covered, turns) = window.turns_to_compact(context, known, offered, turn.compactable)?;
         let counter = window.counter();
         let overhead = counter.text(compaction::SUMMARY_PROMPT) + 2 * crate::MESSAGE_OVERHEAD;
         let room = window

@@ -215,7 +215,7 @@ impl<'a> Window<'a> {
     /// The history messages a compaction covers now, and their whole turns: the turns before
     /// the newest `keep_recent_turns`, among the first `compactable` (stored) ones. None unless
     /// the strategy is `compact`, the request is over the budget, and no compaction ran yet.
-    pub(crate) fn to_compact(
+    pub(crate) fn turns_to_compact(
         &mut self,
         context: &[Message],
         known: &[Option<u64>],
