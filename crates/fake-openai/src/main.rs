@@ -17,7 +17,9 @@
 //! `calculator` tool is answered with a call of it, then, once its result is in, with
 //! "<arithmetic> = <result>" streamed a word every 100 ms (what the browser checks watch). A
 //! message "whoami" is answered with "system: <the system prompt> | tools: <the tools' names>"
-//! (which agent answered).
+//! (which agent answered). A request to summarise a conversation (a compaction: its system
+//! prompt asks to "summarise the earlier part of a conversation") is answered with a short
+//! summary, "a summary of <N> lines of conversation".
 //!
 //! Usage: `fake-openai [--port P] [--delay-ms D]` (defaults 8080 and 0); binds 0.0.0.0 only when
 //! `FAKE_OPENAI_HOST` says so (containers), 127.0.0.1 otherwise.
@@ -103,8 +105,11 @@ async fn completions(
     let json_format = ["json_object", "json_schema"]
         .iter()
         .any(|kind| body["response_format"]["type"] == *kind);
+    let system = body["messages"][0]["content"].as_str().unwrap_or_default();
     let text = if let Some(answer) = last_user.strip_prefix("json ").filter(|_| json_format) {
         answer.to_owned()
+    } else if system.contains("summarise the earlier part of a conversation") {
+        format!("a summary of {} lines of conversation", last_user.lines().count())
     } else if last_user == "whoami" {
         // What the model was sent, so a client sees which agent answered.
         let system = body["messages"][0]

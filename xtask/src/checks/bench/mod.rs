@@ -164,6 +164,13 @@ pub(crate) fn http(
     // day's usage per turn) and the metrics split by caller: the cost of tenancy's options.
     let mut realistic_settings = durable.clone();
     realistic_settings.push(("AGENT_TURN__HISTORY_WINDOW", "20".to_owned()));
+    // Issue 36: the realistic row over a context budget (about two of its turns fit): counted
+    // and truncated every turn; and compacted instead, a summary call whenever it outgrows it.
+    let mut budgeted = realistic_settings.clone();
+    budgeted.push(("AGENT_CONTEXT__MAX_INPUT_TOKENS", "4000".to_owned()));
+    let mut compacted = budgeted.clone();
+    compacted.push(("AGENT_CONTEXT__STRATEGY", "compact".to_owned()));
+    compacted.push(("AGENT_CONTEXT__KEEP_RECENT_TURNS", "1".to_owned()));
     let mut tenancy = durable.clone();
     tenancy.push(("AGENT_API__DAILY_TOKEN_QUOTA", "1000000000000".to_owned()));
     tenancy.push(("AGENT_API__METRICS_CALLER_LABELS", "true".to_owned()));
@@ -244,6 +251,22 @@ pub(crate) fn http(
         (
             "POST /agent @64, instant model, Postgres + Redis, realistic: continuing sessions, 2 KB messages, history 20, a tool call per turn",
             &realistic_settings,
+            instant_port,
+            &realistic,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 4000 tokens (truncated)",
+            &budgeted,
+            instant_port,
+            &realistic,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 4000 tokens, compacted",
+            &compacted,
             instant_port,
             &realistic,
             64,
