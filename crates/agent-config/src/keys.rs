@@ -443,7 +443,8 @@ sections! {
         strategy: &'static str = CONTEXT_STRATEGY, Kind::Choice(&["truncate", "compact", "fail"]), default: Some("truncate"), aliases: [];
         /// The newest turns never dropped or summarised.
         keep_recent_turns: usize = CONTEXT_KEEP_RECENT_TURNS, Kind::Int { min: 0, max: 1000 }, default: Some("4"), aliases: [];
-        /// Tokens of one tool result beyond which it is cut (with a note saying so). 0: never cut.
+        /// Tokens of one tool result beyond which it is cut (with a note saying so); with a
+        /// budget, at most half of `max_input_tokens`. 0: never cut (with a budget: half of it).
         max_tool_result_tokens: u64 = CONTEXT_MAX_TOOL_RESULT_TOKENS, Kind::Int { min: 0, max: 10_000_000 }, default: Some("0"), aliases: [];
         /// The model that writes summaries (`compact`): a `[[models]]` name or a model on the
         /// default model server. Unset: the agent's own chain.

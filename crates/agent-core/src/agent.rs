@@ -359,7 +359,8 @@ impl Agent {
         offered: &[ToolSpec],
         turn: &TurnContext,
     ) -> Option<Result<Compaction, String>> {
-        let (covered, turns) = window.turns_to_compact(context, known, offered, turn.compactable)?;
+        let (covered, turns) =
+            window.turns_to_compact(context, known, offered, turn.compactable)?;
         let counter = window.counter();
         let overhead = counter.text(compaction::SUMMARY_PROMPT) + 2 * crate::MESSAGE_OVERHEAD;
         let room = window

@@ -180,6 +180,7 @@ impl<'a> Window<'a> {
         self.policy.max_input_tokens = max_input_tokens;
     }
 
+    /// The model's tokenizer, loaded on first use.
     pub(crate) fn counter(&mut self) -> TokenCounter {
         *self
             .counter
@@ -309,9 +310,15 @@ impl<'a> Window<'a> {
             .unwrap_or_default()
     }
 
-    /// A tool result as the context keeps it: cut to the policy's bound.
+    /// A tool result as the context keeps it: cut to the policy's bound, which a budget clamps
+    /// to half of itself (one result alone must not take the whole request).
     pub(crate) fn tool_result(&mut self, content: String) -> String {
-        let max = self.policy.max_tool_result_tokens;
+        let half = self.policy.max_input_tokens / 2;
+        let max = match (self.policy.max_tool_result_tokens, half) {
+            (max, 0) => max,
+            (0, half) => half,
+            (max, half) => max.min(half),
+        };
         if max == 0 {
             return content;
         }

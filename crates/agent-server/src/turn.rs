@@ -420,18 +420,23 @@ impl Turns {
             Conversation::Given { caller, history } => {
                 self.check_quota(&agent.id, &caller).await?;
                 let run = self.start_run(&caller, None, claimed);
+                let history: Vec<Message> = instructions
+                    .into_iter()
+                    .chain(history)
+                    .chain(earlier)
+                    .collect();
+                // The client's leading system messages are its instructions: never left out.
                 let context = TurnContext {
-                    pinned: instructions.len(),
+                    pinned: history
+                        .iter()
+                        .take_while(|message| message.role == agent_core::Role::System)
+                        .count(),
                     strategy: choice.strategy,
                     max_input_tokens: choice.max_input_tokens,
                     ..TurnContext::default()
                 };
                 let request = TurnRequest {
-                    history: instructions
-                        .into_iter()
-                        .chain(history)
-                        .chain(earlier)
-                        .collect(),
+                    history,
                     user_message: message,
                     session_tokens_used: 0,
                     sampling,

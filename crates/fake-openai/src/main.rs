@@ -109,7 +109,10 @@ async fn completions(
     let text = if let Some(answer) = last_user.strip_prefix("json ").filter(|_| json_format) {
         answer.to_owned()
     } else if system.contains("summarise the earlier part of a conversation") {
-        format!("a summary of {} lines of conversation", last_user.lines().count())
+        format!(
+            "a summary of {} lines of conversation",
+            last_user.lines().count()
+        )
     } else if last_user == "whoami" {
         // What the model was sent, so a client sees which agent answered.
         let system = body["messages"][0]

@@ -412,3 +412,23 @@ async fn a_failed_compaction_truncates_and_the_turn_goes_on() {
     assert!(done.compaction.is_none() && done.left_out > 0);
     assert_eq!(summarizer.calls.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn a_budget_bounds_a_tool_result_to_half_of_itself() {
+    let model = ScriptedModel::new(
+        vec![Step::Calls(vec![("big", json!({}))]), Step::Answer("done")],
+        USAGE,
+    );
+    // No bound of its own: half the budget.
+    let tools: Vec<Arc<dyn Tool>> = vec![Arc::new(Big(30_000))];
+    let agent = agent(model, tools, LIMITS).with_context(budget(2_000, ContextStrategy::Truncate));
+    let done = agent
+        .run_turn(request(Vec::new(), TurnContext::default()))
+        .await
+        .unwrap();
+    assert!(
+        done.turn.messages[2]
+            .content
+            .ends_with("[cut: this result is about 10000 tokens; its first 1000 are shown]")
+    );
+}

@@ -354,3 +354,27 @@ async fn bad_context_controls_are_refused_with_the_field_named() {
         "the model was never called"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_sent_whole_is_truncated_but_keeps_its_system_messages() {
+    let fake = FakeOpenAi::repeating(Scripted::text("noted")).await;
+    let app = spawn_with_model(&fake, &[("AGENT_CONTEXT__MAX_INPUT_TOKENS", "1000")]).await;
+    let mut messages = vec![json!({ "role": "system", "content": "Answer in French." })];
+    for turn in 0..5 {
+        messages.push(json!({ "role": "user", "content": long_message(turn, 300) }));
+        messages.push(json!({ "role": "assistant", "content": "noted" }));
+    }
+    messages.push(json!({ "role": "user", "content": "and now?" }));
+    let body = json!({ "model": "agent", "messages": messages });
+    let (status, answer) = app.post_json("/v1/chat/completions", &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let sent = fake.requests().await[0]["messages"].clone();
+    let sent = sent.as_array().unwrap();
+    assert_eq!(
+        sent[1]["content"], "Answer in French.",
+        "the client's instructions stay"
+    );
+    assert_eq!(sent[2]["role"], "user");
+    assert!(sent.len() < 1 + messages.len(), "older turns were left out");
+    assert_eq!(sent.last().unwrap()["content"], "and now?");
+}
