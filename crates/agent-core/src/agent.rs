@@ -350,7 +350,8 @@ impl Agent {
     }
 
     /// Summarises the oldest turns when the request is over the budget and the policy compacts
-    /// (see [`Window::turns_to_compact`]); a failed summary is reported and the turn truncates instead.
+    /// (see [`Window::turns_to_compact`]); a failed summary is reported and the turn truncates
+    /// instead.
     async fn compact(
         &self,
         window: &mut Window<'_>,

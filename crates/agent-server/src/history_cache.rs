@@ -182,9 +182,9 @@ impl HistoryCache {
 
     /// Keeps what the next turn of `session` sends after a turn was stored under the lock
     /// `fence`: the window `sent` the turn was sent followed by the `turn`'s messages (with their
-    /// counts), cut to the window's last messages. Cutting a window that started after some tool results may leave
-    /// tool results first again; the turn that reads it drops them, as it does for a window read
-    /// from the store, so both are the same.
+    /// counts), cut to the window's last messages. Cutting a window that started after some tool
+    /// results may leave tool results first again; the turn that reads it drops them, as it does
+    /// for a window read from the store, so both are the same.
     pub(crate) fn store(
         &self,
         session: &SessionId,

@@ -81,13 +81,23 @@ impl FakeOpenAi {
         Self::serve(vec![answer], true).await
     }
 
+    /// Answers each request with what `decide` makes of its JSON body (for conversations whose
+    /// order of calls a script cannot know, such as compactions).
+    pub async fn answering(decide: impl Fn(&Value) -> Scripted + Send + Sync + 'static) -> Self {
+        Self::mount(DecidingResponder(Box::new(decide), AtomicUsize::new(0))).await
+    }
+
     async fn serve(script: Vec<Scripted>, repeat_last: bool) -> Self {
-        let server = MockServer::start().await;
-        let responder = ScriptResponder {
+        Self::mount(ScriptResponder {
             script: Arc::new(script),
             next: Arc::new(AtomicUsize::new(0)),
             repeat_last,
-        };
+        })
+        .await
+    }
+
+    async fn mount(responder: impl Respond + 'static) -> Self {
+        let server = MockServer::start().await;
         Mock::given(method("POST"))
             .and(path("/v1/chat/completions"))
             .respond_with(responder)
@@ -146,6 +156,21 @@ impl FakeOpenAi {
                     .map(str::to_owned)
             })
             .collect()
+    }
+}
+
+/// What a request's body decides to answer.
+type Decide = Box<dyn Fn(&Value) -> Scripted + Send + Sync>;
+
+/// Numbers its answers as the script does (tool call ids stay unique).
+struct DecidingResponder(Decide, AtomicUsize);
+
+impl Respond for DecidingResponder {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        let streaming = body["stream"].as_bool().unwrap_or(false);
+        let index = self.1.fetch_add(1, Ordering::SeqCst);
+        respond(&(self.0)(&body), streaming, index)
     }
 }
 

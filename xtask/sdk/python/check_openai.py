@@ -115,6 +115,19 @@ forbidden = raises(
 )
 check(forbidden.code == "model_not_found", f"code: {forbidden.code}")
 
+# A context budget (the support agent's: 4000 tokens): four messages of about 1500 tokens are over
+# it. "disabled" refuses them as OpenAI does; "auto" sends the newest whole turns that fit.
+long_input = [{"role": "user", "content": f"question {n}: " + "word " * 1500} for n in range(4)]
+too_long = raises(
+    openai.BadRequestError,
+    lambda: agents.responses.create(model="support", input=long_input, truncation="disabled"),
+    "an input over the agent's context budget with truncation disabled",
+)
+check(too_long.code == "context_length_exceeded", f"code: {too_long.code}")
+fitted = agents.responses.create(model="support", input=long_input, truncation="auto")
+check(fitted.output_text.startswith("echo: question 3: word"), f"truncated: {fitted.output_text[:40]}")
+check(fitted.truncation == "auto", f"truncation: {fitted.truncation}")
+
 # A plain completion (stateless).
 completion = client.chat.completions.create(model="agent", messages=user("hello"), temperature=0.2)
 check(completion.object == "chat.completion", f"object: {completion}")

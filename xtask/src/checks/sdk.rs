@@ -34,6 +34,7 @@ default_agent = "support"
 id = "support"
 instructions = "You are support."
 tools = ["calculator"]
+context = { max_input_tokens = 4000 }
 
 [[agents]]
 id = "research"

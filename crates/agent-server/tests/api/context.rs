@@ -378,3 +378,183 @@ async fn a_conversation_sent_whole_is_truncated_but_keeps_its_system_messages() 
     assert!(sent.len() < 1 + messages.len(), "older turns were left out");
     assert_eq!(sent.last().unwrap()["content"], "and now?");
 }
+
+/// The tokens of a chat request as the agent counts it: its messages (content, tool calls, the
+/// call ids of tool results), its tools and the reply's priming, with `model`'s tokenizer.
+fn tokens_of_request(request: &Value, model: &str) -> u64 {
+    let counter = agent_core::TokenCounter::for_model(model);
+    let messages: Vec<agent_core::Message> = request["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| agent_core::Message {
+            role: agent_core::Role::parse(message["role"].as_str().unwrap()).unwrap(),
+            content: message["content"].as_str().unwrap_or_default().to_owned(),
+            tool_calls: message["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|call| agent_core::ToolCall {
+                    id: call["id"].as_str().unwrap().to_owned(),
+                    name: call["function"]["name"].as_str().unwrap().to_owned(),
+                    arguments: call["function"]["arguments"].as_str().unwrap().to_owned(),
+                })
+                .collect(),
+            tool_call_id: message["tool_call_id"].as_str().map(str::to_owned),
+        })
+        .collect();
+    let tools: Vec<agent_core::ToolSpec> = request["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|tool| agent_core::ToolSpec {
+            name: tool["function"]["name"].as_str().unwrap().to_owned(),
+            description: tool["function"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            parameters: tool["function"]["parameters"].clone(),
+        })
+        .collect();
+    counter.request(&messages, &tools)
+}
+
+/// A model that calls the `lookup` tool once per turn, answers "done" once its result is in, and
+/// answers a summary request (a compaction) with a short summary.
+async fn looking_up_model() -> FakeOpenAi {
+    FakeOpenAi::answering(|request| {
+        let messages = request["messages"].as_array().unwrap();
+        let system = messages[0]["content"].as_str().unwrap_or_default();
+        if system == agent_core::compaction::SUMMARY_PROMPT {
+            Scripted::text("The user asked for lookups.")
+        } else if messages.last().unwrap()["role"] == "tool" {
+            Scripted::text("done")
+        } else {
+            Scripted::tool_call("lookup", json!({}))
+        }
+    })
+    .await
+}
+
+/// An HTTP tool `lookup` answering 5 kB of text (about 1000 tokens).
+async fn lookup_tool() -> (wiremock::MockServer, String) {
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_string("record ".repeat(5_000 / 7)),
+        )
+        .mount(&server)
+        .await;
+    let toml = format!(
+        "[[http_tools]]\nname = \"lookup\"\ndescription = \"Looks a record up.\"\n\
+         url = \"{}/lookup\"\nparameters = {{ type = \"object\" }}\n",
+        server.uri()
+    );
+    (server, crate::helpers::config_file(&toml))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_200_turn_session_with_5_kb_tool_results_keeps_every_request_within_the_budget() {
+    let fake = looking_up_model().await;
+    let (_tool, config) = lookup_tool().await;
+    let settings = [
+        ("AGENT_CONFIG", config.as_str()),
+        ("AGENT_CONTEXT__MAX_INPUT_TOKENS", "6000"),
+        ("AGENT_CONTEXT__STRATEGY", "compact"),
+        ("AGENT_CONTEXT__KEEP_RECENT_TURNS", "2"),
+        // 200 turns in a few seconds, from one address.
+        ("AGENT_RATE_LIMIT__REQUESTS", "1000"),
+    ];
+    let app = spawn_with_model(&fake, &settings).await;
+    let session = "context-200-turns";
+    for turn in 0..200 {
+        let body = json!({ "message": format!("look up record {turn}"), "session_id": session });
+        let (status, answer) = app.post_json("/agent", &body).await;
+        assert_eq!(status, 200, "turn {turn}: {answer}");
+        assert_eq!(answer["response"], "done");
+    }
+    let requests = fake.requests().await;
+    let summaries = requests
+        .iter()
+        .filter(|request| {
+            request["messages"][0]["content"] == agent_core::compaction::SUMMARY_PROMPT
+        })
+        .count();
+    assert!(summaries >= 10, "{summaries} compactions in 200 turns");
+    for (index, request) in requests.iter().enumerate() {
+        let tokens = tokens_of_request(request, "gpt-4o-mini");
+        assert!(tokens <= 6000, "request {index} holds {tokens} tokens");
+    }
+    // The last request: the summary, then the turns since it verbatim as stored (at least the
+    // two recent ones), then the new turn's messages so far.
+    let last = requests.last().unwrap()["messages"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let heading = agent_core::compaction::SUMMARY_HEADING;
+    assert_eq!(
+        last[1]["content"],
+        format!("{heading}\nThe user asked for lookups.")
+    );
+    let stored = app.stored(session).await;
+    assert_eq!(stored.len(), 800, "every message stays stored");
+    let sent: Vec<&str> = last[2..]
+        .iter()
+        .map(|message| message["content"].as_str().unwrap_or_default())
+        .collect();
+    assert!(
+        sent.len() >= 3 * 4 - 1,
+        "{} messages after the summary",
+        sent.len()
+    );
+    let recent: Vec<&str> = stored[stored.len() - 1 - sent.len()..stored.len() - 1]
+        .iter()
+        .map(|stored| stored.message.content.as_str())
+        .collect();
+    assert!(
+        sent == recent,
+        "the turns after the summary are sent verbatim"
+    );
+    assert!(sent[0].starts_with("look up record"), "a whole turn first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn truncation_with_large_tool_results_sends_the_newest_whole_turns() {
+    let fake = looking_up_model().await;
+    let (_tool, config) = lookup_tool().await;
+    let settings = [
+        ("AGENT_CONFIG", config.as_str()),
+        ("AGENT_CONTEXT__MAX_INPUT_TOKENS", "4000"),
+    ];
+    let app = spawn_with_model(&fake, &settings).await;
+    let session = "context-truncated-tools";
+    for turn in 0..20 {
+        let body = json!({ "message": format!("look up record {turn}"), "session_id": session });
+        let (status, answer) = app.post_json("/agent", &body).await;
+        assert_eq!(status, 200, "turn {turn}: {answer}");
+    }
+    let requests = fake.requests().await;
+    for (index, request) in requests.iter().enumerate() {
+        let tokens = tokens_of_request(request, "gpt-4o-mini");
+        assert!(tokens <= 4000, "request {index} holds {tokens} tokens");
+        let messages = request["messages"].as_array().unwrap();
+        assert_eq!(
+            messages[1]["role"], "user",
+            "request {index} starts with a whole turn"
+        );
+    }
+    // The last turn's first request: the newest whole turns that fit, then the new message.
+    let first_of_last = &requests[requests.len() - 2]["messages"];
+    let users: Vec<&str> = first_of_last
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|message| message["role"] == "user")
+        .map(|message| message["content"].as_str().unwrap())
+        .collect();
+    assert!(users.len() >= 2 && users.len() < 20, "{users:?}");
+    let newest: Vec<String> = (20 - users.len()..20)
+        .map(|turn| format!("look up record {turn}"))
+        .collect();
+    assert_eq!(users, newest, "the newest turns, in order");
+}

@@ -140,19 +140,26 @@ pub(crate) fn http(
     // Issue 20's realistic row: continuing sessions with messages of about 2 KB, a history
     // window of 20, and one tool call per turn (the fake model calls the calculator, whose
     // arguments are padded to 2 KB with JSON whitespace; then answers with the 2 KB message).
-    let realistic: Script = Arc::new(move |build| {
-        Arc::new(move |n| {
-            let padding = " ".repeat(2000);
-            let message = format!(r#"tool calculator {{\"expression\": \"2+3*4\"{padding}}}"#);
-            Request::post_json(
-                "/agent",
-                format!(
-                    r#"{{"message":"{message}","session_id":"bench-{run_id}-{build}-realistic-{}"}}"#,
-                    n % 4096
-                ),
-            )
+    // Each row its own sessions: a row with a context budget continuing the sessions of one
+    // without would count their uncounted histories on every turn.
+    let realistic_in = |scenario: &'static str| -> Script {
+        Arc::new(move |build| {
+            Arc::new(move |n| {
+                let padding = " ".repeat(2000);
+                let message = format!(r#"tool calculator {{\"expression\": \"2+3*4\"{padding}}}"#);
+                Request::post_json(
+                    "/agent",
+                    format!(
+                        r#"{{"message":"{message}","session_id":"bench-{run_id}-{build}-{scenario}-{}"}}"#,
+                        n % 4096
+                    ),
+                )
+            })
         })
-    });
+    };
+    let realistic = realistic_in("realistic");
+    let realistic_budgeted = realistic_in("realistic-budgeted");
+    let realistic_compacted = realistic_in("realistic-compacted");
     let same = |script: &Arc<RequestFn>| -> Script {
         let script = Arc::clone(script);
         Arc::new(move |_| Arc::clone(&script))
@@ -164,10 +171,11 @@ pub(crate) fn http(
     // day's usage per turn) and the metrics split by caller: the cost of tenancy's options.
     let mut realistic_settings = durable.clone();
     realistic_settings.push(("AGENT_TURN__HISTORY_WINDOW", "20".to_owned()));
-    // Issue 36: the realistic row over a context budget (about two of its turns fit): counted
-    // and truncated every turn; and compacted instead, a summary call whenever it outgrows it.
+    // Issue 36: the realistic row over a context budget (its turns take about 110 tokens; two
+    // or three fit beside the system prompt and tools): counted and truncated every turn; and
+    // compacted instead, a summary call whenever it outgrows it.
     let mut budgeted = realistic_settings.clone();
-    budgeted.push(("AGENT_CONTEXT__MAX_INPUT_TOKENS", "4000".to_owned()));
+    budgeted.push(("AGENT_CONTEXT__MAX_INPUT_TOKENS", "400".to_owned()));
     let mut compacted = budgeted.clone();
     compacted.push(("AGENT_CONTEXT__STRATEGY", "compact".to_owned()));
     compacted.push(("AGENT_CONTEXT__KEEP_RECENT_TURNS", "1".to_owned()));
@@ -257,18 +265,18 @@ pub(crate) fn http(
             false,
         ),
         (
-            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 4000 tokens (truncated)",
+            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 400 tokens (truncated)",
             &budgeted,
             instant_port,
-            &realistic,
+            &realistic_budgeted,
             64,
             false,
         ),
         (
-            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 4000 tokens, compacted",
+            "POST /agent @64, instant model, Postgres + Redis, realistic, context budget 400 tokens, compacted",
             &compacted,
             instant_port,
-            &realistic,
+            &realistic_compacted,
             64,
             false,
         ),
