@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
 
 use crate::compaction::{self, Compaction};
-use crate::context::{ContextPolicy, Window};
+use crate::context::{ContextPolicy, Fixed, Window};
 use crate::conversation::{Message, TokenUsage, ToolCall, Turn};
 use crate::error::{AgentError, ModelError};
 use crate::model::{
@@ -25,6 +25,7 @@ use crate::model::{
     ToolSpec,
 };
 use crate::spans;
+use crate::tokens::TokenCounter;
 use crate::tools::{ToolRegistry, ToolSet};
 
 mod turn;
@@ -71,6 +72,9 @@ pub struct Agent {
     context: ContextPolicy,
     /// The model that writes summaries (none: the agent's).
     summarizer: Option<Arc<dyn ChatModel>>,
+    /// The tokens of the system prompt and the tools, with the tool set they were counted for
+    /// (held, so that its address is never another set's).
+    fixed_tokens: Arc<Mutex<Option<(Arc<ToolSet>, u64)>>>,
 }
 
 impl Agent {
@@ -93,6 +97,7 @@ impl Agent {
             capture_content: false,
             context: ContextPolicy::default(),
             summarizer: None,
+            fixed_tokens: Arc::default(),
         }
     }
 
@@ -214,9 +219,11 @@ impl Agent {
             context.push(compaction::summary_message(summary));
             context.len() - 1
         });
+        let prompt_len = usize::from(self.system_prompt.is_some());
         let mut window = Window::new(
             &self.identity.model,
             self.context,
+            prompt_len,
             context.len(),
             rest.len(),
             summary_at,
@@ -261,21 +268,25 @@ impl Agent {
             std::borrow::Cow::Owned(all)
         };
 
+        let client_tools = &request.waits.client_tools;
+        let fixed = |counter: TokenCounter| {
+            self.fixed_tokens(counter, &tools) + counter.tools(client_tools)
+        };
         let compaction = self
-            .compact(&mut window, &mut context, known, &offered, &request.context)
+            .compact(&mut window, &mut context, known, &fixed, &request.context)
             .await;
         if let Some(Ok(compaction)) = &compaction {
             usage += compaction.usage;
         }
         for step in first_step..=self.limits.max_steps {
-            window.fit(&mut context, known, &offered)?;
+            window.fit(&mut context, known, &fixed)?;
             let reply = loop {
                 match self
                     .call_model(&context, &offered, &request.sampling, events)
                     .await
                 {
                     Err(ModelError::ContextLength(refusal)) => {
-                        if !window.heal(&mut context, known, &offered) {
+                        if !window.heal(&mut context, known, &fixed) {
                             return Err(ModelError::ContextLength(refusal).into());
                         }
                         tracing::info!(
@@ -357,11 +368,10 @@ impl Agent {
         window: &mut Window<'_>,
         context: &mut Vec<Message>,
         known: &[Option<u64>],
-        offered: &[ToolSpec],
+        fixed: Fixed<'_>,
         turn: &TurnContext,
     ) -> Option<Result<Compaction, String>> {
-        let (covered, turns) =
-            window.turns_to_compact(context, known, offered, turn.compactable)?;
+        let (covered, turns) = window.turns_to_compact(context, known, fixed, turn.compactable)?;
         let counter = window.counter();
         let overhead = counter.text(compaction::SUMMARY_PROMPT) + 2 * crate::MESSAGE_OVERHEAD;
         let room = window
@@ -394,6 +404,26 @@ impl Agent {
                 Some(Err(error))
             }
         }
+    }
+
+    /// The tokens of the system prompt and of `tools` (the agent's own), counted once per tool
+    /// set: an MCP server's new list is a new set.
+    fn fixed_tokens(&self, counter: TokenCounter, tools: &Arc<ToolSet>) -> u64 {
+        let mut cached = self
+            .fixed_tokens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((counted, tokens)) = cached.as_ref()
+            && Arc::ptr_eq(counted, tools)
+        {
+            return *tokens;
+        }
+        let prompt = self.system_prompt.as_ref().map_or(0, |prompt| {
+            counter.message(&Message::system(prompt.as_ref()))
+        });
+        let tokens = prompt + counter.tools(tools.specs());
+        *cached = Some((Arc::clone(tools), tokens));
+        tokens
     }
 
     /// One model call with `context`, streamed when `events` are reported, in its span.

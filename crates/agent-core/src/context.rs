@@ -8,7 +8,6 @@ use std::borrow::Cow;
 
 use crate::conversation::{Message, Role};
 use crate::error::AgentError;
-use crate::model::ToolSpec;
 use crate::tokens::{REPLY_PRIMING, TokenCounter};
 
 /// What a history over the budget becomes.
@@ -117,6 +116,10 @@ pub fn cut_tool_result<'a>(counter: &TokenCounter, content: &'a str, max: u64) -
     }
 }
 
+/// What a request holds before its messages: the tokens of the system prompt and the tools
+/// offered, as the agent counts them (it keeps the counts of its own).
+pub(crate) type Fixed<'f> = &'f (dyn Fn(TokenCounter) -> u64 + Sync);
+
 /// The context of one turn's model calls as it is fitted to the budget: `context` is `head`
 /// messages never left out (the system prompt, the request's instructions), then the history's
 /// kept messages, then the turn's own. Counting starts with a budget, or when the model refuses a
@@ -127,6 +130,8 @@ pub(crate) struct Window<'a> {
     model: &'a str,
     counter: Option<TokenCounter>,
     policy: ContextPolicy,
+    /// The system prompt's messages (0 or 1), counted by the agent with its tools.
+    prompt_len: usize,
     head: usize,
     /// Of the history still in `context`.
     history_len: usize,
@@ -150,6 +155,7 @@ impl<'a> Window<'a> {
     pub(crate) fn new(
         model: &'a str,
         policy: ContextPolicy,
+        prompt_len: usize,
         head: usize,
         history_len: usize,
         summary_at: Option<usize>,
@@ -158,6 +164,7 @@ impl<'a> Window<'a> {
             model,
             counter: None,
             policy,
+            prompt_len,
             head,
             history_len,
             counts: Vec::new(),
@@ -187,17 +194,18 @@ impl<'a> Window<'a> {
             .get_or_insert_with(|| TokenCounter::for_model(self.model))
     }
 
-    /// Counts `context` (the history's messages from `known` where given) and `tools`.
-    fn start_counting(&mut self, context: &[Message], known: &[Option<u64>], tools: &[ToolSpec]) {
+    /// Counts `context` (the history's messages from `known` where given); `fixed` counts the
+    /// system prompt and the tools offered.
+    fn start_counting(&mut self, context: &[Message], known: &[Option<u64>], fixed: Fixed<'_>) {
         if self.counting {
             return;
         }
         let counter = self.counter();
-        self.fixed = context[..self.head]
+        self.fixed = context[self.prompt_len..self.head]
             .iter()
             .map(|message| counter.message(message))
             .sum::<u64>()
-            + counter.tools(tools)
+            + fixed(counter)
             + REPLY_PRIMING;
         let first = self.left_out;
         self.counts = context[self.head..]
@@ -220,14 +228,14 @@ impl<'a> Window<'a> {
         &mut self,
         context: &[Message],
         known: &[Option<u64>],
-        tools: &[ToolSpec],
+        fixed: Fixed<'_>,
         compactable: usize,
     ) -> Option<(usize, usize)> {
         let budget = self.policy.max_input_tokens;
         if self.policy.strategy != ContextStrategy::Compact || budget == 0 || self.compacted {
             return None;
         }
-        self.start_counting(context, known, tools);
+        self.start_counting(context, known, fixed);
         if self.tokens() <= budget || self.left_out > 0 {
             return None;
         }
@@ -335,13 +343,13 @@ impl<'a> Window<'a> {
         &mut self,
         context: &mut Vec<Message>,
         known: &[Option<u64>],
-        tools: &[ToolSpec],
+        fixed: Fixed<'_>,
     ) -> Result<(), AgentError> {
         let budget = self.policy.max_input_tokens;
         if budget == 0 && !self.counting {
             return Ok(());
         }
-        self.start_counting(context, known, tools);
+        self.start_counting(context, known, fixed);
         if budget == 0 || self.tokens() <= budget {
             return Ok(());
         }
@@ -380,18 +388,18 @@ impl<'a> Window<'a> {
         &mut self,
         context: &mut Vec<Message>,
         known: &[Option<u64>],
-        tools: &[ToolSpec],
+        fixed: Fixed<'_>,
     ) -> bool {
         if self.healed || self.policy.strategy == ContextStrategy::Fail {
             return false;
         }
         self.healed = true;
-        self.start_counting(context, known, tools);
+        self.start_counting(context, known, fixed);
         let sent = self.tokens();
         self.policy.max_input_tokens = sent * 3 / 4;
         let before = self.left_out;
         // Nothing left out: the same request would be refused again.
-        self.fit(context, known, tools).is_ok() && self.left_out > before
+        self.fit(context, known, fixed).is_ok() && self.left_out > before
     }
 }
 

@@ -137,6 +137,7 @@ pub(crate) fn http(
     };
     let continuing = continuing_in("plain");
     let continuing_tenancy = continuing_in("tenancy");
+    let continuing_counted = continuing_in("counted");
     // Issue 20's realistic row: continuing sessions with messages of about 2 KB, a history
     // window of 20, and one tool call per turn (the fake model calls the calculator, whose
     // arguments are padded to 2 KB with JSON whitespace; then answers with the 2 KB message).
@@ -179,6 +180,10 @@ pub(crate) fn http(
     let mut compacted = budgeted.clone();
     compacted.push(("AGENT_CONTEXT__STRATEGY", "compact".to_owned()));
     compacted.push(("AGENT_CONTEXT__KEEP_RECENT_TURNS", "1".to_owned()));
+    // Issue 36: continuing sessions with a budget they never reach: every message counted once,
+    // the history's counts read back with it, nothing left out.
+    let mut counted = durable.clone();
+    counted.push(("AGENT_CONTEXT__MAX_INPUT_TOKENS", "100000".to_owned()));
     let mut tenancy = durable.clone();
     tenancy.push(("AGENT_API__DAILY_TOKEN_QUOTA", "1000000000000".to_owned()));
     tenancy.push(("AGENT_API__METRICS_CALLER_LABELS", "true".to_owned()));
@@ -245,6 +250,14 @@ pub(crate) fn http(
             &durable,
             instant_port,
             &continuing,
+            64,
+            false,
+        ),
+        (
+            "POST /agent @64, instant model, Postgres + Redis, continuing sessions, context budget 100000 tokens (counted, nothing left out)",
+            &counted,
+            instant_port,
+            &continuing_counted,
             64,
             false,
         ),
