@@ -72,10 +72,12 @@ pub struct Agent {
     context: ContextPolicy,
     /// The model that writes summaries (none: the agent's).
     summarizer: Option<Arc<dyn ChatModel>>,
-    /// The tokens of the system prompt and the tools, with the tool set they were counted for
-    /// (held, so that its address is never another set's).
-    fixed_tokens: Arc<Mutex<Option<(Arc<ToolSet>, u64)>>>,
+    fixed_tokens: Arc<Mutex<Option<CountedTools>>>,
 }
+
+/// The tokens of the system prompt and the tools, with the tool set they were counted for (held,
+/// so that its address is never another set's).
+type CountedTools = (Arc<ToolSet>, u64);
 
 impl Agent {
     pub fn new(
