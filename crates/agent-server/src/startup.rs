@@ -233,6 +233,25 @@ impl ApplicationBuilder {
         // Built once here to fail fast on bad settings; each worker then builds its own (its
         // connections live on its thread) and falls back to this one if that fails.
         let fallback = WorkerState::build(&shared, backends.clone())?;
+        // A context budget counts with its model's tokenizer: loaded now (about 175 ms and 46
+        // MiB, once per process) rather than by the first turn that counts.
+        let budgeted: Vec<String> = fallback
+            .turns
+            .agents
+            .all()
+            .filter(|agent| agent.context.max_input_tokens > 0)
+            .map(|agent| agent.agent.model().identity().model)
+            .collect();
+        if !budgeted.is_empty() {
+            let load = move || {
+                for model in &budgeted {
+                    agent_core::TokenCounter::for_model(model);
+                }
+            };
+            if let Err(error) = tokio::task::spawn_blocking(load).await {
+                tracing::warn!(%error, "loading the tokenizer failed: the first turn loads it");
+            }
+        }
         // The dispatcher of background runs executes them on the process's runtime with these.
         let fallback_turns = fallback.turns.clone().into_inner();
         if let Some(mcp) = &mcp {
