@@ -215,8 +215,7 @@ impl Agent {
         }
         let pinned = request.context.pinned.min(request.history.len());
         let mut history = request.history;
-        let rest = history.split_off(pinned);
-        context.extend(history);
+        context.extend(history.drain(..pinned));
         let summary_at = request.context.summary.as_deref().map(|summary| {
             context.push(compaction::summary_message(summary));
             context.len() - 1
@@ -227,7 +226,7 @@ impl Agent {
             self.context,
             prompt_len,
             context.len(),
-            rest.len(),
+            history.len(),
             summary_at,
         );
         if let Some(strategy) = request.context.strategy {
@@ -241,7 +240,7 @@ impl Agent {
             .history_tokens
             .get(pinned..)
             .unwrap_or_default();
-        context.extend(rest);
+        context.extend(history);
         // The tools of the turn's start: an MCP server's list changing does not change them.
         let tools = self.tools.current();
         let (mut produced, mut usage, first_step) = match request.resume {
