@@ -188,7 +188,7 @@ pub fn config_check() -> ExitCode {
         .or(settings.agents.first().map(|agent| agent.id.as_str()));
     lines.extend(settings.agents.iter().map(|agent| {
         format!(
-            "agent {}{}: models [{}], tools {}, callers {}",
+            "agent {}{}: models [{}], tools {}, callers {}, context {}",
             agent.id,
             if default_agent == Some(agent.id.as_str()) {
                 " (default)"
@@ -201,6 +201,7 @@ pub fn config_check() -> ExitCode {
                 .join(" -> "),
             all_or_listed(agent.tools.as_deref()),
             all_or_listed(agent.callers.as_deref()),
+            context_policy(&agent.context),
         )
     }));
     lines.extend(settings.models.iter().map(|model| {
@@ -231,6 +232,9 @@ pub fn config_check() -> ExitCode {
             }
         )
     }));
+    if settings.agents.is_empty() {
+        lines.push(format!("context {}", context_policy(&settings.context)));
+    }
     for line in lines {
         if writeln!(out, "{line}").is_err() {
             return ExitCode::FAILURE;
@@ -281,4 +285,27 @@ pub fn load_settings() -> Result<agent_config::Loaded, ExitCode> {
 pub fn fail(message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "agent-server: {message}");
     ExitCode::FAILURE
+}
+
+/// An agent's context policy in one phrase.
+fn context_policy(context: &agent_config::ContextSettings) -> String {
+    if context.max_input_tokens == 0 {
+        return "no budget (an overflow retried once with less history)".to_owned();
+    }
+    let cut = match context.max_tool_result_tokens {
+        0 => String::new(),
+        max => format!(", tool results cut at {max} tokens"),
+    };
+    let compaction = match (context.strategy, &context.summarizer) {
+        ("compact", summarizer) => format!(
+            ", keeps {} recent turns, summaries by {}",
+            context.keep_recent_turns,
+            summarizer.as_deref().unwrap_or("the agent's models")
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{} at {} tokens{cut}{compaction}",
+        context.strategy, context.max_input_tokens
+    )
 }

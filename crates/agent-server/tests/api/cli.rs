@@ -168,6 +168,7 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
 
         [[agents]]
         id = "research"
+        context = { max_input_tokens = 8000, strategy = "compact", summarizer = "gateway" }
 
         [[models]]
         name = "gateway"
@@ -197,7 +198,13 @@ fn config_check_lists_tools_and_mcp_servers_without_their_secrets() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("agent research: models [gpt-4o-mini], tools all, callers all"),
+        stdout.contains("agent research: models [gpt-4o-mini], tools all, callers all, context compact at 8000 tokens, keeps 4 recent turns, summaries by gateway"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "callers [alice], context no budget (an overflow retried once with less history)"
+        ),
         "{stdout}"
     );
     assert!(
