@@ -220,21 +220,22 @@ impl Agent {
             context.push(compaction::summary_message(summary));
             context.len() - 1
         });
+        // The request's own choices over the agent's policy.
+        let policy = ContextPolicy {
+            strategy: request.context.strategy.unwrap_or(self.context.strategy),
+            max_input_tokens: (request.context.max_input_tokens)
+                .unwrap_or(self.context.max_input_tokens),
+            ..self.context
+        };
         let prompt_len = usize::from(self.system_prompt.is_some());
         let mut window = Window::new(
             &self.identity.model,
-            self.context,
+            policy,
             prompt_len,
             context.len(),
             history.len(),
             summary_at,
         );
-        if let Some(strategy) = request.context.strategy {
-            window.override_strategy(strategy);
-        }
-        if let Some(budget) = request.context.max_input_tokens {
-            window.override_budget(budget);
-        }
         let known = request
             .context
             .history_tokens

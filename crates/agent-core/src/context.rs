@@ -177,16 +177,6 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// The policy's strategy for this turn.
-    pub(crate) fn override_strategy(&mut self, strategy: ContextStrategy) {
-        self.policy.strategy = strategy;
-    }
-
-    /// The policy's budget for this turn.
-    pub(crate) fn override_budget(&mut self, max_input_tokens: u64) {
-        self.policy.max_input_tokens = max_input_tokens;
-    }
-
     /// The model's tokenizer, loaded on first use.
     pub(crate) fn counter(&mut self) -> TokenCounter {
         *self
@@ -207,13 +197,13 @@ impl<'a> Window<'a> {
             .sum::<u64>()
             + fixed(counter)
             + REPLY_PRIMING;
-        let first = self.left_out;
+        // Counting starts before any history is left out: `known` lines up with the history.
         self.counts = context[self.head..]
             .iter()
             .enumerate()
             .map(|(index, message)| {
                 let stored = (index < self.history_len)
-                    .then(|| known.get(first + index).copied().flatten())
+                    .then(|| known.get(index).copied().flatten())
                     .flatten();
                 stored.unwrap_or_else(|| counter.message(message))
             })
